@@ -1,0 +1,416 @@
+//! The command line: raw arguments to a typed `Invocation`. Global options are
+//! accepted before or after the mode; mode options are checked against the
+//! mode once it is known (it may come from `--mode`, `DIRECTOR_MODE` or the
+//! config file). Parsing is pure apart from reading the config file, so it is
+//! tested from a `Vec`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use lexopt::prelude::*;
+use uuid::Uuid;
+
+use crate::config::{self, Config, Kind, Origin, Raw, RawOptions, RawValue, Scope, OPTIONS};
+use crate::dsl::Verb;
+use crate::error::{Error, Result};
+
+/// What the user asked for.
+#[derive(Debug)]
+pub enum Command {
+    Server,
+    Client,
+    Exec(ExecArgs),
+    Manage(ManageArgs),
+    Help(String),
+    Version,
+}
+
+/// `director exec`.
+#[derive(Debug, PartialEq)]
+pub struct ExecArgs {
+    pub verb: Verb,
+    pub targets: Vec<String>,
+    pub wait: bool,
+    pub args: String,
+}
+
+/// `director manage`.
+#[derive(Debug, PartialEq)]
+pub struct ManageArgs {
+    pub action: ManageAction,
+    pub format: Format,
+}
+
+/// The one thing a `manage` call does.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub enum ManageAction {
+    ListNodes,
+    ListJobs,
+    JobInfo(Uuid),
+    PurgeJobs,
+    PurgeNodes,
+}
+
+/// How `manage` prints.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// A parsed command line with its validated configuration.
+#[derive(Debug)]
+pub struct Invocation {
+    pub command: Command,
+    pub config: Config,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Server,
+    Client,
+    Exec,
+    Manage,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "server" => Some(Mode::Server),
+            "client" => Some(Mode::Client),
+            "exec" => Some(Mode::Exec),
+            "manage" => Some(Mode::Manage),
+            _ => None,
+        }
+    }
+}
+
+/// Mode-specific arguments, collected in any order and checked at the end.
+#[derive(Default)]
+struct ModeArgs {
+    verb: Option<String>,
+    targets: Vec<String>,
+    wait: bool,
+    positional: Vec<String>,
+    actions: Vec<ManageAction>,
+    format: Option<Format>,
+    /// Each mode option seen and the mode it belongs to, checked once the
+    /// mode is known.
+    used: Vec<(&'static str, Mode)>,
+}
+
+impl ModeArgs {
+    fn saw(&mut self, flag: &'static str, mode: Mode) {
+        self.used.push((flag, mode));
+    }
+}
+
+/// Parse the process's arguments and environment.
+pub fn parse_env() -> Result<Invocation> {
+    parse(std::env::args_os().skip(1).collect(), |k| std::env::var(k).ok())
+}
+
+/// Parse `args` (without the program name) with `env` as the environment.
+pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Result<Invocation> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut switches = RawOptions::new();
+    let mut positional_mode: Option<Mode> = None;
+    let mut m = ModeArgs::default();
+    let mut help = false;
+
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Short('h') | Long("help") => help = true,
+            Short('V') | Long("version") => {
+                return Ok(Invocation { command: Command::Version, config: Config::from_raw(&RawOptions::new(), config::hostname)? })
+            }
+            Long(name) if config::find(name).is_some() => {
+                let spec = config::find(name).expect("checked above");
+                let value = if spec.kind == Kind::Flag {
+                    match parser.optional_value() {
+                        Some(v) => RawValue::Text(string(v)?),
+                        None => RawValue::Bool(true),
+                    }
+                } else {
+                    RawValue::Text(string(parser.value().map_err(usage)?)?)
+                };
+                switches.insert(spec.name, Raw { value, origin: Origin::Switch });
+            }
+            Long("verb") => {
+                m.saw("--verb", Mode::Exec);
+                m.verb = Some(string(parser.value().map_err(usage)?)?);
+            }
+            Long("target") => {
+                m.saw("--target", Mode::Exec);
+                m.targets.push(string(parser.value().map_err(usage)?)?);
+            }
+            Long("wait") => {
+                m.saw("--wait", Mode::Exec);
+                m.wait = true;
+            }
+            Long("list-nodes") => manage(&mut m, "--list-nodes", ManageAction::ListNodes),
+            Long("list-jobs") => manage(&mut m, "--list-jobs", ManageAction::ListJobs),
+            Long("purge-jobs") => manage(&mut m, "--purge-jobs", ManageAction::PurgeJobs),
+            Long("purge-nodes") => manage(&mut m, "--purge-nodes", ManageAction::PurgeNodes),
+            Long("job-info") => {
+                let id = string(parser.value().map_err(usage)?)?;
+                let id = Uuid::parse_str(id.trim())
+                    .map_err(|_| Error::Usage(format!("--job-info: '{id}' is not a job id (a UUID)")))?;
+                manage(&mut m, "--job-info", ManageAction::JobInfo(id));
+            }
+            Long("format") => {
+                m.saw("--format", Mode::Manage);
+                let f = string(parser.value().map_err(usage)?)?;
+                m.format = Some(match f.as_str() {
+                    "table" => Format::Table,
+                    "json" => Format::Json,
+                    _ => return Err(Error::Usage(format!("--format: expected table or json, got '{f}'"))),
+                });
+            }
+            Value(v) => {
+                let v = string(v)?;
+                match Mode::parse(&v) {
+                    Some(mode) if positional_mode.is_none() && m.positional.is_empty() => positional_mode = Some(mode),
+                    _ => m.positional.push(v),
+                }
+            }
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+
+    let env_opts = config::from_env(&env);
+    let file_path = switches
+        .get("config_file")
+        .or_else(|| env_opts.get("config_file"))
+        .and_then(|r| match &r.value {
+            RawValue::Text(s) => Some(PathBuf::from(s)),
+            _ => None,
+        });
+    let file_opts = match &file_path {
+        Some(path) => config::from_file(path)?,
+        None => RawOptions::new(),
+    };
+    let merged = config::merge([switches, env_opts, file_opts]);
+    let mode = match positional_mode {
+        Some(mode) => Some(mode),
+        None => match merged.get("mode").map(|r| &r.value) {
+            Some(RawValue::Text(s)) => Some(Mode::parse(s).ok_or_else(|| {
+                Error::Usage(format!("unknown mode '{s}': expected server, client, exec or manage"))
+            })?),
+            Some(_) => return Err(Error::Usage("mode: expected server, client, exec or manage".into())),
+            None => None,
+        },
+    };
+    if help {
+        return Ok(Invocation {
+            command: Command::Help(help_text(mode)),
+            config: Config::from_raw(&RawOptions::new(), config::hostname)?,
+        });
+    }
+    let config = Config::from_raw(&merged, config::hostname)?;
+    let command = match mode {
+        None => return Err(Error::Usage("no mode given: expected server, client, exec or manage".into())),
+        Some(mode) => command(mode, m)?,
+    };
+    Ok(Invocation { command, config })
+}
+
+fn manage(m: &mut ModeArgs, flag: &'static str, action: ManageAction) {
+    m.saw(flag, Mode::Manage);
+    m.actions.push(action);
+}
+
+fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
+    if let Some((flag, want)) = m.used.iter().find(|(_, want)| *want != mode) {
+        return Err(Error::Usage(format!("{flag} only applies to `director {}`", mode_name(*want))));
+    }
+    match mode {
+        Mode::Server | Mode::Client => {
+            if let Some(p) = m.positional.first() {
+                return Err(Error::Usage(format!("unexpected argument '{p}'")));
+            }
+            Ok(if mode == Mode::Server { Command::Server } else { Command::Client })
+        }
+        Mode::Exec => {
+            let verb = m.verb.ok_or_else(|| Error::Usage("exec needs --verb (RUN)".into()))?;
+            let verb = verb.parse::<Verb>().map_err(Error::Usage)?;
+            if m.positional.is_empty() {
+                return Err(Error::Usage(format!("exec --verb {verb} needs the job's arguments, e.g. 'echo hello'")));
+            }
+            let mut targets: Vec<String> = Vec::new();
+            for t in m.targets {
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+            Ok(Command::Exec(ExecArgs { verb, targets, wait: m.wait, args: m.positional.join(" ") }))
+        }
+        Mode::Manage => {
+            if let Some(p) = m.positional.first() {
+                return Err(Error::Usage(format!("unexpected argument '{p}'")));
+            }
+            let action = match m.actions.as_slice() {
+                [one] => *one,
+                [] => return Err(Error::Usage("manage needs one of --list-nodes, --list-jobs, --job-info ID, --purge-jobs, --purge-nodes".into())),
+                _ => return Err(Error::Usage("manage takes only one of --list-nodes, --list-jobs, --job-info, --purge-jobs, --purge-nodes".into())),
+            };
+            Ok(Command::Manage(ManageArgs { action, format: m.format.unwrap_or(Format::Table) }))
+        }
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Server => "server",
+        Mode::Client => "client",
+        Mode::Exec => "exec",
+        Mode::Manage => "manage",
+    }
+}
+
+fn usage(e: lexopt::Error) -> Error {
+    Error::Usage(e.to_string())
+}
+
+fn string(v: OsString) -> Result<String> {
+    v.into_string().map_err(|v| Error::Usage(format!("argument {} is not valid UTF-8", v.to_string_lossy())))
+}
+
+fn option_lines(scopes: &[Scope]) -> String {
+    let mut out = String::new();
+    for o in OPTIONS.iter().filter(|o| scopes.contains(&o.scope)) {
+        let flag = o.name.replace('_', "-");
+        let value = match o.kind {
+            Kind::Flag => String::new(),
+            Kind::Port => " PORT".into(),
+            Kind::Seconds => " SECONDS".into(),
+            Kind::Text => format!(" {}", o.name.rsplit('_').next().unwrap_or(o.name).to_ascii_uppercase()),
+        };
+        let default = o.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
+        out.push_str(&format!("  --{flag}{value}\n      {}{default}\n      env {}\n", o.help, config::env_name(o.name)));
+    }
+    out
+}
+
+const USAGE: &str = "\
+Usage:
+  director [OPTIONS] server                        run the server daemon
+  director [OPTIONS] client                        run the client daemon on a node
+  director [OPTIONS] exec --verb RUN [--target NODE]... [--wait] 'COMMAND'
+  director [OPTIONS] manage (--list-nodes | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
+";
+
+const EXIT_CODES: &str = "\
+Exit status: 0 success; 1 remote work failed (a node failed or was lost);
+2 bad usage, bad input or a local error; 3 the server cannot be reached.
+";
+
+fn help_text(mode: Option<Mode>) -> String {
+    let precedence = "Every option is also read from DIRECTOR_<NAME> and from the config file;\nprecedence: switch > environment > config file > default.\n";
+    match mode {
+        None => format!(
+            "director {} — deployment and operations for the data-center life cycle\n\n{USAGE}\nGlobal options (before or after the mode):\n{}\nServer options:\n{}\nClient options:\n{}\n  -h, --help      this help (director MODE --help for one mode)\n  -V, --version   print the version\n\n{precedence}{EXIT_CODES}",
+            env!("CARGO_PKG_VERSION"),
+            option_lines(&[Scope::Global]),
+            option_lines(&[Scope::Server]),
+            option_lines(&[Scope::Client]),
+        ),
+        Some(Mode::Server) => format!(
+            "director server — the server daemon: holds the cluster's state, hands out jobs\n\nUsage: director [OPTIONS] server\n\nOptions:\n{}\n{precedence}SIGTERM or SIGINT stops it cleanly and removes its socket file.\n",
+            option_lines(&[Scope::Global, Scope::Server])
+        ),
+        Some(Mode::Client) => format!(
+            "director client — the node agent: runs the jobs the server sends\n\nUsage: director [OPTIONS] client\n\nOptions:\n{}\n{precedence}SIGTERM or SIGINT stops it cleanly, killing a running command's process group.\n",
+            option_lines(&[Scope::Global, Scope::Client])
+        ),
+        Some(Mode::Exec) => format!(
+            "director exec — submit one job\n\nUsage: director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'\n\n  --verb VERB      the job's verb: RUN (runs ARGS with /bin/sh -c on each node)\n  --target NODE    a node to run on; repeat for several (default: every connected node)\n  --wait           stay connected, print each node's result as it arrives, and exit\n                   0 only if every node succeeded\n\nPrints the job id and its task SHA1. Options the CLI uses: --socket-path, --config-file.\n\n{EXIT_CODES}"
+        ),
+        Some(Mode::Manage) => format!(
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat and expiry\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every idle node (live nodes come back at their next heartbeat)\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_v(args: &[&str]) -> Result<Invocation> {
+        parse_with_env(args, &[])
+    }
+
+    fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Invocation> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut all = vec!["--identity", "test-node"];
+        all.extend_from_slice(args);
+        parse(all.iter().map(OsString::from).collect(), move |k| {
+            env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn modes_by_word_switch_and_env() {
+        assert!(matches!(parse_v(&["server"]).unwrap().command, Command::Server));
+        assert!(matches!(parse_v(&["--mode", "client"]).unwrap().command, Command::Client));
+        assert!(matches!(parse_with_env(&[], &[("DIRECTOR_MODE", "server")]).unwrap().command, Command::Server));
+        // The word beats the environment, as a switch does.
+        assert!(matches!(
+            parse_with_env(&["client"], &[("DIRECTOR_MODE", "server")]).unwrap().command,
+            Command::Client
+        ));
+        assert!(parse_v(&[]).unwrap_err().to_string().contains("no mode"));
+        assert!(parse_v(&["--mode", "bogus"]).unwrap_err().to_string().contains("unknown mode 'bogus'"));
+    }
+
+    #[test]
+    fn global_options_before_or_after_mode() {
+        let a = parse_v(&["--job-port", "7000", "server", "--heartbeat-interval", "2"]).unwrap();
+        assert_eq!(a.config.job_port, 7000);
+        assert_eq!(a.config.heartbeat_ivl.as_secs(), 2);
+        let b = parse_v(&["client", "--debug", "--server-address", "10.0.0.1"]).unwrap();
+        assert!(b.config.debug);
+        assert_eq!(b.config.server_address, "10.0.0.1");
+        assert_eq!(b.config.identity, "test-node");
+    }
+
+    #[test]
+    fn exec_args() {
+        let inv = parse_v(&["exec", "--verb", "run", "--target", "a", "--target", "b", "--target", "a", "--wait", "echo hi"]).unwrap();
+        let Command::Exec(e) = inv.command else { panic!("not exec") };
+        assert_eq!(e, ExecArgs { verb: Verb::Run, targets: vec!["a".into(), "b".into()], wait: true, args: "echo hi".into() });
+        assert!(parse_v(&["exec", "echo"]).unwrap_err().to_string().contains("--verb"));
+        assert!(parse_v(&["exec", "--verb", "RUN"]).unwrap_err().to_string().contains("needs the job's arguments"));
+        assert!(parse_v(&["exec", "--verb", "FLY", "x"]).unwrap_err().to_string().contains("unknown verb 'FLY'"));
+    }
+
+    #[test]
+    fn manage_args() {
+        let inv = parse_v(&["manage", "--list-nodes", "--format", "json"]).unwrap();
+        let Command::Manage(m) = inv.command else { panic!("not manage") };
+        assert_eq!(m, ManageArgs { action: ManageAction::ListNodes, format: Format::Json });
+        assert!(parse_v(&["manage"]).is_err());
+        assert!(parse_v(&["manage", "--list-nodes", "--list-jobs"]).is_err());
+        assert!(parse_v(&["manage", "--job-info", "nope"]).unwrap_err().to_string().contains("'nope' is not a job id"));
+        assert!(parse_v(&["manage", "--list-nodes", "--format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn mode_options_must_fit_the_mode() {
+        let e = parse_v(&["server", "--wait"]).unwrap_err().to_string();
+        assert!(e.contains("--wait only applies to `director exec`"), "{e}");
+        let e = parse_v(&["exec", "--verb", "RUN", "--list-jobs", "x"]).unwrap_err().to_string();
+        assert!(e.contains("--list-jobs only applies to `director manage`"), "{e}");
+        assert!(parse_v(&["server", "--bogus"]).unwrap_err().to_string().contains("--bogus"));
+    }
+
+    #[test]
+    fn help_mentions_every_option() {
+        let Command::Help(text) = parse_v(&["--help"]).unwrap().command else { panic!("not help") };
+        for o in OPTIONS {
+            assert!(text.contains(&format!("--{}", o.name.replace('_', "-"))), "{}", o.name);
+        }
+        let Command::Help(text) = parse_v(&["exec", "--help"]).unwrap().command else { panic!("not help") };
+        assert!(text.contains("--target"));
+    }
+}

@@ -1,0 +1,402 @@
+//! The server's sans-io core: nodes, jobs, and the rules between them.
+//! Inputs are what nodes and users said, with `now`; outputs are `Effect`s the
+//! loop turns into sends and notifications. No sockets here, so every rule is
+//! unit-tested with a made-up clock.
+//!
+//! Rules: per node, jobs are sent in submission order with at most `WINDOW`
+//! in flight; a node that expires, or comes back without a job it was sent,
+//! has that job's part reported lost; nothing is ever resent to a node.
+
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::jobs::Jobs;
+use super::nodes::{Link, Nodes, LIVENESS};
+use crate::dsl::Task;
+use crate::wire::{JobDetail, JobState, JobView, NodeView, Outcome, PartView, ServerMsg, Submitted};
+
+/// Jobs a node holds at once: one running, one waiting so the next starts
+/// without a round trip.
+pub const WINDOW: usize = 2;
+
+/// The time an input happened: monotonic for deadlines, wall-clock (Unix
+/// milliseconds) for what operators are shown.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub at: Instant,
+    pub ms: u64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn real() -> Now {
+        Now { at: Instant::now(), ms: crate::clock::now_ms() }
+    }
+}
+
+/// What the loop must do after a change.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// Send on the job port to `node`.
+    Send { node: String, msg: ServerMsg },
+    /// A node's part of a job reached a final state.
+    PartDone { job_id: Uuid, node: String },
+    /// Every node's part of a job is final.
+    JobDone { job_id: Uuid },
+}
+
+/// Nodes and jobs, owned by the server loop.
+#[derive(Default)]
+pub struct Cluster {
+    nodes: Nodes,
+    jobs: Jobs,
+}
+
+impl Cluster {
+    /// A heartbeat from `node`: the answer to send back.
+    pub fn heartbeat(&mut self, node: &str, ivl: Duration, now: Now) -> ServerMsg {
+        match self.nodes.get_mut(node) {
+            Some(n) if n.link == Link::Ready => {
+                n.ivl = ivl;
+                n.touch(now.at, now.ms);
+                ServerMsg::HeartbeatAck { expires_in_ms: (ivl * LIVENESS).as_millis() as u64 }
+            }
+            Some(n) => {
+                n.touch(now.at, now.ms);
+                ServerMsg::Register
+            }
+            // Unknown (we restarted, or it expired): have it say Ready.
+            None => ServerMsg::Register,
+        }
+    }
+
+    /// Any other valid message from a known node proves it alive.
+    pub fn touch(&mut self, node: &str, now: Now) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.touch(now.at, now.ms);
+        }
+    }
+
+    /// `Ready` from a node's job socket. Returns whether the node is new.
+    pub fn ready(
+        &mut self,
+        node: &str,
+        version: &str,
+        ivl: Duration,
+        holding: &[Uuid],
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let (n, created) = self.nodes.upsert(node, ivl, now.at, now.ms);
+        n.version = version.to_owned();
+        n.link = Link::Ready;
+        // What we sent and the node no longer has will never be reported.
+        let vanished: Vec<Uuid> = n.in_flight.iter().filter(|id| !holding.contains(id)).copied().collect();
+        n.in_flight.retain(|id| holding.contains(id));
+        for job_id in vanished {
+            self.finish_lost(&job_id, node, "the client no longer had this job (it restarted while the job was in flight)", now.ms, out);
+        }
+        self.dispatch(node, now, out);
+        created
+    }
+
+    /// The job's process started on the node.
+    pub fn started(&mut self, node: &str, job_id: &Uuid) {
+        if let Some(p) = self.jobs.get_mut(job_id).and_then(|j| j.parts.get_mut(node)) {
+            if p.state == JobState::Sent {
+                p.state = JobState::Running;
+            }
+        }
+    }
+
+    /// A node reported a job's outcome. Always acknowledged, so the node
+    /// stops resending it, even when we cannot place it.
+    pub fn finished(&mut self, node: &str, job_id: Uuid, outcome: Outcome, now: Now, out: &mut Vec<Effect>) {
+        out.push(Effect::Send { node: node.to_owned(), msg: ServerMsg::ResultAck { job_id } });
+        let Some(part) = self.jobs.get_mut(&job_id).and_then(|j| j.parts.get_mut(node)) else {
+            log::warn!("node={node}: result for unknown job {job_id} (purged, or sent before a server restart); dropped");
+            return;
+        };
+        match part.state {
+            JobState::Lost => {
+                // It came back after all: keep the truth, but the waiters
+                // were already told it was lost.
+                log::warn!("node={node}: late result for job {job_id}, which was reported lost; recorded");
+                part.state = if outcome.succeeded() { JobState::Succeeded } else { JobState::Failed };
+                part.outcome = Some(outcome);
+                return;
+            }
+            s if s.is_done() => return, // a resend of a result we have
+            _ => {}
+        }
+        part.state = if outcome.succeeded() { JobState::Succeeded } else { JobState::Failed };
+        part.rtt_secs = part.sent_at.map(|t| now.at.saturating_duration_since(t).as_secs_f64());
+        part.finished_ms = Some(now.ms);
+        part.outcome = Some(outcome);
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.in_flight.retain(|id| *id != job_id);
+        }
+        self.part_done(job_id, node, out);
+        self.dispatch(node, now, out);
+    }
+
+    /// A job could not be routed to the node: put it back at the front of
+    /// its queue and wait for the node's next `Ready`.
+    pub fn unroutable(&mut self, node: &str, job_id: Uuid) {
+        let Some(n) = self.nodes.get_mut(node) else { return };
+        n.link = Link::Stale;
+        if let Some(pos) = n.in_flight.iter().position(|id| *id == job_id) {
+            n.in_flight.remove(pos);
+            n.queue.push_front(job_id);
+            if let Some(p) = self.jobs.get_mut(&job_id).and_then(|j| j.parts.get_mut(node)) {
+                p.state = JobState::Queued;
+                p.sent_at = None;
+                p.sent_ms = None;
+            }
+        }
+    }
+
+    /// Remove nodes silent past their expiry; their unfinished parts are
+    /// lost. Returns the names removed.
+    pub fn expire(&mut self, now: Now, out: &mut Vec<Effect>) -> Vec<String> {
+        let mut names = Vec::new();
+        for node in self.nodes.take_expired(now.at) {
+            let why = format!("node expired: no heartbeat for {:.1}s", (node.ivl * LIVENESS).as_secs_f64());
+            for job_id in node.in_flight.iter().chain(node.queue.iter()) {
+                self.finish_lost(job_id, &node.name, &why, now.ms, out);
+            }
+            names.push(node.name);
+        }
+        names
+    }
+
+    /// When the next node expires, if any.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.nodes.next_expiry()
+    }
+
+    /// Queue a job on `targets` (every node when empty).
+    pub fn submit(&mut self, task: Task, targets: &[String], now: Now, out: &mut Vec<Effect>) -> Result<Submitted, String> {
+        let targets = if targets.is_empty() {
+            let all = self.nodes.names();
+            if all.is_empty() {
+                return Err("no nodes are connected: start `director client` on the nodes first".into());
+            }
+            all
+        } else {
+            if let Some(unknown) = targets.iter().find(|t| self.nodes.get(t).is_none()) {
+                let known = self.nodes.names();
+                let known = if known.is_empty() { "none connected".to_owned() } else { known.join(", ") };
+                return Err(format!("unknown target node '{unknown}' (known nodes: {known})"));
+            }
+            targets.to_vec()
+        };
+        let job = self.jobs.insert(task, &targets, now.ms);
+        let submitted = Submitted { job_id: job.id, task_sha1: job.sha1.clone(), targets: targets.clone() };
+        for t in &targets {
+            if let Some(n) = self.nodes.get_mut(t) {
+                n.queue.push_back(submitted.job_id);
+            }
+            self.dispatch(t, now, out);
+        }
+        Ok(submitted)
+    }
+
+    fn dispatch(&mut self, node: &str, now: Now, out: &mut Vec<Effect>) {
+        let Some(n) = self.nodes.get_mut(node) else { return };
+        while n.link == Link::Ready && n.in_flight.len() < WINDOW {
+            let Some(job_id) = n.queue.pop_front() else { break };
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            let Some(part) = job.parts.get_mut(node) else { continue };
+            part.state = JobState::Sent;
+            part.sent_at = Some(now.at);
+            part.sent_ms = Some(now.ms);
+            n.in_flight.push_back(job_id);
+            out.push(Effect::Send { node: node.to_owned(), msg: ServerMsg::Job { job_id, task: job.task.clone() } });
+        }
+        debug_assert!(n.in_flight.len() <= WINDOW);
+    }
+
+    fn finish_lost(&mut self, job_id: &Uuid, node: &str, why: &str, now_ms: u64, out: &mut Vec<Effect>) {
+        let Some(part) = self.jobs.get_mut(job_id).and_then(|j| j.parts.get_mut(node)) else { return };
+        if part.state.is_done() {
+            return;
+        }
+        log::warn!("node={node}: job {job_id} lost: {why}");
+        part.state = JobState::Lost;
+        part.message = Some(why.to_owned());
+        part.finished_ms = Some(now_ms);
+        self.part_done(*job_id, node, out);
+    }
+
+    fn part_done(&self, job_id: Uuid, node: &str, out: &mut Vec<Effect>) {
+        out.push(Effect::PartDone { job_id, node: node.to_owned() });
+        if self.jobs.get(&job_id).is_some_and(|j| j.is_done()) {
+            out.push(Effect::JobDone { job_id });
+        }
+    }
+
+    pub fn list_nodes(&self) -> Vec<NodeView> {
+        self.nodes
+            .iter()
+            .map(|n| NodeView {
+                name: n.name.clone(),
+                last_heartbeat_ms: n.last_seen_ms,
+                expires_ms: n.expires_ms(),
+                queued: n.queue.len() as u32,
+                in_flight: n.in_flight.len() as u32,
+            })
+            .collect()
+    }
+
+    pub fn list_jobs(&self) -> Vec<JobView> {
+        self.jobs.iter().map(|j| j.view()).collect()
+    }
+
+    pub fn job_info(&self, id: &Uuid) -> Option<JobDetail> {
+        self.jobs.get(id).map(|j| j.detail())
+    }
+
+    pub fn job_view(&self, id: &Uuid) -> Option<JobView> {
+        self.jobs.get(id).map(|j| j.view())
+    }
+
+    pub fn part_view(&self, id: &Uuid, node: &str) -> Option<PartView> {
+        self.jobs.get(id).and_then(|j| j.part_view(node))
+    }
+
+    /// Forget finished jobs: (purged, kept).
+    pub fn purge_jobs(&mut self) -> (usize, usize) {
+        self.jobs.purge_done()
+    }
+
+    /// Forget idle nodes: (purged, kept). Live ones re-register at their next
+    /// heartbeat.
+    pub fn purge_nodes(&mut self) -> (usize, usize) {
+        self.nodes.purge_idle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Exit;
+
+    const IVL: Duration = Duration::from_secs(1);
+
+    fn ok() -> Outcome {
+        Outcome { exit: Exit::Code(0), stdout: vec![], stderr: vec![], stdout_dropped: 0, stderr_dropped: 0, exec_secs: 0.0 }
+    }
+
+    fn run(cmd: &str) -> Task {
+        Task::Run { command: cmd.into() }
+    }
+
+    fn sent_jobs(out: &[Effect]) -> Vec<Uuid> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Send { msg: ServerMsg::Job { job_id, .. }, .. } => Some(*job_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cluster(nodes: &[&str], t0: Instant) -> Cluster {
+        let mut c = Cluster::default();
+        for n in nodes {
+            c.ready(n, "v", IVL, &[], Now { at: t0, ms: 0 }, &mut Vec::new());
+        }
+        c
+    }
+
+    #[test]
+    fn unknown_targets_are_refused_and_nothing_is_queued() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b"], t0);
+        let mut out = Vec::new();
+        let e = c.submit(run("x"), &["a".into(), "zz".into()], Now { at: t0, ms: 0 }, &mut out).unwrap_err();
+        assert_eq!(e, "unknown target node 'zz' (known nodes: a, b)");
+        assert!(out.is_empty());
+        assert!(c.list_jobs().is_empty());
+        assert!(Cluster::default().submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap_err().contains("no nodes"));
+    }
+
+    #[test]
+    fn jobs_flow_in_order_within_the_window() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        let ids: Vec<Uuid> = (0..5).map(|i| c.submit(run(&i.to_string()), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id).collect();
+        assert_eq!(sent_jobs(&out), ids[..WINDOW].to_vec());
+        out.clear();
+        c.finished("a", ids[0], ok(), Now { at: t0, ms: 0 }, &mut out);
+        assert_eq!(out[0], Effect::Send { node: "a".into(), msg: ServerMsg::ResultAck { job_id: ids[0] } });
+        assert!(out.contains(&Effect::JobDone { job_id: ids[0] }));
+        assert_eq!(sent_jobs(&out), vec![ids[2]]);
+        // A resent result is acknowledged and changes nothing.
+        out.clear();
+        c.finished("a", ids[0], ok(), Now { at: t0, ms: 0 }, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn expiry_loses_unfinished_parts_only_on_the_dead_node() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b"], t0);
+        let mut out = Vec::new();
+        let id = c.submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        out.clear();
+        let t1 = t0 + Duration::from_millis(2500);
+        c.finished("b", id, ok(), Now { at: t1, ms: 0 }, &mut out);
+        assert_eq!(c.heartbeat("b", IVL, Now { at: t1, ms: 0 }), ServerMsg::HeartbeatAck { expires_in_ms: 3000 });
+        assert!(c.expire(Now { at: t0 + Duration::from_millis(2999), ms: 0 }, &mut out).is_empty());
+        out.clear();
+        assert_eq!(c.expire(Now { at: t0 + Duration::from_secs(3), ms: 0 }, &mut out), vec!["a".to_string()]);
+        assert_eq!(out, vec![Effect::PartDone { job_id: id, node: "a".into() }, Effect::JobDone { job_id: id }]);
+        let detail = c.job_info(&id).unwrap();
+        assert_eq!(detail.nodes[0].state, JobState::Lost);
+        assert!(detail.nodes[0].message.as_deref().unwrap().contains("expired"));
+        assert_eq!(detail.nodes[1].state, JobState::Succeeded);
+        assert_eq!(c.heartbeat("a", IVL, Now { at: t1, ms: 0 }), ServerMsg::Register);
+    }
+
+    #[test]
+    fn a_restarted_client_loses_what_it_no_longer_holds() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        let id1 = c.submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        let id2 = c.submit(run("2"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        out.clear();
+        c.ready("a", "v", IVL, &[id2], Now { at: t0, ms: 0 }, &mut out);
+        assert_eq!(out, vec![Effect::PartDone { job_id: id1, node: "a".into() }, Effect::JobDone { job_id: id1 }]);
+        assert_eq!(c.job_info(&id2).unwrap().nodes[0].state, JobState::Sent);
+    }
+
+    #[test]
+    fn unroutable_jobs_wait_for_the_next_ready() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        let id = c.submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        c.unroutable("a", id);
+        assert_eq!(c.heartbeat("a", IVL, Now { at: t0, ms: 0 }), ServerMsg::Register);
+        assert_eq!(c.job_info(&id).unwrap().nodes[0].state, JobState::Queued);
+        out.clear();
+        c.ready("a", "v", IVL, &[], Now { at: t0, ms: 0 }, &mut out);
+        assert_eq!(sent_jobs(&out), vec![id]);
+    }
+
+    #[test]
+    fn purges_keep_active_work() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b"], t0);
+        let mut out = Vec::new();
+        let id = c.submit(run("1"), &["a".into()], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        assert_eq!(c.purge_jobs(), (0, 1));
+        assert_eq!(c.purge_nodes(), (1, 1));
+        c.finished("a", id, ok(), Now { at: t0, ms: 0 }, &mut out);
+        assert_eq!(c.purge_jobs(), (1, 0));
+    }
+}

@@ -1,0 +1,94 @@
+//! One CLI connection on the control socket: a nonblocking UNIX stream with
+//! length-prefixed requests in and responses out. Reads stop at `WouldBlock`;
+//! responses wait in a write buffer with a cursor until the socket takes them.
+
+use std::io::{self, Read, Write};
+
+use mio::net::UnixStream;
+
+use crate::wire::{self, FrameBuf, Request, Response, WireError};
+
+/// Bytes a slow reader may leave unread before we hang up on it.
+const MAX_PENDING_OUT: usize = 1 << 30;
+
+/// What reading a connection produced.
+pub enum Inbound {
+    Requests(Vec<Request>),
+    /// The peer hung up (possibly after some requests).
+    Closed(Vec<Request>),
+    /// The peer sent something that is not a request: hang up.
+    Corrupt(WireError),
+}
+
+/// A control connection.
+pub struct ControlConn {
+    pub stream: UnixStream,
+    inbuf: FrameBuf,
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+impl ControlConn {
+    pub fn new(stream: UnixStream) -> ControlConn {
+        ControlConn { stream, inbuf: FrameBuf::new(wire::MAX_REQUEST), out: Vec::new(), out_pos: 0 }
+    }
+
+    /// Read everything available and decode the whole requests in it.
+    pub fn read(&mut self) -> Inbound {
+        let mut requests = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        let mut closed = false;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => self.inbuf.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.inbuf.next::<Request>() {
+                Ok(Some(r)) => requests.push(r),
+                Ok(None) => break,
+                Err(e) => return Inbound::Corrupt(e),
+            }
+        }
+        if closed {
+            Inbound::Closed(requests)
+        } else {
+            Inbound::Requests(requests)
+        }
+    }
+
+    /// Queue a response and write what the socket takes now.
+    pub fn send(&mut self, resp: &Response) -> io::Result<()> {
+        if self.out.len() - self.out_pos > MAX_PENDING_OUT {
+            return Err(io::Error::other("client is not reading its responses"));
+        }
+        self.out.extend_from_slice(&wire::encode_control(resp));
+        self.flush()
+    }
+
+    /// Write pending bytes until the socket would block.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(())
+    }
+}

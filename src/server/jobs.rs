@@ -1,0 +1,141 @@
+//! Job records: each job's task and, per target node, where it stands and
+//! what the node reported. Pure data with conversions to the views the CLI
+//! sees; the cluster core changes states.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::dsl::Task;
+use crate::wire::{Exit, JobDetail, JobState, JobView, Outcome, PartView};
+
+/// One node's part of a job.
+#[derive(Debug)]
+pub struct Part {
+    pub state: JobState,
+    pub outcome: Option<Outcome>,
+    /// Why it was lost, for operators.
+    pub message: Option<String>,
+    pub sent_at: Option<Instant>,
+    pub sent_ms: Option<u64>,
+    pub rtt_secs: Option<f64>,
+    pub finished_ms: Option<u64>,
+}
+
+impl Part {
+    fn queued() -> Part {
+        Part { state: JobState::Queued, outcome: None, message: None, sent_at: None, sent_ms: None, rtt_secs: None, finished_ms: None }
+    }
+}
+
+/// One submitted job.
+#[derive(Debug)]
+pub struct Job {
+    pub id: Uuid,
+    pub task: Task,
+    pub sha1: String,
+    pub submitted_ms: u64,
+    pub parts: BTreeMap<String, Part>,
+}
+
+impl Job {
+    /// Has every node finished?
+    pub fn is_done(&self) -> bool {
+        self.parts.values().all(|p| p.state.is_done())
+    }
+
+    /// The summary listed by `manage --list-jobs`.
+    pub fn view(&self) -> JobView {
+        let mut states = BTreeMap::new();
+        for p in self.parts.values() {
+            *states.entry(p.state).or_insert(0) += 1;
+        }
+        let finished_ms = if self.is_done() { self.parts.values().filter_map(|p| p.finished_ms).max() } else { None };
+        JobView {
+            id: self.id,
+            verb: self.task.verb(),
+            args: self.task.args().to_owned(),
+            task_sha1: self.sha1.clone(),
+            submitted_ms: self.submitted_ms,
+            finished_ms,
+            states,
+        }
+    }
+
+    /// One node's part as the CLI sees it.
+    pub fn part_view(&self, node: &str) -> Option<PartView> {
+        let p = self.parts.get(node)?;
+        let (exit_code, signal, mut message) = match p.outcome.as_ref().map(|o| &o.exit) {
+            Some(Exit::Code(c)) => (Some(*c), None, None),
+            Some(Exit::Signal(s)) => (None, Some(*s), None),
+            Some(Exit::Error(e)) => (None, None, Some(e.clone())),
+            None => (None, None, None),
+        };
+        if message.is_none() {
+            message = p.message.clone();
+        }
+        let text = |b: Option<&Vec<u8>>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        Some(PartView {
+            job_id: self.id,
+            node: node.to_owned(),
+            state: p.state,
+            exit_code,
+            signal,
+            message,
+            stdout: text(p.outcome.as_ref().map(|o| &o.stdout)),
+            stderr: text(p.outcome.as_ref().map(|o| &o.stderr)),
+            stdout_dropped: p.outcome.as_ref().map_or(0, |o| o.stdout_dropped),
+            stderr_dropped: p.outcome.as_ref().map_or(0, |o| o.stderr_dropped),
+            exec_secs: p.outcome.as_ref().map(|o| o.exec_secs),
+            rtt_secs: p.rtt_secs,
+            sent_ms: p.sent_ms,
+            finished_ms: p.finished_ms,
+        })
+    }
+
+    /// Everything about the job.
+    pub fn detail(&self) -> JobDetail {
+        JobDetail { job: self.view(), nodes: self.parts.keys().filter_map(|n| self.part_view(n)).collect() }
+    }
+}
+
+/// Every job, in submission order.
+#[derive(Default)]
+pub struct Jobs {
+    by_id: HashMap<Uuid, Job>,
+    order: Vec<Uuid>,
+}
+
+impl Jobs {
+    /// Record a new job, queued on `targets`.
+    pub fn insert(&mut self, task: Task, targets: &[String], now_ms: u64) -> &mut Job {
+        let id = Uuid::new_v4();
+        let sha1 = task.sha1();
+        let parts = targets.iter().map(|t| (t.clone(), Part::queued())).collect();
+        self.order.push(id);
+        self.by_id.entry(id).or_insert(Job { id, task, sha1, submitted_ms: now_ms, parts })
+    }
+
+    pub fn get(&self, id: &Uuid) -> Option<&Job> {
+        self.by_id.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &Uuid) -> Option<&mut Job> {
+        self.by_id.get_mut(id)
+    }
+
+    /// Jobs in submission order.
+    pub fn iter(&self) -> impl Iterator<Item = &Job> {
+        self.order.iter().filter_map(|id| self.by_id.get(id))
+    }
+
+    /// Forget finished jobs; returns (removed, kept).
+    pub fn purge_done(&mut self) -> (usize, usize) {
+        let before = self.order.len();
+        self.by_id.retain(|_, j| !j.is_done());
+        let by_id = &self.by_id;
+        self.order.retain(|id| by_id.contains_key(id));
+        (before - self.order.len(), self.order.len())
+    }
+}

@@ -1,0 +1,328 @@
+//! The user CLI (`exec`, `manage`): one blocking connection to the server's
+//! control socket, requests out, responses (and, with `--wait`, pushed
+//! progress) in, printed for operators or as JSON.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cli::{ExecArgs, Format, ManageAction, ManageArgs};
+use crate::clock::{format_secs, format_utc};
+use crate::config::Config;
+use crate::dsl::Task;
+use crate::error::{Error, Result, EXIT_FAILED, EXIT_OK};
+use crate::wire::{self, FrameBuf, JobDetail, JobView, NodeView, PartView, Request, Response};
+
+/// A connection to the server.
+struct Conn {
+    stream: UnixStream,
+    inbuf: FrameBuf,
+}
+
+impl Conn {
+    fn open(path: &Path) -> Result<Conn> {
+        let stream = UnixStream::connect(path).map_err(|e| Error::Unreachable { path: path.to_owned(), source: e })?;
+        Ok(Conn { stream, inbuf: FrameBuf::new(wire::MAX_RESPONSE) })
+    }
+
+    fn send(&mut self, req: &Request) -> Result<()> {
+        self.stream
+            .write_all(&wire::encode_control(req))
+            .map_err(|e| Error::Protocol(format!("cannot send the request to the server: {e}")))
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.inbuf.next::<Response>() {
+                Ok(Some(resp)) => return Ok(resp),
+                Ok(None) => {}
+                Err(e) => return Err(Error::Protocol(format!("bad response from the server: {e}"))),
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(Error::Protocol("the server closed the connection before answering".into())),
+                Ok(n) => self.inbuf.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Protocol(format!("lost the connection to the server: {e}"))),
+            }
+        }
+    }
+
+    /// One request, one answer; a refusal becomes an error.
+    fn call(&mut self, req: &Request) -> Result<Response> {
+        self.send(req)?;
+        match self.recv()? {
+            Response::Rejected(why) => Err(Error::Rejected(why)),
+            resp => Ok(resp),
+        }
+    }
+}
+
+fn out_err(e: io::Error) -> Error {
+    Error::io("cannot write to stdout", e)
+}
+
+fn unexpected(resp: &Response) -> Error {
+    Error::Protocol(format!("unexpected response from the server: {resp:?}"))
+}
+
+/// `director exec`: submit one job, optionally waiting for every node.
+pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
+    let task = Task::parse(args.verb, &args.args).map_err(Error::Rejected)?;
+    let mut conn = Conn::open(&cfg.socket_path)?;
+    let submitted = match conn.call(&Request::Submit { task, targets: args.targets, wait: args.wait })? {
+        Response::Submitted(s) => s,
+        other => return Err(unexpected(&other)),
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "job {}", submitted.job_id).map_err(out_err)?;
+    writeln!(out, "task sha1 {}", submitted.task_sha1).map_err(out_err)?;
+    writeln!(out, "targets {}", submitted.targets.join(", ")).map_err(out_err)?;
+    out.flush().map_err(out_err)?;
+    if !args.wait {
+        return Ok(EXIT_OK);
+    }
+    loop {
+        let resp = conn.recv().map_err(|e| match e {
+            Error::Protocol(why) => Error::Protocol(format!("{why} (job {} may still be running)", submitted.job_id)),
+            e => e,
+        })?;
+        match resp {
+            Response::NodeDone(part) => {
+                write_part(&mut out, &part).map_err(out_err)?;
+                out.flush().map_err(out_err)?;
+            }
+            Response::JobDone(job) => {
+                writeln!(out, "job {}: {}", job.id, states_summary(&job)).map_err(out_err)?;
+                return Ok(if job.all_succeeded() { EXIT_OK } else { EXIT_FAILED });
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+}
+
+/// `director manage`.
+pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
+    let mut conn = Conn::open(&cfg.socket_path)?;
+    let req = match args.action {
+        ManageAction::ListNodes => Request::ListNodes,
+        ManageAction::ListJobs => Request::ListJobs,
+        ManageAction::JobInfo(id) => Request::JobInfo { id },
+        ManageAction::PurgeJobs => Request::PurgeJobs,
+        ManageAction::PurgeNodes => Request::PurgeNodes,
+    };
+    let resp = conn.call(&req)?;
+    let mut out = io::stdout().lock();
+    let text = match (resp, args.format) {
+        (Response::Nodes(nodes), Format::Json) => json(&nodes)?,
+        (Response::Nodes(nodes), Format::Table) => nodes_table(&nodes),
+        (Response::Jobs(jobs), Format::Json) => json(&jobs)?,
+        (Response::Jobs(jobs), Format::Table) => jobs_table(&jobs),
+        (Response::Job(detail), Format::Json) => json(&[detail])?,
+        (Response::Job(detail), Format::Table) => job_text(&detail),
+        (Response::Purged { purged, kept }, Format::Json) => json(&[Purged { purged, kept }])?,
+        (Response::Purged { purged, kept }, Format::Table) => {
+            let what = if args.action == ManageAction::PurgeJobs { "jobs" } else { "nodes" };
+            let why = if what == "jobs" { "still running" } else { "with work queued or in flight" };
+            format!("purged {purged} {what}; kept {kept} {why}\n")
+        }
+        (other, _) => return Err(unexpected(&other)),
+    };
+    out.write_all(text.as_bytes()).map_err(out_err)?;
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct Purged {
+    purged: usize,
+    kept: usize,
+}
+
+fn json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    let mut s = serde_json::to_string_pretty(value).map_err(|e| Error::Protocol(format!("cannot encode JSON: {e}")))?;
+    s.push('\n');
+    Ok(s)
+}
+
+/// Columns padded to their widest cell.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(cell);
+            l.extend(std::iter::repeat_n(' ', widths[i].saturating_sub(cell.chars().count())));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn nodes_table(nodes: &[NodeView]) -> String {
+    if nodes.is_empty() {
+        return "no nodes connected\n".into();
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format_utc(n.last_heartbeat_ms),
+                format_utc(n.expires_ms),
+                n.queued.to_string(),
+                n.in_flight.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "LAST HEARTBEAT (UTC)", "EXPIRES (UTC)", "QUEUED", "IN FLIGHT"], &rows)
+}
+
+fn states_summary(job: &JobView) -> String {
+    let parts: Vec<String> = job.states.iter().map(|(s, n)| format!("{n} {}", s.name())).collect();
+    parts.join(", ")
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max.saturating_sub(3)).collect();
+    cut.push_str("...");
+    cut
+}
+
+fn jobs_table(jobs: &[JobView]) -> String {
+    if jobs.is_empty() {
+        return "no jobs\n".into();
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.verb.to_string(),
+                shorten(&j.args, 32),
+                j.task_sha1.clone(),
+                states_summary(j),
+                format_utc(j.submitted_ms),
+                j.finished_ms.map_or_else(|| "-".into(), format_utc),
+            ]
+        })
+        .collect();
+    table(&["ID", "VERB", "ARGS", "TASK SHA1", "NODES", "SUBMITTED (UTC)", "FINISHED (UTC)"], &rows)
+}
+
+fn job_text(d: &JobDetail) -> String {
+    let j = &d.job;
+    let mut s = String::new();
+    let field = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<11}{v}\n"));
+    field(&mut s, "job", &j.id.to_string());
+    field(&mut s, "verb", j.verb.name());
+    field(&mut s, "args", &j.args);
+    field(&mut s, "task sha1", &j.task_sha1);
+    field(&mut s, "submitted", &format!("{} UTC", format_utc(j.submitted_ms)));
+    field(&mut s, "finished", &j.finished_ms.map_or_else(|| "-".into(), |t| format!("{} UTC", format_utc(t))));
+    field(&mut s, "nodes", &states_summary(j));
+    s.push('\n');
+    let rows: Vec<Vec<String>> = d
+        .nodes
+        .iter()
+        .map(|p| {
+            vec![
+                p.node.clone(),
+                p.state.name().to_owned(),
+                exit_text(p),
+                p.exec_secs.map_or_else(|| "-".into(), format_secs),
+                p.rtt_secs.map_or_else(|| "-".into(), format_secs),
+            ]
+        })
+        .collect();
+    s.push_str(&table(&["NODE", "STATE", "EXIT", "EXEC TIME", "ROUND TRIP"], &rows));
+    for p in &d.nodes {
+        let mut body = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = write_output(&mut body, p);
+        if !body.is_empty() {
+            s.push_str(&format!("\n{}:\n", p.node));
+            s.push_str(&String::from_utf8_lossy(&body));
+        }
+    }
+    s
+}
+
+fn exit_text(p: &PartView) -> String {
+    match (p.exit_code, p.signal) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => "-".into(),
+    }
+}
+
+/// One node's result as `exec --wait` prints it.
+fn write_part(out: &mut impl Write, p: &PartView) -> io::Result<()> {
+    let mut line = format!("{}: {}", p.node, p.state.name());
+    match (p.exit_code, p.signal) {
+        (Some(c), _) => line.push_str(&format!(", exit {c}")),
+        (None, Some(sig)) => line.push_str(&format!(", killed by signal {sig}")),
+        _ => {}
+    }
+    if let Some(t) = p.exec_secs {
+        line.push_str(&format!(", {} on the node", format_secs(t)));
+    }
+    if let Some(t) = p.rtt_secs {
+        line.push_str(&format!(", {} round trip", format_secs(t)));
+    }
+    writeln!(out, "{line}")?;
+    write_output(out, p)
+}
+
+/// A part's message and captured output, indented.
+fn write_output(out: &mut impl Write, p: &PartView) -> io::Result<()> {
+    if let Some(m) = &p.message {
+        writeln!(out, "  {m}")?;
+    }
+    for (name, text, dropped) in [("stdout", &p.stdout, p.stdout_dropped), ("stderr", &p.stderr, p.stderr_dropped)] {
+        for l in text.lines() {
+            writeln!(out, "  {name} | {l}")?;
+        }
+        if dropped > 0 {
+            writeln!(out, "  {name} | [output cut: {dropped} more bytes not kept]")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "LONG"], &[vec!["xxx".into(), "1".into()], vec!["y".into(), "22".into()]]);
+        assert_eq!(t, "A    LONG\nxxx  1\ny    22\n");
+    }
+
+    #[test]
+    fn shorten_cuts_long_args() {
+        assert_eq!(shorten("abc", 5), "abc");
+        assert_eq!(shorten("abcdefgh", 5), "ab...");
+        assert_eq!(shorten("a\nb", 5), "a b");
+    }
+}

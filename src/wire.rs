@@ -1,0 +1,437 @@
+//! Everything that crosses a socket, in one place: the ZeroMQ messages between
+//! server and clients, the control-socket requests and responses between the
+//! CLI and the server, and their codecs.
+//!
+//! ZeroMQ message layout (after the ROUTER's identity frame, if any):
+//! `[b"DIR" + version][bincode body]`. A message with the wrong frame count,
+//! magic, version or body is rejected with a `WireError` for the caller to log
+//! with the peer's identity; nothing here panics on peer input.
+//!
+//! Control socket: each message is a 4-byte big-endian length and a bincode
+//! body. The length is checked against a limit before anything is allocated.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::dsl::{Task, Verb};
+
+/// Protocol magic, followed by the version byte.
+pub const MAGIC: &[u8; 3] = b"DIR";
+/// The one protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// Largest ZeroMQ message either daemon accepts (`ZMQ_MAXMSGSIZE`): two capped
+/// outputs plus room for the rest.
+pub const MAX_ZMQ_MSG: usize = 4 * crate::wire::OUTPUT_CAP + (1 << 20);
+/// Captured stdout and stderr are each cut to this many bytes on the node.
+pub const OUTPUT_CAP: usize = 1 << 20;
+/// Largest control request the server reads (a job definition).
+pub const MAX_REQUEST: usize = 4 << 20;
+/// Largest control response the CLI reads (a listing of many jobs).
+pub const MAX_RESPONSE: usize = 512 << 20;
+
+/// Why a message was rejected.
+#[derive(Debug, PartialEq)]
+pub enum WireError {
+    FrameCount(usize),
+    BadMagic,
+    Version(u8),
+    Body(String),
+    TooLarge { len: usize, max: usize },
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::FrameCount(n) => write!(f, "expected 2 frames, got {n}"),
+            WireError::BadMagic => f.write_str("not a director message (bad magic)"),
+            WireError::Version(v) => write!(f, "unknown protocol version {v} (this build speaks {VERSION})"),
+            WireError::Body(e) => write!(f, "undecodable body: {e}"),
+            WireError::TooLarge { len, max } => write!(f, "message of {len} bytes exceeds the limit of {max}"),
+        }
+    }
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ MAX_RESPONSE }>()
+}
+
+fn encode_body<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Our own types always encode; a failure is a bug in this module.
+    bincode::serde::encode_to_vec(msg, bincode_config()).expect("wire types encode")
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    let (msg, used) = bincode::serde::decode_from_slice(body, bincode_config())
+        .map_err(|e| WireError::Body(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Body(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(msg)
+}
+
+/// Encode a ZeroMQ message (without identity frame).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<Vec<u8>> {
+    let mut head = MAGIC.to_vec();
+    head.push(VERSION);
+    vec![head, encode_body(msg)]
+}
+
+/// Decode a ZeroMQ message (without identity frame).
+pub fn decode<T: DeserializeOwned>(frames: &[Vec<u8>]) -> Result<T, WireError> {
+    let [head, body] = frames else {
+        return Err(WireError::FrameCount(frames.len()));
+    };
+    match head.as_slice() {
+        [m0, m1, m2, v] if [*m0, *m1, *m2] == *MAGIC => {
+            if *v != VERSION {
+                return Err(WireError::Version(*v));
+            }
+        }
+        _ => return Err(WireError::BadMagic),
+    }
+    decode_body(body)
+}
+
+/// Client to server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Heartbeat port: "still here", every interval.
+    Heartbeat { interval_ms: u64 },
+    /// Job port: sent on every (re)connect and when the server asks. `holding`
+    /// lists the jobs this client still has (queued, running, or with an
+    /// unacknowledged result); the server declares the rest of what it sent
+    /// this node lost.
+    Ready { version: String, interval_ms: u64, holding: Vec<Uuid> },
+    /// Job port: the job's process started.
+    Started { job_id: Uuid },
+    /// Job port: the job ended; resent until acknowledged.
+    Finished { job_id: Uuid, outcome: Outcome },
+}
+
+/// Server to client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Heartbeat port: the answer to a heartbeat.
+    HeartbeatAck { expires_in_ms: u64 },
+    /// Heartbeat port: the server does not know this node (it restarted, or
+    /// expired the node): send `Ready` again.
+    Register,
+    /// Job port: run this.
+    Job { job_id: Uuid, task: Task },
+    /// Job port: the result of this job was recorded.
+    ResultAck { job_id: Uuid },
+}
+
+impl ClientMsg {
+    /// One line for `--debug` logs (outputs summarized by size).
+    pub fn describe(&self) -> String {
+        match self {
+            ClientMsg::Heartbeat { interval_ms } => format!("Heartbeat interval={interval_ms}ms"),
+            ClientMsg::Ready { version, interval_ms, holding } => {
+                format!("Ready version={version} interval={interval_ms}ms holding={}", holding.len())
+            }
+            ClientMsg::Started { job_id } => format!("Started job={job_id}"),
+            ClientMsg::Finished { job_id, outcome } => format!(
+                "Finished job={job_id} exit={:?} stdout={}B stderr={}B exec={:.3}s",
+                outcome.exit,
+                outcome.stdout.len(),
+                outcome.stderr.len(),
+                outcome.exec_secs
+            ),
+        }
+    }
+}
+
+impl ServerMsg {
+    /// One line for `--debug` logs.
+    pub fn describe(&self) -> String {
+        match self {
+            ServerMsg::HeartbeatAck { expires_in_ms } => format!("HeartbeatAck expires_in={expires_in_ms}ms"),
+            ServerMsg::Register => "Register".into(),
+            ServerMsg::Job { job_id, task } => format!("Job job={job_id} {} {:?}", task.verb(), task.args()),
+            ServerMsg::ResultAck { job_id } => format!("ResultAck job={job_id}"),
+        }
+    }
+}
+
+/// How a job's process ended on its node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// It could not be run at all.
+    Error(String),
+}
+
+/// What a node reports about one job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Bytes cut from the end of stdout and stderr past `OUTPUT_CAP`.
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+    /// Execution time measured on the node.
+    pub exec_secs: f64,
+}
+
+impl Outcome {
+    /// Did the job succeed?
+    pub fn succeeded(&self) -> bool {
+        self.exit == Exit::Code(0)
+    }
+}
+
+/// A request from the CLI to the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Queue a job; with `wait`, the connection receives `NodeDone` for each
+    /// node and then `JobDone`.
+    Submit { task: Task, targets: Vec<String>, wait: bool },
+    ListNodes,
+    ListJobs,
+    JobInfo { id: Uuid },
+    PurgeJobs,
+    PurgeNodes,
+}
+
+/// A response or pushed event from the server to the CLI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Submitted(Submitted),
+    NodeDone(PartView),
+    JobDone(JobView),
+    Nodes(Vec<NodeView>),
+    Jobs(Vec<JobView>),
+    Job(JobDetail),
+    Purged { purged: usize, kept: usize },
+    Rejected(String),
+}
+
+/// The answer to a submission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub job_id: Uuid,
+    pub task_sha1: String,
+    pub targets: Vec<String>,
+}
+
+/// Where one job stands on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting on the server for its turn on the node.
+    Queued,
+    /// Sent to the node, not yet started.
+    Sent,
+    Running,
+    Succeeded,
+    Failed,
+    /// The node vanished (expired or restarted) before reporting.
+    Lost,
+}
+
+impl JobState {
+    /// Is this a final state?
+    pub fn is_done(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Lost)
+    }
+
+    /// As shown to operators.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Sent => "sent",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Lost => "lost",
+        }
+    }
+}
+
+/// A node, as listed by `manage --list-nodes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub last_heartbeat_ms: u64,
+    pub expires_ms: u64,
+    /// Jobs waiting on the server for this node.
+    pub queued: u32,
+    /// Jobs sent to the node and not yet finished.
+    pub in_flight: u32,
+}
+
+/// A job, as listed by `manage --list-jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: Uuid,
+    pub verb: Verb,
+    pub args: String,
+    pub task_sha1: String,
+    pub submitted_ms: u64,
+    /// When the last node finished, once all have.
+    pub finished_ms: Option<u64>,
+    /// How many nodes are in each state.
+    pub states: BTreeMap<JobState, u32>,
+}
+
+impl JobView {
+    /// Did every node succeed?
+    pub fn all_succeeded(&self) -> bool {
+        self.states.keys().all(|s| *s == JobState::Succeeded)
+    }
+}
+
+/// One node's part of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartView {
+    pub job_id: Uuid,
+    pub node: String,
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Why the job could not run, or why it was lost.
+    pub message: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+    /// Execution time measured on the node.
+    pub exec_secs: Option<f64>,
+    /// From the server sending the job to the result coming back.
+    pub rtt_secs: Option<f64>,
+    pub sent_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+/// Everything about one job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub job: JobView,
+    pub nodes: Vec<PartView>,
+}
+
+/// Frame a control message: length prefix and body.
+pub fn encode_control<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = encode_body(msg);
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reassembles length-prefixed control messages from a byte stream.
+pub struct FrameBuf {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl FrameBuf {
+    /// A buffer that refuses messages longer than `max` bytes.
+    pub fn new(max: usize) -> FrameBuf {
+        FrameBuf { buf: Vec::new(), max }
+    }
+
+    /// Append bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if one is buffered. An error means the stream
+    /// is corrupt and must be closed.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+        let Some(len) = self.buf.get(..4) else { return Ok(None) };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > self.max {
+            return Err(WireError::TooLarge { len, max: self.max });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let msg = decode_body(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        msg.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished() -> ClientMsg {
+        ClientMsg::Finished {
+            job_id: Uuid::new_v4(),
+            outcome: Outcome {
+                exit: Exit::Code(3),
+                stdout: b"out".to_vec(),
+                stderr: vec![0xff, 0],
+                stdout_dropped: 0,
+                stderr_dropped: 7,
+                exec_secs: 0.25,
+            },
+        }
+    }
+
+    #[test]
+    fn zmq_round_trip() {
+        let msg = finished();
+        assert_eq!(decode::<ClientMsg>(&encode(&msg)), Ok(msg));
+        let job = ServerMsg::Job { job_id: Uuid::new_v4(), task: Task::Run { command: "true".into() } };
+        assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
+    }
+
+    #[test]
+    fn zmq_rejects_bad_frames() {
+        let good = encode(&finished());
+        assert_eq!(decode::<ClientMsg>(&good[..1]), Err(WireError::FrameCount(1)));
+        let mut three = good.clone();
+        three.push(vec![]);
+        assert_eq!(decode::<ClientMsg>(&three), Err(WireError::FrameCount(3)));
+        assert_eq!(decode::<ClientMsg>(&[b"XYZ\x01".to_vec(), good[1].clone()]), Err(WireError::BadMagic));
+        assert_eq!(decode::<ClientMsg>(&[b"DIR\x09".to_vec(), good[1].clone()]), Err(WireError::Version(9)));
+        let truncated = good[1][..good[1].len() - 2].to_vec();
+        assert!(matches!(decode::<ClientMsg>(&[good[0].clone(), truncated]), Err(WireError::Body(_))));
+        let mut trailing = good[1].clone();
+        trailing.push(0);
+        assert!(matches!(decode::<ClientMsg>(&[good[0].clone(), trailing]), Err(WireError::Body(_))));
+        assert!(matches!(decode::<ClientMsg>(&[good[0].clone(), vec![200, 1, 2]]), Err(WireError::Body(_))));
+        // A server message arriving where a client message is expected.
+        let wrong = encode(&ServerMsg::ResultAck { job_id: Uuid::nil() });
+        assert!(decode::<ClientMsg>(&wrong).is_err());
+    }
+
+    #[test]
+    fn control_frames_reassemble_and_reject_oversize() {
+        let req = Request::Submit { task: Task::Run { command: "x".into() }, targets: vec!["a".into()], wait: true };
+        let bytes = [encode_control(&req), encode_control(&Request::ListJobs)].concat();
+        let mut fb = FrameBuf::new(MAX_REQUEST);
+        for chunk in bytes.chunks(3) {
+            fb.push(chunk);
+        }
+        assert_eq!(fb.next::<Request>(), Ok(Some(req)));
+        assert_eq!(fb.next::<Request>(), Ok(Some(Request::ListJobs)));
+        assert_eq!(fb.next::<Request>(), Ok(None));
+        assert!(fb.buf.is_empty());
+
+        let mut fb = FrameBuf::new(16);
+        fb.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(fb.next::<Request>(), Err(WireError::TooLarge { .. })));
+        let mut fb = FrameBuf::new(16);
+        fb.push(&[0, 0, 0, 2, 0xff, 0xff]);
+        assert!(matches!(fb.next::<Request>(), Err(WireError::Body(_))));
+    }
+
+    #[test]
+    fn job_state_map_serializes_to_json_keys() {
+        let mut states = BTreeMap::new();
+        states.insert(JobState::Succeeded, 2);
+        let json = serde_json::to_string(&states).unwrap();
+        assert_eq!(json, r#"{"succeeded":2}"#);
+    }
+}
