@@ -1,0 +1,410 @@
+//! End-to-end tests of the core: a real server and clients on loopback,
+//! driven through the real CLI.
+
+mod util;
+
+use std::fs;
+use std::time::Duration;
+
+use util::{pid_gone, read_pid, wait_until, Cluster, DEADLINE};
+
+fn parts(info: &serde_json::Value) -> Vec<serde_json::Value> {
+    info["nodes"].as_array().unwrap().clone()
+}
+
+fn part<'a>(parts: &'a [serde_json::Value], node: &str) -> &'a serde_json::Value {
+    parts.iter().find(|p| p["node"] == node).unwrap_or_else(|| panic!("no part for {node}"))
+}
+
+#[test]
+fn exec_runs_on_every_node_or_only_the_named_one() {
+    let c = Cluster::start("exec-all", &["n1", "n2", "n3"], "1");
+
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo ran > ran.txt; echo hello"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(fs::read_to_string(c.node_dir(n).join("ran.txt")).unwrap(), "ran\n");
+        assert!(out.stdout.contains(&format!("{n}: succeeded, exit 0")), "{}", out.stdout);
+    }
+    assert!(out.stdout.contains("stdout | hello"));
+    assert!(out.stdout.contains("3 succeeded"));
+
+    let id = c.submit(&["n2"], "echo only > only.txt");
+    let info = c.wait_job_done(&id);
+    let ps = parts(&info);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0]["node"], "n2");
+    assert_eq!(ps[0]["state"], "succeeded");
+    assert!(c.node_dir("n2").join("only.txt").exists());
+    assert!(!c.node_dir("n1").join("only.txt").exists());
+    assert!(!c.node_dir("n3").join("only.txt").exists());
+    assert_eq!(info["job"]["verb"], "RUN");
+    assert_eq!(info["job"]["task_sha1"].as_str().unwrap().len(), 40);
+    assert!(ps[0]["exec_secs"].as_f64().is_some());
+    assert!(ps[0]["rtt_secs"].as_f64().is_some());
+
+    // The human views list what JSON does.
+    let jobs = c.cli(&["manage", "--list-jobs"]);
+    assert_eq!(jobs.code, 0);
+    assert!(jobs.stdout.starts_with("ID"));
+    assert!(jobs.stdout.contains(&id) && jobs.stdout.contains("1 succeeded"));
+    let nodes = c.cli(&["manage", "--list-nodes"]);
+    assert!(nodes.stdout.starts_with("NAME") && nodes.stdout.contains("n3"));
+    let text = c.cli(&["manage", "--job-info", &id]);
+    assert!(text.stdout.contains("task sha1") && text.stdout.contains("n2"));
+}
+
+#[test]
+fn a_failure_on_one_node_reaches_job_info() {
+    let c = Cluster::start("failure", &["ok1", "bad", "ok2"], "1");
+    fs::write(c.node_dir("bad").join("fail-here"), "").unwrap();
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "if [ -e fail-here ]; then echo boom >&2; exit 7; fi; echo fine",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("bad: failed, exit 7"), "{}", out.stdout);
+    assert!(out.stdout.contains("stderr | boom"));
+    let info = c.wait_job_done(&util::job_id(&out.stdout));
+    let ps = parts(&info);
+    let bad = part(&ps, "bad");
+    assert_eq!(bad["state"], "failed");
+    assert_eq!(bad["exit_code"], 7);
+    assert_eq!(bad["stderr"], "boom\n");
+    for n in ["ok1", "ok2"] {
+        assert_eq!(part(&ps, n)["state"], "succeeded");
+        assert_eq!(part(&ps, n)["stdout"], "fine\n");
+    }
+    assert_eq!(info["job"]["states"]["failed"], 1);
+    assert_eq!(info["job"]["states"]["succeeded"], 2);
+}
+
+#[test]
+fn heartbeats_keep_flowing_while_a_command_runs() {
+    let c = Cluster::start("long", &["busy", "idle"], "1");
+    let id = c.submit(&["busy"], "sleep 5");
+    let mut seen = Vec::new();
+    wait_until("long job done", DEADLINE, || {
+        let state = c.part_state(&id, "busy");
+        if state == "running" || state == "sent" {
+            let nodes = c.nodes_json();
+            let busy = nodes.as_array().unwrap().iter().find(|n| n["name"] == "busy").expect("busy node expired");
+            let beat = busy["last_heartbeat_ms"].as_u64().unwrap();
+            if seen.last() != Some(&beat) {
+                seen.push(beat);
+            }
+        }
+        state == "succeeded" || state == "failed"
+    });
+    assert_eq!(c.part_state(&id, "busy"), "succeeded");
+    assert!(seen.len() >= 3, "heartbeats seen while the command ran: {seen:?}");
+    assert!(!c.server.as_ref().unwrap().log_text().contains("expired"));
+}
+
+/// The missed-drain trap: with a 60 s heartbeat there is no other traffic to
+/// wake a loop that left messages unread behind an edge-triggered fd.
+#[test]
+fn a_burst_of_100_jobs_to_one_node_all_complete() {
+    let c = Cluster::start("burst", &["solo"], "60");
+    let ids: Vec<String> = (0..100).map(|i| c.submit(&["solo"], &format!("echo {i} >> burst.txt"))).collect();
+    wait_until("100 jobs done", DEADLINE * 2, || {
+        let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
+        let jobs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let jobs = jobs.as_array().unwrap();
+        jobs.len() == 100 && jobs.iter().all(|j| j["states"]["succeeded"] == 1)
+    });
+    // Run one at a time, in submission order.
+    let lines: Vec<String> = fs::read_to_string(c.node_dir("solo").join("burst.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want);
+    assert_eq!(ids.len(), 100);
+}
+
+#[test]
+fn a_killed_client_leaves_the_node_list_after_expiry() {
+    let mut c = Cluster::start("kill9", &["stay", "gone"], "1");
+    c.client("gone").signal(libc::SIGKILL);
+    wait_until("gone expired", DEADLINE, || c.node_names() == vec!["stay".to_string()]);
+    assert!(c.server().log_text().contains("node=gone: expired"));
+}
+
+#[test]
+fn a_client_killed_mid_job_is_reported_lost_while_the_others_finish() {
+    let mut c = Cluster::start("lost", &["a", "victim", "c"], "1");
+    fs::write(c.node_dir("victim").join("slow"), "").unwrap();
+    let args: Vec<String> = ["exec", "--verb", "RUN", "--wait", "if [ -e slow ]; then echo $$ > pid; exec sleep 600; fi; echo done"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(c.common())
+        .collect();
+    let dir = c.dir.path.clone();
+    let waiter = std::thread::spawn(move || util::run_cli(&dir, &args));
+
+    let orphan = read_pid(&c.node_dir("victim").join("pid"));
+    // The live nodes' results are in before the victim dies: nothing waits on it.
+    let id = {
+        let mut id = String::new();
+        wait_until("live nodes done", DEADLINE, || {
+            let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
+            let jobs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            match jobs.as_array().unwrap().first() {
+                Some(j) if j["states"]["succeeded"] == 2 => {
+                    id = j["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                _ => false,
+            }
+        });
+        id
+    };
+    assert_eq!(c.part_state(&id, "victim"), "running");
+    c.client("victim").signal(libc::SIGKILL);
+
+    let out = waiter.join().unwrap();
+    unsafe { libc::kill(orphan, libc::SIGKILL) };
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("victim: lost"), "{}", out.stdout);
+    assert!(out.stdout.contains("node expired"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 succeeded, 1 lost"), "{}", out.stdout);
+    let log = c.server().log_text();
+    assert!(log.contains("node=victim: expired"));
+    assert!(!log.contains("node=a: expired") && !log.contains("node=c: expired"), "{log}");
+    let mut names = c.node_names();
+    names.sort();
+    assert_eq!(names, vec!["a", "c"]);
+}
+
+#[test]
+fn sigterm_stops_a_client_and_its_command_process_group() {
+    let mut c = Cluster::start("sigterm", &["n"], "1");
+    let id = c.submit(&["n"], "sleep 300 & echo $! > bg.pid; echo $$ > sh.pid; sleep 300");
+    let dir = c.node_dir("n");
+    let (bg, sh) = (read_pid(&dir.join("bg.pid")), read_pid(&dir.join("sh.pid")));
+    c.client("n").signal(libc::SIGTERM);
+    assert_eq!(c.client("n").wait_exit(DEADLINE), Some(0));
+    wait_until("command and its background child gone", DEADLINE, || pid_gone(bg) && pid_gone(sh));
+    // The client reported the killed command before leaving.
+    let info = c.wait_job_done(&id);
+    let p = &parts(&info)[0];
+    assert_eq!(p["state"], "failed", "{p}");
+    assert_eq!(p["signal"], libc::SIGTERM);
+    assert!(c.client("n").log_text().contains("stopping job"));
+}
+
+#[test]
+fn clients_reregister_after_a_server_restart() {
+    let mut c = Cluster::start("restart", &["r1", "r2", "r3"], "0.5");
+    c.server().signal(libc::SIGTERM);
+    assert_eq!(c.server().wait_exit(DEADLINE), Some(0));
+    assert!(!c.socket().exists(), "the socket file is removed on SIGTERM");
+    c.start_server();
+    c.wait_nodes(&["r1", "r2", "r3"]);
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "true"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("3 succeeded"));
+    for n in ["r1", "r2", "r3"] {
+        assert!(c.client(n).is_running(), "client {n} survives the restart untouched");
+    }
+}
+
+#[test]
+fn garbage_from_raw_peers_does_not_disturb_service() {
+    let mut c = Cluster::start("garbage", &["g1", "g2"], "1");
+    let ctx = zmq::Context::new();
+    let mut socks = Vec::new();
+    for port in c.ports {
+        let s = ctx.socket(zmq::DEALER).unwrap();
+        s.set_linger(0).unwrap();
+        s.set_identity(b"intruder").unwrap();
+        s.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        let big = vec![7u8; 32 << 20];
+        let frames: Vec<Vec<u8>> = vec![
+            b"hello".to_vec(),
+            b"DIR\x01".to_vec(),
+            b"DIR\x09".to_vec(),
+            b"\xff\xfe\xfd".to_vec(),
+        ];
+        for f in &frames {
+            s.send(f.as_slice(), 0).unwrap();
+            s.send_multipart([b"DIR\x01".as_slice(), f.as_slice()], 0).unwrap();
+            s.send_multipart([f.as_slice(), f.as_slice(), f.as_slice()], 0).unwrap();
+        }
+        s.send_multipart([b"DIR\x01".as_slice(), &[3u8, 0xff, 0xff, 0xff, 0xff, 0x0f]], 0).unwrap();
+        s.send(big.as_slice(), 0).unwrap();
+        socks.push(s);
+    }
+    // Raw TCP bytes that are not even ZMTP, and junk on the control socket.
+    for port in c.ports {
+        use std::io::Write;
+        if let Ok(mut t) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = t.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage");
+        }
+    }
+    {
+        use std::io::Write;
+        let mut u = std::os::unix::net::UnixStream::connect(c.socket()).unwrap();
+        u.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        let mut u2 = std::os::unix::net::UnixStream::connect(c.socket()).unwrap();
+        u2.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+    }
+    wait_until("garbage logged", DEADLINE, || c.server().log_text().contains("node=intruder: dropped"));
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo still here"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("2 succeeded"));
+    assert!(c.server().is_running());
+    assert_eq!(c.node_names(), vec!["g1", "g2"]);
+    let log = c.server().log_text();
+    assert!(log.contains("bad magic") || log.contains("expected 2 frames"), "{log}");
+    assert!(log.contains("control connection sent a bad request"), "{log}");
+}
+
+#[test]
+fn debug_logs_show_protocol_traffic() {
+    let mut c = Cluster {
+        dir: util::TestDir::new("debug"),
+        ports: util::free_ports(),
+        ivl: "0.5".into(),
+        server: None,
+        clients: Default::default(),
+    };
+    c.start_server_with(&["--debug"]);
+    c.start_client("d");
+    c.wait_nodes(&["d"]);
+    wait_until("heartbeat in debug log", DEADLINE, || c.server().log_text().contains("node=d heartbeat <- Heartbeat"));
+    assert!(c.server().log_text().contains("node=d job <- Ready"));
+}
+
+#[test]
+fn exit_code_3_and_one_line_when_no_server_runs() {
+    let dir = util::TestDir::new("noserver");
+    let sock = dir.path.join("nothing.sock");
+    for args in [
+        vec!["manage", "--list-nodes"],
+        vec!["exec", "--verb", "RUN", "true"],
+    ] {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--socket-path".into(), sock.display().to_string()]);
+        let out = util::run_cli(&dir.path, &all);
+        assert_eq!(out.code, 3, "{out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+        assert!(out.stderr.starts_with("director: cannot reach the director server at "), "{out:?}");
+        assert!(out.stderr.contains(&sock.display().to_string()));
+        assert!(!out.stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn unknown_targets_are_refused_and_nothing_is_queued() {
+    let c = Cluster::start("unknown", &["k1"], "1");
+    let out = c.cli(&["exec", "--verb", "RUN", "--target", "k1", "--target", "nope", "true"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.stderr.trim(), "director: unknown target node 'nope' (known nodes: k1)");
+    let jobs = c.cli(&["manage", "--list-jobs", "--format", "json"]);
+    assert_eq!(jobs.stdout.trim(), "[]");
+}
+
+#[test]
+fn a_server_that_cannot_bind_says_where_and_why() {
+    let dir = util::TestDir::new("bind");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let [p2, p3, _] = util::free_ports();
+    let args: Vec<String> = [
+        "server",
+        "--bind-address",
+        "127.0.0.1",
+        "--job-port",
+        &port,
+        "--transfer-port",
+        &p2.to_string(),
+        "--heartbeat-port",
+        &p3.to_string(),
+        "--socket-path",
+        &dir.path.join("s.sock").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = util::run_cli(&dir.path, &args);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains(&format!("cannot bind the job socket to tcp://127.0.0.1:{port}")), "{out:?}");
+    assert!(out.stderr.contains("in use"), "{out:?}");
+}
+
+#[test]
+fn bad_usage_and_config_are_refused_with_exit_2() {
+    let dir = util::TestDir::new("usage");
+    let run = |args: &[&str]| util::run_cli(&dir.path, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let cfg = dir.path.join("bad.yaml");
+    fs::write(&cfg, "heartbeat_interval: 1\nhartbeat_port: 9\n").unwrap();
+    let out = run(&["server", "--config-file", cfg.to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert_eq!(out.stderr.trim(), format!("director: config file {}: unknown key 'hartbeat_port'", cfg.display()));
+    fs::write(&cfg, "job_port: many\n").unwrap();
+    let out = run(&["server", "--config-file", cfg.to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("key 'job_port'"), "{out:?}");
+    let out = run(&["exec", "--verb", "DANCE", "x"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("unknown verb 'DANCE'"));
+    let out = run(&["frobnicate"]);
+    assert_eq!(out.code, 2);
+    let env = util::run_cli_env(&dir.path, &["manage".into(), "--list-nodes".into()], &[("DIRECTOR_JOB_PORT", "x")]);
+    assert_eq!(env.code, 2);
+    assert!(env.stderr.contains("DIRECTOR_JOB_PORT"), "{env:?}");
+}
+
+#[test]
+fn help_and_version() {
+    let dir = util::TestDir::new("help");
+    let run = |args: &[&str]| util::run_cli(&dir.path, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let out = run(&["--help"]);
+    assert_eq!(out.code, 0);
+    for opt in ["--job-port", "--heartbeat-interval", "--socket-path", "--identity", "--cache-path", "--state-path"] {
+        assert!(out.stdout.contains(opt), "{opt}");
+    }
+    let out = run(&["manage", "--help"]);
+    assert!(out.stdout.contains("--purge-nodes"));
+    let out = run(&["--version"]);
+    assert_eq!(out.stdout.trim(), format!("director {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn config_file_and_environment_configure_the_daemons() {
+    // Ports and interval come from the file, the socket from the environment.
+    let dir = util::TestDir::new("cfg");
+    let [p1, p2, p3] = util::free_ports();
+    let cfg = dir.path.join("config.yaml");
+    fs::write(&cfg, format!("job_port: {p1}\ntransfer_port: {p2}\nheartbeat_port: {p3}\nheartbeat_interval: 0.5\nbind_address: 127.0.0.1\nserver_address: 127.0.0.1\n")).unwrap();
+    let sock = dir.path.join("env.sock");
+    let spawn = |mode: &str, name: &str| {
+        let log = fs::File::create(dir.path.join(format!("{name}.log"))).unwrap();
+        util::Proc {
+            child: util::base_command()
+                .args([mode, "--identity", name])
+                .env("DIRECTOR_CONFIG_FILE", &cfg)
+                .env("DIRECTOR_SOCKET_PATH", &sock)
+                .current_dir(&dir.path)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+            log: dir.path.join(format!("{name}.log")),
+        }
+    };
+    let _server = spawn("server", "srv");
+    let _client = spawn("client", "envnode");
+    let env = [("DIRECTOR_CONFIG_FILE", cfg.to_str().unwrap()), ("DIRECTOR_SOCKET_PATH", sock.to_str().unwrap())];
+    wait_until("envnode registered", DEADLINE, || {
+        let out = util::run_cli_env(&dir.path, &["manage".into(), "--list-nodes".into()], &env);
+        out.code == 0 && out.stdout.contains("envnode")
+    });
+    let _ = Duration::ZERO;
+}

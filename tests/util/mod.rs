@@ -1,0 +1,385 @@
+//! Test harness: real `director` processes on loopback, each test in its own
+//! directory with its own ports, socket, cache and state paths. Every process
+//! is killed and reaped on drop. Waits are conditions with deadlines.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_director");
+/// Generous: tests run in parallel on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory removed when the test ends.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("director-test-{}-{name}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TestDir { path }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Poll `cond` until it holds or the deadline passes (then panic naming `what`).
+pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Three free loopback ports: bind port 0, read it, release it.
+pub fn free_ports() -> [u16; 3] {
+    let ls: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let p: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    [p[0], p[1], p[2]]
+}
+
+/// A spawned daemon, killed and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Wait for the process to exit; its status code (None: killed by signal).
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let mut status = None;
+        wait_until("process exit", deadline, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap().code()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a CLI call printed and returned.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A server and clients on loopback.
+pub struct Cluster {
+    pub dir: TestDir,
+    pub ports: [u16; 3],
+    pub ivl: String,
+    pub server: Option<Proc>,
+    pub clients: BTreeMap<String, Proc>,
+}
+
+impl Cluster {
+    /// A running server and clients `names`, all registered, heartbeat `ivl`.
+    pub fn start(test: &str, names: &[&str], ivl: &str) -> Cluster {
+        let mut c = Cluster {
+            dir: TestDir::new(test),
+            ports: free_ports(),
+            ivl: ivl.to_owned(),
+            server: None,
+            clients: BTreeMap::new(),
+        };
+        c.start_server();
+        for n in names {
+            c.start_client(n);
+        }
+        c.wait_nodes(names);
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path.join("director.sock")
+    }
+
+    /// Options shared by every mode.
+    pub fn common(&self) -> Vec<String> {
+        vec![
+            "--socket-path".into(),
+            self.socket().display().to_string(),
+            "--job-port".into(),
+            self.ports[0].to_string(),
+            "--transfer-port".into(),
+            self.ports[1].to_string(),
+            "--heartbeat-port".into(),
+            self.ports[2].to_string(),
+            "--heartbeat-interval".into(),
+            self.ivl.clone(),
+        ]
+    }
+
+    fn spawn(&self, mode: &str, extra: &[String], log_name: &str, cwd: &Path) -> Proc {
+        let log = self.dir.path.join(log_name);
+        let file = fs::File::create(&log).unwrap();
+        let child = base_command()
+            .arg(mode)
+            .args(self.common())
+            .args(extra)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    /// Start (or restart) the server. A port taken by someone else between
+    /// `free_ports` and bind is not our failure: pick new ports and go again,
+    /// unless `same_ports` (a restart must keep them).
+    pub fn start_server(&mut self) {
+        self.start_server_with(&[]);
+    }
+
+    pub fn start_server_with(&mut self, extra: &[&str]) {
+        let restart = self.server.is_some();
+        self.server = None;
+        for _attempt in 0..5 {
+            let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            extra.extend([
+                "--bind-address".into(),
+                "127.0.0.1".into(),
+                "--state-path".into(),
+                self.dir.path.join("state").display().to_string(),
+            ]);
+            let mut proc = self.spawn("server", &extra, "server.log", &self.dir.path.clone());
+            let socket = self.socket();
+            let mut exited = false;
+            wait_until("server socket", DEADLINE, || {
+                if proc.child.try_wait().unwrap().is_some() {
+                    exited = true;
+                    return true;
+                }
+                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            });
+            if !exited {
+                self.server = Some(proc);
+                return;
+            }
+            let log = proc.log_text();
+            assert!(!restart && log.contains("in use"), "server failed to start:\n{log}");
+            self.ports = free_ports();
+        }
+        panic!("could not find free ports for the server");
+    }
+
+    /// Start a client named `name` whose working directory is its own.
+    pub fn start_client(&mut self, name: &str) {
+        let cwd = self.node_dir(name);
+        fs::create_dir_all(&cwd).unwrap();
+        let extra = vec![
+            "--identity".into(),
+            name.to_owned(),
+            "--server-address".into(),
+            "127.0.0.1".into(),
+            "--cache-path".into(),
+            cwd.join("cache").display().to_string(),
+        ];
+        let proc = self.spawn("client", &extra, &format!("client-{name}.log"), &cwd);
+        self.clients.insert(name.to_owned(), proc);
+    }
+
+    /// The working directory of node `name`'s commands.
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.dir.path.join(format!("node-{name}"))
+    }
+
+    pub fn client(&mut self, name: &str) -> &mut Proc {
+        self.clients.get_mut(name).unwrap()
+    }
+
+    pub fn server(&mut self) -> &mut Proc {
+        self.server.as_mut().unwrap()
+    }
+
+    /// Run the CLI with the cluster's options; fails the test if it hangs.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.common());
+        run_cli(&self.dir.path, &all)
+    }
+
+    /// `manage --list-nodes --format json`: the node names.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn nodes_json(&self) -> serde_json::Value {
+        let out = self.cli(&["manage", "--list-nodes", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    pub fn wait_nodes(&self, names: &[&str]) {
+        let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_until(&format!("nodes {want:?} registered"), DEADLINE, || {
+            let have = self.node_names();
+            want.iter().all(|w| have.contains(w))
+        });
+    }
+
+    /// `exec --verb RUN` without waiting: the job id.
+    pub fn submit(&self, targets: &[&str], command: &str) -> String {
+        let mut args = vec!["exec", "--verb", "RUN"];
+        for t in targets {
+            args.extend(["--target", t]);
+        }
+        args.push(command);
+        let out = self.cli(&args);
+        assert_eq!(out.code, 0, "{out:?}");
+        job_id(&out.stdout)
+    }
+
+    /// `manage --job-info ID --format json`: the one detail object.
+    pub fn job_info(&self, id: &str) -> serde_json::Value {
+        let out = self.cli(&["manage", "--job-info", id, "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v[0].clone()
+    }
+
+    /// The state of `node`'s part of job `id`.
+    pub fn part_state(&self, id: &str, node: &str) -> String {
+        let info = self.job_info(id);
+        info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node)
+            .map(|p| p["state"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn wait_job_done(&self, id: &str) -> serde_json::Value {
+        let mut info = serde_json::Value::Null;
+        wait_until(&format!("job {id} done"), DEADLINE, || {
+            info = self.job_info(id);
+            !info["job"]["finished_ms"].is_null()
+        });
+        info
+    }
+}
+
+/// A `director` command with a clean environment: no DIRECTOR_* leaks in.
+pub fn base_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear();
+    cmd.env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
+    cmd
+}
+
+/// Run the CLI in `dir` with `args`; output goes through files so a large
+/// output cannot block it, and a hang fails the test.
+pub fn run_cli(dir: &Path, args: &[String]) -> Out {
+    run_cli_env(dir, args, &[])
+}
+
+pub fn run_cli_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Out {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let (o, e) = (dir.join(format!("cli-{n}.out")), dir.join(format!("cli-{n}.err")));
+    let mut cmd = base_command();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&o).unwrap())
+        .stderr(fs::File::create(&e).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let end = Instant::now() + DEADLINE * 2;
+    while status.is_none() {
+        status = child.try_wait().unwrap();
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("director {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Out {
+        code: status.unwrap().code().unwrap_or(-1),
+        stdout: fs::read_to_string(&o).unwrap(),
+        stderr: fs::read_to_string(&e).unwrap(),
+    };
+    let _ = fs::remove_file(o);
+    let _ = fs::remove_file(e);
+    out
+}
+
+/// The job id from `exec` output ("job <uuid>").
+pub fn job_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("job ").map(|s| s.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no job id in {stdout:?}"))
+}
+
+/// Is `pid` gone (or a zombie waiting for a reaper that is not us)?
+pub fn pid_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Read a pid a command wrote to `path`, once it is there.
+pub fn read_pid(path: &Path) -> i32 {
+    let mut pid = 0;
+    wait_until(&format!("pid file {}", path.display()), DEADLINE, || {
+        pid = fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        pid > 0
+    });
+    pid
+}
