@@ -107,7 +107,9 @@ impl ModeArgs {
 
 /// Parse the process's arguments and environment.
 pub fn parse_env() -> Result<Invocation> {
-    parse(std::env::args_os().skip(1).collect(), |k| std::env::var(k).ok())
+    parse(std::env::args_os().skip(1).collect(), |k| {
+        std::env::var(k).ok()
+    })
 }
 
 /// Parse `args` (without the program name) with `env` as the environment.
@@ -122,7 +124,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         match arg {
             Short('h') | Long("help") => help = true,
             Short('V') | Long("version") => {
-                return Ok(Invocation { command: Command::Version, config: Config::from_raw(&RawOptions::new(), config::hostname)? })
+                return Ok(Invocation {
+                    command: Command::Version,
+                    config: Config::from_raw(&RawOptions::new(), config::hostname)?,
+                })
             }
             Long(name) if config::find(name).is_some() => {
                 let spec = config::find(name).expect("checked above");
@@ -134,7 +139,13 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 } else {
                     RawValue::Text(string(parser.value().map_err(usage)?)?)
                 };
-                switches.insert(spec.name, Raw { value, origin: Origin::Switch });
+                switches.insert(
+                    spec.name,
+                    Raw {
+                        value,
+                        origin: Origin::Switch,
+                    },
+                );
             }
             Long("verb") => {
                 m.saw("--verb", Mode::Exec);
@@ -154,8 +165,9 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("purge-nodes") => manage(&mut m, "--purge-nodes", ManageAction::PurgeNodes),
             Long("job-info") => {
                 let id = string(parser.value().map_err(usage)?)?;
-                let id = Uuid::parse_str(id.trim())
-                    .map_err(|_| Error::Usage(format!("--job-info: '{id}' is not a job id (a UUID)")))?;
+                let id = Uuid::parse_str(id.trim()).map_err(|_| {
+                    Error::Usage(format!("--job-info: '{id}' is not a job id (a UUID)"))
+                })?;
                 manage(&mut m, "--job-info", ManageAction::JobInfo(id));
             }
             Long("format") => {
@@ -164,13 +176,19 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 m.format = Some(match f.as_str() {
                     "table" => Format::Table,
                     "json" => Format::Json,
-                    _ => return Err(Error::Usage(format!("--format: expected table or json, got '{f}'"))),
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "--format: expected table or json, got '{f}'"
+                        )))
+                    }
                 });
             }
             Value(v) => {
                 let v = string(v)?;
                 match Mode::parse(&v) {
-                    Some(mode) if positional_mode.is_none() && m.positional.is_empty() => positional_mode = Some(mode),
+                    Some(mode) if positional_mode.is_none() && m.positional.is_empty() => {
+                        positional_mode = Some(mode)
+                    }
                     _ => m.positional.push(v),
                 }
             }
@@ -195,9 +213,15 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         Some(mode) => Some(mode),
         None => match merged.get("mode").map(|r| &r.value) {
             Some(RawValue::Text(s)) => Some(Mode::parse(s).ok_or_else(|| {
-                Error::Usage(format!("unknown mode '{s}': expected server, client, exec or manage"))
+                Error::Usage(format!(
+                    "unknown mode '{s}': expected server, client, exec or manage"
+                ))
             })?),
-            Some(_) => return Err(Error::Usage("mode: expected server, client, exec or manage".into())),
+            Some(_) => {
+                return Err(Error::Usage(
+                    "mode: expected server, client, exec or manage".into(),
+                ))
+            }
             None => None,
         },
     };
@@ -209,7 +233,11 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
     }
     let config = Config::from_raw(&merged, config::hostname)?;
     let command = match mode {
-        None => return Err(Error::Usage("no mode given: expected server, client, exec or manage".into())),
+        None => {
+            return Err(Error::Usage(
+                "no mode given: expected server, client, exec or manage".into(),
+            ))
+        }
         Some(mode) => command(mode, m)?,
     };
     Ok(Invocation { command, config })
@@ -222,20 +250,31 @@ fn manage(m: &mut ModeArgs, flag: &'static str, action: ManageAction) {
 
 fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
     if let Some((flag, want)) = m.used.iter().find(|(_, want)| *want != mode) {
-        return Err(Error::Usage(format!("{flag} only applies to `director {}`", mode_name(*want))));
+        return Err(Error::Usage(format!(
+            "{flag} only applies to `director {}`",
+            mode_name(*want)
+        )));
     }
     match mode {
         Mode::Server | Mode::Client => {
             if let Some(p) = m.positional.first() {
                 return Err(Error::Usage(format!("unexpected argument '{p}'")));
             }
-            Ok(if mode == Mode::Server { Command::Server } else { Command::Client })
+            Ok(if mode == Mode::Server {
+                Command::Server
+            } else {
+                Command::Client
+            })
         }
         Mode::Exec => {
-            let verb = m.verb.ok_or_else(|| Error::Usage("exec needs --verb (RUN)".into()))?;
+            let verb = m
+                .verb
+                .ok_or_else(|| Error::Usage("exec needs --verb (RUN)".into()))?;
             let verb = verb.parse::<Verb>().map_err(Error::Usage)?;
             if m.positional.is_empty() {
-                return Err(Error::Usage(format!("exec --verb {verb} needs the job's arguments, e.g. 'echo hello'")));
+                return Err(Error::Usage(format!(
+                    "exec --verb {verb} needs the job's arguments, e.g. 'echo hello'"
+                )));
             }
             let mut targets: Vec<String> = Vec::new();
             for t in m.targets {
@@ -243,7 +282,12 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     targets.push(t);
                 }
             }
-            Ok(Command::Exec(ExecArgs { verb, targets, wait: m.wait, args: m.positional.join(" ") }))
+            Ok(Command::Exec(ExecArgs {
+                verb,
+                targets,
+                wait: m.wait,
+                args: m.positional.join(" "),
+            }))
         }
         Mode::Manage => {
             if let Some(p) = m.positional.first() {
@@ -254,7 +298,10 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 [] => return Err(Error::Usage("manage needs one of --list-nodes, --list-jobs, --job-info ID, --purge-jobs, --purge-nodes".into())),
                 _ => return Err(Error::Usage("manage takes only one of --list-nodes, --list-jobs, --job-info, --purge-jobs, --purge-nodes".into())),
             };
-            Ok(Command::Manage(ManageArgs { action, format: m.format.unwrap_or(Format::Table) }))
+            Ok(Command::Manage(ManageArgs {
+                action,
+                format: m.format.unwrap_or(Format::Table),
+            }))
         }
     }
 }
@@ -273,7 +320,12 @@ fn usage(e: lexopt::Error) -> Error {
 }
 
 fn string(v: OsString) -> Result<String> {
-    v.into_string().map_err(|v| Error::Usage(format!("argument {} is not valid UTF-8", v.to_string_lossy())))
+    v.into_string().map_err(|v| {
+        Error::Usage(format!(
+            "argument {} is not valid UTF-8",
+            v.to_string_lossy()
+        ))
+    })
 }
 
 fn option_lines(scopes: &[Scope]) -> String {
@@ -284,10 +336,24 @@ fn option_lines(scopes: &[Scope]) -> String {
             Kind::Flag => String::new(),
             Kind::Port => " PORT".into(),
             Kind::Seconds => " SECONDS".into(),
-            Kind::Text => format!(" {}", o.name.rsplit('_').next().unwrap_or(o.name).to_ascii_uppercase()),
+            Kind::Text => format!(
+                " {}",
+                o.name
+                    .rsplit('_')
+                    .next()
+                    .unwrap_or(o.name)
+                    .to_ascii_uppercase()
+            ),
         };
-        let default = o.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
-        out.push_str(&format!("  --{flag}{value}\n      {}{default}\n      env {}\n", o.help, config::env_name(o.name)));
+        let default = o
+            .default
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  --{flag}{value}\n      {}{default}\n      env {}\n",
+            o.help,
+            config::env_name(o.name)
+        ));
     }
     out
 }
@@ -341,7 +407,10 @@ mod tests {
     }
 
     fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Invocation> {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut all = vec!["--identity", "test-node"];
         all.extend_from_slice(args);
         parse(all.iter().map(OsString::from).collect(), move |k| {
@@ -351,16 +420,32 @@ mod tests {
 
     #[test]
     fn modes_by_word_switch_and_env() {
-        assert!(matches!(parse_v(&["server"]).unwrap().command, Command::Server));
-        assert!(matches!(parse_v(&["--mode", "client"]).unwrap().command, Command::Client));
-        assert!(matches!(parse_with_env(&[], &[("DIRECTOR_MODE", "server")]).unwrap().command, Command::Server));
+        assert!(matches!(
+            parse_v(&["server"]).unwrap().command,
+            Command::Server
+        ));
+        assert!(matches!(
+            parse_v(&["--mode", "client"]).unwrap().command,
+            Command::Client
+        ));
+        assert!(matches!(
+            parse_with_env(&[], &[("DIRECTOR_MODE", "server")])
+                .unwrap()
+                .command,
+            Command::Server
+        ));
         // The word beats the environment, as a switch does.
         assert!(matches!(
-            parse_with_env(&["client"], &[("DIRECTOR_MODE", "server")]).unwrap().command,
+            parse_with_env(&["client"], &[("DIRECTOR_MODE", "server")])
+                .unwrap()
+                .command,
             Command::Client
         ));
         assert!(parse_v(&[]).unwrap_err().to_string().contains("no mode"));
-        assert!(parse_v(&["--mode", "bogus"]).unwrap_err().to_string().contains("unknown mode 'bogus'"));
+        assert!(parse_v(&["--mode", "bogus"])
+            .unwrap_err()
+            .to_string()
+            .contains("unknown mode 'bogus'"));
     }
 
     #[test]
@@ -376,22 +461,56 @@ mod tests {
 
     #[test]
     fn exec_args() {
-        let inv = parse_v(&["exec", "--verb", "run", "--target", "a", "--target", "b", "--target", "a", "--wait", "echo hi"]).unwrap();
-        let Command::Exec(e) = inv.command else { panic!("not exec") };
-        assert_eq!(e, ExecArgs { verb: Verb::Run, targets: vec!["a".into(), "b".into()], wait: true, args: "echo hi".into() });
-        assert!(parse_v(&["exec", "echo"]).unwrap_err().to_string().contains("--verb"));
-        assert!(parse_v(&["exec", "--verb", "RUN"]).unwrap_err().to_string().contains("needs the job's arguments"));
-        assert!(parse_v(&["exec", "--verb", "FLY", "x"]).unwrap_err().to_string().contains("unknown verb 'FLY'"));
+        let inv = parse_v(&[
+            "exec", "--verb", "run", "--target", "a", "--target", "b", "--target", "a", "--wait",
+            "echo hi",
+        ])
+        .unwrap();
+        let Command::Exec(e) = inv.command else {
+            panic!("not exec")
+        };
+        assert_eq!(
+            e,
+            ExecArgs {
+                verb: Verb::Run,
+                targets: vec!["a".into(), "b".into()],
+                wait: true,
+                args: "echo hi".into()
+            }
+        );
+        assert!(parse_v(&["exec", "echo"])
+            .unwrap_err()
+            .to_string()
+            .contains("--verb"));
+        assert!(parse_v(&["exec", "--verb", "RUN"])
+            .unwrap_err()
+            .to_string()
+            .contains("needs the job's arguments"));
+        assert!(parse_v(&["exec", "--verb", "FLY", "x"])
+            .unwrap_err()
+            .to_string()
+            .contains("unknown verb 'FLY'"));
     }
 
     #[test]
     fn manage_args() {
         let inv = parse_v(&["manage", "--list-nodes", "--format", "json"]).unwrap();
-        let Command::Manage(m) = inv.command else { panic!("not manage") };
-        assert_eq!(m, ManageArgs { action: ManageAction::ListNodes, format: Format::Json });
+        let Command::Manage(m) = inv.command else {
+            panic!("not manage")
+        };
+        assert_eq!(
+            m,
+            ManageArgs {
+                action: ManageAction::ListNodes,
+                format: Format::Json
+            }
+        );
         assert!(parse_v(&["manage"]).is_err());
         assert!(parse_v(&["manage", "--list-nodes", "--list-jobs"]).is_err());
-        assert!(parse_v(&["manage", "--job-info", "nope"]).unwrap_err().to_string().contains("'nope' is not a job id"));
+        assert!(parse_v(&["manage", "--job-info", "nope"])
+            .unwrap_err()
+            .to_string()
+            .contains("'nope' is not a job id"));
         assert!(parse_v(&["manage", "--list-nodes", "--format", "xml"]).is_err());
     }
 
@@ -399,18 +518,34 @@ mod tests {
     fn mode_options_must_fit_the_mode() {
         let e = parse_v(&["server", "--wait"]).unwrap_err().to_string();
         assert!(e.contains("--wait only applies to `director exec`"), "{e}");
-        let e = parse_v(&["exec", "--verb", "RUN", "--list-jobs", "x"]).unwrap_err().to_string();
-        assert!(e.contains("--list-jobs only applies to `director manage`"), "{e}");
-        assert!(parse_v(&["server", "--bogus"]).unwrap_err().to_string().contains("--bogus"));
+        let e = parse_v(&["exec", "--verb", "RUN", "--list-jobs", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--list-jobs only applies to `director manage`"),
+            "{e}"
+        );
+        assert!(parse_v(&["server", "--bogus"])
+            .unwrap_err()
+            .to_string()
+            .contains("--bogus"));
     }
 
     #[test]
     fn help_mentions_every_option() {
-        let Command::Help(text) = parse_v(&["--help"]).unwrap().command else { panic!("not help") };
+        let Command::Help(text) = parse_v(&["--help"]).unwrap().command else {
+            panic!("not help")
+        };
         for o in OPTIONS {
-            assert!(text.contains(&format!("--{}", o.name.replace('_', "-"))), "{}", o.name);
+            assert!(
+                text.contains(&format!("--{}", o.name.replace('_', "-"))),
+                "{}",
+                o.name
+            );
         }
-        let Command::Help(text) = parse_v(&["exec", "--help"]).unwrap().command else { panic!("not help") };
+        let Command::Help(text) = parse_v(&["exec", "--help"]).unwrap().command else {
+            panic!("not help")
+        };
         assert!(text.contains("--target"));
     }
 }

@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 for a clock set before 1970).
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Now, in Unix milliseconds.
@@ -18,7 +20,12 @@ pub fn format_utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Same as `format_utc`, with milliseconds, for log lines.
@@ -59,6 +66,9 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(format_utc(1_795_593_415_000), "2026-11-25 07:56:55");
-        assert_eq!(format_utc_precise(1_795_593_415_042), "2026-11-25 07:56:55.042");
+        assert_eq!(
+            format_utc_precise(1_795_593_415_042),
+            "2026-11-25 07:56:55.042"
+        );
     }
 }

@@ -105,7 +105,13 @@ pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> RawOptions {
         .iter()
         .filter_map(|o| {
             let value = lookup(&env_name(o.name))?;
-            Some((o.name, Raw { value: RawValue::Text(value), origin: Origin::Env }))
+            Some((
+                o.name,
+                Raw {
+                    value: RawValue::Text(value),
+                    origin: Origin::Env,
+                },
+            ))
         })
         .collect()
 }
@@ -142,9 +148,22 @@ fn parse_file(path: &Path, text: &str) -> Result<RawOptions> {
                 Some(f) => RawValue::Number(f),
                 None => return Err(file_err(format!("key '{key}': number out of range"))),
             },
-            _ => return Err(file_err(format!("key '{key}': expected {}", expected(spec.kind)))),
+            _ => {
+                return Err(file_err(format!(
+                    "key '{key}': expected {}",
+                    expected(spec.kind)
+                )))
+            }
         };
-        out.insert(spec.name, Raw { value, origin: Origin::File { path: path.to_owned() } });
+        out.insert(
+            spec.name,
+            Raw {
+                value,
+                origin: Origin::File {
+                    path: path.to_owned(),
+                },
+            },
+        );
     }
     Ok(out)
 }
@@ -193,7 +212,10 @@ pub struct Config {
 impl Config {
     /// Validate merged raw options; `hostname` supplies the default identity.
     pub fn from_raw(raw: &RawOptions, hostname: impl FnOnce() -> String) -> Result<Config> {
-        let get = |name: &'static str| Value { spec: spec(name), raw: raw.get(name) };
+        let get = |name: &'static str| Value {
+            spec: spec(name),
+            raw: raw.get(name),
+        };
         let identity = match get("identity").text()? {
             Some(id) => id,
             None => hostname(),
@@ -230,7 +252,10 @@ fn check_identity(id: &str) -> Result<()> {
 
 fn spec(name: &str) -> &'static OptSpec {
     // The names passed here are literals in this module; a miss is our bug.
-    OPTIONS.iter().find(|o| o.name == name).expect("option is in OPTIONS")
+    OPTIONS
+        .iter()
+        .find(|o| o.name == name)
+        .expect("option is in OPTIONS")
 }
 
 /// One option's raw value with the helpers that validate it.
@@ -244,10 +269,19 @@ impl Value<'_> {
         let what = expected(self.spec.kind);
         let msg = match self.raw.map(|r| &r.origin) {
             Some(Origin::File { path }) => {
-                format!("config file {}: key '{}': expected {what}, got {shown}", path.display(), self.spec.name)
+                format!(
+                    "config file {}: key '{}': expected {what}, got {shown}",
+                    path.display(),
+                    self.spec.name
+                )
             }
-            Some(Origin::Env) => format!("{}: expected {what}, got {shown}", env_name(self.spec.name)),
-            _ => format!("--{}: expected {what}, got {shown}", self.spec.name.replace('_', "-")),
+            Some(Origin::Env) => {
+                format!("{}: expected {what}, got {shown}", env_name(self.spec.name))
+            }
+            _ => format!(
+                "--{}: expected {what}, got {shown}",
+                self.spec.name.replace('_', "-")
+            ),
         };
         Error::Config(msg)
     }
@@ -276,7 +310,10 @@ impl Value<'_> {
     fn number(&self) -> Result<f64> {
         match self.value() {
             Some(RawValue::Number(n)) => Ok(n),
-            Some(RawValue::Text(s)) => s.trim().parse::<f64>().map_err(|_| self.error(&format!("'{s}'"))),
+            Some(RawValue::Text(s)) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| self.error(&format!("'{s}'"))),
             Some(RawValue::Bool(b)) => Err(self.error(&b.to_string())),
             None => Err(self.error("nothing")),
         }
@@ -333,7 +370,15 @@ mod tests {
     fn sw(pairs: &[(&'static str, &str)]) -> RawOptions {
         pairs
             .iter()
-            .map(|(k, v)| (*k, Raw { value: RawValue::Text(v.to_string()), origin: Origin::Switch }))
+            .map(|(k, v)| {
+                (
+                    *k,
+                    Raw {
+                        value: RawValue::Text(v.to_string()),
+                        origin: Origin::Switch,
+                    },
+                )
+            })
             .collect()
     }
 
@@ -357,33 +402,51 @@ mod tests {
 
     #[test]
     fn precedence_is_switch_env_file_default() {
-        let file = parse_file(Path::new("c.yaml"), "job_port: 1\ntransfer_port: 2\nheartbeat_port: 3\n").unwrap();
+        let file = parse_file(
+            Path::new("c.yaml"),
+            "job_port: 1\ntransfer_port: 2\nheartbeat_port: 3\n",
+        )
+        .unwrap();
         let env = from_env(|k| match k {
             "DIRECTOR_JOB_PORT" | "DIRECTOR_TRANSFER_PORT" => Some("20".into()),
             _ => None,
         });
         let c = cfg(&merge([sw(&[("job_port", "300")]), env, file])).unwrap();
-        assert_eq!((c.job_port, c.transfer_port, c.heartbeat_port), (300, 20, 3));
+        assert_eq!(
+            (c.job_port, c.transfer_port, c.heartbeat_port),
+            (300, 20, 3)
+        );
     }
 
     #[test]
     fn file_errors_name_file_and_key() {
         let e = parse_file(Path::new("/etc/d.yaml"), "heartbeat_intervall: 1\n").unwrap_err();
-        assert_eq!(e.to_string(), "config file /etc/d.yaml: unknown key 'heartbeat_intervall'");
+        assert_eq!(
+            e.to_string(),
+            "config file /etc/d.yaml: unknown key 'heartbeat_intervall'"
+        );
         let raw = parse_file(Path::new("/etc/d.yaml"), "job_port: hello\n").unwrap();
         let e = cfg(&raw).unwrap_err().to_string();
         assert!(e.contains("/etc/d.yaml") && e.contains("job_port"), "{e}");
         let raw = parse_file(Path::new("d.yaml"), "debug: 3\n").unwrap();
         assert!(cfg(&raw).unwrap_err().to_string().contains("key 'debug'"));
-        let e = parse_file(Path::new("d.yaml"), "job_port: [1]\n").unwrap_err().to_string();
+        let e = parse_file(Path::new("d.yaml"), "job_port: [1]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key 'job_port'"), "{e}");
-        let e = parse_file(Path::new("d.yaml"), "job_port: 1\n  x: : :\n").unwrap_err().to_string();
+        let e = parse_file(Path::new("d.yaml"), "job_port: 1\n  x: : :\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid YAML") && e.contains("line"), "{e}");
     }
 
     #[test]
     fn file_accepts_dashes_and_typed_values() {
-        let raw = parse_file(Path::new("d.yaml"), "heartbeat-interval: 0.5\ndebug: true\nshared_key: 1234\n").unwrap();
+        let raw = parse_file(
+            Path::new("d.yaml"),
+            "heartbeat-interval: 0.5\ndebug: true\nshared_key: 1234\n",
+        )
+        .unwrap();
         let c = cfg(&raw).unwrap();
         assert_eq!(c.heartbeat_ivl, Duration::from_millis(500));
         assert!(c.debug);

@@ -39,10 +39,14 @@ impl FromStr for Verb {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Verb, String> {
-        Verb::ALL.iter().copied().find(|v| v.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
-            let known: Vec<&str> = Verb::ALL.iter().map(|v| v.name()).collect();
-            format!("unknown verb '{s}' (known verbs: {})", known.join(", "))
-        })
+        Verb::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let known: Vec<&str> = Verb::ALL.iter().map(|v| v.name()).collect();
+                format!("unknown verb '{s}' (known verbs: {})", known.join(", "))
+            })
     }
 }
 
@@ -62,7 +66,9 @@ impl Task {
                 if command.is_empty() {
                     return Err("RUN needs a command to run".into());
                 }
-                Ok(Task::Run { command: command.to_owned() })
+                Ok(Task::Run {
+                    command: command.to_owned(),
+                })
             }
         }
     }
@@ -101,13 +107,21 @@ mod tests {
     fn verbs_parse_case_insensitively() {
         assert_eq!("run".parse::<Verb>(), Ok(Verb::Run));
         assert_eq!("RUN".parse::<Verb>(), Ok(Verb::Run));
-        assert_eq!("FLY".parse::<Verb>().unwrap_err(), "unknown verb 'FLY' (known verbs: RUN)");
+        assert_eq!(
+            "FLY".parse::<Verb>().unwrap_err(),
+            "unknown verb 'FLY' (known verbs: RUN)"
+        );
     }
 
     #[test]
     fn run_needs_a_command() {
         assert!(Task::parse(Verb::Run, "   ").is_err());
-        assert_eq!(Task::parse(Verb::Run, " echo hi ").unwrap(), Task::Run { command: "echo hi".into() });
+        assert_eq!(
+            Task::parse(Verb::Run, " echo hi ").unwrap(),
+            Task::Run {
+                command: "echo hi".into()
+            }
+        );
     }
 
     #[test]

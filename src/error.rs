@@ -40,12 +40,18 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Wrap an I/O error with what was being attempted.
     pub fn io(what: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     /// Wrap a ZeroMQ error with what was being attempted.
     pub fn zmq(what: impl Into<String>, source: zmq::Error) -> Error {
-        Error::Zmq { what: what.into(), source }
+        Error::Zmq {
+            what: what.into(),
+            source,
+        }
     }
 
     /// The process exit status for this error.

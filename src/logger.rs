@@ -39,7 +39,11 @@ impl Log for StderrLogger {
 
 /// Install the logger once; `debug` shows protocol traffic.
 pub fn init(debug: bool) {
-    let level = if debug { LevelFilter::Debug } else { LevelFilter::Info };
+    let level = if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
     if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
         log::set_max_level(level);
     }

@@ -64,5 +64,7 @@ fn run() -> error::Result<i32> {
 }
 
 fn print_text(text: &str) -> error::Result<()> {
-    std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("cannot write to stdout", e))
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io("cannot write to stdout", e))
 }

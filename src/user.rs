@@ -23,8 +23,14 @@ struct Conn {
 
 impl Conn {
     fn open(path: &Path) -> Result<Conn> {
-        let stream = UnixStream::connect(path).map_err(|e| Error::Unreachable { path: path.to_owned(), source: e })?;
-        Ok(Conn { stream, inbuf: FrameBuf::new(wire::MAX_RESPONSE) })
+        let stream = UnixStream::connect(path).map_err(|e| Error::Unreachable {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Ok(Conn {
+            stream,
+            inbuf: FrameBuf::new(wire::MAX_RESPONSE),
+        })
     }
 
     fn send(&mut self, req: &Request) -> Result<()> {
@@ -39,13 +45,25 @@ impl Conn {
             match self.inbuf.next::<Response>() {
                 Ok(Some(resp)) => return Ok(resp),
                 Ok(None) => {}
-                Err(e) => return Err(Error::Protocol(format!("bad response from the server: {e}"))),
+                Err(e) => {
+                    return Err(Error::Protocol(format!(
+                        "bad response from the server: {e}"
+                    )))
+                }
             }
             match self.stream.read(&mut buf) {
-                Ok(0) => return Err(Error::Protocol("the server closed the connection before answering".into())),
+                Ok(0) => {
+                    return Err(Error::Protocol(
+                        "the server closed the connection before answering".into(),
+                    ))
+                }
                 Ok(n) => self.inbuf.push(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Protocol(format!("lost the connection to the server: {e}"))),
+                Err(e) => {
+                    return Err(Error::Protocol(format!(
+                        "lost the connection to the server: {e}"
+                    )))
+                }
             }
         }
     }
@@ -72,7 +90,11 @@ fn unexpected(resp: &Response) -> Error {
 pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     let task = Task::parse(args.verb, &args.args).map_err(Error::Rejected)?;
     let mut conn = Conn::open(&cfg.socket_path)?;
-    let submitted = match conn.call(&Request::Submit { task, targets: args.targets, wait: args.wait })? {
+    let submitted = match conn.call(&Request::Submit {
+        task,
+        targets: args.targets,
+        wait: args.wait,
+    })? {
         Response::Submitted(s) => s,
         other => return Err(unexpected(&other)),
     };
@@ -86,7 +108,10 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     }
     loop {
         let resp = conn.recv().map_err(|e| match e {
-            Error::Protocol(why) => Error::Protocol(format!("{why} (job {} may still be running)", submitted.job_id)),
+            Error::Protocol(why) => Error::Protocol(format!(
+                "{why} (job {} may still be running)",
+                submitted.job_id
+            )),
             e => e,
         })?;
         match resp {
@@ -96,7 +121,11 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
             }
             Response::JobDone(job) => {
                 writeln!(out, "job {}: {}", job.id, states_summary(&job)).map_err(out_err)?;
-                return Ok(if job.all_succeeded() { EXIT_OK } else { EXIT_FAILED });
+                return Ok(if job.all_succeeded() {
+                    EXIT_OK
+                } else {
+                    EXIT_FAILED
+                });
             }
             other => return Err(unexpected(&other)),
         }
@@ -124,8 +153,16 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
         (Response::Job(detail), Format::Table) => job_text(&detail),
         (Response::Purged { purged, kept }, Format::Json) => json(&[Purged { purged, kept }])?,
         (Response::Purged { purged, kept }, Format::Table) => {
-            let what = if args.action == ManageAction::PurgeJobs { "jobs" } else { "nodes" };
-            let why = if what == "jobs" { "still running" } else { "with work queued or in flight" };
+            let what = if args.action == ManageAction::PurgeJobs {
+                "jobs"
+            } else {
+                "nodes"
+            };
+            let why = if what == "jobs" {
+                "still running"
+            } else {
+                "with work queued or in flight"
+            };
             format!("purged {purged} {what}; kept {kept} {why}\n")
         }
         (other, _) => return Err(unexpected(&other)),
@@ -141,7 +178,8 @@ struct Purged {
 }
 
 fn json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    let mut s = serde_json::to_string_pretty(value).map_err(|e| Error::Protocol(format!("cannot encode JSON: {e}")))?;
+    let mut s = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Protocol(format!("cannot encode JSON: {e}")))?;
     s.push('\n');
     Ok(s)
 }
@@ -162,7 +200,10 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
                 l.push_str("  ");
             }
             l.push_str(cell);
-            l.extend(std::iter::repeat_n(' ', widths[i].saturating_sub(cell.chars().count())));
+            l.extend(std::iter::repeat_n(
+                ' ',
+                widths[i].saturating_sub(cell.chars().count()),
+            ));
         }
         out.push_str(l.trim_end());
         out.push('\n');
@@ -190,11 +231,24 @@ fn nodes_table(nodes: &[NodeView]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "LAST HEARTBEAT (UTC)", "EXPIRES (UTC)", "QUEUED", "IN FLIGHT"], &rows)
+    table(
+        &[
+            "NAME",
+            "LAST HEARTBEAT (UTC)",
+            "EXPIRES (UTC)",
+            "QUEUED",
+            "IN FLIGHT",
+        ],
+        &rows,
+    )
 }
 
 fn states_summary(job: &JobView) -> String {
-    let parts: Vec<String> = job.states.iter().map(|(s, n)| format!("{n} {}", s.name())).collect();
+    let parts: Vec<String> = job
+        .states
+        .iter()
+        .map(|(s, n)| format!("{n} {}", s.name()))
+        .collect();
     parts.join(", ")
 }
 
@@ -226,7 +280,18 @@ fn jobs_table(jobs: &[JobView]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "VERB", "ARGS", "TASK SHA1", "NODES", "SUBMITTED (UTC)", "FINISHED (UTC)"], &rows)
+    table(
+        &[
+            "ID",
+            "VERB",
+            "ARGS",
+            "TASK SHA1",
+            "NODES",
+            "SUBMITTED (UTC)",
+            "FINISHED (UTC)",
+        ],
+        &rows,
+    )
 }
 
 fn job_text(d: &JobDetail) -> String {
@@ -237,8 +302,17 @@ fn job_text(d: &JobDetail) -> String {
     field(&mut s, "verb", j.verb.name());
     field(&mut s, "args", &j.args);
     field(&mut s, "task sha1", &j.task_sha1);
-    field(&mut s, "submitted", &format!("{} UTC", format_utc(j.submitted_ms)));
-    field(&mut s, "finished", &j.finished_ms.map_or_else(|| "-".into(), |t| format!("{} UTC", format_utc(t))));
+    field(
+        &mut s,
+        "submitted",
+        &format!("{} UTC", format_utc(j.submitted_ms)),
+    );
+    field(
+        &mut s,
+        "finished",
+        &j.finished_ms
+            .map_or_else(|| "-".into(), |t| format!("{} UTC", format_utc(t))),
+    );
     field(&mut s, "nodes", &states_summary(j));
     s.push('\n');
     let rows: Vec<Vec<String>> = d
@@ -254,7 +328,10 @@ fn job_text(d: &JobDetail) -> String {
             ]
         })
         .collect();
-    s.push_str(&table(&["NODE", "STATE", "EXIT", "EXEC TIME", "ROUND TRIP"], &rows));
+    s.push_str(&table(
+        &["NODE", "STATE", "EXIT", "EXEC TIME", "ROUND TRIP"],
+        &rows,
+    ));
     for p in &d.nodes {
         let mut body = Vec::new();
         // Writing to a Vec cannot fail.
@@ -298,12 +375,18 @@ fn write_output(out: &mut impl Write, p: &PartView) -> io::Result<()> {
     if let Some(m) = &p.message {
         writeln!(out, "  {m}")?;
     }
-    for (name, text, dropped) in [("stdout", &p.stdout, p.stdout_dropped), ("stderr", &p.stderr, p.stderr_dropped)] {
+    for (name, text, dropped) in [
+        ("stdout", &p.stdout, p.stdout_dropped),
+        ("stderr", &p.stderr, p.stderr_dropped),
+    ] {
         for l in text.lines() {
             writeln!(out, "  {name} | {l}")?;
         }
         if dropped > 0 {
-            writeln!(out, "  {name} | [output cut: {dropped} more bytes not kept]")?;
+            writeln!(
+                out,
+                "  {name} | [output cut: {dropped} more bytes not kept]"
+            )?;
         }
     }
     Ok(())
@@ -315,7 +398,13 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&["A", "LONG"], &[vec!["xxx".into(), "1".into()], vec!["y".into(), "22".into()]]);
+        let t = table(
+            &["A", "LONG"],
+            &[
+                vec!["xxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
         assert_eq!(t, "A    LONG\nxxx  1\ny    22\n");
     }
 

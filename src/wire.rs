@@ -48,9 +48,14 @@ impl fmt::Display for WireError {
         match self {
             WireError::FrameCount(n) => write!(f, "expected 2 frames, got {n}"),
             WireError::BadMagic => f.write_str("not a director message (bad magic)"),
-            WireError::Version(v) => write!(f, "unknown protocol version {v} (this build speaks {VERSION})"),
+            WireError::Version(v) => write!(
+                f,
+                "unknown protocol version {v} (this build speaks {VERSION})"
+            ),
             WireError::Body(e) => write!(f, "undecodable body: {e}"),
-            WireError::TooLarge { len, max } => write!(f, "message of {len} bytes exceeds the limit of {max}"),
+            WireError::TooLarge { len, max } => {
+                write!(f, "message of {len} bytes exceeds the limit of {max}")
+            }
         }
     }
 }
@@ -68,7 +73,10 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     let (msg, used) = bincode::serde::decode_from_slice(body, bincode_config())
         .map_err(|e| WireError::Body(e.to_string()))?;
     if used != body.len() {
-        return Err(WireError::Body(format!("{} trailing bytes", body.len() - used)));
+        return Err(WireError::Body(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
     }
     Ok(msg)
 }
@@ -105,7 +113,11 @@ pub enum ClientMsg {
     /// lists the jobs this client still has (queued, running, or with an
     /// unacknowledged result); the server declares the rest of what it sent
     /// this node lost.
-    Ready { version: String, interval_ms: u64, holding: Vec<Uuid> },
+    Ready {
+        version: String,
+        interval_ms: u64,
+        holding: Vec<Uuid>,
+    },
     /// Job port: the job's process started.
     Started { job_id: Uuid },
     /// Job port: the job ended; resent until acknowledged.
@@ -131,8 +143,15 @@ impl ClientMsg {
     pub fn describe(&self) -> String {
         match self {
             ClientMsg::Heartbeat { interval_ms } => format!("Heartbeat interval={interval_ms}ms"),
-            ClientMsg::Ready { version, interval_ms, holding } => {
-                format!("Ready version={version} interval={interval_ms}ms holding={}", holding.len())
+            ClientMsg::Ready {
+                version,
+                interval_ms,
+                holding,
+            } => {
+                format!(
+                    "Ready version={version} interval={interval_ms}ms holding={}",
+                    holding.len()
+                )
             }
             ClientMsg::Started { job_id } => format!("Started job={job_id}"),
             ClientMsg::Finished { job_id, outcome } => format!(
@@ -150,9 +169,13 @@ impl ServerMsg {
     /// One line for `--debug` logs.
     pub fn describe(&self) -> String {
         match self {
-            ServerMsg::HeartbeatAck { expires_in_ms } => format!("HeartbeatAck expires_in={expires_in_ms}ms"),
+            ServerMsg::HeartbeatAck { expires_in_ms } => {
+                format!("HeartbeatAck expires_in={expires_in_ms}ms")
+            }
             ServerMsg::Register => "Register".into(),
-            ServerMsg::Job { job_id, task } => format!("Job job={job_id} {} {:?}", task.verb(), task.args()),
+            ServerMsg::Job { job_id, task } => {
+                format!("Job job={job_id} {} {:?}", task.verb(), task.args())
+            }
             ServerMsg::ResultAck { job_id } => format!("ResultAck job={job_id}"),
         }
     }
@@ -165,6 +188,16 @@ pub enum Exit {
     Signal(i32),
     /// It could not be run at all.
     Error(String),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::Error(e) => f.write_str(e),
+        }
+    }
 }
 
 /// What a node reports about one job.
@@ -192,10 +225,16 @@ impl Outcome {
 pub enum Request {
     /// Queue a job; with `wait`, the connection receives `NodeDone` for each
     /// node and then `JobDone`.
-    Submit { task: Task, targets: Vec<String>, wait: bool },
+    Submit {
+        task: Task,
+        targets: Vec<String>,
+        wait: bool,
+    },
     ListNodes,
     ListJobs,
-    JobInfo { id: Uuid },
+    JobInfo {
+        id: Uuid,
+    },
     PurgeJobs,
     PurgeNodes,
 }
@@ -239,7 +278,10 @@ pub enum JobState {
 impl JobState {
     /// Is this a final state?
     pub fn is_done(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Lost)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Lost
+        )
     }
 
     /// As shown to operators.
@@ -335,7 +377,10 @@ pub struct FrameBuf {
 impl FrameBuf {
     /// A buffer that refuses messages longer than `max` bytes.
     pub fn new(max: usize) -> FrameBuf {
-        FrameBuf { buf: Vec::new(), max }
+        FrameBuf {
+            buf: Vec::new(),
+            max,
+        }
     }
 
     /// Append bytes read from the stream.
@@ -346,7 +391,9 @@ impl FrameBuf {
     /// The next whole message, if one is buffered. An error means the stream
     /// is corrupt and must be closed.
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
-        let Some(len) = self.buf.get(..4) else { return Ok(None) };
+        let Some(len) = self.buf.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
         if len > self.max {
             return Err(WireError::TooLarge { len, max: self.max });
@@ -382,33 +429,64 @@ mod tests {
     fn zmq_round_trip() {
         let msg = finished();
         assert_eq!(decode::<ClientMsg>(&encode(&msg)), Ok(msg));
-        let job = ServerMsg::Job { job_id: Uuid::new_v4(), task: Task::Run { command: "true".into() } };
+        let job = ServerMsg::Job {
+            job_id: Uuid::new_v4(),
+            task: Task::Run {
+                command: "true".into(),
+            },
+        };
         assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
     }
 
     #[test]
     fn zmq_rejects_bad_frames() {
         let good = encode(&finished());
-        assert_eq!(decode::<ClientMsg>(&good[..1]), Err(WireError::FrameCount(1)));
+        assert_eq!(
+            decode::<ClientMsg>(&good[..1]),
+            Err(WireError::FrameCount(1))
+        );
         let mut three = good.clone();
         three.push(vec![]);
         assert_eq!(decode::<ClientMsg>(&three), Err(WireError::FrameCount(3)));
-        assert_eq!(decode::<ClientMsg>(&[b"XYZ\x01".to_vec(), good[1].clone()]), Err(WireError::BadMagic));
-        assert_eq!(decode::<ClientMsg>(&[b"DIR\x09".to_vec(), good[1].clone()]), Err(WireError::Version(9)));
+        assert_eq!(
+            decode::<ClientMsg>(&[b"XYZ\x01".to_vec(), good[1].clone()]),
+            Err(WireError::BadMagic)
+        );
+        assert_eq!(
+            decode::<ClientMsg>(&[b"DIR\x09".to_vec(), good[1].clone()]),
+            Err(WireError::Version(9))
+        );
         let truncated = good[1][..good[1].len() - 2].to_vec();
-        assert!(matches!(decode::<ClientMsg>(&[good[0].clone(), truncated]), Err(WireError::Body(_))));
+        assert!(matches!(
+            decode::<ClientMsg>(&[good[0].clone(), truncated]),
+            Err(WireError::Body(_))
+        ));
         let mut trailing = good[1].clone();
         trailing.push(0);
-        assert!(matches!(decode::<ClientMsg>(&[good[0].clone(), trailing]), Err(WireError::Body(_))));
-        assert!(matches!(decode::<ClientMsg>(&[good[0].clone(), vec![200, 1, 2]]), Err(WireError::Body(_))));
+        assert!(matches!(
+            decode::<ClientMsg>(&[good[0].clone(), trailing]),
+            Err(WireError::Body(_))
+        ));
+        assert!(matches!(
+            decode::<ClientMsg>(&[good[0].clone(), vec![200, 1, 2]]),
+            Err(WireError::Body(_))
+        ));
         // A server message arriving where a client message is expected.
-        let wrong = encode(&ServerMsg::ResultAck { job_id: Uuid::nil() });
+        let wrong = encode(&ServerMsg::ResultAck {
+            job_id: Uuid::nil(),
+        });
         assert!(decode::<ClientMsg>(&wrong).is_err());
     }
 
     #[test]
     fn control_frames_reassemble_and_reject_oversize() {
-        let req = Request::Submit { task: Task::Run { command: "x".into() }, targets: vec!["a".into()], wait: true };
+        let req = Request::Submit {
+            task: Task::Run {
+                command: "x".into(),
+            },
+            targets: vec!["a".into()],
+            wait: true,
+        };
         let bytes = [encode_control(&req), encode_control(&Request::ListJobs)].concat();
         let mut fb = FrameBuf::new(MAX_REQUEST);
         for chunk in bytes.chunks(3) {
@@ -421,7 +499,10 @@ mod tests {
 
         let mut fb = FrameBuf::new(16);
         fb.push(&u32::MAX.to_be_bytes());
-        assert!(matches!(fb.next::<Request>(), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            fb.next::<Request>(),
+            Err(WireError::TooLarge { .. })
+        ));
         let mut fb = FrameBuf::new(16);
         fb.push(&[0, 0, 0, 2, 0xff, 0xff]);
         assert!(matches!(fb.next::<Request>(), Err(WireError::Body(_))));

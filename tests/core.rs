@@ -13,18 +13,34 @@ fn parts(info: &serde_json::Value) -> Vec<serde_json::Value> {
 }
 
 fn part<'a>(parts: &'a [serde_json::Value], node: &str) -> &'a serde_json::Value {
-    parts.iter().find(|p| p["node"] == node).unwrap_or_else(|| panic!("no part for {node}"))
+    parts
+        .iter()
+        .find(|p| p["node"] == node)
+        .unwrap_or_else(|| panic!("no part for {node}"))
 }
 
 #[test]
 fn exec_runs_on_every_node_or_only_the_named_one() {
     let c = Cluster::start("exec-all", &["n1", "n2", "n3"], "1");
 
-    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo ran > ran.txt; echo hello"]);
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "echo ran > ran.txt; echo hello",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     for n in ["n1", "n2", "n3"] {
-        assert_eq!(fs::read_to_string(c.node_dir(n).join("ran.txt")).unwrap(), "ran\n");
-        assert!(out.stdout.contains(&format!("{n}: succeeded, exit 0")), "{}", out.stdout);
+        assert_eq!(
+            fs::read_to_string(c.node_dir(n).join("ran.txt")).unwrap(),
+            "ran\n"
+        );
+        assert!(
+            out.stdout.contains(&format!("{n}: succeeded, exit 0")),
+            "{}",
+            out.stdout
+        );
     }
     assert!(out.stdout.contains("stdout | hello"));
     assert!(out.stdout.contains("3 succeeded"));
@@ -91,7 +107,12 @@ fn heartbeats_keep_flowing_while_a_command_runs() {
         let state = c.part_state(&id, "busy");
         if state == "running" || state == "sent" {
             let nodes = c.nodes_json();
-            let busy = nodes.as_array().unwrap().iter().find(|n| n["name"] == "busy").expect("busy node expired");
+            let busy = nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == "busy")
+                .expect("busy node expired");
             let beat = busy["last_heartbeat_ms"].as_u64().unwrap();
             if seen.last() != Some(&beat) {
                 seen.push(beat);
@@ -100,7 +121,10 @@ fn heartbeats_keep_flowing_while_a_command_runs() {
         state == "succeeded" || state == "failed"
     });
     assert_eq!(c.part_state(&id, "busy"), "succeeded");
-    assert!(seen.len() >= 3, "heartbeats seen while the command ran: {seen:?}");
+    assert!(
+        seen.len() >= 3,
+        "heartbeats seen while the command ran: {seen:?}"
+    );
     assert!(!c.server.as_ref().unwrap().log_text().contains("expired"));
 }
 
@@ -109,7 +133,9 @@ fn heartbeats_keep_flowing_while_a_command_runs() {
 #[test]
 fn a_burst_of_100_jobs_to_one_node_all_complete() {
     let c = Cluster::start("burst", &["solo"], "60");
-    let ids: Vec<String> = (0..100).map(|i| c.submit(&["solo"], &format!("echo {i} >> burst.txt"))).collect();
+    let ids: Vec<String> = (0..100)
+        .map(|i| c.submit(&["solo"], &format!("echo {i} >> burst.txt")))
+        .collect();
     wait_until("100 jobs done", DEADLINE * 2, || {
         let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
         let jobs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -131,7 +157,9 @@ fn a_burst_of_100_jobs_to_one_node_all_complete() {
 fn a_killed_client_leaves_the_node_list_after_expiry() {
     let mut c = Cluster::start("kill9", &["stay", "gone"], "1");
     c.client("gone").signal(libc::SIGKILL);
-    wait_until("gone expired", DEADLINE, || c.node_names() == vec!["stay".to_string()]);
+    wait_until("gone expired", DEADLINE, || {
+        c.node_names() == vec!["stay".to_string()]
+    });
     assert!(c.server().log_text().contains("node=gone: expired"));
 }
 
@@ -139,11 +167,17 @@ fn a_killed_client_leaves_the_node_list_after_expiry() {
 fn a_client_killed_mid_job_is_reported_lost_while_the_others_finish() {
     let mut c = Cluster::start("lost", &["a", "victim", "c"], "1");
     fs::write(c.node_dir("victim").join("slow"), "").unwrap();
-    let args: Vec<String> = ["exec", "--verb", "RUN", "--wait", "if [ -e slow ]; then echo $$ > pid; exec sleep 600; fi; echo done"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(c.common())
-        .collect();
+    let args: Vec<String> = [
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "if [ -e slow ]; then echo $$ > pid; exec sleep 600; fi; echo done",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(c.common())
+    .collect();
     let dir = c.dir.path.clone();
     let waiter = std::thread::spawn(move || util::run_cli(&dir, &args));
 
@@ -175,7 +209,10 @@ fn a_client_killed_mid_job_is_reported_lost_while_the_others_finish() {
     assert!(out.stdout.contains("2 succeeded, 1 lost"), "{}", out.stdout);
     let log = c.server().log_text();
     assert!(log.contains("node=victim: expired"));
-    assert!(!log.contains("node=a: expired") && !log.contains("node=c: expired"), "{log}");
+    assert!(
+        !log.contains("node=a: expired") && !log.contains("node=c: expired"),
+        "{log}"
+    );
     let mut names = c.node_names();
     names.sort();
     assert_eq!(names, vec!["a", "c"]);
@@ -184,12 +221,17 @@ fn a_client_killed_mid_job_is_reported_lost_while_the_others_finish() {
 #[test]
 fn sigterm_stops_a_client_and_its_command_process_group() {
     let mut c = Cluster::start("sigterm", &["n"], "1");
-    let id = c.submit(&["n"], "sleep 300 & echo $! > bg.pid; echo $$ > sh.pid; sleep 300");
+    let id = c.submit(
+        &["n"],
+        "sleep 300 & echo $! > bg.pid; echo $$ > sh.pid; sleep 300",
+    );
     let dir = c.node_dir("n");
     let (bg, sh) = (read_pid(&dir.join("bg.pid")), read_pid(&dir.join("sh.pid")));
     c.client("n").signal(libc::SIGTERM);
     assert_eq!(c.client("n").wait_exit(DEADLINE), Some(0));
-    wait_until("command and its background child gone", DEADLINE, || pid_gone(bg) && pid_gone(sh));
+    wait_until("command and its background child gone", DEADLINE, || {
+        pid_gone(bg) && pid_gone(sh)
+    });
     // The client reported the killed command before leaving.
     let info = c.wait_job_done(&id);
     let p = &parts(&info)[0];
@@ -203,14 +245,20 @@ fn clients_reregister_after_a_server_restart() {
     let mut c = Cluster::start("restart", &["r1", "r2", "r3"], "0.5");
     c.server().signal(libc::SIGTERM);
     assert_eq!(c.server().wait_exit(DEADLINE), Some(0));
-    assert!(!c.socket().exists(), "the socket file is removed on SIGTERM");
+    assert!(
+        !c.socket().exists(),
+        "the socket file is removed on SIGTERM"
+    );
     c.start_server();
     c.wait_nodes(&["r1", "r2", "r3"]);
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "true"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("3 succeeded"));
     for n in ["r1", "r2", "r3"] {
-        assert!(c.client(n).is_running(), "client {n} survives the restart untouched");
+        assert!(
+            c.client(n).is_running(),
+            "client {n} survives the restart untouched"
+        );
     }
 }
 
@@ -233,10 +281,16 @@ fn garbage_from_raw_peers_does_not_disturb_service() {
         ];
         for f in &frames {
             s.send(f.as_slice(), 0).unwrap();
-            s.send_multipart([b"DIR\x01".as_slice(), f.as_slice()], 0).unwrap();
-            s.send_multipart([f.as_slice(), f.as_slice(), f.as_slice()], 0).unwrap();
+            s.send_multipart([b"DIR\x01".as_slice(), f.as_slice()], 0)
+                .unwrap();
+            s.send_multipart([f.as_slice(), f.as_slice(), f.as_slice()], 0)
+                .unwrap();
         }
-        s.send_multipart([b"DIR\x01".as_slice(), &[3u8, 0xff, 0xff, 0xff, 0xff, 0x0f]], 0).unwrap();
+        s.send_multipart(
+            [b"DIR\x01".as_slice(), &[3u8, 0xff, 0xff, 0xff, 0xff, 0x0f]],
+            0,
+        )
+        .unwrap();
         s.send(big.as_slice(), 0).unwrap();
         socks.push(s);
     }
@@ -254,15 +308,23 @@ fn garbage_from_raw_peers_does_not_disturb_service() {
         let mut u2 = std::os::unix::net::UnixStream::connect(c.socket()).unwrap();
         u2.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
     }
-    wait_until("garbage logged", DEADLINE, || c.server().log_text().contains("node=intruder: dropped"));
+    wait_until("garbage logged", DEADLINE, || {
+        c.server().log_text().contains("node=intruder: dropped")
+    });
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo still here"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("2 succeeded"));
     assert!(c.server().is_running());
     assert_eq!(c.node_names(), vec!["g1", "g2"]);
     let log = c.server().log_text();
-    assert!(log.contains("bad magic") || log.contains("expected 2 frames"), "{log}");
-    assert!(log.contains("control connection sent a bad request"), "{log}");
+    assert!(
+        log.contains("bad magic") || log.contains("expected 2 frames"),
+        "{log}"
+    );
+    assert!(
+        log.contains("control connection sent a bad request"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -277,7 +339,11 @@ fn debug_logs_show_protocol_traffic() {
     c.start_server_with(&["--debug"]);
     c.start_client("d");
     c.wait_nodes(&["d"]);
-    wait_until("heartbeat in debug log", DEADLINE, || c.server().log_text().contains("node=d heartbeat <- Heartbeat"));
+    wait_until("heartbeat in debug log", DEADLINE, || {
+        c.server()
+            .log_text()
+            .contains("node=d heartbeat <- Heartbeat")
+    });
     assert!(c.server().log_text().contains("node=d job <- Ready"));
 }
 
@@ -294,7 +360,11 @@ fn exit_code_3_and_one_line_when_no_server_runs() {
         let out = util::run_cli(&dir.path, &all);
         assert_eq!(out.code, 3, "{out:?}");
         assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
-        assert!(out.stderr.starts_with("director: cannot reach the director server at "), "{out:?}");
+        assert!(
+            out.stderr
+                .starts_with("director: cannot reach the director server at "),
+            "{out:?}"
+        );
         assert!(out.stderr.contains(&sock.display().to_string()));
         assert!(!out.stderr.contains("panicked"));
     }
@@ -303,9 +373,14 @@ fn exit_code_3_and_one_line_when_no_server_runs() {
 #[test]
 fn unknown_targets_are_refused_and_nothing_is_queued() {
     let c = Cluster::start("unknown", &["k1"], "1");
-    let out = c.cli(&["exec", "--verb", "RUN", "--target", "k1", "--target", "nope", "true"]);
+    let out = c.cli(&[
+        "exec", "--verb", "RUN", "--target", "k1", "--target", "nope", "true",
+    ]);
     assert_eq!(out.code, 2, "{out:?}");
-    assert_eq!(out.stderr.trim(), "director: unknown target node 'nope' (known nodes: k1)");
+    assert_eq!(
+        out.stderr.trim(),
+        "director: unknown target node 'nope' (known nodes: k1)"
+    );
     let jobs = c.cli(&["manage", "--list-jobs", "--format", "json"]);
     assert_eq!(jobs.stdout.trim(), "[]");
 }
@@ -334,19 +409,35 @@ fn a_server_that_cannot_bind_says_where_and_why() {
     .collect();
     let out = util::run_cli(&dir.path, &args);
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains(&format!("cannot bind the job socket to tcp://127.0.0.1:{port}")), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot bind the job socket to tcp://127.0.0.1:{port}"
+        )),
+        "{out:?}"
+    );
     assert!(out.stderr.contains("in use"), "{out:?}");
 }
 
 #[test]
 fn bad_usage_and_config_are_refused_with_exit_2() {
     let dir = util::TestDir::new("usage");
-    let run = |args: &[&str]| util::run_cli(&dir.path, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let run = |args: &[&str]| {
+        util::run_cli(
+            &dir.path,
+            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    };
     let cfg = dir.path.join("bad.yaml");
     fs::write(&cfg, "heartbeat_interval: 1\nhartbeat_port: 9\n").unwrap();
     let out = run(&["server", "--config-file", cfg.to_str().unwrap()]);
     assert_eq!(out.code, 2);
-    assert_eq!(out.stderr.trim(), format!("director: config file {}: unknown key 'hartbeat_port'", cfg.display()));
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "director: config file {}: unknown key 'hartbeat_port'",
+            cfg.display()
+        )
+    );
     fs::write(&cfg, "job_port: many\n").unwrap();
     let out = run(&["server", "--config-file", cfg.to_str().unwrap()]);
     assert_eq!(out.code, 2);
@@ -356,7 +447,11 @@ fn bad_usage_and_config_are_refused_with_exit_2() {
     assert!(out.stderr.contains("unknown verb 'DANCE'"));
     let out = run(&["frobnicate"]);
     assert_eq!(out.code, 2);
-    let env = util::run_cli_env(&dir.path, &["manage".into(), "--list-nodes".into()], &[("DIRECTOR_JOB_PORT", "x")]);
+    let env = util::run_cli_env(
+        &dir.path,
+        &["manage".into(), "--list-nodes".into()],
+        &[("DIRECTOR_JOB_PORT", "x")],
+    );
     assert_eq!(env.code, 2);
     assert!(env.stderr.contains("DIRECTOR_JOB_PORT"), "{env:?}");
 }
@@ -364,16 +459,31 @@ fn bad_usage_and_config_are_refused_with_exit_2() {
 #[test]
 fn help_and_version() {
     let dir = util::TestDir::new("help");
-    let run = |args: &[&str]| util::run_cli(&dir.path, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let run = |args: &[&str]| {
+        util::run_cli(
+            &dir.path,
+            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    };
     let out = run(&["--help"]);
     assert_eq!(out.code, 0);
-    for opt in ["--job-port", "--heartbeat-interval", "--socket-path", "--identity", "--cache-path", "--state-path"] {
+    for opt in [
+        "--job-port",
+        "--heartbeat-interval",
+        "--socket-path",
+        "--identity",
+        "--cache-path",
+        "--state-path",
+    ] {
         assert!(out.stdout.contains(opt), "{opt}");
     }
     let out = run(&["manage", "--help"]);
     assert!(out.stdout.contains("--purge-nodes"));
     let out = run(&["--version"]);
-    assert_eq!(out.stdout.trim(), format!("director {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        out.stdout.trim(),
+        format!("director {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -401,7 +511,10 @@ fn config_file_and_environment_configure_the_daemons() {
     };
     let _server = spawn("server", "srv");
     let _client = spawn("client", "envnode");
-    let env = [("DIRECTOR_CONFIG_FILE", cfg.to_str().unwrap()), ("DIRECTOR_SOCKET_PATH", sock.to_str().unwrap())];
+    let env = [
+        ("DIRECTOR_CONFIG_FILE", cfg.to_str().unwrap()),
+        ("DIRECTOR_SOCKET_PATH", sock.to_str().unwrap()),
+    ];
     wait_until("envnode registered", DEADLINE, || {
         let out = util::run_cli_env(&dir.path, &["manage".into(), "--list-nodes".into()], &env);
         out.code == 0 && out.stdout.contains("envnode")

@@ -76,7 +76,10 @@ struct Ports {
 
 /// The connection to the server.
 enum Link {
-    Up { ports: Ports, last_heard: Instant },
+    Up {
+        ports: Box<Ports>,
+        last_heard: Instant,
+    },
     /// Sockets closed; reopen at the `Reopen` timer.
     Down,
 }
@@ -115,8 +118,8 @@ pub fn run(cfg: &Config) -> Result<()> {
 impl Client {
     fn start(cfg: &Config) -> Result<Client> {
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
-        let signals =
-            Signals::install(poll.registry(), SIGNALS).map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let signals = Signals::install(poll.registry(), SIGNALS)
+            .map_err(|e| Error::io("cannot install signal handlers", e))?;
         let mut client = Client {
             cfg: cfg.clone(),
             poll,
@@ -136,7 +139,9 @@ impl Client {
         client.timers.at(now + cfg.heartbeat_ivl, Timer::Heartbeat);
         client.timers.at(now + cfg.heartbeat_ivl, Timer::Liveness);
         if cfg.shared_key.is_some() {
-            log::warn!("--shared-key is accepted but not enforced yet: peers are not authenticated");
+            log::warn!(
+                "--shared-key is accepted but not enforced yet: peers are not authenticated"
+            );
         }
         log::info!(
             "client {} connecting to {} (job {}, transfer {}, heartbeat {})",
@@ -153,15 +158,25 @@ impl Client {
     fn open(&mut self) -> Result<()> {
         let connect = |name: &'static str, port: u16, token: Token| {
             let ep = endpoint(&self.cfg.server_address, port);
-            ZmqPort::connect(&self.ctx, name, &self.cfg.identity, &ep, self.poll.registry(), token)
-                .map_err(|e| Error::zmq(format!("cannot connect the {name} socket to {ep}"), e))
+            ZmqPort::connect(
+                &self.ctx,
+                name,
+                &self.cfg.identity,
+                &ep,
+                self.poll.registry(),
+                token,
+            )
+            .map_err(|e| Error::zmq(format!("cannot connect the {name} socket to {ep}"), e))
         };
-        let ports = Ports {
+        let ports = Box::new(Ports {
             job: connect("job", self.cfg.job_port, JOB)?,
             transfer: connect("transfer", self.cfg.transfer_port, TRANSFER)?,
             heartbeat: connect("heartbeat", self.cfg.heartbeat_port, HEARTBEAT)?,
+        });
+        self.link = Link::Up {
+            ports,
+            last_heard: Instant::now(),
         };
-        self.link = Link::Up { ports, last_heard: Instant::now() };
         self.announce();
         self.send_heartbeat();
         Ok(())
@@ -236,10 +251,16 @@ impl Client {
     fn service_ports(&mut self) -> bool {
         let mut busy = false;
         for _round in 0..8 {
-            let Link::Up { ports, last_heard } = &mut self.link else { return false };
+            let Link::Up { ports, last_heard } = &mut self.link else {
+                return false;
+            };
             let mut received = Vec::new();
             let mut failed = None;
-            for (which, port) in [(JOB, &mut ports.job), (TRANSFER, &mut ports.transfer), (HEARTBEAT, &mut ports.heartbeat)] {
+            for (which, port) in [
+                (JOB, &mut ports.job),
+                (TRANSFER, &mut ports.transfer),
+                (HEARTBEAT, &mut ports.heartbeat),
+            ] {
                 match port.service(BUDGET) {
                     Ok(done) => {
                         busy |= done.busy;
@@ -282,7 +303,9 @@ impl Client {
         match (which, msg) {
             (HEARTBEAT, ServerMsg::HeartbeatAck { .. }) => {}
             (HEARTBEAT, ServerMsg::Register) => {
-                log::info!("server asked us to register (it restarted or expired us); sending Ready");
+                log::info!(
+                    "server asked us to register (it restarted or expired us); sending Ready"
+                );
                 self.announce();
             }
             (JOB, ServerMsg::Job { job_id, task }) => {
@@ -294,7 +317,10 @@ impl Client {
                 }
             }
             (JOB, ServerMsg::ResultAck { job_id }) => self.unacked.retain(|(id, _)| *id != job_id),
-            (_, msg) => log::warn!("server: dropped an unexpected {} on the {name} port", msg.describe()),
+            (_, msg) => log::warn!(
+                "server: dropped an unexpected {} on the {name} port",
+                msg.describe()
+            ),
         }
     }
 
@@ -312,7 +338,9 @@ impl Client {
     }
 
     fn send_heartbeat(&mut self) {
-        let msg = ClientMsg::Heartbeat { interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64 };
+        let msg = ClientMsg::Heartbeat {
+            interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64,
+        };
         if let Link::Up { ports, .. } = &mut self.link {
             log::debug!("heartbeat -> {}", msg.describe());
             ports.heartbeat.queue(wire::encode(&msg));
@@ -322,12 +350,15 @@ impl Client {
     /// Start the next queued job if nothing runs.
     fn start_next(&mut self) {
         while self.running.is_none() && self.state == RunState::Running {
-            let Some((job_id, task)) = self.queue.pop_front() else { return };
+            let Some((job_id, task)) = self.queue.pop_front() else {
+                return;
+            };
             log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
             match exec::start(&task, self.poll.registry(), &mut self.tokens) {
                 Started::Process(child) => {
                     if !child.has_pidfd() {
-                        self.timers.at(Instant::now() + REAP_SWEEP, Timer::ReapSweep);
+                        self.timers
+                            .at(Instant::now() + REAP_SWEEP, Timer::ReapSweep);
                     }
                     self.running = Some(Running { job_id, child });
                     self.send_job(&ClientMsg::Started { job_id });
@@ -338,13 +369,19 @@ impl Client {
     }
 
     fn report(&mut self, job_id: Uuid, outcome: Outcome) {
-        log::info!("job {job_id}: {:?} in {:.3}s", outcome.exit, outcome.exec_secs);
+        log::info!(
+            "job {job_id}: {:?} in {:.3}s",
+            outcome.exit,
+            outcome.exec_secs
+        );
         self.unacked.push((job_id, outcome.clone()));
         self.send_job(&ClientMsg::Finished { job_id, outcome });
     }
 
     fn handle_child(&mut self, token: Token) {
-        let Some(running) = self.running.as_mut() else { return };
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
         match running.child.source(token) {
             Some(Source::Exit) => self.try_reap(),
             Some(src) => running.child.read(src, self.poll.registry()),
@@ -353,11 +390,15 @@ impl Client {
     }
 
     fn try_reap(&mut self) {
-        let Some(running) = self.running.as_mut() else { return };
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
         match running.child.try_reap(self.poll.registry()) {
             Ok(false) => {}
             Ok(true) => {
-                let Some(Running { job_id, child }) = self.running.take() else { return };
+                let Some(Running { job_id, child }) = self.running.take() else {
+                    return;
+                };
                 let outcome = match child.into_ended() {
                     Some(ended) => exec::outcome(ended),
                     None => exec::failure("the command's exit status was lost".into()),
@@ -366,10 +407,19 @@ impl Client {
                 self.start_next();
             }
             Err(e) => {
-                log::error!("job {}: cannot wait for pid {}: {e}", running.job_id, running.child.pid());
-                let Some(Running { job_id, child }) = self.running.take() else { return };
+                log::error!(
+                    "job {}: cannot wait for pid {}: {e}",
+                    running.job_id,
+                    running.child.pid()
+                );
+                let Some(Running { job_id, child }) = self.running.take() else {
+                    return;
+                };
                 drop(child); // kills and reaps the group
-                self.report(job_id, exec::failure(format!("cannot wait for the command: {e}")));
+                self.report(
+                    job_id,
+                    exec::failure(format!("cannot wait for the command: {e}")),
+                );
                 self.start_next();
             }
         }
@@ -380,7 +430,8 @@ impl Client {
             match timer {
                 Timer::Heartbeat => {
                     self.send_heartbeat();
-                    self.timers.at(now + self.cfg.heartbeat_ivl, Timer::Heartbeat);
+                    self.timers
+                        .at(now + self.cfg.heartbeat_ivl, Timer::Heartbeat);
                 }
                 Timer::Liveness => {
                     if let Link::Up { last_heard, .. } = &self.link {
@@ -394,7 +445,8 @@ impl Client {
                             self.reconnect();
                         }
                     }
-                    self.timers.at(now + self.cfg.heartbeat_ivl, Timer::Liveness);
+                    self.timers
+                        .at(now + self.cfg.heartbeat_ivl, Timer::Liveness);
                 }
                 Timer::Reopen => {
                     if matches!(self.link, Link::Down) {
@@ -412,7 +464,10 @@ impl Client {
                 }
                 Timer::KillGrace => {
                     if let Some(running) = &self.running {
-                        log::warn!("job {}: command ignored SIGTERM; killing its process group", running.job_id);
+                        log::warn!(
+                            "job {}: command ignored SIGTERM; killing its process group",
+                            running.job_id
+                        );
                         running.child.signal_group(libc::SIGKILL);
                     }
                 }
@@ -441,7 +496,8 @@ impl Client {
                         running.child.pid()
                     );
                     running.child.signal_group(libc::SIGTERM);
-                    self.timers.at(Instant::now() + KILL_GRACE, Timer::KillGrace);
+                    self.timers
+                        .at(Instant::now() + KILL_GRACE, Timer::KillGrace);
                     self.state = RunState::Draining;
                 }
                 None => {

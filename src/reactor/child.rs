@@ -73,7 +73,11 @@ pub struct Child {
 impl Child {
     /// Start `/bin/sh -c command` in a new process group and register its
     /// pipes and pidfd.
-    pub fn spawn(command: &str, registry: &Registry, tokens: &mut TokenCounter) -> io::Result<Child> {
+    pub fn spawn(
+        command: &str,
+        registry: &Registry,
+        tokens: &mut TokenCounter,
+    ) -> io::Result<Child> {
         // No pre_exec: it would cost std's posix_spawn fast path.
         let mut proc = Command::new("/bin/sh")
             .arg("-c")
@@ -104,7 +108,10 @@ impl Child {
             let token = tokens.next();
             match registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE) {
                 Ok(()) => child.pidfd = Some((fd, token)),
-                Err(e) => log::warn!("cannot watch pid {} by pidfd ({e}); polling for its exit", child.pid()),
+                Err(e) => log::warn!(
+                    "cannot watch pid {} by pidfd ({e}); polling for its exit",
+                    child.pid()
+                ),
             }
         }
         Ok(child)
@@ -151,7 +158,9 @@ impl Child {
         if self.ended.is_some() {
             return Ok(true);
         }
-        let Some(status) = self.proc.try_wait()? else { return Ok(false) };
+        let Some(status) = self.proc.try_wait()? else {
+            return Ok(false);
+        };
         let exec_secs = self.started.elapsed().as_secs_f64();
         let exit = match (status.code(), status.signal()) {
             (Some(code), _) => Exit::Code(code),
@@ -183,7 +192,12 @@ impl Child {
         let (exit, exec_secs) = self.ended.take()?;
         // Keep Drop from killing: mark reaped again with a dummy.
         self.ended = Some((Exit::Code(0), 0.0));
-        Some(Ended { exit, out: std::mem::take(&mut self.out), err: std::mem::take(&mut self.err), exec_secs })
+        Some(Ended {
+            exit,
+            out: std::mem::take(&mut self.out),
+            err: std::mem::take(&mut self.err),
+            exec_secs,
+        })
     }
 }
 
@@ -204,7 +218,11 @@ fn pipe_from<T: Into<Receiver>>(p: T) -> io::Result<Receiver> {
     Ok(rx)
 }
 
-fn register_pipe(mut rx: Receiver, registry: &Registry, tokens: &mut TokenCounter) -> io::Result<(Receiver, Token)> {
+fn register_pipe(
+    mut rx: Receiver,
+    registry: &Registry,
+    tokens: &mut TokenCounter,
+) -> io::Result<(Receiver, Token)> {
     let token = tokens.next();
     registry.register(&mut rx, token, Interest::READABLE)?;
     Ok((rx, token))
@@ -218,7 +236,9 @@ fn close_pipe(slot: &mut Option<(Receiver, Token)>, registry: &Registry) {
 
 /// Read until `WouldBlock` or `limit` bytes. Returns true at EOF or on error.
 fn drain(slot: &mut Option<(Receiver, Token)>, capture: &mut Capture, limit: usize) -> bool {
-    let Some((rx, _)) = slot.as_mut() else { return false };
+    let Some((rx, _)) = slot.as_mut() else {
+        return false;
+    };
     let mut buf = [0u8; 16 * 1024];
     let mut total = 0usize;
     while total < limit {
@@ -260,7 +280,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !child.try_reap(poll.registry()).unwrap() {
             assert!(Instant::now() < deadline, "child did not exit");
-            poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
             for ev in events.iter() {
                 if let Some(src) = child.source(ev.token()) {
                     child.read(src, poll.registry());

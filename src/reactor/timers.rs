@@ -14,7 +14,10 @@ pub struct Timers<K: Ord> {
 
 impl<K: Ord> Default for Timers<K> {
     fn default() -> Self {
-        Timers { heap: BinaryHeap::new(), seq: 0 }
+        Timers {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
     }
 }
 
@@ -28,7 +31,11 @@ impl<K: Ord> Timers<K> {
 
     /// The next key whose deadline has passed.
     pub fn pop_due(&mut self, now: Instant) -> Option<K> {
-        if self.heap.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+        if self
+            .heap
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
             return self.heap.pop().map(|Reverse((_, _, k))| k);
         }
         None
@@ -36,7 +43,9 @@ impl<K: Ord> Timers<K> {
 
     /// How long until the nearest deadline (`None`: no timers).
     pub fn until_next(&self, now: Instant) -> Option<Duration> {
-        self.heap.peek().map(|Reverse((at, _, _))| at.saturating_duration_since(now))
+        self.heap
+            .peek()
+            .map(|Reverse((at, _, _))| at.saturating_duration_since(now))
     }
 }
 

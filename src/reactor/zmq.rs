@@ -95,14 +95,23 @@ impl ZmqPort {
         registry
             .register(&mut SourceFd(&fd), token, Interest::READABLE)
             .map_err(|e| zmq::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
-        Ok(ZmqPort { name, sock, role, fd, outbox: VecDeque::new() })
+        Ok(ZmqPort {
+            name,
+            sock,
+            role,
+            fd,
+            outbox: VecDeque::new(),
+        })
     }
 
     /// Queue a message (ROUTER: identity first). Sent by the next `service`.
     pub fn queue(&mut self, frames: Vec<Vec<u8>>) {
         debug_assert!(self.outbox.len() <= OUTBOX_CAP);
         if self.outbox.len() >= OUTBOX_CAP {
-            log::error!("{} port: outbox full ({OUTBOX_CAP} messages); dropping a message", self.name);
+            log::error!(
+                "{} port: outbox full ({OUTBOX_CAP} messages); dropping a message",
+                self.name
+            );
             return;
         }
         self.outbox.push_back(frames);
@@ -152,7 +161,10 @@ impl ZmqPort {
         match self.role {
             Role::Dealer => {
                 while let Some(msg) = self.outbox.front() {
-                    match self.sock.send_multipart(msg.iter().map(Vec::as_slice), zmq::DONTWAIT) {
+                    match self
+                        .sock
+                        .send_multipart(msg.iter().map(Vec::as_slice), zmq::DONTWAIT)
+                    {
                         Ok(()) => {
                             self.outbox.pop_front();
                         }
@@ -168,12 +180,17 @@ impl ZmqPort {
                 let mut blocked: HashSet<Vec<u8>> = HashSet::new();
                 let mut kept = VecDeque::new();
                 while let Some(msg) = self.outbox.pop_front() {
-                    let Some(identity) = msg.first() else { continue };
+                    let Some(identity) = msg.first() else {
+                        continue;
+                    };
                     if blocked.contains(identity) {
                         kept.push_back(msg);
                         continue;
                     }
-                    match self.sock.send_multipart(msg.iter().map(Vec::as_slice), zmq::DONTWAIT) {
+                    match self
+                        .sock
+                        .send_multipart(msg.iter().map(Vec::as_slice), zmq::DONTWAIT)
+                    {
                         Ok(()) => {}
                         Err(zmq::Error::EHOSTUNREACH) => unroutable.push((identity.clone(), msg)),
                         Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => {
@@ -241,10 +258,12 @@ mod tests {
     fn burst_is_drained_without_more_traffic() {
         let ctx = zmq::Context::new();
         let mut poll = mio::Poll::new().unwrap();
-        let router = ZmqPort::bind(&ctx, "t", "tcp://127.0.0.1:*", poll.registry(), Token(0)).unwrap();
+        let router =
+            ZmqPort::bind(&ctx, "t", "tcp://127.0.0.1:*", poll.registry(), Token(0)).unwrap();
         let addr = router.sock.get_last_endpoint().unwrap().unwrap();
         let mut router = router;
-        let mut dealer = ZmqPort::connect(&ctx, "t", "peer", &addr, poll.registry(), Token(1)).unwrap();
+        let mut dealer =
+            ZmqPort::connect(&ctx, "t", "peer", &addr, poll.registry(), Token(1)).unwrap();
         for i in 0..500u32 {
             dealer.queue(vec![i.to_be_bytes().to_vec()]);
         }
@@ -255,7 +274,11 @@ mod tests {
             let busy_d = dealer.service(16).unwrap().busy || dealer.has_backlog();
             let r = router.service(16).unwrap();
             got.extend(r.received);
-            let timeout = if busy_d || r.busy { Duration::ZERO } else { Duration::from_secs(5) };
+            let timeout = if busy_d || r.busy {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(5)
+            };
             poll.poll(&mut events, Some(timeout)).unwrap();
         }
         assert_eq!(got.len(), 500);

@@ -14,7 +14,9 @@ use uuid::Uuid;
 use super::jobs::Jobs;
 use super::nodes::{Link, Nodes, LIVENESS};
 use crate::dsl::Task;
-use crate::wire::{JobDetail, JobState, JobView, NodeView, Outcome, PartView, ServerMsg, Submitted};
+use crate::wire::{
+    JobDetail, JobState, JobView, NodeView, Outcome, PartView, ServerMsg, Submitted,
+};
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
 /// without a round trip.
@@ -31,7 +33,10 @@ pub struct Now {
 impl Now {
     /// The current time.
     pub fn real() -> Now {
-        Now { at: Instant::now(), ms: crate::clock::now_ms() }
+        Now {
+            at: Instant::now(),
+            ms: crate::clock::now_ms(),
+        }
     }
 }
 
@@ -60,7 +65,9 @@ impl Cluster {
             Some(n) if n.link == Link::Ready => {
                 n.ivl = ivl;
                 n.touch(now.at, now.ms);
-                ServerMsg::HeartbeatAck { expires_in_ms: (ivl * LIVENESS).as_millis() as u64 }
+                ServerMsg::HeartbeatAck {
+                    expires_in_ms: (ivl * LIVENESS).as_millis() as u64,
+                }
             }
             Some(n) => {
                 n.touch(now.at, now.ms);
@@ -92,10 +99,21 @@ impl Cluster {
         n.version = version.to_owned();
         n.link = Link::Ready;
         // What we sent and the node no longer has will never be reported.
-        let vanished: Vec<Uuid> = n.in_flight.iter().filter(|id| !holding.contains(id)).copied().collect();
+        let vanished: Vec<Uuid> = n
+            .in_flight
+            .iter()
+            .filter(|id| !holding.contains(id))
+            .copied()
+            .collect();
         n.in_flight.retain(|id| holding.contains(id));
         for job_id in vanished {
-            self.finish_lost(&job_id, node, "the client no longer had this job (it restarted while the job was in flight)", now.ms, out);
+            self.finish_lost(
+                &job_id,
+                node,
+                "the client no longer had this job (it restarted while the job was in flight)",
+                now.ms,
+                out,
+            );
         }
         self.dispatch(node, now, out);
         created
@@ -103,7 +121,11 @@ impl Cluster {
 
     /// The job's process started on the node.
     pub fn started(&mut self, node: &str, job_id: &Uuid) {
-        if let Some(p) = self.jobs.get_mut(job_id).and_then(|j| j.parts.get_mut(node)) {
+        if let Some(p) = self
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.parts.get_mut(node))
+        {
             if p.state == JobState::Sent {
                 p.state = JobState::Running;
             }
@@ -112,9 +134,23 @@ impl Cluster {
 
     /// A node reported a job's outcome. Always acknowledged, so the node
     /// stops resending it, even when we cannot place it.
-    pub fn finished(&mut self, node: &str, job_id: Uuid, outcome: Outcome, now: Now, out: &mut Vec<Effect>) {
-        out.push(Effect::Send { node: node.to_owned(), msg: ServerMsg::ResultAck { job_id } });
-        let Some(part) = self.jobs.get_mut(&job_id).and_then(|j| j.parts.get_mut(node)) else {
+    pub fn finished(
+        &mut self,
+        node: &str,
+        job_id: Uuid,
+        outcome: Outcome,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) {
+        out.push(Effect::Send {
+            node: node.to_owned(),
+            msg: ServerMsg::ResultAck { job_id },
+        });
+        let Some(part) = self
+            .jobs
+            .get_mut(&job_id)
+            .and_then(|j| j.parts.get_mut(node))
+        else {
             log::warn!("node={node}: result for unknown job {job_id} (purged, or sent before a server restart); dropped");
             return;
         };
@@ -122,16 +158,28 @@ impl Cluster {
             JobState::Lost => {
                 // It came back after all: keep the truth, but the waiters
                 // were already told it was lost.
-                log::warn!("node={node}: late result for job {job_id}, which was reported lost; recorded");
-                part.state = if outcome.succeeded() { JobState::Succeeded } else { JobState::Failed };
+                log::warn!(
+                    "node={node}: late result for job {job_id}, which was reported lost; recorded"
+                );
+                part.state = if outcome.succeeded() {
+                    JobState::Succeeded
+                } else {
+                    JobState::Failed
+                };
                 part.outcome = Some(outcome);
                 return;
             }
             s if s.is_done() => return, // a resend of a result we have
             _ => {}
         }
-        part.state = if outcome.succeeded() { JobState::Succeeded } else { JobState::Failed };
-        part.rtt_secs = part.sent_at.map(|t| now.at.saturating_duration_since(t).as_secs_f64());
+        part.state = if outcome.succeeded() {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        part.rtt_secs = part
+            .sent_at
+            .map(|t| now.at.saturating_duration_since(t).as_secs_f64());
         part.finished_ms = Some(now.ms);
         part.outcome = Some(outcome);
         if let Some(n) = self.nodes.get_mut(node) {
@@ -144,12 +192,18 @@ impl Cluster {
     /// A job could not be routed to the node: put it back at the front of
     /// its queue and wait for the node's next `Ready`.
     pub fn unroutable(&mut self, node: &str, job_id: Uuid) {
-        let Some(n) = self.nodes.get_mut(node) else { return };
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
         n.link = Link::Stale;
         if let Some(pos) = n.in_flight.iter().position(|id| *id == job_id) {
             n.in_flight.remove(pos);
             n.queue.push_front(job_id);
-            if let Some(p) = self.jobs.get_mut(&job_id).and_then(|j| j.parts.get_mut(node)) {
+            if let Some(p) = self
+                .jobs
+                .get_mut(&job_id)
+                .and_then(|j| j.parts.get_mut(node))
+            {
                 p.state = JobState::Queued;
                 p.sent_at = None;
                 p.sent_ms = None;
@@ -162,7 +216,10 @@ impl Cluster {
     pub fn expire(&mut self, now: Now, out: &mut Vec<Effect>) -> Vec<String> {
         let mut names = Vec::new();
         for node in self.nodes.take_expired(now.at) {
-            let why = format!("node expired: no heartbeat for {:.1}s", (node.ivl * LIVENESS).as_secs_f64());
+            let why = format!(
+                "node expired: no heartbeat for {:.1}s",
+                (node.ivl * LIVENESS).as_secs_f64()
+            );
             for job_id in node.in_flight.iter().chain(node.queue.iter()) {
                 self.finish_lost(job_id, &node.name, &why, now.ms, out);
             }
@@ -177,23 +234,41 @@ impl Cluster {
     }
 
     /// Queue a job on `targets` (every node when empty).
-    pub fn submit(&mut self, task: Task, targets: &[String], now: Now, out: &mut Vec<Effect>) -> Result<Submitted, String> {
+    pub fn submit(
+        &mut self,
+        task: Task,
+        targets: &[String],
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> Result<Submitted, String> {
         let targets = if targets.is_empty() {
             let all = self.nodes.names();
             if all.is_empty() {
-                return Err("no nodes are connected: start `director client` on the nodes first".into());
+                return Err(
+                    "no nodes are connected: start `director client` on the nodes first".into(),
+                );
             }
             all
         } else {
             if let Some(unknown) = targets.iter().find(|t| self.nodes.get(t).is_none()) {
                 let known = self.nodes.names();
-                let known = if known.is_empty() { "none connected".to_owned() } else { known.join(", ") };
-                return Err(format!("unknown target node '{unknown}' (known nodes: {known})"));
+                let known = if known.is_empty() {
+                    "none connected".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                return Err(format!(
+                    "unknown target node '{unknown}' (known nodes: {known})"
+                ));
             }
             targets.to_vec()
         };
         let job = self.jobs.insert(task, &targets, now.ms);
-        let submitted = Submitted { job_id: job.id, task_sha1: job.sha1.clone(), targets: targets.clone() };
+        let submitted = Submitted {
+            job_id: job.id,
+            task_sha1: job.sha1.clone(),
+            targets: targets.clone(),
+        };
         for t in &targets {
             if let Some(n) = self.nodes.get_mut(t) {
                 n.queue.push_back(submitted.job_id);
@@ -204,22 +279,49 @@ impl Cluster {
     }
 
     fn dispatch(&mut self, node: &str, now: Now, out: &mut Vec<Effect>) {
-        let Some(n) = self.nodes.get_mut(node) else { return };
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
         while n.link == Link::Ready && n.in_flight.len() < WINDOW {
-            let Some(job_id) = n.queue.pop_front() else { break };
-            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
-            let Some(part) = job.parts.get_mut(node) else { continue };
+            let Some(job_id) = n.queue.pop_front() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let Some(part) = job.parts.get_mut(node) else {
+                continue;
+            };
             part.state = JobState::Sent;
             part.sent_at = Some(now.at);
             part.sent_ms = Some(now.ms);
             n.in_flight.push_back(job_id);
-            out.push(Effect::Send { node: node.to_owned(), msg: ServerMsg::Job { job_id, task: job.task.clone() } });
+            out.push(Effect::Send {
+                node: node.to_owned(),
+                msg: ServerMsg::Job {
+                    job_id,
+                    task: job.task.clone(),
+                },
+            });
         }
         debug_assert!(n.in_flight.len() <= WINDOW);
     }
 
-    fn finish_lost(&mut self, job_id: &Uuid, node: &str, why: &str, now_ms: u64, out: &mut Vec<Effect>) {
-        let Some(part) = self.jobs.get_mut(job_id).and_then(|j| j.parts.get_mut(node)) else { return };
+    fn finish_lost(
+        &mut self,
+        job_id: &Uuid,
+        node: &str,
+        why: &str,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(part) = self
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.parts.get_mut(node))
+        else {
+            return;
+        };
         if part.state.is_done() {
             return;
         }
@@ -231,7 +333,10 @@ impl Cluster {
     }
 
     fn part_done(&self, job_id: Uuid, node: &str, out: &mut Vec<Effect>) {
-        out.push(Effect::PartDone { job_id, node: node.to_owned() });
+        out.push(Effect::PartDone {
+            job_id,
+            node: node.to_owned(),
+        });
         if self.jobs.get(&job_id).is_some_and(|j| j.is_done()) {
             out.push(Effect::JobDone { job_id });
         }
@@ -286,17 +391,29 @@ mod tests {
     const IVL: Duration = Duration::from_secs(1);
 
     fn ok() -> Outcome {
-        Outcome { exit: Exit::Code(0), stdout: vec![], stderr: vec![], stdout_dropped: 0, stderr_dropped: 0, exec_secs: 0.0 }
+        Outcome {
+            exit: Exit::Code(0),
+            stdout: vec![],
+            stderr: vec![],
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            exec_secs: 0.0,
+        }
     }
 
     fn run(cmd: &str) -> Task {
-        Task::Run { command: cmd.into() }
+        Task::Run {
+            command: cmd.into(),
+        }
     }
 
     fn sent_jobs(out: &[Effect]) -> Vec<Uuid> {
         out.iter()
             .filter_map(|e| match e {
-                Effect::Send { msg: ServerMsg::Job { job_id, .. }, .. } => Some(*job_id),
+                Effect::Send {
+                    msg: ServerMsg::Job { job_id, .. },
+                    ..
+                } => Some(*job_id),
                 _ => None,
             })
             .collect()
@@ -315,11 +432,21 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
-        let e = c.submit(run("x"), &["a".into(), "zz".into()], Now { at: t0, ms: 0 }, &mut out).unwrap_err();
+        let e = c
+            .submit(
+                run("x"),
+                &["a".into(), "zz".into()],
+                Now { at: t0, ms: 0 },
+                &mut out,
+            )
+            .unwrap_err();
         assert_eq!(e, "unknown target node 'zz' (known nodes: a, b)");
         assert!(out.is_empty());
         assert!(c.list_jobs().is_empty());
-        assert!(Cluster::default().submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap_err().contains("no nodes"));
+        assert!(Cluster::default()
+            .submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out)
+            .unwrap_err()
+            .contains("no nodes"));
     }
 
     #[test]
@@ -327,11 +454,23 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let ids: Vec<Uuid> = (0..5).map(|i| c.submit(run(&i.to_string()), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id).collect();
+        let ids: Vec<Uuid> = (0..5)
+            .map(|i| {
+                c.submit(run(&i.to_string()), &[], Now { at: t0, ms: 0 }, &mut out)
+                    .unwrap()
+                    .job_id
+            })
+            .collect();
         assert_eq!(sent_jobs(&out), ids[..WINDOW].to_vec());
         out.clear();
         c.finished("a", ids[0], ok(), Now { at: t0, ms: 0 }, &mut out);
-        assert_eq!(out[0], Effect::Send { node: "a".into(), msg: ServerMsg::ResultAck { job_id: ids[0] } });
+        assert_eq!(
+            out[0],
+            Effect::Send {
+                node: "a".into(),
+                msg: ServerMsg::ResultAck { job_id: ids[0] }
+            }
+        );
         assert!(out.contains(&Effect::JobDone { job_id: ids[0] }));
         assert_eq!(sent_jobs(&out), vec![ids[2]]);
         // A resent result is acknowledged and changes nothing.
@@ -345,20 +484,61 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
-        let id = c.submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        let id = c
+            .submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out)
+            .unwrap()
+            .job_id;
         out.clear();
         let t1 = t0 + Duration::from_millis(2500);
         c.finished("b", id, ok(), Now { at: t1, ms: 0 }, &mut out);
-        assert_eq!(c.heartbeat("b", IVL, Now { at: t1, ms: 0 }), ServerMsg::HeartbeatAck { expires_in_ms: 3000 });
-        assert!(c.expire(Now { at: t0 + Duration::from_millis(2999), ms: 0 }, &mut out).is_empty());
+        assert_eq!(
+            c.heartbeat("b", IVL, Now { at: t1, ms: 0 }),
+            ServerMsg::HeartbeatAck {
+                expires_in_ms: 3000
+            }
+        );
+        assert!(c
+            .expire(
+                Now {
+                    at: t0 + Duration::from_millis(2999),
+                    ms: 0
+                },
+                &mut out
+            )
+            .is_empty());
         out.clear();
-        assert_eq!(c.expire(Now { at: t0 + Duration::from_secs(3), ms: 0 }, &mut out), vec!["a".to_string()]);
-        assert_eq!(out, vec![Effect::PartDone { job_id: id, node: "a".into() }, Effect::JobDone { job_id: id }]);
+        assert_eq!(
+            c.expire(
+                Now {
+                    at: t0 + Duration::from_secs(3),
+                    ms: 0
+                },
+                &mut out
+            ),
+            vec!["a".to_string()]
+        );
+        assert_eq!(
+            out,
+            vec![
+                Effect::PartDone {
+                    job_id: id,
+                    node: "a".into()
+                },
+                Effect::JobDone { job_id: id }
+            ]
+        );
         let detail = c.job_info(&id).unwrap();
         assert_eq!(detail.nodes[0].state, JobState::Lost);
-        assert!(detail.nodes[0].message.as_deref().unwrap().contains("expired"));
+        assert!(detail.nodes[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("expired"));
         assert_eq!(detail.nodes[1].state, JobState::Succeeded);
-        assert_eq!(c.heartbeat("a", IVL, Now { at: t1, ms: 0 }), ServerMsg::Register);
+        assert_eq!(
+            c.heartbeat("a", IVL, Now { at: t1, ms: 0 }),
+            ServerMsg::Register
+        );
     }
 
     #[test]
@@ -366,11 +546,26 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id1 = c.submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
-        let id2 = c.submit(run("2"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        let id1 = c
+            .submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out)
+            .unwrap()
+            .job_id;
+        let id2 = c
+            .submit(run("2"), &[], Now { at: t0, ms: 0 }, &mut out)
+            .unwrap()
+            .job_id;
         out.clear();
         c.ready("a", "v", IVL, &[id2], Now { at: t0, ms: 0 }, &mut out);
-        assert_eq!(out, vec![Effect::PartDone { job_id: id1, node: "a".into() }, Effect::JobDone { job_id: id1 }]);
+        assert_eq!(
+            out,
+            vec![
+                Effect::PartDone {
+                    job_id: id1,
+                    node: "a".into()
+                },
+                Effect::JobDone { job_id: id1 }
+            ]
+        );
         assert_eq!(c.job_info(&id2).unwrap().nodes[0].state, JobState::Sent);
     }
 
@@ -379,9 +574,15 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id = c.submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        let id = c
+            .submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out)
+            .unwrap()
+            .job_id;
         c.unroutable("a", id);
-        assert_eq!(c.heartbeat("a", IVL, Now { at: t0, ms: 0 }), ServerMsg::Register);
+        assert_eq!(
+            c.heartbeat("a", IVL, Now { at: t0, ms: 0 }),
+            ServerMsg::Register
+        );
         assert_eq!(c.job_info(&id).unwrap().nodes[0].state, JobState::Queued);
         out.clear();
         c.ready("a", "v", IVL, &[], Now { at: t0, ms: 0 }, &mut out);
@@ -393,7 +594,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
-        let id = c.submit(run("1"), &["a".into()], Now { at: t0, ms: 0 }, &mut out).unwrap().job_id;
+        let id = c
+            .submit(run("1"), &["a".into()], Now { at: t0, ms: 0 }, &mut out)
+            .unwrap()
+            .job_id;
         assert_eq!(c.purge_jobs(), (0, 1));
         assert_eq!(c.purge_nodes(), (1, 1));
         c.finished("a", id, ok(), Now { at: t0, ms: 0 }, &mut out);

@@ -30,7 +30,12 @@ pub struct ControlConn {
 
 impl ControlConn {
     pub fn new(stream: UnixStream) -> ControlConn {
-        ControlConn { stream, inbuf: FrameBuf::new(wire::MAX_REQUEST), out: Vec::new(), out_pos: 0 }
+        ControlConn {
+            stream,
+            inbuf: FrameBuf::new(wire::MAX_REQUEST),
+            out: Vec::new(),
+            out_pos: 0,
+        }
     }
 
     /// Read everything available and decode the whole requests in it.

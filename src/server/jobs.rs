@@ -25,7 +25,15 @@ pub struct Part {
 
 impl Part {
     fn queued() -> Part {
-        Part { state: JobState::Queued, outcome: None, message: None, sent_at: None, sent_ms: None, rtt_secs: None, finished_ms: None }
+        Part {
+            state: JobState::Queued,
+            outcome: None,
+            message: None,
+            sent_at: None,
+            sent_ms: None,
+            rtt_secs: None,
+            finished_ms: None,
+        }
     }
 }
 
@@ -51,7 +59,11 @@ impl Job {
         for p in self.parts.values() {
             *states.entry(p.state).or_insert(0) += 1;
         }
-        let finished_ms = if self.is_done() { self.parts.values().filter_map(|p| p.finished_ms).max() } else { None };
+        let finished_ms = if self.is_done() {
+            self.parts.values().filter_map(|p| p.finished_ms).max()
+        } else {
+            None
+        };
         JobView {
             id: self.id,
             verb: self.task.verb(),
@@ -75,7 +87,10 @@ impl Job {
         if message.is_none() {
             message = p.message.clone();
         }
-        let text = |b: Option<&Vec<u8>>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        let text = |b: Option<&Vec<u8>>| {
+            b.map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
         Some(PartView {
             job_id: self.id,
             node: node.to_owned(),
@@ -96,7 +111,14 @@ impl Job {
 
     /// Everything about the job.
     pub fn detail(&self) -> JobDetail {
-        JobDetail { job: self.view(), nodes: self.parts.keys().filter_map(|n| self.part_view(n)).collect() }
+        JobDetail {
+            job: self.view(),
+            nodes: self
+                .parts
+                .keys()
+                .filter_map(|n| self.part_view(n))
+                .collect(),
+        }
     }
 }
 
@@ -112,9 +134,18 @@ impl Jobs {
     pub fn insert(&mut self, task: Task, targets: &[String], now_ms: u64) -> &mut Job {
         let id = Uuid::new_v4();
         let sha1 = task.sha1();
-        let parts = targets.iter().map(|t| (t.clone(), Part::queued())).collect();
+        let parts = targets
+            .iter()
+            .map(|t| (t.clone(), Part::queued()))
+            .collect();
         self.order.push(id);
-        self.by_id.entry(id).or_insert(Job { id, task, sha1, submitted_ms: now_ms, parts })
+        self.by_id.entry(id).or_insert(Job {
+            id,
+            task,
+            sha1,
+            submitted_ms: now_ms,
+            parts,
+        })
     }
 
     pub fn get(&self, id: &Uuid) -> Option<&Job> {

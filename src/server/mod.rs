@@ -114,10 +114,12 @@ impl Server {
         poll.registry()
             .register(&mut listener, CONTROL, Interest::READABLE)
             .map_err(|e| Error::io("cannot watch the control socket", e))?;
-        let signals =
-            Signals::install(poll.registry(), SIGNALS).map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let signals = Signals::install(poll.registry(), SIGNALS)
+            .map_err(|e| Error::io("cannot install signal handlers", e))?;
         if cfg.shared_key.is_some() {
-            log::warn!("--shared-key is accepted but not enforced yet: peers are not authenticated");
+            log::warn!(
+                "--shared-key is accepted but not enforced yet: peers are not authenticated"
+            );
         }
         log::info!(
             "server listening: job {}, transfer {}, heartbeat {} on {}; control socket {}",
@@ -155,7 +157,9 @@ impl Server {
             let mut timeout = self.timers.until_next(now);
             if self.ports.iter().any(ZmqPort::has_backlog) {
                 // A peer at its high-water mark: retry soon even without an edge.
-                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| t.min(Duration::from_millis(50))));
+                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
+                    t.min(Duration::from_millis(50))
+                }));
             }
             if busy {
                 timeout = Some(Duration::ZERO);
@@ -194,9 +198,12 @@ impl Server {
         for _round in 0..8 {
             let mut progressed = false;
             for port in PORTS {
-                let done = self.ports[port as usize]
-                    .service(BUDGET)
-                    .map_err(|e| Error::zmq(format!("{} socket failed", self.ports[port as usize].name), e))?;
+                let done = self.ports[port as usize].service(BUDGET).map_err(|e| {
+                    Error::zmq(
+                        format!("{} socket failed", self.ports[port as usize].name),
+                        e,
+                    )
+                })?;
                 busy |= done.busy;
                 progressed |= !done.received.is_empty() || !done.unroutable.is_empty();
                 for frames in done.received {
@@ -220,7 +227,9 @@ impl Server {
         }
         let identity = frames.remove(0);
         let Ok(node) = String::from_utf8(identity) else {
-            log::warn!("dropped a message on the {name} port from a peer whose identity is not UTF-8");
+            log::warn!(
+                "dropped a message on the {name} port from a peer whose identity is not UTF-8"
+            );
             return;
         };
         let msg = match wire::decode::<ClientMsg>(&frames) {
@@ -237,11 +246,24 @@ impl Server {
                 let reply = self.cluster.heartbeat(&node, ivl_from_ms(interval_ms), now);
                 self.send(Port::Heartbeat, &node, &reply);
             }
-            (Port::Job, ClientMsg::Ready { version, interval_ms, holding }) => {
+            (
+                Port::Job,
+                ClientMsg::Ready {
+                    version,
+                    interval_ms,
+                    holding,
+                },
+            ) => {
                 let mut out = std::mem::take(&mut self.effects);
                 let ivl = ivl_from_ms(interval_ms);
-                if self.cluster.ready(&node, &version, ivl, &holding, now, &mut out) {
-                    log::info!("node={node}: registered (director {version}, heartbeat every {:.1}s)", ivl.as_secs_f64());
+                if self
+                    .cluster
+                    .ready(&node, &version, ivl, &holding, now, &mut out)
+                {
+                    log::info!(
+                        "node={node}: registered (director {version}, heartbeat every {:.1}s)",
+                        ivl.as_secs_f64()
+                    );
                     self.schedule_expiry(now.at + ivl * nodes::LIVENESS);
                 }
                 self.apply(out);
@@ -257,7 +279,10 @@ impl Server {
                 self.apply(out);
             }
             (port, msg) => {
-                log::warn!("node={node}: dropped an unexpected {} on the {name} port", msg.describe());
+                log::warn!(
+                    "node={node}: dropped an unexpected {} on the {name} port",
+                    msg.describe()
+                );
                 let _ = port;
             }
         }
@@ -265,9 +290,16 @@ impl Server {
 
     fn handle_unroutable(&mut self, port: Port, identity: &[u8], frames: &[Vec<u8>]) {
         let node = String::from_utf8_lossy(identity);
-        log::debug!("node={node}: unroutable on the {} port (peer gone)", self.ports[port as usize].name);
-        if let Ok(ServerMsg::Job { job_id, .. }) = wire::decode::<ServerMsg>(frames.get(1..).unwrap_or(&[])) {
-            log::warn!("node={node}: job {job_id} could not be delivered (node disconnected); kept queued");
+        log::debug!(
+            "node={node}: unroutable on the {} port (peer gone)",
+            self.ports[port as usize].name
+        );
+        if let Ok(ServerMsg::Job { job_id, .. }) =
+            wire::decode::<ServerMsg>(frames.get(1..).unwrap_or(&[]))
+        {
+            log::warn!(
+                "node={node}: job {job_id} could not be delivered (node disconnected); kept queued"
+            );
             self.cluster.unroutable(&node, job_id);
         }
     }
@@ -303,7 +335,9 @@ impl Server {
     }
 
     fn notify(&mut self, job_id: &Uuid, resp: &Response) {
-        let Some(tokens) = self.waiters.get(job_id) else { return };
+        let Some(tokens) = self.waiters.get(job_id) else {
+            return;
+        };
         let mut dead = Vec::new();
         for token in tokens {
             if let Some(conn) = self.conns.get_mut(token) {
@@ -361,9 +395,11 @@ impl Server {
                 Ok((stream, _)) => {
                     let token = self.tokens.next();
                     let mut conn = ControlConn::new(stream);
-                    if let Err(e) =
-                        self.poll.registry().register(&mut conn.stream, token, Interest::READABLE | Interest::WRITABLE)
-                    {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut conn.stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         log::warn!("cannot watch a control connection: {e}; closed");
                         continue;
                     }
@@ -384,7 +420,9 @@ impl Server {
 
     fn handle_control(&mut self, token: Token) {
         // A token can still arrive in the same batch after its source closed.
-        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
         if let Err(e) = conn.flush() {
             log::debug!("control connection write failed: {e}");
             self.close_control(token);
@@ -400,7 +438,9 @@ impl Server {
             }
         };
         for req in requests {
-            let Some(resp) = self.handle_request(token, req) else { continue };
+            let Some(resp) = self.handle_request(token, req) else {
+                continue;
+            };
             if let Some(conn) = self.conns.get_mut(&token) {
                 if let Err(e) = conn.send(&resp) {
                     log::debug!("control connection write failed: {e}");
@@ -418,7 +458,11 @@ impl Server {
     fn handle_request(&mut self, token: Token, req: Request) -> Option<Response> {
         log::debug!("control <- {req:?}");
         let resp = match req {
-            Request::Submit { task, targets, wait } => {
+            Request::Submit {
+                task,
+                targets,
+                wait,
+            } => {
                 let mut out = std::mem::take(&mut self.effects);
                 let result = self.cluster.submit(task, &targets, Now::real(), &mut out);
                 let resp = match result {
@@ -430,7 +474,10 @@ impl Server {
                             submitted.targets.join(", ")
                         );
                         if wait {
-                            self.waiters.entry(submitted.job_id).or_default().push(token);
+                            self.waiters
+                                .entry(submitted.job_id)
+                                .or_default()
+                                .push(token);
                         }
                         Response::Submitted(submitted)
                     }
@@ -491,5 +538,10 @@ fn bind_control(path: &PathBuf) -> Result<UnixListener> {
         }
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|e| Error::io(format!("cannot bind the control socket {}", path.display()), e))
+    UnixListener::bind(path).map_err(|e| {
+        Error::io(
+            format!("cannot bind the control socket {}", path.display()),
+            e,
+        )
+    })
 }

@@ -74,7 +74,13 @@ impl Nodes {
     }
 
     /// The node called `name`, created if new; true if it was created.
-    pub fn upsert(&mut self, name: &str, ivl: Duration, now: Instant, now_ms: u64) -> (&mut Node, bool) {
+    pub fn upsert(
+        &mut self,
+        name: &str,
+        ivl: Duration,
+        now: Instant,
+        now_ms: u64,
+    ) -> (&mut Node, bool) {
         let created = !self.map.contains_key(name);
         let node = self.map.entry(name.to_owned()).or_insert_with(|| Node {
             name: name.to_owned(),
@@ -101,8 +107,15 @@ impl Nodes {
 
     /// Remove and return every node whose expiry has passed.
     pub fn take_expired(&mut self, now: Instant) -> Vec<Node> {
-        let dead: Vec<String> = self.map.values().filter(|n| n.expires_at() <= now).map(|n| n.name.clone()).collect();
-        dead.iter().filter_map(|name| self.map.remove(name)).collect()
+        let dead: Vec<String> = self
+            .map
+            .values()
+            .filter(|n| n.expires_at() <= now)
+            .map(|n| n.name.clone())
+            .collect();
+        dead.iter()
+            .filter_map(|name| self.map.remove(name))
+            .collect()
     }
 
     /// The earliest expiry of any node.

@@ -26,7 +26,8 @@ pub struct TestDir {
 impl TestDir {
     pub fn new(name: &str) -> TestDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("director-test-{}-{name}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("director-test-{}-{name}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
         TestDir { path }
@@ -50,7 +51,9 @@ pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool
 
 /// Three free loopback ports: bind port 0, read it, release it.
 pub fn free_ports() -> [u16; 3] {
-    let ls: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ls: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
     let p: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
     [p[0], p[1], p[2]]
 }
@@ -200,7 +203,10 @@ impl Cluster {
                 return;
             }
             let log = proc.log_text();
-            assert!(!restart && log.contains("in use"), "server failed to start:\n{log}");
+            assert!(
+                !restart && log.contains("in use"),
+                "server failed to start:\n{log}"
+            );
             self.ports = free_ports();
         }
         panic!("could not find free ports for the server");
@@ -313,7 +319,10 @@ impl Cluster {
 pub fn base_command() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear();
-    cmd.env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
+    cmd.env(
+        "PATH",
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+    );
     cmd
 }
 
@@ -325,12 +334,15 @@ pub fn run_cli(dir: &Path, args: &[String]) -> Out {
 
 pub fn run_cli_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Out {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let (o, e) = (dir.join(format!("cli-{n}.out")), dir.join(format!("cli-{n}.err")));
+    let (o, e) = (
+        dir.join(format!("cli-{n}.out")),
+        dir.join(format!("cli-{n}.err")),
+    );
     let mut cmd = base_command();
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
+    let child = cmd
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -338,18 +350,14 @@ pub fn run_cli_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Out {
         .stderr(fs::File::create(&e).unwrap())
         .spawn()
         .unwrap();
-    let mut status = None;
-    let end = Instant::now() + DEADLINE * 2;
-    while status.is_none() {
-        status = child.try_wait().unwrap();
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("director {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // Wrapped so that a hang is killed and reaped when the panic unwinds.
+    let mut proc = Proc {
+        child,
+        log: e.clone(),
+    };
+    let code = proc.wait_exit(DEADLINE * 2).unwrap_or(-1);
     let out = Out {
-        code: status.unwrap().code().unwrap_or(-1),
+        code,
         stdout: fs::read_to_string(&o).unwrap(),
         stderr: fs::read_to_string(&e).unwrap(),
     };
@@ -370,7 +378,10 @@ pub fn job_id(stdout: &str) -> String {
 pub fn pid_gone(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -378,7 +389,10 @@ pub fn pid_gone(pid: i32) -> bool {
 pub fn read_pid(path: &Path) -> i32 {
     let mut pid = 0;
     wait_until(&format!("pid file {}", path.display()), DEADLINE, || {
-        pid = fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        pid = fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         pid > 0
     });
     pid
