@@ -370,7 +370,7 @@ impl Client {
 
     fn report(&mut self, job_id: Uuid, outcome: Outcome) {
         log::info!(
-            "job {job_id}: {:?} in {:.3}s",
+            "job {job_id}: {} after {:.3}s",
             outcome.exit,
             outcome.exec_secs
         );
