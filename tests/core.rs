@@ -521,3 +521,64 @@ fn config_file_and_environment_configure_the_daemons() {
     });
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_client_reconnects_with_backoff_when_the_server_goes_silent() {
+    let mut c = Cluster::start("silent", &["s1"], "0.5");
+    c.server().signal(libc::SIGSTOP);
+    // Silent for 3 intervals: reconnect after 1 s; still silent: after 2 s.
+    wait_until("second reconnect", DEADLINE, || {
+        c.client("s1").log_text().contains("reconnecting in 2s")
+    });
+    c.server().signal(libc::SIGCONT);
+    c.wait_nodes(&["s1"]);
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo back"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("s1: succeeded"));
+    assert!(c.client("s1").log_text().contains("reconnecting in 1s"));
+}
+
+#[test]
+fn a_job_whose_client_restarted_is_reported_lost() {
+    let mut c = Cluster::start("restarted", &["x"], "2");
+    let id = c.submit(&["x"], "echo $$ > pid; exec sleep 600");
+    let orphan = read_pid(&c.node_dir("x").join("pid"));
+    c.client("x").signal(libc::SIGKILL);
+    c.client("x").wait_exit(DEADLINE);
+    unsafe { libc::kill(orphan, libc::SIGKILL) };
+    c.start_client("x");
+    let info = c.wait_job_done(&id);
+    let p = &parts(&info)[0];
+    assert_eq!(p["state"], "lost", "{p}");
+    let why = p["message"].as_str().unwrap();
+    // Normally the new client's Ready says it does not hold the job; on a
+    // very slow machine the node may expire first. Either way: lost.
+    assert!(
+        why.contains("restarted") || why.contains("expired"),
+        "{why}"
+    );
+    c.wait_nodes(&["x"]);
+}
+
+#[test]
+fn purges_forget_finished_jobs_and_idle_nodes() {
+    let c = Cluster::start("purge", &["p1", "p2"], "1");
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "true"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = c.cli(&["manage", "--purge-jobs", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!([{"purged": 1, "kept": 0}]));
+    assert_eq!(
+        c.cli(&["manage", "--list-jobs", "--format", "json"])
+            .stdout
+            .trim(),
+        "[]"
+    );
+    let out = c.cli(&["manage", "--purge-nodes"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "purged 2 nodes; kept 0 with work queued or in flight"
+    );
+    // Live nodes come back on their own at their next heartbeat.
+    c.wait_nodes(&["p1", "p2"]);
+}
