@@ -25,7 +25,7 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 pub const VERSION: u8 = 1;
 /// Largest ZeroMQ message either daemon accepts (`ZMQ_MAXMSGSIZE`): two capped
 /// outputs plus room for the rest.
-pub const MAX_ZMQ_MSG: usize = 4 * crate::wire::OUTPUT_CAP + (1 << 20);
+pub const MAX_ZMQ_MSG: usize = 4 * OUTPUT_CAP + (1 << 20);
 /// Captured stdout and stderr are each cut to this many bytes on the node.
 pub const OUTPUT_CAP: usize = 1 << 20;
 /// Largest control request the server reads (a job definition).

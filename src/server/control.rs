@@ -9,7 +9,7 @@ use mio::net::UnixStream;
 use crate::wire::{self, FrameBuf, Request, Response, WireError};
 
 /// Bytes a slow reader may leave unread before we hang up on it.
-const MAX_PENDING_OUT: usize = 1 << 30;
+const MAX_PENDING_OUT: usize = 256 << 20;
 
 /// What reading a connection produced.
 pub enum Inbound {

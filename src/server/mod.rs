@@ -278,12 +278,11 @@ impl Server {
                 self.cluster.finished(&node, job_id, outcome, now, &mut out);
                 self.apply(out);
             }
-            (port, msg) => {
+            (_, msg) => {
                 log::warn!(
                     "node={node}: dropped an unexpected {} on the {name} port",
                     msg.describe()
                 );
-                let _ = port;
             }
         }
     }
