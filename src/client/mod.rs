@@ -17,7 +17,6 @@
 mod exec;
 
 use std::collections::VecDeque;
-use std::io;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
@@ -31,7 +30,7 @@ use crate::reactor::child::{Child, Source};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::zmq::{endpoint, ZmqPort};
-use crate::reactor::TokenCounter;
+use crate::reactor::{self, Sleep, TokenCounter};
 use crate::wire::{self, ClientMsg, Outcome, ServerMsg};
 
 const JOB: Token = Token(0);
@@ -210,15 +209,19 @@ impl Client {
         let mut events = Events::with_capacity(64);
         loop {
             let busy = self.service_ports();
-            let mut timeout = self.timers.until_next(Instant::now());
-            if busy {
-                timeout = Some(Duration::ZERO);
-            }
-            match self.poll.poll(&mut events, timeout) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("event loop failed", e)),
-                Ok(()) => {}
-            }
+            let backlog = match &self.link {
+                Link::Up { ports, .. } => [&ports.job, &ports.transfer, &ports.heartbeat]
+                    .iter()
+                    .any(|p| p.has_backlog()),
+                Link::Down => false,
+            };
+            let sleep = Sleep {
+                busy,
+                backlog,
+                next_timer: self.timers.until_next(Instant::now()),
+            };
+            reactor::wait(&mut self.poll, &mut events, sleep)
+                .map_err(|e| Error::io("event loop failed", e))?;
             for ev in events.iter() {
                 match ev.token() {
                     JOB | TRANSFER | HEARTBEAT => {} // serviced at the top of the loop

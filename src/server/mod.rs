@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::zmq::{endpoint, ZmqPort};
-use crate::reactor::TokenCounter;
+use crate::reactor::{self, Sleep, TokenCounter};
 use crate::wire::{self, ClientMsg, Request, Response, ServerMsg};
 
 const JOB: Token = Token(0);
@@ -153,22 +153,13 @@ impl Server {
             // Rule: service every port at the top of every pass; anything
             // since the last pass may have queued a send and used the edge.
             let busy = self.service_ports()?;
-            let now = Instant::now();
-            let mut timeout = self.timers.until_next(now);
-            if self.ports.iter().any(ZmqPort::has_backlog) {
-                // A peer at its high-water mark: retry soon even without an edge.
-                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
-                    t.min(Duration::from_millis(50))
-                }));
-            }
-            if busy {
-                timeout = Some(Duration::ZERO);
-            }
-            match self.poll.poll(&mut events, timeout) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("event loop failed", e)),
-                Ok(()) => {}
-            }
+            let sleep = Sleep {
+                busy,
+                backlog: self.ports.iter().any(ZmqPort::has_backlog),
+                next_timer: self.timers.until_next(Instant::now()),
+            };
+            reactor::wait(&mut self.poll, &mut events, sleep)
+                .map_err(|e| Error::io("event loop failed", e))?;
             for ev in events.iter() {
                 match ev.token() {
                     JOB | TRANSFER | HEARTBEAT => {} // serviced at the top of the loop
