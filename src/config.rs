@@ -59,7 +59,8 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "bind_address", kind: Kind::Text, scope: Scope::Server, default: Some("*"), help: "address the server listens on (* for all)" },
     OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's state (reserved: job history is kept in memory in this release)" },
     OptSpec { name: "server_address", kind: Kind::Text, scope: Scope::Client, default: Some("localhost"), help: "host name or IP address of the server" },
-    OptSpec { name: "cache_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/cache/director"), help: "directory for the client's cache (reserved for the task cache)" },
+    OptSpec { name: "cache_ttl", kind: Kind::Seconds, scope: Scope::Client, default: Some("259200"), help: "seconds a cached success stays valid (default 72 hours)" },
+    OptSpec { name: "cache_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/cache/director"), help: "directory for the client's cache: ARG and ENV values, successful steps" },
 ];
 
 /// Where a value came from, so errors can point at it.
@@ -205,8 +206,8 @@ pub struct Config {
     #[allow(dead_code)]
     pub state_path: PathBuf,
     pub server_address: String,
-    #[allow(dead_code)]
     pub cache_path: PathBuf,
+    pub cache_ttl: Duration,
 }
 
 impl Config {
@@ -221,7 +222,8 @@ impl Config {
             None => hostname(),
         };
         check_identity(&identity)?;
-        let ivl = get("heartbeat_interval").seconds()?;
+        // Below 10 ms the loops would spin on heartbeats; above a day is a typo.
+        let ivl = get("heartbeat_interval").seconds_within(0.01, 86_400.0)?;
         Ok(Config {
             debug: get("debug").flag()?,
             shared_key: get("shared_key").text()?,
@@ -235,6 +237,9 @@ impl Config {
             state_path: PathBuf::from(get("state_path").text_or_default()?),
             server_address: get("server_address").text_or_default()?,
             cache_path: PathBuf::from(get("cache_path").text_or_default()?),
+            cache_ttl: crate::clock::secs(
+                get("cache_ttl").seconds_within(1.0, 10.0 * 365.0 * 86_400.0)?,
+            ),
         })
     }
 }
@@ -327,10 +332,9 @@ impl Value<'_> {
         Ok(n as u16)
     }
 
-    fn seconds(&self) -> Result<f64> {
+    fn seconds_within(&self, min: f64, max: f64) -> Result<f64> {
         let n = self.number()?;
-        // Below 10 ms the loops would spin on heartbeats; above a day is a typo.
-        if !(0.01..=86_400.0).contains(&n) {
+        if !(min..=max).contains(&n) {
             return Err(self.error(&n.to_string()));
         }
         Ok(n)

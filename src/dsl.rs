@@ -1,7 +1,16 @@
 //! The job DSL: a verb and its argument string parsed into a `Task`, with its
-//! canonical form and task SHA1. Pure: no I/O. The SHA1 covers what would run
-//! (verb and arguments), never targets or ids, so the same task submitted twice
-//! has the same SHA1.
+//! canonical form and task SHA1. Pure: no I/O.
+//!
+//! A job string starts with options, then the verb's arguments:
+//! `--skip-cache --timeout 30 echo hi`. Options end at the first word that
+//! is not one (or at `--`). The rest is kept verbatim, so shell quoting in a
+//! command survives. Every verb takes `--skip-cache`, `--run-once` and
+//! `--timeout SECONDS`; `RUN` also takes `--stdout-arg NAME`.
+//!
+//! The task SHA1 covers what would run: the verb, its arguments, the timeout
+//! and `--stdout-arg`. It leaves out targets, ids, and the scheduling flags
+//! `--skip-cache` and `--run-once`, so the same step always has the same SHA1
+//! (for `--restrict` and the node cache) however it is submitted.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,22 +18,37 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+/// Seconds a job may run before its process group is killed.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
 /// A verb of the DSL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verb {
     /// Run a command with `/bin/sh -c`.
     #[serde(rename = "RUN")]
     Run,
+    /// Store a value in the node's cache, for templates.
+    #[serde(rename = "ARG")]
+    Arg,
+    /// Set an environment variable for later RUNs on the node.
+    #[serde(rename = "ENV")]
+    Env,
+    /// Create a directory and its parents.
+    #[serde(rename = "WORKDIR")]
+    Workdir,
 }
 
 impl Verb {
     /// Every verb, for messages that list them.
-    pub const ALL: &'static [Verb] = &[Verb::Run];
+    pub const ALL: &'static [Verb] = &[Verb::Run, Verb::Arg, Verb::Env, Verb::Workdir];
 
     /// The verb as users write it.
     pub fn name(self) -> &'static str {
         match self {
             Verb::Run => "RUN",
+            Verb::Arg => "ARG",
+            Verb::Env => "ENV",
+            Verb::Workdir => "WORKDIR",
         }
     }
 }
@@ -50,52 +74,249 @@ impl FromStr for Verb {
     }
 }
 
-/// A parsed job definition: what a node executes.
+/// Options every verb takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Task {
-    /// `RUN COMMAND`.
-    Run { command: String },
+pub struct JobOptions {
+    /// Run even if the node cached a success for this step.
+    pub skip_cache: bool,
+    /// Run on exactly one of the targets.
+    pub run_once: bool,
+    pub timeout_secs: u64,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            skip_cache: false,
+            run_once: false,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// What a job does on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// `RUN [--stdout-arg NAME] COMMAND`: COMMAND is a template.
+    Run {
+        command: String,
+        stdout_arg: Option<String>,
+    },
+    /// `ARG KEY VALUE`.
+    Arg { key: String, value: String },
+    /// `ENV KEY VALUE`.
+    Env { key: String, value: String },
+    /// `WORKDIR PATH`: PATH is a template.
+    Workdir { path: String },
+}
+
+/// A parsed job definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub action: Action,
+    pub options: JobOptions,
 }
 
 impl Task {
-    /// Parse the argument string of `verb`.
+    /// Parse the job string of `verb`.
     pub fn parse(verb: Verb, args: &str) -> Result<Task, String> {
-        match verb {
-            Verb::Run => {
-                let command = args.trim();
-                if command.is_empty() {
-                    return Err("RUN needs a command to run".into());
+        let mut options = JobOptions::default();
+        let mut stdout_arg = None;
+        let mut rest = args.trim();
+        loop {
+            let Some(after) = rest.strip_prefix("--") else {
+                break;
+            };
+            if after.is_empty() || after.starts_with(char::is_whitespace) {
+                rest = after.trim_start(); // `--` ends the options
+                break;
+            }
+            let (word, tail) = split_word(after);
+            rest = tail;
+            let (name, inline) = match word.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (word, None),
+            };
+            let mut value = |what: &str| -> Result<String, String> {
+                if let Some(v) = inline {
+                    return Ok(v.to_owned());
                 }
-                Ok(Task::Run {
-                    command: command.to_owned(),
-                })
+                let (v, tail) = split_word(rest);
+                if v.is_empty() {
+                    return Err(format!("{verb} option --{name} needs {what}"));
+                }
+                rest = tail;
+                Ok(v.to_owned())
+            };
+            match name {
+                "skip-cache" if inline.is_none() => options.skip_cache = true,
+                "run-once" if inline.is_none() => options.run_once = true,
+                "timeout" => {
+                    let v = value("a number of seconds")?;
+                    options.timeout_secs = v
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| (1..=31_536_000).contains(s))
+                        .ok_or_else(|| format!("{verb} option --timeout: '{v}' is not a whole number of seconds (1 or more)"))?;
+                }
+                "stdout-arg" if verb == Verb::Run => {
+                    let v = value("an argument name")?;
+                    check_name(&v, "--stdout-arg name")?;
+                    stdout_arg = Some(v);
+                }
+                "stdout-arg" => {
+                    return Err(format!(
+                        "option --stdout-arg does not apply to {verb} (only to RUN)"
+                    ))
+                }
+                _ => {
+                    let extra = if verb == Verb::Run {
+                        ", --stdout-arg NAME"
+                    } else {
+                        ""
+                    };
+                    return Err(format!(
+                        "unknown option --{name} for {verb} (options: --skip-cache, --run-once, --timeout SECONDS{extra})"
+                    ));
+                }
             }
         }
+        let action = match verb {
+            Verb::Run => {
+                if rest.is_empty() {
+                    return Err("RUN needs a command to run".into());
+                }
+                Action::Run {
+                    command: rest.to_owned(),
+                    stdout_arg,
+                }
+            }
+            Verb::Arg | Verb::Env => {
+                let (key, value) = split_word(rest);
+                if key.is_empty() || value.is_empty() {
+                    return Err(format!("{verb} needs KEY VALUE"));
+                }
+                check_name(key, &format!("{verb} key"))?;
+                let (key, value) = (key.to_owned(), value.to_owned());
+                if verb == Verb::Arg {
+                    Action::Arg { key, value }
+                } else {
+                    Action::Env { key, value }
+                }
+            }
+            Verb::Workdir => {
+                if rest.is_empty() {
+                    return Err("WORKDIR needs a path".into());
+                }
+                Action::Workdir {
+                    path: rest.to_owned(),
+                }
+            }
+        };
+        Ok(Task { action, options })
     }
 
     /// The task's verb.
     pub fn verb(&self) -> Verb {
-        match self {
-            Task::Run { .. } => Verb::Run,
+        match self.action {
+            Action::Run { .. } => Verb::Run,
+            Action::Arg { .. } => Verb::Arg,
+            Action::Env { .. } => Verb::Env,
+            Action::Workdir { .. } => Verb::Workdir,
         }
     }
 
-    /// The arguments as they will be shown to operators.
-    pub fn args(&self) -> &str {
-        match self {
-            Task::Run { command } => command,
+    /// The job string, normalized: options (those not at their default),
+    /// then the arguments. Parsing it gives the same task back.
+    pub fn args(&self) -> String {
+        let mut out = Vec::new();
+        if self.options.skip_cache {
+            out.push("--skip-cache".to_owned());
         }
+        if self.options.run_once {
+            out.push("--run-once".to_owned());
+        }
+        if self.options.timeout_secs != DEFAULT_TIMEOUT_SECS {
+            out.push(format!("--timeout {}", self.options.timeout_secs));
+        }
+        match &self.action {
+            Action::Run {
+                command,
+                stdout_arg,
+            } => {
+                if let Some(name) = stdout_arg {
+                    out.push(format!("--stdout-arg {name}"));
+                }
+                if command.starts_with("--") {
+                    out.push("--".to_owned());
+                }
+                out.push(command.clone());
+            }
+            Action::Arg { key, value } | Action::Env { key, value } => {
+                out.push(format!("{key} {value}"))
+            }
+            Action::Workdir { path } => out.push(path.clone()),
+        }
+        out.join(" ")
     }
 
     /// The canonical definition the task SHA1 is computed over.
     pub fn canonical(&self) -> String {
-        format!("{}\0{}", self.verb().name(), self.args())
+        let body = match &self.action {
+            Action::Run {
+                command,
+                stdout_arg,
+            } => {
+                format!(
+                    "stdout_arg={}\0{command}",
+                    stdout_arg.as_deref().unwrap_or("")
+                )
+            }
+            Action::Arg { key, value } | Action::Env { key, value } => format!("{key}\0{value}"),
+            Action::Workdir { path } => path.clone(),
+        };
+        format!(
+            "{}\0timeout={}\0{body}",
+            self.verb().name(),
+            self.options.timeout_secs
+        )
     }
 
     /// The task SHA1, lower-case hex.
     pub fn sha1(&self) -> String {
-        let digest = Sha1::digest(self.canonical().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex_sha1(self.canonical().as_bytes())
+    }
+}
+
+/// SHA1 of `bytes` as lower-case hex.
+pub fn hex_sha1(bytes: &[u8]) -> String {
+    Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The first whitespace-separated word and the rest, both trimmed.
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+/// ARG, ENV and --stdout-arg names are identifiers, usable in templates
+/// and as environment variable names.
+fn check_name(name: &str, what: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} '{name}' is not a valid name (letters, digits and _, not starting with a digit)"))
     }
 }
 
@@ -103,37 +324,124 @@ impl Task {
 mod tests {
     use super::*;
 
+    fn run(s: &str) -> Result<Task, String> {
+        Task::parse(Verb::Run, s)
+    }
+
     #[test]
     fn verbs_parse_case_insensitively() {
         assert_eq!("run".parse::<Verb>(), Ok(Verb::Run));
-        assert_eq!("RUN".parse::<Verb>(), Ok(Verb::Run));
+        assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR)"
         );
     }
 
     #[test]
-    fn run_needs_a_command() {
-        assert!(Task::parse(Verb::Run, "   ").is_err());
+    fn options_come_first_and_the_command_stays_verbatim() {
+        let t =
+            run("--skip-cache --timeout=5 --run-once --stdout-arg out  echo  'a  b' --x").unwrap();
         assert_eq!(
-            Task::parse(Verb::Run, " echo hi ").unwrap(),
-            Task::Run {
-                command: "echo hi".into()
+            t.options,
+            JobOptions {
+                skip_cache: true,
+                run_once: true,
+                timeout_secs: 5
+            }
+        );
+        assert_eq!(
+            t.action,
+            Action::Run {
+                command: "echo  'a  b' --x".into(),
+                stdout_arg: Some("out".into())
+            }
+        );
+        let t = run("--timeout 7 -- --not-an-option").unwrap();
+        assert_eq!(t.options.timeout_secs, 7);
+        assert_eq!(
+            t.action,
+            Action::Run {
+                command: "--not-an-option".into(),
+                stdout_arg: None
+            }
+        );
+        // Round trip through the normalized form.
+        assert_eq!(run(&t.args()).unwrap().sha1(), t.sha1());
+    }
+
+    #[test]
+    fn bad_jobs_are_refused() {
+        assert_eq!(run("   ").unwrap_err(), "RUN needs a command to run");
+        assert!(run("--timeout").unwrap_err().contains("needs a number"));
+        assert!(run("--timeout soon x").unwrap_err().contains("'soon'"));
+        assert!(run("--timeout 0 x").is_err());
+        assert!(run("--frobnicate x")
+            .unwrap_err()
+            .contains("unknown option --frobnicate for RUN"));
+        assert!(run("--stdout-arg 9x echo")
+            .unwrap_err()
+            .contains("not a valid name"));
+        let e = Task::parse(Verb::Arg, "--stdout-arg x k v").unwrap_err();
+        assert_eq!(e, "option --stdout-arg does not apply to ARG (only to RUN)");
+        assert_eq!(
+            Task::parse(Verb::Arg, "onlykey").unwrap_err(),
+            "ARG needs KEY VALUE"
+        );
+        assert!(Task::parse(Verb::Env, "BAD-NAME v")
+            .unwrap_err()
+            .contains("not a valid name"));
+        assert_eq!(
+            Task::parse(Verb::Workdir, "--skip-cache").unwrap_err(),
+            "WORKDIR needs a path"
+        );
+    }
+
+    #[test]
+    fn arg_env_and_workdir() {
+        let t = Task::parse(Verb::Arg, "db_password  s3cret with spaces").unwrap();
+        assert_eq!(
+            t.action,
+            Action::Arg {
+                key: "db_password".into(),
+                value: "s3cret with spaces".into()
+            }
+        );
+        let t = Task::parse(Verb::Env, "--skip-cache LANG C.UTF-8").unwrap();
+        assert_eq!(
+            t.action,
+            Action::Env {
+                key: "LANG".into(),
+                value: "C.UTF-8".into()
+            }
+        );
+        let t = Task::parse(Verb::Workdir, "/srv/{{ app }}/data").unwrap();
+        assert_eq!(
+            t.action,
+            Action::Workdir {
+                path: "/srv/{{ app }}/data".into()
             }
         );
     }
 
     #[test]
-    fn sha1_is_stable_and_covers_the_definition() {
-        let a = Task::parse(Verb::Run, "echo hi").unwrap();
-        assert_eq!(a.sha1(), Task::parse(Verb::Run, "echo hi ").unwrap().sha1());
-        assert_ne!(a.sha1(), Task::parse(Verb::Run, "echo ho").unwrap().sha1());
+    fn sha1_covers_what_runs_not_how_it_is_scheduled() {
+        let a = run("echo hi").unwrap();
+        assert_eq!(
+            a.sha1(),
+            run("--skip-cache --run-once echo hi ").unwrap().sha1()
+        );
+        assert_ne!(a.sha1(), run("echo ho").unwrap().sha1());
+        assert_ne!(a.sha1(), run("--timeout 5 echo hi").unwrap().sha1());
+        assert_ne!(a.sha1(), run("--stdout-arg x echo hi").unwrap().sha1());
+        assert_ne!(
+            a.sha1(),
+            Task::parse(Verb::Workdir, "echo hi").unwrap().sha1()
+        );
+        assert_eq!(
+            a.sha1(),
+            hex_sha1(b"RUN\0timeout=600\0stdout_arg=\0echo hi")
+        );
         assert_eq!(a.sha1().len(), 40);
-        // sha1("RUN\0echo hi"), computed independently.
-        assert_eq!(a.sha1(), {
-            let d = Sha1::digest(b"RUN\0echo hi");
-            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        });
     }
 }

@@ -12,6 +12,7 @@ mod error;
 mod logger;
 mod reactor;
 mod server;
+mod template;
 mod user;
 mod wire;
 

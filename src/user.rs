@@ -121,11 +121,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
             }
             Response::JobDone(job) => {
                 writeln!(out, "job {}: {}", job.id, states_summary(&job)).map_err(out_err)?;
-                return Ok(if job.all_succeeded() {
-                    EXIT_OK
-                } else {
-                    EXIT_FAILED
-                });
+                return Ok(if job.all_ok() { EXIT_OK } else { EXIT_FAILED });
             }
             other => return Err(unexpected(&other)),
         }

@@ -132,8 +132,13 @@ pub enum ServerMsg {
     /// Heartbeat port: the server does not know this node (it restarted, or
     /// expired the node): send `Ready` again.
     Register,
-    /// Job port: run this.
-    Job { job_id: Uuid, task: Task },
+    /// Job port: run this. Jobs of one orchestration share a `parent`: after
+    /// one fails on this node, the node skips the rest.
+    Job {
+        job_id: Uuid,
+        parent: Option<Uuid>,
+        task: Task,
+    },
     /// Job port: the result of this job was recorded.
     ResultAck { job_id: Uuid },
 }
@@ -173,21 +178,47 @@ impl ServerMsg {
                 format!("HeartbeatAck expires_in={expires_in_ms}ms")
             }
             ServerMsg::Register => "Register".into(),
-            ServerMsg::Job { job_id, task } => {
-                format!("Job job={job_id} {} {:?}", task.verb(), task.args())
+            ServerMsg::Job {
+                job_id,
+                parent,
+                task,
+            } => {
+                let parent = parent.map(|p| format!(" parent={p}")).unwrap_or_default();
+                format!("Job job={job_id}{parent} {} {:?}", task.verb(), task.args())
             }
             ServerMsg::ResultAck { job_id } => format!("ResultAck job={job_id}"),
         }
     }
 }
 
-/// How a job's process ended on its node.
+/// How a job ended on its node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Exit {
+    /// The process exited with this status.
     Code(i32),
+    /// The process was killed by this signal.
     Signal(i32),
-    /// It could not be run at all.
+    /// The job could not run (bad template, cannot start, ...).
     Error(String),
+    /// Its `--timeout` passed; the process group was killed.
+    TimedOut { secs: u64 },
+    /// The node had a cached success for this step: not run.
+    Cached,
+    /// An earlier job of the same orchestration failed here: not run.
+    SkippedAfterFailure,
+}
+
+impl Exit {
+    /// The job state this ending means.
+    pub fn state(&self) -> JobState {
+        match self {
+            Exit::Code(0) => JobState::Succeeded,
+            Exit::Cached => JobState::Cached,
+            Exit::TimedOut { .. } => JobState::TimedOut,
+            Exit::SkippedAfterFailure => JobState::Skipped,
+            Exit::Code(_) | Exit::Signal(_) | Exit::Error(_) => JobState::Failed,
+        }
+    }
 }
 
 impl fmt::Display for Exit {
@@ -196,6 +227,9 @@ impl fmt::Display for Exit {
             Exit::Code(c) => write!(f, "exit {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
             Exit::Error(e) => f.write_str(e),
+            Exit::TimedOut { secs } => write!(f, "timed out after {secs}s; process group killed"),
+            Exit::Cached => f.write_str("skipped (cached)"),
+            Exit::SkippedAfterFailure => f.write_str("skipped (earlier failure)"),
         }
     }
 }
@@ -213,13 +247,6 @@ pub struct Outcome {
     pub exec_secs: f64,
 }
 
-impl Outcome {
-    /// Did the job succeed?
-    pub fn succeeded(&self) -> bool {
-        self.exit == Exit::Code(0)
-    }
-}
-
 /// A request from the CLI to the server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -229,6 +256,15 @@ pub enum Request {
         task: Task,
         targets: Vec<String>,
         wait: bool,
+    },
+    /// Queue an orchestration: blocks of jobs, in order, under one parent.
+    /// With `dry_run`, only check it and return the plan. With `wait`, the
+    /// connection receives `NodeDone` for every node of every job, then
+    /// `ParentDone`.
+    Orchestrate {
+        blocks: Vec<Block>,
+        wait: bool,
+        dry_run: bool,
     },
     ListNodes,
     ListJobs,
@@ -245,6 +281,8 @@ pub enum Response {
     Submitted(Submitted),
     NodeDone(PartView),
     JobDone(JobView),
+    Orchestrated(Plan),
+    ParentDone { parent_id: Uuid, jobs: Vec<JobView> },
     Nodes(Vec<NodeView>),
     Jobs(Vec<JobView>),
     Job(JobDetail),
@@ -260,6 +298,35 @@ pub struct Submitted {
     pub targets: Vec<String>,
 }
 
+/// One block of an orchestration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    /// Empty: every connected node.
+    pub targets: Vec<String>,
+    pub tasks: Vec<Task>,
+}
+
+/// What an orchestration queued (or, for a dry run, would queue).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// `None` for a dry run.
+    pub parent_id: Option<Uuid>,
+    pub jobs: Vec<PlannedJob>,
+}
+
+/// One job of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedJob {
+    /// `None` for a dry run.
+    pub job_id: Option<Uuid>,
+    /// Index of its block in the orchestration (from 0).
+    pub block: usize,
+    pub targets: Vec<String>,
+    pub verb: Verb,
+    pub args: String,
+    pub task_sha1: String,
+}
+
 /// Where one job stands on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -270,7 +337,13 @@ pub enum JobState {
     Sent,
     Running,
     Succeeded,
+    /// Not run: the node had a cached success for this step.
+    Cached,
     Failed,
+    /// Killed at its `--timeout`.
+    TimedOut,
+    /// Not run: an earlier job of the same orchestration failed on the node.
+    Skipped,
     /// The node vanished (expired or restarted) before reporting.
     Lost,
 }
@@ -278,10 +351,12 @@ pub enum JobState {
 impl JobState {
     /// Is this a final state?
     pub fn is_done(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Lost
-        )
+        !matches!(self, JobState::Queued | JobState::Sent | JobState::Running)
+    }
+
+    /// Did the step hold on this node (ran fine, or was already done)?
+    pub fn is_ok(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Cached)
     }
 
     /// As shown to operators.
@@ -291,7 +366,10 @@ impl JobState {
             JobState::Sent => "sent",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
+            JobState::Cached => "skipped (cached)",
             JobState::Failed => "failed",
+            JobState::TimedOut => "timed out",
+            JobState::Skipped => "skipped (earlier failure)",
             JobState::Lost => "lost",
         }
     }
@@ -313,6 +391,8 @@ pub struct NodeView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: Uuid,
+    /// The orchestration run it belongs to.
+    pub parent: Option<Uuid>,
     pub verb: Verb,
     pub args: String,
     pub task_sha1: String,
@@ -324,9 +404,9 @@ pub struct JobView {
 }
 
 impl JobView {
-    /// Did every node succeed?
-    pub fn all_succeeded(&self) -> bool {
-        self.states.keys().all(|s| *s == JobState::Succeeded)
+    /// Did the step hold on every node?
+    pub fn all_ok(&self) -> bool {
+        self.states.keys().all(|s| s.is_ok())
     }
 }
 
@@ -429,11 +509,11 @@ mod tests {
     fn zmq_round_trip() {
         let msg = finished();
         assert_eq!(decode::<ClientMsg>(&encode(&msg)), Ok(msg));
+        let task = Task::parse(crate::dsl::Verb::Run, "--timeout 3 true").unwrap();
         let job = ServerMsg::Job {
             job_id: Uuid::new_v4(),
-            task: Task::Run {
-                command: "true".into(),
-            },
+            parent: Some(Uuid::new_v4()),
+            task,
         };
         assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
     }
@@ -480,10 +560,9 @@ mod tests {
 
     #[test]
     fn control_frames_reassemble_and_reject_oversize() {
+        let task = Task::parse(crate::dsl::Verb::Run, "x").unwrap();
         let req = Request::Submit {
-            task: Task::Run {
-                command: "x".into(),
-            },
+            task,
             targets: vec!["a".into()],
             wait: true,
         };

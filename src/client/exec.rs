@@ -1,33 +1,130 @@
-//! Running one task on this node: what each verb does, and the `Outcome`
-//! reported for it. Processes are started here and watched by the client loop.
+//! Running one task on this node: what each verb does, the cache check, and
+//! the `Outcome` reported. Processes are started here and watched by the
+//! client loop, which hands them back to `finish` once reaped.
+//!
+//! The cache key of a step is the task SHA1 with what would really run: the
+//! rendered command or path and, for RUN, the ENV values. A new ARG value
+//! that changes a rendered command therefore makes that step run again.
+//! ARG and ENV themselves always apply: they are cheap and idempotent.
+
+use std::collections::BTreeMap;
 
 use mio::Registry;
 
-use crate::dsl::Task;
+use super::cache::Cache;
+use crate::dsl::{hex_sha1, Action, Task};
 use crate::reactor::child::{Child, Ended};
 use crate::reactor::TokenCounter;
-use crate::wire::{Exit, Outcome};
+use crate::template;
+use crate::wire::{Exit, JobState, Outcome};
+
+/// What to record when a started process succeeds.
+pub struct OnSuccess {
+    pub cache_key: String,
+    pub stdout_arg: Option<String>,
+}
 
 /// A task that has started, or already ended without a process.
 pub enum Started {
-    Process(Child),
+    Process(Child, OnSuccess),
     Done(Outcome),
 }
 
 /// Start `task`.
-pub fn start(task: &Task, registry: &Registry, tokens: &mut TokenCounter) -> Started {
-    match task {
-        Task::Run { command } => match Child::spawn(command, registry, tokens) {
-            Ok(child) => Started::Process(child),
-            Err(e) => Started::Done(failure(format!("cannot start /bin/sh: {e}"))),
-        },
+pub fn start(
+    task: &Task,
+    cache: &mut Cache,
+    now_ms: u64,
+    registry: &Registry,
+    tokens: &mut TokenCounter,
+) -> Started {
+    let skip_cache = task.options.skip_cache;
+    match &task.action {
+        Action::Arg { key, value } => {
+            cache.set_arg(key, value);
+            Started::Done(ended(Exit::Code(0)))
+        }
+        Action::Env { key, value } => {
+            cache.set_env(key, value);
+            Started::Done(ended(Exit::Code(0)))
+        }
+        Action::Workdir { path } => {
+            let path = match template::render(path, cache.args()) {
+                Ok(p) => p,
+                Err(e) => return Started::Done(ended(Exit::Error(format!("WORKDIR path: {e}")))),
+            };
+            let key = cache_key(task, &path, None);
+            if !skip_cache && cache.is_done(&key, now_ms) {
+                return Started::Done(ended(Exit::Cached));
+            }
+            match std::fs::create_dir_all(&path) {
+                Ok(()) => {
+                    cache.record_done(&key, now_ms);
+                    Started::Done(ended(Exit::Code(0)))
+                }
+                Err(e) => {
+                    cache.forget(&key);
+                    Started::Done(ended(Exit::Error(format!(
+                        "cannot create directory {path}: {e}"
+                    ))))
+                }
+            }
+        }
+        Action::Run {
+            command,
+            stdout_arg,
+        } => {
+            let command = match template::render(command, cache.args()) {
+                Ok(c) => c,
+                Err(e) => return Started::Done(ended(Exit::Error(format!("RUN command: {e}")))),
+            };
+            let key = cache_key(task, &command, Some(cache.env()));
+            if !skip_cache && cache.is_done(&key, now_ms) {
+                return Started::Done(ended(Exit::Cached));
+            }
+            match Child::spawn(&command, cache.env(), registry, tokens) {
+                Ok(child) => Started::Process(
+                    child,
+                    OnSuccess {
+                        cache_key: key,
+                        stdout_arg: stdout_arg.clone(),
+                    },
+                ),
+                Err(e) => Started::Done(ended(Exit::Error(format!("cannot start /bin/sh: {e}")))),
+            }
+        }
     }
 }
 
-/// The report for a reaped process.
-pub fn outcome(ended: Ended) -> Outcome {
+/// The report for a reaped process, recording a success in the cache.
+pub fn finish(
+    ended: Ended,
+    on_success: &OnSuccess,
+    timed_out: Option<u64>,
+    cache: &mut Cache,
+    now_ms: u64,
+) -> Outcome {
+    let exit = match timed_out {
+        Some(secs) => Exit::TimedOut { secs },
+        None => ended.exit,
+    };
+    if exit.state() == JobState::Succeeded {
+        cache.record_done(&on_success.cache_key, now_ms);
+        if let Some(name) = &on_success.stdout_arg {
+            if ended.out.dropped > 0 {
+                log::warn!(
+                    "--stdout-arg {name}: the output was cut at {} bytes",
+                    ended.out.bytes.len()
+                );
+            }
+            let text = String::from_utf8_lossy(&ended.out.bytes);
+            cache.set_arg(name, text.trim_end_matches(['\n', '\r']));
+        }
+    } else {
+        cache.forget(&on_success.cache_key);
+    }
     Outcome {
-        exit: ended.exit,
+        exit,
         stdout: ended.out.bytes,
         stderr: ended.err.bytes,
         stdout_dropped: ended.out.dropped,
@@ -36,14 +133,22 @@ pub fn outcome(ended: Ended) -> Outcome {
     }
 }
 
-/// A job that failed before or without a process.
-pub fn failure(message: String) -> Outcome {
+/// An outcome without a process (or output).
+pub fn ended(exit: Exit) -> Outcome {
     Outcome {
-        exit: Exit::Error(message),
+        exit,
         stdout: Vec::new(),
         stderr: Vec::new(),
         stdout_dropped: 0,
         stderr_dropped: 0,
         exec_secs: 0.0,
     }
+}
+
+fn cache_key(task: &Task, rendered: &str, env: Option<&BTreeMap<String, String>>) -> String {
+    let mut material = format!("{}\0{rendered}", task.sha1());
+    for (k, v) in env.into_iter().flatten() {
+        material.push_str(&format!("\0{k}={v}"));
+    }
+    hex_sha1(material.as_bytes())
 }

@@ -14,15 +14,17 @@
 //! Shutdown (SIGTERM/SIGINT): a running command's process group gets SIGTERM,
 //! then SIGKILL after a grace period; its result is sent with a short linger.
 
+mod cache;
 mod exec;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 use uuid::Uuid;
 
-use self::exec::Started;
+use self::cache::Cache;
+use self::exec::{OnSuccess, Started};
 use crate::config::Config;
 use crate::dsl::Task;
 use crate::error::{Error, Result};
@@ -31,7 +33,7 @@ use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::zmq::{endpoint, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
-use crate::wire::{self, ClientMsg, Outcome, ServerMsg};
+use crate::wire::{self, ClientMsg, Exit, Outcome, ServerMsg};
 
 const JOB: Token = Token(0);
 const TRANSFER: Token = Token(1);
@@ -48,6 +50,9 @@ const REAP_SWEEP: Duration = Duration::from_millis(100);
 /// How long a command has to exit after SIGTERM at shutdown.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 const SHUTDOWN_LINGER_MS: i32 = 1000;
+/// Orchestration runs remembered as failed on this node, for skipping the
+/// rest of their jobs; the oldest are forgotten past this.
+const FAILED_PARENTS_CAP: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -56,6 +61,10 @@ enum Timer {
     Reopen,
     ReapSweep,
     KillGrace,
+    /// The running job's `--timeout`; the generation tells which job.
+    JobTimeout(u64),
+    /// Drop expired cache entries.
+    CacheSweep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,10 +92,23 @@ enum Link {
     Down,
 }
 
+/// A job waiting on this node for its turn.
+struct Queued {
+    job_id: Uuid,
+    parent: Option<Uuid>,
+    task: Task,
+}
+
 /// The job whose command is running.
 struct Running {
     job_id: Uuid,
+    parent: Option<Uuid>,
     child: Child,
+    on_success: OnSuccess,
+    /// Tells this job's timeout timer from an earlier job's.
+    gen: u64,
+    timeout_secs: u64,
+    timed_out: bool,
 }
 
 /// The client daemon.
@@ -100,8 +122,12 @@ pub struct Client {
     signals: Signals,
     state: RunState,
     backoff: Duration,
-    queue: VecDeque<(Uuid, Task)>,
+    queue: VecDeque<Queued>,
     running: Option<Running>,
+    run_gen: u64,
+    cache: Cache,
+    failed_parents: HashSet<Uuid>,
+    failed_order: VecDeque<Uuid>,
     /// Results sent and not yet acknowledged, resent on reconnect.
     unacked: Vec<(Uuid, Outcome)>,
 }
@@ -119,6 +145,13 @@ impl Client {
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let cache =
+            Cache::open(&cfg.cache_path, cfg.cache_ttl, crate::clock::now_ms()).map_err(|e| {
+                Error::io(
+                    format!("cannot open the cache in {}", cfg.cache_path.display()),
+                    e,
+                )
+            })?;
         let mut client = Client {
             cfg: cfg.clone(),
             poll,
@@ -131,12 +164,19 @@ impl Client {
             backoff: BACKOFF_FIRST,
             queue: VecDeque::new(),
             running: None,
+            run_gen: 0,
+            cache,
+            failed_parents: HashSet::new(),
+            failed_order: VecDeque::new(),
             unacked: Vec::new(),
         };
         client.open()?;
         let now = Instant::now();
         client.timers.at(now + cfg.heartbeat_ivl, Timer::Heartbeat);
         client.timers.at(now + cfg.heartbeat_ivl, Timer::Liveness);
+        client
+            .timers
+            .at(now + cache_sweep_ivl(cfg.cache_ttl), Timer::CacheSweep);
         if cfg.shared_key.is_some() {
             log::warn!(
                 "--shared-key is accepted but not enforced yet: peers are not authenticated"
@@ -183,7 +223,7 @@ impl Client {
 
     /// Say `Ready` with what we hold, then resend unacknowledged results.
     fn announce(&mut self) {
-        let mut holding: Vec<Uuid> = self.queue.iter().map(|(id, _)| *id).collect();
+        let mut holding: Vec<Uuid> = self.queue.iter().map(|q| q.job_id).collect();
         holding.extend(self.running.as_ref().map(|r| r.job_id));
         holding.extend(self.unacked.iter().map(|(id, _)| *id));
         self.send_job(&ClientMsg::Ready {
@@ -311,11 +351,22 @@ impl Client {
                 );
                 self.announce();
             }
-            (JOB, ServerMsg::Job { job_id, task }) => {
+            (
+                JOB,
+                ServerMsg::Job {
+                    job_id,
+                    parent,
+                    task,
+                },
+            ) => {
                 if self.holds(&job_id) {
                     log::warn!("job {job_id} received twice; ignored");
                 } else if self.state == RunState::Running {
-                    self.queue.push_back((job_id, task));
+                    self.queue.push_back(Queued {
+                        job_id,
+                        parent,
+                        task,
+                    });
                     self.start_next();
                 }
             }
@@ -328,7 +379,7 @@ impl Client {
     }
 
     fn holds(&self, job_id: &Uuid) -> bool {
-        self.queue.iter().any(|(id, _)| id == job_id)
+        self.queue.iter().any(|q| q.job_id == *job_id)
             || self.running.as_ref().is_some_and(|r| r.job_id == *job_id)
             || self.unacked.iter().any(|(id, _)| id == job_id)
     }
@@ -353,32 +404,76 @@ impl Client {
     /// Start the next queued job if nothing runs.
     fn start_next(&mut self) {
         while self.running.is_none() && self.state == RunState::Running {
-            let Some((job_id, task)) = self.queue.pop_front() else {
+            let Some(Queued {
+                job_id,
+                parent,
+                task,
+            }) = self.queue.pop_front()
+            else {
                 return;
             };
+            if parent.is_some_and(|p| self.failed_parents.contains(&p)) {
+                self.report(job_id, parent, exec::ended(Exit::SkippedAfterFailure));
+                continue;
+            }
             log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
-            match exec::start(&task, self.poll.registry(), &mut self.tokens) {
-                Started::Process(child) => {
+            let now_ms = crate::clock::now_ms();
+            match exec::start(
+                &task,
+                &mut self.cache,
+                now_ms,
+                self.poll.registry(),
+                &mut self.tokens,
+            ) {
+                Started::Process(child, on_success) => {
+                    let now = Instant::now();
                     if !child.has_pidfd() {
-                        self.timers
-                            .at(Instant::now() + REAP_SWEEP, Timer::ReapSweep);
+                        self.timers.at(now + REAP_SWEEP, Timer::ReapSweep);
                     }
-                    self.running = Some(Running { job_id, child });
+                    self.run_gen += 1;
+                    let timeout_secs = task.options.timeout_secs;
+                    self.timers.at(
+                        now + Duration::from_secs(timeout_secs),
+                        Timer::JobTimeout(self.run_gen),
+                    );
+                    self.running = Some(Running {
+                        job_id,
+                        parent,
+                        child,
+                        on_success,
+                        gen: self.run_gen,
+                        timeout_secs,
+                        timed_out: false,
+                    });
                     self.send_job(&ClientMsg::Started { job_id });
                 }
-                Started::Done(outcome) => self.report(job_id, outcome),
+                Started::Done(outcome) => self.report(job_id, parent, outcome),
             }
         }
     }
 
-    fn report(&mut self, job_id: Uuid, outcome: Outcome) {
+    fn report(&mut self, job_id: Uuid, parent: Option<Uuid>, outcome: Outcome) {
         log::info!(
             "job {job_id}: {} after {:.3}s",
             outcome.exit,
             outcome.exec_secs
         );
+        if let (false, Some(p)) = (outcome.exit.state().is_ok(), parent) {
+            self.remember_failed(p);
+        }
         self.unacked.push((job_id, outcome.clone()));
         self.send_job(&ClientMsg::Finished { job_id, outcome });
+    }
+
+    fn remember_failed(&mut self, parent: Uuid) {
+        if self.failed_parents.insert(parent) {
+            self.failed_order.push_back(parent);
+            if self.failed_order.len() > FAILED_PARENTS_CAP {
+                if let Some(old) = self.failed_order.pop_front() {
+                    self.failed_parents.remove(&old);
+                }
+            }
+        }
     }
 
     fn handle_child(&mut self, token: Token) {
@@ -396,36 +491,33 @@ impl Client {
         let Some(running) = self.running.as_mut() else {
             return;
         };
-        match running.child.try_reap(self.poll.registry()) {
-            Ok(false) => {}
-            Ok(true) => {
-                let Some(Running { job_id, child }) = self.running.take() else {
-                    return;
-                };
-                let outcome = match child.into_ended() {
-                    Some(ended) => exec::outcome(ended),
-                    None => exec::failure("the command's exit status was lost".into()),
-                };
-                self.report(job_id, outcome);
-                self.start_next();
-            }
-            Err(e) => {
-                log::error!(
-                    "job {}: cannot wait for pid {}: {e}",
-                    running.job_id,
-                    running.child.pid()
-                );
-                let Some(Running { job_id, child }) = self.running.take() else {
-                    return;
-                };
-                drop(child); // kills and reaps the group
-                self.report(
-                    job_id,
-                    exec::failure(format!("cannot wait for the command: {e}")),
-                );
-                self.start_next();
-            }
+        let reaped = running.child.try_reap(self.poll.registry());
+        if let Err(e) = &reaped {
+            log::error!(
+                "job {}: cannot wait for pid {}: {e}",
+                running.job_id,
+                running.child.pid()
+            );
         }
+        if let Ok(false) = reaped {
+            return;
+        }
+        let Some(r) = self.running.take() else { return };
+        let timed_out = r.timed_out.then_some(r.timeout_secs);
+        let outcome = match (reaped, r.child.into_ended()) {
+            (Ok(_), Some(ended)) => exec::finish(
+                ended,
+                &r.on_success,
+                timed_out,
+                &mut self.cache,
+                crate::clock::now_ms(),
+            ),
+            // Dropping the child killed and reaped its group.
+            (Err(e), _) => exec::ended(Exit::Error(format!("cannot wait for the command: {e}"))),
+            (Ok(_), None) => exec::ended(Exit::Error("the command's exit status was lost".into())),
+        };
+        self.report(r.job_id, r.parent, outcome);
+        self.start_next();
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -464,6 +556,26 @@ impl Client {
                     if self.running.as_ref().is_some_and(|r| !r.child.has_pidfd()) {
                         self.timers.at(now + REAP_SWEEP, Timer::ReapSweep);
                     }
+                }
+                Timer::JobTimeout(gen) => {
+                    if let Some(r) = self.running.as_mut().filter(|r| r.gen == gen) {
+                        log::warn!(
+                            "job {}: timed out after {}s; killing process group {}",
+                            r.job_id,
+                            r.timeout_secs,
+                            r.child.pid()
+                        );
+                        r.child.signal_group(libc::SIGKILL);
+                        r.timed_out = true;
+                    }
+                }
+                Timer::CacheSweep => {
+                    let dropped = self.cache.sweep(crate::clock::now_ms());
+                    if dropped > 0 {
+                        log::info!("cache: dropped {dropped} expired entries");
+                    }
+                    self.timers
+                        .at(now + cache_sweep_ivl(self.cfg.cache_ttl), Timer::CacheSweep);
                 }
                 Timer::KillGrace => {
                     if let Some(running) = &self.running {
@@ -510,4 +622,10 @@ impl Client {
             }
         }
     }
+}
+
+/// How often to drop expired cache entries: often enough that an entry
+/// leaves the disk soon after its time-to-live, at most once a second.
+fn cache_sweep_ivl(ttl: Duration) -> Duration {
+    (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600))
 }

@@ -8,6 +8,7 @@
 //! Nothing here blocks, except `Drop` of a child that was never reaped, which
 //! SIGKILLs the group first so the wait is immediate.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -75,6 +76,7 @@ impl Child {
     /// pipes and pidfd.
     pub fn spawn(
         command: &str,
+        env: &BTreeMap<String, String>,
         registry: &Registry,
         tokens: &mut TokenCounter,
     ) -> io::Result<Child> {
@@ -82,6 +84,7 @@ impl Child {
         let mut proc = Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -275,7 +278,7 @@ mod tests {
     fn run(cmd: &str) -> Ended {
         let mut poll = mio::Poll::new().unwrap();
         let mut tokens = TokenCounter::new(10);
-        let mut child = Child::spawn(cmd, poll.registry(), &mut tokens).unwrap();
+        let mut child = Child::spawn(cmd, &BTreeMap::new(), poll.registry(), &mut tokens).unwrap();
         let mut events = mio::Events::with_capacity(8);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !child.try_reap(poll.registry()).unwrap() {

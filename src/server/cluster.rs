@@ -3,9 +3,16 @@
 //! loop turns into sends and notifications. No sockets here, so every rule is
 //! unit-tested with a made-up clock.
 //!
-//! Rules: per node, jobs are sent in submission order with at most `WINDOW`
-//! in flight; a node that expires, or comes back without a job it was sent,
-//! has that job's part reported lost; nothing is ever resent to a node.
+//! Rules:
+//! - per node, jobs are sent in submission order with at most `WINDOW` in
+//!   flight; nothing is ever resent to a node;
+//! - a node that expires, or comes back without a job it was sent, has that
+//!   job's part reported lost;
+//! - in an orchestration run (a parent), a job that fails on a node ends the
+//!   run there: its later jobs on that node are skipped (those already sent
+//!   are skipped by the node itself, which knows the parent too);
+//! - targets are checked before anything is queued: one unknown name refuses
+//!   the whole submission.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +22,8 @@ use super::jobs::Jobs;
 use super::nodes::{Link, Nodes, LIVENESS};
 use crate::dsl::Task;
 use crate::wire::{
-    JobDetail, JobState, JobView, NodeView, Outcome, PartView, ServerMsg, Submitted,
+    Block, JobDetail, JobState, JobView, NodeView, Outcome, PartView, Plan, PlannedJob, ServerMsg,
+    Submitted,
 };
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
@@ -49,6 +57,8 @@ pub enum Effect {
     PartDone { job_id: Uuid, node: String },
     /// Every node's part of a job is final.
     JobDone { job_id: Uuid },
+    /// Every job of an orchestration run is final.
+    ParentDone { parent_id: Uuid },
 }
 
 /// Nodes and jobs, owned by the server loop.
@@ -107,13 +117,9 @@ impl Cluster {
             .collect();
         n.in_flight.retain(|id| holding.contains(id));
         for job_id in vanished {
-            self.finish_lost(
-                &job_id,
-                node,
-                "the client no longer had this job (it restarted while the job was in flight)",
-                now.ms,
-                out,
-            );
+            let why =
+                "the client no longer had this job (it restarted while the job was in flight)";
+            self.finish_lost(&job_id, node, why, now.ms, out);
         }
         self.dispatch(node, now, out);
         created
@@ -146,14 +152,16 @@ impl Cluster {
             node: node.to_owned(),
             msg: ServerMsg::ResultAck { job_id },
         });
-        let Some(part) = self
-            .jobs
-            .get_mut(&job_id)
-            .and_then(|j| j.parts.get_mut(node))
-        else {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
             log::warn!("node={node}: result for unknown job {job_id} (purged, or sent before a server restart); dropped");
             return;
         };
+        let parent = job.parent;
+        let Some(part) = job.parts.get_mut(node) else {
+            log::warn!("node={node}: result for job {job_id}, which was not sent to it; dropped");
+            return;
+        };
+        let state = outcome.exit.state();
         match part.state {
             JobState::Lost => {
                 // It came back after all: keep the truth, but the waiters
@@ -161,22 +169,14 @@ impl Cluster {
                 log::warn!(
                     "node={node}: late result for job {job_id}, which was reported lost; recorded"
                 );
-                part.state = if outcome.succeeded() {
-                    JobState::Succeeded
-                } else {
-                    JobState::Failed
-                };
+                part.state = state;
                 part.outcome = Some(outcome);
                 return;
             }
             s if s.is_done() => return, // a resend of a result we have
             _ => {}
         }
-        part.state = if outcome.succeeded() {
-            JobState::Succeeded
-        } else {
-            JobState::Failed
-        };
+        part.state = state;
         part.rtt_secs = part
             .sent_at
             .map(|t| now.at.saturating_duration_since(t).as_secs_f64());
@@ -186,6 +186,9 @@ impl Cluster {
             n.in_flight.retain(|id| *id != job_id);
         }
         self.part_done(job_id, node, out);
+        if let (false, Some(parent)) = (state.is_ok(), parent) {
+            self.skip_rest_of_parent(node, parent, now.ms, out);
+        }
         self.dispatch(node, now, out);
     }
 
@@ -233,15 +236,10 @@ impl Cluster {
         self.nodes.next_expiry()
     }
 
-    /// Queue a job on `targets` (every node when empty).
-    pub fn submit(
-        &mut self,
-        task: Task,
-        targets: &[String],
-        now: Now,
-        out: &mut Vec<Effect>,
-    ) -> Result<Submitted, String> {
-        let targets = if targets.is_empty() {
+    /// The nodes a job goes to: `targets`, or every node when empty; one of
+    /// them (the least busy) for `--run-once`.
+    fn resolve(&self, task: &Task, targets: &[String]) -> Result<Vec<String>, String> {
+        let mut targets = if targets.is_empty() {
             let all = self.nodes.names();
             if all.is_empty() {
                 return Err(
@@ -263,19 +261,94 @@ impl Cluster {
             }
             targets.to_vec()
         };
-        let job = self.jobs.insert(task, &targets, now.ms);
+        if task.options.run_once {
+            let load = |t: &String| {
+                self.nodes
+                    .get(t)
+                    .map_or(usize::MAX, |n| n.queue.len() + n.in_flight.len())
+            };
+            if let Some(pick) = targets.iter().min_by_key(|t| load(t)).cloned() {
+                targets = vec![pick];
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Queue one job and send what can go now.
+    fn queue_job(
+        &mut self,
+        task: Task,
+        targets: &[String],
+        parent: Option<Uuid>,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> Submitted {
+        let job = self.jobs.insert(task, targets, parent, now.ms);
         let submitted = Submitted {
             job_id: job.id,
             task_sha1: job.sha1.clone(),
-            targets: targets.clone(),
+            targets: targets.to_vec(),
         };
-        for t in &targets {
+        for t in targets {
             if let Some(n) = self.nodes.get_mut(t) {
                 n.queue.push_back(submitted.job_id);
             }
             self.dispatch(t, now, out);
         }
-        Ok(submitted)
+        submitted
+    }
+
+    /// Queue a job on `targets` (every node when empty).
+    pub fn submit(
+        &mut self,
+        task: Task,
+        targets: &[String],
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> Result<Submitted, String> {
+        let targets = self.resolve(&task, targets)?;
+        Ok(self.queue_job(task, &targets, None, now, out))
+    }
+
+    /// Check an orchestration and, unless `dry_run`, queue all of it under
+    /// one new parent. Nothing is queued if any block is refused.
+    pub fn orchestrate(
+        &mut self,
+        blocks: Vec<Block>,
+        dry_run: bool,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> Result<Plan, String> {
+        let mut planned = Vec::new();
+        for (i, block) in blocks.iter().enumerate() {
+            for task in &block.tasks {
+                let targets = self
+                    .resolve(task, &block.targets)
+                    .map_err(|e| format!("block {}: {e}", i + 1))?;
+                planned.push((i, targets, task.clone()));
+            }
+        }
+        if planned.is_empty() {
+            return Err("the orchestration has no jobs".into());
+        }
+        let parent_id = (!dry_run).then(Uuid::new_v4);
+        let mut jobs = Vec::with_capacity(planned.len());
+        for (block, targets, task) in planned {
+            let (verb, args, task_sha1) = (task.verb(), task.args(), task.sha1());
+            let job_id = match parent_id {
+                Some(p) => Some(self.queue_job(task, &targets, Some(p), now, out).job_id),
+                None => None,
+            };
+            jobs.push(PlannedJob {
+                job_id,
+                block,
+                targets,
+                verb,
+                args,
+                task_sha1,
+            });
+        }
+        Ok(Plan { parent_id, jobs })
     }
 
     fn dispatch(&mut self, node: &str, now: Now, out: &mut Vec<Effect>) {
@@ -296,15 +369,50 @@ impl Cluster {
             part.sent_at = Some(now.at);
             part.sent_ms = Some(now.ms);
             n.in_flight.push_back(job_id);
+            let msg = ServerMsg::Job {
+                job_id,
+                parent: job.parent,
+                task: job.task.clone(),
+            };
             out.push(Effect::Send {
                 node: node.to_owned(),
-                msg: ServerMsg::Job {
-                    job_id,
-                    task: job.task.clone(),
-                },
+                msg,
             });
         }
         debug_assert!(n.in_flight.len() <= WINDOW);
+    }
+
+    /// After a failure in run `parent` on `node`, skip its jobs still queued
+    /// there.
+    fn skip_rest_of_parent(
+        &mut self,
+        node: &str,
+        parent: Uuid,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let jobs = &mut self.jobs;
+        let mut skipped = Vec::new();
+        n.queue.retain(|id| {
+            let Some(job) = jobs.get_mut(id).filter(|j| j.parent == Some(parent)) else {
+                return true;
+            };
+            if let Some(part) = job.parts.get_mut(node) {
+                part.state = JobState::Skipped;
+                part.message = Some(
+                    "not run: an earlier job of this orchestration failed on this node".into(),
+                );
+                part.finished_ms = Some(now_ms);
+            }
+            skipped.push(*id);
+            false
+        });
+        for id in skipped {
+            self.part_done(id, node, out);
+        }
     }
 
     fn finish_lost(
@@ -315,11 +423,11 @@ impl Cluster {
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
-        let Some(part) = self
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.parts.get_mut(node))
-        else {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let parent = job.parent;
+        let Some(part) = job.parts.get_mut(node) else {
             return;
         };
         if part.state.is_done() {
@@ -330,6 +438,9 @@ impl Cluster {
         part.message = Some(why.to_owned());
         part.finished_ms = Some(now_ms);
         self.part_done(*job_id, node, out);
+        if let Some(parent) = parent {
+            self.skip_rest_of_parent(node, parent, now_ms, out);
+        }
     }
 
     fn part_done(&self, job_id: Uuid, node: &str, out: &mut Vec<Effect>) {
@@ -337,8 +448,14 @@ impl Cluster {
             job_id,
             node: node.to_owned(),
         });
-        if self.jobs.get(&job_id).is_some_and(|j| j.is_done()) {
-            out.push(Effect::JobDone { job_id });
+        let Some(job) = self.jobs.get(&job_id).filter(|j| j.is_done()) else {
+            return;
+        };
+        out.push(Effect::JobDone { job_id });
+        if let Some(parent_id) = job.parent {
+            if self.jobs.children(&parent_id).all(|j| j.is_done()) {
+                out.push(Effect::ParentDone { parent_id });
+            }
         }
     }
 
@@ -367,6 +484,16 @@ impl Cluster {
         self.jobs.get(id).map(|j| j.view())
     }
 
+    /// The jobs of an orchestration run, in order.
+    pub fn parent_views(&self, parent: &Uuid) -> Vec<JobView> {
+        self.jobs.children(parent).map(|j| j.view()).collect()
+    }
+
+    /// The run a job belongs to.
+    pub fn parent_of(&self, job_id: &Uuid) -> Option<Uuid> {
+        self.jobs.get(job_id).and_then(|j| j.parent)
+    }
+
     pub fn part_view(&self, id: &Uuid, node: &str) -> Option<PartView> {
         self.jobs.get(id).and_then(|j| j.part_view(node))
     }
@@ -386,13 +513,14 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dsl::Verb;
     use crate::wire::Exit;
 
     const IVL: Duration = Duration::from_secs(1);
 
-    fn ok() -> Outcome {
+    fn outcome(exit: Exit) -> Outcome {
         Outcome {
-            exit: Exit::Code(0),
+            exit,
             stdout: vec![],
             stderr: vec![],
             stdout_dropped: 0,
@@ -401,10 +529,16 @@ mod tests {
         }
     }
 
+    fn ok() -> Outcome {
+        outcome(Exit::Code(0))
+    }
+
     fn run(cmd: &str) -> Task {
-        Task::Run {
-            command: cmd.into(),
-        }
+        Task::parse(Verb::Run, cmd).unwrap()
+    }
+
+    fn at(t: Instant) -> Now {
+        Now { at: t, ms: 0 }
     }
 
     fn sent_jobs(out: &[Effect]) -> Vec<Uuid> {
@@ -422,9 +556,13 @@ mod tests {
     fn cluster(nodes: &[&str], t0: Instant) -> Cluster {
         let mut c = Cluster::default();
         for n in nodes {
-            c.ready(n, "v", IVL, &[], Now { at: t0, ms: 0 }, &mut Vec::new());
+            c.ready(n, "v", IVL, &[], at(t0), &mut Vec::new());
         }
         c
+    }
+
+    fn state(c: &Cluster, id: &Uuid, node: &str) -> JobState {
+        c.part_view(id, node).unwrap().state
     }
 
     #[test]
@@ -433,20 +571,29 @@ mod tests {
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
         let e = c
-            .submit(
-                run("x"),
-                &["a".into(), "zz".into()],
-                Now { at: t0, ms: 0 },
-                &mut out,
-            )
+            .submit(run("x"), &["a".into(), "zz".into()], at(t0), &mut out)
             .unwrap_err();
         assert_eq!(e, "unknown target node 'zz' (known nodes: a, b)");
         assert!(out.is_empty());
         assert!(c.list_jobs().is_empty());
         assert!(Cluster::default()
-            .submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out)
+            .submit(run("x"), &[], at(t0), &mut out)
             .unwrap_err()
             .contains("no nodes"));
+        // One bad block refuses the whole orchestration.
+        let blocks = vec![
+            Block {
+                targets: vec![],
+                tasks: vec![run("1")],
+            },
+            Block {
+                targets: vec!["nope".into()],
+                tasks: vec![run("2")],
+            },
+        ];
+        let e = c.orchestrate(blocks, false, at(t0), &mut out).unwrap_err();
+        assert_eq!(e, "block 2: unknown target node 'nope' (known nodes: a, b)");
+        assert!(out.is_empty() && c.list_jobs().is_empty());
     }
 
     #[test]
@@ -456,14 +603,14 @@ mod tests {
         let mut out = Vec::new();
         let ids: Vec<Uuid> = (0..5)
             .map(|i| {
-                c.submit(run(&i.to_string()), &[], Now { at: t0, ms: 0 }, &mut out)
+                c.submit(run(&i.to_string()), &[], at(t0), &mut out)
                     .unwrap()
                     .job_id
             })
             .collect();
         assert_eq!(sent_jobs(&out), ids[..WINDOW].to_vec());
         out.clear();
-        c.finished("a", ids[0], ok(), Now { at: t0, ms: 0 }, &mut out);
+        c.finished("a", ids[0], ok(), at(t0), &mut out);
         assert_eq!(
             out[0],
             Effect::Send {
@@ -475,7 +622,7 @@ mod tests {
         assert_eq!(sent_jobs(&out), vec![ids[2]]);
         // A resent result is acknowledged and changes nothing.
         out.clear();
-        c.finished("a", ids[0], ok(), Now { at: t0, ms: 0 }, &mut out);
+        c.finished("a", ids[0], ok(), at(t0), &mut out);
         assert_eq!(out.len(), 1);
     }
 
@@ -484,37 +631,22 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
-        let id = c
-            .submit(run("x"), &[], Now { at: t0, ms: 0 }, &mut out)
-            .unwrap()
-            .job_id;
+        let id = c.submit(run("x"), &[], at(t0), &mut out).unwrap().job_id;
         out.clear();
         let t1 = t0 + Duration::from_millis(2500);
-        c.finished("b", id, ok(), Now { at: t1, ms: 0 }, &mut out);
+        c.finished("b", id, ok(), at(t1), &mut out);
         assert_eq!(
-            c.heartbeat("b", IVL, Now { at: t1, ms: 0 }),
+            c.heartbeat("b", IVL, at(t1)),
             ServerMsg::HeartbeatAck {
                 expires_in_ms: 3000
             }
         );
         assert!(c
-            .expire(
-                Now {
-                    at: t0 + Duration::from_millis(2999),
-                    ms: 0
-                },
-                &mut out
-            )
+            .expire(at(t0 + Duration::from_millis(2999)), &mut out)
             .is_empty());
         out.clear();
         assert_eq!(
-            c.expire(
-                Now {
-                    at: t0 + Duration::from_secs(3),
-                    ms: 0
-                },
-                &mut out
-            ),
+            c.expire(at(t0 + Duration::from_secs(3)), &mut out),
             vec!["a".to_string()]
         );
         assert_eq!(
@@ -535,10 +667,7 @@ mod tests {
             .unwrap()
             .contains("expired"));
         assert_eq!(detail.nodes[1].state, JobState::Succeeded);
-        assert_eq!(
-            c.heartbeat("a", IVL, Now { at: t1, ms: 0 }),
-            ServerMsg::Register
-        );
+        assert_eq!(c.heartbeat("a", IVL, at(t1)), ServerMsg::Register);
     }
 
     #[test]
@@ -546,16 +675,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id1 = c
-            .submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out)
-            .unwrap()
-            .job_id;
-        let id2 = c
-            .submit(run("2"), &[], Now { at: t0, ms: 0 }, &mut out)
-            .unwrap()
-            .job_id;
+        let id1 = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
+        let id2 = c.submit(run("2"), &[], at(t0), &mut out).unwrap().job_id;
         out.clear();
-        c.ready("a", "v", IVL, &[id2], Now { at: t0, ms: 0 }, &mut out);
+        c.ready("a", "v", IVL, &[id2], at(t0), &mut out);
         assert_eq!(
             out,
             vec![
@@ -566,7 +689,7 @@ mod tests {
                 Effect::JobDone { job_id: id1 }
             ]
         );
-        assert_eq!(c.job_info(&id2).unwrap().nodes[0].state, JobState::Sent);
+        assert_eq!(state(&c, &id2, "a"), JobState::Sent);
     }
 
     #[test]
@@ -574,19 +697,90 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id = c
-            .submit(run("1"), &[], Now { at: t0, ms: 0 }, &mut out)
-            .unwrap()
-            .job_id;
+        let id = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
         c.unroutable("a", id);
-        assert_eq!(
-            c.heartbeat("a", IVL, Now { at: t0, ms: 0 }),
-            ServerMsg::Register
-        );
-        assert_eq!(c.job_info(&id).unwrap().nodes[0].state, JobState::Queued);
+        assert_eq!(c.heartbeat("a", IVL, at(t0)), ServerMsg::Register);
+        assert_eq!(state(&c, &id, "a"), JobState::Queued);
         out.clear();
-        c.ready("a", "v", IVL, &[], Now { at: t0, ms: 0 }, &mut out);
+        c.ready("a", "v", IVL, &[], at(t0), &mut out);
         assert_eq!(sent_jobs(&out), vec![id]);
+    }
+
+    #[test]
+    fn a_failure_skips_the_rest_of_the_run_on_that_node_only() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b"], t0);
+        let mut out = Vec::new();
+        let tasks = (0..4).map(|i| run(&i.to_string())).collect();
+        let plan = c
+            .orchestrate(
+                vec![Block {
+                    targets: vec![],
+                    tasks,
+                }],
+                false,
+                at(t0),
+                &mut out,
+            )
+            .unwrap();
+        let parent = plan.parent_id.unwrap();
+        let ids: Vec<Uuid> = plan.jobs.iter().map(|j| j.job_id.unwrap()).collect();
+        out.clear();
+        // Job 0 fails on a: job 1 is already on the node (it skips it
+        // itself); jobs 2 and 3 are skipped here.
+        c.finished("a", ids[0], outcome(Exit::Code(1)), at(t0), &mut out);
+        assert_eq!(state(&c, &ids[2], "a"), JobState::Skipped);
+        assert_eq!(state(&c, &ids[3], "a"), JobState::Skipped);
+        assert_eq!(state(&c, &ids[1], "a"), JobState::Sent);
+        assert!(sent_jobs(&out).is_empty());
+        c.finished(
+            "a",
+            ids[1],
+            outcome(Exit::SkippedAfterFailure),
+            at(t0),
+            &mut out,
+        );
+        assert_eq!(state(&c, &ids[1], "a"), JobState::Skipped);
+        // b carries on; the run ends when b is done.
+        out.clear();
+        for id in &ids {
+            assert!(!out.contains(&Effect::ParentDone { parent_id: parent }));
+            c.finished("b", *id, ok(), at(t0), &mut out);
+        }
+        assert_eq!(out.last(), Some(&Effect::ParentDone { parent_id: parent }));
+        let views = c.parent_views(&parent);
+        assert_eq!(views.len(), 4);
+        assert!(views.iter().all(|v| v.states[&JobState::Succeeded] == 1));
+    }
+
+    #[test]
+    fn run_once_picks_one_target_and_dry_runs_queue_nothing() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b", "c"], t0);
+        let mut out = Vec::new();
+        c.submit(run("busy"), &["a".into()], at(t0), &mut out)
+            .unwrap();
+        let s = c
+            .submit(run("--run-once once"), &[], at(t0), &mut out)
+            .unwrap();
+        assert_eq!(s.targets, vec!["b".to_string()], "the least busy node");
+        out.clear();
+        let plan = c
+            .orchestrate(
+                vec![Block {
+                    targets: vec!["c".into()],
+                    tasks: vec![run("x")],
+                }],
+                true,
+                at(t0),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(plan.parent_id, None);
+        assert_eq!(plan.jobs[0].targets, vec!["c".to_string()]);
+        assert_eq!(plan.jobs[0].task_sha1, run("x").sha1());
+        assert!(out.is_empty());
+        assert_eq!(c.list_jobs().len(), 2);
     }
 
     #[test]
@@ -595,12 +789,12 @@ mod tests {
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
         let id = c
-            .submit(run("1"), &["a".into()], Now { at: t0, ms: 0 }, &mut out)
+            .submit(run("1"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
         assert_eq!(c.purge_jobs(), (0, 1));
         assert_eq!(c.purge_nodes(), (1, 1));
-        c.finished("a", id, ok(), Now { at: t0, ms: 0 }, &mut out);
+        c.finished("a", id, ok(), at(t0), &mut out);
         assert_eq!(c.purge_jobs(), (1, 0));
     }
 }

@@ -1,6 +1,7 @@
 //! Job records: each job's task and, per target node, where it stands and
-//! what the node reported. Pure data with conversions to the views the CLI
-//! sees; the cluster core changes states.
+//! what the node reported; and which jobs each orchestration run (parent)
+//! holds. Pure data with conversions to the views the CLI sees; the cluster
+//! core changes states.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -15,7 +16,7 @@ use crate::wire::{Exit, JobDetail, JobState, JobView, Outcome, PartView};
 pub struct Part {
     pub state: JobState,
     pub outcome: Option<Outcome>,
-    /// Why it was lost, for operators.
+    /// Why it was lost or skipped, for operators.
     pub message: Option<String>,
     pub sent_at: Option<Instant>,
     pub sent_ms: Option<u64>,
@@ -41,6 +42,7 @@ impl Part {
 #[derive(Debug)]
 pub struct Job {
     pub id: Uuid,
+    pub parent: Option<Uuid>,
     pub task: Task,
     pub sha1: String,
     pub submitted_ms: u64,
@@ -66,8 +68,9 @@ impl Job {
         };
         JobView {
             id: self.id,
+            parent: self.parent,
             verb: self.task.verb(),
-            args: self.task.args().to_owned(),
+            args: self.task.args(),
             task_sha1: self.sha1.clone(),
             submitted_ms: self.submitted_ms,
             finished_ms,
@@ -78,15 +81,16 @@ impl Job {
     /// One node's part as the CLI sees it.
     pub fn part_view(&self, node: &str) -> Option<PartView> {
         let p = self.parts.get(node)?;
-        let (exit_code, signal, mut message) = match p.outcome.as_ref().map(|o| &o.exit) {
-            Some(Exit::Code(c)) => (Some(*c), None, None),
-            Some(Exit::Signal(s)) => (None, Some(*s), None),
-            Some(Exit::Error(e)) => (None, None, Some(e.clone())),
-            None => (None, None, None),
+        let exit = p.outcome.as_ref().map(|o| &o.exit);
+        let (exit_code, signal) = match exit {
+            Some(Exit::Code(c)) => (Some(*c), None),
+            Some(Exit::Signal(s)) => (None, Some(*s)),
+            _ => (None, None),
         };
-        if message.is_none() {
-            message = p.message.clone();
-        }
+        let message = match exit {
+            Some(e @ (Exit::Error(_) | Exit::TimedOut { .. })) => Some(e.to_string()),
+            _ => p.message.clone(),
+        };
         let text = |b: Option<&Vec<u8>>| {
             b.map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
@@ -122,16 +126,23 @@ impl Job {
     }
 }
 
-/// Every job, in submission order.
+/// Every job, in submission order, and the jobs of each parent.
 #[derive(Default)]
 pub struct Jobs {
     by_id: HashMap<Uuid, Job>,
     order: Vec<Uuid>,
+    by_parent: HashMap<Uuid, Vec<Uuid>>,
 }
 
 impl Jobs {
     /// Record a new job, queued on `targets`.
-    pub fn insert(&mut self, task: Task, targets: &[String], now_ms: u64) -> &mut Job {
+    pub fn insert(
+        &mut self,
+        task: Task,
+        targets: &[String],
+        parent: Option<Uuid>,
+        now_ms: u64,
+    ) -> &mut Job {
         let id = Uuid::new_v4();
         let sha1 = task.sha1();
         let parts = targets
@@ -139,8 +150,12 @@ impl Jobs {
             .map(|t| (t.clone(), Part::queued()))
             .collect();
         self.order.push(id);
+        if let Some(p) = parent {
+            self.by_parent.entry(p).or_default().push(id);
+        }
         self.by_id.entry(id).or_insert(Job {
             id,
+            parent,
             task,
             sha1,
             submitted_ms: now_ms,
@@ -161,10 +176,29 @@ impl Jobs {
         self.order.iter().filter_map(|id| self.by_id.get(id))
     }
 
-    /// Forget finished jobs; returns (removed, kept).
+    /// The jobs of an orchestration run, in order.
+    pub fn children(&self, parent: &Uuid) -> impl Iterator<Item = &Job> {
+        self.by_parent
+            .get(parent)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+    }
+
+    /// Forget finished jobs; returns (removed, kept). A parent's jobs go
+    /// together, once all of them are finished, so `--wait` on a run never
+    /// sees half of it vanish.
     pub fn purge_done(&mut self) -> (usize, usize) {
         let before = self.order.len();
-        self.by_id.retain(|_, j| !j.is_done());
+        let by_id = &self.by_id;
+        let busy_parents: std::collections::HashSet<Uuid> = by_id
+            .values()
+            .filter(|j| !j.is_done())
+            .filter_map(|j| j.parent)
+            .collect();
+        self.by_id
+            .retain(|_, j| !j.is_done() || j.parent.is_some_and(|p| busy_parents.contains(&p)));
+        self.by_parent.retain(|p, _| busy_parents.contains(p));
         let by_id = &self.by_id;
         self.order.retain(|id| by_id.contains_key(id));
         (before - self.order.len(), self.order.len())

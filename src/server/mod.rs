@@ -309,7 +309,11 @@ impl Server {
                 Effect::Send { node, msg } => self.send(Port::Job, &node, &msg),
                 Effect::PartDone { job_id, node } => {
                     if let Some(view) = self.cluster.part_view(&job_id, &node) {
-                        self.notify(&job_id, &Response::NodeDone(view));
+                        let resp = Response::NodeDone(view);
+                        self.notify(&job_id, &resp);
+                        if let Some(parent) = self.cluster.parent_of(&job_id) {
+                            self.notify(&parent, &resp);
+                        }
                     }
                 }
                 Effect::JobDone { job_id } => {
@@ -318,12 +322,30 @@ impl Server {
                     }
                     self.waiters.remove(&job_id);
                 }
+                Effect::ParentDone { parent_id } => {
+                    let jobs = self.cluster.parent_views(&parent_id);
+                    log::info!("orchestration {parent_id} finished ({} jobs)", jobs.len());
+                    self.notify(&parent_id, &Response::ParentDone { parent_id, jobs });
+                    self.waiters.remove(&parent_id);
+                }
             }
         }
         // Keep the allocation for the next batch.
         self.effects = effects;
     }
 
+    /// Answer a submission, then carry out its effects: the answer must
+    /// reach the waiter before any progress it causes.
+    fn answer_then_apply(&mut self, token: Token, resp: &Response, effects: Vec<Effect>) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            if let Err(e) = conn.send(resp) {
+                log::debug!("control connection write failed: {e}");
+            }
+        }
+        self.apply(effects);
+    }
+
+    /// Push `resp` to every connection waiting on `id` (a job or a run).
     fn notify(&mut self, job_id: &Uuid, resp: &Response) {
         let Some(tokens) = self.waiters.get(job_id) else {
             return;
@@ -454,8 +476,7 @@ impl Server {
                 wait,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
-                let result = self.cluster.submit(task, &targets, Now::real(), &mut out);
-                let resp = match result {
+                let resp = match self.cluster.submit(task, &targets, Now::real(), &mut out) {
                     Ok(submitted) => {
                         log::info!(
                             "job {} ({}) queued for {}",
@@ -473,13 +494,31 @@ impl Server {
                     }
                     Err(why) => Response::Rejected(why),
                 };
-                // The answer goes out before any progress it causes.
-                if let Some(conn) = self.conns.get_mut(&token) {
-                    if let Err(e) = conn.send(&resp) {
-                        log::debug!("control connection write failed: {e}");
+                self.answer_then_apply(token, &resp, out);
+                return None;
+            }
+            Request::Orchestrate {
+                blocks,
+                wait,
+                dry_run,
+            } => {
+                let mut out = std::mem::take(&mut self.effects);
+                let resp = match self
+                    .cluster
+                    .orchestrate(blocks, dry_run, Now::real(), &mut out)
+                {
+                    Ok(plan) => {
+                        if let Some(parent) = plan.parent_id {
+                            log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
+                            if wait {
+                                self.waiters.entry(parent).or_default().push(token);
+                            }
+                        }
+                        Response::Orchestrated(plan)
                     }
-                }
-                self.apply(out);
+                    Err(why) => Response::Rejected(why),
+                };
+                self.answer_then_apply(token, &resp, out);
                 return None;
             }
             Request::ListNodes => Response::Nodes(self.cluster.list_nodes()),

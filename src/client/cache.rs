@@ -1,0 +1,300 @@
+//! The client's cache under `--cache-path`: ARG and ENV values, and the steps
+//! that succeeded on this node (by cache key) with when. It survives restarts.
+//!
+//! Storage is one journal of length-prefixed bincode records. Each change is
+//! one small append, without fsync: a crash can lose the last records, which
+//! only means re-running a step or setting an ARG again. At start, and when a
+//! sweep drops expired entries, the journal is rewritten with only the live
+//! records (temporary file, fsync, rename), so expired entries really leave
+//! the disk. A torn or corrupt tail is dropped at load with a warning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+const JOURNAL: &str = "journal.bin";
+const MAX_RECORD: usize = 16 << 20;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Record {
+    Arg { key: String, value: String },
+    Env { key: String, value: String },
+    Done { key: String, at_ms: u64 },
+    Forget { key: String },
+}
+
+/// The node's persistent cache.
+pub struct Cache {
+    dir: PathBuf,
+    journal: File,
+    ttl_ms: u64,
+    args: BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+    done: HashMap<String, u64>,
+    /// Records in the journal, live or not, to know when to compact.
+    records: usize,
+}
+
+impl Cache {
+    /// Open (creating) the cache in `dir`; entries older than `ttl` are gone.
+    pub fn open(dir: &Path, ttl: Duration, now_ms: u64) -> io::Result<Cache> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(JOURNAL);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let journal = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut cache = Cache {
+            dir: dir.to_owned(),
+            journal,
+            ttl_ms: ttl.as_millis() as u64,
+            args: BTreeMap::new(),
+            env: BTreeMap::new(),
+            done: HashMap::new(),
+            records: 0,
+        };
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            match next_record(rest) {
+                Some((rec, tail)) => {
+                    cache.apply(rec);
+                    rest = tail;
+                }
+                None => {
+                    log::warn!(
+                        "cache {}: dropped a torn or corrupt tail of {} bytes",
+                        path.display(),
+                        rest.len()
+                    );
+                    break;
+                }
+            }
+        }
+        cache.sweep(now_ms);
+        cache.compact()?;
+        Ok(cache)
+    }
+
+    fn apply(&mut self, rec: Record) {
+        match rec {
+            Record::Arg { key, value } => {
+                self.args.insert(key, value);
+            }
+            Record::Env { key, value } => {
+                self.env.insert(key, value);
+            }
+            Record::Done { key, at_ms } => {
+                self.done.insert(key, at_ms);
+            }
+            Record::Forget { key } => {
+                self.done.remove(&key);
+            }
+        }
+    }
+
+    /// ARG values (and `--stdout-arg` results): the template variables.
+    pub fn args(&self) -> &BTreeMap<String, String> {
+        &self.args
+    }
+
+    /// ENV values: the environment of RUN commands.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    pub fn set_arg(&mut self, key: &str, value: &str) {
+        self.append(Record::Arg {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.append(Record::Env {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
+    }
+
+    /// Did the step with this key succeed here within the time-to-live?
+    pub fn is_done(&self, key: &str, now_ms: u64) -> bool {
+        self.done
+            .get(key)
+            .is_some_and(|at| now_ms.saturating_sub(*at) < self.ttl_ms)
+    }
+
+    pub fn record_done(&mut self, key: &str, now_ms: u64) {
+        self.append(Record::Done {
+            key: key.to_owned(),
+            at_ms: now_ms,
+        });
+    }
+
+    /// The step failed: a success cached earlier no longer holds.
+    pub fn forget(&mut self, key: &str) {
+        if self.done.contains_key(key) {
+            self.append(Record::Forget {
+                key: key.to_owned(),
+            });
+        }
+    }
+
+    /// Drop expired successes; rewrite the journal when that or dead
+    /// records make it worth it. Returns how many entries were dropped.
+    pub fn sweep(&mut self, now_ms: u64) -> usize {
+        let before = self.done.len();
+        let ttl = self.ttl_ms;
+        self.done.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
+        let dropped = before - self.done.len();
+        let live = self.args.len() + self.env.len() + self.done.len();
+        if dropped > 0 || self.records > 2 * live + 1024 {
+            if let Err(e) = self.compact() {
+                log::error!(
+                    "cache {}: cannot rewrite the journal: {e}",
+                    self.dir.display()
+                );
+            }
+        }
+        dropped
+    }
+
+    fn append(&mut self, rec: Record) {
+        let bytes = encode(&rec);
+        self.apply(rec);
+        self.records += 1;
+        if let Err(e) = self.journal.write_all(&bytes) {
+            log::error!(
+                "cache {}: cannot write: {e}; the change holds until the client restarts",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Rewrite the journal with only live records.
+    fn compact(&mut self) -> io::Result<()> {
+        let path = self.dir.join(JOURNAL);
+        let tmp = self.dir.join(format!("{JOURNAL}.tmp"));
+        let mut out = Vec::new();
+        let mut records = 0;
+        for (key, value) in &self.args {
+            out.extend(encode(&Record::Arg {
+                key: key.clone(),
+                value: value.clone(),
+            }));
+            records += 1;
+        }
+        for (key, value) in &self.env {
+            out.extend(encode(&Record::Env {
+                key: key.clone(),
+                value: value.clone(),
+            }));
+            records += 1;
+        }
+        for (key, at_ms) in &self.done {
+            out.extend(encode(&Record::Done {
+                key: key.clone(),
+                at_ms: *at_ms,
+            }));
+            records += 1;
+        }
+        let mut f = File::create(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.journal = OpenOptions::new().append(true).open(&path)?;
+        self.records = records;
+        Ok(())
+    }
+}
+
+fn encode(rec: &Record) -> Vec<u8> {
+    // Our own type always encodes.
+    let body = bincode::serde::encode_to_vec(rec, bincode::config::standard())
+        .expect("cache records encode");
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+fn next_record(bytes: &[u8]) -> Option<(Record, &[u8])> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    if len > MAX_RECORD {
+        return None;
+    }
+    let body = bytes.get(4..4 + len)?;
+    let (rec, used) = bincode::serde::decode_from_slice(body, bincode::config::standard()).ok()?;
+    (used == len).then_some((rec, &bytes[4 + len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("director-cache-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn survives_reopen() {
+        let d = dir("reopen");
+        let mut c = Cache::open(&d, DAY, 1000).unwrap();
+        c.set_arg("user", "ops");
+        c.set_env("LANG", "C");
+        c.record_done("k1", 1000);
+        c.record_done("k2", 1000);
+        c.forget("k2");
+        drop(c);
+        let c = Cache::open(&d, DAY, 2000).unwrap();
+        assert_eq!(c.args().get("user").map(String::as_str), Some("ops"));
+        assert_eq!(c.env().get("LANG").map(String::as_str), Some("C"));
+        assert!(c.is_done("k1", 2000));
+        assert!(!c.is_done("k2", 2000));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn expired_entries_leave_the_disk() {
+        let d = dir("ttl");
+        let ttl = Duration::from_secs(10);
+        let mut c = Cache::open(&d, ttl, 0).unwrap();
+        c.record_done("old-key", 0);
+        c.record_done("new-key", 5_000);
+        assert!(!c.is_done("old-key", 10_000));
+        assert!(c.is_done("new-key", 10_000));
+        assert_eq!(c.sweep(10_000), 1);
+        let bytes = fs::read(d.join(JOURNAL)).unwrap();
+        assert!(!bytes.windows(7).any(|w| w == b"old-key"));
+        assert!(bytes.windows(7).any(|w| w == b"new-key"));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped() {
+        let d = dir("torn");
+        let mut c = Cache::open(&d, DAY, 0).unwrap();
+        c.set_arg("a", "1");
+        drop(c);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.join(JOURNAL))
+            .unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let c = Cache::open(&d, DAY, 0).unwrap();
+        assert_eq!(c.args().len(), 1);
+        fs::remove_dir_all(d).unwrap();
+    }
+}
