@@ -123,10 +123,7 @@ impl Task {
         let mut options = JobOptions::default();
         let mut stdout_arg = None;
         let mut rest = args.trim();
-        loop {
-            let Some(after) = rest.strip_prefix("--") else {
-                break;
-            };
+        while let Some(after) = rest.strip_prefix("--") {
             if after.is_empty() || after.starts_with(char::is_whitespace) {
                 rest = after.trim_start(); // `--` ends the options
                 break;

@@ -335,10 +335,8 @@ impl Cluster {
         let mut jobs = Vec::with_capacity(planned.len());
         for (block, targets, task) in planned {
             let (verb, args, task_sha1) = (task.verb(), task.args(), task.sha1());
-            let job_id = match parent_id {
-                Some(p) => Some(self.queue_job(task, &targets, Some(p), now, out).job_id),
-                None => None,
-            };
+            let job_id =
+                parent_id.map(|p| self.queue_job(task, &targets, Some(p), now, out).job_id);
             jobs.push(PlannedJob {
                 job_id,
                 block,
