@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::config::{self, Config, Kind, Origin, Raw, RawOptions, RawValue, Scope, OPTIONS};
 use crate::dsl::Verb;
 use crate::error::{Error, Result};
+use crate::orchestrate::Selection;
 
 /// What the user asked for.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ pub enum Command {
     Server,
     Client,
     Exec(ExecArgs),
+    Orchestrate(OrchestrateArgs),
     Manage(ManageArgs),
     Help(String),
     Version,
@@ -32,6 +34,15 @@ pub struct ExecArgs {
     pub targets: Vec<String>,
     pub wait: bool,
     pub args: String,
+}
+
+/// `director orchestrate`.
+#[derive(Debug, PartialEq)]
+pub struct OrchestrateArgs {
+    pub files: Vec<PathBuf>,
+    pub selection: Selection,
+    pub wait: bool,
+    pub dry_run: bool,
 }
 
 /// `director manage`.
@@ -70,6 +81,7 @@ enum Mode {
     Server,
     Client,
     Exec,
+    Orchestrate,
     Manage,
 }
 
@@ -79,6 +91,7 @@ impl Mode {
             "server" => Some(Mode::Server),
             "client" => Some(Mode::Client),
             "exec" => Some(Mode::Exec),
+            "orchestrate" => Some(Mode::Orchestrate),
             "manage" => Some(Mode::Manage),
             _ => None,
         }
@@ -96,12 +109,20 @@ struct ModeArgs {
     format: Option<Format>,
     /// Each mode option seen and the mode it belongs to, checked once the
     /// mode is known.
-    used: Vec<(&'static str, Mode)>,
+    used: Vec<(&'static str, &'static [Mode])>,
+    restrict: Vec<String>,
+    ignore_cache: bool,
+    dry_run: bool,
 }
 
+const SUBMIT: &[Mode] = &[Mode::Exec, Mode::Orchestrate];
+const EXEC: &[Mode] = &[Mode::Exec];
+const ORCHESTRATE: &[Mode] = &[Mode::Orchestrate];
+const MANAGE: &[Mode] = &[Mode::Manage];
+
 impl ModeArgs {
-    fn saw(&mut self, flag: &'static str, mode: Mode) {
-        self.used.push((flag, mode));
+    fn saw(&mut self, flag: &'static str, modes: &'static [Mode]) {
+        self.used.push((flag, modes));
     }
 }
 
@@ -148,16 +169,28 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 );
             }
             Long("verb") => {
-                m.saw("--verb", Mode::Exec);
+                m.saw("--verb", EXEC);
                 m.verb = Some(string(parser.value().map_err(usage)?)?);
             }
             Long("target") => {
-                m.saw("--target", Mode::Exec);
+                m.saw("--target", SUBMIT);
                 m.targets.push(string(parser.value().map_err(usage)?)?);
             }
             Long("wait") => {
-                m.saw("--wait", Mode::Exec);
+                m.saw("--wait", SUBMIT);
                 m.wait = true;
+            }
+            Long("restrict") => {
+                m.saw("--restrict", ORCHESTRATE);
+                m.restrict.push(string(parser.value().map_err(usage)?)?);
+            }
+            Long("ignore-cache") => {
+                m.saw("--ignore-cache", ORCHESTRATE);
+                m.ignore_cache = true;
+            }
+            Long("dry-run") => {
+                m.saw("--dry-run", ORCHESTRATE);
+                m.dry_run = true;
             }
             Long("list-nodes") => manage(&mut m, "--list-nodes", ManageAction::ListNodes),
             Long("list-jobs") => manage(&mut m, "--list-jobs", ManageAction::ListJobs),
@@ -171,7 +204,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 manage(&mut m, "--job-info", ManageAction::JobInfo(id));
             }
             Long("format") => {
-                m.saw("--format", Mode::Manage);
+                m.saw("--format", MANAGE);
                 let f = string(parser.value().map_err(usage)?)?;
                 m.format = Some(match f.as_str() {
                     "table" => Format::Table,
@@ -214,12 +247,12 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         None => match merged.get("mode").map(|r| &r.value) {
             Some(RawValue::Text(s)) => Some(Mode::parse(s).ok_or_else(|| {
                 Error::Usage(format!(
-                    "unknown mode '{s}': expected server, client, exec or manage"
+                    "unknown mode '{s}': expected server, client, exec, orchestrate or manage"
                 ))
             })?),
             Some(_) => {
                 return Err(Error::Usage(
-                    "mode: expected server, client, exec or manage".into(),
+                    "mode: expected server, client, exec, orchestrate or manage".into(),
                 ))
             }
             None => None,
@@ -235,7 +268,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
     let command = match mode {
         None => {
             return Err(Error::Usage(
-                "no mode given: expected server, client, exec or manage".into(),
+                "no mode given: expected server, client, exec, orchestrate or manage".into(),
             ))
         }
         Some(mode) => command(mode, m)?,
@@ -243,16 +276,30 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
     Ok(Invocation { command, config })
 }
 
+/// Keep the first of each repeated name, in order.
+fn dedup(names: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
 fn manage(m: &mut ModeArgs, flag: &'static str, action: ManageAction) {
-    m.saw(flag, Mode::Manage);
+    m.saw(flag, MANAGE);
     m.actions.push(action);
 }
 
 fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
-    if let Some((flag, want)) = m.used.iter().find(|(_, want)| *want != mode) {
+    if let Some((flag, want)) = m.used.iter().find(|(_, want)| !want.contains(&mode)) {
         return Err(Error::Usage(format!(
-            "{flag} only applies to `director {}`",
-            mode_name(*want)
+            "{flag} only applies to {}",
+            want.iter()
+                .map(|m| format!("`director {}`", mode_name(*m)))
+                .collect::<Vec<_>>()
+                .join(" or ")
         )));
     }
     match mode {
@@ -276,17 +323,28 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     "exec --verb {verb} needs the job's arguments, e.g. 'echo hello'"
                 )));
             }
-            let mut targets: Vec<String> = Vec::new();
-            for t in m.targets {
-                if !targets.contains(&t) {
-                    targets.push(t);
-                }
-            }
             Ok(Command::Exec(ExecArgs {
                 verb,
-                targets,
+                targets: dedup(m.targets),
                 wait: m.wait,
                 args: m.positional.join(" "),
+            }))
+        }
+        Mode::Orchestrate => {
+            if m.positional.is_empty() {
+                return Err(Error::Usage(
+                    "orchestrate needs at least one orchestration FILE".into(),
+                ));
+            }
+            Ok(Command::Orchestrate(OrchestrateArgs {
+                files: m.positional.iter().map(PathBuf::from).collect(),
+                selection: Selection {
+                    targets: dedup(m.targets),
+                    restrict: m.restrict,
+                    ignore_cache: m.ignore_cache,
+                },
+                wait: m.wait,
+                dry_run: m.dry_run,
             }))
         }
         Mode::Manage => {
@@ -311,6 +369,7 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Server => "server",
         Mode::Client => "client",
         Mode::Exec => "exec",
+        Mode::Orchestrate => "orchestrate",
         Mode::Manage => "manage",
     }
 }
@@ -362,8 +421,52 @@ const USAGE: &str = "\
 Usage:
   director [OPTIONS] server                        run the server daemon
   director [OPTIONS] client                        run the client daemon on a node
-  director [OPTIONS] exec --verb RUN [--target NODE]... [--wait] 'COMMAND'
+  director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'
+  director [OPTIONS] orchestrate FILE... [--target NODE]... [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
   director [OPTIONS] manage (--list-nodes | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
+";
+
+const JOB_STRING: &str = "\
+The job string starts with options, then the verb's arguments:
+  --skip-cache         run even if the node cached a success for this step
+  --run-once           run on exactly one of the targets
+  --timeout SECONDS    kill the command's process group after this long (default 600)
+  --stdout-arg NAME    RUN only: store the command's stdout as the ARG NAME
+Verbs:
+  RUN COMMAND          run COMMAND with /bin/sh -c (a Jinja template over the ARGs)
+  ARG KEY VALUE        store a template variable in the node's cache
+  ENV KEY VALUE        set an environment variable for later RUNs on the node
+  WORKDIR PATH         create PATH and its parents (a template)
+";
+
+const EXEC_HELP: &str = "\
+director exec — submit one job
+
+Usage: director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'
+
+  --verb VERB      RUN, ARG, ENV or WORKDIR
+  --target NODE    a node to run on; repeat for several (default: every connected node)
+  --wait           stay connected, print each node's result as it arrives, and exit
+                   0 only if every node succeeded
+
+Prints the job id and its task SHA1. Options the CLI uses: --socket-path, --config-file.
+";
+
+const ORCHESTRATE_HELP: &str = "\
+director orchestrate — submit orchestration files
+
+Usage: director [OPTIONS] orchestrate FILE... [--target NODE]... [--restrict SHA1]...
+                                     [--ignore-cache] [--wait] [--dry-run]
+
+A file is a YAML list of blocks: {targets: [NODE...] (optional: every node), jobs: [{VERB: ARGS}...]}.
+Every file is checked before anything is submitted. On each node the jobs run one at a
+time in file order; after a failure there, the rest of the run is skipped on that node.
+
+  --target NODE    replace every block's targets; repeat for several
+  --restrict SHA1  submit only the jobs with this task SHA1 (or prefix); repeatable
+  --ignore-cache   run every job even where the node cached a success
+  --wait           show progress, then a recap per node and the output of each failure
+  --dry-run        check everything and print the jobs that would be submitted
 ";
 
 const EXIT_CODES: &str = "\
@@ -389,9 +492,8 @@ fn help_text(mode: Option<Mode>) -> String {
             "director client — the node agent: runs the jobs the server sends\n\nUsage: director [OPTIONS] client\n\nOptions:\n{}\n{precedence}SIGTERM or SIGINT stops it cleanly, killing a running command's process group.\n",
             option_lines(&[Scope::Global, Scope::Client])
         ),
-        Some(Mode::Exec) => format!(
-            "director exec — submit one job\n\nUsage: director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'\n\n  --verb VERB      the job's verb: RUN (runs ARGS with /bin/sh -c on each node)\n  --target NODE    a node to run on; repeat for several (default: every connected node)\n  --wait           stay connected, print each node's result as it arrives, and exit\n                   0 only if every node succeeded\n\nPrints the job id and its task SHA1. Options the CLI uses: --socket-path, --config-file.\n\n{EXIT_CODES}"
-        ),
+        Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
+        Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
             "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat and expiry\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every idle node (live nodes come back at their next heartbeat)\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
@@ -517,7 +619,10 @@ mod tests {
     #[test]
     fn mode_options_must_fit_the_mode() {
         let e = parse_v(&["server", "--wait"]).unwrap_err().to_string();
-        assert!(e.contains("--wait only applies to `director exec`"), "{e}");
+        assert!(
+            e.contains("--wait only applies to `director exec` or `director orchestrate`"),
+            "{e}"
+        );
         let e = parse_v(&["exec", "--verb", "RUN", "--list-jobs", "x"])
             .unwrap_err()
             .to_string();

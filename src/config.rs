@@ -46,7 +46,7 @@ pub struct OptSpec {
 
 /// Every option director understands, in `--help` order.
 pub const OPTIONS: &[OptSpec] = &[
-    OptSpec { name: "mode", kind: Kind::Text, scope: Scope::Global, default: None, help: "what to run: server, client, exec or manage (or give it as the first word)" },
+    OptSpec { name: "mode", kind: Kind::Text, scope: Scope::Global, default: None, help: "what to run: server, client, exec, orchestrate or manage (or give it as the first word)" },
     OptSpec { name: "config_file", kind: Kind::Text, scope: Scope::Global, default: None, help: "YAML file of options; keys are the long option names (heartbeat_interval: 1)" },
     OptSpec { name: "shared_key", kind: Kind::Text, scope: Scope::Global, default: None, help: "key shared by the server and its clients (accepted; enforced in a later release)" },
     OptSpec { name: "debug", kind: Kind::Flag, scope: Scope::Global, default: Some("false"), help: "log debug details, including every protocol message" },

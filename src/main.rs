@@ -10,6 +10,8 @@ mod config;
 mod dsl;
 mod error;
 mod logger;
+mod orchestrate;
+mod progress;
 mod reactor;
 mod server;
 mod template;
@@ -56,6 +58,10 @@ fn run() -> error::Result<i32> {
         Command::Exec(args) => {
             logger::init(cfg.debug);
             user::exec(&cfg, args)
+        }
+        Command::Orchestrate(args) => {
+            logger::init(cfg.debug);
+            user::orchestrate(&cfg, args)
         }
         Command::Manage(args) => {
             logger::init(cfg.debug);

@@ -8,12 +8,15 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{ExecArgs, Format, ManageAction, ManageArgs};
+use crate::cli::{ExecArgs, Format, ManageAction, ManageArgs, OrchestrateArgs};
 use crate::clock::{format_secs, format_utc};
 use crate::config::Config;
 use crate::dsl::Task;
 use crate::error::{Error, Result, EXIT_FAILED, EXIT_OK};
-use crate::wire::{self, FrameBuf, JobDetail, JobView, NodeView, PartView, Request, Response};
+use crate::progress::{shorten, Progress};
+use crate::wire::{
+    self, FrameBuf, JobDetail, JobView, NodeView, PartView, Plan, PlannedJob, Request, Response,
+};
 
 /// A connection to the server.
 struct Conn {
@@ -89,12 +92,14 @@ fn unexpected(resp: &Response) -> Error {
 /// `director exec`: submit one job, optionally waiting for every node.
 pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     let task = Task::parse(args.verb, &args.args).map_err(Error::Rejected)?;
-    let mut conn = Conn::open(&cfg.socket_path)?;
-    let submitted = match conn.call(&Request::Submit {
+    let req = Request::Submit {
         task,
         targets: args.targets,
         wait: args.wait,
-    })? {
+    };
+    check_size(&req)?;
+    let mut conn = Conn::open(&cfg.socket_path)?;
+    let submitted = match conn.call(&req)? {
         Response::Submitted(s) => s,
         other => return Err(unexpected(&other)),
     };
@@ -126,6 +131,150 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
             other => return Err(unexpected(&other)),
         }
     }
+}
+
+/// Refuse locally what the server would refuse for its size.
+fn check_size(req: &Request) -> Result<()> {
+    let size = wire::encode_control(req).len();
+    if size > wire::MAX_REQUEST {
+        return Err(Error::Rejected(format!(
+            "the submission is {size} bytes; the server accepts at most {} bytes",
+            wire::MAX_REQUEST
+        )));
+    }
+    Ok(())
+}
+
+/// `director orchestrate`: check every file, then submit them as one run.
+pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
+    let blocks = crate::orchestrate::load(&args.files, &args.selection).map_err(Error::Rejected)?;
+    let req = Request::Orchestrate {
+        blocks: blocks.clone(),
+        wait: args.wait,
+        dry_run: args.dry_run,
+    };
+    check_size(&req)?;
+    let mut out = io::stdout().lock();
+    if args.dry_run {
+        // The server resolves and checks the targets; without it, the files
+        // are still checked and the plan shown as written.
+        let plan = match Conn::open(&cfg.socket_path) {
+            Ok(mut conn) => match conn.call(&req)? {
+                Response::Orchestrated(plan) => plan,
+                other => return Err(unexpected(&other)),
+            },
+            Err(e @ Error::Unreachable { .. }) => {
+                let _ = writeln!(io::stderr(), "director: note: targets not checked: {e}");
+                local_plan(&blocks)
+            }
+            Err(e) => return Err(e),
+        };
+        out.write_all(plan_table(&plan).as_bytes())
+            .map_err(out_err)?;
+        return Ok(EXIT_OK);
+    }
+    let mut conn = Conn::open(&cfg.socket_path)?;
+    let plan = match conn.call(&req)? {
+        Response::Orchestrated(plan) => plan,
+        other => return Err(unexpected(&other)),
+    };
+    let parent = plan
+        .parent_id
+        .ok_or_else(|| Error::Protocol("the server returned no parent id".into()))?;
+    writeln!(out, "parent {parent}: {} jobs queued", plan.jobs.len()).map_err(out_err)?;
+    out.write_all(plan_table(&plan).as_bytes())
+        .map_err(out_err)?;
+    out.flush().map_err(out_err)?;
+    if !args.wait {
+        return Ok(EXIT_OK);
+    }
+    let started = std::time::Instant::now();
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+    let mut progress = Progress::new(&plan);
+    loop {
+        let resp = conn.recv().map_err(|e| match e {
+            Error::Protocol(why) => {
+                Error::Protocol(format!("{why} (run {parent} may still be going)"))
+            }
+            e => e,
+        })?;
+        match resp {
+            Response::NodeDone(part) => {
+                let finished = progress.record(part);
+                if tty {
+                    write!(out, "\r\x1b[K{}", progress.status(started.elapsed()))
+                        .map_err(out_err)?;
+                } else if let Some(i) = finished {
+                    writeln!(out, "{}", progress.job_line(i)).map_err(out_err)?;
+                }
+                out.flush().map_err(out_err)?;
+            }
+            Response::ParentDone { .. } => {
+                if tty {
+                    writeln!(out, "\r\x1b[K{}", progress.status(started.elapsed()))
+                        .map_err(out_err)?;
+                }
+                out.write_all(progress.recap(started.elapsed()).as_bytes())
+                    .map_err(out_err)?;
+                return Ok(if progress.all_ok() {
+                    EXIT_OK
+                } else {
+                    EXIT_FAILED
+                });
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The plan as the files say, for a dry run without a server.
+fn local_plan(blocks: &[wire::Block]) -> Plan {
+    let jobs = blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| {
+            b.tasks.iter().map(move |t| PlannedJob {
+                job_id: None,
+                block: i,
+                targets: if b.targets.is_empty() {
+                    vec!["(every node)".into()]
+                } else {
+                    b.targets.clone()
+                },
+                verb: t.verb(),
+                args: t.args(),
+                task_sha1: t.sha1(),
+            })
+        })
+        .collect();
+    Plan {
+        parent_id: None,
+        jobs,
+    }
+}
+
+fn plan_table(plan: &Plan) -> String {
+    let rows: Vec<Vec<String>> = plan
+        .jobs
+        .iter()
+        .map(|j| {
+            let mut row = vec![
+                (j.block + 1).to_string(),
+                j.targets.join(","),
+                j.verb.to_string(),
+                shorten(&j.args, 48),
+                j.task_sha1.clone(),
+            ];
+            row.extend(j.job_id.map(|id| id.to_string()));
+            row
+        })
+        .collect();
+    let mut headers = vec!["BLOCK", "TARGETS", "VERB", "ARGS", "TASK SHA1"];
+    if plan.parent_id.is_some() {
+        headers.push("JOB ID");
+    }
+    table(&headers, &rows)
 }
 
 /// `director manage`.
@@ -248,16 +397,6 @@ fn states_summary(job: &JobView) -> String {
     parts.join(", ")
 }
 
-fn shorten(s: &str, max: usize) -> String {
-    let one_line = s.replace('\n', " ");
-    if one_line.chars().count() <= max {
-        return one_line;
-    }
-    let mut cut: String = one_line.chars().take(max.saturating_sub(3)).collect();
-    cut.push_str("...");
-    cut
-}
-
 fn jobs_table(jobs: &[JobView]) -> String {
     if jobs.is_empty() {
         return "no jobs\n".into();
@@ -367,7 +506,7 @@ fn write_part(out: &mut impl Write, p: &PartView) -> io::Result<()> {
 }
 
 /// A part's message and captured output, indented.
-fn write_output(out: &mut impl Write, p: &PartView) -> io::Result<()> {
+pub fn write_output(out: &mut impl Write, p: &PartView) -> io::Result<()> {
     if let Some(m) = &p.message {
         writeln!(out, "  {m}")?;
     }
@@ -402,12 +541,5 @@ mod tests {
             ],
         );
         assert_eq!(t, "A    LONG\nxxx  1\ny    22\n");
-    }
-
-    #[test]
-    fn shorten_cuts_long_args() {
-        assert_eq!(shorten("abc", 5), "abc");
-        assert_eq!(shorten("abcdefgh", 5), "ab...");
-        assert_eq!(shorten("a\nb", 5), "a b");
     }
 }

@@ -1,0 +1,282 @@
+//! Orchestration files: the original Director's YAML format, a list of blocks
+//! `{targets: [NODE...] (optional: every node), jobs: [{VERB: "args"}...]}`.
+//! Pure: text in, blocks of parsed tasks out, with every error naming the file,
+//! the line and the column. All files are parsed and checked before anything
+//! is submitted.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::dsl::{Task, Verb};
+use crate::wire::Block;
+
+/// How the command line narrows or changes what the files say.
+#[derive(Debug, Default, PartialEq)]
+pub struct Selection {
+    /// Replaces every block's targets when not empty.
+    pub targets: Vec<String>,
+    /// Keep only the jobs whose task SHA1 starts with one of these.
+    pub restrict: Vec<String>,
+    /// Run every job even where the node cached a success.
+    pub ignore_cache: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBlock {
+    #[serde(default)]
+    targets: Option<Vec<String>>,
+    jobs: Vec<FileJob>,
+}
+
+/// One `- VERB: args` entry, parsed as a task while its position is known.
+struct FileJob(Task);
+
+impl<'de> Deserialize<'de> for FileJob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FileJob, D::Error> {
+        d.deserialize_map(JobVisitor)
+    }
+}
+
+struct JobVisitor;
+
+const JOB_SHAPE: &str = "a job is a map of one VERB to its arguments, e.g. `- RUN: echo hi`";
+
+impl<'de> Visitor<'de> for JobVisitor {
+    type Value = FileJob;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a job: a map of one VERB to its arguments, e.g. `- RUN: echo hi`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FileJob, A::Error> {
+        let Some(verb) = map.next_key::<String>()? else {
+            return Err(de::Error::custom(format!("empty job: {JOB_SHAPE}")));
+        };
+        let verb: Verb = verb.parse().map_err(de::Error::custom)?;
+        let args = map.next_value::<Scalar>()?.0;
+        if let Some(other) = map.next_key::<String>()? {
+            return Err(de::Error::custom(format!(
+                "a job has one verb, this one also has '{other}': start each job with its own `- `"
+            )));
+        }
+        Task::parse(verb, &args)
+            .map(FileJob)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A job's arguments: a string, or a number or boolean taken as text.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("the job's arguments as a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parse one file's text into blocks.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
+    let err = |msg: String| format!("orchestration file {}: {msg}", path.display());
+    if serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map_err(|e| err(e.to_string()))?
+        .is_null()
+    {
+        return Err(err(
+            "it is empty: expected a list of blocks with `jobs`".into()
+        ));
+    }
+    let blocks: Vec<FileBlock> = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+    if blocks.is_empty() {
+        return Err(err("it has no blocks".into()));
+    }
+    Ok(blocks
+        .into_iter()
+        .map(|b| Block {
+            targets: b.targets.unwrap_or_default(),
+            tasks: b.jobs.into_iter().map(|j| j.0).collect(),
+        })
+        .collect())
+}
+
+/// Read and parse every file, then apply the selection. Any error stops
+/// everything: nothing is submitted from a run with one bad file.
+pub fn load(files: &[PathBuf], sel: &Selection) -> Result<Vec<Block>, String> {
+    let mut blocks = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read orchestration file {}: {e}", path.display()))?;
+        blocks.extend(parse(path, &text)?);
+    }
+    select(blocks, sel)
+}
+
+/// Apply `--target`, `--restrict` and `--ignore-cache`.
+pub fn select(mut blocks: Vec<Block>, sel: &Selection) -> Result<Vec<Block>, String> {
+    for r in &sel.restrict {
+        if r.len() < 4 || !r.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "--restrict '{r}': expected a task SHA1 (or its first 4 or more hex digits)"
+            ));
+        }
+    }
+    let wanted = |t: &Task| {
+        let sha = t.sha1();
+        sel.restrict.is_empty()
+            || sel
+                .restrict
+                .iter()
+                .any(|r| sha.starts_with(&r.to_ascii_lowercase()))
+    };
+    if let Some(r) = sel.restrict.iter().find(|r| {
+        !blocks
+            .iter()
+            .flat_map(|b| &b.tasks)
+            .any(|t| t.sha1().starts_with(&r.to_ascii_lowercase()))
+    }) {
+        return Err(format!(
+            "--restrict {r} matches no job in the orchestration"
+        ));
+    }
+    for b in &mut blocks {
+        if !sel.targets.is_empty() {
+            b.targets = sel.targets.clone();
+        }
+        b.tasks.retain(|t| wanted(t));
+        if sel.ignore_cache {
+            for t in &mut b.tasks {
+                t.options.skip_cache = true;
+            }
+        }
+    }
+    blocks.retain(|b| !b.tasks.is_empty());
+    Ok(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsl::Action;
+
+    fn p(text: &str) -> Result<Vec<Block>, String> {
+        parse(Path::new("site.yml"), text)
+    }
+
+    const EXAMPLE: &str = "---
+- jobs:
+  - WORKDIR: /home/centos/.ssh
+  - RUN: chmod 600 /home/centos/.ssh/* && chmod 700 /home/centos/.ssh
+- targets:
+  - df.next-c1.localdomain-client-1
+  - df.next-c2.localdomain-client-1
+  jobs:
+  - RUN: dnf install -y wget
+  - ARG: port 8080
+";
+
+    #[test]
+    fn the_original_example_parses() {
+        let blocks = p(EXAMPLE).unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks[0].targets.is_empty());
+        assert_eq!(
+            blocks[0].tasks[0].action,
+            Action::Workdir {
+                path: "/home/centos/.ssh".into()
+            }
+        );
+        assert_eq!(blocks[1].targets.len(), 2);
+        assert_eq!(
+            blocks[1].tasks[1].action,
+            Action::Arg {
+                key: "port".into(),
+                value: "8080".into()
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let e = p("- jobs:\n  - RUN: echo\n    ARG: a b\n").unwrap_err();
+        assert!(e.starts_with("orchestration file site.yml: "), "{e}");
+        assert!(e.contains("one verb") && e.contains("line 2"), "{e}");
+        let e = p("- jobs:\n  - FLY: away\n").unwrap_err();
+        assert!(
+            e.contains("unknown verb 'FLY'") && e.contains("line 2 column 5"),
+            "{e}"
+        );
+        let e = p("- targets: [a]\n").unwrap_err();
+        assert!(
+            e.contains("missing field `jobs`") && e.contains("line 1"),
+            "{e}"
+        );
+        let e = p("- jobs:\n  - RUN: --timeout x sleep 1\n").unwrap_err();
+        assert!(e.contains("--timeout") && e.contains("line 2"), "{e}");
+        let e = p("- jobs: [{RUN: a}]\n  tragets: [x]\n").unwrap_err();
+        assert!(e.contains("unknown field `tragets`"), "{e}");
+        let e = p("- jobs:\n  - echo hi\n").unwrap_err();
+        assert!(e.contains("a map of one VERB"), "{e}");
+        let e = p("- jobs: [\n").unwrap_err();
+        assert!(e.contains("line"), "{e}");
+        assert!(p("").unwrap_err().contains("empty"));
+        assert!(p("[]").unwrap_err().contains("no blocks"));
+        assert!(p("jobs: []").is_err());
+    }
+
+    #[test]
+    fn selection_overrides_targets_restricts_and_ignores_cache() {
+        let blocks = p(EXAMPLE).unwrap();
+        let sha = blocks[1].tasks[0].sha1();
+        let sel = Selection {
+            targets: vec!["n1".into()],
+            restrict: vec![sha[..8].to_uppercase()],
+            ignore_cache: true,
+        };
+        let out = select(blocks.clone(), &sel).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].targets, vec!["n1".to_string()]);
+        assert_eq!(out[0].tasks.len(), 1);
+        assert_eq!(out[0].tasks[0].sha1(), sha);
+        assert!(out[0].tasks[0].options.skip_cache);
+        let sel = Selection {
+            restrict: vec!["deadbeef".into()],
+            ..Selection::default()
+        };
+        assert_eq!(
+            select(blocks.clone(), &sel).unwrap_err(),
+            "--restrict deadbeef matches no job in the orchestration"
+        );
+        let sel = Selection {
+            restrict: vec!["xyz".into()],
+            ..Selection::default()
+        };
+        assert!(select(blocks, &sel)
+            .unwrap_err()
+            .contains("expected a task SHA1"));
+    }
+}

@@ -1,0 +1,240 @@
+//! What `orchestrate --wait` shows: a live status while a run goes on, a
+//! line per finished job, then a recap per node and the output of each
+//! failure. Pure: it is fed the plan and each node's result, and returns
+//! text for the CLI to print.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::clock::format_secs;
+use crate::wire::{JobState, PartView, Plan, PlannedJob};
+
+/// Per-node counts for the recap.
+#[derive(Default, Debug, PartialEq)]
+struct Tally {
+    ok: u32,
+    cached: u32,
+    skipped: u32,
+    failed: u32,
+}
+
+/// Progress of one orchestration run.
+pub struct Progress {
+    jobs: Vec<PlannedJob>,
+    index: HashMap<Uuid, usize>,
+    states: Vec<BTreeMap<JobState, u32>>,
+    nodes: BTreeMap<String, Tally>,
+    failures: Vec<(usize, PartView)>,
+}
+
+impl Progress {
+    pub fn new(plan: &Plan) -> Progress {
+        let mut nodes = BTreeMap::new();
+        for j in &plan.jobs {
+            for t in &j.targets {
+                nodes.entry(t.clone()).or_insert_with(Tally::default);
+            }
+        }
+        Progress {
+            index: plan
+                .jobs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, j)| j.job_id.map(|id| (id, i)))
+                .collect(),
+            states: vec![BTreeMap::new(); plan.jobs.len()],
+            jobs: plan.jobs.clone(),
+            nodes,
+            failures: Vec::new(),
+        }
+    }
+
+    fn done_count(&self, i: usize) -> u32 {
+        self.states[i].values().sum()
+    }
+
+    /// Record one node's result. Returns the job's index when that result
+    /// completed the job.
+    pub fn record(&mut self, part: PartView) -> Option<usize> {
+        let i = *self.index.get(&part.job_id)?;
+        *self.states[i].entry(part.state).or_insert(0) += 1;
+        let tally = self.nodes.entry(part.node.clone()).or_default();
+        match part.state {
+            JobState::Succeeded => tally.ok += 1,
+            JobState::Cached => tally.cached += 1,
+            JobState::Skipped => tally.skipped += 1,
+            _ => tally.failed += 1,
+        }
+        if !part.state.is_ok() && part.state != JobState::Skipped {
+            self.failures.push((i, part));
+        }
+        (self.done_count(i) as usize == self.jobs[i].targets.len()).then_some(i)
+    }
+
+    /// The live one-line status for a terminal.
+    pub fn status(&self, elapsed: Duration) -> String {
+        let total = self.jobs.len();
+        let current =
+            (0..total).find(|i| (self.done_count(*i) as usize) < self.jobs[*i].targets.len());
+        match current {
+            Some(i) => format!(
+                "[job {}/{total}] {} {}: {}/{} nodes done, {} elapsed",
+                i + 1,
+                self.jobs[i].verb,
+                shorten(&self.jobs[i].args, 40),
+                self.done_count(i),
+                self.jobs[i].targets.len(),
+                format_secs(elapsed.as_secs_f64())
+            ),
+            None => format!(
+                "[{total}/{total} jobs done] {} elapsed",
+                format_secs(elapsed.as_secs_f64())
+            ),
+        }
+    }
+
+    /// A plain line for a job that just finished.
+    pub fn job_line(&self, i: usize) -> String {
+        let j = &self.jobs[i];
+        let states: Vec<String> = self.states[i]
+            .iter()
+            .map(|(s, n)| format!("{n} {}", s.name()))
+            .collect();
+        format!(
+            "job {}/{} {} {}: {}",
+            i + 1,
+            self.jobs.len(),
+            j.verb,
+            shorten(&j.args, 60),
+            states.join(", ")
+        )
+    }
+
+    /// Did every step hold on every node?
+    pub fn all_ok(&self) -> bool {
+        self.nodes.values().all(|t| t.failed == 0 && t.skipped == 0)
+    }
+
+    /// The recap per node, then each failure with its output.
+    pub fn recap(&self, elapsed: Duration) -> String {
+        let mut s = format!("recap after {}:\n", format_secs(elapsed.as_secs_f64()));
+        let width = self.nodes.keys().map(|n| n.len()).max().unwrap_or(4).max(4);
+        s.push_str(&format!(
+            "  {:<width$}  {:>5}  {:>6}  {:>7}  {:>6}\n",
+            "NODE", "OK", "CACHED", "SKIPPED", "FAILED"
+        ));
+        for (node, t) in &self.nodes {
+            s.push_str(&format!(
+                "  {node:<width$}  {:>5}  {:>6}  {:>7}  {:>6}\n",
+                t.ok, t.cached, t.skipped, t.failed
+            ));
+        }
+        for (i, p) in &self.failures {
+            let j = &self.jobs[*i];
+            s.push_str(&format!(
+                "\n{}: job {}/{} {} {}: {}",
+                p.node,
+                i + 1,
+                self.jobs.len(),
+                j.verb,
+                j.args,
+                p.state.name()
+            ));
+            match (p.exit_code, p.signal) {
+                (Some(c), _) => s.push_str(&format!(", exit {c}")),
+                (None, Some(sig)) => s.push_str(&format!(", killed by signal {sig}")),
+                _ => {}
+            }
+            s.push('\n');
+            let mut body = Vec::new();
+            // Writing to a Vec cannot fail.
+            let _ = crate::user::write_output(&mut body, p);
+            s.push_str(&String::from_utf8_lossy(&body));
+        }
+        s
+    }
+}
+
+/// `s` on one line, cut to `max` characters.
+pub fn shorten(s: &str, max: usize) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max.saturating_sub(3)).collect();
+    cut.push_str("...");
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsl::Verb;
+
+    fn part(job_id: Uuid, node: &str, state: JobState) -> PartView {
+        PartView {
+            job_id,
+            node: node.into(),
+            state,
+            exit_code: (state == JobState::Failed).then_some(2),
+            signal: None,
+            message: None,
+            stdout: String::new(),
+            stderr: if state == JobState::Failed {
+                "boom\n".into()
+            } else {
+                String::new()
+            },
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            exec_secs: None,
+            rtt_secs: None,
+            sent_ms: None,
+            finished_ms: None,
+        }
+    }
+
+    #[test]
+    fn tracks_jobs_nodes_and_failures() {
+        let ids = [Uuid::new_v4(), Uuid::new_v4()];
+        let job = |i: usize| PlannedJob {
+            job_id: Some(ids[i]),
+            block: 0,
+            targets: vec!["a".into(), "b".into()],
+            verb: Verb::Run,
+            args: format!("step {i}"),
+            task_sha1: String::new(),
+        };
+        let mut p = Progress::new(&Plan {
+            parent_id: Some(Uuid::new_v4()),
+            jobs: vec![job(0), job(1)],
+        });
+        assert_eq!(p.record(part(ids[0], "a", JobState::Succeeded)), None);
+        assert!(p
+            .status(Duration::from_secs(2))
+            .starts_with("[job 1/2] RUN step 0: 1/2 nodes done"));
+        assert_eq!(p.record(part(ids[0], "b", JobState::Failed)), Some(0));
+        assert_eq!(p.job_line(0), "job 1/2 RUN step 0: 1 succeeded, 1 failed");
+        p.record(part(ids[1], "a", JobState::Cached));
+        assert_eq!(p.record(part(ids[1], "b", JobState::Skipped)), Some(1));
+        assert!(!p.all_ok());
+        let recap = p.recap(Duration::from_secs(3));
+        assert!(
+            recap.contains("  a         1       1        0       0"),
+            "{recap}"
+        );
+        assert!(
+            recap.contains("  b         0       0        1       1"),
+            "{recap}"
+        );
+        assert!(
+            recap.contains("b: job 1/2 RUN step 0: failed, exit 2"),
+            "{recap}"
+        );
+        assert!(recap.contains("stderr | boom"), "{recap}");
+        // Results for jobs of another run are ignored.
+        assert_eq!(p.record(part(Uuid::new_v4(), "a", JobState::Failed)), None);
+    }
+}
