@@ -141,7 +141,17 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
     let mut m = ModeArgs::default();
     let mut help = false;
 
-    while let Some(arg) = parser.next().map_err(usage)? {
+    loop {
+        // A job string may begin with its own options, as in the original
+        // Director: `exec --verb RUN '--skip-cache echo hi'`. A word with
+        // whitespace in it is never one of our options, so take it whole.
+        if let Some(job) = next_job_string(&mut parser) {
+            m.positional.push(string(job)?);
+            continue;
+        }
+        let Some(arg) = parser.next().map_err(usage)? else {
+            break;
+        };
         match arg {
             Short('h') | Long("help") => help = true,
             Short('V') | Long("version") => {
@@ -219,7 +229,12 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Value(v) => {
                 let v = string(v)?;
                 match Mode::parse(&v) {
-                    Some(mode) if positional_mode.is_none() && m.positional.is_empty() => {
+                    // The first word names the mode, unless --mode already did.
+                    Some(mode)
+                        if positional_mode.is_none()
+                            && m.positional.is_empty()
+                            && !switches.contains_key("mode") =>
+                    {
                         positional_mode = Some(mode)
                     }
                     _ => m.positional.push(v),
@@ -274,6 +289,15 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         Some(mode) => command(mode, m)?,
     };
     Ok(Invocation { command, config })
+}
+
+/// The next raw argument if it is a job string starting with `-`.
+fn next_job_string(parser: &mut lexopt::Parser) -> Option<OsString> {
+    let mut raw = parser.raw_args().ok()?;
+    let next = raw.peek()?.to_str()?;
+    (next.starts_with('-') && next.contains(char::is_whitespace))
+        .then(|| raw.next())
+        .flatten()
 }
 
 /// Keep the first of each repeated name, in order.
@@ -592,6 +616,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown verb 'FLY'"));
+        // A job string may start with its own options.
+        let inv = parse_v(&[
+            "exec",
+            "--verb",
+            "RUN",
+            "--skip-cache --timeout=5 echo hi",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Exec(e) = inv.command else {
+            panic!("not exec")
+        };
+        assert_eq!(e.args, "--skip-cache --timeout=5 echo hi");
+        assert!(e.wait);
+        // With --mode given, a mode word is just an argument.
+        let inv = parse_v(&["--mode", "exec", "--verb", "RUN", "client"]).unwrap();
+        let Command::Exec(e) = inv.command else {
+            panic!("not exec")
+        };
+        assert_eq!(e.args, "client");
     }
 
     #[test]

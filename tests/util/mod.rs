@@ -214,6 +214,11 @@ impl Cluster {
 
     /// Start a client named `name` whose working directory is its own.
     pub fn start_client(&mut self, name: &str) {
+        self.start_client_with(name, &[]);
+    }
+
+    /// Start a client with extra options.
+    pub fn start_client_with(&mut self, name: &str, more: &[&str]) {
         let cwd = self.node_dir(name);
         fs::create_dir_all(&cwd).unwrap();
         let extra = vec![
@@ -224,6 +229,10 @@ impl Cluster {
             "--cache-path".into(),
             cwd.join("cache").display().to_string(),
         ];
+        let extra: Vec<String> = extra
+            .into_iter()
+            .chain(more.iter().map(|s| s.to_string()))
+            .collect();
         let proc = self.spawn("client", &extra, &format!("client-{name}.log"), &cwd);
         self.clients.insert(name.to_owned(), proc);
     }

@@ -1,0 +1,360 @@
+//! End-to-end tests of the DSL, the node cache and orchestration files: a
+//! real server and clients on loopback, driven through the real CLI.
+
+mod util;
+
+use std::fs;
+use std::path::PathBuf;
+
+use util::{pid_gone, read_pid, wait_until, Cluster, DEADLINE};
+
+fn write(c: &Cluster, name: &str, text: &str) -> PathBuf {
+    let p = c.dir.path.join(name);
+    fs::write(&p, text).unwrap();
+    p
+}
+
+fn orchestrate(c: &Cluster, file: &PathBuf, extra: &[&str]) -> util::Out {
+    let mut args = vec!["orchestrate", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    c.cli(&args)
+}
+
+fn jobs(c: &Cluster) -> Vec<serde_json::Value> {
+    let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
+    serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The recap row of `node`: (ok, cached, skipped, failed).
+fn recap(stdout: &str, node: &str) -> (u32, u32, u32, u32) {
+    let start = stdout.find("recap after").expect("no recap");
+    let line = stdout[start..]
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(node))
+        .unwrap_or_else(|| panic!("no recap row for {node} in {stdout}"));
+    let n: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (n[0], n[1], n[2], n[3])
+}
+
+const SITE: &str = "---
+- jobs:
+  - ARG: app demo
+  - WORKDIR: out/{{ app }}
+  - RUN: --stdout-arg who echo node-$(basename $PWD)
+  - RUN: echo \"{{ who }} runs {{ app }}\" > out/{{ app }}/proof.txt
+- targets:
+  - n1
+  - n2
+  jobs:
+  - RUN: echo second block >> second.txt
+";
+
+#[test]
+fn the_original_shape_runs_and_templates_chain_args() {
+    let c = Cluster::start("site", &["n1", "n2", "n3"], "1");
+    let file = write(&c, "site.yml", SITE);
+    let out = orchestrate(&c, &file, &["--wait"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("parent "), "{}", out.stdout);
+    for n in ["n1", "n2", "n3"] {
+        let proof = fs::read_to_string(c.node_dir(n).join("out/demo/proof.txt")).unwrap();
+        assert_eq!(proof, format!("node-node-{n} runs demo\n"));
+    }
+    assert!(c.node_dir("n1").join("second.txt").exists());
+    assert!(c.node_dir("n2").join("second.txt").exists());
+    assert!(!c.node_dir("n3").join("second.txt").exists());
+    assert_eq!(recap(&out.stdout, "n1"), (5, 0, 0, 0));
+    assert_eq!(recap(&out.stdout, "n3"), (4, 0, 0, 0));
+    // One parent for the whole run, shown by manage.
+    let js = jobs(&c);
+    assert_eq!(js.len(), 5);
+    let parent = js[0]["parent"].as_str().unwrap().to_owned();
+    assert!(out.stdout.contains(&parent));
+    assert!(js.iter().all(|j| j["parent"] == parent.as_str()));
+}
+
+#[test]
+fn cached_steps_are_skipped_until_ignored_or_their_args_change() {
+    let c = Cluster::start("cache", &["c1", "c2"], "1");
+    let file = write(&c, "site.yml", "- jobs:\n  - ARG: greeting hello\n  - RUN: echo {{ greeting }} >> log.txt\n  - RUN: echo static >> static.txt\n");
+    let count = |n: &str, f: &str| {
+        fs::read_to_string(c.node_dir(n).join(f))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(orchestrate(&c, &file, &["--wait"]).code, 0);
+    // Again: ARG applies, the two RUNs are cached.
+    let out = orchestrate(&c, &file, &["--wait"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(recap(&out.stdout, "c1"), (1, 2, 0, 0));
+    assert_eq!((count("c1", "log.txt"), count("c1", "static.txt")), (1, 1));
+    // --ignore-cache runs everything again.
+    let out = orchestrate(&c, &file, &["--wait", "--ignore-cache"]);
+    assert_eq!(recap(&out.stdout, "c2"), (3, 0, 0, 0));
+    assert_eq!((count("c2", "log.txt"), count("c2", "static.txt")), (2, 2));
+    // A new ARG value re-runs the step that uses it, not the other.
+    fs::write(&file, "- jobs:\n  - ARG: greeting bonjour\n  - RUN: echo {{ greeting }} >> log.txt\n  - RUN: echo static >> static.txt\n").unwrap();
+    let out = orchestrate(&c, &file, &["--wait"]);
+    assert_eq!(recap(&out.stdout, "c1"), (2, 1, 0, 0));
+    let log = fs::read_to_string(c.node_dir("c1").join("log.txt")).unwrap();
+    assert_eq!(log.lines().last(), Some("bonjour"));
+    // --skip-cache in the job itself, through exec.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--target",
+        "c1",
+        "--skip-cache echo static >> static.txt",
+    ]);
+    assert!(out.stdout.contains("c1: succeeded"), "{out:?}");
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--target",
+        "c1",
+        "echo static >> static.txt",
+    ]);
+    assert!(out.stdout.contains("c1: skipped (cached)"), "{out:?}");
+    assert_eq!(out.code, 0);
+}
+
+#[test]
+fn the_cache_survives_a_client_restart_and_expires() {
+    let mut c = Cluster::start("ttl", &["t1"], "1");
+    let id = c.submit(&["t1"], "echo once >> once.txt");
+    c.wait_job_done(&id);
+    c.client("t1").signal(libc::SIGTERM);
+    c.client("t1").wait_exit(DEADLINE);
+    // Restart with a 2-second time-to-live: the entry is still fresh.
+    c.start_client_with("t1", &["--cache-ttl", "2"]);
+    c.wait_nodes(&["t1"]);
+    let id = c.submit(&["t1"], "echo once >> once.txt");
+    assert_eq!(c.wait_job_done(&id)["nodes"][0]["state"], "cached");
+    // Once expired it is gone from the disk, and the step runs again.
+    let journal = c.node_dir("t1").join("cache/journal.bin");
+    wait_until("cache entry dropped from disk", DEADLINE, || {
+        let bytes = fs::read(&journal).unwrap_or_default();
+        c.client("t1").log_text().contains("dropped 1 expired") && bytes.len() < 16
+    });
+    let id = c.submit(&["t1"], "echo once >> once.txt");
+    assert_eq!(c.wait_job_done(&id)["nodes"][0]["state"], "succeeded");
+    assert_eq!(
+        fs::read_to_string(c.node_dir("t1").join("once.txt")).unwrap(),
+        "once\nonce\n"
+    );
+}
+
+#[test]
+fn restrict_submits_only_the_named_tasks() {
+    let c = Cluster::start("restrict", &["r1"], "1");
+    let file = write(
+        &c,
+        "site.yml",
+        "- jobs:\n  - RUN: echo one > one.txt\n  - RUN: echo two > two.txt\n",
+    );
+    let dry = orchestrate(&c, &file, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let sha_two = dry
+        .stdout
+        .lines()
+        .find(|l| l.contains("two.txt"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sha_two.len(), 40, "{}", dry.stdout);
+    let out = orchestrate(&c, &file, &["--wait", "--restrict", &sha_two[..10]]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(c.node_dir("r1").join("two.txt").exists());
+    assert!(!c.node_dir("r1").join("one.txt").exists());
+    assert_eq!(jobs(&c).len(), 1);
+}
+
+#[test]
+fn run_once_runs_on_exactly_one_target() {
+    let c = Cluster::start("once", &["o1", "o2", "o3"], "1");
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--run-once touch ran-once",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let ran: Vec<&str> = ["o1", "o2", "o3"]
+        .into_iter()
+        .filter(|n| c.node_dir(n).join("ran-once").exists())
+        .collect();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(out.stdout.contains("1 succeeded"));
+}
+
+#[test]
+fn timeout_kills_the_command_and_its_children() {
+    let c = Cluster::start("timeout", &["k"], "1");
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--timeout 2 sleep 300 & echo $! > child.pid; echo $$ > sh.pid; sleep 300",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("k: timed out"), "{}", out.stdout);
+    assert!(out.stdout.contains("timed out after 2s"), "{}", out.stdout);
+    let dir = c.node_dir("k");
+    let (child, sh) = (
+        read_pid(&dir.join("child.pid")),
+        read_pid(&dir.join("sh.pid")),
+    );
+    wait_until("timed-out processes gone", DEADLINE, || {
+        pid_gone(child) && pid_gone(sh)
+    });
+    // The node carries on with the next job.
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo next"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn a_failure_stops_the_run_on_that_node_only() {
+    let c = Cluster::start("midfail", &["good", "bad"], "1");
+    fs::write(c.node_dir("bad").join("fail-here"), "").unwrap();
+    let file = write(
+        &c,
+        "site.yml",
+        "- jobs:\n  - RUN: echo 1 >> steps\n  - RUN: if [ -e fail-here ]; then echo broken >&2; exit 3; fi\n  - RUN: echo 3 >> steps\n  - RUN: echo 4 >> steps\n- jobs:\n  - RUN: echo 5 >> steps\n",
+    );
+    let out = orchestrate(&c, &file, &["--wait"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        fs::read_to_string(c.node_dir("good").join("steps")).unwrap(),
+        "1\n3\n4\n5\n"
+    );
+    assert_eq!(
+        fs::read_to_string(c.node_dir("bad").join("steps")).unwrap(),
+        "1\n"
+    );
+    assert_eq!(recap(&out.stdout, "good"), (5, 0, 0, 0));
+    assert_eq!(recap(&out.stdout, "bad"), (1, 0, 3, 1));
+    assert!(out.stdout.contains("bad: job 2/5 RUN"), "{}", out.stdout);
+    assert!(out.stdout.contains("stderr | broken"), "{}", out.stdout);
+    let skipped = jobs(&c)
+        .iter()
+        .filter(|j| j["states"]["skipped"] == 1)
+        .count();
+    assert_eq!(skipped, 3);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_submits_nothing() {
+    let c = Cluster::start("dry", &["d1", "d2"], "1");
+    let file = write(
+        &c,
+        "site.yml",
+        SITE.replace("n1", "d1").replace("n2", "d2").as_str(),
+    );
+    let out = orchestrate(&c, &file, &["--dry-run", "--target", "d2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rows: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 5, "{}", out.stdout);
+    assert!(
+        rows.iter()
+            .all(|r| r.split_whitespace().nth(1) == Some("d2")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("WORKDIR") && out.stdout.contains("TASK SHA1"));
+    assert!(jobs(&c).is_empty());
+    assert!(!c.node_dir("d2").join("out").exists());
+}
+
+#[test]
+fn bad_orchestrations_are_refused_whole_and_queue_nothing() {
+    let c = Cluster::start("bad", &["b1"], "1");
+    let good = write(&c, "good.yml", "- jobs:\n  - RUN: touch should-not-run\n");
+    let cases = [
+        ("yaml.yml", "- jobs: [\n", "line 2"),
+        (
+            "shape.yml",
+            "- jobs:\n  - RUN: a\n    ARG: b c\n",
+            "one verb",
+        ),
+        ("verb.yml", "- jobs:\n  - FLY: away\n", "unknown verb 'FLY'"),
+        ("nojobs.yml", "- targets: [b1]\n", "missing field `jobs`"),
+        (
+            "target.yml",
+            "- targets: [ghost]\n  jobs:\n  - RUN: true\n",
+            "unknown target node 'ghost'",
+        ),
+        (
+            "option.yml",
+            "- jobs:\n  - RUN: --timeout never sleep 1\n",
+            "--timeout",
+        ),
+        (
+            "arg.yml",
+            "- jobs:\n  - ARG: lonely\n",
+            "ARG needs KEY VALUE",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let bad = write(&c, name, text);
+        // The good file first: nothing of it may be queued either.
+        let out = c.cli(&["orchestrate", good.to_str().unwrap(), bad.to_str().unwrap()]);
+        assert_eq!(out.code, 2, "{name}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{name}: {out:?}");
+        assert!(out.stderr.contains(want), "{name}: {out:?}");
+        if name != "target.yml" {
+            assert!(out.stderr.contains(name), "{name} is named: {out:?}");
+        }
+    }
+    let out = c.cli(&[
+        "orchestrate",
+        c.dir.path.join("missing.yml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("missing.yml"), "{out:?}");
+    assert!(jobs(&c).is_empty());
+    assert!(!c.node_dir("b1").join("should-not-run").exists());
+}
+
+#[test]
+fn exec_runs_every_verb_and_names_undefined_variables() {
+    let c = Cluster::start("verbs", &["v"], "1");
+    let run = |verb: &str, args: &str| c.cli(&["exec", "--verb", verb, "--wait", args]);
+    assert_eq!(run("ENV", "GREETING hi-from-env").code, 0);
+    assert_eq!(run("ARG", "dir deep/er").code, 0);
+    assert_eq!(run("WORKDIR", "made/{{ dir }}").code, 0);
+    assert!(c.node_dir("v").join("made/deep/er").is_dir());
+    let out = run("RUN", "echo $GREETING");
+    assert!(out.stdout.contains("stdout | hi-from-env"), "{out:?}");
+    let out = run("RUN", "echo {{ nope }}");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("undefined template variable 'nope'"),
+        "{out:?}"
+    );
+    let out = c.cli(&["exec", "--verb", "ARG", "--stdout-arg", "x", "k v"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = c.cli(&["exec", "--verb", "WORKDIR", "--wait", "--stdout-arg x /tmp"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--stdout-arg does not apply to WORKDIR"),
+        "{out:?}"
+    );
+}
