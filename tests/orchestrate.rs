@@ -4,7 +4,7 @@
 mod util;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use util::{pid_gone, read_pid, wait_until, Cluster, DEADLINE};
 
@@ -14,7 +14,7 @@ fn write(c: &Cluster, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn orchestrate(c: &Cluster, file: &PathBuf, extra: &[&str]) -> util::Out {
+fn orchestrate(c: &Cluster, file: &Path, extra: &[&str]) -> util::Out {
     let mut args = vec!["orchestrate", file.to_str().unwrap()];
     args.extend_from_slice(extra);
     c.cli(&args)
