@@ -1,0 +1,98 @@
+//! The 1000-job benchmark: a server and 6 clients on loopback run an
+//! orchestration of 1000 `RUN: --skip-cache echo hello world` jobs on all 6
+//! nodes to completion. In the same run it times the floor: 6 parallel loops
+//! of 1000 `sh -c 'echo hello world'` with their output captured, which is the
+//! process-starting work the nodes cannot avoid. It prints both and their
+//! ratio; near 1 means director's own overhead vanishes next to that floor.
+//!
+//! Run: `cargo bench --bench orchestrate` (JOBS and NODES may be set in the
+//! environment to change the size).
+
+#[path = "../tests/util/mod.rs"]
+mod util;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `nodes` threads, each starting `jobs` shells one after another.
+fn floor(nodes: usize, jobs: usize) -> Duration {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..nodes)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..jobs {
+                    let out = Command::new("/bin/sh")
+                        .args(["-c", "echo hello world"])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn director(c: &util::Cluster, file: &std::path::Path) -> Duration {
+    let start = Instant::now();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--wait"]);
+    let elapsed = start.elapsed();
+    assert_eq!(out.code, 0, "orchestration failed: {}", out.stderr);
+    elapsed
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this benchmark takes no filter.
+    let jobs = env_usize("JOBS", 1000);
+    let nodes = env_usize("NODES", 6);
+    let names: Vec<String> = (1..=nodes).map(|i| format!("bench-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let c = util::Cluster::start("bench", &refs, "5");
+    let yaml: String = std::iter::once("- jobs:\n".to_owned())
+        .chain((0..jobs).map(|_| "  - RUN: --skip-cache echo hello world\n".to_owned()))
+        .collect();
+    let file = c.dir.path.join("bench.yml");
+    std::fs::write(&file, yaml).unwrap();
+
+    println!(
+        "director orchestrate: {jobs} jobs x {nodes} nodes on loopback ({} processes)",
+        jobs * nodes
+    );
+    // Alternate the two so that machine noise hits both alike.
+    let mut d = Vec::new();
+    let mut f = Vec::new();
+    for round in 1..=2 {
+        let fl = floor(nodes, jobs);
+        let di = director(&c, &file);
+        println!(
+            "  round {round}: floor {:.3}s, director {:.3}s",
+            fl.as_secs_f64(),
+            di.as_secs_f64()
+        );
+        f.push(fl);
+        d.push(di);
+    }
+    let best_f = f.iter().min().unwrap().as_secs_f64();
+    let best_d = d.iter().min().unwrap().as_secs_f64();
+    println!("floor (6 parallel loops of sh -c, best of 2):   {best_f:.3}s");
+    println!("director (orchestrate --wait, best of 2):       {best_d:.3}s");
+    println!(
+        "ratio director / floor:                         {:.2}",
+        best_d / best_f
+    );
+    println!(
+        "wall time per job (all nodes in parallel): director {:.0} us, floor {:.0} us",
+        best_d * 1e6 / jobs as f64,
+        best_f * 1e6 / jobs as f64
+    );
+}
