@@ -43,10 +43,20 @@ impl Conn {
     }
 
     fn recv(&mut self) -> Result<Response> {
+        loop {
+            if let Some(resp) = self.recv_tick()? {
+                return Ok(resp);
+            }
+        }
+    }
+
+    /// The next response, or `None` when the stream's read timeout passed
+    /// first (the caller's chance to redraw a live status).
+    fn recv_tick(&mut self) -> Result<Option<Response>> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match self.inbuf.next::<Response>() {
-                Ok(Some(resp)) => return Ok(resp),
+                Ok(Some(resp)) => return Ok(Some(resp)),
                 Ok(None) => {}
                 Err(e) => {
                     return Err(Error::Protocol(format!(
@@ -62,6 +72,14 @@ impl Conn {
                 }
                 Ok(n) => self.inbuf.push(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
                 Err(e) => {
                     return Err(Error::Protocol(format!(
                         "lost the connection to the server: {e}"
@@ -192,13 +210,24 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     // SAFETY: isatty only inspects the descriptor.
     let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
     let mut progress = Progress::new(&plan);
+    if tty {
+        // Wake up every second to keep the elapsed time moving.
+        let _ = conn
+            .stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    }
     loop {
-        let resp = conn.recv().map_err(|e| match e {
+        let resp = conn.recv_tick().map_err(|e| match e {
             Error::Protocol(why) => {
                 Error::Protocol(format!("{why} (run {parent} may still be going)"))
             }
             e => e,
         })?;
+        let Some(resp) = resp else {
+            write!(out, "\r\x1b[K{}", progress.status(started.elapsed())).map_err(out_err)?;
+            out.flush().map_err(out_err)?;
+            continue;
+        };
         match resp {
             Response::NodeDone(part) => {
                 let finished = progress.record(part);
