@@ -152,8 +152,7 @@ impl Cache {
         let ttl = self.ttl_ms;
         self.done.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
         let dropped = before - self.done.len();
-        let live = self.args.len() + self.env.len() + self.done.len();
-        if dropped > 0 || self.records > 2 * live + 1024 {
+        if dropped > 0 || self.records > 2 * self.live() + 1024 {
             if let Err(e) = self.compact() {
                 log::error!(
                     "cache {}: cannot rewrite the journal: {e}",
@@ -164,10 +163,24 @@ impl Cache {
         dropped
     }
 
+    fn live(&self) -> usize {
+        self.args.len() + self.env.len() + self.done.len()
+    }
+
     fn append(&mut self, rec: Record) {
         let bytes = encode(&rec);
         self.apply(rec);
         self.records += 1;
+        if self.records > 2 * self.live() + 1024 {
+            // Mostly dead records (the same steps re-run): rewrite instead.
+            if let Err(e) = self.compact() {
+                log::error!(
+                    "cache {}: cannot rewrite the journal: {e}",
+                    self.dir.display()
+                );
+            }
+            return;
+        }
         if let Err(e) = self.journal.write_all(&bytes) {
             log::error!(
                 "cache {}: cannot write: {e}; the change holds until the client restarts",
@@ -278,6 +291,20 @@ mod tests {
         let bytes = fs::read(d.join(JOURNAL)).unwrap();
         assert!(!bytes.windows(7).any(|w| w == b"old-key"));
         assert!(bytes.windows(7).any(|w| w == b"new-key"));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn re_running_the_same_step_does_not_grow_the_journal() {
+        let d = dir("grow");
+        let mut c = Cache::open(&d, DAY, 0).unwrap();
+        for i in 0..5000 {
+            c.record_done("same-step", i);
+        }
+        let size = fs::metadata(d.join(JOURNAL)).unwrap().len();
+        assert!(size < 100_000, "journal is {size} bytes");
+        drop(c);
+        assert!(Cache::open(&d, DAY, 5000).unwrap().is_done("same-step", 5000));
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -61,8 +61,8 @@ enum Timer {
     Reopen,
     ReapSweep,
     KillGrace,
-    /// The running job's `--timeout`; the generation tells which job.
-    JobTimeout(u64),
+    /// Check the running job's `--timeout`.
+    JobTimeout,
     /// Drop expired cache entries.
     CacheSweep,
 }
@@ -105,8 +105,8 @@ struct Running {
     parent: Option<Uuid>,
     child: Child,
     on_success: OnSuccess,
-    /// Tells this job's timeout timer from an earlier job's.
-    gen: u64,
+    /// When its `--timeout` passes.
+    deadline: Instant,
     timeout_secs: u64,
     timed_out: bool,
 }
@@ -124,7 +124,9 @@ pub struct Client {
     backoff: Duration,
     queue: VecDeque<Queued>,
     running: Option<Running>,
-    run_gen: u64,
+    /// The earliest pending `JobTimeout` timer. Jobs share it rather than
+    /// each leaving a timer in the heap for up to its whole timeout.
+    timeout_armed: Option<Instant>,
     cache: Cache,
     failed_parents: HashSet<Uuid>,
     failed_order: VecDeque<Uuid>,
@@ -164,7 +166,7 @@ impl Client {
             backoff: BACKOFF_FIRST,
             queue: VecDeque::new(),
             running: None,
-            run_gen: 0,
+            timeout_armed: None,
             cache,
             failed_parents: HashSet::new(),
             failed_order: VecDeque::new(),
@@ -430,18 +432,15 @@ impl Client {
                     if !child.has_pidfd() {
                         self.timers.at(now + REAP_SWEEP, Timer::ReapSweep);
                     }
-                    self.run_gen += 1;
                     let timeout_secs = task.options.timeout_secs;
-                    self.timers.at(
-                        now + Duration::from_secs(timeout_secs),
-                        Timer::JobTimeout(self.run_gen),
-                    );
+                    let deadline = now + Duration::from_secs(timeout_secs);
+                    self.arm_timeout(deadline);
                     self.running = Some(Running {
                         job_id,
                         parent,
                         child,
                         on_success,
-                        gen: self.run_gen,
+                        deadline,
                         timeout_secs,
                         timed_out: false,
                     });
@@ -449,6 +448,14 @@ impl Client {
                 }
                 Started::Done(outcome) => self.report(job_id, parent, outcome),
             }
+        }
+    }
+
+    /// Make sure a `JobTimeout` fires no later than `deadline`.
+    fn arm_timeout(&mut self, deadline: Instant) {
+        if self.timeout_armed.is_none_or(|armed| deadline < armed) {
+            self.timers.at(deadline, Timer::JobTimeout);
+            self.timeout_armed = Some(deadline);
         }
     }
 
@@ -557,16 +564,27 @@ impl Client {
                         self.timers.at(now + REAP_SWEEP, Timer::ReapSweep);
                     }
                 }
-                Timer::JobTimeout(gen) => {
-                    if let Some(r) = self.running.as_mut().filter(|r| r.gen == gen) {
-                        log::warn!(
-                            "job {}: timed out after {}s; killing process group {}",
-                            r.job_id,
-                            r.timeout_secs,
-                            r.child.pid()
-                        );
-                        r.child.signal_group(libc::SIGKILL);
-                        r.timed_out = true;
+                Timer::JobTimeout => {
+                    if self.timeout_armed.is_some_and(|armed| armed > now) {
+                        continue; // superseded by an earlier one, still pending
+                    }
+                    self.timeout_armed = None;
+                    match self.running.as_mut() {
+                        Some(r) if r.deadline <= now && !r.timed_out => {
+                            log::warn!(
+                                "job {}: timed out after {}s; killing process group {}",
+                                r.job_id,
+                                r.timeout_secs,
+                                r.child.pid()
+                            );
+                            r.child.signal_group(libc::SIGKILL);
+                            r.timed_out = true;
+                        }
+                        Some(r) if !r.timed_out => {
+                            let deadline = r.deadline;
+                            self.arm_timeout(deadline);
+                        }
+                        _ => {}
                     }
                 }
                 Timer::CacheSweep => {
