@@ -36,11 +36,24 @@ pub enum Verb {
     /// Create a directory and its parents.
     #[serde(rename = "WORKDIR")]
     Workdir,
+    /// Send files from the server's machine to the nodes.
+    #[serde(rename = "ADD")]
+    Add,
+    /// The same as ADD.
+    #[serde(rename = "COPY")]
+    Copy,
 }
 
 impl Verb {
     /// Every verb, for messages that list them.
-    pub const ALL: &'static [Verb] = &[Verb::Run, Verb::Arg, Verb::Env, Verb::Workdir];
+    pub const ALL: &'static [Verb] = &[
+        Verb::Run,
+        Verb::Arg,
+        Verb::Env,
+        Verb::Workdir,
+        Verb::Add,
+        Verb::Copy,
+    ];
 
     /// The verb as users write it.
     pub fn name(self) -> &'static str {
@@ -49,6 +62,8 @@ impl Verb {
             Verb::Arg => "ARG",
             Verb::Env => "ENV",
             Verb::Workdir => "WORKDIR",
+            Verb::Add => "ADD",
+            Verb::Copy => "COPY",
         }
     }
 }
@@ -108,6 +123,40 @@ pub enum Action {
     Env { key: String, value: String },
     /// `WORKDIR PATH`: PATH is a template.
     Workdir { path: String },
+    /// `ADD [--chown USER[:GROUP]] SRC... DEST`: DEST is a template. `files`
+    /// are the sources as resolved by the CLI (globs expanded, contents
+    /// hashed); empty until then.
+    Add {
+        chown: Option<String>,
+        sources: Vec<String>,
+        dest: String,
+        files: Vec<SourceFile>,
+    },
+}
+
+/// One file an ADD sends, as found on the server's machine at submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// Absolute path on the server's machine.
+    pub path: String,
+    pub size: u64,
+    /// Permission bits, applied on the node.
+    pub mode: u32,
+    /// SHA1 of the content, lower-case hex.
+    pub sha1: String,
+}
+
+/// Is an ADD destination a directory (files keep their names under it) or
+/// the path of the one file sent?
+pub fn dest_is_dir(dest: &str, files: &[SourceFile]) -> bool {
+    dest.ends_with('/') || files.len() > 1
+}
+
+impl SourceFile {
+    /// The file's name, used under a destination directory.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
 }
 
 /// A parsed job definition.
@@ -122,6 +171,8 @@ impl Task {
     pub fn parse(verb: Verb, args: &str) -> Result<Task, String> {
         let mut options = JobOptions::default();
         let mut stdout_arg = None;
+        let mut chown = None;
+        let is_add = matches!(verb, Verb::Add | Verb::Copy);
         let mut rest = args.trim();
         while let Some(after) = rest.strip_prefix("--") {
             if after.is_empty() || after.starts_with(char::is_whitespace) {
@@ -166,11 +217,24 @@ impl Task {
                         "option --stdout-arg does not apply to {verb} (only to RUN)"
                     ))
                 }
+                "chown" if is_add => {
+                    let v = value("USER[:GROUP]")?;
+                    let (user, group) = v.split_once(':').unwrap_or((&v, ""));
+                    if user.is_empty() || v.ends_with(':') || group.contains(':') {
+                        return Err(format!("{verb} option --chown: '{v}' is not USER[:GROUP]"));
+                    }
+                    chown = Some(v);
+                }
+                "chown" => {
+                    return Err(format!(
+                        "option --chown does not apply to {verb} (only to ADD and COPY)"
+                    ))
+                }
                 _ => {
-                    let extra = if verb == Verb::Run {
-                        ", --stdout-arg NAME"
-                    } else {
-                        ""
+                    let extra = match verb {
+                        Verb::Run => ", --stdout-arg NAME",
+                        Verb::Add | Verb::Copy => ", --chown USER[:GROUP]",
+                        _ => "",
                     };
                     return Err(format!(
                         "unknown option --{name} for {verb} (options: --skip-cache, --run-once, --timeout SECONDS{extra})"
@@ -209,6 +273,19 @@ impl Task {
                     path: rest.to_owned(),
                 }
             }
+            Verb::Add | Verb::Copy => {
+                let mut words: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+                if words.len() < 2 {
+                    return Err(format!("{verb} needs at least one SRC and a DEST"));
+                }
+                let dest = words.pop().unwrap_or_default();
+                Action::Add {
+                    chown,
+                    sources: words,
+                    dest,
+                    files: Vec::new(),
+                }
+            }
         };
         Ok(Task { action, options })
     }
@@ -220,6 +297,7 @@ impl Task {
             Action::Arg { .. } => Verb::Arg,
             Action::Env { .. } => Verb::Env,
             Action::Workdir { .. } => Verb::Workdir,
+            Action::Add { .. } => Verb::Add,
         }
     }
 
@@ -253,6 +331,18 @@ impl Task {
                 out.push(format!("{key} {value}"))
             }
             Action::Workdir { path } => out.push(path.clone()),
+            Action::Add {
+                chown,
+                sources,
+                dest,
+                ..
+            } => {
+                if let Some(c) = chown {
+                    out.push(format!("--chown {c}"));
+                }
+                out.extend(sources.iter().cloned());
+                out.push(dest.clone());
+            }
         }
         out.join(" ")
     }
@@ -271,6 +361,23 @@ impl Task {
             }
             Action::Arg { key, value } | Action::Env { key, value } => format!("{key}\0{value}"),
             Action::Workdir { path } => path.clone(),
+            // What lands on the node: names, contents and modes, not where
+            // the sources sat on the server's machine.
+            Action::Add {
+                chown, dest, files, ..
+            } => {
+                let mut s = format!("chown={}\0{dest}", chown.as_deref().unwrap_or(""));
+                for f in files {
+                    s.push_str(&format!(
+                        "\0{}:{}:{:o}:{}",
+                        f.name(),
+                        f.size,
+                        f.mode,
+                        f.sha1
+                    ));
+                }
+                s
+            }
         };
         format!(
             "{}\0timeout={}\0{body}",
@@ -331,7 +438,7 @@ mod tests {
         assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY)"
         );
     }
 

@@ -14,7 +14,9 @@ mod orchestrate;
 mod progress;
 mod reactor;
 mod server;
+mod sources;
 mod template;
+mod transfer;
 mod user;
 mod wire;
 

@@ -131,7 +131,21 @@ pub fn load(files: &[PathBuf], sel: &Selection) -> Result<Vec<Block>, String> {
     for path in files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read orchestration file {}: {e}", path.display()))?;
-        blocks.extend(parse(path, &text)?);
+        let mut parsed = parse(path, &text)?;
+        // ADD sources are found and hashed here, on the server's machine.
+        for (b, block) in parsed.iter_mut().enumerate() {
+            for (j, task) in block.tasks.iter_mut().enumerate() {
+                crate::sources::resolve(task).map_err(|e| {
+                    format!(
+                        "orchestration file {}: block {}, job {}: {e}",
+                        path.display(),
+                        b + 1,
+                        j + 1
+                    )
+                })?;
+            }
+        }
+        blocks.extend(parsed);
     }
     select(blocks, sel)
 }

@@ -109,7 +109,8 @@ fn unexpected(resp: &Response) -> Error {
 
 /// `director exec`: submit one job, optionally waiting for every node.
 pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
-    let task = Task::parse(args.verb, &args.args).map_err(Error::Rejected)?;
+    let mut task = Task::parse(args.verb, &args.args).map_err(Error::Rejected)?;
+    crate::sources::resolve(&mut task).map_err(Error::Rejected)?;
     let req = Request::Submit {
         task,
         targets: args.targets,

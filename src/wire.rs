@@ -28,6 +28,10 @@ pub const VERSION: u8 = 1;
 pub const MAX_ZMQ_MSG: usize = 4 * OUTPUT_CAP + (1 << 20);
 /// Captured stdout and stderr are each cut to this many bytes on the node.
 pub const OUTPUT_CAP: usize = 1 << 20;
+/// Bytes of file data in one transfer chunk.
+pub const CHUNK: u32 = 1 << 20;
+/// Chunks a node asks for ahead of what it has written (its credit).
+pub const CREDIT: u32 = 4;
 /// Largest control request the server reads (a job definition).
 pub const MAX_REQUEST: usize = 4 << 20;
 /// Largest control response the CLI reads (a listing of many jobs).
@@ -88,6 +92,27 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<Vec<u8>> {
     vec![head, encode_body(msg)]
 }
 
+/// Encode a ZeroMQ message with a raw payload frame (file data), which is
+/// never copied into the bincode body.
+pub fn encode_with_payload<T: Serialize>(msg: &T, payload: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut frames = encode(msg);
+    frames.push(payload);
+    frames
+}
+
+/// Decode a ZeroMQ message that may carry a payload frame: the message and
+/// the payload, if any. The caller checks that its kind expects one.
+pub fn decode_with_payload<T: DeserializeOwned>(
+    mut frames: Vec<Vec<u8>>,
+) -> Result<(T, Option<Vec<u8>>), WireError> {
+    let payload = if frames.len() == 3 {
+        frames.pop()
+    } else {
+        None
+    };
+    Ok((decode(&frames)?, payload))
+}
+
 /// Decode a ZeroMQ message (without identity frame).
 pub fn decode<T: DeserializeOwned>(frames: &[Vec<u8>]) -> Result<T, WireError> {
     let [head, body] = frames else {
@@ -122,6 +147,15 @@ pub enum ClientMsg {
     Started { job_id: Uuid },
     /// Job port: the job ended; resent until acknowledged.
     Finished { job_id: Uuid, outcome: Outcome },
+    /// Transfer port: send `len` bytes at `offset` of file `file` (an index
+    /// into the ADD job's files). Only the job's own files, only while the
+    /// job runs on this node.
+    Fetch {
+        job_id: Uuid,
+        file: u32,
+        offset: u64,
+        len: u32,
+    },
 }
 
 /// Server to client.
@@ -141,6 +175,18 @@ pub enum ServerMsg {
     },
     /// Job port: the result of this job was recorded.
     ResultAck { job_id: Uuid },
+    /// Transfer port: file data at `offset`, in the message's payload frame.
+    Chunk {
+        job_id: Uuid,
+        file: u32,
+        offset: u64,
+    },
+    /// Transfer port: a `Fetch` that cannot be served, and why.
+    FetchError {
+        job_id: Uuid,
+        file: u32,
+        message: String,
+    },
 }
 
 impl ClientMsg {
@@ -159,6 +205,14 @@ impl ClientMsg {
                 )
             }
             ClientMsg::Started { job_id } => format!("Started job={job_id}"),
+            ClientMsg::Fetch {
+                job_id,
+                file,
+                offset,
+                len,
+            } => {
+                format!("Fetch job={job_id} file={file} offset={offset} len={len}")
+            }
             ClientMsg::Finished { job_id, outcome } => format!(
                 "Finished job={job_id} exit={:?} stdout={}B stderr={}B exec={:.3}s",
                 outcome.exit,
@@ -187,6 +241,18 @@ impl ServerMsg {
                 format!("Job job={job_id}{parent} {} {:?}", task.verb(), task.args())
             }
             ServerMsg::ResultAck { job_id } => format!("ResultAck job={job_id}"),
+            ServerMsg::Chunk {
+                job_id,
+                file,
+                offset,
+            } => format!("Chunk job={job_id} file={file} offset={offset}"),
+            ServerMsg::FetchError {
+                job_id,
+                file,
+                message,
+            } => {
+                format!("FetchError job={job_id} file={file}: {message}")
+            }
         }
     }
 }
@@ -516,6 +582,26 @@ mod tests {
             task,
         };
         assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
+    }
+
+    #[test]
+    fn payload_frames_travel_beside_the_body() {
+        let msg = ServerMsg::Chunk {
+            job_id: Uuid::new_v4(),
+            file: 1,
+            offset: 1 << 20,
+        };
+        let frames = encode_with_payload(&msg, vec![7; 10]);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(
+            decode_with_payload::<ServerMsg>(frames),
+            Ok((msg.clone(), Some(vec![7; 10])))
+        );
+        assert_eq!(
+            decode_with_payload::<ServerMsg>(encode(&msg)),
+            Ok((msg, None))
+        );
+        assert!(decode_with_payload::<ServerMsg>(vec![vec![]; 4]).is_err());
     }
 
     #[test]

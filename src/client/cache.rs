@@ -304,7 +304,9 @@ mod tests {
         let size = fs::metadata(d.join(JOURNAL)).unwrap().len();
         assert!(size < 100_000, "journal is {size} bytes");
         drop(c);
-        assert!(Cache::open(&d, DAY, 5000).unwrap().is_done("same-step", 5000));
+        assert!(Cache::open(&d, DAY, 5000)
+            .unwrap()
+            .is_done("same-step", 5000));
         fs::remove_dir_all(d).unwrap();
     }
 

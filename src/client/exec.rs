@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 
 use mio::Registry;
+use uuid::Uuid;
 
+use super::add::{self, AddJob};
 use super::cache::Cache;
 use crate::dsl::{hex_sha1, Action, Task};
 use crate::reactor::child::{Child, Ended};
@@ -24,14 +26,17 @@ pub struct OnSuccess {
     pub stdout_arg: Option<String>,
 }
 
-/// A task that has started, or already ended without a process.
+/// A task that has started, or already ended.
 pub enum Started {
     Process(Child, OnSuccess),
+    /// An ADD, with the cache key to record on success.
+    Transfer(AddJob, Option<String>),
     Done(Outcome),
 }
 
 /// Start `task`.
 pub fn start(
+    job_id: Uuid,
     task: &Task,
     cache: &mut Cache,
     now_ms: u64,
@@ -68,6 +73,18 @@ pub fn start(
                         "cannot create directory {path}: {e}"
                     ))))
                 }
+            }
+        }
+        Action::Add { .. } => {
+            let key = add::cache_key(task, cache.args());
+            if let (Some(k), false) = (&key, skip_cache) {
+                if cache.is_done(k, now_ms) {
+                    return Started::Done(ended(Exit::Cached));
+                }
+            }
+            match AddJob::new(job_id, task, cache.args()) {
+                Ok(job) => Started::Transfer(job, key),
+                Err(e) => Started::Done(ended(Exit::Error(e))),
             }
         }
         Action::Run {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::jobs::Jobs;
 use super::nodes::{Link, Nodes, LIVENESS};
-use crate::dsl::Task;
+use crate::dsl::{Action, SourceFile, Task};
 use crate::wire::{
     Block, JobDetail, JobState, JobView, NodeView, Outcome, PartView, Plan, PlannedJob, ServerMsg,
     Submitted,
@@ -455,6 +455,26 @@ impl Cluster {
                 out.push(Effect::ParentDone { parent_id });
             }
         }
+    }
+
+    /// File `file` of job `job_id`, if `node` may fetch it now: the job is an
+    /// ADD, sent to this node, and not finished there.
+    pub fn source_for(&self, node: &str, job_id: &Uuid, file: u32) -> Result<SourceFile, String> {
+        let job = self.jobs.get(job_id).ok_or("no such job")?;
+        let part = job.parts.get(node).ok_or("the job is not for this node")?;
+        if !matches!(part.state, JobState::Sent | JobState::Running) {
+            return Err(format!(
+                "the job is {} on this node, not running",
+                part.state.name()
+            ));
+        }
+        let Action::Add { files, .. } = &job.task.action else {
+            return Err("the job sends no files".into());
+        };
+        files
+            .get(file as usize)
+            .cloned()
+            .ok_or_else(|| format!("the job has no file number {file}"))
     }
 
     pub fn list_nodes(&self) -> Vec<NodeView> {

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod control;
+mod files;
 mod jobs;
 mod nodes;
 
@@ -269,6 +270,18 @@ impl Server {
                 self.cluster.finished(&node, job_id, outcome, now, &mut out);
                 self.apply(out);
             }
+            (
+                Port::Transfer,
+                ClientMsg::Fetch {
+                    job_id,
+                    file,
+                    offset,
+                    len,
+                },
+            ) => {
+                self.cluster.touch(&node, now);
+                self.serve_fetch(&node, job_id, file, offset, len);
+            }
             (_, msg) => {
                 log::warn!(
                     "node={node}: dropped an unexpected {} on the {name} port",
@@ -276,6 +289,44 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// Serve one chunk of a job's file, or say why not. A node gets only the
+    /// files of its own running ADD job, whatever it asks.
+    fn serve_fetch(&mut self, node: &str, job_id: Uuid, file: u32, offset: u64, len: u32) {
+        let chunk = self
+            .cluster
+            .source_for(node, &job_id, file)
+            .and_then(|src| files::read_chunk(&src, offset, len.min(wire::CHUNK)));
+        let p = &mut self.ports[Port::Transfer as usize];
+        let mut frames = vec![node.as_bytes().to_vec()];
+        match chunk {
+            Ok(data) => {
+                log::debug!(
+                    "node={node} transfer -> Chunk job={job_id} file={file} offset={offset} len={}",
+                    data.len()
+                );
+                frames.extend(wire::encode_with_payload(
+                    &ServerMsg::Chunk {
+                        job_id,
+                        file,
+                        offset,
+                    },
+                    data,
+                ));
+            }
+            Err(message) => {
+                log::warn!(
+                    "node={node}: refused a fetch of file {file} of job {job_id}: {message}"
+                );
+                frames.extend(wire::encode(&ServerMsg::FetchError {
+                    job_id,
+                    file,
+                    message,
+                }));
+            }
+        }
+        p.queue(frames);
     }
 
     fn handle_unroutable(&mut self, port: Port, identity: &[u8], frames: &[Vec<u8>]) {

@@ -1,0 +1,548 @@
+//! ADD/COPY on a node: for each file, skip it when the destination already
+//! has the source's SHA1 ("unchanged"); otherwise pull it in chunks with a
+//! bounded credit into a temporary file beside the destination, check the
+//! SHA1, set the source's mode and the requested owner, and rename it into
+//! place. The temporary file is an unnamed `O_TMPFILE` where the filesystem
+//! has them, so even a SIGKILL leaves nothing behind; elsewhere a named one
+//! removed on every failure path. The old file stays as it was until the
+//! rename.
+//!
+//! Nothing here blocks for long: an existing file is hashed a slice per loop
+//! tick, chunks are written as they arrive, and writeback is started along
+//! the way so the final sync is short.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use sha1::{Digest, Sha1};
+use uuid::Uuid;
+
+use crate::dsl::{dest_is_dir, hex_sha1, Action, SourceFile, Task};
+use crate::template;
+use crate::transfer::Receiver;
+use crate::wire::{ClientMsg, Exit, Outcome, CHUNK, CREDIT};
+
+/// Bytes of an existing file hashed per loop tick.
+const HASH_SLICE: usize = 4 << 20;
+/// Start writeback every this many bytes received.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Where the job stands.
+enum Step {
+    /// Start file `next` on the next tick.
+    Next,
+    /// Hashing the file already at the destination.
+    Checking { file: File, hasher: Sha1, left: u64 },
+    /// Pulling the file into a temporary file.
+    Receiving {
+        tmp: Tmp,
+        hasher: Sha1,
+        flow: Receiver,
+        synced: u64,
+    },
+}
+
+/// What the loop should do after a call.
+pub enum Progress {
+    Continue,
+    Finished(Outcome),
+}
+
+/// One running ADD job.
+pub struct AddJob {
+    job_id: Uuid,
+    files: Vec<(SourceFile, PathBuf)>,
+    /// Index of the file being handled.
+    next: usize,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    step: Step,
+    report: String,
+    started: Instant,
+}
+
+impl AddJob {
+    /// Plan the job: render the destination and resolve the owner. An error
+    /// ends the job before any transfer.
+    pub fn new(
+        job_id: Uuid,
+        task: &Task,
+        args: &BTreeMap<String, String>,
+    ) -> Result<AddJob, String> {
+        let Action::Add {
+            chown, dest, files, ..
+        } = &task.action
+        else {
+            return Err("not an ADD job".into());
+        };
+        if files.is_empty() {
+            return Err("ADD job without files (the CLI resolves them before submission)".into());
+        }
+        let dest = template::render(dest, args).map_err(|e| format!("ADD destination: {e}"))?;
+        let into_dir = dest_is_dir(&dest, files);
+        let files = files
+            .iter()
+            .map(|f| {
+                let target = if into_dir {
+                    Path::new(&dest).join(f.name())
+                } else {
+                    PathBuf::from(&dest)
+                };
+                (f.clone(), target)
+            })
+            .collect();
+        let (uid, gid) = match chown {
+            Some(spec) => resolve_owner(spec)?,
+            None => (None, None),
+        };
+        Ok(AddJob {
+            job_id,
+            files,
+            next: 0,
+            uid,
+            gid,
+            step: Step::Next,
+            report: String::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Has it work to do without waiting for the network?
+    pub fn wants_tick(&self) -> bool {
+        matches!(self.step, Step::Next | Step::Checking { .. })
+    }
+
+    /// Do a bounded slice of work.
+    pub fn tick(&mut self, out: &mut Vec<ClientMsg>) -> Progress {
+        match self.advance(out) {
+            Ok(()) if self.next >= self.files.len() => {
+                Progress::Finished(self.outcome(Exit::Code(0)))
+            }
+            Ok(()) => Progress::Continue,
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn advance(&mut self, out: &mut Vec<ClientMsg>) -> Result<(), String> {
+        match &mut self.step {
+            Step::Next => {
+                let Some((src, target)) = self.files.get(self.next) else {
+                    return Ok(());
+                };
+                if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs::create_dir_all(parent)
+                        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                }
+                match fs::metadata(target) {
+                    Ok(m) if m.is_file() && m.len() == src.size => {
+                        let file = File::open(target)
+                            .map_err(|e| format!("cannot read {}: {e}", target.display()))?;
+                        self.step = Step::Checking {
+                            file,
+                            hasher: Sha1::new(),
+                            left: src.size,
+                        };
+                        Ok(())
+                    }
+                    Ok(m) if m.is_dir() => Err(format!("{} is a directory", target.display())),
+                    _ => self.start_receiving(out),
+                }
+            }
+            Step::Checking { file, hasher, left } => {
+                let mut buf = vec![0u8; HASH_SLICE.min(*left as usize)];
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| format!("cannot read the existing file: {e}"))?;
+                hasher.update(&buf[..n]);
+                *left -= n as u64;
+                if n > 0 && *left > 0 {
+                    return Ok(());
+                }
+                let Step::Checking { hasher, .. } = std::mem::replace(&mut self.step, Step::Next)
+                else {
+                    unreachable!("matched above")
+                };
+                let (src, target) = &self.files[self.next];
+                if hex(hasher) == src.sha1 {
+                    set_owner_and_mode_path(target, self.uid, self.gid, src.mode)?;
+                    self.report
+                        .push_str(&format!("unchanged {}\n", target.display()));
+                    self.next += 1;
+                    Ok(())
+                } else {
+                    self.start_receiving(out)
+                }
+            }
+            Step::Receiving { .. } => Ok(()),
+        }
+    }
+
+    fn start_receiving(&mut self, out: &mut Vec<ClientMsg>) -> Result<(), String> {
+        let (src, target) = &self.files[self.next];
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = Tmp::create(dir)
+            .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+        log::info!(
+            "job {}: receiving {} ({} bytes)",
+            self.job_id,
+            target.display(),
+            src.size
+        );
+        let mut flow = Receiver::new(src.size, CHUNK, CREDIT);
+        self.fetch(&mut flow, out);
+        self.step = Step::Receiving {
+            tmp,
+            hasher: Sha1::new(),
+            flow,
+            synced: 0,
+        };
+        if src.size == 0 {
+            return self.finish_file();
+        }
+        Ok(())
+    }
+
+    fn fetch(&self, flow: &mut Receiver, out: &mut Vec<ClientMsg>) {
+        for (offset, len) in flow.requests() {
+            out.push(ClientMsg::Fetch {
+                job_id: self.job_id,
+                file: self.next as u32,
+                offset,
+                len,
+            });
+        }
+    }
+
+    /// File data from the server.
+    pub fn on_chunk(
+        &mut self,
+        file: u32,
+        offset: u64,
+        data: &[u8],
+        out: &mut Vec<ClientMsg>,
+    ) -> Progress {
+        match self.take_chunk(file, offset, data, out) {
+            Ok(()) if self.next >= self.files.len() => {
+                Progress::Finished(self.outcome(Exit::Code(0)))
+            }
+            Ok(()) => Progress::Continue,
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn take_chunk(
+        &mut self,
+        file: u32,
+        offset: u64,
+        data: &[u8],
+        out: &mut Vec<ClientMsg>,
+    ) -> Result<(), String> {
+        let index = self.next;
+        let Step::Receiving {
+            tmp,
+            hasher,
+            flow,
+            synced,
+        } = &mut self.step
+        else {
+            return Err(format!("unexpected data for file {file}"));
+        };
+        if file as usize != index {
+            return Err(format!("data for file {file} while receiving file {index}"));
+        }
+        flow.accept(offset, data.len())?;
+        tmp.file
+            .write_all_at(data, offset)
+            .map_err(|e| format!("cannot write {}: {e}", self.files[index].1.display()))?;
+        hasher.update(data);
+        if flow.received() - *synced >= WRITEBACK_EVERY {
+            start_writeback(&tmp.file, *synced, flow.received() - *synced);
+            *synced = flow.received();
+        }
+        if !flow.is_complete() {
+            let mut more = Vec::new();
+            for (offset, len) in flow.requests() {
+                more.push(ClientMsg::Fetch {
+                    job_id: self.job_id,
+                    file,
+                    offset,
+                    len,
+                });
+            }
+            out.extend(more);
+            return Ok(());
+        }
+        self.finish_file()
+    }
+
+    /// The whole file is in the temporary file: verify and put it in place.
+    fn finish_file(&mut self) -> Result<(), String> {
+        let Step::Receiving { tmp, hasher, .. } = std::mem::replace(&mut self.step, Step::Next)
+        else {
+            return Err("no file is being received".into());
+        };
+        let (src, target) = &self.files[self.next];
+        if hex(hasher) != src.sha1 {
+            return Err(format!(
+                "source {} changed since submission (its SHA1 differs); {} was left as it was",
+                src.path,
+                target.display()
+            ));
+        }
+        set_owner_and_mode_fd(&tmp.file, self.uid, self.gid, src.mode)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        tmp.file
+            .sync_data()
+            .map_err(|e| format!("cannot sync {}: {e}", target.display()))?;
+        tmp.persist(target)
+            .map_err(|e| format!("cannot put {} in place: {e}", target.display()))?;
+        self.report
+            .push_str(&format!("sent {} ({} bytes)\n", target.display(), src.size));
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The server could not serve a file.
+    pub fn on_fetch_error(&mut self, file: u32, message: &str) -> Progress {
+        self.failed(format!(
+            "file {}: {message}",
+            self.files
+                .get(file as usize)
+                .map_or("?", |f| f.0.path.as_str())
+        ))
+    }
+
+    fn failed(&mut self, message: String) -> Progress {
+        // Dropping a temporary file removes it.
+        self.step = Step::Next;
+        self.next = self.files.len();
+        Progress::Finished(self.outcome(Exit::Error(message)))
+    }
+
+    fn outcome(&mut self, exit: Exit) -> Outcome {
+        Outcome {
+            exit,
+            stdout: std::mem::take(&mut self.report).into_bytes(),
+            stderr: Vec::new(),
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            exec_secs: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+fn hex(hasher: Sha1) -> String {
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A temporary file beside the destination, removed unless persisted.
+struct Tmp {
+    file: File,
+    /// `None` for an unnamed `O_TMPFILE`, which needs no cleanup.
+    named: Option<PathBuf>,
+}
+
+impl Tmp {
+    fn create(dir: &Path) -> io::Result<Tmp> {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)
+        {
+            Ok(file) => return Ok(Tmp { file, named: None }),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        let path = tmp_name(dir);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(Tmp {
+            file,
+            named: Some(path),
+        })
+    }
+
+    /// Give the file its final name, replacing what was there.
+    fn persist(mut self, target: &Path) -> io::Result<()> {
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let named = match self.named.take() {
+            Some(p) => p,
+            None => {
+                // An unnamed file gets a name first: link it from /proc.
+                let path = tmp_name(dir);
+                let src = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                    .map_err(io::Error::other)?;
+                let dst = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+                // SAFETY: both are valid NUL-terminated paths.
+                let rc = unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        src.as_ptr(),
+                        libc::AT_FDCWD,
+                        dst.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                path
+            }
+        };
+        fs::rename(&named, target).inspect_err(|_| {
+            let _ = fs::remove_file(&named);
+        })
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if let Some(p) = self.named.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn tmp_name(dir: &Path) -> PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".director-tmp-{}-{n}", std::process::id()))
+}
+
+/// Ask the kernel to start writing back a range, without waiting.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: plain syscall on a descriptor we own; failure only costs a
+    // longer final sync.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// `USER[:GROUP]`, names or numbers, to ids on this node.
+fn resolve_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let uid = match user.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => lookup(user, true)
+            .ok_or_else(|| format!("--chown: unknown user '{user}' on this node"))?,
+    };
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup(g, false)
+                .ok_or_else(|| format!("--chown: unknown group '{g}' on this node"))?,
+        }),
+    };
+    Ok((Some(uid), gid))
+}
+
+/// A user's or group's id from the system databases.
+fn lookup(name: &str, user: bool) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: the _r variants write only into the structs and buffer we pass,
+    // whose sizes we give; the result pointer is checked before use.
+    unsafe {
+        if user {
+            let mut pw: libc::passwd = std::mem::zeroed();
+            let mut res: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut res,
+            );
+            (rc == 0 && !res.is_null()).then_some(pw.pw_uid)
+        } else {
+            let mut gr: libc::group = std::mem::zeroed();
+            let mut res: *mut libc::group = std::ptr::null_mut();
+            let rc = libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut res,
+            );
+            (rc == 0 && !res.is_null()).then_some(gr.gr_gid)
+        }
+    }
+}
+
+fn set_owner_and_mode_fd(
+    file: &File,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: plain syscalls on a descriptor we own. Owner first: chown
+    // clears set-id bits that chmod then puts back.
+    unsafe {
+        if (uid.is_some() || gid.is_some())
+            && libc::fchown(fd, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fchmod(fd, mode) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn set_owner_and_mode_path(
+    path: &Path,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    set_owner_and_mode_fd(&file, uid, gid, mode).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The cache key of an ADD: its task SHA1 (which covers the contents) and
+/// the rendered destination.
+pub fn cache_key(task: &Task, args: &BTreeMap<String, String>) -> Option<String> {
+    let Action::Add { dest, .. } = &task.action else {
+        return None;
+    };
+    let dest = template::render(dest, args).ok()?;
+    Some(hex_sha1(format!("{}\0{dest}", task.sha1()).as_bytes()))
+}

@@ -1,0 +1,496 @@
+//! The jobs on this node: the queue, the one running job (a process or a
+//! file transfer), the cache, timeouts, and the results waiting for the
+//! server's acknowledgement. The client loop feeds it events and carries out
+//! the `Effects` it asks for (messages to send, timers to set); it never
+//! touches a socket itself.
+//!
+//! Rules: jobs run one at a time in the order received; after a job of an
+//! orchestration run fails here, the rest of that run is skipped here; a job
+//! past its `--timeout` has its process group killed (or its transfer
+//! dropped) and reports `timed out`.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use mio::{Registry, Token};
+use uuid::Uuid;
+
+use super::add::{AddJob, Progress};
+use super::cache::Cache;
+use super::exec::{self, OnSuccess, Started};
+use crate::dsl::Task;
+use crate::reactor::child::{Child, Source};
+use crate::reactor::TokenCounter;
+use crate::wire::{ClientMsg, Exit, JobState, Outcome, ServerMsg};
+
+/// Without pidfds, how often to look for a child's exit.
+const REAP_SWEEP: Duration = Duration::from_millis(100);
+/// How long a command has to exit after SIGTERM at shutdown.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+/// Orchestration runs remembered as failed here, for skipping the rest of
+/// their jobs; the oldest are forgotten past this.
+const FAILED_PARENTS_CAP: usize = 10_000;
+
+/// Timers the runner asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RunnerTimer {
+    ReapSweep,
+    JobTimeout,
+    KillGrace,
+}
+
+/// What the loop must do for the runner.
+#[derive(Default)]
+pub struct Effects {
+    /// To send on the job port.
+    pub job: Vec<ClientMsg>,
+    /// To send on the transfer port.
+    pub transfer: Vec<ClientMsg>,
+    pub timers: Vec<(Instant, RunnerTimer)>,
+}
+
+/// A job waiting here for its turn.
+struct Queued {
+    job_id: Uuid,
+    parent: Option<Uuid>,
+    task: Task,
+}
+
+/// What the running job is doing.
+enum Work {
+    Process {
+        child: Child,
+        on_success: OnSuccess,
+        timed_out: bool,
+    },
+    Transfer {
+        add: AddJob,
+        cache_key: Option<String>,
+    },
+}
+
+/// The running job.
+struct Running {
+    job_id: Uuid,
+    parent: Option<Uuid>,
+    /// When its `--timeout` passes.
+    deadline: Instant,
+    timeout_secs: u64,
+    work: Work,
+}
+
+/// Every job on this node.
+pub struct Runner {
+    queue: VecDeque<Queued>,
+    running: Option<Running>,
+    cache: Cache,
+    tokens: TokenCounter,
+    failed_parents: HashSet<Uuid>,
+    failed_order: VecDeque<Uuid>,
+    /// The earliest pending `JobTimeout`: jobs share it rather than each
+    /// leaving a timer in the heap for up to its whole timeout.
+    timeout_armed: Option<Instant>,
+    /// Results sent and not yet acknowledged, resent on reconnect.
+    unacked: Vec<(Uuid, Outcome)>,
+    /// Shutting down: start nothing new.
+    stopping: bool,
+}
+
+impl Runner {
+    pub fn new(cache: Cache, tokens: TokenCounter) -> Runner {
+        Runner {
+            queue: VecDeque::new(),
+            running: None,
+            cache,
+            tokens,
+            failed_parents: HashSet::new(),
+            failed_order: VecDeque::new(),
+            timeout_armed: None,
+            unacked: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    /// Every job this node still has: for `Ready`.
+    pub fn holding(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.queue.iter().map(|q| q.job_id).collect();
+        ids.extend(self.running.as_ref().map(|r| r.job_id));
+        ids.extend(self.unacked.iter().map(|(id, _)| *id));
+        ids
+    }
+
+    /// Results to send again after a reconnect.
+    pub fn unacked(&self) -> impl Iterator<Item = ClientMsg> + '_ {
+        self.unacked
+            .iter()
+            .map(|(job_id, outcome)| ClientMsg::Finished {
+                job_id: *job_id,
+                outcome: outcome.clone(),
+            })
+    }
+
+    pub fn acked(&mut self, job_id: &Uuid) {
+        self.unacked.retain(|(id, _)| id != job_id);
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.running.is_none()
+    }
+
+    /// A job from the server.
+    pub fn enqueue(
+        &mut self,
+        job_id: Uuid,
+        parent: Option<Uuid>,
+        task: Task,
+        reg: &Registry,
+        fx: &mut Effects,
+    ) {
+        if self.holding().contains(&job_id) {
+            log::warn!("job {job_id} received twice; ignored");
+            return;
+        }
+        if self.stopping {
+            return; // the server reports it lost when this node expires
+        }
+        self.queue.push_back(Queued {
+            job_id,
+            parent,
+            task,
+        });
+        self.start_next(reg, fx);
+    }
+
+    fn start_next(&mut self, reg: &Registry, fx: &mut Effects) {
+        while self.running.is_none() && !self.stopping {
+            let Some(Queued {
+                job_id,
+                parent,
+                task,
+            }) = self.queue.pop_front()
+            else {
+                return;
+            };
+            if parent.is_some_and(|p| self.failed_parents.contains(&p)) {
+                self.report(job_id, parent, exec::ended(Exit::SkippedAfterFailure), fx);
+                continue;
+            }
+            log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
+            let now = Instant::now();
+            let work = match exec::start(
+                job_id,
+                &task,
+                &mut self.cache,
+                crate::clock::now_ms(),
+                reg,
+                &mut self.tokens,
+            ) {
+                Started::Done(outcome) => {
+                    self.report(job_id, parent, outcome, fx);
+                    continue;
+                }
+                Started::Process(child, on_success) => {
+                    if !child.has_pidfd() {
+                        fx.timers.push((now + REAP_SWEEP, RunnerTimer::ReapSweep));
+                    }
+                    fx.job.push(ClientMsg::Started { job_id });
+                    Work::Process {
+                        child,
+                        on_success,
+                        timed_out: false,
+                    }
+                }
+                Started::Transfer(add, cache_key) => {
+                    fx.job.push(ClientMsg::Started { job_id });
+                    Work::Transfer { add, cache_key }
+                }
+            };
+            let timeout_secs = task.options.timeout_secs;
+            let deadline = now + Duration::from_secs(timeout_secs);
+            self.arm_timeout(deadline, fx);
+            self.running = Some(Running {
+                job_id,
+                parent,
+                deadline,
+                timeout_secs,
+                work,
+            });
+        }
+    }
+
+    /// Make sure a `JobTimeout` fires no later than `deadline`.
+    fn arm_timeout(&mut self, deadline: Instant, fx: &mut Effects) {
+        if self.timeout_armed.is_none_or(|armed| deadline < armed) {
+            fx.timers.push((deadline, RunnerTimer::JobTimeout));
+            self.timeout_armed = Some(deadline);
+        }
+    }
+
+    fn report(&mut self, job_id: Uuid, parent: Option<Uuid>, outcome: Outcome, fx: &mut Effects) {
+        log::info!(
+            "job {job_id}: {} after {:.3}s",
+            outcome.exit,
+            outcome.exec_secs
+        );
+        if let (false, Some(p)) = (outcome.exit.state().is_ok(), parent) {
+            if self.failed_parents.insert(p) {
+                self.failed_order.push_back(p);
+                if self.failed_order.len() > FAILED_PARENTS_CAP {
+                    if let Some(old) = self.failed_order.pop_front() {
+                        self.failed_parents.remove(&old);
+                    }
+                }
+            }
+        }
+        self.unacked.push((job_id, outcome.clone()));
+        fx.job.push(ClientMsg::Finished { job_id, outcome });
+    }
+
+    /// End the running job with `outcome` and start the next.
+    fn finish(&mut self, outcome: Outcome, reg: &Registry, fx: &mut Effects) {
+        let Some(r) = self.running.take() else { return };
+        self.report(r.job_id, r.parent, outcome, fx);
+        self.start_next(reg, fx);
+    }
+
+    /// An event for one of the running process's sources.
+    pub fn on_child_event(&mut self, token: Token, reg: &Registry, fx: &mut Effects) {
+        let Some(Running {
+            work: Work::Process { child, .. },
+            ..
+        }) = self.running.as_mut()
+        else {
+            return;
+        };
+        match child.source(token) {
+            Some(Source::Exit) => self.try_reap(reg, fx),
+            Some(src) => child.read(src, reg),
+            None => {} // a closed source from an earlier child
+        }
+    }
+
+    fn try_reap(&mut self, reg: &Registry, fx: &mut Effects) {
+        let Some(Running {
+            job_id,
+            work: Work::Process { child, .. },
+            ..
+        }) = self.running.as_mut()
+        else {
+            return;
+        };
+        let reaped = child.try_reap(reg);
+        match &reaped {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => log::error!("job {job_id}: cannot wait for pid {}: {e}", child.pid()),
+        }
+        let Some(r) = self.running.take() else { return };
+        let Work::Process {
+            child,
+            on_success,
+            timed_out,
+        } = r.work
+        else {
+            return;
+        };
+        let timed_out = timed_out.then_some(r.timeout_secs);
+        // On an error, dropping the child kills and reaps its group.
+        let outcome = match (reaped, child.into_ended()) {
+            (Ok(_), Some(ended)) => exec::finish(
+                ended,
+                &on_success,
+                timed_out,
+                &mut self.cache,
+                crate::clock::now_ms(),
+            ),
+            (Err(e), _) => exec::ended(Exit::Error(format!("cannot wait for the command: {e}"))),
+            (Ok(_), None) => exec::ended(Exit::Error("the command's exit status was lost".into())),
+        };
+        self.report(r.job_id, r.parent, outcome, fx);
+        self.start_next(reg, fx);
+    }
+
+    /// A message on the transfer port.
+    pub fn on_transfer(
+        &mut self,
+        msg: ServerMsg,
+        payload: Option<Vec<u8>>,
+        reg: &Registry,
+        fx: &mut Effects,
+    ) {
+        let Some(Running {
+            job_id,
+            work: Work::Transfer { add, .. },
+            ..
+        }) = self.running.as_mut()
+        else {
+            log::debug!(
+                "transfer message with no transfer running: {}",
+                msg.describe()
+            );
+            return;
+        };
+        let progress = match (msg, payload) {
+            (
+                ServerMsg::Chunk {
+                    job_id: id,
+                    file,
+                    offset,
+                },
+                Some(data),
+            ) if id == *job_id => add.on_chunk(file, offset, &data, &mut fx.transfer),
+            (
+                ServerMsg::FetchError {
+                    job_id: id,
+                    file,
+                    message,
+                },
+                None,
+            ) if id == *job_id => add.on_fetch_error(file, &message),
+            (msg, _) => {
+                log::warn!(
+                    "server: dropped a transfer message for another job or malformed: {}",
+                    msg.describe()
+                );
+                return;
+            }
+        };
+        self.transfer_progress(progress, reg, fx);
+    }
+
+    fn transfer_progress(&mut self, progress: Progress, reg: &Registry, fx: &mut Effects) {
+        let Progress::Finished(outcome) = progress else {
+            return;
+        };
+        if let Some(Running {
+            work:
+                Work::Transfer {
+                    cache_key: Some(key),
+                    ..
+                },
+            ..
+        }) = &self.running
+        {
+            if outcome.exit.state() == JobState::Succeeded {
+                self.cache.record_done(key, crate::clock::now_ms());
+            } else {
+                self.cache.forget(key);
+            }
+        }
+        self.finish(outcome, reg, fx);
+    }
+
+    /// Has the running job work to do without waiting for an event?
+    pub fn wants_tick(&self) -> bool {
+        matches!(&self.running, Some(Running { work: Work::Transfer { add, .. }, .. }) if add.wants_tick())
+    }
+
+    /// Do a bounded slice of that work.
+    pub fn tick(&mut self, reg: &Registry, fx: &mut Effects) {
+        let Some(Running {
+            work: Work::Transfer { add, .. },
+            ..
+        }) = self.running.as_mut()
+        else {
+            return;
+        };
+        let progress = add.tick(&mut fx.transfer);
+        self.transfer_progress(progress, reg, fx);
+    }
+
+    pub fn on_timer(&mut self, timer: RunnerTimer, now: Instant, reg: &Registry, fx: &mut Effects) {
+        match timer {
+            RunnerTimer::ReapSweep => {
+                self.try_reap(reg, fx);
+                if let Some(Running {
+                    work: Work::Process { child, .. },
+                    ..
+                }) = &self.running
+                {
+                    if !child.has_pidfd() {
+                        fx.timers.push((now + REAP_SWEEP, RunnerTimer::ReapSweep));
+                    }
+                }
+            }
+            RunnerTimer::JobTimeout => {
+                if self.timeout_armed.is_some_and(|armed| armed > now) {
+                    return; // superseded by an earlier one, still pending
+                }
+                self.timeout_armed = None;
+                let Some(r) = self.running.as_mut() else {
+                    return;
+                };
+                if r.deadline > now {
+                    let deadline = r.deadline;
+                    self.arm_timeout(deadline, fx);
+                    return;
+                }
+                let (job_id, secs) = (r.job_id, r.timeout_secs);
+                match &mut r.work {
+                    Work::Process {
+                        child, timed_out, ..
+                    } if !*timed_out => {
+                        log::warn!(
+                            "job {job_id}: timed out after {secs}s; killing process group {}",
+                            child.pid()
+                        );
+                        child.signal_group(libc::SIGKILL);
+                        *timed_out = true;
+                    }
+                    Work::Process { .. } => {}
+                    Work::Transfer { .. } => {
+                        log::warn!("job {job_id}: timed out after {secs}s; transfer abandoned");
+                        self.finish(exec::ended(Exit::TimedOut { secs }), reg, fx);
+                    }
+                }
+            }
+            RunnerTimer::KillGrace => {
+                if let Some(Running {
+                    job_id,
+                    work: Work::Process { child, .. },
+                    ..
+                }) = &self.running
+                {
+                    log::warn!("job {job_id}: command ignored SIGTERM; killing its process group");
+                    child.signal_group(libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Drop expired cache entries.
+    pub fn sweep_cache(&mut self) {
+        let dropped = self.cache.sweep(crate::clock::now_ms());
+        if dropped > 0 {
+            log::info!("cache: dropped {dropped} expired entries");
+        }
+    }
+
+    /// Shutting down: start nothing more; a running command gets SIGTERM and
+    /// a grace period, a transfer is abandoned. Returns whether anything is
+    /// still running.
+    pub fn stop(&mut self, reg: &Registry, fx: &mut Effects) -> bool {
+        self.stopping = true;
+        let Some(r) = &self.running else { return false };
+        match &r.work {
+            Work::Process { child, .. } => {
+                log::info!(
+                    "stopping job {} (process group {}) first",
+                    r.job_id,
+                    child.pid()
+                );
+                child.signal_group(libc::SIGTERM);
+                fx.timers
+                    .push((Instant::now() + KILL_GRACE, RunnerTimer::KillGrace));
+                true
+            }
+            Work::Transfer { .. } => {
+                let outcome = exec::ended(Exit::Error(
+                    "the client was stopped during the transfer".into(),
+                ));
+                self.finish(outcome, reg, fx);
+                false
+            }
+        }
+    }
+}
