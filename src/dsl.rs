@@ -274,7 +274,7 @@ impl Task {
                 }
             }
             Verb::Add | Verb::Copy => {
-                let mut words: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+                let mut words = split_paths(rest)?;
                 if words.len() < 2 {
                     return Err(format!("{verb} needs at least one SRC and a DEST"));
                 }
@@ -340,8 +340,16 @@ impl Task {
                 if let Some(c) = chown {
                     out.push(format!("--chown {c}"));
                 }
-                out.extend(sources.iter().cloned());
-                out.push(dest.clone());
+                // Quote what holds whitespace, so the string parses back.
+                let quoted = |w: &String| {
+                    if w.contains(char::is_whitespace) && !w.contains('{') {
+                        format!("'{w}'")
+                    } else {
+                        w.clone()
+                    }
+                };
+                out.extend(sources.iter().map(quoted));
+                out.push(quoted(dest));
             }
         }
         out.join(" ")
@@ -407,6 +415,58 @@ fn split_word(s: &str) -> (&str, &str) {
         Some(i) => (&s[..i], s[i..].trim_start()),
         None => (s, ""),
     }
+}
+
+/// ADD's SRC... DEST words: split at whitespace, except inside quotes
+/// (which are removed) and inside `{{ }}` or `{% %}` template tags.
+fn split_paths(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut tag: Option<&str> = None;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(close) = tag {
+            word.push(c);
+            if word.ends_with(close) {
+                tag = None;
+            }
+            continue;
+        }
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (None, '{') if matches!(chars.peek(), Some('{') | Some('%')) => {
+                let open = chars.next().unwrap_or('{');
+                word.push('{');
+                word.push(open);
+                tag = Some(if open == '{' { "}}" } else { "%}" });
+                in_word = true;
+            }
+            (None, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() || tag.is_some() {
+        return Err(format!("unclosed quote or template tag in '{s}'"));
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
 }
 
 /// ARG, ENV and --stdout-arg names are identifiers, usable in templates
@@ -499,6 +559,48 @@ mod tests {
             Task::parse(Verb::Workdir, "--skip-cache").unwrap_err(),
             "WORKDIR needs a path"
         );
+    }
+
+    #[test]
+    fn add_sources_and_destination() {
+        let t = Task::parse(
+            Verb::Copy,
+            "--chown=centos:centos /home/c/.ssh/* '/srv/my dir/{{ app }}/' ",
+        )
+        .unwrap();
+        let Action::Add {
+            chown,
+            sources,
+            dest,
+            files,
+        } = &t.action
+        else {
+            panic!("not ADD")
+        };
+        assert_eq!(chown.as_deref(), Some("centos:centos"));
+        assert_eq!(sources, &vec!["/home/c/.ssh/*".to_string()]);
+        assert_eq!(dest, "/srv/my dir/{{ app }}/");
+        assert!(files.is_empty());
+        assert_eq!(t.verb(), Verb::Add);
+        let t = Task::parse(Verb::Add, "a b dest/{{ x | default('d') }}/").unwrap();
+        let Action::Add { sources, dest, .. } = &t.action else {
+            panic!("not ADD")
+        };
+        assert_eq!(sources.len(), 2);
+        assert_eq!(dest, "dest/{{ x | default('d') }}/");
+        assert_eq!(
+            Task::parse(Verb::Add, "only").unwrap_err(),
+            "ADD needs at least one SRC and a DEST"
+        );
+        assert!(Task::parse(Verb::Add, "--chown a:b:c x y")
+            .unwrap_err()
+            .contains("USER[:GROUP]"));
+        assert!(Task::parse(Verb::Add, "x 'y")
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(Task::parse(Verb::Run, "--chown a x")
+            .unwrap_err()
+            .contains("only to ADD and COPY"));
     }
 
     #[test]

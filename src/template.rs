@@ -18,25 +18,27 @@ pub fn render(source: &str, args: &BTreeMap<String, String>) -> Result<String, S
     let tmpl = env
         .template_from_str(source)
         .map_err(|e| format!("bad template: {e}"))?;
-    let mut missing: Vec<String> = tmpl
-        .undeclared_variables(false)
-        .into_iter()
-        .filter(|v| !args.contains_key(v))
-        .collect();
-    if !missing.is_empty() {
+    tmpl.render(Value::from(args.clone())).map_err(|e| {
+        if e.kind() != minijinja::ErrorKind::UndefinedError {
+            return format!("template error: {e}");
+        }
+        // Name what is missing; `default` and `is defined` are fine.
+        let mut missing: Vec<String> = tmpl
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !args.contains_key(v))
+            .collect();
         missing.sort();
         let s = if missing.len() == 1 { "" } else { "s" };
-        return Err(format!(
+        format!(
             "undefined template variable{s} {} (set with ARG or RUN --stdout-arg before this job)",
             missing
                 .iter()
                 .map(|m| format!("'{m}'"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
-    }
-    tmpl.render(Value::from(args.clone()))
-        .map_err(|e| format!("template error: {e}"))
+        )
+    })
 }
 
 #[cfg(test)]
@@ -58,6 +60,14 @@ mod tests {
             "echo ops:8080"
         );
         assert_eq!(render("{% if port %}p{% endif %}", &a).unwrap(), "p");
+        assert_eq!(
+            render("{{ nope | default('d') }}/{{ user }}", &a).unwrap(),
+            "d/ops"
+        );
+        assert_eq!(
+            render("{% if nope is defined %}x{% endif %}", &a).unwrap(),
+            ""
+        );
     }
 
     #[test]
