@@ -44,6 +44,9 @@ const FIRST_DYNAMIC: usize = 16;
 
 /// Messages received per port per service pass before other sources get a turn.
 const BUDGET: usize = 256;
+/// Each fetch on the transfer port reads a chunk from disk: take fewer per
+/// pass so heartbeats, jobs and the control socket get their turn between.
+const TRANSFER_BUDGET: usize = 16;
 /// How long unsent messages may hold up shutdown.
 const SHUTDOWN_LINGER_MS: i32 = 500;
 
@@ -190,7 +193,8 @@ impl Server {
         for _round in 0..8 {
             let mut progressed = false;
             for port in PORTS {
-                let done = self.ports[port as usize].service(BUDGET).map_err(|e| {
+                let budget = if port == Port::Transfer { TRANSFER_BUDGET } else { BUDGET };
+                let done = self.ports[port as usize].service(budget).map_err(|e| {
                     Error::zmq(
                         format!("{} socket failed", self.ports[port as usize].name),
                         e,
