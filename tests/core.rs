@@ -4,7 +4,6 @@
 mod util;
 
 use std::fs;
-use std::time::Duration;
 
 use util::{pid_gone, read_pid, wait_until, Cluster, DEADLINE};
 
@@ -519,7 +518,6 @@ fn config_file_and_environment_configure_the_daemons() {
         let out = util::run_cli_env(&dir.path, &["manage".into(), "--list-nodes".into()], &env);
         out.code == 0 && out.stdout.contains("envnode")
     });
-    let _ = Duration::ZERO;
 }
 
 #[test]

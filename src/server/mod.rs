@@ -193,7 +193,11 @@ impl Server {
         for _round in 0..8 {
             let mut progressed = false;
             for port in PORTS {
-                let budget = if port == Port::Transfer { TRANSFER_BUDGET } else { BUDGET };
+                let budget = if port == Port::Transfer {
+                    TRANSFER_BUDGET
+                } else {
+                    BUDGET
+                };
                 let done = self.ports[port as usize].service(budget).map_err(|e| {
                     Error::zmq(
                         format!("{} socket failed", self.ports[port as usize].name),
