@@ -14,13 +14,6 @@ mod util;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// `nodes` threads, each starting `jobs` shells one after another.
 fn floor(nodes: usize, jobs: usize) -> Duration {
     let start = Instant::now();
@@ -53,8 +46,8 @@ fn director(c: &util::Cluster, file: &std::path::Path) -> Duration {
 
 fn main() {
     // `cargo bench` passes `--bench`; this benchmark takes no filter.
-    let jobs = env_usize("JOBS", 1000);
-    let nodes = env_usize("NODES", 6);
+    let jobs = util::env_usize("JOBS", 1000);
+    let nodes = util::env_usize("NODES", 6);
     let names: Vec<String> = (1..=nodes).map(|i| format!("bench-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let c = util::Cluster::start("bench", &refs, "5");

@@ -14,13 +14,6 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Peak resident set of a process, in MiB.
 fn peak_rss_mib(pid: i32) -> f64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -33,8 +26,8 @@ fn peak_rss_mib(pid: i32) -> f64 {
 }
 
 fn main() {
-    let size_mb = env_usize("SIZE_MB", 1024);
-    let nodes = env_usize("NODES", 6);
+    let size_mb = util::env_usize("SIZE_MB", 1024);
+    let nodes = util::env_usize("NODES", 6);
     let names: Vec<String> = (1..=nodes).map(|i| format!("xfer-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut c = util::Cluster::start("xfer-bench", &refs, "5");

@@ -18,6 +18,14 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A size from the environment, for benchmarks.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A directory removed when the test ends.
 pub struct TestDir {
     pub path: PathBuf,
