@@ -189,6 +189,9 @@ impl Client {
 
     /// Say `Ready` with what we hold, then resend unacknowledged results.
     fn announce(&mut self) {
+        let mut fx = Effects::default();
+        self.runner.link_reset(self.poll.registry(), &mut fx);
+        self.apply(fx);
         let ready = ClientMsg::Ready {
             version: env!("CARGO_PKG_VERSION").into(),
             interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64,

@@ -458,6 +458,23 @@ impl Runner {
         }
     }
 
+    /// The sockets to the server were reset, or the server forgot us: what
+    /// a running transfer asked for will never come, so it fails now rather
+    /// than at its timeout. (The server still waits for its result if it
+    /// knows the job; a restarted one drops it.)
+    pub fn link_reset(&mut self, reg: &Registry, fx: &mut Effects) {
+        if let Some(Running {
+            work: Work::Transfer { .. },
+            ..
+        }) = &self.running
+        {
+            let outcome = exec::ended(Exit::Error(
+                "the connection to the server was reset during the transfer".into(),
+            ));
+            self.finish(outcome, reg, fx);
+        }
+    }
+
     /// Drop expired cache entries.
     pub fn sweep_cache(&mut self) {
         let dropped = self.cache.sweep(crate::clock::now_ms());
