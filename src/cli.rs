@@ -456,11 +456,15 @@ The job string starts with options, then the verb's arguments:
   --run-once           run on exactly one of the targets
   --timeout SECONDS    kill the command's process group after this long (default 600)
   --stdout-arg NAME    RUN only: store the command's stdout as the ARG NAME
+  --chown USER[:GROUP] ADD/COPY only: owner of the files on the node (names or ids)
 Verbs:
   RUN COMMAND          run COMMAND with /bin/sh -c (a Jinja template over the ARGs)
   ARG KEY VALUE        store a template variable in the node's cache
   ENV KEY VALUE        set an environment variable for later RUNs on the node
   WORKDIR PATH         create PATH and its parents (a template)
+  ADD SRC... DEST      send files or globs from this machine; DEST is a directory if it
+                       ends in / or several files go, else the file's path (a template)
+  COPY SRC... DEST     the same as ADD
 ";
 
 const EXEC_HELP: &str = "\
@@ -468,7 +472,7 @@ director exec — submit one job
 
 Usage: director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'
 
-  --verb VERB      RUN, ARG, ENV or WORKDIR
+  --verb VERB      RUN, ARG, ENV, WORKDIR, ADD or COPY
   --target NODE    a node to run on; repeat for several (default: every connected node)
   --wait           stay connected, print each node's result as it arrives, and exit
                    0 only if every node succeeded
