@@ -15,6 +15,7 @@ mod control;
 mod files;
 mod jobs;
 mod nodes;
+mod peer_log;
 
 use std::collections::HashMap;
 use std::io;
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use self::cluster::{Cluster, Effect, Now};
 use self::control::{ControlConn, Inbound};
+use self::peer_log::PeerLog;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::reactor::signals::{self, Signals};
@@ -90,6 +92,7 @@ pub struct Server {
     signals: Signals,
     state: RunState,
     effects: Vec<Effect>,
+    peer_log: PeerLog,
 }
 
 /// Run the server until it is told to stop.
@@ -148,6 +151,7 @@ impl Server {
             signals,
             state: RunState::Running,
             effects: Vec::new(),
+            peer_log: PeerLog::default(),
         })
     }
 
@@ -227,15 +231,19 @@ impl Server {
         }
         let identity = frames.remove(0);
         let Ok(node) = String::from_utf8(identity) else {
-            log::warn!(
-                "dropped a message on the {name} port from a peer whose identity is not UTF-8"
-            );
+            let msg =
+                format_args!("dropped a message on the {name} port: the identity is not UTF-8");
+            self.peer_log.warn("?", Instant::now(), msg);
             return;
         };
         let msg = match wire::decode::<ClientMsg>(&frames) {
             Ok(msg) => msg,
             Err(e) => {
-                log::warn!("node={node}: dropped a message on the {name} port: {e}");
+                self.peer_log.warn(
+                    &node,
+                    Instant::now(),
+                    format_args!("dropped a message on the {name} port: {e}"),
+                );
                 return;
             }
         };
@@ -291,9 +299,11 @@ impl Server {
                 self.serve_fetch(&node, job_id, file, offset, len);
             }
             (_, msg) => {
-                log::warn!(
-                    "node={node}: dropped an unexpected {} on the {name} port",
-                    msg.describe()
+                let what = msg.describe();
+                self.peer_log.warn(
+                    &node,
+                    now.at,
+                    format_args!("dropped an unexpected {what} on the {name} port"),
                 );
             }
         }
@@ -324,9 +334,8 @@ impl Server {
                 ));
             }
             Err(message) => {
-                log::warn!(
-                    "node={node}: refused a fetch of file {file} of job {job_id}: {message}"
-                );
+                let msg = format_args!("refused a fetch of file {file} of job {job_id}: {message}");
+                self.peer_log.warn(node, Instant::now(), msg);
                 frames.extend(wire::encode(&ServerMsg::FetchError {
                     job_id,
                     file,
