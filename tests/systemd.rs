@@ -1,0 +1,69 @@
+//! The systemd helpers write units that run this director with the config
+//! file they name, and a config file director accepts.
+
+mod util;
+
+use std::fs;
+
+#[test]
+fn helpers_write_units_and_a_config_director_accepts() {
+    let dir = util::TestDir::new("systemd");
+    for (bin, mode) in [
+        (env!("CARGO_BIN_EXE_director-server-systemd"), "server"),
+        (env!("CARGO_BIN_EXE_director-client-systemd"), "client"),
+    ] {
+        let units = dir.path.join("units");
+        let config = dir.path.join(format!("etc-{mode}/config.yaml"));
+        let out = std::process::Command::new(bin)
+            .args([
+                "--unit-dir",
+                units.to_str().unwrap(),
+                "--config-file",
+                config.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let unit = fs::read_to_string(units.join(format!("director-{mode}.service"))).unwrap();
+        // The director beside the helper, by absolute path.
+        let want = format!(
+            "ExecStart={} --config-file {} {mode}",
+            util::BIN,
+            config.display()
+        );
+        assert!(unit.contains(&want), "{unit}");
+        assert!(unit.contains("[Install]") && unit.contains("WantedBy=multi-user.target"));
+        // The config it created parses: director reads it without complaint.
+        let check = util::run_cli(
+            &dir.path,
+            &[
+                "--config-file".into(),
+                config.display().to_string(),
+                "--help".into(),
+            ],
+        );
+        assert_eq!(check.code, 0, "{check:?}");
+        let bad = util::run_cli(
+            &dir.path,
+            &[
+                "manage".into(),
+                "--list-nodes".into(),
+                "--config-file".into(),
+                config.display().to_string(),
+                "--socket-path".into(),
+                dir.path.join("none.sock").display().to_string(),
+            ],
+        );
+        assert_eq!(
+            bad.code, 3,
+            "the config is valid; only the server is missing: {bad:?}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_director-server-systemd"))
+        .arg("--director")
+        .arg(dir.path.join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a file"));
+}
