@@ -9,6 +9,7 @@ mod clock;
 mod config;
 mod dsl;
 mod error;
+mod journal;
 mod logger;
 mod orchestrate;
 mod progress;

@@ -9,15 +9,15 @@
 //! the disk. A torn or corrupt tail is dropped at load with a warning.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::journal::Journal;
+
 const JOURNAL: &str = "journal.bin";
-const MAX_RECORD: usize = 16 << 20;
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum Record {
@@ -29,52 +29,26 @@ enum Record {
 
 /// The node's persistent cache.
 pub struct Cache {
-    dir: PathBuf,
-    journal: File,
+    journal: Journal,
     ttl_ms: u64,
     args: BTreeMap<String, String>,
     env: BTreeMap<String, String>,
     done: HashMap<String, u64>,
-    /// Records in the journal, live or not, to know when to compact.
-    records: usize,
 }
 
 impl Cache {
     /// Open (creating) the cache in `dir`; entries older than `ttl` are gone.
     pub fn open(dir: &Path, ttl: Duration, now_ms: u64) -> io::Result<Cache> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join(JOURNAL);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let journal = OpenOptions::new().create(true).append(true).open(&path)?;
+        let (journal, records) = Journal::open::<Record>(dir, JOURNAL)?;
         let mut cache = Cache {
-            dir: dir.to_owned(),
             journal,
             ttl_ms: ttl.as_millis() as u64,
             args: BTreeMap::new(),
             env: BTreeMap::new(),
             done: HashMap::new(),
-            records: 0,
         };
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            match next_record(rest) {
-                Some((rec, tail)) => {
-                    cache.apply(rec);
-                    rest = tail;
-                }
-                None => {
-                    log::warn!(
-                        "cache {}: dropped a torn or corrupt tail of {} bytes",
-                        path.display(),
-                        rest.len()
-                    );
-                    break;
-                }
-            }
+        for rec in records {
+            cache.apply(rec);
         }
         cache.sweep(now_ms);
         cache.compact()?;
@@ -152,105 +126,67 @@ impl Cache {
         let ttl = self.ttl_ms;
         self.done.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
         let dropped = before - self.done.len();
-        if dropped > 0 || self.records > 2 * self.live() + 1024 {
-            if let Err(e) = self.compact() {
-                log::error!(
-                    "cache {}: cannot rewrite the journal: {e}",
-                    self.dir.display()
-                );
-            }
+        if dropped > 0 || self.bloated() {
+            self.compact_or_log();
         }
         dropped
     }
 
-    fn live(&self) -> usize {
-        self.args.len() + self.env.len() + self.done.len()
+    fn bloated(&self) -> bool {
+        self.journal.records() > 2 * (self.args.len() + self.env.len() + self.done.len()) + 1024
     }
 
     fn append(&mut self, rec: Record) {
-        let bytes = encode(&rec);
+        // No fsync per record: losing the last ones to a crash only means
+        // running a step again.
+        let written = self.journal.append(&rec);
         self.apply(rec);
-        self.records += 1;
-        if self.records > 2 * self.live() + 1024 {
-            // Mostly dead records (the same steps re-run): rewrite instead.
-            if let Err(e) = self.compact() {
-                log::error!(
-                    "cache {}: cannot rewrite the journal: {e}",
-                    self.dir.display()
-                );
-            }
-            return;
-        }
-        if let Err(e) = self.journal.write_all(&bytes) {
+        if let Err(e) = written {
             log::error!(
-                "cache {}: cannot write: {e}; the change holds until the client restarts",
-                self.dir.display()
+                "{}: cannot write: {e}; the change holds until the client restarts",
+                self.journal.path().display()
+            );
+        }
+        if self.bloated() {
+            // Mostly dead records (the same steps re-run): rewrite.
+            self.compact_or_log();
+        }
+    }
+
+    fn compact_or_log(&mut self) {
+        if let Err(e) = self.compact() {
+            log::error!(
+                "{}: cannot rewrite the journal: {e}",
+                self.journal.path().display()
             );
         }
     }
 
     /// Rewrite the journal with only live records.
     fn compact(&mut self) -> io::Result<()> {
-        let path = self.dir.join(JOURNAL);
-        let tmp = self.dir.join(format!("{JOURNAL}.tmp"));
-        let mut out = Vec::new();
-        let mut records = 0;
-        for (key, value) in &self.args {
-            out.extend(encode(&Record::Arg {
-                key: key.clone(),
-                value: value.clone(),
-            }));
-            records += 1;
-        }
-        for (key, value) in &self.env {
-            out.extend(encode(&Record::Env {
-                key: key.clone(),
-                value: value.clone(),
-            }));
-            records += 1;
-        }
-        for (key, at_ms) in &self.done {
-            out.extend(encode(&Record::Done {
-                key: key.clone(),
-                at_ms: *at_ms,
-            }));
-            records += 1;
-        }
-        let mut f = File::create(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        self.journal = OpenOptions::new().append(true).open(&path)?;
-        self.records = records;
-        Ok(())
+        let args = self.args.iter().map(|(k, v)| Record::Arg {
+            key: k.clone(),
+            value: v.clone(),
+        });
+        let env = self.env.iter().map(|(k, v)| Record::Env {
+            key: k.clone(),
+            value: v.clone(),
+        });
+        let done = self.done.iter().map(|(k, at)| Record::Done {
+            key: k.clone(),
+            at_ms: *at,
+        });
+        let live: Vec<Record> = args.chain(env).chain(done).collect();
+        self.journal.rewrite(live)
     }
-}
-
-fn encode(rec: &Record) -> Vec<u8> {
-    // Our own type always encodes.
-    let body = bincode::serde::encode_to_vec(rec, bincode::config::standard())
-        .expect("cache records encode");
-    let mut out = (body.len() as u32).to_le_bytes().to_vec();
-    out.extend(body);
-    out
-}
-
-fn next_record(bytes: &[u8]) -> Option<(Record, &[u8])> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    if len > MAX_RECORD {
-        return None;
-    }
-    let body = bytes.get(4..4 + len)?;
-    let (rec, used) = bincode::serde::decode_from_slice(body, bincode::config::standard()).ok()?;
-    (used == len).then_some((rec, &bytes[4 + len..]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+    use std::path::PathBuf;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("director-cache-{}-{name}", std::process::id()));
