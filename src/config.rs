@@ -57,7 +57,7 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "socket_path", kind: Kind::Text, scope: Scope::Global, default: Some("/var/run/director.sock"), help: "UNIX socket between the server and the CLI" },
     OptSpec { name: "identity", kind: Kind::Text, scope: Scope::Global, default: None, help: "this node's name in the cluster (default: the host name)" },
     OptSpec { name: "bind_address", kind: Kind::Text, scope: Scope::Server, default: Some("*"), help: "address the server listens on (* for all)" },
-    OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's state (reserved: job history is kept in memory in this release)" },
+    OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's job history, kept across restarts" },
     OptSpec { name: "server_address", kind: Kind::Text, scope: Scope::Client, default: Some("localhost"), help: "host name or IP address of the server" },
     OptSpec { name: "cache_ttl", kind: Kind::Seconds, scope: Scope::Client, default: Some("259200"), help: "seconds a cached success stays valid (default 72 hours)" },
     OptSpec { name: "cache_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/cache/director"), help: "directory for the client's cache: ARG and ENV values, successful steps" },
@@ -201,9 +201,6 @@ pub struct Config {
     pub socket_path: PathBuf,
     pub identity: String,
     pub bind_address: String,
-    // Accepted and validated now so configs written today keep working; the
-    // persistence and task-cache work reads them.
-    #[allow(dead_code)]
     pub state_path: PathBuf,
     pub server_address: String,
     pub cache_path: PathBuf,

@@ -593,3 +593,53 @@ fn purges_forget_finished_jobs_and_idle_nodes() {
     // Live nodes come back on their own at their next heartbeat.
     c.wait_nodes(&["p1", "p2"]);
 }
+
+#[test]
+fn acknowledged_jobs_survive_a_server_restart() {
+    let mut c = Cluster::start("persist", &["p", "q"], "1");
+    let done = c.submit(&["p"], "echo first");
+    c.wait_job_done(&done);
+    // A job held until the test says go, one queued behind it, and one on a
+    // node that will not come back.
+    let gated = c.submit(&["p"], "while [ ! -e go ]; do sleep 0.05; done; echo gated");
+    let queued = c.submit(&["p"], "echo after > after.txt");
+    let gone = c.submit(&["q"], "sleep 600");
+    wait_until("gated job running", DEADLINE, || {
+        c.part_state(&gated, "p") == "running"
+    });
+    wait_until("q's job running", DEADLINE, || {
+        c.part_state(&gone, "q") == "running"
+    });
+
+    // The server dies without warning; while it is down the gated job
+    // finishes on its node and q vanishes.
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    fs::write(c.node_dir("p").join("go"), "").unwrap();
+    c.client("q").signal(libc::SIGKILL);
+    c.client("q").wait_exit(DEADLINE);
+    c.start_server();
+
+    // Everything acknowledged is still there and completes.
+    let info = c.wait_job_done(&done);
+    assert_eq!(info["nodes"][0]["stdout"], "first\n");
+    let info = c.wait_job_done(&gated);
+    assert_eq!(info["nodes"][0]["state"], "succeeded", "{info}");
+    assert_eq!(info["nodes"][0]["stdout"], "gated\n");
+    let info = c.wait_job_done(&queued);
+    assert_eq!(info["nodes"][0]["state"], "succeeded", "{info}");
+    assert!(c.node_dir("p").join("after.txt").exists());
+    // The node that never came back is expired, and its job lost.
+    let info = c.wait_job_done(&gone);
+    assert_eq!(info["nodes"][0]["state"], "lost", "{info}");
+    assert!(c.server().log_text().contains("restored 4 jobs"));
+    let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use super::history::Record;
 use super::jobs::Jobs;
 use super::nodes::{Link, Nodes, LIVENESS};
 use crate::dsl::{Action, SourceFile, Task};
@@ -69,6 +70,117 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Rebuild from the history after a restart. Nodes with unfinished work
+    /// are expected back: they expire after 3 × `ivl` unless they say
+    /// `Ready`, which also tells which sent jobs they still have.
+    pub fn restore(records: Vec<Record>, ivl: Duration, now: Now) -> Cluster {
+        let mut c = Cluster::default();
+        for rec in records {
+            match rec {
+                Record::Submitted {
+                    id,
+                    parent,
+                    task,
+                    targets,
+                    submitted_ms,
+                } => {
+                    c.jobs
+                        .insert_with_id(id, task, &targets, parent, submitted_ms);
+                }
+                Record::Sent { id, node, sent_ms } => {
+                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
+                        p.state = JobState::Sent;
+                        p.sent_ms = Some(sent_ms);
+                    }
+                }
+                Record::Unsent { id, node } => {
+                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
+                        p.state = JobState::Queued;
+                        p.sent_ms = None;
+                    }
+                }
+                Record::Done { id, node, part } => {
+                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
+                        p.restore(part);
+                    }
+                }
+            }
+        }
+        let mut pending: Vec<(Uuid, String, JobState)> = Vec::new();
+        for job in c.jobs.iter() {
+            for (node, part) in &job.parts {
+                if !part.state.is_done() {
+                    pending.push((job.id, node.clone(), part.state));
+                }
+            }
+        }
+        for (id, node, state) in pending {
+            let (n, _) = c.nodes.upsert(&node, ivl, now.at, now.ms);
+            // Nothing goes out until the node says Ready again.
+            n.link = Link::Stale;
+            match state {
+                JobState::Queued => n.queue.push_back(id),
+                _ => n.in_flight.push_back(id),
+            }
+            if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
+                // In flight again: a restart cannot know if it started.
+                if p.state == JobState::Running {
+                    p.state = JobState::Sent;
+                }
+            }
+        }
+        c
+    }
+
+    /// The whole history as records, for rewriting the journal.
+    pub fn snapshot(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for job in self.jobs.iter() {
+            out.push(self.submitted_record(job));
+            for (node, part) in &job.parts {
+                if part.state.is_done() {
+                    out.push(Record::Done {
+                        id: job.id,
+                        node: node.clone(),
+                        part: part.record(),
+                    });
+                } else if let Some(sent_ms) = part.sent_ms {
+                    out.push(Record::Sent {
+                        id: job.id,
+                        node: node.clone(),
+                        sent_ms,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn submitted_record(&self, job: &super::jobs::Job) -> Record {
+        Record::Submitted {
+            id: job.id,
+            parent: job.parent,
+            task: job.task.clone(),
+            targets: job.parts.keys().cloned().collect(),
+            submitted_ms: job.submitted_ms,
+        }
+    }
+
+    /// The `Submitted` record of a job.
+    pub fn submitted(&self, id: &Uuid) -> Option<Record> {
+        self.jobs.get(id).map(|j| self.submitted_record(j))
+    }
+
+    /// The `Done` record of a finished part.
+    pub fn done_record(&self, id: &Uuid, node: &str) -> Option<Record> {
+        let part = self.jobs.get(id)?.parts.get(node)?;
+        Some(Record::Done {
+            id: *id,
+            node: node.to_owned(),
+            part: part.record(),
+        })
+    }
+
     /// A heartbeat from `node`: the answer to send back.
     pub fn heartbeat(&mut self, node: &str, ivl: Duration, now: Now) -> ServerMsg {
         match self.nodes.get_mut(node) {
@@ -799,6 +911,51 @@ mod tests {
         assert_eq!(plan.jobs[0].task_sha1, run("x").sha1());
         assert!(out.is_empty());
         assert_eq!(c.list_jobs().len(), 2);
+    }
+
+    #[test]
+    fn a_restart_restores_history_queues_and_in_flight_work() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b"], t0);
+        let mut out = Vec::new();
+        let done = c
+            .submit(run("1"), &["a".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        c.finished("a", done, ok(), at(t0), &mut out);
+        let sent = c
+            .submit(run("2"), &["a".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let _also_sent = c
+            .submit(run("3"), &["a".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let queued = c
+            .submit(run("4"), &["a".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let on_b = c
+            .submit(run("5"), &["b".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+
+        let t1 = t0 + Duration::from_secs(10);
+        let mut r = Cluster::restore(c.snapshot(), IVL, at(t1));
+        assert_eq!(r.list_jobs().len(), 5);
+        assert_eq!(state(&r, &done, "a"), JobState::Succeeded);
+        assert_eq!(state(&r, &sent, "a"), JobState::Sent);
+        assert_eq!(state(&r, &queued, "a"), JobState::Queued);
+        // Nothing is sent before the node says Ready; then what it no
+        // longer holds is lost, and the queue moves on.
+        assert_eq!(r.heartbeat("a", IVL, at(t1)), ServerMsg::Register);
+        let mut out = Vec::new();
+        r.ready("a", "v", IVL, &[sent], at(t1), &mut out);
+        assert_eq!(state(&r, &_also_sent, "a"), JobState::Lost);
+        assert_eq!(sent_jobs(&out), vec![queued]);
+        // b never comes back: its work is lost at its expiry.
+        r.expire(at(t1 + Duration::from_secs(3)), &mut out);
+        assert_eq!(state(&r, &on_b, "b"), JobState::Lost);
     }
 
     #[test]

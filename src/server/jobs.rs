@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::history::PartRecord;
 use crate::dsl::Task;
 use crate::wire::{Exit, JobDetail, JobState, JobView, Outcome, PartView};
 
@@ -25,6 +26,28 @@ pub struct Part {
 }
 
 impl Part {
+    /// The part as the history keeps it.
+    pub fn record(&self) -> PartRecord {
+        PartRecord {
+            state: self.state,
+            outcome: self.outcome.clone(),
+            message: self.message.clone(),
+            sent_ms: self.sent_ms,
+            rtt_secs: self.rtt_secs,
+            finished_ms: self.finished_ms,
+        }
+    }
+
+    /// A part restored from the history.
+    pub fn restore(&mut self, r: PartRecord) {
+        self.state = r.state;
+        self.outcome = r.outcome;
+        self.message = r.message;
+        self.sent_ms = r.sent_ms;
+        self.rtt_secs = r.rtt_secs;
+        self.finished_ms = r.finished_ms;
+    }
+
     fn queued() -> Part {
         Part {
             state: JobState::Queued,
@@ -143,7 +166,18 @@ impl Jobs {
         parent: Option<Uuid>,
         now_ms: u64,
     ) -> &mut Job {
-        let id = Uuid::new_v4();
+        self.insert_with_id(Uuid::new_v4(), task, targets, parent, now_ms)
+    }
+
+    /// Record a job with a known id (restored from the history).
+    pub fn insert_with_id(
+        &mut self,
+        id: Uuid,
+        task: Task,
+        targets: &[String],
+        parent: Option<Uuid>,
+        now_ms: u64,
+    ) -> &mut Job {
         let sha1 = task.sha1();
         let parts = targets
             .iter()

@@ -13,6 +13,7 @@
 mod cluster;
 mod control;
 mod files;
+mod history;
 mod jobs;
 mod nodes;
 mod peer_log;
@@ -28,9 +29,11 @@ use uuid::Uuid;
 
 use self::cluster::{Cluster, Effect, Now};
 use self::control::{ControlConn, Inbound};
+use self::history::Record;
 use self::peer_log::PeerLog;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::journal::Journal;
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::zmq::{endpoint, ZmqPort};
@@ -93,6 +96,12 @@ pub struct Server {
     state: RunState,
     effects: Vec<Effect>,
     peer_log: PeerLog,
+    /// The job history on disk; synced before anything that depends on it
+    /// leaves the server.
+    history: Journal,
+    /// Answers and progress for control connections, sent after the
+    /// history is synced (group commit: one sync for a whole pass).
+    notes: Vec<(Token, Response)>,
 }
 
 /// Run the server until it is told to stop.
@@ -123,6 +132,30 @@ impl Server {
             .map_err(|e| Error::io("cannot watch the control socket", e))?;
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let (mut history, records) = Journal::open::<Record>(&cfg.state_path, history::FILE)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot open the job history in {}",
+                        cfg.state_path.display()
+                    ),
+                    e,
+                )
+            })?;
+        let cluster = Cluster::restore(records, cfg.heartbeat_ivl, Now::real());
+        // Start from a compact journal: only what is still known.
+        history
+            .rewrite(cluster.snapshot())
+            .map_err(|e| Error::io(format!("cannot rewrite {}", history.path().display()), e))?;
+        let jobs = cluster.list_jobs();
+        if !jobs.is_empty() {
+            let unfinished = jobs.iter().filter(|j| j.finished_ms.is_none()).count();
+            log::info!(
+                "restored {} jobs ({unfinished} unfinished) from {}",
+                jobs.len(),
+                history.path().display()
+            );
+        }
         if cfg.shared_key.is_some() {
             log::warn!(
                 "--shared-key is accepted but not enforced yet: peers are not authenticated"
@@ -136,7 +169,7 @@ impl Server {
             cfg.bind_address,
             cfg.socket_path.display()
         );
-        Ok(Server {
+        let mut server = Server {
             poll,
             ports,
             _ctx: ctx,
@@ -146,13 +179,20 @@ impl Server {
             tokens: TokenCounter::new(FIRST_DYNAMIC),
             timers: Timers::default(),
             expiry: None,
-            cluster: Cluster::default(),
+            cluster,
+            history,
+            notes: Vec::new(),
             waiters: HashMap::new(),
             signals,
             state: RunState::Running,
             effects: Vec::new(),
             peer_log: PeerLog::default(),
-        })
+        };
+        // Restored nodes must come back in time, or their work is lost.
+        if let Some(at) = server.cluster.next_expiry() {
+            server.schedule_expiry(at);
+        }
+        Ok(server)
     }
 
     fn run(&mut self) -> Result<()> {
@@ -161,6 +201,8 @@ impl Server {
             // Rule: service every port at the top of every pass; anything
             // since the last pass may have queued a send and used the edge.
             let busy = self.service_ports()?;
+            self.sync_history();
+            self.flush_notes();
             let sleep = Sleep {
                 busy,
                 backlog: self.ports.iter().any(ZmqPort::has_backlog),
@@ -197,6 +239,8 @@ impl Server {
         for _round in 0..8 {
             let mut progressed = false;
             for port in PORTS {
+                // What a flush sends (jobs, acks) must be on disk first.
+                self.sync_history();
                 let budget = if port == Port::Transfer {
                     TRANSFER_BUDGET
                 } else {
@@ -359,6 +403,10 @@ impl Server {
                 "node={node}: job {job_id} could not be delivered (node disconnected); kept queued"
             );
             self.cluster.unroutable(&node, job_id);
+            self.record(&Record::Unsent {
+                id: job_id,
+                node: node.into_owned(),
+            });
         }
     }
 
@@ -374,8 +422,20 @@ impl Server {
     fn apply(&mut self, mut effects: Vec<Effect>) {
         for effect in effects.drain(..) {
             match effect {
-                Effect::Send { node, msg } => self.send(Port::Job, &node, &msg),
+                Effect::Send { node, msg } => {
+                    if let ServerMsg::Job { job_id, .. } = &msg {
+                        self.record(&Record::Sent {
+                            id: *job_id,
+                            node: node.clone(),
+                            sent_ms: crate::clock::now_ms(),
+                        });
+                    }
+                    self.send(Port::Job, &node, &msg)
+                }
                 Effect::PartDone { job_id, node } => {
+                    if let Some(rec) = self.cluster.done_record(&job_id, &node) {
+                        self.record(&rec);
+                    }
                     if let Some(view) = self.cluster.part_view(&job_id, &node) {
                         let resp = Response::NodeDone(view);
                         self.notify(&job_id, &resp);
@@ -404,13 +464,53 @@ impl Server {
 
     /// Answer a submission, then carry out its effects: the answer must
     /// reach the waiter before any progress it causes.
-    fn answer_then_apply(&mut self, token: Token, resp: &Response, effects: Vec<Effect>) {
-        if let Some(conn) = self.conns.get_mut(&token) {
-            if let Err(e) = conn.send(resp) {
-                log::debug!("control connection write failed: {e}");
+    fn answer_then_apply(&mut self, token: Token, resp: Response, effects: Vec<Effect>) {
+        let new_jobs: Vec<Uuid> = match &resp {
+            Response::Submitted(s) => vec![s.job_id],
+            Response::Orchestrated(plan) => plan.jobs.iter().filter_map(|j| j.job_id).collect(),
+            _ => Vec::new(),
+        };
+        for id in new_jobs {
+            if let Some(rec) = self.cluster.submitted(&id) {
+                self.record(&rec);
             }
         }
+        self.notes.push((token, resp));
         self.apply(effects);
+    }
+
+    fn record(&mut self, rec: &Record) {
+        if let Err(e) = self.history.append(rec) {
+            log::error!(
+                "cannot write the job history {}: {e}",
+                self.history.path().display()
+            );
+        }
+    }
+
+    fn sync_history(&mut self) {
+        if let Err(e) = self.history.sync() {
+            log::error!(
+                "cannot sync the job history {}: {e}",
+                self.history.path().display()
+            );
+        }
+    }
+
+    /// Send the queued answers and progress, in order.
+    fn flush_notes(&mut self) {
+        let mut dead = Vec::new();
+        for (token, resp) in std::mem::take(&mut self.notes) {
+            if let Some(conn) = self.conns.get_mut(&token) {
+                if let Err(e) = conn.send(&resp) {
+                    log::debug!("control connection dropped: {e}");
+                    dead.push(token);
+                }
+            }
+        }
+        for token in dead {
+            self.close_control(token);
+        }
     }
 
     /// Push `resp` to every connection waiting on `id` (a job or a run).
@@ -418,17 +518,8 @@ impl Server {
         let Some(tokens) = self.waiters.get(job_id) else {
             return;
         };
-        let mut dead = Vec::new();
         for token in tokens {
-            if let Some(conn) = self.conns.get_mut(token) {
-                if let Err(e) = conn.send(resp) {
-                    log::debug!("control connection dropped while waiting on job {job_id}: {e}");
-                    dead.push(*token);
-                }
-            }
-        }
-        for token in dead {
-            self.close_control(token);
+            self.notes.push((*token, resp.clone()));
         }
     }
 
@@ -562,7 +653,7 @@ impl Server {
                     }
                     Err(why) => Response::Rejected(why),
                 };
-                self.answer_then_apply(token, &resp, out);
+                self.answer_then_apply(token, resp, out);
                 return None;
             }
             Request::Orchestrate {
@@ -586,7 +677,7 @@ impl Server {
                     }
                     Err(why) => Response::Rejected(why),
                 };
-                self.answer_then_apply(token, &resp, out);
+                self.answer_then_apply(token, resp, out);
                 return None;
             }
             Request::ListNodes => Response::Nodes(self.cluster.list_nodes()),
@@ -597,6 +688,12 @@ impl Server {
             },
             Request::PurgeJobs => {
                 let (purged, kept) = self.cluster.purge_jobs();
+                if let Err(e) = self.history.rewrite(self.cluster.snapshot()) {
+                    log::error!(
+                        "cannot rewrite the job history {}: {e}",
+                        self.history.path().display()
+                    );
+                }
                 Response::Purged { purged, kept }
             }
             Request::PurgeNodes => {

@@ -44,7 +44,10 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        // DIRECTOR_KEEP_TEST_DIRS=1 keeps logs and files for a post-mortem.
+        if std::env::var_os("DIRECTOR_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }
 

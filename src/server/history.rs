@@ -1,0 +1,55 @@
+//! The server's job history as records, written to a journal under
+//! `--state-path` so that a restart loses nothing acknowledged: a submission
+//! is durable before the CLI hears "queued", a dispatch before the job
+//! leaves, a result before the node hears "recorded" (the server syncs the
+//! journal before every flush of its sockets and every answer).
+//!
+//! On start the records are replayed into the cluster: finished parts keep
+//! their results, parts sent to a node are in flight again (the node says
+//! whether it still has them when it re-registers), queued parts are queued
+//! again, and nodes with work are expected back within their expiry.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::dsl::Task;
+use crate::wire::{JobState, Outcome};
+
+/// File name of the journal in the state directory.
+pub const FILE: &str = "history.bin";
+
+/// One change to the history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    Submitted {
+        id: Uuid,
+        parent: Option<Uuid>,
+        task: Task,
+        targets: Vec<String>,
+        submitted_ms: u64,
+    },
+    Sent {
+        id: Uuid,
+        node: String,
+        sent_ms: u64,
+    },
+    /// A send that could not be routed: the part is queued again.
+    Unsent { id: Uuid, node: String },
+    /// A part reached a final state.
+    Done {
+        id: Uuid,
+        node: String,
+        part: PartRecord,
+    },
+}
+
+/// A finished part, as kept on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub state: JobState,
+    pub outcome: Option<Outcome>,
+    pub message: Option<String>,
+    pub sent_ms: Option<u64>,
+    pub rtt_secs: Option<f64>,
+    pub finished_ms: Option<u64>,
+}
