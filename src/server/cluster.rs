@@ -228,6 +228,21 @@ impl Cluster {
             .copied()
             .collect();
         n.in_flight.retain(|id| holding.contains(id));
+        // What we think is queued but the node has was sent before a restart
+        // whose dispatch record did not reach the disk: never send it twice.
+        let held: Vec<Uuid> = n
+            .queue
+            .iter()
+            .filter(|id| holding.contains(id))
+            .copied()
+            .collect();
+        n.queue.retain(|id| !holding.contains(id));
+        for id in held {
+            n.in_flight.push_back(id);
+            if let Some(p) = self.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(node)) {
+                p.state = JobState::Sent;
+            }
+        }
         for job_id in vanished {
             let why =
                 "the client no longer had this job (it restarted while the job was in flight)";
@@ -956,6 +971,30 @@ mod tests {
         // b never comes back: its work is lost at its expiry.
         r.expire(at(t1 + Duration::from_secs(3)), &mut out);
         assert_eq!(state(&r, &on_b, "b"), JobState::Lost);
+    }
+
+    #[test]
+    fn a_job_the_node_holds_is_never_sent_twice_even_without_its_dispatch_record() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        let id = c
+            .submit(run("1"), &["a".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let lost_record: Vec<Record> = c
+            .snapshot()
+            .into_iter()
+            .filter(|r| !matches!(r, Record::Sent { .. }))
+            .collect();
+        let mut r = Cluster::restore(lost_record, IVL, at(t0));
+        assert_eq!(state(&r, &id, "a"), JobState::Queued);
+        let mut out = Vec::new();
+        r.ready("a", "v", IVL, &[id], at(t0), &mut out);
+        assert!(sent_jobs(&out).is_empty(), "resent a job the node holds");
+        assert_eq!(state(&r, &id, "a"), JobState::Sent);
+        r.finished("a", id, ok(), at(t0), &mut out);
+        assert_eq!(state(&r, &id, "a"), JobState::Succeeded);
     }
 
     #[test]

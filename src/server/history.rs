@@ -1,8 +1,10 @@
 //! The server's job history as records, written to a journal under
 //! `--state-path` so that a restart loses nothing acknowledged: a submission
-//! is durable before the CLI hears "queued", a dispatch before the job
-//! leaves, a result before the node hears "recorded" (the server syncs the
-//! journal before every flush of its sockets and every answer).
+//! is durable before the CLI hears "queued", a result before the node hears
+//! "recorded" and before any waiting CLI sees it. The server syncs once per
+//! loop pass and holds those messages until then (group commit). Jobs go to
+//! nodes without waiting: should a dispatch record be lost, the node's
+//! `Ready` after the restart says it holds the job, and it is not resent.
 //!
 //! On start the records are replayed into the cluster: finished parts keep
 //! their results, parts sent to a node are in flight again (the node says

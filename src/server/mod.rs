@@ -102,6 +102,8 @@ pub struct Server {
     /// Answers and progress for control connections, sent after the
     /// history is synced (group commit: one sync for a whole pass).
     notes: Vec<(Token, Response)>,
+    /// Result acks waiting for the sync of their results.
+    acks: Vec<(String, ServerMsg)>,
 }
 
 /// Run the server until it is told to stop.
@@ -182,6 +184,7 @@ impl Server {
             cluster,
             history,
             notes: Vec::new(),
+            acks: Vec::new(),
             waiters: HashMap::new(),
             signals,
             state: RunState::Running,
@@ -200,8 +203,11 @@ impl Server {
         loop {
             // Rule: service every port at the top of every pass; anything
             // since the last pass may have queued a send and used the edge.
-            let busy = self.service_ports()?;
+            let mut busy = self.service_ports()?;
+            // Group commit: one sync for the whole pass, then what waited
+            // for it (result acks, answers, progress) goes out.
             self.sync_history();
+            busy |= self.release_acks();
             self.flush_notes();
             let sleep = Sleep {
                 busy,
@@ -239,8 +245,6 @@ impl Server {
         for _round in 0..8 {
             let mut progressed = false;
             for port in PORTS {
-                // What a flush sends (jobs, acks) must be on disk first.
-                self.sync_history();
                 let budget = if port == Port::Transfer {
                     TRANSFER_BUDGET
                 } else {
@@ -422,16 +426,21 @@ impl Server {
     fn apply(&mut self, mut effects: Vec<Effect>) {
         for effect in effects.drain(..) {
             match effect {
-                Effect::Send { node, msg } => {
-                    if let ServerMsg::Job { job_id, .. } = &msg {
+                Effect::Send { node, msg } => match msg {
+                    // "Recorded" only once the result is on disk.
+                    ServerMsg::ResultAck { .. } => self.acks.push((node, msg)),
+                    // A job goes at once: if the server dies before its
+                    // record is durable, the node's Ready says it has it.
+                    ServerMsg::Job { job_id, .. } => {
                         self.record(&Record::Sent {
-                            id: *job_id,
+                            id: job_id,
                             node: node.clone(),
                             sent_ms: crate::clock::now_ms(),
                         });
+                        self.send(Port::Job, &node, &msg)
                     }
-                    self.send(Port::Job, &node, &msg)
-                }
+                    msg => self.send(Port::Job, &node, &msg),
+                },
                 Effect::PartDone { job_id, node } => {
                     if let Some(rec) = self.cluster.done_record(&job_id, &node) {
                         self.record(&rec);
@@ -495,6 +504,16 @@ impl Server {
                 self.history.path().display()
             );
         }
+    }
+
+    /// Queue the result acks that waited for the sync; true if any.
+    fn release_acks(&mut self) -> bool {
+        let acks = std::mem::take(&mut self.acks);
+        let any = !acks.is_empty();
+        for (node, msg) in acks {
+            self.send(Port::Job, &node, &msg);
+        }
+        any
     }
 
     /// Send the queued answers and progress, in order.
