@@ -52,6 +52,10 @@ const BUDGET: usize = 256;
 /// Each fetch on the transfer port reads a chunk from disk: take fewer per
 /// pass so heartbeats, jobs and the control socket get their turn between.
 const TRANSFER_BUDGET: usize = 16;
+/// How long a record may wait for the sync that makes it durable: syncs
+/// are shared by everything recorded meanwhile. Jobs do not wait for it;
+/// result acks and CLI answers do.
+const COMMIT_IVL: Duration = Duration::from_millis(5);
 /// How long unsent messages may hold up shutdown.
 const SHUTDOWN_LINGER_MS: i32 = 500;
 
@@ -104,6 +108,8 @@ pub struct Server {
     notes: Vec<(Token, Response)>,
     /// Result acks waiting for the sync of their results.
     acks: Vec<(String, ServerMsg)>,
+    /// When the oldest record not yet synced must be.
+    commit_at: Option<Instant>,
 }
 
 /// Run the server until it is told to stop.
@@ -185,6 +191,7 @@ impl Server {
             history,
             notes: Vec::new(),
             acks: Vec::new(),
+            commit_at: None,
             waiters: HashMap::new(),
             signals,
             state: RunState::Running,
@@ -204,15 +211,17 @@ impl Server {
             // Rule: service every port at the top of every pass; anything
             // since the last pass may have queued a send and used the edge.
             let mut busy = self.service_ports()?;
-            // Group commit: one sync for the whole pass, then what waited
-            // for it (result acks, answers, progress) goes out.
-            self.sync_history();
-            busy |= self.release_acks();
-            self.flush_notes();
+            busy |= self.commit(Instant::now());
+            let now = Instant::now();
+            let mut next_timer = self.timers.until_next(now);
+            if let Some(at) = self.commit_at {
+                let wait = at.saturating_duration_since(now);
+                next_timer = Some(next_timer.map_or(wait, |t| t.min(wait)));
+            }
             let sleep = Sleep {
                 busy,
                 backlog: self.ports.iter().any(ZmqPort::has_backlog),
-                next_timer: self.timers.until_next(Instant::now()),
+                next_timer,
             };
             reactor::wait(&mut self.poll, &mut events, sleep)
                 .map_err(|e| Error::io("event loop failed", e))?;
@@ -232,6 +241,12 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
+        if let Err(e) = self.history.sync() {
+            log::error!(
+                "cannot sync the job history {}: {e}",
+                self.history.path().display()
+            );
+        }
         for p in &self.ports {
             p.set_linger(SHUTDOWN_LINGER_MS);
         }
@@ -495,15 +510,30 @@ impl Server {
                 self.history.path().display()
             );
         }
+        self.commit_at
+            .get_or_insert_with(|| Instant::now() + COMMIT_IVL);
     }
 
-    fn sync_history(&mut self) {
-        if let Err(e) = self.history.sync() {
-            log::error!(
-                "cannot sync the job history {}: {e}",
-                self.history.path().display()
-            );
+    /// Group commit: once the oldest unsynced record is `COMMIT_IVL` old,
+    /// sync, then send what waited for it (result acks, answers, progress).
+    /// With nothing unsynced, that goes at once. True if acks were queued.
+    fn commit(&mut self, now: Instant) -> bool {
+        match self.commit_at {
+            Some(at) if at > now => return false,
+            Some(_) => {
+                if let Err(e) = self.history.sync() {
+                    log::error!(
+                        "cannot sync the job history {}: {e}",
+                        self.history.path().display()
+                    );
+                }
+                self.commit_at = None;
+            }
+            None => {}
         }
+        let acked = self.release_acks();
+        self.flush_notes();
+        acked
     }
 
     /// Queue the result acks that waited for the sync; true if any.
