@@ -103,15 +103,25 @@ impl Cache {
             .is_some_and(|at| now_ms.saturating_sub(*at) < self.ttl_ms)
     }
 
-    pub fn record_done(&mut self, key: &str, now_ms: u64) {
+    fn record_done(&mut self, key: &str, now_ms: u64) {
         self.append(Record::Done {
             key: key.to_owned(),
             at_ms: now_ms,
         });
     }
 
+    /// A step ended: remember a success; after a failure, a success cached
+    /// earlier no longer holds.
+    pub fn settle(&mut self, key: &str, succeeded: bool, now_ms: u64) {
+        if succeeded {
+            self.record_done(key, now_ms);
+        } else {
+            self.forget(key);
+        }
+    }
+
     /// The step failed: a success cached earlier no longer holds.
-    pub fn forget(&mut self, key: &str) {
+    fn forget(&mut self, key: &str) {
         if self.done.contains_key(key) {
             self.append(Record::Forget {
                 key: key.to_owned(),

@@ -62,17 +62,13 @@ pub fn start(
             if !skip_cache && cache.is_done(&key, now_ms) {
                 return Started::Done(ended(Exit::Cached));
             }
-            match std::fs::create_dir_all(&path) {
-                Ok(()) => {
-                    cache.record_done(&key, now_ms);
-                    Started::Done(ended(Exit::Code(0)))
-                }
-                Err(e) => {
-                    cache.forget(&key);
-                    Started::Done(ended(Exit::Error(format!(
-                        "cannot create directory {path}: {e}"
-                    ))))
-                }
+            let made = std::fs::create_dir_all(&path);
+            cache.settle(&key, made.is_ok(), now_ms);
+            match made {
+                Ok(()) => Started::Done(ended(Exit::Code(0))),
+                Err(e) => Started::Done(ended(Exit::Error(format!(
+                    "cannot create directory {path}: {e}"
+                )))),
             }
         }
         Action::Add { .. } => {
@@ -116,18 +112,16 @@ pub fn start(
 /// The report for a reaped process, recording a success in the cache.
 pub fn finish(
     ended: Ended,
-    on_success: &OnSuccess,
+    stdout_arg: Option<&str>,
     timed_out: Option<u64>,
     cache: &mut Cache,
-    now_ms: u64,
 ) -> Outcome {
     let exit = match timed_out {
         Some(secs) => Exit::TimedOut { secs },
         None => ended.exit,
     };
     if exit.state() == JobState::Succeeded {
-        cache.record_done(&on_success.cache_key, now_ms);
-        if let Some(name) = &on_success.stdout_arg {
+        if let Some(name) = stdout_arg {
             if ended.out.dropped > 0 {
                 log::warn!(
                     "--stdout-arg {name}: the output was cut at {} bytes",
@@ -137,8 +131,6 @@ pub fn finish(
             let text = String::from_utf8_lossy(&ended.out.bytes);
             cache.set_arg(name, text.trim_end_matches(['\n', '\r']));
         }
-    } else {
-        cache.forget(&on_success.cache_key);
     }
     Outcome {
         exit,

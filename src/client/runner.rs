@@ -60,12 +60,11 @@ struct Queued {
 enum Work {
     Process {
         child: Child,
-        on_success: OnSuccess,
+        stdout_arg: Option<String>,
         timed_out: bool,
     },
     Transfer {
         add: AddJob,
-        cache_key: Option<String>,
     },
 }
 
@@ -76,6 +75,8 @@ struct Running {
     /// When its `--timeout` passes.
     deadline: Instant,
     timeout_secs: u64,
+    /// Settled in the node cache when the job ends, however it ends.
+    cache_key: Option<String>,
     work: Work,
 }
 
@@ -177,7 +178,7 @@ impl Runner {
             }
             log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
             let now = Instant::now();
-            let work = match exec::start(
+            let (work, cache_key) = match exec::start(
                 job_id,
                 &task,
                 &mut self.cache,
@@ -194,15 +195,22 @@ impl Runner {
                         fx.timers.push((now + REAP_SWEEP, RunnerTimer::ReapSweep));
                     }
                     fx.job.push(ClientMsg::Started { job_id });
-                    Work::Process {
-                        child,
-                        on_success,
-                        timed_out: false,
-                    }
+                    let OnSuccess {
+                        cache_key,
+                        stdout_arg,
+                    } = on_success;
+                    (
+                        Work::Process {
+                            child,
+                            stdout_arg,
+                            timed_out: false,
+                        },
+                        Some(cache_key),
+                    )
                 }
                 Started::Transfer(add, cache_key) => {
                     fx.job.push(ClientMsg::Started { job_id });
-                    Work::Transfer { add, cache_key }
+                    (Work::Transfer { add }, cache_key)
                 }
             };
             let timeout_secs = task.options.timeout_secs;
@@ -213,6 +221,7 @@ impl Runner {
                 parent,
                 deadline,
                 timeout_secs,
+                cache_key,
                 work,
             });
         }
@@ -249,7 +258,25 @@ impl Runner {
     /// End the running job with `outcome` and start the next.
     fn finish(&mut self, outcome: Outcome, reg: &Registry, fx: &mut Effects) {
         let Some(r) = self.running.take() else { return };
-        self.report(r.job_id, r.parent, outcome, fx);
+        self.conclude(r.job_id, r.parent, r.cache_key, outcome, reg, fx);
+    }
+
+    /// The one place a started job ends: settle its cache entry, report,
+    /// start the next.
+    fn conclude(
+        &mut self,
+        job_id: Uuid,
+        parent: Option<Uuid>,
+        cache_key: Option<String>,
+        outcome: Outcome,
+        reg: &Registry,
+        fx: &mut Effects,
+    ) {
+        if let Some(key) = &cache_key {
+            let ok = outcome.exit.state() == JobState::Succeeded;
+            self.cache.settle(key, ok, crate::clock::now_ms());
+        }
+        self.report(job_id, parent, outcome, fx);
         self.start_next(reg, fx);
     }
 
@@ -285,29 +312,32 @@ impl Runner {
             Err(e) => log::error!("job {job_id}: cannot wait for pid {}: {e}", child.pid()),
         }
         let Some(r) = self.running.take() else { return };
+        let Running {
+            job_id,
+            parent,
+            timeout_secs,
+            cache_key,
+            work,
+            ..
+        } = r;
         let Work::Process {
             child,
-            on_success,
+            stdout_arg,
             timed_out,
-        } = r.work
+        } = work
         else {
             return;
         };
-        let timed_out = timed_out.then_some(r.timeout_secs);
+        let timed_out = timed_out.then_some(timeout_secs);
         // On an error, dropping the child kills and reaps its group.
         let outcome = match (reaped, child.into_ended()) {
-            (Ok(_), Some(ended)) => exec::finish(
-                ended,
-                &on_success,
-                timed_out,
-                &mut self.cache,
-                crate::clock::now_ms(),
-            ),
+            (Ok(_), Some(ended)) => {
+                exec::finish(ended, stdout_arg.as_deref(), timed_out, &mut self.cache)
+            }
             (Err(e), _) => exec::ended(Exit::Error(format!("cannot wait for the command: {e}"))),
             (Ok(_), None) => exec::ended(Exit::Error("the command's exit status was lost".into())),
         };
-        self.report(r.job_id, r.parent, outcome, fx);
-        self.start_next(reg, fx);
+        self.conclude(job_id, parent, cache_key, outcome, reg, fx);
     }
 
     /// A message on the transfer port.
@@ -359,25 +389,9 @@ impl Runner {
     }
 
     fn transfer_progress(&mut self, progress: Progress, reg: &Registry, fx: &mut Effects) {
-        let Progress::Finished(outcome) = progress else {
-            return;
-        };
-        if let Some(Running {
-            work:
-                Work::Transfer {
-                    cache_key: Some(key),
-                    ..
-                },
-            ..
-        }) = &self.running
-        {
-            if outcome.exit.state() == JobState::Succeeded {
-                self.cache.record_done(key, crate::clock::now_ms());
-            } else {
-                self.cache.forget(key);
-            }
+        if let Progress::Finished(outcome) = progress {
+            self.finish(outcome, reg, fx);
         }
-        self.finish(outcome, reg, fx);
     }
 
     /// Has the running job work to do without waiting for an event?

@@ -192,9 +192,8 @@ impl Child {
 
     /// The result of a reaped child; `None` if it has not been reaped.
     pub fn into_ended(mut self) -> Option<Ended> {
-        let (exit, exec_secs) = self.ended.take()?;
-        // Keep Drop from killing: mark reaped again with a dummy.
-        self.ended = Some((Exit::Code(0), 0.0));
+        // Cloned, not taken: `ended` stays set, so Drop knows it was reaped.
+        let (exit, exec_secs) = self.ended.clone()?;
         Some(Ended {
             exit,
             out: std::mem::take(&mut self.out),
