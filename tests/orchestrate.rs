@@ -348,8 +348,13 @@ fn exec_runs_every_verb_and_names_undefined_variables() {
         out.stdout.contains("undefined template variable 'nope'"),
         "{out:?}"
     );
-    let out = c.cli(&["exec", "--verb", "ARG", "--stdout-arg", "x", "k v"]);
+    // The job string carries the option: refused by the DSL, not the CLI.
+    let out = c.cli(&["exec", "--verb", "ARG", "--stdout-arg x k v"]);
     assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("--stdout-arg does not apply to ARG"),
+        "{out:?}"
+    );
     let out = c.cli(&["exec", "--verb", "WORKDIR", "--wait", "--stdout-arg x /tmp"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(

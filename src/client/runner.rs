@@ -120,6 +120,12 @@ impl Runner {
         ids
     }
 
+    fn holds(&self, job_id: &Uuid) -> bool {
+        self.queue.iter().any(|q| q.job_id == *job_id)
+            || self.running.as_ref().is_some_and(|r| r.job_id == *job_id)
+            || self.unacked.iter().any(|(id, _)| id == job_id)
+    }
+
     /// Results to send again after a reconnect.
     pub fn unacked(&self) -> impl Iterator<Item = ClientMsg> + '_ {
         self.unacked
@@ -147,7 +153,7 @@ impl Runner {
         reg: &Registry,
         fx: &mut Effects,
     ) {
-        if self.holding().contains(&job_id) {
+        if self.holds(&job_id) {
             log::warn!("job {job_id} received twice; ignored");
             return;
         }
