@@ -657,24 +657,23 @@ impl Server {
                 return;
             }
         };
+        // Every answer goes through `notes`, so a connection's answers keep
+        // their order whether or not they wait for the history to sync.
         for req in requests {
-            let Some(resp) = self.handle_request(token, req) else {
-                continue;
-            };
-            if let Some(conn) = self.conns.get_mut(&token) {
-                if let Err(e) = conn.send(&resp) {
-                    log::debug!("control connection write failed: {e}");
-                    self.close_control(token);
-                    return;
-                }
+            if let Some(resp) = self.handle_request(token, req) {
+                self.notes.push((token, resp));
             }
         }
         if closed {
+            // A peer that stopped writing may still read what needs no sync.
+            if self.commit_at.is_none() {
+                self.flush_notes();
+            }
             self.close_control(token);
         }
     }
 
-    /// Answer a request; `None` when the answer was already sent.
+    /// Answer a request; `None` when the answer was already queued.
     fn handle_request(&mut self, token: Token, req: Request) -> Option<Response> {
         log::debug!("control <- {req:?}");
         let resp = match req {
