@@ -168,7 +168,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                         None => RawValue::Bool(true),
                     }
                 } else {
-                    RawValue::Text(string(parser.value().map_err(usage)?)?)
+                    RawValue::Text(value(&mut parser)?)
                 };
                 switches.insert(
                     spec.name,
@@ -180,11 +180,11 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             }
             Long("verb") => {
                 m.saw("--verb", EXEC);
-                m.verb = Some(string(parser.value().map_err(usage)?)?);
+                m.verb = Some(value(&mut parser)?);
             }
             Long("target") => {
                 m.saw("--target", SUBMIT);
-                m.targets.push(string(parser.value().map_err(usage)?)?);
+                m.targets.push(value(&mut parser)?);
             }
             Long("wait") => {
                 m.saw("--wait", SUBMIT);
@@ -192,7 +192,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             }
             Long("restrict") => {
                 m.saw("--restrict", ORCHESTRATE);
-                m.restrict.push(string(parser.value().map_err(usage)?)?);
+                m.restrict.push(value(&mut parser)?);
             }
             Long("ignore-cache") => {
                 m.saw("--ignore-cache", ORCHESTRATE);
@@ -207,7 +207,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("purge-jobs") => manage(&mut m, "--purge-jobs", ManageAction::PurgeJobs),
             Long("purge-nodes") => manage(&mut m, "--purge-nodes", ManageAction::PurgeNodes),
             Long("job-info") => {
-                let id = string(parser.value().map_err(usage)?)?;
+                let id = value(&mut parser)?;
                 let id = Uuid::parse_str(id.trim()).map_err(|_| {
                     Error::Usage(format!("--job-info: '{id}' is not a job id (a UUID)"))
                 })?;
@@ -215,7 +215,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             }
             Long("format") => {
                 m.saw("--format", MANAGE);
-                let f = string(parser.value().map_err(usage)?)?;
+                let f = value(&mut parser)?;
                 m.format = Some(match f.as_str() {
                     "table" => Format::Table,
                     "json" => Format::Json,
@@ -396,6 +396,11 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Orchestrate => "orchestrate",
         Mode::Manage => "manage",
     }
+}
+
+/// The value of the option just parsed, as UTF-8.
+fn value(parser: &mut lexopt::Parser) -> Result<String> {
+    string(parser.value().map_err(usage)?)
 }
 
 fn usage(e: lexopt::Error) -> Error {
