@@ -99,6 +99,14 @@ impl Conn {
     }
 }
 
+/// A lost connection while waiting does not stop the work: say so.
+fn still_going(e: Error, what: &str) -> Error {
+    match e {
+        Error::Protocol(why) => Error::Protocol(format!("{why} ({what} may still be running)")),
+        e => e,
+    }
+}
+
 fn out_err(e: io::Error) -> Error {
     Error::io("cannot write to stdout", e)
 }
@@ -131,13 +139,9 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     loop {
-        let resp = conn.recv().map_err(|e| match e {
-            Error::Protocol(why) => Error::Protocol(format!(
-                "{why} (job {} may still be running)",
-                submitted.job_id
-            )),
-            e => e,
-        })?;
+        let resp = conn
+            .recv()
+            .map_err(|e| still_going(e, &format!("job {}", submitted.job_id)))?;
         match resp {
             Response::NodeDone(part) => {
                 write_part(&mut out, &part).map_err(out_err)?;
@@ -218,12 +222,9 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
             .set_read_timeout(Some(std::time::Duration::from_secs(1)));
     }
     loop {
-        let resp = conn.recv_tick().map_err(|e| match e {
-            Error::Protocol(why) => {
-                Error::Protocol(format!("{why} (run {parent} may still be going)"))
-            }
-            e => e,
-        })?;
+        let resp = conn
+            .recv_tick()
+            .map_err(|e| still_going(e, &format!("run {parent}")))?;
         let Some(resp) = resp else {
             write!(out, "\r\x1b[K{}", progress.status(started.elapsed())).map_err(out_err)?;
             out.flush().map_err(out_err)?;
