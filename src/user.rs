@@ -400,6 +400,7 @@ fn nodes_table(nodes: &[NodeView]) -> String {
         .map(|n| {
             vec![
                 n.name.clone(),
+                n.version.clone(),
                 format_utc(n.last_heartbeat_ms),
                 format_utc(n.expires_ms),
                 n.queued.to_string(),
@@ -410,6 +411,7 @@ fn nodes_table(nodes: &[NodeView]) -> String {
     table(
         &[
             "NAME",
+            "VERSION",
             "LAST HEARTBEAT (UTC)",
             "EXPIRES (UTC)",
             "QUEUED",

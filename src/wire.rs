@@ -445,6 +445,8 @@ impl JobState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
+    /// The director version the node's client runs.
+    pub version: String,
     pub last_heartbeat_ms: u64,
     pub expires_ms: u64,
     /// Jobs waiting on the server for this node.

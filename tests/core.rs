@@ -63,6 +63,12 @@ fn exec_runs_on_every_node_or_only_the_named_one() {
     assert_eq!(jobs.code, 0);
     assert!(jobs.stdout.starts_with("ID"));
     assert!(jobs.stdout.contains(&id) && jobs.stdout.contains("1 succeeded"));
+    assert!(c
+        .nodes_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["version"] == env!("CARGO_PKG_VERSION")));
     let nodes = c.cli(&["manage", "--list-nodes"]);
     assert!(nodes.stdout.starts_with("NAME") && nodes.stdout.contains("n3"));
     let text = c.cli(&["manage", "--job-info", &id]);

@@ -609,6 +609,7 @@ impl Cluster {
             .iter()
             .map(|n| NodeView {
                 name: n.name.clone(),
+                version: n.version.clone(),
                 last_heartbeat_ms: n.last_seen_ms,
                 expires_ms: n.expires_ms(),
                 queued: n.queue.len() as u32,
