@@ -142,9 +142,7 @@ fn a_burst_of_100_jobs_to_one_node_all_complete() {
         .map(|i| c.submit(&["solo"], &format!("echo {i} >> burst.txt")))
         .collect();
     wait_until("100 jobs done", DEADLINE * 2, || {
-        let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
-        let jobs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let jobs = jobs.as_array().unwrap();
+        let jobs = c.jobs_json();
         jobs.len() == 100 && jobs.iter().all(|j| j["states"]["succeeded"] == 1)
     });
     // Run one at a time, in submission order.
@@ -191,9 +189,7 @@ fn a_client_killed_mid_job_is_reported_lost_while_the_others_finish() {
     let id = {
         let mut id = String::new();
         wait_until("live nodes done", DEADLINE, || {
-            let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
-            let jobs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-            match jobs.as_array().unwrap().first() {
+            match c.jobs_json().first() {
                 Some(j) if j["states"]["succeeded"] == 2 => {
                     id = j["id"].as_str().unwrap().to_owned();
                     true
@@ -639,13 +635,5 @@ fn acknowledged_jobs_survive_a_server_restart() {
     let info = c.wait_job_done(&gone);
     assert_eq!(info["nodes"][0]["state"], "lost", "{info}");
     assert!(c.server().log_text().contains("restored 4 jobs"));
-    let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(c.jobs_json().len(), 4);
 }

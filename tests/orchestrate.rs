@@ -20,15 +20,6 @@ fn orchestrate(c: &Cluster, file: &Path, extra: &[&str]) -> util::Out {
     c.cli(&args)
 }
 
-fn jobs(c: &Cluster) -> Vec<serde_json::Value> {
-    let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
-    serde_json::from_str::<serde_json::Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// The recap row of `node`: (ok, cached, skipped, failed).
 fn recap(stdout: &str, node: &str) -> (u32, u32, u32, u32) {
     let start = stdout.find("recap after").expect("no recap");
@@ -74,7 +65,7 @@ fn the_original_shape_runs_and_templates_chain_args() {
     assert_eq!(recap(&out.stdout, "n1"), (5, 0, 0, 0));
     assert_eq!(recap(&out.stdout, "n3"), (4, 0, 0, 0));
     // One parent for the whole run, shown by manage.
-    let js = jobs(&c);
+    let js = c.jobs_json();
     assert_eq!(js.len(), 5);
     let parent = js[0]["parent"].as_str().unwrap().to_owned();
     assert!(out.stdout.contains(&parent));
@@ -181,7 +172,7 @@ fn restrict_submits_only_the_named_tasks() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(c.node_dir("r1").join("two.txt").exists());
     assert!(!c.node_dir("r1").join("one.txt").exists());
-    assert_eq!(jobs(&c).len(), 1);
+    assert_eq!(c.jobs_json().len(), 1);
 }
 
 #[test]
@@ -252,7 +243,8 @@ fn a_failure_stops_the_run_on_that_node_only() {
     assert_eq!(recap(&out.stdout, "bad"), (1, 0, 3, 1));
     assert!(out.stdout.contains("bad: job 2/5 RUN"), "{}", out.stdout);
     assert!(out.stdout.contains("stderr | broken"), "{}", out.stdout);
-    let skipped = jobs(&c)
+    let skipped = c
+        .jobs_json()
         .iter()
         .filter(|j| j["states"]["skipped"] == 1)
         .count();
@@ -278,7 +270,7 @@ fn dry_run_prints_the_plan_and_submits_nothing() {
         out.stdout
     );
     assert!(out.stdout.contains("WORKDIR") && out.stdout.contains("TASK SHA1"));
-    assert!(jobs(&c).is_empty());
+    assert!(c.jobs_json().is_empty());
     assert!(!c.node_dir("d2").join("out").exists());
 }
 
@@ -328,7 +320,7 @@ fn bad_orchestrations_are_refused_whole_and_queue_nothing() {
     ]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("missing.yml"), "{out:?}");
-    assert!(jobs(&c).is_empty());
+    assert!(c.jobs_json().is_empty());
     assert!(!c.node_dir("b1").join("should-not-run").exists());
 }
 

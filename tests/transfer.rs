@@ -322,9 +322,7 @@ fn a_source_that_changes_or_vanishes_fails_the_job_clearly() {
 fn wait_run_done(c: &Cluster) -> Vec<serde_json::Value> {
     let mut ids = Vec::new();
     wait_until("run done", DEADLINE, || {
-        let out = c.cli(&["manage", "--list-jobs", "--format", "json"]);
-        let jobs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let jobs = jobs.as_array().unwrap();
+        let jobs = c.jobs_json();
         ids = jobs
             .iter()
             .map(|j| j["id"].as_str().unwrap().to_owned())

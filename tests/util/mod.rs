@@ -284,6 +284,16 @@ impl Cluster {
         serde_json::from_str(&out.stdout).unwrap()
     }
 
+    /// `manage --list-jobs --format json`, as a list.
+    pub fn jobs_json(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["manage", "--list-jobs", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        match serde_json::from_str(&out.stdout) {
+            Ok(serde_json::Value::Array(jobs)) => jobs,
+            _ => panic!("not a JSON list: {}", out.stdout),
+        }
+    }
+
     pub fn wait_nodes(&self, names: &[&str]) {
         let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         want.sort();
