@@ -168,12 +168,10 @@ impl AddJob {
                 if n > 0 && *left > 0 {
                     return Ok(());
                 }
-                let Step::Checking { hasher, .. } = std::mem::replace(&mut self.step, Step::Next)
-                else {
-                    unreachable!("matched above")
-                };
+                let digest = hex(std::mem::take(hasher));
+                self.step = Step::Next;
                 let (src, target) = &self.files[self.next];
-                if hex(hasher) == src.sha1 {
+                if digest == src.sha1 {
                     set_owner_and_mode_path(target, self.uid, self.gid, src.mode)?;
                     self.report
                         .push_str(&format!("unchanged {}\n", target.display()));
