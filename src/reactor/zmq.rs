@@ -294,3 +294,11 @@ mod tests {
         assert!(!router.has_backlog());
     }
 }
+
+#[cfg(test)]
+mod curve_probe {
+    #[test]
+    fn libzmq_has_curve() {
+        assert_eq!(zmq::has("curve"), Some(true));
+    }
+}
