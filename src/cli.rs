@@ -53,13 +53,19 @@ pub struct ManageArgs {
 }
 
 /// The one thing a `manage` call does.
-#[derive(Debug, PartialEq, Clone, Copy)]
+#[derive(Debug, PartialEq, Clone)]
 pub enum ManageAction {
     ListNodes,
     ListJobs,
     JobInfo(Uuid),
     PurgeJobs,
     PurgeNodes,
+    ShowKey,
+    ListKeys,
+    AcceptKey(String),
+    AcceptAll,
+    RejectKey(String),
+    DeleteKey(String),
 }
 
 /// How `manage` prints.
@@ -206,6 +212,21 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("list-jobs") => manage(&mut m, "--list-jobs", ManageAction::ListJobs),
             Long("purge-jobs") => manage(&mut m, "--purge-jobs", ManageAction::PurgeJobs),
             Long("purge-nodes") => manage(&mut m, "--purge-nodes", ManageAction::PurgeNodes),
+            Long("show-key") => manage(&mut m, "--show-key", ManageAction::ShowKey),
+            Long("list-keys") => manage(&mut m, "--list-keys", ManageAction::ListKeys),
+            Long("accept-all") => manage(&mut m, "--accept-all", ManageAction::AcceptAll),
+            Long("accept-key") => {
+                let name = value(&mut parser)?;
+                manage(&mut m, "--accept-key", ManageAction::AcceptKey(name));
+            }
+            Long("reject-key") => {
+                let name = value(&mut parser)?;
+                manage(&mut m, "--reject-key", ManageAction::RejectKey(name));
+            }
+            Long("delete-key") => {
+                let name = value(&mut parser)?;
+                manage(&mut m, "--delete-key", ManageAction::DeleteKey(name));
+            }
             Long("job-info") => {
                 let id = value(&mut parser)?;
                 let id = Uuid::parse_str(id.trim()).map_err(|_| {
@@ -375,10 +396,19 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
             if let Some(p) = m.positional.first() {
                 return Err(Error::Usage(format!("unexpected argument '{p}'")));
             }
-            let action = match m.actions.as_slice() {
-                [one] => *one,
-                [] => return Err(Error::Usage("manage needs one of --list-nodes, --list-jobs, --job-info ID, --purge-jobs, --purge-nodes".into())),
-                _ => return Err(Error::Usage("manage takes only one of --list-nodes, --list-jobs, --job-info, --purge-jobs, --purge-nodes".into())),
+            let mut actions = m.actions;
+            let action = match actions.len() {
+                1 => actions.remove(0),
+                0 => {
+                    return Err(Error::Usage(format!(
+                        "manage needs one of {MANAGE_ACTIONS}"
+                    )))
+                }
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "manage takes only one of {MANAGE_ACTIONS}"
+                    )))
+                }
             };
             Ok(Command::Manage(ManageArgs {
                 action,
@@ -387,6 +417,8 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
         }
     }
 }
+
+const MANAGE_ACTIONS: &str = "--list-nodes, --list-jobs, --job-info ID, --purge-jobs, --purge-nodes, --show-key, --list-keys, --accept-key NAME, --accept-all, --reject-key NAME, --delete-key NAME";
 
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
@@ -453,6 +485,7 @@ Usage:
   director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'
   director [OPTIONS] orchestrate FILE... [--target NODE]... [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
   director [OPTIONS] manage (--list-nodes | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
+  director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
 ";
 
 const JOB_STRING: &str = "\
@@ -528,7 +561,7 @@ fn help_text(mode: Option<Mode>) -> String {
         Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
-            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat and expiry\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every idle node (live nodes come back at their next heartbeat)\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat and expiry\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every idle node (live nodes come back at their next heartbeat)\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
     }
 }

@@ -48,7 +48,8 @@ pub struct OptSpec {
 pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "mode", kind: Kind::Text, scope: Scope::Global, default: None, help: "what to run: server, client, exec, orchestrate or manage (or give it as the first word)" },
     OptSpec { name: "config_file", kind: Kind::Text, scope: Scope::Global, default: None, help: "YAML file of options; keys are the long option names (heartbeat_interval: 1)" },
-    OptSpec { name: "shared_key", kind: Kind::Text, scope: Scope::Global, default: None, help: "key shared by the server and its clients (accepted; enforced in a later release)" },
+    OptSpec { name: "shared_key", kind: Kind::Text, scope: Scope::Global, default: None, help: "secret shared by the server and its clients: the server's CURVE key is derived from it, and clients that know it are accepted at once (use 16+ random characters; prefer the environment or config file to the command line)" },
+    OptSpec { name: "curve", kind: Kind::Text, scope: Scope::Global, default: Some("on"), help: "on: every port is encrypted and every node authenticated (CurveZMQ); off: nothing is, for a lab only" },
     OptSpec { name: "debug", kind: Kind::Flag, scope: Scope::Global, default: Some("false"), help: "log debug details, including every protocol message" },
     OptSpec { name: "job_port", kind: Kind::Port, scope: Scope::Global, default: Some("5555"), help: "TCP port for jobs and results" },
     OptSpec { name: "transfer_port", kind: Kind::Port, scope: Scope::Global, default: Some("5556"), help: "TCP port for file transfers" },
@@ -57,8 +58,11 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "socket_path", kind: Kind::Text, scope: Scope::Global, default: Some("/var/run/director.sock"), help: "UNIX socket between the server and the CLI" },
     OptSpec { name: "identity", kind: Kind::Text, scope: Scope::Global, default: None, help: "this node's name in the cluster (default: the host name)" },
     OptSpec { name: "bind_address", kind: Kind::Text, scope: Scope::Server, default: Some("*"), help: "address the server listens on (* for all)" },
+    OptSpec { name: "socket_group", kind: Kind::Text, scope: Scope::Server, default: None, help: "group that may use the control socket (mode 0660); without it, only its owner may (0600)" },
     OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's job history, kept across restarts" },
     OptSpec { name: "server_address", kind: Kind::Text, scope: Scope::Client, default: Some("localhost"), help: "host name or IP address of the server" },
+    OptSpec { name: "server_key", kind: Kind::Text, scope: Scope::Client, default: None, help: "the server's public key, as `director manage --show-key` prints it (Z85), or a file holding it; not needed with --shared-key" },
+    OptSpec { name: "key_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/lib/director/node"), help: "directory for this node's key pair (node.key), created at first start; not the cache, which may be cleared" },
     OptSpec { name: "cache_ttl", kind: Kind::Seconds, scope: Scope::Client, default: Some("259200"), help: "seconds a cached success stays valid (default 72 hours)" },
     OptSpec { name: "cache_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/cache/director"), help: "directory for the client's cache: ARG and ENV values, successful steps" },
 ];
@@ -152,7 +156,7 @@ fn parse_file(path: &Path, text: &str) -> Result<RawOptions> {
             _ => {
                 return Err(file_err(format!(
                     "key '{key}': expected {}",
-                    expected(spec.kind)
+                    expected(spec)
                 )))
             }
         };
@@ -169,8 +173,14 @@ fn parse_file(path: &Path, text: &str) -> Result<RawOptions> {
     Ok(out)
 }
 
-fn expected(kind: Kind) -> &'static str {
-    match kind {
+fn expected(spec: &OptSpec) -> &'static str {
+    if spec.name == "curve" {
+        return "on or off";
+    }
+    if spec.name == "shared_key" {
+        return "a non-empty secret";
+    }
+    match spec.kind {
         Kind::Text => "a string",
         Kind::Port => "a port number (1-65535)",
         Kind::Seconds => "a positive number of seconds",
@@ -189,11 +199,35 @@ pub fn merge(layers: [RawOptions; 3]) -> RawOptions {
     out
 }
 
+/// Whether the ports use CurveZMQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curve {
+    /// Encrypted, and every peer authenticated by its key.
+    On,
+    /// Plain text, anyone can enroll: a lab only.
+    Off,
+}
+
+/// A secret option value: never shown by `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// The validated options a daemon or the CLI runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub debug: bool,
-    pub shared_key: Option<String>,
+    pub shared_key: Option<Secret>,
+    pub curve: Curve,
+    /// `--server-key` as given: a Z85 key or a file; read by the client.
+    pub server_key: Option<String>,
+    pub key_path: PathBuf,
+    pub socket_group: Option<String>,
     pub job_port: u16,
     pub transfer_port: u16,
     pub heartbeat_port: u16,
@@ -221,9 +255,17 @@ impl Config {
         check_identity(&identity)?;
         // Below 10 ms the loops would spin on heartbeats; above a day is a typo.
         let ivl = get("heartbeat_interval").seconds_within(0.01, 86_400.0)?;
+        let shared_key = get("shared_key").text()?;
+        if shared_key.as_deref() == Some("") {
+            return Err(get("shared_key").error("''"));
+        }
         Ok(Config {
             debug: get("debug").flag()?,
-            shared_key: get("shared_key").text()?,
+            shared_key: shared_key.map(Secret),
+            curve: get("curve").curve()?,
+            server_key: get("server_key").text()?,
+            key_path: PathBuf::from(get("key_path").text_or_default()?),
+            socket_group: get("socket_group").text()?,
             job_port: get("job_port").port()?,
             transfer_port: get("transfer_port").port()?,
             heartbeat_port: get("heartbeat_port").port()?,
@@ -268,7 +310,7 @@ struct Value<'a> {
 
 impl Value<'_> {
     fn error(&self, shown: &str) -> Error {
-        let what = expected(self.spec.kind);
+        let what = expected(self.spec);
         let msg = match self.raw.map(|r| &r.origin) {
             Some(Origin::File { path }) => {
                 format!(
@@ -335,6 +377,20 @@ impl Value<'_> {
             return Err(self.error(&n.to_string()));
         }
         Ok(n)
+    }
+
+    fn curve(&self) -> Result<Curve> {
+        match self.value() {
+            Some(RawValue::Bool(true)) => Ok(Curve::On),
+            Some(RawValue::Bool(false)) => Ok(Curve::Off),
+            Some(RawValue::Text(s)) => match s.to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" | "1" => Ok(Curve::On),
+                "off" | "false" | "no" | "0" => Ok(Curve::Off),
+                _ => Err(self.error(&format!("'{s}'"))),
+            },
+            Some(RawValue::Number(n)) => Err(self.error(&n.to_string())),
+            None => Ok(Curve::On),
+        }
     }
 
     fn flag(&self) -> Result<bool> {
@@ -451,7 +507,8 @@ mod tests {
         let c = cfg(&raw).unwrap();
         assert_eq!(c.heartbeat_ivl, Duration::from_millis(500));
         assert!(c.debug);
-        assert_eq!(c.shared_key.as_deref(), Some("1234"));
+        assert_eq!(c.shared_key, Some(Secret("1234".into())));
+        assert_eq!(format!("{:?}", c.shared_key), "Some(Secret(..))");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum Error {
     Rejected(String),
     /// The server sent something the CLI could not understand, or hung up early.
     Protocol(String),
+    /// The server will not have this client as a node (key rejected, name
+    /// owned by another key): retrying cannot help.
+    Refused(String),
 }
 
 /// The crate's result alias.
@@ -67,7 +70,10 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(msg) => write!(f, "{msg} (see director --help)"),
-            Error::Config(msg) | Error::Rejected(msg) | Error::Protocol(msg) => f.write_str(msg),
+            Error::Config(msg)
+            | Error::Rejected(msg)
+            | Error::Protocol(msg)
+            | Error::Refused(msg) => f.write_str(msg),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
             Error::Zmq { what, source } => write!(f, "{what}: {source}"),
             Error::Unreachable { path, source } => write!(

@@ -15,7 +15,8 @@ use crate::dsl::Task;
 use crate::error::{Error, Result, EXIT_FAILED, EXIT_OK};
 use crate::progress::{shorten, Progress};
 use crate::wire::{
-    self, FrameBuf, JobDetail, JobView, NodeView, PartView, Plan, PlannedJob, Request, Response,
+    self, FrameBuf, JobDetail, JobView, KeyView, NodeView, PartView, Plan, PlannedJob, Request,
+    Response,
 };
 
 /// A connection to the server.
@@ -26,9 +27,12 @@ struct Conn {
 
 impl Conn {
     fn open(path: &Path) -> Result<Conn> {
-        let stream = UnixStream::connect(path).map_err(|e| Error::Unreachable {
-            path: path.to_owned(),
-            source: e,
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => Error::Config(permission_denied(path)),
+            _ => Error::Unreachable {
+                path: path.to_owned(),
+                source: e,
+            },
         })?;
         Ok(Conn {
             stream,
@@ -97,6 +101,46 @@ impl Conn {
             resp => Ok(resp),
         }
     }
+}
+
+/// Why we may not use the control socket, in words an operator can act on.
+fn permission_denied(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return format!(
+            "permission denied on the control socket {}: run as root, or as a member of the server's --socket-group",
+            path.display()
+        );
+    };
+    let mode = meta.mode() & 0o777;
+    let group = group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string());
+    if mode & 0o060 == 0o060 {
+        format!(
+            "permission denied on the control socket {} (mode {mode:04o}, group '{group}'): run as root or as a member of group '{group}'",
+            path.display()
+        )
+    } else {
+        format!(
+            "permission denied on the control socket {} (mode {mode:04o}): only its owner may use it; run as root, or start the server with --socket-group GROUP to let a group in",
+            path.display()
+        )
+    }
+}
+
+/// A group's name from its id.
+fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 16 << 10];
+    // SAFETY: zeroed plain-old-data, filled by getgrgid_r.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf's length is passed.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: on success gr_name points to a NUL-terminated string in buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// A lost connection while waiting does not stop the work: say so.
@@ -311,12 +355,18 @@ fn plan_table(plan: &Plan) -> String {
 /// `director manage`.
 pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let mut conn = Conn::open(&cfg.socket_path)?;
-    let req = match args.action {
+    let req = match &args.action {
         ManageAction::ListNodes => Request::ListNodes,
         ManageAction::ListJobs => Request::ListJobs,
-        ManageAction::JobInfo(id) => Request::JobInfo { id },
+        ManageAction::JobInfo(id) => Request::JobInfo { id: *id },
         ManageAction::PurgeJobs => Request::PurgeJobs,
         ManageAction::PurgeNodes => Request::PurgeNodes,
+        ManageAction::ShowKey => Request::ShowKey,
+        ManageAction::ListKeys => Request::ListKeys,
+        ManageAction::AcceptKey(name) => Request::AcceptKey { name: name.clone() },
+        ManageAction::AcceptAll => Request::AcceptAll,
+        ManageAction::RejectKey(name) => Request::RejectKey { name: name.clone() },
+        ManageAction::DeleteKey(name) => Request::DeleteKey { name: name.clone() },
     };
     let resp = conn.call(&req)?;
     let mut out = io::stdout().lock();
@@ -340,6 +390,35 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
                 "with work queued or in flight"
             };
             format!("purged {purged} {what}; kept {kept} {why}\n")
+        }
+        (Response::ServerKey(key), Format::Json) => json(&[key])?,
+        // Just the key, so `--server-key "$(director manage --show-key)"`
+        // works; the rest goes to stderr.
+        (Response::ServerKey(key), Format::Table) => {
+            let _ = writeln!(
+                io::stderr(),
+                "fingerprint {} ({})",
+                key.fingerprint,
+                key.source
+            );
+            format!("{}\n", key.public_key)
+        }
+        (Response::Keys(keys), Format::Json) => json(&keys)?,
+        (Response::Keys(keys), Format::Table) => keys_table(&keys),
+        (Response::KeysChanged(keys), Format::Json) => json(&keys)?,
+        (Response::KeysChanged(keys), Format::Table) => {
+            let verb = match args.action {
+                ManageAction::RejectKey(_) => "rejected",
+                ManageAction::DeleteKey(_) => "deleted",
+                _ => "accepted",
+            };
+            if keys.is_empty() {
+                "no keys are pending\n".to_owned()
+            } else {
+                keys.iter()
+                    .map(|k| format!("{verb} {} (key {})\n", k.name, k.fingerprint))
+                    .collect()
+            }
         }
         (other, _) => return Err(unexpected(&other)),
     };
@@ -416,6 +495,34 @@ fn nodes_table(nodes: &[NodeView]) -> String {
             "EXPIRES (UTC)",
             "QUEUED",
             "IN FLIGHT",
+        ],
+        &rows,
+    )
+}
+
+fn keys_table(keys: &[KeyView]) -> String {
+    if keys.is_empty() {
+        return "no node keys\n".into();
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.name.clone(),
+                k.state.name().to_owned(),
+                k.fingerprint.clone(),
+                format_utc(k.first_seen_ms),
+                format_utc(k.last_seen_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "FINGERPRINT",
+            "FIRST SEEN (UTC)",
+            "LAST SEEN (UTC)",
         ],
         &rows,
     )

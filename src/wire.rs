@@ -21,13 +21,29 @@ use crate::dsl::{Task, Verb};
 
 /// Protocol magic, followed by the version byte.
 pub const MAGIC: &[u8; 3] = b"DIR";
-/// The one protocol version this build speaks.
-pub const VERSION: u8 = 1;
-/// Largest ZeroMQ message either daemon accepts (`ZMQ_MAXMSGSIZE`): two capped
-/// outputs plus room for the rest.
-pub const MAX_ZMQ_MSG: usize = 4 * OUTPUT_CAP + (1 << 20);
+/// The one protocol version this build speaks. 2: nodes name themselves in
+/// `Ready` (the routing id is no longer the name) and the server answers
+/// with `Welcome` or `Denied`.
+pub const VERSION: u8 = 2;
 /// Captured stdout and stderr are each cut to this many bytes on the node.
 pub const OUTPUT_CAP: usize = 1 << 20;
+/// A node's message to the server could say why a job could not run in at
+/// most this many bytes; longer messages are cut.
+pub const MESSAGE_CAP: usize = 4 << 10;
+
+// Largest frame each port takes in each direction (`ZMQ_MAXMSGSIZE`): what
+// its messages need, so a peer cannot make the other side buffer more.
+/// Node to server, job port: a result with two capped outputs, or a `Ready`
+/// listing the jobs the node holds.
+pub const MAX_JOB_UP: usize = 2 * OUTPUT_CAP + (64 << 10);
+/// Server to node, job port: a job, which is at most a control request.
+pub const MAX_JOB_DOWN: usize = MAX_REQUEST + (64 << 10);
+/// Node to server, transfer port: a fetch.
+pub const MAX_TRANSFER_UP: usize = 1 << 10;
+/// Server to node, transfer port: a chunk of file data.
+pub const MAX_TRANSFER_DOWN: usize = CHUNK as usize + (4 << 10);
+/// Both ways, heartbeat port: beats, acks, registration and denials.
+pub const MAX_HEARTBEAT: usize = 1 << 10;
 /// Bytes of file data in one transfer chunk.
 pub const CHUNK: u32 = 1 << 20;
 /// Chunks a node asks for ahead of what it has written (its credit).
@@ -64,17 +80,39 @@ impl fmt::Display for WireError {
     }
 }
 
-fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ MAX_RESPONSE }>()
-}
-
 fn encode_body<T: Serialize>(msg: &T) -> Vec<u8> {
     // Our own types always encode; a failure is a bug in this module.
-    bincode::serde::encode_to_vec(msg, bincode_config()).expect("wire types encode")
+    bincode::serde::encode_to_vec(msg, bincode::config::standard()).expect("wire types encode")
 }
 
-fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
-    let (msg, used) = bincode::serde::decode_from_slice(body, bincode_config())
+/// Decode a bincode body. The limit bounds what decoding may claim before
+/// it allocates: every primitive claims its size in memory, strings and byte
+/// strings their length. In memory a message is at most 8 times its
+/// encoding (a `u64` may take one byte), so the limit is the smallest power
+/// of four at or above 8 times the body: every valid body decodes, and a
+/// 20-byte body can no longer ask for 512 MiB. Sequences other than bytes go
+/// through `cautious_seq`, which preallocates only a little.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    let need = body.len().saturating_mul(8);
+    macro_rules! tiers {
+        ($($shift:literal),*) => {
+            $(
+                if need <= 1usize << $shift {
+                    return decode_limited::<T, { 1usize << $shift }>(body);
+                }
+            )*
+        };
+    }
+    tiers!(8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32);
+    Err(WireError::TooLarge {
+        len: body.len(),
+        max: 1 << 29,
+    })
+}
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(body: &[u8]) -> Result<T, WireError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    let (msg, used) = bincode::serde::decode_from_slice(body, config)
         .map_err(|e| WireError::Body(e.to_string()))?;
     if used != body.len() {
         return Err(WireError::Body(format!(
@@ -83,6 +121,68 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
         )));
     }
     Ok(msg)
+}
+
+/// `Vec<u8>` as one byte string. It encodes as a sequence of bytes does, but
+/// decodes through bincode's own byte-buffer path, which checks the length
+/// against the limit before allocating (serde's sequence path would
+/// preallocate up to 1 MiB on a length it cannot check).
+mod bytes {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
+
+/// A sequence that preallocates at most a few elements, whatever length the
+/// input claims: it grows only as elements are really decoded.
+fn cautious_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Seq<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Seq<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+            while let Some(x) = seq.next_element()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Seq(std::marker::PhantomData))
 }
 
 /// Encode a ZeroMQ message (without identity frame).
@@ -134,14 +234,21 @@ pub fn decode<T: DeserializeOwned>(frames: &[Vec<u8>]) -> Result<T, WireError> {
 pub enum ClientMsg {
     /// Heartbeat port: "still here", every interval.
     Heartbeat { interval_ms: u64 },
-    /// Job port: sent on every (re)connect and when the server asks. `holding`
-    /// lists the jobs this client still has (queued, running, or with an
+    /// Job port: sent on every (re)connect and when the server asks. `name`
+    /// is the node name this client claims for its key. `holding` lists the
+    /// jobs this client still has (queued, running, or with an
     /// unacknowledged result); the server declares the rest of what it sent
-    /// this node lost.
+    /// this node lost. `proof` shows that the client knows the shared key
+    /// (see `curve::SharedKey::proof`), for automatic acceptance; empty
+    /// without one.
     Ready {
+        name: String,
         version: String,
         interval_ms: u64,
+        #[serde(deserialize_with = "cautious_seq")]
         holding: Vec<Uuid>,
+        #[serde(with = "bytes")]
+        proof: Vec<u8>,
     },
     /// Job port: the job's process started.
     Started { job_id: Uuid },
@@ -163,9 +270,16 @@ pub enum ClientMsg {
 pub enum ServerMsg {
     /// Heartbeat port: the answer to a heartbeat.
     HeartbeatAck { expires_in_ms: u64 },
-    /// Heartbeat port: the server does not know this node (it restarted, or
-    /// expired the node): send `Ready` again.
+    /// Heartbeat or job port: the server does not know this node (it
+    /// restarted, expired the node, or just accepted its key): send `Ready`
+    /// again.
     Register,
+    /// Job port: the answer to an admitted `Ready`: jobs follow. The node
+    /// beats every `interval_ms` (its own interval, or the server's longest
+    /// if that is shorter).
+    Welcome { name: String, interval_ms: u64 },
+    /// Any port: this key may not act as a node, and why.
+    Denied(Denial),
     /// Job port: run this. Jobs of one orchestration share a `parent`: after
     /// one fails on this node, the node skips the rest.
     Job {
@@ -189,19 +303,52 @@ pub enum ServerMsg {
     },
 }
 
+/// Why the server does not take a client as a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Denial {
+    /// The key waits for an operator's `director manage --accept-key`.
+    Pending,
+    /// An operator rejected the key.
+    Rejected,
+    /// Another key owns the name this client claims.
+    NameTaken,
+    /// This key is enrolled under another name.
+    KeyHasName(String),
+    /// The client's enrolment proof does not match the server's shared key.
+    WrongSharedKey,
+    /// The server holds as many pending keys as it takes; try later.
+    TooManyPending,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::Pending => f.write_str("the key is pending acceptance"),
+            Denial::Rejected => f.write_str("the key was rejected"),
+            Denial::NameTaken => f.write_str("the name belongs to another key"),
+            Denial::KeyHasName(n) => write!(f, "the key is enrolled as '{n}'"),
+            Denial::WrongSharedKey => f.write_str("the shared key does not match the server's"),
+            Denial::TooManyPending => f.write_str("too many keys are pending acceptance"),
+        }
+    }
+}
+
 impl ClientMsg {
     /// One line for `--debug` logs (outputs summarized by size).
     pub fn describe(&self) -> String {
         match self {
             ClientMsg::Heartbeat { interval_ms } => format!("Heartbeat interval={interval_ms}ms"),
             ClientMsg::Ready {
+                name,
                 version,
                 interval_ms,
                 holding,
+                proof,
             } => {
                 format!(
-                    "Ready version={version} interval={interval_ms}ms holding={}",
-                    holding.len()
+                    "Ready name={name} version={version} interval={interval_ms}ms holding={} proof={}",
+                    holding.len(),
+                    if proof.is_empty() { "no" } else { "yes" }
                 )
             }
             ClientMsg::Started { job_id } => format!("Started job={job_id}"),
@@ -232,6 +379,10 @@ impl ServerMsg {
                 format!("HeartbeatAck expires_in={expires_in_ms}ms")
             }
             ServerMsg::Register => "Register".into(),
+            ServerMsg::Welcome { name, interval_ms } => {
+                format!("Welcome name={name} interval={interval_ms}ms")
+            }
+            ServerMsg::Denied(why) => format!("Denied: {why}"),
             ServerMsg::Job {
                 job_id,
                 parent,
@@ -304,13 +455,44 @@ impl fmt::Display for Exit {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub exit: Exit,
+    #[serde(with = "bytes")]
     pub stdout: Vec<u8>,
+    #[serde(with = "bytes")]
     pub stderr: Vec<u8>,
     /// Bytes cut from the end of stdout and stderr past `OUTPUT_CAP`.
     pub stdout_dropped: u64,
     pub stderr_dropped: u64,
     /// Execution time measured on the node.
     pub exec_secs: f64,
+}
+
+impl Outcome {
+    /// Cut to what the job port carries: outputs to `OUTPUT_CAP` (the cut
+    /// counted), an error message to `MESSAGE_CAP`. A node sends only
+    /// bounded outcomes, so the server's frame limit never refuses a result
+    /// (which the node would resend forever).
+    pub fn bounded(mut self) -> Outcome {
+        for (out, dropped) in [
+            (&mut self.stdout, &mut self.stdout_dropped),
+            (&mut self.stderr, &mut self.stderr_dropped),
+        ] {
+            if out.len() > OUTPUT_CAP {
+                *dropped += (out.len() - OUTPUT_CAP) as u64;
+                out.truncate(OUTPUT_CAP);
+            }
+        }
+        if let Exit::Error(msg) = &mut self.exit {
+            if msg.len() > MESSAGE_CAP {
+                let mut end = MESSAGE_CAP - 3;
+                while !msg.is_char_boundary(end) {
+                    end -= 1;
+                }
+                msg.truncate(end);
+                msg.push_str("...");
+            }
+        }
+        self
+    }
 }
 
 /// A request from the CLI to the server.
@@ -339,6 +521,18 @@ pub enum Request {
     },
     PurgeJobs,
     PurgeNodes,
+    ShowKey,
+    ListKeys,
+    AcceptKey {
+        name: String,
+    },
+    AcceptAll,
+    RejectKey {
+        name: String,
+    },
+    DeleteKey {
+        name: String,
+    },
 }
 
 /// A response or pushed event from the server to the CLI.
@@ -348,11 +542,22 @@ pub enum Response {
     NodeDone(PartView),
     JobDone(JobView),
     Orchestrated(Plan),
-    ParentDone { parent_id: Uuid, jobs: Vec<JobView> },
+    ParentDone {
+        parent_id: Uuid,
+        jobs: Vec<JobView>,
+    },
     Nodes(Vec<NodeView>),
     Jobs(Vec<JobView>),
     Job(JobDetail),
-    Purged { purged: usize, kept: usize },
+    Purged {
+        purged: usize,
+        kept: usize,
+    },
+    ServerKey(ServerKeyView),
+    Keys(Vec<KeyView>),
+    /// The keys an accept, reject or delete changed (as they are now; a
+    /// deleted key as it was).
+    KeysChanged(Vec<KeyView>),
     Rejected(String),
 }
 
@@ -455,6 +660,50 @@ pub struct NodeView {
     pub in_flight: u32,
 }
 
+/// Where an enrolled key stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Waiting for an operator; its node gets no jobs.
+    Pending,
+    Accepted,
+    /// Refused at every handshake.
+    Rejected,
+}
+
+impl KeyState {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Accepted => "accepted",
+            KeyState::Rejected => "rejected",
+        }
+    }
+}
+
+/// An enrolled key, as listed by `manage --list-keys`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// The node name the key owns.
+    pub name: String,
+    /// Z85.
+    pub public_key: String,
+    pub fingerprint: String,
+    pub state: KeyState,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// The server's public key, for `manage --show-key`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerKeyView {
+    /// Z85, for clients' `--server-key`.
+    pub public_key: String,
+    pub fingerprint: String,
+    /// Where it comes from: the key file, or the shared key.
+    pub source: String,
+}
+
 /// A job, as listed by `manage --list-jobs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
@@ -534,6 +783,11 @@ impl FrameBuf {
     /// Append bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not yet a whole message.
+    pub fn len(&self) -> usize {
+        self.buf.len()
     }
 
     /// The next whole message, if one is buffered. An error means the stream

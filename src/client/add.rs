@@ -69,6 +69,8 @@ pub struct AddJob {
     step: Step,
     report: String,
     started: Instant,
+    /// When data last came from the server (or was first asked for).
+    last_data: Instant,
 }
 
 impl AddJob {
@@ -114,7 +116,14 @@ impl AddJob {
             step: Step::Next,
             report: String::new(),
             started: Instant::now(),
+            last_data: Instant::now(),
         })
+    }
+
+    /// Since when it has been waiting for the server's data; `None` while it
+    /// works locally (hashing an existing file).
+    pub fn waiting_since(&self) -> Option<Instant> {
+        matches!(self.step, Step::Receiving { .. }).then_some(self.last_data)
     }
 
     /// Has it work to do without waiting for the network?
@@ -201,6 +210,7 @@ impl AddJob {
         );
         let mut flow = Receiver::new(src.size, CHUNK, CREDIT);
         self.fetch(&mut flow, out);
+        self.last_data = Instant::now();
         self.step = Step::Receiving {
             tmp,
             hasher: Sha1::new(),
@@ -262,6 +272,7 @@ impl AddJob {
             return Err(format!("data for file {file} while receiving file {index}"));
         }
         flow.accept(offset, data.len())?;
+        self.last_data = Instant::now();
         tmp.file
             .write_all_at(data, offset)
             .map_err(|e| format!("cannot write {}: {e}", self.files[index].1.display()))?;
@@ -321,6 +332,15 @@ impl AddJob {
                 .get(file as usize)
                 .map_or("?", |f| f.0.path.as_str())
         ))
+    }
+
+    /// End the job now with `message` (it stalled): what was sent so far
+    /// stays in the report, the file being received is dropped.
+    pub fn give_up(&mut self, message: String) -> Outcome {
+        match self.failed(message) {
+            Progress::Finished(outcome) => outcome,
+            Progress::Continue => unreachable!("failed always finishes"),
+        }
     }
 
     fn failed(&mut self, message: String) -> Progress {

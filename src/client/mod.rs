@@ -5,6 +5,15 @@
 //! (tokens from a counter). This module owns the link to the server; the
 //! jobs themselves live in `Runner`.
 //!
+//! Security: with CURVE (the default) the client has its own key pair under
+//! `--key-path` and only talks to the server holding the key it was given
+//! (`--server-key`) or derives (`--shared-key`). A monitor on the job socket
+//! reports each handshake, so a wrong server key or a rejected key is said
+//! at the first attempt. The server answers `Ready` with `Welcome` (this
+//! node is accepted) or `Denied`: pending keys wait, connected, until an
+//! operator accepts them; a rejected key or a name owned by another key
+//! stops the client with an error.
+//!
 //! Link to the server: on start and on every reconnect the client sends
 //! `Ready` (with the jobs it still holds) and resends unacknowledged results.
 //! It beats every interval; when it has heard nothing from the server for 3
@@ -26,19 +35,45 @@ use mio::{Events, Poll, Token};
 
 use self::cache::Cache;
 use self::runner::{Effects, Runner, RunnerTimer};
-use crate::config::Config;
+use crate::config::{Config, Curve};
+use crate::curve::{KeyPair, PublicKey, SharedKey, WEAK_SHARED_KEY};
 use crate::error::{Error, Result};
+use crate::reactor::monitor::{self, LinkEvent, Monitor};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
-use crate::reactor::zmq::{endpoint, ZmqPort};
+use crate::reactor::zmq::{endpoint, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
-use crate::wire::{self, ClientMsg, ServerMsg};
+use crate::wire::{self, ClientMsg, Denial, ServerMsg};
 
 const JOB: Token = Token(0);
 const TRANSFER: Token = Token(1);
 const HEARTBEAT: Token = Token(2);
 const SIGNALS: Token = Token(3);
+const MONITOR: Token = Token(4);
 const FIRST_DYNAMIC: usize = 16;
+
+/// What each port takes from the server (see the server's specs).
+const JOB_PORT: PortSpec = PortSpec {
+    name: "job",
+    max_msg: wire::MAX_JOB_DOWN,
+    rcvhwm: 1000,
+    sndhwm: 1000,
+    peer_cap: 0,
+};
+const TRANSFER_PORT: PortSpec = PortSpec {
+    name: "transfer",
+    max_msg: wire::MAX_TRANSFER_DOWN,
+    rcvhwm: 64,
+    sndhwm: 1000,
+    peer_cap: 0,
+};
+const HEARTBEAT_PORT: PortSpec = PortSpec {
+    name: "heartbeat",
+    max_msg: wire::MAX_HEARTBEAT,
+    rcvhwm: 64,
+    sndhwm: 1000,
+    peer_cap: 0,
+};
 
 const BUDGET: usize = 256;
 const LIVENESS: u32 = 3;
@@ -48,8 +83,9 @@ const SHUTDOWN_LINGER_MS: i32 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Heartbeat,
-    Liveness,
+    /// The generation tells a chain scheduled under an old interval.
+    Heartbeat(u64),
+    Liveness(u64),
     Reopen,
     /// Drop expired cache entries.
     CacheSweep,
@@ -81,10 +117,43 @@ impl Ports {
 enum Link {
     Up {
         ports: Box<Ports>,
+        monitor: Option<Monitor>,
         last_heard: Instant,
     },
     /// Sockets closed; reopen at the `Reopen` timer.
     Down,
+}
+
+/// How this client proves who it is, and knows the server.
+enum Trust {
+    Curve {
+        own: KeyPair,
+        server: PublicKey,
+        /// Where the server key came from, for error messages.
+        server_source: ServerKeySource,
+        /// With a shared key: shows the server we know it.
+        proof: Option<Vec<u8>>,
+    },
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerKeySource {
+    SharedKey,
+    ServerKey,
+}
+
+/// Where the server stands with us, for saying each change once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Standing {
+    /// No answer yet on this link.
+    Unknown,
+    /// A handshake failed; the text is what was said.
+    HandshakeFailed(String),
+    /// Our key waits for an operator.
+    Pending,
+    /// Welcomed as our node.
+    Admitted,
 }
 
 /// The client daemon.
@@ -98,6 +167,18 @@ pub struct Client {
     state: RunState,
     backoff: Duration,
     runner: Runner,
+    trust: Trust,
+    /// The heartbeat interval in force: ours, or the server's longest if
+    /// that is shorter.
+    beat_ivl: Duration,
+    standing: Standing,
+    /// Why the server will not have us: the client stops with this error.
+    refused: Option<String>,
+    /// Monitor endpoints must be unique in the context.
+    links_opened: u64,
+    /// Bumped when the interval changes, so timers set under the old one
+    /// are ignored.
+    beat_gen: u64,
 }
 
 /// Run the client until it is told to stop.
@@ -120,6 +201,7 @@ impl Client {
                     e,
                 )
             })?;
+        let trust = trust(cfg)?;
         let mut client = Client {
             cfg: cfg.clone(),
             poll,
@@ -129,62 +211,134 @@ impl Client {
             signals,
             state: RunState::Running,
             backoff: BACKOFF_FIRST,
-            runner: Runner::new(cache, TokenCounter::new(FIRST_DYNAMIC)),
+            runner: Runner::new(
+                cache,
+                TokenCounter::new(FIRST_DYNAMIC),
+                transfer_stall(cfg.heartbeat_ivl),
+            ),
+            trust,
+            beat_ivl: cfg.heartbeat_ivl,
+            standing: Standing::Unknown,
+            refused: None,
+            links_opened: 0,
+            beat_gen: 0,
         };
         client.open()?;
         let now = Instant::now();
-        client.timers.at(now + cfg.heartbeat_ivl, Timer::Heartbeat);
-        client.timers.at(now + cfg.heartbeat_ivl, Timer::Liveness);
+        client
+            .timers
+            .at(now + cfg.heartbeat_ivl, Timer::Heartbeat(0));
+        client
+            .timers
+            .at(now + cfg.heartbeat_ivl, Timer::Liveness(0));
         client
             .timers
             .at(now + cache_sweep_ivl(cfg.cache_ttl), Timer::CacheSweep);
-        if cfg.shared_key.is_some() {
-            log::warn!(
-                "--shared-key is accepted but not enforced yet: peers are not authenticated"
-            );
+        match &client.trust {
+            Trust::Curve {
+                own,
+                server,
+                server_source,
+                ..
+            } => log::info!(
+                "client {} connecting to {} (job {}, transfer {}, heartbeat {}); node key {}, server key {} ({})",
+                cfg.identity,
+                cfg.server_address,
+                cfg.job_port,
+                cfg.transfer_port,
+                cfg.heartbeat_port,
+                own.public.fingerprint(),
+                server.fingerprint(),
+                match server_source {
+                    ServerKeySource::SharedKey => "from the shared key",
+                    ServerKeySource::ServerKey => "from --server-key",
+                }
+            ),
+            Trust::Off => {
+                log::warn!("{}", crate::server::unauthenticated_warning());
+                log::info!(
+                    "client {} connecting to {} (job {}, transfer {}, heartbeat {})",
+                    cfg.identity,
+                    cfg.server_address,
+                    cfg.job_port,
+                    cfg.transfer_port,
+                    cfg.heartbeat_port
+                );
+            }
         }
-        log::info!(
-            "client {} connecting to {} (job {}, transfer {}, heartbeat {})",
-            cfg.identity,
-            cfg.server_address,
-            cfg.job_port,
-            cfg.transfer_port,
-            cfg.heartbeat_port
-        );
         Ok(client)
     }
 
     /// Open the three sockets and announce ourselves.
     fn open(&mut self) -> Result<()> {
-        let connect = |name: &'static str, port: u16, token: Token| {
+        let security = || match &self.trust {
+            Trust::Curve { own, server, .. } => Security::CurveClient { server, own },
+            Trust::Off => Security::Plain,
+        };
+        // With CURVE the server knows us by our key, and libzmq picks the
+        // routing ids; without, the name is the routing id.
+        let identity = match self.trust {
+            Trust::Curve { .. } => None,
+            Trust::Off => Some(self.cfg.identity.as_str()),
+        };
+        let connect = |spec: PortSpec, port: u16, token: Token| {
             let ep = endpoint(&self.cfg.server_address, port);
             ZmqPort::connect(
                 &self.ctx,
-                name,
-                &self.cfg.identity,
+                spec,
+                identity,
                 &ep,
+                security(),
                 self.poll.registry(),
                 token,
             )
-            .map_err(|e| Error::zmq(format!("cannot connect the {name} socket to {ep}"), e))
+            .map_err(|e| {
+                Error::zmq(
+                    format!("cannot connect the {} socket to {ep}", spec.name),
+                    e,
+                )
+            })
         };
         let ports = Box::new(Ports {
-            job: connect("job", self.cfg.job_port, JOB)?,
-            transfer: connect("transfer", self.cfg.transfer_port, TRANSFER)?,
-            heartbeat: connect("heartbeat", self.cfg.heartbeat_port, HEARTBEAT)?,
+            job: connect(JOB_PORT, self.cfg.job_port, JOB)?,
+            transfer: connect(TRANSFER_PORT, self.cfg.transfer_port, TRANSFER)?,
+            heartbeat: connect(HEARTBEAT_PORT, self.cfg.heartbeat_port, HEARTBEAT)?,
         });
+        self.links_opened += 1;
+        let monitor_ep = format!("inproc://director-monitor-{}", self.links_opened);
+        // Without a monitor we still work; we only say less about failures.
+        let monitor = match Monitor::start(
+            &self.ctx,
+            &ports.job,
+            &monitor_ep,
+            self.poll.registry(),
+            MONITOR,
+        ) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!(
+                    "cannot monitor the job socket ({e}); handshake failures will show as silence"
+                );
+                None
+            }
+        };
         self.link = Link::Up {
             ports,
+            monitor,
             last_heard: Instant::now(),
         };
         self.announce();
+        self.beat();
+        Ok(())
+    }
+
+    fn beat(&mut self) {
         self.send(
             HEARTBEAT,
             &ClientMsg::Heartbeat {
-                interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64,
+                interval_ms: self.beat_ivl.as_millis() as u64,
             },
         );
-        Ok(())
     }
 
     /// Say `Ready` with what we hold, then resend unacknowledged results.
@@ -192,10 +346,20 @@ impl Client {
         let mut fx = Effects::default();
         self.runner.link_reset(self.poll.registry(), &mut fx);
         self.apply(fx);
+        let proof = match &self.trust {
+            Trust::Curve {
+                proof: Some(proof), ..
+            } => proof.clone(),
+            _ => Vec::new(),
+        };
         let ready = ClientMsg::Ready {
+            name: self.cfg.identity.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
+            // Ours, not what a server granted before: a new server may allow
+            // more.
             interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64,
             holding: self.runner.holding(),
+            proof,
         };
         self.send(JOB, &ready);
         let resend: Vec<ClientMsg> = self.runner.unacked().collect();
@@ -205,8 +369,11 @@ impl Client {
     }
 
     fn close(&mut self) {
-        if let Link::Up { ports, .. } = std::mem::replace(&mut self.link, Link::Down) {
+        if let Link::Up { ports, monitor, .. } = std::mem::replace(&mut self.link, Link::Down) {
             let registry = self.poll.registry();
+            if let Some(m) = monitor {
+                m.close(registry);
+            }
             ports.job.close(registry);
             ports.transfer.close(registry);
             ports.heartbeat.close(registry);
@@ -216,6 +383,7 @@ impl Client {
     fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(64);
         loop {
+            self.service_monitor();
             let mut busy = self.service_ports();
             if self.runner.wants_tick() {
                 let mut fx = Effects::default();
@@ -236,7 +404,7 @@ impl Client {
                 .map_err(|e| Error::io("event loop failed", e))?;
             for ev in events.iter() {
                 match ev.token() {
-                    JOB | TRANSFER | HEARTBEAT => {} // serviced at the top of the loop
+                    JOB | TRANSFER | HEARTBEAT | MONITOR => {} // serviced at the top of the loop
                     SIGNALS => self.handle_signals(),
                     token => {
                         let mut fx = Effects::default();
@@ -253,7 +421,10 @@ impl Client {
             if self.state == RunState::Stopped {
                 // Flush the last result before leaving.
                 self.service_ports();
-                return Ok(());
+                return match self.refused.take() {
+                    Some(why) => Err(Error::Refused(why)),
+                    None => Ok(()),
+                };
             }
         }
     }
@@ -297,7 +468,10 @@ impl Client {
     fn service_ports(&mut self) -> bool {
         let mut busy = false;
         for _round in 0..8 {
-            let Link::Up { ports, last_heard } = &mut self.link else {
+            let Link::Up {
+                ports, last_heard, ..
+            } = &mut self.link
+            else {
                 return false;
             };
             let mut received = Vec::new();
@@ -323,8 +497,8 @@ impl Client {
                 *last_heard = Instant::now();
                 self.backoff = BACKOFF_FIRST;
             }
-            for (which, name, frames) in received {
-                self.handle_zmq(which, name, frames);
+            for (which, name, msg) in received {
+                self.handle_zmq(which, name, msg.frames);
             }
             if let Some(why) = failed {
                 log::error!("{why}; reconnecting");
@@ -350,12 +524,18 @@ impl Client {
         let mut fx = Effects::default();
         match (which, msg, payload) {
             (HEARTBEAT, ServerMsg::HeartbeatAck { .. }, None) => {}
-            (HEARTBEAT, ServerMsg::Register, None) => {
-                log::info!(
-                    "server asked us to register (it restarted or expired us); sending Ready"
-                );
+            (HEARTBEAT | JOB, ServerMsg::Register, None) => {
+                if self.standing == Standing::Admitted {
+                    log::info!(
+                        "server asked us to register (it restarted or expired us); sending Ready"
+                    );
+                }
                 self.announce();
             }
+            (JOB, ServerMsg::Welcome { name, interval_ms }, None) => {
+                self.welcomed(&name, interval_ms)
+            }
+            (HEARTBEAT | JOB, ServerMsg::Denied(why), None) => self.denied(why),
             (
                 JOB,
                 ServerMsg::Job {
@@ -381,23 +561,162 @@ impl Client {
         self.apply(fx);
     }
 
+    /// The server took us as our node.
+    fn welcomed(&mut self, name: &str, interval_ms: u64) {
+        let granted = Duration::from_millis(interval_ms.max(10));
+        let ivl = self.cfg.heartbeat_ivl.min(granted);
+        if ivl != self.beat_ivl {
+            log::info!(
+                "the server allows at most {:.1}s between heartbeats; beating every {:.1}s",
+                granted.as_secs_f64(),
+                ivl.as_secs_f64()
+            );
+            self.beat_ivl = ivl;
+            // Beat at the new pace from now on, not after the old interval.
+            self.beat_gen += 1;
+            let now = Instant::now();
+            self.timers.at(now + ivl, Timer::Heartbeat(self.beat_gen));
+            self.timers.at(now + ivl, Timer::Liveness(self.beat_gen));
+        }
+        if self.standing == Standing::Pending {
+            log::info!("the server accepted this node's key");
+        }
+        if self.standing != Standing::Admitted {
+            log::info!("connected to {} as {name}", self.cfg.server_address);
+            self.standing = Standing::Admitted;
+        }
+    }
+
+    /// The server will not have us as our node (now, or at all).
+    fn denied(&mut self, why: Denial) {
+        let name = &self.cfg.identity;
+        let fp = match &self.trust {
+            Trust::Curve { own, .. } => own.public.fingerprint(),
+            Trust::Off => String::new(),
+        };
+        match why {
+            Denial::Pending => {
+                if self.standing != Standing::Pending {
+                    log::warn!(
+                        "this node's key ({fp}) waits for acceptance: on the server, run `director manage --accept-key {name}`; no jobs until then"
+                    );
+                    self.standing = Standing::Pending;
+                }
+            }
+            Denial::TooManyPending => {
+                log::warn!(
+                    "the server holds too many keys waiting for acceptance to take ours; retrying in {}s",
+                    self.backoff.as_secs()
+                );
+                self.standing = Standing::Unknown;
+                self.reconnect();
+            }
+            Denial::Rejected => self.refuse(format!(
+                "the server rejected this node's key ({fp}); to let this node enroll again, run `director manage --delete-key {name}` on the server, then restart this client"
+            )),
+            Denial::NameTaken => self.refuse(format!(
+                "the name '{name}' belongs to another key on the server (this node's key is {fp}); if this node was reinstalled, run `director manage --delete-key {name}` on the server, otherwise give this node another --identity"
+            )),
+            Denial::KeyHasName(other) => self.refuse(format!(
+                "this node's key ({fp}) is enrolled on the server as '{other}', not '{name}': run the client with --identity {other}, or `director manage --delete-key {other}` on the server"
+            )),
+            Denial::WrongSharedKey => self.refuse(
+                "the server does not accept this client's shared key: --shared-key differs between this node and the server".into(),
+            ),
+        }
+    }
+
+    /// Stop for good: the server will not have us, and retrying cannot help.
+    fn refuse(&mut self, why: String) {
+        if self.refused.is_some() || self.state == RunState::Stopped {
+            return;
+        }
+        log::error!("{why}");
+        self.refused = Some(why);
+        let mut fx = Effects::default();
+        let busy = self.runner.stop(self.poll.registry(), &mut fx);
+        self.apply(fx);
+        self.state = if busy {
+            RunState::Draining
+        } else {
+            RunState::Stopped
+        };
+    }
+
+    /// Read the job socket's monitor: what happened to each handshake.
+    fn service_monitor(&mut self) {
+        let Link::Up {
+            monitor: Some(m), ..
+        } = &self.link
+        else {
+            return;
+        };
+        for event in m.drain() {
+            log::debug!("job socket: {event:?}");
+            match event {
+                LinkEvent::HandshakeOk | LinkEvent::Disconnected => {}
+                LinkEvent::HandshakeRefused(400) => self.denied(Denial::Rejected),
+                LinkEvent::HandshakeRefused(code) => {
+                    self.handshake_failed(format!(
+                        "the server refused the handshake (status {code})"
+                    ));
+                }
+                LinkEvent::HandshakeProtocol(monitor::MECHANISM_MISMATCH) => {
+                    self.handshake_failed(format!(
+                        "the server at {} does not speak CURVE (is it running with --curve off?)",
+                        self.cfg.server_address
+                    ));
+                }
+                LinkEvent::HandshakeDropped | LinkEvent::HandshakeProtocol(_) => {
+                    let hint = match &self.trust {
+                        Trust::Curve {
+                            server_source: ServerKeySource::SharedKey,
+                            ..
+                        } => "the server does not hold the key derived from this --shared-key (is the shared key the same on both sides?)",
+                        _ => "the server does not hold the key given with --server-key (compare it with `director manage --show-key` on the server)",
+                    };
+                    self.handshake_failed(format!(
+                        "the CURVE handshake with {} failed: {hint}",
+                        self.cfg.server_address
+                    ));
+                }
+            }
+            if self.state == RunState::Stopped || matches!(self.link, Link::Down) {
+                return;
+            }
+        }
+    }
+
+    /// A handshake failed in a way retrying may mend: say it once, then try
+    /// again after the backoff.
+    fn handshake_failed(&mut self, why: String) {
+        if self.refused.is_some() {
+            return;
+        }
+        if self.standing != Standing::HandshakeFailed(why.clone()) {
+            log::error!("{why}; retrying with backoff");
+            self.standing = Standing::HandshakeFailed(why);
+        } else {
+            log::debug!(
+                "handshake failed again; retrying in {}s",
+                self.backoff.as_secs()
+            );
+        }
+        self.reconnect();
+    }
+
     fn fire_timers(&mut self, now: Instant) {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
-                Timer::Heartbeat => {
-                    self.send(
-                        HEARTBEAT,
-                        &ClientMsg::Heartbeat {
-                            interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64,
-                        },
-                    );
-                    self.timers
-                        .at(now + self.cfg.heartbeat_ivl, Timer::Heartbeat);
+                Timer::Heartbeat(gen) | Timer::Liveness(gen) if gen != self.beat_gen => {}
+                Timer::Heartbeat(gen) => {
+                    self.beat();
+                    self.timers.at(now + self.beat_ivl, Timer::Heartbeat(gen));
                 }
-                Timer::Liveness => {
+                Timer::Liveness(gen) => {
                     if let Link::Up { last_heard, .. } = &self.link {
                         let silent = now.saturating_duration_since(*last_heard);
-                        if silent >= self.cfg.heartbeat_ivl * LIVENESS {
+                        if silent >= self.beat_ivl * LIVENESS {
                             log::warn!(
                                 "server silent for {:.1}s; reconnecting in {}s",
                                 silent.as_secs_f64(),
@@ -406,8 +725,7 @@ impl Client {
                             self.reconnect();
                         }
                     }
-                    self.timers
-                        .at(now + self.cfg.heartbeat_ivl, Timer::Liveness);
+                    self.timers.at(now + self.beat_ivl, Timer::Liveness(gen));
                 }
                 Timer::Reopen => {
                     if matches!(self.link, Link::Down) {
@@ -454,6 +772,68 @@ impl Client {
             };
         }
     }
+}
+
+/// This client's keys and the server key it trusts, from the options.
+fn trust(cfg: &Config) -> Result<Trust> {
+    if cfg.curve == Curve::Off {
+        return Ok(Trust::Off);
+    }
+    let path = cfg.key_path.join("node.key");
+    let (own, created) = KeyPair::load_or_create(&path).map_err(Error::Config)?;
+    if created {
+        log::info!(
+            "created this node's key pair in {} (fingerprint {})",
+            path.display(),
+            own.public.fingerprint()
+        );
+    }
+    let shared = cfg.shared_key.as_ref().map(|s| {
+        if s.0.len() < WEAK_SHARED_KEY {
+            log::warn!("{}", crate::server::weak_shared_key_warning());
+        }
+        SharedKey::derive(&s.0)
+    });
+    let (server, server_source) = match (&cfg.server_key, &shared) {
+        (Some(given), _) => (parse_server_key(given)?, ServerKeySource::ServerKey),
+        (None, Some(sk)) => (sk.server().public, ServerKeySource::SharedKey),
+        (None, None) => {
+            return Err(Error::Config(
+                "the client needs the server's key: give --server-key (what `director manage --show-key` prints on the server, or a file holding it) or the cluster's --shared-key".into(),
+            ))
+        }
+    };
+    let proof = shared.map(|sk| sk.proof(&own.public).to_vec());
+    Ok(Trust::Curve {
+        own,
+        server,
+        server_source,
+        proof,
+    })
+}
+
+/// `--server-key`: a Z85 key, or the path of a file that holds one.
+fn parse_server_key(given: &str) -> Result<PublicKey> {
+    let given = given.trim();
+    if let Ok(key) = PublicKey::from_z85(given) {
+        return Ok(key);
+    }
+    let text = std::fs::read_to_string(given).map_err(|e| {
+        Error::Config(format!(
+            "--server-key: '{given}' is neither a key (40 characters of Z85) nor a readable file: {e}"
+        ))
+    })?;
+    // The file may hold `manage --show-key` output: the key is its first word.
+    let word = text.split_whitespace().next().unwrap_or("");
+    PublicKey::from_z85(word).map_err(|e| Error::Config(format!("--server-key: file {given}: {e}")))
+}
+
+/// How long a transfer may go without data before it fails: as long as the
+/// server may stay silent before we call it dead (3 intervals), within 5 s
+/// to 60 s, so a slow disk is not a failure and a stuck transfer does not
+/// hold the node's queue for its whole timeout.
+fn transfer_stall(ivl: Duration) -> Duration {
+    (ivl * LIVENESS).clamp(Duration::from_secs(5), Duration::from_secs(60))
 }
 
 /// How often to drop expired cache entries: often enough that an entry

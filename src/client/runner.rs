@@ -37,6 +37,8 @@ pub enum RunnerTimer {
     ReapSweep,
     JobTimeout,
     KillGrace,
+    /// Has the running transfer heard from the server lately?
+    TransferStall,
 }
 
 /// What the loop must do for the runner.
@@ -95,10 +97,13 @@ pub struct Runner {
     unacked: Vec<(Uuid, Outcome)>,
     /// Shutting down: start nothing new.
     stopping: bool,
+    /// A transfer that receives nothing for this long fails.
+    stall: Duration,
 }
 
 impl Runner {
-    pub fn new(cache: Cache, tokens: TokenCounter) -> Runner {
+    /// `stall`: how long a transfer may wait for data before it fails.
+    pub fn new(cache: Cache, tokens: TokenCounter, stall: Duration) -> Runner {
         Runner {
             queue: VecDeque::new(),
             running: None,
@@ -109,6 +114,7 @@ impl Runner {
             timeout_armed: None,
             unacked: Vec::new(),
             stopping: false,
+            stall,
         }
     }
 
@@ -216,6 +222,8 @@ impl Runner {
                 }
                 Started::Transfer(add, cache_key) => {
                     fx.job.push(ClientMsg::Started { job_id });
+                    fx.timers
+                        .push((now + self.stall, RunnerTimer::TransferStall));
                     (Work::Transfer { add }, cache_key)
                 }
             };
@@ -242,6 +250,7 @@ impl Runner {
     }
 
     fn report(&mut self, job_id: Uuid, parent: Option<Uuid>, outcome: Outcome, fx: &mut Effects) {
+        let outcome = outcome.bounded();
         log::info!(
             "job {job_id}: {} after {:.3}s",
             outcome.exit,
@@ -462,6 +471,36 @@ impl Runner {
                         log::warn!("job {job_id}: timed out after {secs}s; transfer abandoned");
                         self.finish(exec::ended(Exit::TimedOut { secs }), reg, fx);
                     }
+                }
+            }
+            RunnerTimer::TransferStall => {
+                let Some(Running {
+                    job_id,
+                    work: Work::Transfer { add },
+                    ..
+                }) = &mut self.running
+                else {
+                    return;
+                };
+                let idle = add
+                    .waiting_since()
+                    .map(|t| now.saturating_duration_since(t));
+                match idle {
+                    Some(idle) if idle >= self.stall => {
+                        let secs = idle.as_secs_f64();
+                        log::warn!("job {job_id}: no file data from the server for {secs:.1}s; transfer failed");
+                        let outcome = add.give_up(format!(
+                            "the transfer stalled: no data from the server for {secs:.1}s (the server is overloaded or the connection is broken); the destination was left as it was"
+                        ));
+                        self.finish(outcome, reg, fx);
+                    }
+                    // Still moving (or hashing locally): look again later.
+                    Some(idle) => fx
+                        .timers
+                        .push((now + (self.stall - idle), RunnerTimer::TransferStall)),
+                    None => fx
+                        .timers
+                        .push((now + self.stall, RunnerTimer::TransferStall)),
                 }
             }
             RunnerTimer::KillGrace => {

@@ -3,6 +3,7 @@
 //! `mio::Poll` and drives these from its single thread.
 
 pub mod child;
+pub mod monitor;
 pub mod signals;
 pub mod timers;
 pub mod zmq;

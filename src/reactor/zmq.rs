@@ -7,15 +7,15 @@
 //! of every iteration, after anything that may have queued a send.
 //! All calls use `DONTWAIT`; a send that would block stays in the outbox.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::RawFd;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-use crate::wire::MAX_ZMQ_MSG;
+use crate::curve::{KeyPair, PublicKey, SecretKey};
 
-/// ROUTER (server, addresses peers by identity) or DEALER (client).
+/// ROUTER (server, addresses peers by routing id) or DEALER (client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Router,
@@ -24,14 +24,55 @@ pub enum Role {
 
 /// Messages an outbox holds before new ones are dropped (with a log line).
 const OUTBOX_CAP: usize = 100_000;
-/// ZeroMQ high-water marks: far above one node's normal traffic.
-const HWM: i32 = 100_000;
+
+/// What one port carries, and so how much it may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct PortSpec {
+    /// "job", "transfer", "heartbeat" or "zap", for log lines.
+    pub name: &'static str,
+    /// Largest inbound frame (`ZMQ_MAXMSGSIZE`); a peer that sends more is
+    /// disconnected by libzmq before the frame is buffered.
+    pub max_msg: usize,
+    /// Inbound messages libzmq buffers per peer (`ZMQ_RCVHWM`): with
+    /// `max_msg`, the bound on what one peer can make us hold.
+    pub rcvhwm: i32,
+    /// Outbound messages libzmq buffers per peer (`ZMQ_SNDHWM`).
+    pub sndhwm: i32,
+    /// ROUTER: messages our outbox holds for one peer; past this, sends to
+    /// it are refused, so a peer that asks and never reads cannot grow it.
+    pub peer_cap: usize,
+}
+
+/// How a socket proves who it is.
+pub enum Security<'a> {
+    /// No encryption or authentication (`--curve off`, and inproc sockets).
+    Plain,
+    /// A CURVE server: peers are admitted by the ZAP handler of the context.
+    CurveServer { secret: &'a SecretKey },
+    /// A CURVE client that only talks to the server holding `server`.
+    CurveClient {
+        server: &'a PublicKey,
+        own: &'a KeyPair,
+    },
+}
+
+/// The ZAP domain the server's sockets announce to its handler.
+pub const ZAP_DOMAIN: &str = "director";
+
+/// One whole received message.
+pub struct Inbound {
+    /// ROUTER: the peer's routing id is the first frame.
+    pub frames: Vec<Vec<u8>>,
+    /// The user id our ZAP handler gave the peer (CURVE only).
+    pub user_id: Option<String>,
+    /// The peer's IP address, as libzmq saw it.
+    pub peer_address: Option<String>,
+}
 
 /// What one service call did.
 #[derive(Default)]
 pub struct Serviced {
-    /// Whole messages received (ROUTER: the identity is the first frame).
-    pub received: Vec<Vec<Vec<u8>>>,
+    pub received: Vec<Inbound>,
     /// ROUTER only: identities a message could not be routed to (the peer is
     /// gone); those messages were dropped.
     pub unroutable: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
@@ -41,50 +82,63 @@ pub struct Serviced {
 
 /// A ZeroMQ socket registered in a loop, with its pending sends.
 pub struct ZmqPort {
-    /// "job", "transfer" or "heartbeat", for log lines.
     pub name: &'static str,
     sock: zmq::Socket,
     role: Role,
     fd: RawFd,
+    peer_cap: usize,
     outbox: VecDeque<Vec<Vec<u8>>>,
+    /// ROUTER: messages in the outbox per peer.
+    per_peer: HashMap<Vec<u8>, usize>,
 }
+
+/// Bytes received in one service call before other sources get a turn: with
+/// the message budget, what bounds the batch held in memory at once.
+const BYTE_BUDGET: usize = 8 << 20;
 
 impl ZmqPort {
     /// A ROUTER bound to `endpoint` (server side).
     pub fn bind(
         ctx: &zmq::Context,
-        name: &'static str,
+        spec: PortSpec,
         endpoint: &str,
+        security: Security,
         registry: &Registry,
         token: Token,
     ) -> Result<ZmqPort, zmq::Error> {
         let sock = ctx.socket(zmq::ROUTER)?;
         sock.set_router_mandatory(true)?;
         sock.set_router_handover(true)?;
-        common_options(&sock)?;
+        common_options(&sock, &spec)?;
+        secure(&sock, &security)?;
         sock.bind(endpoint)?;
-        ZmqPort::register(sock, name, Role::Router, registry, token)
+        ZmqPort::register(sock, spec, Role::Router, registry, token)
     }
 
-    /// A DEALER with `identity`, connected to `endpoint` (client side).
+    /// A DEALER connected to `endpoint` (client side). With `identity`, the
+    /// server's ROUTER addresses it by that name; without, it picks an id.
     pub fn connect(
         ctx: &zmq::Context,
-        name: &'static str,
-        identity: &str,
+        spec: PortSpec,
+        identity: Option<&str>,
         endpoint: &str,
+        security: Security,
         registry: &Registry,
         token: Token,
     ) -> Result<ZmqPort, zmq::Error> {
         let sock = ctx.socket(zmq::DEALER)?;
-        sock.set_identity(identity.as_bytes())?;
-        common_options(&sock)?;
+        if let Some(id) = identity {
+            sock.set_identity(id.as_bytes())?;
+        }
+        common_options(&sock, &spec)?;
+        secure(&sock, &security)?;
         sock.connect(endpoint)?;
-        ZmqPort::register(sock, name, Role::Dealer, registry, token)
+        ZmqPort::register(sock, spec, Role::Dealer, registry, token)
     }
 
     fn register(
         sock: zmq::Socket,
-        name: &'static str,
+        spec: PortSpec,
         role: Role,
         registry: &Registry,
         token: Token,
@@ -96,25 +150,46 @@ impl ZmqPort {
             .register(&mut SourceFd(&fd), token, Interest::READABLE)
             .map_err(|e| zmq::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
         Ok(ZmqPort {
-            name,
+            name: spec.name,
             sock,
             role,
             fd,
+            peer_cap: spec.peer_cap,
             outbox: VecDeque::new(),
+            per_peer: HashMap::new(),
         })
     }
 
-    /// Queue a message (ROUTER: identity first). Sent by the next `service`.
-    pub fn queue(&mut self, frames: Vec<Vec<u8>>) {
+    /// Start a socket monitor for `events` on `endpoint` (an inproc
+    /// address); see `reactor::monitor`.
+    pub fn monitor(&self, endpoint: &str, events: i32) -> Result<(), zmq::Error> {
+        self.sock.monitor(endpoint, events)
+    }
+
+    /// Queue a message (ROUTER: routing id first). Sent by the next
+    /// `service`. False when it was dropped: the outbox, or the peer's share
+    /// of it, is full.
+    pub fn queue(&mut self, frames: Vec<Vec<u8>>) -> bool {
         debug_assert!(self.outbox.len() <= OUTBOX_CAP);
         if self.outbox.len() >= OUTBOX_CAP {
             log::error!(
                 "{} port: outbox full ({OUTBOX_CAP} messages); dropping a message",
                 self.name
             );
-            return;
+            return false;
+        }
+        if self.role == Role::Router {
+            let Some(peer) = frames.first() else {
+                return false;
+            };
+            let n = self.per_peer.entry(peer.clone()).or_insert(0);
+            if *n >= self.peer_cap {
+                return false;
+            }
+            *n += 1;
         }
         self.outbox.push_back(frames);
+        true
     }
 
     /// Does the outbox still hold messages the socket refused for now?
@@ -127,21 +202,19 @@ impl ZmqPort {
     /// the socket itself is broken.
     pub fn service(&mut self, budget: usize) -> Result<Serviced, zmq::Error> {
         let mut done = Serviced::default();
+        let mut bytes = 0;
         loop {
             let events = self.sock.get_events()?;
             let mut progressed = false;
             if events.contains(zmq::POLLIN) {
-                if done.received.len() >= budget {
+                if done.received.len() >= budget || bytes >= BYTE_BUDGET {
                     done.busy = true;
                     break;
                 }
-                match self.sock.recv_multipart(zmq::DONTWAIT) {
-                    Ok(msg) => {
-                        done.received.push(msg);
-                        progressed = true;
-                    }
-                    Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => {}
-                    Err(e) => return Err(e),
+                if let Some(msg) = self.recv_one()? {
+                    bytes += msg.frames.iter().map(Vec::len).sum::<usize>();
+                    done.received.push(msg);
+                    progressed = true;
                 }
             }
             if !self.outbox.is_empty() {
@@ -152,6 +225,46 @@ impl ZmqPort {
             }
         }
         Ok(done)
+    }
+
+    /// One whole message, with the metadata libzmq attached to its body.
+    fn recv_one(&mut self) -> Result<Option<Inbound>, zmq::Error> {
+        let mut msg = Inbound {
+            frames: Vec::new(),
+            user_id: None,
+            peer_address: None,
+        };
+        loop {
+            let mut part = zmq::Message::new();
+            match self.sock.recv(&mut part, zmq::DONTWAIT) {
+                Ok(()) => {}
+                // The parts of a message arrive together, so only the first
+                // can be missing.
+                Err(zmq::Error::EAGAIN | zmq::Error::EINTR) if msg.frames.is_empty() => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
+            // A ROUTER makes the routing-id frame itself, without metadata.
+            if self.role == Role::Router && msg.user_id.is_none() && !msg.frames.is_empty() {
+                msg.user_id = part.gets("User-Id").map(str::to_owned);
+                msg.peer_address = part.gets("Peer-Address").map(str::to_owned);
+            }
+            let more = part.get_more();
+            msg.frames.push(part.to_vec());
+            if !more {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    fn sent(&mut self, peer: &[u8]) {
+        if let Some(n) = self.per_peer.get_mut(peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
     }
 
     /// Send what the socket takes now. Returns whether anything left the
@@ -180,10 +293,10 @@ impl ZmqPort {
                 let mut blocked: HashSet<Vec<u8>> = HashSet::new();
                 let mut kept = VecDeque::new();
                 while let Some(msg) = self.outbox.pop_front() {
-                    let Some(identity) = msg.first() else {
+                    let Some(identity) = msg.first().cloned() else {
                         continue;
                     };
-                    if blocked.contains(identity) {
+                    if blocked.contains(&identity) {
                         kept.push_back(msg);
                         continue;
                     }
@@ -191,10 +304,13 @@ impl ZmqPort {
                         .sock
                         .send_multipart(msg.iter().map(Vec::as_slice), zmq::DONTWAIT)
                     {
-                        Ok(()) => {}
-                        Err(zmq::Error::EHOSTUNREACH) => unroutable.push((identity.clone(), msg)),
+                        Ok(()) => self.sent(&identity),
+                        Err(zmq::Error::EHOSTUNREACH) => {
+                            self.sent(&identity);
+                            unroutable.push((identity, msg));
+                        }
                         Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => {
-                            blocked.insert(identity.clone());
+                            blocked.insert(identity);
                             kept.push_back(msg);
                         }
                         Err(e) => {
@@ -208,6 +324,7 @@ impl ZmqPort {
                 self.outbox = kept;
             }
         }
+        debug_assert!(self.per_peer.values().sum::<usize>() <= self.outbox.len());
         Ok(self.outbox.len() < before)
     }
 
@@ -223,11 +340,28 @@ impl ZmqPort {
     }
 }
 
-fn common_options(sock: &zmq::Socket) -> Result<(), zmq::Error> {
+fn common_options(sock: &zmq::Socket, spec: &PortSpec) -> Result<(), zmq::Error> {
     sock.set_linger(0)?;
-    sock.set_sndhwm(HWM)?;
-    sock.set_rcvhwm(HWM)?;
-    sock.set_maxmsgsize(MAX_ZMQ_MSG as i64)?;
+    sock.set_sndhwm(spec.sndhwm)?;
+    sock.set_rcvhwm(spec.rcvhwm)?;
+    sock.set_maxmsgsize(spec.max_msg as i64)?;
+    Ok(())
+}
+
+fn secure(sock: &zmq::Socket, security: &Security) -> Result<(), zmq::Error> {
+    match security {
+        Security::Plain => {}
+        Security::CurveServer { secret } => {
+            sock.set_curve_server(true)?;
+            sock.set_curve_secretkey(secret.as_bytes())?;
+            sock.set_zap_domain(ZAP_DOMAIN)?;
+        }
+        Security::CurveClient { server, own } => {
+            sock.set_curve_serverkey(server.as_bytes())?;
+            sock.set_curve_publickey(own.public.as_bytes())?;
+            sock.set_curve_secretkey(own.secret.as_bytes())?;
+        }
+    }
     Ok(())
 }
 
@@ -245,6 +379,14 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    const TEST: PortSpec = PortSpec {
+        name: "t",
+        max_msg: 1 << 20,
+        rcvhwm: 1000,
+        sndhwm: 1000,
+        peer_cap: 1000,
+    };
+
     #[test]
     fn endpoints() {
         assert_eq!(endpoint("*", 5555), "tcp://*:5555");
@@ -258,12 +400,27 @@ mod tests {
     fn burst_is_drained_without_more_traffic() {
         let ctx = zmq::Context::new();
         let mut poll = mio::Poll::new().unwrap();
-        let router =
-            ZmqPort::bind(&ctx, "t", "tcp://127.0.0.1:*", poll.registry(), Token(0)).unwrap();
+        let router = ZmqPort::bind(
+            &ctx,
+            TEST,
+            "tcp://127.0.0.1:*",
+            Security::Plain,
+            poll.registry(),
+            Token(0),
+        )
+        .unwrap();
         let addr = router.sock.get_last_endpoint().unwrap().unwrap();
         let mut router = router;
-        let mut dealer =
-            ZmqPort::connect(&ctx, "t", "peer", &addr, poll.registry(), Token(1)).unwrap();
+        let mut dealer = ZmqPort::connect(
+            &ctx,
+            TEST,
+            Some("peer"),
+            &addr,
+            Security::Plain,
+            poll.registry(),
+            Token(1),
+        )
+        .unwrap();
         for i in 0..500u32 {
             dealer.queue(vec![i.to_be_bytes().to_vec()]);
         }
@@ -286,19 +443,11 @@ mod tests {
             poll.poll(&mut events, Some(timeout)).unwrap();
         }
         assert_eq!(got.len(), 500);
-        assert!(got.iter().all(|m| m[0] == b"peer"));
+        assert!(got.iter().all(|m| m.frames[0] == b"peer"));
         // A send to an identity that never connected is reported, not kept.
-        router.queue(vec![b"nobody".to_vec(), b"x".to_vec()]);
+        assert!(router.queue(vec![b"nobody".to_vec(), b"x".to_vec()]));
         let r = router.service(16).unwrap();
         assert_eq!(r.unroutable.len(), 1);
         assert!(!router.has_backlog());
-    }
-}
-
-#[cfg(test)]
-mod curve_probe {
-    #[test]
-    fn libzmq_has_curve() {
-        assert_eq!(zmq::has("curve"), Some(true));
     }
 }

@@ -358,6 +358,19 @@ impl Cluster {
         names
     }
 
+    /// Take a node out of the cluster at an operator's word (its key was
+    /// rejected or deleted): its unfinished parts are lost, with `why`.
+    /// Returns whether it was there.
+    pub fn drop_node(&mut self, name: &str, why: &str, now: Now, out: &mut Vec<Effect>) -> bool {
+        let Some(node) = self.nodes.remove(name) else {
+            return false;
+        };
+        for job_id in node.in_flight.iter().chain(node.queue.iter()) {
+            self.finish_lost(job_id, name, why, now.ms, out);
+        }
+        true
+    }
+
     /// When the next node expires, if any.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.nodes.next_expiry()

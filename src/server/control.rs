@@ -39,6 +39,8 @@ impl ControlConn {
     }
 
     /// Read everything available and decode the whole requests in it.
+    /// Requests are decoded after every read, so the buffer never holds
+    /// more than one request's worth (the limit) plus one read.
     pub fn read(&mut self) -> Inbound {
         let mut requests = Vec::new();
         let mut buf = [0u8; 64 * 1024];
@@ -49,7 +51,12 @@ impl ControlConn {
                     closed = true;
                     break;
                 }
-                Ok(n) => self.inbuf.push(&buf[..n]),
+                Ok(n) => {
+                    self.inbuf.push(&buf[..n]);
+                    if let Err(e) = self.decode(&mut requests) {
+                        return Inbound::Corrupt(e);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -58,18 +65,19 @@ impl ControlConn {
                 }
             }
         }
-        loop {
-            match self.inbuf.next::<Request>() {
-                Ok(Some(r)) => requests.push(r),
-                Ok(None) => break,
-                Err(e) => return Inbound::Corrupt(e),
-            }
-        }
         if closed {
             Inbound::Closed(requests)
         } else {
             Inbound::Requests(requests)
         }
+    }
+
+    fn decode(&mut self, requests: &mut Vec<Request>) -> Result<(), WireError> {
+        while let Some(r) = self.inbuf.next::<Request>()? {
+            requests.push(r);
+        }
+        debug_assert!(self.inbuf.len() <= 4 + wire::MAX_REQUEST);
+        Ok(())
     }
 
     /// Queue a response and write what the socket takes now.

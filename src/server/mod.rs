@@ -1,10 +1,15 @@
 //! The server daemon: one thread, one `mio::Poll`.
 //!
-//! Sources: the job, transfer and heartbeat ROUTERs (fixed tokens), the
-//! control listener and signal pipe (fixed tokens), and each accepted control
-//! connection (tokens from a counter). `Server` owns everything; the rules
-//! live in the sans-io `Cluster`, and this module only moves bytes between it
-//! and the sockets.
+//! Sources: the job, transfer and heartbeat ROUTERs, the ZAP handler's
+//! ROUTER (CURVE only), the control listener and signal pipe (fixed tokens),
+//! and each accepted control connection (tokens from a counter). `Server`
+//! owns everything; the rules live in the sans-io `Cluster` (jobs and nodes)
+//! and `Keys` (who may be which node), and this module only moves bytes
+//! between them and the sockets.
+//!
+//! Who sent a message is its CURVE key, as our ZAP handler admitted it and
+//! libzmq stamps it on every message (`User-Id`); a node is the name its key
+//! owns. Routing ids are libzmq's and only say where to answer.
 //!
 //! Lifecycle: `start` binds everything (any failure names the address and
 //! exits non-zero), `run` loops until SIGTERM/SIGINT, then the ports get a
@@ -15,12 +20,15 @@ mod control;
 mod files;
 mod history;
 mod jobs;
+mod keys;
 mod nodes;
 mod peer_log;
+mod routes;
+mod zap;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::net::UnixListener;
@@ -28,24 +36,71 @@ use mio::{Events, Interest, Poll, Token};
 use uuid::Uuid;
 
 use self::cluster::{Cluster, Effect, Now};
-use self::control::{ControlConn, Inbound};
+use self::control::{ControlConn, Inbound as ControlInbound};
 use self::history::Record;
+use self::keys::{Claim, KeyRecord, Keys, Proof, Standing};
 use self::peer_log::PeerLog;
-use crate::config::Config;
+use self::routes::{Port, Principal, Routes, PORTS};
+use self::zap::Verdict;
+use crate::config::{Config, Curve};
+use crate::curve::{KeyPair, PublicKey, SharedKey, WEAK_SHARED_KEY};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
-use crate::reactor::zmq::{endpoint, ZmqPort};
+use crate::reactor::zmq::{endpoint, Inbound, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
-use crate::wire::{self, ClientMsg, Request, Response, ServerMsg};
+use crate::wire::{
+    self, ClientMsg, Denial, KeyState, KeyView, Request, Response, ServerKeyView, ServerMsg,
+};
 
 const JOB: Token = Token(0);
 const TRANSFER: Token = Token(1);
 const HEARTBEAT: Token = Token(2);
 const CONTROL: Token = Token(3);
 const SIGNALS: Token = Token(4);
+const ZAP: Token = Token(5);
 const FIRST_DYNAMIC: usize = 16;
+
+/// What each port takes from one peer. A node sends results (two capped
+/// outputs) on the job port, small fetches on the transfer port and beats on
+/// the heartbeat port; anything bigger disconnects it. The receive
+/// high-water marks bound what one peer can make libzmq buffer (job:
+/// 8 × 2 MiB), above what a node sends in normal work (a node has at most
+/// two jobs, so a few messages, outstanding).
+const JOB_PORT: PortSpec = PortSpec {
+    name: "job",
+    max_msg: wire::MAX_JOB_UP,
+    rcvhwm: 8,
+    sndhwm: 1000,
+    peer_cap: 1000,
+};
+const TRANSFER_PORT: PortSpec = PortSpec {
+    name: "transfer",
+    max_msg: wire::MAX_TRANSFER_UP,
+    rcvhwm: 64,
+    // A node asks for at most `CREDIT` chunks at a time; one that asks for
+    // more and does not read them is refused past these.
+    sndhwm: 16,
+    peer_cap: 8,
+};
+const HEARTBEAT_PORT: PortSpec = PortSpec {
+    name: "heartbeat",
+    max_msg: wire::MAX_HEARTBEAT,
+    rcvhwm: 16,
+    sndhwm: 64,
+    peer_cap: 64,
+};
+/// libzmq's own sessions ask here, one request per handshake.
+const ZAP_PORT: PortSpec = PortSpec {
+    name: "zap",
+    max_msg: 4096,
+    rcvhwm: 10_000,
+    sndhwm: 10_000,
+    peer_cap: 64,
+};
+/// Name conflicts remembered as logged, so each is logged once.
+const CONFLICTS_LOGGED_CAP: usize = 4096;
 
 /// Messages received per port per service pass before other sources get a turn.
 const BUDGET: usize = 256;
@@ -59,16 +114,26 @@ const COMMIT_IVL: Duration = Duration::from_millis(5);
 /// How long unsent messages may hold up shutdown.
 const SHUTDOWN_LINGER_MS: i32 = 500;
 
-/// Index of each port in `Server::ports`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Port {
-    Job = 0,
-    Transfer = 1,
-    Heartbeat = 2,
+/// How peers prove who they are.
+enum Auth {
+    /// CurveZMQ: keys, the ZAP handler, enrolment.
+    Curve(Box<CurveAuth>),
+    /// `--curve off`: a node is the routing id it sets.
+    Off,
 }
 
-const PORTS: [Port; 3] = [Port::Job, Port::Transfer, Port::Heartbeat];
-
+/// What the server needs for CURVE.
+struct CurveAuth {
+    /// The server's key pair, and where it comes from (for --show-key).
+    pair: KeyPair,
+    source: String,
+    /// With `--shared-key`: checks the proofs of clients that know it.
+    shared: Option<SharedKey>,
+    zap: ZmqPort,
+    keys: Keys,
+    /// `keys.bin`: accepted, pending and rejected keys.
+    journal: Journal,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     /// Sweep expired nodes; the generation tells a superseded timer.
@@ -110,6 +175,12 @@ pub struct Server {
     acks: Vec<(String, ServerMsg)>,
     /// When the oldest record not yet synced must be.
     commit_at: Option<Instant>,
+    auth: Auth,
+    routes: Routes,
+    /// The longest heartbeat interval a node may announce (the server's own).
+    max_ivl: Duration,
+    /// Keys whose claim of another key's name was logged already.
+    conflicts_logged: HashSet<PublicKey>,
 }
 
 /// Run the server until it is told to stop.
@@ -124,17 +195,29 @@ impl Server {
     fn start(cfg: &Config) -> Result<Server> {
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let ctx = zmq::Context::new();
-        let bind = |name: &'static str, port: u16, token: Token| {
+        // The ZAP handler must be bound before the first handshake: with
+        // none, libzmq would let every CURVE client in.
+        let auth = match cfg.curve {
+            Curve::On => Server::start_curve(cfg, &ctx, &poll)?,
+            Curve::Off => Auth::Off,
+        };
+        let security = || match &auth {
+            Auth::Curve(c) => Security::CurveServer {
+                secret: &c.pair.secret,
+            },
+            Auth::Off => Security::Plain,
+        };
+        let bind = |spec: PortSpec, port: u16, token: Token| {
             let ep = endpoint(&cfg.bind_address, port);
-            ZmqPort::bind(&ctx, name, &ep, poll.registry(), token)
-                .map_err(|e| Error::zmq(format!("cannot bind the {name} socket to {ep}"), e))
+            ZmqPort::bind(&ctx, spec, &ep, security(), poll.registry(), token)
+                .map_err(|e| Error::zmq(format!("cannot bind the {} socket to {ep}", spec.name), e))
         };
         let ports = [
-            bind("job", cfg.job_port, JOB)?,
-            bind("transfer", cfg.transfer_port, TRANSFER)?,
-            bind("heartbeat", cfg.heartbeat_port, HEARTBEAT)?,
+            bind(JOB_PORT, cfg.job_port, JOB)?,
+            bind(TRANSFER_PORT, cfg.transfer_port, TRANSFER)?,
+            bind(HEARTBEAT_PORT, cfg.heartbeat_port, HEARTBEAT)?,
         ];
-        let mut listener = bind_control(&cfg.socket_path)?;
+        let mut listener = bind_control(&cfg.socket_path, cfg.socket_group.as_deref())?;
         poll.registry()
             .register(&mut listener, CONTROL, Interest::READABLE)
             .map_err(|e| Error::io("cannot watch the control socket", e))?;
@@ -164,10 +247,13 @@ impl Server {
                 history.path().display()
             );
         }
-        if cfg.shared_key.is_some() {
-            log::warn!(
-                "--shared-key is accepted but not enforced yet: peers are not authenticated"
-            );
+        match &auth {
+            Auth::Curve(c) => log::info!(
+                "CURVE on: server key {} ({}); nodes are admitted by key",
+                c.pair.public.fingerprint(),
+                c.source
+            ),
+            Auth::Off => log::warn!("{}", unauthenticated_warning()),
         }
         log::info!(
             "server listening: job {}, transfer {}, heartbeat {} on {}; control socket {}",
@@ -197,12 +283,81 @@ impl Server {
             state: RunState::Running,
             effects: Vec::new(),
             peer_log: PeerLog::default(),
+            auth,
+            routes: Routes::default(),
+            max_ivl: cfg.heartbeat_ivl,
+            conflicts_logged: HashSet::new(),
         };
         // Restored nodes must come back in time, or their work is lost.
         if let Some(at) = server.cluster.next_expiry() {
             server.schedule_expiry(at);
         }
         Ok(server)
+    }
+
+    /// The server's key pair, the key table and the ZAP handler.
+    fn start_curve(cfg: &Config, ctx: &zmq::Context, poll: &Poll) -> Result<Auth> {
+        let (pair, source, shared) = match &cfg.shared_key {
+            Some(shared) => {
+                if shared.0.len() < WEAK_SHARED_KEY {
+                    log::warn!("{}", weak_shared_key_warning());
+                }
+                let derived = SharedKey::derive(&shared.0);
+                let pair = KeyPair::from_secret(*derived.server().secret.as_bytes());
+                (
+                    pair,
+                    "derived from the shared key".to_owned(),
+                    Some(derived),
+                )
+            }
+            None => {
+                let path = cfg.state_path.join("server.key");
+                let (pair, created) = KeyPair::load_or_create(&path).map_err(Error::Config)?;
+                if created {
+                    log::info!(
+                        "created the server's key pair in {}; clients need its public key: `director manage --show-key`",
+                        path.display()
+                    );
+                }
+                (pair, format!("key file {}", path.display()), None)
+            }
+        };
+        let zap = ZmqPort::bind(
+            ctx,
+            ZAP_PORT,
+            zap::ENDPOINT,
+            Security::Plain,
+            poll.registry(),
+            ZAP,
+        )
+        .map_err(|e| Error::zmq("cannot start the ZAP handler", e))?;
+        let (mut journal, records) = Journal::open::<KeyRecord>(&cfg.state_path, keys::FILE)
+            .map_err(|e| {
+                Error::io(
+                    format!("cannot open the key table in {}", cfg.state_path.display()),
+                    e,
+                )
+            })?;
+        let keys = Keys::restore(records);
+        journal
+            .rewrite(keys.snapshot())
+            .map_err(|e| Error::io(format!("cannot rewrite {}", journal.path().display()), e))?;
+        let pending = keys.pending_names();
+        if !pending.is_empty() {
+            log::warn!(
+                "{} key(s) wait for acceptance ({}): `director manage --list-keys`",
+                pending.len(),
+                pending.join(", ")
+            );
+        }
+        Ok(Auth::Curve(Box::new(CurveAuth {
+            pair,
+            source,
+            shared,
+            zap,
+            keys,
+            journal,
+        })))
     }
 
     fn run(&mut self) -> Result<()> {
@@ -227,7 +382,7 @@ impl Server {
                 .map_err(|e| Error::io("event loop failed", e))?;
             for ev in events.iter() {
                 match ev.token() {
-                    JOB | TRANSFER | HEARTBEAT => {} // serviced at the top of the loop
+                    JOB | TRANSFER | HEARTBEAT | ZAP => {} // serviced at the top of the loop
                     CONTROL => self.accept_control(),
                     SIGNALS => self.handle_signals(),
                     token => self.handle_control(token),
@@ -241,11 +396,13 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
-        if let Err(e) = self.history.sync() {
-            log::error!(
-                "cannot sync the job history {}: {e}",
-                self.history.path().display()
-            );
+        self.sync_journals();
+        // Keep the last-seen times of keys, which are not journaled as
+        // they change.
+        if let Auth::Curve(c) = &mut self.auth {
+            if let Err(e) = c.journal.rewrite(c.keys.snapshot()) {
+                log::error!("cannot rewrite {}: {e}", c.journal.path().display());
+            }
         }
         for p in &self.ports {
             p.set_linger(SHUTDOWN_LINGER_MS);
@@ -258,7 +415,7 @@ impl Server {
     fn service_ports(&mut self) -> Result<bool> {
         let mut busy = false;
         for _round in 0..8 {
-            let mut progressed = false;
+            let mut progressed = self.service_zap()?;
             for port in PORTS {
                 let budget = if port == Port::Transfer {
                     TRANSFER_BUDGET
@@ -273,8 +430,8 @@ impl Server {
                 })?;
                 busy |= done.busy;
                 progressed |= !done.received.is_empty() || !done.unroutable.is_empty();
-                for frames in done.received {
-                    self.handle_zmq(port, frames);
+                for msg in done.received {
+                    self.handle_zmq(port, msg);
                 }
                 for (identity, frames) in done.unroutable {
                     self.handle_unroutable(port, &identity, &frames);
@@ -287,63 +444,173 @@ impl Server {
         Ok(true)
     }
 
-    fn handle_zmq(&mut self, port: Port, mut frames: Vec<Vec<u8>>) {
+    /// Answer the handshakes libzmq asks about: only rejected keys are
+    /// refused here; who may be which node is decided at `Ready`.
+    fn service_zap(&mut self) -> Result<bool> {
+        let Auth::Curve(c) = &mut self.auth else {
+            return Ok(false);
+        };
+        let CurveAuth { zap, keys, .. } = &mut **c;
+        let done = zap
+            .service(BUDGET)
+            .map_err(|e| Error::zmq("the ZAP handler's socket failed", e))?;
+        let progressed = !done.received.is_empty();
+        for msg in done.received {
+            let req = match zap::parse(&msg.frames) {
+                Ok(req) => req,
+                Err(e) => {
+                    log::error!("ZAP: ignored {e}");
+                    continue;
+                }
+            };
+            let verdict = if keys.admits(&req.key) {
+                Verdict::Allow {
+                    user_id: req.key.z85(),
+                }
+            } else {
+                let name = match keys.standing(&req.key) {
+                    Standing::Known { name, .. } => name,
+                    Standing::Unknown => String::new(),
+                };
+                self.peer_log.warn(
+                    &format!("key {}", req.key.fingerprint()),
+                    Instant::now(),
+                    format_args!(
+                        "refused a handshake from {}: the key of '{name}' is rejected",
+                        req.address
+                    ),
+                );
+                Verdict::Deny {
+                    reason: "key rejected",
+                }
+            };
+            log::debug!(
+                "ZAP: key {} from {}: {verdict:?}",
+                req.key.fingerprint(),
+                req.address
+            );
+            zap.queue(zap::reply(&req, &verdict));
+        }
+        Ok(progressed)
+    }
+
+    /// Who sent a message: its CURVE key, or with `--curve off` the name it
+    /// routes by.
+    fn principal(&self, routing_id: &[u8], user_id: Option<&str>) -> Option<Principal> {
+        match &self.auth {
+            Auth::Curve(_) => user_id
+                .and_then(|u| PublicKey::from_z85(u).ok())
+                .map(Principal::Key),
+            Auth::Off => String::from_utf8(routing_id.to_vec())
+                .ok()
+                .map(Principal::Name),
+        }
+    }
+
+    /// What `who` may do.
+    fn peer(&self, who: &Principal) -> Peer {
+        match (who, &self.auth) {
+            (Principal::Name(n), _) => Peer::Node(n.clone()),
+            (Principal::Key(k), Auth::Curve(c)) => match c.keys.standing(k) {
+                Standing::Unknown => Peer::Stranger,
+                Standing::Known { name, state } => match state {
+                    KeyState::Accepted => Peer::Node(name),
+                    KeyState::Pending => Peer::Denied(Denial::Pending),
+                    KeyState::Rejected => Peer::Denied(Denial::Rejected),
+                },
+            },
+            (Principal::Key(_), Auth::Off) => Peer::Stranger,
+        }
+    }
+
+    /// The principal that is node `node`.
+    fn principal_of(&self, node: &str) -> Option<Principal> {
+        match &self.auth {
+            Auth::Curve(c) => c.keys.key_of(node).map(Principal::Key),
+            Auth::Off => Some(Principal::Name(node.to_owned())),
+        }
+    }
+
+    fn handle_zmq(&mut self, port: Port, msg: Inbound) {
         let name = self.ports[port as usize].name;
+        let Inbound {
+            mut frames,
+            user_id,
+            peer_address,
+        } = msg;
         if frames.is_empty() {
             return;
         }
-        let identity = frames.remove(0);
-        let Ok(node) = String::from_utf8(identity) else {
-            let msg =
-                format_args!("dropped a message on the {name} port: the identity is not UTF-8");
+        let rid = frames.remove(0);
+        let Some(who) = self.principal(&rid, user_id.as_deref()) else {
+            let msg = format_args!(
+                "dropped a message on the {name} port: no authenticated key or readable name"
+            );
             self.peer_log.warn("?", Instant::now(), msg);
             return;
+        };
+        let peer = self.peer(&who);
+        let label = match &peer {
+            Peer::Node(n) => n.clone(),
+            _ => who.describe(),
         };
         let msg = match wire::decode::<ClientMsg>(&frames) {
             Ok(msg) => msg,
             Err(e) => {
                 self.peer_log.warn(
-                    &node,
+                    &label,
                     Instant::now(),
                     format_args!("dropped a message on the {name} port: {e}"),
                 );
                 return;
             }
         };
-        log::debug!("node={node} {name} <- {}", msg.describe());
+        log::debug!("node={label} {name} <- {}", msg.describe());
         let now = Now::real();
-        match (port, msg) {
-            (Port::Heartbeat, ClientMsg::Heartbeat { interval_ms }) => {
-                let reply = self.cluster.heartbeat(&node, ivl_from_ms(interval_ms), now);
-                self.send(Port::Heartbeat, &node, &reply);
+        if let (Principal::Key(k), Auth::Curve(c)) = (&who, &mut self.auth) {
+            c.keys.touch(k, now.ms);
+        }
+        match (port, msg, peer) {
+            (Port::Heartbeat, ClientMsg::Heartbeat { interval_ms }, peer) => {
+                let reply = match peer {
+                    Peer::Node(node) => {
+                        self.routes.learn(&who, port, &rid);
+                        let ivl = self.node_ivl(interval_ms);
+                        self.cluster.heartbeat(&node, ivl, now)
+                    }
+                    Peer::Denied(why) => ServerMsg::Denied(why),
+                    // Connected, never said who it is: ask.
+                    Peer::Stranger => ServerMsg::Register,
+                };
+                self.reply(port, &label, &rid, &reply);
             }
             (
                 Port::Job,
                 ClientMsg::Ready {
+                    name: claimed,
                     version,
                     interval_ms,
                     holding,
+                    proof,
                 },
+                _,
             ) => {
-                let mut out = std::mem::take(&mut self.effects);
-                let ivl = ivl_from_ms(interval_ms);
-                if self
-                    .cluster
-                    .ready(&node, &version, ivl, &holding, now, &mut out)
-                {
-                    log::info!(
-                        "node={node}: registered (director {version}, heartbeat every {:.1}s)",
-                        ivl.as_secs_f64()
-                    );
-                    self.schedule_expiry(now.at + ivl * nodes::LIVENESS);
-                }
-                self.apply(out);
+                let ready = Ready {
+                    claimed,
+                    version,
+                    ivl: self.node_ivl(interval_ms),
+                    holding,
+                    proof,
+                };
+                self.handle_ready(&who, &rid, peer_address.as_deref(), ready, now);
             }
-            (Port::Job, ClientMsg::Started { job_id }) => {
+            (Port::Job, ClientMsg::Started { job_id }, Peer::Node(node)) => {
+                self.routes.learn(&who, port, &rid);
                 self.cluster.touch(&node, now);
                 self.cluster.started(&node, &job_id);
             }
-            (Port::Job, ClientMsg::Finished { job_id, outcome }) => {
+            (Port::Job, ClientMsg::Finished { job_id, outcome }, Peer::Node(node)) => {
+                self.routes.learn(&who, port, &rid);
                 self.cluster.touch(&node, now);
                 let mut out = std::mem::take(&mut self.effects);
                 self.cluster.finished(&node, job_id, outcome, now, &mut out);
@@ -357,30 +624,162 @@ impl Server {
                     offset,
                     len,
                 },
+                Peer::Node(node),
             ) => {
+                self.routes.learn(&who, port, &rid);
                 self.cluster.touch(&node, now);
-                self.serve_fetch(&node, job_id, file, offset, len);
+                self.serve_fetch(&node, &rid, job_id, file, offset, len);
             }
-            (_, msg) => {
+            (_, msg, Peer::Node(_)) => {
                 let what = msg.describe();
                 self.peer_log.warn(
-                    &node,
+                    &label,
                     now.at,
                     format_args!("dropped an unexpected {what} on the {name} port"),
                 );
+            }
+            (_, msg, _) => {
+                // Not a node (pending, rejected, or never said Ready): it
+                // may only beat and say Ready.
+                let what = msg.describe();
+                self.peer_log.warn(
+                    &label,
+                    now.at,
+                    format_args!("dropped a {what} on the {name} port: not an accepted node"),
+                );
+            }
+        }
+    }
+
+    /// A node's interval as the server will hold it to: no longer than the
+    /// server's own, so a node cannot stay listed for a day unheard.
+    fn node_ivl(&self, interval_ms: u64) -> Duration {
+        ivl_from_ms(interval_ms).min(self.max_ivl)
+    }
+
+    /// `Ready`: settle who the peer is, then welcome it as its node (jobs
+    /// follow) or say why not.
+    fn handle_ready(
+        &mut self,
+        who: &Principal,
+        rid: &[u8],
+        address: Option<&str>,
+        ready: Ready,
+        now: Now,
+    ) {
+        let address = address.unwrap_or("an unknown address");
+        let claimed = ready.claimed.clone();
+        let claim = match (who, &mut self.auth) {
+            (Principal::Name(id), _) => {
+                if *id != claimed {
+                    self.peer_log.warn(
+                        id,
+                        now.at,
+                        format_args!("dropped a Ready claiming the name '{claimed}': with --curve off a node is the identity it connects with"),
+                    );
+                    return;
+                }
+                Claim::Admitted
+            }
+            (Principal::Key(key), Auth::Curve(c)) => {
+                let CurveAuth {
+                    keys,
+                    shared,
+                    journal,
+                    ..
+                } = &mut **c;
+                let proof = match shared.as_ref() {
+                    _ if ready.proof.is_empty() => Proof::None,
+                    // A proof for a shared key this server does not use.
+                    None => Proof::Invalid,
+                    Some(sk) if sk.verify(key, &ready.proof) => Proof::Valid,
+                    Some(_) => Proof::Invalid,
+                };
+                let (claim, rec) = keys.claim(key, &claimed, proof, now.ms);
+                if let Some(rec) = rec {
+                    append_key(journal, &rec);
+                    self.commit_at
+                        .get_or_insert_with(|| Instant::now() + COMMIT_IVL);
+                    match &claim {
+                        Claim::Admitted => log::info!(
+                            "node={claimed}: key {} from {address} accepted (it knows the shared key)",
+                            key.fingerprint()
+                        ),
+                        Claim::Denied(_) => log::warn!(
+                            "node={claimed}: new key {} from {address} is pending; accept it with `director manage --accept-key {claimed}`",
+                            key.fingerprint()
+                        ),
+                    }
+                }
+                claim
+            }
+            (Principal::Key(_), Auth::Off) => return,
+        };
+        match claim {
+            Claim::Admitted => {
+                self.routes.learn(who, Port::Job, rid);
+                let mut out = std::mem::take(&mut self.effects);
+                let welcome = ServerMsg::Welcome {
+                    name: claimed.clone(),
+                    interval_ms: ready.ivl.as_millis() as u64,
+                };
+                // Before any job the Ready releases.
+                self.reply(Port::Job, &claimed, rid, &welcome);
+                if self.cluster.ready(
+                    &claimed,
+                    &ready.version,
+                    ready.ivl,
+                    &ready.holding,
+                    now,
+                    &mut out,
+                ) {
+                    log::info!(
+                        "node={claimed}: registered from {address} (director {}, heartbeat every {:.1}s)",
+                        ready.version,
+                        ready.ivl.as_secs_f64()
+                    );
+                    self.schedule_expiry(now.at + ready.ivl * nodes::LIVENESS);
+                }
+                self.apply(out);
+            }
+            Claim::Denied(why) => {
+                if why == Denial::Pending {
+                    // To tell it at once when it is accepted.
+                    self.routes.learn(who, Port::Job, rid);
+                }
+                if let (Denial::NameTaken, Principal::Key(key)) = (&why, who) {
+                    if self.conflicts_logged.len() >= CONFLICTS_LOGGED_CAP {
+                        self.conflicts_logged.clear();
+                    }
+                    if self.conflicts_logged.insert(*key) {
+                        log::warn!(
+                            "node={claimed}: refused key {} from {address}: the name belongs to another key (the node is not disturbed)",
+                            key.fingerprint()
+                        );
+                    }
+                }
+                let label = who.describe();
+                self.reply(Port::Job, &label, rid, &ServerMsg::Denied(why));
             }
         }
     }
 
     /// Serve one chunk of a job's file, or say why not. A node gets only the
     /// files of its own running ADD job, whatever it asks.
-    fn serve_fetch(&mut self, node: &str, job_id: Uuid, file: u32, offset: u64, len: u32) {
+    fn serve_fetch(
+        &mut self,
+        node: &str,
+        rid: &[u8],
+        job_id: Uuid,
+        file: u32,
+        offset: u64,
+        len: u32,
+    ) {
         let chunk = self
             .cluster
             .source_for(node, &job_id, file)
             .and_then(|src| files::read_chunk(&src, offset, len.min(wire::CHUNK)));
-        let p = &mut self.ports[Port::Transfer as usize];
-        let mut frames = vec![node.as_bytes().to_vec()];
+        let mut frames = vec![rid.to_vec()];
         match chunk {
             Ok(data) => {
                 log::debug!(
@@ -406,11 +805,21 @@ impl Server {
                 }));
             }
         }
-        p.queue(frames);
+        if !self.ports[Port::Transfer as usize].queue(frames) {
+            self.peer_log.warn(
+                node,
+                Instant::now(),
+                format_args!("asks for chunks faster than it reads them; dropped one"),
+            );
+        }
     }
 
     fn handle_unroutable(&mut self, port: Port, identity: &[u8], frames: &[Vec<u8>]) {
-        let node = String::from_utf8_lossy(identity);
+        let who = self.routes.from(port, identity).cloned();
+        let node = match who.as_ref().map(|w| self.peer(w)) {
+            Some(Peer::Node(n)) => n,
+            _ => String::from_utf8_lossy(identity).into_owned(),
+        };
         log::debug!(
             "node={node}: unroutable on the {} port (peer gone)",
             self.ports[port as usize].name
@@ -418,23 +827,59 @@ impl Server {
         if let Ok(ServerMsg::Job { job_id, .. }) =
             wire::decode::<ServerMsg>(frames.get(1..).unwrap_or(&[]))
         {
-            log::warn!(
-                "node={node}: job {job_id} could not be delivered (node disconnected); kept queued"
-            );
-            self.cluster.unroutable(&node, job_id);
-            self.record(&Record::Unsent {
-                id: job_id,
-                node: node.into_owned(),
-            });
+            self.requeue(&node, job_id);
         }
     }
 
-    fn send(&mut self, port: Port, node: &str, msg: &ServerMsg) {
+    /// A job that cannot reach its node now waits for the node's next Ready.
+    fn requeue(&mut self, node: &str, job_id: Uuid) {
+        log::warn!(
+            "node={node}: job {job_id} could not be delivered (node disconnected); kept queued"
+        );
+        self.cluster.unroutable(node, job_id);
+        self.record(&Record::Unsent {
+            id: job_id,
+            node: node.to_owned(),
+        });
+    }
+
+    /// Answer a message on the routing id it came from.
+    fn reply(&mut self, port: Port, label: &str, rid: &[u8], msg: &ServerMsg) {
         let p = &mut self.ports[port as usize];
-        log::debug!("node={node} {} -> {}", p.name, msg.describe());
-        let mut frames = vec![node.as_bytes().to_vec()];
+        log::debug!("node={label} {} -> {}", p.name, msg.describe());
+        let mut frames = vec![rid.to_vec()];
         frames.extend(wire::encode(msg));
-        p.queue(frames);
+        if !p.queue(frames) {
+            let name = p.name;
+            self.peer_log.warn(
+                label,
+                Instant::now(),
+                format_args!(
+                    "does not read its {name} port; dropped a {}",
+                    msg.describe()
+                ),
+            );
+        }
+    }
+
+    /// Send to node `node` on the job port, where it last spoke from. False
+    /// when it cannot be reached there now.
+    fn send(&mut self, node: &str, msg: &ServerMsg) -> bool {
+        let Some(rid) = self
+            .principal_of(node)
+            .and_then(|who| self.routes.to(&who, Port::Job).map(<[u8]>::to_vec))
+        else {
+            log::debug!(
+                "node={node}: no route on the job port for {}",
+                msg.describe()
+            );
+            return false;
+        };
+        let p = &mut self.ports[Port::Job as usize];
+        log::debug!("node={node} {} -> {}", p.name, msg.describe());
+        let mut frames = vec![rid];
+        frames.extend(wire::encode(msg));
+        p.queue(frames)
     }
 
     /// Carry out what the cluster decided.
@@ -452,9 +897,13 @@ impl Server {
                             node: node.clone(),
                             sent_ms: crate::clock::now_ms(),
                         });
-                        self.send(Port::Job, &node, &msg)
+                        if !self.send(&node, &msg) {
+                            self.requeue(&node, job_id);
+                        }
                     }
-                    msg => self.send(Port::Job, &node, &msg),
+                    msg => {
+                        self.send(&node, &msg);
+                    }
                 },
                 Effect::PartDone { job_id, node } => {
                     if let Some(rec) = self.cluster.done_record(&job_id, &node) {
@@ -503,6 +952,32 @@ impl Server {
         self.apply(effects);
     }
 
+    fn sync_journals(&mut self) {
+        if let Err(e) = self.history.sync() {
+            log::error!(
+                "cannot sync the job history {}: {e}",
+                self.history.path().display()
+            );
+        }
+        if let Auth::Curve(c) = &mut self.auth {
+            if let Err(e) = c.journal.sync() {
+                log::error!(
+                    "cannot sync the key table {}: {e}",
+                    c.journal.path().display()
+                );
+            }
+        }
+    }
+
+    /// Journal a key change; answers wait for its sync like any record's.
+    fn record_key(&mut self, rec: &KeyRecord) {
+        if let Auth::Curve(c) = &mut self.auth {
+            append_key(&mut c.journal, rec);
+        }
+        self.commit_at
+            .get_or_insert_with(|| Instant::now() + COMMIT_IVL);
+    }
+
     fn record(&mut self, rec: &Record) {
         if let Err(e) = self.history.append(rec) {
             log::error!(
@@ -521,12 +996,7 @@ impl Server {
         match self.commit_at {
             Some(at) if at > now => return false,
             Some(_) => {
-                if let Err(e) = self.history.sync() {
-                    log::error!(
-                        "cannot sync the job history {}: {e}",
-                        self.history.path().display()
-                    );
-                }
+                self.sync_journals();
                 self.commit_at = None;
             }
             None => {}
@@ -541,7 +1011,8 @@ impl Server {
         let acks = std::mem::take(&mut self.acks);
         let any = !acks.is_empty();
         for (node, msg) in acks {
-            self.send(Port::Job, &node, &msg);
+            // Lost acks are harmless: the node resends its result.
+            self.send(&node, &msg);
         }
         any
     }
@@ -649,9 +1120,9 @@ impl Server {
             return;
         }
         let (requests, closed) = match conn.read() {
-            Inbound::Requests(r) => (r, false),
-            Inbound::Closed(r) => (r, true),
-            Inbound::Corrupt(e) => {
+            ControlInbound::Requests(r) => (r, false),
+            ControlInbound::Closed(r) => (r, true),
+            ControlInbound::Corrupt(e) => {
                 log::warn!("control connection sent a bad request ({e}); closed");
                 self.close_control(token);
                 return;
@@ -748,8 +1219,91 @@ impl Server {
                 let (purged, kept) = self.cluster.purge_nodes();
                 Response::Purged { purged, kept }
             }
+            Request::ShowKey => match &self.auth {
+                Auth::Curve(c) => Response::ServerKey(ServerKeyView {
+                    public_key: c.pair.public.z85(),
+                    fingerprint: c.pair.public.fingerprint(),
+                    source: c.source.clone(),
+                }),
+                Auth::Off => Response::Rejected(CURVE_OFF.into()),
+            },
+            Request::ListKeys => match &self.auth {
+                Auth::Curve(c) => Response::Keys(c.keys.list()),
+                Auth::Off => Response::Rejected(CURVE_OFF.into()),
+            },
+            Request::AcceptKey { name } => self.change_keys(KeyChange::Accept(name)),
+            Request::AcceptAll => self.change_keys(KeyChange::AcceptAll),
+            Request::RejectKey { name } => self.change_keys(KeyChange::Reject(name)),
+            Request::DeleteKey { name } => self.change_keys(KeyChange::Delete(name)),
         };
         Some(resp)
+    }
+
+    /// An operator's accept, reject or delete. The answer waits for the key
+    /// table's sync (it goes through `notes`).
+    fn change_keys(&mut self, change: KeyChange) -> Response {
+        let Auth::Curve(c) = &mut self.auth else {
+            return Response::Rejected(CURVE_OFF.into());
+        };
+        let keys = &mut c.keys;
+        let mut changed: Vec<(KeyView, KeyRecord)> = Vec::new();
+        let result = match &change {
+            KeyChange::Accept(name) => keys
+                .set_state(name, KeyState::Accepted)
+                .map(|rec| changed.extend(keys.view(name).map(|v| (v, rec)))),
+            KeyChange::AcceptAll => {
+                for rec in keys.accept_all() {
+                    if let KeyRecord::Set { name, .. } = &rec {
+                        changed.extend(keys.view(name).map(|v| (v, rec.clone())));
+                    }
+                }
+                Ok(())
+            }
+            KeyChange::Reject(name) => keys
+                .set_state(name, KeyState::Rejected)
+                .map(|rec| changed.extend(keys.view(name).map(|v| (v, rec)))),
+            KeyChange::Delete(name) => {
+                let view = keys.view(name);
+                keys.delete(name)
+                    .map(|rec| changed.extend(view.map(|v| (v, rec))))
+            }
+        };
+        if let Err(why) = result {
+            return Response::Rejected(why);
+        }
+        let now = Now::real();
+        let mut out = std::mem::take(&mut self.effects);
+        for (view, rec) in &changed {
+            self.record_key(rec);
+            let who = PublicKey::from_z85(&view.public_key).map(Principal::Key);
+            let name = &view.name;
+            match &change {
+                KeyChange::Accept(_) | KeyChange::AcceptAll => {
+                    log::info!("node={name}: key {} accepted", view.fingerprint);
+                    // A connected client hears it at once and says Ready.
+                    self.send(name, &ServerMsg::Register);
+                }
+                KeyChange::Reject(_) => {
+                    log::warn!("node={name}: key {} rejected", view.fingerprint);
+                    self.send(name, &ServerMsg::Denied(Denial::Rejected));
+                    self.cluster
+                        .drop_node(name, "the node's key was rejected", now, &mut out);
+                    if let Ok(who) = &who {
+                        self.routes.forget(who);
+                    }
+                }
+                KeyChange::Delete(_) => {
+                    log::warn!("node={name}: key {} deleted", view.fingerprint);
+                    self.cluster
+                        .drop_node(name, "the node's key was deleted", now, &mut out);
+                    if let Ok(who) = &who {
+                        self.routes.forget(who);
+                    }
+                }
+            }
+        }
+        self.apply(out);
+        Response::KeysChanged(changed.into_iter().map(|(v, _)| v).collect())
     }
 
     fn close_control(&mut self, token: Token) {
@@ -762,6 +1316,58 @@ impl Server {
     }
 }
 
+/// What a peer may do, by its key.
+enum Peer {
+    /// An accepted node (with `--curve off`, anyone naming itself).
+    Node(String),
+    /// Known, but not as a node now.
+    Denied(Denial),
+    /// Admitted at the handshake, has not claimed a name yet.
+    Stranger,
+}
+
+/// A `Ready`, with the interval the server will hold the node to.
+struct Ready {
+    claimed: String,
+    version: String,
+    ivl: Duration,
+    holding: Vec<Uuid>,
+    /// Empty without one.
+    proof: Vec<u8>,
+}
+
+/// What an operator asked of the key table.
+enum KeyChange {
+    Accept(String),
+    AcceptAll,
+    Reject(String),
+    Delete(String),
+}
+
+const CURVE_OFF: &str =
+    "the server runs with --curve off: it has no key, and admits every node without one";
+
+/// Said at every start of either daemon with `--curve off`.
+pub fn unauthenticated_warning() -> &'static str {
+    "--curve off: this cluster is UNAUTHENTICATED and UNENCRYPTED: anyone who can reach the ports can enroll as any node, read every job (ARG values included), send fake results, and impersonate the server to the nodes; use it only in a lab"
+}
+
+/// Said at start when the shared key is short.
+pub fn weak_shared_key_warning() -> String {
+    format!(
+        "the shared key is shorter than {WEAK_SHARED_KEY} characters: one captured handshake is enough to guess a weak key offline; use a long random one (for example `head -c 32 /dev/urandom | base64`)"
+    )
+}
+
+fn append_key(journal: &mut Journal, rec: &KeyRecord) {
+    if let Err(e) = journal.append(rec) {
+        log::error!(
+            "cannot write the key table {}: {e}",
+            journal.path().display()
+        );
+    }
+}
+
 /// A peer's interval, bounded so a bad value cannot expire it at once or
 /// keep it forever.
 fn ivl_from_ms(ms: u64) -> Duration {
@@ -769,21 +1375,95 @@ fn ivl_from_ms(ms: u64) -> Duration {
 }
 
 /// Bind the control socket, replacing a stale socket file but never a live
-/// server's.
-fn bind_control(path: &PathBuf) -> Result<UnixListener> {
+/// server's. It is created mode 0600 (the umask is tightened around the
+/// bind, so it is never open to others even for an instant), or 0660 and
+/// owned by `group`: only its owner (root) and that group may submit work.
+fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
+    let gid = group.map(group_id).transpose()?;
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::Config(format!(
-                "another director server is already listening on {}",
-                path.display()
-            )));
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(Error::Config(format!(
+                    "another director server is already listening on {}",
+                    path.display()
+                )))
+            }
+            // Someone else's live socket we may not even talk to: leave it.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Error::Config(format!(
+                    "{} exists and we may not connect to it (another user's server?); remove it or choose another --socket-path",
+                    path.display()
+                )))
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
         }
-        let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|e| {
+    // SAFETY: umask only changes this process's file-creation mask; we
+    // restore it right after the bind, before anything else creates files.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| {
         Error::io(
             format!("cannot bind the control socket {}", path.display()),
             e,
         )
-    })
+    })?;
+    if let Some(gid) = gid {
+        use std::os::unix::fs::PermissionsExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Config(format!("{}: a NUL in the path", path.display())))?;
+        // SAFETY: a valid C string; -1 keeps the owner.
+        if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
+            let e = io::Error::last_os_error();
+            let _ = std::fs::remove_file(path);
+            return Err(Error::io(
+                format!(
+                    "cannot give the control socket {} to group '{}'",
+                    path.display(),
+                    group.unwrap_or_default()
+                ),
+                e,
+            ));
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+            Error::io(
+                format!("cannot chmod the control socket {}", path.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(listener)
+}
+
+/// A group's id, by name or number. Looked up once at start, before the
+/// loop runs, so a slow name service delays only the start.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| Error::Config(format!("--socket-group: '{group}' is not a group name")))?;
+    let mut buf = vec![0 as libc::c_char; 16 << 10];
+    // SAFETY: zeroed plain-old-data, filled by getgrnam_r.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf's length is passed.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(Error::Config(format!(
+            "--socket-group: no group named '{group}'"
+        )));
+    }
+    Ok(grp.gr_gid)
 }

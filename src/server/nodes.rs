@@ -123,6 +123,11 @@ impl Nodes {
         self.map.values().map(Node::expires_at).min()
     }
 
+    /// Remove one node.
+    pub fn remove(&mut self, name: &str) -> Option<Node> {
+        self.map.remove(name)
+    }
+
     /// Forget idle nodes; returns (removed, kept).
     pub fn purge_idle(&mut self) -> (usize, usize) {
         let before = self.map.len();

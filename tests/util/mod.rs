@@ -118,11 +118,17 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// The shared key test clusters use unless a test says otherwise: nodes are
+/// accepted at once, as in the original Director's container recipe.
+pub const SHARED_KEY: &str = "test-cluster-shared-key-0123456789";
+
 /// A server and clients on loopback.
 pub struct Cluster {
     pub dir: TestDir,
     pub ports: [u16; 3],
     pub ivl: String,
+    /// Given to the server and to clients started with `start_client`.
+    pub shared_key: Option<String>,
     pub server: Option<Proc>,
     pub clients: BTreeMap<String, Proc>,
 }
@@ -130,19 +136,25 @@ pub struct Cluster {
 impl Cluster {
     /// A running server and clients `names`, all registered, heartbeat `ivl`.
     pub fn start(test: &str, names: &[&str], ivl: &str) -> Cluster {
-        let mut c = Cluster {
-            dir: TestDir::new(test),
-            ports: free_ports(),
-            ivl: ivl.to_owned(),
-            server: None,
-            clients: BTreeMap::new(),
-        };
+        let mut c = Cluster::new(test, ivl);
         c.start_server();
         for n in names {
             c.start_client(n);
         }
         c.wait_nodes(names);
         c
+    }
+
+    /// Nothing started yet: set `shared_key` (or not) first.
+    pub fn new(test: &str, ivl: &str) -> Cluster {
+        Cluster {
+            dir: TestDir::new(test),
+            ports: free_ports(),
+            ivl: ivl.to_owned(),
+            shared_key: Some(SHARED_KEY.to_owned()),
+            server: None,
+            clients: BTreeMap::new(),
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -197,8 +209,11 @@ impl Cluster {
                 "--bind-address".into(),
                 "127.0.0.1".into(),
                 "--state-path".into(),
-                self.dir.path.join("state").display().to_string(),
+                self.state_path().display().to_string(),
             ]);
+            if let Some(k) = &self.shared_key {
+                extra.extend(["--shared-key".into(), k.clone()]);
+            }
             let mut proc = self.spawn("server", &extra, "server.log", &self.dir.path.clone());
             let socket = self.socket();
             let mut exited = false;
@@ -223,13 +238,28 @@ impl Cluster {
         panic!("could not find free ports for the server");
     }
 
+    /// The server's `--state-path`.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path.join("state")
+    }
+
     /// Start a client named `name` whose working directory is its own.
     pub fn start_client(&mut self, name: &str) {
         self.start_client_with(name, &[]);
     }
 
-    /// Start a client with extra options.
+    /// Start a client with extra options (and the cluster's shared key).
     pub fn start_client_with(&mut self, name: &str, more: &[&str]) {
+        let mut more: Vec<String> = more.iter().map(|s| s.to_string()).collect();
+        if let Some(k) = &self.shared_key {
+            more.extend(["--shared-key".into(), k.clone()]);
+        }
+        let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+        self.start_client_bare(name, &refs);
+    }
+
+    /// Start a client with exactly these extra options: no shared key.
+    pub fn start_client_bare(&mut self, name: &str, more: &[&str]) {
         let cwd = self.node_dir(name);
         fs::create_dir_all(&cwd).unwrap();
         let extra = vec![
@@ -239,6 +269,8 @@ impl Cluster {
             "127.0.0.1".into(),
             "--cache-path".into(),
             cwd.join("cache").display().to_string(),
+            "--key-path".into(),
+            cwd.join("key").display().to_string(),
         ];
         let extra: Vec<String> = extra
             .into_iter()
@@ -305,11 +337,16 @@ impl Cluster {
 
     /// `exec --verb RUN` without waiting: the job id.
     pub fn submit(&self, targets: &[&str], command: &str) -> String {
-        let mut args = vec!["exec", "--verb", "RUN"];
+        self.submit_verb("RUN", targets, command)
+    }
+
+    /// `exec --verb VERB` without waiting: the job id.
+    pub fn submit_verb(&self, verb: &str, targets: &[&str], job: &str) -> String {
+        let mut args = vec!["exec", "--verb", verb];
         for t in targets {
             args.extend(["--target", t]);
         }
-        args.push(command);
+        args.push(job);
         let out = self.cli(&args);
         assert_eq!(out.code, 0, "{out:?}");
         job_id(&out.stdout)
@@ -362,7 +399,21 @@ pub fn run_cli(dir: &Path, args: &[String]) -> Out {
     run_cli_env(dir, args, &[])
 }
 
+/// Run the CLI as another user and group (the test must run as root).
+pub fn run_cli_as(dir: &Path, uid: u32, gid: u32, args: &[String]) -> Out {
+    run_cli_with(dir, args, &[], Some((uid, gid)))
+}
+
 pub fn run_cli_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Out {
+    run_cli_with(dir, args, env, None)
+}
+
+fn run_cli_with(
+    dir: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    user: Option<(u32, u32)>,
+) -> Out {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let (o, e) = (
         dir.join(format!("cli-{n}.out")),
@@ -371,6 +422,10 @@ pub fn run_cli_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Out {
     let mut cmd = base_command();
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
     }
     let child = cmd
         .args(args)
@@ -426,4 +481,306 @@ pub fn read_pid(path: &Path) -> i32 {
         pid > 0
     });
     pid
+}
+
+/// The client-to-server messages as the protocol encodes them (bincode, in
+/// this variant order), for raw peers that speak it by hand.
+#[derive(serde::Serialize)]
+#[allow(dead_code)]
+pub enum WireMsg {
+    Heartbeat {
+        interval_ms: u64,
+    },
+    Ready {
+        name: String,
+        version: String,
+        interval_ms: u64,
+        holding: Vec<uuid::Uuid>,
+        proof: Vec<u8>,
+    },
+    Started {
+        job_id: uuid::Uuid,
+    },
+    /// (Only its position matters here.)
+    Finished {
+        job_id: uuid::Uuid,
+    },
+    Fetch {
+        job_id: uuid::Uuid,
+        file: u32,
+        offset: u64,
+        len: u32,
+    },
+}
+
+/// The protocol's header frame.
+pub const HEADER: &[u8] = b"DIR\x02";
+
+impl WireMsg {
+    /// `[header, body]`.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        let body = bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap();
+        vec![HEADER.to_vec(), body]
+    }
+}
+
+/// A hand-made peer on the three ports: with a CURVE key pair of its own and
+/// the server's public key, or with no security at all.
+pub struct RawPeer {
+    _ctx: zmq::Context,
+    /// Job, transfer and heartbeat DEALERs.
+    pub socks: Vec<zmq::Socket>,
+    pub public_key: String,
+}
+
+impl RawPeer {
+    /// Connect to `c`'s ports; `server_key` (Z85) makes it a CURVE client.
+    pub fn connect(c: &Cluster, server_key: Option<&str>) -> RawPeer {
+        let ctx = zmq::Context::new();
+        let pair = zmq::CurveKeyPair::new().unwrap();
+        let mut socks = Vec::new();
+        for port in c.ports {
+            let s = ctx.socket(zmq::DEALER).unwrap();
+            s.set_linger(0).unwrap();
+            s.set_rcvtimeo(100).unwrap();
+            if let Some(k) = server_key {
+                s.set_curve_serverkey(&zmq::z85_decode(k).unwrap()).unwrap();
+                s.set_curve_publickey(&pair.public_key).unwrap();
+                s.set_curve_secretkey(&pair.secret_key).unwrap();
+            }
+            s.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+            socks.push(s);
+        }
+        RawPeer {
+            _ctx: ctx,
+            socks,
+            public_key: zmq::z85_encode(&pair.public_key).unwrap(),
+        }
+    }
+
+    /// Send without ever blocking (a peer whose handshake never completes
+    /// cannot send at all); false if it could not go now.
+    pub fn send(&self, port: usize, frames: &[Vec<u8>]) -> bool {
+        self.socks[port]
+            .send_multipart(frames.iter().map(Vec::as_slice), zmq::DONTWAIT)
+            .is_ok()
+    }
+
+    /// Send until it goes, within the deadline.
+    pub fn send_wait(&self, port: usize, frames: &[Vec<u8>]) {
+        wait_until("a raw peer's send", DEADLINE, || self.send(port, frames));
+    }
+
+    /// The next message on `port`, if one comes within the deadline.
+    pub fn recv(&self, port: usize, deadline: Duration) -> Option<Vec<Vec<u8>>> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(m) = self.socks[port].recv_multipart(0) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// Claim `name`, wait for the server's answer on the job port and return
+    /// it (its body's text, loosely: enough to look for a variant's words).
+    pub fn ready(&self, name: &str) -> Vec<Vec<u8>> {
+        let ready = WireMsg::Ready {
+            name: name.into(),
+            version: "raw".into(),
+            interval_ms: 60_000,
+            holding: vec![],
+            proof: vec![],
+        };
+        self.send_wait(0, &ready.frames());
+        self.recv(0, DEADLINE).expect("an answer to Ready")
+    }
+}
+
+impl Cluster {
+    /// `manage --show-key`: the server's public key in Z85.
+    pub fn server_key(&self) -> String {
+        let out = self.cli(&["manage", "--show-key"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout.trim().to_owned()
+    }
+
+    /// `manage --list-keys --format json`, as a list.
+    pub fn keys_json(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["manage", "--list-keys", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        match serde_json::from_str(&out.stdout) {
+            Ok(serde_json::Value::Array(keys)) => keys,
+            _ => panic!("not a JSON list: {}", out.stdout),
+        }
+    }
+
+    /// The state of the key enrolled as `name` ("" when there is none).
+    pub fn key_state(&self, name: &str) -> String {
+        self.keys_json()
+            .iter()
+            .find(|k| k["name"] == name)
+            .map(|k| k["state"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The server-to-client messages a raw peer may get before it is a node,
+/// in the protocol's variant order (a job, further on, does not decode).
+#[derive(serde::Deserialize, Debug, PartialEq)]
+pub enum ServerWire {
+    HeartbeatAck { expires_in_ms: u64 },
+    Register,
+    Welcome { name: String, interval_ms: u64 },
+    Denied(DenialWire),
+}
+
+/// Why the server refuses a peer, in the protocol's variant order.
+#[derive(serde::Deserialize, Debug, PartialEq)]
+pub enum DenialWire {
+    Pending,
+    Rejected,
+    NameTaken,
+    KeyHasName(String),
+    WrongSharedKey,
+    TooManyPending,
+}
+
+/// Decode `[header, body]` from the server, if it is one of those.
+pub fn decode_server(frames: &[Vec<u8>]) -> Option<ServerWire> {
+    match frames {
+        [h, body] if h.as_slice() == HEADER => {
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .ok()
+                .map(|(m, _)| m)
+        }
+        _ => None,
+    }
+}
+
+/// A TCP relay for the three ports, between clients and the server: it
+/// records every byte that crosses it, and can hold one port's traffic.
+pub struct Relay {
+    pub ports: [u16; 3],
+    capture: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    paused: [std::sync::Arc<std::sync::atomic::AtomicBool>; 3],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// Relay fresh loopback ports to the server's `upstream` ports.
+    pub fn start(upstream: [u16; 3]) -> Relay {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let capture = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let paused: [Arc<AtomicBool>; 3] = Default::default();
+        let mut ports = [0u16; 3];
+        for i in 0..3 {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ports[i] = listener.local_addr().unwrap().port();
+            let (capture, stop, paused) = (capture.clone(), stop.clone(), paused[i].clone());
+            let to = upstream[i];
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((down, _)) => {
+                            let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                                continue;
+                            };
+                            down.set_nonblocking(false).unwrap();
+                            for (from, into) in [
+                                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                                (up, down),
+                            ] {
+                                let (capture, stop, paused) =
+                                    (capture.clone(), stop.clone(), paused.clone());
+                                std::thread::spawn(move || {
+                                    pump(from, into, &capture, &stop, &paused)
+                                });
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+        }
+        Relay {
+            ports,
+            capture,
+            paused,
+            stop,
+        }
+    }
+
+    /// Everything relayed so far, both ways, all ports.
+    pub fn capture(&self) -> Vec<u8> {
+        self.capture.lock().unwrap().clone()
+    }
+
+    /// Hold (or release) the traffic of port `i` (0 job, 1 transfer, 2
+    /// heartbeat), in both directions.
+    pub fn pause(&self, i: usize, on: bool) {
+        self.paused[i].store(on, Ordering::SeqCst);
+    }
+
+    /// Options that point a client at the relay.
+    pub fn client_options(&self) -> Vec<String> {
+        vec![
+            "--job-port".into(),
+            self.ports[0].to_string(),
+            "--transfer-port".into(),
+            self.ports[1].to_string(),
+            "--heartbeat-port".into(),
+            self.ports[2].to_string(),
+        ]
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn pump(
+    mut from: std::net::TcpStream,
+    mut into: std::net::TcpStream,
+    capture: &std::sync::Mutex<Vec<u8>>,
+    stop: &std::sync::atomic::AtomicBool,
+    paused: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    from.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    while !stop.load(Ordering::SeqCst) {
+        if paused.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                capture.lock().unwrap().extend_from_slice(&buf[..n]);
+                if into.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = into.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// Does `hay` contain `needle`?
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }

@@ -11,7 +11,8 @@ fn dep(name: &str) -> PathBuf {
     match env::var_os(name) {
         Some(v) => PathBuf::from(v),
         None => panic!(
-            "{name} is not set: libsodium-sys-stable must be a direct dependency of zmq-sys"
+            "{} is not set: libsodium-sys-stable must be a direct dependency of zmq-sys",
+            name
         ),
     }
 }
@@ -21,6 +22,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PROFILE");
     let lib = dep("DEP_SODIUM_LIB");
     let include = dep("DEP_SODIUM_INCLUDE");
+    // libzmq's own sources warn about unused parameters and the like; from a
+    // path dependency cargo would print every one on each fresh build.
+    for var in ["CFLAGS", "CXXFLAGS"] {
+        let mut flags = env::var(var).unwrap_or_default();
+        flags.push_str(" -w");
+        env::set_var(var, flags.trim());
+    }
     zeromq_src::Build::new()
         .with_libsodium(Some(zeromq_src::LibLocation::new(lib, include)))
         .build();
