@@ -194,6 +194,8 @@ impl Client {
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        // Keys first: a client that cannot trust the server touches nothing.
+        let trust = trust(cfg)?;
         let cache =
             Cache::open(&cfg.cache_path, cfg.cache_ttl, crate::clock::now_ms()).map_err(|e| {
                 Error::io(
@@ -201,7 +203,6 @@ impl Client {
                     e,
                 )
             })?;
-        let trust = trust(cfg)?;
         let mut client = Client {
             cfg: cfg.clone(),
             poll,
