@@ -128,8 +128,10 @@ pub enum Action {
     /// hashed); empty until then.
     Add {
         chown: Option<String>,
+        #[serde(deserialize_with = "crate::wire::cautious_seq")]
         sources: Vec<String>,
         dest: String,
+        #[serde(deserialize_with = "crate::wire::cautious_seq")]
         files: Vec<SourceFile>,
     },
 }
@@ -167,8 +169,13 @@ pub struct Task {
 }
 
 impl Task {
-    /// Parse the job string of `verb`.
+    /// Parse the job string of `verb`. Errors are one line: a newline or
+    /// other control character from the job string is shown escaped.
     pub fn parse(verb: Verb, args: &str) -> Result<Task, String> {
+        Task::parse_raw(verb, args).map_err(|e| one_line(&e))
+    }
+
+    fn parse_raw(verb: Verb, args: &str) -> Result<Task, String> {
         let mut options = JobOptions::default();
         let mut stdout_arg = None;
         let mut chown = None;
@@ -322,9 +329,6 @@ impl Task {
                 if let Some(name) = stdout_arg {
                     out.push(format!("--stdout-arg {name}"));
                 }
-                if command.starts_with("--") {
-                    out.push("--".to_owned());
-                }
                 out.push(command.clone());
             }
             Action::Arg { key, value } | Action::Env { key, value } => {
@@ -340,16 +344,20 @@ impl Task {
                 if let Some(c) = chown {
                     out.push(format!("--chown {c}"));
                 }
-                // Quote what holds whitespace, so the string parses back.
-                let quoted = |w: &String| {
-                    if w.contains(char::is_whitespace) && !w.contains('{') {
-                        format!("'{w}'")
-                    } else {
-                        w.clone()
-                    }
-                };
-                out.extend(sources.iter().map(quoted));
-                out.push(quoted(dest));
+                out.push(
+                    sources
+                        .iter()
+                        .chain([dest])
+                        .map(|w| quote_path(w))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+        }
+        // Arguments that look like an option need the `--` that ends options.
+        if let Some(body) = out.last_mut() {
+            if body.starts_with("--") {
+                *body = format!("-- {body}");
             }
         }
         out.join(" ")
@@ -398,6 +406,49 @@ impl Task {
     pub fn sha1(&self) -> String {
         hex_sha1(self.canonical().as_bytes())
     }
+}
+
+/// A path as `split_paths` reads it back: as it is if it can be, else in
+/// quotes, else (it holds both quotes, or an unclosed `{{`) one quoted
+/// character at a time, which always reads back.
+fn quote_path(w: &str) -> String {
+    let reads_back = |s: &str| split_paths(s).is_ok_and(|v| v == [w]);
+    for candidate in [w.to_owned(), format!("'{w}'"), format!("\"{w}\"")] {
+        if reads_back(&candidate) {
+            return candidate;
+        }
+    }
+    let mut out = String::new();
+    for c in w.chars() {
+        match c {
+            '\'' => out.push_str("\"'\""),
+            c if c == '"' || c == '{' || c.is_whitespace() => {
+                out.push('\'');
+                out.push(c);
+                out.push('\'');
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        out.push_str("''");
+    }
+    debug_assert!(reads_back(&out), "{w:?} printed as {out:?}");
+    out
+}
+
+/// `s` with control characters escaped (`\n`), so it prints as one line.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// SHA1 of `bytes` as lower-case hex.

@@ -10,6 +10,8 @@ mod config;
 mod curve;
 mod dsl;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod journal;
 mod logger;
 mod orchestrate;

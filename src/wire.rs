@@ -163,7 +163,7 @@ mod bytes {
 
 /// A sequence that preallocates at most a few elements, whatever length the
 /// input claims: it grows only as elements are really decoded.
-fn cautious_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub fn cautious_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -502,6 +502,7 @@ pub enum Request {
     /// node and then `JobDone`.
     Submit {
         task: Task,
+        #[serde(deserialize_with = "cautious_seq")]
         targets: Vec<String>,
         wait: bool,
     },
@@ -510,6 +511,7 @@ pub enum Request {
     /// connection receives `NodeDone` for every node of every job, then
     /// `ParentDone`.
     Orchestrate {
+        #[serde(deserialize_with = "cautious_seq")]
         blocks: Vec<Block>,
         wait: bool,
         dry_run: bool,
@@ -573,7 +575,9 @@ pub struct Submitted {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Block {
     /// Empty: every connected node.
+    #[serde(deserialize_with = "cautious_seq")]
     pub targets: Vec<String>,
+    #[serde(deserialize_with = "cautious_seq")]
     pub tasks: Vec<Task>,
 }
 

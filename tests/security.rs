@@ -143,6 +143,9 @@ fn accepted_and_rejected_keys_persist_across_a_server_restart() {
     let log = c.client("r").log_text();
     assert!(log.contains("the server rejected this node's key"), "{log}");
     assert!(log.contains("--delete-key r"), "{log}");
+    // The server said so once, however many sockets knocked.
+    let log = c.server().log_text();
+    assert_eq!(count(&log, "refused a handshake"), 1, "{log}");
     // Deleted, it may enroll again (as pending).
     assert_eq!(c.cli(&["manage", "--delete-key", "r"]).code, 0);
     c.start_client_bare("r", &["--server-key", &key]);

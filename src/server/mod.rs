@@ -24,9 +24,9 @@ mod keys;
 mod nodes;
 mod peer_log;
 mod routes;
-mod zap;
+pub(crate) mod zap;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use self::cluster::{Cluster, Effect, Now};
 use self::control::{ControlConn, Inbound as ControlInbound};
 use self::history::Record;
 use self::keys::{Claim, KeyRecord, Keys, Proof, Standing};
-use self::peer_log::PeerLog;
+use self::peer_log::{Once, PeerLog};
 use self::routes::{Port, Principal, Routes, PORTS};
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
@@ -99,8 +99,9 @@ const ZAP_PORT: PortSpec = PortSpec {
     sndhwm: 10_000,
     peer_cap: 64,
 };
-/// Name conflicts remembered as logged, so each is logged once.
-const CONFLICTS_LOGGED_CAP: usize = 4096;
+/// Keys remembered as logged (name conflicts, refused handshakes), so each
+/// is logged once.
+const LOGGED_ONCE_CAP: usize = 4096;
 
 /// Messages received per port per service pass before other sources get a turn.
 const BUDGET: usize = 256;
@@ -180,7 +181,9 @@ pub struct Server {
     /// The longest heartbeat interval a node may announce (the server's own).
     max_ivl: Duration,
     /// Keys whose claim of another key's name was logged already.
-    conflicts_logged: HashSet<PublicKey>,
+    conflicts_logged: Once<PublicKey>,
+    /// Rejected keys whose knocking was logged already.
+    refusals_logged: Once<PublicKey>,
 }
 
 /// Run the server until it is told to stop.
@@ -286,7 +289,8 @@ impl Server {
             auth,
             routes: Routes::default(),
             max_ivl: cfg.heartbeat_ivl,
-            conflicts_logged: HashSet::new(),
+            conflicts_logged: Once::new(LOGGED_ONCE_CAP),
+            refusals_logged: Once::new(LOGGED_ONCE_CAP),
         };
         // Restored nodes must come back in time, or their work is lost.
         if let Some(at) = server.cluster.next_expiry() {
@@ -472,14 +476,14 @@ impl Server {
                     Standing::Known { name, .. } => name,
                     Standing::Unknown => String::new(),
                 };
-                self.peer_log.warn(
-                    &format!("key {}", req.key.fingerprint()),
-                    Instant::now(),
-                    format_args!(
-                        "refused a handshake from {}: the key of '{name}' is rejected",
-                        req.address
-                    ),
-                );
+                // Each of a client's sockets knocks on every reconnect.
+                if self.refusals_logged.first(req.key) {
+                    log::warn!(
+                        "node={name}: refused a handshake from {}: its key {} is rejected (logged once)",
+                        req.address,
+                        req.key.fingerprint()
+                    );
+                }
                 Verdict::Deny {
                     reason: "key rejected",
                 }
@@ -748,10 +752,7 @@ impl Server {
                     self.routes.learn(who, Port::Job, rid);
                 }
                 if let (Denial::NameTaken, Principal::Key(key)) = (&why, who) {
-                    if self.conflicts_logged.len() >= CONFLICTS_LOGGED_CAP {
-                        self.conflicts_logged.clear();
-                    }
-                    if self.conflicts_logged.insert(*key) {
+                    if self.conflicts_logged.first(*key) {
                         log::warn!(
                             "node={claimed}: refused key {} from {address}: the name belongs to another key (the node is not disturbed)",
                             key.fingerprint()

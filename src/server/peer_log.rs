@@ -2,10 +2,12 @@
 //! server with garbage gets a few log lines and a note that the rest are
 //! suppressed, instead of a log that drowns everything else. The table of
 //! peers is bounded too, since a garbage sender can pick a new identity for
-//! every message.
+//! every message. `Once` is the stricter form, for events that say the same
+//! thing every time (a refused key knocking again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -61,5 +63,44 @@ impl PeerLog {
             }
             _ => {}
         }
+    }
+}
+
+/// Remembers what was said, so each thing is said once. Bounded: past
+/// `cap` entries it forgets them all (and may say each once more).
+pub struct Once<T> {
+    said: HashSet<T>,
+    cap: usize,
+}
+
+impl<T: Eq + Hash> Once<T> {
+    pub fn new(cap: usize) -> Once<T> {
+        Once {
+            said: HashSet::new(),
+            cap,
+        }
+    }
+
+    /// True the first time `what` is seen.
+    pub fn first(&mut self, what: T) -> bool {
+        if self.said.len() >= self.cap && !self.said.contains(&what) {
+            self.said.clear();
+        }
+        self.said.insert(what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_says_each_thing_once_within_its_bound() {
+        let mut o = Once::new(2);
+        assert!(o.first(1));
+        assert!(!o.first(1));
+        assert!(o.first(2));
+        assert!(o.first(3), "past the bound it starts over");
+        assert!(o.said.len() <= 2);
     }
 }
