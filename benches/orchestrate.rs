@@ -7,6 +7,8 @@
 //!
 //! Run: `cargo bench --bench orchestrate` (JOBS and NODES may be set in the
 //! environment to change the size).
+//! The cluster runs with CURVE, as by default; `CURVE=off` measures it
+//! without, to see what encryption costs.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -50,7 +52,7 @@ fn main() {
     let nodes = util::env_usize("NODES", 6);
     let names: Vec<String> = (1..=nodes).map(|i| format!("bench-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let c = util::Cluster::start("bench", &refs, "5");
+    let c = util::Cluster::start_in(util::bench_cluster("bench", "5"), &refs);
     let yaml: String = std::iter::once("- jobs:\n".to_owned())
         .chain((0..jobs).map(|_| "  - RUN: --skip-cache echo hello world\n".to_owned()))
         .collect();

@@ -26,6 +26,20 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A cluster for a benchmark: CURVE as by default, or off when the
+/// environment says `CURVE=off` (to measure what encryption costs).
+pub fn bench_cluster(test: &str, ivl: &str) -> Cluster {
+    let mut c = Cluster::new(test, ivl);
+    if std::env::var("CURVE").is_ok_and(|v| v == "off") {
+        c.shared_key = None;
+        c.daemon_args = vec!["--curve".into(), "off".into()];
+        println!("(CURVE off: unencrypted, for comparison)");
+    } else {
+        println!("(CURVE on: every port encrypted and authenticated)");
+    }
+    c
+}
+
 /// A directory removed when the test ends.
 pub struct TestDir {
     pub path: PathBuf,
@@ -129,6 +143,8 @@ pub struct Cluster {
     pub ivl: String,
     /// Given to the server and to clients started with `start_client`.
     pub shared_key: Option<String>,
+    /// More options for the server and every client (not the CLI).
+    pub daemon_args: Vec<String>,
     pub server: Option<Proc>,
     pub clients: BTreeMap<String, Proc>,
 }
@@ -136,7 +152,11 @@ pub struct Cluster {
 impl Cluster {
     /// A running server and clients `names`, all registered, heartbeat `ivl`.
     pub fn start(test: &str, names: &[&str], ivl: &str) -> Cluster {
-        let mut c = Cluster::new(test, ivl);
+        Cluster::start_in(Cluster::new(test, ivl), names)
+    }
+
+    /// Start the server and clients `names` of a cluster set up by `new`.
+    pub fn start_in(mut c: Cluster, names: &[&str]) -> Cluster {
         c.start_server();
         for n in names {
             c.start_client(n);
@@ -152,6 +172,7 @@ impl Cluster {
             ports: free_ports(),
             ivl: ivl.to_owned(),
             shared_key: Some(SHARED_KEY.to_owned()),
+            daemon_args: Vec::new(),
             server: None,
             clients: BTreeMap::new(),
         }
@@ -183,6 +204,7 @@ impl Cluster {
         let child = base_command()
             .arg(mode)
             .args(self.common())
+            .args(&self.daemon_args)
             .args(extra)
             .current_dir(cwd)
             .stdin(Stdio::null())
