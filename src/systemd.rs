@@ -17,6 +17,11 @@ const CONFIG_HEADER: &str = "\
 #   heartbeat_interval: 60
 #   server_address: director.example.com   (clients)
 #   bind_address: \"*\"                       (server)
+# Trust (see the README's Security section), one of:
+#   shared_key: <the same long random secret on the server and every node>
+#   server_key: <`director manage --show-key` on the server>  (clients;
+#                then accept each node there with --accept-key)
+# Keep this file mode 0600 when it holds the shared key.
 # See `director --help` for every option.
 ";
 

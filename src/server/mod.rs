@@ -561,9 +561,9 @@ impl Server {
         let msg = match wire::decode::<ClientMsg>(&frames) {
             Ok(msg) => msg,
             Err(e) => {
-                self.peer_log.warn(
+                self.warn_peer(
+                    &peer,
                     &label,
-                    Instant::now(),
                     format_args!("dropped a message on the {name} port: {e}"),
                 );
                 return;
@@ -642,16 +642,27 @@ impl Server {
                     format_args!("dropped an unexpected {what} on the {name} port"),
                 );
             }
-            (_, msg, _) => {
+            (_, msg, peer) => {
                 // Not a node (pending, rejected, or never said Ready): it
                 // may only beat and say Ready.
                 let what = msg.describe();
-                self.peer_log.warn(
+                self.warn_peer(
+                    &peer,
                     &label,
-                    now.at,
                     format_args!("dropped a {what} on the {name} port: not an accepted node"),
                 );
             }
+        }
+    }
+
+    /// A warning about what a peer sent, limited per peer. A stranger (a
+    /// key that never claimed a name) gets only a debug line: anyone with
+    /// the server's public key can be one, with a new key each time, and
+    /// must not be able to fill the log.
+    fn warn_peer(&mut self, peer: &Peer, label: &str, msg: std::fmt::Arguments) {
+        match peer {
+            Peer::Stranger => log::debug!("node={label}: {msg}"),
+            _ => self.peer_log.warn(label, Instant::now(), msg),
         }
     }
 
