@@ -663,18 +663,30 @@ impl Client {
                     ));
                 }
                 LinkEvent::HandshakeProtocol(monitor::MECHANISM_MISMATCH) => {
-                    self.handshake_failed(format!(
-                        "the server at {} does not speak CURVE (is it running with --curve off?)",
-                        self.cfg.server_address
-                    ));
+                    let why = match self.trust {
+                        Trust::Curve { .. } => format!(
+                            "the server at {} does not speak CURVE (is it running with --curve off?)",
+                            self.cfg.server_address
+                        ),
+                        Trust::Off => format!(
+                            "the server at {} uses CURVE and this client runs with --curve off: give it --shared-key or --server-key instead",
+                            self.cfg.server_address
+                        ),
+                    };
+                    self.handshake_failed(why);
                 }
+                // The server closed the connection without a word. A CURVE
+                // server does that when it cannot open our hello: it does
+                // not hold the key we were given. A server without CURVE
+                // may too, when its close overtakes its greeting.
                 LinkEvent::HandshakeDropped | LinkEvent::HandshakeProtocol(_) => {
                     let hint = match &self.trust {
                         Trust::Curve {
                             server_source: ServerKeySource::SharedKey,
                             ..
-                        } => "the server does not hold the key derived from this --shared-key (is the shared key the same on both sides?)",
-                        _ => "the server does not hold the key given with --server-key (compare it with `director manage --show-key` on the server)",
+                        } => "the server does not hold the key derived from this --shared-key (is the shared key the same on both sides? does the server run with --curve off?)",
+                        Trust::Curve { .. } => "the server does not hold the key given with --server-key (compare it with `director manage --show-key` on the server; does the server run with --curve off?)",
+                        Trust::Off => "the server uses CURVE, or is not a director server, and this client runs with --curve off",
                     };
                     self.handshake_failed(format!(
                         "the CURVE handshake with {} failed: {hint}",
