@@ -283,8 +283,9 @@ impl Config {
     }
 }
 
-/// ZeroMQ routing ids are 1-255 bytes and must not start with a zero byte.
-fn check_identity(id: &str) -> Result<()> {
+/// A node name is 1-255 bytes of printable text (it was a ZeroMQ routing
+/// id, and it is shown in one-line logs and tables).
+pub fn check_identity(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 255 || id.starts_with('\0') || id.chars().any(char::is_control) {
         return Err(Error::Config(format!(
             "invalid identity '{}': a node name is 1-255 bytes of printable text",

@@ -192,6 +192,12 @@ impl ZmqPort {
         true
     }
 
+    /// Would a message to `peer` be taken now (ROUTER)?
+    pub fn has_room(&self, peer: &[u8]) -> bool {
+        self.outbox.len() < OUTBOX_CAP
+            && self.per_peer.get(peer).copied().unwrap_or(0) < self.peer_cap
+    }
+
     /// Does the outbox still hold messages the socket refused for now?
     pub fn has_backlog(&self) -> bool {
         !self.outbox.is_empty()

@@ -14,6 +14,7 @@
 //! - targets are checked before anything is queued: one unknown name refuses
 //!   the whole submission.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -217,6 +218,8 @@ impl Cluster {
         now: Now,
         out: &mut Vec<Effect>,
     ) -> bool {
+        // A set: a node may list thousands, and the queue may be long.
+        let holding: HashSet<Uuid> = holding.iter().copied().collect();
         let (n, created) = self.nodes.upsert(node, ivl, now.at, now.ms);
         n.version = version.to_owned();
         n.link = Link::Ready;
@@ -266,7 +269,9 @@ impl Cluster {
     }
 
     /// A node reported a job's outcome. Always acknowledged, so the node
-    /// stops resending it, even when we cannot place it.
+    /// stops resending it, even when we cannot place it. Returns why it was
+    /// dropped, if it was: a node can send any id, so the caller logs that
+    /// with its per-peer limit.
     pub fn finished(
         &mut self,
         node: &str,
@@ -274,19 +279,19 @@ impl Cluster {
         outcome: Outcome,
         now: Now,
         out: &mut Vec<Effect>,
-    ) {
+    ) -> Option<String> {
         out.push(Effect::Send {
             node: node.to_owned(),
             msg: ServerMsg::ResultAck { job_id },
         });
         let Some(job) = self.jobs.get_mut(&job_id) else {
-            log::warn!("node={node}: result for unknown job {job_id} (purged, or sent before a server restart); dropped");
-            return;
+            return Some(format!("result for unknown job {job_id} (purged, or sent before a server restart); dropped"));
         };
         let parent = job.parent;
         let Some(part) = job.parts.get_mut(node) else {
-            log::warn!("node={node}: result for job {job_id}, which was not sent to it; dropped");
-            return;
+            return Some(format!(
+                "result for job {job_id}, which was not sent to it; dropped"
+            ));
         };
         let state = outcome.exit.state();
         match part.state {
@@ -298,9 +303,9 @@ impl Cluster {
                 );
                 part.state = state;
                 part.outcome = Some(outcome);
-                return;
+                return None;
             }
-            s if s.is_done() => return, // a resend of a result we have
+            s if s.is_done() => return None, // a resend of a result we have
             _ => {}
         }
         part.state = state;
@@ -317,6 +322,7 @@ impl Cluster {
             self.skip_rest_of_parent(node, parent, now.ms, out);
         }
         self.dispatch(node, now, out);
+        None
     }
 
     /// A job could not be routed to the node: put it back at the front of

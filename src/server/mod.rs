@@ -597,11 +597,16 @@ impl Server {
                     holding,
                     proof,
                 },
-                _,
+                peer,
             ) => {
+                // The client checks its own name; a hand-made peer may not.
+                if let Err(e) = crate::config::check_identity(&claimed) {
+                    self.warn_peer(&peer, &label, format_args!("dropped a Ready: {e}"));
+                    return;
+                }
                 let ready = Ready {
                     claimed,
-                    version,
+                    version: crate::dsl::one_line(&version.chars().take(64).collect::<String>()),
                     ivl: self.node_ivl(interval_ms),
                     holding,
                     proof,
@@ -617,8 +622,11 @@ impl Server {
                 self.routes.learn(&who, port, &rid);
                 self.cluster.touch(&node, now);
                 let mut out = std::mem::take(&mut self.effects);
-                self.cluster.finished(&node, job_id, outcome, now, &mut out);
+                let dropped = self.cluster.finished(&node, job_id, outcome, now, &mut out);
                 self.apply(out);
+                if let Some(why) = dropped {
+                    self.peer_log.warn(&node, now.at, format_args!("{why}"));
+                }
             }
             (
                 Port::Transfer,
@@ -787,6 +795,16 @@ impl Server {
         offset: u64,
         len: u32,
     ) {
+        // Room first: a node that asks faster than it reads gets nothing,
+        // and costs no disk read.
+        if !self.ports[Port::Transfer as usize].has_room(rid) {
+            self.peer_log.warn(
+                node,
+                Instant::now(),
+                format_args!("asks for chunks faster than it reads them; dropped a fetch"),
+            );
+            return;
+        }
         let chunk = self
             .cluster
             .source_for(node, &job_id, file)

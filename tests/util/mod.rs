@@ -523,9 +523,9 @@ pub enum WireMsg {
     Started {
         job_id: uuid::Uuid,
     },
-    /// (Only its position matters here.)
     Finished {
         job_id: uuid::Uuid,
+        outcome: OutcomeWire,
     },
     Fetch {
         job_id: uuid::Uuid,
@@ -533,6 +533,36 @@ pub enum WireMsg {
         offset: u64,
         len: u32,
     },
+}
+
+/// A job's outcome as the protocol encodes it (exit code variants first).
+#[derive(serde::Serialize)]
+pub struct OutcomeWire {
+    pub exit: ExitWire,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+    pub exec_secs: f64,
+}
+
+#[derive(serde::Serialize)]
+#[allow(dead_code)]
+pub enum ExitWire {
+    Code(i32),
+}
+
+impl OutcomeWire {
+    pub fn ok() -> OutcomeWire {
+        OutcomeWire {
+            exit: ExitWire::Code(0),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            exec_secs: 0.0,
+        }
+    }
 }
 
 /// The protocol's header frame.
