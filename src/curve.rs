@@ -173,9 +173,15 @@ impl KeyPair {
             Ok(_) => Ok((KeyPair::load(path)?, false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let pair = KeyPair::generate();
-                pair.store(path)
-                    .map_err(|e| format!("cannot write the key file {}: {e}", path.display()))?;
-                Ok((pair, true))
+                match pair.store_new(path) {
+                    Ok(()) => Ok((pair, true)),
+                    // Another process made one at the same moment: theirs
+                    // is the key, as it is the one on disk.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Ok((KeyPair::load(path)?, false))
+                    }
+                    Err(e) => Err(format!("cannot write the key file {}: {e}", path.display())),
+                }
             }
             Err(e) => Err(format!("cannot read the key file {}: {e}", path.display())),
         }
@@ -221,9 +227,11 @@ impl KeyPair {
         Ok(pair)
     }
 
-    /// Write the pair to `path` atomically, mode 0600. The directory is
-    /// created (mode 0700) if missing.
-    pub fn store(&self, path: &Path) -> io::Result<()> {
+    /// Write the pair to a new file `path`, mode 0600, atomically: it is
+    /// written and synced under a temporary name, then linked into place,
+    /// which fails (`AlreadyExists`) rather than replace a key someone else
+    /// wrote. The directory is created (mode 0700) if missing.
+    pub fn store_new(&self, path: &Path) -> io::Result<()> {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -246,12 +254,10 @@ impl KeyPair {
                 .open(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
-            fs::rename(&tmp, path)?;
+            fs::hard_link(&tmp, path)?;
             File::open(dir)?.sync_all()
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        let _ = fs::remove_file(&tmp);
         result
     }
 }
@@ -271,8 +277,9 @@ pub struct SharedKey {
 
 impl SharedKey {
     /// Derive both from the shared key with Argon2id. Deliberately slow
-    /// (tens of milliseconds): it is done once per daemon start.
-    pub fn derive(shared: &str) -> SharedKey {
+    /// (tens of milliseconds): it is done once per daemon start. Fails only
+    /// when its memory cannot be had.
+    pub fn derive(shared: &str) -> Result<SharedKey, String> {
         init();
         let mut out = [0u8; 2 * KEY_LEN];
         // SAFETY: every pointer and length describes a live buffer; the salt
@@ -289,18 +296,22 @@ impl SharedKey {
                 sodium::crypto_pwhash_ALG_ARGON2ID13 as i32,
             )
         };
-        // Fails only when the memory cannot be had: nothing to do but stop.
-        assert_eq!(rc, 0, "Argon2id could not allocate {PWHASH_MEM} bytes");
+        if rc != 0 {
+            return Err(format!(
+                "cannot derive keys from the shared key: Argon2id could not have {} MiB of memory",
+                PWHASH_MEM >> 20
+            ));
+        }
         let mut server = [0u8; KEY_LEN];
         let mut proof = [0u8; KEY_LEN];
         server.copy_from_slice(&out[..KEY_LEN]);
         proof.copy_from_slice(&out[KEY_LEN..]);
         // SAFETY: our own buffer.
         unsafe { sodium::sodium_memzero(out.as_mut_ptr().cast(), out.len()) };
-        SharedKey {
+        Ok(SharedKey {
             server: KeyPair::from_secret(server),
             proof_key: SecretKey(proof),
-        }
+        })
     }
 
     /// The server's key pair under this shared key.
@@ -462,6 +473,11 @@ mod tests {
         assert!(!created);
         assert_eq!(pair.public, again.public);
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        // Never replaces a key on disk.
+        let e = KeyPair::generate().store_new(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(KeyPair::load(&path).unwrap().public, pair.public);
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let e = KeyPair::load(&path).unwrap_err();
@@ -483,9 +499,9 @@ mod tests {
 
     #[test]
     fn a_shared_key_derives_one_server_key_and_proofs_bound_to_each_client() {
-        let a = SharedKey::derive("correct horse battery staple");
-        let b = SharedKey::derive("correct horse battery staple");
-        let other = SharedKey::derive("correct horse battery stapler");
+        let a = SharedKey::derive("correct horse battery staple").unwrap();
+        let b = SharedKey::derive("correct horse battery staple").unwrap();
+        let other = SharedKey::derive("correct horse battery stapler").unwrap();
         assert_eq!(a.server().public, b.server().public);
         assert_ne!(a.server().public, other.server().public);
         let c1 = KeyPair::generate().public;

@@ -801,12 +801,15 @@ fn trust(cfg: &Config) -> Result<Trust> {
             own.public.fingerprint()
         );
     }
-    let shared = cfg.shared_key.as_ref().map(|s| {
-        if s.0.len() < WEAK_SHARED_KEY {
-            log::warn!("{}", crate::server::weak_shared_key_warning());
+    let shared = match &cfg.shared_key {
+        Some(s) => {
+            if s.0.len() < WEAK_SHARED_KEY {
+                log::warn!("{}", crate::server::weak_shared_key_warning());
+            }
+            Some(SharedKey::derive(&s.0).map_err(Error::Config)?)
         }
-        SharedKey::derive(&s.0)
-    });
+        None => None,
+    };
     let (server, server_source) = match (&cfg.server_key, &shared) {
         (Some(given), _) => (parse_server_key(given)?, ServerKeySource::ServerKey),
         (None, Some(sk)) => (sk.server().public, ServerKeySource::SharedKey),

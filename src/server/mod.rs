@@ -172,7 +172,8 @@ pub struct Server {
     /// Answers and progress for control connections, sent after the
     /// history is synced (group commit: one sync for a whole pass).
     notes: Vec<(Token, Response)>,
-    /// Result acks waiting for the sync of their results.
+    /// Result acks (and welcomes of newly enrolled keys) waiting for the
+    /// sync of their records.
     acks: Vec<(String, ServerMsg)>,
     /// When the oldest record not yet synced must be.
     commit_at: Option<Instant>,
@@ -306,7 +307,7 @@ impl Server {
                 if shared.0.len() < WEAK_SHARED_KEY {
                     log::warn!("{}", weak_shared_key_warning());
                 }
-                let derived = SharedKey::derive(&shared.0);
+                let derived = SharedKey::derive(&shared.0).map_err(Error::Config)?;
                 let pair = KeyPair::from_secret(*derived.server().secret.as_bytes());
                 (
                     pair,
@@ -692,6 +693,8 @@ impl Server {
     ) {
         let address = address.unwrap_or("an unknown address");
         let claimed = ready.claimed.clone();
+        // Did this Ready enroll the key (a record that must be synced)?
+        let mut enrolled = false;
         let claim = match (who, &mut self.auth) {
             (Principal::Name(id), _) => {
                 if *id != claimed {
@@ -720,6 +723,7 @@ impl Server {
                 };
                 let (claim, rec) = keys.claim(key, &claimed, proof, now.ms);
                 if let Some(rec) = rec {
+                    enrolled = true;
                     append_key(journal, &rec);
                     self.commit_at
                         .get_or_insert_with(|| Instant::now() + COMMIT_IVL);
@@ -746,8 +750,14 @@ impl Server {
                     name: claimed.clone(),
                     interval_ms: ready.ivl.as_millis() as u64,
                 };
-                // Before any job the Ready releases.
-                self.reply(Port::Job, &claimed, rid, &welcome);
+                if enrolled {
+                    // "You are in" only once the key table says so on
+                    // disk; jobs need not wait for it, the node takes
+                    // them whenever they come.
+                    self.acks.push((claimed.clone(), welcome));
+                } else {
+                    self.reply(Port::Job, &claimed, rid, &welcome);
+                }
                 if self.cluster.ready(
                     &claimed,
                     &ready.version,
