@@ -456,6 +456,7 @@ fn option_lines(scopes: &[Scope]) -> String {
             Kind::Flag => String::new(),
             Kind::Port => " PORT".into(),
             Kind::Seconds => " SECONDS".into(),
+            Kind::Text if o.name == "curve" => " on|off".into(),
             Kind::Text => format!(
                 " {}",
                 o.name
@@ -700,6 +701,30 @@ mod tests {
             .to_string()
             .contains("'nope' is not a job id"));
         assert!(parse_v(&["manage", "--list-nodes", "--format", "xml"]).is_err());
+        let inv = parse_v(&["manage", "--accept-key", "web1"]).unwrap();
+        let Command::Manage(m) = inv.command else {
+            panic!("not manage")
+        };
+        assert_eq!(m.action, ManageAction::AcceptKey("web1".into()));
+        for (flag, action) in [
+            ("--show-key", ManageAction::ShowKey),
+            ("--list-keys", ManageAction::ListKeys),
+            ("--accept-all", ManageAction::AcceptAll),
+        ] {
+            let Command::Manage(m) = parse_v(&["manage", flag]).unwrap().command else {
+                panic!("not manage")
+            };
+            assert_eq!(m.action, action);
+        }
+        assert!(parse_v(&["manage", "--reject-key"]).is_err());
+        assert!(parse_v(&["manage", "--delete-key", "a", "--accept-all"])
+            .unwrap_err()
+            .to_string()
+            .contains("only one of"));
+        assert!(parse_v(&["exec", "--verb", "RUN", "--accept-all", "x"])
+            .unwrap_err()
+            .to_string()
+            .contains("--accept-all only applies to `director manage`"));
     }
 
     #[test]

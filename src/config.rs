@@ -59,7 +59,7 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "identity", kind: Kind::Text, scope: Scope::Global, default: None, help: "this node's name in the cluster (default: the host name)" },
     OptSpec { name: "bind_address", kind: Kind::Text, scope: Scope::Server, default: Some("*"), help: "address the server listens on (* for all)" },
     OptSpec { name: "socket_group", kind: Kind::Text, scope: Scope::Server, default: None, help: "group that may use the control socket (mode 0660); without it, only its owner may (0600)" },
-    OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's job history, kept across restarts" },
+    OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's job history, its node-key table and (without a shared key) its key pair, kept across restarts" },
     OptSpec { name: "server_address", kind: Kind::Text, scope: Scope::Client, default: Some("localhost"), help: "host name or IP address of the server" },
     OptSpec { name: "server_key", kind: Kind::Text, scope: Scope::Client, default: None, help: "the server's public key, as `director manage --show-key` prints it (Z85), or a file holding it; not needed with --shared-key" },
     OptSpec { name: "key_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/lib/director/node"), help: "directory for this node's key pair (node.key), created at first start; not the cache, which may be cleared" },
