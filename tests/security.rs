@@ -723,37 +723,31 @@ fn curve_off_says_so_at_every_start_and_still_works() {
     });
 }
 
+/// Run a client in `dir` (its key and cache there) with `extra` options,
+/// until it exits.
+fn client_once(dir: &util::TestDir, extra: &[&str]) -> util::Out {
+    let mut args: Vec<String> = vec![
+        "client".into(),
+        "--key-path".into(),
+        dir.path.join("k").display().to_string(),
+        "--cache-path".into(),
+        dir.path.join("c").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    util::run_cli(&dir.path, &args)
+}
+
 #[test]
 fn a_client_without_a_server_key_is_told_what_to_give() {
     let dir = util::TestDir::new("nokey");
-    let out = util::run_cli(
-        &dir.path,
-        &[
-            "client".into(),
-            "--key-path".into(),
-            dir.path.join("k").display().to_string(),
-            "--cache-path".into(),
-            dir.path.join("c").display().to_string(),
-        ],
-    );
+    let out = client_once(&dir, &[]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
         out.stderr
             .contains("the client needs the server's key: give --server-key"),
         "{out:?}"
     );
-    let out = util::run_cli(
-        &dir.path,
-        &[
-            "client".into(),
-            "--key-path".into(),
-            dir.path.join("k").display().to_string(),
-            "--cache-path".into(),
-            dir.path.join("c").display().to_string(),
-            "--server-key".into(),
-            "not-a-key".into(),
-        ],
-    );
+    let out = client_once(&dir, &["--server-key", "not-a-key"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
         out.stderr
@@ -763,18 +757,7 @@ fn a_client_without_a_server_key_is_told_what_to_give() {
     // A secret key others can read is refused, as ssh does.
     let key = dir.path.join("k").join("node.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-    let out = util::run_cli(
-        &dir.path,
-        &[
-            "client".into(),
-            "--key-path".into(),
-            dir.path.join("k").display().to_string(),
-            "--cache-path".into(),
-            dir.path.join("c").display().to_string(),
-            "--shared-key".into(),
-            util::SHARED_KEY.into(),
-        ],
-    );
+    let out = client_once(&dir, &["--shared-key", util::SHARED_KEY]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("chmod 600"), "{out:?}");
 }

@@ -634,6 +634,11 @@ impl Client {
         }
         log::error!("{why}");
         self.refused = Some(why);
+        self.stop();
+    }
+
+    /// Start nothing new; stop once the running command (if any) is gone.
+    fn stop(&mut self) {
         let mut fx = Effects::default();
         let busy = self.runner.stop(self.poll.registry(), &mut fx);
         self.apply(fx);
@@ -775,14 +780,7 @@ impl Client {
                 continue;
             }
             log::info!("received {}; stopping", signals::name(sig));
-            let mut fx = Effects::default();
-            let busy = self.runner.stop(self.poll.registry(), &mut fx);
-            self.apply(fx);
-            self.state = if busy {
-                RunState::Draining
-            } else {
-                RunState::Stopped
-            };
+            self.stop();
         }
     }
 }
