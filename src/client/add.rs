@@ -138,7 +138,7 @@ impl AddJob {
                 Progress::Finished(self.outcome(Exit::Code(0)))
             }
             Ok(()) => Progress::Continue,
-            Err(e) => self.failed(e),
+            Err(e) => Progress::Finished(self.give_up(e)),
         }
     }
 
@@ -247,7 +247,7 @@ impl AddJob {
                 Progress::Finished(self.outcome(Exit::Code(0)))
             }
             Ok(()) => Progress::Continue,
-            Err(e) => self.failed(e),
+            Err(e) => Progress::Finished(self.give_up(e)),
         }
     }
 
@@ -326,28 +326,21 @@ impl AddJob {
 
     /// The server could not serve a file.
     pub fn on_fetch_error(&mut self, file: u32, message: &str) -> Progress {
-        self.failed(format!(
-            "file {}: {message}",
-            self.files
-                .get(file as usize)
-                .map_or("?", |f| f.0.path.as_str())
-        ))
+        let file = self
+            .files
+            .get(file as usize)
+            .map_or("?", |f| f.0.path.as_str());
+        let message = format!("file {file}: {message}");
+        Progress::Finished(self.give_up(message))
     }
 
-    /// End the job now with `message` (it stalled): what was sent so far
-    /// stays in the report, the file being received is dropped.
+    /// End the job now with `message` (it failed, or stalled): what was
+    /// sent so far stays in the report, the file being received is dropped.
     pub fn give_up(&mut self, message: String) -> Outcome {
-        match self.failed(message) {
-            Progress::Finished(outcome) => outcome,
-            Progress::Continue => unreachable!("failed always finishes"),
-        }
-    }
-
-    fn failed(&mut self, message: String) -> Progress {
         // Dropping a temporary file removes it.
         self.step = Step::Next;
         self.next = self.files.len();
-        Progress::Finished(self.outcome(Exit::Error(message)))
+        self.outcome(Exit::Error(message))
     }
 
     fn outcome(&mut self, exit: Exit) -> Outcome {
