@@ -333,6 +333,8 @@ fn a_server_that_cannot_bind_says_where_and_why() {
         &p3.to_string(),
         "--socket-path",
         &dir.path.join("s.sock").display().to_string(),
+        "--state-path",
+        &dir.path.join("state").display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
