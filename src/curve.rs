@@ -425,6 +425,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn libzmq_is_built_with_curve() {
+        // The point of vendor/zmq-sys: without libsodium it would be false.
+        assert_eq!(zmq::has("curve"), Some(true));
+    }
+
+    #[test]
     fn z85_matches_the_rfc_and_libzmq() {
         let bytes = [0x86, 0x4F, 0xD2, 0x6F, 0xB5, 0x59, 0xF7, 0x5B];
         assert_eq!(z85_encode(&bytes), "HelloWorld");
