@@ -99,6 +99,8 @@ pub struct Runner {
     stopping: bool,
     /// A transfer that receives nothing for this long fails.
     stall: Duration,
+    /// Is a `TransferStall` check pending?
+    stall_armed: bool,
 }
 
 impl Runner {
@@ -115,6 +117,7 @@ impl Runner {
             unacked: Vec::new(),
             stopping: false,
             stall,
+            stall_armed: false,
         }
     }
 
@@ -222,8 +225,7 @@ impl Runner {
                 }
                 Started::Transfer(add, cache_key) => {
                     fx.job.push(ClientMsg::Started { job_id });
-                    fx.timers
-                        .push((now + self.stall, RunnerTimer::TransferStall));
+                    self.arm_stall(now + self.stall, fx);
                     (Work::Transfer { add }, cache_key)
                 }
             };
@@ -238,6 +240,15 @@ impl Runner {
                 cache_key,
                 work,
             });
+        }
+    }
+
+    /// One `TransferStall` check pending at a time: transfers that follow
+    /// each other share it, instead of each leaving a chain of checks.
+    fn arm_stall(&mut self, at: Instant, fx: &mut Effects) {
+        if !self.stall_armed {
+            fx.timers.push((at, RunnerTimer::TransferStall));
+            self.stall_armed = true;
         }
     }
 
@@ -474,6 +485,7 @@ impl Runner {
                 }
             }
             RunnerTimer::TransferStall => {
+                self.stall_armed = false;
                 let Some(Running {
                     job_id,
                     work: Work::Transfer { add },
@@ -495,12 +507,8 @@ impl Runner {
                         self.finish(outcome, reg, fx);
                     }
                     // Still moving (or hashing locally): look again later.
-                    Some(idle) => fx
-                        .timers
-                        .push((now + (self.stall - idle), RunnerTimer::TransferStall)),
-                    None => fx
-                        .timers
-                        .push((now + self.stall, RunnerTimer::TransferStall)),
+                    Some(idle) => self.arm_stall(now + (self.stall - idle), fx),
+                    None => self.arm_stall(now + self.stall, fx),
                 }
             }
             RunnerTimer::KillGrace => {
