@@ -27,6 +27,9 @@ pub const PROOF_LEN: usize = 32;
 /// handshake; the daemons warn about it.
 pub const WEAK_SHARED_KEY: usize = 16;
 
+/// Said at every start of either daemon with `--curve off`.
+pub const UNAUTHENTICATED: &str = "--curve off: this cluster is UNAUTHENTICATED and UNENCRYPTED: anyone who can reach the ports can enroll as any node, read every job (ARG values included), send fake results, and impersonate the server to the nodes; use it only in a lab";
+
 /// Fixed Argon2id salt: both sides must derive the same keys from the shared
 /// key alone. It separates our derivation from any other use of the key.
 const SHARED_KEY_SALT: &[u8; 16] = b"director:curve:1";
@@ -276,6 +279,17 @@ pub struct SharedKey {
 }
 
 impl SharedKey {
+    /// What a daemon does with `--shared-key` at start: warn when it is
+    /// short enough to guess, then derive.
+    pub fn for_daemon(shared: &str) -> Result<SharedKey, String> {
+        if shared.len() < WEAK_SHARED_KEY {
+            log::warn!(
+                "the shared key is shorter than {WEAK_SHARED_KEY} characters: one captured handshake is enough to guess a weak key offline; use a long random one (for example `head -c 32 /dev/urandom | base64`)"
+            );
+        }
+        SharedKey::derive(shared)
+    }
+
     /// Derive both from the shared key with Argon2id. Deliberately slow
     /// (tens of milliseconds): it is done once per daemon start. Fails only
     /// when its memory cannot be had.

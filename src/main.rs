@@ -12,6 +12,7 @@ mod dsl;
 mod error;
 #[cfg(test)]
 mod fuzz;
+mod ids;
 mod journal;
 mod logger;
 mod orchestrate;

@@ -113,7 +113,7 @@ fn permission_denied(path: &Path) -> String {
         );
     };
     let mode = meta.mode() & 0o777;
-    let group = group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string());
+    let group = crate::ids::group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string());
     if mode & 0o060 == 0o060 {
         format!(
             "permission denied on the control socket {} (mode {mode:04o}, group '{group}'): run as root or as a member of group '{group}'",
@@ -125,22 +125,6 @@ fn permission_denied(path: &Path) -> String {
             path.display()
         )
     }
-}
-
-/// A group's name from its id.
-fn group_name(gid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 16 << 10];
-    // SAFETY: zeroed plain-old-data, filled by getgrgid_r.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf's length is passed.
-    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: on success gr_name points to a NUL-terminated string in buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// A lost connection while waiting does not stop the work: say so.

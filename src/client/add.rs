@@ -26,6 +26,7 @@ use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
 use crate::dsl::{dest_is_dir, hex_sha1, Action, SourceFile, Task};
+use crate::ids;
 use crate::template;
 use crate::transfer::Receiver;
 use crate::wire::{ClientMsg, Exit, Outcome, CHUNK, CREDIT};
@@ -467,53 +468,15 @@ fn resolve_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let uid = match user.parse::<u32>() {
-        Ok(n) => n,
-        Err(_) => lookup(user, true)
-            .ok_or_else(|| format!("--chown: unknown user '{user}' on this node"))?,
-    };
+    let uid =
+        ids::user_id(user).ok_or_else(|| format!("--chown: unknown user '{user}' on this node"))?;
     let gid = match group {
         None => None,
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup(g, false)
-                .ok_or_else(|| format!("--chown: unknown group '{g}' on this node"))?,
-        }),
+        Some(g) => Some(
+            ids::group_id(g).ok_or_else(|| format!("--chown: unknown group '{g}' on this node"))?,
+        ),
     };
     Ok((Some(uid), gid))
-}
-
-/// A user's or group's id from the system databases.
-fn lookup(name: &str, user: bool) -> Option<u32> {
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 1 << 16];
-    // SAFETY: the _r variants write only into the structs and buffer we pass,
-    // whose sizes we give; the result pointer is checked before use.
-    unsafe {
-        if user {
-            let mut pw: libc::passwd = std::mem::zeroed();
-            let mut res: *mut libc::passwd = std::ptr::null_mut();
-            let rc = libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pw,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut res,
-            );
-            (rc == 0 && !res.is_null()).then_some(pw.pw_uid)
-        } else {
-            let mut gr: libc::group = std::mem::zeroed();
-            let mut res: *mut libc::group = std::ptr::null_mut();
-            let rc = libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut gr,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut res,
-            );
-            (rc == 0 && !res.is_null()).then_some(gr.gr_gid)
-        }
-    }
 }
 
 fn set_owner_and_mode_fd(

@@ -36,7 +36,7 @@ use mio::{Events, Poll, Token};
 use self::cache::Cache;
 use self::runner::{Effects, Runner, RunnerTimer};
 use crate::config::{Config, Curve};
-use crate::curve::{KeyPair, PublicKey, SharedKey, WEAK_SHARED_KEY};
+use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
 use crate::reactor::monitor::{self, LinkEvent, Monitor};
 use crate::reactor::signals::{self, Signals};
@@ -131,8 +131,8 @@ enum Trust {
         server: PublicKey,
         /// Where the server key came from, for error messages.
         server_source: ServerKeySource,
-        /// With a shared key: shows the server we know it.
-        proof: Option<Vec<u8>>,
+        /// With a shared key, shows the server we know it; empty without.
+        proof: Vec<u8>,
     },
     Off,
 }
@@ -256,7 +256,7 @@ impl Client {
                 }
             ),
             Trust::Off => {
-                log::warn!("{}", crate::server::unauthenticated_warning());
+                log::warn!("{}", crate::curve::UNAUTHENTICATED);
                 log::info!(
                     "client {} connecting to {} (job {}, transfer {}, heartbeat {})",
                     cfg.identity,
@@ -348,10 +348,8 @@ impl Client {
         self.runner.link_reset(self.poll.registry(), &mut fx);
         self.apply(fx);
         let proof = match &self.trust {
-            Trust::Curve {
-                proof: Some(proof), ..
-            } => proof.clone(),
-            _ => Vec::new(),
+            Trust::Curve { proof, .. } => proof.clone(),
+            Trust::Off => Vec::new(),
         };
         let ready = ClientMsg::Ready {
             name: self.cfg.identity.clone(),
@@ -622,7 +620,7 @@ impl Client {
                 "this node's key ({fp}) is enrolled on the server as '{other}', not '{name}': run the client with --identity {other}, or `director manage --delete-key {other}` on the server"
             )),
             Denial::WrongSharedKey => self.refuse(
-                "the server does not accept this client's shared key: --shared-key differs between this node and the server".into(),
+                "the server does not accept this client's shared key: --shared-key differs between this node and the server, or the server has none".into(),
             ),
         }
     }
@@ -800,12 +798,7 @@ fn trust(cfg: &Config) -> Result<Trust> {
         );
     }
     let shared = match &cfg.shared_key {
-        Some(s) => {
-            if s.0.len() < WEAK_SHARED_KEY {
-                log::warn!("{}", crate::server::weak_shared_key_warning());
-            }
-            Some(SharedKey::derive(&s.0).map_err(Error::Config)?)
-        }
+        Some(s) => Some(SharedKey::for_daemon(&s.0).map_err(Error::Config)?),
         None => None,
     };
     let (server, server_source) = match (&cfg.server_key, &shared) {
@@ -817,7 +810,7 @@ fn trust(cfg: &Config) -> Result<Trust> {
             ))
         }
     };
-    let proof = shared.map(|sk| sk.proof(&own.public).to_vec());
+    let proof = shared.map_or_else(Vec::new, |sk| sk.proof(&own.public).to_vec());
     Ok(Trust::Curve {
         own,
         server,

@@ -43,7 +43,7 @@ use self::peer_log::{Once, PeerLog};
 use self::routes::{Port, Principal, Routes, PORTS};
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
-use crate::curve::{KeyPair, PublicKey, SharedKey, WEAK_SHARED_KEY};
+use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::reactor::signals::{self, Signals};
@@ -257,7 +257,7 @@ impl Server {
                 c.pair.public.fingerprint(),
                 c.source
             ),
-            Auth::Off => log::warn!("{}", unauthenticated_warning()),
+            Auth::Off => log::warn!("{}", crate::curve::UNAUTHENTICATED),
         }
         log::info!(
             "server listening: job {}, transfer {}, heartbeat {} on {}; control socket {}",
@@ -304,10 +304,7 @@ impl Server {
     fn start_curve(cfg: &Config, ctx: &zmq::Context, poll: &Poll) -> Result<Auth> {
         let (pair, source, shared) = match &cfg.shared_key {
             Some(shared) => {
-                if shared.0.len() < WEAK_SHARED_KEY {
-                    log::warn!("{}", weak_shared_key_warning());
-                }
-                let derived = SharedKey::derive(&shared.0).map_err(Error::Config)?;
+                let derived = SharedKey::for_daemon(&shared.0).map_err(Error::Config)?;
                 let pair = KeyPair::from_secret(*derived.server().secret.as_bytes());
                 (
                     pair,
@@ -693,9 +690,7 @@ impl Server {
     ) {
         let address = address.unwrap_or("an unknown address");
         let claimed = ready.claimed.clone();
-        // Did this Ready enroll the key (a record that must be synced)?
-        let mut enrolled = false;
-        let claim = match (who, &mut self.auth) {
+        let (claim, rec) = match (who, &mut self.auth) {
             (Principal::Name(id), _) => {
                 if *id != claimed {
                     self.peer_log.warn(
@@ -705,43 +700,37 @@ impl Server {
                     );
                     return;
                 }
-                Claim::Admitted
+                (Claim::Admitted, None)
             }
             (Principal::Key(key), Auth::Curve(c)) => {
-                let CurveAuth {
-                    keys,
-                    shared,
-                    journal,
-                    ..
-                } = &mut **c;
-                let proof = match shared.as_ref() {
+                let proof = match c.shared.as_ref() {
                     _ if ready.proof.is_empty() => Proof::None,
                     // A proof for a shared key this server does not use.
                     None => Proof::Invalid,
                     Some(sk) if sk.verify(key, &ready.proof) => Proof::Valid,
                     Some(_) => Proof::Invalid,
                 };
-                let (claim, rec) = keys.claim(key, &claimed, proof, now.ms);
-                if let Some(rec) = rec {
-                    enrolled = true;
-                    append_key(journal, &rec);
-                    self.commit_at
-                        .get_or_insert_with(|| Instant::now() + COMMIT_IVL);
-                    match &claim {
-                        Claim::Admitted => log::info!(
-                            "node={claimed}: key {} from {address} accepted (it knows the shared key)",
-                            key.fingerprint()
-                        ),
-                        Claim::Denied(_) => log::warn!(
-                            "node={claimed}: new key {} from {address} is pending; accept it with `director manage --accept-key {claimed}`",
-                            key.fingerprint()
-                        ),
-                    }
-                }
-                claim
+                c.keys.claim(key, &claimed, proof, now.ms)
             }
             (Principal::Key(_), Auth::Off) => return,
         };
+        // This Ready enrolled the key: a record that must be synced.
+        let enrolled = rec.is_some();
+        if let Some(rec) = &rec {
+            self.record_key(rec);
+            let fp = match who {
+                Principal::Key(key) => key.fingerprint(),
+                Principal::Name(_) => String::new(),
+            };
+            match &claim {
+                Claim::Admitted => log::info!(
+                    "node={claimed}: key {fp} from {address} accepted (it knows the shared key)"
+                ),
+                Claim::Denied(_) => log::warn!(
+                    "node={claimed}: new key {fp} from {address} is pending; accept it with `director manage --accept-key {claimed}`"
+                ),
+            }
+        }
         match claim {
             Claim::Admitted => {
                 self.routes.learn(who, Port::Job, rid);
@@ -1387,18 +1376,6 @@ enum KeyChange {
 const CURVE_OFF: &str =
     "the server runs with --curve off: it has no key, and admits every node without one";
 
-/// Said at every start of either daemon with `--curve off`.
-pub fn unauthenticated_warning() -> &'static str {
-    "--curve off: this cluster is UNAUTHENTICATED and UNENCRYPTED: anyone who can reach the ports can enroll as any node, read every job (ARG values included), send fake results, and impersonate the server to the nodes; use it only in a lab"
-}
-
-/// Said at start when the shared key is short.
-pub fn weak_shared_key_warning() -> String {
-    format!(
-        "the shared key is shorter than {WEAK_SHARED_KEY} characters: one captured handshake is enough to guess a weak key offline; use a long random one (for example `head -c 32 /dev/urandom | base64`)"
-    )
-}
-
 fn append_key(journal: &mut Journal, rec: &KeyRecord) {
     if let Err(e) = journal.append(rec) {
         log::error!(
@@ -1419,7 +1396,12 @@ fn ivl_from_ms(ms: u64) -> Duration {
 /// bind, so it is never open to others even for an instant), or 0660 and
 /// owned by `group`: only its owner (root) and that group may submit work.
 fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
-    let gid = group.map(group_id).transpose()?;
+    let gid = group
+        .map(|g| {
+            crate::ids::group_id(g)
+                .ok_or_else(|| Error::Config(format!("--socket-group: no group named '{g}'")))
+        })
+        .transpose()?;
     if path.exists() {
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
@@ -1476,34 +1458,4 @@ fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
         })?;
     }
     Ok(listener)
-}
-
-/// A group's id, by name or number. Looked up once at start, before the
-/// loop runs, so a slow name service delays only the start.
-fn group_id(group: &str) -> Result<u32> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    let name = std::ffi::CString::new(group)
-        .map_err(|_| Error::Config(format!("--socket-group: '{group}' is not a group name")))?;
-    let mut buf = vec![0 as libc::c_char; 16 << 10];
-    // SAFETY: zeroed plain-old-data, filled by getgrnam_r.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf's length is passed.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(Error::Config(format!(
-            "--socket-group: no group named '{group}'"
-        )));
-    }
-    Ok(grp.gr_gid)
 }
