@@ -159,8 +159,12 @@ fn a_wrong_server_key_or_shared_key_is_named_at_the_first_handshake() {
     let mut c = Cluster::start("wrongkey", &["good"], "0.5");
     let stranger = zmq::CurveKeyPair::new().unwrap();
     let wrong = zmq::z85_encode(&stranger.public_key).unwrap();
-    c.start_client_bare("w1", &["--server-key", &wrong]);
-    c.start_client_bare("w2", &["--shared-key", "not-the-cluster-key-at-all"]);
+    // --debug: so that each retry shows, and the test can wait for one.
+    c.start_client_bare("w1", &["--server-key", &wrong, "--debug"]);
+    c.start_client_bare(
+        "w2",
+        &["--shared-key", "not-the-cluster-key-at-all", "--debug"],
+    );
     wait_until("wrong server key named", DEADLINE, || {
         c.client("w1")
             .log_text()
@@ -174,11 +178,17 @@ fn a_wrong_server_key_or_shared_key_is_named_at_the_first_handshake() {
     // They keep trying (with backoff): it may be the server that is wrong.
     assert!(c.client("w1").is_running() && c.client("w2").is_running());
     // Said once, however many retries; nothing about them on the server.
-    std::thread::sleep(Duration::from_millis(1500)); // let a retry happen
+    for n in ["w1", "w2"] {
+        wait_until(&format!("{n} retried"), DEADLINE, || {
+            c.client(n).log_text().contains("handshake failed again")
+        });
+    }
     for n in ["w1", "w2"] {
         let log = c.client(n).log_text();
         assert_eq!(count(&log, "handshake with"), 1, "{log}");
     }
+    let log = c.server().log_text();
+    assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
     // A client without CURVE is told the server uses it.
     c.start_client_bare("w3", &["--curve", "off"]);
     wait_until("plain client told", DEADLINE, || {

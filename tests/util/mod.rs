@@ -340,10 +340,15 @@ impl Cluster {
 
     /// `manage --list-jobs --format json`, as a list.
     pub fn jobs_json(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["manage", "--list-jobs", "--format", "json"]);
+        self.manage_list("--list-jobs")
+    }
+
+    /// `manage ACTION --format json`, which must succeed with a list.
+    pub fn manage_list(&self, action: &str) -> Vec<serde_json::Value> {
+        let out = self.cli(&["manage", action, "--format", "json"]);
         assert_eq!(out.code, 0, "{out:?}");
         match serde_json::from_str(&out.stdout) {
-            Ok(serde_json::Value::Array(jobs)) => jobs,
+            Ok(serde_json::Value::Array(items)) => items,
             _ => panic!("not a JSON list: {}", out.stdout),
         }
     }
@@ -659,12 +664,7 @@ impl Cluster {
 
     /// `manage --list-keys --format json`, as a list.
     pub fn keys_json(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["manage", "--list-keys", "--format", "json"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        match serde_json::from_str(&out.stdout) {
-            Ok(serde_json::Value::Array(keys)) => keys,
-            _ => panic!("not a JSON list: {}", out.stdout),
-        }
+        self.manage_list("--list-keys")
     }
 
     /// The state of the key enrolled as `name` ("" when there is none).
