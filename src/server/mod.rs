@@ -172,8 +172,8 @@ pub struct Server {
     /// Answers and progress for control connections, sent after the
     /// history is synced (group commit: one sync for a whole pass).
     notes: Vec<(Token, Response)>,
-    /// Result acks (and welcomes of newly enrolled keys) waiting for the
-    /// sync of their records.
+    /// Result acks, and the welcome or registration call of a newly
+    /// enrolled or accepted key, waiting for the sync of their records.
     acks: Vec<(String, ServerMsg)>,
     /// When the oldest record not yet synced must be.
     commit_at: Option<Instant>,
@@ -1309,8 +1309,9 @@ impl Server {
             match &change {
                 KeyChange::Accept(_) | KeyChange::AcceptAll => {
                     log::info!("node={name}: key {} accepted", view.fingerprint);
-                    // A connected client hears it at once and says Ready.
-                    self.send(name, &ServerMsg::Register);
+                    // A connected client hears it as soon as the accept is
+                    // on disk, and says Ready.
+                    self.acks.push((name.clone(), ServerMsg::Register));
                 }
                 KeyChange::Reject(_) => {
                     log::warn!("node={name}: key {} rejected", view.fingerprint);
