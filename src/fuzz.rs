@@ -167,6 +167,8 @@ fn client_seeds() -> Vec<Vec<u8>> {
             interval_ms: 1000,
             holding: vec![id, id],
             proof: vec![9; 32],
+            instance: 0xfeed,
+            seen: Some(wire::Dispatch { server: 3, seq: 4 }),
         },
         ClientMsg::Started { job_id: id },
         ClientMsg::Finished {
@@ -218,6 +220,10 @@ fn server_seeds() -> Vec<Vec<u8>> {
             job_id: id,
             parent: Some(id),
             task: add_task(),
+            dispatch: wire::Dispatch {
+                server: 3,
+                seq: 1 << 40,
+            },
         },
         ServerMsg::ResultAck { job_id: id },
         ServerMsg::Chunk {

@@ -23,8 +23,9 @@ use crate::dsl::{Task, Verb};
 pub const MAGIC: &[u8; 3] = b"DIR";
 /// The one protocol version this build speaks. 2: nodes name themselves in
 /// `Ready` (the routing id is no longer the name) and the server answers
-/// with `Welcome` or `Denied`.
-pub const VERSION: u8 = 2;
+/// with `Welcome` or `Denied`. 3: jobs carry their `Dispatch`, and `Ready`
+/// says which client instance sends it and the last dispatch it received.
+pub const VERSION: u8 = 3;
 /// Captured stdout and stderr are each cut to this many bytes on the node.
 pub const OUTPUT_CAP: usize = 1 << 20;
 /// A node's message to the server could say why a job could not run in at
@@ -240,7 +241,10 @@ pub enum ClientMsg {
     /// unacknowledged result); the server declares the rest of what it sent
     /// this node lost. `proof` shows that the client knows the shared key
     /// (see `curve::SharedKey::proof`), for automatic acceptance; empty
-    /// without one.
+    /// without one. `instance` is drawn at random when the client process
+    /// starts, and `seen` is the last `Dispatch` it received: the server
+    /// judges against `holding` only jobs the client must have received by
+    /// then, so a `Ready` that crossed jobs on the wire loses nothing.
     Ready {
         name: String,
         version: String,
@@ -249,6 +253,8 @@ pub enum ClientMsg {
         holding: Vec<Uuid>,
         #[serde(with = "bytes")]
         proof: Vec<u8>,
+        instance: u64,
+        seen: Option<Dispatch>,
     },
     /// Job port: the job's process started.
     Started { job_id: Uuid },
@@ -286,6 +292,7 @@ pub enum ServerMsg {
         job_id: Uuid,
         parent: Option<Uuid>,
         task: Task,
+        dispatch: Dispatch,
     },
     /// Job port: the result of this job was recorded.
     ResultAck { job_id: Uuid },
@@ -301,6 +308,16 @@ pub enum ServerMsg {
         file: u32,
         message: String,
     },
+}
+
+/// Where a job stands in the server's sends: `server` is drawn at random
+/// when the server starts, `seq` grows with every job it sends. Messages on
+/// one connection arrive in order, so a client that received dispatch `seq`
+/// received (or will never receive) every job sent before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispatch {
+    pub server: u64,
+    pub seq: u64,
 }
 
 /// Why the server does not take a client as a node.
@@ -344,11 +361,14 @@ impl ClientMsg {
                 interval_ms,
                 holding,
                 proof,
+                instance,
+                seen,
             } => {
                 format!(
-                    "Ready name={name} version={version} interval={interval_ms}ms holding={} proof={}",
+                    "Ready name={name} version={version} interval={interval_ms}ms holding={} proof={} instance={instance:x} seen={}",
                     holding.len(),
-                    if proof.is_empty() { "no" } else { "yes" }
+                    if proof.is_empty() { "no" } else { "yes" },
+                    seen.map_or("none".into(), |d| format!("{:x}/{}", d.server, d.seq))
                 )
             }
             ClientMsg::Started { job_id } => format!("Started job={job_id}"),
@@ -387,9 +407,15 @@ impl ServerMsg {
                 job_id,
                 parent,
                 task,
+                dispatch,
             } => {
                 let parent = parent.map(|p| format!(" parent={p}")).unwrap_or_default();
-                format!("Job job={job_id}{parent} {} {:?}", task.verb(), task.args())
+                format!(
+                    "Job job={job_id}{parent} seq={} {} {:?}",
+                    dispatch.seq,
+                    task.verb(),
+                    task.args()
+                )
             }
             ServerMsg::ResultAck { job_id } => format!("ResultAck job={job_id}"),
             ServerMsg::Chunk {
@@ -840,6 +866,7 @@ mod tests {
             job_id: Uuid::new_v4(),
             parent: Some(Uuid::new_v4()),
             task,
+            dispatch: Dispatch { server: 7, seq: 9 },
         };
         assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
     }

@@ -262,6 +262,8 @@ fn raw_peers_without_keys_get_nothing_and_the_server_keeps_serving() {
         interval_ms: 1000,
         holding: vec![],
         proof: vec![],
+        instance: 1,
+        seen: None,
     };
     for port in 0..3 {
         // Without a handshake nothing can even be queued; try anyway.
@@ -325,6 +327,8 @@ fn an_accepted_peer_that_sends_garbage_is_logged_briefly_and_changes_nothing() {
         interval_ms: 1000,
         holding: vec![],
         proof: vec![],
+        instance: 1,
+        seen: None,
     };
     peer.send_wait(0, &bad_name.frames());
     wait_until("lies logged", DEADLINE, || {

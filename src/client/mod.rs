@@ -43,7 +43,7 @@ use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::zmq::{endpoint, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
-use crate::wire::{self, ClientMsg, Denial, ServerMsg};
+use crate::wire::{self, ClientMsg, Denial, Dispatch, ServerMsg};
 
 const JOB: Token = Token(0);
 const TRANSFER: Token = Token(1);
@@ -179,6 +179,11 @@ pub struct Client {
     /// Bumped when the interval changes, so timers set under the old one
     /// are ignored.
     beat_gen: u64,
+    /// This process among the node's past and future ones, in `Ready`.
+    instance: u64,
+    /// The last job dispatch received, in `Ready`: the server judges only
+    /// jobs sent before it against what we hold.
+    seen: Option<Dispatch>,
 }
 
 /// Run the client until it is told to stop.
@@ -223,6 +228,8 @@ impl Client {
             refused: None,
             links_opened: 0,
             beat_gen: 0,
+            instance: uuid::Uuid::new_v4().as_u64_pair().0,
+            seen: None,
         };
         client.open()?;
         let now = Instant::now();
@@ -359,6 +366,8 @@ impl Client {
             interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64,
             holding: self.runner.holding(),
             proof,
+            instance: self.instance,
+            seen: self.seen,
         };
         self.send(JOB, &ready);
         let resend: Vec<ClientMsg> = self.runner.unacked().collect();
@@ -541,9 +550,11 @@ impl Client {
                     job_id,
                     parent,
                     task,
+                    dispatch,
                 },
                 None,
             ) => {
+                self.seen = Some(dispatch);
                 self.runner
                     .enqueue(job_id, parent, task, self.poll.registry(), &mut fx);
             }

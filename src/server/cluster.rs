@@ -5,9 +5,10 @@
 //!
 //! Rules:
 //! - per node, jobs are sent in submission order with at most `WINDOW` in
-//!   flight; nothing is ever resent to a node;
-//! - a node that expires, or comes back without a job it was sent, has that
-//!   job's part reported lost;
+//!   flight; a job is sent again only to the same client process, and only
+//!   once that process has shown it never received it (see `ready`);
+//! - a node that expires, or comes back as a new process without a job the
+//!   old one was sent, has that job's part reported lost;
 //! - in an orchestration run (a parent), a job that fails on a node ends the
 //!   run there: its later jobs on that node are skipped (those already sent
 //!   are skipped by the node itself, which knows the parent too);
@@ -19,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::history::Record;
+use super::history::{Record, SentTo};
 use super::jobs::Jobs;
 use super::nodes::{Link, Nodes, LIVENESS};
 use crate::dsl::{Action, SourceFile, Task};
 use crate::wire::{
-    Block, JobDetail, JobState, JobView, NodeView, Outcome, PartView, Plan, PlannedJob, ServerMsg,
-    Submitted,
+    Block, Dispatch, JobDetail, JobState, JobView, NodeView, Outcome, PartView, Plan, PlannedJob,
+    ServerMsg, Submitted,
 };
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
@@ -55,6 +56,8 @@ impl Now {
 pub enum Effect {
     /// Send on the job port to `node`.
     Send { node: String, msg: ServerMsg },
+    /// Append to the history; whatever depends on it waits for its sync.
+    Journal(Record),
     /// A node's part of a job reached a final state.
     PartDone { job_id: Uuid, node: String },
     /// Every node's part of a job is final.
@@ -63,11 +66,38 @@ pub enum Effect {
     ParentDone { parent_id: Uuid },
 }
 
+/// What a node says when it (re)registers.
+#[derive(Clone, Copy, Debug)]
+pub struct Greeting<'a> {
+    pub version: &'a str,
+    pub ivl: Duration,
+    /// Which client process speaks (random per client start).
+    pub instance: u64,
+    /// The last dispatch that process received from any server.
+    pub seen: Option<Dispatch>,
+    /// The jobs it has: queued, running, or with a result not yet acked.
+    pub holding: &'a [Uuid],
+}
+
 /// Nodes and jobs, owned by the server loop.
-#[derive(Default)]
 pub struct Cluster {
     nodes: Nodes,
     jobs: Jobs,
+    /// This server instance, in every dispatch.
+    instance: u64,
+    /// The last dispatch sequence number used.
+    seq: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster {
+            nodes: Nodes::default(),
+            jobs: Jobs::default(),
+            instance: Uuid::new_v4().as_u64_pair().0,
+            seq: 0,
+        }
+    }
 }
 
 impl Cluster {
@@ -94,10 +124,21 @@ impl Cluster {
                         p.sent_ms = Some(sent_ms);
                     }
                 }
+                Record::Dispatched {
+                    id,
+                    node,
+                    sent_ms,
+                    to,
+                } => {
+                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
+                        p.state = JobState::Sent;
+                        p.sent_ms = Some(sent_ms);
+                        p.sent_to = Some(to);
+                    }
+                }
                 Record::Unsent { id, node } => {
                     if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
-                        p.state = JobState::Queued;
-                        p.sent_ms = None;
+                        p.unsend();
                     }
                 }
                 Record::Done { id, node, part } => {
@@ -146,10 +187,18 @@ impl Cluster {
                         part: part.record(),
                     });
                 } else if let Some(sent_ms) = part.sent_ms {
-                    out.push(Record::Sent {
-                        id: job.id,
-                        node: node.clone(),
-                        sent_ms,
+                    out.push(match part.sent_to {
+                        Some(to) => Record::Dispatched {
+                            id: job.id,
+                            node: node.clone(),
+                            sent_ms,
+                            to,
+                        },
+                        None => Record::Sent {
+                            id: job.id,
+                            node: node.clone(),
+                            sent_ms,
+                        },
                     });
                 }
             }
@@ -209,28 +258,57 @@ impl Cluster {
     }
 
     /// `Ready` from a node's job socket. Returns whether the node is new.
-    pub fn ready(
-        &mut self,
-        node: &str,
-        version: &str,
-        ivl: Duration,
-        holding: &[Uuid],
-        now: Now,
-        out: &mut Vec<Effect>,
-    ) -> bool {
+    ///
+    /// The jobs sent to the node that it does not hold: if they went to
+    /// another client process, that process may have run them, and they are
+    /// lost. If they went to this very process, it never received them (it
+    /// keeps every job until its result is acked): those that can no longer
+    /// arrive (sent by an earlier server, or before a dispatch it has seen)
+    /// are sent again; later ones may still be on the wire, since a `Ready`
+    /// can cross jobs, and stay in flight.
+    pub fn ready(&mut self, node: &str, hello: Greeting, now: Now, out: &mut Vec<Effect>) -> bool {
         // A set: a node may list thousands, and the queue may be long.
-        let holding: HashSet<Uuid> = holding.iter().copied().collect();
-        let (n, created) = self.nodes.upsert(node, ivl, now.at, now.ms);
-        n.version = version.to_owned();
+        let holding: HashSet<Uuid> = hello.holding.iter().copied().collect();
+        let (n, created) = self.nodes.upsert(node, hello.ivl, now.at, now.ms);
+        n.version = hello.version.to_owned();
         n.link = Link::Ready;
-        // What we sent and the node no longer has will never be reported.
-        let vanished: Vec<Uuid> = n
-            .in_flight
-            .iter()
-            .filter(|id| !holding.contains(id))
-            .copied()
-            .collect();
-        n.in_flight.retain(|id| holding.contains(id));
+        n.instance = Some(hello.instance);
+        let mut vanished = Vec::new();
+        let mut undelivered = Vec::new();
+        for id in n.in_flight.iter().filter(|id| !holding.contains(id)) {
+            let part = self.jobs.get(id).and_then(|j| j.parts.get(node));
+            match part.and_then(|p| p.sent_to) {
+                Some(to) if to.client == hello.instance => {
+                    let d = to.dispatch;
+                    let on_the_wire = d.server == self.instance
+                        && !hello
+                            .seen
+                            .is_some_and(|s| s.server == d.server && s.seq >= d.seq);
+                    if !on_the_wire {
+                        undelivered.push(*id);
+                    }
+                }
+                _ => vanished.push(*id),
+            }
+        }
+        n.in_flight
+            .retain(|id| !vanished.contains(id) && !undelivered.contains(id));
+        for id in undelivered.iter().rev() {
+            n.queue.push_front(*id);
+        }
+        for id in undelivered {
+            log::info!("node={node}: job {id} never reached the node; sending it again");
+            if let Some(p) = self.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(node)) {
+                p.unsend();
+            }
+            out.push(Effect::Journal(Record::Unsent {
+                id,
+                node: node.to_owned(),
+            }));
+        }
+        let Some(n) = self.nodes.get_mut(node) else {
+            return created;
+        };
         // What we think is queued but the node has was sent before a restart
         // whose dispatch record did not reach the disk: never send it twice.
         let held: Vec<Uuid> = n
@@ -248,7 +326,7 @@ impl Cluster {
         }
         for job_id in vanished {
             let why =
-                "the client no longer had this job (it restarted while the job was in flight)";
+                "the client restarted while this job was in flight; it may or may not have run";
             self.finish_lost(&job_id, node, why, now.ms, out);
         }
         self.dispatch(node, now, out);
@@ -340,9 +418,7 @@ impl Cluster {
                 .get_mut(&job_id)
                 .and_then(|j| j.parts.get_mut(node))
             {
-                p.state = JobState::Queued;
-                p.sent_at = None;
-                p.sent_ms = None;
+                p.unsend();
             }
         }
     }
@@ -509,14 +585,30 @@ impl Cluster {
             let Some(part) = job.parts.get_mut(node) else {
                 continue;
             };
+            self.seq += 1;
+            let dispatch = Dispatch {
+                server: self.instance,
+                seq: self.seq,
+            };
             part.state = JobState::Sent;
             part.sent_at = Some(now.at);
             part.sent_ms = Some(now.ms);
+            // A node sends nothing before its Ready, which names its process.
+            part.sent_to = n.instance.map(|client| SentTo { client, dispatch });
             n.in_flight.push_back(job_id);
+            if let Some(to) = part.sent_to {
+                out.push(Effect::Journal(Record::Dispatched {
+                    id: job_id,
+                    node: node.to_owned(),
+                    sent_ms: now.ms,
+                    to,
+                }));
+            }
             let msg = ServerMsg::Job {
                 job_id,
                 parent: job.parent,
                 task: job.task.clone(),
+                dispatch,
             };
             out.push(Effect::Send {
                 node: node.to_owned(),
@@ -718,10 +810,96 @@ mod tests {
             .collect()
     }
 
+    fn greet(instance: u64, seen: Option<Dispatch>, holding: &[Uuid]) -> Greeting<'_> {
+        Greeting {
+            version: "v",
+            ivl: IVL,
+            instance,
+            seen,
+            holding,
+        }
+    }
+
+    /// The dispatch of `c`'s job `id` to `node`.
+    fn dispatch_of(c: &Cluster, id: &Uuid, node: &str) -> Dispatch {
+        c.jobs.get(id).unwrap().parts[node]
+            .sent_to
+            .unwrap()
+            .dispatch
+    }
+
+    #[test]
+    fn a_ready_that_crosses_jobs_on_the_wire_loses_none_of_them() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        let id1 = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
+        let id2 = c.submit(run("2"), &[], at(t0), &mut out).unwrap().job_id;
+        assert_eq!(sent_jobs(&out), vec![id1, id2]);
+        // The same process said Ready twice before either job reached it:
+        // the second Ready holds nothing, and loses nothing.
+        out.clear();
+        c.ready("a", greet(1, None, &[]), at(t0), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(state(&c, &id1, "a"), JobState::Sent);
+        assert_eq!(state(&c, &id2, "a"), JobState::Sent);
+        // A dispatch seen from another server counts for nothing here.
+        let other = Dispatch {
+            server: c.instance ^ 1,
+            seq: 99,
+        };
+        c.ready("a", greet(1, Some(other), &[]), at(t0), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // It saw job 2 and holds it, and never got job 1, sent before it
+        // (on a connection since lost): job 1 goes again, nothing is lost.
+        let seen2 = dispatch_of(&c, &id2, "a");
+        c.ready("a", greet(1, Some(seen2), &[id2]), at(t0), &mut out);
+        assert_eq!(sent_jobs(&out), vec![id1]);
+        assert!(!out.iter().any(|e| matches!(e, Effect::PartDone { .. })));
+        assert!(out.contains(&Effect::Journal(Record::Unsent {
+            id: id1,
+            node: "a".into()
+        })));
+        assert_eq!(state(&c, &id1, "a"), JobState::Sent);
+        assert!(dispatch_of(&c, &id1, "a").seq > seen2.seq);
+        // Another process (the client restarted) may have run them: lost.
+        out.clear();
+        c.ready("a", greet(2, None, &[id2]), at(t0), &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Effect::PartDone {
+                    job_id: id1,
+                    node: "a".into()
+                },
+                Effect::JobDone { job_id: id1 }
+            ]
+        );
+        assert_eq!(state(&c, &id2, "a"), JobState::Sent);
+    }
+
+    #[test]
+    fn after_a_server_restart_jobs_that_never_reached_the_same_process_go_again() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        let id1 = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
+        let id2 = c.submit(run("2"), &[], at(t0), &mut out).unwrap().job_id;
+        let seen1 = dispatch_of(&c, &id1, "a");
+        let mut r = Cluster::restore(c.snapshot(), IVL, at(t0));
+        assert_eq!(state(&r, &id2, "a"), JobState::Sent);
+        // The process that got job 1 and not job 2 comes back.
+        out.clear();
+        r.ready("a", greet(1, Some(seen1), &[id1]), at(t0), &mut out);
+        assert_eq!(sent_jobs(&out), vec![id2]);
+        assert_eq!(dispatch_of(&r, &id2, "a").server, r.instance);
+        assert!(!out.iter().any(|e| matches!(e, Effect::PartDone { .. })));
+    }
+
     fn cluster(nodes: &[&str], t0: Instant) -> Cluster {
         let mut c = Cluster::default();
         for n in nodes {
-            c.ready(n, "v", IVL, &[], at(t0), &mut Vec::new());
+            c.ready(n, greet(1, None, &[]), at(t0), &mut Vec::new());
         }
         c
     }
@@ -843,7 +1021,8 @@ mod tests {
         let id1 = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
         let id2 = c.submit(run("2"), &[], at(t0), &mut out).unwrap().job_id;
         out.clear();
-        c.ready("a", "v", IVL, &[id2], at(t0), &mut out);
+        // A new client process (instance 2) holds only the second.
+        c.ready("a", greet(2, None, &[id2]), at(t0), &mut out);
         assert_eq!(
             out,
             vec![
@@ -867,7 +1046,7 @@ mod tests {
         assert_eq!(c.heartbeat("a", IVL, at(t0)), ServerMsg::Register);
         assert_eq!(state(&c, &id, "a"), JobState::Queued);
         out.clear();
-        c.ready("a", "v", IVL, &[], at(t0), &mut out);
+        c.ready("a", greet(1, None, &[]), at(t0), &mut out);
         assert_eq!(sent_jobs(&out), vec![id]);
     }
 
@@ -985,7 +1164,8 @@ mod tests {
         // longer holds is lost, and the queue moves on.
         assert_eq!(r.heartbeat("a", IVL, at(t1)), ServerMsg::Register);
         let mut out = Vec::new();
-        r.ready("a", "v", IVL, &[sent], at(t1), &mut out);
+        // A new client process: what it does not hold may have run.
+        r.ready("a", greet(2, None, &[sent]), at(t1), &mut out);
         assert_eq!(state(&r, &_also_sent, "a"), JobState::Lost);
         assert_eq!(sent_jobs(&out), vec![queued]);
         // b never comes back: its work is lost at its expiry.
@@ -1005,12 +1185,12 @@ mod tests {
         let lost_record: Vec<Record> = c
             .snapshot()
             .into_iter()
-            .filter(|r| !matches!(r, Record::Sent { .. }))
+            .filter(|r| !matches!(r, Record::Sent { .. } | Record::Dispatched { .. }))
             .collect();
         let mut r = Cluster::restore(lost_record, IVL, at(t0));
         assert_eq!(state(&r, &id, "a"), JobState::Queued);
         let mut out = Vec::new();
-        r.ready("a", "v", IVL, &[id], at(t0), &mut out);
+        r.ready("a", greet(1, None, &[id]), at(t0), &mut out);
         assert!(sent_jobs(&out).is_empty(), "resent a job the node holds");
         assert_eq!(state(&r, &id, "a"), JobState::Sent);
         r.finished("a", id, ok(), at(t0), &mut out);

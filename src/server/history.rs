@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::dsl::Task;
-use crate::wire::{JobState, Outcome};
+use crate::wire::{Dispatch, JobState, Outcome};
 
 /// File name of the journal in the state directory.
 pub const FILE: &str = "history.bin";
@@ -35,7 +35,16 @@ pub enum Record {
         node: String,
         sent_ms: u64,
     },
-    /// A send that could not be routed: the part is queued again.
+    /// A job sent to a node: which client process it went to, in which
+    /// dispatch. (`Sent`, without them, is what older servers wrote.)
+    Dispatched {
+        id: Uuid,
+        node: String,
+        sent_ms: u64,
+        to: SentTo,
+    },
+    /// A send that could not be routed, or that the node's process provably
+    /// never received: the part is queued again.
     Unsent { id: Uuid, node: String },
     /// A part reached a final state.
     Done {
@@ -54,4 +63,12 @@ pub struct PartRecord {
     pub sent_ms: Option<u64>,
     pub rtt_secs: Option<f64>,
     pub finished_ms: Option<u64>,
+}
+
+/// Where a job went: the client process (its `Ready` instance) and the
+/// dispatch it was sent in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTo {
+    pub client: u64,
+    pub dispatch: Dispatch,
 }

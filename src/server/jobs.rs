@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::history::PartRecord;
+use super::history::{PartRecord, SentTo};
 use crate::dsl::Task;
 use crate::wire::{Exit, JobDetail, JobState, JobView, Outcome, PartView};
 
@@ -21,6 +21,9 @@ pub struct Part {
     pub message: Option<String>,
     pub sent_at: Option<Instant>,
     pub sent_ms: Option<u64>,
+    /// Which client process it was sent to, in which dispatch (`None`:
+    /// not sent, or sent by a server too old to say).
+    pub sent_to: Option<SentTo>,
     pub rtt_secs: Option<f64>,
     pub finished_ms: Option<u64>,
 }
@@ -48,6 +51,14 @@ impl Part {
         self.finished_ms = r.finished_ms;
     }
 
+    /// Back to queued: the send did not reach the node.
+    pub fn unsend(&mut self) {
+        self.state = JobState::Queued;
+        self.sent_at = None;
+        self.sent_ms = None;
+        self.sent_to = None;
+    }
+
     fn queued() -> Part {
         Part {
             state: JobState::Queued,
@@ -55,6 +66,7 @@ impl Part {
             message: None,
             sent_at: None,
             sent_ms: None,
+            sent_to: None,
             rtt_secs: None,
             finished_ms: None,
         }

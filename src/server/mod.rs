@@ -35,7 +35,7 @@ use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token};
 use uuid::Uuid;
 
-use self::cluster::{Cluster, Effect, Now};
+use self::cluster::{Cluster, Effect, Greeting, Now};
 use self::control::{ControlConn, Inbound as ControlInbound};
 use self::history::Record;
 use self::keys::{Claim, KeyRecord, Keys, Proof, Standing};
@@ -51,7 +51,8 @@ use crate::reactor::timers::Timers;
 use crate::reactor::zmq::{endpoint, Inbound, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
 use crate::wire::{
-    self, ClientMsg, Denial, KeyState, KeyView, Request, Response, ServerKeyView, ServerMsg,
+    self, ClientMsg, Denial, Dispatch, KeyState, KeyView, Request, Response, ServerKeyView,
+    ServerMsg,
 };
 
 const JOB: Token = Token(0);
@@ -594,6 +595,8 @@ impl Server {
                     interval_ms,
                     holding,
                     proof,
+                    instance,
+                    seen,
                 },
                 peer,
             ) => {
@@ -608,6 +611,8 @@ impl Server {
                     ivl: self.node_ivl(interval_ms),
                     holding,
                     proof,
+                    instance,
+                    seen,
                 };
                 self.handle_ready(&who, &rid, peer_address.as_deref(), ready, now);
             }
@@ -747,14 +752,14 @@ impl Server {
                 } else {
                     self.reply(Port::Job, &claimed, rid, &welcome);
                 }
-                if self.cluster.ready(
-                    &claimed,
-                    &ready.version,
-                    ready.ivl,
-                    &ready.holding,
-                    now,
-                    &mut out,
-                ) {
+                let hello = Greeting {
+                    version: &ready.version,
+                    ivl: ready.ivl,
+                    instance: ready.instance,
+                    seen: ready.seen,
+                    holding: &ready.holding,
+                };
+                if self.cluster.ready(&claimed, hello, now, &mut out) {
                     log::info!(
                         "node={claimed}: registered from {address} (director {}, heartbeat every {:.1}s)",
                         ready.version,
@@ -915,17 +920,13 @@ impl Server {
     fn apply(&mut self, mut effects: Vec<Effect>) {
         for effect in effects.drain(..) {
             match effect {
+                Effect::Journal(rec) => self.record(&rec),
                 Effect::Send { node, msg } => match msg {
                     // "Recorded" only once the result is on disk.
                     ServerMsg::ResultAck { .. } => self.acks.push((node, msg)),
                     // A job goes at once: if the server dies before its
                     // record is durable, the node's Ready says it has it.
                     ServerMsg::Job { job_id, .. } => {
-                        self.record(&Record::Sent {
-                            id: job_id,
-                            node: node.clone(),
-                            sent_ms: crate::clock::now_ms(),
-                        });
                         if !self.send(&node, &msg) {
                             self.requeue(&node, job_id);
                         }
@@ -1364,6 +1365,8 @@ struct Ready {
     holding: Vec<Uuid>,
     /// Empty without one.
     proof: Vec<u8>,
+    instance: u64,
+    seen: Option<Dispatch>,
 }
 
 /// What an operator asked of the key table.

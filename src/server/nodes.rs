@@ -29,6 +29,9 @@ pub struct Node {
     pub last_seen: Instant,
     pub last_seen_ms: u64,
     pub link: Link,
+    /// The client process that last said `Ready` (drawn at random by each
+    /// client start); unknown for a node restored from the history.
+    pub instance: Option<u64>,
     /// Jobs waiting on the server, in submission order.
     pub queue: VecDeque<Uuid>,
     /// Jobs sent to the node and not yet reported, in order.
@@ -89,6 +92,7 @@ impl Nodes {
             last_seen: now,
             last_seen_ms: now_ms,
             link: Link::Ready,
+            instance: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
         });

@@ -200,7 +200,12 @@ impl Cluster {
 
     fn spawn(&self, mode: &str, extra: &[String], log_name: &str, cwd: &Path) -> Proc {
         let log = self.dir.path.join(log_name);
-        let file = fs::File::create(&log).unwrap();
+        // Appended: a restarted daemon's log follows its predecessor's.
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = base_command()
             .arg(mode)
             .args(self.common())
@@ -524,6 +529,8 @@ pub enum WireMsg {
         interval_ms: u64,
         holding: Vec<uuid::Uuid>,
         proof: Vec<u8>,
+        instance: u64,
+        seen: Option<(u64, u64)>,
     },
     Started {
         job_id: uuid::Uuid,
@@ -571,7 +578,7 @@ impl OutcomeWire {
 }
 
 /// The protocol's header frame.
-pub const HEADER: &[u8] = b"DIR\x02";
+pub const HEADER: &[u8] = b"DIR\x03";
 
 impl WireMsg {
     /// `[header, body]`.
@@ -648,6 +655,8 @@ impl RawPeer {
             interval_ms: 60_000,
             holding: vec![],
             proof: vec![],
+            instance: 1,
+            seen: None,
         };
         self.send_wait(0, &ready.frames());
         self.recv(0, DEADLINE).expect("an answer to Ready")
