@@ -8,6 +8,7 @@ mod client;
 mod clock;
 mod config;
 mod curve;
+mod dirlock;
 mod dsl;
 mod error;
 #[cfg(test)]

@@ -77,3 +77,88 @@ fn kill_9_of_the_server_mid_run_loses_and_misreports_nothing() {
     assert_eq!(log.matches("server listening").count(), 6, "{log}");
     assert!(!log.contains(" lost"), "{log}");
 }
+
+#[test]
+fn a_second_daemon_on_a_directory_in_use_exits_at_once_naming_it_and_its_owner() {
+    let mut c = Cluster::start("owner", &["o1"], "1");
+    let done = c.submit(&["o1"], "echo kept");
+    c.wait_job_done(&done);
+    let history = c.state_path().join("history.bin");
+    let before = fs::read(&history).unwrap();
+
+    // Another server: its own ports and socket, the same --state-path.
+    let ports = util::free_ports();
+    let state = c.state_path().display().to_string();
+    let other_socket = c.dir.path.join("other.sock").display().to_string();
+    let mut args: Vec<String> = [
+        "server",
+        "--state-path",
+        &state,
+        "--socket-path",
+        &other_socket,
+        "--bind-address",
+        "127.0.0.1",
+        "--shared-key",
+        util::SHARED_KEY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (flag, port) in ["--job-port", "--transfer-port", "--heartbeat-port"]
+        .iter()
+        .zip(ports)
+    {
+        args.extend([flag.to_string(), port.to_string()]);
+    }
+    let out = util::run_cli(&c.dir.path, &args);
+    let server_pid = c.server().pid();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "director: the state directory (--state-path) {state} is in use by director process {server_pid}: stop it, or give this one another directory"
+        )
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    // It touched nothing: no socket, the history as it was.
+    assert!(!c.dir.path.join("other.sock").exists());
+    assert_eq!(fs::read(&history).unwrap(), before);
+
+    // Another client on o1's cache directory.
+    let cache = c.node_dir("o1").join("cache").display().to_string();
+    let key = c.dir.path.join("o2-key").display().to_string();
+    let mut args = vec![
+        "client".to_string(),
+        "--identity".into(),
+        "o2".into(),
+        "--server-address".into(),
+        "127.0.0.1".into(),
+        "--cache-path".into(),
+        cache.clone(),
+        "--key-path".into(),
+        key,
+        "--shared-key".into(),
+        util::SHARED_KEY.into(),
+    ];
+    args.extend(c.common());
+    let out = util::run_cli(&c.dir.path, &args);
+    let client_pid = c.client("o1").pid();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.trim().ends_with(&format!(
+            "the cache directory (--cache-path) {cache} is in use by director process {client_pid}: stop it, or give this one another directory"
+        )),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+
+    // The owners never noticed.
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo still"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(c.node_names(), vec!["o1"]);
+    // A killed owner leaves nothing stale: its successor starts.
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    c.start_server();
+    c.wait_job_done(&done);
+}

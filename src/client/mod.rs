@@ -184,6 +184,8 @@ pub struct Client {
     /// The last job dispatch received, in `Ready`: the server judges only
     /// jobs sent before it against what we hold.
     seen: Option<Dispatch>,
+    /// This process owns its cache and key directories.
+    _locks: Vec<crate::dirlock::DirLock>,
 }
 
 /// Run the client until it is told to stop.
@@ -199,7 +201,13 @@ impl Client {
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
-        // Keys first: a client that cannot trust the server touches nothing.
+        // One client per cache and key directory, before either is
+        // touched: two would share one cache's steps and answer for one key.
+        let mut dirs = vec![(cfg.cache_path.as_path(), "cache directory (--cache-path)")];
+        if cfg.curve == Curve::On {
+            dirs.push((cfg.key_path.as_path(), "key directory (--key-path)"));
+        }
+        let locks = crate::dirlock::lock_all(&dirs)?;
         let trust = trust(cfg)?;
         let cache =
             Cache::open(&cfg.cache_path, cfg.cache_ttl, crate::clock::now_ms()).map_err(|e| {
@@ -230,6 +238,7 @@ impl Client {
             beat_gen: 0,
             instance: uuid::Uuid::new_v4().as_u64_pair().0,
             seen: None,
+            _locks: locks,
         };
         client.open()?;
         let now = Instant::now();

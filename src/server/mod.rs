@@ -44,6 +44,7 @@ use self::routes::{Port, Principal, Routes, PORTS};
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
+use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::reactor::signals::{self, Signals};
@@ -186,6 +187,8 @@ pub struct Server {
     conflicts_logged: Once<PublicKey>,
     /// Rejected keys whose knocking was logged already.
     refusals_logged: Once<PublicKey>,
+    /// This process owns `--state-path`.
+    _lock: DirLock,
 }
 
 /// Run the server until it is told to stop.
@@ -198,6 +201,8 @@ pub fn run(cfg: &Config) -> Result<()> {
 
 impl Server {
     fn start(cfg: &Config) -> Result<Server> {
+        // First: a second server on this directory must touch nothing.
+        let lock = crate::dirlock::lock(&cfg.state_path, "state directory (--state-path)")?;
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let ctx = zmq::Context::new();
         // The ZAP handler must be bound before the first handshake: with
@@ -293,6 +298,7 @@ impl Server {
             max_ivl: cfg.heartbeat_ivl,
             conflicts_logged: Once::new(LOGGED_ONCE_CAP),
             refusals_logged: Once::new(LOGGED_ONCE_CAP),
+            _lock: lock,
         };
         // Restored nodes must come back in time, or their work is lost.
         if let Some(at) = server.cluster.next_expiry() {
