@@ -1,13 +1,23 @@
 //! An append-only file of length-prefixed bincode records, the on-disk form
-//! of the client cache and the server's job history. Appends are plain
-//! writes; `sync` makes them durable (the owner decides when). `rewrite`
-//! replaces the whole file with live records only: temporary file, fsync,
-//! rename, fsync of the directory. At load, a torn or corrupt tail (a crash
-//! mid-append) is dropped with a warning and the rest is kept.
+//! of the client cache, the server's job history and its key table.
+//!
+//! The loop appends records to memory (`append`); `take` cuts what was
+//! appended into a `Batch` that any thread may write and sync, so the loop
+//! never waits on the disk. A batch that fails (full or failing disk) leaves
+//! the file as it was before it (its torn tail is cut off before the next
+//! write, fsync failures included: pages that failed to sync are written
+//! again, never trusted) and goes back in front of what was appended since,
+//! so nothing is lost or reordered and a retry writes it all.
+//!
+//! `snapshot` replaces the whole file with live records only: temporary
+//! file, fsync, rename, fsync of the directory. At load, records are read
+//! one at a time (memory does not grow with the file), and a torn or
+//! corrupt tail (a crash mid-append) is dropped with a warning.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -15,99 +25,181 @@ use serde::Serialize;
 /// Largest record accepted at load.
 const MAX_RECORD: usize = 64 << 20;
 
-/// One journal file.
+/// One journal, as the loop holds it.
 pub struct Journal {
     path: PathBuf,
-    file: File,
-    /// Records in the file, live or not: the owner compacts when it is many
-    /// more than what it holds.
+    file: Arc<Mutex<JournalFile>>,
+    /// Appended, not yet handed to a batch.
+    pending: Vec<u8>,
+    /// Records in the file and pending, live or not: the owner compacts
+    /// when it is many more than what it holds.
     records: usize,
-    dirty: bool,
+}
+
+/// The file itself, written by whichever thread runs a batch.
+struct JournalFile {
+    path: PathBuf,
+    file: File,
+    /// Length of the file up to the last write that succeeded.
+    good_len: u64,
+    /// A write failed after `good_len`: cut the file back before the next.
+    torn: bool,
+}
+
+/// Appended records, to be written (and synced) on any thread.
+pub struct Batch {
+    file: Arc<Mutex<JournalFile>>,
+    bytes: Vec<u8>,
+    sync: bool,
+}
+
+/// A whole new content for the file.
+pub struct Rewrite {
+    file: Arc<Mutex<JournalFile>>,
+    bytes: Vec<u8>,
 }
 
 impl Journal {
-    /// Open (creating `dir` and the file) and read every whole record.
-    pub fn open<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<(Journal, Vec<T>)> {
+    /// Open (creating `dir` and the file) and hand every whole record to
+    /// `each`, in order, reading one record at a time.
+    pub fn open_with<T: DeserializeOwned>(
+        dir: &Path,
+        name: &str,
+        mut each: impl FnMut(T),
+    ) -> io::Result<Journal> {
         fs::create_dir_all(dir)?;
         let path = dir.join(name);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            match next_record(rest) {
-                Some((rec, tail)) => {
-                    out.push(rec);
-                    rest = tail;
-                }
-                None => {
-                    log::warn!(
-                        "{}: dropped a torn or corrupt tail of {} bytes",
-                        path.display(),
-                        rest.len()
-                    );
-                    break;
+        let mut good_len = 0u64;
+        match File::open(&path) {
+            Ok(f) => {
+                let total = f.metadata()?.len();
+                let mut r = BufReader::with_capacity(1 << 16, f);
+                let mut body = Vec::new();
+                while good_len < total {
+                    match next_record::<T>(&mut r, &mut body)? {
+                        Some((rec, used)) => {
+                            each(rec);
+                            good_len += used as u64;
+                        }
+                        None => {
+                            log::warn!(
+                                "{}: dropped a torn or corrupt tail of {} bytes",
+                                path.display(),
+                                total - good_len
+                            );
+                            break;
+                        }
+                    }
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let records = out.len();
-        Ok((
-            Journal {
+        // A torn tail is cut off before the first append: records after it
+        // would never be read.
+        let torn = file.metadata()?.len() != good_len;
+        Ok(Journal {
+            path: path.clone(),
+            file: Arc::new(Mutex::new(JournalFile {
                 path,
                 file,
-                records,
-                dirty: false,
-            },
-            out,
-        ))
+                good_len,
+                torn,
+            })),
+            pending: Vec::new(),
+            records: 0,
+        })
     }
 
-    /// Append one record (durable after the next `sync`).
-    pub fn append<T: Serialize>(&mut self, rec: &T) -> io::Result<()> {
-        self.records += 1;
-        self.dirty = true;
-        self.file.write_all(&encode(rec))
-    }
-
-    /// Make every append so far durable; free when nothing was appended.
-    pub fn sync(&mut self) -> io::Result<()> {
-        if self.dirty {
-            self.file.sync_data()?;
-            self.dirty = false;
-        }
-        Ok(())
-    }
-
-    /// Records in the file, live or not.
-    pub fn records(&self) -> usize {
-        self.records
-    }
-
-    /// Replace the file with `recs`, atomically and durably.
-    pub fn rewrite<T: Serialize>(&mut self, recs: impl IntoIterator<Item = T>) -> io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = self.path.with_extension("tmp");
+    /// Open and collect every record (for small journals).
+    pub fn open<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<(Journal, Vec<T>)> {
         let mut out = Vec::new();
+        let j = Journal::open_with(dir, name, |r| out.push(r))?;
+        Ok((j, out))
+    }
+
+    /// Append one record, in memory until a batch writes it.
+    pub fn append<T: Serialize>(&mut self, rec: &T) {
+        self.records += 1;
+        encode_into(&mut self.pending, rec);
+    }
+
+    /// Is anything appended and not yet handed to a batch?
+    pub fn is_dirty(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// What was appended so far, to be written and synced (`sync`) or only
+    /// written.
+    pub fn take(&mut self, sync: bool) -> Option<Batch> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(Batch {
+            file: Arc::clone(&self.file),
+            bytes: std::mem::take(&mut self.pending),
+            sync,
+        })
+    }
+
+    /// A batch that failed goes back in front of what came after it.
+    pub fn put_back(&mut self, batch: Batch) {
+        let mut bytes = batch.bytes;
+        bytes.append(&mut self.pending);
+        self.pending = bytes;
+    }
+
+    /// Forget what was appended and not yet handed to a batch: records
+    /// whose write failed and that must not be written later.
+    pub fn drop_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Write and sync everything appended, on this thread.
+    pub fn sync_now(&mut self) -> io::Result<()> {
+        self.write_now(true)
+    }
+
+    /// Write (without sync) everything appended, on this thread: a crash
+    /// of the process loses nothing, one of the machine may.
+    pub fn flush_now(&mut self) -> io::Result<()> {
+        self.write_now(false)
+    }
+
+    fn write_now(&mut self, sync: bool) -> io::Result<()> {
+        let Some(batch) = self.take(sync) else {
+            return Ok(());
+        };
+        match batch.run() {
+            Ok(()) => Ok(()),
+            Err((batch, e)) => {
+                self.put_back(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// The file's new content: `recs`, which must cover everything appended
+    /// so far (it replaces it). Run the rewrite on any thread.
+    pub fn snapshot<T: Serialize>(&mut self, recs: impl IntoIterator<Item = T>) -> Rewrite {
+        let mut bytes = Vec::new();
         let mut records = 0;
         for rec in recs {
-            out.extend(encode(&rec));
+            encode_into(&mut bytes, &rec);
             records += 1;
         }
-        let mut f = File::create(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.pending.clear();
         self.records = records;
-        self.dirty = false;
-        Ok(())
+        Rewrite {
+            file: Arc::clone(&self.file),
+            bytes,
+        }
+    }
+
+    /// Records in the file and pending, live or not.
+    pub fn records(&self) -> usize {
+        self.records
     }
 
     pub fn path(&self) -> &Path {
@@ -115,39 +207,134 @@ impl Journal {
     }
 }
 
-fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
+impl Batch {
+    /// Write the batch and, if asked, sync it. On failure the batch comes
+    /// back, to be put back into its journal.
+    pub fn run(self) -> Result<(), (Batch, io::Error)> {
+        let result = lock(&self.file).write(&self.bytes, self.sync);
+        result.map_err(|e| (self, e))
+    }
+}
+
+impl Rewrite {
+    /// Replace the file, atomically and durably. On failure the rewrite
+    /// comes back, to be tried again.
+    pub fn run(self) -> Result<(), (Rewrite, io::Error)> {
+        let result = lock(&self.file).replace(&self.bytes);
+        result.map_err(|e| (self, e))
+    }
+}
+
+impl JournalFile {
+    fn write(&mut self, bytes: &[u8], sync: bool) -> io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.good_len)?;
+            self.torn = false;
+        }
+        self.torn = true;
+        self.file.write_all(bytes)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        self.torn = false;
+        self.good_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self.path.with_extension("tmp");
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.good_len = bytes.len() as u64;
+        self.torn = false;
+        Ok(())
+    }
+}
+
+/// The file behind a journal; a panic elsewhere while it was held leaves
+/// nothing half-done in it that the next write does not cut off.
+fn lock(file: &Mutex<JournalFile>) -> std::sync::MutexGuard<'_, JournalFile> {
+    file.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn encode_into<T: Serialize>(out: &mut Vec<u8>, rec: &T) {
     // Our own record types always encode.
     let body = bincode::serde::encode_to_vec(rec, bincode::config::standard())
         .expect("journal records encode");
-    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend((body.len() as u32).to_le_bytes());
     out.extend(body);
-    out
 }
 
-fn next_record<T: DeserializeOwned>(bytes: &[u8]) -> Option<(T, &[u8])> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    if len > MAX_RECORD {
-        return None;
+/// The next record and the bytes it took; `None` for a torn or corrupt one.
+fn next_record<T: DeserializeOwned>(
+    r: &mut impl Read,
+    body: &mut Vec<u8>,
+) -> io::Result<Option<(T, usize)>> {
+    let mut head = [0u8; 4];
+    if !read_full(r, &mut head)? {
+        return Ok(None);
     }
-    let body = bytes.get(4..4 + len)?;
+    let len = u32::from_le_bytes(head) as usize;
+    if len > MAX_RECORD {
+        return Ok(None);
+    }
+    body.resize(len, 0);
+    if !read_full(r, body)? {
+        return Ok(None);
+    }
     let config = bincode::config::standard().with_limit::<MAX_RECORD>();
-    let (rec, used) = bincode::serde::decode_from_slice(body, config).ok()?;
-    (used == len).then_some((rec, &bytes[4 + len..]))
+    Ok(bincode::serde::decode_from_slice(body, config)
+        .ok()
+        .filter(|(_, used)| *used == len)
+        .map(|(rec, _)| (rec, 4 + len)))
+}
+
+/// Fill `buf`; false at an end of file before it is full.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        match r.read(&mut buf[at..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn appends_survive_and_a_torn_tail_is_dropped() {
-        let d = std::env::temp_dir().join(format!("director-journal-{}", std::process::id()));
+    fn dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("director-journal-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn appends_survive_and_a_torn_tail_is_dropped_and_cut_off() {
+        let d = dir("torn");
         let (mut j, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
         assert!(recs.is_empty());
-        j.append(&"one".to_string()).unwrap();
-        j.append(&"two".to_string()).unwrap();
-        j.sync().unwrap();
+        j.append(&"one".to_string());
+        j.append(&"two".to_string());
+        j.sync_now().unwrap();
         drop(j);
         let mut f = OpenOptions::new()
             .append(true)
@@ -157,12 +344,43 @@ mod tests {
         drop(f);
         let (mut j, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
         assert_eq!(recs, vec!["one".to_string(), "two".to_string()]);
-        j.rewrite(["two".to_string()]).unwrap();
+        // The torn tail goes before the next append, which is then read.
+        j.append(&"three".to_string());
+        j.sync_now().unwrap();
+        drop(j);
+        let (mut j, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+        assert_eq!(recs, vec!["one", "two", "three"]);
+        j.snapshot(["two".to_string()])
+            .run()
+            .map_err(|(_, e)| e)
+            .unwrap();
         assert_eq!(j.records(), 1);
-        j.append(&"three".to_string()).unwrap();
+        j.append(&"four".to_string());
+        j.flush_now().unwrap();
         drop(j);
         let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
-        assert_eq!(recs, vec!["two".to_string(), "three".to_string()]);
+        assert_eq!(recs, vec!["two".to_string(), "four".to_string()]);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_whole_and_in_order() {
+        let d = dir("retry");
+        let (mut j, _) = Journal::open::<u32>(&d, "j.bin").unwrap();
+        j.append(&1u32);
+        let batch = j.take(true).unwrap();
+        j.append(&2u32);
+        // As if the disk had failed halfway: the file holds a torn part.
+        {
+            let mut f = lock(&batch.file);
+            f.torn = true;
+            f.file.write_all(&[5, 0, 0, 0, 1]).unwrap();
+        }
+        j.put_back(batch);
+        j.sync_now().unwrap();
+        drop(j);
+        let (_, recs) = Journal::open::<u32>(&d, "j.bin").unwrap();
+        assert_eq!(recs, vec![1, 2]);
         fs::remove_dir_all(d).unwrap();
     }
 }

@@ -18,6 +18,7 @@ mod journal;
 mod logger;
 mod orchestrate;
 mod progress;
+mod ratelog;
 mod reactor;
 mod server;
 mod sources;

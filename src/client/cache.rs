@@ -1,9 +1,12 @@
 //! The client's cache under `--cache-path`: ARG and ENV values, and the steps
 //! that succeeded on this node (by cache key) with when. It survives restarts.
 //!
-//! Storage is one journal of length-prefixed bincode records. Each change is
-//! one small append, without fsync: a crash can lose the last records, which
-//! only means re-running a step or setting an ARG again. At start, and when a
+//! Storage is one journal of length-prefixed bincode records. An ARG or ENV
+//! value is synced before its job reports success, and a value that cannot
+//! be made durable (full or failing disk) fails its job and is not kept. A
+//! step's success or failure is one small write without fsync: a crash of
+//! the machine can lose it, which only means running a step again; a write
+//! that fails is retried with the next one. At start, and when a
 //! sweep drops expired entries, the journal is rewritten with only the live
 //! records (temporary file, fsync, rename), so expired entries really leave
 //! the disk. A torn or corrupt tail is dropped at load with a warning.
@@ -11,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +37,8 @@ pub struct Cache {
     args: BTreeMap<String, String>,
     env: BTreeMap<String, String>,
     done: HashMap<String, u64>,
+    /// Write errors, logged at most once a minute.
+    errors: crate::ratelog::Every,
 }
 
 impl Cache {
@@ -46,6 +51,7 @@ impl Cache {
             args: BTreeMap::new(),
             env: BTreeMap::new(),
             done: HashMap::new(),
+            errors: crate::ratelog::Every::minute(),
         };
         for rec in records {
             cache.apply(rec);
@@ -82,18 +88,40 @@ impl Cache {
         &self.env
     }
 
-    pub fn set_arg(&mut self, key: &str, value: &str) {
-        self.append(Record::Arg {
+    /// Keep an ARG value, durably: `Err` (nothing kept) when it cannot be
+    /// synced.
+    pub fn set_arg(&mut self, key: &str, value: &str) -> Result<(), String> {
+        self.set_durably(Record::Arg {
             key: key.to_owned(),
             value: value.to_owned(),
-        });
+        })
     }
 
-    pub fn set_env(&mut self, key: &str, value: &str) {
-        self.append(Record::Env {
+    /// Keep an ENV value, durably, like `set_arg`.
+    pub fn set_env(&mut self, key: &str, value: &str) -> Result<(), String> {
+        self.set_durably(Record::Env {
             key: key.to_owned(),
             value: value.to_owned(),
-        });
+        })
+    }
+
+    fn set_durably(&mut self, rec: Record) -> Result<(), String> {
+        let path = self.path();
+        let fail = |e: io::Error| format!("cannot save it in the cache {path}: {e}");
+        // What earlier writes left behind goes first, so that on failure
+        // only this record is pending, and dropped.
+        self.journal.sync_now().map_err(fail)?;
+        self.journal.append(&rec);
+        if let Err(e) = self.journal.sync_now() {
+            self.journal.drop_pending();
+            return Err(fail(e));
+        }
+        self.apply(rec);
+        Ok(())
+    }
+
+    fn path(&self) -> String {
+        self.journal.path().display().to_string()
     }
 
     /// Did the step with this key succeed here within the time-to-live?
@@ -147,15 +175,17 @@ impl Cache {
     }
 
     fn append(&mut self, rec: Record) {
-        // No fsync per record: losing the last ones to a crash only means
-        // running a step again.
-        let written = self.journal.append(&rec);
+        // No fsync: losing the last ones to a crash only means running a
+        // step again. A failed write stays pending and goes with the next.
+        self.journal.append(&rec);
         self.apply(rec);
-        if let Err(e) = written {
-            log::error!(
-                "{}: cannot write: {e}; the change holds until the client restarts",
-                self.journal.path().display()
-            );
+        if let Err(e) = self.journal.flush_now() {
+            if self.errors.first(Instant::now()) {
+                log::error!(
+                    "{}: cannot write: {e}; retried with the next change (said at most once a minute)",
+                    self.path()
+                );
+            }
         }
         if self.bloated() {
             // Mostly dead records (the same steps re-run): rewrite.
@@ -187,7 +217,7 @@ impl Cache {
             at_ms: *at,
         });
         let live: Vec<Record> = args.chain(env).chain(done).collect();
-        self.journal.rewrite(live)
+        self.journal.snapshot(live).run().map_err(|(_, e)| e)
     }
 }
 
@@ -210,8 +240,8 @@ mod tests {
     fn survives_reopen() {
         let d = dir("reopen");
         let mut c = Cache::open(&d, DAY, 1000).unwrap();
-        c.set_arg("user", "ops");
-        c.set_env("LANG", "C");
+        c.set_arg("user", "ops").unwrap();
+        c.set_env("LANG", "C").unwrap();
         c.record_done("k1", 1000);
         c.record_done("k2", 1000);
         c.forget("k2");
@@ -260,7 +290,7 @@ mod tests {
     fn a_torn_tail_is_dropped() {
         let d = dir("torn");
         let mut c = Cache::open(&d, DAY, 0).unwrap();
-        c.set_arg("a", "1");
+        c.set_arg("a", "1").unwrap();
         drop(c);
         let mut f = OpenOptions::new()
             .append(true)

@@ -45,14 +45,14 @@ pub fn start(
 ) -> Started {
     let skip_cache = task.options.skip_cache;
     match &task.action {
-        Action::Arg { key, value } => {
-            cache.set_arg(key, value);
-            Started::Done(ended(Exit::Code(0)))
-        }
-        Action::Env { key, value } => {
-            cache.set_env(key, value);
-            Started::Done(ended(Exit::Code(0)))
-        }
+        Action::Arg { key, value } => Started::Done(ended(match cache.set_arg(key, value) {
+            Ok(()) => Exit::Code(0),
+            Err(e) => Exit::Error(format!("ARG {key}: {e}")),
+        })),
+        Action::Env { key, value } => Started::Done(ended(match cache.set_env(key, value) {
+            Ok(()) => Exit::Code(0),
+            Err(e) => Exit::Error(format!("ENV {key}: {e}")),
+        })),
         Action::Workdir { path } => {
             let path = match template::render(path, cache.args()) {
                 Ok(p) => p,
@@ -116,7 +116,7 @@ pub fn finish(
     timed_out: Option<u64>,
     cache: &mut Cache,
 ) -> Outcome {
-    let exit = match timed_out {
+    let mut exit = match timed_out {
         Some(secs) => Exit::TimedOut { secs },
         None => ended.exit,
     };
@@ -129,7 +129,12 @@ pub fn finish(
                 );
             }
             let text = String::from_utf8_lossy(&ended.out.bytes);
-            cache.set_arg(name, text.trim_end_matches(['\n', '\r']));
+            // A value the next steps cannot count on is a failure.
+            if let Err(e) = cache.set_arg(name, text.trim_end_matches(['\n', '\r'])) {
+                exit = Exit::Error(format!(
+                    "the command succeeded, but --stdout-arg {name}: {e}"
+                ));
+            }
         }
     }
     Outcome {

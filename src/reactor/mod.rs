@@ -6,6 +6,7 @@ pub mod child;
 pub mod monitor;
 pub mod signals;
 pub mod timers;
+pub mod worker;
 pub mod zmq;
 
 use std::io;

@@ -52,7 +52,7 @@ impl Now {
 }
 
 /// What the loop must do after a change.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Send on the job port to `node`.
     Send { node: String, msg: ServerMsg },
@@ -101,77 +101,14 @@ impl Default for Cluster {
 }
 
 impl Cluster {
-    /// Rebuild from the history after a restart. Nodes with unfinished work
-    /// are expected back: they expire after 3 × `ivl` unless they say
-    /// `Ready`, which also tells which sent jobs they still have.
+    /// Rebuild from the history after a restart (see `Restore`).
+    #[cfg(test)]
     pub fn restore(records: Vec<Record>, ivl: Duration, now: Now) -> Cluster {
-        let mut c = Cluster::default();
+        let mut r = Restore::default();
         for rec in records {
-            match rec {
-                Record::Submitted {
-                    id,
-                    parent,
-                    task,
-                    targets,
-                    submitted_ms,
-                } => {
-                    c.jobs
-                        .insert_with_id(id, task, &targets, parent, submitted_ms);
-                }
-                Record::Sent { id, node, sent_ms } => {
-                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
-                        p.state = JobState::Sent;
-                        p.sent_ms = Some(sent_ms);
-                    }
-                }
-                Record::Dispatched {
-                    id,
-                    node,
-                    sent_ms,
-                    to,
-                } => {
-                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
-                        p.state = JobState::Sent;
-                        p.sent_ms = Some(sent_ms);
-                        p.sent_to = Some(to);
-                    }
-                }
-                Record::Unsent { id, node } => {
-                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
-                        p.unsend();
-                    }
-                }
-                Record::Done { id, node, part } => {
-                    if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
-                        p.restore(part);
-                    }
-                }
-            }
+            r.replay(rec);
         }
-        let mut pending: Vec<(Uuid, String, JobState)> = Vec::new();
-        for job in c.jobs.iter() {
-            for (node, part) in &job.parts {
-                if !part.state.is_done() {
-                    pending.push((job.id, node.clone(), part.state));
-                }
-            }
-        }
-        for (id, node, state) in pending {
-            let (n, _) = c.nodes.upsert(&node, ivl, now.at, now.ms);
-            // Nothing goes out until the node says Ready again.
-            n.link = Link::Stale;
-            match state {
-                JobState::Queued => n.queue.push_back(id),
-                _ => n.in_flight.push_back(id),
-            }
-            if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
-                // In flight again: a restart cannot know if it started.
-                if p.state == JobState::Running {
-                    p.state = JobState::Sent;
-                }
-            }
-        }
-        c
+        r.finish(ivl, now)
     }
 
     /// The whole history as records, for rewriting the journal.
@@ -358,10 +295,24 @@ impl Cluster {
         now: Now,
         out: &mut Vec<Effect>,
     ) -> Option<String> {
+        let dropped = self.take_result(node, job_id, outcome, now, out);
+        // Last: the ack is held until everything recorded before it (the
+        // result's own record) is durable.
         out.push(Effect::Send {
             node: node.to_owned(),
             msg: ServerMsg::ResultAck { job_id },
         });
+        dropped
+    }
+
+    fn take_result(
+        &mut self,
+        node: &str,
+        job_id: Uuid,
+        outcome: Outcome,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> Option<String> {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return Some(format!("result for unknown job {job_id} (purged, or sent before a server restart); dropped"));
         };
@@ -381,6 +332,7 @@ impl Cluster {
                 );
                 part.state = state;
                 part.outcome = Some(outcome);
+                out.extend(self.done_record(&job_id, node).map(Effect::Journal));
                 return None;
             }
             s if s.is_done() => return None, // a resend of a result we have
@@ -496,7 +448,9 @@ impl Cluster {
         Ok(targets)
     }
 
-    /// Queue one job and send what can go now.
+    /// Record one job (its `Submitted` record is an effect), not yet queued
+    /// on its nodes: it goes out once `release`d, after the record is
+    /// durable.
     fn queue_job(
         &mut self,
         task: Task,
@@ -511,13 +465,49 @@ impl Cluster {
             task_sha1: job.sha1.clone(),
             targets: targets.to_vec(),
         };
-        for t in targets {
-            if let Some(n) = self.nodes.get_mut(t) {
-                n.queue.push_back(submitted.job_id);
-            }
-            self.dispatch(t, now, out);
+        if let Some(rec) = self.submitted(&submitted.job_id) {
+            out.push(Effect::Journal(rec));
         }
         submitted
+    }
+
+    /// Queue recorded jobs on their nodes, in order, and send what can go
+    /// now. A node that left in between has its part reported lost.
+    pub fn release(&mut self, ids: &[Uuid], now: Now, out: &mut Vec<Effect>) {
+        let mut touched = Vec::new();
+        for id in ids {
+            let Some(job) = self.jobs.get(id) else {
+                continue;
+            };
+            let nodes: Vec<String> = job.parts.keys().cloned().collect();
+            for node in nodes {
+                match self.nodes.get_mut(&node) {
+                    Some(n) => {
+                        n.queue.push_back(*id);
+                        if !touched.contains(&node) {
+                            touched.push(node);
+                        }
+                    }
+                    None => self.finish_lost(
+                        id,
+                        &node,
+                        "the node left the cluster before the job was queued",
+                        now.ms,
+                        out,
+                    ),
+                }
+            }
+        }
+        for node in touched {
+            self.dispatch(&node, now, out);
+        }
+    }
+
+    /// Drop recorded jobs that were never released: their submission failed.
+    pub fn forget(&mut self, ids: &[Uuid]) {
+        for id in ids {
+            self.jobs.remove(id);
+        }
     }
 
     /// Queue a job on `targets` (every node when empty).
@@ -615,7 +605,9 @@ impl Cluster {
                 msg,
             });
         }
-        debug_assert!(n.in_flight.len() <= WINDOW);
+        // No bound to check here: after a restart a node may hold more
+        // than the window (results not yet acked), and they count as in
+        // flight until reported.
     }
 
     /// After a failure in run `parent` on `node`, skip its jobs still queued
@@ -680,6 +672,7 @@ impl Cluster {
     }
 
     fn part_done(&self, job_id: Uuid, node: &str, out: &mut Vec<Effect>) {
+        out.extend(self.done_record(&job_id, node).map(Effect::Journal));
         out.push(Effect::PartDone {
             job_id,
             node: node.to_owned(),
@@ -767,6 +760,112 @@ impl Cluster {
     }
 }
 
+/// A cluster being rebuilt from the history, one record at a time.
+#[derive(Default)]
+pub struct Restore(Cluster);
+
+impl Restore {
+    /// Apply one record, in journal order.
+    pub fn replay(&mut self, rec: Record) {
+        match rec {
+            Record::Submitted {
+                id,
+                parent,
+                task,
+                targets,
+                submitted_ms,
+            } => {
+                self.0
+                    .jobs
+                    .insert_with_id(id, task, &targets, parent, submitted_ms);
+            }
+            Record::Sent { id, node, sent_ms } => {
+                if let Some(p) = self
+                    .0
+                    .jobs
+                    .get_mut(&id)
+                    .and_then(|j| j.parts.get_mut(&node))
+                {
+                    p.state = JobState::Sent;
+                    p.sent_ms = Some(sent_ms);
+                }
+            }
+            Record::Dispatched {
+                id,
+                node,
+                sent_ms,
+                to,
+            } => {
+                if let Some(p) = self
+                    .0
+                    .jobs
+                    .get_mut(&id)
+                    .and_then(|j| j.parts.get_mut(&node))
+                {
+                    p.state = JobState::Sent;
+                    p.sent_ms = Some(sent_ms);
+                    p.sent_to = Some(to);
+                }
+            }
+            Record::Unsent { id, node } => {
+                if let Some(p) = self
+                    .0
+                    .jobs
+                    .get_mut(&id)
+                    .and_then(|j| j.parts.get_mut(&node))
+                {
+                    p.unsend();
+                }
+            }
+            Record::Done { id, node, part } => {
+                if let Some(p) = self
+                    .0
+                    .jobs
+                    .get_mut(&id)
+                    .and_then(|j| j.parts.get_mut(&node))
+                {
+                    p.restore(part);
+                }
+            }
+
+            Record::Withdrawn { id } => {
+                self.0.jobs.remove(&id);
+            }
+        }
+    }
+
+    /// The cluster, with nodes that have unfinished work expected back:
+    /// they expire after 3 × `ivl` unless they say `Ready`, which also
+    /// tells which sent jobs they still have.
+    pub fn finish(self, ivl: Duration, now: Now) -> Cluster {
+        let mut c = self.0;
+        let mut pending: Vec<(Uuid, String, JobState)> = Vec::new();
+        for job in c.jobs.iter() {
+            for (node, part) in &job.parts {
+                if !part.state.is_done() {
+                    pending.push((job.id, node.clone(), part.state));
+                }
+            }
+        }
+        for (id, node, state) in pending {
+            let (n, _) = c.nodes.upsert(&node, ivl, now.at, now.ms);
+            // Nothing goes out until the node says Ready again.
+            n.link = Link::Stale;
+            match state {
+                JobState::Queued => n.queue.push_back(id),
+                _ => n.in_flight.push_back(id),
+            }
+            if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
+                // In flight again: a restart cannot know if it started.
+                if p.state == JobState::Running {
+                    p.state = JobState::Sent;
+                }
+            }
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,14 +932,20 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id1 = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
-        let id2 = c.submit(run("2"), &[], at(t0), &mut out).unwrap().job_id;
+        let id1 = c
+            .submit_now(run("1"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let id2 = c
+            .submit_now(run("2"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
         assert_eq!(sent_jobs(&out), vec![id1, id2]);
         // The same process said Ready twice before either job reached it:
         // the second Ready holds nothing, and loses nothing.
         out.clear();
         c.ready("a", greet(1, None, &[]), at(t0), &mut out);
-        assert!(out.is_empty(), "{out:?}");
+        assert!(fx(&out).is_empty(), "{out:?}");
         assert_eq!(state(&c, &id1, "a"), JobState::Sent);
         assert_eq!(state(&c, &id2, "a"), JobState::Sent);
         // A dispatch seen from another server counts for nothing here.
@@ -849,7 +954,7 @@ mod tests {
             seq: 99,
         };
         c.ready("a", greet(1, Some(other), &[]), at(t0), &mut out);
-        assert!(out.is_empty(), "{out:?}");
+        assert!(fx(&out).is_empty(), "{out:?}");
         // It saw job 2 and holds it, and never got job 1, sent before it
         // (on a connection since lost): job 1 goes again, nothing is lost.
         let seen2 = dispatch_of(&c, &id2, "a");
@@ -866,7 +971,7 @@ mod tests {
         out.clear();
         c.ready("a", greet(2, None, &[id2]), at(t0), &mut out);
         assert_eq!(
-            out,
+            fx(&out),
             vec![
                 Effect::PartDone {
                     job_id: id1,
@@ -883,8 +988,14 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id1 = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
-        let id2 = c.submit(run("2"), &[], at(t0), &mut out).unwrap().job_id;
+        let id1 = c
+            .submit_now(run("1"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let id2 = c
+            .submit_now(run("2"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
         let seen1 = dispatch_of(&c, &id1, "a");
         let mut r = Cluster::restore(c.snapshot(), IVL, at(t0));
         assert_eq!(state(&r, &id2, "a"), JobState::Sent);
@@ -894,6 +1005,43 @@ mod tests {
         assert_eq!(sent_jobs(&out), vec![id2]);
         assert_eq!(dispatch_of(&r, &id2, "a").server, r.instance);
         assert!(!out.iter().any(|e| matches!(e, Effect::PartDone { .. })));
+    }
+
+    /// What the loop sees of `out`, without the records to journal.
+    fn fx(out: &[Effect]) -> Vec<Effect> {
+        out.iter()
+            .filter(|e| !matches!(e, Effect::Journal(_)))
+            .cloned()
+            .collect()
+    }
+
+    impl Cluster {
+        /// Submit and release at once, as the loop does once the records
+        /// are durable.
+        fn submit_now(
+            &mut self,
+            task: Task,
+            targets: &[String],
+            now: Now,
+            out: &mut Vec<Effect>,
+        ) -> Result<Submitted, String> {
+            let s = self.submit(task, targets, now, out)?;
+            self.release(&[s.job_id], now, out);
+            Ok(s)
+        }
+
+        fn orchestrate_now(
+            &mut self,
+            blocks: Vec<Block>,
+            dry_run: bool,
+            now: Now,
+            out: &mut Vec<Effect>,
+        ) -> Result<Plan, String> {
+            let plan = self.orchestrate(blocks, dry_run, now, out)?;
+            let ids: Vec<Uuid> = plan.jobs.iter().filter_map(|j| j.job_id).collect();
+            self.release(&ids, now, out);
+            Ok(plan)
+        }
     }
 
     fn cluster(nodes: &[&str], t0: Instant) -> Cluster {
@@ -914,13 +1062,13 @@ mod tests {
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
         let e = c
-            .submit(run("x"), &["a".into(), "zz".into()], at(t0), &mut out)
+            .submit_now(run("x"), &["a".into(), "zz".into()], at(t0), &mut out)
             .unwrap_err();
         assert_eq!(e, "unknown target node 'zz' (known nodes: a, b)");
         assert!(out.is_empty());
         assert!(c.list_jobs().is_empty());
         assert!(Cluster::default()
-            .submit(run("x"), &[], at(t0), &mut out)
+            .submit_now(run("x"), &[], at(t0), &mut out)
             .unwrap_err()
             .contains("no nodes"));
         // One bad block refuses the whole orchestration.
@@ -934,7 +1082,9 @@ mod tests {
                 tasks: vec![run("2")],
             },
         ];
-        let e = c.orchestrate(blocks, false, at(t0), &mut out).unwrap_err();
+        let e = c
+            .orchestrate_now(blocks, false, at(t0), &mut out)
+            .unwrap_err();
         assert_eq!(e, "block 2: unknown target node 'nope' (known nodes: a, b)");
         assert!(out.is_empty() && c.list_jobs().is_empty());
     }
@@ -946,7 +1096,7 @@ mod tests {
         let mut out = Vec::new();
         let ids: Vec<Uuid> = (0..5)
             .map(|i| {
-                c.submit(run(&i.to_string()), &[], at(t0), &mut out)
+                c.submit_now(run(&i.to_string()), &[], at(t0), &mut out)
                     .unwrap()
                     .job_id
             })
@@ -954,12 +1104,15 @@ mod tests {
         assert_eq!(sent_jobs(&out), ids[..WINDOW].to_vec());
         out.clear();
         c.finished("a", ids[0], ok(), at(t0), &mut out);
+        // The result is recorded first; its ack comes last, held by the
+        // loop until that record is durable.
+        assert!(matches!(out[0], Effect::Journal(Record::Done { .. })));
         assert_eq!(
-            out[0],
-            Effect::Send {
+            out.last(),
+            Some(&Effect::Send {
                 node: "a".into(),
                 msg: ServerMsg::ResultAck { job_id: ids[0] }
-            }
+            })
         );
         assert!(out.contains(&Effect::JobDone { job_id: ids[0] }));
         assert_eq!(sent_jobs(&out), vec![ids[2]]);
@@ -974,7 +1127,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
-        let id = c.submit(run("x"), &[], at(t0), &mut out).unwrap().job_id;
+        let id = c
+            .submit_now(run("x"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
         out.clear();
         let t1 = t0 + Duration::from_millis(2500);
         c.finished("b", id, ok(), at(t1), &mut out);
@@ -993,7 +1149,7 @@ mod tests {
             vec!["a".to_string()]
         );
         assert_eq!(
-            out,
+            fx(&out),
             vec![
                 Effect::PartDone {
                     job_id: id,
@@ -1018,13 +1174,19 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id1 = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
-        let id2 = c.submit(run("2"), &[], at(t0), &mut out).unwrap().job_id;
+        let id1 = c
+            .submit_now(run("1"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let id2 = c
+            .submit_now(run("2"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
         out.clear();
         // A new client process (instance 2) holds only the second.
         c.ready("a", greet(2, None, &[id2]), at(t0), &mut out);
         assert_eq!(
-            out,
+            fx(&out),
             vec![
                 Effect::PartDone {
                     job_id: id1,
@@ -1041,7 +1203,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
-        let id = c.submit(run("1"), &[], at(t0), &mut out).unwrap().job_id;
+        let id = c
+            .submit_now(run("1"), &[], at(t0), &mut out)
+            .unwrap()
+            .job_id;
         c.unroutable("a", id);
         assert_eq!(c.heartbeat("a", IVL, at(t0)), ServerMsg::Register);
         assert_eq!(state(&c, &id, "a"), JobState::Queued);
@@ -1057,7 +1222,7 @@ mod tests {
         let mut out = Vec::new();
         let tasks = (0..4).map(|i| run(&i.to_string())).collect();
         let plan = c
-            .orchestrate(
+            .orchestrate_now(
                 vec![Block {
                     targets: vec![],
                     tasks,
@@ -1091,7 +1256,7 @@ mod tests {
             assert!(!out.contains(&Effect::ParentDone { parent_id: parent }));
             c.finished("b", *id, ok(), at(t0), &mut out);
         }
-        assert_eq!(out.last(), Some(&Effect::ParentDone { parent_id: parent }));
+        assert!(out.contains(&Effect::ParentDone { parent_id: parent }));
         let views = c.parent_views(&parent);
         assert_eq!(views.len(), 4);
         assert!(views.iter().all(|v| v.states[&JobState::Succeeded] == 1));
@@ -1102,15 +1267,15 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b", "c"], t0);
         let mut out = Vec::new();
-        c.submit(run("busy"), &["a".into()], at(t0), &mut out)
+        c.submit_now(run("busy"), &["a".into()], at(t0), &mut out)
             .unwrap();
         let s = c
-            .submit(run("--run-once once"), &[], at(t0), &mut out)
+            .submit_now(run("--run-once once"), &[], at(t0), &mut out)
             .unwrap();
         assert_eq!(s.targets, vec!["b".to_string()], "the least busy node");
         out.clear();
         let plan = c
-            .orchestrate(
+            .orchestrate_now(
                 vec![Block {
                     targets: vec!["c".into()],
                     tasks: vec![run("x")],
@@ -1133,24 +1298,24 @@ mod tests {
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
         let done = c
-            .submit(run("1"), &["a".into()], at(t0), &mut out)
+            .submit_now(run("1"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
         c.finished("a", done, ok(), at(t0), &mut out);
         let sent = c
-            .submit(run("2"), &["a".into()], at(t0), &mut out)
+            .submit_now(run("2"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
         let _also_sent = c
-            .submit(run("3"), &["a".into()], at(t0), &mut out)
+            .submit_now(run("3"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
         let queued = c
-            .submit(run("4"), &["a".into()], at(t0), &mut out)
+            .submit_now(run("4"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
         let on_b = c
-            .submit(run("5"), &["b".into()], at(t0), &mut out)
+            .submit_now(run("5"), &["b".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
 
@@ -1179,7 +1344,7 @@ mod tests {
         let mut c = cluster(&["a"], t0);
         let mut out = Vec::new();
         let id = c
-            .submit(run("1"), &["a".into()], at(t0), &mut out)
+            .submit_now(run("1"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
         let lost_record: Vec<Record> = c
@@ -1203,7 +1368,7 @@ mod tests {
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
         let id = c
-            .submit(run("1"), &["a".into()], at(t0), &mut out)
+            .submit_now(run("1"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
         assert_eq!(c.purge_jobs(), (0, 1));

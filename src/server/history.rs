@@ -52,6 +52,9 @@ pub enum Record {
         node: String,
         part: PartRecord,
     },
+    /// A submission that could not be made durable and was refused: should
+    /// its `Submitted` record be on disk after all, the job is not there.
+    Withdrawn { id: Uuid },
 }
 
 /// A finished part, as kept on disk.

@@ -231,6 +231,21 @@ impl Jobs {
             .filter_map(|id| self.by_id.get(id))
     }
 
+    /// Forget one job.
+    pub fn remove(&mut self, id: &Uuid) -> Option<Job> {
+        let job = self.by_id.remove(id)?;
+        self.order.retain(|i| i != id);
+        if let Some(p) = job.parent {
+            if let Some(kids) = self.by_parent.get_mut(&p) {
+                kids.retain(|i| i != id);
+                if kids.is_empty() {
+                    self.by_parent.remove(&p);
+                }
+            }
+        }
+        Some(job)
+    }
+
     /// Forget finished jobs; returns (removed, kept). A parent's jobs go
     /// together, once all of them are finished, so `--wait` on a run never
     /// sees half of it vanish.

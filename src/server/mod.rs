@@ -23,6 +23,7 @@ mod jobs;
 mod keys;
 mod nodes;
 mod peer_log;
+mod persist;
 mod routes;
 pub(crate) mod zap;
 
@@ -40,6 +41,7 @@ use self::control::{ControlConn, Inbound as ControlInbound};
 use self::history::Record;
 use self::keys::{Claim, KeyRecord, Keys, Proof, Standing};
 use self::peer_log::{Once, PeerLog};
+use self::persist::{Held, Persist, Released};
 use self::routes::{Port, Principal, Routes, PORTS};
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
@@ -49,6 +51,7 @@ use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
+use crate::reactor::worker::Worker;
 use crate::reactor::zmq::{endpoint, Inbound, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
 use crate::wire::{
@@ -62,6 +65,7 @@ const HEARTBEAT: Token = Token(2);
 const CONTROL: Token = Token(3);
 const SIGNALS: Token = Token(4);
 const ZAP: Token = Token(5);
+const WORKER: Token = Token(6);
 const FIRST_DYNAMIC: usize = 16;
 
 /// What each port takes from one peer. A node sends results (two capped
@@ -110,10 +114,6 @@ const BUDGET: usize = 256;
 /// Each fetch on the transfer port reads a chunk from disk: take fewer per
 /// pass so heartbeats, jobs and the control socket get their turn between.
 const TRANSFER_BUDGET: usize = 16;
-/// How long a record may wait for the sync that makes it durable: syncs
-/// are shared by everything recorded meanwhile. Jobs do not wait for it;
-/// result acks and CLI answers do.
-const COMMIT_IVL: Duration = Duration::from_millis(5);
 /// How long unsent messages may hold up shutdown.
 const SHUTDOWN_LINGER_MS: i32 = 500;
 
@@ -134,8 +134,6 @@ struct CurveAuth {
     shared: Option<SharedKey>,
     zap: ZmqPort,
     keys: Keys,
-    /// `keys.bin`: accepted, pending and rejected keys.
-    journal: Journal,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -168,17 +166,12 @@ pub struct Server {
     state: RunState,
     effects: Vec<Effect>,
     peer_log: PeerLog,
-    /// The job history on disk; synced before anything that depends on it
-    /// leaves the server.
-    history: Journal,
-    /// Answers and progress for control connections, sent after the
-    /// history is synced (group commit: one sync for a whole pass).
-    notes: Vec<(Token, Response)>,
-    /// Result acks, and the welcome or registration call of a newly
-    /// enrolled or accepted key, waiting for the sync of their records.
-    acks: Vec<(String, ServerMsg)>,
-    /// When the oldest record not yet synced must be.
-    commit_at: Option<Instant>,
+    /// The journals, and what waits for them to be durable.
+    persist: Persist,
+    /// Blocking system calls (syncs, rewrites) off the loop.
+    worker: Worker<IoDone>,
+    /// Released by the persistence layer, to carry out.
+    released: Released,
     auth: Auth,
     routes: Routes,
     /// The longest heartbeat interval a node may announce (the server's own).
@@ -207,9 +200,12 @@ impl Server {
         let ctx = zmq::Context::new();
         // The ZAP handler must be bound before the first handshake: with
         // none, libzmq would let every CURVE client in.
-        let auth = match cfg.curve {
-            Curve::On => Server::start_curve(cfg, &ctx, &poll)?,
-            Curve::Off => Auth::Off,
+        let (auth, keys_journal) = match cfg.curve {
+            Curve::On => {
+                let (auth, journal) = Server::start_curve(cfg, &ctx, &poll)?;
+                (auth, Some(journal))
+            }
+            Curve::Off => (Auth::Off, None),
         };
         let security = || match &auth {
             Auth::Curve(c) => Security::CurveServer {
@@ -233,21 +229,29 @@ impl Server {
             .map_err(|e| Error::io("cannot watch the control socket", e))?;
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
-        let (mut history, records) = Journal::open::<Record>(&cfg.state_path, history::FILE)
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "cannot open the job history in {}",
-                        cfg.state_path.display()
-                    ),
-                    e,
-                )
-            })?;
-        let cluster = Cluster::restore(records, cfg.heartbeat_ivl, Now::real());
+        let mut restoring = cluster::Restore::default();
+        let mut history = Journal::open_with(&cfg.state_path, history::FILE, |rec: Record| {
+            restoring.replay(rec)
+        })
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot open the job history in {}",
+                    cfg.state_path.display()
+                ),
+                e,
+            )
+        })?;
+        let cluster = restoring.finish(cfg.heartbeat_ivl, Now::real());
         // Start from a compact journal: only what is still known.
         history
-            .rewrite(cluster.snapshot())
-            .map_err(|e| Error::io(format!("cannot rewrite {}", history.path().display()), e))?;
+            .snapshot(cluster.snapshot())
+            .run()
+            .map_err(|(_, e)| {
+                Error::io(format!("cannot rewrite {}", history.path().display()), e)
+            })?;
+        let worker = Worker::start("director-io", poll.registry(), WORKER)
+            .map_err(|e| Error::io("cannot start the I/O thread", e))?;
         let jobs = cluster.list_jobs();
         if !jobs.is_empty() {
             let unfinished = jobs.iter().filter(|j| j.finished_ms.is_none()).count();
@@ -284,10 +288,9 @@ impl Server {
             timers: Timers::default(),
             expiry: None,
             cluster,
-            history,
-            notes: Vec::new(),
-            acks: Vec::new(),
-            commit_at: None,
+            persist: Persist::new(history, keys_journal),
+            worker,
+            released: Released::default(),
             waiters: HashMap::new(),
             signals,
             state: RunState::Running,
@@ -308,7 +311,7 @@ impl Server {
     }
 
     /// The server's key pair, the key table and the ZAP handler.
-    fn start_curve(cfg: &Config, ctx: &zmq::Context, poll: &Poll) -> Result<Auth> {
+    fn start_curve(cfg: &Config, ctx: &zmq::Context, poll: &Poll) -> Result<(Auth, Journal)> {
         let (pair, source, shared) = match &cfg.shared_key {
             Some(shared) => {
                 let derived = SharedKey::for_daemon(&shared.0).map_err(Error::Config)?;
@@ -348,9 +351,9 @@ impl Server {
                 )
             })?;
         let keys = Keys::restore(records);
-        journal
-            .rewrite(keys.snapshot())
-            .map_err(|e| Error::io(format!("cannot rewrite {}", journal.path().display()), e))?;
+        journal.snapshot(keys.snapshot()).run().map_err(|(_, e)| {
+            Error::io(format!("cannot rewrite {}", journal.path().display()), e)
+        })?;
         let pending = keys.pending_names();
         if !pending.is_empty() {
             log::warn!(
@@ -359,14 +362,14 @@ impl Server {
                 pending.join(", ")
             );
         }
-        Ok(Auth::Curve(Box::new(CurveAuth {
+        let auth = Auth::Curve(Box::new(CurveAuth {
             pair,
             source,
             shared,
             zap,
             keys,
-            journal,
-        })))
+        }));
+        Ok((auth, journal))
     }
 
     fn run(&mut self) -> Result<()> {
@@ -378,7 +381,7 @@ impl Server {
             busy |= self.commit(Instant::now());
             let now = Instant::now();
             let mut next_timer = self.timers.until_next(now);
-            if let Some(at) = self.commit_at {
+            if let Some(at) = self.persist.next_due() {
                 let wait = at.saturating_duration_since(now);
                 next_timer = Some(next_timer.map_or(wait, |t| t.min(wait)));
             }
@@ -394,6 +397,7 @@ impl Server {
                     JOB | TRANSFER | HEARTBEAT | ZAP => {} // serviced at the top of the loop
                     CONTROL => self.accept_control(),
                     SIGNALS => self.handle_signals(),
+                    WORKER => self.worker_done(),
                     token => self.handle_control(token),
                 }
             }
@@ -405,12 +409,19 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
-        self.sync_journals();
+        // What the worker has in hand, then one last synchronous try.
+        for done in self.worker.finish() {
+            self.on_io(done);
+        }
+        let last = self.persist.finish(Instant::now());
+        self.released.held.extend(last.held);
+        self.released.failed.extend(last.failed);
+        self.carry_out();
         // Keep the last-seen times of keys, which are not journaled as
         // they change.
-        if let Auth::Curve(c) = &mut self.auth {
-            if let Err(e) = c.journal.rewrite(c.keys.snapshot()) {
-                log::error!("cannot rewrite {}: {e}", c.journal.path().display());
+        if let (Auth::Curve(c), Some(j)) = (&self.auth, &mut self.persist.keys) {
+            if let Err((_, e)) = j.snapshot(c.keys.snapshot()).run() {
+                log::error!("cannot rewrite {}: {e}", j.path().display());
             }
         }
         for p in &self.ports {
@@ -754,7 +765,10 @@ impl Server {
                     // "You are in" only once the key table says so on
                     // disk; jobs need not wait for it, the node takes
                     // them whenever they come.
-                    self.acks.push((claimed.clone(), welcome));
+                    self.hold(Held::Ack {
+                        node: claimed.clone(),
+                        msg: welcome,
+                    });
                 } else {
                     self.reply(Port::Job, &claimed, rid, &welcome);
                 }
@@ -929,7 +943,7 @@ impl Server {
                 Effect::Journal(rec) => self.record(&rec),
                 Effect::Send { node, msg } => match msg {
                     // "Recorded" only once the result is on disk.
-                    ServerMsg::ResultAck { .. } => self.acks.push((node, msg)),
+                    ServerMsg::ResultAck { .. } => self.hold(Held::Ack { node, msg }),
                     // A job goes at once: if the server dies before its
                     // record is durable, the node's Ready says it has it.
                     ServerMsg::Job { job_id, .. } => {
@@ -942,9 +956,6 @@ impl Server {
                     }
                 },
                 Effect::PartDone { job_id, node } => {
-                    if let Some(rec) = self.cluster.done_record(&job_id, &node) {
-                        self.record(&rec);
-                    }
                     if let Some(view) = self.cluster.part_view(&job_id, &node) {
                         let resp = Response::NodeDone(view);
                         self.notify(&job_id, &resp);
@@ -971,100 +982,120 @@ impl Server {
         self.effects = effects;
     }
 
-    /// Answer a submission, then carry out its effects: the answer must
-    /// reach the waiter before any progress it causes.
-    fn answer_then_apply(&mut self, token: Token, resp: Response, effects: Vec<Effect>) {
-        let new_jobs: Vec<Uuid> = match &resp {
+    /// A submission was accepted: its records are effects; its answer and
+    /// the release of its jobs wait until they are durable.
+    fn submitted(&mut self, token: Token, resp: Response, effects: Vec<Effect>) {
+        let jobs: Vec<Uuid> = match &resp {
             Response::Submitted(s) => vec![s.job_id],
             Response::Orchestrated(plan) => plan.jobs.iter().filter_map(|j| j.job_id).collect(),
             _ => Vec::new(),
         };
-        for id in new_jobs {
-            if let Some(rec) = self.cluster.submitted(&id) {
-                self.record(&rec);
-            }
-        }
-        self.notes.push((token, resp));
         self.apply(effects);
-    }
-
-    fn sync_journals(&mut self) {
-        if let Err(e) = self.history.sync() {
-            log::error!(
-                "cannot sync the job history {}: {e}",
-                self.history.path().display()
-            );
-        }
-        if let Auth::Curve(c) = &mut self.auth {
-            if let Err(e) = c.journal.sync() {
-                log::error!(
-                    "cannot sync the key table {}: {e}",
-                    c.journal.path().display()
-                );
-            }
+        if jobs.is_empty() {
+            self.hold(Held::Note { token, resp });
+        } else {
+            self.hold(Held::Submission { token, resp, jobs });
         }
     }
 
     /// Journal a key change; answers wait for its sync like any record's.
     fn record_key(&mut self, rec: &KeyRecord) {
-        if let Auth::Curve(c) = &mut self.auth {
-            append_key(&mut c.journal, rec);
+        if let Some(j) = &mut self.persist.keys {
+            j.append(rec);
         }
-        self.commit_at
-            .get_or_insert_with(|| Instant::now() + COMMIT_IVL);
+        self.persist.recorded(Instant::now());
     }
 
     fn record(&mut self, rec: &Record) {
-        if let Err(e) = self.history.append(rec) {
-            log::error!(
-                "cannot write the job history {}: {e}",
-                self.history.path().display()
-            );
-        }
-        self.commit_at
-            .get_or_insert_with(|| Instant::now() + COMMIT_IVL);
+        self.persist.history.append(rec);
+        self.persist.recorded(Instant::now());
+    }
+
+    /// Hold `h` until what was recorded before it is durable.
+    fn hold(&mut self, h: Held) {
+        self.persist.hold(h, &mut self.released);
     }
 
     /// Group commit: once the oldest unsynced record is `COMMIT_IVL` old,
-    /// sync, then send what waited for it (result acks, answers, progress).
-    /// With nothing unsynced, that goes at once. True if acks were queued.
+    /// hand the writes to the I/O thread; carry out whatever was released.
+    /// True if anything was.
     fn commit(&mut self, now: Instant) -> bool {
-        match self.commit_at {
-            Some(at) if at > now => return false,
-            Some(_) => {
-                self.sync_journals();
-                self.commit_at = None;
+        if let Some(ops) = self.persist.due(now, &mut self.released) {
+            self.worker
+                .submit(move || IoDone::Commit(persist::run_ops(ops)));
+        }
+        self.carry_out()
+    }
+
+    /// Results from the I/O thread.
+    fn worker_done(&mut self) {
+        for done in self.worker.drain() {
+            self.on_io(done);
+        }
+    }
+
+    fn on_io(&mut self, done: IoDone) {
+        match done {
+            IoDone::Commit(result) => {
+                self.persist
+                    .done(result, Instant::now(), &mut self.released);
             }
-            None => {}
         }
-        let acked = self.release_acks();
-        self.flush_notes();
-        acked
     }
 
-    /// Queue the result acks that waited for the sync; true if any.
-    fn release_acks(&mut self) -> bool {
-        let acks = std::mem::take(&mut self.acks);
-        let any = !acks.is_empty();
-        for (node, msg) in acks {
-            // Lost acks are harmless: the node resends its result.
-            self.send(&node, &msg);
-        }
-        any
-    }
-
-    /// Send the queued answers and progress, in order.
-    fn flush_notes(&mut self) {
-        let mut dead = Vec::new();
-        for (token, resp) in std::mem::take(&mut self.notes) {
-            if let Some(conn) = self.conns.get_mut(&token) {
-                if let Err(e) = conn.send(&resp) {
-                    log::debug!("control connection dropped: {e}");
-                    dead.push(token);
+    /// Carry out what the persistence layer released, in order, and fail
+    /// the submissions it could not make durable. True if there was any.
+    fn carry_out(&mut self) -> bool {
+        let mut any = false;
+        // Carrying out may release more (a note held behind nothing): go
+        // until nothing is left.
+        loop {
+            let released = std::mem::take(&mut self.released);
+            if released.held.is_empty() && released.failed.is_empty() {
+                return any;
+            }
+            any = true;
+            for (token, jobs, error) in released.failed {
+                log::warn!("refused a submission of {} job(s): {error}", jobs.len());
+                let parent = jobs.first().and_then(|id| self.cluster.parent_of(id));
+                self.cluster.forget(&jobs);
+                for id in jobs.iter().chain(parent.iter()) {
+                    self.waiters.remove(id);
+                }
+                for id in jobs {
+                    // Should its Submitted record reach the disk after all,
+                    // this one follows it there.
+                    self.record(&Record::Withdrawn { id });
+                }
+                let why = format!("{error}; nothing was queued");
+                self.send_note(token, &Response::Rejected(why));
+            }
+            for h in released.held {
+                match h {
+                    // Lost acks are harmless: the node resends its result.
+                    Held::Ack { node, msg } => {
+                        self.send(&node, &msg);
+                    }
+                    Held::Note { token, resp } => self.send_note(token, &resp),
+                    Held::Submission { token, resp, jobs } => {
+                        // The answer reaches the waiter before any progress.
+                        self.send_note(token, &resp);
+                        let mut out = std::mem::take(&mut self.effects);
+                        self.cluster.release(&jobs, Now::real(), &mut out);
+                        self.apply(out);
+                    }
                 }
             }
         }
-        for token in dead {
+    }
+
+    /// Send an answer or progress to a control connection now.
+    fn send_note(&mut self, token: Token, resp: &Response) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if let Err(e) = conn.send(resp) {
+            log::debug!("control connection dropped: {e}");
             self.close_control(token);
         }
     }
@@ -1074,8 +1105,11 @@ impl Server {
         let Some(tokens) = self.waiters.get(job_id) else {
             return;
         };
-        for token in tokens {
-            self.notes.push((*token, resp.clone()));
+        for token in tokens.clone() {
+            self.hold(Held::Note {
+                token,
+                resp: resp.clone(),
+            });
         }
     }
 
@@ -1164,18 +1198,21 @@ impl Server {
                 return;
             }
         };
-        // Every answer goes through `notes`, so a connection's answers keep
-        // their order whether or not they wait for the history to sync.
         for req in requests {
+            // A question about the state answers at once, unless an earlier
+            // answer on this connection still waits for the disk (order).
+            let reads_only = reads_only(&req);
             if let Some(resp) = self.handle_request(token, req) {
-                self.notes.push((token, resp));
+                if reads_only && !self.persist.holds_for(token) {
+                    self.send_note(token, &resp);
+                } else {
+                    self.hold(Held::Note { token, resp });
+                }
             }
         }
         if closed {
-            // A peer that stopped writing may still read what needs no sync.
-            if self.commit_at.is_none() {
-                self.flush_notes();
-            }
+            // A peer that stopped writing may still read what is ready.
+            self.carry_out();
             self.close_control(token);
         }
     }
@@ -1208,7 +1245,7 @@ impl Server {
                     }
                     Err(why) => Response::Rejected(why),
                 };
-                self.answer_then_apply(token, resp, out);
+                self.submitted(token, resp, out);
                 return None;
             }
             Request::Orchestrate {
@@ -1232,7 +1269,7 @@ impl Server {
                     }
                     Err(why) => Response::Rejected(why),
                 };
-                self.answer_then_apply(token, resp, out);
+                self.submitted(token, resp, out);
                 return None;
             }
             Request::ListNodes => Response::Nodes(self.cluster.list_nodes()),
@@ -1243,12 +1280,9 @@ impl Server {
             },
             Request::PurgeJobs => {
                 let (purged, kept) = self.cluster.purge_jobs();
-                if let Err(e) = self.history.rewrite(self.cluster.snapshot()) {
-                    log::error!(
-                        "cannot rewrite the job history {}: {e}",
-                        self.history.path().display()
-                    );
-                }
+                // The answer waits for the rewrite, like any record's.
+                let snapshot = self.persist.history.snapshot(self.cluster.snapshot());
+                self.persist.rewrite(snapshot, Instant::now());
                 Response::Purged { purged, kept }
             }
             Request::PurgeNodes => {
@@ -1318,7 +1352,10 @@ impl Server {
                     log::info!("node={name}: key {} accepted", view.fingerprint);
                     // A connected client hears it as soon as the accept is
                     // on disk, and says Ready.
-                    self.acks.push((name.clone(), ServerMsg::Register));
+                    self.hold(Held::Ack {
+                        node: name.clone(),
+                        msg: ServerMsg::Register,
+                    });
                 }
                 KeyChange::Reject(_) => {
                     log::warn!("node={name}: key {} rejected", view.fingerprint);
@@ -1386,13 +1423,21 @@ enum KeyChange {
 const CURVE_OFF: &str =
     "the server runs with --curve off: it has no key, and admits every node without one";
 
-fn append_key(journal: &mut Journal, rec: &KeyRecord) {
-    if let Err(e) = journal.append(rec) {
-        log::error!(
-            "cannot write the key table {}: {e}",
-            journal.path().display()
-        );
-    }
+/// Requests that change nothing: their answers need no sync.
+fn reads_only(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::ListNodes
+            | Request::ListJobs
+            | Request::JobInfo { .. }
+            | Request::ShowKey
+            | Request::ListKeys
+    )
+}
+
+/// What the I/O thread hands back.
+enum IoDone {
+    Commit(persist::CommitResult),
 }
 
 /// A peer's interval, bounded so a bad value cannot expire it at once or

@@ -1,0 +1,278 @@
+//! The server's persistence policy: its two journals (job history, key
+//! table) and everything that waits for them.
+//!
+//! Group commit: a record waits at most `COMMIT_IVL` for the sync that makes
+//! it durable, and one sync (on the I/O worker thread) covers everything
+//! recorded meanwhile. What depends on records waits as `Held` until their
+//! sync succeeded: result acks, answers and progress for CLIs, and the
+//! release of new jobs to their nodes (a submission is on disk before
+//! anything of it goes out). One commit is in flight at a time, so held
+//! things are released in order.
+//!
+//! A commit that fails (full or failing disk) acknowledges nothing: its
+//! writes are retried every `RETRY_IVL`, in order, before anything newer;
+//! the nodes keep resending their results meanwhile. Submissions waiting on
+//! it fail at once, and so do new ones while the disk fails (the CLI gets a
+//! one-line error, nothing is queued). The error is logged at most once a
+//! minute, and recovery once.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use uuid::Uuid;
+
+use crate::journal::{Batch, Journal, Rewrite};
+use crate::ratelog::Every;
+use crate::wire::{Response, ServerMsg};
+
+/// How long a record may wait for the sync that makes it durable.
+pub const COMMIT_IVL: Duration = Duration::from_millis(5);
+/// How soon writes that failed are tried again.
+const RETRY_IVL: Duration = Duration::from_secs(1);
+
+/// Something that may happen only once what was recorded before it is on
+/// disk.
+#[derive(Debug)]
+pub enum Held {
+    /// A message to a node: a result ack, or the welcome or call to
+    /// register that follows a key's enrolment or acceptance.
+    Ack { node: String, msg: ServerMsg },
+    /// An answer or progress for a control connection.
+    Note { token: Token, resp: Response },
+    /// A submission's answer, and its jobs to release to their nodes.
+    Submission {
+        token: Token,
+        resp: Response,
+        jobs: Vec<Uuid>,
+    },
+}
+
+/// One write the worker carries out, in order.
+pub enum Op {
+    Append(Batch),
+    Replace(Rewrite),
+}
+
+impl Op {
+    fn run(self) -> Result<(), (Op, io::Error)> {
+        match self {
+            Op::Append(b) => b.run().map_err(|(b, e)| (Op::Append(b), e)),
+            Op::Replace(r) => r.run().map_err(|(r, e)| (Op::Replace(r), e)),
+        }
+    }
+}
+
+/// Run `ops` in order, stopping at the first failure; what was not done
+/// (the failed op first) comes back with the error.
+pub fn run_ops(ops: Vec<Op>) -> CommitResult {
+    let mut rest = ops.into_iter();
+    while let Some(op) = rest.next() {
+        if let Err((op, e)) = op.run() {
+            let mut undone = vec![op];
+            undone.extend(rest);
+            return Err((undone, e));
+        }
+    }
+    Ok(())
+}
+
+/// What a commit on the worker came back with.
+pub type CommitResult = Result<(), (Vec<Op>, io::Error)>;
+
+/// What the server must do after a persistence event.
+#[derive(Default, Debug)]
+pub struct Released {
+    /// Durable now: carry these out, in order.
+    pub held: Vec<Held>,
+    /// Submissions that could not be made durable: answer these with the
+    /// error, and forget their jobs.
+    pub failed: Vec<(Token, Vec<Uuid>, String)>,
+}
+
+/// The disk is failing: since when, and why.
+struct Failing {
+    error: String,
+    retry_at: Instant,
+}
+
+/// The journals and what waits on them.
+pub struct Persist {
+    pub history: Journal,
+    pub keys: Option<Journal>,
+    /// Waiting for what is recorded and not yet handed to a commit.
+    waiting: Vec<Held>,
+    /// When the oldest record not yet handed to a commit must go.
+    commit_at: Option<Instant>,
+    /// Held things waiting for the commit on the worker now.
+    in_flight: Option<Vec<Held>>,
+    /// Writes that failed, to run again before anything newer.
+    retry: Vec<Op>,
+    /// Rewrites asked for, to run in the next commit.
+    rewrites: Vec<Rewrite>,
+    failing: Option<Failing>,
+    errors: Every,
+}
+
+impl Persist {
+    pub fn new(history: Journal, keys: Option<Journal>) -> Persist {
+        Persist {
+            history,
+            keys,
+            waiting: Vec::new(),
+            commit_at: None,
+            in_flight: None,
+            retry: Vec::new(),
+            rewrites: Vec::new(),
+            failing: None,
+            errors: Every::minute(),
+        }
+    }
+
+    /// Note that something was recorded: a commit is due within the interval.
+    pub fn recorded(&mut self, now: Instant) {
+        self.commit_at.get_or_insert(now + COMMIT_IVL);
+    }
+
+    /// Replace the history file with `snapshot` (which covers everything
+    /// recorded so far), in the next commit.
+    pub fn rewrite(&mut self, snapshot: Rewrite, now: Instant) {
+        self.rewrites.push(snapshot);
+        self.recorded(now);
+    }
+
+    /// Hold `h` until everything recorded so far is durable; it comes back
+    /// from `due` or `done` (or at once, with nothing to wait for).
+    pub fn hold(&mut self, h: Held, out: &mut Released) {
+        if let (Held::Submission { token, jobs, .. }, Some(f)) = (&h, &self.failing) {
+            out.failed.push((*token, jobs.clone(), f.error.clone()));
+            return;
+        }
+        let idle = self.commit_at.is_none()
+            && self.in_flight.is_none()
+            && self.waiting.is_empty()
+            && self.retry.is_empty();
+        if idle {
+            out.held.push(h);
+        } else {
+            self.waiting.push(h);
+        }
+    }
+
+    /// When `due` has work next, if it has any.
+    pub fn next_due(&self) -> Option<Instant> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        match &self.failing {
+            Some(f) => Some(f.retry_at),
+            None => self.commit_at,
+        }
+    }
+
+    /// If a commit is due and none is in flight: the writes to hand to the
+    /// worker (`run_ops`), and what waits on them is now in flight. With
+    /// nothing to write, what waited is released at once.
+    pub fn due(&mut self, now: Instant, out: &mut Released) -> Option<Vec<Op>> {
+        if self.in_flight.is_some() || self.next_due().is_none_or(|at| at > now) {
+            return None;
+        }
+        self.commit_at = None;
+        let mut ops = std::mem::take(&mut self.retry);
+        ops.extend(self.rewrites.drain(..).map(Op::Replace));
+        ops.extend(self.history.take(true).map(Op::Append));
+        if let Some(k) = &mut self.keys {
+            ops.extend(k.take(true).map(Op::Append));
+        }
+        if ops.is_empty() {
+            out.held.append(&mut self.waiting);
+            return None;
+        }
+        self.in_flight = Some(std::mem::take(&mut self.waiting));
+        Some(ops)
+    }
+
+    /// The worker finished the commit in flight.
+    pub fn done(&mut self, result: CommitResult, now: Instant, out: &mut Released) {
+        let held = self.in_flight.take().unwrap_or_default();
+        match result {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    log::info!(
+                        "the job history and key table in {} are written again; acknowledging what waited",
+                        self.dir()
+                    );
+                    self.errors.reset();
+                }
+                out.held.extend(held);
+                // Records made while this commit ran are due now.
+                if !self.waiting.is_empty() || self.history.is_dirty() {
+                    self.commit_at.get_or_insert(now);
+                }
+            }
+            Err((undone, e)) => {
+                let error = format!("cannot write the server's state in {}: {e}", self.dir());
+                if self.errors.first(now) {
+                    let more = self.errors.take_suppressed();
+                    log::error!(
+                        "{error}; nothing is acknowledged until it can be (nodes keep their results, submissions are refused); retrying every {}s{}",
+                        RETRY_IVL.as_secs(),
+                        if more > 0 {
+                            format!(" ({more} more failures since the last message)")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                self.retry = undone;
+                // Back in front, in order; submissions fail now.
+                let mut back = Vec::with_capacity(held.len() + self.waiting.len());
+                for h in held.into_iter().chain(self.waiting.drain(..)) {
+                    match h {
+                        Held::Submission { token, jobs, .. } => {
+                            out.failed.push((token, jobs, error.clone()))
+                        }
+                        h => back.push(h),
+                    }
+                }
+                self.waiting = back;
+                self.failing = Some(Failing {
+                    error,
+                    retry_at: now + RETRY_IVL,
+                });
+            }
+        }
+    }
+
+    /// Does anything for control connection `token` wait for the disk?
+    pub fn holds_for(&self, token: Token) -> bool {
+        let mine = |h: &Held| match h {
+            Held::Note { token: t, .. } | Held::Submission { token: t, .. } => *t == token,
+            Held::Ack { .. } => false,
+        };
+        self.waiting.iter().any(mine) || self.in_flight.iter().flatten().any(mine)
+    }
+
+    /// Everything still held, and the writes not done: at shutdown, after
+    /// a last synchronous try.
+    pub fn finish(&mut self, now: Instant) -> Released {
+        let mut out = Released::default();
+        if self.in_flight.is_some() {
+            return out; // the caller waits for the worker first
+        }
+        self.failing = None;
+        self.commit_at = Some(now);
+        if let Some(ops) = self.due(now, &mut out) {
+            let result = run_ops(ops);
+            self.done(result, now, &mut out);
+        }
+        out
+    }
+
+    fn dir(&self) -> String {
+        self.history
+            .path()
+            .parent()
+            .map_or_else(String::new, |p| p.display().to_string())
+    }
+}
