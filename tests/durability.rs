@@ -162,3 +162,170 @@ fn a_second_daemon_on_a_directory_in_use_exits_at_once_naming_it_and_its_owner()
     c.start_server();
     c.wait_job_done(&done);
 }
+
+#[test]
+fn a_full_disk_on_the_server_acknowledges_nothing_and_service_resumes_by_itself() {
+    let mut c = Cluster::new("fullsrv", "0.5");
+    let Some(disk) = util::Tmpfs::mount(&c.state_path(), "512k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    c = Cluster::start_in(c, &["f1", "f2"]);
+    let before = c.submit(&[], "echo before");
+    c.wait_job_done(&before);
+    // A job that will end while the disk is full, with a CLI waiting on
+    // it. Its result, like each refused submission, is bigger than a
+    // page, so it cannot slip into what is left of the journal's last page.
+    let mut waiter = c.cli_background(
+        &[
+            "exec",
+            "--verb",
+            "RUN",
+            "--target",
+            "f1",
+            "--wait",
+            "while [ ! -e go ]; do sleep 0.05; done; echo gated; head -c 20000 /dev/zero >&2",
+        ],
+        "waiter.log",
+    );
+    let mut gated = String::new();
+    wait_until("the waiter's job to run", DEADLINE, || {
+        let text = waiter.log_text();
+        gated = text
+            .lines()
+            .find_map(|l| l.strip_prefix("job ").map(|s| s.trim().to_owned()))
+            .unwrap_or_default();
+        !gated.is_empty() && c.part_state(&gated, "f1") == "running"
+    });
+    let filler = disk.fill();
+    fs::write(c.node_dir("f1").join("go"), "").unwrap();
+    // Submissions are refused, each with one line, and nothing runs.
+    for i in 0..20 {
+        let out = c.cli(&[
+            "exec",
+            "--verb",
+            "RUN",
+            "--wait",
+            &format!("echo {i} >> refused.txt # {}", "x".repeat(5000)),
+        ]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+        assert!(
+            out.stderr.contains("No space left on device")
+                && out.stderr.contains("nothing was queued"),
+            "{out:?}"
+        );
+    }
+    // The gated job finished on its node, but its result cannot be
+    // recorded: it is not acknowledged, and not reported done.
+    wait_until("the gated job to end on its node", DEADLINE, || {
+        c.clients["f1"]
+            .log_text()
+            .contains(&format!("job {gated}: exit 0"))
+    });
+    // Give the server every chance to tell the waiter too early: it
+    // retries its writes every second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert!(waiter.is_running(), "{}", waiter.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = c.server().log_text();
+    assert_eq!(
+        log.matches("cannot write the server's state").count(),
+        1,
+        "said once a minute at most:\n{log}"
+    );
+
+    // Space comes back: the server goes on by itself.
+    fs::remove_file(filler).unwrap();
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo after"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("recovery logged", DEADLINE, || {
+        c.server().log_text().contains("are written again")
+    });
+    // The waiter hears of its job once the result is on disk.
+    assert_eq!(waiter.wait_exit(DEADLINE), Some(0), "{}", waiter.log_text());
+    assert!(waiter.log_text().contains("f1: succeeded"));
+    for n in ["f1", "f2"] {
+        assert!(!c.node_dir(n).join("refused.txt").exists());
+    }
+
+    // What was acknowledged is on disk; what was refused is not.
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    c.start_server();
+    let jobs = c.jobs_json();
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    let info = c.wait_job_done(&gated);
+    assert_eq!(info["nodes"][0]["stdout"], "gated\n", "{info}");
+}
+
+#[test]
+fn a_full_cache_disk_fails_the_arg_and_keeps_nothing_it_could_not_save() {
+    let mut c = Cluster::new("fullcache", "0.5");
+    let cache = c.node_dir("fc").join("cache");
+    let Some(disk) = util::Tmpfs::mount(&cache, "256k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    c = Cluster::start_in(c, &["fc"]);
+    let out = c.cli(&["exec", "--verb", "ARG", "--wait", "kept before"]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let filler = disk.fill();
+    // Bigger than a page: it cannot slip into the journal's last one.
+    let big = "v".repeat(8000);
+    let out = c.cli(&["exec", "--verb", "ARG", "--wait", &format!("lost {big}")]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("ARG lost: cannot save it in the cache")
+            && out.stdout.contains("No space left on device"),
+        "{out:?}"
+    );
+    // A command whose --stdout-arg cannot be saved fails too.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        &format!("--stdout-arg out2 echo {big}"),
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("the command succeeded, but --stdout-arg out2"),
+        "{out:?}"
+    );
+
+    fs::remove_file(filler).unwrap();
+    let out = c.cli(&["exec", "--verb", "ARG", "--wait", "later fine"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // After a restart the node has what it reported saved, and only that.
+    c.client("fc").signal(libc::SIGKILL);
+    c.client("fc").wait_exit(DEADLINE);
+    c.start_client("fc");
+    c.wait_nodes(&["fc"]);
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "echo {{ kept }}/{{ later }}",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = util::job_id(&out.stdout);
+    assert_eq!(c.job_info(&id)["nodes"][0]["stdout"], "before/fine\n");
+    for gone in ["lost", "out2"] {
+        let out = c.cli(&[
+            "exec",
+            "--verb",
+            "RUN",
+            "--wait",
+            &format!("echo {{{{ {gone} }}}}"),
+        ]);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stdout.contains(&format!("'{gone}'")), "{out:?}");
+    }
+    drop(disk);
+}

@@ -1056,7 +1056,9 @@ impl Server {
             }
             any = true;
             for (token, jobs, error) in released.failed {
-                log::warn!("refused a submission of {} job(s): {error}", jobs.len());
+                // The CLI is told; the disk's failure is logged (once a
+                // minute) where it is found.
+                log::debug!("refused a submission of {} job(s): {error}", jobs.len());
                 let parent = jobs.first().and_then(|id| self.cluster.parent_of(id));
                 self.cluster.forget(&jobs);
                 for id in jobs.iter().chain(parent.iter()) {

@@ -12,8 +12,8 @@
 //! A commit that fails (full or failing disk) acknowledges nothing: its
 //! writes are retried every `RETRY_IVL`, in order, before anything newer;
 //! the nodes keep resending their results meanwhile. Submissions waiting on
-//! it fail at once, and so do new ones while the disk fails (the CLI gets a
-//! one-line error, nothing is queued). The error is logged at most once a
+//! it fail (the CLI gets a one-line error, nothing is queued); a new one
+//! while the disk fails tries it again at once, and fails or goes through. The error is logged at most once a
 //! minute, and recovery once.
 
 use std::io;
@@ -90,9 +90,8 @@ pub struct Released {
     pub failed: Vec<(Token, Vec<Uuid>, String)>,
 }
 
-/// The disk is failing: since when, and why.
+/// The disk is failing: when to try it again.
 struct Failing {
-    error: String,
     retry_at: Instant,
 }
 
@@ -144,9 +143,11 @@ impl Persist {
     /// Hold `h` until everything recorded so far is durable; it comes back
     /// from `due` or `done` (or at once, with nothing to wait for).
     pub fn hold(&mut self, h: Held, out: &mut Released) {
-        if let (Held::Submission { token, jobs, .. }, Some(f)) = (&h, &self.failing) {
-            out.failed.push((*token, jobs.clone(), f.error.clone()));
-            return;
+        if let (Held::Submission { .. }, Some(f)) = (&h, &mut self.failing) {
+            // Each submission tries the disk again at once: it fails fast
+            // while the disk is full, and the first one after space returns
+            // goes through.
+            f.retry_at = Instant::now();
         }
         let idle = self.commit_at.is_none()
             && self.in_flight.is_none()
@@ -237,7 +238,6 @@ impl Persist {
                 }
                 self.waiting = back;
                 self.failing = Some(Failing {
-                    error,
                     retry_at: now + RETRY_IVL,
                 });
             }

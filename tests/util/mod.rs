@@ -367,6 +367,22 @@ impl Cluster {
         });
     }
 
+    /// Start the CLI in the background (a waiter); its output is its log.
+    pub fn cli_background(&self, args: &[&str], name: &str) -> Proc {
+        let log = self.dir.path.join(name);
+        let file = fs::File::create(&log).unwrap();
+        let child = base_command()
+            .args(args)
+            .args(self.common())
+            .current_dir(&self.dir.path)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
     /// `exec --verb RUN` without waiting: the job id.
     pub fn submit(&self, targets: &[&str], command: &str) -> String {
         self.submit_verb("RUN", targets, command)
@@ -844,4 +860,42 @@ fn pump(
 /// Does `hay` contain `needle`?
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A small tmpfs mounted for a test (full-disk cases), unmounted on drop.
+/// `None` when this process may not mount (not root, no CAP_SYS_ADMIN).
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Fill it to the last byte; the filler file's path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut f = fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
