@@ -135,6 +135,14 @@ fn still_going(e: Error, what: &str) -> Error {
     }
 }
 
+/// The server said it is stopping while we waited (exit 3, like a lost
+/// connection).
+fn stopping(what: &str) -> Error {
+    Error::Protocol(format!(
+        "the server is stopping; {what} is kept and goes on when it is back (look at it with `director manage --job-info`)"
+    ))
+}
+
 fn out_err(e: io::Error) -> Error {
     Error::io("cannot write to stdout", e)
 }
@@ -179,6 +187,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
                 writeln!(out, "job {}: {}", job.id, states_summary(&job)).map_err(out_err)?;
                 return Ok(if job.all_ok() { EXIT_OK } else { EXIT_FAILED });
             }
+            Response::Stopping => return Err(stopping(&format!("job {}", submitted.job_id))),
             other => return Err(unexpected(&other)),
         }
     }
@@ -281,6 +290,12 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
                 } else {
                     EXIT_FAILED
                 });
+            }
+            Response::Stopping => {
+                if tty {
+                    writeln!(out).map_err(out_err)?;
+                }
+                return Err(stopping(&format!("run {parent}")));
             }
             other => return Err(unexpected(&other)),
         }

@@ -587,6 +587,9 @@ pub enum Response {
     /// deleted key as it was).
     KeysChanged(Vec<KeyView>),
     Rejected(String),
+    /// To a CLI waiting on work: the server is stopping (SIGTERM); the
+    /// work goes on when it is back.
+    Stopping,
 }
 
 /// The answer to a submission.

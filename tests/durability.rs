@@ -329,3 +329,42 @@ fn a_full_cache_disk_fails_the_arg_and_keeps_nothing_it_could_not_save() {
     }
     drop(disk);
 }
+
+#[test]
+fn sigterm_tells_waiting_clis_the_server_is_stopping_and_the_work_goes_on() {
+    let mut c = Cluster::start("drain", &["d1"], "0.5");
+    let mut waiter = c.cli_background(
+        &[
+            "exec",
+            "--verb",
+            "RUN",
+            "--wait",
+            "while [ ! -e go ]; do sleep 0.05; done; echo done",
+        ],
+        "waiter.log",
+    );
+    let mut id = String::new();
+    wait_until("the job to run", DEADLINE, || {
+        id = waiter
+            .log_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("job ").map(|s| s.trim().to_owned()))
+            .unwrap_or_default();
+        !id.is_empty() && c.part_state(&id, "d1") == "running"
+    });
+    c.server().signal(libc::SIGTERM);
+    assert_eq!(c.server().wait_exit(DEADLINE), Some(0));
+    assert_eq!(waiter.wait_exit(DEADLINE), Some(3), "{}", waiter.log_text());
+    let said = waiter.log_text();
+    assert!(
+        said.contains(&format!(
+            "director: the server is stopping; job {id} is kept and goes on when it is back"
+        )),
+        "{said}"
+    );
+    // Back again, the job finishes.
+    c.start_server();
+    fs::write(c.node_dir("d1").join("go"), "").unwrap();
+    let info = c.wait_job_done(&id);
+    assert_eq!(info["nodes"][0]["stdout"], "done\n", "{info}");
+}

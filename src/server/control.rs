@@ -89,6 +89,11 @@ impl ControlConn {
         self.flush()
     }
 
+    /// Is anything queued and not yet written?
+    pub fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
     /// Write pending bytes until the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
         while self.out_pos < self.out.len() {

@@ -116,6 +116,8 @@ const BUDGET: usize = 256;
 const TRANSFER_BUDGET: usize = 16;
 /// How long unsent messages may hold up shutdown.
 const SHUTDOWN_LINGER_MS: i32 = 500;
+/// How long shutdown waits for peers to take what was made durable.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// How peers prove who they are.
 enum Auth {
@@ -408,6 +410,8 @@ impl Server {
         }
     }
 
+    /// Stop: make durable what can be, send every answer and ack that
+    /// depends on it, tell waiting CLIs, and give peers `DRAIN` to take it.
     fn shutdown(&mut self) {
         // What the worker has in hand, then one last synchronous try.
         for done in self.worker.finish() {
@@ -424,11 +428,55 @@ impl Server {
                 log::error!("cannot rewrite {}: {e}", j.path().display());
             }
         }
+        let waiting: std::collections::BTreeSet<Token> =
+            self.waiters.values().flatten().copied().collect();
+        for token in waiting {
+            self.send_note(token, &Response::Stopping);
+        }
+        self.drain();
         for p in &self.ports {
             p.set_linger(SHUTDOWN_LINGER_MS);
         }
         let _ = std::fs::remove_file(&self.socket_path);
         log::info!("server stopped");
+    }
+
+    /// Push out what is queued for nodes and CLIs, until it is all written
+    /// or `DRAIN` has passed.
+    fn drain(&mut self) {
+        let end = Instant::now() + DRAIN;
+        let mut events = Events::with_capacity(64);
+        loop {
+            if let Err(e) = self.service_ports() {
+                log::warn!("while stopping: {e}");
+                return;
+            }
+            let tokens: Vec<Token> = self.conns.keys().copied().collect();
+            for token in tokens {
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    if conn.flush().is_err() {
+                        self.close_control(token);
+                    }
+                }
+            }
+            let ports = self.ports.iter().any(ZmqPort::has_backlog);
+            let conns = self.conns.values().filter(|c| c.has_output()).count();
+            if !ports && conns == 0 {
+                return;
+            }
+            let now = Instant::now();
+            if now >= end {
+                log::warn!(
+                    "stopping with output not taken by its peers after {}s ({} control connection(s){})",
+                    DRAIN.as_secs(),
+                    conns,
+                    if ports { ", nodes" } else { "" }
+                );
+                return;
+            }
+            let wait = (end - now).min(Duration::from_millis(20));
+            let _ = self.poll.poll(&mut events, Some(wait));
+        }
     }
 
     /// Receive and send on every port until a whole round does nothing.
