@@ -456,6 +456,7 @@ fn option_lines(scopes: &[Scope]) -> String {
             Kind::Flag => String::new(),
             Kind::Port => " PORT".into(),
             Kind::Seconds => " SECONDS".into(),
+            Kind::Count => " N".into(),
             Kind::Text if o.name == "curve" => " on|off".into(),
             Kind::Text => format!(
                 " {}",

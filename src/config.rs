@@ -20,6 +20,8 @@ pub enum Kind {
     Port,
     /// A positive number of seconds (fractions allowed).
     Seconds,
+    /// A whole number of things.
+    Count,
     /// On or off; a switch takes no value.
     Flag,
 }
@@ -60,6 +62,8 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "bind_address", kind: Kind::Text, scope: Scope::Server, default: Some("*"), help: "address the server listens on (* for all)" },
     OptSpec { name: "socket_group", kind: Kind::Text, scope: Scope::Server, default: None, help: "group that may use the control socket (mode 0660); without it, only its owner may (0600)" },
     OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's job history, its node-key table and (without a shared key) its key pair, kept across restarts" },
+    OptSpec { name: "job_retention", kind: Kind::Seconds, scope: Scope::Server, default: Some("604800"), help: "seconds a finished job is kept (default 7 days); unfinished jobs and runs still going are always kept" },
+    OptSpec { name: "job_retention_count", kind: Kind::Count, scope: Scope::Server, default: Some("10000"), help: "most finished jobs kept; the oldest go first" },
     OptSpec { name: "server_address", kind: Kind::Text, scope: Scope::Client, default: Some("localhost"), help: "host name or IP address of the server" },
     OptSpec { name: "server_key", kind: Kind::Text, scope: Scope::Client, default: None, help: "the server's public key, as `director manage --show-key` prints it (Z85), or a file holding it; not needed with --shared-key" },
     OptSpec { name: "key_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/lib/director/node"), help: "directory for this node's key pair (node.key), created at first start; not the cache, which may be cleared" },
@@ -184,6 +188,7 @@ fn expected(spec: &OptSpec) -> &'static str {
         Kind::Text => "a string",
         Kind::Port => "a port number (1-65535)",
         Kind::Seconds => "a positive number of seconds",
+        Kind::Count => "a whole number (1 or more)",
         Kind::Flag => "true or false",
     }
 }
@@ -236,6 +241,10 @@ pub struct Config {
     pub identity: String,
     pub bind_address: String,
     pub state_path: PathBuf,
+    /// How long a finished job is kept.
+    pub job_retention: Duration,
+    /// How many finished jobs are kept at most.
+    pub job_retention_count: usize,
     pub server_address: String,
     pub cache_path: PathBuf,
     pub cache_ttl: Duration,
@@ -274,6 +283,10 @@ impl Config {
             identity,
             bind_address: get("bind_address").text_or_default()?,
             state_path: PathBuf::from(get("state_path").text_or_default()?),
+            job_retention: crate::clock::secs(
+                get("job_retention").seconds_within(1.0, 100.0 * 365.0 * 86_400.0)?,
+            ),
+            job_retention_count: get("job_retention_count").count()?,
             server_address: get("server_address").text_or_default()?,
             cache_path: PathBuf::from(get("cache_path").text_or_default()?),
             cache_ttl: crate::clock::secs(
@@ -370,6 +383,14 @@ impl Value<'_> {
             return Err(self.error(&n.to_string()));
         }
         Ok(n as u16)
+    }
+
+    fn count(&self) -> Result<usize> {
+        let n = self.number()?;
+        if n.fract() != 0.0 || !(1.0..=1e9).contains(&n) {
+            return Err(self.error(&n.to_string()));
+        }
+        Ok(n as usize)
     }
 
     fn seconds_within(&self, min: f64, max: f64) -> Result<f64> {

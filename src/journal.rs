@@ -31,6 +31,9 @@ pub struct Journal {
     file: Arc<Mutex<JournalFile>>,
     /// Appended, not yet handed to a batch.
     pending: Vec<u8>,
+    /// Where the next record lands in the file. Failed writes are retried
+    /// at the same place, so an offset, once given, holds.
+    end: u64,
     /// Records in the file and pending, live or not: the owner compacts
     /// when it is many more than what it holds.
     records: usize,
@@ -56,7 +59,32 @@ pub struct Batch {
 /// A whole new content for the file.
 pub struct Rewrite {
     file: Arc<Mutex<JournalFile>>,
-    bytes: Vec<u8>,
+    parts: Vec<Piece>,
+}
+
+/// One record of a rewrite: new bytes, or a record kept where the current
+/// file has it (its bytes need not be in memory).
+pub enum Item<T> {
+    New(T),
+    Copy(Span),
+}
+
+/// Where a record is in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub at: u64,
+    pub len: u32,
+}
+
+enum Piece {
+    Bytes(Vec<u8>),
+    Copy(Span),
+}
+
+/// Reads records back from the file, on any thread.
+#[derive(Clone)]
+pub struct Reader {
+    file: Arc<Mutex<JournalFile>>,
 }
 
 impl Journal {
@@ -65,7 +93,7 @@ impl Journal {
     pub fn open_with<T: DeserializeOwned>(
         dir: &Path,
         name: &str,
-        mut each: impl FnMut(T),
+        mut each: impl FnMut(T, Span),
     ) -> io::Result<Journal> {
         fs::create_dir_all(dir)?;
         let path = dir.join(name);
@@ -78,7 +106,13 @@ impl Journal {
                 while good_len < total {
                     match next_record::<T>(&mut r, &mut body)? {
                         Some((rec, used)) => {
-                            each(rec);
+                            each(
+                                rec,
+                                Span {
+                                    at: good_len,
+                                    len: used as u32,
+                                },
+                            );
                             good_len += used as u64;
                         }
                         None => {
@@ -95,7 +129,7 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_rw(&path)?;
         // A torn tail is cut off before the first append: records after it
         // would never be read.
         let torn = file.metadata()?.len() != good_len;
@@ -108,6 +142,7 @@ impl Journal {
                 torn,
             })),
             pending: Vec::new(),
+            end: good_len,
             records: 0,
         })
     }
@@ -115,14 +150,20 @@ impl Journal {
     /// Open and collect every record (for small journals).
     pub fn open<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<(Journal, Vec<T>)> {
         let mut out = Vec::new();
-        let j = Journal::open_with(dir, name, |r| out.push(r))?;
+        let j = Journal::open_with(dir, name, |r, _| out.push(r))?;
         Ok((j, out))
     }
 
-    /// Append one record, in memory until a batch writes it.
-    pub fn append<T: Serialize>(&mut self, rec: &T) {
+    /// Append one record, in memory until a batch writes it; where it
+    /// will be in the file.
+    pub fn append<T: Serialize>(&mut self, rec: &T) -> Span {
         self.records += 1;
+        let before = self.pending.len();
         encode_into(&mut self.pending, rec);
+        let len = (self.pending.len() - before) as u32;
+        let span = Span { at: self.end, len };
+        self.end += u64::from(len);
+        span
     }
 
     /// Is anything appended and not yet handed to a batch?
@@ -153,6 +194,7 @@ impl Journal {
     /// Forget what was appended and not yet handed to a batch: records
     /// whose write failed and that must not be written later.
     pub fn drop_pending(&mut self) {
+        self.end -= self.pending.len() as u64;
         self.pending.clear();
     }
 
@@ -183,17 +225,58 @@ impl Journal {
     /// The file's new content: `recs`, which must cover everything appended
     /// so far (it replaces it). Run the rewrite on any thread.
     pub fn snapshot<T: Serialize>(&mut self, recs: impl IntoIterator<Item = T>) -> Rewrite {
+        self.snapshot_items(recs.into_iter().map(Item::New)).0
+    }
+
+    /// Like `snapshot`, where some records are copied from the current
+    /// file: each must be durable there (nothing pending or failed before
+    /// it). Also returns where each item will be in the new file.
+    pub fn snapshot_items<T: Serialize>(
+        &mut self,
+        items: impl IntoIterator<Item = Item<T>>,
+    ) -> (Rewrite, Vec<Span>) {
+        let mut parts = Vec::new();
+        let mut spans = Vec::new();
+        let mut at = 0u64;
         let mut bytes = Vec::new();
-        let mut records = 0;
-        for rec in recs {
-            encode_into(&mut bytes, &rec);
-            records += 1;
+        for item in items {
+            match item {
+                Item::New(rec) => {
+                    let before = bytes.len();
+                    encode_into(&mut bytes, &rec);
+                    let len = (bytes.len() - before) as u32;
+                    spans.push(Span { at, len });
+                    at += u64::from(len);
+                }
+                Item::Copy(span) => {
+                    if !bytes.is_empty() {
+                        parts.push(Piece::Bytes(std::mem::take(&mut bytes)));
+                    }
+                    parts.push(Piece::Copy(span));
+                    spans.push(Span { at, len: span.len });
+                    at += u64::from(span.len);
+                }
+            }
+        }
+        if !bytes.is_empty() {
+            parts.push(Piece::Bytes(bytes));
         }
         self.pending.clear();
-        self.records = records;
-        Rewrite {
+        self.records = spans.len();
+        self.end = at;
+        (
+            Rewrite {
+                file: Arc::clone(&self.file),
+                parts,
+            },
+            spans,
+        )
+    }
+
+    /// A reader of this journal's records, for another thread.
+    pub fn reader(&self) -> Reader {
+        Reader {
             file: Arc::clone(&self.file),
-            bytes,
         }
     }
 
@@ -220,8 +303,25 @@ impl Rewrite {
     /// Replace the file, atomically and durably. On failure the rewrite
     /// comes back, to be tried again.
     pub fn run(self) -> Result<(), (Rewrite, io::Error)> {
-        let result = lock(&self.file).replace(&self.bytes);
+        let result = lock(&self.file).replace(&self.parts);
         result.map_err(|e| (self, e))
+    }
+}
+
+impl Reader {
+    /// The record at `span`.
+    pub fn read<T: DeserializeOwned>(&self, span: Span) -> io::Result<T> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; span.len as usize];
+        lock(&self.file).file.read_exact_at(&mut buf, span.at)?;
+        let mut body = Vec::new();
+        match next_record::<T>(&mut buf.as_slice(), &mut body)? {
+            Some((rec, used)) if used == buf.len() => Ok(rec),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no whole record at offset {}", span.at),
+            )),
+        }
     }
 }
 
@@ -241,12 +341,29 @@ impl JournalFile {
         Ok(())
     }
 
-    fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn replace(&mut self, parts: &[Piece]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("tmp");
+        let mut len = 0u64;
         let written = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
+            let mut f = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+            let mut buf = Vec::new();
+            for piece in parts {
+                match piece {
+                    Piece::Bytes(b) => {
+                        f.write_all(b)?;
+                        len += b.len() as u64;
+                    }
+                    Piece::Copy(span) => {
+                        buf.resize(span.len as usize, 0);
+                        self.file.read_exact_at(&mut buf, span.at)?;
+                        f.write_all(&buf)?;
+                        len += u64::from(span.len);
+                    }
+                }
+            }
+            let f = f.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             fs::rename(&tmp, &self.path)
         })();
@@ -257,11 +374,20 @@ impl JournalFile {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
-        self.good_len = bytes.len() as u64;
+        self.file = open_rw(&self.path)?;
+        self.good_len = len;
         self.torn = false;
         Ok(())
     }
+}
+
+/// The journal file, for appends and for reading records back.
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
 }
 
 /// The file behind a journal; a panic elsewhere while it was held leaves
@@ -360,6 +486,39 @@ mod tests {
         drop(j);
         let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
         assert_eq!(recs, vec!["two".to_string(), "four".to_string()]);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn compaction_copies_records_from_the_file_and_readers_find_them() {
+        let d = dir("copy");
+        let (mut j, _) = Journal::open::<String>(&d, "j.bin").unwrap();
+        let a = j.append(&"alpha".to_string());
+        let b = j.append(&"beta".repeat(100));
+        j.sync_now().unwrap();
+        assert_eq!(j.reader().read::<String>(b).unwrap(), "beta".repeat(100));
+        let (rw, spans) =
+            j.snapshot_items([Item::New("new".to_string()), Item::Copy(b), Item::Copy(a)]);
+        rw.run().map_err(|(_, e)| e).unwrap();
+        let r = j.reader();
+        assert_eq!(r.read::<String>(spans[0]).unwrap(), "new");
+        assert_eq!(r.read::<String>(spans[1]).unwrap(), "beta".repeat(100));
+        assert_eq!(r.read::<String>(spans[2]).unwrap(), "alpha");
+        // Appends land after the rewritten file, where append said.
+        let c = j.append(&"gamma".to_string());
+        j.sync_now().unwrap();
+        assert_eq!(j.reader().read::<String>(c).unwrap(), "gamma");
+        drop(j);
+        let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+        assert_eq!(
+            recs,
+            vec![
+                "new".into(),
+                "beta".repeat(100),
+                "alpha".into(),
+                "gamma".into()
+            ]
+        );
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -368,3 +368,42 @@ fn sigterm_tells_waiting_clis_the_server_is_stopping_and_the_work_goes_on() {
     let info = c.wait_job_done(&id);
     assert_eq!(info["nodes"][0]["stdout"], "done\n", "{info}");
 }
+
+#[test]
+fn retention_forgets_the_oldest_finished_jobs_in_memory_and_on_disk() {
+    let mut c = Cluster::new("retain", "0.5");
+    c.daemon_args = vec!["--job-retention-count".into(), "3".into()];
+    c = Cluster::start_in(c, &["r1"]);
+    for i in 0..6 {
+        let out = c.cli(&[
+            "exec",
+            "--verb",
+            "RUN",
+            "--wait",
+            &format!("echo marker-{i}"),
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    // Retention runs every 10 s and at start.
+    wait_until("retention", DEADLINE, || c.jobs_json().len() == 3);
+    let args: Vec<String> = c
+        .jobs_json()
+        .iter()
+        .map(|j| j["args"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(args, ["echo marker-3", "echo marker-4", "echo marker-5"]);
+    // The journal forgets them too once it is compacted (at the latest at
+    // the next start); the outputs kept are read back from it.
+    c.server().signal(libc::SIGTERM);
+    c.server().wait_exit(DEADLINE);
+    c.start_server();
+    let history = fs::read(c.state_path().join("history.bin")).unwrap();
+    for i in 0..6 {
+        let found = util::contains(&history, format!("marker-{i}\n").as_bytes());
+        assert_eq!(found, i >= 3, "marker-{i} in the journal: {found}");
+    }
+    let jobs = c.jobs_json();
+    assert_eq!(jobs.len(), 3);
+    let id = jobs[2]["id"].as_str().unwrap();
+    assert_eq!(c.job_info(id)["nodes"][0]["stdout"], "marker-5\n");
+}

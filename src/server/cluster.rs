@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::history::{Record, SentTo};
-use super::jobs::Jobs;
+use super::jobs::{Jobs, Stored};
 use super::nodes::{Link, Nodes, LIVENESS};
 use crate::dsl::{Action, SourceFile, Task};
+use crate::journal::{Item, Span};
 use crate::wire::{
     Block, Dispatch, JobDetail, JobState, JobView, NodeView, Outcome, PartView, Plan, PlannedJob,
     ServerMsg, Submitted,
@@ -66,6 +67,9 @@ pub enum Effect {
     ParentDone { parent_id: Uuid },
 }
 
+/// A job's part: the job and the node.
+pub type PartKey = (Uuid, String);
+
 /// What a node says when it (re)registers.
 #[derive(Clone, Copy, Debug)]
 pub struct Greeting<'a> {
@@ -106,25 +110,32 @@ impl Cluster {
     pub fn restore(records: Vec<Record>, ivl: Duration, now: Now) -> Cluster {
         let mut r = Restore::default();
         for rec in records {
-            r.replay(rec);
+            r.replay(rec, Span { at: 0, len: 0 });
         }
         r.finish(ivl, now)
     }
 
-    /// The whole history as records, for rewriting the journal.
-    pub fn snapshot(&self) -> Vec<Record> {
+    /// The whole history as journal items, for rewriting the journal: a
+    /// finished part whose record is on disk is copied from there. Each
+    /// finished part's item names it, for `spilled` once the new layout is
+    /// known.
+    pub fn snapshot(&self) -> Vec<(Item<Record>, Option<PartKey>)> {
         let mut out = Vec::new();
         for job in self.jobs.iter() {
-            out.push(self.submitted_record(job));
+            out.push((Item::New(self.submitted_record(job)), None));
             for (node, part) in &job.parts {
                 if part.state.is_done() {
-                    out.push(Record::Done {
-                        id: job.id,
-                        node: node.clone(),
-                        part: part.record(),
-                    });
+                    let item = match part.record() {
+                        Ok(part) => Item::New(Record::Done {
+                            id: job.id,
+                            node: node.clone(),
+                            part,
+                        }),
+                        Err(span) => Item::Copy(span),
+                    };
+                    out.push((item, Some((job.id, node.clone()))));
                 } else if let Some(sent_ms) = part.sent_ms {
-                    out.push(match part.sent_to {
+                    let rec = match part.sent_to {
                         Some(to) => Record::Dispatched {
                             id: job.id,
                             node: node.clone(),
@@ -136,11 +147,20 @@ impl Cluster {
                             node: node.clone(),
                             sent_ms,
                         },
-                    });
+                    };
+                    out.push((Item::New(rec), None));
                 }
             }
         }
         out
+    }
+
+    /// A finished part's record is at `span` in the journal: memory keeps
+    /// only its summary from now on.
+    pub fn spilled(&mut self, id: &Uuid, node: &str, span: Span) {
+        if let Some(p) = self.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node)) {
+            p.spill(span);
+        }
     }
 
     fn submitted_record(&self, job: &super::jobs::Job) -> Record {
@@ -164,7 +184,7 @@ impl Cluster {
         Some(Record::Done {
             id: *id,
             node: node.to_owned(),
-            part: part.record(),
+            part: part.record().ok()?,
         })
     }
 
@@ -331,7 +351,7 @@ impl Cluster {
                     "node={node}: late result for job {job_id}, which was reported lost; recorded"
                 );
                 part.state = state;
-                part.outcome = Some(outcome);
+                part.outcome = Some(Stored::Memory(outcome));
                 out.extend(self.done_record(&job_id, node).map(Effect::Journal));
                 return None;
             }
@@ -343,7 +363,7 @@ impl Cluster {
             .sent_at
             .map(|t| now.at.saturating_duration_since(t).as_secs_f64());
         part.finished_ms = Some(now.ms);
-        part.outcome = Some(outcome);
+        part.outcome = Some(Stored::Memory(outcome));
         if let Some(n) = self.nodes.get_mut(node) {
             n.in_flight.retain(|id| *id != job_id);
         }
@@ -726,7 +746,8 @@ impl Cluster {
         self.jobs.iter().map(|j| j.view()).collect()
     }
 
-    pub fn job_info(&self, id: &Uuid) -> Option<JobDetail> {
+    /// Everything about a job, and which outputs to read from the journal.
+    pub fn job_info(&self, id: &Uuid) -> Option<(JobDetail, Vec<(usize, Span)>)> {
         self.jobs.get(id).map(|j| j.detail())
     }
 
@@ -748,6 +769,31 @@ impl Cluster {
         self.jobs.get(id).and_then(|j| j.part_view(node))
     }
 
+    /// Retention (see `Jobs::retain_recent`); each job forgotten has a
+    /// `Forgotten` record to journal.
+    pub fn retain_recent(
+        &mut self,
+        now_ms: u64,
+        max_age: Duration,
+        max_count: usize,
+        out: &mut Vec<Effect>,
+    ) -> usize {
+        let gone = self
+            .jobs
+            .retain_recent(now_ms, max_age.as_millis() as u64, max_count);
+        let n = gone.len();
+        out.extend(
+            gone.into_iter()
+                .map(|id| Effect::Journal(Record::Forgotten { id })),
+        );
+        n
+    }
+
+    /// How many records a compacted journal would hold.
+    pub fn live_records(&self) -> usize {
+        self.jobs.live_records()
+    }
+
     /// Forget finished jobs: (purged, kept).
     pub fn purge_jobs(&mut self) -> (usize, usize) {
         self.jobs.purge_done()
@@ -766,7 +812,7 @@ pub struct Restore(Cluster);
 
 impl Restore {
     /// Apply one record, in journal order.
-    pub fn replay(&mut self, rec: Record) {
+    pub fn replay(&mut self, rec: Record, span: Span) {
         match rec {
             Record::Submitted {
                 id,
@@ -824,11 +870,11 @@ impl Restore {
                     .get_mut(&id)
                     .and_then(|j| j.parts.get_mut(&node))
                 {
-                    p.restore(part);
+                    p.restore(part, span);
                 }
             }
 
-            Record::Withdrawn { id } => {
+            Record::Forgotten { id } => {
                 self.0.jobs.remove(&id);
             }
         }
@@ -997,7 +1043,7 @@ mod tests {
             .unwrap()
             .job_id;
         let seen1 = dispatch_of(&c, &id1, "a");
-        let mut r = Cluster::restore(c.snapshot(), IVL, at(t0));
+        let mut r = Cluster::restore(records(&c), IVL, at(t0));
         assert_eq!(state(&r, &id2, "a"), JobState::Sent);
         // The process that got job 1 and not job 2 comes back.
         out.clear();
@@ -1005,6 +1051,17 @@ mod tests {
         assert_eq!(sent_jobs(&out), vec![id2]);
         assert_eq!(dispatch_of(&r, &id2, "a").server, r.instance);
         assert!(!out.iter().any(|e| matches!(e, Effect::PartDone { .. })));
+    }
+
+    /// The snapshot's records (nothing is spilled without a loop).
+    fn records(c: &Cluster) -> Vec<Record> {
+        c.snapshot()
+            .into_iter()
+            .map(|(item, _)| match item {
+                Item::New(r) => r,
+                Item::Copy(_) => unreachable!("nothing is spilled in these tests"),
+            })
+            .collect()
     }
 
     /// What the loop sees of `out`, without the records to journal.
@@ -1158,7 +1215,7 @@ mod tests {
                 Effect::JobDone { job_id: id }
             ]
         );
-        let detail = c.job_info(&id).unwrap();
+        let detail = c.job_info(&id).unwrap().0;
         assert_eq!(detail.nodes[0].state, JobState::Lost);
         assert!(detail.nodes[0]
             .message
@@ -1320,7 +1377,7 @@ mod tests {
             .job_id;
 
         let t1 = t0 + Duration::from_secs(10);
-        let mut r = Cluster::restore(c.snapshot(), IVL, at(t1));
+        let mut r = Cluster::restore(records(&c), IVL, at(t1));
         assert_eq!(r.list_jobs().len(), 5);
         assert_eq!(state(&r, &done, "a"), JobState::Succeeded);
         assert_eq!(state(&r, &sent, "a"), JobState::Sent);
@@ -1347,8 +1404,7 @@ mod tests {
             .submit_now(run("1"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
-        let lost_record: Vec<Record> = c
-            .snapshot()
+        let lost_record: Vec<Record> = records(&c)
             .into_iter()
             .filter(|r| !matches!(r, Record::Sent { .. } | Record::Dispatched { .. }))
             .collect();
@@ -1360,6 +1416,52 @@ mod tests {
         assert_eq!(state(&r, &id, "a"), JobState::Sent);
         r.finished("a", id, ok(), at(t0), &mut out);
         assert_eq!(state(&r, &id, "a"), JobState::Succeeded);
+    }
+
+    #[test]
+    fn retention_forgets_the_oldest_and_the_old_but_never_unfinished_work() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..5u64 {
+            let id = c
+                .submit_now(run("x"), &[], at(t0), &mut out)
+                .unwrap()
+                .job_id;
+            let now = Now {
+                at: t0,
+                ms: 1000 * i,
+            };
+            c.finished("a", id, ok(), now, &mut out);
+            ids.push(id);
+        }
+        // A run with one job still going is kept whole.
+        let blocks = vec![Block {
+            targets: vec![],
+            tasks: vec![run("r1"), run("r2")],
+        }];
+        let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
+        let r1 = plan.jobs[0].job_id.unwrap();
+        c.finished("a", r1, ok(), Now { at: t0, ms: 0 }, &mut out);
+        // At most 3 finished: the two oldest go (r1 waits for its run).
+        out.clear();
+        assert_eq!(
+            c.retain_recent(5000, Duration::from_secs(3600), 3, &mut out),
+            2
+        );
+        assert_eq!(out.len(), 2, "one Forgotten record each");
+        assert!(c.job_info(&ids[1]).is_none());
+        assert!(c.job_info(&ids[2]).is_some());
+        assert!(c.job_info(&r1).is_some());
+        // Older than 2 s at 5 s: finished at 0-2 s.
+        assert_eq!(
+            c.retain_recent(5000, Duration::from_secs(2), 100, &mut out),
+            1
+        );
+        assert!(c.job_info(&ids[2]).is_none());
+        assert!(c.job_info(&ids[3]).is_some());
+        assert!(c.job_info(&r1).is_some());
     }
 
     #[test]

@@ -52,9 +52,10 @@ pub enum Record {
         node: String,
         part: PartRecord,
     },
-    /// A submission that could not be made durable and was refused: should
-    /// its `Submitted` record be on disk after all, the job is not there.
-    Withdrawn { id: Uuid },
+    /// The job is gone: retention forgot it, or its submission could not be
+    /// made durable and was refused (should its `Submitted` record be on
+    /// disk after all, the job is not there).
+    Forgotten { id: Uuid },
 }
 
 /// A finished part, as kept on disk.

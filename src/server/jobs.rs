@@ -10,13 +10,14 @@ use uuid::Uuid;
 
 use super::history::{PartRecord, SentTo};
 use crate::dsl::Task;
+use crate::journal::Span;
 use crate::wire::{Exit, JobDetail, JobState, JobView, Outcome, PartView};
 
 /// One node's part of a job.
 #[derive(Debug)]
 pub struct Part {
     pub state: JobState,
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<Stored>,
     /// Why it was lost or skipped, for operators.
     pub message: Option<String>,
     pub sent_at: Option<Instant>,
@@ -28,23 +29,79 @@ pub struct Part {
     pub finished_ms: Option<u64>,
 }
 
+/// A finished part's outcome: whole until its record is journaled, then a
+/// summary and where the record is, so memory does not grow with outputs
+/// (they are read back from the journal for `--job-info`).
+#[derive(Debug)]
+pub enum Stored {
+    Memory(Outcome),
+    Disk { summary: Summary, span: Span },
+}
+
+/// What memory keeps of an outcome.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub exit: Exit,
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+    pub exec_secs: f64,
+}
+
+impl Summary {
+    fn of(o: &Outcome) -> Summary {
+        Summary {
+            exit: o.exit.clone(),
+            stdout_dropped: o.stdout_dropped,
+            stderr_dropped: o.stderr_dropped,
+            exec_secs: o.exec_secs,
+        }
+    }
+}
+
+impl Stored {
+    fn summary(&self) -> Summary {
+        match self {
+            Stored::Memory(o) => Summary::of(o),
+            Stored::Disk { summary, .. } => summary.clone(),
+        }
+    }
+}
+
 impl Part {
-    /// The part as the history keeps it.
-    pub fn record(&self) -> PartRecord {
-        PartRecord {
+    /// The part as the history keeps it, if its outcome is in memory
+    /// (otherwise its record is where `span` says).
+    pub fn record(&self) -> Result<PartRecord, Span> {
+        let outcome = match &self.outcome {
+            Some(Stored::Disk { span, .. }) => return Err(*span),
+            Some(Stored::Memory(o)) => Some(o.clone()),
+            None => None,
+        };
+        Ok(PartRecord {
             state: self.state,
-            outcome: self.outcome.clone(),
+            outcome,
             message: self.message.clone(),
             sent_ms: self.sent_ms,
             rtt_secs: self.rtt_secs,
             finished_ms: self.finished_ms,
+        })
+    }
+
+    /// The outcome's record is at `span` now (first written, or moved by
+    /// a compaction): keep only its summary.
+    pub fn spill(&mut self, span: Span) {
+        if let Some(o) = &self.outcome {
+            let summary = o.summary();
+            self.outcome = Some(Stored::Disk { summary, span });
         }
     }
 
-    /// A part restored from the history.
-    pub fn restore(&mut self, r: PartRecord) {
+    /// A part restored from its record at `span` in the history.
+    pub fn restore(&mut self, r: PartRecord, span: Span) {
         self.state = r.state;
-        self.outcome = r.outcome;
+        self.outcome = r.outcome.map(|o| Stored::Disk {
+            summary: Summary::of(&o),
+            span,
+        });
         self.message = r.message;
         self.sent_ms = r.sent_ms;
         self.rtt_secs = r.rtt_secs;
@@ -90,6 +147,15 @@ impl Job {
         self.parts.values().all(|p| p.state.is_done())
     }
 
+    /// When the last part finished (0 if none has).
+    fn view_finished_ms(&self) -> u64 {
+        self.parts
+            .values()
+            .filter_map(|p| p.finished_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The summary listed by `manage --list-jobs`.
     pub fn view(&self) -> JobView {
         let mut states = BTreeMap::new();
@@ -116,7 +182,8 @@ impl Job {
     /// One node's part as the CLI sees it.
     pub fn part_view(&self, node: &str) -> Option<PartView> {
         let p = self.parts.get(node)?;
-        let exit = p.outcome.as_ref().map(|o| &o.exit);
+        let summary = p.outcome.as_ref().map(Stored::summary);
+        let exit = summary.as_ref().map(|o| &o.exit);
         let (exit_code, signal) = match exit {
             Some(Exit::Code(c)) => (Some(*c), None),
             Some(Exit::Signal(s)) => (None, Some(*s)),
@@ -125,6 +192,10 @@ impl Job {
         let message = match exit {
             Some(e @ (Exit::Error(_) | Exit::TimedOut { .. })) => Some(e.to_string()),
             _ => p.message.clone(),
+        };
+        let memory = match &p.outcome {
+            Some(Stored::Memory(o)) => Some(o),
+            _ => None,
         };
         let text = |b: Option<&Vec<u8>>| {
             b.map(|b| String::from_utf8_lossy(b).into_owned())
@@ -137,27 +208,33 @@ impl Job {
             exit_code,
             signal,
             message,
-            stdout: text(p.outcome.as_ref().map(|o| &o.stdout)),
-            stderr: text(p.outcome.as_ref().map(|o| &o.stderr)),
-            stdout_dropped: p.outcome.as_ref().map_or(0, |o| o.stdout_dropped),
-            stderr_dropped: p.outcome.as_ref().map_or(0, |o| o.stderr_dropped),
-            exec_secs: p.outcome.as_ref().map(|o| o.exec_secs),
+            stdout: text(memory.map(|o| &o.stdout)),
+            stderr: text(memory.map(|o| &o.stderr)),
+            stdout_dropped: summary.as_ref().map_or(0, |o| o.stdout_dropped),
+            stderr_dropped: summary.as_ref().map_or(0, |o| o.stderr_dropped),
+            exec_secs: summary.as_ref().map(|o| o.exec_secs),
             rtt_secs: p.rtt_secs,
             sent_ms: p.sent_ms,
             finished_ms: p.finished_ms,
         })
     }
 
-    /// Everything about the job.
-    pub fn detail(&self) -> JobDetail {
-        JobDetail {
-            job: self.view(),
-            nodes: self
-                .parts
-                .keys()
-                .filter_map(|n| self.part_view(n))
-                .collect(),
+    /// Everything about the job, and the records to read for the outputs
+    /// memory does not hold (index into `nodes`, where).
+    pub fn detail(&self) -> (JobDetail, Vec<(usize, Span)>) {
+        let mut reads = Vec::new();
+        let mut nodes = Vec::new();
+        for (name, part) in &self.parts {
+            if let Some(Stored::Disk { span, .. }) = &part.outcome {
+                reads.push((nodes.len(), *span));
+            }
+            nodes.extend(self.part_view(name));
         }
+        let detail = JobDetail {
+            job: self.view(),
+            nodes,
+        };
+        (detail, reads)
     }
 }
 
@@ -244,6 +321,55 @@ impl Jobs {
             }
         }
         Some(job)
+    }
+
+    /// Retention: forget finished jobs older than `max_age_ms` (by when
+    /// they finished) and, beyond the newest `max_count` finished ones, the
+    /// oldest. A run's jobs go only once the whole run is finished. Returns
+    /// the jobs forgotten.
+    pub fn retain_recent(&mut self, now_ms: u64, max_age_ms: u64, max_count: usize) -> Vec<Uuid> {
+        let busy_parents: std::collections::HashSet<Uuid> = self
+            .by_id
+            .values()
+            .filter(|j| !j.is_done())
+            .filter_map(|j| j.parent)
+            .collect();
+        let finished: Vec<(Uuid, u64)> = self
+            .iter()
+            .filter(|j| j.is_done() && !j.parent.is_some_and(|p| busy_parents.contains(&p)))
+            .map(|j| (j.id, j.view_finished_ms()))
+            .collect();
+        let excess = finished.len().saturating_sub(max_count);
+        let gone: std::collections::HashSet<Uuid> = finished
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, at))| *i < excess || now_ms.saturating_sub(*at) > max_age_ms)
+            .map(|(_, (id, _))| *id)
+            .collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        self.by_id.retain(|id, _| !gone.contains(id));
+        self.order.retain(|id| !gone.contains(id));
+        self.by_parent.retain(|_, kids| {
+            kids.retain(|id| !gone.contains(id));
+            !kids.is_empty()
+        });
+        gone.into_iter().collect()
+    }
+
+    /// How many records the jobs take in a compacted journal.
+    pub fn live_records(&self) -> usize {
+        self.by_id
+            .values()
+            .map(|j| {
+                1 + j
+                    .parts
+                    .values()
+                    .filter(|p| p.state.is_done() || p.sent_ms.is_some())
+                    .count()
+            })
+            .sum()
     }
 
     /// Forget finished jobs; returns (removed, kept). A parent's jobs go

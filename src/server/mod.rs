@@ -48,7 +48,7 @@ use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
-use crate::journal::Journal;
+use crate::journal::{Journal, Reader, Rewrite, Span};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::worker::Worker;
@@ -116,6 +116,11 @@ const BUDGET: usize = 256;
 const TRANSFER_BUDGET: usize = 16;
 /// How long unsent messages may hold up shutdown.
 const SHUTDOWN_LINGER_MS: i32 = 500;
+/// How often retention runs and the journal's size is looked at.
+const HOUSEKEEPING_IVL: Duration = Duration::from_secs(10);
+/// Dead records the journal may hold beyond as many as live ones before it
+/// is compacted.
+const COMPACT_SLACK: usize = 10_000;
 /// How long shutdown waits for peers to take what was made durable.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -141,6 +146,8 @@ struct CurveAuth {
 enum Timer {
     /// Sweep expired nodes; the generation tells a superseded timer.
     Expiry(u64),
+    /// Retention, and compaction when the journal is mostly dead records.
+    Housekeeping,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +181,10 @@ pub struct Server {
     worker: Worker<IoDone>,
     /// Released by the persistence layer, to carry out.
     released: Released,
+    /// Compact the history as soon as everything recorded is on disk.
+    compact_wanted: bool,
+    /// How long, and how many, finished jobs are kept.
+    retention: (Duration, usize),
     auth: Auth,
     routes: Routes,
     /// The longest heartbeat interval a node may announce (the server's own).
@@ -232,8 +243,8 @@ impl Server {
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
         let mut restoring = cluster::Restore::default();
-        let mut history = Journal::open_with(&cfg.state_path, history::FILE, |rec: Record| {
-            restoring.replay(rec)
+        let mut history = Journal::open_with(&cfg.state_path, history::FILE, |rec: Record, at| {
+            restoring.replay(rec, at)
         })
         .map_err(|e| {
             Error::io(
@@ -244,10 +255,15 @@ impl Server {
                 e,
             )
         })?;
-        let cluster = restoring.finish(cfg.heartbeat_ivl, Now::real());
-        // Start from a compact journal: only what is still known.
-        history
-            .snapshot(cluster.snapshot())
+        let mut cluster = restoring.finish(cfg.heartbeat_ivl, Now::real());
+        // Start from a compact journal: only what is still known and kept.
+        let _ = cluster.retain_recent(
+            crate::clock::now_ms(),
+            cfg.job_retention,
+            cfg.job_retention_count,
+            &mut Vec::new(),
+        );
+        compact(&mut cluster, &mut history)
             .run()
             .map_err(|(_, e)| {
                 Error::io(format!("cannot rewrite {}", history.path().display()), e)
@@ -293,6 +309,8 @@ impl Server {
             persist: Persist::new(history, keys_journal),
             worker,
             released: Released::default(),
+            compact_wanted: false,
+            retention: (cfg.job_retention, cfg.job_retention_count),
             waiters: HashMap::new(),
             signals,
             state: RunState::Running,
@@ -305,6 +323,7 @@ impl Server {
             refusals_logged: Once::new(LOGGED_ONCE_CAP),
             _lock: lock,
         };
+        server.housekeeping();
         // Restored nodes must come back in time, or their work is lost.
         if let Some(at) = server.cluster.next_expiry() {
             server.schedule_expiry(at);
@@ -986,9 +1005,16 @@ impl Server {
 
     /// Carry out what the cluster decided.
     fn apply(&mut self, mut effects: Vec<Effect>) {
+        // Outputs leave memory once journaled, after this batch's views.
+        let mut spilled = Vec::new();
         for effect in effects.drain(..) {
             match effect {
-                Effect::Journal(rec) => self.record(&rec),
+                Effect::Journal(rec) => {
+                    let span = self.record(&rec);
+                    if let Record::Done { id, node, .. } = rec {
+                        spilled.push((id, node, span));
+                    }
+                }
                 Effect::Send { node, msg } => match msg {
                     // "Recorded" only once the result is on disk.
                     ServerMsg::ResultAck { .. } => self.hold(Held::Ack { node, msg }),
@@ -1026,6 +1052,9 @@ impl Server {
                 }
             }
         }
+        for (id, node, span) in spilled {
+            self.cluster.spilled(&id, &node, span);
+        }
         // Keep the allocation for the next batch.
         self.effects = effects;
     }
@@ -1054,9 +1083,10 @@ impl Server {
         self.persist.recorded(Instant::now());
     }
 
-    fn record(&mut self, rec: &Record) {
-        self.persist.history.append(rec);
+    fn record(&mut self, rec: &Record) -> Span {
+        let span = self.persist.history.append(rec);
         self.persist.recorded(Instant::now());
+        span
     }
 
     /// Hold `h` until what was recorded before it is durable.
@@ -1068,6 +1098,13 @@ impl Server {
     /// hand the writes to the I/O thread; carry out whatever was released.
     /// True if anything was.
     fn commit(&mut self, now: Instant) -> bool {
+        // A compaction copies finished parts' records from the file: only
+        // once all of them are there.
+        if self.compact_wanted && self.persist.is_idle() {
+            self.compact_wanted = false;
+            let rewrite = compact(&mut self.cluster, &mut self.persist.history);
+            self.persist.rewrite(rewrite, now);
+        }
         if let Some(ops) = self.persist.due(now, &mut self.released) {
             self.worker
                 .submit(move || IoDone::Commit(persist::run_ops(ops)));
@@ -1087,6 +1124,9 @@ impl Server {
             IoDone::Commit(result) => {
                 self.persist
                     .done(result, Instant::now(), &mut self.released);
+            }
+            IoDone::JobInfo { token, detail } => {
+                self.send_note(token, &Response::Job(*detail));
             }
         }
     }
@@ -1115,7 +1155,7 @@ impl Server {
                 for id in jobs {
                     // Should its Submitted record reach the disk after all,
                     // this one follows it there.
-                    self.record(&Record::Withdrawn { id });
+                    self.record(&Record::Forgotten { id });
                 }
                 let why = format!("{error}; nothing was queued");
                 self.send_note(token, &Response::Rejected(why));
@@ -1127,6 +1167,17 @@ impl Server {
                         self.send(&node, &msg);
                     }
                     Held::Note { token, resp } => self.send_note(token, &resp),
+                    Held::Read {
+                        token,
+                        detail,
+                        reads,
+                    } => {
+                        let reader = self.persist.history.reader();
+                        self.worker.submit(move || IoDone::JobInfo {
+                            token,
+                            detail: read_outputs(&reader, detail, &reads),
+                        });
+                    }
                     Held::Submission { token, resp, jobs } => {
                         // The answer reaches the waiter before any progress.
                         self.send_note(token, &resp);
@@ -1189,8 +1240,29 @@ impl Server {
                         self.schedule_expiry(next);
                     }
                 }
+                Timer::Housekeeping => self.housekeeping(),
             }
         }
+    }
+
+    /// Apply the retention, ask for a compaction when the journal holds
+    /// many more records than the history, and come back later.
+    fn housekeeping(&mut self) {
+        let (age, count) = self.retention;
+        let mut out = std::mem::take(&mut self.effects);
+        let gone = self
+            .cluster
+            .retain_recent(crate::clock::now_ms(), age, count, &mut out);
+        self.apply(out);
+        if gone > 0 {
+            log::info!("retention: forgot {gone} finished job(s)");
+        }
+        let live = self.cluster.live_records();
+        if self.persist.history.records() > 2 * live + COMPACT_SLACK {
+            self.compact_wanted = true;
+        }
+        self.timers
+            .at(Instant::now() + HOUSEKEEPING_IVL, Timer::Housekeeping);
     }
 
     fn handle_signals(&mut self) {
@@ -1325,14 +1397,22 @@ impl Server {
             Request::ListNodes => Response::Nodes(self.cluster.list_nodes()),
             Request::ListJobs => Response::Jobs(self.cluster.list_jobs()),
             Request::JobInfo { id } => match self.cluster.job_info(&id) {
-                Some(detail) => Response::Job(detail),
+                Some((detail, reads)) if reads.is_empty() => Response::Job(detail),
+                // Outputs are read from the journal once it holds them.
+                Some((detail, reads)) => {
+                    self.hold(Held::Read {
+                        token,
+                        detail: Box::new(detail),
+                        reads,
+                    });
+                    return None;
+                }
                 None => Response::Rejected(format!("no job with id {id}")),
             },
             Request::PurgeJobs => {
                 let (purged, kept) = self.cluster.purge_jobs();
                 // The answer waits for the rewrite, like any record's.
-                let snapshot = self.persist.history.snapshot(self.cluster.snapshot());
-                self.persist.rewrite(snapshot, Instant::now());
+                self.compact_wanted = true;
                 Response::Purged { purged, kept }
             }
             Request::PurgeNodes => {
@@ -1488,6 +1568,54 @@ fn reads_only(req: &Request) -> bool {
 /// What the I/O thread hands back.
 enum IoDone {
     Commit(persist::CommitResult),
+    /// A job's detail with the outputs read from the journal.
+    JobInfo {
+        token: Token,
+        detail: Box<wire::JobDetail>,
+    },
+}
+
+/// Fill in the outputs of `detail` from the journal records at `reads`
+/// (on the I/O thread). One that cannot be read says why, in its message.
+fn read_outputs(
+    reader: &Reader,
+    mut detail: Box<wire::JobDetail>,
+    reads: &[(usize, Span)],
+) -> Box<wire::JobDetail> {
+    for (i, span) in reads {
+        let Some(view) = detail.nodes.get_mut(*i) else {
+            continue;
+        };
+        match reader.read::<Record>(*span) {
+            Ok(Record::Done {
+                part:
+                    history::PartRecord {
+                        outcome: Some(o), ..
+                    },
+                ..
+            }) => {
+                view.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+                view.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+            }
+            Ok(_) => view.message = Some("output unavailable: the journal moved".into()),
+            Err(e) => view.message = Some(format!("output unavailable: {e}")),
+        }
+    }
+    detail
+}
+
+/// The history's compacted form: the cluster's state, finished parts
+/// copied from where the journal holds them. Their records move, and the
+/// cluster is told where to.
+fn compact(cluster: &mut Cluster, history: &mut Journal) -> Rewrite {
+    let (items, keys): (Vec<_>, Vec<_>) = cluster.snapshot().into_iter().unzip();
+    let (rewrite, spans) = history.snapshot_items(items);
+    for (key, span) in keys.into_iter().zip(spans) {
+        if let Some((id, node)) = key {
+            cluster.spilled(&id, &node, span);
+        }
+    }
+    rewrite
 }
 
 /// A peer's interval, bounded so a bad value cannot expire it at once or

@@ -40,6 +40,12 @@ pub enum Held {
     Ack { node: String, msg: ServerMsg },
     /// An answer or progress for a control connection.
     Note { token: Token, resp: Response },
+    /// A job's detail whose outputs are to be read from the journal.
+    Read {
+        token: Token,
+        detail: Box<crate::wire::JobDetail>,
+        reads: Vec<(usize, crate::journal::Span)>,
+    },
     /// A submission's answer, and its jobs to release to their nodes.
     Submission {
         token: Token,
@@ -244,10 +250,23 @@ impl Persist {
         }
     }
 
+    /// Is everything recorded on disk, with nothing on its way there? (A
+    /// compaction copies records from the file: they must all be there.)
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none()
+            && self.retry.is_empty()
+            && self.rewrites.is_empty()
+            && self.commit_at.is_none()
+            && !self.history.is_dirty()
+            && self.keys.as_ref().is_none_or(|k| !k.is_dirty())
+    }
+
     /// Does anything for control connection `token` wait for the disk?
     pub fn holds_for(&self, token: Token) -> bool {
         let mine = |h: &Held| match h {
-            Held::Note { token: t, .. } | Held::Submission { token: t, .. } => *t == token,
+            Held::Note { token: t, .. }
+            | Held::Read { token: t, .. }
+            | Held::Submission { token: t, .. } => *t == token,
             Held::Ack { .. } => false,
         };
         self.waiting.iter().any(mine) || self.in_flight.iter().flatten().any(mine)
