@@ -407,3 +407,80 @@ fn retention_forgets_the_oldest_finished_jobs_in_memory_and_on_disk() {
     let id = jobs[2]["id"].as_str().unwrap();
     assert_eq!(c.job_info(id)["nodes"][0]["stdout"], "marker-5\n");
 }
+
+/// Build a shim that makes every fsync and fdatasync of the process it is
+/// preloaded into take `ms` milliseconds. `None` without a C compiler.
+fn slow_fsync_shim(dir: &std::path::Path, ms: u32) -> Option<std::path::PathBuf> {
+    let src = dir.join("slowsync.c");
+    let lib = dir.join("slowsync.so");
+    fs::write(
+        &src,
+        format!(
+            r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <time.h>
+static void slow(void) {{ struct timespec t = {{ {ms} / 1000, ({ms} % 1000) * 1000000L }}; nanosleep(&t, 0); }}
+int fsync(int fd) {{ static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fsync"); slow(); return real(fd); }}
+int fdatasync(int fd) {{ static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fdatasync"); slow(); return real(fd); }}
+"#
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|s| s.success());
+    built.then_some(lib)
+}
+
+#[test]
+fn a_slow_disk_never_stalls_the_servers_heartbeats_or_answers() {
+    let mut c = Cluster::new("slowdisk", "0.3");
+    // Every sync takes 2 s: more than a client's 3 intervals of silence
+    // (0.9 s). A loop that waited on one would go silent, and clients
+    // would reconnect and say so.
+    let Some(shim) = slow_fsync_shim(&c.dir.path, 2000) else {
+        eprintln!("skipped: no C compiler for the LD_PRELOAD shim");
+        return;
+    };
+    c.start_server_env(&[("LD_PRELOAD", shim.to_str().unwrap())]);
+    let names = ["s1", "s2", "s3", "s4", "s5", "s6"];
+    for n in names {
+        c.start_client(n);
+    }
+    c.wait_nodes(&names);
+    // Work whose results must be synced, while the CLI asks questions.
+    let mut waiter = c.cli_background(
+        &[
+            "exec",
+            "--verb",
+            "RUN",
+            "--wait",
+            "for i in 1 2 3 4 5; do echo $i; sleep 0.3; done",
+        ],
+        "waiter.log",
+    );
+    for _ in 0..5 {
+        let out = c.cli(&["manage", "--list-nodes", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let nodes: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(nodes.as_array().unwrap().len(), 6);
+        let out = c.cli(&["exec", "--verb", "RUN", "echo more"]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    assert_eq!(waiter.wait_exit(DEADLINE), Some(0), "{}", waiter.log_text());
+    assert!(
+        waiter.log_text().contains("6 succeeded"),
+        "{}",
+        waiter.log_text()
+    );
+    for n in names {
+        let log = c.clients[n].log_text();
+        assert!(!log.contains("server silent"), "{n}: {log}");
+    }
+    let log = c.server().log_text();
+    assert!(!log.contains("expired"), "{log}");
+}

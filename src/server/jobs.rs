@@ -130,6 +130,70 @@ impl Part {
     }
 }
 
+/// A job's parts by node name. A sorted boxed slice, not a map: a B-tree
+/// leaf reserves room for 11 parts whatever the job has, and ten thousand
+/// retained jobs would pay for it.
+#[derive(Debug, Default)]
+pub struct Parts(Box<[(String, Part)]>);
+
+impl Parts {
+    fn new(targets: &[String]) -> Parts {
+        let mut v: Vec<(String, Part)> = targets
+            .iter()
+            .map(|t| (t.clone(), Part::queued()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        Parts(v.into_boxed_slice())
+    }
+
+    fn find(&self, node: &str) -> Option<usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(node)).ok()
+    }
+
+    pub fn get(&self, node: &str) -> Option<&Part> {
+        self.find(node).map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, node: &str) -> Option<&mut Part> {
+        self.find(node).map(|i| &mut self.0[i].1)
+    }
+
+    /// Node names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(n, _)| n)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Part> {
+        self.0.iter().map(|(_, p)| p)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Part)> {
+        self.0.iter().map(|(n, p)| (n, p))
+    }
+}
+
+impl<'a> IntoIterator for &'a Parts {
+    type Item = (&'a String, &'a Part);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Part)>,
+        fn(&'a (String, Part)) -> (&'a String, &'a Part),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(n, p)| (n, p))
+    }
+}
+
+impl std::ops::Index<&str> for Parts {
+    type Output = Part;
+
+    fn index(&self, node: &str) -> &Part {
+        // Callers index only names they know are targets (tests).
+        self.get(node).expect("a part of this job")
+    }
+}
+
 /// One submitted job.
 #[derive(Debug)]
 pub struct Job {
@@ -138,7 +202,7 @@ pub struct Job {
     pub task: Task,
     pub sha1: String,
     pub submitted_ms: u64,
-    pub parts: BTreeMap<String, Part>,
+    pub parts: Parts,
 }
 
 impl Job {
@@ -268,10 +332,7 @@ impl Jobs {
         now_ms: u64,
     ) -> &mut Job {
         let sha1 = task.sha1();
-        let parts = targets
-            .iter()
-            .map(|t| (t.clone(), Part::queued()))
-            .collect();
+        let parts = Parts::new(targets);
         self.order.push(id);
         if let Some(p) = parent {
             self.by_parent.entry(p).or_default().push(id);

@@ -183,6 +183,8 @@ pub struct Server {
     released: Released,
     /// Compact the history as soon as everything recorded is on disk.
     compact_wanted: bool,
+    /// Chunk reads on the I/O thread, per transfer routing id.
+    reads: HashMap<Vec<u8>, usize>,
     /// How long, and how many, finished jobs are kept.
     retention: (Duration, usize),
     auth: Auth,
@@ -211,6 +213,34 @@ impl Server {
         let lock = crate::dirlock::lock(&cfg.state_path, "state directory (--state-path)")?;
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let ctx = zmq::Context::new();
+        // The state is loaded before any port is bound: a node that can
+        // connect is served at once.
+        let mut restoring = cluster::Restore::default();
+        let mut history = Journal::open_with(&cfg.state_path, history::FILE, |rec: Record, at| {
+            restoring.replay(rec, at)
+        })
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot open the job history in {}",
+                    cfg.state_path.display()
+                ),
+                e,
+            )
+        })?;
+        let mut cluster = restoring.finish(cfg.heartbeat_ivl, Now::real());
+        // Start from a compact journal: only what is still known and kept.
+        let _ = cluster.retain_recent(
+            crate::clock::now_ms(),
+            cfg.job_retention,
+            cfg.job_retention_count,
+            &mut Vec::new(),
+        );
+        compact(&mut cluster, &mut history)
+            .run()
+            .map_err(|(_, e)| {
+                Error::io(format!("cannot rewrite {}", history.path().display()), e)
+            })?;
         // The ZAP handler must be bound before the first handshake: with
         // none, libzmq would let every CURVE client in.
         let (auth, keys_journal) = match cfg.curve {
@@ -242,32 +272,6 @@ impl Server {
             .map_err(|e| Error::io("cannot watch the control socket", e))?;
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
-        let mut restoring = cluster::Restore::default();
-        let mut history = Journal::open_with(&cfg.state_path, history::FILE, |rec: Record, at| {
-            restoring.replay(rec, at)
-        })
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot open the job history in {}",
-                    cfg.state_path.display()
-                ),
-                e,
-            )
-        })?;
-        let mut cluster = restoring.finish(cfg.heartbeat_ivl, Now::real());
-        // Start from a compact journal: only what is still known and kept.
-        let _ = cluster.retain_recent(
-            crate::clock::now_ms(),
-            cfg.job_retention,
-            cfg.job_retention_count,
-            &mut Vec::new(),
-        );
-        compact(&mut cluster, &mut history)
-            .run()
-            .map_err(|(_, e)| {
-                Error::io(format!("cannot rewrite {}", history.path().display()), e)
-            })?;
         let worker = Worker::start("director-io", poll.registry(), WORKER)
             .map_err(|e| Error::io("cannot start the I/O thread", e))?;
         let jobs = cluster.list_jobs();
@@ -310,6 +314,7 @@ impl Server {
             worker,
             released: Released::default(),
             compact_wanted: false,
+            reads: HashMap::new(),
             retention: (cfg.job_retention, cfg.job_retention_count),
             waiters: HashMap::new(),
             signals,
@@ -896,12 +901,57 @@ impl Server {
             );
             return;
         }
-        let chunk = self
-            .cluster
-            .source_for(node, &job_id, file)
-            .and_then(|src| files::read_chunk(&src, offset, len.min(wire::CHUNK)));
-        let mut frames = vec![rid.to_vec()];
-        match chunk {
+        // Reads in flight count against the same per-node room.
+        let reading = self.reads.get(rid).copied().unwrap_or(0);
+        if reading >= TRANSFER_PORT.peer_cap {
+            self.peer_log.warn(
+                node,
+                Instant::now(),
+                format_args!("asks for chunks faster than they can be read; dropped a fetch"),
+            );
+            return;
+        }
+        let src = match self.cluster.source_for(node, &job_id, file) {
+            Ok(src) => src,
+            Err(message) => {
+                self.chunk_read(
+                    rid.to_vec(),
+                    node.to_owned(),
+                    job_id,
+                    file,
+                    offset,
+                    Err(message),
+                );
+                return;
+            }
+        };
+        *self.reads.entry(rid.to_vec()).or_insert(0) += 1;
+        let (rid, node) = (rid.to_vec(), node.to_owned());
+        let len = len.min(wire::CHUNK);
+        // The disk read happens on the I/O thread; the chunk goes out when
+        // it is back.
+        self.worker.submit(move || IoDone::Chunk {
+            rid,
+            node,
+            job_id,
+            file,
+            offset,
+            data: files::read_chunk(&src, offset, len),
+        });
+    }
+
+    /// Send a chunk read for a node, or why it cannot be had.
+    fn chunk_read(
+        &mut self,
+        rid: Vec<u8>,
+        node: String,
+        job_id: Uuid,
+        file: u32,
+        offset: u64,
+        data: std::result::Result<Vec<u8>, String>,
+    ) {
+        let mut frames = vec![rid];
+        match data {
             Ok(data) => {
                 log::debug!(
                     "node={node} transfer -> Chunk job={job_id} file={file} offset={offset} len={}",
@@ -918,7 +968,7 @@ impl Server {
             }
             Err(message) => {
                 let msg = format_args!("refused a fetch of file {file} of job {job_id}: {message}");
-                self.peer_log.warn(node, Instant::now(), msg);
+                self.peer_log.warn(&node, Instant::now(), msg);
                 frames.extend(wire::encode(&ServerMsg::FetchError {
                     job_id,
                     file,
@@ -928,7 +978,7 @@ impl Server {
         }
         if !self.ports[Port::Transfer as usize].queue(frames) {
             self.peer_log.warn(
-                node,
+                &node,
                 Instant::now(),
                 format_args!("asks for chunks faster than it reads them; dropped one"),
             );
@@ -1127,6 +1177,22 @@ impl Server {
             }
             IoDone::JobInfo { token, detail } => {
                 self.send_note(token, &Response::Job(*detail));
+            }
+            IoDone::Chunk {
+                rid,
+                node,
+                job_id,
+                file,
+                offset,
+                data,
+            } => {
+                if let Some(n) = self.reads.get_mut(&rid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.reads.remove(&rid);
+                    }
+                }
+                self.chunk_read(rid, node, job_id, file, offset, data);
             }
         }
     }
@@ -1572,6 +1638,15 @@ enum IoDone {
     JobInfo {
         token: Token,
         detail: Box<wire::JobDetail>,
+    },
+    /// A chunk of an ADD source read for a node (its transfer routing id).
+    Chunk {
+        rid: Vec<u8>,
+        node: String,
+        job_id: Uuid,
+        file: u32,
+        offset: u64,
+        data: std::result::Result<Vec<u8>, String>,
     },
 }
 

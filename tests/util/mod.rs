@@ -199,6 +199,17 @@ impl Cluster {
     }
 
     fn spawn(&self, mode: &str, extra: &[String], log_name: &str, cwd: &Path) -> Proc {
+        self.spawn_env(mode, extra, log_name, cwd, &[])
+    }
+
+    fn spawn_env(
+        &self,
+        mode: &str,
+        extra: &[String],
+        log_name: &str,
+        cwd: &Path,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = self.dir.path.join(log_name);
         // Appended: a restarted daemon's log follows its predecessor's.
         let file = fs::OpenOptions::new()
@@ -207,6 +218,7 @@ impl Cluster {
             .open(&log)
             .unwrap();
         let child = base_command()
+            .envs(env.iter().copied())
             .arg(mode)
             .args(self.common())
             .args(&self.daemon_args)
@@ -228,6 +240,15 @@ impl Cluster {
     }
 
     pub fn start_server_with(&mut self, extra: &[&str]) {
+        self.start_server_full(extra, &[]);
+    }
+
+    /// Start the server with environment variables (an LD_PRELOAD shim).
+    pub fn start_server_env(&mut self, env: &[(&str, &str)]) {
+        self.start_server_full(&[], env);
+    }
+
+    fn start_server_full(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let restart = self.server.is_some();
         self.server = None;
         for _attempt in 0..5 {
@@ -241,7 +262,8 @@ impl Cluster {
             if let Some(k) = &self.shared_key {
                 extra.extend(["--shared-key".into(), k.clone()]);
             }
-            let mut proc = self.spawn("server", &extra, "server.log", &self.dir.path.clone());
+            let mut proc =
+                self.spawn_env("server", &extra, "server.log", &self.dir.path.clone(), env);
             let socket = self.socket();
             let mut exited = false;
             wait_until("server socket", DEADLINE, || {
