@@ -746,6 +746,7 @@ impl Client {
             match timer {
                 Timer::Heartbeat(gen) | Timer::Liveness(gen) if gen != self.beat_gen => {}
                 Timer::Heartbeat(gen) => {
+                    crate::reactor::child::reap_orphans();
                     self.beat();
                     self.timers.at(now + self.beat_ivl, Timer::Heartbeat(gen));
                 }

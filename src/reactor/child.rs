@@ -206,11 +206,37 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if self.ended.is_none() {
-            // Only on error and shutdown paths: SIGKILL makes the wait prompt.
+            // Only on error and shutdown paths. SIGKILL usually ends it at
+            // once, but a process in uninterruptible sleep (a hung NFS
+            // read) does not die until its I/O returns: never wait for it
+            // here; `reap_orphans` collects it later. (Dropping a
+            // `std::process::Child` neither waits nor kills.)
             self.signal_group(libc::SIGKILL);
-            let _ = self.proc.wait();
+            if !matches!(self.proc.try_wait(), Ok(Some(_))) {
+                orphans().push(self.proc.id() as libc::pid_t);
+            }
         }
     }
+}
+
+/// Killed children not reaped yet, like tokio's orphan queue.
+fn orphans() -> std::sync::MutexGuard<'static, Vec<libc::pid_t>> {
+    static ORPHANS: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+    ORPHANS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reap the killed children that have exited since; how many are left.
+pub fn reap_orphans() -> usize {
+    let mut list = orphans();
+    list.retain(|pid| {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) };
+        r == 0 // still running; -1 (already gone) or the pid: done
+    });
+    list.len()
 }
 
 fn pipe_from<T: Into<Receiver>>(p: T) -> io::Result<Receiver> {
@@ -291,6 +317,35 @@ mod tests {
             }
         }
         child.into_ended().unwrap()
+    }
+
+    #[test]
+    fn a_dropped_running_child_is_killed_and_reaped_later() {
+        let poll = mio::Poll::new().unwrap();
+        let mut tokens = TokenCounter::new(10);
+        let child = Child::spawn(
+            "exec sleep 60",
+            &BTreeMap::new(),
+            poll.registry(),
+            &mut tokens,
+        )
+        .unwrap();
+        let pid = child.pid() as libc::pid_t;
+        drop(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = reap_orphans();
+            // SAFETY: signal 0 only asks whether the pid exists.
+            let exists = unsafe { libc::kill(pid, 0) } == 0;
+            if left == 0 && !exists {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the killed child was never reaped"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
