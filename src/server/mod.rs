@@ -1,22 +1,27 @@
-//! The server daemon: one thread, one `mio::Poll`.
+//! The server daemon: one thread, one `mio::Poll`, and one I/O thread for
+//! the system calls that may block.
 //!
 //! Sources: the job, transfer and heartbeat ROUTERs, the ZAP handler's
-//! ROUTER (CURVE only), the control listener and signal pipe (fixed tokens),
-//! and each accepted control connection (tokens from a counter). `Server`
-//! owns everything; the rules live in the sans-io `Cluster` (jobs and nodes)
-//! and `Keys` (who may be which node), and this module only moves bytes
-//! between them and the sockets.
+//! ROUTER (CURVE only), the control listener, the signal pipe and the I/O
+//! thread's waker (fixed tokens), and each accepted control connection
+//! (tokens from a counter). `Server` owns everything; the rules live in the
+//! sans-io `Cluster` (jobs and nodes), `Keys` (who may be which node) and
+//! `Persist` (what waits for the disk). This module runs the loop and talks
+//! to nodes; `requests` answers the control socket, `storage` drives the
+//! journals and the I/O thread, `fetch` serves ADD sources.
 //!
 //! Who sent a message is its CURVE key, as our ZAP handler admitted it and
 //! libzmq stamps it on every message (`User-Id`); a node is the name its key
 //! owns. Routing ids are libzmq's and only say where to answer.
 //!
-//! Lifecycle: `start` binds everything (any failure names the address and
-//! exits non-zero), `run` loops until SIGTERM/SIGINT, then the ports get a
-//! short linger to flush and the socket file is removed.
+//! Lifecycle: `start` locks the state directory, loads and compacts the
+//! journals, then binds everything (any failure names the address and exits
+//! non-zero); `run` loops until SIGTERM/SIGINT; `shutdown` drains (see
+//! there) and removes the socket file.
 
 mod cluster;
 mod control;
+mod fetch;
 mod files;
 mod history;
 mod jobs;
@@ -24,12 +29,13 @@ mod keys;
 mod nodes;
 mod peer_log;
 mod persist;
+mod requests;
 mod routes;
+mod storage;
 pub(crate) mod zap;
 
 use std::collections::HashMap;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::net::UnixListener;
@@ -37,27 +43,26 @@ use mio::{Events, Interest, Poll, Token};
 use uuid::Uuid;
 
 use self::cluster::{Cluster, Effect, Greeting, Now};
-use self::control::{ControlConn, Inbound as ControlInbound};
+use self::control::ControlConn;
 use self::history::Record;
 use self::keys::{Claim, KeyRecord, Keys, Proof, Standing};
 use self::peer_log::{Once, PeerLog};
 use self::persist::{Held, Persist, Released};
+use self::requests::bind_control;
 use self::routes::{Port, Principal, Routes, PORTS};
+use self::storage::{compact, IoDone};
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
-use crate::journal::{Journal, Reader, Rewrite, Span};
+use crate::journal::Journal;
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::worker::Worker;
 use crate::reactor::zmq::{endpoint, Inbound, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
-use crate::wire::{
-    self, ClientMsg, Denial, Dispatch, KeyState, KeyView, Request, Response, ServerKeyView,
-    ServerMsg,
-};
+use crate::wire::{self, ClientMsg, Denial, Dispatch, KeyState, Response, ServerMsg};
 
 const JOB: Token = Token(0);
 const TRANSFER: Token = Token(1);
@@ -116,11 +121,6 @@ const BUDGET: usize = 256;
 const TRANSFER_BUDGET: usize = 16;
 /// How long unsent messages may hold up shutdown.
 const SHUTDOWN_LINGER_MS: i32 = 500;
-/// How often retention runs and the journal's size is looked at.
-const HOUSEKEEPING_IVL: Duration = Duration::from_secs(10);
-/// Dead records the journal may hold beyond as many as live ones before it
-/// is compacted.
-const COMPACT_SLACK: usize = 10_000;
 /// How long shutdown waits for peers to take what was made durable.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -880,111 +880,6 @@ impl Server {
         }
     }
 
-    /// Serve one chunk of a job's file, or say why not. A node gets only the
-    /// files of its own running ADD job, whatever it asks.
-    fn serve_fetch(
-        &mut self,
-        node: &str,
-        rid: &[u8],
-        job_id: Uuid,
-        file: u32,
-        offset: u64,
-        len: u32,
-    ) {
-        // Room first: a node that asks faster than it reads gets nothing,
-        // and costs no disk read.
-        if !self.ports[Port::Transfer as usize].has_room(rid) {
-            self.peer_log.warn(
-                node,
-                Instant::now(),
-                format_args!("asks for chunks faster than it reads them; dropped a fetch"),
-            );
-            return;
-        }
-        // Reads in flight count against the same per-node room.
-        let reading = self.reads.get(rid).copied().unwrap_or(0);
-        if reading >= TRANSFER_PORT.peer_cap {
-            self.peer_log.warn(
-                node,
-                Instant::now(),
-                format_args!("asks for chunks faster than they can be read; dropped a fetch"),
-            );
-            return;
-        }
-        let src = match self.cluster.source_for(node, &job_id, file) {
-            Ok(src) => src,
-            Err(message) => {
-                self.chunk_read(
-                    rid.to_vec(),
-                    node.to_owned(),
-                    job_id,
-                    file,
-                    offset,
-                    Err(message),
-                );
-                return;
-            }
-        };
-        *self.reads.entry(rid.to_vec()).or_insert(0) += 1;
-        let (rid, node) = (rid.to_vec(), node.to_owned());
-        let len = len.min(wire::CHUNK);
-        // The disk read happens on the I/O thread; the chunk goes out when
-        // it is back.
-        self.worker.submit(move || IoDone::Chunk {
-            rid,
-            node,
-            job_id,
-            file,
-            offset,
-            data: files::read_chunk(&src, offset, len),
-        });
-    }
-
-    /// Send a chunk read for a node, or why it cannot be had.
-    fn chunk_read(
-        &mut self,
-        rid: Vec<u8>,
-        node: String,
-        job_id: Uuid,
-        file: u32,
-        offset: u64,
-        data: std::result::Result<Vec<u8>, String>,
-    ) {
-        let mut frames = vec![rid];
-        match data {
-            Ok(data) => {
-                log::debug!(
-                    "node={node} transfer -> Chunk job={job_id} file={file} offset={offset} len={}",
-                    data.len()
-                );
-                frames.extend(wire::encode_with_payload(
-                    &ServerMsg::Chunk {
-                        job_id,
-                        file,
-                        offset,
-                    },
-                    data,
-                ));
-            }
-            Err(message) => {
-                let msg = format_args!("refused a fetch of file {file} of job {job_id}: {message}");
-                self.peer_log.warn(&node, Instant::now(), msg);
-                frames.extend(wire::encode(&ServerMsg::FetchError {
-                    job_id,
-                    file,
-                    message,
-                }));
-            }
-        }
-        if !self.ports[Port::Transfer as usize].queue(frames) {
-            self.peer_log.warn(
-                &node,
-                Instant::now(),
-                format_args!("asks for chunks faster than it reads them; dropped one"),
-            );
-        }
-    }
-
     fn handle_unroutable(&mut self, port: Port, identity: &[u8], frames: &[Vec<u8>]) {
         let who = self.routes.from(port, identity).cloned();
         let node = match who.as_ref().map(|w| self.peer(w)) {
@@ -1109,177 +1004,6 @@ impl Server {
         self.effects = effects;
     }
 
-    /// A submission was accepted: its records are effects; its answer and
-    /// the release of its jobs wait until they are durable.
-    fn submitted(&mut self, token: Token, resp: Response, effects: Vec<Effect>) {
-        let jobs: Vec<Uuid> = match &resp {
-            Response::Submitted(s) => vec![s.job_id],
-            Response::Orchestrated(plan) => plan.jobs.iter().filter_map(|j| j.job_id).collect(),
-            _ => Vec::new(),
-        };
-        self.apply(effects);
-        if jobs.is_empty() {
-            self.hold(Held::Note { token, resp });
-        } else {
-            self.hold(Held::Submission { token, resp, jobs });
-        }
-    }
-
-    /// Journal a key change; answers wait for its sync like any record's.
-    fn record_key(&mut self, rec: &KeyRecord) {
-        if let Some(j) = &mut self.persist.keys {
-            j.append(rec);
-        }
-        self.persist.recorded(Instant::now());
-    }
-
-    fn record(&mut self, rec: &Record) -> Span {
-        let span = self.persist.history.append(rec);
-        self.persist.recorded(Instant::now());
-        span
-    }
-
-    /// Hold `h` until what was recorded before it is durable.
-    fn hold(&mut self, h: Held) {
-        self.persist.hold(h, &mut self.released);
-    }
-
-    /// Group commit: once the oldest unsynced record is `COMMIT_IVL` old,
-    /// hand the writes to the I/O thread; carry out whatever was released.
-    /// True if anything was.
-    fn commit(&mut self, now: Instant) -> bool {
-        // A compaction copies finished parts' records from the file: only
-        // once all of them are there.
-        if self.compact_wanted && self.persist.is_idle() {
-            self.compact_wanted = false;
-            let rewrite = compact(&mut self.cluster, &mut self.persist.history);
-            self.persist.rewrite(rewrite, now);
-        }
-        if let Some(ops) = self.persist.due(now, &mut self.released) {
-            self.worker
-                .submit(move || IoDone::Commit(persist::run_ops(ops)));
-        }
-        self.carry_out()
-    }
-
-    /// Results from the I/O thread.
-    fn worker_done(&mut self) {
-        for done in self.worker.drain() {
-            self.on_io(done);
-        }
-    }
-
-    fn on_io(&mut self, done: IoDone) {
-        match done {
-            IoDone::Commit(result) => {
-                self.persist
-                    .done(result, Instant::now(), &mut self.released);
-            }
-            IoDone::JobInfo { token, detail } => {
-                self.send_note(token, &Response::Job(*detail));
-            }
-            IoDone::Chunk {
-                rid,
-                node,
-                job_id,
-                file,
-                offset,
-                data,
-            } => {
-                if let Some(n) = self.reads.get_mut(&rid) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.reads.remove(&rid);
-                    }
-                }
-                self.chunk_read(rid, node, job_id, file, offset, data);
-            }
-        }
-    }
-
-    /// Carry out what the persistence layer released, in order, and fail
-    /// the submissions it could not make durable. True if there was any.
-    fn carry_out(&mut self) -> bool {
-        let mut any = false;
-        // Carrying out may release more (a note held behind nothing): go
-        // until nothing is left.
-        loop {
-            let released = std::mem::take(&mut self.released);
-            if released.held.is_empty() && released.failed.is_empty() {
-                return any;
-            }
-            any = true;
-            for (token, jobs, error) in released.failed {
-                // The CLI is told; the disk's failure is logged (once a
-                // minute) where it is found.
-                log::debug!("refused a submission of {} job(s): {error}", jobs.len());
-                let parent = jobs.first().and_then(|id| self.cluster.parent_of(id));
-                self.cluster.forget(&jobs);
-                for id in jobs.iter().chain(parent.iter()) {
-                    self.waiters.remove(id);
-                }
-                for id in jobs {
-                    // Should its Submitted record reach the disk after all,
-                    // this one follows it there.
-                    self.record(&Record::Forgotten { id });
-                }
-                let why = format!("{error}; nothing was queued");
-                self.send_note(token, &Response::Rejected(why));
-            }
-            for h in released.held {
-                match h {
-                    // Lost acks are harmless: the node resends its result.
-                    Held::Ack { node, msg } => {
-                        self.send(&node, &msg);
-                    }
-                    Held::Note { token, resp } => self.send_note(token, &resp),
-                    Held::Read {
-                        token,
-                        detail,
-                        reads,
-                    } => {
-                        let reader = self.persist.history.reader();
-                        self.worker.submit(move || IoDone::JobInfo {
-                            token,
-                            detail: read_outputs(&reader, detail, &reads),
-                        });
-                    }
-                    Held::Submission { token, resp, jobs } => {
-                        // The answer reaches the waiter before any progress.
-                        self.send_note(token, &resp);
-                        let mut out = std::mem::take(&mut self.effects);
-                        self.cluster.release(&jobs, Now::real(), &mut out);
-                        self.apply(out);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Send an answer or progress to a control connection now.
-    fn send_note(&mut self, token: Token, resp: &Response) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        if let Err(e) = conn.send(resp) {
-            log::debug!("control connection dropped: {e}");
-            self.close_control(token);
-        }
-    }
-
-    /// Push `resp` to every connection waiting on `id` (a job or a run).
-    fn notify(&mut self, job_id: &Uuid, resp: &Response) {
-        let Some(tokens) = self.waiters.get(job_id) else {
-            return;
-        };
-        for token in tokens.clone() {
-            self.hold(Held::Note {
-                token,
-                resp: resp.clone(),
-            });
-        }
-    }
-
     fn schedule_expiry(&mut self, at: Instant) {
         if self.expiry.is_some_and(|(cur, _)| cur <= at) {
             return;
@@ -1311,277 +1035,10 @@ impl Server {
         }
     }
 
-    /// Apply the retention, ask for a compaction when the journal holds
-    /// many more records than the history, and come back later.
-    fn housekeeping(&mut self) {
-        let (age, count) = self.retention;
-        let mut out = std::mem::take(&mut self.effects);
-        let gone = self
-            .cluster
-            .retain_recent(crate::clock::now_ms(), age, count, &mut out);
-        self.apply(out);
-        if gone > 0 {
-            log::info!("retention: forgot {gone} finished job(s)");
-        }
-        let live = self.cluster.live_records();
-        if self.persist.history.records() > 2 * live + COMPACT_SLACK {
-            self.compact_wanted = true;
-        }
-        self.timers
-            .at(Instant::now() + HOUSEKEEPING_IVL, Timer::Housekeeping);
-    }
-
     fn handle_signals(&mut self) {
         for sig in self.signals.drain() {
             log::info!("received {}; stopping", signals::name(sig));
             self.state = RunState::Stopped;
-        }
-    }
-
-    fn accept_control(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    let token = self.tokens.next();
-                    let mut conn = ControlConn::new(stream);
-                    if let Err(e) = self.poll.registry().register(
-                        &mut conn.stream,
-                        token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        log::warn!("cannot watch a control connection: {e}; closed");
-                        continue;
-                    }
-                    debug_assert!(!self.conns.contains_key(&token));
-                    self.conns.insert(token, conn);
-                    // Data may have arrived before registration.
-                    self.handle_control(token);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("control socket accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn handle_control(&mut self, token: Token) {
-        // A token can still arrive in the same batch after its source closed.
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        if let Err(e) = conn.flush() {
-            log::debug!("control connection write failed: {e}");
-            self.close_control(token);
-            return;
-        }
-        let (requests, closed) = match conn.read() {
-            ControlInbound::Requests(r) => (r, false),
-            ControlInbound::Closed(r) => (r, true),
-            ControlInbound::Corrupt(e) => {
-                log::warn!("control connection sent a bad request ({e}); closed");
-                self.close_control(token);
-                return;
-            }
-        };
-        for req in requests {
-            // A question about the state answers at once, unless an earlier
-            // answer on this connection still waits for the disk (order).
-            let reads_only = reads_only(&req);
-            if let Some(resp) = self.handle_request(token, req) {
-                if reads_only && !self.persist.holds_for(token) {
-                    self.send_note(token, &resp);
-                } else {
-                    self.hold(Held::Note { token, resp });
-                }
-            }
-        }
-        if closed {
-            // A peer that stopped writing may still read what is ready.
-            self.carry_out();
-            self.close_control(token);
-        }
-    }
-
-    /// Answer a request; `None` when the answer was already queued.
-    fn handle_request(&mut self, token: Token, req: Request) -> Option<Response> {
-        log::debug!("control <- {req:?}");
-        let resp = match req {
-            Request::Submit {
-                task,
-                targets,
-                wait,
-            } => {
-                let mut out = std::mem::take(&mut self.effects);
-                let resp = match self.cluster.submit(task, &targets, Now::real(), &mut out) {
-                    Ok(submitted) => {
-                        log::info!(
-                            "job {} ({}) queued for {}",
-                            submitted.job_id,
-                            submitted.task_sha1,
-                            submitted.targets.join(", ")
-                        );
-                        if wait {
-                            self.waiters
-                                .entry(submitted.job_id)
-                                .or_default()
-                                .push(token);
-                        }
-                        Response::Submitted(submitted)
-                    }
-                    Err(why) => Response::Rejected(why),
-                };
-                self.submitted(token, resp, out);
-                return None;
-            }
-            Request::Orchestrate {
-                blocks,
-                wait,
-                dry_run,
-            } => {
-                let mut out = std::mem::take(&mut self.effects);
-                let resp = match self
-                    .cluster
-                    .orchestrate(blocks, dry_run, Now::real(), &mut out)
-                {
-                    Ok(plan) => {
-                        if let Some(parent) = plan.parent_id {
-                            log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
-                            if wait {
-                                self.waiters.entry(parent).or_default().push(token);
-                            }
-                        }
-                        Response::Orchestrated(plan)
-                    }
-                    Err(why) => Response::Rejected(why),
-                };
-                self.submitted(token, resp, out);
-                return None;
-            }
-            Request::ListNodes => Response::Nodes(self.cluster.list_nodes()),
-            Request::ListJobs => Response::Jobs(self.cluster.list_jobs()),
-            Request::JobInfo { id } => match self.cluster.job_info(&id) {
-                Some((detail, reads)) if reads.is_empty() => Response::Job(detail),
-                // Outputs are read from the journal once it holds them.
-                Some((detail, reads)) => {
-                    self.hold(Held::Read {
-                        token,
-                        detail: Box::new(detail),
-                        reads,
-                    });
-                    return None;
-                }
-                None => Response::Rejected(format!("no job with id {id}")),
-            },
-            Request::PurgeJobs => {
-                let (purged, kept) = self.cluster.purge_jobs();
-                // The answer waits for the rewrite, like any record's.
-                self.compact_wanted = true;
-                Response::Purged { purged, kept }
-            }
-            Request::PurgeNodes => {
-                let (purged, kept) = self.cluster.purge_nodes();
-                Response::Purged { purged, kept }
-            }
-            Request::ShowKey => match &self.auth {
-                Auth::Curve(c) => Response::ServerKey(ServerKeyView {
-                    public_key: c.pair.public.z85(),
-                    fingerprint: c.pair.public.fingerprint(),
-                    source: c.source.clone(),
-                }),
-                Auth::Off => Response::Rejected(CURVE_OFF.into()),
-            },
-            Request::ListKeys => match &self.auth {
-                Auth::Curve(c) => Response::Keys(c.keys.list()),
-                Auth::Off => Response::Rejected(CURVE_OFF.into()),
-            },
-            Request::AcceptKey { name } => self.change_keys(KeyChange::Accept(name)),
-            Request::AcceptAll => self.change_keys(KeyChange::AcceptAll),
-            Request::RejectKey { name } => self.change_keys(KeyChange::Reject(name)),
-            Request::DeleteKey { name } => self.change_keys(KeyChange::Delete(name)),
-        };
-        Some(resp)
-    }
-
-    /// An operator's accept, reject or delete. The answer waits for the key
-    /// table's sync (it goes through `notes`).
-    fn change_keys(&mut self, change: KeyChange) -> Response {
-        let Auth::Curve(c) = &mut self.auth else {
-            return Response::Rejected(CURVE_OFF.into());
-        };
-        let keys = &mut c.keys;
-        let mut changed: Vec<(KeyView, KeyRecord)> = Vec::new();
-        let result = match &change {
-            KeyChange::Accept(name) => keys
-                .set_state(name, KeyState::Accepted)
-                .map(|rec| changed.extend(keys.view(name).map(|v| (v, rec)))),
-            KeyChange::AcceptAll => {
-                for rec in keys.accept_all() {
-                    if let KeyRecord::Set { name, .. } = &rec {
-                        changed.extend(keys.view(name).map(|v| (v, rec.clone())));
-                    }
-                }
-                Ok(())
-            }
-            KeyChange::Reject(name) => keys
-                .set_state(name, KeyState::Rejected)
-                .map(|rec| changed.extend(keys.view(name).map(|v| (v, rec)))),
-            KeyChange::Delete(name) => {
-                let view = keys.view(name);
-                keys.delete(name)
-                    .map(|rec| changed.extend(view.map(|v| (v, rec))))
-            }
-        };
-        if let Err(why) = result {
-            return Response::Rejected(why);
-        }
-        let now = Now::real();
-        let mut out = std::mem::take(&mut self.effects);
-        for (view, rec) in &changed {
-            self.record_key(rec);
-            let who = PublicKey::from_z85(&view.public_key).map(Principal::Key);
-            let name = &view.name;
-            match &change {
-                KeyChange::Accept(_) | KeyChange::AcceptAll => {
-                    log::info!("node={name}: key {} accepted", view.fingerprint);
-                    // A connected client hears it as soon as the accept is
-                    // on disk, and says Ready.
-                    self.hold(Held::Ack {
-                        node: name.clone(),
-                        msg: ServerMsg::Register,
-                    });
-                }
-                KeyChange::Reject(_) => {
-                    log::warn!("node={name}: key {} rejected", view.fingerprint);
-                    self.send(name, &ServerMsg::Denied(Denial::Rejected));
-                    self.cluster
-                        .drop_node(name, "the node's key was rejected", now, &mut out);
-                    if let Ok(who) = &who {
-                        self.routes.forget(who);
-                    }
-                }
-                KeyChange::Delete(_) => {
-                    log::warn!("node={name}: key {} deleted", view.fingerprint);
-                    self.cluster
-                        .drop_node(name, "the node's key was deleted", now, &mut out);
-                    if let Ok(who) = &who {
-                        self.routes.forget(who);
-                    }
-                }
-            }
-        }
-        self.apply(out);
-        Response::KeysChanged(changed.into_iter().map(|(v, _)| v).collect())
-    }
-
-    fn close_control(&mut self, token: Token) {
-        if let Some(mut conn) = self.conns.remove(&token) {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-        }
-        for tokens in self.waiters.values_mut() {
-            tokens.retain(|t| *t != token);
         }
     }
 }
@@ -1608,162 +1065,8 @@ struct Ready {
     seen: Option<Dispatch>,
 }
 
-/// What an operator asked of the key table.
-enum KeyChange {
-    Accept(String),
-    AcceptAll,
-    Reject(String),
-    Delete(String),
-}
-
-const CURVE_OFF: &str =
-    "the server runs with --curve off: it has no key, and admits every node without one";
-
-/// Requests that change nothing: their answers need no sync.
-fn reads_only(req: &Request) -> bool {
-    matches!(
-        req,
-        Request::ListNodes
-            | Request::ListJobs
-            | Request::JobInfo { .. }
-            | Request::ShowKey
-            | Request::ListKeys
-    )
-}
-
-/// What the I/O thread hands back.
-enum IoDone {
-    Commit(persist::CommitResult),
-    /// A job's detail with the outputs read from the journal.
-    JobInfo {
-        token: Token,
-        detail: Box<wire::JobDetail>,
-    },
-    /// A chunk of an ADD source read for a node (its transfer routing id).
-    Chunk {
-        rid: Vec<u8>,
-        node: String,
-        job_id: Uuid,
-        file: u32,
-        offset: u64,
-        data: std::result::Result<Vec<u8>, String>,
-    },
-}
-
-/// Fill in the outputs of `detail` from the journal records at `reads`
-/// (on the I/O thread). One that cannot be read says why, in its message.
-fn read_outputs(
-    reader: &Reader,
-    mut detail: Box<wire::JobDetail>,
-    reads: &[(usize, Span)],
-) -> Box<wire::JobDetail> {
-    for (i, span) in reads {
-        let Some(view) = detail.nodes.get_mut(*i) else {
-            continue;
-        };
-        match reader.read::<Record>(*span) {
-            Ok(Record::Done {
-                part:
-                    history::PartRecord {
-                        outcome: Some(o), ..
-                    },
-                ..
-            }) => {
-                view.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-                view.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-            }
-            Ok(_) => view.message = Some("output unavailable: the journal moved".into()),
-            Err(e) => view.message = Some(format!("output unavailable: {e}")),
-        }
-    }
-    detail
-}
-
-/// The history's compacted form: the cluster's state, finished parts
-/// copied from where the journal holds them. Their records move, and the
-/// cluster is told where to.
-fn compact(cluster: &mut Cluster, history: &mut Journal) -> Rewrite {
-    let (items, keys): (Vec<_>, Vec<_>) = cluster.snapshot().into_iter().unzip();
-    let (rewrite, spans) = history.snapshot_items(items);
-    for (key, span) in keys.into_iter().zip(spans) {
-        if let Some((id, node)) = key {
-            cluster.spilled(&id, &node, span);
-        }
-    }
-    rewrite
-}
-
 /// A peer's interval, bounded so a bad value cannot expire it at once or
 /// keep it forever.
 fn ivl_from_ms(ms: u64) -> Duration {
     Duration::from_millis(ms.clamp(10, 86_400_000))
-}
-
-/// Bind the control socket, replacing a stale socket file but never a live
-/// server's. It is created mode 0600 (the umask is tightened around the
-/// bind, so it is never open to others even for an instant), or 0660 and
-/// owned by `group`: only its owner (root) and that group may submit work.
-fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
-    let gid = group
-        .map(|g| {
-            crate::ids::group_id(g)
-                .ok_or_else(|| Error::Config(format!("--socket-group: no group named '{g}'")))
-        })
-        .transpose()?;
-    if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(Error::Config(format!(
-                    "another director server is already listening on {}",
-                    path.display()
-                )))
-            }
-            // Someone else's live socket we may not even talk to: leave it.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(Error::Config(format!(
-                    "{} exists and we may not connect to it (another user's server?); remove it or choose another --socket-path",
-                    path.display()
-                )))
-            }
-            Err(_) => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-    // SAFETY: umask only changes this process's file-creation mask; we
-    // restore it right after the bind, before anything else creates files.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    unsafe { libc::umask(old) };
-    let listener = bound.map_err(|e| {
-        Error::io(
-            format!("cannot bind the control socket {}", path.display()),
-            e,
-        )
-    })?;
-    if let Some(gid) = gid {
-        use std::os::unix::fs::PermissionsExt;
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::Config(format!("{}: a NUL in the path", path.display())))?;
-        // SAFETY: a valid C string; -1 keeps the owner.
-        if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
-            let e = io::Error::last_os_error();
-            let _ = std::fs::remove_file(path);
-            return Err(Error::io(
-                format!(
-                    "cannot give the control socket {} to group '{}'",
-                    path.display(),
-                    group.unwrap_or_default()
-                ),
-                e,
-            ));
-        }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
-            Error::io(
-                format!("cannot chmod the control socket {}", path.display()),
-                e,
-            )
-        })?;
-    }
-    Ok(listener)
 }

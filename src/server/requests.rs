@@ -1,0 +1,386 @@
+//! The control socket: accepting CLI connections, answering their
+//! requests (submissions, questions, key changes) and pushing progress to
+//! those that wait. Answers that depend on records go through the
+//! persistence layer's `hold`, so they leave only once durable.
+
+use std::io;
+use std::path::Path;
+
+use mio::net::UnixListener;
+use mio::{Interest, Token};
+use uuid::Uuid;
+
+use super::cluster::Now;
+use super::control::{ControlConn, Inbound as ControlInbound};
+use super::keys::KeyRecord;
+use super::persist::Held;
+use super::routes::Principal;
+use super::{Auth, Server};
+use crate::curve::PublicKey;
+use crate::error::{Error, Result};
+use crate::wire::{Denial, KeyState, KeyView, Request, Response, ServerKeyView, ServerMsg};
+
+impl Server {
+    /// Send an answer or progress to a control connection now.
+    pub(super) fn send_note(&mut self, token: Token, resp: &Response) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if let Err(e) = conn.send(resp) {
+            log::debug!("control connection dropped: {e}");
+            self.close_control(token);
+        }
+    }
+
+    /// Push `resp` to every connection waiting on `id` (a job or a run).
+    pub(super) fn notify(&mut self, job_id: &Uuid, resp: &Response) {
+        let Some(tokens) = self.waiters.get(job_id) else {
+            return;
+        };
+        for token in tokens.clone() {
+            self.hold(Held::Note {
+                token,
+                resp: resp.clone(),
+            });
+        }
+    }
+
+    pub(super) fn accept_control(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let token = self.tokens.next();
+                    let mut conn = ControlConn::new(stream);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut conn.stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("cannot watch a control connection: {e}; closed");
+                        continue;
+                    }
+                    debug_assert!(!self.conns.contains_key(&token));
+                    self.conns.insert(token, conn);
+                    // Data may have arrived before registration.
+                    self.handle_control(token);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control socket accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_control(&mut self, token: Token) {
+        // A token can still arrive in the same batch after its source closed.
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if let Err(e) = conn.flush() {
+            log::debug!("control connection write failed: {e}");
+            self.close_control(token);
+            return;
+        }
+        let (requests, closed) = match conn.read() {
+            ControlInbound::Requests(r) => (r, false),
+            ControlInbound::Closed(r) => (r, true),
+            ControlInbound::Corrupt(e) => {
+                log::warn!("control connection sent a bad request ({e}); closed");
+                self.close_control(token);
+                return;
+            }
+        };
+        for req in requests {
+            // A question about the state answers at once, unless an earlier
+            // answer on this connection still waits for the disk (order).
+            let reads_only = reads_only(&req);
+            if let Some(resp) = self.handle_request(token, req) {
+                if reads_only && !self.persist.holds_for(token) {
+                    self.send_note(token, &resp);
+                } else {
+                    self.hold(Held::Note { token, resp });
+                }
+            }
+        }
+        if closed {
+            // A peer that stopped writing may still read what is ready.
+            self.carry_out();
+            self.close_control(token);
+        }
+    }
+
+    /// Answer a request; `None` when the answer was already queued.
+    pub(super) fn handle_request(&mut self, token: Token, req: Request) -> Option<Response> {
+        log::debug!("control <- {req:?}");
+        let resp = match req {
+            Request::Submit {
+                task,
+                targets,
+                wait,
+            } => {
+                let mut out = std::mem::take(&mut self.effects);
+                let resp = match self.cluster.submit(task, &targets, Now::real(), &mut out) {
+                    Ok(submitted) => {
+                        log::info!(
+                            "job {} ({}) queued for {}",
+                            submitted.job_id,
+                            submitted.task_sha1,
+                            submitted.targets.join(", ")
+                        );
+                        if wait {
+                            self.waiters
+                                .entry(submitted.job_id)
+                                .or_default()
+                                .push(token);
+                        }
+                        Response::Submitted(submitted)
+                    }
+                    Err(why) => Response::Rejected(why),
+                };
+                self.submitted(token, resp, out);
+                return None;
+            }
+            Request::Orchestrate {
+                blocks,
+                wait,
+                dry_run,
+            } => {
+                let mut out = std::mem::take(&mut self.effects);
+                let resp = match self
+                    .cluster
+                    .orchestrate(blocks, dry_run, Now::real(), &mut out)
+                {
+                    Ok(plan) => {
+                        if let Some(parent) = plan.parent_id {
+                            log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
+                            if wait {
+                                self.waiters.entry(parent).or_default().push(token);
+                            }
+                        }
+                        Response::Orchestrated(plan)
+                    }
+                    Err(why) => Response::Rejected(why),
+                };
+                self.submitted(token, resp, out);
+                return None;
+            }
+            Request::ListNodes => Response::Nodes(self.cluster.list_nodes()),
+            Request::ListJobs => Response::Jobs(self.cluster.list_jobs()),
+            Request::JobInfo { id } => match self.cluster.job_info(&id) {
+                Some((detail, reads)) if reads.is_empty() => Response::Job(detail),
+                // Outputs are read from the journal once it holds them.
+                Some((detail, reads)) => {
+                    self.hold(Held::Read {
+                        token,
+                        detail: Box::new(detail),
+                        reads,
+                    });
+                    return None;
+                }
+                None => Response::Rejected(format!("no job with id {id}")),
+            },
+            Request::PurgeJobs => {
+                let (purged, kept) = self.cluster.purge_jobs();
+                // The answer waits for the rewrite, like any record's.
+                self.compact_wanted = true;
+                Response::Purged { purged, kept }
+            }
+            Request::PurgeNodes => {
+                let (purged, kept) = self.cluster.purge_nodes();
+                Response::Purged { purged, kept }
+            }
+            Request::ShowKey => match &self.auth {
+                Auth::Curve(c) => Response::ServerKey(ServerKeyView {
+                    public_key: c.pair.public.z85(),
+                    fingerprint: c.pair.public.fingerprint(),
+                    source: c.source.clone(),
+                }),
+                Auth::Off => Response::Rejected(CURVE_OFF.into()),
+            },
+            Request::ListKeys => match &self.auth {
+                Auth::Curve(c) => Response::Keys(c.keys.list()),
+                Auth::Off => Response::Rejected(CURVE_OFF.into()),
+            },
+            Request::AcceptKey { name } => self.change_keys(KeyChange::Accept(name)),
+            Request::AcceptAll => self.change_keys(KeyChange::AcceptAll),
+            Request::RejectKey { name } => self.change_keys(KeyChange::Reject(name)),
+            Request::DeleteKey { name } => self.change_keys(KeyChange::Delete(name)),
+        };
+        Some(resp)
+    }
+
+    /// An operator's accept, reject or delete. The answer waits for the key
+    /// table's sync (it goes through `notes`).
+    pub(super) fn change_keys(&mut self, change: KeyChange) -> Response {
+        let Auth::Curve(c) = &mut self.auth else {
+            return Response::Rejected(CURVE_OFF.into());
+        };
+        let keys = &mut c.keys;
+        let mut changed: Vec<(KeyView, KeyRecord)> = Vec::new();
+        let result = match &change {
+            KeyChange::Accept(name) => keys
+                .set_state(name, KeyState::Accepted)
+                .map(|rec| changed.extend(keys.view(name).map(|v| (v, rec)))),
+            KeyChange::AcceptAll => {
+                for rec in keys.accept_all() {
+                    if let KeyRecord::Set { name, .. } = &rec {
+                        changed.extend(keys.view(name).map(|v| (v, rec.clone())));
+                    }
+                }
+                Ok(())
+            }
+            KeyChange::Reject(name) => keys
+                .set_state(name, KeyState::Rejected)
+                .map(|rec| changed.extend(keys.view(name).map(|v| (v, rec)))),
+            KeyChange::Delete(name) => {
+                let view = keys.view(name);
+                keys.delete(name)
+                    .map(|rec| changed.extend(view.map(|v| (v, rec))))
+            }
+        };
+        if let Err(why) = result {
+            return Response::Rejected(why);
+        }
+        let now = Now::real();
+        let mut out = std::mem::take(&mut self.effects);
+        for (view, rec) in &changed {
+            self.record_key(rec);
+            let who = PublicKey::from_z85(&view.public_key).map(Principal::Key);
+            let name = &view.name;
+            match &change {
+                KeyChange::Accept(_) | KeyChange::AcceptAll => {
+                    log::info!("node={name}: key {} accepted", view.fingerprint);
+                    // A connected client hears it as soon as the accept is
+                    // on disk, and says Ready.
+                    self.hold(Held::Ack {
+                        node: name.clone(),
+                        msg: ServerMsg::Register,
+                    });
+                }
+                KeyChange::Reject(_) => {
+                    log::warn!("node={name}: key {} rejected", view.fingerprint);
+                    self.send(name, &ServerMsg::Denied(Denial::Rejected));
+                    self.cluster
+                        .drop_node(name, "the node's key was rejected", now, &mut out);
+                    if let Ok(who) = &who {
+                        self.routes.forget(who);
+                    }
+                }
+                KeyChange::Delete(_) => {
+                    log::warn!("node={name}: key {} deleted", view.fingerprint);
+                    self.cluster
+                        .drop_node(name, "the node's key was deleted", now, &mut out);
+                    if let Ok(who) = &who {
+                        self.routes.forget(who);
+                    }
+                }
+            }
+        }
+        self.apply(out);
+        Response::KeysChanged(changed.into_iter().map(|(v, _)| v).collect())
+    }
+
+    pub(super) fn close_control(&mut self, token: Token) {
+        if let Some(mut conn) = self.conns.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        for tokens in self.waiters.values_mut() {
+            tokens.retain(|t| *t != token);
+        }
+    }
+}
+
+/// What an operator asked of the key table.
+pub(super) enum KeyChange {
+    Accept(String),
+    AcceptAll,
+    Reject(String),
+    Delete(String),
+}
+
+pub(super) const CURVE_OFF: &str =
+    "the server runs with --curve off: it has no key, and admits every node without one";
+
+/// Requests that change nothing: their answers need no sync.
+pub(super) fn reads_only(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::ListNodes
+            | Request::ListJobs
+            | Request::JobInfo { .. }
+            | Request::ShowKey
+            | Request::ListKeys
+    )
+}
+
+/// Bind the control socket, replacing a stale socket file but never a live
+/// server's. It is created mode 0600 (the umask is tightened around the
+/// bind, so it is never open to others even for an instant), or 0660 and
+/// owned by `group`: only its owner (root) and that group may submit work.
+pub(super) fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
+    let gid = group
+        .map(|g| {
+            crate::ids::group_id(g)
+                .ok_or_else(|| Error::Config(format!("--socket-group: no group named '{g}'")))
+        })
+        .transpose()?;
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(Error::Config(format!(
+                    "another director server is already listening on {}",
+                    path.display()
+                )))
+            }
+            // Someone else's live socket we may not even talk to: leave it.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Error::Config(format!(
+                    "{} exists and we may not connect to it (another user's server?); remove it or choose another --socket-path",
+                    path.display()
+                )))
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    // SAFETY: umask only changes this process's file-creation mask; we
+    // restore it right after the bind, before anything else creates files.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| {
+        Error::io(
+            format!("cannot bind the control socket {}", path.display()),
+            e,
+        )
+    })?;
+    if let Some(gid) = gid {
+        use std::os::unix::fs::PermissionsExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Config(format!("{}: a NUL in the path", path.display())))?;
+        // SAFETY: a valid C string; -1 keeps the owner.
+        if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
+            let e = io::Error::last_os_error();
+            let _ = std::fs::remove_file(path);
+            return Err(Error::io(
+                format!(
+                    "cannot give the control socket {} to group '{}'",
+                    path.display(),
+                    group.unwrap_or_default()
+                ),
+                e,
+            ));
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+            Error::io(
+                format!("cannot chmod the control socket {}", path.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(listener)
+}

@@ -1,0 +1,253 @@
+//! What the loop does with its journals and its I/O thread: recording,
+//! holding what depends on records until they are durable, carrying out
+//! what the persistence layer releases, reading outputs back, retention and
+//! compaction. The policy itself is in `persist`.
+
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use uuid::Uuid;
+
+use super::cluster::{Cluster, Effect, Now};
+use super::history::{self, Record};
+use super::keys::KeyRecord;
+use super::persist::{self, Held};
+use super::{Server, Timer};
+use crate::journal::{Journal, Reader, Rewrite, Span};
+use crate::wire::{self, Response};
+
+/// How often retention runs and the journal's size is looked at.
+pub(super) const HOUSEKEEPING_IVL: Duration = Duration::from_secs(10);
+/// Dead records the journal may hold beyond as many as live ones before it
+/// is compacted.
+pub(super) const COMPACT_SLACK: usize = 10_000;
+impl Server {
+    /// A submission was accepted: its records are effects; its answer and
+    /// the release of its jobs wait until they are durable.
+    pub(super) fn submitted(&mut self, token: Token, resp: Response, effects: Vec<Effect>) {
+        let jobs: Vec<Uuid> = match &resp {
+            Response::Submitted(s) => vec![s.job_id],
+            Response::Orchestrated(plan) => plan.jobs.iter().filter_map(|j| j.job_id).collect(),
+            _ => Vec::new(),
+        };
+        self.apply(effects);
+        if jobs.is_empty() {
+            self.hold(Held::Note { token, resp });
+        } else {
+            self.hold(Held::Submission { token, resp, jobs });
+        }
+    }
+
+    /// Journal a key change; answers wait for its sync like any record's.
+    pub(super) fn record_key(&mut self, rec: &KeyRecord) {
+        if let Some(j) = &mut self.persist.keys {
+            j.append(rec);
+        }
+        self.persist.recorded(Instant::now());
+    }
+
+    pub(super) fn record(&mut self, rec: &Record) -> Span {
+        let span = self.persist.history.append(rec);
+        self.persist.recorded(Instant::now());
+        span
+    }
+
+    /// Hold `h` until what was recorded before it is durable.
+    pub(super) fn hold(&mut self, h: Held) {
+        self.persist.hold(h, &mut self.released);
+    }
+
+    /// Group commit: once the oldest unsynced record is `COMMIT_IVL` old,
+    /// hand the writes to the I/O thread; carry out whatever was released.
+    /// True if anything was.
+    pub(super) fn commit(&mut self, now: Instant) -> bool {
+        // A compaction copies finished parts' records from the file: only
+        // once all of them are there.
+        if self.compact_wanted && self.persist.is_idle() {
+            self.compact_wanted = false;
+            let rewrite = compact(&mut self.cluster, &mut self.persist.history);
+            self.persist.rewrite(rewrite, now);
+        }
+        if let Some(ops) = self.persist.due(now, &mut self.released) {
+            self.worker
+                .submit(move || IoDone::Commit(persist::run_ops(ops)));
+        }
+        self.carry_out()
+    }
+
+    /// Results from the I/O thread.
+    pub(super) fn worker_done(&mut self) {
+        for done in self.worker.drain() {
+            self.on_io(done);
+        }
+    }
+
+    pub(super) fn on_io(&mut self, done: IoDone) {
+        match done {
+            IoDone::Commit(result) => {
+                self.persist
+                    .done(result, Instant::now(), &mut self.released);
+            }
+            IoDone::JobInfo { token, detail } => {
+                self.send_note(token, &Response::Job(*detail));
+            }
+            IoDone::Chunk {
+                rid,
+                node,
+                job_id,
+                file,
+                offset,
+                data,
+            } => {
+                if let Some(n) = self.reads.get_mut(&rid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.reads.remove(&rid);
+                    }
+                }
+                self.chunk_read(rid, node, job_id, file, offset, data);
+            }
+        }
+    }
+
+    /// Carry out what the persistence layer released, in order, and fail
+    /// the submissions it could not make durable. True if there was any.
+    pub(super) fn carry_out(&mut self) -> bool {
+        let mut any = false;
+        // Carrying out may release more (a note held behind nothing): go
+        // until nothing is left.
+        loop {
+            let released = std::mem::take(&mut self.released);
+            if released.held.is_empty() && released.failed.is_empty() {
+                return any;
+            }
+            any = true;
+            for (token, jobs, error) in released.failed {
+                // The CLI is told; the disk's failure is logged (once a
+                // minute) where it is found.
+                log::debug!("refused a submission of {} job(s): {error}", jobs.len());
+                let parent = jobs.first().and_then(|id| self.cluster.parent_of(id));
+                self.cluster.forget(&jobs);
+                for id in jobs.iter().chain(parent.iter()) {
+                    self.waiters.remove(id);
+                }
+                for id in jobs {
+                    // Should its Submitted record reach the disk after all,
+                    // this one follows it there.
+                    self.record(&Record::Forgotten { id });
+                }
+                let why = format!("{error}; nothing was queued");
+                self.send_note(token, &Response::Rejected(why));
+            }
+            for h in released.held {
+                match h {
+                    // Lost acks are harmless: the node resends its result.
+                    Held::Ack { node, msg } => {
+                        self.send(&node, &msg);
+                    }
+                    Held::Note { token, resp } => self.send_note(token, &resp),
+                    Held::Read {
+                        token,
+                        detail,
+                        reads,
+                    } => {
+                        let reader = self.persist.history.reader();
+                        self.worker.submit(move || IoDone::JobInfo {
+                            token,
+                            detail: read_outputs(&reader, detail, &reads),
+                        });
+                    }
+                    Held::Submission { token, resp, jobs } => {
+                        // The answer reaches the waiter before any progress.
+                        self.send_note(token, &resp);
+                        let mut out = std::mem::take(&mut self.effects);
+                        self.cluster.release(&jobs, Now::real(), &mut out);
+                        self.apply(out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Apply the retention, ask for a compaction when the journal holds
+    /// many more records than the history, and come back later.
+    pub(super) fn housekeeping(&mut self) {
+        let (age, count) = self.retention;
+        let mut out = std::mem::take(&mut self.effects);
+        let gone = self
+            .cluster
+            .retain_recent(crate::clock::now_ms(), age, count, &mut out);
+        self.apply(out);
+        if gone > 0 {
+            log::info!("retention: forgot {gone} finished job(s)");
+        }
+        let live = self.cluster.live_records();
+        if self.persist.history.records() > 2 * live + COMPACT_SLACK {
+            self.compact_wanted = true;
+        }
+        self.timers
+            .at(Instant::now() + HOUSEKEEPING_IVL, Timer::Housekeeping);
+    }
+}
+
+/// What the I/O thread hands back.
+pub(super) enum IoDone {
+    Commit(persist::CommitResult),
+    /// A job's detail with the outputs read from the journal.
+    JobInfo {
+        token: Token,
+        detail: Box<wire::JobDetail>,
+    },
+    /// A chunk of an ADD source read for a node (its transfer routing id).
+    Chunk {
+        rid: Vec<u8>,
+        node: String,
+        job_id: Uuid,
+        file: u32,
+        offset: u64,
+        data: std::result::Result<Vec<u8>, String>,
+    },
+}
+
+/// Fill in the outputs of `detail` from the journal records at `reads`
+/// (on the I/O thread). One that cannot be read says why, in its message.
+pub(super) fn read_outputs(
+    reader: &Reader,
+    mut detail: Box<wire::JobDetail>,
+    reads: &[(usize, Span)],
+) -> Box<wire::JobDetail> {
+    for (i, span) in reads {
+        let Some(view) = detail.nodes.get_mut(*i) else {
+            continue;
+        };
+        match reader.read::<Record>(*span) {
+            Ok(Record::Done {
+                part:
+                    history::PartRecord {
+                        outcome: Some(o), ..
+                    },
+                ..
+            }) => {
+                view.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+                view.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+            }
+            Ok(_) => view.message = Some("output unavailable: the journal moved".into()),
+            Err(e) => view.message = Some(format!("output unavailable: {e}")),
+        }
+    }
+    detail
+}
+
+/// The history's compacted form: the cluster's state, finished parts
+/// copied from where the journal holds them. Their records move, and the
+/// cluster is told where to.
+pub(super) fn compact(cluster: &mut Cluster, history: &mut Journal) -> Rewrite {
+    let (items, keys): (Vec<_>, Vec<_>) = cluster.snapshot().into_iter().unzip();
+    let (rewrite, spans) = history.snapshot_items(items);
+    for (key, span) in keys.into_iter().zip(spans) {
+        if let Some((id, node)) = key {
+            cluster.spilled(&id, &node, span);
+        }
+    }
+    rewrite
+}
