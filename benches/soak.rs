@@ -1,9 +1,9 @@
 //! The year-of-uptime benchmark: a server and 6 clients on loopback run
 //! 100,000 jobs (each printing about 3 KiB on every node), in orchestrations
 //! of 1000, with the default retention (10,000 finished jobs). It prints the
-//! server's resident memory and its journal's size after 100, 10,000 and
-//! 100,000 jobs: memory and disk must stay flat in the history's length,
-//! bounded by what retention keeps, not by what ran.
+//! server's resident memory and its journal's size after 100 and 1000 jobs
+//! and every tenth of the run: memory and disk must stay flat in the
+//! history's length, bounded by what retention keeps, not by what ran.
 //!
 //! Run: `cargo bench --bench soak` (JOBS, NODES and BYTES may be set in the
 //! environment; the full run takes several minutes on 2 cores).
@@ -48,7 +48,11 @@ fn main() {
     let start = Instant::now();
     let mut done = 0;
     let mut first_rss = 0;
-    let mut checkpoints = vec![100, 10_000, jobs];
+    let mut checkpoints: Vec<usize> = [100, 1000]
+        .into_iter()
+        .chain((1..=10).map(|i| i * jobs / 10))
+        .collect();
+    checkpoints.sort_unstable();
     checkpoints.retain(|&n| n <= jobs);
     checkpoints.dedup();
     for target in checkpoints {

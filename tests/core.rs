@@ -156,14 +156,64 @@ fn a_burst_of_100_jobs_to_one_node_all_complete() {
     assert_eq!(ids.len(), 100);
 }
 
+/// A log line's time as Unix milliseconds (the logger writes UTC).
+fn log_time_ms(line: &str) -> u64 {
+    // "2026-11-25 14:07:26.123 ..."
+    let (date, rest) = line.split_once(' ').unwrap();
+    let time = rest.split_whitespace().next().unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (hms, ms) = time.split_once('.').unwrap();
+    let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    (secs * 1000 + ms.parse::<i64>().unwrap()) as u64
+}
+
 #[test]
 fn a_killed_client_leaves_the_node_list_after_expiry() {
     let mut c = Cluster::start("kill9", &["stay", "gone"], "1");
+    // The bound the server holds the node to: 3 of its 1 s intervals after
+    // its last heartbeat (not the test's generous deadline).
+    let node = |c: &Cluster, name: &str| {
+        c.nodes_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+    };
+    let gone = node(&c, "gone").unwrap();
+    let window = gone["expires_ms"].as_u64().unwrap() - gone["last_heartbeat_ms"].as_u64().unwrap();
+    assert_eq!(window, 3000, "{gone}");
     c.client("gone").signal(libc::SIGKILL);
+    c.client("gone").wait_exit(DEADLINE);
+    // Its last word: no heartbeat comes after the kill.
+    let last = node(&c, "gone").map(|n| n["last_heartbeat_ms"].as_u64().unwrap());
     wait_until("gone expired", DEADLINE, || {
         c.node_names() == vec!["stay".to_string()]
     });
-    assert!(c.server().log_text().contains("node=gone: expired"));
+    let log = c.server().log_text();
+    assert!(
+        log.contains("node=gone: expired (no heartbeat within 3 intervals)"),
+        "{log}"
+    );
+    // The removal came from the timer of that last heartbeat's expiry,
+    // which the server logs with the time it fired.
+    let line = log.lines().find(|l| l.contains("node=gone: expired")).unwrap();
+    let fired = log_time_ms(line);
+    if let Some(last) = last {
+        assert!(
+            fired >= last + 3000,
+            "expired at {fired}, before its expiry {}",
+            last + 3000
+        );
+    }
 }
 
 #[test]
