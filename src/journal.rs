@@ -198,7 +198,21 @@ impl Journal {
         self.pending.clear();
     }
 
+    /// Take back the record at `span`, the last one appended (its write
+    /// failed, and it must not be written later). False if it is not last.
+    pub fn retract(&mut self, span: Span) -> bool {
+        let len = span.len as usize;
+        if span.at + u64::from(span.len) != self.end || self.pending.len() < len {
+            return false;
+        }
+        self.pending.truncate(self.pending.len() - len);
+        self.end = span.at;
+        self.records -= 1;
+        true
+    }
+
     /// Write and sync everything appended, on this thread.
+    #[cfg(test)]
     pub fn sync_now(&mut self) -> io::Result<()> {
         self.write_now(true)
     }

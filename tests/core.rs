@@ -165,7 +165,11 @@ fn log_time_ms(line: &str) -> u64 {
     let (hms, ms) = time.split_once('.').unwrap();
     let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
     // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + d[2] - 1;
@@ -205,7 +209,10 @@ fn a_killed_client_leaves_the_node_list_after_expiry() {
     );
     // The removal came from the timer of that last heartbeat's expiry,
     // which the server logs with the time it fired.
-    let line = log.lines().find(|l| l.contains("node=gone: expired")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("node=gone: expired"))
+        .unwrap();
     let fired = log_time_ms(line);
     if let Some(last) = last {
         assert!(

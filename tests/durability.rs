@@ -484,3 +484,28 @@ fn a_slow_disk_never_stalls_the_servers_heartbeats_or_answers() {
     let log = c.server().log_text();
     assert!(!log.contains("expired"), "{log}");
 }
+
+#[test]
+fn a_slow_cache_disk_never_stalls_a_clients_heartbeats() {
+    let mut c = Cluster::new("slowcache", "0.3");
+    let Some(shim) = slow_fsync_shim(&c.dir.path, 2000) else {
+        eprintln!("skipped: no C compiler for the LD_PRELOAD shim");
+        return;
+    };
+    c.start_server();
+    c.start_client_env("sc", &[("LD_PRELOAD", shim.to_str().unwrap())]);
+    c.wait_nodes(&["sc"]);
+    // Each value is synced (2 s here) before its job succeeds; the
+    // client's loop beats meanwhile.
+    for (k, v) in [("one", "1"), ("two", "2")] {
+        let out = c.cli(&["exec", "--verb", "ARG", "--wait", &format!("{k} {v}")]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo {{ one }}{{ two }}"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("sc: succeeded"), "{out:?}");
+    let log = c.server().log_text();
+    assert!(!log.contains("expired"), "{log}");
+    let log = c.clients["sc"].log_text();
+    assert!(!log.contains("server silent"), "{log}");
+}

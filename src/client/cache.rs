@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::Journal;
+use crate::journal::{Batch, Journal, Span};
 
 const JOURNAL: &str = "journal.bin";
 
@@ -39,6 +39,14 @@ pub struct Cache {
     done: HashMap<String, u64>,
     /// Write errors, logged at most once a minute.
     errors: crate::ratelog::Every,
+    /// A staged value's batch is out.
+    syncing: bool,
+}
+
+/// An ARG or ENV value whose record is being synced.
+pub struct Staged {
+    rec: Record,
+    span: Span,
 }
 
 impl Cache {
@@ -52,6 +60,7 @@ impl Cache {
             env: BTreeMap::new(),
             done: HashMap::new(),
             errors: crate::ratelog::Every::minute(),
+            syncing: false,
         };
         for rec in records {
             cache.apply(rec);
@@ -89,35 +98,69 @@ impl Cache {
     }
 
     /// Keep an ARG value, durably: `Err` (nothing kept) when it cannot be
-    /// synced.
+    /// synced. On this thread: for tests and tools, not the loop.
+    #[cfg(test)]
     pub fn set_arg(&mut self, key: &str, value: &str) -> Result<(), String> {
-        self.set_durably(Record::Arg {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        })
+        let (staged, batch) = self.stage_arg(key, value);
+        let result = batch.run();
+        self.staged(staged, result)
     }
 
     /// Keep an ENV value, durably, like `set_arg`.
+    #[cfg(test)]
     pub fn set_env(&mut self, key: &str, value: &str) -> Result<(), String> {
-        self.set_durably(Record::Env {
+        let (staged, batch) = self.stage_env(key, value);
+        let result = batch.run();
+        self.staged(staged, result)
+    }
+
+    /// An ARG value on its way to disk: run the batch (on any thread),
+    /// then hand its result to `staged`. Until then the value is not kept.
+    pub fn stage_arg(&mut self, key: &str, value: &str) -> (Staged, Batch) {
+        self.stage(Record::Arg {
             key: key.to_owned(),
             value: value.to_owned(),
         })
     }
 
-    fn set_durably(&mut self, rec: Record) -> Result<(), String> {
-        let path = self.path();
-        let fail = |e: io::Error| format!("cannot save it in the cache {path}: {e}");
-        // What earlier writes left behind goes first, so that on failure
-        // only this record is pending, and dropped.
-        self.journal.sync_now().map_err(fail)?;
-        self.journal.append(&rec);
-        if let Err(e) = self.journal.sync_now() {
-            self.journal.drop_pending();
-            return Err(fail(e));
+    /// An ENV value on its way to disk, like `stage_arg`.
+    pub fn stage_env(&mut self, key: &str, value: &str) -> (Staged, Batch) {
+        self.stage(Record::Env {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    fn stage(&mut self, rec: Record) -> (Staged, Batch) {
+        let span = self.journal.append(&rec);
+        self.syncing = true;
+        // Not empty: the record was just appended.
+        let batch = self.journal.take(true).expect("a record is pending");
+        (Staged { rec, span }, batch)
+    }
+
+    /// The staged value's batch ran: keep the value if it is on disk;
+    /// otherwise take it back and say why.
+    pub fn staged(
+        &mut self,
+        staged: Staged,
+        result: Result<(), (Batch, io::Error)>,
+    ) -> Result<(), String> {
+        self.syncing = false;
+        match result {
+            Ok(()) => {
+                self.apply(staged.rec);
+                Ok(())
+            }
+            Err((batch, e)) => {
+                // Earlier writes in the batch go again with the next one.
+                self.journal.put_back(batch);
+                if !self.journal.retract(staged.span) {
+                    self.journal.drop_pending();
+                }
+                Err(format!("cannot save it in the cache {}: {e}", self.path()))
+            }
         }
-        self.apply(rec);
-        Ok(())
     }
 
     fn path(&self) -> String {
@@ -160,6 +203,9 @@ impl Cache {
     /// Drop expired successes; rewrite the journal when that or dead
     /// records make it worth it. Returns how many entries were dropped.
     pub fn sweep(&mut self, now_ms: u64) -> usize {
+        if self.syncing {
+            return 0; // next time
+        }
         let before = self.done.len();
         let ttl = self.ttl_ms;
         self.done.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
@@ -187,7 +233,7 @@ impl Cache {
                 );
             }
         }
-        if self.bloated() {
+        if self.bloated() && !self.syncing {
             // Mostly dead records (the same steps re-run): rewrite.
             self.compact_or_log();
         }

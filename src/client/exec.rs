@@ -13,8 +13,9 @@ use mio::Registry;
 use uuid::Uuid;
 
 use super::add::{self, AddJob};
-use super::cache::Cache;
+use super::cache::{Cache, Staged};
 use crate::dsl::{hex_sha1, Action, Task};
+use crate::journal::Batch;
 use crate::reactor::child::{Child, Ended};
 use crate::reactor::TokenCounter;
 use crate::template;
@@ -32,6 +33,19 @@ pub enum Started {
     /// An ADD, with the cache key to record on success.
     Transfer(AddJob, Option<String>),
     Done(Outcome),
+    /// An ARG or ENV value to sync (on the I/O thread): the job succeeds
+    /// once it is on disk.
+    Persist(Persist),
+}
+
+/// A value being synced, and the outcome to report once it is.
+pub struct Persist {
+    pub staged: Staged,
+    pub batch: Batch,
+    /// What the job reports if the value is kept.
+    pub outcome: Outcome,
+    /// What to say if it is not: "ARG key" or "--stdout-arg name".
+    pub what: String,
 }
 
 /// Start `task`.
@@ -45,14 +59,24 @@ pub fn start(
 ) -> Started {
     let skip_cache = task.options.skip_cache;
     match &task.action {
-        Action::Arg { key, value } => Started::Done(ended(match cache.set_arg(key, value) {
-            Ok(()) => Exit::Code(0),
-            Err(e) => Exit::Error(format!("ARG {key}: {e}")),
-        })),
-        Action::Env { key, value } => Started::Done(ended(match cache.set_env(key, value) {
-            Ok(()) => Exit::Code(0),
-            Err(e) => Exit::Error(format!("ENV {key}: {e}")),
-        })),
+        Action::Arg { key, value } => {
+            let (staged, batch) = cache.stage_arg(key, value);
+            Started::Persist(Persist {
+                staged,
+                batch,
+                outcome: ended(Exit::Code(0)),
+                what: format!("ARG {key}"),
+            })
+        }
+        Action::Env { key, value } => {
+            let (staged, batch) = cache.stage_env(key, value);
+            Started::Persist(Persist {
+                staged,
+                batch,
+                outcome: ended(Exit::Code(0)),
+                what: format!("ENV {key}"),
+            })
+        }
         Action::Workdir { path } => {
             let path = match template::render(path, cache.args()) {
                 Ok(p) => p,
@@ -109,19 +133,20 @@ pub fn start(
     }
 }
 
-/// The report for a reaped process, recording a success in the cache.
+/// The report for a reaped process; with `--stdout-arg` on success, the
+/// value to sync first.
 pub fn finish(
     ended: Ended,
     stdout_arg: Option<&str>,
     timed_out: Option<u64>,
     cache: &mut Cache,
-) -> Outcome {
-    let mut exit = match timed_out {
+) -> Result<Outcome, Box<Persist>> {
+    let exit = match timed_out {
         Some(secs) => Exit::TimedOut { secs },
         None => ended.exit,
     };
-    if exit.state() == JobState::Succeeded {
-        if let Some(name) = stdout_arg {
+    let staged = match (exit.state(), stdout_arg) {
+        (JobState::Succeeded, Some(name)) => {
             if ended.out.dropped > 0 {
                 log::warn!(
                     "--stdout-arg {name}: the output was cut at {} bytes",
@@ -129,21 +154,31 @@ pub fn finish(
                 );
             }
             let text = String::from_utf8_lossy(&ended.out.bytes);
-            // A value the next steps cannot count on is a failure.
-            if let Err(e) = cache.set_arg(name, text.trim_end_matches(['\n', '\r'])) {
-                exit = Exit::Error(format!(
-                    "the command succeeded, but --stdout-arg {name}: {e}"
-                ));
-            }
+            Some((
+                name,
+                cache.stage_arg(name, text.trim_end_matches(['\n', '\r'])),
+            ))
         }
-    }
-    Outcome {
+        _ => None,
+    };
+    let outcome = Outcome {
         exit,
         stdout: ended.out.bytes,
         stderr: ended.err.bytes,
         stdout_dropped: ended.out.dropped,
         stderr_dropped: ended.err.dropped,
         exec_secs: ended.exec_secs,
+    };
+    match staged {
+        // A value the next steps cannot count on fails the job: it is
+        // reported once it is on disk.
+        Some((name, (staged, batch))) => Err(Box::new(Persist {
+            staged,
+            batch,
+            outcome,
+            what: format!("the command succeeded, but --stdout-arg {name}"),
+        })),
+        None => Ok(outcome),
     }
 }
 

@@ -41,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::reactor::monitor::{self, LinkEvent, Monitor};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
+use crate::reactor::worker::Worker;
 use crate::reactor::zmq::{endpoint, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
 use crate::wire::{self, ClientMsg, Denial, Dispatch, ServerMsg};
@@ -50,6 +51,7 @@ const TRANSFER: Token = Token(1);
 const HEARTBEAT: Token = Token(2);
 const SIGNALS: Token = Token(3);
 const MONITOR: Token = Token(4);
+const WORKER: Token = Token(5);
 const FIRST_DYNAMIC: usize = 16;
 
 /// What each port takes from the server (see the server's specs).
@@ -186,7 +188,12 @@ pub struct Client {
     seen: Option<Dispatch>,
     /// This process owns its cache and key directories.
     _locks: Vec<crate::dirlock::DirLock>,
+    /// Cache syncs, off the loop.
+    worker: Worker<Synced>,
 }
+
+/// What the I/O thread hands back: a cache batch's result.
+type Synced = std::result::Result<(), (crate::journal::Batch, std::io::Error)>;
 
 /// Run the client until it is told to stop.
 pub fn run(cfg: &Config) -> Result<()> {
@@ -208,6 +215,8 @@ impl Client {
             dirs.push((cfg.key_path.as_path(), "key directory (--key-path)"));
         }
         let locks = crate::dirlock::lock_all(&dirs)?;
+        let worker = Worker::start("director-io", poll.registry(), WORKER)
+            .map_err(|e| Error::io("cannot start the I/O thread", e))?;
         let trust = trust(cfg)?;
         let cache =
             Cache::open(&cfg.cache_path, cfg.cache_ttl, crate::clock::now_ms()).map_err(|e| {
@@ -239,6 +248,7 @@ impl Client {
             instance: uuid::Uuid::new_v4().as_u64_pair().0,
             seen: None,
             _locks: locks,
+            worker,
         };
         client.open()?;
         let now = Instant::now();
@@ -423,6 +433,13 @@ impl Client {
                 match ev.token() {
                     JOB | TRANSFER | HEARTBEAT | MONITOR => {} // serviced at the top of the loop
                     SIGNALS => self.handle_signals(),
+                    WORKER => {
+                        for result in self.worker.drain() {
+                            let mut fx = Effects::default();
+                            self.runner.on_synced(result, self.poll.registry(), &mut fx);
+                            self.apply(fx);
+                        }
+                    }
                     token => {
                         let mut fx = Effects::default();
                         self.runner
@@ -465,6 +482,9 @@ impl Client {
         }
         for (at, t) in fx.timers {
             self.timers.at(at, Timer::Runner(t));
+        }
+        if let Some(batch) = fx.sync {
+            self.worker.submit(move || batch.run());
         }
     }
 

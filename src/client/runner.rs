@@ -16,9 +16,10 @@ use mio::{Registry, Token};
 use uuid::Uuid;
 
 use super::add::{AddJob, Progress};
-use super::cache::Cache;
+use super::cache::{Cache, Staged};
 use super::exec::{self, OnSuccess, Started};
 use crate::dsl::Task;
+use crate::journal::Batch;
 use crate::reactor::child::{Child, Source};
 use crate::reactor::TokenCounter;
 use crate::wire::{ClientMsg, Exit, JobState, Outcome, ServerMsg};
@@ -49,6 +50,9 @@ pub struct Effects {
     /// To send on the transfer port.
     pub transfer: Vec<ClientMsg>,
     pub timers: Vec<(Instant, RunnerTimer)>,
+    /// A cache batch to write and sync on the I/O thread; its result comes
+    /// back through `on_synced`.
+    pub sync: Option<Batch>,
 }
 
 /// A job waiting here for its turn.
@@ -67,6 +71,13 @@ enum Work {
     },
     Transfer {
         add: AddJob,
+    },
+    /// A value (ARG, ENV, `--stdout-arg`) being synced; the job reports
+    /// once it is on disk.
+    Persist {
+        staged: Staged,
+        outcome: Outcome,
+        what: String,
     },
 }
 
@@ -228,6 +239,7 @@ impl Runner {
                     self.arm_stall(now + self.stall, fx);
                     (Work::Transfer { add }, cache_key)
                 }
+                Started::Persist(p) => (self.persist(p, fx), None),
             };
             let timeout_secs = task.options.timeout_secs;
             let deadline = now + Duration::from_secs(timeout_secs);
@@ -306,6 +318,46 @@ impl Runner {
         self.start_next(reg, fx);
     }
 
+    /// Hand a value's batch to the I/O thread; the job waits for it.
+    fn persist(&mut self, p: exec::Persist, fx: &mut Effects) -> Work {
+        fx.sync = Some(p.batch);
+        Work::Persist {
+            staged: p.staged,
+            outcome: p.outcome,
+            what: p.what,
+        }
+    }
+
+    /// The I/O thread ran the batch of the value being persisted.
+    pub fn on_synced(
+        &mut self,
+        result: Result<(), (Batch, std::io::Error)>,
+        reg: &Registry,
+        fx: &mut Effects,
+    ) {
+        let Some(Running {
+            work: Work::Persist { .. },
+            ..
+        }) = &self.running
+        else {
+            log::error!("a cache sync finished with no value waiting for it");
+            return;
+        };
+        let Some(r) = self.running.take() else { return };
+        let Work::Persist {
+            staged,
+            mut outcome,
+            what,
+        } = r.work
+        else {
+            return;
+        };
+        if let Err(e) = self.cache.staged(staged, result) {
+            outcome.exit = Exit::Error(format!("{what}: {e}"));
+        }
+        self.conclude(r.job_id, r.parent, r.cache_key, outcome, reg, fx);
+    }
+
     /// An event for one of the running process's sources.
     pub fn on_child_event(&mut self, token: Token, reg: &Registry, fx: &mut Effects) {
         let Some(Running {
@@ -358,7 +410,22 @@ impl Runner {
         // On an error, dropping the child kills and reaps its group.
         let outcome = match (reaped, child.into_ended()) {
             (Ok(_), Some(ended)) => {
-                exec::finish(ended, stdout_arg.as_deref(), timed_out, &mut self.cache)
+                match exec::finish(ended, stdout_arg.as_deref(), timed_out, &mut self.cache) {
+                    Ok(outcome) => outcome,
+                    // Reported once the value is on disk.
+                    Err(p) => {
+                        let deadline = Instant::now();
+                        self.running = Some(Running {
+                            job_id,
+                            parent,
+                            deadline,
+                            timeout_secs,
+                            cache_key,
+                            work: self.persist(*p, fx),
+                        });
+                        return;
+                    }
+                }
             }
             (Err(e), _) => exec::ended(Exit::Error(format!("cannot wait for the command: {e}"))),
             (Ok(_), None) => exec::ended(Exit::Error("the command's exit status was lost".into())),
@@ -477,7 +544,8 @@ impl Runner {
                         child.signal_group(libc::SIGKILL);
                         *timed_out = true;
                     }
-                    Work::Process { .. } => {}
+                    // A sync cannot be cut short: it reports when done.
+                    Work::Process { .. } | Work::Persist { .. } => {}
                     Work::Transfer { .. } => {
                         log::warn!("job {job_id}: timed out after {secs}s; transfer abandoned");
                         self.finish(exec::ended(Exit::TimedOut { secs }), reg, fx);
@@ -575,6 +643,8 @@ impl Runner {
                 self.finish(outcome, reg, fx);
                 false
             }
+            // Reports when the sync is done.
+            Work::Persist { .. } => true,
         }
     }
 }

@@ -181,6 +181,13 @@ impl Server {
         if gone > 0 {
             log::info!("retention: forgot {gone} finished job(s)");
         }
+        // Retention and compactions free much at once; glibc keeps freed
+        // pages unless asked, and memory would look like it grew.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let live = self.cluster.live_records();
         if self.persist.history.records() > 2 * live + COMPACT_SLACK {
             self.compact_wanted = true;

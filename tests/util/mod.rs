@@ -307,8 +307,23 @@ impl Cluster {
         self.start_client_bare(name, &refs);
     }
 
+    /// Start a client (with the shared key) and environment variables.
+    pub fn start_client_env(&mut self, name: &str, env: &[(&str, &str)]) {
+        let more: Vec<String> = self
+            .shared_key
+            .iter()
+            .flat_map(|k| ["--shared-key".to_string(), k.clone()])
+            .collect();
+        let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+        self.start_client_full(name, &refs, env);
+    }
+
     /// Start a client with exactly these extra options: no shared key.
     pub fn start_client_bare(&mut self, name: &str, more: &[&str]) {
+        self.start_client_full(name, more, &[]);
+    }
+
+    fn start_client_full(&mut self, name: &str, more: &[&str], env: &[(&str, &str)]) {
         let cwd = self.node_dir(name);
         fs::create_dir_all(&cwd).unwrap();
         let extra = vec![
@@ -325,7 +340,7 @@ impl Cluster {
             .into_iter()
             .chain(more.iter().map(|s| s.to_string()))
             .collect();
-        let proc = self.spawn("client", &extra, &format!("client-{name}.log"), &cwd);
+        let proc = self.spawn_env("client", &extra, &format!("client-{name}.log"), &cwd, env);
         self.clients.insert(name.to_owned(), proc);
     }
 
