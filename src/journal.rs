@@ -59,6 +59,9 @@ pub struct Batch {
 /// A whole new content for the file.
 pub struct Rewrite {
     file: Arc<Mutex<JournalFile>>,
+    /// The new records, encoded.
+    bytes: Vec<u8>,
+    /// The file in order: ranges of `bytes`, and records copied.
     parts: Vec<Piece>,
 }
 
@@ -77,7 +80,7 @@ pub struct Span {
 }
 
 enum Piece {
-    Bytes(Vec<u8>),
+    Bytes(std::ops::Range<usize>),
     Copy(Span),
 }
 
@@ -239,52 +242,63 @@ impl Journal {
     /// The file's new content: `recs`, which must cover everything appended
     /// so far (it replaces it). Run the rewrite on any thread.
     pub fn snapshot<T: Serialize>(&mut self, recs: impl IntoIterator<Item = T>) -> Rewrite {
-        self.snapshot_items(recs.into_iter().map(Item::New)).0
+        let items = recs.into_iter().map(|r| (Item::New(r), None::<()>));
+        self.snapshot_items(items).0
     }
 
     /// Like `snapshot`, where some records are copied from the current
     /// file: each must be durable there (nothing pending or failed before
-    /// it). Also returns where each item will be in the new file.
-    pub fn snapshot_items<T: Serialize>(
+    /// it). Items come one at a time (nothing is collected but the new
+    /// bytes, in one buffer, and the copies' places); returns where each
+    /// keyed item will be in the new file.
+    pub fn snapshot_items<T: Serialize, K>(
         &mut self,
-        items: impl IntoIterator<Item = Item<T>>,
-    ) -> (Rewrite, Vec<Span>) {
+        items: impl IntoIterator<Item = (Item<T>, Option<K>)>,
+    ) -> (Rewrite, Vec<(K, Span)>) {
         let mut parts = Vec::new();
-        let mut spans = Vec::new();
-        let mut at = 0u64;
+        let mut keyed = Vec::new();
         let mut bytes = Vec::new();
-        for item in items {
-            match item {
+        let mut at = 0u64;
+        let mut records = 0;
+        // Start of the new bytes not yet in a piece.
+        let mut run = 0;
+        for (item, key) in items {
+            records += 1;
+            let span = match item {
                 Item::New(rec) => {
                     let before = bytes.len();
                     encode_into(&mut bytes, &rec);
-                    let len = (bytes.len() - before) as u32;
-                    spans.push(Span { at, len });
-                    at += u64::from(len);
-                }
-                Item::Copy(span) => {
-                    if !bytes.is_empty() {
-                        parts.push(Piece::Bytes(std::mem::take(&mut bytes)));
+                    Span {
+                        at,
+                        len: (bytes.len() - before) as u32,
                     }
-                    parts.push(Piece::Copy(span));
-                    spans.push(Span { at, len: span.len });
-                    at += u64::from(span.len);
                 }
+                Item::Copy(old) => {
+                    if run < bytes.len() {
+                        parts.push(Piece::Bytes(run..bytes.len()));
+                        run = bytes.len();
+                    }
+                    parts.push(Piece::Copy(old));
+                    Span { at, len: old.len }
+                }
+            };
+            at += u64::from(span.len);
+            if let Some(k) = key {
+                keyed.push((k, span));
             }
         }
-        if !bytes.is_empty() {
-            parts.push(Piece::Bytes(bytes));
+        if run < bytes.len() {
+            parts.push(Piece::Bytes(run..bytes.len()));
         }
         self.pending.clear();
-        self.records = spans.len();
+        self.records = records;
         self.end = at;
-        (
-            Rewrite {
-                file: Arc::clone(&self.file),
-                parts,
-            },
-            spans,
-        )
+        let rewrite = Rewrite {
+            file: Arc::clone(&self.file),
+            bytes,
+            parts,
+        };
+        (rewrite, keyed)
     }
 
     /// A reader of this journal's records, for another thread.
@@ -317,7 +331,7 @@ impl Rewrite {
     /// Replace the file, atomically and durably. On failure the rewrite
     /// comes back, to be tried again.
     pub fn run(self) -> Result<(), (Rewrite, io::Error)> {
-        let result = lock(&self.file).replace(&self.parts);
+        let result = lock(&self.file).replace(&self.bytes, &self.parts);
         result.map_err(|e| (self, e))
     }
 }
@@ -355,7 +369,7 @@ impl JournalFile {
         Ok(())
     }
 
-    fn replace(&mut self, parts: &[Piece]) -> io::Result<()> {
+    fn replace(&mut self, bytes: &[u8], parts: &[Piece]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("tmp");
@@ -365,9 +379,9 @@ impl JournalFile {
             let mut buf = Vec::new();
             for piece in parts {
                 match piece {
-                    Piece::Bytes(b) => {
-                        f.write_all(b)?;
-                        len += b.len() as u64;
+                    Piece::Bytes(range) => {
+                        f.write_all(&bytes[range.clone()])?;
+                        len += range.len() as u64;
                     }
                     Piece::Copy(span) => {
                         buf.resize(span.len as usize, 0);
@@ -511,9 +525,13 @@ mod tests {
         let b = j.append(&"beta".repeat(100));
         j.sync_now().unwrap();
         assert_eq!(j.reader().read::<String>(b).unwrap(), "beta".repeat(100));
-        let (rw, spans) =
-            j.snapshot_items([Item::New("new".to_string()), Item::Copy(b), Item::Copy(a)]);
+        let (rw, keyed) = j.snapshot_items([
+            (Item::New("new".to_string()), Some(0)),
+            (Item::Copy(b), Some(1)),
+            (Item::Copy(a), Some(2)),
+        ]);
         rw.run().map_err(|(_, e)| e).unwrap();
+        let spans: Vec<Span> = keyed.iter().map(|(_, s)| *s).collect();
         let r = j.reader();
         assert_eq!(r.read::<String>(spans[0]).unwrap(), "new");
         assert_eq!(r.read::<String>(spans[1]).unwrap(), "beta".repeat(100));

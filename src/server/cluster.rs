@@ -67,8 +67,8 @@ pub enum Effect {
     ParentDone { parent_id: Uuid },
 }
 
-/// A job's part: the job and the node.
-pub type PartKey = (Uuid, String);
+/// A job's part: the job and the part's index among the job's.
+pub type PartKey = (Uuid, usize);
 
 /// What a node says when it (re)registers.
 #[derive(Clone, Copy, Debug)]
@@ -115,15 +115,14 @@ impl Cluster {
         r.finish(ivl, now)
     }
 
-    /// The whole history as journal items, for rewriting the journal: a
-    /// finished part whose record is on disk is copied from there. Each
-    /// finished part's item names it, for `spilled` once the new layout is
-    /// known.
-    pub fn snapshot(&self) -> Vec<(Item<Record>, Option<PartKey>)> {
-        let mut out = Vec::new();
-        for job in self.jobs.iter() {
-            out.push((Item::New(self.submitted_record(job)), None));
-            for (node, part) in &job.parts {
+    /// The whole history as journal items, one at a time, for rewriting
+    /// the journal: a finished part whose record is on disk is copied from
+    /// there. Each finished part's item names it (job, index of the part),
+    /// for `spilled_at` once the new layout is known.
+    pub fn snapshot(&self) -> impl Iterator<Item = (Item<Record>, Option<PartKey>)> + '_ {
+        self.jobs.iter().flat_map(|job| {
+            let submitted = (Item::New(self.submitted_record(job)), None);
+            let parts = job.parts.iter().enumerate().filter_map(|(i, (node, part))| {
                 if part.state.is_done() {
                     let item = match part.record() {
                         Ok(part) => Item::New(Record::Done {
@@ -133,8 +132,9 @@ impl Cluster {
                         }),
                         Err(span) => Item::Copy(span),
                     };
-                    out.push((item, Some((job.id, node.clone()))));
-                } else if let Some(sent_ms) = part.sent_ms {
+                    Some((item, Some((job.id, i))))
+                } else {
+                    let sent_ms = part.sent_ms?;
                     let rec = match part.sent_to {
                         Some(to) => Record::Dispatched {
                             id: job.id,
@@ -148,17 +148,24 @@ impl Cluster {
                             sent_ms,
                         },
                     };
-                    out.push((Item::New(rec), None));
+                    Some((Item::New(rec), None))
                 }
-            }
-        }
-        out
+            });
+            std::iter::once(submitted).chain(parts)
+        })
     }
 
     /// A finished part's record is at `span` in the journal: memory keeps
     /// only its summary from now on.
     pub fn spilled(&mut self, id: &Uuid, node: &str, span: Span) {
         if let Some(p) = self.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node)) {
+            p.spill(span);
+        }
+    }
+
+    /// The same, for the part named by a snapshot's key.
+    pub fn spilled_at(&mut self, (id, i): PartKey, span: Span) {
+        if let Some(p) = self.jobs.get_mut(&id).and_then(|j| j.parts.nth_mut(i)) {
             p.spill(span);
         }
     }
@@ -1056,7 +1063,6 @@ mod tests {
     /// The snapshot's records (nothing is spilled without a loop).
     fn records(c: &Cluster) -> Vec<Record> {
         c.snapshot()
-            .into_iter()
             .map(|(item, _)| match item {
                 Item::New(r) => r,
                 Item::Copy(_) => unreachable!("nothing is spilled in these tests"),

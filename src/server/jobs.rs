@@ -159,6 +159,11 @@ impl Parts {
         self.find(node).map(|i| &mut self.0[i].1)
     }
 
+    /// The part at `i` in node order.
+    pub fn nth_mut(&mut self, i: usize) -> Option<&mut Part> {
+        self.0.get_mut(i).map(|(_, p)| p)
+    }
+
     /// Node names, in order.
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.0.iter().map(|(n, _)| n)

@@ -249,12 +249,9 @@ pub(super) fn read_outputs(
 /// copied from where the journal holds them. Their records move, and the
 /// cluster is told where to.
 pub(super) fn compact(cluster: &mut Cluster, history: &mut Journal) -> Rewrite {
-    let (items, keys): (Vec<_>, Vec<_>) = cluster.snapshot().into_iter().unzip();
-    let (rewrite, spans) = history.snapshot_items(items);
-    for (key, span) in keys.into_iter().zip(spans) {
-        if let Some((id, node)) = key {
-            cluster.spilled(&id, &node, span);
-        }
+    let (rewrite, moved) = history.snapshot_items(cluster.snapshot());
+    for (key, span) in moved {
+        cluster.spilled_at(key, span);
     }
     rewrite
 }
