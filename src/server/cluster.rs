@@ -122,35 +122,39 @@ impl Cluster {
     pub fn snapshot(&self) -> impl Iterator<Item = (Item<Record>, Option<PartKey>)> + '_ {
         self.jobs.iter().flat_map(|job| {
             let submitted = (Item::New(self.submitted_record(job)), None);
-            let parts = job.parts.iter().enumerate().filter_map(|(i, (node, part))| {
-                if part.state.is_done() {
-                    let item = match part.record() {
-                        Ok(part) => Item::New(Record::Done {
-                            id: job.id,
-                            node: node.clone(),
-                            part,
-                        }),
-                        Err(span) => Item::Copy(span),
-                    };
-                    Some((item, Some((job.id, i))))
-                } else {
-                    let sent_ms = part.sent_ms?;
-                    let rec = match part.sent_to {
-                        Some(to) => Record::Dispatched {
-                            id: job.id,
-                            node: node.clone(),
-                            sent_ms,
-                            to,
-                        },
-                        None => Record::Sent {
-                            id: job.id,
-                            node: node.clone(),
-                            sent_ms,
-                        },
-                    };
-                    Some((Item::New(rec), None))
-                }
-            });
+            let parts = job
+                .parts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (node, part))| {
+                    if part.state.is_done() {
+                        let item = match part.record() {
+                            Ok(part) => Item::New(Record::Done {
+                                id: job.id,
+                                node: node.clone(),
+                                part,
+                            }),
+                            Err(span) => Item::Copy(span),
+                        };
+                        Some((item, Some((job.id, i))))
+                    } else {
+                        let sent_ms = part.sent_ms?;
+                        let rec = match part.sent_to.as_deref().copied() {
+                            Some(to) => Record::Dispatched {
+                                id: job.id,
+                                node: node.clone(),
+                                sent_ms,
+                                to,
+                            },
+                            None => Record::Sent {
+                                id: job.id,
+                                node: node.clone(),
+                                sent_ms,
+                            },
+                        };
+                        Some((Item::New(rec), None))
+                    }
+                });
             std::iter::once(submitted).chain(parts)
         })
     }
@@ -241,7 +245,7 @@ impl Cluster {
         let mut undelivered = Vec::new();
         for id in n.in_flight.iter().filter(|id| !holding.contains(id)) {
             let part = self.jobs.get(id).and_then(|j| j.parts.get(node));
-            match part.and_then(|p| p.sent_to) {
+            match part.and_then(|p| p.sent_to.as_deref().copied()) {
                 Some(to) if to.client == hello.instance => {
                     let d = to.dispatch;
                     let on_the_wire = d.server == self.instance
@@ -358,7 +362,7 @@ impl Cluster {
                     "node={node}: late result for job {job_id}, which was reported lost; recorded"
                 );
                 part.state = state;
-                part.outcome = Some(Stored::Memory(outcome));
+                part.outcome = Some(Stored::Memory(Box::new(outcome)));
                 out.extend(self.done_record(&job_id, node).map(Effect::Journal));
                 return None;
             }
@@ -370,7 +374,7 @@ impl Cluster {
             .sent_at
             .map(|t| now.at.saturating_duration_since(t).as_secs_f64());
         part.finished_ms = Some(now.ms);
-        part.outcome = Some(Stored::Memory(outcome));
+        part.outcome = Some(Stored::Memory(Box::new(outcome)));
         if let Some(n) = self.nodes.get_mut(node) {
             n.in_flight.retain(|id| *id != job_id);
         }
@@ -611,9 +615,11 @@ impl Cluster {
             part.sent_at = Some(now.at);
             part.sent_ms = Some(now.ms);
             // A node sends nothing before its Ready, which names its process.
-            part.sent_to = n.instance.map(|client| SentTo { client, dispatch });
+            part.sent_to = n
+                .instance
+                .map(|client| Box::new(SentTo { client, dispatch }));
             n.in_flight.push_back(job_id);
-            if let Some(to) = part.sent_to {
+            if let Some(to) = part.sent_to.as_deref().copied() {
                 out.push(Effect::Journal(Record::Dispatched {
                     id: job_id,
                     node: node.to_owned(),
@@ -857,7 +863,7 @@ impl Restore {
                 {
                     p.state = JobState::Sent;
                     p.sent_ms = Some(sent_ms);
-                    p.sent_to = Some(to);
+                    p.sent_to = Some(Box::new(to));
                 }
             }
             Record::Unsent { id, node } => {
@@ -976,6 +982,7 @@ mod tests {
     fn dispatch_of(c: &Cluster, id: &Uuid, node: &str) -> Dispatch {
         c.jobs.get(id).unwrap().parts[node]
             .sent_to
+            .as_deref()
             .unwrap()
             .dispatch
     }

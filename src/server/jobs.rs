@@ -24,7 +24,7 @@ pub struct Part {
     pub sent_ms: Option<u64>,
     /// Which client process it was sent to, in which dispatch (`None`:
     /// not sent, or sent by a server too old to say).
-    pub sent_to: Option<SentTo>,
+    pub sent_to: Option<Box<SentTo>>,
     pub rtt_secs: Option<f64>,
     pub finished_ms: Option<u64>,
 }
@@ -34,8 +34,13 @@ pub struct Part {
 /// (they are read back from the journal for `--job-info`).
 #[derive(Debug)]
 pub enum Stored {
-    Memory(Outcome),
-    Disk { summary: Summary, span: Span },
+    /// Boxed: while the part waits or runs there is none, and a summary is
+    /// smaller than a whole outcome.
+    Memory(Box<Outcome>),
+    Disk {
+        summary: Summary,
+        span: Span,
+    },
 }
 
 /// What memory keeps of an outcome.
@@ -73,7 +78,7 @@ impl Part {
     pub fn record(&self) -> Result<PartRecord, Span> {
         let outcome = match &self.outcome {
             Some(Stored::Disk { span, .. }) => return Err(*span),
-            Some(Stored::Memory(o)) => Some(o.clone()),
+            Some(Stored::Memory(o)) => Some((**o).clone()),
             None => None,
         };
         Ok(PartRecord {
