@@ -893,15 +893,19 @@ impl Server {
         if let Ok(ServerMsg::Job { job_id, .. }) =
             wire::decode::<ServerMsg>(frames.get(1..).unwrap_or(&[]))
         {
-            self.requeue(&node, job_id);
+            self.requeue(&node, job_id, Undelivered::NoRoute);
         }
     }
 
-    /// A job that cannot reach its node now waits for the node's next Ready.
-    fn requeue(&mut self, node: &str, job_id: Uuid) {
-        log::warn!(
-            "node={node}: job {job_id} could not be delivered (node disconnected); kept queued"
-        );
+    /// A job that cannot reach its node now is never dropped: it goes back
+    /// to the front of the node's queue and waits for the node's next
+    /// Ready (the server asks for one at its next heartbeat).
+    fn requeue(&mut self, node: &str, job_id: Uuid, why: Undelivered) {
+        let why = match why {
+            Undelivered::NoRoute => "the node disconnected",
+            Undelivered::Full => "its outbox is full (it does not read its job port)",
+        };
+        log::warn!("node={node}: job {job_id} could not be delivered ({why}); kept queued");
         self.cluster.unroutable(node, job_id);
         self.record(&Record::Unsent {
             id: job_id,
@@ -928,9 +932,9 @@ impl Server {
         }
     }
 
-    /// Send to node `node` on the job port, where it last spoke from. False
-    /// when it cannot be reached there now.
-    fn send(&mut self, node: &str, msg: &ServerMsg) -> bool {
+    /// Send to node `node` on the job port, where it last spoke from; why
+    /// not, when it cannot be reached there now.
+    fn send(&mut self, node: &str, msg: &ServerMsg) -> std::result::Result<(), Undelivered> {
         let Some(rid) = self
             .principal_of(node)
             .and_then(|who| self.routes.to(&who, Port::Job).map(<[u8]>::to_vec))
@@ -939,13 +943,17 @@ impl Server {
                 "node={node}: no route on the job port for {}",
                 msg.describe()
             );
-            return false;
+            return Err(Undelivered::NoRoute);
         };
         let p = &mut self.ports[Port::Job as usize];
         log::debug!("node={node} {} -> {}", p.name, msg.describe());
         let mut frames = vec![rid];
         frames.extend(wire::encode(msg));
-        p.queue(frames)
+        if p.queue(frames) {
+            Ok(())
+        } else {
+            Err(Undelivered::Full)
+        }
     }
 
     /// Carry out what the cluster decided.
@@ -966,12 +974,12 @@ impl Server {
                     // A job goes at once: if the server dies before its
                     // record is durable, the node's Ready says it has it.
                     ServerMsg::Job { job_id, .. } => {
-                        if !self.send(&node, &msg) {
-                            self.requeue(&node, job_id);
+                        if let Err(why) = self.send(&node, &msg) {
+                            self.requeue(&node, job_id, why);
                         }
                     }
                     msg => {
-                        self.send(&node, &msg);
+                        let _ = self.send(&node, &msg);
                     }
                 },
                 Effect::PartDone { job_id, node } => {
@@ -1041,6 +1049,15 @@ impl Server {
             self.state = RunState::Stopped;
         }
     }
+}
+
+/// Why a message could not be queued for a node.
+#[derive(Clone, Copy, Debug)]
+enum Undelivered {
+    /// No connection of the node's on that port now.
+    NoRoute,
+    /// The node's outbox is at its cap.
+    Full,
 }
 
 /// What a peer may do, by its key.

@@ -262,7 +262,7 @@ impl Server {
                 }
                 KeyChange::Reject(_) => {
                     log::warn!("node={name}: key {} rejected", view.fingerprint);
-                    self.send(name, &ServerMsg::Denied(Denial::Rejected));
+                    let _ = self.send(name, &ServerMsg::Denied(Denial::Rejected));
                     self.cluster
                         .drop_node(name, "the node's key was rejected", now, &mut out);
                     if let Ok(who) = &who {

@@ -143,7 +143,7 @@ impl Server {
                 match h {
                     // Lost acks are harmless: the node resends its result.
                     Held::Ack { node, msg } => {
-                        self.send(&node, &msg);
+                        let _ = self.send(&node, &msg);
                     }
                     Held::Note { token, resp } => self.send_note(token, &resp),
                     Held::Read {
