@@ -504,6 +504,16 @@ fn a_slow_cache_disk_never_stalls_a_clients_heartbeats() {
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo {{ one }}{{ two }}"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("sc: succeeded"), "{out:?}");
+    // A received file is synced (and its owner looked up) off the loop too.
+    let src = c.dir.path.join("payload.txt");
+    fs::write(&src, "payload\n").unwrap();
+    let add = format!("--chown root {} placed.txt", src.display());
+    let out = c.cli(&["exec", "--verb", "ADD", "--wait", &add]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        fs::read_to_string(c.node_dir("sc").join("placed.txt")).unwrap(),
+        "payload\n"
+    );
     let log = c.server().log_text();
     assert!(!log.contains("expired"), "{log}");
     let log = c.clients["sc"].log_text();

@@ -51,6 +51,55 @@ enum Step {
         flow: Receiver,
         synced: u64,
     },
+    /// Waiting for the I/O thread: the owner's ids (`--chown`), or the
+    /// received file's sync and rename.
+    Io,
+}
+
+/// What the I/O thread does for an ADD job: calls that may block (a user
+/// lookup through LDAP, an fsync).
+pub enum AddIo {
+    /// Look up `--chown USER[:GROUP]`.
+    Resolve(String),
+    /// Give the received file its owner and mode, sync it, and rename it
+    /// over the target.
+    Place {
+        tmp: Tmp,
+        target: PathBuf,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: u32,
+    },
+}
+
+/// What the I/O thread found.
+pub enum AddDone {
+    Resolved(Result<(Option<u32>, Option<u32>), String>),
+    Placed(Result<(), String>),
+}
+
+impl AddIo {
+    /// Run it (on the I/O thread).
+    pub fn run(self) -> AddDone {
+        match self {
+            AddIo::Resolve(spec) => AddDone::Resolved(resolve_owner(&spec)),
+            AddIo::Place {
+                tmp,
+                target,
+                uid,
+                gid,
+                mode,
+            } => AddDone::Placed((|| {
+                set_owner_and_mode_fd(&tmp.file, uid, gid, mode)
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                tmp.file
+                    .sync_data()
+                    .map_err(|e| format!("cannot sync {}: {e}", target.display()))?;
+                tmp.persist(&target)
+                    .map_err(|e| format!("cannot put {} in place: {e}", target.display()))
+            })()),
+        }
+    }
 }
 
 /// What the loop should do after a call.
@@ -68,6 +117,8 @@ pub struct AddJob {
     uid: Option<u32>,
     gid: Option<u32>,
     step: Step,
+    /// Work for the I/O thread, for the runner to hand over.
+    io: Option<AddIo>,
     report: String,
     started: Instant,
     /// When data last came from the server (or was first asked for).
@@ -104,17 +155,20 @@ impl AddJob {
                 (f.clone(), target)
             })
             .collect();
-        let (uid, gid) = match chown {
-            Some(spec) => resolve_owner(spec)?,
-            None => (None, None),
+        // The owner is looked up on the I/O thread (the name service may
+        // hang); the transfer starts once it is known.
+        let (step, io) = match chown {
+            Some(spec) => (Step::Io, Some(AddIo::Resolve(spec.clone()))),
+            None => (Step::Next, None),
         };
         Ok(AddJob {
             job_id,
             files,
             next: 0,
-            uid,
-            gid,
-            step: Step::Next,
+            uid: None,
+            gid: None,
+            step,
+            io,
             report: String::new(),
             started: Instant::now(),
             last_data: Instant::now(),
@@ -130,6 +184,45 @@ impl AddJob {
     /// Has it work to do without waiting for the network?
     pub fn wants_tick(&self) -> bool {
         matches!(self.step, Step::Next | Step::Checking { .. })
+    }
+
+    /// Work for the I/O thread, if any is due.
+    pub fn take_io(&mut self) -> Option<AddIo> {
+        self.io.take()
+    }
+
+    /// Is it waiting for the I/O thread? (Then it must not be abandoned: the
+    /// file may be put in place anyway.)
+    pub fn in_io(&self) -> bool {
+        matches!(self.step, Step::Io)
+    }
+
+    /// The I/O thread is done with what this job gave it.
+    pub fn io_done(&mut self, done: AddDone, out: &mut Vec<ClientMsg>) -> Progress {
+        let result = match done {
+            AddDone::Resolved(Ok((uid, gid))) => {
+                (self.uid, self.gid) = (uid, gid);
+                self.step = Step::Next;
+                self.advance(out)
+            }
+            AddDone::Resolved(Err(e)) => Err(e),
+            AddDone::Placed(Ok(())) => {
+                self.step = Step::Next;
+                let (src, target) = &self.files[self.next];
+                self.report
+                    .push_str(&format!("sent {} ({} bytes)\n", target.display(), src.size));
+                self.next += 1;
+                Ok(())
+            }
+            AddDone::Placed(Err(e)) => Err(e),
+        };
+        match result {
+            Ok(()) if self.next >= self.files.len() => {
+                Progress::Finished(self.outcome(Exit::Code(0)))
+            }
+            Ok(()) => Progress::Continue,
+            Err(e) => Progress::Finished(self.give_up(e)),
+        }
     }
 
     /// Do a bounded slice of work.
@@ -191,7 +284,7 @@ impl AddJob {
                     self.start_receiving(out)
                 }
             }
-            Step::Receiving { .. } => Ok(()),
+            Step::Receiving { .. } | Step::Io => Ok(()),
         }
     }
 
@@ -312,16 +405,16 @@ impl AddJob {
                 target.display()
             ));
         }
-        set_owner_and_mode_fd(&tmp.file, self.uid, self.gid, src.mode)
-            .map_err(|e| format!("{}: {e}", target.display()))?;
-        tmp.file
-            .sync_data()
-            .map_err(|e| format!("cannot sync {}: {e}", target.display()))?;
-        tmp.persist(target)
-            .map_err(|e| format!("cannot put {} in place: {e}", target.display()))?;
-        self.report
-            .push_str(&format!("sent {} ({} bytes)\n", target.display(), src.size));
-        self.next += 1;
+        // Owner, mode, sync and rename on the I/O thread; the next file
+        // starts when it is back.
+        self.io = Some(AddIo::Place {
+            tmp,
+            target: target.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            mode: src.mode,
+        });
+        self.step = Step::Io;
         Ok(())
     }
 
@@ -365,7 +458,7 @@ fn hex(hasher: Sha1) -> String {
 }
 
 /// A temporary file beside the destination, removed unless persisted.
-struct Tmp {
+pub struct Tmp {
     file: File,
     /// `None` for an unnamed `O_TMPFILE`, which needs no cleanup.
     named: Option<PathBuf>,

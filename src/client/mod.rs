@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 
 use self::cache::Cache;
-use self::runner::{Effects, Runner, RunnerTimer};
+use self::runner::{Effects, IoDone, Runner, RunnerTimer};
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
@@ -189,11 +189,8 @@ pub struct Client {
     /// This process owns its cache and key directories.
     _locks: Vec<crate::dirlock::DirLock>,
     /// Cache syncs, off the loop.
-    worker: Worker<Synced>,
+    worker: Worker<IoDone>,
 }
-
-/// What the I/O thread hands back: a cache batch's result.
-type Synced = std::result::Result<(), (crate::journal::Batch, std::io::Error)>;
 
 /// Run the client until it is told to stop.
 pub fn run(cfg: &Config) -> Result<()> {
@@ -434,9 +431,9 @@ impl Client {
                     JOB | TRANSFER | HEARTBEAT | MONITOR => {} // serviced at the top of the loop
                     SIGNALS => self.handle_signals(),
                     WORKER => {
-                        for result in self.worker.drain() {
+                        for done in self.worker.drain() {
                             let mut fx = Effects::default();
-                            self.runner.on_synced(result, self.poll.registry(), &mut fx);
+                            self.runner.on_io(done, self.poll.registry(), &mut fx);
                             self.apply(fx);
                         }
                     }
@@ -483,8 +480,8 @@ impl Client {
         for (at, t) in fx.timers {
             self.timers.at(at, Timer::Runner(t));
         }
-        if let Some(batch) = fx.sync {
-            self.worker.submit(move || batch.run());
+        if let Some(task) = fx.io {
+            self.worker.submit(move || task.run());
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mio::{Registry, Token};
 use uuid::Uuid;
 
-use super::add::{AddJob, Progress};
+use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::{Cache, Staged};
 use super::exec::{self, OnSuccess, Started};
 use crate::dsl::Task;
@@ -50,9 +50,33 @@ pub struct Effects {
     /// To send on the transfer port.
     pub transfer: Vec<ClientMsg>,
     pub timers: Vec<(Instant, RunnerTimer)>,
-    /// A cache batch to write and sync on the I/O thread; its result comes
-    /// back through `on_synced`.
-    pub sync: Option<Batch>,
+    /// Work for the I/O thread; its result comes back through `on_io`.
+    pub io: Option<IoTask>,
+}
+
+/// What the runner hands the I/O thread: at most one at a time, for the
+/// one running job.
+pub enum IoTask {
+    /// Write and sync a cache batch (an ARG, ENV or `--stdout-arg` value).
+    Sync(Batch),
+    /// An ADD job's owner lookup, or a received file's sync and rename.
+    Add(AddIo),
+}
+
+/// What the I/O thread hands back.
+pub enum IoDone {
+    Synced(Result<(), (Batch, std::io::Error)>),
+    Add(AddDone),
+}
+
+impl IoTask {
+    /// Run it (on the I/O thread).
+    pub fn run(self) -> IoDone {
+        match self {
+            IoTask::Sync(batch) => IoDone::Synced(batch.run()),
+            IoTask::Add(io) => IoDone::Add(io.run()),
+        }
+    }
 }
 
 /// A job waiting here for its turn.
@@ -234,9 +258,12 @@ impl Runner {
                         Some(cache_key),
                     )
                 }
-                Started::Transfer(add, cache_key) => {
+                Started::Transfer(mut add, cache_key) => {
                     fx.job.push(ClientMsg::Started { job_id });
                     self.arm_stall(now + self.stall, fx);
+                    if let Some(io) = add.take_io() {
+                        fx.io = Some(IoTask::Add(io));
+                    }
                     (Work::Transfer { add }, cache_key)
                 }
                 Started::Persist(p) => (self.persist(p, fx), None),
@@ -320,7 +347,7 @@ impl Runner {
 
     /// Hand a value's batch to the I/O thread; the job waits for it.
     fn persist(&mut self, p: exec::Persist, fx: &mut Effects) -> Work {
-        fx.sync = Some(p.batch);
+        fx.io = Some(IoTask::Sync(p.batch));
         Work::Persist {
             staged: p.staged,
             outcome: p.outcome,
@@ -328,8 +355,27 @@ impl Runner {
         }
     }
 
+    /// The I/O thread finished what the running job gave it.
+    pub fn on_io(&mut self, done: IoDone, reg: &Registry, fx: &mut Effects) {
+        match done {
+            IoDone::Synced(result) => self.on_synced(result, reg, fx),
+            IoDone::Add(done) => {
+                let Some(Running {
+                    work: Work::Transfer { add },
+                    ..
+                }) = self.running.as_mut()
+                else {
+                    log::error!("an ADD file operation finished with no transfer running");
+                    return;
+                };
+                let progress = add.io_done(done, &mut fx.transfer);
+                self.transfer_progress(progress, reg, fx);
+            }
+        }
+    }
+
     /// The I/O thread ran the batch of the value being persisted.
-    pub fn on_synced(
+    fn on_synced(
         &mut self,
         result: Result<(), (Batch, std::io::Error)>,
         reg: &Registry,
@@ -482,6 +528,15 @@ impl Runner {
     }
 
     fn transfer_progress(&mut self, progress: Progress, reg: &Registry, fx: &mut Effects) {
+        if let Some(Running {
+            work: Work::Transfer { add },
+            ..
+        }) = self.running.as_mut()
+        {
+            if let Some(io) = add.take_io() {
+                fx.io = Some(IoTask::Add(io));
+            }
+        }
         if let Progress::Finished(outcome) = progress {
             self.finish(outcome, reg, fx);
         }
@@ -546,6 +601,9 @@ impl Runner {
                     }
                     // A sync cannot be cut short: it reports when done.
                     Work::Process { .. } | Work::Persist { .. } => {}
+                    // A file being put in place may land anyway: report it
+                    // as it ends.
+                    Work::Transfer { add } if add.in_io() => {}
                     Work::Transfer { .. } => {
                         log::warn!("job {job_id}: timed out after {secs}s; transfer abandoned");
                         self.finish(exec::ended(Exit::TimedOut { secs }), reg, fx);
@@ -599,10 +657,13 @@ impl Runner {
     /// knows the job; a restarted one drops it.)
     pub fn link_reset(&mut self, reg: &Registry, fx: &mut Effects) {
         if let Some(Running {
-            work: Work::Transfer { .. },
+            work: Work::Transfer { add },
             ..
         }) = &self.running
         {
+            if add.in_io() {
+                return; // it reports as it ends
+            }
             let outcome = exec::ended(Exit::Error(
                 "the connection to the server was reset during the transfer".into(),
             ));
@@ -636,6 +697,8 @@ impl Runner {
                     .push((Instant::now() + KILL_GRACE, RunnerTimer::KillGrace));
                 true
             }
+            // Waiting for the I/O thread: reports as it ends.
+            Work::Transfer { add } if add.in_io() => true,
             Work::Transfer { .. } => {
                 let outcome = exec::ended(Exit::Error(
                     "the client was stopped during the transfer".into(),
