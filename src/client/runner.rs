@@ -711,3 +711,144 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsl::Verb;
+
+    struct Rig {
+        runner: Runner,
+        poll: mio::Poll,
+        dir: std::path::PathBuf,
+    }
+
+    impl Rig {
+        fn new(name: &str) -> Rig {
+            let dir =
+                std::env::temp_dir().join(format!("director-runner-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let cache = Cache::open(&dir, Duration::from_secs(3600), 0).unwrap();
+            Rig {
+                runner: Runner::new(cache, TokenCounter::new(10), Duration::from_secs(5)),
+                poll: mio::Poll::new().unwrap(),
+                dir,
+            }
+        }
+
+        fn enqueue(&mut self, parent: Option<Uuid>, verb: Verb, job: &str) -> (Uuid, Effects) {
+            let id = Uuid::new_v4();
+            let mut fx = Effects::default();
+            let task = Task::parse(verb, job).unwrap();
+            self.runner
+                .enqueue(id, parent, task, self.poll.registry(), &mut fx);
+            (id, fx)
+        }
+
+        /// Run what the runner gave the I/O thread, as the worker would.
+        fn run_io(&mut self, fx: &mut Effects) -> Effects {
+            let task = fx.io.take().expect("work for the I/O thread");
+            let mut out = Effects::default();
+            self.runner
+                .on_io(task.run(), self.poll.registry(), &mut out);
+            out
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The results in `fx`, in order: (job, state).
+    fn finished(fx: &Effects) -> Vec<(Uuid, JobState)> {
+        fx.job
+            .iter()
+            .filter_map(|m| match m {
+                ClientMsg::Finished { job_id, outcome } => Some((*job_id, outcome.exit.state())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jobs_run_one_at_a_time_in_order_and_a_value_counts_once_on_disk() {
+        let mut rig = Rig::new("order");
+        let (a, mut fx_a) = rig.enqueue(None, Verb::Arg, "first 1");
+        let (b, fx_b) = rig.enqueue(None, Verb::Arg, "second 2");
+        // The first waits for its sync; the second waits for the first.
+        assert!(finished(&fx_a).is_empty());
+        assert!(fx_b.io.is_none() && finished(&fx_b).is_empty());
+        assert_eq!(rig.runner.holding(), vec![b, a]);
+        let mut fx = rig.run_io(&mut fx_a);
+        assert_eq!(finished(&fx), vec![(a, JobState::Succeeded)]);
+        let fx2 = rig.run_io(&mut fx);
+        assert_eq!(finished(&fx2), vec![(b, JobState::Succeeded)]);
+        assert_eq!(rig.runner.cache.args().len(), 2);
+    }
+
+    #[test]
+    fn after_a_failure_the_rest_of_that_run_is_skipped_here_only() {
+        let mut rig = Rig::new("skip");
+        let run = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        // A WORKDIR that cannot be made fails at once.
+        let (bad, fx) = rig.enqueue(Some(run), Verb::Workdir, "/proc/no/such/dir");
+        assert_eq!(finished(&fx), vec![(bad, JobState::Failed)]);
+        let (skipped, fx) = rig.enqueue(Some(run), Verb::Workdir, "/tmp");
+        assert_eq!(finished(&fx), vec![(skipped, JobState::Skipped)]);
+        let (fine, fx) = rig.enqueue(Some(other), Verb::Workdir, "/tmp");
+        assert_eq!(finished(&fx), vec![(fine, JobState::Succeeded)]);
+    }
+
+    #[test]
+    fn results_are_held_and_resent_until_acknowledged() {
+        let mut rig = Rig::new("resend");
+        let (id, fx) = rig.enqueue(None, Verb::Workdir, "/tmp");
+        assert_eq!(finished(&fx), vec![(id, JobState::Succeeded)]);
+        // Not acked: still held (Ready says so) and resent on reconnect.
+        assert_eq!(rig.runner.holding(), vec![id]);
+        let resend: Vec<ClientMsg> = rig.runner.unacked().collect();
+        assert!(matches!(resend.as_slice(), [ClientMsg::Finished { job_id, .. }] if *job_id == id));
+        rig.runner.acked(&id);
+        assert!(rig.runner.holding().is_empty());
+        assert_eq!(rig.runner.unacked().count(), 0);
+        // A job received twice while held is ignored, not run twice.
+        let (again, _) = rig.enqueue(None, Verb::Arg, "k v");
+        let mut fx = Effects::default();
+        let task = Task::parse(Verb::Arg, "k v").unwrap();
+        rig.runner
+            .enqueue(again, None, task, rig.poll.registry(), &mut fx);
+        assert!(fx.io.is_none() && fx.job.is_empty());
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_synced_fails_its_job_and_is_not_kept() {
+        let mut rig = Rig::new("nosync");
+        let (id, mut fx) = rig.enqueue(None, Verb::Arg, "key value");
+        let Some(IoTask::Sync(batch)) = fx.io.take() else {
+            panic!("a sync for the ARG");
+        };
+        let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let mut out = Effects::default();
+        rig.runner.on_io(
+            IoDone::Synced(Err((batch, err))),
+            rig.poll.registry(),
+            &mut out,
+        );
+        assert_eq!(finished(&out), vec![(id, JobState::Failed)]);
+        let ClientMsg::Finished { outcome, .. } = &out.job[0] else {
+            panic!("a result");
+        };
+        assert!(
+            outcome
+                .exit
+                .to_string()
+                .contains("ARG key: cannot save it in the cache"),
+            "{}",
+            outcome.exit
+        );
+        assert!(rig.runner.cache.args().is_empty());
+    }
+}
