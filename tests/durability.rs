@@ -408,41 +408,13 @@ fn retention_forgets_the_oldest_finished_jobs_in_memory_and_on_disk() {
     assert_eq!(c.job_info(id)["nodes"][0]["stdout"], "marker-5\n");
 }
 
-/// Build a shim that makes every fsync and fdatasync of the process it is
-/// preloaded into take `ms` milliseconds. `None` without a C compiler.
-fn slow_fsync_shim(dir: &std::path::Path, ms: u32) -> Option<std::path::PathBuf> {
-    let src = dir.join("slowsync.c");
-    let lib = dir.join("slowsync.so");
-    fs::write(
-        &src,
-        format!(
-            r#"#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <time.h>
-static void slow(void) {{ struct timespec t = {{ {ms} / 1000, ({ms} % 1000) * 1000000L }}; nanosleep(&t, 0); }}
-int fsync(int fd) {{ static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fsync"); slow(); return real(fd); }}
-int fdatasync(int fd) {{ static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fdatasync"); slow(); return real(fd); }}
-"#
-        ),
-    )
-    .unwrap();
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .is_ok_and(|s| s.success());
-    built.then_some(lib)
-}
-
 #[test]
 fn a_slow_disk_never_stalls_the_servers_heartbeats_or_answers() {
     let mut c = Cluster::new("slowdisk", "0.3");
     // Every sync takes 2 s: more than a client's 3 intervals of silence
     // (0.9 s). A loop that waited on one would go silent, and clients
     // would reconnect and say so.
-    let Some(shim) = slow_fsync_shim(&c.dir.path, 2000) else {
+    let Some(shim) = util::slow_fsync_shim(&c.dir.path, 2000) else {
         eprintln!("skipped: no C compiler for the LD_PRELOAD shim");
         return;
     };
@@ -488,7 +460,7 @@ fn a_slow_disk_never_stalls_the_servers_heartbeats_or_answers() {
 #[test]
 fn a_slow_cache_disk_never_stalls_a_clients_heartbeats() {
     let mut c = Cluster::new("slowcache", "0.3");
-    let Some(shim) = slow_fsync_shim(&c.dir.path, 2000) else {
+    let Some(shim) = util::slow_fsync_shim(&c.dir.path, 2000) else {
         eprintln!("skipped: no C compiler for the LD_PRELOAD shim");
         return;
     };

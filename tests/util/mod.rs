@@ -936,3 +936,31 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// Build a shim that makes every fsync and fdatasync of the process it is
+/// preloaded into take `ms` milliseconds. `None` without a C compiler.
+pub fn slow_fsync_shim(dir: &Path, ms: u32) -> Option<PathBuf> {
+    let src = dir.join("slowsync.c");
+    let lib = dir.join("slowsync.so");
+    fs::write(
+        &src,
+        format!(
+            r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <time.h>
+static void slow(void) {{ struct timespec t = {{ {ms} / 1000, ({ms} % 1000) * 1000000L }}; nanosleep(&t, 0); }}
+int fsync(int fd) {{ static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fsync"); slow(); return real(fd); }}
+int fdatasync(int fd) {{ static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fdatasync"); slow(); return real(fd); }}
+"#
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|s| s.success());
+    built.then_some(lib)
+}
