@@ -131,7 +131,7 @@ impl Cluster {
                         let item = match part.record() {
                             Ok(part) => Item::New(Record::Done {
                                 id: job.id,
-                                node: node.clone(),
+                                node: node.to_string(),
                                 part,
                             }),
                             Err(span) => Item::Copy(span),
@@ -142,13 +142,13 @@ impl Cluster {
                         let rec = match part.sent_to.as_deref().copied() {
                             Some(to) => Record::Dispatched {
                                 id: job.id,
-                                node: node.clone(),
+                                node: node.to_string(),
                                 sent_ms,
                                 to,
                             },
                             None => Record::Sent {
                                 id: job.id,
-                                node: node.clone(),
+                                node: node.to_string(),
                                 sent_ms,
                             },
                         };
@@ -179,7 +179,7 @@ impl Cluster {
             id: job.id,
             parent: job.parent,
             task: job.task.clone(),
-            targets: job.parts.keys().cloned().collect(),
+            targets: job.parts.keys().map(|k| k.to_string()).collect(),
             submitted_ms: job.submitted_ms,
         }
     }
@@ -375,6 +375,8 @@ impl Cluster {
             .map(|t| now.at.saturating_duration_since(t).as_secs_f64());
         part.finished_ms = Some(now.ms);
         part.outcome = Some(Stored::Memory(Box::new(outcome)));
+        // Where it was sent matters only while it is in flight.
+        part.sent_to = None;
         if let Some(n) = self.nodes.get_mut(node) {
             n.in_flight.retain(|id| *id != job_id);
         }
@@ -510,7 +512,7 @@ impl Cluster {
             let Some(job) = self.jobs.get(id) else {
                 continue;
             };
-            let nodes: Vec<String> = job.parts.keys().cloned().collect();
+            let nodes: Vec<String> = job.parts.keys().map(|k| k.to_string()).collect();
             for node in nodes {
                 match self.nodes.get_mut(&node) {
                     Some(n) => {
@@ -696,6 +698,7 @@ impl Cluster {
         }
         log::warn!("node={node}: job {job_id} lost: {why}");
         part.state = JobState::Lost;
+        part.sent_to = None;
         part.message = Some(why.to_owned());
         part.finished_ms = Some(now_ms);
         self.part_done(*job_id, node, out);
@@ -902,7 +905,7 @@ impl Restore {
         for job in c.jobs.iter() {
             for (node, part) in &job.parts {
                 if !part.state.is_done() {
-                    pending.push((job.id, node.clone(), part.state));
+                    pending.push((job.id, node.to_string(), part.state));
                 }
             }
         }

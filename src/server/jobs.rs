@@ -4,6 +4,7 @@
 //! core changes states.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -135,17 +136,34 @@ impl Part {
     }
 }
 
+/// Node names, each kept once however many jobs name it (a fleet's
+/// names are few; jobs are many).
+#[derive(Debug, Default)]
+pub struct Names(std::collections::HashSet<Arc<str>>);
+
+impl Names {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return Arc::clone(n);
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&n));
+        n
+    }
+}
+
 /// A job's parts by node name. A sorted boxed slice, not a map: a B-tree
 /// leaf reserves room for 11 parts whatever the job has, and ten thousand
 /// retained jobs would pay for it.
+/// Node names are shared by every job's parts (`Names`), not copied.
 #[derive(Debug, Default)]
-pub struct Parts(Box<[(String, Part)]>);
+pub struct Parts(Box<[(Arc<str>, Part)]>);
 
 impl Parts {
-    fn new(targets: &[String]) -> Parts {
-        let mut v: Vec<(String, Part)> = targets
+    fn new(targets: &[String], names: &mut Names) -> Parts {
+        let mut v: Vec<(Arc<str>, Part)> = targets
             .iter()
-            .map(|t| (t.clone(), Part::queued()))
+            .map(|t| (names.intern(t), Part::queued()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.dedup_by(|a, b| a.0 == b.0);
@@ -153,7 +171,7 @@ impl Parts {
     }
 
     fn find(&self, node: &str) -> Option<usize> {
-        self.0.binary_search_by(|(n, _)| n.as_str().cmp(node)).ok()
+        self.0.binary_search_by(|(n, _)| (**n).cmp(node)).ok()
     }
 
     pub fn get(&self, node: &str) -> Option<&Part> {
@@ -170,7 +188,7 @@ impl Parts {
     }
 
     /// Node names, in order.
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
         self.0.iter().map(|(n, _)| n)
     }
 
@@ -178,16 +196,16 @@ impl Parts {
         self.0.iter().map(|(_, p)| p)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Part)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Part)> {
         self.0.iter().map(|(n, p)| (n, p))
     }
 }
 
 impl<'a> IntoIterator for &'a Parts {
-    type Item = (&'a String, &'a Part);
+    type Item = (&'a Arc<str>, &'a Part);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, Part)>,
-        fn(&'a (String, Part)) -> (&'a String, &'a Part),
+        std::slice::Iter<'a, (Arc<str>, Part)>,
+        fn(&'a (Arc<str>, Part)) -> (&'a Arc<str>, &'a Part),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
@@ -316,6 +334,7 @@ impl Job {
 #[derive(Default)]
 pub struct Jobs {
     by_id: HashMap<Uuid, Job>,
+    names: Names,
     order: Vec<Uuid>,
     by_parent: HashMap<Uuid, Vec<Uuid>>,
 }
@@ -342,7 +361,7 @@ impl Jobs {
         now_ms: u64,
     ) -> &mut Job {
         let sha1 = task.sha1();
-        let parts = Parts::new(targets);
+        let parts = Parts::new(targets, &mut self.names);
         self.order.push(id);
         if let Some(p) = parent {
             self.by_parent.entry(p).or_default().push(id);
