@@ -308,6 +308,11 @@ impl Journal {
         }
     }
 
+    /// The file's length once everything appended is written.
+    pub fn len(&self) -> u64 {
+        self.end
+    }
+
     /// Records in the file and pending, live or not.
     pub fn records(&self) -> usize {
         self.records

@@ -491,3 +491,63 @@ fn a_slow_cache_disk_never_stalls_a_clients_heartbeats() {
     let log = c.clients["sc"].log_text();
     assert!(!log.contains("server silent"), "{log}");
 }
+
+#[test]
+fn no_compaction_is_started_without_room_for_it_and_service_goes_on() {
+    let mut c = Cluster::new("noroom", "0.5");
+    let Some(disk) = util::Tmpfs::mount(&c.state_path(), "4m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    c = Cluster::start_in(c, &["nr", "other"]);
+    // A run that is still going keeps all its jobs through a purge: about
+    // 1.2 MiB of outputs that a compaction would have to copy.
+    let mut yaml = String::from("---\n- targets: [nr]\n  jobs:\n");
+    for _ in 0..6 {
+        yaml.push_str("  - RUN: --skip-cache head -c 200000 /dev/zero\n");
+    }
+    yaml.push_str("  - RUN: while [ ! -e go ]; do sleep 0.05; done\n");
+    let file = c.dir.path.join("run.yml");
+    fs::write(&file, yaml).unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("six outputs recorded", DEADLINE, || {
+        c.jobs_json()
+            .iter()
+            .filter(|j| j["states"] == serde_json::json!({"succeeded": 1}))
+            .count()
+            == 6
+    });
+    // Leave about 300 KiB: room for appends, not for that copy.
+    let filler = disk.fill();
+    let f = fs::OpenOptions::new().write(true).open(&filler).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - 300 * 1024).unwrap();
+    drop(f);
+    let out = c.cli(&["manage", "--purge-jobs"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("kept 7"), "{out:?}");
+    // Nothing is held behind a rewrite that could not be done (without
+    // the check, the rewrite fails, is retried, and this is refused).
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--target",
+        "other",
+        "--wait",
+        "echo still",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("the skipped compaction said", DEADLINE, || {
+        c.server()
+            .log_text()
+            .contains("not compacting the job history")
+    });
+    let log = c.server().log_text();
+    assert!(!log.contains("cannot write the server's state"), "{log}");
+    fs::write(c.node_dir("nr").join("go"), "").unwrap();
+    wait_until("the run to end", DEADLINE, || {
+        c.jobs_json().iter().all(|j| !j["finished_ms"].is_null())
+    });
+}

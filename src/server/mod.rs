@@ -183,6 +183,8 @@ pub struct Server {
     released: Released,
     /// Compact the history as soon as everything recorded is on disk.
     compact_wanted: bool,
+    /// Compactions skipped for want of room, logged once a minute.
+    compact_refused: crate::ratelog::Every,
     /// Chunk reads on the I/O thread, per transfer routing id.
     reads: HashMap<Vec<u8>, usize>,
     /// How long, and how many, finished jobs are kept.
@@ -314,6 +316,7 @@ impl Server {
             worker,
             released: Released::default(),
             compact_wanted: false,
+            compact_refused: crate::ratelog::Every::minute(),
             reads: HashMap::new(),
             retention: (cfg.job_retention, cfg.job_retention_count),
             waiters: HashMap::new(),
