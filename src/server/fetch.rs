@@ -45,45 +45,42 @@ impl Server {
             );
             return;
         }
+        let mut read = ChunkRead {
+            rid: rid.to_vec(),
+            node: node.to_owned(),
+            job_id,
+            file,
+            offset,
+            data: Ok(Vec::new()),
+        };
         let src = match self.cluster.source_for(node, &job_id, file) {
             Ok(src) => src,
             Err(message) => {
-                self.chunk_read(
-                    rid.to_vec(),
-                    node.to_owned(),
-                    job_id,
-                    file,
-                    offset,
-                    Err(message),
-                );
+                read.data = Err(message);
+                self.chunk_read(read);
                 return;
             }
         };
-        *self.reads.entry(rid.to_vec()).or_insert(0) += 1;
-        let (rid, node) = (rid.to_vec(), node.to_owned());
+        *self.reads.entry(read.rid.clone()).or_insert(0) += 1;
         let len = len.min(wire::CHUNK);
         // The disk read happens on the I/O thread; the chunk goes out when
         // it is back.
-        self.worker.submit(move || IoDone::Chunk {
+        self.worker.submit(move || {
+            read.data = files::read_chunk(&src, offset, len);
+            IoDone::Chunk(read)
+        });
+    }
+
+    /// Send a chunk read for a node, or why it cannot be had.
+    pub(super) fn chunk_read(&mut self, read: ChunkRead) {
+        let ChunkRead {
             rid,
             node,
             job_id,
             file,
             offset,
-            data: files::read_chunk(&src, offset, len),
-        });
-    }
-
-    /// Send a chunk read for a node, or why it cannot be had.
-    pub(super) fn chunk_read(
-        &mut self,
-        rid: Vec<u8>,
-        node: String,
-        job_id: Uuid,
-        file: u32,
-        offset: u64,
-        data: std::result::Result<Vec<u8>, String>,
-    ) {
+            data,
+        } = read;
         let mut frames = vec![rid];
         match data {
             Ok(data) => {
@@ -118,4 +115,15 @@ impl Server {
             );
         }
     }
+}
+
+/// A chunk of an ADD source read for a node (on its transfer routing id),
+/// or why it cannot be had.
+pub(super) struct ChunkRead {
+    pub rid: Vec<u8>,
+    node: String,
+    job_id: Uuid,
+    file: u32,
+    offset: u64,
+    data: Result<Vec<u8>, String>,
 }

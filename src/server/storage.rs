@@ -9,6 +9,7 @@ use mio::Token;
 use uuid::Uuid;
 
 use super::cluster::{Cluster, Effect, Now};
+use super::fetch::ChunkRead;
 use super::history::{self, Record};
 use super::keys::KeyRecord;
 use super::persist::{self, Held};
@@ -119,21 +120,14 @@ impl Server {
             IoDone::JobInfo { token, detail } => {
                 self.send_note(token, &Response::Job(*detail));
             }
-            IoDone::Chunk {
-                rid,
-                node,
-                job_id,
-                file,
-                offset,
-                data,
-            } => {
-                if let Some(n) = self.reads.get_mut(&rid) {
+            IoDone::Chunk(read) => {
+                if let Some(n) = self.reads.get_mut(&read.rid) {
                     *n -= 1;
                     if *n == 0 {
-                        self.reads.remove(&rid);
+                        self.reads.remove(&read.rid);
                     }
                 }
-                self.chunk_read(rid, node, job_id, file, offset, data);
+                self.chunk_read(read);
             }
         }
     }
@@ -233,15 +227,8 @@ pub(super) enum IoDone {
         token: Token,
         detail: Box<wire::JobDetail>,
     },
-    /// A chunk of an ADD source read for a node (its transfer routing id).
-    Chunk {
-        rid: Vec<u8>,
-        node: String,
-        job_id: Uuid,
-        file: u32,
-        offset: u64,
-        data: std::result::Result<Vec<u8>, String>,
-    },
+    /// A chunk of an ADD source read for a node.
+    Chunk(ChunkRead),
 }
 
 /// Fill in the outputs of `detail` from the journal records at `reads`
