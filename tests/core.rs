@@ -54,7 +54,19 @@ fn exec_runs_on_every_node_or_only_the_named_one() {
     assert!(!c.node_dir("n1").join("only.txt").exists());
     assert!(!c.node_dir("n3").join("only.txt").exists());
     assert_eq!(info["job"]["verb"], "RUN");
-    assert_eq!(info["job"]["task_sha1"].as_str().unwrap().len(), 40);
+    // The task's SHA1 names the task: the one `exec` printed, the same for
+    // the same job string, another for another.
+    let sha1 = info["job"]["task_sha1"].as_str().unwrap().to_owned();
+    let printed = |job: &str| {
+        let out = c.cli(&["exec", "--verb", "RUN", "--target", "n2", job]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("task sha1 ").map(str::to_owned))
+            .unwrap()
+    };
+    assert_eq!(printed("echo only > only.txt"), sha1);
+    assert_ne!(printed("echo other > only.txt"), sha1);
     assert!(ps[0]["exec_secs"].as_f64().is_some());
     assert!(ps[0]["rtt_secs"].as_f64().is_some());
 
