@@ -1,15 +1,17 @@
 //! The server's job history as records, written to a journal under
 //! `--state-path` so that a restart loses nothing acknowledged: a submission
-//! is durable before the CLI hears "queued", a result before the node hears
-//! "recorded" and before any waiting CLI sees it. The server syncs once per
-//! loop pass and holds those messages until then (group commit). Jobs go to
-//! nodes without waiting: should a dispatch record be lost, the node's
-//! `Ready` after the restart says it holds the job, and it is not resent.
+//! is durable before the CLI hears "queued" and before any of its jobs goes
+//! out, a result before the node hears "recorded" and before any waiting CLI
+//! sees it (see `persist`: one sync covers every record of a few
+//! milliseconds, on the I/O thread). Dispatches do not wait: should a
+//! dispatch record be lost, the node's `Ready` after the restart says it
+//! holds the job, and it is not resent.
 //!
-//! On start the records are replayed into the cluster: finished parts keep
-//! their results, parts sent to a node are in flight again (the node says
-//! whether it still has them when it re-registers), queued parts are queued
-//! again, and nodes with work are expected back within their expiry.
+//! On start the records are replayed one at a time into the cluster:
+//! finished parts keep a summary and where their record is, parts sent to a
+//! node are in flight again (the node says whether it still has them when it
+//! re-registers), queued parts are queued again, forgotten jobs are gone,
+//! and nodes with work are expected back within their expiry.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
