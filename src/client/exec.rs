@@ -1,6 +1,7 @@
 //! Running one task on this node: what each verb does, the cache check, and
-//! the `Outcome` reported. Processes are started here and watched by the
-//! client loop, which hands them back to `finish` once reaped.
+//! the `Outcome` reported. A command to run is an effect (`Spawn`): the
+//! client loop starts and watches the process, and hands what it printed
+//! back to `finish` once reaped.
 //!
 //! The cache key of a step is the task SHA1 with what would really run: the
 //! rendered command or path and, for RUN, the ENV values. A new ARG value
@@ -9,15 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use mio::Registry;
 use uuid::Uuid;
 
 use super::add::{self, AddJob};
 use super::cache::{Cache, Staged};
 use crate::dsl::{hex_sha1, Action, Task};
 use crate::journal::Batch;
-use crate::reactor::child::{Child, Ended};
-use crate::reactor::TokenCounter;
+use crate::reactor::child::Ended;
 use crate::template;
 use crate::wire::{Exit, JobState, Outcome};
 
@@ -27,9 +26,18 @@ pub struct OnSuccess {
     pub stdout_arg: Option<String>,
 }
 
+/// A command for the client loop to start: `/bin/sh -c COMMAND` with `env`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spawn {
+    pub job_id: Uuid,
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+}
+
 /// A task that has started, or already ended.
 pub enum Started {
-    Process(Child, OnSuccess),
+    /// A command to start (the loop does), and what to record on success.
+    Process(Spawn, OnSuccess),
     /// An ADD, with the cache key to record on success.
     Transfer(AddJob, Option<String>),
     Done(Outcome),
@@ -49,14 +57,7 @@ pub struct Persist {
 }
 
 /// Start `task`.
-pub fn start(
-    job_id: Uuid,
-    task: &Task,
-    cache: &mut Cache,
-    now_ms: u64,
-    registry: &Registry,
-    tokens: &mut TokenCounter,
-) -> Started {
+pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Started {
     let skip_cache = task.options.skip_cache;
     match &task.action {
         Action::Arg { key, value } => {
@@ -119,16 +120,17 @@ pub fn start(
             if !skip_cache && cache.is_done(&key, now_ms) {
                 return Started::Done(ended(Exit::Cached));
             }
-            match Child::spawn(&command, cache.env(), registry, tokens) {
-                Ok(child) => Started::Process(
-                    child,
-                    OnSuccess {
-                        cache_key: key,
-                        stdout_arg: stdout_arg.clone(),
-                    },
-                ),
-                Err(e) => Started::Done(ended(Exit::Error(format!("cannot start /bin/sh: {e}")))),
-            }
+            Started::Process(
+                Spawn {
+                    job_id,
+                    command,
+                    env: cache.env().clone(),
+                },
+                OnSuccess {
+                    cache_key: key,
+                    stdout_arg: stdout_arg.clone(),
+                },
+            )
         }
     }
 }

@@ -34,10 +34,12 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 
 use self::cache::Cache;
+use self::exec::Spawn;
 use self::runner::{Effects, IoDone, Runner, RunnerTimer};
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
+use crate::reactor::child::{Child, Source};
 use crate::reactor::monitor::{self, LinkEvent, Monitor};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
@@ -91,7 +93,18 @@ enum Timer {
     Reopen,
     /// Drop expired cache entries.
     CacheSweep,
+    /// Without pidfds: look for the running command's exit.
+    ReapSweep,
     Runner(RunnerTimer),
+}
+
+/// Without pidfds, how often to look for a command's exit.
+const REAP_SWEEP: Duration = Duration::from_millis(100);
+
+/// The command the runner asked for, as the loop watches it.
+struct Process {
+    job_id: uuid::Uuid,
+    child: Child,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +203,10 @@ pub struct Client {
     _locks: Vec<crate::dirlock::DirLock>,
     /// Cache syncs, off the loop.
     worker: Worker<IoDone>,
+    /// Tokens for the running command's pipes and pidfd.
+    tokens: TokenCounter,
+    /// The running command, if the runner has one.
+    process: Option<Process>,
 }
 
 /// Run the client until it is told to stop.
@@ -231,11 +248,9 @@ impl Client {
             signals,
             state: RunState::Running,
             backoff: BACKOFF_FIRST,
-            runner: Runner::new(
-                cache,
-                TokenCounter::new(FIRST_DYNAMIC),
-                transfer_stall(cfg.heartbeat_ivl),
-            ),
+            runner: Runner::new(cache, transfer_stall(cfg.heartbeat_ivl)),
+            tokens: TokenCounter::new(FIRST_DYNAMIC),
+            process: None,
             trust,
             beat_ivl: cfg.heartbeat_ivl,
             standing: Standing::Unknown,
@@ -368,7 +383,7 @@ impl Client {
     /// Say `Ready` with what we hold, then resend unacknowledged results.
     fn announce(&mut self) {
         let mut fx = Effects::default();
-        self.runner.link_reset(self.poll.registry(), &mut fx);
+        self.runner.link_reset(&mut fx);
         self.apply(fx);
         let proof = match &self.trust {
             Trust::Curve { proof, .. } => proof.clone(),
@@ -411,7 +426,7 @@ impl Client {
             let mut busy = self.service_ports();
             if self.runner.wants_tick() {
                 let mut fx = Effects::default();
-                self.runner.tick(self.poll.registry(), &mut fx);
+                self.runner.tick(&mut fx);
                 self.apply(fx);
                 busy = true;
             }
@@ -433,16 +448,11 @@ impl Client {
                     WORKER => {
                         for done in self.worker.drain() {
                             let mut fx = Effects::default();
-                            self.runner.on_io(done, self.poll.registry(), &mut fx);
+                            self.runner.on_io(done, &mut fx);
                             self.apply(fx);
                         }
                     }
-                    token => {
-                        let mut fx = Effects::default();
-                        self.runner
-                            .on_child_event(token, self.poll.registry(), &mut fx);
-                        self.apply(fx);
-                    }
+                    token => self.on_child_event(token),
                 }
             }
             self.fire_timers(Instant::now());
@@ -483,6 +493,83 @@ impl Client {
         if let Some(task) = fx.io {
             self.worker.submit(move || task.run());
         }
+        if let Some(sig) = fx.signal {
+            if let Some(p) = &self.process {
+                log::debug!(
+                    "job {}: signal {sig} to process group {}",
+                    p.job_id,
+                    p.child.pid()
+                );
+                p.child.signal_group(sig);
+            }
+        }
+        if let Some(spawn) = fx.spawn {
+            self.spawn(spawn);
+        }
+    }
+
+    /// Start the command the runner asked for, and watch it.
+    fn spawn(&mut self, spawn: Spawn) {
+        let Spawn {
+            job_id,
+            command,
+            env,
+        } = spawn;
+        match Child::spawn(&command, &env, self.poll.registry(), &mut self.tokens) {
+            Ok(child) => {
+                if !child.has_pidfd() {
+                    self.timers
+                        .at(Instant::now() + REAP_SWEEP, Timer::ReapSweep);
+                }
+                // A process the runner no longer wants is killed when dropped.
+                self.process = Some(Process { job_id, child });
+            }
+            Err(e) => {
+                let mut fx = Effects::default();
+                let why = format!("cannot start /bin/sh: {e}");
+                self.runner.on_exited(job_id, Err(why), &mut fx);
+                self.apply(fx);
+            }
+        }
+    }
+
+    /// An event for one of the running command's sources.
+    fn on_child_event(&mut self, token: Token) {
+        let Some(p) = &mut self.process else {
+            return;
+        };
+        match p.child.source(token) {
+            Some(Source::Exit) => self.try_reap(),
+            Some(src) => p.child.read(src, self.poll.registry()),
+            None => {} // a closed source from an earlier command
+        }
+    }
+
+    /// If the running command has exited: reap it and tell the runner.
+    fn try_reap(&mut self) {
+        let Some(p) = &mut self.process else {
+            return;
+        };
+        let reaped = p.child.try_reap(self.poll.registry());
+        if matches!(reaped, Ok(false)) {
+            return;
+        }
+        let Some(Process { job_id, child }) = self.process.take() else {
+            return;
+        };
+        let ended = match reaped {
+            Err(e) => {
+                log::error!("job {job_id}: cannot wait for pid {}: {e}", child.pid());
+                // Dropping the child kills its group and reaps it later.
+                Err(format!("cannot wait for the command: {e}"))
+            }
+            Ok(_) => child
+                .into_ended()
+                .ok_or_else(|| "the command's exit status was lost".to_owned()),
+        };
+        let mut fx = Effects::default();
+        self.runner.on_exited(job_id, ended, &mut fx);
+        self.apply(fx);
     }
 
     fn send(&mut self, port: Token, msg: &ClientMsg) {
@@ -581,13 +668,11 @@ impl Client {
                 None,
             ) => {
                 self.seen = Some(dispatch);
-                self.runner
-                    .enqueue(job_id, parent, task, self.poll.registry(), &mut fx);
+                self.runner.enqueue(job_id, parent, task, &mut fx);
             }
             (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id),
             (TRANSFER, msg @ (ServerMsg::Chunk { .. } | ServerMsg::FetchError { .. }), payload) => {
-                self.runner
-                    .on_transfer(msg, payload, self.poll.registry(), &mut fx);
+                self.runner.on_transfer(msg, payload, &mut fx);
             }
             (_, msg, _) => log::warn!(
                 "server: dropped an unexpected {} on the {name} port",
@@ -675,7 +760,7 @@ impl Client {
     /// Start nothing new; stop once the running command (if any) is gone.
     fn stop(&mut self) {
         let mut fx = Effects::default();
-        let busy = self.runner.stop(self.poll.registry(), &mut fx);
+        let busy = self.runner.stop(&mut fx);
         self.apply(fx);
         self.state = if busy {
             RunState::Draining
@@ -789,6 +874,12 @@ impl Client {
                         }
                     }
                 }
+                Timer::ReapSweep => {
+                    self.try_reap();
+                    if self.process.is_some() {
+                        self.timers.at(now + REAP_SWEEP, Timer::ReapSweep);
+                    }
+                }
                 Timer::CacheSweep => {
                     self.runner.sweep_cache();
                     self.timers
@@ -796,7 +887,7 @@ impl Client {
                 }
                 Timer::Runner(t) => {
                     let mut fx = Effects::default();
-                    self.runner.on_timer(t, now, self.poll.registry(), &mut fx);
+                    self.runner.on_timer(t, now, &mut fx);
                     self.apply(fx);
                 }
             }

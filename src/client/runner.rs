@@ -1,8 +1,10 @@
 //! The jobs on this node: the queue, the one running job (a process or a
 //! file transfer), the cache, timeouts, and the results waiting for the
-//! server's acknowledgement. The client loop feeds it events and carries out
-//! the `Effects` it asks for (messages to send, timers to set); it never
-//! touches a socket itself.
+//! server's acknowledgement. Sans-io: the client loop feeds it events (jobs,
+//! transfer data, a process's end, the I/O thread's results, timers) and
+//! carries out the `Effects` it asks for (messages, timers, a command to
+//! start, a signal for it, work for the I/O thread); it never touches a
+//! socket, a process or the disk's slow calls itself.
 //!
 //! Rules: jobs run one at a time in the order received; after a job of an
 //! orchestration run fails here, the rest of that run is skipped here; a job
@@ -12,20 +14,16 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use mio::{Registry, Token};
 use uuid::Uuid;
 
 use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::{Cache, Staged};
-use super::exec::{self, OnSuccess, Started};
+use super::exec::{self, OnSuccess, Spawn, Started};
 use crate::dsl::Task;
 use crate::journal::Batch;
-use crate::reactor::child::{Child, Source};
-use crate::reactor::TokenCounter;
+use crate::reactor::child::Ended;
 use crate::wire::{ClientMsg, Exit, JobState, Outcome, ServerMsg};
 
-/// Without pidfds, how often to look for a child's exit.
-const REAP_SWEEP: Duration = Duration::from_millis(100);
 /// How long a command has to exit after SIGTERM at shutdown.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 /// Orchestration runs remembered as failed here, for skipping the rest of
@@ -35,7 +33,6 @@ const FAILED_PARENTS_CAP: usize = 10_000;
 /// Timers the runner asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RunnerTimer {
-    ReapSweep,
     JobTimeout,
     KillGrace,
     /// Has the running transfer heard from the server lately?
@@ -52,6 +49,10 @@ pub struct Effects {
     pub timers: Vec<(Instant, RunnerTimer)>,
     /// Work for the I/O thread; its result comes back through `on_io`.
     pub io: Option<IoTask>,
+    /// A command to start; its end comes back through `on_exited`.
+    pub spawn: Option<Spawn>,
+    /// A signal for the running command's process group.
+    pub signal: Option<i32>,
 }
 
 /// What the runner hands the I/O thread: at most one at a time, for the
@@ -88,8 +89,8 @@ struct Queued {
 
 /// What the running job is doing.
 enum Work {
+    /// A command the loop runs for us.
     Process {
-        child: Child,
         stdout_arg: Option<String>,
         timed_out: bool,
     },
@@ -122,7 +123,6 @@ pub struct Runner {
     queue: VecDeque<Queued>,
     running: Option<Running>,
     cache: Cache,
-    tokens: TokenCounter,
     failed_parents: HashSet<Uuid>,
     failed_order: VecDeque<Uuid>,
     /// The earliest pending `JobTimeout`: jobs share it rather than each
@@ -140,12 +140,11 @@ pub struct Runner {
 
 impl Runner {
     /// `stall`: how long a transfer may wait for data before it fails.
-    pub fn new(cache: Cache, tokens: TokenCounter, stall: Duration) -> Runner {
+    pub fn new(cache: Cache, stall: Duration) -> Runner {
         Runner {
             queue: VecDeque::new(),
             running: None,
             cache,
-            tokens,
             failed_parents: HashSet::new(),
             failed_order: VecDeque::new(),
             timeout_armed: None,
@@ -189,14 +188,7 @@ impl Runner {
     }
 
     /// A job from the server.
-    pub fn enqueue(
-        &mut self,
-        job_id: Uuid,
-        parent: Option<Uuid>,
-        task: Task,
-        reg: &Registry,
-        fx: &mut Effects,
-    ) {
+    pub fn enqueue(&mut self, job_id: Uuid, parent: Option<Uuid>, task: Task, fx: &mut Effects) {
         if self.holds(&job_id) {
             log::warn!("job {job_id} received twice; ignored");
             return;
@@ -209,10 +201,10 @@ impl Runner {
             parent,
             task,
         });
-        self.start_next(reg, fx);
+        self.start_next(fx);
     }
 
-    fn start_next(&mut self, reg: &Registry, fx: &mut Effects) {
+    fn start_next(&mut self, fx: &mut Effects) {
         while self.running.is_none() && !self.stopping {
             let Some(Queued {
                 job_id,
@@ -228,46 +220,37 @@ impl Runner {
             }
             log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
             let now = Instant::now();
-            let (work, cache_key) = match exec::start(
-                job_id,
-                &task,
-                &mut self.cache,
-                crate::clock::now_ms(),
-                reg,
-                &mut self.tokens,
-            ) {
-                Started::Done(outcome) => {
-                    self.report(job_id, parent, outcome, fx);
-                    continue;
-                }
-                Started::Process(child, on_success) => {
-                    if !child.has_pidfd() {
-                        fx.timers.push((now + REAP_SWEEP, RunnerTimer::ReapSweep));
+            let (work, cache_key) =
+                match exec::start(job_id, &task, &mut self.cache, crate::clock::now_ms()) {
+                    Started::Done(outcome) => {
+                        self.report(job_id, parent, outcome, fx);
+                        continue;
                     }
-                    fx.job.push(ClientMsg::Started { job_id });
-                    let OnSuccess {
-                        cache_key,
-                        stdout_arg,
-                    } = on_success;
-                    (
-                        Work::Process {
-                            child,
+                    Started::Process(spawn, on_success) => {
+                        fx.spawn = Some(spawn);
+                        fx.job.push(ClientMsg::Started { job_id });
+                        let OnSuccess {
+                            cache_key,
                             stdout_arg,
-                            timed_out: false,
-                        },
-                        Some(cache_key),
-                    )
-                }
-                Started::Transfer(mut add, cache_key) => {
-                    fx.job.push(ClientMsg::Started { job_id });
-                    self.arm_stall(now + self.stall, fx);
-                    if let Some(io) = add.take_io() {
-                        fx.io = Some(IoTask::Add(io));
+                        } = on_success;
+                        (
+                            Work::Process {
+                                stdout_arg,
+                                timed_out: false,
+                            },
+                            Some(cache_key),
+                        )
                     }
-                    (Work::Transfer { add }, cache_key)
-                }
-                Started::Persist(p) => (self.persist(p, fx), None),
-            };
+                    Started::Transfer(mut add, cache_key) => {
+                        fx.job.push(ClientMsg::Started { job_id });
+                        self.arm_stall(now + self.stall, fx);
+                        if let Some(io) = add.take_io() {
+                            fx.io = Some(IoTask::Add(io));
+                        }
+                        (Work::Transfer { add }, cache_key)
+                    }
+                    Started::Persist(p) => (self.persist(p, fx), None),
+                };
             let timeout_secs = task.options.timeout_secs;
             let deadline = now + Duration::from_secs(timeout_secs);
             self.arm_timeout(deadline, fx);
@@ -321,9 +304,9 @@ impl Runner {
     }
 
     /// End the running job with `outcome` and start the next.
-    fn finish(&mut self, outcome: Outcome, reg: &Registry, fx: &mut Effects) {
+    fn finish(&mut self, outcome: Outcome, fx: &mut Effects) {
         let Some(r) = self.running.take() else { return };
-        self.conclude(r.job_id, r.parent, r.cache_key, outcome, reg, fx);
+        self.conclude(r.job_id, r.parent, r.cache_key, outcome, fx);
     }
 
     /// The one place a started job ends: settle its cache entry, report,
@@ -334,7 +317,6 @@ impl Runner {
         parent: Option<Uuid>,
         cache_key: Option<String>,
         outcome: Outcome,
-        reg: &Registry,
         fx: &mut Effects,
     ) {
         if let Some(key) = &cache_key {
@@ -342,7 +324,7 @@ impl Runner {
             self.cache.settle(key, ok, crate::clock::now_ms());
         }
         self.report(job_id, parent, outcome, fx);
-        self.start_next(reg, fx);
+        self.start_next(fx);
     }
 
     /// Hand a value's batch to the I/O thread; the job waits for it.
@@ -356,9 +338,9 @@ impl Runner {
     }
 
     /// The I/O thread finished what the running job gave it.
-    pub fn on_io(&mut self, done: IoDone, reg: &Registry, fx: &mut Effects) {
+    pub fn on_io(&mut self, done: IoDone, fx: &mut Effects) {
         match done {
-            IoDone::Synced(result) => self.on_synced(result, reg, fx),
+            IoDone::Synced(result) => self.on_synced(result, fx),
             IoDone::Add(done) => {
                 let Some(Running {
                     work: Work::Transfer { add },
@@ -369,18 +351,13 @@ impl Runner {
                     return;
                 };
                 let progress = add.io_done(done, &mut fx.transfer);
-                self.transfer_progress(progress, reg, fx);
+                self.transfer_progress(progress, fx);
             }
         }
     }
 
     /// The I/O thread ran the batch of the value being persisted.
-    fn on_synced(
-        &mut self,
-        result: Result<(), (Batch, std::io::Error)>,
-        reg: &Registry,
-        fx: &mut Effects,
-    ) {
+    fn on_synced(&mut self, result: Result<(), (Batch, std::io::Error)>, fx: &mut Effects) {
         let Some(Running {
             work: Work::Persist { .. },
             ..
@@ -401,39 +378,24 @@ impl Runner {
         if let Err(e) = self.cache.staged(staged, result) {
             outcome.exit = Exit::Error(format!("{what}: {e}"));
         }
-        self.conclude(r.job_id, r.parent, r.cache_key, outcome, reg, fx);
+        self.conclude(r.job_id, r.parent, r.cache_key, outcome, fx);
     }
 
-    /// An event for one of the running process's sources.
-    pub fn on_child_event(&mut self, token: Token, reg: &Registry, fx: &mut Effects) {
+    /// The running command ended (`Ok`: reaped, with what it printed) or
+    /// could not be started or waited for (`Err`: why).
+    pub fn on_exited(&mut self, job_id: Uuid, ended: Result<Ended, String>, fx: &mut Effects) {
         let Some(Running {
-            work: Work::Process { child, .. },
+            job_id: running,
+            work: Work::Process { .. },
             ..
-        }) = self.running.as_mut()
+        }) = &self.running
         else {
+            log::error!("job {job_id}: a process ended with no command running");
             return;
         };
-        match child.source(token) {
-            Some(Source::Exit) => self.try_reap(reg, fx),
-            Some(src) => child.read(src, reg),
-            None => {} // a closed source from an earlier child
-        }
-    }
-
-    fn try_reap(&mut self, reg: &Registry, fx: &mut Effects) {
-        let Some(Running {
-            job_id,
-            work: Work::Process { child, .. },
-            ..
-        }) = self.running.as_mut()
-        else {
+        if *running != job_id {
+            log::error!("job {job_id}: a process ended while job {running} runs");
             return;
-        };
-        let reaped = child.try_reap(reg);
-        match &reaped {
-            Ok(false) => return,
-            Ok(true) => {}
-            Err(e) => log::error!("job {job_id}: cannot wait for pid {}: {e}", child.pid()),
         }
         let Some(r) = self.running.take() else { return };
         let Running {
@@ -445,7 +407,6 @@ impl Runner {
             ..
         } = r;
         let Work::Process {
-            child,
             stdout_arg,
             timed_out,
         } = work
@@ -453,9 +414,8 @@ impl Runner {
             return;
         };
         let timed_out = timed_out.then_some(timeout_secs);
-        // On an error, dropping the child kills and reaps its group.
-        let outcome = match (reaped, child.into_ended()) {
-            (Ok(_), Some(ended)) => {
+        let outcome = match ended {
+            Ok(ended) => {
                 match exec::finish(ended, stdout_arg.as_deref(), timed_out, &mut self.cache) {
                     Ok(outcome) => outcome,
                     // Reported once the value is on disk.
@@ -473,20 +433,13 @@ impl Runner {
                     }
                 }
             }
-            (Err(e), _) => exec::ended(Exit::Error(format!("cannot wait for the command: {e}"))),
-            (Ok(_), None) => exec::ended(Exit::Error("the command's exit status was lost".into())),
+            Err(why) => exec::ended(Exit::Error(why)),
         };
-        self.conclude(job_id, parent, cache_key, outcome, reg, fx);
+        self.conclude(job_id, parent, cache_key, outcome, fx);
     }
 
     /// A message on the transfer port.
-    pub fn on_transfer(
-        &mut self,
-        msg: ServerMsg,
-        payload: Option<Vec<u8>>,
-        reg: &Registry,
-        fx: &mut Effects,
-    ) {
+    pub fn on_transfer(&mut self, msg: ServerMsg, payload: Option<Vec<u8>>, fx: &mut Effects) {
         let Some(Running {
             job_id,
             work: Work::Transfer { add, .. },
@@ -524,10 +477,10 @@ impl Runner {
                 return;
             }
         };
-        self.transfer_progress(progress, reg, fx);
+        self.transfer_progress(progress, fx);
     }
 
-    fn transfer_progress(&mut self, progress: Progress, reg: &Registry, fx: &mut Effects) {
+    fn transfer_progress(&mut self, progress: Progress, fx: &mut Effects) {
         if let Some(Running {
             work: Work::Transfer { add },
             ..
@@ -538,7 +491,7 @@ impl Runner {
             }
         }
         if let Progress::Finished(outcome) = progress {
-            self.finish(outcome, reg, fx);
+            self.finish(outcome, fx);
         }
     }
 
@@ -548,7 +501,7 @@ impl Runner {
     }
 
     /// Do a bounded slice of that work.
-    pub fn tick(&mut self, reg: &Registry, fx: &mut Effects) {
+    pub fn tick(&mut self, fx: &mut Effects) {
         let Some(Running {
             work: Work::Transfer { add, .. },
             ..
@@ -557,23 +510,11 @@ impl Runner {
             return;
         };
         let progress = add.tick(&mut fx.transfer);
-        self.transfer_progress(progress, reg, fx);
+        self.transfer_progress(progress, fx);
     }
 
-    pub fn on_timer(&mut self, timer: RunnerTimer, now: Instant, reg: &Registry, fx: &mut Effects) {
+    pub fn on_timer(&mut self, timer: RunnerTimer, now: Instant, fx: &mut Effects) {
         match timer {
-            RunnerTimer::ReapSweep => {
-                self.try_reap(reg, fx);
-                if let Some(Running {
-                    work: Work::Process { child, .. },
-                    ..
-                }) = &self.running
-                {
-                    if !child.has_pidfd() {
-                        fx.timers.push((now + REAP_SWEEP, RunnerTimer::ReapSweep));
-                    }
-                }
-            }
             RunnerTimer::JobTimeout => {
                 if self.timeout_armed.is_some_and(|armed| armed > now) {
                     return; // superseded by an earlier one, still pending
@@ -589,14 +530,11 @@ impl Runner {
                 }
                 let (job_id, secs) = (r.job_id, r.timeout_secs);
                 match &mut r.work {
-                    Work::Process {
-                        child, timed_out, ..
-                    } if !*timed_out => {
+                    Work::Process { timed_out, .. } if !*timed_out => {
                         log::warn!(
-                            "job {job_id}: timed out after {secs}s; killing process group {}",
-                            child.pid()
+                            "job {job_id}: timed out after {secs}s; killing its process group"
                         );
-                        child.signal_group(libc::SIGKILL);
+                        fx.signal = Some(libc::SIGKILL);
                         *timed_out = true;
                     }
                     // A sync cannot be cut short: it reports when done.
@@ -606,7 +544,7 @@ impl Runner {
                     Work::Transfer { add } if add.in_io() => {}
                     Work::Transfer { .. } => {
                         log::warn!("job {job_id}: timed out after {secs}s; transfer abandoned");
-                        self.finish(exec::ended(Exit::TimedOut { secs }), reg, fx);
+                        self.finish(exec::ended(Exit::TimedOut { secs }), fx);
                     }
                 }
             }
@@ -630,7 +568,7 @@ impl Runner {
                         let outcome = add.give_up(format!(
                             "the transfer stalled: no data from the server for {secs:.1}s (the server is overloaded or the connection is broken); the destination was left as it was"
                         ));
-                        self.finish(outcome, reg, fx);
+                        self.finish(outcome, fx);
                     }
                     // Still moving (or hashing locally): look again later.
                     Some(idle) => self.arm_stall(now + (self.stall - idle), fx),
@@ -640,12 +578,12 @@ impl Runner {
             RunnerTimer::KillGrace => {
                 if let Some(Running {
                     job_id,
-                    work: Work::Process { child, .. },
+                    work: Work::Process { .. },
                     ..
                 }) = &self.running
                 {
                     log::warn!("job {job_id}: command ignored SIGTERM; killing its process group");
-                    child.signal_group(libc::SIGKILL);
+                    fx.signal = Some(libc::SIGKILL);
                 }
             }
         }
@@ -655,7 +593,7 @@ impl Runner {
     /// a running transfer asked for will never come, so it fails now rather
     /// than at its timeout. (The server still waits for its result if it
     /// knows the job; a restarted one drops it.)
-    pub fn link_reset(&mut self, reg: &Registry, fx: &mut Effects) {
+    pub fn link_reset(&mut self, fx: &mut Effects) {
         if let Some(Running {
             work: Work::Transfer { add },
             ..
@@ -667,7 +605,7 @@ impl Runner {
             let outcome = exec::ended(Exit::Error(
                 "the connection to the server was reset during the transfer".into(),
             ));
-            self.finish(outcome, reg, fx);
+            self.finish(outcome, fx);
         }
     }
 
@@ -682,17 +620,13 @@ impl Runner {
     /// Shutting down: start nothing more; a running command gets SIGTERM and
     /// a grace period, a transfer is abandoned. Returns whether anything is
     /// still running.
-    pub fn stop(&mut self, reg: &Registry, fx: &mut Effects) -> bool {
+    pub fn stop(&mut self, fx: &mut Effects) -> bool {
         self.stopping = true;
         let Some(r) = &self.running else { return false };
         match &r.work {
-            Work::Process { child, .. } => {
-                log::info!(
-                    "stopping job {} (process group {}) first",
-                    r.job_id,
-                    child.pid()
-                );
-                child.signal_group(libc::SIGTERM);
+            Work::Process { .. } => {
+                log::info!("stopping job {} (its process group) first", r.job_id);
+                fx.signal = Some(libc::SIGTERM);
                 fx.timers
                     .push((Instant::now() + KILL_GRACE, RunnerTimer::KillGrace));
                 true
@@ -703,7 +637,7 @@ impl Runner {
                 let outcome = exec::ended(Exit::Error(
                     "the client was stopped during the transfer".into(),
                 ));
-                self.finish(outcome, reg, fx);
+                self.finish(outcome, fx);
                 false
             }
             // Reports when the sync is done.
@@ -719,7 +653,6 @@ mod tests {
 
     struct Rig {
         runner: Runner,
-        poll: mio::Poll,
         dir: std::path::PathBuf,
     }
 
@@ -730,8 +663,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             let cache = Cache::open(&dir, Duration::from_secs(3600), 0).unwrap();
             Rig {
-                runner: Runner::new(cache, TokenCounter::new(10), Duration::from_secs(5)),
-                poll: mio::Poll::new().unwrap(),
+                runner: Runner::new(cache, Duration::from_secs(5)),
                 dir,
             }
         }
@@ -740,8 +672,7 @@ mod tests {
             let id = Uuid::new_v4();
             let mut fx = Effects::default();
             let task = Task::parse(verb, job).unwrap();
-            self.runner
-                .enqueue(id, parent, task, self.poll.registry(), &mut fx);
+            self.runner.enqueue(id, parent, task, &mut fx);
             (id, fx)
         }
 
@@ -749,8 +680,7 @@ mod tests {
         fn run_io(&mut self, fx: &mut Effects) -> Effects {
             let task = fx.io.take().expect("work for the I/O thread");
             let mut out = Effects::default();
-            self.runner
-                .on_io(task.run(), self.poll.registry(), &mut out);
+            self.runner.on_io(task.run(), &mut out);
             out
         }
     }
@@ -818,8 +748,7 @@ mod tests {
         let (again, _) = rig.enqueue(None, Verb::Arg, "k v");
         let mut fx = Effects::default();
         let task = Task::parse(Verb::Arg, "k v").unwrap();
-        rig.runner
-            .enqueue(again, None, task, rig.poll.registry(), &mut fx);
+        rig.runner.enqueue(again, None, task, &mut fx);
         assert!(fx.io.is_none() && fx.job.is_empty());
     }
 
@@ -832,11 +761,8 @@ mod tests {
         };
         let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let mut out = Effects::default();
-        rig.runner.on_io(
-            IoDone::Synced(Err((batch, err))),
-            rig.poll.registry(),
-            &mut out,
-        );
+        rig.runner
+            .on_io(IoDone::Synced(Err((batch, err))), &mut out);
         assert_eq!(finished(&out), vec![(id, JobState::Failed)]);
         let ClientMsg::Finished { outcome, .. } = &out.job[0] else {
             panic!("a result");
@@ -850,5 +776,87 @@ mod tests {
             outcome.exit
         );
         assert!(rig.runner.cache.args().is_empty());
+    }
+
+    /// What a command printed, as the loop reports it when it is reaped.
+    fn ended(code: i32, out: &[u8]) -> Ended {
+        let mut e = Ended {
+            exit: Exit::Code(code),
+            out: Default::default(),
+            err: Default::default(),
+            exec_secs: 0.1,
+        };
+        e.out.bytes = out.to_vec();
+        e
+    }
+
+    #[test]
+    fn a_command_is_an_effect_and_its_end_an_input() {
+        let mut rig = Rig::new("spawn");
+        let (id, fx) = rig.enqueue(None, Verb::Run, "--skip-cache echo {{ who }}");
+        // An undefined variable fails before anything starts.
+        assert_eq!(finished(&fx), vec![(id, JobState::Failed)]);
+        let (_, mut fx) = rig.enqueue(None, Verb::Arg, "who world");
+        rig.run_io(&mut fx);
+        let (id, fx) = rig.enqueue(None, Verb::Run, "--stdout-arg said echo {{ who }}");
+        let spawn = fx.spawn.expect("a command to start");
+        assert_eq!((spawn.job_id, spawn.command.as_str()), (id, "echo world"));
+        assert!(fx.job.contains(&ClientMsg::Started { job_id: id }));
+        // It printed; its --stdout-arg is synced before it reports.
+        let mut fx = Effects::default();
+        rig.runner.on_exited(id, Ok(ended(0, b"world\n")), &mut fx);
+        assert!(finished(&fx).is_empty());
+        let out = rig.run_io(&mut fx);
+        assert_eq!(finished(&out), vec![(id, JobState::Succeeded)]);
+        assert_eq!(
+            rig.runner.cache.args().get("said").map(String::as_str),
+            Some("world")
+        );
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_killed_and_reports_timed_out() {
+        let mut rig = Rig::new("timeout");
+        let (id, fx) = rig.enqueue(None, Verb::Run, "--timeout 5 sleep 60");
+        assert!(fx.spawn.is_some());
+        let (at, t) = fx.timers[0];
+        assert_eq!(t, RunnerTimer::JobTimeout);
+        // Early: nothing happens.
+        let mut fx = Effects::default();
+        rig.runner.on_timer(
+            RunnerTimer::JobTimeout,
+            at - Duration::from_secs(1),
+            &mut fx,
+        );
+        assert_eq!(fx.signal, None);
+        let mut fx = Effects::default();
+        rig.runner.on_timer(RunnerTimer::JobTimeout, at, &mut fx);
+        assert_eq!(fx.signal, Some(libc::SIGKILL));
+        // The kill's result comes back as the command's end.
+        let mut fx = Effects::default();
+        let mut killed = ended(0, b"");
+        killed.exit = Exit::Signal(libc::SIGKILL);
+        rig.runner.on_exited(id, Ok(killed), &mut fx);
+        assert_eq!(finished(&fx), vec![(id, JobState::TimedOut)]);
+    }
+
+    #[test]
+    fn stopping_asks_a_command_to_end_then_kills_it() {
+        let mut rig = Rig::new("stop");
+        let (id, _) = rig.enqueue(None, Verb::Run, "sleep 60");
+        let mut fx = Effects::default();
+        assert!(rig.runner.stop(&mut fx), "busy until the command ends");
+        assert_eq!(fx.signal, Some(libc::SIGTERM));
+        assert!(fx.timers.iter().any(|(_, t)| *t == RunnerTimer::KillGrace));
+        let mut fx = Effects::default();
+        rig.runner
+            .on_timer(RunnerTimer::KillGrace, Instant::now(), &mut fx);
+        assert_eq!(fx.signal, Some(libc::SIGKILL));
+        let mut fx = Effects::default();
+        rig.runner.on_exited(id, Ok(ended(143, b"")), &mut fx);
+        assert!(rig.runner.is_idle());
+        // Nothing new starts while stopping.
+        let (_, fx) = rig.enqueue(None, Verb::Run, "true");
+        assert!(fx.spawn.is_none());
     }
 }
