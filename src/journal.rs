@@ -63,6 +63,10 @@ pub struct Rewrite {
     bytes: Vec<u8>,
     /// The file in order: ranges of `bytes`, and records copied.
     parts: Vec<Piece>,
+    /// The file's length and records before and after, to give the
+    /// rewrite up (`Journal::abandon`).
+    before: (u64, usize),
+    after: (u64, usize),
 }
 
 /// One record of a rewrite: new bytes, or a record kept where the current
@@ -291,14 +295,34 @@ impl Journal {
             parts.push(Piece::Bytes(run..bytes.len()));
         }
         self.pending.clear();
+        let before = (self.end, self.records);
         self.records = records;
         self.end = at;
         let rewrite = Rewrite {
             file: Arc::clone(&self.file),
             bytes,
             parts,
+            before,
+            after: (at, records),
         };
         (rewrite, keyed)
+    }
+
+    /// A rewrite that failed is given up: the file is as it was, and what
+    /// was appended since lands after its old end. Returns how far those
+    /// records move (their spans, given for the new layout, move by as
+    /// much): old end minus new end.
+    pub fn abandon(&mut self, rw: &Rewrite) -> i64 {
+        let shift = rw.before.0 as i64 - rw.after.0 as i64;
+        self.end = (self.end as i64 + shift) as u64;
+        self.records = rw.before.1 + self.records.saturating_sub(rw.after.1);
+        shift
+    }
+
+    /// Where the rewritten file ends (records appended after it start
+    /// there).
+    pub fn rewrite_end(rw: &Rewrite) -> u64 {
+        rw.after.0
     }
 
     /// A reader of this journal's records, for another thread.
@@ -556,6 +580,39 @@ mod tests {
                 "gamma".into()
             ]
         );
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_given_up_leaves_the_file_and_moves_later_records_back() {
+        let d = dir("abandon");
+        let (mut j, _) = Journal::open::<String>(&d, "j.bin").unwrap();
+        let a = j.append(&"a".repeat(50));
+        j.append(&"b".repeat(50));
+        j.sync_now().unwrap();
+        let (rw, _) = j.snapshot_items([(Item::<String>::Copy(a), Some(()))]);
+        // Appended while the rewrite is out: placed for the new layout.
+        let c = j.append(&"c".to_string());
+        // The rewrite cannot make its temporary file.
+        fs::create_dir(d.join("j.tmp")).unwrap();
+        let rw = match rw.run() {
+            Err((rw, _)) => rw,
+            Ok(()) => panic!("the rewrite should fail"),
+        };
+        let new_end = Journal::rewrite_end(&rw);
+        let shift = j.abandon(&rw);
+        assert!(shift > 0);
+        j.sync_now().unwrap();
+        let moved = Span {
+            at: (c.at as i64 + shift) as u64,
+            len: c.len,
+        };
+        assert!(c.at >= new_end);
+        assert_eq!(j.reader().read::<String>(moved).unwrap(), "c");
+        assert_eq!(j.reader().read::<String>(a).unwrap(), "a".repeat(50));
+        drop(j);
+        let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+        assert_eq!(recs, vec!["a".repeat(50), "b".repeat(50), "c".to_string()]);
         fs::remove_dir_all(d).unwrap();
     }
 

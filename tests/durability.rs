@@ -551,3 +551,75 @@ fn no_compaction_is_started_without_room_for_it_and_service_goes_on() {
         c.jobs_json().iter().all(|j| !j["finished_ms"].is_null())
     });
 }
+
+#[test]
+fn a_compaction_that_fails_is_given_up_and_every_output_stays_readable() {
+    let mut c = Cluster::start("badcompact", &["bc", "other"], "0.5");
+    // A run still going keeps its finished jobs through a purge.
+    let mut yaml = String::from("---\n- targets: [bc]\n  jobs:\n");
+    for i in 0..3 {
+        yaml.push_str(&format!("  - RUN: echo kept-{i}\n"));
+    }
+    yaml.push_str("  - RUN: while [ ! -e go ]; do sleep 0.05; done; echo last\n");
+    let file = c.dir.path.join("run.yml");
+    fs::write(&file, yaml).unwrap();
+    assert_eq!(c.cli(&["orchestrate", file.to_str().unwrap()]).code, 0);
+    let done = |c: &Cluster| {
+        c.jobs_json()
+            .iter()
+            .filter(|j| j["states"] == serde_json::json!({"succeeded": 1}))
+            .count()
+    };
+    wait_until("three outputs recorded", DEADLINE, || done(&c) == 3);
+    let before = c.submit(&["other"], "echo before");
+    c.wait_job_done(&before);
+    // The rewrite's temporary file cannot be made: a directory is in the way.
+    let blocker = c.state_path().join("history.tmp");
+    fs::create_dir(&blocker).unwrap();
+    let out = c.cli(&["manage", "--purge-jobs"]);
+    assert!(out.stdout.contains("kept 4"), "{out:?}");
+    wait_until("the compaction given up", DEADLINE, || {
+        c.server()
+            .log_text()
+            .contains("cannot compact the job history")
+    });
+    // Service goes on, and every output reads back: those the compaction
+    // meant to move, and one recorded after it was given up.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--target",
+        "other",
+        "--wait",
+        "echo after",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let outputs = |c: &Cluster| -> Vec<String> {
+        c.jobs_json()
+            .iter()
+            .filter(|j| !j["finished_ms"].is_null())
+            .map(|j| {
+                let id = j["id"].as_str().unwrap();
+                c.job_info(id)["nodes"][0]["stdout"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(outputs(&c), ["kept-0\n", "kept-1\n", "kept-2\n", "after\n"]);
+    // Once it can, the next compaction goes through, and so do restarts.
+    fs::remove_dir(&blocker).unwrap();
+    let out = c.cli(&["manage", "--purge-jobs"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    fs::write(c.node_dir("bc").join("go"), "").unwrap();
+    wait_until("the run to end", DEADLINE, || {
+        c.jobs_json().iter().all(|j| !j["finished_ms"].is_null())
+    });
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    c.start_server();
+    // The second purge forgot the finished jobs outside the run.
+    assert_eq!(outputs(&c), ["kept-0\n", "kept-1\n", "kept-2\n", "last\n"]);
+}

@@ -167,6 +167,23 @@ impl Cluster {
         }
     }
 
+    /// A compaction was given up: parts journaled since it began move by
+    /// `shift` (their spans were given for the new layout, at or after
+    /// `new_end`), and the parts it moved go back to where they were.
+    pub fn unmove(&mut self, moved_back: &[(PartKey, Span)], new_end: u64, shift: i64) {
+        for p in self.jobs.parts_mut() {
+            if let Some(span) = p.span().filter(|s| s.at >= new_end) {
+                p.spill(Span {
+                    at: (span.at as i64 + shift) as u64,
+                    len: span.len,
+                });
+            }
+        }
+        for (key, span) in moved_back {
+            self.spilled_at(*key, *span);
+        }
+    }
+
     /// The same, for the part named by a snapshot's key.
     pub fn spilled_at(&mut self, (id, i): PartKey, span: Span) {
         if let Some(p) = self.jobs.get_mut(&id).and_then(|j| j.parts.nth_mut(i)) {

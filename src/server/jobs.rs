@@ -92,6 +92,14 @@ impl Part {
         })
     }
 
+    /// Where the outcome's record is, if it is on disk.
+    pub fn span(&self) -> Option<Span> {
+        match &self.outcome {
+            Some(Stored::Disk { span, .. }) => Some(*span),
+            _ => None,
+        }
+    }
+
     /// The outcome's record is at `span` now (first written, or moved by
     /// a compaction): keep only its summary.
     pub fn spill(&mut self, span: Span) {
@@ -180,6 +188,10 @@ impl Parts {
 
     pub fn get_mut(&mut self, node: &str) -> Option<&mut Part> {
         self.find(node).map(|i| &mut self.0[i].1)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Part> {
+        self.0.iter_mut().map(|(_, p)| p)
     }
 
     /// The part at `i` in node order.
@@ -446,6 +458,11 @@ impl Jobs {
             !kids.is_empty()
         });
         gone.into_iter().collect()
+    }
+
+    /// Every part of every job.
+    pub fn parts_mut(&mut self) -> impl Iterator<Item = &mut Part> {
+        self.by_id.values_mut().flat_map(|j| j.parts.values_mut())
     }
 
     /// How many records the jobs take in a compacted journal.

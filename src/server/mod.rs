@@ -183,6 +183,9 @@ pub struct Server {
     released: Released,
     /// Compact the history as soon as everything recorded is on disk.
     compact_wanted: bool,
+    /// The compaction being written: where its copied records were, to
+    /// put them back if it fails.
+    compacting: Option<Vec<(cluster::PartKey, crate::journal::Span)>>,
     /// Compactions skipped for want of room, logged once a minute.
     compact_refused: crate::ratelog::Every,
     /// Chunk reads on the I/O thread, per transfer routing id.
@@ -239,6 +242,7 @@ impl Server {
             &mut Vec::new(),
         );
         compact(&mut cluster, &mut history)
+            .0
             .run()
             .map_err(|(_, e)| {
                 Error::io(format!("cannot rewrite {}", history.path().display()), e)
@@ -317,6 +321,7 @@ impl Server {
             released: Released::default(),
             compact_wanted: false,
             compact_refused: crate::ratelog::Every::minute(),
+            compacting: None,
             reads: HashMap::new(),
             retention: (cfg.job_retention, cfg.job_retention_count),
             waiters: HashMap::new(),

@@ -87,13 +87,16 @@ pub fn run_ops(ops: Vec<Op>) -> CommitResult {
 pub type CommitResult = Result<(), (Vec<Op>, io::Error)>;
 
 /// What the server must do after a persistence event.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct Released {
     /// Durable now: carry these out, in order.
     pub held: Vec<Held>,
     /// Submissions that could not be made durable: answer these with the
     /// error, and forget their jobs.
     pub failed: Vec<(Token, Vec<Uuid>, String)>,
+    /// A compaction that failed and was given up (the file is as it was):
+    /// put the layout back, and why it failed.
+    pub abandoned: Option<(Rewrite, String)>,
 }
 
 /// The disk is failing: when to try it again.
@@ -216,6 +219,19 @@ impl Persist {
                 if !self.waiting.is_empty() || self.history.is_dirty() {
                     self.commit_at.get_or_insert(now);
                 }
+            }
+            Err((mut undone, e)) if matches!(undone.first(), Some(Op::Replace(_))) => {
+                // A compaction is optional: give it up rather than hold
+                // every acknowledgement behind it, and write the rest now
+                // (it lands after the file's old end).
+                if let Op::Replace(rw) = undone.remove(0) {
+                    out.abandoned = Some((rw, e.to_string()));
+                }
+                self.retry = undone;
+                let mut back = held;
+                back.append(&mut self.waiting);
+                self.waiting = back;
+                self.commit_at = Some(now);
             }
             Err((undone, e)) => {
                 let error = format!("cannot write the server's state in {}: {e}", self.dir());

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use uuid::Uuid;
 
-use super::cluster::{Cluster, Effect, Now};
+use super::cluster::{Cluster, Effect, Now, PartKey};
 use super::fetch::ChunkRead;
 use super::history::{self, Record};
 use super::keys::KeyRecord;
 use super::persist::{self, Held};
 use super::{Server, Timer};
-use crate::journal::{Journal, Reader, Rewrite, Span};
+use crate::journal::{Item, Journal, Reader, Rewrite, Span};
 use crate::wire::{self, Response};
 
 /// How often retention runs and the journal's size is looked at.
@@ -67,7 +67,8 @@ impl Server {
         if self.compact_wanted && self.persist.is_idle() {
             self.compact_wanted = false;
             if self.room_to_compact(now) {
-                let rewrite = compact(&mut self.cluster, &mut self.persist.history);
+                let (rewrite, moved_back) = compact(&mut self.cluster, &mut self.persist.history);
+                self.compacting = Some(moved_back);
                 self.persist.rewrite(rewrite, now);
             }
         }
@@ -114,8 +115,25 @@ impl Server {
     pub(super) fn on_io(&mut self, done: IoDone) {
         match done {
             IoDone::Commit(result) => {
+                // Compactions start only with nothing in flight: this is
+                // the commit that carried it, if one began.
+                let moved_back = self.compacting.take();
                 self.persist
                     .done(result, Instant::now(), &mut self.released);
+                if let Some((rw, why)) = self.released.abandoned.take() {
+                    let new_end = Journal::rewrite_end(&rw);
+                    let shift = self.persist.history.abandon(&rw);
+                    self.cluster
+                        .unmove(&moved_back.unwrap_or_default(), new_end, shift);
+                    log::warn!(
+                        "cannot compact the job history in {}: {why}; kept it as it was (tried again later)",
+                        self.persist
+                            .history
+                            .path()
+                            .parent()
+                            .map_or_else(String::new, |p| p.display().to_string())
+                    );
+                }
             }
             IoDone::JobInfo { token, detail } => {
                 self.send_note(token, &Response::Job(*detail));
@@ -263,12 +281,23 @@ pub(super) fn read_outputs(
 /// The history's compacted form: the cluster's state, finished parts
 /// copied from where the journal holds them. Their records move, and the
 /// cluster is told where to.
-pub(super) fn compact(cluster: &mut Cluster, history: &mut Journal) -> Rewrite {
-    let (rewrite, moved) = history.snapshot_items(cluster.snapshot());
+pub(super) fn compact(
+    cluster: &mut Cluster,
+    history: &mut Journal,
+) -> (Rewrite, Vec<(PartKey, Span)>) {
+    // Where the copied records are now, to put them back if the rewrite
+    // fails.
+    let mut moved_back = Vec::new();
+    let items = cluster.snapshot().inspect(|(item, key)| {
+        if let (Item::Copy(span), Some(key)) = (item, key) {
+            moved_back.push((*key, *span));
+        }
+    });
+    let (rewrite, moved) = history.snapshot_items(items);
     for (key, span) in moved {
         cluster.spilled_at(key, span);
     }
-    rewrite
+    (rewrite, moved_back)
 }
 
 /// Free bytes for this process on the filesystem holding `dir`.
