@@ -332,11 +332,6 @@ impl Journal {
         }
     }
 
-    /// The file's length once everything appended is written.
-    pub fn len(&self) -> u64 {
-        self.end
-    }
-
     /// Records in the file and pending, live or not.
     pub fn records(&self) -> usize {
         self.records
@@ -402,6 +397,26 @@ impl JournalFile {
         use std::os::unix::fs::FileExt;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("tmp");
+        // Not started without room for the copy and a margin: on a nearly
+        // full disk the appends that still fit come first.
+        let size: u64 = parts
+            .iter()
+            .map(|p| match p {
+                Piece::Bytes(r) => r.len() as u64,
+                Piece::Copy(s) => u64::from(s.len),
+            })
+            .sum();
+        let need = size + size / 10 + (64 << 10);
+        if let Some(free) = free_bytes(dir).filter(|free| *free < need) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{} MiB free, about {} MiB needed for the copy",
+                    free >> 20,
+                    need >> 20
+                ),
+            ));
+        }
         let mut len = 0u64;
         let written = (|| {
             let mut f = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
@@ -436,6 +451,19 @@ impl JournalFile {
         self.torn = false;
         Ok(())
     }
+}
+
+/// Free bytes for this process on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only fills the struct; zeroes are a valid start.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// The journal file, for appends and for reading records back.

@@ -66,7 +66,8 @@ impl Cache {
             cache.apply(rec);
         }
         cache.sweep(now_ms);
-        cache.compact()?;
+        // Optional: without room (a full disk), go on from the file as it is.
+        cache.compact_or_log();
         Ok(cache)
     }
 
@@ -263,7 +264,11 @@ impl Cache {
             at_ms: *at,
         });
         let live: Vec<Record> = args.chain(env).chain(done).collect();
-        self.journal.snapshot(live).run().map_err(|(_, e)| e)
+        self.journal.snapshot(live).run().map_err(|(rw, e)| {
+            // The file is as it was: go on appending to it.
+            self.journal.abandon(&rw);
+            e
+        })
     }
 }
 

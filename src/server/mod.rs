@@ -186,7 +186,7 @@ pub struct Server {
     /// The compaction being written: where its copied records were, to
     /// put them back if it fails.
     compacting: Option<Vec<(cluster::PartKey, crate::journal::Span)>>,
-    /// Compactions skipped for want of room, logged once a minute.
+    /// Compactions given up (no room, a failing disk), logged once a minute.
     compact_refused: crate::ratelog::Every,
     /// Chunk reads on the I/O thread, per transfer routing id.
     reads: HashMap<Vec<u8>, usize>,
@@ -241,12 +241,18 @@ impl Server {
             cfg.job_retention_count,
             &mut Vec::new(),
         );
-        compact(&mut cluster, &mut history)
-            .0
-            .run()
-            .map_err(|(_, e)| {
-                Error::io(format!("cannot rewrite {}", history.path().display()), e)
-            })?;
+        // A compaction is optional: without room, start from the journal as
+        // it is.
+        let (rewrite, moved_back) = compact(&mut cluster, &mut history);
+        if let Err((rw, e)) = rewrite.run() {
+            log::warn!(
+                "cannot compact the job history {}: {e}; starting from it as it is",
+                history.path().display()
+            );
+            let new_end = Journal::rewrite_end(&rw);
+            let shift = history.abandon(&rw);
+            cluster.unmove(&moved_back, new_end, shift);
+        }
         // The ZAP handler must be bound before the first handshake: with
         // none, libzmq would let every CURVE client in.
         let (auth, keys_journal) = match cfg.curve {

@@ -66,43 +66,15 @@ impl Server {
         // once all of them are there.
         if self.compact_wanted && self.persist.is_idle() {
             self.compact_wanted = false;
-            if self.room_to_compact(now) {
-                let (rewrite, moved_back) = compact(&mut self.cluster, &mut self.persist.history);
-                self.compacting = Some(moved_back);
-                self.persist.rewrite(rewrite, now);
-            }
+            let (rewrite, moved_back) = compact(&mut self.cluster, &mut self.persist.history);
+            self.compacting = Some(moved_back);
+            self.persist.rewrite(rewrite, now);
         }
         if let Some(ops) = self.persist.due(now, &mut self.released) {
             self.worker
                 .submit(move || IoDone::Commit(persist::run_ops(ops)));
         }
         self.carry_out()
-    }
-
-    /// Is there room on the disk for the compacted copy? A rewrite that
-    /// fails is retried, and holds every acknowledgement behind it: on a
-    /// nearly full disk, where appends still fit, better not to start one.
-    /// The copy is about as big as the live share of the journal.
-    fn room_to_compact(&mut self, now: Instant) -> bool {
-        let h = &self.persist.history;
-        let live = self.cluster.live_records() as u64;
-        let records = h.records().max(1) as u64;
-        let copy = h.len() / records * live.min(records);
-        let need = copy + copy / 10 + (1 << 20);
-        let dir = h.path().parent().unwrap_or(std::path::Path::new("."));
-        let free = free_bytes(dir).unwrap_or(u64::MAX);
-        if free >= need {
-            return true;
-        }
-        if self.compact_refused.first(now) {
-            log::warn!(
-                "not compacting the job history in {}: {} MiB free, about {} MiB needed; it keeps growing until there is room (retention still forgets old jobs)",
-                dir.display(),
-                free >> 20,
-                need >> 20
-            );
-        }
-        false
     }
 
     /// Results from the I/O thread.
@@ -125,8 +97,12 @@ impl Server {
                     let shift = self.persist.history.abandon(&rw);
                     self.cluster
                         .unmove(&moved_back.unwrap_or_default(), new_end, shift);
+                    // Housekeeping asks again every 10 s while it is needed.
+                    if !self.compact_refused.first(Instant::now()) {
+                        return;
+                    }
                     log::warn!(
-                        "cannot compact the job history in {}: {why}; kept it as it was (tried again later)",
+                        "cannot compact the job history in {}: {why}; kept it as it was (tried again later; said at most once a minute)",
                         self.persist
                             .history
                             .path()
@@ -298,16 +274,4 @@ pub(super) fn compact(
         cluster.spilled_at(key, span);
     }
     (rewrite, moved_back)
-}
-
-/// Free bytes for this process on the filesystem holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a statvfs to fill.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
