@@ -188,15 +188,7 @@ fn a_full_disk_on_the_server_acknowledges_nothing_and_service_resumes_by_itself(
         ],
         "waiter.log",
     );
-    let mut gated = String::new();
-    wait_until("the waiter's job to run", DEADLINE, || {
-        let text = waiter.log_text();
-        gated = text
-            .lines()
-            .find_map(|l| l.strip_prefix("job ").map(|s| s.trim().to_owned()))
-            .unwrap_or_default();
-        !gated.is_empty() && c.part_state(&gated, "f1") == "running"
-    });
+    let gated = util::running_job(&c, &waiter, "f1");
     let filler = disk.fill();
     fs::write(c.node_dir("f1").join("go"), "").unwrap();
     // Submissions are refused, each with one line, and nothing runs.
@@ -343,15 +335,7 @@ fn sigterm_tells_waiting_clis_the_server_is_stopping_and_the_work_goes_on() {
         ],
         "waiter.log",
     );
-    let mut id = String::new();
-    wait_until("the job to run", DEADLINE, || {
-        id = waiter
-            .log_text()
-            .lines()
-            .find_map(|l| l.strip_prefix("job ").map(|s| s.trim().to_owned()))
-            .unwrap_or_default();
-        !id.is_empty() && c.part_state(&id, "d1") == "running"
-    });
+    let id = util::running_job(&c, &waiter, "d1");
     c.server().signal(libc::SIGTERM);
     assert_eq!(c.server().wait_exit(DEADLINE), Some(0));
     assert_eq!(waiter.wait_exit(DEADLINE), Some(3), "{}", waiter.log_text());

@@ -538,10 +538,25 @@ fn run_cli_with(
 
 /// The job id from `exec` output ("job <uuid>").
 pub fn job_id(stdout: &str) -> String {
+    find_job_id(stdout).unwrap_or_else(|| panic!("no job id in {stdout:?}"))
+}
+
+/// The job id in `exec` output, once it has printed it.
+pub fn find_job_id(stdout: &str) -> Option<String> {
     stdout
         .lines()
         .find_map(|l| l.strip_prefix("job ").map(|s| s.trim().to_owned()))
-        .unwrap_or_else(|| panic!("no job id in {stdout:?}"))
+}
+
+/// The id of the job a background `exec` (`waiter`) submitted, once
+/// node `node`'s part of it runs.
+pub fn running_job(c: &Cluster, waiter: &Proc, node: &str) -> String {
+    let mut id = String::new();
+    wait_until("the waiter's job to run", DEADLINE, || {
+        id = find_job_id(&waiter.log_text()).unwrap_or_default();
+        !id.is_empty() && c.part_state(&id, node) == "running"
+    });
+    id
 }
 
 /// Is `pid` gone (or a zombie waiting for a reaper that is not us)?
