@@ -123,17 +123,22 @@ pub enum Action {
     Env { key: String, value: String },
     /// `WORKDIR PATH`: PATH is a template.
     Workdir { path: String },
-    /// `ADD [--chown USER[:GROUP]] SRC... DEST`: DEST is a template. `files`
-    /// are the sources as resolved by the CLI (globs expanded, contents
-    /// hashed); empty until then.
-    Add {
-        chown: Option<String>,
-        #[serde(deserialize_with = "crate::wire::cautious_seq")]
-        sources: Vec<String>,
-        dest: String,
-        #[serde(deserialize_with = "crate::wire::cautious_seq")]
-        files: Vec<SourceFile>,
-    },
+    /// `ADD [--chown USER[:GROUP]] SRC... DEST`. Boxed: the largest
+    /// action by far, and every retained job would pay for its size.
+    Add(Box<Add>),
+}
+
+/// An ADD's arguments. DEST is a template. `files` are the sources as
+/// resolved by the CLI (globs expanded, contents hashed); empty until then.
+/// (Encoded as the struct variant it was, field for field.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Add {
+    pub chown: Option<String>,
+    #[serde(deserialize_with = "crate::wire::cautious_seq")]
+    pub sources: Vec<String>,
+    pub dest: String,
+    #[serde(deserialize_with = "crate::wire::cautious_seq")]
+    pub files: Vec<SourceFile>,
 }
 
 /// One file an ADD sends, as found on the server's machine at submission.
@@ -286,12 +291,12 @@ impl Task {
                     return Err(format!("{verb} needs at least one SRC and a DEST"));
                 }
                 let dest = words.pop().unwrap_or_default();
-                Action::Add {
+                Action::Add(Box::new(Add {
                     chown,
                     sources: words,
                     dest,
                     files: Vec::new(),
-                }
+                }))
             }
         };
         Ok(Task { action, options })
@@ -304,7 +309,7 @@ impl Task {
             Action::Arg { .. } => Verb::Arg,
             Action::Env { .. } => Verb::Env,
             Action::Workdir { .. } => Verb::Workdir,
-            Action::Add { .. } => Verb::Add,
+            Action::Add(_) => Verb::Add,
         }
     }
 
@@ -335,12 +340,13 @@ impl Task {
                 out.push(format!("{key} {value}"))
             }
             Action::Workdir { path } => out.push(path.clone()),
-            Action::Add {
-                chown,
-                sources,
-                dest,
-                ..
-            } => {
+            Action::Add(add) => {
+                let Add {
+                    chown,
+                    sources,
+                    dest,
+                    ..
+                } = &**add;
                 if let Some(c) = chown {
                     out.push(format!("--chown {c}"));
                 }
@@ -379,9 +385,10 @@ impl Task {
             Action::Workdir { path } => path.clone(),
             // What lands on the node: names, contents and modes, not where
             // the sources sat on the server's machine.
-            Action::Add {
-                chown, dest, files, ..
-            } => {
+            Action::Add(add) => {
+                let Add {
+                    chown, dest, files, ..
+                } = &**add;
                 let mut s = format!("chown={}\0{dest}", chown.as_deref().unwrap_or(""));
                 for f in files {
                     s.push_str(&format!(
@@ -405,6 +412,11 @@ impl Task {
     /// The task SHA1, lower-case hex.
     pub fn sha1(&self) -> String {
         hex_sha1(self.canonical().as_bytes())
+    }
+
+    /// The task SHA1, raw.
+    pub fn sha1_bytes(&self) -> [u8; 20] {
+        Sha1::digest(self.canonical().as_bytes()).into()
     }
 }
 
@@ -619,24 +631,25 @@ mod tests {
             "--chown=centos:centos /home/c/.ssh/* '/srv/my dir/{{ app }}/' ",
         )
         .unwrap();
-        let Action::Add {
+        let Action::Add(add) = &t.action else {
+            panic!("not ADD")
+        };
+        let Add {
             chown,
             sources,
             dest,
             files,
-        } = &t.action
-        else {
-            panic!("not ADD")
-        };
+        } = &**add;
         assert_eq!(chown.as_deref(), Some("centos:centos"));
         assert_eq!(sources, &vec!["/home/c/.ssh/*".to_string()]);
         assert_eq!(dest, "/srv/my dir/{{ app }}/");
         assert!(files.is_empty());
         assert_eq!(t.verb(), Verb::Add);
         let t = Task::parse(Verb::Add, "a b dest/{{ x | default('d') }}/").unwrap();
-        let Action::Add { sources, dest, .. } = &t.action else {
+        let Action::Add(add) = &t.action else {
             panic!("not ADD")
         };
+        let (sources, dest) = (&add.sources, &add.dest);
         assert_eq!(sources.len(), 2);
         assert_eq!(dest, "dest/{{ x | default('d') }}/");
         assert_eq!(
@@ -679,6 +692,58 @@ mod tests {
                 path: "/srv/{{ app }}/data".into()
             }
         );
+    }
+
+    #[test]
+    fn a_boxed_add_encodes_as_the_struct_variant_it_was() {
+        // Journals and peers of the same protocol hold the old form.
+        #[derive(Serialize)]
+        #[allow(dead_code)]
+        enum Before {
+            Run {
+                command: String,
+                stdout_arg: Option<String>,
+            },
+            Arg {
+                key: String,
+                value: String,
+            },
+            Env {
+                key: String,
+                value: String,
+            },
+            Workdir {
+                path: String,
+            },
+            Add {
+                chown: Option<String>,
+                sources: Vec<String>,
+                dest: String,
+                files: Vec<SourceFile>,
+            },
+        }
+        let file = SourceFile {
+            path: "/a".into(),
+            size: 1,
+            mode: 0o644,
+            sha1: "0".repeat(40),
+        };
+        let before = Before::Add {
+            chown: Some("root".into()),
+            sources: vec!["/a".into()],
+            dest: "/b".into(),
+            files: vec![file.clone()],
+        };
+        let now = Action::Add(Box::new(Add {
+            chown: Some("root".into()),
+            sources: vec!["/a".into()],
+            dest: "/b".into(),
+            files: vec![file],
+        }));
+        fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+            bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
+        }
+        assert_eq!(enc(&before), enc(&now));
     }
 
     #[test]

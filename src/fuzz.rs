@@ -8,11 +8,9 @@
 //!
 //! The properties: nothing panics; a decoder never makes an allocation
 //! larger than a small multiple of the message in front of it (a global
-//! allocator in this test build records the largest one); parse errors are
+//! allocator in this test build, `heapcount`, records the largest one); parse errors are
 //! one line.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
 
 use uuid::Uuid;
@@ -23,53 +21,7 @@ use crate::wire::{
     MAX_REQUEST,
 };
 
-/// Records the largest single allocation made on a thread while it asks.
-struct Tracking;
-
-thread_local! {
-    static WATCHING: Cell<bool> = const { Cell::new(false) };
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = WATCHING.try_with(|w| {
-        if w.get() {
-            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-        }
-    });
-}
-
-// SAFETY: every call is passed straight to the system allocator; the
-// bookkeeping only touches thread-locals that never allocate.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Tracking = Tracking;
-
-/// Run `f`; its result and the largest allocation it made.
-fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    LARGEST.with(|l| l.set(0));
-    WATCHING.with(|w| w.set(true));
-    let r = f();
-    WATCHING.with(|w| w.set(false));
-    (r, LARGEST.with(Cell::get))
-}
+use crate::heapcount::largest_allocation;
 
 /// What a decoder may allocate for a message of `len` bytes: its limit is
 /// at most 32 times the message, and sequences preallocate a few elements.
@@ -193,8 +145,8 @@ fn add_task() -> Task {
         "--chown app:app /srv/a.conf /srv/b.conf /etc/app/",
     )
     .unwrap();
-    if let crate::dsl::Action::Add { files, .. } = &mut t.action {
-        files.push(crate::dsl::SourceFile {
+    if let crate::dsl::Action::Add(add) = &mut t.action {
+        add.files.push(crate::dsl::SourceFile {
             path: "/srv/a.conf".into(),
             size: 10,
             mode: 0o644,

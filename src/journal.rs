@@ -25,6 +25,9 @@ use serde::Serialize;
 /// Largest record accepted at load.
 const MAX_RECORD: usize = 64 << 20;
 
+/// What a compaction reads of the old file at once.
+const COPY_CHUNK: u64 = 1 << 20;
+
 /// One journal, as the loop holds it.
 pub struct Journal {
     path: PathBuf,
@@ -246,19 +249,20 @@ impl Journal {
     /// The file's new content: `recs`, which must cover everything appended
     /// so far (it replaces it). Run the rewrite on any thread.
     pub fn snapshot<T: Serialize>(&mut self, recs: impl IntoIterator<Item = T>) -> Rewrite {
-        let items = recs.into_iter().map(|r| (Item::New(r), None::<()>));
+        let items = recs.into_iter().map(|r| (Item::New(r), false));
         self.snapshot_items(items).0
     }
 
     /// Like `snapshot`, where some records are copied from the current
     /// file: each must be durable there (nothing pending or failed before
     /// it). Items come one at a time (nothing is collected but the new
-    /// bytes, in one buffer, and the copies' places); returns where each
-    /// keyed item will be in the new file.
-    pub fn snapshot_items<T: Serialize, K>(
+    /// bytes, in one buffer, and the copies' places, adjacent ones merged);
+    /// returns where each item flagged `true` will be in the new file, in
+    /// order (the caller knows which items it flagged).
+    pub fn snapshot_items<T: Serialize>(
         &mut self,
-        items: impl IntoIterator<Item = (Item<T>, Option<K>)>,
-    ) -> (Rewrite, Vec<(K, Span)>) {
+        items: impl IntoIterator<Item = (Item<T>, bool)>,
+    ) -> (Rewrite, Vec<Span>) {
         let mut parts = Vec::new();
         let mut keyed = Vec::new();
         let mut bytes = Vec::new();
@@ -266,7 +270,7 @@ impl Journal {
         let mut records = 0;
         // Start of the new bytes not yet in a piece.
         let mut run = 0;
-        for (item, key) in items {
+        for (item, wanted) in items {
             records += 1;
             let span = match item {
                 Item::New(rec) => {
@@ -282,13 +286,23 @@ impl Journal {
                         parts.push(Piece::Bytes(run..bytes.len()));
                         run = bytes.len();
                     }
-                    parts.push(Piece::Copy(old));
+                    // Records that follow each other in the old file are
+                    // one copy (after a first compaction, most are).
+                    match parts.last_mut() {
+                        Some(Piece::Copy(prev))
+                            if prev.at + u64::from(prev.len) == old.at
+                                && prev.len.checked_add(old.len).is_some() =>
+                        {
+                            prev.len += old.len;
+                        }
+                        _ => parts.push(Piece::Copy(old)),
+                    }
                     Span { at, len: old.len }
                 }
             };
             at += u64::from(span.len);
-            if let Some(k) = key {
-                keyed.push((k, span));
+            if wanted {
+                keyed.push(span);
             }
         }
         if run < bytes.len() {
@@ -427,10 +441,18 @@ impl JournalFile {
                         f.write_all(&bytes[range.clone()])?;
                         len += range.len() as u64;
                     }
+                    // A piece may be many records merged: in bounded
+                    // reads, never whole.
                     Piece::Copy(span) => {
-                        buf.resize(span.len as usize, 0);
-                        self.file.read_exact_at(&mut buf, span.at)?;
-                        f.write_all(&buf)?;
+                        let end = span.at + u64::from(span.len);
+                        let mut at = span.at;
+                        while at < end {
+                            let n = (end - at).min(COPY_CHUNK);
+                            buf.resize(n as usize, 0);
+                            self.file.read_exact_at(&mut buf, at)?;
+                            f.write_all(&buf)?;
+                            at += n;
+                        }
                         len += u64::from(span.len);
                     }
                 }
@@ -582,13 +604,12 @@ mod tests {
         let b = j.append(&"beta".repeat(100));
         j.sync_now().unwrap();
         assert_eq!(j.reader().read::<String>(b).unwrap(), "beta".repeat(100));
-        let (rw, keyed) = j.snapshot_items([
-            (Item::New("new".to_string()), Some(0)),
-            (Item::Copy(b), Some(1)),
-            (Item::Copy(a), Some(2)),
+        let (rw, spans) = j.snapshot_items([
+            (Item::New("new".to_string()), true),
+            (Item::Copy(b), true),
+            (Item::Copy(a), true),
         ]);
         rw.run().map_err(|(_, e)| e).unwrap();
-        let spans: Vec<Span> = keyed.iter().map(|(_, s)| *s).collect();
         let r = j.reader();
         assert_eq!(r.read::<String>(spans[0]).unwrap(), "new");
         assert_eq!(r.read::<String>(spans[1]).unwrap(), "beta".repeat(100));
@@ -612,13 +633,49 @@ mod tests {
     }
 
     #[test]
+    fn records_adjacent_in_the_file_are_copied_as_one_piece_in_bounded_reads() {
+        let d = dir("merge");
+        let (mut j, _) = Journal::open::<String>(&d, "j.bin").unwrap();
+        // Together larger than one read of the copy.
+        let big = "x".repeat((COPY_CHUNK as usize) * 3 / 4);
+        let a = j.append(&big);
+        let b = j.append(&"b".to_string());
+        let c = j.append(&big);
+        let dead = j.append(&"dead".to_string());
+        let e = j.append(&"e".to_string());
+        j.sync_now().unwrap();
+        assert!(dead.at > c.at);
+        let (rw, spans) = j.snapshot_items([
+            (Item::Copy(a), true),
+            (Item::Copy(b), true),
+            (Item::Copy(c), true),
+            (Item::Copy(e), true),
+            (Item::New("new".to_string()), false),
+        ]);
+        // a, b and c follow each other; e comes after a dropped record.
+        assert_eq!(rw.parts.len(), 3);
+        rw.run().map_err(|(_, e)| e).unwrap();
+        let r = j.reader();
+        assert_eq!(spans.len(), 4);
+        assert_eq!(r.read::<String>(spans[0]).unwrap(), big);
+        assert_eq!(r.read::<String>(spans[1]).unwrap(), "b");
+        assert_eq!(r.read::<String>(spans[2]).unwrap(), big);
+        assert_eq!(r.read::<String>(spans[3]).unwrap(), "e");
+        drop(j);
+        let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[4], "new");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
     fn a_rewrite_given_up_leaves_the_file_and_moves_later_records_back() {
         let d = dir("abandon");
         let (mut j, _) = Journal::open::<String>(&d, "j.bin").unwrap();
         let a = j.append(&"a".repeat(50));
         j.append(&"b".repeat(50));
         j.sync_now().unwrap();
-        let (rw, _) = j.snapshot_items([(Item::<String>::Copy(a), Some(()))]);
+        let (rw, _) = j.snapshot_items([(Item::<String>::Copy(a), true)]);
         // Appended while the rewrite is out: placed for the new layout.
         let c = j.append(&"c".to_string());
         // The rewrite cannot make its temporary file.

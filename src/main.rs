@@ -13,6 +13,8 @@ mod dsl;
 mod error;
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod heapcount;
 mod ids;
 mod journal;
 mod logger;
@@ -30,6 +32,10 @@ mod wire;
 use std::io::Write;
 
 use cli::Command;
+
+#[cfg(test)]
+#[global_allocator]
+static HEAP: heapcount::Counting = heapcount::Counting;
 use error::{Error, EXIT_OK};
 
 fn main() {

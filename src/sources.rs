@@ -11,19 +11,19 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use crate::dsl::{dest_is_dir, Action, SourceFile, Task};
+use crate::dsl::{dest_is_dir, Action, Add, SourceFile, Task};
 
 /// Fill in the files of an ADD task; other tasks are left as they are.
 pub fn resolve(task: &mut Task) -> Result<(), String> {
-    let Action::Add {
+    let Action::Add(add) = &mut task.action else {
+        return Ok(());
+    };
+    let Add {
         sources,
         dest,
         files,
         ..
-    } = &mut task.action
-    else {
-        return Ok(());
-    };
+    } = &mut **add;
     files.clear();
     for pattern in sources.iter() {
         for path in expand(pattern)? {
@@ -126,9 +126,10 @@ mod tests {
 
         let mut t = Task::parse(Verb::Add, &format!("--chown 0:0 {dir}/*.conf /etc/app/")).unwrap();
         resolve(&mut t).unwrap();
-        let Action::Add { files, .. } = &t.action else {
+        let Action::Add(add) = &t.action else {
             panic!()
         };
+        let files = &add.files;
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].name(), "a.conf");
         assert_eq!(files[0].size, 5);

@@ -133,12 +133,10 @@ impl AddJob {
         task: &Task,
         args: &BTreeMap<String, String>,
     ) -> Result<AddJob, String> {
-        let Action::Add {
-            chown, dest, files, ..
-        } = &task.action
-        else {
+        let Action::Add(add) = &task.action else {
             return Err("not an ADD job".into());
         };
+        let (chown, dest, files) = (&add.chown, &add.dest, &add.files);
         if files.is_empty() {
             return Err("ADD job without files (the CLI resolves them before submission)".into());
         }
@@ -607,9 +605,9 @@ fn set_owner_and_mode_path(
 /// The cache key of an ADD: its task SHA1 (which covers the contents) and
 /// the rendered destination.
 pub fn cache_key(task: &Task, args: &BTreeMap<String, String>) -> Option<String> {
-    let Action::Add { dest, .. } = &task.action else {
+    let Action::Add(add) = &task.action else {
         return None;
     };
-    let dest = template::render(dest, args).ok()?;
+    let dest = template::render(&add.dest, args).ok()?;
     Some(hex_sha1(format!("{}\0{dest}", task.sha1()).as_bytes()))
 }

@@ -96,7 +96,7 @@ pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Start
                 )))),
             }
         }
-        Action::Add { .. } => {
+        Action::Add(_) => {
             let key = add::cache_key(task, cache.args());
             if let (Some(k), false) = (&key, skip_cache) {
                 if cache.is_done(k, now_ms) {

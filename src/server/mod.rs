@@ -206,6 +206,16 @@ pub struct Server {
 
 /// Run the server until it is told to stop.
 pub fn run(cfg: &Config) -> Result<()> {
+    // One malloc arena for the process: the loop and the I/O thread hand
+    // buffers to each other, and a second arena (64 MiB reserved, its own
+    // free lists) only adds memory that the loop's trims cannot reach.
+    // ZeroMQ's own threads are started after this and share it too.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes a malloc tunable; called before any
+    // other thread of ours exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let mut server = Server::start(cfg)?;
     let result = server.run();
     server.shutdown();

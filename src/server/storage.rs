@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::cluster::{Cluster, Effect, Now, PartKey};
 use super::fetch::ChunkRead;
-use super::history::{self, Record};
+use super::history::Record;
+use super::jobs;
 use super::keys::KeyRecord;
 use super::persist::{self, Held};
 use super::{Server, Timer};
@@ -225,8 +226,10 @@ pub(super) enum IoDone {
     Chunk(ChunkRead),
 }
 
-/// Fill in the outputs of `detail` from the journal records at `reads`
-/// (on the I/O thread). One that cannot be read says why, in its message.
+/// Fill in the parts of `detail` that memory keeps only as a summary
+/// (exit, outputs, timings, messages) from their journal records at
+/// `reads` (on the I/O thread). One that cannot be read says why, in its
+/// message.
 pub(super) fn read_outputs(
     reader: &Reader,
     mut detail: Box<wire::JobDetail>,
@@ -237,18 +240,11 @@ pub(super) fn read_outputs(
             continue;
         };
         match reader.read::<Record>(*span) {
-            Ok(Record::Done {
-                part:
-                    history::PartRecord {
-                        outcome: Some(o), ..
-                    },
-                ..
-            }) => {
-                view.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-                view.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+            Ok(Record::Done { id, node, part }) if id == view.job_id && node == view.node => {
+                jobs::view_of_record(view, part);
             }
-            Ok(_) => view.message = Some("output unavailable: the journal moved".into()),
-            Err(e) => view.message = Some(format!("output unavailable: {e}")),
+            Ok(_) => view.message = Some("details unavailable: the journal moved".into()),
+            Err(e) => view.message = Some(format!("details unavailable: {e}")),
         }
     }
     detail
@@ -262,16 +258,19 @@ pub(super) fn compact(
     history: &mut Journal,
 ) -> (Rewrite, Vec<(PartKey, Span)>) {
     // Where the copied records are now, to put them back if the rewrite
-    // fails.
-    let mut moved_back = Vec::new();
-    let items = cluster.snapshot().inspect(|(item, key)| {
-        if let (Item::Copy(span), Some(key)) = (item, key) {
-            moved_back.push((*key, *span));
+    // fails; their new places come back in the same order.
+    let mut moved_back = Vec::with_capacity(cluster.journaled_parts());
+    let items = cluster.snapshot().map(|(item, key)| match (&item, key) {
+        (Item::Copy(span), Some(key)) => {
+            moved_back.push((key, *span));
+            (item, true)
         }
+        _ => (item, false),
     });
     let (rewrite, moved) = history.snapshot_items(items);
-    for (key, span) in moved {
-        cluster.spilled_at(key, span);
+    debug_assert_eq!(moved.len(), moved_back.len());
+    for ((key, _), span) in moved_back.iter().zip(moved) {
+        cluster.spilled_at(*key, span);
     }
     (rewrite, moved_back)
 }
