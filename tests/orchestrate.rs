@@ -249,6 +249,31 @@ fn a_failure_stops_the_run_on_that_node_only() {
         .filter(|j| j["states"]["skipped"] == 1)
         .count();
     assert_eq!(skipped, 3);
+    // The server keeps only states in memory: why a part was skipped, and
+    // the failure's exit and output, are read back from its journal.
+    let jobs = c.jobs_json();
+    let part_on = |job: &serde_json::Value, node: &str| {
+        let info = c.job_info(job["id"].as_str().unwrap());
+        info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node)
+            .cloned()
+            .unwrap()
+    };
+    let failed = part_on(&jobs[1], "bad");
+    assert_eq!(failed["exit_code"], 3, "{failed}");
+    assert_eq!(failed["stderr"], "broken\n", "{failed}");
+    let skip = part_on(&jobs[2], "bad");
+    assert_eq!(skip["state"], "skipped", "{skip}");
+    assert!(
+        skip["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("an earlier job of this orchestration failed")),
+        "{skip}"
+    );
+    assert!(skip["finished_ms"].as_u64().is_some(), "{skip}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::history::{Record, SentTo};
-use super::jobs::Jobs;
+use super::jobs::{Jobs, SKIPPED_AFTER_FAILURE};
 use super::nodes::{Link, Nodes, LIVENESS};
 use crate::dsl::{Action, SourceFile, Task};
 use crate::journal::{Item, Span};
@@ -678,11 +678,7 @@ impl Cluster {
                 return true;
             };
             if let Some(part) = job.parts.get_mut(node) {
-                part.end(
-                    JobState::Skipped,
-                    "not run: an earlier job of this orchestration failed on this node".into(),
-                    now_ms,
-                );
+                part.end(JobState::Skipped, SKIPPED_AFTER_FAILURE.into(), now_ms);
             }
             skipped.push(*id);
             false

@@ -305,6 +305,11 @@ impl Part {
     }
 }
 
+/// Why a part of a run was not run, whether the server skipped it (still
+/// queued) or the node did (already sent): the same words either way.
+pub const SKIPPED_AFTER_FAILURE: &str =
+    "not run: an earlier job of this orchestration failed on this node";
+
 /// Fill `view` from a finished part's outcome and message.
 pub fn fill_view(view: &mut PartView, outcome: Option<&Outcome>, message: Option<String>) {
     view.message = message;
@@ -315,7 +320,8 @@ pub fn fill_view(view: &mut PartView, outcome: Option<&Outcome>, message: Option
         Exit::Code(c) => view.exit_code = Some(*c),
         Exit::Signal(s) => view.signal = Some(*s),
         e @ (Exit::Error(_) | Exit::TimedOut { .. }) => view.message = Some(e.to_string()),
-        Exit::Cached | Exit::SkippedAfterFailure => {}
+        Exit::SkippedAfterFailure => view.message = Some(SKIPPED_AFTER_FAILURE.into()),
+        Exit::Cached => {}
     }
     view.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     view.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
