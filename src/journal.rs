@@ -224,17 +224,7 @@ impl Journal {
     /// Write and sync everything appended, on this thread.
     #[cfg(test)]
     pub fn sync_now(&mut self) -> io::Result<()> {
-        self.write_now(true)
-    }
-
-    /// Write (without sync) everything appended, on this thread: a crash
-    /// of the process loses nothing, one of the machine may.
-    pub fn flush_now(&mut self) -> io::Result<()> {
-        self.write_now(false)
-    }
-
-    fn write_now(&mut self, sync: bool) -> io::Result<()> {
-        let Some(batch) = self.take(sync) else {
+        let Some(batch) = self.take(true) else {
             return Ok(());
         };
         match batch.run() {
@@ -589,7 +579,7 @@ mod tests {
             .unwrap();
         assert_eq!(j.records(), 1);
         j.append(&"four".to_string());
-        j.flush_now().unwrap();
+        j.take(false).unwrap().run().map_err(|(_, e)| e).unwrap();
         drop(j);
         let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
         assert_eq!(recs, vec!["two".to_string(), "four".to_string()]);

@@ -1,15 +1,20 @@
 //! The client's cache under `--cache-path`: ARG and ENV values, and the steps
 //! that succeeded on this node (by cache key) with when. It survives restarts.
 //!
-//! Storage is one journal of length-prefixed bincode records. An ARG or ENV
-//! value is synced before its job reports success, and a value that cannot
-//! be made durable (full or failing disk) fails its job and is not kept. A
-//! step's success or failure is one small write without fsync: a crash of
-//! the machine can lose it, which only means running a step again; a write
-//! that fails is retried with the next one. At start, and when a
-//! sweep drops expired entries, the journal is rewritten with only the live
-//! records (temporary file, fsync, rename), so expired entries really leave
-//! the disk. A torn or corrupt tail is dropped at load with a warning.
+//! Storage is one journal of length-prefixed bincode records. The loop never
+//! writes it: every write (a batch of records, or a rewrite) is work for the
+//! I/O thread (`next_io`), one at a time and in order, so a step's `Done`
+//! and a later `Forget` of it can never swap, and a slow disk delays no
+//! heartbeat. An ARG or ENV value is synced before its job reports success,
+//! and a value that cannot be made durable (full or failing disk) fails its
+//! job and is not kept. A step's success or failure is a write without
+//! fsync: a crash of the machine can lose it, which only means running a
+//! step again; a write that fails is retried with the next change. At start
+//! (on the caller's thread, before the loop runs), and when a sweep drops
+//! expired entries or the journal is mostly dead records, it is rewritten
+//! with only the live records (temporary file, fsync, rename), so expired
+//! entries really leave the disk. A torn or corrupt tail is dropped at load
+//! with a warning.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Batch, Journal, Span};
+use crate::journal::{Batch, Journal, Rewrite, Span};
 
 const JOURNAL: &str = "journal.bin";
 
@@ -39,18 +44,52 @@ pub struct Cache {
     done: HashMap<String, u64>,
     /// Write errors, logged at most once a minute.
     errors: crate::ratelog::Every,
-    /// A staged value's batch is out.
-    syncing: bool,
+    /// What the I/O thread is doing for the cache.
+    out: Out,
+    /// A value waiting for its turn to be written and synced.
+    waiting: Option<Record>,
+    /// The last write of step records failed: wait for a change (or a
+    /// sweep) before trying again, rather than spinning on a full disk.
+    stalled: bool,
+    /// Rewrite the journal once nothing else is out.
+    compact_wanted: bool,
 }
 
-/// An ARG or ENV value whose record is being synced.
-pub struct Staged {
-    rec: Record,
-    span: Span,
+/// What the I/O thread is doing for the cache: at most one thing.
+enum Out {
+    Idle,
+    /// Writing a batch; its last record is the value `staged`, if any.
+    Batch {
+        staged: Option<(Record, Span)>,
+    },
+    Rewrite,
+}
+
+/// Work for the I/O thread; hand its result to `Cache::io_done`.
+pub enum CacheIo {
+    Write(Batch),
+    Rewrite(Rewrite),
+}
+
+/// What the I/O thread did with a `CacheIo`.
+pub enum CacheIoDone {
+    Written(Result<(), (Batch, io::Error)>),
+    Rewritten(Result<(), (Rewrite, io::Error)>),
+}
+
+impl CacheIo {
+    /// Do it (on the I/O thread).
+    pub fn run(self) -> CacheIoDone {
+        match self {
+            CacheIo::Write(batch) => CacheIoDone::Written(batch.run()),
+            CacheIo::Rewrite(rw) => CacheIoDone::Rewritten(rw.run()),
+        }
+    }
 }
 
 impl Cache {
     /// Open (creating) the cache in `dir`; entries older than `ttl` are gone.
+    /// The start-up rewrite runs here, on the caller's thread.
     pub fn open(dir: &Path, ttl: Duration, now_ms: u64) -> io::Result<Cache> {
         let (journal, records) = Journal::open::<Record>(dir, JOURNAL)?;
         let mut cache = Cache {
@@ -60,14 +99,20 @@ impl Cache {
             env: BTreeMap::new(),
             done: HashMap::new(),
             errors: crate::ratelog::Every::minute(),
-            syncing: false,
+            out: Out::Idle,
+            waiting: None,
+            stalled: false,
+            compact_wanted: false,
         };
         for rec in records {
             cache.apply(rec);
         }
-        cache.sweep(now_ms);
+        cache.expire(now_ms);
         // Optional: without room (a full disk), go on from the file as it is.
-        cache.compact_or_log();
+        if let Err((rw, e)) = cache.snapshot().run() {
+            cache.journal.abandon(&rw);
+            log::error!("{}: cannot rewrite the journal: {e}", cache.path());
+        }
         Ok(cache)
     }
 
@@ -88,78 +133,160 @@ impl Cache {
         }
     }
 
-    /// ARG values (and `--stdout-arg` results): the template variables.
     pub fn args(&self) -> &BTreeMap<String, String> {
         &self.args
     }
 
-    /// ENV values: the environment of RUN commands.
     pub fn env(&self) -> &BTreeMap<String, String> {
         &self.env
     }
 
-    /// Keep an ARG value, durably: `Err` (nothing kept) when it cannot be
-    /// synced. On this thread: for tests and tools, not the loop.
+    /// Keep an ARG value, durably, on this thread: `Err` (nothing kept)
+    /// when it cannot be synced. For tests, not the loop.
     #[cfg(test)]
     pub fn set_arg(&mut self, key: &str, value: &str) -> Result<(), String> {
-        let (staged, batch) = self.stage_arg(key, value);
-        let result = batch.run();
-        self.staged(staged, result)
+        self.stage_arg(key, value);
+        self.settle_io_now().unwrap_or(Ok(()))
     }
 
     /// Keep an ENV value, durably, like `set_arg`.
     #[cfg(test)]
     pub fn set_env(&mut self, key: &str, value: &str) -> Result<(), String> {
-        let (staged, batch) = self.stage_env(key, value);
-        let result = batch.run();
-        self.staged(staged, result)
+        self.stage_env(key, value);
+        self.settle_io_now().unwrap_or(Ok(()))
     }
 
-    /// An ARG value on its way to disk: run the batch (on any thread),
-    /// then hand its result to `staged`. Until then the value is not kept.
-    pub fn stage_arg(&mut self, key: &str, value: &str) -> (Staged, Batch) {
+    /// Run every write due, on this thread; the staged value's result.
+    #[cfg(test)]
+    pub fn settle_io_now(&mut self) -> Option<Result<(), String>> {
+        let mut staged = None;
+        while let Some(io) = self.next_io() {
+            if let Some(r) = self.io_done(io.run()) {
+                staged = Some(r);
+            }
+        }
+        staged
+    }
+
+    /// An ARG value on its way to disk: it is written and synced when its
+    /// turn comes (`next_io`), and `io_done` says whether it was kept.
+    /// Until then it is not. One value at a time (the running job's).
+    pub fn stage_arg(&mut self, key: &str, value: &str) {
         self.stage(Record::Arg {
             key: key.to_owned(),
             value: value.to_owned(),
-        })
+        });
     }
 
     /// An ENV value on its way to disk, like `stage_arg`.
-    pub fn stage_env(&mut self, key: &str, value: &str) -> (Staged, Batch) {
+    pub fn stage_env(&mut self, key: &str, value: &str) {
         self.stage(Record::Env {
             key: key.to_owned(),
             value: value.to_owned(),
-        })
+        });
     }
 
-    fn stage(&mut self, rec: Record) -> (Staged, Batch) {
-        let span = self.journal.append(&rec);
-        self.syncing = true;
-        // Not empty: the record was just appended.
-        let batch = self.journal.take(true).expect("a record is pending");
-        (Staged { rec, span }, batch)
+    fn stage(&mut self, rec: Record) {
+        debug_assert!(
+            self.waiting.is_none() && !self.is_staged(),
+            "one value at a time"
+        );
+        self.waiting = Some(rec);
     }
 
-    /// The staged value's batch ran: keep the value if it is on disk;
-    /// otherwise take it back and say why.
-    pub fn staged(
-        &mut self,
-        staged: Staged,
-        result: Result<(), (Batch, io::Error)>,
-    ) -> Result<(), String> {
-        self.syncing = false;
-        match result {
-            Ok(()) => {
-                self.apply(staged.rec);
-                Ok(())
+    fn is_staged(&self) -> bool {
+        matches!(self.out, Out::Batch { staged: Some(_) })
+    }
+
+    /// The next write for the I/O thread, if one is due and nothing else
+    /// is out: a rewrite when wanted (never with a value waiting, which
+    /// it would not cover), else the waiting value (synced, with the step
+    /// records before it), else the step records appended (not synced).
+    pub fn next_io(&mut self) -> Option<CacheIo> {
+        if !matches!(self.out, Out::Idle) {
+            return None;
+        }
+        if self.compact_wanted && self.waiting.is_none() {
+            self.compact_wanted = false;
+            self.stalled = false;
+            self.out = Out::Rewrite;
+            return Some(CacheIo::Rewrite(self.snapshot()));
+        }
+        if let Some(rec) = self.waiting.take() {
+            let span = self.journal.append(&rec);
+            // Not empty: the record was just appended.
+            let batch = self.journal.take(true)?;
+            self.out = Out::Batch {
+                staged: Some((rec, span)),
+            };
+            return Some(CacheIo::Write(batch));
+        }
+        if self.stalled {
+            return None;
+        }
+        let batch = self.journal.take(false)?;
+        self.out = Out::Batch { staged: None };
+        Some(CacheIo::Write(batch))
+    }
+
+    /// Is a write out on the I/O thread?
+    pub fn is_busy(&self) -> bool {
+        !matches!(self.out, Out::Idle)
+    }
+
+    /// The I/O thread did the last `next_io`. Returns the staged value's
+    /// fate if this write carried it: `Err` says why it was not kept.
+    pub fn io_done(&mut self, done: CacheIoDone) -> Option<Result<(), String>> {
+        let out = std::mem::replace(&mut self.out, Out::Idle);
+        match (out, done) {
+            (Out::Batch { staged }, CacheIoDone::Written(Ok(()))) => {
+                let (rec, _) = staged?;
+                self.apply(rec);
+                Some(Ok(()))
             }
-            Err((batch, e)) => {
-                // Earlier writes in the batch go again with the next one.
+            (Out::Batch { staged }, CacheIoDone::Written(Err((batch, e)))) => {
+                // Earlier records of the batch go again with the next one.
                 self.journal.put_back(batch);
-                if !self.journal.retract(staged.span) {
-                    self.journal.drop_pending();
+                match staged {
+                    Some((_, span)) => {
+                        if !self.journal.retract(span) {
+                            self.journal.drop_pending();
+                        }
+                        Some(Err(format!(
+                            "cannot save it in the cache {}: {e}",
+                            self.path()
+                        )))
+                    }
+                    None => {
+                        self.stalled = true;
+                        if self.errors.first(Instant::now()) {
+                            log::error!(
+                                "{}: cannot write: {e}; retried with the next change (said at most once a minute)",
+                                self.path()
+                            );
+                        }
+                        None
+                    }
                 }
-                Err(format!("cannot save it in the cache {}: {e}", self.path()))
+            }
+            (Out::Rewrite, CacheIoDone::Rewritten(result)) => {
+                if let Err((rw, e)) = result {
+                    // The file is as it was: go on appending to it.
+                    self.journal.abandon(&rw);
+                    if self.errors.first(Instant::now()) {
+                        log::error!(
+                            "{}: cannot rewrite the journal: {e}; kept it as it was (said at most once a minute)",
+                            self.path()
+                        );
+                    }
+                }
+                None
+            }
+            (out, _) => {
+                // A result for work we did not give: keep what is out.
+                log::error!("cache: an I/O result that does not match the work out; ignored");
+                self.out = out;
+                None
             }
         }
     }
@@ -201,56 +328,43 @@ impl Cache {
         }
     }
 
-    /// Drop expired successes; rewrite the journal when that or dead
+    /// Drop expired successes, and ask for a rewrite when that or dead
     /// records make it worth it. Returns how many entries were dropped.
     pub fn sweep(&mut self, now_ms: u64) -> usize {
-        if self.syncing {
-            return 0; // next time
+        let dropped = self.expire(now_ms);
+        if dropped > 0 || self.bloated() {
+            self.compact_wanted = true;
         }
+        // A stalled write is tried again now and then, not only on change.
+        self.stalled = false;
+        dropped
+    }
+
+    fn expire(&mut self, now_ms: u64) -> usize {
         let before = self.done.len();
         let ttl = self.ttl_ms;
         self.done.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
-        let dropped = before - self.done.len();
-        if dropped > 0 || self.bloated() {
-            self.compact_or_log();
-        }
-        dropped
+        before - self.done.len()
     }
 
     fn bloated(&self) -> bool {
         self.journal.records() > 2 * (self.args.len() + self.env.len() + self.done.len()) + 1024
     }
 
+    /// A step record: in memory at once, on disk with the next write.
     fn append(&mut self, rec: Record) {
-        // No fsync: losing the last ones to a crash only means running a
-        // step again. A failed write stays pending and goes with the next.
         self.journal.append(&rec);
         self.apply(rec);
-        if let Err(e) = self.journal.flush_now() {
-            if self.errors.first(Instant::now()) {
-                log::error!(
-                    "{}: cannot write: {e}; retried with the next change (said at most once a minute)",
-                    self.path()
-                );
-            }
-        }
-        if self.bloated() && !self.syncing {
+        self.stalled = false;
+        if self.bloated() {
             // Mostly dead records (the same steps re-run): rewrite.
-            self.compact_or_log();
+            self.compact_wanted = true;
         }
     }
 
-    fn compact_or_log(&mut self) {
-        if let Err(e) = self.compact() {
-            log::error!(
-                "{}: cannot rewrite the journal: {e}",
-                self.journal.path().display()
-            );
-        }
-    }
-
-    /// Rewrite the journal with only live records.
-    fn compact(&mut self) -> io::Result<()> {
+    /// The journal with only live records. It covers every record applied
+    /// (those appended and not yet written too), never a staged value.
+    fn snapshot(&mut self) -> Rewrite {
         let args = self.args.iter().map(|(k, v)| Record::Arg {
             key: k.clone(),
             value: v.clone(),
@@ -264,11 +378,7 @@ impl Cache {
             at_ms: *at,
         });
         let live: Vec<Record> = args.chain(env).chain(done).collect();
-        self.journal.snapshot(live).run().map_err(|(rw, e)| {
-            // The file is as it was: go on appending to it.
-            self.journal.abandon(&rw);
-            e
-        })
+        self.journal.snapshot(live)
     }
 }
 
@@ -296,6 +406,7 @@ mod tests {
         c.record_done("k1", 1000);
         c.record_done("k2", 1000);
         c.forget("k2");
+        c.settle_io_now();
         drop(c);
         let c = Cache::open(&d, DAY, 2000).unwrap();
         assert_eq!(c.args().get("user").map(String::as_str), Some("ops"));
@@ -315,6 +426,7 @@ mod tests {
         assert!(!c.is_done("old-key", 10_000));
         assert!(c.is_done("new-key", 10_000));
         assert_eq!(c.sweep(10_000), 1);
+        c.settle_io_now();
         let bytes = fs::read(d.join(JOURNAL)).unwrap();
         assert!(!bytes.windows(7).any(|w| w == b"old-key"));
         assert!(bytes.windows(7).any(|w| w == b"new-key"));
@@ -327,6 +439,7 @@ mod tests {
         let mut c = Cache::open(&d, DAY, 0).unwrap();
         for i in 0..5000 {
             c.record_done("same-step", i);
+            c.settle_io_now();
         }
         let size = fs::metadata(d.join(JOURNAL)).unwrap().len();
         assert!(size < 100_000, "journal is {size} bytes");
@@ -334,6 +447,55 @@ mod tests {
         assert!(Cache::open(&d, DAY, 5000)
             .unwrap()
             .is_done("same-step", 5000));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn step_records_keep_their_order_through_a_failed_write() {
+        let d = dir("order");
+        let mut c = Cache::open(&d, DAY, 0).unwrap();
+        c.record_done("k", 1);
+        let Some(CacheIo::Write(batch)) = c.next_io() else {
+            panic!("a write for the I/O thread");
+        };
+        // While it is out, the step fails again: its Forget waits.
+        c.forget("k");
+        assert!(c.next_io().is_none());
+        let err = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(c.io_done(CacheIoDone::Written(Err((batch, err)))).is_none());
+        // No retry in a loop on a full disk: after a change or a sweep.
+        assert!(c.next_io().is_none());
+        c.sweep(2);
+        c.settle_io_now();
+        drop(c);
+        // Forget after Done: had they swapped, the step would be cached.
+        let c = Cache::open(&d, DAY, 3).unwrap();
+        assert!(!c.is_done("k", 3));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_waits_for_a_staged_value_and_keeps_it() {
+        let d = dir("rewrite");
+        let mut c = Cache::open(&d, Duration::from_secs(10), 0).unwrap();
+        c.record_done("old", 0);
+        c.settle_io_now();
+        c.stage_arg("a", "1");
+        // Expired: a rewrite is wanted, but the value goes first.
+        assert_eq!(c.sweep(20_000), 1);
+        let Some(CacheIo::Write(batch)) = c.next_io() else {
+            panic!("the value's sync first");
+        };
+        assert_eq!(c.io_done(CacheIoDone::Written(batch.run())), Some(Ok(())));
+        let Some(CacheIo::Rewrite(rw)) = c.next_io() else {
+            panic!("then the rewrite");
+        };
+        assert!(c.io_done(CacheIoDone::Rewritten(rw.run())).is_none());
+        drop(c);
+        let bytes = fs::read(d.join(JOURNAL)).unwrap();
+        assert!(!bytes.windows(3).any(|w| w == b"old"));
+        let c = Cache::open(&d, Duration::from_secs(10), 20_000).unwrap();
+        assert_eq!(c.args().get("a").map(String::as_str), Some("1"));
         fs::remove_dir_all(d).unwrap();
     }
 

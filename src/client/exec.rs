@@ -13,9 +13,8 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::add::{self, AddJob};
-use super::cache::{Cache, Staged};
+use super::cache::Cache;
 use crate::dsl::{hex_sha1, Action, Task};
-use crate::journal::Batch;
 use crate::reactor::child::Ended;
 use crate::template;
 use crate::wire::{Exit, JobState, Outcome};
@@ -39,17 +38,16 @@ pub enum Started {
     /// A command to start (the loop does), and what to record on success.
     Process(Spawn, OnSuccess),
     /// An ADD, with the cache key to record on success.
-    Transfer(AddJob, Option<String>),
+    Transfer(Box<AddJob>, Option<String>),
     Done(Outcome),
     /// An ARG or ENV value to sync (on the I/O thread): the job succeeds
     /// once it is on disk.
     Persist(Persist),
 }
 
-/// A value being synced, and the outcome to report once it is.
+/// A value staged in the cache (synced on the I/O thread in its turn), and
+/// the outcome to report once it is on disk.
 pub struct Persist {
-    pub staged: Staged,
-    pub batch: Batch,
     /// What the job reports if the value is kept.
     pub outcome: Outcome,
     /// What to say if it is not: "ARG key" or "--stdout-arg name".
@@ -61,19 +59,15 @@ pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Start
     let skip_cache = task.options.skip_cache;
     match &task.action {
         Action::Arg { key, value } => {
-            let (staged, batch) = cache.stage_arg(key, value);
+            cache.stage_arg(key, value);
             Started::Persist(Persist {
-                staged,
-                batch,
                 outcome: ended(Exit::Code(0)),
                 what: format!("ARG {key}"),
             })
         }
         Action::Env { key, value } => {
-            let (staged, batch) = cache.stage_env(key, value);
+            cache.stage_env(key, value);
             Started::Persist(Persist {
-                staged,
-                batch,
                 outcome: ended(Exit::Code(0)),
                 what: format!("ENV {key}"),
             })
@@ -104,7 +98,7 @@ pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Start
                 }
             }
             match AddJob::new(job_id, task, cache.args()) {
-                Ok(job) => Started::Transfer(job, key),
+                Ok(job) => Started::Transfer(Box::new(job), key),
                 Err(e) => Started::Done(ended(Exit::Error(e))),
             }
         }
@@ -156,10 +150,8 @@ pub fn finish(
                 );
             }
             let text = String::from_utf8_lossy(&ended.out.bytes);
-            Some((
-                name,
-                cache.stage_arg(name, text.trim_end_matches(['\n', '\r'])),
-            ))
+            cache.stage_arg(name, text.trim_end_matches(['\n', '\r']));
+            Some(name)
         }
         _ => None,
     };
@@ -174,9 +166,7 @@ pub fn finish(
     match staged {
         // A value the next steps cannot count on fails the job: it is
         // reported once it is on disk.
-        Some((name, (staged, batch))) => Err(Box::new(Persist {
-            staged,
-            batch,
+        Some(name) => Err(Box::new(Persist {
             outcome,
             what: format!("the command succeeded, but --stdout-arg {name}"),
         })),

@@ -490,7 +490,7 @@ impl Client {
         for (at, t) in fx.timers {
             self.timers.at(at, Timer::Runner(t));
         }
-        if let Some(task) = fx.io {
+        for task in fx.io {
             self.worker.submit(move || task.run());
         }
         if let Some(sig) = fx.signal {
@@ -881,7 +881,9 @@ impl Client {
                     }
                 }
                 Timer::CacheSweep => {
-                    self.runner.sweep_cache();
+                    let mut fx = Effects::default();
+                    self.runner.sweep_cache(&mut fx);
+                    self.apply(fx);
                     self.timers
                         .at(now + cache_sweep_ivl(self.cfg.cache_ttl), Timer::CacheSweep);
                 }

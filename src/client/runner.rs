@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::add::{AddDone, AddIo, AddJob, Progress};
-use super::cache::{Cache, Staged};
+use super::cache::{Cache, CacheIo, CacheIoDone};
 use super::exec::{self, OnSuccess, Spawn, Started};
 use crate::dsl::Task;
-use crate::journal::Batch;
 use crate::reactor::child::Ended;
 use crate::wire::{ClientMsg, Exit, JobState, Outcome, ServerMsg};
 
@@ -47,26 +46,28 @@ pub struct Effects {
     /// To send on the transfer port.
     pub transfer: Vec<ClientMsg>,
     pub timers: Vec<(Instant, RunnerTimer)>,
-    /// Work for the I/O thread; its result comes back through `on_io`.
-    pub io: Option<IoTask>,
+    /// Work for the I/O thread, in order; each result comes back through
+    /// `on_io`.
+    pub io: Vec<IoTask>,
     /// A command to start; its end comes back through `on_exited`.
     pub spawn: Option<Spawn>,
     /// A signal for the running command's process group.
     pub signal: Option<i32>,
 }
 
-/// What the runner hands the I/O thread: at most one at a time, for the
-/// one running job.
+/// What the runner hands the I/O thread (which runs it in order): at most
+/// one cache write and one ADD operation at a time.
 pub enum IoTask {
-    /// Write and sync a cache batch (an ARG, ENV or `--stdout-arg` value).
-    Sync(Batch),
+    /// A cache write: step records, a value to sync (ARG, ENV,
+    /// `--stdout-arg`), or the journal's rewrite.
+    Cache(CacheIo),
     /// An ADD job's owner lookup, or a received file's sync and rename.
     Add(AddIo),
 }
 
 /// What the I/O thread hands back.
 pub enum IoDone {
-    Synced(Result<(), (Batch, std::io::Error)>),
+    Cache(CacheIoDone),
     Add(AddDone),
 }
 
@@ -74,7 +75,7 @@ impl IoTask {
     /// Run it (on the I/O thread).
     pub fn run(self) -> IoDone {
         match self {
-            IoTask::Sync(batch) => IoDone::Synced(batch.run()),
+            IoTask::Cache(io) => IoDone::Cache(io.run()),
             IoTask::Add(io) => IoDone::Add(io.run()),
         }
     }
@@ -94,13 +95,13 @@ enum Work {
         stdout_arg: Option<String>,
         timed_out: bool,
     },
+    /// Boxed: a transfer's state is many times the others'.
     Transfer {
-        add: AddJob,
+        add: Box<AddJob>,
     },
-    /// A value (ARG, ENV, `--stdout-arg`) being synced; the job reports
-    /// once it is on disk.
+    /// A value (ARG, ENV, `--stdout-arg`) staged in the cache; the job
+    /// reports once it is on disk.
     Persist {
-        staged: Staged,
         outcome: Outcome,
         what: String,
     },
@@ -183,8 +184,18 @@ impl Runner {
         self.unacked.retain(|(id, _)| id != job_id);
     }
 
+    /// Nothing running, and no cache write out (a stop waits for it, so
+    /// the last step records reach the file).
     pub fn is_idle(&self) -> bool {
-        self.running.is_none()
+        self.running.is_none() && !self.cache.is_busy()
+    }
+
+    /// Hand the cache's next write to the I/O thread, if one is due. Every
+    /// entry point that may have changed the cache ends here.
+    fn pump_cache(&mut self, fx: &mut Effects) {
+        if let Some(io) = self.cache.next_io() {
+            fx.io.push(IoTask::Cache(io));
+        }
     }
 
     /// A job from the server.
@@ -202,6 +213,7 @@ impl Runner {
             task,
         });
         self.start_next(fx);
+        self.pump_cache(fx);
     }
 
     fn start_next(&mut self, fx: &mut Effects) {
@@ -245,11 +257,11 @@ impl Runner {
                         fx.job.push(ClientMsg::Started { job_id });
                         self.arm_stall(now + self.stall, fx);
                         if let Some(io) = add.take_io() {
-                            fx.io = Some(IoTask::Add(io));
+                            fx.io.push(IoTask::Add(io));
                         }
                         (Work::Transfer { add }, cache_key)
                     }
-                    Started::Persist(p) => (self.persist(p, fx), None),
+                    Started::Persist(p) => (Self::persist(p), None),
                 };
             let timeout_secs = task.options.timeout_secs;
             let deadline = now + Duration::from_secs(timeout_secs);
@@ -327,20 +339,23 @@ impl Runner {
         self.start_next(fx);
     }
 
-    /// Hand a value's batch to the I/O thread; the job waits for it.
-    fn persist(&mut self, p: exec::Persist, fx: &mut Effects) -> Work {
-        fx.io = Some(IoTask::Sync(p.batch));
+    /// The job waits for the value it staged to be on disk.
+    fn persist(p: exec::Persist) -> Work {
         Work::Persist {
-            staged: p.staged,
             outcome: p.outcome,
             what: p.what,
         }
     }
 
-    /// The I/O thread finished what the running job gave it.
+    /// The I/O thread finished something we gave it.
     pub fn on_io(&mut self, done: IoDone, fx: &mut Effects) {
         match done {
-            IoDone::Synced(result) => self.on_synced(result, fx),
+            IoDone::Cache(done) => {
+                if let Some(kept) = self.cache.io_done(done) {
+                    self.on_persisted(kept, fx);
+                }
+                self.pump_cache(fx);
+            }
             IoDone::Add(done) => {
                 let Some(Running {
                     work: Work::Transfer { add },
@@ -356,8 +371,9 @@ impl Runner {
         }
     }
 
-    /// The I/O thread ran the batch of the value being persisted.
-    fn on_synced(&mut self, result: Result<(), (Batch, std::io::Error)>, fx: &mut Effects) {
+    /// The value the running job staged is on disk (`Ok`), or was not
+    /// kept (`Err`: why).
+    fn on_persisted(&mut self, kept: Result<(), String>, fx: &mut Effects) {
         let Some(Running {
             work: Work::Persist { .. },
             ..
@@ -367,15 +383,10 @@ impl Runner {
             return;
         };
         let Some(r) = self.running.take() else { return };
-        let Work::Persist {
-            staged,
-            mut outcome,
-            what,
-        } = r.work
-        else {
+        let Work::Persist { mut outcome, what } = r.work else {
             return;
         };
-        if let Err(e) = self.cache.staged(staged, result) {
+        if let Err(e) = kept {
             outcome.exit = Exit::Error(format!("{what}: {e}"));
         }
         self.conclude(r.job_id, r.parent, r.cache_key, outcome, fx);
@@ -427,8 +438,9 @@ impl Runner {
                             deadline,
                             timeout_secs,
                             cache_key,
-                            work: self.persist(*p, fx),
+                            work: Self::persist(*p),
                         });
+                        self.pump_cache(fx);
                         return;
                     }
                 }
@@ -436,6 +448,7 @@ impl Runner {
             Err(why) => exec::ended(Exit::Error(why)),
         };
         self.conclude(job_id, parent, cache_key, outcome, fx);
+        self.pump_cache(fx);
     }
 
     /// A message on the transfer port.
@@ -487,11 +500,12 @@ impl Runner {
         }) = self.running.as_mut()
         {
             if let Some(io) = add.take_io() {
-                fx.io = Some(IoTask::Add(io));
+                fx.io.push(IoTask::Add(io));
             }
         }
         if let Progress::Finished(outcome) = progress {
             self.finish(outcome, fx);
+            self.pump_cache(fx);
         }
     }
 
@@ -545,6 +559,7 @@ impl Runner {
                     Work::Transfer { .. } => {
                         log::warn!("job {job_id}: timed out after {secs}s; transfer abandoned");
                         self.finish(exec::ended(Exit::TimedOut { secs }), fx);
+                        self.pump_cache(fx);
                     }
                 }
             }
@@ -569,6 +584,7 @@ impl Runner {
                             "the transfer stalled: no data from the server for {secs:.1}s (the server is overloaded or the connection is broken); the destination was left as it was"
                         ));
                         self.finish(outcome, fx);
+                        self.pump_cache(fx);
                     }
                     // Still moving (or hashing locally): look again later.
                     Some(idle) => self.arm_stall(now + (self.stall - idle), fx),
@@ -606,15 +622,18 @@ impl Runner {
                 "the connection to the server was reset during the transfer".into(),
             ));
             self.finish(outcome, fx);
+            self.pump_cache(fx);
         }
     }
 
-    /// Drop expired cache entries.
-    pub fn sweep_cache(&mut self) {
+    /// Drop expired cache entries (the rewrite that takes them off the
+    /// disk is work for the I/O thread).
+    pub fn sweep_cache(&mut self, fx: &mut Effects) {
         let dropped = self.cache.sweep(crate::clock::now_ms());
         if dropped > 0 {
             log::info!("cache: dropped {dropped} expired entries");
         }
+        self.pump_cache(fx);
     }
 
     /// Shutting down: start nothing more; a running command gets SIGTERM and
@@ -622,7 +641,10 @@ impl Runner {
     /// still running.
     pub fn stop(&mut self, fx: &mut Effects) -> bool {
         self.stopping = true;
-        let Some(r) = &self.running else { return false };
+        self.pump_cache(fx);
+        let Some(r) = &self.running else {
+            return self.cache.is_busy();
+        };
         match &r.work {
             Work::Process { .. } => {
                 log::info!("stopping job {} (its process group) first", r.job_id);
@@ -638,7 +660,8 @@ impl Runner {
                     "the client was stopped during the transfer".into(),
                 ));
                 self.finish(outcome, fx);
-                false
+                self.pump_cache(fx);
+                self.cache.is_busy()
             }
             // Reports when the sync is done.
             Work::Persist { .. } => true,
@@ -678,7 +701,8 @@ mod tests {
 
         /// Run what the runner gave the I/O thread, as the worker would.
         fn run_io(&mut self, fx: &mut Effects) -> Effects {
-            let task = fx.io.take().expect("work for the I/O thread");
+            assert!(!fx.io.is_empty(), "work for the I/O thread");
+            let task = fx.io.remove(0);
             let mut out = Effects::default();
             self.runner.on_io(task.run(), &mut out);
             out
@@ -709,7 +733,7 @@ mod tests {
         let (b, fx_b) = rig.enqueue(None, Verb::Arg, "second 2");
         // The first waits for its sync; the second waits for the first.
         assert!(finished(&fx_a).is_empty());
-        assert!(fx_b.io.is_none() && finished(&fx_b).is_empty());
+        assert!(fx_b.io.is_empty() && finished(&fx_b).is_empty());
         assert_eq!(rig.runner.holding(), vec![b, a]);
         let mut fx = rig.run_io(&mut fx_a);
         assert_eq!(finished(&fx), vec![(a, JobState::Succeeded)]);
@@ -749,20 +773,20 @@ mod tests {
         let mut fx = Effects::default();
         let task = Task::parse(Verb::Arg, "k v").unwrap();
         rig.runner.enqueue(again, None, task, &mut fx);
-        assert!(fx.io.is_none() && fx.job.is_empty());
+        assert!(fx.io.is_empty() && fx.job.is_empty());
     }
 
     #[test]
     fn a_value_that_cannot_be_synced_fails_its_job_and_is_not_kept() {
         let mut rig = Rig::new("nosync");
         let (id, mut fx) = rig.enqueue(None, Verb::Arg, "key value");
-        let Some(IoTask::Sync(batch)) = fx.io.take() else {
+        let Some(IoTask::Cache(CacheIo::Write(batch))) = fx.io.pop() else {
             panic!("a sync for the ARG");
         };
         let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let mut out = Effects::default();
-        rig.runner
-            .on_io(IoDone::Synced(Err((batch, err))), &mut out);
+        let done = CacheIoDone::Written(Err((batch, err)));
+        rig.runner.on_io(IoDone::Cache(done), &mut out);
         assert_eq!(finished(&out), vec![(id, JobState::Failed)]);
         let ClientMsg::Finished { outcome, .. } = &out.job[0] else {
             panic!("a result");
@@ -776,6 +800,30 @@ mod tests {
             outcome.exit
         );
         assert!(rig.runner.cache.args().is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_written_by_the_io_thread_one_write_at_a_time() {
+        let mut rig = Rig::new("cacheio");
+        let journal = rig.dir.join("journal.bin");
+        let size = || std::fs::metadata(&journal).unwrap().len();
+        let empty = size();
+        // A step that succeeds here: its record is work for the I/O thread;
+        // the loop wrote nothing.
+        let (_, mut fx) = rig.enqueue(None, Verb::Workdir, "/tmp");
+        assert_eq!(fx.io.len(), 1);
+        assert_eq!(size(), empty);
+        // An ARG while that write is out: its sync waits for it.
+        let (a, fx_a) = rig.enqueue(None, Verb::Arg, "k v");
+        assert!(fx_a.io.is_empty() && finished(&fx_a).is_empty());
+        let mut fx = rig.run_io(&mut fx);
+        assert!(size() > empty);
+        assert!(finished(&fx).is_empty());
+        let fx = rig.run_io(&mut fx);
+        assert_eq!(finished(&fx), vec![(a, JobState::Succeeded)]);
+        assert!(fx.io.is_empty() && rig.runner.is_idle());
+        let c = Cache::open(&rig.dir, Duration::from_secs(3600), 0).unwrap();
+        assert_eq!(c.args().get("k").map(String::as_str), Some("v"));
     }
 
     /// What a command printed, as the loop reports it when it is reaped.
