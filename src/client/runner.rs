@@ -96,15 +96,10 @@ enum Work {
         timed_out: bool,
     },
     /// Boxed: a transfer's state is many times the others'.
-    Transfer {
-        add: Box<AddJob>,
-    },
+    Transfer { add: Box<AddJob> },
     /// A value (ARG, ENV, `--stdout-arg`) staged in the cache; the job
     /// reports once it is on disk.
-    Persist {
-        outcome: Outcome,
-        what: String,
-    },
+    Persist { outcome: Outcome, what: String },
 }
 
 /// The running job.
