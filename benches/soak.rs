@@ -15,10 +15,17 @@ use std::time::Instant;
 
 /// The server's resident set size, in KiB.
 fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A size from the server's `/proc/PID/status`, in KiB. `RssAnon` is the
+/// part that is the server's own heap and stacks (the rest is the binary
+/// and its libraries, mapped from disk).
+fn status_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -42,8 +49,8 @@ fn main() {
         "director soak: {jobs} jobs x {nodes} nodes, {bytes} bytes of output each, default retention"
     );
     println!(
-        "{:>9}  {:>12}  {:>14}  {:>8}",
-        "jobs", "server RSS", "history.bin", "elapsed"
+        "{:>9}  {:>12}  {:>12}  {:>14}  {:>8}",
+        "jobs", "server RSS", "of it anon", "history.bin", "elapsed"
     );
     let start = Instant::now();
     let mut done = 0;
@@ -64,13 +71,15 @@ fn main() {
             done += n;
         }
         let rss = rss_kib(c.server().pid());
+        let anon = status_kib(c.server().pid(), "RssAnon:");
         if first_rss == 0 {
             first_rss = rss;
         }
         let size = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
         println!(
-            "{done:>9}  {:>9.1} MiB  {:>10.1} MiB  {:>7.0}s",
+            "{done:>9}  {:>9.1} MiB  {:>9.1} MiB  {:>10.1} MiB  {:>7.0}s",
             rss as f64 / 1024.0,
+            anon as f64 / 1024.0,
             size as f64 / (1 << 20) as f64,
             start.elapsed().as_secs_f64()
         );

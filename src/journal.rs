@@ -91,6 +91,67 @@ enum Piece {
     Copy(Span),
 }
 
+/// Where a rewrite puts the records it copies, both ways: a few bytes per
+/// run of records adjacent in both files, not per record (after a first
+/// compaction, a job's finished parts are one run).
+#[derive(Default)]
+pub struct Moves {
+    /// In the order of the new file.
+    runs: Vec<Run>,
+    /// Indexes into `runs`, in the order of the old file.
+    by_old: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    old: u64,
+    new: u64,
+    len: u64,
+}
+
+impl Moves {
+    fn new(runs: Vec<Run>) -> Moves {
+        let mut by_old: Vec<u32> = (0..runs.len() as u32).collect();
+        by_old.sort_unstable_by_key(|&i| runs[i as usize].old);
+        Moves { runs, by_old }
+    }
+
+    /// Where the record at `old` is in the new file, if it was copied.
+    pub fn forward(&self, old: Span) -> Option<Span> {
+        let i = self
+            .by_old
+            .partition_point(|&i| self.runs[i as usize].old <= old.at)
+            .checked_sub(1)?;
+        let r = self.runs[self.by_old[i] as usize];
+        Run::within(old, r.old, r.len).map(|off| Span {
+            at: r.new + off,
+            len: old.len,
+        })
+    }
+
+    /// Where a copied record now at `new` was in the old file.
+    pub fn back(&self, new: Span) -> Option<Span> {
+        let i = self
+            .runs
+            .partition_point(|r| r.new <= new.at)
+            .checked_sub(1)?;
+        let r = self.runs[i];
+        Run::within(new, r.new, r.len).map(|off| Span {
+            at: r.old + off,
+            len: new.len,
+        })
+    }
+}
+
+impl Run {
+    /// The offset of `span` in the run starting at `start`, if it lies
+    /// whole within it.
+    fn within(span: Span, start: u64, len: u64) -> Option<u64> {
+        let off = span.at.checked_sub(start)?;
+        (off + u64::from(span.len) <= len).then_some(off)
+    }
+}
+
 /// Reads records back from the file, on any thread.
 #[derive(Clone)]
 pub struct Reader {
@@ -239,37 +300,32 @@ impl Journal {
     /// The file's new content: `recs`, which must cover everything appended
     /// so far (it replaces it). Run the rewrite on any thread.
     pub fn snapshot<T: Serialize>(&mut self, recs: impl IntoIterator<Item = T>) -> Rewrite {
-        let items = recs.into_iter().map(|r| (Item::New(r), false));
-        self.snapshot_items(items).0
+        self.snapshot_items(recs.into_iter().map(Item::New)).0
     }
 
     /// Like `snapshot`, where some records are copied from the current
     /// file: each must be durable there (nothing pending or failed before
-    /// it). Items come one at a time (nothing is collected but the new
-    /// bytes, in one buffer, and the copies' places, adjacent ones merged);
-    /// returns where each item flagged `true` will be in the new file, in
-    /// order (the caller knows which items it flagged).
+    /// it). Items come one at a time: nothing is collected but the new
+    /// bytes, in one buffer, and the copies' runs, adjacent ones merged,
+    /// which also say where each copied record goes (`Moves`).
     pub fn snapshot_items<T: Serialize>(
         &mut self,
-        items: impl IntoIterator<Item = (Item<T>, bool)>,
-    ) -> (Rewrite, Vec<Span>) {
+        items: impl IntoIterator<Item = Item<T>>,
+    ) -> (Rewrite, Moves) {
         let mut parts = Vec::new();
-        let mut keyed = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         let mut bytes = Vec::new();
         let mut at = 0u64;
         let mut records = 0;
         // Start of the new bytes not yet in a piece.
         let mut run = 0;
-        for (item, wanted) in items {
+        for item in items {
             records += 1;
-            let span = match item {
+            let len = match item {
                 Item::New(rec) => {
                     let before = bytes.len();
                     encode_into(&mut bytes, &rec);
-                    Span {
-                        at,
-                        len: (bytes.len() - before) as u32,
-                    }
+                    (bytes.len() - before) as u64
                 }
                 Item::Copy(old) => {
                     if run < bytes.len() {
@@ -284,16 +340,23 @@ impl Journal {
                                 && prev.len.checked_add(old.len).is_some() =>
                         {
                             prev.len += old.len;
+                            if let Some(last) = runs.last_mut() {
+                                last.len += u64::from(old.len);
+                            }
                         }
-                        _ => parts.push(Piece::Copy(old)),
+                        _ => {
+                            parts.push(Piece::Copy(old));
+                            runs.push(Run {
+                                old: old.at,
+                                new: at,
+                                len: u64::from(old.len),
+                            });
+                        }
                     }
-                    Span { at, len: old.len }
+                    u64::from(old.len)
                 }
             };
-            at += u64::from(span.len);
-            if wanted {
-                keyed.push(span);
-            }
+            at += len;
         }
         if run < bytes.len() {
             parts.push(Piece::Bytes(run..bytes.len()));
@@ -309,7 +372,7 @@ impl Journal {
             before,
             after: (at, records),
         };
-        (rewrite, keyed)
+        (rewrite, Moves::new(runs))
     }
 
     /// A rewrite that failed is given up: the file is as it was, and what
@@ -594,16 +657,16 @@ mod tests {
         let b = j.append(&"beta".repeat(100));
         j.sync_now().unwrap();
         assert_eq!(j.reader().read::<String>(b).unwrap(), "beta".repeat(100));
-        let (rw, spans) = j.snapshot_items([
-            (Item::New("new".to_string()), true),
-            (Item::Copy(b), true),
-            (Item::Copy(a), true),
-        ]);
+        let (rw, moves) =
+            j.snapshot_items([Item::New("new".to_string()), Item::Copy(b), Item::Copy(a)]);
         rw.run().map_err(|(_, e)| e).unwrap();
         let r = j.reader();
-        assert_eq!(r.read::<String>(spans[0]).unwrap(), "new");
-        assert_eq!(r.read::<String>(spans[1]).unwrap(), "beta".repeat(100));
-        assert_eq!(r.read::<String>(spans[2]).unwrap(), "alpha");
+        let (b2, a2) = (moves.forward(b).unwrap(), moves.forward(a).unwrap());
+        assert_eq!(r.read::<String>(b2).unwrap(), "beta".repeat(100));
+        assert_eq!(r.read::<String>(a2).unwrap(), "alpha");
+        assert_eq!((moves.back(b2), moves.back(a2)), (Some(b), Some(a)));
+        // The new record was not copied: no move names it.
+        assert_eq!(moves.back(Span { at: 0, len: 4 }), None);
         // Appends land after the rewritten file, where append said.
         let c = j.append(&"gamma".to_string());
         j.sync_now().unwrap();
@@ -635,22 +698,31 @@ mod tests {
         let e = j.append(&"e".to_string());
         j.sync_now().unwrap();
         assert!(dead.at > c.at);
-        let (rw, spans) = j.snapshot_items([
-            (Item::Copy(a), true),
-            (Item::Copy(b), true),
-            (Item::Copy(c), true),
-            (Item::Copy(e), true),
-            (Item::New("new".to_string()), false),
+        let (rw, moves) = j.snapshot_items([
+            Item::Copy(a),
+            Item::Copy(b),
+            Item::Copy(c),
+            Item::Copy(e),
+            Item::New("new".to_string()),
         ]);
         // a, b and c follow each other; e comes after a dropped record.
         assert_eq!(rw.parts.len(), 3);
+        assert_eq!(moves.runs.len(), 2);
         rw.run().map_err(|(_, e)| e).unwrap();
         let r = j.reader();
-        assert_eq!(spans.len(), 4);
+        let spans: Vec<Span> = [a, b, c, e]
+            .iter()
+            .map(|&s| moves.forward(s).unwrap())
+            .collect();
         assert_eq!(r.read::<String>(spans[0]).unwrap(), big);
         assert_eq!(r.read::<String>(spans[1]).unwrap(), "b");
         assert_eq!(r.read::<String>(spans[2]).unwrap(), big);
         assert_eq!(r.read::<String>(spans[3]).unwrap(), "e");
+        for (old, new) in [a, b, c, e].into_iter().zip(&spans) {
+            assert_eq!(moves.back(*new), Some(old));
+        }
+        // The dropped record was not copied.
+        assert_eq!(moves.forward(dead), None);
         drop(j);
         let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
         assert_eq!(recs.len(), 5);
@@ -665,7 +737,7 @@ mod tests {
         let a = j.append(&"a".repeat(50));
         j.append(&"b".repeat(50));
         j.sync_now().unwrap();
-        let (rw, _) = j.snapshot_items([(Item::<String>::Copy(a), true)]);
+        let (rw, _) = j.snapshot_items([Item::<String>::Copy(a)]);
         // Appended while the rewrite is out: placed for the new layout.
         let c = j.append(&"c".to_string());
         // The rewrite cannot make its temporary file.

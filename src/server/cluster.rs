@@ -67,9 +67,6 @@ pub enum Effect {
     ParentDone { parent_id: Uuid },
 }
 
-/// A job's part: the job and the part's index among the job's.
-pub type PartKey = (Uuid, usize);
-
 /// What a node says when it (re)registers.
 #[derive(Clone, Copy, Debug)]
 pub struct Greeting<'a> {
@@ -117,46 +114,38 @@ impl Cluster {
 
     /// The whole history as journal items, one at a time, for rewriting
     /// the journal: a finished part whose record is on disk is copied from
-    /// there, and its item names it (job, index of the part), for
-    /// `spilled_at` once the new layout is known.
-    pub fn snapshot(&self) -> impl Iterator<Item = (Item<Record>, Option<PartKey>)> + '_ {
+    /// there (`respan` tells it where to once the new layout is known).
+    pub fn snapshot(&self) -> impl Iterator<Item = Item<Record>> + '_ {
         self.jobs.iter().flat_map(|job| {
-            let submitted = (Item::New(self.submitted_record(job)), None);
-            let parts = job
-                .parts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (node, part))| {
-                    if part.state().is_done() {
-                        Some(match part.record() {
-                            Ok(part) => (
-                                Item::New(Record::Done {
-                                    id: job.id,
-                                    node: node.to_string(),
-                                    part,
-                                }),
-                                None,
-                            ),
-                            Err(span) => (Item::Copy(span), Some((job.id, i))),
-                        })
-                    } else {
-                        let sent_ms = part.sent_ms()?;
-                        let rec = match part.sent_to() {
-                            Some(to) => Record::Dispatched {
-                                id: job.id,
-                                node: node.to_string(),
-                                sent_ms,
-                                to,
-                            },
-                            None => Record::Sent {
-                                id: job.id,
-                                node: node.to_string(),
-                                sent_ms,
-                            },
-                        };
-                        Some((Item::New(rec), None))
-                    }
-                });
+            let submitted = Item::New(self.submitted_record(job));
+            let parts = job.parts.iter().filter_map(|(node, part)| {
+                if part.state().is_done() {
+                    Some(match part.record() {
+                        Ok(part) => Item::New(Record::Done {
+                            id: job.id,
+                            node: node.to_string(),
+                            part,
+                        }),
+                        Err(span) => Item::Copy(span),
+                    })
+                } else {
+                    let sent_ms = part.sent_ms()?;
+                    let rec = match part.sent_to() {
+                        Some(to) => Record::Dispatched {
+                            id: job.id,
+                            node: node.to_string(),
+                            sent_ms,
+                            to,
+                        },
+                        None => Record::Sent {
+                            id: job.id,
+                            node: node.to_string(),
+                            sent_ms,
+                        },
+                    };
+                    Some(Item::New(rec))
+                }
+            });
             std::iter::once(submitted).chain(parts)
         })
     }
@@ -169,36 +158,14 @@ impl Cluster {
         }
     }
 
-    /// A compaction was given up: parts journaled since it began move by
-    /// `shift` (their spans were given for the new layout, at or after
-    /// `new_end`), and the parts it moved go back to where they were.
-    pub fn unmove(&mut self, moved_back: &[(PartKey, Span)], new_end: u64, shift: i64) {
+    /// Every finished part whose record is on disk moves to where `to`
+    /// says (a compaction moved it, or was given up); one `to` has no
+    /// place for stays.
+    pub fn respan(&mut self, mut to: impl FnMut(Span) -> Option<Span>) {
         for p in self.jobs.parts_mut() {
-            if let Some(span) = p.span().filter(|s| s.at >= new_end) {
-                p.spill(Span {
-                    at: (span.at as i64 + shift) as u64,
-                    len: span.len,
-                });
+            if let Some(span) = p.span().and_then(&mut to) {
+                p.spill(span);
             }
-        }
-        for (key, span) in moved_back {
-            self.spilled_at(*key, *span);
-        }
-    }
-
-    /// How many finished parts have their record on disk.
-    pub fn journaled_parts(&self) -> usize {
-        self.jobs
-            .iter()
-            .flat_map(|j| j.parts.values())
-            .filter(|p| p.span().is_some())
-            .count()
-    }
-
-    /// The same, for the part named by a snapshot's key.
-    pub fn spilled_at(&mut self, (id, i): PartKey, span: Span) {
-        if let Some(p) = self.jobs.get_mut(&id).and_then(|j| j.parts.nth_mut(i)) {
-            p.spill(span);
         }
     }
 
@@ -1074,7 +1041,7 @@ mod tests {
     /// The snapshot's records (nothing is spilled without a loop).
     fn records(c: &Cluster) -> Vec<Record> {
         c.snapshot()
-            .map(|(item, _)| match item {
+            .map(|item| match item {
                 Item::New(r) => r,
                 Item::Copy(_) => unreachable!("nothing is spilled in these tests"),
             })

@@ -50,7 +50,7 @@ use self::peer_log::{Once, PeerLog};
 use self::persist::{Held, Persist, Released};
 use self::requests::bind_control;
 use self::routes::{Port, Principal, Routes, PORTS};
-use self::storage::{compact, IoDone};
+use self::storage::{compact, uncompact, IoDone};
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
@@ -185,7 +185,7 @@ pub struct Server {
     compact_wanted: bool,
     /// The compaction being written: where its copied records were, to
     /// put them back if it fails.
-    compacting: Option<Vec<(cluster::PartKey, crate::journal::Span)>>,
+    compacting: Option<crate::journal::Moves>,
     /// Compactions given up (no room, a failing disk), logged once a minute.
     compact_refused: crate::ratelog::Every,
     /// Chunk reads on the I/O thread, per transfer routing id.
@@ -253,15 +253,13 @@ impl Server {
         );
         // A compaction is optional: without room, start from the journal as
         // it is.
-        let (rewrite, moved_back) = compact(&mut cluster, &mut history);
+        let (rewrite, moves) = compact(&mut cluster, &mut history);
         if let Err((rw, e)) = rewrite.run() {
             log::warn!(
                 "cannot compact the job history {}: {e}; starting from it as it is",
                 history.path().display()
             );
-            let new_end = Journal::rewrite_end(&rw);
-            let shift = history.abandon(&rw);
-            cluster.unmove(&moved_back, new_end, shift);
+            uncompact(&mut cluster, &mut history, &rw, &moves);
         }
         // The ZAP handler must be bound before the first handshake: with
         // none, libzmq would let every CURVE client in.

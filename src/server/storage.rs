@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use uuid::Uuid;
 
-use super::cluster::{Cluster, Effect, Now, PartKey};
+use super::cluster::{Cluster, Effect, Now};
 use super::fetch::ChunkRead;
 use super::history::Record;
 use super::jobs;
 use super::keys::KeyRecord;
 use super::persist::{self, Held};
 use super::{Server, Timer};
-use crate::journal::{Item, Journal, Reader, Rewrite, Span};
+use crate::journal::{Journal, Moves, Reader, Rewrite, Span};
 use crate::wire::{self, Response};
 
 /// How often retention runs and the journal's size is looked at.
@@ -67,8 +67,8 @@ impl Server {
         // once all of them are there.
         if self.compact_wanted && self.persist.is_idle() {
             self.compact_wanted = false;
-            let (rewrite, moved_back) = compact(&mut self.cluster, &mut self.persist.history);
-            self.compacting = Some(moved_back);
+            let (rewrite, moves) = compact(&mut self.cluster, &mut self.persist.history);
+            self.compacting = Some(moves);
             self.persist.rewrite(rewrite, now);
         }
         if let Some(ops) = self.persist.due(now, &mut self.released) {
@@ -90,14 +90,21 @@ impl Server {
             IoDone::Commit(result) => {
                 // Compactions start only with nothing in flight: this is
                 // the commit that carried it, if one began.
-                let moved_back = self.compacting.take();
+                let moves = self.compacting.take();
                 self.persist
                     .done(result, Instant::now(), &mut self.released);
+                if moves.is_some() {
+                    // The rewrite's buffers are freed now, not at the next
+                    // housekeeping.
+                    give_back_free_memory();
+                }
                 if let Some((rw, why)) = self.released.abandoned.take() {
-                    let new_end = Journal::rewrite_end(&rw);
-                    let shift = self.persist.history.abandon(&rw);
-                    self.cluster
-                        .unmove(&moved_back.unwrap_or_default(), new_end, shift);
+                    uncompact(
+                        &mut self.cluster,
+                        &mut self.persist.history,
+                        &rw,
+                        &moves.unwrap_or_default(),
+                    );
                     // Housekeeping asks again every 10 s while it is needed.
                     if !self.compact_refused.first(Instant::now()) {
                         return;
@@ -198,19 +205,23 @@ impl Server {
         if gone > 0 {
             log::info!("retention: forgot {gone} finished job(s)");
         }
-        // Retention and compactions free much at once; glibc keeps freed
-        // pages unless asked, and memory would look like it grew.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only returns free heap pages to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        give_back_free_memory();
         let live = self.cluster.live_records();
         if self.persist.history.records() > 2 * live + COMPACT_SLACK {
             self.compact_wanted = true;
         }
         self.timers
             .at(Instant::now() + HOUSEKEEPING_IVL, Timer::Housekeeping);
+    }
+}
+
+/// Retention and compactions free much at once; glibc keeps freed pages
+/// unless asked, and memory would look as if it grew with the history.
+fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -252,25 +263,28 @@ pub(super) fn read_outputs(
 
 /// The history's compacted form: the cluster's state, finished parts
 /// copied from where the journal holds them. Their records move, and the
-/// cluster is told where to.
-pub(super) fn compact(
-    cluster: &mut Cluster,
-    history: &mut Journal,
-) -> (Rewrite, Vec<(PartKey, Span)>) {
-    // Where the copied records are now, to put them back if the rewrite
-    // fails; their new places come back in the same order.
-    let mut moved_back = Vec::with_capacity(cluster.journaled_parts());
-    let items = cluster.snapshot().map(|(item, key)| match (&item, key) {
-        (Item::Copy(span), Some(key)) => {
-            moved_back.push((key, *span));
-            (item, true)
+/// cluster is told where to; the moves are kept to undo that if the
+/// rewrite fails (`uncompact`).
+pub(super) fn compact(cluster: &mut Cluster, history: &mut Journal) -> (Rewrite, Moves) {
+    let (rewrite, moves) = history.snapshot_items(cluster.snapshot());
+    cluster.respan(|old| moves.forward(old));
+    (rewrite, moves)
+}
+
+/// A compaction was given up: the file stays as it was. The parts it moved
+/// go back to where they were, and parts journaled since it began (placed
+/// after the new layout's end) move by as much as the file is longer.
+pub(super) fn uncompact(cluster: &mut Cluster, history: &mut Journal, rw: &Rewrite, moves: &Moves) {
+    let new_end = Journal::rewrite_end(rw);
+    let shift = history.abandon(rw);
+    cluster.respan(|span| {
+        if span.at >= new_end {
+            Some(Span {
+                at: span.at.saturating_add_signed(shift),
+                len: span.len,
+            })
+        } else {
+            moves.back(span)
         }
-        _ => (item, false),
     });
-    let (rewrite, moved) = history.snapshot_items(items);
-    debug_assert_eq!(moved.len(), moved_back.len());
-    for ((key, _), span) in moved_back.iter().zip(moved) {
-        cluster.spilled_at(*key, span);
-    }
-    (rewrite, moved_back)
 }
