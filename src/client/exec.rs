@@ -9,6 +9,7 @@
 //! ARG and ENV themselves always apply: they are cheap and idempotent.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
@@ -43,6 +44,9 @@ pub enum Started {
     /// An ARG or ENV value to sync (on the I/O thread): the job succeeds
     /// once it is on disk.
     Persist(Persist),
+    /// A WORKDIR to create (on the I/O thread: a hung mount must not stop
+    /// the loop), with the cache key to record on success.
+    Mkdir(PathBuf, String),
 }
 
 /// A value staged in the cache (synced on the I/O thread in its turn), and
@@ -52,6 +56,12 @@ pub struct Persist {
     pub outcome: Outcome,
     /// What to say if it is not: "ARG key" or "--stdout-arg name".
     pub what: String,
+}
+
+/// Create a WORKDIR and its parents (on the I/O thread); the error names it.
+pub fn make_dir(path: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| format!("cannot create directory {}: {e}", path.display()))
 }
 
 /// Start `task`.
@@ -81,14 +91,7 @@ pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Start
             if !skip_cache && cache.is_done(&key, now_ms) {
                 return Started::Done(ended(Exit::Cached));
             }
-            let made = std::fs::create_dir_all(&path);
-            cache.settle(&key, made.is_ok(), now_ms);
-            match made {
-                Ok(()) => Started::Done(ended(Exit::Code(0))),
-                Err(e) => Started::Done(ended(Exit::Error(format!(
-                    "cannot create directory {path}: {e}"
-                )))),
-            }
+            Started::Mkdir(PathBuf::from(path), key)
         }
         Action::Add(_) => {
             let key = add::cache_key(task, cache.args());

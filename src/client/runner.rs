@@ -12,6 +12,7 @@
 //! dropped) and reports `timed out`.
 
 use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -63,12 +64,15 @@ pub enum IoTask {
     Cache(CacheIo),
     /// An ADD job's owner lookup, or a received file's sync and rename.
     Add(AddIo),
+    /// A WORKDIR to create.
+    Mkdir(PathBuf),
 }
 
 /// What the I/O thread hands back.
 pub enum IoDone {
     Cache(CacheIoDone),
     Add(AddDone),
+    Mkdir(Result<(), String>),
 }
 
 impl IoTask {
@@ -77,6 +81,7 @@ impl IoTask {
         match self {
             IoTask::Cache(io) => IoDone::Cache(io.run()),
             IoTask::Add(io) => IoDone::Add(io.run()),
+            IoTask::Mkdir(path) => IoDone::Mkdir(exec::make_dir(&path)),
         }
     }
 }
@@ -100,6 +105,8 @@ enum Work {
     /// A value (ARG, ENV, `--stdout-arg`) staged in the cache; the job
     /// reports once it is on disk.
     Persist { outcome: Outcome, what: String },
+    /// A WORKDIR being created on the I/O thread.
+    Mkdir,
 }
 
 /// The running job.
@@ -257,6 +264,10 @@ impl Runner {
                         (Work::Transfer { add }, cache_key)
                     }
                     Started::Persist(p) => (Self::persist(p), None),
+                    Started::Mkdir(path, key) => {
+                        fx.io.push(IoTask::Mkdir(path));
+                        (Work::Mkdir, Some(key))
+                    }
                 };
             let timeout_secs = task.options.timeout_secs;
             let deadline = now + Duration::from_secs(timeout_secs);
@@ -362,6 +373,21 @@ impl Runner {
                 };
                 let progress = add.io_done(done, &mut fx.transfer);
                 self.transfer_progress(progress, fx);
+            }
+            IoDone::Mkdir(made) => {
+                let Some(Running {
+                    work: Work::Mkdir, ..
+                }) = self.running
+                else {
+                    log::error!("a WORKDIR was created with no WORKDIR job running");
+                    return;
+                };
+                let exit = match made {
+                    Ok(()) => Exit::Code(0),
+                    Err(e) => Exit::Error(e),
+                };
+                self.finish(exec::ended(exit), fx);
+                self.pump_cache(fx);
             }
         }
     }
@@ -546,8 +572,9 @@ impl Runner {
                         fx.signal = Some(libc::SIGKILL);
                         *timed_out = true;
                     }
-                    // A sync cannot be cut short: it reports when done.
-                    Work::Process { .. } | Work::Persist { .. } => {}
+                    // A sync or a mkdir cannot be cut short: it reports
+                    // when done.
+                    Work::Process { .. } | Work::Persist { .. } | Work::Mkdir => {}
                     // A file being put in place may land anyway: report it
                     // as it ends.
                     Work::Transfer { add } if add.in_io() => {}
@@ -658,8 +685,8 @@ impl Runner {
                 self.pump_cache(fx);
                 self.cache.is_busy()
             }
-            // Reports when the sync is done.
-            Work::Persist { .. } => true,
+            // Reports when the sync or the mkdir is done.
+            Work::Persist { .. } | Work::Mkdir => true,
         }
     }
 }
@@ -702,6 +729,19 @@ mod tests {
             self.runner.on_io(task.run(), &mut out);
             out
         }
+
+        /// Run every I/O task `fx` leads to, in order, as the worker
+        /// would; the results reported meanwhile.
+        fn settle_io(&mut self, mut fx: Effects) -> Vec<(Uuid, JobState)> {
+            let mut all = finished(&fx);
+            while !fx.io.is_empty() {
+                let mut next = self.run_io(&mut fx);
+                all.extend(finished(&next));
+                next.io.splice(0..0, fx.io.drain(..));
+                fx = next;
+            }
+            all
+        }
     }
 
     impl Drop for Rig {
@@ -742,20 +782,22 @@ mod tests {
         let mut rig = Rig::new("skip");
         let run = Uuid::new_v4();
         let other = Uuid::new_v4();
-        // A WORKDIR that cannot be made fails at once.
+        // A WORKDIR that cannot be made fails (the I/O thread tries).
         let (bad, fx) = rig.enqueue(Some(run), Verb::Workdir, "/proc/no/such/dir");
-        assert_eq!(finished(&fx), vec![(bad, JobState::Failed)]);
+        assert!(matches!(fx.io.as_slice(), [IoTask::Mkdir(_)]));
+        assert_eq!(rig.settle_io(fx), vec![(bad, JobState::Failed)]);
         let (skipped, fx) = rig.enqueue(Some(run), Verb::Workdir, "/tmp");
         assert_eq!(finished(&fx), vec![(skipped, JobState::Skipped)]);
+        assert!(fx.io.is_empty(), "a skipped step is not tried");
         let (fine, fx) = rig.enqueue(Some(other), Verb::Workdir, "/tmp");
-        assert_eq!(finished(&fx), vec![(fine, JobState::Succeeded)]);
+        assert_eq!(rig.settle_io(fx), vec![(fine, JobState::Succeeded)]);
     }
 
     #[test]
     fn results_are_held_and_resent_until_acknowledged() {
         let mut rig = Rig::new("resend");
         let (id, fx) = rig.enqueue(None, Verb::Workdir, "/tmp");
-        assert_eq!(finished(&fx), vec![(id, JobState::Succeeded)]);
+        assert_eq!(rig.settle_io(fx), vec![(id, JobState::Succeeded)]);
         // Not acked: still held (Ready says so) and resent on reconnect.
         assert_eq!(rig.runner.holding(), vec![id]);
         let resend: Vec<ClientMsg> = rig.runner.unacked().collect();
@@ -803,10 +845,12 @@ mod tests {
         let journal = rig.dir.join("journal.bin");
         let size = || std::fs::metadata(&journal).unwrap().len();
         let empty = size();
-        // A step that succeeds here: its record is work for the I/O thread;
-        // the loop wrote nothing.
+        // A step that succeeds here: its directory, then its record, are
+        // work for the I/O thread; the loop wrote nothing.
         let (_, mut fx) = rig.enqueue(None, Verb::Workdir, "/tmp");
-        assert_eq!(fx.io.len(), 1);
+        assert!(matches!(fx.io.as_slice(), [IoTask::Mkdir(_)]));
+        let mut fx = rig.run_io(&mut fx);
+        assert!(matches!(fx.io.as_slice(), [IoTask::Cache(_)]));
         assert_eq!(size(), empty);
         // An ARG while that write is out: its sync waits for it.
         let (a, fx_a) = rig.enqueue(None, Verb::Arg, "k v");
