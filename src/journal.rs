@@ -72,6 +72,14 @@ pub struct Rewrite {
     after: (u64, usize),
 }
 
+#[cfg(test)]
+impl Rewrite {
+    /// How many pieces (new bytes, copies) the file is written in.
+    pub fn pieces(&self) -> usize {
+        self.parts.len()
+    }
+}
+
 /// One record of a rewrite: new bytes, or a record kept where the current
 /// file has it (its bytes need not be in memory).
 pub enum Item<T> {

@@ -113,11 +113,17 @@ impl Cluster {
     }
 
     /// The whole history as journal items, one at a time, for rewriting
-    /// the journal: a finished part whose record is on disk is copied from
-    /// there (`respan` tells it where to once the new layout is known).
+    /// the journal: a job's submission and its finished parts, whose
+    /// records are on disk, are copied from there (`respan` tells them
+    /// where to once the new layout is known). A compacted journal is then
+    /// one run of records after another, and the next compaction copies it
+    /// in a few pieces.
     pub fn snapshot(&self) -> impl Iterator<Item = Item<Record>> + '_ {
         self.jobs.iter().flat_map(|job| {
-            let submitted = Item::New(self.submitted_record(job));
+            let submitted = match job.record {
+                Some(span) => Item::Copy(span),
+                None => Item::New(self.submitted_record(job)),
+            };
             let parts = job.parts.iter().filter_map(|(node, part)| {
                 if part.state().is_done() {
                     Some(match part.record() {
@@ -158,14 +164,26 @@ impl Cluster {
         }
     }
 
-    /// Every finished part whose record is on disk moves to where `to`
-    /// says (a compaction moved it, or was given up); one `to` has no
-    /// place for stays.
+    /// Every record memory knows the place of (a job's submission, a
+    /// finished part) moves to where `to` says (a compaction moved it, or
+    /// was given up); one `to` has no place for stays.
     pub fn respan(&mut self, mut to: impl FnMut(Span) -> Option<Span>) {
-        for p in self.jobs.parts_mut() {
-            if let Some(span) = p.span().and_then(&mut to) {
-                p.spill(span);
+        for job in self.jobs.jobs_mut() {
+            if let Some(span) = job.record.and_then(&mut to) {
+                job.record = Some(span);
             }
+            for p in job.parts.values_mut() {
+                if let Some(span) = p.span().and_then(&mut to) {
+                    p.spill(span);
+                }
+            }
+        }
+    }
+
+    /// A job's `Submitted` record is at `span` in the journal.
+    pub fn submission_at(&mut self, id: &Uuid, span: Span) {
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.record = Some(span);
         }
     }
 
@@ -813,7 +831,8 @@ impl Restore {
             } => {
                 self.0
                     .jobs
-                    .insert_with_id(id, task, &targets, parent, submitted_ms);
+                    .insert_with_id(id, task, &targets, parent, submitted_ms)
+                    .record = Some(span);
             }
             Record::Sent { id, node, sent_ms } => {
                 if let Some(p) = self
@@ -1150,6 +1169,82 @@ mod tests {
         run_history(&mut c, &nodes, 10, 1000, t0);
         let per_job = (crate::heapcount::live() - before) / 10_000;
         assert!(per_job <= 480, "a retained job costs {per_job} bytes");
+    }
+
+    #[test]
+    fn a_compacted_journal_is_copied_in_a_few_pieces_and_every_output_reads_back() {
+        use crate::journal::Journal;
+        let dir = std::env::temp_dir().join(format!("director-compact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut j, _) = Journal::open::<Record>(&dir, "history.bin").unwrap();
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b"], t0);
+        // Records written as the loop writes them, places told back.
+        let write = |c: &mut Cluster, j: &mut Journal, out: &mut Vec<Effect>| {
+            for e in out.drain(..) {
+                if let Effect::Journal(rec) = e {
+                    let span = j.append(&rec);
+                    match rec {
+                        Record::Submitted { id, .. } => c.submission_at(&id, span),
+                        Record::Done { id, node, .. } => c.spilled(&id, &node, span),
+                        _ => {}
+                    }
+                }
+            }
+        };
+        let mut out = Vec::new();
+        let tasks = (0..20).map(|i| run(&format!("echo {i}"))).collect();
+        let blocks = vec![Block {
+            targets: vec![],
+            tasks,
+        }];
+        // As the loop does: the submission is journaled, then released.
+        let plan = c.orchestrate(blocks, false, at(t0), &mut out).unwrap();
+        write(&mut c, &mut j, &mut out);
+        let ids: Vec<Uuid> = plan.jobs.iter().filter_map(|p| p.job_id).collect();
+        c.release(&ids, at(t0), &mut out);
+        write(&mut c, &mut j, &mut out);
+        for (i, id) in ids.iter().enumerate() {
+            for n in ["a", "b"] {
+                let mut o = ok();
+                o.stdout = format!("{n}-{i}").into_bytes();
+                c.finished(n, *id, o, at(t0), &mut out);
+            }
+            write(&mut c, &mut j, &mut out);
+        }
+        j.sync_now().unwrap();
+        let outputs = |c: &Cluster, j: &Journal| -> Vec<String> {
+            let r = j.reader();
+            c.jobs
+                .iter()
+                .flat_map(|job| job.parts.values().map(|p| p.span().unwrap()))
+                .map(|span| match r.read::<Record>(span).unwrap() {
+                    Record::Done { part, .. } => {
+                        String::from_utf8(part.outcome.unwrap().stdout).unwrap()
+                    }
+                    other => panic!("not a part's record: {other:?}"),
+                })
+                .collect()
+        };
+        let want: Vec<String> = (0..20)
+            .flat_map(|i| [format!("a-{i}"), format!("b-{i}")])
+            .collect();
+        assert_eq!(outputs(&c, &j), want);
+        // The first compaction gathers each job's records, which the
+        // journal holds apart (dispatches in between).
+        let (rw, _) = super::super::storage::compact(&mut c, &mut j);
+        assert!(rw.pieces() > 2, "{} pieces", rw.pieces());
+        rw.run().map_err(|(_, e)| e).unwrap();
+        assert_eq!(outputs(&c, &j), want);
+        // After it, the whole journal is one copy, encoding nothing again.
+        let (rw, _) = super::super::storage::compact(&mut c, &mut j);
+        assert_eq!(rw.pieces(), 1);
+        rw.run().map_err(|(_, e)| e).unwrap();
+        assert_eq!(outputs(&c, &j), want);
+        drop(j);
+        let (_, recs) = Journal::open::<Record>(&dir, "history.bin").unwrap();
+        assert_eq!(recs.len(), 20 * 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

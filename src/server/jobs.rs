@@ -460,6 +460,9 @@ pub struct Job {
     pub sha1: [u8; 20],
     pub submitted_ms: u64,
     pub parts: Parts,
+    /// Where its `Submitted` record is in the journal, once appended: a
+    /// compaction copies it from there instead of encoding it again.
+    pub record: Option<Span>,
 }
 
 impl Job {
@@ -576,6 +579,7 @@ impl Jobs {
                 sha1,
                 submitted_ms: now_ms,
                 parts,
+                record: None,
             })
         })
     }
@@ -653,9 +657,9 @@ impl Jobs {
         gone.into_iter().collect()
     }
 
-    /// Every part of every job.
-    pub fn parts_mut(&mut self) -> impl Iterator<Item = &mut Part> {
-        self.by_id.values_mut().flat_map(|j| j.parts.values_mut())
+    /// Every job, in no order.
+    pub fn jobs_mut(&mut self) -> impl Iterator<Item = &mut Job> {
+        self.by_id.values_mut().map(|j| &mut **j)
     }
 
     /// How many records the jobs take in a compacted journal.

@@ -986,8 +986,10 @@ impl Server {
             match effect {
                 Effect::Journal(rec) => {
                     let span = self.record(&rec);
-                    if let Record::Done { id, node, .. } = rec {
-                        spilled.push((id, node, span));
+                    match rec {
+                        Record::Done { id, node, .. } => spilled.push((id, node, span)),
+                        Record::Submitted { id, .. } => self.cluster.submission_at(&id, span),
+                        _ => {}
                     }
                 }
                 Effect::Send { node, msg } => match msg {
