@@ -720,16 +720,3 @@ mod tests {
         assert_eq!(p.state(), JobState::Lost);
     }
 }
-#[cfg(test)]
-#[test]
-fn print_sizes() {
-    eprintln!(
-        "Job {} Task {} Action {} Part {} Uuid {} Options {}",
-        std::mem::size_of::<Job>(),
-        std::mem::size_of::<Task>(),
-        std::mem::size_of::<crate::dsl::Action>(),
-        std::mem::size_of::<Part>(),
-        std::mem::size_of::<Option<Uuid>>(),
-        std::mem::size_of::<crate::dsl::JobOptions>()
-    );
-}

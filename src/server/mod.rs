@@ -210,11 +210,16 @@ pub fn run(cfg: &Config) -> Result<()> {
     // buffers to each other, and a second arena (64 MiB reserved, its own
     // free lists) only adds memory that the loop's trims cannot reach.
     // ZeroMQ's own threads are started after this and share it too.
+    // A fixed mmap threshold: glibc otherwise raises it to the size of
+    // each large buffer freed (a journal batch, a compaction's), and from
+    // then on such buffers come from the heap, where freeing them leaves
+    // holes between the jobs that memory keeps.
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes a malloc tunable; called before any
     // other thread of ours exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     let mut server = Server::start(cfg)?;
     let result = server.run();
