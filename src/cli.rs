@@ -31,7 +31,10 @@ pub enum Command {
 #[derive(Debug, PartialEq)]
 pub struct ExecArgs {
     pub verb: Verb,
+    /// Target patterns (`targets` module); empty: every node.
     pub targets: Vec<String>,
+    /// Patterns of nodes left out.
+    pub exclude: Vec<String>,
     pub wait: bool,
     pub args: String,
 }
@@ -41,6 +44,8 @@ pub struct ExecArgs {
 pub struct OrchestrateArgs {
     pub files: Vec<PathBuf>,
     pub selection: Selection,
+    /// Patterns of nodes left out of every block.
+    pub exclude: Vec<String>,
     pub wait: bool,
     pub dry_run: bool,
 }
@@ -58,6 +63,8 @@ pub enum ManageAction {
     ListNodes,
     ListJobs,
     JobInfo(Uuid),
+    /// One node's facts and labels.
+    NodeInfo(String),
     PurgeJobs,
     PurgeNodes,
     ShowKey,
@@ -109,6 +116,7 @@ impl Mode {
 struct ModeArgs {
     verb: Option<String>,
     targets: Vec<String>,
+    exclude: Vec<String>,
     wait: bool,
     positional: Vec<String>,
     actions: Vec<ManageAction>,
@@ -166,6 +174,21 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                     config: Config::from_raw(&RawOptions::new(), config::hostname)?,
                 })
             }
+            // Repeatable: each adds to the labels given so far.
+            Long("label") => {
+                let item = value(&mut parser)?;
+                let joined = match switches.get("labels").map(|r| &r.value) {
+                    Some(RawValue::Text(before)) => format!("{before},{item}"),
+                    _ => item,
+                };
+                switches.insert(
+                    "labels",
+                    Raw {
+                        value: RawValue::Text(joined),
+                        origin: Origin::Switch,
+                    },
+                );
+            }
             Long(name) if config::find(name).is_some() => {
                 let spec = config::find(name).expect("checked above");
                 let value = if spec.kind == Kind::Flag {
@@ -191,6 +214,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("target") => {
                 m.saw("--target", SUBMIT);
                 m.targets.push(value(&mut parser)?);
+            }
+            Long("exclude") => {
+                m.saw("--exclude", SUBMIT);
+                m.exclude.push(value(&mut parser)?);
             }
             Long("wait") => {
                 m.saw("--wait", SUBMIT);
@@ -226,6 +253,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("delete-key") => {
                 let name = value(&mut parser)?;
                 manage(&mut m, "--delete-key", ManageAction::DeleteKey(name));
+            }
+            Long("node-info") => {
+                let name = value(&mut parser)?;
+                manage(&mut m, "--node-info", ManageAction::NodeInfo(name));
             }
             Long("job-info") => {
                 let id = value(&mut parser)?;
@@ -370,7 +401,8 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
             }
             Ok(Command::Exec(ExecArgs {
                 verb,
-                targets: dedup(m.targets),
+                targets: dedup(crate::targets::split(&m.targets)),
+                exclude: dedup(crate::targets::split(&m.exclude)),
                 wait: m.wait,
                 args: m.positional.join(" "),
             }))
@@ -384,10 +416,11 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
             Ok(Command::Orchestrate(OrchestrateArgs {
                 files: m.positional.iter().map(PathBuf::from).collect(),
                 selection: Selection {
-                    targets: dedup(m.targets),
+                    targets: dedup(crate::targets::split(&m.targets)),
                     restrict: m.restrict,
                     ignore_cache: m.ignore_cache,
                 },
+                exclude: dedup(crate::targets::split(&m.exclude)),
                 wait: m.wait,
                 dry_run: m.dry_run,
             }))
@@ -418,7 +451,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
     }
 }
 
-const MANAGE_ACTIONS: &str = "--list-nodes, --list-jobs, --job-info ID, --purge-jobs, --purge-nodes, --show-key, --list-keys, --accept-key NAME, --accept-all, --reject-key NAME, --delete-key NAME";
+const MANAGE_ACTIONS: &str = "--list-nodes, --node-info NAME, --list-jobs, --job-info ID, --purge-jobs, --purge-nodes, --show-key, --list-keys, --accept-key NAME, --accept-all, --reject-key NAME, --delete-key NAME";
 
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
@@ -457,6 +490,7 @@ fn option_lines(scopes: &[Scope]) -> String {
             Kind::Port => " PORT".into(),
             Kind::Seconds => " SECONDS".into(),
             Kind::Count => " N".into(),
+            Kind::Labels => " KEY=VALUE,...".into(),
             Kind::Text if o.name == "curve" => " on|off".into(),
             Kind::Text => format!(
                 " {}",
@@ -484,9 +518,9 @@ const USAGE: &str = "\
 Usage:
   director [OPTIONS] server                        run the server daemon
   director [OPTIONS] client                        run the client daemon on a node
-  director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'
-  director [OPTIONS] orchestrate FILE... [--target NODE]... [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
-  director [OPTIONS] manage (--list-nodes | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
+  director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait] 'ARGS'
+  director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
+  director [OPTIONS] manage (--list-nodes | --node-info NAME | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
 ";
 
@@ -510,10 +544,15 @@ Verbs:
 const EXEC_HELP: &str = "\
 director exec — submit one job
 
-Usage: director [OPTIONS] exec --verb VERB [--target NODE]... [--wait] 'ARGS'
+Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]...
+                                [--wait] 'ARGS'
 
   --verb VERB      RUN, ARG, ENV, WORKDIR, ADD or COPY
-  --target NODE    a node to run on; repeat for several (default: every connected node)
+  --target PATTERN the nodes to run on (default: every connected node): a node name, a
+                   glob on names (web*, db-[12]), or KEY=VALUE on a label or fact
+                   (role=web, os_id=debian; VALUE may be a glob); repeat, or separate
+                   with commas, for a union. A pattern that matches no node is an error
+  --exclude PATTERN  leave out the nodes it matches; repeatable
   --wait           stay connected, print each node's result as it arrives, and exit
                    0 only if every node succeeded
 
@@ -523,14 +562,16 @@ Prints the job id and its task SHA1. Options the CLI uses: --socket-path, --conf
 const ORCHESTRATE_HELP: &str = "\
 director orchestrate — submit orchestration files
 
-Usage: director [OPTIONS] orchestrate FILE... [--target NODE]... [--restrict SHA1]...
-                                     [--ignore-cache] [--wait] [--dry-run]
+Usage: director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]...
+                                     [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
 
-A file is a YAML list of blocks: {targets: [NODE...] (optional: every node), jobs: [{VERB: ARGS}...]}.
+A file is a YAML list of blocks: {targets: [PATTERN...] (optional: every node), jobs: [{VERB: ARGS}...]}.
+A pattern is a node name, a glob on names (web*), or KEY=VALUE on a label or fact (role=web).
 Every file is checked before anything is submitted. On each node the jobs run one at a
 time in file order; after a failure there, the rest of the run is skipped on that node.
 
-  --target NODE    replace every block's targets; repeat for several
+  --target PATTERN replace every block's targets; repeat for several
+  --exclude PATTERN  leave the nodes it matches out of every block; repeatable
   --restrict SHA1  submit only the jobs with this task SHA1 (or prefix); repeatable
   --ignore-cache   run every job even where the node cached a success
   --wait           show progress, then a recap per node and the output of each failure
@@ -563,7 +604,7 @@ fn help_text(mode: Option<Mode>) -> String {
         Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
-            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat and expiry\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every idle node (live nodes come back at their next heartbeat)\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels and facts (OS, kernel, CPUs, memory, addresses)\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every idle node (live nodes come back at their next heartbeat)\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
     }
 }
@@ -632,10 +673,25 @@ mod tests {
     #[test]
     fn exec_args() {
         let inv = parse_v(&[
-            "exec", "--verb", "run", "--target", "a", "--target", "b", "--target", "a", "--wait",
+            "exec",
+            "--verb",
+            "run",
+            "--target",
+            "a",
+            "--target",
+            "b,c",
+            "--target",
+            "a",
+            "--wait",
+            "--exclude",
+            "role=db",
+            "--label",
+            "x=1",
             "echo hi",
         ])
         .unwrap();
+        // `--label` is repeatable and adds up.
+        assert_eq!(inv.config.labels.get("x").map(String::as_str), Some("1"));
         let Command::Exec(e) = inv.command else {
             panic!("not exec")
         };
@@ -643,7 +699,8 @@ mod tests {
             e,
             ExecArgs {
                 verb: Verb::Run,
-                targets: vec!["a".into(), "b".into()],
+                targets: vec!["a".into(), "b".into(), "c".into()],
+                exclude: vec!["role=db".into()],
                 wait: true,
                 args: "echo hi".into()
             }

@@ -24,6 +24,8 @@ pub enum Kind {
     Count,
     /// On or off; a switch takes no value.
     Flag,
+    /// KEY=VALUE items separated by commas (a map or list in the file).
+    Labels,
 }
 
 /// Which modes use an option (all accept every option, so one config file
@@ -68,6 +70,7 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "server_key", kind: Kind::Text, scope: Scope::Client, default: None, help: "the server's public key, as `director manage --show-key` prints it (Z85), or a file holding it; not needed with --shared-key" },
     OptSpec { name: "key_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/lib/director/node"), help: "directory for this node's key pair (node.key), created at first start; not the cache, which may be cleared" },
     OptSpec { name: "cache_ttl", kind: Kind::Seconds, scope: Scope::Client, default: Some("259200"), help: "seconds a cached success stays valid (default 72 hours)" },
+    OptSpec { name: "labels", kind: Kind::Labels, scope: Scope::Client, default: None, help: "this node's labels, KEY=VALUE separated by commas (role=web,dc=fra); `--label KEY=VALUE` may be repeated; targets match them (`--target role=web`) and templates read them ({{ labels.role }})" },
     OptSpec { name: "cache_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/cache/director"), help: "directory for the client's cache: ARG and ENV values, successful steps" },
 ];
 
@@ -151,6 +154,32 @@ fn parse_file(path: &Path, text: &str) -> Result<RawOptions> {
             .filter(|o| o.name != "config_file")
             .ok_or_else(|| file_err(format!("unknown key '{key}'")))?;
         let value = match value {
+            // `labels:` as a map (role: web) or a list (- role=web).
+            serde_yaml::Value::Mapping(m) if spec.kind == Kind::Labels => {
+                let mut items = Vec::new();
+                for (k, v) in m {
+                    match (scalar_text(&k), scalar_text(&v)) {
+                        (Some(k), Some(v)) => items.push(format!("{k}={v}")),
+                        _ => {
+                            return Err(file_err(format!(
+                                "key '{key}': each label is a name and a plain value"
+                            )))
+                        }
+                    }
+                }
+                RawValue::Text(items.join(","))
+            }
+            serde_yaml::Value::Sequence(seq) if spec.kind == Kind::Labels => {
+                let items: Option<Vec<String>> = seq.iter().map(scalar_text).collect();
+                match items {
+                    Some(items) => RawValue::Text(items.join(",")),
+                    None => {
+                        return Err(file_err(format!(
+                            "key '{key}': each label is a KEY=VALUE string"
+                        )))
+                    }
+                }
+            }
             serde_yaml::Value::String(s) => RawValue::Text(s),
             serde_yaml::Value::Bool(b) => RawValue::Bool(b),
             serde_yaml::Value::Number(n) => match n.as_f64() {
@@ -177,6 +206,16 @@ fn parse_file(path: &Path, text: &str) -> Result<RawOptions> {
     Ok(out)
 }
 
+/// A YAML scalar as text.
+fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 fn expected(spec: &OptSpec) -> &'static str {
     if spec.name == "curve" {
         return "on or off";
@@ -190,6 +229,7 @@ fn expected(spec: &OptSpec) -> &'static str {
         Kind::Seconds => "a positive number of seconds",
         Kind::Count => "a whole number (1 or more)",
         Kind::Flag => "true or false",
+        Kind::Labels => "KEY=VALUE labels separated by commas",
     }
 }
 
@@ -248,6 +288,8 @@ pub struct Config {
     pub server_address: String,
     pub cache_path: PathBuf,
     pub cache_ttl: Duration,
+    /// This node's labels (`--label`).
+    pub labels: crate::facts::Map,
 }
 
 impl Config {
@@ -292,6 +334,7 @@ impl Config {
             cache_ttl: crate::clock::secs(
                 get("cache_ttl").seconds_within(1.0, 10.0 * 365.0 * 86_400.0)?,
             ),
+            labels: get("labels").labels()?,
         })
     }
 }
@@ -359,6 +402,18 @@ impl Value<'_> {
             Some(RawValue::Number(n)) => Ok(Some(n.to_string())),
             Some(RawValue::Bool(b)) => Err(self.error(&b.to_string())),
         }
+    }
+
+    fn labels(&self) -> Result<crate::facts::Map> {
+        let text = self.text()?.unwrap_or_default();
+        crate::facts::parse_labels(&text).map_err(|e| {
+            let Error::Config(msg) = self.error(&format!("'{text}'")) else {
+                return Error::Config(e);
+            };
+            // The place, then what is wrong with it.
+            let place = msg.split(": expected").next().unwrap_or_default();
+            Error::Config(format!("{place}: {e}"))
+        })
     }
 
     fn text_or_default(&self) -> Result<String> {
@@ -463,6 +518,31 @@ mod tests {
 
     fn cfg(raw: &RawOptions) -> Result<Config> {
         Config::from_raw(raw, || "host-a".into())
+    }
+
+    #[test]
+    fn labels_come_as_a_map_a_list_or_text_and_a_bad_one_is_placed() {
+        let f = Path::new("/etc/d.yaml");
+        let map = parse_file(f, "labels:\n  role: web\n  rack: 12\n").unwrap();
+        assert_eq!(
+            cfg(&map).unwrap().labels,
+            [
+                ("rack".to_owned(), "12".to_owned()),
+                ("role".into(), "web".into())
+            ]
+            .into()
+        );
+        let list = parse_file(f, "labels: [role=db, dc=fra]\n").unwrap();
+        assert_eq!(cfg(&list).unwrap().labels.len(), 2);
+        let e = cfg(&parse_file(f, "labels: role\n").unwrap()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config file /etc/d.yaml: key 'labels': label 'role' is not KEY=VALUE"
+        );
+        let env = from_env(|k| (k == "DIRECTOR_LABELS").then(|| "a=1,b c=2".into()));
+        let e = cfg(&env).unwrap_err().to_string();
+        assert!(e.starts_with("DIRECTOR_LABELS: label 'b c=2'"), "{e}");
+        assert!(parse_file(f, "labels: [[x]]\n").is_err());
     }
 
     #[test]

@@ -121,6 +121,8 @@ fn client_seeds() -> Vec<Vec<u8>> {
             proof: vec![9; 32],
             instance: 0xfeed,
             seen: Some(wire::Dispatch { server: 3, seq: 4 }),
+            facts: [("os_id".to_owned(), "debian".to_owned())].into(),
+            labels: [("role".to_owned(), "web".to_owned())].into(),
         },
         ClientMsg::Started { job_id: id },
         ClientMsg::Finished {
@@ -200,6 +202,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
         Request::Submit {
             task: add_task(),
             targets: vec!["a".into(), "b".into()],
+            exclude: vec!["c*".into()],
             wait: true,
         },
         Request::Orchestrate {
@@ -207,6 +210,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
                 targets: vec!["web*".into()],
                 tasks: vec![run.clone(), run],
             }],
+            exclude: vec!["role=db".into()],
             wait: false,
             dry_run: true,
         },

@@ -11,6 +11,7 @@ mod curve;
 mod dirlock;
 mod dsl;
 mod error;
+mod facts;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod ratelog;
 mod reactor;
 mod server;
 mod sources;
+mod targets;
 mod template;
 mod transfer;
 mod user;

@@ -7,9 +7,55 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
-/// Render `source` with `args` as its variables. An undefined variable is
-/// an error naming it.
-pub fn render(source: &str, args: &BTreeMap<String, String>) -> Result<String, String> {
+/// What a node's templates read: its ARG values by name, and its `facts`
+/// and `labels` (`{{ facts.os_id }}`, `{{ labels.role }}`), which an ARG of
+/// that name cannot hide.
+#[derive(Clone, Copy)]
+pub struct Vars<'a> {
+    pub args: &'a BTreeMap<String, String>,
+    pub facts: &'a BTreeMap<String, String>,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+impl<'a> Vars<'a> {
+    /// ARG values only.
+    #[cfg(test)]
+    pub fn args(args: &'a BTreeMap<String, String>) -> Vars<'a> {
+        const EMPTY: &BTreeMap<String, String> = &BTreeMap::new();
+        Vars {
+            args,
+            facts: EMPTY,
+            labels: EMPTY,
+        }
+    }
+
+    /// Is the dotted variable `path` (`user`, `facts.os_id`) set?
+    fn has(&self, path: &str) -> bool {
+        match path.split_once('.') {
+            Some(("facts", k)) => self.facts.contains_key(k),
+            Some(("labels", k)) => self.labels.contains_key(k),
+            _ => {
+                let top = path.split('.').next().unwrap_or(path);
+                matches!(top, "facts" | "labels") || self.args.contains_key(top)
+            }
+        }
+    }
+
+    fn context(&self) -> Value {
+        let mut ctx: BTreeMap<String, Value> = self
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        ctx.insert("facts".into(), Value::from(self.facts.clone()));
+        ctx.insert("labels".into(), Value::from(self.labels.clone()));
+        Value::from(ctx)
+    }
+}
+
+/// Render `source` with `vars`. An undefined variable is an error naming
+/// it.
+pub fn render(source: &str, vars: &Vars) -> Result<String, String> {
     if !source.contains("{{") && !source.contains("{%") {
         return Ok(source.to_owned());
     }
@@ -18,20 +64,27 @@ pub fn render(source: &str, args: &BTreeMap<String, String>) -> Result<String, S
     let tmpl = env
         .template_from_str(source)
         .map_err(|e| format!("bad template: {e}"))?;
-    tmpl.render(Value::from(args.clone())).map_err(|e| {
+    tmpl.render(vars.context()).map_err(|e| {
         if e.kind() != minijinja::ErrorKind::UndefinedError {
             return format!("template error: {e}");
         }
         // Name what is missing; `default` and `is defined` are fine.
         let mut missing: Vec<String> = tmpl
-            .undeclared_variables(false)
+            .undeclared_variables(true)
             .into_iter()
-            .filter(|v| !args.contains_key(v))
+            .filter(|v| !vars.has(v))
             .collect();
         missing.sort();
         let s = if missing.len() == 1 { "" } else { "s" };
+        let hint = if missing.iter().all(|m| m.starts_with("facts.")) {
+            "the node does not report it: `director manage --node-info NODE` lists its facts"
+        } else if missing.iter().all(|m| m.starts_with("labels.")) {
+            "give the node the label with --label KEY=VALUE"
+        } else {
+            "set with ARG or RUN --stdout-arg before this job"
+        };
         format!(
-            "undefined template variable{s} {} (set with ARG or RUN --stdout-arg before this job)",
+            "undefined template variable{s} {} ({hint})",
             missing
                 .iter()
                 .map(|m| format!("'{m}'"))
@@ -50,6 +103,37 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    fn render(source: &str, a: &BTreeMap<String, String>) -> Result<String, String> {
+        super::render(source, &Vars::args(a))
+    }
+
+    #[test]
+    fn facts_and_labels_are_variables_an_arg_cannot_hide() {
+        let a = args(&[("facts", "shadow"), ("user", "u")]);
+        let facts = args(&[("os_id", "debian")]);
+        let labels = args(&[("role", "web")]);
+        let v = Vars {
+            args: &a,
+            facts: &facts,
+            labels: &labels,
+        };
+        assert_eq!(
+            super::render("{{ user }} {{ facts.os_id }} {{ labels.role }}", &v).unwrap(),
+            "u debian web"
+        );
+        let e = super::render("{{ facts.nope }}", &v).unwrap_err();
+        assert!(
+            e.contains("'facts.nope'") && e.contains("--node-info"),
+            "{e}"
+        );
+        let e = super::render("{{ labels.tier }}", &v).unwrap_err();
+        assert!(e.contains("'labels.tier'") && e.contains("--label"), "{e}");
+        assert_eq!(
+            super::render("{{ labels.tier | default('none') }}", &v).unwrap(),
+            "none"
+        );
     }
 
     #[test]

@@ -158,6 +158,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     let req = Request::Submit {
         task,
         targets: args.targets,
+        exclude: args.exclude,
         wait: args.wait,
     };
     check_size(&req)?;
@@ -210,6 +211,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     let blocks = crate::orchestrate::load(&args.files, &args.selection).map_err(Error::Rejected)?;
     let req = Request::Orchestrate {
         blocks: blocks.clone(),
+        exclude: args.exclude.clone(),
         wait: args.wait,
         dry_run: args.dry_run,
     };
@@ -355,7 +357,7 @@ fn plan_table(plan: &Plan) -> String {
 pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let mut conn = Conn::open(&cfg.socket_path)?;
     let req = match &args.action {
-        ManageAction::ListNodes => Request::ListNodes,
+        ManageAction::ListNodes | ManageAction::NodeInfo(_) => Request::ListNodes,
         ManageAction::ListJobs => Request::ListJobs,
         ManageAction::JobInfo(id) => Request::JobInfo { id: *id },
         ManageAction::PurgeJobs => Request::PurgeJobs,
@@ -369,6 +371,28 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     };
     let resp = conn.call(&req)?;
     let mut out = io::stdout().lock();
+    let resp = match (&args.action, resp) {
+        (ManageAction::NodeInfo(name), Response::Nodes(nodes)) => {
+            let known = nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
+            let Some(node) = nodes.iter().find(|n| n.name == *name) else {
+                return Err(Error::Rejected(format!(
+                    "unknown node '{name}' (known nodes: {})",
+                    if known.is_empty() {
+                        "none connected".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            };
+            let text = match args.format {
+                Format::Json => json(&[node])?,
+                Format::Table => node_text(node),
+            };
+            out.write_all(text.as_bytes()).map_err(out_err)?;
+            return Ok(0);
+        }
+        (_, resp) => resp,
+    };
     let text = match (resp, args.format) {
         (Response::Nodes(nodes), Format::Json) => json(&nodes)?,
         (Response::Nodes(nodes), Format::Table) => nodes_table(&nodes),
@@ -469,6 +493,42 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `manage --node-info`: a node's state, labels and facts, a line each.
+fn node_text(n: &NodeView) -> String {
+    let mut out = format!(
+        "node {}\n  version: {}\n  last heartbeat: {} UTC\n  queued: {}, in flight: {}\nlabels:\n",
+        n.name,
+        n.version,
+        format_utc(n.last_heartbeat_ms),
+        n.queued,
+        n.in_flight
+    );
+    let pairs = |out: &mut String, m: &crate::facts::Map| {
+        if m.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for (k, v) in m {
+            out.push_str(&format!("  {k}: {v}\n"));
+        }
+    };
+    pairs(&mut out, &n.labels);
+    out.push_str("facts:\n");
+    pairs(&mut out, &n.facts);
+    out
+}
+
+/// `k=v,k=v`, or `-` for none.
+fn labels_text(labels: &crate::facts::Map) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn nodes_table(nodes: &[NodeView]) -> String {
     if nodes.is_empty() {
         return "no nodes connected\n".into();
@@ -483,6 +543,7 @@ fn nodes_table(nodes: &[NodeView]) -> String {
                 format_utc(n.expires_ms),
                 n.queued.to_string(),
                 n.in_flight.to_string(),
+                labels_text(&n.labels),
             ]
         })
         .collect();
@@ -494,6 +555,7 @@ fn nodes_table(nodes: &[NodeView]) -> String {
             "EXPIRES (UTC)",
             "QUEUED",
             "IN FLIGHT",
+            "LABELS",
         ],
         &rows,
     )

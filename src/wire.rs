@@ -245,6 +245,8 @@ pub enum ClientMsg {
     /// starts, and `seen` is the last `Dispatch` it received: the server
     /// judges against `holding` only jobs the client must have received by
     /// then, so a `Ready` that crossed jobs on the wire loses nothing.
+    /// `facts` (read from the machine) and `labels` (given by its operator)
+    /// are what targets match.
     Ready {
         name: String,
         version: String,
@@ -255,6 +257,8 @@ pub enum ClientMsg {
         proof: Vec<u8>,
         instance: u64,
         seen: Option<Dispatch>,
+        facts: crate::facts::Map,
+        labels: crate::facts::Map,
     },
     /// Job port: the job's process started.
     Started { job_id: Uuid },
@@ -363,12 +367,16 @@ impl ClientMsg {
                 proof,
                 instance,
                 seen,
+                facts,
+                labels,
             } => {
                 format!(
-                    "Ready name={name} version={version} interval={interval_ms}ms holding={} proof={} instance={instance:x} seen={}",
+                    "Ready name={name} version={version} interval={interval_ms}ms holding={} proof={} instance={instance:x} seen={} facts={} labels={}",
                     holding.len(),
                     if proof.is_empty() { "no" } else { "yes" },
-                    seen.map_or("none".into(), |d| format!("{:x}/{}", d.server, d.seq))
+                    seen.map_or("none".into(), |d| format!("{:x}/{}", d.server, d.seq)),
+                    facts.len(),
+                    labels.len()
                 )
             }
             ClientMsg::Started { job_id } => format!("Started job={job_id}"),
@@ -524,12 +532,15 @@ impl Outcome {
 /// A request from the CLI to the server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// Queue a job; with `wait`, the connection receives `NodeDone` for each
-    /// node and then `JobDone`.
+    /// Queue a job on the nodes `targets` match, less those `exclude`
+    /// matches (`targets` module); with `wait`, the connection receives
+    /// `NodeDone` for each node and then `JobDone`.
     Submit {
         task: Task,
         #[serde(deserialize_with = "cautious_seq")]
         targets: Vec<String>,
+        #[serde(deserialize_with = "cautious_seq")]
+        exclude: Vec<String>,
         wait: bool,
     },
     /// Queue an orchestration: blocks of jobs, in order, under one parent.
@@ -539,6 +550,9 @@ pub enum Request {
     Orchestrate {
         #[serde(deserialize_with = "cautious_seq")]
         blocks: Vec<Block>,
+        /// Nodes left out of every block.
+        #[serde(deserialize_with = "cautious_seq")]
+        exclude: Vec<String>,
         wait: bool,
         dry_run: bool,
     },
@@ -691,6 +705,10 @@ pub struct NodeView {
     pub queued: u32,
     /// Jobs sent to the node and not yet finished.
     pub in_flight: u32,
+    /// What its operator labelled it with.
+    pub labels: crate::facts::Map,
+    /// What it says of itself (OS, kernel, addresses, ...).
+    pub facts: crate::facts::Map,
 }
 
 /// Where an enrolled key stands.
@@ -940,6 +958,7 @@ mod tests {
         let req = Request::Submit {
             task,
             targets: vec!["a".into()],
+            exclude: vec![],
             wait: true,
         };
         let bytes = [encode_control(&req), encode_control(&Request::ListJobs)].concat();

@@ -264,6 +264,8 @@ fn raw_peers_without_keys_get_nothing_and_the_server_keeps_serving() {
         proof: vec![],
         instance: 1,
         seen: None,
+        facts: vec![],
+        labels: vec![],
     };
     for port in 0..3 {
         // Without a handshake nothing can even be queued; try anyway.
@@ -329,6 +331,8 @@ fn an_accepted_peer_that_sends_garbage_is_logged_briefly_and_changes_nothing() {
         proof: vec![],
         instance: 1,
         seen: None,
+        facts: vec![],
+        labels: vec![],
     };
     peer.send_wait(0, &bad_name.frames());
     wait_until("lies logged", DEADLINE, || {

@@ -11,7 +11,6 @@
 //! tick, chunks are written as they arrive, and writeback is started along
 //! the way so the final sync is short.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -128,11 +127,7 @@ pub struct AddJob {
 impl AddJob {
     /// Plan the job: render the destination and resolve the owner. An error
     /// ends the job before any transfer.
-    pub fn new(
-        job_id: Uuid,
-        task: &Task,
-        args: &BTreeMap<String, String>,
-    ) -> Result<AddJob, String> {
+    pub fn new(job_id: Uuid, task: &Task, vars: &template::Vars) -> Result<AddJob, String> {
         let Action::Add(add) = &task.action else {
             return Err("not an ADD job".into());
         };
@@ -140,7 +135,7 @@ impl AddJob {
         if files.is_empty() {
             return Err("ADD job without files (the CLI resolves them before submission)".into());
         }
-        let dest = template::render(dest, args).map_err(|e| format!("ADD destination: {e}"))?;
+        let dest = template::render(dest, vars).map_err(|e| format!("ADD destination: {e}"))?;
         let into_dir = dest_is_dir(&dest, files);
         let files = files
             .iter()
@@ -604,10 +599,10 @@ fn set_owner_and_mode_path(
 
 /// The cache key of an ADD: its task SHA1 (which covers the contents) and
 /// the rendered destination.
-pub fn cache_key(task: &Task, args: &BTreeMap<String, String>) -> Option<String> {
+pub fn cache_key(task: &Task, vars: &template::Vars) -> Option<String> {
     let Action::Add(add) = &task.action else {
         return None;
     };
-    let dest = template::render(&add.dest, args).ok()?;
+    let dest = template::render(&add.dest, vars).ok()?;
     Some(hex_sha1(format!("{}\0{dest}", task.sha1()).as_bytes()))
 }

@@ -65,7 +65,18 @@ pub fn make_dir(path: &Path) -> Result<(), String> {
 }
 
 /// Start `task`.
-pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Started {
+pub fn start(
+    job_id: Uuid,
+    task: &Task,
+    cache: &mut Cache,
+    node: &crate::facts::Node,
+    now_ms: u64,
+) -> Started {
+    let vars = |args| template::Vars {
+        args,
+        facts: &node.facts,
+        labels: &node.labels,
+    };
     let skip_cache = task.options.skip_cache;
     match &task.action {
         Action::Arg { key, value } => {
@@ -83,7 +94,7 @@ pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Start
             })
         }
         Action::Workdir { path } => {
-            let path = match template::render(path, cache.args()) {
+            let path = match template::render(path, &vars(cache.args())) {
                 Ok(p) => p,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("WORKDIR path: {e}")))),
             };
@@ -94,13 +105,13 @@ pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Start
             Started::Mkdir(PathBuf::from(path), key)
         }
         Action::Add(_) => {
-            let key = add::cache_key(task, cache.args());
+            let key = add::cache_key(task, &vars(cache.args()));
             if let (Some(k), false) = (&key, skip_cache) {
                 if cache.is_done(k, now_ms) {
                     return Started::Done(ended(Exit::Cached));
                 }
             }
-            match AddJob::new(job_id, task, cache.args()) {
+            match AddJob::new(job_id, task, &vars(cache.args())) {
                 Ok(job) => Started::Transfer(Box::new(job), key),
                 Err(e) => Started::Done(ended(Exit::Error(e))),
             }
@@ -109,7 +120,7 @@ pub fn start(job_id: Uuid, task: &Task, cache: &mut Cache, now_ms: u64) -> Start
             command,
             stdout_arg,
         } => {
-            let command = match template::render(command, cache.args()) {
+            let command = match template::render(command, &vars(cache.args())) {
                 Ok(c) => c,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("RUN command: {e}")))),
             };

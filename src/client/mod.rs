@@ -248,7 +248,14 @@ impl Client {
             signals,
             state: RunState::Running,
             backoff: BACKOFF_FIRST,
-            runner: Runner::new(cache, transfer_stall(cfg.heartbeat_ivl)),
+            runner: Runner::new(
+                cache,
+                transfer_stall(cfg.heartbeat_ivl),
+                crate::facts::Node {
+                    facts: crate::facts::gather(),
+                    labels: cfg.labels.clone(),
+                },
+            ),
             tokens: TokenCounter::new(FIRST_DYNAMIC),
             process: None,
             trust,
@@ -399,6 +406,8 @@ impl Client {
             proof,
             instance: self.instance,
             seen: self.seen,
+            facts: self.runner.node().facts.clone(),
+            labels: self.runner.node().labels.clone(),
         };
         self.send(JOB, &ready);
         let resend: Vec<ClientMsg> = self.runner.unacked().collect();

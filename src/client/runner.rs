@@ -123,6 +123,8 @@ struct Running {
 
 /// Every job on this node.
 pub struct Runner {
+    /// Facts and labels, for templates.
+    node: crate::facts::Node,
     queue: VecDeque<Queued>,
     running: Option<Running>,
     cache: Cache,
@@ -143,8 +145,9 @@ pub struct Runner {
 
 impl Runner {
     /// `stall`: how long a transfer may wait for data before it fails.
-    pub fn new(cache: Cache, stall: Duration) -> Runner {
+    pub fn new(cache: Cache, stall: Duration, node: crate::facts::Node) -> Runner {
         Runner {
+            node,
             queue: VecDeque::new(),
             running: None,
             cache,
@@ -156,6 +159,11 @@ impl Runner {
             stall,
             stall_armed: false,
         }
+    }
+
+    /// What this node says of itself: for `Ready`.
+    pub fn node(&self) -> &crate::facts::Node {
+        &self.node
     }
 
     /// Every job this node still has: for `Ready`.
@@ -234,41 +242,46 @@ impl Runner {
             }
             log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
             let now = Instant::now();
-            let (work, cache_key) =
-                match exec::start(job_id, &task, &mut self.cache, crate::clock::now_ms()) {
-                    Started::Done(outcome) => {
-                        self.report(job_id, parent, outcome, fx);
-                        continue;
-                    }
-                    Started::Process(spawn, on_success) => {
-                        fx.spawn = Some(spawn);
-                        fx.job.push(ClientMsg::Started { job_id });
-                        let OnSuccess {
-                            cache_key,
+            let (work, cache_key) = match exec::start(
+                job_id,
+                &task,
+                &mut self.cache,
+                &self.node,
+                crate::clock::now_ms(),
+            ) {
+                Started::Done(outcome) => {
+                    self.report(job_id, parent, outcome, fx);
+                    continue;
+                }
+                Started::Process(spawn, on_success) => {
+                    fx.spawn = Some(spawn);
+                    fx.job.push(ClientMsg::Started { job_id });
+                    let OnSuccess {
+                        cache_key,
+                        stdout_arg,
+                    } = on_success;
+                    (
+                        Work::Process {
                             stdout_arg,
-                        } = on_success;
-                        (
-                            Work::Process {
-                                stdout_arg,
-                                timed_out: false,
-                            },
-                            Some(cache_key),
-                        )
+                            timed_out: false,
+                        },
+                        Some(cache_key),
+                    )
+                }
+                Started::Transfer(mut add, cache_key) => {
+                    fx.job.push(ClientMsg::Started { job_id });
+                    self.arm_stall(now + self.stall, fx);
+                    if let Some(io) = add.take_io() {
+                        fx.io.push(IoTask::Add(io));
                     }
-                    Started::Transfer(mut add, cache_key) => {
-                        fx.job.push(ClientMsg::Started { job_id });
-                        self.arm_stall(now + self.stall, fx);
-                        if let Some(io) = add.take_io() {
-                            fx.io.push(IoTask::Add(io));
-                        }
-                        (Work::Transfer { add }, cache_key)
-                    }
-                    Started::Persist(p) => (Self::persist(p), None),
-                    Started::Mkdir(path, key) => {
-                        fx.io.push(IoTask::Mkdir(path));
-                        (Work::Mkdir, Some(key))
-                    }
-                };
+                    (Work::Transfer { add }, cache_key)
+                }
+                Started::Persist(p) => (Self::persist(p), None),
+                Started::Mkdir(path, key) => {
+                    fx.io.push(IoTask::Mkdir(path));
+                    (Work::Mkdir, Some(key))
+                }
+            };
             let timeout_secs = task.options.timeout_secs;
             let deadline = now + Duration::from_secs(timeout_secs);
             self.arm_timeout(deadline, fx);
@@ -708,7 +721,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             let cache = Cache::open(&dir, Duration::from_secs(3600), 0).unwrap();
             Rig {
-                runner: Runner::new(cache, Duration::from_secs(5)),
+                runner: Runner::new(cache, Duration::from_secs(5), Default::default()),
                 dir,
             }
         }

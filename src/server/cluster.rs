@@ -78,6 +78,8 @@ pub struct Greeting<'a> {
     pub seen: Option<Dispatch>,
     /// The jobs it has: queued, running, or with a result not yet acked.
     pub holding: &'a [Uuid],
+    /// Its facts and labels.
+    pub about: &'a crate::facts::Node,
 }
 
 /// Nodes and jobs, owned by the server loop.
@@ -252,6 +254,7 @@ impl Cluster {
         let holding: HashSet<Uuid> = hello.holding.iter().copied().collect();
         let (n, created) = self.nodes.upsert(node, hello.ivl, now.at, now.ms);
         n.version = hello.version.to_owned();
+        n.about = hello.about.clone();
         n.link = Link::Ready;
         n.instance = Some(hello.instance);
         let mut vanished = Vec::new();
@@ -446,31 +449,17 @@ impl Cluster {
         self.nodes.next_expiry()
     }
 
-    /// The nodes a job goes to: `targets`, or every node when empty; one of
-    /// them (the least busy) for `--run-once`.
-    fn resolve(&self, task: &Task, targets: &[String]) -> Result<Vec<String>, String> {
-        let mut targets = if targets.is_empty() {
-            let all = self.nodes.names();
-            if all.is_empty() {
-                return Err(
-                    "no nodes are connected: start `director client` on the nodes first".into(),
-                );
-            }
-            all
-        } else {
-            if let Some(unknown) = targets.iter().find(|t| self.nodes.get(t).is_none()) {
-                let known = self.nodes.names();
-                let known = if known.is_empty() {
-                    "none connected".to_owned()
-                } else {
-                    known.join(", ")
-                };
-                return Err(format!(
-                    "unknown target node '{unknown}' (known nodes: {known})"
-                ));
-            }
-            targets.to_vec()
-        };
+    /// The nodes a job goes to: those `targets` match (every node when
+    /// empty) less those `exclude` matches (`targets` module); one of them
+    /// (the least busy) for `--run-once`.
+    fn resolve(
+        &self,
+        task: &Task,
+        targets: &[String],
+        exclude: &[String],
+    ) -> Result<Vec<String>, String> {
+        let nodes = self.nodes.iter().map(|n| (n.name.as_str(), &n.about));
+        let mut targets = crate::targets::resolve(nodes, targets, exclude)?;
         if task.options.run_once {
             let load = |t: &String| {
                 self.nodes
@@ -546,23 +535,27 @@ impl Cluster {
         }
     }
 
-    /// Queue a job on `targets` (every node when empty).
+    /// Queue a job on the nodes `targets` match (every node when empty),
+    /// less those `exclude` matches.
     pub fn submit(
         &mut self,
         task: Task,
         targets: &[String],
+        exclude: &[String],
         now: Now,
         out: &mut Vec<Effect>,
     ) -> Result<Submitted, String> {
-        let targets = self.resolve(&task, targets)?;
+        let targets = self.resolve(&task, targets, exclude)?;
         Ok(self.queue_job(task, &targets, None, now, out))
     }
 
     /// Check an orchestration and, unless `dry_run`, queue all of it under
-    /// one new parent. Nothing is queued if any block is refused.
+    /// one new parent; `exclude` applies to every block. Nothing is queued
+    /// if any block is refused.
     pub fn orchestrate(
         &mut self,
         blocks: Vec<Block>,
+        exclude: &[String],
         dry_run: bool,
         now: Now,
         out: &mut Vec<Effect>,
@@ -571,7 +564,7 @@ impl Cluster {
         for (i, block) in blocks.iter().enumerate() {
             for task in &block.tasks {
                 let targets = self
-                    .resolve(task, &block.targets)
+                    .resolve(task, &block.targets, exclude)
                     .map_err(|e| format!("block {}: {e}", i + 1))?;
                 planned.push((i, targets, task.clone()));
             }
@@ -746,6 +739,8 @@ impl Cluster {
                 expires_ms: n.expires_ms(),
                 queued: n.queue.len() as u32,
                 in_flight: n.in_flight.len() as u32,
+                labels: n.about.labels.clone(),
+                facts: n.about.facts.clone(),
             })
             .collect()
     }
@@ -960,12 +955,17 @@ mod tests {
     }
 
     fn greet(instance: u64, seen: Option<Dispatch>, holding: &[Uuid]) -> Greeting<'_> {
+        const NOTHING: &crate::facts::Node = &crate::facts::Node {
+            facts: crate::facts::Map::new(),
+            labels: crate::facts::Map::new(),
+        };
         Greeting {
             version: "v",
             ivl: IVL,
             instance,
             seen,
             holding,
+            about: NOTHING,
         }
     }
 
@@ -1085,7 +1085,7 @@ mod tests {
             now: Now,
             out: &mut Vec<Effect>,
         ) -> Result<Submitted, String> {
-            let s = self.submit(task, targets, now, out)?;
+            let s = self.submit(task, targets, &[], now, out)?;
             self.release(&[s.job_id], now, out);
             Ok(s)
         }
@@ -1097,7 +1097,7 @@ mod tests {
             now: Now,
             out: &mut Vec<Effect>,
         ) -> Result<Plan, String> {
-            let plan = self.orchestrate(blocks, dry_run, now, out)?;
+            let plan = self.orchestrate(blocks, &[], dry_run, now, out)?;
             let ids: Vec<Uuid> = plan.jobs.iter().filter_map(|j| j.job_id).collect();
             self.release(&ids, now, out);
             Ok(plan)
@@ -1200,7 +1200,7 @@ mod tests {
             tasks,
         }];
         // As the loop does: the submission is journaled, then released.
-        let plan = c.orchestrate(blocks, false, at(t0), &mut out).unwrap();
+        let plan = c.orchestrate(blocks, &[], false, at(t0), &mut out).unwrap();
         write(&mut c, &mut j, &mut out);
         let ids: Vec<Uuid> = plan.jobs.iter().filter_map(|p| p.job_id).collect();
         c.release(&ids, at(t0), &mut out);

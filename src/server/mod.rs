@@ -713,6 +713,8 @@ impl Server {
                     proof,
                     instance,
                     seen,
+                    facts,
+                    labels,
                 },
                 peer,
             ) => {
@@ -729,6 +731,10 @@ impl Server {
                     proof,
                     instance,
                     seen,
+                    about: crate::facts::Node {
+                        facts: crate::facts::bounded(facts),
+                        labels: crate::facts::bounded(labels),
+                    },
                 };
                 self.handle_ready(&who, &rid, peer_address.as_deref(), ready, now);
             }
@@ -877,6 +883,7 @@ impl Server {
                     instance: ready.instance,
                     seen: ready.seen,
                     holding: &ready.holding,
+                    about: &ready.about,
                 };
                 if self.cluster.ready(&claimed, hello, now, &mut out) {
                     log::info!(
@@ -1109,6 +1116,7 @@ struct Ready {
     proof: Vec<u8>,
     instance: u64,
     seen: Option<Dispatch>,
+    about: crate::facts::Node,
 }
 
 /// A peer's interval, bounded so a bad value cannot expire it at once or

@@ -36,6 +36,8 @@ pub struct Node {
     pub queue: VecDeque<Uuid>,
     /// Jobs sent to the node and not yet reported, in order.
     pub in_flight: VecDeque<Uuid>,
+    /// Its facts and labels, as its last `Ready` said.
+    pub about: crate::facts::Node,
 }
 
 impl Node {
@@ -95,18 +97,15 @@ impl Nodes {
             instance: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
+            about: Default::default(),
         });
         node.ivl = ivl;
         node.touch(now, now_ms);
         (node, created)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Node> {
+    pub fn iter(&self) -> impl Iterator<Item = &Node> + Clone {
         self.map.values()
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.map.keys().cloned().collect()
     }
 
     /// Remove and return every node whose expiry has passed.

@@ -119,51 +119,61 @@ impl Server {
             Request::Submit {
                 task,
                 targets,
+                exclude,
                 wait,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
-                let resp = match self.cluster.submit(task, &targets, Now::real(), &mut out) {
-                    Ok(submitted) => {
-                        log::info!(
-                            "job {} ({}) queued for {}",
-                            submitted.job_id,
-                            submitted.task_sha1,
-                            submitted.targets.join(", ")
-                        );
-                        if wait {
-                            self.waiters
-                                .entry(submitted.job_id)
-                                .or_default()
-                                .push(token);
+                let resp =
+                    match self
+                        .cluster
+                        .submit(task, &targets, &exclude, Now::real(), &mut out)
+                    {
+                        Ok(submitted) => {
+                            log::info!(
+                                "job {} ({}) queued for {}",
+                                submitted.job_id,
+                                submitted.task_sha1,
+                                submitted.targets.join(", ")
+                            );
+                            if wait {
+                                self.waiters
+                                    .entry(submitted.job_id)
+                                    .or_default()
+                                    .push(token);
+                            }
+                            Response::Submitted(submitted)
                         }
-                        Response::Submitted(submitted)
-                    }
-                    Err(why) => Response::Rejected(why),
-                };
+                        Err(why) => Response::Rejected(why),
+                    };
                 self.submitted(token, resp, out);
                 return None;
             }
             Request::Orchestrate {
                 blocks,
+                exclude,
                 wait,
                 dry_run,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
-                let resp = match self
-                    .cluster
-                    .orchestrate(blocks, dry_run, Now::real(), &mut out)
-                {
-                    Ok(plan) => {
-                        if let Some(parent) = plan.parent_id {
-                            log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
-                            if wait {
-                                self.waiters.entry(parent).or_default().push(token);
+                let resp =
+                    match self
+                        .cluster
+                        .orchestrate(blocks, &exclude, dry_run, Now::real(), &mut out)
+                    {
+                        Ok(plan) => {
+                            if let Some(parent) = plan.parent_id {
+                                log::info!(
+                                    "orchestration {parent} queued: {} jobs",
+                                    plan.jobs.len()
+                                );
+                                if wait {
+                                    self.waiters.entry(parent).or_default().push(token);
+                                }
                             }
+                            Response::Orchestrated(plan)
                         }
-                        Response::Orchestrated(plan)
-                    }
-                    Err(why) => Response::Rejected(why),
-                };
+                        Err(why) => Response::Rejected(why),
+                    };
                 self.submitted(token, resp, out);
                 return None;
             }

@@ -599,6 +599,8 @@ pub enum WireMsg {
         proof: Vec<u8>,
         instance: u64,
         seen: Option<(u64, u64)>,
+        facts: Vec<(String, String)>,
+        labels: Vec<(String, String)>,
     },
     Started {
         job_id: uuid::Uuid,
@@ -725,6 +727,8 @@ impl RawPeer {
             proof: vec![],
             instance: 1,
             seen: None,
+            facts: vec![],
+            labels: vec![],
         };
         self.send_wait(0, &ready.frames());
         self.recv(0, DEADLINE).expect("an answer to Ready")

@@ -1,0 +1,177 @@
+//! Reaching the right nodes: facts and labels reported at registration,
+//! read by templates, and matched by target patterns.
+
+mod util;
+
+use std::fs;
+
+use util::{job_id, Cluster};
+
+/// web-1 and web-2 labelled by switches, db-1 by the environment.
+fn fleet(test: &str) -> Cluster {
+    let mut c = Cluster::new(test, "1");
+    c.start_server();
+    c.start_client_with("web-1", &["--label", "role=web", "--label", "tier=front"]);
+    c.start_client_with("web-2", &["--labels", "role=web"]);
+    c.start_client_env("db-1", &[("DIRECTOR_LABELS", "role=db")]);
+    c.wait_nodes(&["web-1", "web-2", "db-1"]);
+    c
+}
+
+/// The `targets` line of an `exec` without `--wait`.
+fn targets_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("targets "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn nodes_report_facts_and_labels_and_templates_read_them() {
+    let c = fleet("facts");
+    let nodes = c.nodes_json();
+    let web1 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "web-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        web1["labels"],
+        serde_json::json!({"role": "web", "tier": "front"})
+    );
+    let facts = &web1["facts"];
+    for k in ["hostname", "kernel", "arch", "cpus", "memory_mb"] {
+        assert!(
+            facts[k].as_str().is_some_and(|v| !v.is_empty()),
+            "{k}: {facts}"
+        );
+    }
+    assert_eq!(facts["version"], env!("CARGO_PKG_VERSION"));
+    let arch = facts["arch"].as_str().unwrap().to_owned();
+
+    let out = c.cli(&["manage", "--list-nodes"]);
+    assert!(out.stdout.contains("role=web,tier=front"), "{out:?}");
+    let out = c.cli(&["manage", "--node-info", "db-1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("  role: db\n"), "{out:?}");
+    assert!(out.stdout.contains(&format!("  arch: {arch}\n")), "{out:?}");
+    let out = c.cli(&["manage", "--node-info", "nope"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unknown node 'nope'"), "{out:?}");
+
+    // Templates on the node read them.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--target",
+        "web-1",
+        "--wait",
+        "echo {{ labels.role }}/{{ labels.tier }}/{{ facts.arch }}",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let info = c.job_info(&job_id(&out.stdout));
+    assert_eq!(
+        info["nodes"][0]["stdout"],
+        format!("web/front/{arch}\n"),
+        "{info}"
+    );
+    // A label the node lacks fails there, named.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--target",
+        "db-1",
+        "--wait",
+        "echo {{ labels.tier }}",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let info = c.job_info(&job_id(&out.stdout));
+    let part = info["nodes"][0].to_string();
+    assert!(part.contains("'labels.tier'"), "{part}");
+}
+
+#[test]
+fn patterns_pick_nodes_by_name_glob_label_and_fact_and_a_miss_changes_nothing() {
+    let c = fleet("patterns");
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "--verb", "RUN"];
+        all.extend(args);
+        all.push("true");
+        c.cli(&all)
+    };
+    let cases: [(&[&str], &str); 6] = [
+        (&["--target", "web*"], "web-1, web-2"),
+        (&["--target", "role=db"], "db-1"),
+        (&["--target", "db-1,web-2"], "db-1, web-2"),
+        (&["--exclude", "role=db"], "web-1, web-2"),
+        (&["--target", "role=web", "--exclude", "web-[2]"], "web-1"),
+        (
+            &["--target", "version=*", "--target", "db-1"],
+            "db-1, web-1, web-2",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = exec(args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        assert_eq!(targets_of(&out.stdout), want, "{args:?}");
+    }
+    let queued = c.jobs_json().len();
+    assert_eq!(queued, cases.len());
+
+    // Patterns that match nothing are named, and nothing is queued.
+    let refused: [(&[&str], &str); 4] = [
+        (
+            &["--target", "role=cache"],
+            "target 'role=cache' matches no node",
+        ),
+        (&["--target", "wbe-1"], "unknown target node 'wbe-1'"),
+        (
+            &["--target", "web*", "--exclude", "wbe-1"],
+            "--exclude 'wbe-1' matches no node",
+        ),
+        (
+            &["--target", "web*", "--exclude", "role=web"],
+            "no node is left once the exclusions are taken out",
+        ),
+    ];
+    for (args, why) in refused {
+        let out = exec(args);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(why), "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {out:?}");
+    }
+    assert_eq!(c.jobs_json().len(), queued);
+
+    // The same patterns in a file's targets, and --exclude over every
+    // block; --dry-run shows whom each block reaches.
+    let file = c.dir.path.join("run.yml");
+    fs::write(
+        &file,
+        "- targets: ['role=web']\n  jobs:\n    - RUN: echo a\n- targets: ['db*', web-2]\n  jobs:\n    - RUN: echo b\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = c.cli(&["orchestrate", f, "--dry-run", "--exclude", "web-2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(rows, [vec!["1", "web-1"], vec!["2", "db-1"]], "{out:?}");
+    fs::write(&file, "- targets: ['ghost*']\n  jobs:\n    - RUN: echo c\n").unwrap();
+    let out = c.cli(&["orchestrate", f, "--dry-run"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("block 1: target 'ghost*' matches no node"),
+        "{out:?}"
+    );
+    assert_eq!(c.jobs_json().len(), queued);
+}
