@@ -217,6 +217,35 @@ mod tests {
         assert!(pick(&["db-[1"], &[]).unwrap_err().contains("bad pattern"));
     }
 
+    /// The figure of issue 9: a label over 2,000 registered nodes, resolved
+    /// as the server does. A measurement, not a test of speed: run with
+    /// `cargo test --release -- --ignored --nocapture resolving_2000`.
+    #[test]
+    #[ignore]
+    fn resolving_2000_nodes_by_label() {
+        let fleet: Vec<(String, facts::Node)> = (0..2000)
+            .map(|i| {
+                let role = ["web", "db", "cache", "batch"][i % 4];
+                let facts = [("os_id", "debian"), ("arch", "x86_64"), ("cpus", "8")];
+                (
+                    format!("node-{i:04}"),
+                    node(&[("role", role), ("dc", "fra")], &facts),
+                )
+            })
+            .collect();
+        let want = vec!["role=db".to_owned()];
+        let rounds = 200;
+        let start = std::time::Instant::now();
+        let mut n = 0;
+        for _ in 0..rounds {
+            let picked = resolve(fleet.iter().map(|(n, a)| (n.as_str(), a)), &want, &[]).unwrap();
+            n = picked.len();
+        }
+        let per = start.elapsed() / rounds;
+        println!("2000 nodes, --target role=db: {n} nodes in {per:?} per resolution (the bar: under 10 ms)");
+        assert_eq!(n, 500);
+    }
+
     #[test]
     fn long_node_lists_are_cut() {
         let names: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
