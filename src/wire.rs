@@ -25,7 +25,8 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 /// `Ready` (the routing id is no longer the name) and the server answers
 /// with `Welcome` or `Denied`. 3: jobs carry their `Dispatch`, and `Ready`
 /// says which client instance sends it and the last dispatch it received.
-pub const VERSION: u8 = 3;
+/// 4: `Ready` carries the node's facts and labels.
+pub const VERSION: u8 = 4;
 /// Captured stdout and stderr are each cut to this many bytes on the node.
 pub const OUTPUT_CAP: usize = 1 << 20;
 /// A node's message to the server could say why a job could not run in at

@@ -648,7 +648,7 @@ impl OutcomeWire {
 }
 
 /// The protocol's header frame.
-pub const HEADER: &[u8] = b"DIR\x03";
+pub const HEADER: &[u8] = b"DIR\x04";
 
 impl WireMsg {
     /// `[header, body]`.
