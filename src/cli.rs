@@ -46,6 +46,8 @@ pub struct OrchestrateArgs {
     pub selection: Selection,
     /// Patterns of nodes left out of every block.
     pub exclude: Vec<String>,
+    /// `--batch` and `--max-fail`.
+    pub rolling: Option<crate::wire::Rolling>,
     pub wait: bool,
     pub dry_run: bool,
 }
@@ -117,6 +119,8 @@ struct ModeArgs {
     verb: Option<String>,
     targets: Vec<String>,
     exclude: Vec<String>,
+    batch: Option<crate::wire::Amount>,
+    max_fail: Option<crate::wire::Amount>,
     wait: bool,
     positional: Vec<String>,
     actions: Vec<ManageAction>,
@@ -214,6 +218,17 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("target") => {
                 m.saw("--target", SUBMIT);
                 m.targets.push(value(&mut parser)?);
+            }
+            Long("batch") => {
+                m.saw("--batch", ORCHESTRATE);
+                let v = value(&mut parser)?;
+                m.batch = Some(crate::wire::Amount::parse(&v, "--batch").map_err(Error::Usage)?);
+            }
+            Long("max-fail") => {
+                m.saw("--max-fail", ORCHESTRATE);
+                let v = value(&mut parser)?;
+                m.max_fail =
+                    Some(crate::wire::Amount::parse(&v, "--max-fail").map_err(Error::Usage)?);
             }
             Long("exclude") => {
                 m.saw("--exclude", SUBMIT);
@@ -413,6 +428,16 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     "orchestrate needs at least one orchestration FILE".into(),
                 ));
             }
+            let rolling = match (m.batch, m.max_fail) {
+                (Some(batch), max_fail) => Some(crate::wire::Rolling { batch, max_fail }),
+                (None, Some(_)) => {
+                    return Err(Error::Usage(
+                        "--max-fail needs --batch: without batches every node starts at once"
+                            .into(),
+                    ))
+                }
+                (None, None) => None,
+            };
             Ok(Command::Orchestrate(OrchestrateArgs {
                 files: m.positional.iter().map(PathBuf::from).collect(),
                 selection: Selection {
@@ -421,6 +446,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     ignore_cache: m.ignore_cache,
                 },
                 exclude: dedup(crate::targets::split(&m.exclude)),
+                rolling,
                 wait: m.wait,
                 dry_run: m.dry_run,
             }))
@@ -519,7 +545,7 @@ Usage:
   director [OPTIONS] server                        run the server daemon
   director [OPTIONS] client                        run the client daemon on a node
   director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait] 'ARGS'
-  director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
+  director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
   director [OPTIONS] manage (--list-nodes | --node-info NAME | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
 ";
@@ -572,6 +598,10 @@ time in file order; after a failure there, the rest of the run is skipped on tha
 
   --target PATTERN replace every block's targets; repeat for several
   --exclude PATTERN  leave the nodes it matches out of every block; repeatable
+  --batch N|N%     run on N nodes (or N% of the run's nodes) at a time, in name order;
+                   the next batch starts once every node of the last has finished
+  --max-fail N|N%  with --batch: start no new batch once more than N nodes have failed;
+                   the nodes never started are reported skipped
   --restrict SHA1  submit only the jobs with this task SHA1 (or prefix); repeatable
   --ignore-cache   run every job even where the node cached a success
   --wait           show progress, then a recap per node and the output of each failure

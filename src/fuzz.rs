@@ -211,6 +211,10 @@ fn request_seeds() -> Vec<Vec<u8>> {
                 tasks: vec![run.clone(), run],
             }],
             exclude: vec!["role=db".into()],
+            rolling: Some(wire::Rolling {
+                batch: wire::Amount::Percent(25),
+                max_fail: Some(wire::Amount::Count(1)),
+            }),
             wait: false,
             dry_run: true,
         },

@@ -27,6 +27,10 @@ pub struct Progress {
     states: Vec<BTreeMap<JobState, u32>>,
     nodes: BTreeMap<String, Tally>,
     failures: Vec<(usize, PartView)>,
+    /// Nodes of a rolling run that never started, and why.
+    never_started: BTreeMap<String, String>,
+    /// A rolling run's batches (empty otherwise).
+    batches: Vec<Vec<String>>,
 }
 
 impl Progress {
@@ -47,6 +51,8 @@ impl Progress {
             states: vec![BTreeMap::new(); plan.jobs.len()],
             jobs: plan.jobs.clone(),
             nodes,
+            never_started: BTreeMap::new(),
+            batches: plan.batches.clone(),
             failures: Vec::new(),
         }
     }
@@ -67,20 +73,47 @@ impl Progress {
             JobState::Skipped => tally.skipped += 1,
             _ => tally.failed += 1,
         }
+        if let (JobState::Skipped, Some(m)) = (part.state, &part.message) {
+            if m.starts_with("not started:") {
+                self.never_started.insert(part.node.clone(), m.clone());
+            }
+        }
         if !part.state.is_ok() && part.state != JobState::Skipped {
             self.failures.push((i, part));
         }
         (self.done_count(i) as usize == self.jobs[i].targets.len()).then_some(i)
     }
 
+    /// `[batch 2/3] ` while a rolling run's batch goes: the first with a
+    /// node not done.
+    fn batch_status(&self) -> String {
+        let jobs_of = |node: &str| {
+            self.jobs
+                .iter()
+                .filter(|j| j.targets.iter().any(|t| t == node))
+                .count()
+        };
+        let done = |node: &String| {
+            self.nodes
+                .get(node)
+                .is_some_and(|t| (t.ok + t.cached + t.skipped + t.failed) as usize >= jobs_of(node))
+        };
+        let n = self.batches.len();
+        match self.batches.iter().position(|b| !b.iter().all(done)) {
+            Some(i) => format!("[batch {}/{n}] ", i + 1),
+            None => String::new(),
+        }
+    }
+
     /// The live one-line status for a terminal.
     pub fn status(&self, elapsed: Duration) -> String {
+        let batch = self.batch_status();
         let total = self.jobs.len();
         let current =
             (0..total).find(|i| (self.done_count(*i) as usize) < self.jobs[*i].targets.len());
         match current {
             Some(i) => format!(
-                "[job {}/{total}] {} {}: {}/{} nodes done, {} elapsed",
+                "{batch}[job {}/{total}] {} {}: {}/{} nodes done, {} elapsed",
                 i + 1,
                 self.jobs[i].verb,
                 shorten(&self.jobs[i].args, 40),
@@ -129,6 +162,14 @@ impl Progress {
             s.push_str(&format!(
                 "  {node:<width$}  {:>5}  {:>6}  {:>7}  {:>6}\n",
                 t.ok, t.cached, t.skipped, t.failed
+            ));
+        }
+        if let Some(why) = self.never_started.values().next() {
+            let nodes: Vec<&str> = self.never_started.keys().map(String::as_str).collect();
+            s.push_str(&format!(
+                "never started ({}): {}\n",
+                why.trim_start_matches("not started: "),
+                nodes.join(", ")
             ));
         }
         for (i, p) in &self.failures {
@@ -210,6 +251,7 @@ mod tests {
         let mut p = Progress::new(&Plan {
             parent_id: Some(Uuid::new_v4()),
             jobs: vec![job(0), job(1)],
+            batches: vec![],
         });
         assert_eq!(p.record(part(ids[0], "a", JobState::Succeeded)), None);
         assert!(p

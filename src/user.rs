@@ -212,6 +212,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     let req = Request::Orchestrate {
         blocks: blocks.clone(),
         exclude: args.exclude.clone(),
+        rolling: args.rolling,
         wait: args.wait,
         dry_run: args.dry_run,
     };
@@ -233,6 +234,8 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         };
         out.write_all(plan_table(&plan).as_bytes())
             .map_err(out_err)?;
+        out.write_all(batches_text(&plan).as_bytes())
+            .map_err(out_err)?;
         return Ok(EXIT_OK);
     }
     let mut conn = Conn::open(&cfg.socket_path)?;
@@ -245,6 +248,8 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         .ok_or_else(|| Error::Protocol("the server returned no parent id".into()))?;
     writeln!(out, "parent {parent}: {} jobs queued", plan.jobs.len()).map_err(out_err)?;
     out.write_all(plan_table(&plan).as_bytes())
+        .map_err(out_err)?;
+    out.write_all(batches_text(&plan).as_bytes())
         .map_err(out_err)?;
     out.flush().map_err(out_err)?;
     if !args.wait {
@@ -327,7 +332,18 @@ fn local_plan(blocks: &[wire::Block]) -> Plan {
     Plan {
         parent_id: None,
         jobs,
+        batches: Vec::new(),
     }
+}
+
+/// A rolling run's batches, a line each.
+fn batches_text(plan: &Plan) -> String {
+    let n = plan.batches.len();
+    plan.batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("batch {}/{n}: {}\n", i + 1, b.join(", ")))
+        .collect()
 }
 
 fn plan_table(plan: &Plan) -> String {

@@ -554,6 +554,8 @@ pub enum Request {
         /// Nodes left out of every block.
         #[serde(deserialize_with = "cautious_seq")]
         exclude: Vec<String>,
+        /// Batch by batch instead of every node at once.
+        rolling: Option<Rolling>,
         wait: bool,
         dry_run: bool,
     },
@@ -631,6 +633,53 @@ pub struct Plan {
     /// `None` for a dry run.
     pub parent_id: Option<Uuid>,
     pub jobs: Vec<PlannedJob>,
+    /// A rolling run's nodes, batch by batch, in the order they go; empty
+    /// when every node starts at once.
+    pub batches: Vec<Vec<String>>,
+}
+
+/// How many nodes: a number, or a percentage of the run's nodes (rounded
+/// up, at least one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Amount {
+    Count(u32),
+    Percent(u8),
+}
+
+impl Amount {
+    /// Parse `N` or `N%` (1-100%), for `option`'s error.
+    pub fn parse(text: &str, option: &str) -> Result<Amount, String> {
+        let bad = || {
+            format!("{option}: expected a number of nodes or a percentage (3, 25%), got '{text}'")
+        };
+        match text.trim().strip_suffix('%') {
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(Amount::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => text
+                .trim()
+                .parse::<u32>()
+                .map(Amount::Count)
+                .map_err(|_| bad()),
+        }
+    }
+
+    /// How many of `of` nodes.
+    pub fn of(self, of: usize) -> usize {
+        match self {
+            Amount::Count(n) => n as usize,
+            Amount::Percent(p) => (of * p as usize).div_ceil(100),
+        }
+    }
+}
+
+/// `orchestrate --batch`: the run goes `batch` nodes at a time; with
+/// `max_fail`, no new batch starts once more nodes than that have failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rolling {
+    pub batch: Amount,
+    pub max_fail: Option<Amount>,
 }
 
 /// One job of a plan.

@@ -175,3 +175,82 @@ fn patterns_pick_nodes_by_name_glob_label_and_fact_and_a_miss_changes_nothing() 
     );
     assert_eq!(c.jobs_json().len(), queued);
 }
+
+#[test]
+fn a_rolling_run_goes_two_nodes_at_a_time_and_stops_past_max_fail() {
+    let mut c = Cluster::new("rolling", "1");
+    c.start_server();
+    let names = ["n1", "n2", "n3", "n4", "n5"];
+    for n in names {
+        c.start_client_with(n, &["--label", &format!("name={n}")]);
+    }
+    c.wait_nodes(&names);
+    let log = c.dir.path.join("order.log");
+    let file = c.dir.path.join("roll.yml");
+    let l = log.to_str().unwrap();
+    fs::write(
+        &file,
+        format!(
+            "- jobs:\n  - RUN: --skip-cache echo start {{{{ labels.name }}}} >> {l}\n  - RUN: --skip-cache test {{{{ labels.name }}}} != \"$FAIL\" && echo end {{{{ labels.name }}}} >> {l}\n"
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = c.cli(&["orchestrate", f, "--batch", "2", "--dry-run"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("batch 1/3: n1, n2\nbatch 2/3: n3, n4\nbatch 3/3: n5\n"),
+        "{out:?}"
+    );
+    let out = c.cli(&["orchestrate", f, "--batch", "2", "--wait"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // Every node of a batch ends before any node of the next starts.
+    let lines = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 10, "{lines:?}");
+    let batch = |line: &str| match line.rsplit(' ').next() {
+        Some("n1" | "n2") => 0,
+        Some("n3" | "n4") => 1,
+        _ => 2,
+    };
+    let batches: Vec<usize> = lines.iter().map(|l| batch(l)).collect();
+    assert!(batches.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+
+    // n2 fails: more than --max-fail 0 nodes failed, so batch 2 never starts.
+    fs::remove_file(&log).unwrap();
+    let text = fs::read_to_string(&file).unwrap().replace("$FAIL", "n2");
+    fs::write(&file, text).unwrap();
+    let out = c.cli(&[
+        "orchestrate",
+        f,
+        "--batch",
+        "40%",
+        "--max-fail",
+        "0",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "never started (1 node(s) failed, more than --max-fail 0 allows): n3, n4, n5"
+        ),
+        "{out:?}"
+    );
+    let lines = fs::read_to_string(&log).unwrap();
+    assert!(
+        !lines.contains("n3") && !lines.contains("n4") && !lines.contains("n5"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("end n1") && !lines.contains("end n2"),
+        "{lines}"
+    );
+    // Misuse is refused before anything is sent.
+    let out = c.cli(&["orchestrate", f, "--max-fail", "1"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--max-fail needs --batch"), "{out:?}");
+    let out = c.cli(&["orchestrate", f, "--batch", "0%"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--batch: expected"), "{out:?}");
+}

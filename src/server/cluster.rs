@@ -15,7 +15,7 @@
 //! - targets are checked before anything is queued: one unknown name refuses
 //!   the whole submission.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -23,11 +23,12 @@ use uuid::Uuid;
 use super::history::{Record, SentTo};
 use super::jobs::{Jobs, SKIPPED_AFTER_FAILURE};
 use super::nodes::{Link, Nodes, LIVENESS};
+use super::rollout::Rollout;
 use crate::dsl::{Action, SourceFile, Task};
 use crate::journal::{Item, Span};
 use crate::wire::{
     Block, Dispatch, JobDetail, JobState, JobView, NodeView, Outcome, PartView, Plan, PlannedJob,
-    ServerMsg, Submitted,
+    Rolling, ServerMsg, Submitted,
 };
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
@@ -86,6 +87,11 @@ pub struct Greeting<'a> {
 pub struct Cluster {
     nodes: Nodes,
     jobs: Jobs,
+    /// Rolling runs (`--batch`), by parent.
+    rollouts: HashMap<Uuid, Rollout>,
+    /// Rolling runs whose current batch just ended: `roll_on` starts the
+    /// next.
+    roll_due: Vec<Uuid>,
     /// This server instance, in every dispatch.
     instance: u64,
     /// The last dispatch sequence number used.
@@ -97,6 +103,8 @@ impl Default for Cluster {
         Cluster {
             nodes: Nodes::default(),
             jobs: Jobs::default(),
+            rollouts: HashMap::new(),
+            roll_due: Vec::new(),
             instance: Uuid::new_v4().as_u64_pair().0,
             seq: 0,
         }
@@ -121,7 +129,14 @@ impl Cluster {
     /// one run of records after another, and the next compaction copies it
     /// in a few pieces.
     pub fn snapshot(&self) -> impl Iterator<Item = Item<Record>> + '_ {
-        self.jobs.iter().flat_map(|job| {
+        let rollouts = self.rollouts.iter().map(|(parent, r)| {
+            Item::New(Record::Rollout {
+                parent: *parent,
+                batches: r.batches.clone(),
+                max_fail: r.max_fail.map(|m| m as u32),
+            })
+        });
+        rollouts.chain(self.jobs.iter().flat_map(|job| {
             let submitted = match job.record {
                 Some(span) => Item::Copy(span),
                 None => Item::New(self.submitted_record(job)),
@@ -155,7 +170,7 @@ impl Cluster {
                 }
             });
             std::iter::once(submitted).chain(parts)
-        })
+        }))
     }
 
     /// A finished part's record is at `span` in the journal: memory keeps
@@ -314,6 +329,7 @@ impl Cluster {
             self.finish_lost(&job_id, node, why, now.ms, out);
         }
         self.dispatch(node, now, out);
+        self.roll_on(now, out);
         created
     }
 
@@ -341,6 +357,7 @@ impl Cluster {
         out: &mut Vec<Effect>,
     ) -> Option<String> {
         let dropped = self.take_result(node, job_id, outcome, now, out);
+        self.roll_on(now, out);
         // Last: the ack is held until everything recorded before it (the
         // result's own record) is durable.
         out.push(Effect::Send {
@@ -428,6 +445,7 @@ impl Cluster {
             }
             names.push(node.name);
         }
+        self.roll_on(now, out);
         names
     }
 
@@ -441,6 +459,7 @@ impl Cluster {
         for job_id in node.in_flight.iter().chain(node.queue.iter()) {
             self.finish_lost(job_id, name, why, now.ms, out);
         }
+        self.roll_on(now, out);
         true
     }
 
@@ -504,7 +523,13 @@ impl Cluster {
             let Some(job) = self.jobs.get(id) else {
                 continue;
             };
-            let nodes: Vec<String> = job.parts.keys().map(|k| k.to_string()).collect();
+            let rollout = job.parent.and_then(|p| self.rollouts.get(&p));
+            let nodes: Vec<String> = job
+                .parts
+                .keys()
+                .filter(|k| !rollout.is_some_and(|r| r.holds(k)))
+                .map(|k| k.to_string())
+                .collect();
             for node in nodes {
                 match self.nodes.get_mut(&node) {
                     Some(n) => {
@@ -525,6 +550,85 @@ impl Cluster {
         }
         for node in touched {
             self.dispatch(&node, now, out);
+        }
+        self.roll_on(now, out);
+    }
+
+    /// Start the next batch of each rolling run whose batch ended (or, past
+    /// `--max-fail`, end the rest of the run as never started).
+    fn roll_on(&mut self, now: Now, out: &mut Vec<Effect>) {
+        while let Some(parent) = self.roll_due.pop() {
+            self.next_batch(parent, now, out);
+        }
+    }
+
+    fn next_batch(&mut self, parent: Uuid, now: Now, out: &mut Vec<Effect>) {
+        let ids: Vec<Uuid> = self.jobs.children(&parent).map(|j| j.id).collect();
+        loop {
+            let Some(r) = self.rollouts.get_mut(&parent) else {
+                return;
+            };
+            if r.left > 0 || r.current >= r.batches.len() {
+                return;
+            }
+            r.current += 1;
+            let Some(nodes) = r.batches.get(r.current).cloned() else {
+                return;
+            };
+            if r.too_many_failed() {
+                let why = r.never_started();
+                let never: Vec<String> = r.batches[r.current..].concat();
+                r.current = r.batches.len();
+                log::warn!(
+                    "orchestration {parent}: {why}; never started on {}",
+                    never.join(", ")
+                );
+                for id in &ids {
+                    for node in &never {
+                        let Some(p) = self.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node))
+                        else {
+                            continue;
+                        };
+                        if !p.state().is_done() {
+                            p.end(JobState::Skipped, why.clone(), now.ms);
+                            self.part_done(*id, node, out);
+                        }
+                    }
+                }
+                return;
+            }
+            let open: Vec<(Uuid, String)> = ids
+                .iter()
+                .flat_map(|id| nodes.iter().map(move |n| (*id, n.clone())))
+                .filter(|(id, n)| {
+                    self.jobs
+                        .get(id)
+                        .and_then(|j| j.parts.get(n))
+                        .is_some_and(|p| !p.state().is_done())
+                })
+                .collect();
+            r.left = open.len();
+            log::info!(
+                "orchestration {parent}: batch {} of {} starts: {}",
+                r.current + 1,
+                r.batches.len(),
+                nodes.join(", ")
+            );
+            for (id, node) in open {
+                match self.nodes.get_mut(&node) {
+                    Some(n) => n.queue.push_back(id),
+                    None => self.finish_lost(
+                        &id,
+                        &node,
+                        "the node left the cluster before its batch started",
+                        now.ms,
+                        out,
+                    ),
+                }
+            }
+            for node in &nodes {
+                self.dispatch(node, now, out);
+            }
         }
     }
 
@@ -550,12 +654,14 @@ impl Cluster {
     }
 
     /// Check an orchestration and, unless `dry_run`, queue all of it under
-    /// one new parent; `exclude` applies to every block. Nothing is queued
-    /// if any block is refused.
+    /// one new parent; `exclude` applies to every block. With `rolling`,
+    /// its nodes (in name order) go batch by batch. Nothing is queued if
+    /// any block is refused.
     pub fn orchestrate(
         &mut self,
         blocks: Vec<Block>,
         exclude: &[String],
+        rolling: Option<Rolling>,
         dry_run: bool,
         now: Now,
         out: &mut Vec<Effect>,
@@ -573,6 +679,30 @@ impl Cluster {
             return Err("the orchestration has no jobs".into());
         }
         let parent_id = (!dry_run).then(Uuid::new_v4);
+        let batches = match rolling {
+            Some(rolling) => {
+                let mut nodes: Vec<String> = planned
+                    .iter()
+                    .flat_map(|(_, t, _)| t.iter().cloned())
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
+                let (batches, max_fail) = Rollout::plan(&nodes, rolling);
+                if let Some(parent) = parent_id {
+                    // Before the jobs: a restart must hold their later
+                    // batches back too.
+                    out.push(Effect::Journal(Record::Rollout {
+                        parent,
+                        batches: batches.clone(),
+                        max_fail: max_fail.map(|m| m as u32),
+                    }));
+                    self.rollouts
+                        .insert(parent, Rollout::new(batches.clone(), max_fail));
+                }
+                batches
+            }
+            None => Vec::new(),
+        };
         let mut jobs = Vec::with_capacity(planned.len());
         for (block, targets, task) in planned {
             let (verb, args, task_sha1) = (task.verb(), task.args(), task.sha1());
@@ -587,7 +717,18 @@ impl Cluster {
                 task_sha1,
             });
         }
-        Ok(Plan { parent_id, jobs })
+        if let Some(r) = parent_id.and_then(|p| self.rollouts.get_mut(&p)) {
+            let first = r.batches.first().cloned().unwrap_or_default();
+            r.left = jobs
+                .iter()
+                .map(|j| j.targets.iter().filter(|t| first.contains(t)).count())
+                .sum();
+        }
+        Ok(Plan {
+            parent_id,
+            jobs,
+            batches,
+        })
     }
 
     fn dispatch(&mut self, node: &str, now: Now, out: &mut Vec<Effect>) {
@@ -692,7 +833,18 @@ impl Cluster {
         }
     }
 
-    fn part_done(&self, job_id: Uuid, node: &str, out: &mut Vec<Effect>) {
+    fn part_done(&mut self, job_id: Uuid, node: &str, out: &mut Vec<Effect>) {
+        let rolling = self.jobs.get(&job_id).and_then(|j| {
+            let p = j.parent?;
+            Some((p, j.parts.get(node)?.state()))
+        });
+        if let Some((parent, state)) = rolling {
+            if let Some(r) = self.rollouts.get_mut(&parent) {
+                if r.part_done(node, state) {
+                    self.roll_due.push(parent);
+                }
+            }
+        }
         out.extend(self.done_record(&job_id, node).map(Effect::Journal));
         out.push(Effect::PartDone {
             job_id,
@@ -789,17 +941,27 @@ impl Cluster {
             gone.into_iter()
                 .map(|id| Effect::Journal(Record::Forgotten { id })),
         );
+        self.forget_done_rollouts();
         n
+    }
+
+    /// A rolling run whose jobs are all forgotten is over.
+    fn forget_done_rollouts(&mut self) {
+        let jobs = &self.jobs;
+        self.rollouts
+            .retain(|parent, _| jobs.children(parent).next().is_some());
     }
 
     /// How many records a compacted journal would hold.
     pub fn live_records(&self) -> usize {
-        self.jobs.live_records()
+        self.jobs.live_records() + self.rollouts.len()
     }
 
     /// Forget finished jobs: (purged, kept).
     pub fn purge_jobs(&mut self) -> (usize, usize) {
-        self.jobs.purge_done()
+        let counts = self.jobs.purge_done();
+        self.forget_done_rollouts();
+        counts
     }
 
     /// Forget idle nodes: (purged, kept). Live ones re-register at their next
@@ -878,6 +1040,16 @@ impl Restore {
             Record::Forgotten { id } => {
                 self.0.jobs.remove(&id);
             }
+            Record::Rollout {
+                parent,
+                batches,
+                max_fail,
+            } => {
+                let max_fail = max_fail.map(|m| m as usize);
+                self.0
+                    .rollouts
+                    .insert(parent, Rollout::new(batches, max_fail));
+            }
         }
     }
 
@@ -886,10 +1058,40 @@ impl Restore {
     /// tells which sent jobs they still have.
     pub fn finish(self, ivl: Duration, now: Now) -> Cluster {
         let mut c = self.0;
+        c.forget_done_rollouts();
+        // A rolling run goes on from its first batch with work left.
+        let parents: Vec<Uuid> = c.rollouts.keys().copied().collect();
+        for parent in parents {
+            let parts: Vec<(String, JobState)> = c
+                .jobs
+                .children(&parent)
+                .flat_map(|j| j.parts.iter().map(|(n, p)| (n.to_string(), p.state())))
+                .collect();
+            let Some(r) = c.rollouts.get_mut(&parent) else {
+                continue;
+            };
+            for (node, state) in &parts {
+                r.part_done(node, *state);
+            }
+            r.current = (0..r.batches.len())
+                .find(|&b| {
+                    parts
+                        .iter()
+                        .any(|(n, s)| !s.is_done() && r.batch_of(n) == Some(b))
+                })
+                .unwrap_or(r.batches.len());
+            let current = r.current;
+            r.left = parts
+                .iter()
+                .filter(|(n, s)| !s.is_done() && r.batch_of(n) == Some(current))
+                .count();
+        }
         let mut pending: Vec<(Uuid, String, JobState)> = Vec::new();
         for job in c.jobs.iter() {
+            let rollout = job.parent.and_then(|p| c.rollouts.get(&p));
             for (node, part) in &job.parts {
-                if !part.state().is_done() {
+                // Parts of later batches wait for theirs.
+                if !part.state().is_done() && !rollout.is_some_and(|r| r.holds(node)) {
                     pending.push((job.id, node.to_string(), part.state()));
                 }
             }
@@ -1097,7 +1299,7 @@ mod tests {
             now: Now,
             out: &mut Vec<Effect>,
         ) -> Result<Plan, String> {
-            let plan = self.orchestrate(blocks, &[], dry_run, now, out)?;
+            let plan = self.orchestrate(blocks, &[], None, dry_run, now, out)?;
             let ids: Vec<Uuid> = plan.jobs.iter().filter_map(|j| j.job_id).collect();
             self.release(&ids, now, out);
             Ok(plan)
@@ -1200,7 +1402,9 @@ mod tests {
             tasks,
         }];
         // As the loop does: the submission is journaled, then released.
-        let plan = c.orchestrate(blocks, &[], false, at(t0), &mut out).unwrap();
+        let plan = c
+            .orchestrate(blocks, &[], None, false, at(t0), &mut out)
+            .unwrap();
         write(&mut c, &mut j, &mut out);
         let ids: Vec<Uuid> = plan.jobs.iter().filter_map(|p| p.job_id).collect();
         c.release(&ids, at(t0), &mut out);
@@ -1452,6 +1656,103 @@ mod tests {
         let views = c.parent_views(&parent);
         assert_eq!(views.len(), 4);
         assert!(views.iter().all(|v| v.states[&JobState::Succeeded] == 1));
+    }
+
+    /// The nodes each job was sent to in `out`.
+    fn sent_nodes(out: &[Effect]) -> Vec<String> {
+        let mut nodes: Vec<String> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    node,
+                    msg: ServerMsg::Job { .. },
+                } => Some(node.clone()),
+                _ => None,
+            })
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    #[test]
+    fn a_rolling_run_goes_batch_by_batch_and_stops_past_max_fail_even_after_a_restart() {
+        use crate::wire::{Amount, Rolling};
+        let t0 = Instant::now();
+        let names = ["e", "d", "c", "b", "a"];
+        let mut c = cluster(&names, t0);
+        let mut out = Vec::new();
+        let tasks = (0..2).map(|i| run(&i.to_string())).collect();
+        let rolling = Rolling {
+            batch: Amount::Count(2),
+            max_fail: Some(Amount::Count(1)),
+        };
+        let blocks = vec![Block {
+            targets: vec![],
+            tasks,
+        }];
+        let plan = c
+            .orchestrate(blocks, &[], Some(rolling), false, at(t0), &mut out)
+            .unwrap();
+        assert_eq!(plan.batches, [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+        assert!(matches!(&out[0], Effect::Journal(Record::Rollout { .. })));
+        let parent = plan.parent_id.unwrap();
+        let ids: Vec<Uuid> = plan.jobs.iter().map(|j| j.job_id.unwrap()).collect();
+        out.clear();
+        c.release(&ids, at(t0), &mut out);
+        // Only the first batch gets work.
+        assert_eq!(sent_nodes(&out), ["a", "b"]);
+        assert_eq!(state(&c, &ids[0], "c"), JobState::Queued);
+        // a fails (1 node: within --max-fail 1), b succeeds: batch 2 starts.
+        out.clear();
+        c.finished("a", ids[0], outcome(Exit::Code(1)), at(t0), &mut out);
+        c.finished(
+            "a",
+            ids[1],
+            outcome(Exit::SkippedAfterFailure),
+            at(t0),
+            &mut out,
+        );
+        c.finished("b", ids[0], ok(), at(t0), &mut out);
+        // b has both jobs already (two in flight); nothing else moves.
+        assert!(sent_nodes(&out).is_empty());
+        c.finished("b", ids[1], ok(), at(t0), &mut out);
+        assert_eq!(sent_nodes(&out), ["c", "d"]);
+
+        // The server restarts here: batch 2 goes on, batch 3 still waits.
+        let mut r = Cluster::restore(records(&c), IVL, at(t0));
+        assert_eq!(r.rollouts[&parent].current, 1);
+        // c and d still have the jobs sent to them.
+        for n in names {
+            let holding = if n == "c" || n == "d" { &ids[..] } else { &[] };
+            r.ready(n, greet(1, None, holding), at(t0), &mut Vec::new());
+        }
+        assert_eq!(state(&r, &ids[0], "d"), JobState::Sent);
+        assert_eq!(state(&r, &ids[0], "e"), JobState::Queued);
+        assert!(r.nodes.get("e").unwrap().queue.is_empty());
+        // c fails too: 2 nodes failed, more than 1. e never starts.
+        let mut out = Vec::new();
+        r.finished("c", ids[0], outcome(Exit::Code(2)), at(t0), &mut out);
+        r.finished(
+            "c",
+            ids[1],
+            outcome(Exit::SkippedAfterFailure),
+            at(t0),
+            &mut out,
+        );
+        for id in &ids {
+            r.finished("d", *id, ok(), at(t0), &mut out);
+        }
+        assert!(!sent_nodes(&out).contains(&"e".to_string()));
+        for id in &ids {
+            let e = r.part_view(id, "e").unwrap();
+            assert_eq!(e.state, JobState::Skipped);
+            assert_eq!(
+                e.message.as_deref(),
+                Some("not started: 2 node(s) failed, more than --max-fail 1 allows")
+            );
+        }
+        assert!(out.contains(&Effect::ParentDone { parent_id: parent }));
     }
 
     #[test]

@@ -58,6 +58,13 @@ pub enum Record {
     /// made durable and was refused (should its `Submitted` record be on
     /// disk after all, the job is not there).
     Forgotten { id: Uuid },
+    /// A rolling run: its nodes batch by batch, and how many may fail
+    /// before no new batch starts. Written before the run's jobs.
+    Rollout {
+        parent: Uuid,
+        batches: Vec<Vec<String>>,
+        max_fail: Option<u32>,
+    },
 }
 
 /// A finished part, as kept on disk.

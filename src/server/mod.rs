@@ -30,6 +30,7 @@ mod nodes;
 mod peer_log;
 mod persist;
 mod requests;
+mod rollout;
 mod routes;
 mod storage;
 pub(crate) mod zap;

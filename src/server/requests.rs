@@ -151,29 +151,30 @@ impl Server {
             Request::Orchestrate {
                 blocks,
                 exclude,
+                rolling,
                 wait,
                 dry_run,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
-                let resp =
-                    match self
-                        .cluster
-                        .orchestrate(blocks, &exclude, dry_run, Now::real(), &mut out)
-                    {
-                        Ok(plan) => {
-                            if let Some(parent) = plan.parent_id {
-                                log::info!(
-                                    "orchestration {parent} queued: {} jobs",
-                                    plan.jobs.len()
-                                );
-                                if wait {
-                                    self.waiters.entry(parent).or_default().push(token);
-                                }
+                let resp = match self.cluster.orchestrate(
+                    blocks,
+                    &exclude,
+                    rolling,
+                    dry_run,
+                    Now::real(),
+                    &mut out,
+                ) {
+                    Ok(plan) => {
+                        if let Some(parent) = plan.parent_id {
+                            log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
+                            if wait {
+                                self.waiters.entry(parent).or_default().push(token);
                             }
-                            Response::Orchestrated(plan)
                         }
-                        Err(why) => Response::Rejected(why),
-                    };
+                        Response::Orchestrated(plan)
+                    }
+                    Err(why) => Response::Rejected(why),
+                };
                 self.submitted(token, resp, out);
                 return None;
             }

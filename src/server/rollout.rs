@@ -1,0 +1,129 @@
+//! A rolling run (`orchestrate --batch`): its nodes go batch by batch, in
+//! a stable order; the next batch starts once every node of the current
+//! one has finished its part of the run, unless more nodes than
+//! `--max-fail` allows have failed by then.
+
+use std::collections::BTreeSet;
+
+use crate::wire::{JobState, Rolling};
+
+pub struct Rollout {
+    pub batches: Vec<Vec<String>>,
+    /// The batch going now; `batches.len()` once none is left.
+    pub current: usize,
+    /// Most nodes that may fail before no new batch starts.
+    pub max_fail: Option<usize>,
+    /// Nodes where a job of the run failed, timed out or was lost.
+    pub failed: BTreeSet<String>,
+    /// Parts of the run on the current batch's nodes not yet finished.
+    pub left: usize,
+}
+
+impl Rollout {
+    /// `nodes` (sorted, distinct) cut into batches as `rolling` says.
+    pub fn plan(nodes: &[String], rolling: Rolling) -> (Vec<Vec<String>>, Option<usize>) {
+        let size = rolling.batch.of(nodes.len()).max(1);
+        let batches = nodes.chunks(size).map(<[String]>::to_vec).collect();
+        let max_fail = rolling.max_fail.map(|m| m.of(nodes.len()));
+        (batches, max_fail)
+    }
+
+    pub fn new(batches: Vec<Vec<String>>, max_fail: Option<usize>) -> Rollout {
+        Rollout {
+            batches,
+            current: 0,
+            max_fail,
+            failed: BTreeSet::new(),
+            left: 0,
+        }
+    }
+
+    /// The batch `node` is in.
+    pub fn batch_of(&self, node: &str) -> Option<usize> {
+        self.batches
+            .iter()
+            .position(|b| b.iter().any(|n| n == node))
+    }
+
+    /// Is `node`'s part of the run waiting for its batch?
+    pub fn holds(&self, node: &str) -> bool {
+        self.batch_of(node).is_some_and(|b| b > self.current)
+    }
+
+    /// A part on `node` reached `state`. True when that ends the current
+    /// batch: time to start the next.
+    pub fn part_done(&mut self, node: &str, state: JobState) -> bool {
+        if matches!(
+            state,
+            JobState::Failed | JobState::TimedOut | JobState::Lost
+        ) {
+            self.failed.insert(node.to_owned());
+        }
+        if self.batch_of(node) != Some(self.current) || self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        self.left == 0
+    }
+
+    /// Have more nodes failed than `--max-fail` allows?
+    pub fn too_many_failed(&self) -> bool {
+        self.max_fail.is_some_and(|m| self.failed.len() > m)
+    }
+
+    /// What a node that never started is told.
+    pub fn never_started(&self) -> String {
+        format!(
+            "not started: {} node(s) failed, more than --max-fail {} allows",
+            self.failed.len(),
+            self.max_fail.unwrap_or(0)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Amount;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("n{i}")).collect()
+    }
+
+    #[test]
+    fn batches_are_counts_or_percentages_rounded_up() {
+        let rolling = |batch, max_fail| Rolling { batch, max_fail };
+        let (b, m) = Rollout::plan(&names(5), rolling(Amount::Count(2), Some(Amount::Count(1))));
+        assert_eq!(b, [vec!["n1", "n2"], vec!["n3", "n4"], vec!["n5"]]);
+        assert_eq!(m, Some(1));
+        let (b, m) = Rollout::plan(
+            &names(5),
+            rolling(Amount::Percent(30), Some(Amount::Percent(50))),
+        );
+        assert_eq!(b.len(), 3, "30% of 5 is 2 per batch");
+        assert_eq!(m, Some(3));
+        let (b, _) = Rollout::plan(&names(3), rolling(Amount::Count(0), None));
+        assert_eq!(b.len(), 3, "at least one node per batch");
+    }
+
+    #[test]
+    fn a_batch_ends_when_its_parts_do_and_failures_count_per_node() {
+        let (b, m) = Rollout::plan(
+            &names(4),
+            Rolling {
+                batch: Amount::Count(2),
+                max_fail: Some(Amount::Count(0)),
+            },
+        );
+        let mut r = Rollout::new(b, m);
+        r.left = 2;
+        assert!(r.holds("n3") && !r.holds("n1"));
+        // A later batch's part (ended early) does not count here.
+        assert!(!r.part_done("n4", JobState::Skipped));
+        assert!(!r.part_done("n1", JobState::Failed));
+        assert!(!r.too_many_failed() || r.failed.len() == 1);
+        assert!(r.part_done("n2", JobState::Succeeded));
+        assert!(r.too_many_failed());
+        assert!(r.never_started().contains("1 node(s) failed"));
+    }
+}
