@@ -183,8 +183,8 @@ impl Journal {
                 let mut r = BufReader::with_capacity(1 << 16, f);
                 let mut body = Vec::new();
                 while good_len < total {
-                    match next_record::<T>(&mut r, &mut body)? {
-                        Some((rec, used)) => {
+                    match next_frame::<T>(&mut r, &mut body)? {
+                        Frame::Record(rec, used) => {
                             each(
                                 rec,
                                 Span {
@@ -194,7 +194,21 @@ impl Journal {
                             );
                             good_len += used as u64;
                         }
-                        None => {
+                        // Records are only ever appended: one that cannot be
+                        // read with more after it was not cut short by a
+                        // crash. It was written by another version, or the
+                        // file is damaged; dropping it and all that follows
+                        // would lose acknowledged work.
+                        Frame::Unreadable if !rest_is_zero(&mut r)? => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!(
+                                    "{}: the record at byte {good_len} cannot be read, and more follow (written by another version of director, or damaged); the file was left as it is: run the version that wrote it, or move the file away to start without it",
+                                    path.display()
+                                ),
+                            ));
+                        }
+                        Frame::Short | Frame::Unreadable => {
                             log::warn!(
                                 "{}: dropped a torn or corrupt tail of {} bytes",
                                 path.display(),
@@ -577,23 +591,60 @@ fn next_record<T: DeserializeOwned>(
     r: &mut impl Read,
     body: &mut Vec<u8>,
 ) -> io::Result<Option<(T, usize)>> {
+    Ok(match next_frame(r, body)? {
+        Frame::Record(rec, used) => Some((rec, used)),
+        Frame::Short | Frame::Unreadable => None,
+    })
+}
+
+/// What the next bytes of a journal hold.
+enum Frame<T> {
+    /// A record and the bytes it took.
+    Record(T, usize),
+    /// The file ends before the frame does (a write cut short).
+    Short,
+    /// A whole frame whose record does not decode.
+    Unreadable,
+}
+
+fn next_frame<T: DeserializeOwned>(r: &mut impl Read, body: &mut Vec<u8>) -> io::Result<Frame<T>> {
     let mut head = [0u8; 4];
     if !read_full(r, &mut head)? {
-        return Ok(None);
+        return Ok(Frame::Short);
     }
     let len = u32::from_le_bytes(head) as usize;
     if len > MAX_RECORD {
-        return Ok(None);
+        return Ok(Frame::Unreadable);
     }
     body.resize(len, 0);
     if !read_full(r, body)? {
-        return Ok(None);
+        return Ok(Frame::Short);
     }
     let config = bincode::config::standard().with_limit::<MAX_RECORD>();
-    Ok(bincode::serde::decode_from_slice(body, config)
-        .ok()
-        .filter(|(_, used)| *used == len)
-        .map(|(rec, _)| (rec, 4 + len)))
+    Ok(
+        match bincode::serde::decode_from_slice(body, config)
+            .ok()
+            .filter(|(_, used)| *used == len)
+        {
+            Some((rec, _)) => Frame::Record(rec, 4 + len),
+            None => Frame::Unreadable,
+        },
+    )
+}
+
+/// Are the rest of `r`'s bytes all zero (what a crash can leave after the
+/// last record on some file systems)?
+fn rest_is_zero(r: &mut impl Read) -> io::Result<bool> {
+    let mut buf = [0u8; 1 << 14];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Fill `buf`; false at an end of file before it is full.
@@ -654,6 +705,38 @@ mod tests {
         drop(j);
         let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
         assert_eq!(recs, vec!["two".to_string(), "four".to_string()]);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_record_with_more_after_it_is_refused_not_cut_off() {
+        let d = dir("unreadable");
+        let (mut j, _) = Journal::open::<String>(&d, "j.bin").unwrap();
+        j.append(&"a".to_string());
+        j.sync_now().unwrap();
+        drop(j);
+        let path = d.join("j.bin");
+        // A whole frame that is not a String (bad UTF-8), then a good one:
+        // as a newer version's record would look to this one.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend(2u32.to_le_bytes());
+        bytes.extend([1, 0xff]);
+        encode_into(&mut bytes, &"c".to_string());
+        fs::write(&path, &bytes).unwrap();
+        let e = Journal::open::<String>(&d, "j.bin").err().unwrap();
+        assert!(
+            e.to_string().contains("cannot be read, and more follow"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the file is untouched");
+        // The same frame last, or followed by zeros only, is a torn tail.
+        for tail in [&[][..], &[0u8; 64][..]] {
+            let mut b = bytes[..bytes.len() - 6].to_vec();
+            b.extend(tail);
+            fs::write(&path, &b).unwrap();
+            let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+            assert_eq!(recs, vec!["a".to_string()]);
+        }
         fs::remove_dir_all(d).unwrap();
     }
 
