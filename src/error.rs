@@ -14,6 +14,25 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit status when the server cannot be reached over its control socket.
 pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit status of `--wait` when some targets were offline (`unreachable`)
+/// and nothing else went wrong.
+pub const EXIT_NODES_OFFLINE: i32 = 4;
+
+/// The exit status of `--wait` for the final states of its parts: a
+/// failure anywhere wins over offline nodes.
+pub fn exit_for(states: impl IntoIterator<Item = crate::wire::JobState>) -> i32 {
+    use crate::wire::JobState;
+    let mut code = EXIT_OK;
+    for s in states {
+        match s {
+            JobState::Unreachable if code == EXIT_OK => code = EXIT_NODES_OFFLINE,
+            JobState::Unreachable => {}
+            s if !s.is_ok() => return EXIT_FAILED,
+            _ => {}
+        }
+    }
+    code
+}
 
 /// Everything that can stop a `director` command.
 #[derive(Debug)]

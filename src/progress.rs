@@ -18,6 +18,7 @@ struct Tally {
     cached: u32,
     skipped: u32,
     failed: u32,
+    unreachable: u32,
 }
 
 /// Progress of one orchestration run.
@@ -71,6 +72,7 @@ impl Progress {
             JobState::Succeeded => tally.ok += 1,
             JobState::Cached => tally.cached += 1,
             JobState::Skipped => tally.skipped += 1,
+            JobState::Unreachable => tally.unreachable += 1,
             _ => tally.failed += 1,
         }
         if let (JobState::Skipped, Some(m)) = (part.state, &part.message) {
@@ -78,7 +80,7 @@ impl Progress {
                 self.never_started.insert(part.node.clone(), m.clone());
             }
         }
-        if !part.state.is_ok() && part.state != JobState::Skipped {
+        if !part.state.is_ok() && !matches!(part.state, JobState::Skipped | JobState::Unreachable) {
             self.failures.push((i, part));
         }
         (self.done_count(i) as usize == self.jobs[i].targets.len()).then_some(i)
@@ -145,9 +147,18 @@ impl Progress {
         )
     }
 
-    /// Did every step hold on every node?
-    pub fn all_ok(&self) -> bool {
-        self.nodes.values().all(|t| t.failed == 0 && t.skipped == 0)
+    /// `--wait`'s exit status: 1 if a step failed or was skipped anywhere,
+    /// else 4 if some nodes were offline, else 0.
+    pub fn exit_code(&self) -> i32 {
+        use crate::error::{EXIT_FAILED, EXIT_NODES_OFFLINE, EXIT_OK};
+        let t = self.nodes.values();
+        if t.clone().any(|t| t.failed > 0 || t.skipped > 0) {
+            EXIT_FAILED
+        } else if t.clone().any(|t| t.unreachable > 0) {
+            EXIT_NODES_OFFLINE
+        } else {
+            EXIT_OK
+        }
     }
 
     /// The recap per node, then each failure with its output.
@@ -155,13 +166,13 @@ impl Progress {
         let mut s = format!("recap after {}:\n", format_secs(elapsed.as_secs_f64()));
         let width = self.nodes.keys().map(|n| n.len()).max().unwrap_or(4).max(4);
         s.push_str(&format!(
-            "  {:<width$}  {:>5}  {:>6}  {:>7}  {:>6}\n",
-            "NODE", "OK", "CACHED", "SKIPPED", "FAILED"
+            "  {:<width$}  {:>5}  {:>6}  {:>7}  {:>6}  {:>11}\n",
+            "NODE", "OK", "CACHED", "SKIPPED", "FAILED", "UNREACHABLE"
         ));
         for (node, t) in &self.nodes {
             s.push_str(&format!(
-                "  {node:<width$}  {:>5}  {:>6}  {:>7}  {:>6}\n",
-                t.ok, t.cached, t.skipped, t.failed
+                "  {node:<width$}  {:>5}  {:>6}  {:>7}  {:>6}  {:>11}\n",
+                t.ok, t.cached, t.skipped, t.failed, t.unreachable
             ));
         }
         if let Some(why) = self.never_started.values().next() {
@@ -261,7 +272,7 @@ mod tests {
         assert_eq!(p.job_line(0), "job 1/2 RUN step 0: 1 succeeded, 1 failed");
         p.record(part(ids[1], "a", JobState::Cached));
         assert_eq!(p.record(part(ids[1], "b", JobState::Skipped)), Some(1));
-        assert!(!p.all_ok());
+        assert_eq!(p.exit_code(), crate::error::EXIT_FAILED);
         let recap = p.recap(Duration::from_secs(3));
         assert!(
             recap.contains("  a         1       1        0       0"),

@@ -12,7 +12,7 @@ use crate::cli::{ExecArgs, Format, ManageAction, ManageArgs, OrchestrateArgs};
 use crate::clock::{format_secs, format_utc};
 use crate::config::Config;
 use crate::dsl::Task;
-use crate::error::{Error, Result, EXIT_FAILED, EXIT_OK};
+use crate::error::{Error, Result, EXIT_OK};
 use crate::progress::{shorten, Progress};
 use crate::wire::{
     self, FrameBuf, JobDetail, JobView, KeyView, NodeView, PartView, Plan, PlannedJob, Request,
@@ -186,7 +186,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
             }
             Response::JobDone(job) => {
                 writeln!(out, "job {}: {}", job.id, states_summary(&job)).map_err(out_err)?;
-                return Ok(if job.all_ok() { EXIT_OK } else { EXIT_FAILED });
+                return Ok(crate::error::exit_for(job.states.keys().copied()));
             }
             Response::Stopping => return Err(stopping(&format!("job {}", submitted.job_id))),
             other => return Err(unexpected(&other)),
@@ -292,11 +292,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
                 }
                 out.write_all(progress.recap(started.elapsed()).as_bytes())
                     .map_err(out_err)?;
-                return Ok(if progress.all_ok() {
-                    EXIT_OK
-                } else {
-                    EXIT_FAILED
-                });
+                return Ok(progress.exit_code());
             }
             Response::Stopping => {
                 if tty {
@@ -418,15 +414,17 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
         (Response::Job(detail), Format::Table) => job_text(&detail),
         (Response::Purged { purged, kept }, Format::Json) => json(&[Purged { purged, kept }])?,
         (Response::Purged { purged, kept }, Format::Table) => {
-            let what = if args.action == ManageAction::PurgeJobs {
-                "jobs"
-            } else {
-                "nodes"
+            let jobs = args.action == ManageAction::PurgeJobs;
+            let what = match (jobs, purged == 1) {
+                (true, true) => "job",
+                (true, false) => "jobs",
+                (false, true) => "node",
+                (false, false) => "nodes",
             };
-            let why = if what == "jobs" {
+            let why = if jobs {
                 "still running"
             } else {
-                "with work queued or in flight"
+                "(online, or with work queued)"
             };
             format!("purged {purged} {what}; kept {kept} {why}\n")
         }
@@ -512,8 +510,12 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// `manage --node-info`: a node's state, labels and facts, a line each.
 fn node_text(n: &NodeView) -> String {
     let mut out = format!(
-        "node {}\n  version: {}\n  last heartbeat: {} UTC\n  queued: {}, in flight: {}\nlabels:\n",
+        "node {} ({})\n  version: {}\n  last heartbeat: {} UTC\n  queued: {}, in flight: {}\nlabels:\n",
         n.name,
+        match n.state {
+            wire::NodeState::Online => "online",
+            wire::NodeState::Offline => "offline",
+        },
         n.version,
         format_utc(n.last_heartbeat_ms),
         n.queued,
@@ -554,6 +556,10 @@ fn nodes_table(nodes: &[NodeView]) -> String {
         .map(|n| {
             vec![
                 n.name.clone(),
+                match n.state {
+                    wire::NodeState::Online => "online".into(),
+                    wire::NodeState::Offline => "offline".into(),
+                },
                 n.version.clone(),
                 format_utc(n.last_heartbeat_ms),
                 format_utc(n.expires_ms),
@@ -566,6 +572,7 @@ fn nodes_table(nodes: &[NodeView]) -> String {
     table(
         &[
             "NAME",
+            "STATE",
             "VERSION",
             "LAST HEARTBEAT (UTC)",
             "EXPIRES (UTC)",

@@ -714,6 +714,9 @@ pub enum JobState {
     Skipped,
     /// The node vanished (expired or restarted) before reporting.
     Lost,
+    /// Not run: the node was offline (known, but not connected) when the
+    /// job was for it to start.
+    Unreachable,
 }
 
 impl JobState {
@@ -739,14 +742,26 @@ impl JobState {
             JobState::TimedOut => "timed out",
             JobState::Skipped => "skipped (earlier failure)",
             JobState::Lost => "lost",
+            JobState::Unreachable => "unreachable (node offline)",
         }
     }
+}
+
+/// Whether a known node is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Online,
+    /// Silent past its expiry, or not back since a server restart: jobs
+    /// for it end `unreachable`.
+    Offline,
 }
 
 /// A node, as listed by `manage --list-nodes`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
+    pub state: NodeState,
     /// The director version the node's client runs.
     pub version: String,
     pub last_heartbeat_ms: u64,
@@ -819,13 +834,6 @@ pub struct JobView {
     pub finished_ms: Option<u64>,
     /// How many nodes are in each state.
     pub states: BTreeMap<JobState, u32>,
-}
-
-impl JobView {
-    /// Did the step hold on every node?
-    pub fn all_ok(&self) -> bool {
-        self.states.keys().all(|s| s.is_ok())
-    }
 }
 
 /// One node's part of a job.

@@ -192,7 +192,7 @@ fn log_time_ms(line: &str) -> u64 {
 }
 
 #[test]
-fn a_killed_client_leaves_the_node_list_after_expiry() {
+fn a_killed_client_goes_offline_after_expiry() {
     let mut c = Cluster::start("kill9", &["stay", "gone"], "1");
     // The bound the server holds the node to: 3 of its 1 s intervals after
     // its last heartbeat (not the test's generous deadline).
@@ -564,8 +564,8 @@ fn a_job_whose_client_restarted_is_reported_lost() {
 }
 
 #[test]
-fn purges_forget_finished_jobs_and_idle_nodes() {
-    let c = Cluster::start("purge", &["p1", "p2"], "1");
+fn purges_forget_finished_jobs_and_offline_nodes() {
+    let mut c = Cluster::start("purge", &["p1", "p2"], "1");
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "true"]);
     assert_eq!(out.code, 0, "{out:?}");
     let out = c.cli(&["manage", "--purge-jobs", "--format", "json"]);
@@ -577,13 +577,82 @@ fn purges_forget_finished_jobs_and_idle_nodes() {
             .trim(),
         "[]"
     );
+    // Online nodes are not forgotten.
     let out = c.cli(&["manage", "--purge-nodes"]);
     assert_eq!(
         out.stdout.trim(),
-        "purged 2 nodes; kept 0 with work queued or in flight"
+        "purged 0 nodes; kept 2 (online, or with work queued)"
     );
-    // Live nodes come back on their own at their next heartbeat.
-    c.wait_nodes(&["p1", "p2"]);
+    // p2 goes away: known, offline, and a job for it ends unreachable at
+    // once, with an exit status of its own.
+    c.client("p2").signal(libc::SIGKILL);
+    c.client("p2").wait_exit(DEADLINE);
+    let state = |c: &Cluster, name: &str| -> String {
+        let nodes = c.nodes_json();
+        let node = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned();
+        node.map(|n| n["state"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    wait_until("p2 offline", DEADLINE, || state(&c, "p2") == "offline");
+    let out = c.cli(&["manage", "--list-nodes"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("p2") && l.contains("offline")),
+        "{out:?}"
+    );
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo hi"]);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(
+        out.stdout.contains("p2: unreachable (node offline)"),
+        "{out:?}"
+    );
+    let info = c.job_info(&util::job_id(&out.stdout));
+    let p2 = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == "p2")
+        .unwrap()
+        .clone();
+    assert_eq!(p2["state"], "unreachable", "{info}");
+    assert!(
+        p2["message"]
+            .as_str()
+            .unwrap()
+            .contains("the node is offline (last heard from"),
+        "{info}"
+    );
+    // A failure elsewhere wins over an offline node.
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "false"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    // Offline is durable: after a restart p2 is offline at once.
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    c.start_server();
+    c.wait_nodes(&["p1"]);
+    assert_eq!(state(&c, "p2"), "offline");
+    let out = c.cli(&["exec", "--verb", "RUN", "--target", "p2", "--wait", "true"]);
+    assert_eq!(out.code, 4, "{out:?}");
+    let out = c.cli(&["manage", "--purge-nodes"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "purged 1 node; kept 1 (online, or with work queued)"
+    );
+    let out = c.cli(&["exec", "--verb", "RUN", "--target", "p2", "true"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unknown target node 'p2'"), "{out:?}");
+    // Forgotten for good: not back after another restart.
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    c.start_server();
+    c.wait_nodes(&["p1"]);
+    assert_eq!(state(&c, "p2"), "");
 }
 
 #[test]

@@ -27,8 +27,8 @@ use super::rollout::Rollout;
 use crate::dsl::{Action, SourceFile, Task};
 use crate::journal::{Item, Span};
 use crate::wire::{
-    Block, Dispatch, JobDetail, JobState, JobView, NodeView, Outcome, PartView, Plan, PlannedJob,
-    Rolling, ServerMsg, Submitted,
+    Block, Dispatch, JobDetail, JobState, JobView, NodeState, NodeView, Outcome, PartView, Plan,
+    PlannedJob, Rolling, ServerMsg, Submitted,
 };
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
@@ -129,6 +129,14 @@ impl Cluster {
     /// one run of records after another, and the next compaction copies it
     /// in a few pieces.
     pub fn snapshot(&self) -> impl Iterator<Item = Item<Record>> + '_ {
+        let nodes = self.nodes.iter().flat_map(|n| {
+            let offline = (!n.is_online()).then(|| {
+                Item::New(Record::NodeOffline {
+                    name: n.name.clone(),
+                })
+            });
+            std::iter::once(Item::New(Self::node_record(n))).chain(offline)
+        });
         let rollouts = self.rollouts.iter().map(|(parent, r)| {
             Item::New(Record::Rollout {
                 parent: *parent,
@@ -136,41 +144,43 @@ impl Cluster {
                 max_fail: r.max_fail.map(|m| m as u32),
             })
         });
-        rollouts.chain(self.jobs.iter().flat_map(|job| {
-            let submitted = match job.record {
-                Some(span) => Item::Copy(span),
-                None => Item::New(self.submitted_record(job)),
-            };
-            let parts = job.parts.iter().filter_map(|(node, part)| {
-                if part.state().is_done() {
-                    Some(match part.record() {
-                        Ok(part) => Item::New(Record::Done {
-                            id: job.id,
-                            node: node.to_string(),
-                            part,
-                        }),
-                        Err(span) => Item::Copy(span),
-                    })
-                } else {
-                    let sent_ms = part.sent_ms()?;
-                    let rec = match part.sent_to() {
-                        Some(to) => Record::Dispatched {
-                            id: job.id,
-                            node: node.to_string(),
-                            sent_ms,
-                            to,
-                        },
-                        None => Record::Sent {
-                            id: job.id,
-                            node: node.to_string(),
-                            sent_ms,
-                        },
-                    };
-                    Some(Item::New(rec))
-                }
-            });
-            std::iter::once(submitted).chain(parts)
-        }))
+        nodes
+            .chain(rollouts)
+            .chain(self.jobs.iter().flat_map(|job| {
+                let submitted = match job.record {
+                    Some(span) => Item::Copy(span),
+                    None => Item::New(self.submitted_record(job)),
+                };
+                let parts = job.parts.iter().filter_map(|(node, part)| {
+                    if part.state().is_done() {
+                        Some(match part.record() {
+                            Ok(part) => Item::New(Record::Done {
+                                id: job.id,
+                                node: node.to_string(),
+                                part,
+                            }),
+                            Err(span) => Item::Copy(span),
+                        })
+                    } else {
+                        let sent_ms = part.sent_ms()?;
+                        let rec = match part.sent_to() {
+                            Some(to) => Record::Dispatched {
+                                id: job.id,
+                                node: node.to_string(),
+                                sent_ms,
+                                to,
+                            },
+                            None => Record::Sent {
+                                id: job.id,
+                                node: node.to_string(),
+                                sent_ms,
+                            },
+                        };
+                        Some(Item::New(rec))
+                    }
+                });
+                std::iter::once(submitted).chain(parts)
+            }))
     }
 
     /// A finished part's record is at `span` in the journal: memory keeps
@@ -201,6 +211,16 @@ impl Cluster {
     pub fn submission_at(&mut self, id: &Uuid, span: Span) {
         if let Some(job) = self.jobs.get_mut(id) {
             job.record = Some(span);
+        }
+    }
+
+    fn node_record(n: &super::nodes::Node) -> Record {
+        Record::Node {
+            name: n.name.clone(),
+            version: n.version.clone(),
+            last_seen_ms: n.last_seen_ms,
+            facts: n.about.facts.clone(),
+            labels: n.about.labels.clone(),
         }
     }
 
@@ -268,8 +288,18 @@ impl Cluster {
         // A set: a node may list thousands, and the queue may be long.
         let holding: HashSet<Uuid> = hello.holding.iter().copied().collect();
         let (n, created) = self.nodes.upsert(node, hello.ivl, now.at, now.ms);
+        // Known across restarts: its record whenever it is new or changed,
+        // or comes back from offline.
+        let changed = created
+            || !n.is_online()
+            || n.version != hello.version
+            || n.about.facts != hello.about.facts
+            || n.about.labels != hello.about.labels;
         n.version = hello.version.to_owned();
         n.about = hello.about.clone();
+        if changed {
+            out.push(Effect::Journal(Self::node_record(n)));
+        }
         n.link = Link::Ready;
         n.instance = Some(hello.instance);
         let mut vanished = Vec::new();
@@ -431,22 +461,63 @@ impl Cluster {
         }
     }
 
-    /// Remove nodes silent past their expiry; their unfinished parts are
-    /// lost. Returns the names removed.
+    /// Nodes silent past their expiry go offline: what was sent to them is
+    /// lost, what waited for them is unreachable. Returns their names.
     pub fn expire(&mut self, now: Now, out: &mut Vec<Effect>) -> Vec<String> {
-        let mut names = Vec::new();
-        for node in self.nodes.take_expired(now.at) {
+        let names = self.nodes.expire_due(now.at);
+        for name in &names {
+            out.push(Effect::Journal(Record::NodeOffline { name: name.clone() }));
+            let Some(n) = self.nodes.get_mut(name) else {
+                continue;
+            };
             let why = format!(
                 "node expired: no heartbeat for {:.1}s",
-                (node.ivl * LIVENESS).as_secs_f64()
+                (n.ivl * LIVENESS).as_secs_f64()
             );
-            for job_id in node.in_flight.iter().chain(node.queue.iter()) {
-                self.finish_lost(job_id, &node.name, &why, now.ms, out);
+            let in_flight: Vec<Uuid> = n.in_flight.drain(..).collect();
+            let queued: Vec<Uuid> = n.queue.drain(..).collect();
+            for job_id in &in_flight {
+                self.finish_lost(job_id, name, &why, now.ms, out);
             }
-            names.push(node.name);
+            let why = format!("the node went offline before the job was sent ({why})");
+            for job_id in &queued {
+                self.finish_unreachable(job_id, name, &why, now.ms, out);
+            }
         }
         self.roll_on(now, out);
         names
+    }
+
+    /// A part that never reached its node, which is offline.
+    fn finish_unreachable(
+        &mut self,
+        job_id: &Uuid,
+        node: &str,
+        why: &str,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(part) = self
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.parts.get_mut(node))
+        else {
+            return;
+        };
+        if part.state().is_done() {
+            return;
+        }
+        part.end(JobState::Unreachable, why.to_owned(), now_ms);
+        self.part_done(*job_id, node, out);
+    }
+
+    /// Why a job cannot reach `node` now, if it is offline.
+    fn offline_since(&self, node: &str) -> Option<String> {
+        let n = self.nodes.get(node).filter(|n| !n.is_online())?;
+        Some(format!(
+            "the node is offline (last heard from {})",
+            crate::clock::format_utc(n.last_seen_ms)
+        ))
     }
 
     /// Take a node out of the cluster at an operator's word (its key was
@@ -456,6 +527,9 @@ impl Cluster {
         let Some(node) = self.nodes.remove(name) else {
             return false;
         };
+        out.push(Effect::Journal(Record::NodeForgotten {
+            name: name.to_owned(),
+        }));
         for job_id in node.in_flight.iter().chain(node.queue.iter()) {
             self.finish_lost(job_id, name, why, now.ms, out);
         }
@@ -531,6 +605,10 @@ impl Cluster {
                 .map(|k| k.to_string())
                 .collect();
             for node in nodes {
+                if let Some(why) = self.offline_since(&node) {
+                    self.finish_unreachable(id, &node, &why, now.ms, out);
+                    continue;
+                }
                 match self.nodes.get_mut(&node) {
                     Some(n) => {
                         n.queue.push_back(*id);
@@ -615,6 +693,10 @@ impl Cluster {
                 nodes.join(", ")
             );
             for (id, node) in open {
+                if let Some(why) = self.offline_since(&node) {
+                    self.finish_unreachable(&id, &node, &why, now.ms, out);
+                    continue;
+                }
                 match self.nodes.get_mut(&node) {
                     Some(n) => n.queue.push_back(id),
                     None => self.finish_lost(
@@ -886,6 +968,11 @@ impl Cluster {
             .iter()
             .map(|n| NodeView {
                 name: n.name.clone(),
+                state: if n.is_online() {
+                    NodeState::Online
+                } else {
+                    NodeState::Offline
+                },
                 version: n.version.clone(),
                 last_heartbeat_ms: n.last_seen_ms,
                 expires_ms: n.expires_ms(),
@@ -954,7 +1041,8 @@ impl Cluster {
 
     /// How many records a compacted journal would hold.
     pub fn live_records(&self) -> usize {
-        self.jobs.live_records() + self.rollouts.len()
+        let offline = self.nodes.iter().filter(|n| !n.is_online()).count();
+        self.jobs.live_records() + self.rollouts.len() + self.nodes.iter().count() + offline
     }
 
     /// Forget finished jobs: (purged, kept).
@@ -964,10 +1052,16 @@ impl Cluster {
         counts
     }
 
-    /// Forget idle nodes: (purged, kept). Live ones re-register at their next
-    /// heartbeat.
-    pub fn purge_nodes(&mut self) -> (usize, usize) {
-        self.nodes.purge_idle()
+    /// Forget offline nodes with no work: (purged, kept). Their records
+    /// say so, for restarts.
+    pub fn purge_nodes(&mut self, out: &mut Vec<Effect>) -> (usize, usize) {
+        let (gone, kept) = self.nodes.purge_offline();
+        let n = gone.len();
+        out.extend(
+            gone.into_iter()
+                .map(|name| Effect::Journal(Record::NodeForgotten { name })),
+        );
+        (n, kept)
     }
 }
 
@@ -1040,6 +1134,33 @@ impl Restore {
             Record::Forgotten { id } => {
                 self.0.jobs.remove(&id);
             }
+            Record::Node {
+                name,
+                version,
+                last_seen_ms,
+                facts,
+                labels,
+            } => {
+                // Expected back (`finish`), unless its record says it
+                // went offline.
+                let (n, _) = self.0.nodes.upsert(
+                    &name,
+                    Duration::from_secs(60),
+                    Instant::now(),
+                    last_seen_ms,
+                );
+                n.version = version;
+                n.about = crate::facts::Node { facts, labels };
+                n.link = Link::Stale;
+            }
+            Record::NodeOffline { name } => {
+                if let Some(n) = self.0.nodes.get_mut(&name) {
+                    n.link = Link::Offline;
+                }
+            }
+            Record::NodeForgotten { name } => {
+                self.0.nodes.remove(&name);
+            }
             Record::Rollout {
                 parent,
                 batches,
@@ -1058,6 +1179,11 @@ impl Restore {
     /// tells which sent jobs they still have.
     pub fn finish(self, ivl: Duration, now: Now) -> Cluster {
         let mut c = self.0;
+        // Nodes that were online are expected back within 3 intervals.
+        for n in c.nodes.iter_mut().filter(|n| n.is_online()) {
+            n.ivl = ivl;
+            n.touch(now.at, now.ms);
+        }
         c.forget_done_rollouts();
         // A rolling run goes on from its first batch with work left.
         let parents: Vec<Uuid> = c.rollouts.keys().copied().collect();
@@ -1441,14 +1567,15 @@ mod tests {
         assert!(rw.pieces() > 2, "{} pieces", rw.pieces());
         rw.run().map_err(|(_, e)| e).unwrap();
         assert_eq!(outputs(&c, &j), want);
-        // After it, the whole journal is one copy, encoding nothing again.
+        // After it, the jobs are one copy, encoding nothing again; only the
+        // two nodes' records are new bytes.
         let (rw, _) = super::super::storage::compact(&mut c, &mut j);
-        assert_eq!(rw.pieces(), 1);
+        assert_eq!(rw.pieces(), 2);
         rw.run().map_err(|(_, e)| e).unwrap();
         assert_eq!(outputs(&c, &j), want);
         drop(j);
         let (_, recs) = Journal::open::<Record>(&dir, "history.bin").unwrap();
-        assert_eq!(recs.len(), 20 * 3);
+        assert_eq!(recs.len(), 2 + 20 * 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1910,7 +2037,14 @@ mod tests {
             .unwrap()
             .job_id;
         assert_eq!(c.purge_jobs(), (0, 1));
-        assert_eq!(c.purge_nodes(), (1, 1));
+        // Online nodes stay; an offline one with nothing queued goes.
+        assert_eq!(c.purge_nodes(&mut out), (0, 2));
+        c.nodes.get_mut("b").unwrap().link = Link::Offline;
+        out.clear();
+        assert_eq!(c.purge_nodes(&mut out), (1, 1));
+        assert!(
+            matches!(&out[..], [Effect::Journal(Record::NodeForgotten { name })] if name == "b")
+        );
         c.finished("a", id, ok(), at(t0), &mut out);
         assert_eq!(c.purge_jobs(), (1, 0));
     }

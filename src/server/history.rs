@@ -58,6 +58,19 @@ pub enum Record {
     /// made durable and was refused (should its `Submitted` record be on
     /// disk after all, the job is not there).
     Forgotten { id: Uuid },
+    /// A node as it registered: known from then on, across restarts, until
+    /// purged.
+    Node {
+        name: String,
+        version: String,
+        last_seen_ms: u64,
+        facts: crate::facts::Map,
+        labels: crate::facts::Map,
+    },
+    /// `--purge-nodes` forgot the node, or its key was rejected or deleted.
+    NodeForgotten { name: String },
+    /// The node went offline (silent past its expiry).
+    NodeOffline { name: String },
     /// A rolling run: its nodes batch by batch, and how many may fail
     /// before no new batch starts. Written before the run's jobs.
     Rollout {

@@ -1068,7 +1068,7 @@ impl Server {
                     self.expiry = None;
                     let mut out = std::mem::take(&mut self.effects);
                     for name in self.cluster.expire(Now::real(), &mut out) {
-                        log::warn!("node={name}: expired (no heartbeat within 3 intervals); removed from the node list");
+                        log::warn!("node={name}: expired (no heartbeat within 3 intervals); offline: jobs for it end unreachable until it is back");
                     }
                     self.apply(out);
                     if let Some(next) = self.cluster.next_expiry() {

@@ -1,6 +1,7 @@
-//! The node table: every enrolled node's liveness and its job queues.
-//! A node exists from its first `Ready` until it expires (silent for
-//! `LIVENESS` intervals) or is purged. Pure data; the cluster core drives it.
+//! The node table: every known node's liveness and its job queues. A node
+//! is known from its first `Ready` until it is purged; it is offline while
+//! it is silent past its expiry (`LIVENESS` intervals). Pure data; the
+//! cluster core drives it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ pub enum Link {
     Ready,
     /// A send to it was unroutable; wait for its next `Ready`.
     Stale,
+    /// Silent past its expiry: known, not connected.
+    Offline,
 }
 
 /// One enrolled node.
@@ -55,6 +58,10 @@ impl Node {
     pub fn touch(&mut self, now: Instant, now_ms: u64) {
         self.last_seen = now;
         self.last_seen_ms = now_ms;
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.link != Link::Offline
     }
 
     /// Has it no work queued or in flight?
@@ -108,22 +115,30 @@ impl Nodes {
         self.map.values()
     }
 
-    /// Remove and return every node whose expiry has passed.
-    pub fn take_expired(&mut self, now: Instant) -> Vec<Node> {
-        let dead: Vec<String> = self
-            .map
-            .values()
-            .filter(|n| n.expires_at() <= now)
-            .map(|n| n.name.clone())
-            .collect();
-        dead.iter()
-            .filter_map(|name| self.map.remove(name))
-            .collect()
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.map.values_mut()
     }
 
-    /// The earliest expiry of any node.
+    /// Mark offline every online node whose expiry has passed; their
+    /// names.
+    pub fn expire_due(&mut self, now: Instant) -> Vec<String> {
+        let mut gone = Vec::new();
+        for n in self.map.values_mut() {
+            if n.is_online() && n.expires_at() <= now {
+                n.link = Link::Offline;
+                gone.push(n.name.clone());
+            }
+        }
+        gone
+    }
+
+    /// The earliest expiry of any online node.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.map.values().map(Node::expires_at).min()
+        self.map
+            .values()
+            .filter(|n| n.is_online())
+            .map(Node::expires_at)
+            .min()
     }
 
     /// Remove one node.
@@ -131,10 +146,18 @@ impl Nodes {
         self.map.remove(name)
     }
 
-    /// Forget idle nodes; returns (removed, kept).
-    pub fn purge_idle(&mut self) -> (usize, usize) {
-        let before = self.map.len();
-        self.map.retain(|_, n| !n.is_idle());
-        (before - self.map.len(), self.map.len())
+    /// Forget offline nodes with no work; returns their names, and how
+    /// many nodes are kept.
+    pub fn purge_offline(&mut self) -> (Vec<String>, usize) {
+        let gone: Vec<String> = self
+            .map
+            .values()
+            .filter(|n| !n.is_online() && n.is_idle())
+            .map(|n| n.name.clone())
+            .collect();
+        for name in &gone {
+            self.map.remove(name);
+        }
+        (gone, self.map.len())
     }
 }

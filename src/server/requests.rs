@@ -200,8 +200,11 @@ impl Server {
                 Response::Purged { purged, kept }
             }
             Request::PurgeNodes => {
-                let (purged, kept) = self.cluster.purge_nodes();
-                Response::Purged { purged, kept }
+                let mut out = std::mem::take(&mut self.effects);
+                let (purged, kept) = self.cluster.purge_nodes(&mut out);
+                // The answer waits for the records, like any.
+                self.submitted(token, Response::Purged { purged, kept }, out);
+                return None;
             }
             Request::ShowKey => match &self.auth {
                 Auth::Curve(c) => Response::ServerKey(ServerKeyView {

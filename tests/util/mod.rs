@@ -364,12 +364,13 @@ impl Cluster {
         run_cli(&self.dir.path, &all)
     }
 
-    /// `manage --list-nodes --format json`: the node names.
+    /// `manage --list-nodes --format json`: the names of the nodes online.
     pub fn node_names(&self) -> Vec<String> {
         self.nodes_json()
             .as_array()
             .unwrap()
             .iter()
+            .filter(|n| n["state"] == "online")
             .map(|n| n["name"].as_str().unwrap().to_owned())
             .collect()
     }
