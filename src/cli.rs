@@ -610,7 +610,8 @@ time in file order; after a failure there, the rest of the run is skipped on tha
 
 const EXIT_CODES: &str = "\
 Exit status: 0 success; 1 remote work failed (a node failed or was lost);
-2 bad usage, bad input or a local error; 3 the server cannot be reached.
+2 bad usage, bad input or a local error; 3 the server cannot be reached;
+4 (--wait) some targets were offline and nothing failed.
 ";
 
 fn help_text(mode: Option<Mode>) -> String {
@@ -634,7 +635,7 @@ fn help_text(mode: Option<Mode>) -> String {
         Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
-            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels and facts (OS, kernel, CPUs, memory, addresses)\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every idle node (live nodes come back at their next heartbeat)\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels and facts (OS, kernel, CPUs, memory, addresses)\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
     }
 }
