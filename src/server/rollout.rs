@@ -13,7 +13,8 @@ pub struct Rollout {
     pub current: usize,
     /// Most nodes that may fail before no new batch starts.
     pub max_fail: Option<usize>,
-    /// Nodes where a job of the run failed, timed out or was lost.
+    /// Nodes where a job of the run failed, timed out, was lost or could
+    /// not reach them (as Ansible counts unreachable hosts).
     pub failed: BTreeSet<String>,
     /// Parts of the run on the current batch's nodes not yet finished.
     pub left: usize,
@@ -55,7 +56,7 @@ impl Rollout {
     pub fn part_done(&mut self, node: &str, state: JobState) -> bool {
         if matches!(
             state,
-            JobState::Failed | JobState::TimedOut | JobState::Lost
+            JobState::Failed | JobState::TimedOut | JobState::Lost | JobState::Unreachable
         ) {
             self.failed.insert(node.to_owned());
         }
