@@ -216,6 +216,20 @@ mod tests {
     }
 
     #[test]
+    fn what_a_peer_reports_is_kept_within_bounds() {
+        let mut m: Map = (0..1000)
+            .map(|i| (format!("k{i:04}"), "v".repeat(5000)))
+            .collect();
+        m.insert("bad key".into(), "x".into());
+        m.insert("a".into(), "two\nlines\x1b[31m".into());
+        let b = bounded(m);
+        assert_eq!(b.len(), MAX_ENTRIES);
+        assert!(!b.contains_key("bad key"));
+        assert_eq!(b["a"], "twolines[31m");
+        assert!(b.values().all(|v| v.chars().count() <= MAX_VALUE));
+    }
+
+    #[test]
     fn labels_are_key_value_items_and_a_bad_one_is_named() {
         let m = parse_labels("role=web, dc=fra-1 ,,tier=").unwrap();
         assert_eq!(m["role"], "web");

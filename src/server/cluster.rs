@@ -1883,6 +1883,56 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_node_goes_offline_stays_known_across_a_restart_and_gets_nothing() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b"], t0);
+        let mut out = Vec::new();
+        let queued = c
+            .submit_now(run("1"), &["b".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let behind = c
+            .submit_now(run("2"), &["b".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let third = c
+            .submit_now(run("3"), &["b".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        // a beats, b falls silent: after 3 intervals b is offline.
+        let later = Now {
+            at: t0 + IVL * 4,
+            ms: 4000,
+        };
+        c.heartbeat("a", IVL, later);
+        out.clear();
+        assert_eq!(c.expire(later, &mut out), ["b"]);
+        assert!(out.contains(&Effect::Journal(Record::NodeOffline { name: "b".into() })));
+        // What was sent is lost; what waited never reached it.
+        assert_eq!(state(&c, &queued, "b"), JobState::Lost);
+        assert_eq!(state(&c, &third, "b"), JobState::Unreachable);
+        assert!(matches!(state(&c, &behind, "b"), JobState::Lost));
+        // A new job for every node: b's part ends at once.
+        let id = c.submit_now(run("x"), &[], later, &mut out).unwrap().job_id;
+        assert_eq!(state(&c, &id, "b"), JobState::Unreachable);
+        assert_eq!(state(&c, &id, "a"), JobState::Sent);
+        // After a restart b is known and offline; a is expected back.
+        let r = Cluster::restore(records(&c), IVL, later);
+        let states: Vec<(String, NodeState)> = r
+            .list_nodes()
+            .into_iter()
+            .map(|n| (n.name, n.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a".into(), NodeState::Online),
+                ("b".into(), NodeState::Offline)
+            ]
+        );
+    }
+
+    #[test]
     fn run_once_picks_one_target_and_dry_runs_queue_nothing() {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b", "c"], t0);
