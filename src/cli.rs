@@ -35,6 +35,8 @@ pub struct ExecArgs {
     pub targets: Vec<String>,
     /// Patterns of nodes left out.
     pub exclude: Vec<String>,
+    /// Offline targets: wait for them (up to the job's timeout).
+    pub queue_offline: bool,
     pub wait: bool,
     pub args: String,
 }
@@ -48,6 +50,8 @@ pub struct OrchestrateArgs {
     pub exclude: Vec<String>,
     /// `--batch` and `--max-fail`.
     pub rolling: Option<crate::wire::Rolling>,
+    /// Offline targets: wait for them (up to each job's timeout).
+    pub queue_offline: bool,
     pub wait: bool,
     pub dry_run: bool,
 }
@@ -120,6 +124,7 @@ struct ModeArgs {
     targets: Vec<String>,
     exclude: Vec<String>,
     batch: Option<crate::wire::Amount>,
+    queue_offline: bool,
     max_fail: Option<crate::wire::Amount>,
     wait: bool,
     positional: Vec<String>,
@@ -218,6 +223,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("target") => {
                 m.saw("--target", SUBMIT);
                 m.targets.push(value(&mut parser)?);
+            }
+            Long("queue-offline") => {
+                m.saw("--queue-offline", SUBMIT);
+                m.queue_offline = true;
             }
             Long("batch") => {
                 m.saw("--batch", ORCHESTRATE);
@@ -418,6 +427,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 verb,
                 targets: dedup(crate::targets::split(&m.targets)),
                 exclude: dedup(crate::targets::split(&m.exclude)),
+                queue_offline: m.queue_offline,
                 wait: m.wait,
                 args: m.positional.join(" "),
             }))
@@ -447,6 +457,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 },
                 exclude: dedup(crate::targets::split(&m.exclude)),
                 rolling,
+                queue_offline: m.queue_offline,
                 wait: m.wait,
                 dry_run: m.dry_run,
             }))
@@ -579,6 +590,8 @@ Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATT
                    (role=web, os_id=debian; VALUE may be a glob); repeat, or separate
                    with commas, for a union. A pattern that matches no node is an error
   --exclude PATTERN  leave out the nodes it matches; repeatable
+  --queue-offline  a target that is offline gets the job when it is back, up to the job's
+                   --timeout, instead of it ending unreachable at once
   --wait           stay connected, print each node's result as it arrives, and exit
                    0 only if every node succeeded
 
@@ -598,6 +611,8 @@ time in file order; after a failure there, the rest of the run is skipped on tha
 
   --target PATTERN replace every block's targets; repeat for several
   --exclude PATTERN  leave the nodes it matches out of every block; repeatable
+  --queue-offline  offline targets get their jobs when they are back, up to each job's
+                   --timeout, instead of them ending unreachable at once
   --batch N|N%     run on N nodes (or N% of the run's nodes) at a time, in name order;
                    the next batch starts once every node of the last has finished
   --max-fail N|N%  with --batch: start no new batch once more than N nodes have failed;
@@ -732,6 +747,7 @@ mod tests {
                 verb: Verb::Run,
                 targets: vec!["a".into(), "b".into(), "c".into()],
                 exclude: vec!["role=db".into()],
+                queue_offline: false,
                 wait: true,
                 args: "echo hi".into()
             }

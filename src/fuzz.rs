@@ -204,6 +204,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
             targets: vec!["a".into(), "b".into()],
             exclude: vec!["c*".into()],
             wait: true,
+            queue_offline: true,
         },
         Request::Orchestrate {
             blocks: vec![Block {
@@ -217,6 +218,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
             }),
             wait: false,
             dry_run: true,
+            queue_offline: false,
         },
         Request::JobInfo {
             id: Uuid::from_u128(3),

@@ -160,6 +160,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
         targets: args.targets,
         exclude: args.exclude,
         wait: args.wait,
+        queue_offline: args.queue_offline,
     };
     check_size(&req)?;
     let mut conn = Conn::open(&cfg.socket_path)?;
@@ -213,6 +214,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         blocks: blocks.clone(),
         exclude: args.exclude.clone(),
         rolling: args.rolling,
+        queue_offline: args.queue_offline,
         wait: args.wait,
         dry_run: args.dry_run,
     };

@@ -543,6 +543,9 @@ pub enum Request {
         #[serde(deserialize_with = "cautious_seq")]
         exclude: Vec<String>,
         wait: bool,
+        /// Parts for offline nodes wait for them, up to the job's timeout,
+        /// instead of ending `unreachable` at once.
+        queue_offline: bool,
     },
     /// Queue an orchestration: blocks of jobs, in order, under one parent.
     /// With `dry_run`, only check it and return the plan. With `wait`, the
@@ -558,6 +561,7 @@ pub enum Request {
         rolling: Option<Rolling>,
         wait: bool,
         dry_run: bool,
+        queue_offline: bool,
     },
     ListNodes,
     ListJobs,
@@ -1018,6 +1022,7 @@ mod tests {
             targets: vec!["a".into()],
             exclude: vec![],
             wait: true,
+            queue_offline: false,
         };
         let bytes = [encode_control(&req), encode_control(&Request::ListJobs)].concat();
         let mut fb = FrameBuf::new(MAX_REQUEST);

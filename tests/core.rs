@@ -631,6 +631,51 @@ fn purges_forget_finished_jobs_and_offline_nodes() {
     // A failure elsewhere wins over an offline node.
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "false"]);
     assert_eq!(out.code, 1, "{out:?}");
+    // --queue-offline: the job waits for p2 up to its timeout...
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--target",
+        "p2",
+        "--queue-offline",
+        "--wait",
+        "--timeout 1 true",
+    ]);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(
+        out.stdout.contains("p2: unreachable (node offline)"),
+        "{out:?}"
+    );
+    // ... and goes when p2 is back.
+    let mut waiter = c.cli_background(
+        &[
+            "exec",
+            "--verb",
+            "RUN",
+            "--target",
+            "p2",
+            "--queue-offline",
+            "--wait",
+            "echo back",
+        ],
+        "waiter.log",
+    );
+    wait_until("the job queued for p2", DEADLINE, || {
+        c.jobs_json().iter().any(|j| j["args"] == "echo back")
+    });
+    c.start_client("p2");
+    assert_eq!(waiter.wait_exit(DEADLINE), Some(0), "{}", waiter.log_text());
+    assert!(
+        waiter.log_text().contains("stdout | back"),
+        "{}",
+        waiter.log_text()
+    );
+    c.client("p2").signal(libc::SIGKILL);
+    c.client("p2").wait_exit(DEADLINE);
+    wait_until("p2 offline again", DEADLINE, || {
+        state(&c, "p2") == "offline"
+    });
     // Offline is durable: after a restart p2 is offline at once.
     c.server().signal(libc::SIGKILL);
     c.server().wait_exit(DEADLINE);

@@ -92,6 +92,11 @@ pub struct Cluster {
     /// Rolling runs whose current batch just ended: `roll_on` starts the
     /// next.
     roll_due: Vec<Uuid>,
+    /// Jobs submitted with `--queue-offline`, until released.
+    wait_offline: HashSet<Uuid>,
+    /// Parts queued for an offline node, and when they give up (their
+    /// job's timeout).
+    offline_waits: Vec<(Instant, Uuid, String)>,
     /// This server instance, in every dispatch.
     instance: u64,
     /// The last dispatch sequence number used.
@@ -105,6 +110,8 @@ impl Default for Cluster {
             jobs: Jobs::default(),
             rollouts: HashMap::new(),
             roll_due: Vec::new(),
+            wait_offline: HashSet::new(),
+            offline_waits: Vec::new(),
             instance: Uuid::new_v4().as_u64_pair().0,
             seq: 0,
         }
@@ -464,6 +471,7 @@ impl Cluster {
     /// Nodes silent past their expiry go offline: what was sent to them is
     /// lost, what waited for them is unreachable. Returns their names.
     pub fn expire(&mut self, now: Now, out: &mut Vec<Effect>) -> Vec<String> {
+        self.give_up_waits(now, out);
         let names = self.nodes.expire_due(now.at);
         for name in &names {
             out.push(Effect::Journal(Record::NodeOffline { name: name.clone() }));
@@ -537,9 +545,44 @@ impl Cluster {
         true
     }
 
-    /// When the next node expires, if any.
+    /// When the next node expires, or a part waiting for an offline node
+    /// gives up, if any.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.nodes.next_expiry()
+        let waits = self.offline_waits.iter().map(|(at, ..)| *at).min();
+        match (self.nodes.next_expiry(), waits) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Jobs just submitted with `--queue-offline`: their parts for offline
+    /// nodes wait for them (up to each job's timeout) when released.
+    pub fn queue_offline(&mut self, ids: &[Uuid]) {
+        self.wait_offline.extend(ids.iter().copied());
+    }
+
+    /// Parts that waited for an offline node past their timeout end
+    /// unreachable.
+    fn give_up_waits(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.offline_waits)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now.at);
+        self.offline_waits = keep;
+        for (_, id, node) in due {
+            let offline = self.nodes.get(&node).is_some_and(|n| !n.is_online());
+            if !offline {
+                continue; // it came back: the job went, or goes, as usual
+            }
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.queue.retain(|q| *q != id);
+            }
+            let secs = self
+                .jobs
+                .get(&id)
+                .map_or(0, |j| j.task.options.timeout_secs);
+            let why = format!("the node stayed offline for the job's whole --timeout ({secs}s)");
+            self.finish_unreachable(&id, &node, &why, now.ms, out);
+        }
     }
 
     /// The nodes a job goes to: those `targets` match (every node when
@@ -604,9 +647,21 @@ impl Cluster {
                 .filter(|k| !rollout.is_some_and(|r| r.holds(k)))
                 .map(|k| k.to_string())
                 .collect();
+            let timeout = Duration::from_secs(job.task.options.timeout_secs);
+            let wait = self.wait_offline.remove(id);
             for node in nodes {
                 if let Some(why) = self.offline_since(&node) {
-                    self.finish_unreachable(id, &node, &why, now.ms, out);
+                    if wait {
+                        // `--queue-offline`: it goes when the node is back,
+                        // or ends unreachable at its timeout.
+                        if let Some(n) = self.nodes.get_mut(&node) {
+                            n.queue.push_back(*id);
+                        }
+                        self.offline_waits
+                            .push((now.at + timeout, *id, node.clone()));
+                    } else {
+                        self.finish_unreachable(id, &node, &why, now.ms, out);
+                    }
                     continue;
                 }
                 match self.nodes.get_mut(&node) {
@@ -1930,6 +1985,42 @@ mod tests {
                 ("b".into(), NodeState::Offline)
             ]
         );
+    }
+
+    #[test]
+    fn queue_offline_waits_for_the_node_up_to_the_timeout() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        c.nodes.get_mut("a").unwrap().link = Link::Offline;
+        let wait = |c: &mut Cluster, cmd: &str, out: &mut Vec<Effect>| {
+            let s = c.submit(run(cmd), &[], &[], at(t0), out).unwrap();
+            c.queue_offline(&[s.job_id]);
+            c.release(&[s.job_id], at(t0), out);
+            s.job_id
+        };
+        let first = wait(&mut c, "--timeout 5 one", &mut out);
+        let second = wait(&mut c, "--timeout 50 two", &mut out);
+        assert_eq!(state(&c, &first, "a"), JobState::Queued);
+        assert_eq!(c.next_expiry(), Some(t0 + Duration::from_secs(5)));
+        // The first gives up at its timeout; the second is still waiting.
+        let later = Now {
+            at: t0 + Duration::from_secs(6),
+            ms: 6000,
+        };
+        out.clear();
+        c.expire(later, &mut out);
+        assert_eq!(state(&c, &first, "a"), JobState::Unreachable);
+        let msg = c.part_view(&first, "a").unwrap().message.unwrap();
+        assert!(msg.contains("whole --timeout (5s)"), "{msg}");
+        assert_eq!(state(&c, &second, "a"), JobState::Queued);
+        // The node is back: the second goes.
+        c.ready("a", greet(2, None, &[]), later, &mut out);
+        assert_eq!(sent_jobs(&out), vec![second]);
+        // Without --queue-offline, an offline node's part ends at once.
+        c.nodes.get_mut("a").unwrap().link = Link::Offline;
+        let s = c.submit_now(run("three"), &[], later, &mut out).unwrap();
+        assert_eq!(state(&c, &s.job_id, "a"), JobState::Unreachable);
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl Server {
                 targets,
                 exclude,
                 wait,
+                queue_offline,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
                 let resp =
@@ -141,6 +142,9 @@ impl Server {
                                     .or_default()
                                     .push(token);
                             }
+                            if queue_offline {
+                                self.cluster.queue_offline(&[submitted.job_id]);
+                            }
                             Response::Submitted(submitted)
                         }
                         Err(why) => Response::Rejected(why),
@@ -154,6 +158,7 @@ impl Server {
                 rolling,
                 wait,
                 dry_run,
+                queue_offline,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
                 let resp = match self.cluster.orchestrate(
@@ -169,6 +174,11 @@ impl Server {
                             log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
                             if wait {
                                 self.waiters.entry(parent).or_default().push(token);
+                            }
+                            if queue_offline {
+                                let ids: Vec<Uuid> =
+                                    plan.jobs.iter().filter_map(|j| j.job_id).collect();
+                                self.cluster.queue_offline(&ids);
                             }
                         }
                         Response::Orchestrated(plan)

@@ -187,6 +187,11 @@ impl Server {
                         let mut out = std::mem::take(&mut self.effects);
                         self.cluster.release(&jobs, Now::real(), &mut out);
                         self.apply(out);
+                        // Parts may now wait for offline nodes, until a
+                        // deadline.
+                        if let Some(at) = self.cluster.next_expiry() {
+                            self.schedule_expiry(at);
+                        }
                     }
                 }
             }
