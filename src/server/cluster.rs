@@ -773,7 +773,9 @@ impl Cluster {
     pub fn forget(&mut self, ids: &[Uuid]) {
         for id in ids {
             self.jobs.remove(id);
+            self.wait_offline.remove(id);
         }
+        self.forget_done_rollouts();
     }
 
     /// Queue a job on the nodes `targets` match (every node when empty),
