@@ -254,3 +254,50 @@ fn a_rolling_run_goes_two_nodes_at_a_time_and_stops_past_max_fail() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--batch: expected"), "{out:?}");
 }
+
+#[test]
+fn a_rolling_run_keeps_its_batches_across_a_server_kill() {
+    let mut c = Cluster::new("rollkill", "1");
+    c.start_server();
+    let names = ["r1", "r2", "r3", "r4"];
+    for n in names {
+        c.start_client_with(n, &["--label", &format!("name={n}")]);
+    }
+    c.wait_nodes(&names);
+    let log = c.dir.path.join("order.log");
+    let gate = c.dir.path.join("go");
+    let file = c.dir.path.join("roll.yml");
+    fs::write(
+        &file,
+        format!(
+            "- jobs:\n  - RUN: --skip-cache while [ ! -e {g} ]; do sleep 0.05; done; echo {{{{ labels.name }}}} >> {l}\n  - RUN: --skip-cache echo {{{{ labels.name }}}} >> {l}\n",
+            g = gate.display(),
+            l = log.display()
+        ),
+    )
+    .unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--batch", "2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    util::wait_until("batch 1 running", util::DEADLINE, || {
+        c.jobs_json()
+            .iter()
+            .any(|j| j["states"]["running"].as_u64() == Some(2))
+    });
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(util::DEADLINE);
+    c.start_server();
+    fs::write(&gate, "").unwrap();
+    util::wait_until("the run done", util::DEADLINE * 2, || {
+        let jobs = c.jobs_json();
+        !jobs.is_empty() && jobs.iter().all(|j| !j["finished_ms"].is_null())
+    });
+    for j in c.jobs_json() {
+        assert_eq!(j["states"], serde_json::json!({"succeeded": 4}), "{j}");
+    }
+    // Batch 2 started only once batch 1 was done, restart or not.
+    let lines = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    let first_batch2 = lines.iter().position(|l| *l == "r3" || *l == "r4").unwrap();
+    assert_eq!(first_batch2, 4, "{lines:?}");
+}
