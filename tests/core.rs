@@ -632,24 +632,8 @@ fn purges_forget_finished_jobs_and_offline_nodes() {
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "false"]);
     assert_eq!(out.code, 1, "{out:?}");
     // --queue-offline: the job waits for p2 up to its timeout...
-    let out = c.cli(&[
-        "exec",
-        "--verb",
-        "RUN",
-        "--target",
-        "p2",
-        "--queue-offline",
-        "--wait",
-        "--timeout 1 true",
-    ]);
-    assert_eq!(out.code, 4, "{out:?}");
-    assert!(
-        out.stdout.contains("p2: unreachable (node offline)"),
-        "{out:?}"
-    );
-    // ... and goes when p2 is back.
-    let mut waiter = c.cli_background(
-        &[
+    let for_p2 = |job| {
+        [
             "exec",
             "--verb",
             "RUN",
@@ -657,10 +641,17 @@ fn purges_forget_finished_jobs_and_offline_nodes() {
             "p2",
             "--queue-offline",
             "--wait",
-            "echo back",
-        ],
-        "waiter.log",
+            job,
+        ]
+    };
+    let out = c.cli(&for_p2("--timeout 1 true"));
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(
+        out.stdout.contains("p2: unreachable (node offline)"),
+        "{out:?}"
     );
+    // ... and goes when p2 is back.
+    let mut waiter = c.cli_background(&for_p2("echo back"), "waiter.log");
     wait_until("the job queued for p2", DEADLINE, || {
         c.jobs_json().iter().any(|j| j["args"] == "echo back")
     });

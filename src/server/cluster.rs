@@ -1944,18 +1944,11 @@ mod tests {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b"], t0);
         let mut out = Vec::new();
-        let queued = c
-            .submit_now(run("1"), &["b".into()], at(t0), &mut out)
-            .unwrap()
-            .job_id;
-        let behind = c
-            .submit_now(run("2"), &["b".into()], at(t0), &mut out)
-            .unwrap()
-            .job_id;
-        let third = c
-            .submit_now(run("3"), &["b".into()], at(t0), &mut out)
-            .unwrap()
-            .job_id;
+        let [queued, behind, third] = ["1", "2", "3"].map(|cmd| {
+            c.submit_now(run(cmd), &["b".into()], at(t0), &mut out)
+                .unwrap()
+                .job_id
+        });
         // a beats, b falls silent: after 3 intervals b is offline.
         let later = Now {
             at: t0 + IVL * 4,
