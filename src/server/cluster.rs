@@ -505,18 +505,7 @@ impl Cluster {
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
-        let Some(part) = self
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.parts.get_mut(node))
-        else {
-            return;
-        };
-        if part.state().is_done() {
-            return;
-        }
-        part.end(JobState::Unreachable, why.to_owned(), now_ms);
-        self.part_done(*job_id, node, out);
+        self.end_part(job_id, node, JobState::Unreachable, why, now_ms, out);
     }
 
     /// Why a job cannot reach `node` now, if it is offline.
@@ -718,14 +707,7 @@ impl Cluster {
                 );
                 for id in &ids {
                     for node in &never {
-                        let Some(p) = self.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node))
-                        else {
-                            continue;
-                        };
-                        if !p.state().is_done() {
-                            p.end(JobState::Skipped, why.clone(), now.ms);
-                            self.part_done(*id, node, out);
-                        }
+                        self.end_part(id, node, JobState::Skipped, &why, now.ms, out);
                     }
                 }
                 return;
@@ -954,22 +936,37 @@ impl Cluster {
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
-        let Some(job) = self.jobs.get_mut(job_id) else {
-            return;
-        };
-        let parent = job.parent;
-        let Some(part) = job.parts.get_mut(node) else {
-            return;
-        };
-        if part.state().is_done() {
+        if !self.end_part(job_id, node, JobState::Lost, why, now_ms, out) {
             return;
         }
         log::warn!("node={node}: job {job_id} lost: {why}");
-        part.end(JobState::Lost, why.to_owned(), now_ms);
-        self.part_done(*job_id, node, out);
-        if let Some(parent) = parent {
+        if let Some(parent) = self.jobs.get(job_id).and_then(|j| j.parent) {
             self.skip_rest_of_parent(node, parent, now_ms, out);
         }
+    }
+
+    /// End `node`'s part of `job_id` in `state` with `why`, unless it is
+    /// unknown or already final; true if it ended here.
+    fn end_part(
+        &mut self,
+        job_id: &Uuid,
+        node: &str,
+        state: JobState,
+        why: &str,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(part) = self
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.parts.get_mut(node))
+            .filter(|p| !p.state().is_done())
+        else {
+            return false;
+        };
+        part.end(state, why.to_owned(), now_ms);
+        self.part_done(*job_id, node, out);
+        true
     }
 
     fn part_done(&mut self, job_id: Uuid, node: &str, out: &mut Vec<Effect>) {
@@ -1127,6 +1124,10 @@ impl Cluster {
 pub struct Restore(Cluster);
 
 impl Restore {
+    fn part(&mut self, id: &Uuid, node: &str) -> Option<&mut super::jobs::Part> {
+        self.0.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node))
+    }
+
     /// Apply one record, in journal order.
     pub fn replay(&mut self, rec: Record, span: Span) {
         match rec {
@@ -1143,12 +1144,7 @@ impl Restore {
                     .record = Some(span);
             }
             Record::Sent { id, node, sent_ms } => {
-                if let Some(p) = self
-                    .0
-                    .jobs
-                    .get_mut(&id)
-                    .and_then(|j| j.parts.get_mut(&node))
-                {
+                if let Some(p) = self.part(&id, &node) {
                     p.restore_sent(sent_ms, None);
                 }
             }
@@ -1158,36 +1154,20 @@ impl Restore {
                 sent_ms,
                 to,
             } => {
-                if let Some(p) = self
-                    .0
-                    .jobs
-                    .get_mut(&id)
-                    .and_then(|j| j.parts.get_mut(&node))
-                {
+                if let Some(p) = self.part(&id, &node) {
                     p.restore_sent(sent_ms, Some(to));
                 }
             }
             Record::Unsent { id, node } => {
-                if let Some(p) = self
-                    .0
-                    .jobs
-                    .get_mut(&id)
-                    .and_then(|j| j.parts.get_mut(&node))
-                {
+                if let Some(p) = self.part(&id, &node) {
                     p.unsend();
                 }
             }
             Record::Done { id, node, part } => {
-                if let Some(p) = self
-                    .0
-                    .jobs
-                    .get_mut(&id)
-                    .and_then(|j| j.parts.get_mut(&node))
-                {
+                if let Some(p) = self.part(&id, &node) {
                     p.restore(part, span);
                 }
             }
-
             Record::Forgotten { id } => {
                 self.0.jobs.remove(&id);
             }
