@@ -232,9 +232,8 @@ fn a_rolling_run_goes_two_nodes_at_a_time_and_stops_past_max_fail() {
     ]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stdout.contains(
-            "never started (1 node(s) failed, more than --max-fail 0 allows): n3, n4, n5"
-        ),
+        out.stdout
+            .contains("never started (1 node failed, more than --max-fail 0 allows): n3, n4, n5"),
         "{out:?}"
     );
     let lines = fs::read_to_string(&log).unwrap();

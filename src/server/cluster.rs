@@ -1234,7 +1234,7 @@ impl Restore {
                 continue;
             };
             for (node, state) in &parts {
-                r.part_done(node, *state);
+                r.count_failure(node, *state);
             }
             r.current = (0..r.batches.len())
                 .find(|&b| {
@@ -1913,7 +1913,7 @@ mod tests {
             assert_eq!(e.state, JobState::Skipped);
             assert_eq!(
                 e.message.as_deref(),
-                Some("not started: 2 node(s) failed, more than --max-fail 1 allows")
+                Some("not started: 2 nodes failed, more than --max-fail 1 allows")
             );
         }
         assert!(out.contains(&Effect::ParentDone { parent_id: parent }));

@@ -3,12 +3,15 @@
 //! one has finished its part of the run, unless more nodes than
 //! `--max-fail` allows have failed by then.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::wire::{JobState, Rolling};
 
 pub struct Rollout {
     pub batches: Vec<Vec<String>>,
+    /// Each node's batch: looked up for every part of the run, which may
+    /// go to thousands of nodes.
+    batch_of: HashMap<String, usize>,
     /// The batch going now; `batches.len()` once none is left.
     pub current: usize,
     /// Most nodes that may fail before no new batch starts.
@@ -30,8 +33,14 @@ impl Rollout {
     }
 
     pub fn new(batches: Vec<Vec<String>>, max_fail: Option<usize>) -> Rollout {
+        let batch_of = batches
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.iter().map(move |n| (n.clone(), i)))
+            .collect();
         Rollout {
             batches,
+            batch_of,
             current: 0,
             max_fail,
             failed: BTreeSet::new(),
@@ -41,9 +50,7 @@ impl Rollout {
 
     /// The batch `node` is in.
     pub fn batch_of(&self, node: &str) -> Option<usize> {
-        self.batches
-            .iter()
-            .position(|b| b.iter().any(|n| n == node))
+        self.batch_of.get(node).copied()
     }
 
     /// Is `node`'s part of the run waiting for its batch?
@@ -51,15 +58,20 @@ impl Rollout {
         self.batch_of(node).is_some_and(|b| b > self.current)
     }
 
-    /// A part on `node` reached `state`. True when that ends the current
-    /// batch: time to start the next.
-    pub fn part_done(&mut self, node: &str, state: JobState) -> bool {
+    /// Count `node` as failed if `state` is a failure there.
+    pub fn count_failure(&mut self, node: &str, state: JobState) {
         if matches!(
             state,
             JobState::Failed | JobState::TimedOut | JobState::Lost | JobState::Unreachable
         ) {
             self.failed.insert(node.to_owned());
         }
+    }
+
+    /// A part on `node` reached `state`. True when that ends the current
+    /// batch: time to start the next.
+    pub fn part_done(&mut self, node: &str, state: JobState) -> bool {
+        self.count_failure(node, state);
         if self.batch_of(node) != Some(self.current) || self.left == 0 {
             return false;
         }
@@ -74,9 +86,10 @@ impl Rollout {
 
     /// What a node that never started is told.
     pub fn never_started(&self) -> String {
+        let n = self.failed.len();
         format!(
-            "not started: {} node(s) failed, more than --max-fail {} allows",
-            self.failed.len(),
+            "not started: {n} {} failed, more than --max-fail {} allows",
+            if n == 1 { "node" } else { "nodes" },
             self.max_fail.unwrap_or(0)
         )
     }
@@ -125,6 +138,6 @@ mod tests {
         assert!(!r.too_many_failed() || r.failed.len() == 1);
         assert!(r.part_done("n2", JobState::Succeeded));
         assert!(r.too_many_failed());
-        assert!(r.never_started().contains("1 node(s) failed"));
+        assert!(r.never_started().contains("1 node failed"));
     }
 }
