@@ -203,7 +203,8 @@ impl Journal {
                             return Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 format!(
-                                    "{}: the record at byte {good_len} cannot be read, and more follow (written by another version of director, or damaged); the file was left as it is: run the version that wrote it, or move the file away to start without it",
+                                    "{}: the record at byte {good_len} cannot be read, and more follow (written by another version of director, or damaged); the file was left as it is: run the version that wrote it, or keep the records before it with `truncate -s {good_len} {}`",
+                                    path.display(),
                                     path.display()
                                 ),
                             ));
@@ -601,7 +602,8 @@ fn next_record<T: DeserializeOwned>(
 enum Frame<T> {
     /// A record and the bytes it took.
     Record(T, usize),
-    /// The file ends before the frame does (a write cut short).
+    /// The file ends before the frame does, or a hole of zeros starts
+    /// there: a write cut short.
     Short,
     /// A whole frame whose record does not decode.
     Unreadable,
@@ -613,6 +615,11 @@ fn next_frame<T: DeserializeOwned>(r: &mut impl Read, body: &mut Vec<u8>) -> io:
         return Ok(Frame::Short);
     }
     let len = u32::from_le_bytes(head) as usize;
+    // No record is empty: zeros where a frame starts are a hole a power
+    // loss left in a write that was never synced (nor acknowledged).
+    if len == 0 {
+        return Ok(Frame::Short);
+    }
     if len > MAX_RECORD {
         return Ok(Frame::Unreadable);
     }
@@ -728,7 +735,21 @@ mod tests {
             e.to_string().contains("cannot be read, and more follow"),
             "{e}"
         );
+        let keep = bytes.len() - 12;
+        assert!(
+            e.to_string().contains(&format!("truncate -s {keep} ")),
+            "{e}"
+        );
         assert_eq!(fs::read(&path).unwrap(), bytes, "the file is untouched");
+        // Zeros where a frame starts are a hole a power loss left in an
+        // unsynced write: a torn tail, whatever follows.
+        let first = bytes.len() - 12; // "a", before the two frames added
+        let mut holed = bytes[..first].to_vec();
+        holed.extend([0u8; 4]);
+        encode_into(&mut holed, &"c".to_string());
+        fs::write(&path, &holed).unwrap();
+        let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+        assert_eq!(recs, vec!["a".to_string()]);
         // The same frame last, or followed by zeros only, is a torn tail.
         for tail in [&[][..], &[0u8; 64][..]] {
             let mut b = bytes[..bytes.len() - 6].to_vec();
