@@ -63,15 +63,11 @@ fn nodes_report_facts_and_labels_and_templates_read_them() {
     assert!(out.stderr.contains("unknown node 'nope'"), "{out:?}");
 
     // Templates on the node read them.
-    let out = c.cli(&[
-        "exec",
-        "--verb",
-        "RUN",
-        "--target",
+    let run_on = |node, cmd| c.cli(&["exec", "--verb", "RUN", "--target", node, "--wait", cmd]);
+    let out = run_on(
         "web-1",
-        "--wait",
         "echo {{ labels.role }}/{{ labels.tier }}/{{ facts.arch }}",
-    ]);
+    );
     assert_eq!(out.code, 0, "{out:?}");
     let info = c.job_info(&job_id(&out.stdout));
     assert_eq!(
@@ -80,15 +76,7 @@ fn nodes_report_facts_and_labels_and_templates_read_them() {
         "{info}"
     );
     // A label the node lacks fails there, named.
-    let out = c.cli(&[
-        "exec",
-        "--verb",
-        "RUN",
-        "--target",
-        "db-1",
-        "--wait",
-        "echo {{ labels.tier }}",
-    ]);
+    let out = run_on("db-1", "echo {{ labels.tier }}");
     assert_eq!(out.code, 1, "{out:?}");
     let info = c.job_info(&job_id(&out.stdout));
     let part = info["nodes"][0].to_string();
