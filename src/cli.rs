@@ -566,6 +566,8 @@ The job string starts with options, then the verb's arguments:
   --skip-cache         run even if the node cached a success for this step
   --run-once           run on exactly one of the targets
   --timeout SECONDS    kill the command's process group after this long (default 600)
+  --retries N          RUN only: run a failed command again, up to N more times (0-100)
+  --retry-delay SECS   RUN only: wait this long before each new attempt (default 5)
   --stdout-arg NAME    RUN only: store the command's stdout as the ARG NAME
   --chown USER[:GROUP] ADD/COPY only: owner of the files on the node (names or ids)
 Verbs:

@@ -97,6 +97,10 @@ pub struct JobOptions {
     /// Run on exactly one of the targets.
     pub run_once: bool,
     pub timeout_secs: u64,
+    /// RUN: run a failed command again, up to this many more times.
+    pub retries: u32,
+    /// Seconds between a failed attempt and the next.
+    pub retry_delay_secs: u64,
 }
 
 impl Default for JobOptions {
@@ -105,9 +109,16 @@ impl Default for JobOptions {
             skip_cache: false,
             run_once: false,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
+            retries: 0,
+            retry_delay_secs: DEFAULT_RETRY_DELAY_SECS,
         }
     }
 }
+
+/// The most `--retries` a job may ask for: each attempt's output is kept.
+pub const MAX_RETRIES: u32 = 100;
+/// The default `--retry-delay`, as Ansible's `delay`.
+pub const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
 
 /// What a job does on a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +193,7 @@ impl Task {
 
     fn parse_raw(verb: Verb, args: &str) -> Result<Task, String> {
         let mut options = JobOptions::default();
+        let mut retry_delay = false;
         let mut stdout_arg = None;
         let mut chown = None;
         let is_add = matches!(verb, Verb::Add | Verb::Copy);
@@ -219,6 +231,28 @@ impl Task {
                         .filter(|s| (1..=31_536_000).contains(s))
                         .ok_or_else(|| format!("{verb} option --timeout: '{v}' is not a whole number of seconds (1 or more)"))?;
                 }
+                "retries" if verb == Verb::Run => {
+                    let v = value("a number of retries")?;
+                    options.retries = v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= MAX_RETRIES)
+                        .ok_or_else(|| format!("{verb} option --retries: '{v}' is not a whole number from 0 to {MAX_RETRIES}"))?;
+                }
+                "retry-delay" if verb == Verb::Run => {
+                    let v = value("a number of seconds")?;
+                    options.retry_delay_secs = v
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| *s <= 86_400)
+                        .ok_or_else(|| format!("{verb} option --retry-delay: '{v}' is not a whole number of seconds (0 to 86400)"))?;
+                    retry_delay = true;
+                }
+                "retries" | "retry-delay" => {
+                    return Err(format!(
+                        "option --{name} does not apply to {verb} (only to RUN)"
+                    ))
+                }
                 "stdout-arg" if verb == Verb::Run => {
                     let v = value("an argument name")?;
                     check_name(&v, "--stdout-arg name")?;
@@ -244,7 +278,7 @@ impl Task {
                 }
                 _ => {
                     let extra = match verb {
-                        Verb::Run => ", --stdout-arg NAME",
+                        Verb::Run => ", --retries N, --retry-delay SECONDS, --stdout-arg NAME",
                         Verb::Add | Verb::Copy => ", --chown USER[:GROUP]",
                         _ => "",
                     };
@@ -253,6 +287,11 @@ impl Task {
                     ));
                 }
             }
+        }
+        if retry_delay && options.retries == 0 {
+            return Err(format!(
+                "{verb} option --retry-delay needs --retries N (how many times to retry)"
+            ));
         }
         let action = match verb {
             Verb::Run => {
@@ -325,6 +364,12 @@ impl Task {
         }
         if self.options.timeout_secs != DEFAULT_TIMEOUT_SECS {
             out.push(format!("--timeout {}", self.options.timeout_secs));
+        }
+        if self.options.retries > 0 {
+            out.push(format!("--retries {}", self.options.retries));
+            if self.options.retry_delay_secs != DEFAULT_RETRY_DELAY_SECS {
+                out.push(format!("--retry-delay {}", self.options.retry_delay_secs));
+            }
         }
         match &self.action {
             Action::Run {
@@ -402,8 +447,17 @@ impl Task {
                 s
             }
         };
+        // Retries joined the definition later: a task without them keeps
+        // the SHA1 it always had (node caches, --restrict lists).
+        let retries = match self.options.retries {
+            0 => String::new(),
+            n => format!(
+                "retries={n}\0retry_delay={}\0",
+                self.options.retry_delay_secs
+            ),
+        };
         format!(
-            "{}\0timeout={}\0{body}",
+            "{}\0timeout={}\0{retries}{body}",
             self.verb().name(),
             self.options.timeout_secs
         )
@@ -566,6 +620,31 @@ mod tests {
     }
 
     #[test]
+    fn retries_are_run_options_that_join_the_sha1_only_when_asked() {
+        let plain = run("make").unwrap();
+        let t = run("--retries 2 --retry-delay 0 make").unwrap();
+        assert_eq!((t.options.retries, t.options.retry_delay_secs), (2, 0));
+        assert_eq!(t.args(), "--retries 2 --retry-delay 0 make");
+        assert_eq!(run(&t.args()).unwrap(), t);
+        assert_ne!(t.sha1(), plain.sha1());
+        assert_ne!(t.sha1(), run("--retries 2 make").unwrap().sha1());
+        // A task without retries keeps the SHA1 it had before they existed.
+        assert_eq!(plain.canonical(), "RUN\0timeout=600\0stdout_arg=\0make");
+        assert_eq!(
+            run("--retries 101 make").unwrap_err(),
+            "RUN option --retries: '101' is not a whole number from 0 to 100"
+        );
+        assert_eq!(
+            run("--retry-delay 3 make").unwrap_err(),
+            "RUN option --retry-delay needs --retries N (how many times to retry)"
+        );
+        assert_eq!(
+            Task::parse(Verb::Arg, "--retries 2 k v").unwrap_err(),
+            "option --retries does not apply to ARG (only to RUN)"
+        );
+    }
+
+    #[test]
     fn options_come_first_and_the_command_stays_verbatim() {
         let t =
             run("--skip-cache --timeout=5 --run-once --stdout-arg out  echo  'a  b' --x").unwrap();
@@ -574,7 +653,8 @@ mod tests {
             JobOptions {
                 skip_cache: true,
                 run_once: true,
-                timeout_secs: 5
+                timeout_secs: 5,
+                ..JobOptions::default()
             }
         );
         assert_eq!(

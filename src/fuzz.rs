@@ -104,6 +104,7 @@ fn outcome() -> Outcome {
         stdout_dropped: 3,
         stderr_dropped: 0,
         exec_secs: 1.5,
+        attempts: Vec::new(),
     }
 }
 

@@ -13,6 +13,12 @@
 //! file, fsync, rename, fsync of the directory. At load, records are read
 //! one at a time (memory does not grow with the file), and a torn or
 //! corrupt tail (a crash mid-append) is dropped with a warning.
+//!
+//! A file starts with a header naming the layout of its records (`Layout`):
+//! a file of an older layout (or from before headers, layout 0) is
+//! upgraded at open, record by record into a new file that replaces it
+//! once synced, so a failed upgrade leaves it as it was; a newer layout is
+//! refused, never misread.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -27,6 +33,50 @@ const MAX_RECORD: usize = 64 << 20;
 
 /// What a compaction reads of the old file at once.
 const COPY_CHUNK: u64 = 1 << 20;
+
+/// A journal's first bytes: these, then its layout as a little-endian
+/// u32. (Read as a record's length, they are far past `MAX_RECORD`: a file
+/// from before headers never starts with them.)
+const MAGIC: [u8; 4] = *b"DIRJ";
+/// Where the first record starts.
+pub const HEADER_LEN: u64 = 8;
+
+/// The records of one journal, and how their encoding changed: bump
+/// `VERSION` when a record's encoding changes, and teach `upgrade` the
+/// layout before it.
+pub trait Layout: Serialize + DeserializeOwned {
+    /// The layout this build writes.
+    const VERSION: u32;
+    /// A record of layout `version` (older than `VERSION`; 0 is a file
+    /// from before headers), from its encoded bytes; `None` if they do
+    /// not decode as one.
+    fn upgrade(version: u32, body: &[u8]) -> Option<Self>;
+}
+
+/// Decode one record body as `T`, all of it.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
+    let config = bincode::config::standard().with_limit::<MAX_RECORD>();
+    bincode::serde::decode_from_slice(body, config)
+        .ok()
+        .filter(|(_, used)| *used == body.len())
+        .map(|(rec, _)| rec)
+}
+
+#[cfg(test)]
+impl Layout for String {
+    const VERSION: u32 = 1;
+    fn upgrade(_: u32, body: &[u8]) -> Option<Self> {
+        decode(body)
+    }
+}
+
+#[cfg(test)]
+impl Layout for u32 {
+    const VERSION: u32 = 1;
+    fn upgrade(_: u32, body: &[u8]) -> Option<Self> {
+        decode(body)
+    }
+}
 
 /// One journal, as the loop holds it.
 pub struct Journal {
@@ -50,6 +100,8 @@ struct JournalFile {
     good_len: u64,
     /// A write failed after `good_len`: cut the file back before the next.
     torn: bool,
+    /// What a rewrite starts with.
+    header: [u8; HEADER_LEN as usize],
 }
 
 /// Appended records, to be written (and synced) on any thread.
@@ -168,60 +220,65 @@ pub struct Reader {
 
 impl Journal {
     /// Open (creating `dir` and the file) and hand every whole record to
-    /// `each`, in order, reading one record at a time.
-    pub fn open_with<T: DeserializeOwned>(
+    /// `each`, in order, reading one record at a time. A file of an older
+    /// layout is upgraded first.
+    pub fn open_with<T: Layout>(
         dir: &Path,
         name: &str,
         mut each: impl FnMut(T, Span),
     ) -> io::Result<Journal> {
         fs::create_dir_all(dir)?;
         let path = dir.join(name);
-        let mut good_len = 0u64;
-        match File::open(&path) {
-            Ok(f) => {
-                let total = f.metadata()?.len();
-                let mut r = BufReader::with_capacity(1 << 16, f);
-                let mut body = Vec::new();
-                while good_len < total {
-                    match next_frame::<T>(&mut r, &mut body)? {
-                        Frame::Record(rec, used) => {
-                            each(
-                                rec,
-                                Span {
-                                    at: good_len,
-                                    len: used as u32,
-                                },
-                            );
-                            good_len += used as u64;
-                        }
-                        // Records are only ever appended: one that cannot be
-                        // read with more after it was not cut short by a
-                        // crash. It was written by another version, or the
-                        // file is damaged; dropping it and all that follows
-                        // would lose acknowledged work.
-                        Frame::Unreadable if !rest_is_zero(&mut r)? => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!(
-                                    "{}: the record at byte {good_len} cannot be read, and more follow (written by another version of director, or damaged); the file was left as it is: run the version that wrote it, or keep the records before it with `truncate -s {good_len} {}`",
-                                    path.display(),
-                                    path.display()
-                                ),
-                            ));
-                        }
-                        Frame::Short | Frame::Unreadable => {
-                            log::warn!(
-                                "{}: dropped a torn or corrupt tail of {} bytes",
-                                path.display(),
-                                total - good_len
-                            );
-                            break;
-                        }
-                    }
+        match read_header(&path)? {
+            Header::Fresh => write_fresh(&path, T::VERSION)?,
+            Header::Layout(v) if v == T::VERSION => {}
+            Header::Layout(v) if v > T::VERSION => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} was written by a newer director (record layout {v}; this one reads up to {}); the file was left as it is: run that version or a later one",
+                        path.display(),
+                        T::VERSION
+                    ),
+                ));
+            }
+            Header::Layout(v) => upgrade::<T>(&path, v, HEADER_LEN)?,
+            Header::Legacy => upgrade::<T>(&path, 0, 0)?,
+        }
+        let mut good_len = HEADER_LEN;
+        let f = File::open(&path)?;
+        let total = f.metadata()?.len();
+        let mut r = BufReader::with_capacity(1 << 16, f);
+        let mut head = [0u8; HEADER_LEN as usize];
+        r.read_exact(&mut head)?;
+        let mut body = Vec::new();
+        while good_len < total {
+            match next_frame(&mut r, &mut body)? {
+                Frame::Whole(used) => {
+                    // A record of this layout that does not decode is
+                    // unreadable, like a damaged one.
+                    let Some(rec) = decode::<T>(&body) else {
+                        refuse_or_cut(&path, &mut r, good_len, total)?;
+                        break;
+                    };
+                    each(
+                        rec,
+                        Span {
+                            at: good_len,
+                            len: used as u32,
+                        },
+                    );
+                    good_len += used as u64;
+                }
+                Frame::TooLong => {
+                    refuse_or_cut(&path, &mut r, good_len, total)?;
+                    break;
+                }
+                Frame::Short => {
+                    torn_tail(&path, total - good_len);
+                    break;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
         let file = open_rw(&path)?;
         // A torn tail is cut off before the first append: records after it
@@ -234,6 +291,7 @@ impl Journal {
                 file,
                 good_len,
                 torn,
+                header: header(T::VERSION),
             })),
             pending: Vec::new(),
             end: good_len,
@@ -242,7 +300,7 @@ impl Journal {
     }
 
     /// Open and collect every record (for small journals).
-    pub fn open<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<(Journal, Vec<T>)> {
+    pub fn open<T: Layout>(dir: &Path, name: &str) -> io::Result<(Journal, Vec<T>)> {
         let mut out = Vec::new();
         let j = Journal::open_with(dir, name, |r, _| out.push(r))?;
         Ok((j, out))
@@ -338,7 +396,7 @@ impl Journal {
         let mut parts = Vec::new();
         let mut runs: Vec<Run> = Vec::new();
         let mut bytes = Vec::new();
-        let mut at = 0u64;
+        let mut at = HEADER_LEN;
         let mut records = 0;
         // Start of the new bytes not yet in a piece.
         let mut run = 0;
@@ -457,9 +515,13 @@ impl Reader {
         let mut buf = vec![0u8; span.len as usize];
         lock(&self.file).file.read_exact_at(&mut buf, span.at)?;
         let mut body = Vec::new();
-        match next_record::<T>(&mut buf.as_slice(), &mut body)? {
-            Some((rec, used)) if used == buf.len() => Ok(rec),
-            _ => Err(io::Error::new(
+        let rec = match next_frame(&mut buf.as_slice(), &mut body)? {
+            Frame::Whole(used) if used == buf.len() => decode(&body),
+            _ => None,
+        };
+        match rec {
+            Some(rec) => Ok(rec),
+            None => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("no whole record at offset {}", span.at),
             )),
@@ -507,9 +569,10 @@ impl JournalFile {
                 ),
             ));
         }
-        let mut len = 0u64;
+        let mut len = HEADER_LEN;
         let written = (|| {
             let mut f = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+            f.write_all(&self.header)?;
             let mut buf = Vec::new();
             for piece in parts {
                 match piece {
@@ -587,29 +650,18 @@ fn encode_into<T: Serialize>(out: &mut Vec<u8>, rec: &T) {
     out.extend(body);
 }
 
-/// The next record and the bytes it took; `None` for a torn or corrupt one.
-fn next_record<T: DeserializeOwned>(
-    r: &mut impl Read,
-    body: &mut Vec<u8>,
-) -> io::Result<Option<(T, usize)>> {
-    Ok(match next_frame(r, body)? {
-        Frame::Record(rec, used) => Some((rec, used)),
-        Frame::Short | Frame::Unreadable => None,
-    })
-}
-
 /// What the next bytes of a journal hold.
-enum Frame<T> {
-    /// A record and the bytes it took.
-    Record(T, usize),
+enum Frame {
+    /// A whole frame, its body read into the buffer, and the bytes it took.
+    Whole(usize),
     /// The file ends before the frame does, or a hole of zeros starts
     /// there: a write cut short.
     Short,
-    /// A whole frame whose record does not decode.
-    Unreadable,
+    /// A length no record has.
+    TooLong,
 }
 
-fn next_frame<T: DeserializeOwned>(r: &mut impl Read, body: &mut Vec<u8>) -> io::Result<Frame<T>> {
+fn next_frame(r: &mut impl Read, body: &mut Vec<u8>) -> io::Result<Frame> {
     let mut head = [0u8; 4];
     if !read_full(r, &mut head)? {
         return Ok(Frame::Short);
@@ -621,22 +673,156 @@ fn next_frame<T: DeserializeOwned>(r: &mut impl Read, body: &mut Vec<u8>) -> io:
         return Ok(Frame::Short);
     }
     if len > MAX_RECORD {
-        return Ok(Frame::Unreadable);
+        return Ok(Frame::TooLong);
     }
     body.resize(len, 0);
     if !read_full(r, body)? {
         return Ok(Frame::Short);
     }
-    let config = bincode::config::standard().with_limit::<MAX_RECORD>();
-    Ok(
-        match bincode::serde::decode_from_slice(body, config)
-            .ok()
-            .filter(|(_, used)| *used == len)
-        {
-            Some((rec, _)) => Frame::Record(rec, 4 + len),
-            None => Frame::Unreadable,
-        },
-    )
+    Ok(Frame::Whole(4 + len))
+}
+
+/// What a journal's first bytes say.
+enum Header {
+    /// No file, or one cut short before its header was whole.
+    Fresh,
+    /// A file from before headers.
+    Legacy,
+    Layout(u32),
+}
+
+fn header(version: u32) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4..].copy_from_slice(&version.to_le_bytes());
+    h
+}
+
+fn read_header(path: &Path) -> io::Result<Header> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Header::Fresh),
+        Err(e) => return Err(e),
+    };
+    let mut head = Vec::with_capacity(HEADER_LEN as usize);
+    (&mut f).take(HEADER_LEN).read_to_end(&mut head)?;
+    if head.len() == HEADER_LEN as usize && head[..4] == MAGIC {
+        let v = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        return Ok(Header::Layout(v));
+    }
+    // A crash while a new file got its header leaves a part of it (or,
+    // unsynced, zeros): nothing was ever written after it.
+    let partial = head.iter().zip(MAGIC).all(|(b, m)| *b == m)
+        || (head.iter().all(|b| *b == 0) && f.metadata()?.len() == head.len() as u64);
+    if head.len() < HEADER_LEN as usize && partial {
+        return Ok(Header::Fresh);
+    }
+    Ok(Header::Legacy)
+}
+
+/// A new, empty journal of `version`, durably.
+fn write_fresh(path: &Path, version: u32) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(&header(version))?;
+    f.sync_all()?;
+    sync_dir(path);
+    Ok(())
+}
+
+fn sync_dir(path: &Path) {
+    if let Ok(d) = File::open(path.parent().unwrap_or(Path::new("."))) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Rewrite a journal of layout `from` (its records starting at `start`)
+/// in `T`'s layout: record by record into a new file, which replaces the
+/// old one only once whole and synced.
+fn upgrade<T: Layout>(path: &Path, from: u32, start: u64) -> io::Result<()> {
+    let tmp = path.with_extension("upgrade");
+    let mut records = 0usize;
+    let written = (|| {
+        let f = File::open(path)?;
+        let total = f.metadata()?.len();
+        let mut r = BufReader::with_capacity(1 << 16, f);
+        io::copy(&mut (&mut r).take(start), &mut io::sink())?;
+        let mut w = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        w.write_all(&header(T::VERSION))?;
+        let mut at = start;
+        let mut body = Vec::new();
+        let mut out = Vec::new();
+        while at < total {
+            match next_frame(&mut r, &mut body)? {
+                Frame::Whole(used) => {
+                    let Some(rec) = T::upgrade(from, &body) else {
+                        refuse_or_cut(path, &mut r, at, total)?;
+                        break;
+                    };
+                    out.clear();
+                    encode_into(&mut out, &rec);
+                    w.write_all(&out)?;
+                    records += 1;
+                    at += used as u64;
+                }
+                Frame::TooLong => {
+                    refuse_or_cut(path, &mut r, at, total)?;
+                    break;
+                }
+                Frame::Short => {
+                    torn_tail(path, total - at);
+                    break;
+                }
+            }
+        }
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot upgrade {} from record layout {from} to {}: {e}",
+                path.display(),
+                T::VERSION
+            ),
+        ));
+    }
+    sync_dir(path);
+    log::info!(
+        "{}: upgraded {records} records from layout {from} to {}",
+        path.display(),
+        T::VERSION
+    );
+    Ok(())
+}
+
+fn torn_tail(path: &Path, bytes: u64) {
+    log::warn!(
+        "{}: dropped a torn or corrupt tail of {bytes} bytes",
+        path.display()
+    );
+}
+
+/// A whole record at `at` cannot be read. Records are only ever appended:
+/// with more after it, it was not cut short by a crash. It was written by
+/// another version, or the file is damaged; dropping it and all that
+/// follows would lose acknowledged work, so the open is refused. Last (or
+/// followed by zeros only), it is a torn tail, dropped.
+fn refuse_or_cut(path: &Path, r: &mut impl Read, at: u64, total: u64) -> io::Result<()> {
+    if !rest_is_zero(r)? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the record at byte {at} of {} cannot be read, and more follow (written by another version of director, or damaged); the file was left as it is: run the version that wrote it, or keep the records before it with `truncate -s {at} {}`",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    torn_tail(path, total - at);
+    Ok(())
 }
 
 /// Are the rest of `r`'s bytes all zero (what a crash can leave after the
@@ -872,6 +1058,123 @@ mod tests {
         drop(j);
         let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
         assert_eq!(recs, vec!["a".repeat(50), "b".repeat(50), "c".to_string()]);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    /// A record whose encoding changed: layout 1 was a bare number.
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    struct Grown {
+        n: u32,
+        note: String,
+    }
+
+    impl Layout for Grown {
+        const VERSION: u32 = 2;
+        fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
+            match version {
+                0 | 1 => decode::<u32>(body).map(|n| Grown {
+                    n,
+                    note: "old".into(),
+                }),
+                _ => None,
+            }
+        }
+    }
+
+    /// A file as a build from before headers wrote it.
+    fn legacy(path: &Path, recs: &[u32]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for r in recs {
+            encode_into(&mut bytes, r);
+        }
+        fs::write(path, &bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_file_of_an_older_layout_is_upgraded_at_open_and_appends_follow() {
+        let d = dir("upgrade");
+        fs::create_dir_all(&d).unwrap();
+        let path = d.join("j.bin");
+        let mut old = legacy(&path, &[1, 2, 3]);
+        old.extend([7, 0, 0]); // a torn tail
+        fs::write(&path, &old).unwrap();
+        let (mut j, recs) = Journal::open::<Grown>(&d, "j.bin").unwrap();
+        let n: Vec<u32> = recs.iter().map(|g| g.n).collect();
+        assert_eq!(n, [1, 2, 3]);
+        assert!(recs.iter().all(|g| g.note == "old"));
+        assert_eq!(fs::read(&path).unwrap()[..8], header(2));
+        assert!(!path.with_extension("upgrade").exists());
+        j.append(&Grown {
+            n: 4,
+            note: "new".into(),
+        });
+        j.sync_now().unwrap();
+        drop(j);
+        let (_, recs) = Journal::open::<Grown>(&d, "j.bin").unwrap();
+        assert_eq!(recs.len(), 4);
+        assert_eq!(recs[3].note, "new");
+        // Layout 1 (a header, the old encoding) upgrades the same way.
+        let mut v1 = header(1).to_vec();
+        v1.extend(&legacy(&path, &[9])[..]);
+        fs::write(&path, &v1).unwrap();
+        let (_, recs) = Journal::open::<Grown>(&d, "j.bin").unwrap();
+        assert_eq!(recs[0].n, 9);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_newer_layout_or_an_unreadable_old_record_is_refused_and_the_file_kept() {
+        let d = dir("newer");
+        fs::create_dir_all(&d).unwrap();
+        let path = d.join("j.bin");
+        let mut newer = header(3).to_vec();
+        encode_into(&mut newer, &5u32);
+        fs::write(&path, &newer).unwrap();
+        let e = Journal::open::<Grown>(&d, "j.bin").err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("written by a newer director (record layout 3; this one reads up to 2)"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), newer);
+        // An old record that does not decode, with more after it: the
+        // upgrade is given up, the old file stays, nothing is left over.
+        let mut bad = legacy(&path, &[1]);
+        bad.extend(2u32.to_le_bytes());
+        bad.extend([0xff, 0xff]); // not a varint u32
+        encode_into(&mut bad, &3u32);
+        fs::write(&path, &bad).unwrap();
+        let e = Journal::open::<Grown>(&d, "j.bin").err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("record layout 0 to 2: the record at byte 5 of"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("truncate -s 5 "), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), bad);
+        assert!(!path.with_extension("upgrade").exists());
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_new_journal_starts_with_its_header_even_after_a_crash_while_writing_it() {
+        let d = dir("fresh");
+        let (j, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+        assert!(recs.is_empty());
+        drop(j);
+        let path = d.join("j.bin");
+        assert_eq!(fs::read(&path).unwrap(), header(1));
+        for cut in [&b"DIR"[..], &[0u8; 5][..], &header(1)[..6]] {
+            fs::write(&path, cut).unwrap();
+            let (mut j, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+            assert!(recs.is_empty());
+            j.append(&"x".to_string());
+            j.sync_now().unwrap();
+            drop(j);
+            let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+            assert_eq!(recs, ["x".to_string()]);
+        }
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -245,6 +245,7 @@ mod tests {
             rtt_secs: None,
             sent_ms: None,
             finished_ms: None,
+            attempts: Vec::new(),
         }
     }
 

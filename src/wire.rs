@@ -25,8 +25,9 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 /// `Ready` (the routing id is no longer the name) and the server answers
 /// with `Welcome` or `Denied`. 3: jobs carry their `Dispatch`, and `Ready`
 /// says which client instance sends it and the last dispatch it received.
-/// 4: `Ready` carries the node's facts and labels.
-pub const VERSION: u8 = 4;
+/// 4: `Ready` carries the node's facts and labels. 5: jobs carry
+/// `--retries`, and a result the attempts before its last.
+pub const VERSION: u8 = 5;
 /// Captured stdout and stderr are each cut to this many bytes on the node.
 pub const OUTPUT_CAP: usize = 1 << 20;
 /// A node's message to the server could say why a job could not run in at
@@ -35,9 +36,12 @@ pub const MESSAGE_CAP: usize = 4 << 10;
 
 // Largest frame each port takes in each direction (`ZMQ_MAXMSGSIZE`): what
 // its messages need, so a peer cannot make the other side buffer more.
-/// Node to server, job port: a result with two capped outputs, or a `Ready`
-/// listing the jobs the node holds.
-pub const MAX_JOB_UP: usize = 2 * OUTPUT_CAP + (64 << 10);
+/// The outputs of a result's earlier attempts, all together, are cut to
+/// about this many bytes (`Outcome::bounded`).
+pub const ATTEMPTS_CAP: usize = 512 << 10;
+/// Node to server, job port: a result with two capped outputs and its
+/// earlier attempts, or a `Ready` listing the jobs the node holds.
+pub const MAX_JOB_UP: usize = 2 * OUTPUT_CAP + ATTEMPTS_CAP + (64 << 10);
 /// Server to node, job port: a job, which is at most a control request.
 pub const MAX_JOB_DOWN: usize = MAX_REQUEST + (64 << 10);
 /// Node to server, transfer port: a fetch.
@@ -129,7 +133,7 @@ fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(body: &[u8]) -> Resul
 /// decodes through bincode's own byte-buffer path, which checks the length
 /// against the limit before allocating (serde's sequence path would
 /// preallocate up to 1 MiB on a length it cannot check).
-mod bytes {
+pub mod bytes {
     use serde::de::{Deserializer, Error, SeqAccess, Visitor};
     use serde::Serializer;
     use std::fmt;
@@ -499,6 +503,69 @@ pub struct Outcome {
     pub stderr_dropped: u64,
     /// Execution time measured on the node.
     pub exec_secs: f64,
+    /// With `--retries`: the attempts that failed before this one, oldest
+    /// first.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One failed attempt of a job run with `--retries`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub exit: Exit,
+    #[serde(with = "bytes")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "bytes")]
+    pub stderr: Vec<u8>,
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+    pub exec_secs: f64,
+}
+
+impl Attempt {
+    /// What each output of `attempts` earlier attempts keeps.
+    pub fn cap(attempts: usize) -> usize {
+        ATTEMPTS_CAP / (2 * attempts.max(1))
+    }
+
+    /// A finished run of the command, kept as an earlier attempt with its
+    /// outputs cut to `cap`.
+    pub fn of(o: Outcome, cap: usize) -> Attempt {
+        let mut a = Attempt {
+            exit: o.exit,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            stdout_dropped: o.stdout_dropped,
+            stderr_dropped: o.stderr_dropped,
+            exec_secs: o.exec_secs,
+        };
+        cap_output(&mut a.stdout, &mut a.stdout_dropped, cap);
+        cap_output(&mut a.stderr, &mut a.stderr_dropped, cap);
+        cap_message(&mut a.exit);
+        a
+    }
+}
+
+/// Cut `out` to `cap` bytes, counting what was cut in `dropped`.
+fn cap_output(out: &mut Vec<u8>, dropped: &mut u64, cap: usize) {
+    if out.len() > cap {
+        *dropped += (out.len() - cap) as u64;
+        out.truncate(cap);
+    }
+}
+
+/// Cut an error message to `MESSAGE_CAP`, on a character boundary.
+fn cap_message(exit: &mut Exit) {
+    if let Exit::Error(msg) = exit {
+        if msg.len() > MESSAGE_CAP {
+            let mut end = MESSAGE_CAP - 3;
+            while !msg.is_char_boundary(end) {
+                end -= 1;
+            }
+            msg.truncate(end);
+            msg.push_str("...");
+        }
+    }
 }
 
 impl Outcome {
@@ -507,24 +574,21 @@ impl Outcome {
     /// bounded outcomes, so the server's frame limit never refuses a result
     /// (which the node would resend forever).
     pub fn bounded(mut self) -> Outcome {
-        for (out, dropped) in [
-            (&mut self.stdout, &mut self.stdout_dropped),
-            (&mut self.stderr, &mut self.stderr_dropped),
-        ] {
-            if out.len() > OUTPUT_CAP {
-                *dropped += (out.len() - OUTPUT_CAP) as u64;
-                out.truncate(OUTPUT_CAP);
-            }
-        }
-        if let Exit::Error(msg) = &mut self.exit {
-            if msg.len() > MESSAGE_CAP {
-                let mut end = MESSAGE_CAP - 3;
-                while !msg.is_char_boundary(end) {
-                    end -= 1;
-                }
-                msg.truncate(end);
-                msg.push_str("...");
-            }
+        cap_output(&mut self.stdout, &mut self.stdout_dropped, OUTPUT_CAP);
+        cap_output(&mut self.stderr, &mut self.stderr_dropped, OUTPUT_CAP);
+        cap_message(&mut self.exit);
+        // Earlier attempts share `ATTEMPTS_CAP`; the oldest go first past
+        // `MAX_RETRIES`.
+        let extra = self
+            .attempts
+            .len()
+            .saturating_sub(crate::dsl::MAX_RETRIES as usize);
+        self.attempts.drain(..extra);
+        let cap = Attempt::cap(self.attempts.len());
+        for a in &mut self.attempts {
+            cap_output(&mut a.stdout, &mut a.stdout_dropped, cap);
+            cap_output(&mut a.stderr, &mut a.stderr_dropped, cap);
+            cap_message(&mut a.exit);
         }
         self
     }
@@ -860,6 +924,23 @@ pub struct PartView {
     pub rtt_secs: Option<f64>,
     pub sent_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// With `--retries`: the attempts that failed before the last, oldest
+    /// first.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub attempts: Vec<AttemptView>,
+}
+
+/// An earlier attempt, as the CLI sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+    pub exec_secs: f64,
 }
 
 /// Everything about one job.
@@ -936,6 +1017,14 @@ mod tests {
                 stdout_dropped: 0,
                 stderr_dropped: 7,
                 exec_secs: 0.25,
+                attempts: vec![Attempt {
+                    exit: Exit::TimedOut { secs: 1 },
+                    stdout: b"first".to_vec(),
+                    stderr: vec![],
+                    stdout_dropped: 0,
+                    stderr_dropped: 0,
+                    exec_secs: 1.0,
+                }],
             },
         }
     }

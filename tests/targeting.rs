@@ -288,3 +288,102 @@ fn a_rolling_run_keeps_its_batches_across_a_server_kill() {
     let first_batch2 = lines.iter().position(|l| *l == "r3" || *l == "r4").unwrap();
     assert_eq!(first_batch2, 4, "{lines:?}");
 }
+
+#[test]
+fn a_failed_run_is_retried_after_its_delay_and_every_attempt_is_kept() {
+    let mut c = Cluster::start("retries", &["r1", "r2"], "1");
+    // Fails twice, then succeeds: a counter file on the node.
+    let counter = "n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; \
+                   date +%s.%N >> times; echo try $n; echo err $n >&2; [ $n -ge 3 ]";
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--target",
+        "r1",
+        "--wait",
+        &format!("--retries 4 --retry-delay 1 {counter}"),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("r1: succeeded, exit 0"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(", attempt 3"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("attempt 1 of 3: exit 1"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("    stdout | try 2"), "{}", out.stdout);
+    let node = c.node_dir("r1");
+    // No attempt after the one that succeeded.
+    assert_eq!(fs::read_to_string(node.join("count")).unwrap(), "3\n");
+    // Each attempt waited its --retry-delay after the one before.
+    let times: Vec<f64> = fs::read_to_string(node.join("times"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(times.len(), 3);
+    assert!(times.windows(2).all(|w| w[1] - w[0] >= 1.0), "{times:?}");
+
+    // Every attempt is in --job-info, and stays there across a restart
+    // (the results are journaled with their attempts).
+    let id = c
+        .jobs_json()
+        .last()
+        .and_then(|j| j["id"].as_str().map(str::to_owned))
+        .unwrap();
+    let check = |info: &serde_json::Value| {
+        let p = &info["nodes"][0];
+        assert_eq!(p["state"], "succeeded");
+        assert_eq!(p["stdout"], "try 3\n");
+        let attempts = p["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{p}");
+        for (i, a) in attempts.iter().enumerate() {
+            assert_eq!(a["exit_code"], 1);
+            assert_eq!(a["stdout"], format!("try {}\n", i + 1));
+            assert_eq!(a["stderr"], format!("err {}\n", i + 1));
+        }
+    };
+    check(&c.job_info(&id));
+    c.server().signal(libc::SIGTERM);
+    c.server().wait_exit(util::DEADLINE);
+    c.start_server();
+    check(&c.job_info(&id));
+    let text = c.cli(&["manage", "--job-info", &id]);
+    assert!(text.stdout.contains("attempt 2 of 3: exit 1"), "{text:?}");
+
+    // Out of attempts: the last one is the result, the others kept.
+    c.wait_nodes(&["r1", "r2"]);
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--target",
+        "r2",
+        "--wait",
+        "--retries 1 --retry-delay 0 echo x >> tries; exit 7",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("r2: failed, exit 7"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("attempt 1 of 2: exit 7"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        fs::read_to_string(c.node_dir("r2").join("tries")).unwrap(),
+        "x\nx\n"
+    );
+    // Retries are a RUN option, and part of the task SHA1.
+    let out = c.cli(&["exec", "--verb", "ARG", "--retries 2 k v"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("option --retries does not apply to ARG (only to RUN)"),
+        "{out:?}"
+    );
+}

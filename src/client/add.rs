@@ -438,6 +438,7 @@ impl AddJob {
             stdout_dropped: 0,
             stderr_dropped: 0,
             exec_secs: self.started.elapsed().as_secs_f64(),
+            attempts: Vec::new(),
         }
     }
 }

@@ -35,6 +35,14 @@ enum Record {
     Forget { key: String },
 }
 
+impl crate::journal::Layout for Record {
+    const VERSION: u32 = 1;
+    /// Layout 0 (no header) is this one.
+    fn upgrade(_: u32, body: &[u8]) -> Option<Self> {
+        crate::journal::decode(body)
+    }
+}
+
 /// The node's persistent cache.
 pub struct Cache {
     journal: Journal,

@@ -176,6 +176,7 @@ pub fn finish(
         stdout_dropped: ended.out.dropped,
         stderr_dropped: ended.err.dropped,
         exec_secs: ended.exec_secs,
+        attempts: Vec::new(),
     };
     match staged {
         // A value the next steps cannot count on fails the job: it is
@@ -197,6 +198,7 @@ pub fn ended(exit: Exit) -> Outcome {
         stdout_dropped: 0,
         stderr_dropped: 0,
         exec_secs: 0.0,
+        attempts: Vec::new(),
     }
 }
 

@@ -22,7 +22,7 @@ use super::cache::{Cache, CacheIo, CacheIoDone};
 use super::exec::{self, OnSuccess, Spawn, Started};
 use crate::dsl::Task;
 use crate::reactor::child::Ended;
-use crate::wire::{ClientMsg, Exit, JobState, Outcome, ServerMsg};
+use crate::wire::{Attempt, ClientMsg, Exit, JobState, Outcome, ServerMsg};
 
 /// How long a command has to exit after SIGTERM at shutdown.
 const KILL_GRACE: Duration = Duration::from_secs(3);
@@ -37,6 +37,8 @@ pub enum RunnerTimer {
     KillGrace,
     /// Has the running transfer heard from the server lately?
     TransferStall,
+    /// A failed command's next attempt (`--retries`) is due.
+    Retry,
 }
 
 /// What the loop must do for the runner.
@@ -100,6 +102,14 @@ enum Work {
         stdout_arg: Option<String>,
         timed_out: bool,
     },
+    /// A command that failed, waiting for its next attempt (`--retries`).
+    Retrying {
+        at: Instant,
+        stdout_arg: Option<String>,
+        /// The attempt that failed, kept with the others when the next
+        /// starts (or reported, should the client stop first).
+        failed: Outcome,
+    },
     /// Boxed: a transfer's state is many times the others'.
     Transfer { add: Box<AddJob> },
     /// A value (ARG, ENV, `--stdout-arg`) staged in the cache; the job
@@ -119,6 +129,21 @@ struct Running {
     /// Settled in the node cache when the job ends, however it ends.
     cache_key: Option<String>,
     work: Work,
+    /// A RUN with `--retries`: what it takes to run it again.
+    retry: Option<Box<Retry>>,
+}
+
+/// The attempts of a RUN with `--retries`.
+struct Retry {
+    spawn: Spawn,
+    /// Attempts still allowed after the one running.
+    left: u32,
+    delay: Duration,
+    /// Those that failed, oldest first, their outputs already cut to
+    /// their share of `ATTEMPTS_CAP`.
+    attempts: Vec<Attempt>,
+    /// Their share: outputs beyond it would be cut before sending anyway.
+    cap: usize,
 }
 
 /// Every job on this node.
@@ -242,6 +267,7 @@ impl Runner {
             }
             log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
             let now = Instant::now();
+            let mut retry = None;
             let (work, cache_key) = match exec::start(
                 job_id,
                 &task,
@@ -254,6 +280,16 @@ impl Runner {
                     continue;
                 }
                 Started::Process(spawn, on_success) => {
+                    let retries = task.options.retries;
+                    if retries > 0 {
+                        retry = Some(Box::new(Retry {
+                            spawn: spawn.clone(),
+                            left: retries,
+                            delay: Duration::from_secs(task.options.retry_delay_secs),
+                            attempts: Vec::new(),
+                            cap: Attempt::cap(retries as usize),
+                        }));
+                    }
                     fx.spawn = Some(spawn);
                     fx.job.push(ClientMsg::Started { job_id });
                     let OnSuccess {
@@ -292,6 +328,7 @@ impl Runner {
                 timeout_secs,
                 cache_key,
                 work,
+                retry,
             });
         }
     }
@@ -449,6 +486,7 @@ impl Runner {
             timeout_secs,
             cache_key,
             work,
+            mut retry,
             ..
         } = r;
         let Work::Process {
@@ -459,12 +497,15 @@ impl Runner {
             return;
         };
         let timed_out = timed_out.then_some(timeout_secs);
-        let outcome = match ended {
+        let mut outcome = match ended {
             Ok(ended) => {
                 match exec::finish(ended, stdout_arg.as_deref(), timed_out, &mut self.cache) {
                     Ok(outcome) => outcome,
                     // Reported once the value is on disk.
-                    Err(p) => {
+                    Err(mut p) => {
+                        if let Some(r) = retry.take() {
+                            p.outcome.attempts = r.attempts;
+                        }
                         let deadline = Instant::now();
                         self.running = Some(Running {
                             job_id,
@@ -473,6 +514,7 @@ impl Runner {
                             timeout_secs,
                             cache_key,
                             work: Self::persist(*p),
+                            retry: None,
                         });
                         self.pump_cache(fx);
                         return;
@@ -481,8 +523,92 @@ impl Runner {
             }
             Err(why) => exec::ended(Exit::Error(why)),
         };
+        // A command that ran and failed is run again, unless the client is
+        // stopping (a SIGTERM it sent is not the command's failure).
+        let again = matches!(
+            outcome.exit,
+            Exit::Code(_) | Exit::Signal(_) | Exit::TimedOut { .. }
+        ) && !outcome.exit.state().is_ok()
+            && !self.stopping;
+        match retry {
+            Some(mut r) if again && r.left > 0 => {
+                let now = Instant::now();
+                let tried = r.attempts.len() + 1;
+                log::warn!(
+                    "job {job_id}: attempt {tried} of {} failed ({}); retrying in {}s",
+                    tried + r.left as usize,
+                    outcome.exit,
+                    r.delay.as_secs()
+                );
+                r.left -= 1;
+                let at = now + r.delay;
+                fx.timers.push((at, RunnerTimer::Retry));
+                self.running = Some(Running {
+                    job_id,
+                    parent,
+                    deadline: at,
+                    timeout_secs,
+                    cache_key,
+                    work: Work::Retrying {
+                        at,
+                        stdout_arg,
+                        failed: outcome,
+                    },
+                    retry: Some(r),
+                });
+                return;
+            }
+            Some(r) => outcome.attempts = r.attempts,
+            None => {}
+        }
         self.conclude(job_id, parent, cache_key, outcome, fx);
         self.pump_cache(fx);
+    }
+
+    /// The next attempt of a failed command is due: run it, with its own
+    /// `--timeout`.
+    fn retry(&mut self, now: Instant, fx: &mut Effects) {
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        let Work::Retrying { at, .. } = &r.work else {
+            return;
+        };
+        if *at > now {
+            let at = *at;
+            fx.timers.push((at, RunnerTimer::Retry));
+            return;
+        }
+        let Some(retry) = r.retry.as_mut() else {
+            return;
+        };
+        let work = std::mem::replace(
+            &mut r.work,
+            Work::Process {
+                stdout_arg: None,
+                timed_out: false,
+            },
+        );
+        let Work::Retrying {
+            stdout_arg, failed, ..
+        } = work
+        else {
+            return;
+        };
+        retry.attempts.push(Attempt::of(failed, retry.cap));
+        log::info!(
+            "job {}: attempt {} starting",
+            r.job_id,
+            retry.attempts.len() + 1
+        );
+        r.work = Work::Process {
+            stdout_arg,
+            timed_out: false,
+        };
+        fx.spawn = Some(retry.spawn.clone());
+        let deadline = now + Duration::from_secs(r.timeout_secs);
+        r.deadline = deadline;
+        self.arm_timeout(deadline, fx);
     }
 
     /// A message on the transfer port.
@@ -586,8 +712,11 @@ impl Runner {
                         *timed_out = true;
                     }
                     // A sync or a mkdir cannot be cut short: it reports
-                    // when done.
-                    Work::Process { .. } | Work::Persist { .. } | Work::Mkdir => {}
+                    // when done. A retry has its own timeout.
+                    Work::Process { .. }
+                    | Work::Persist { .. }
+                    | Work::Mkdir
+                    | Work::Retrying { .. } => {}
                     // A file being put in place may land anyway: report it
                     // as it ends.
                     Work::Transfer { add } if add.in_io() => {}
@@ -626,6 +755,7 @@ impl Runner {
                     None => self.arm_stall(now + self.stall, fx),
                 }
             }
+            RunnerTimer::Retry => self.retry(now, fx),
             RunnerTimer::KillGrace => {
                 if let Some(Running {
                     job_id,
@@ -700,6 +830,19 @@ impl Runner {
             }
             // Reports when the sync or the mkdir is done.
             Work::Persist { .. } | Work::Mkdir => true,
+            // No next attempt: the last one is the result.
+            Work::Retrying { .. } => {
+                let Some(r) = self.running.take() else {
+                    return self.cache.is_busy();
+                };
+                if let Work::Retrying { mut failed, .. } = r.work {
+                    log::info!("job {}: stopping; no more attempts", r.job_id);
+                    failed.attempts = r.retry.map(|r| r.attempts).unwrap_or_default();
+                    self.conclude(r.job_id, r.parent, r.cache_key, failed, fx);
+                }
+                self.pump_cache(fx);
+                self.cache.is_busy()
+            }
         }
     }
 }
@@ -938,6 +1081,46 @@ mod tests {
         killed.exit = Exit::Signal(libc::SIGKILL);
         rig.runner.on_exited(id, Ok(killed), &mut fx);
         assert_eq!(finished(&fx), vec![(id, JobState::TimedOut)]);
+    }
+
+    #[test]
+    fn a_failed_command_runs_again_after_its_delay_and_a_stop_ends_the_waiting() {
+        let mut rig = Rig::new("retry");
+        let (id, fx) = rig.enqueue(None, Verb::Run, "--retries 2 --retry-delay 30 make");
+        let first = fx.spawn.expect("the first attempt");
+        let mut fx = Effects::default();
+        rig.runner.on_exited(id, Ok(ended(2, b"one")), &mut fx);
+        assert!(finished(&fx).is_empty(), "not reported: it will run again");
+        assert!(fx.spawn.is_none(), "not before its delay");
+        let (due, _) = *fx
+            .timers
+            .iter()
+            .find(|(_, t)| *t == RunnerTimer::Retry)
+            .expect("a retry timer");
+        // Early (another timer's wake-up): it waits on.
+        let mut fx = Effects::default();
+        rig.runner
+            .on_timer(RunnerTimer::Retry, due - Duration::from_secs(1), &mut fx);
+        assert!(fx.spawn.is_none());
+        let mut fx = Effects::default();
+        rig.runner.on_timer(RunnerTimer::Retry, due, &mut fx);
+        assert_eq!(fx.spawn.as_ref(), Some(&first), "the same command again");
+        let mut fx = Effects::default();
+        rig.runner.on_exited(id, Ok(ended(3, b"two")), &mut fx);
+        assert!(finished(&fx).is_empty());
+        // Stopped between attempts: the last one is the result, with the
+        // one before it, and nothing more starts.
+        let mut fx = Effects::default();
+        rig.runner.stop(&mut fx);
+        assert!(fx.spawn.is_none());
+        let Some(ClientMsg::Finished { outcome, .. }) = fx.job.last() else {
+            panic!("no result");
+        };
+        assert_eq!(outcome.exit, Exit::Code(3));
+        assert_eq!(outcome.stdout, b"two");
+        assert_eq!(outcome.attempts.len(), 1);
+        assert_eq!(outcome.attempts[0].stdout, b"one");
+        assert!(rig.runner.is_idle());
     }
 
     #[test]

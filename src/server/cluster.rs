@@ -1292,6 +1292,7 @@ mod tests {
             stdout_dropped: 0,
             stderr_dropped: 0,
             exec_secs: 0.0,
+            attempts: Vec::new(),
         }
     }
 

@@ -80,6 +80,20 @@ pub enum Record {
     },
 }
 
+mod layout1;
+
+/// Layout 2: job options with `--retries`, results with their earlier
+/// attempts. Layouts 0 (no header) and 1 had neither.
+impl crate::journal::Layout for Record {
+    const VERSION: u32 = 2;
+    fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
+        match version {
+            0 | 1 => crate::journal::decode::<layout1::OldRecord>(body).map(Record::from),
+            _ => None,
+        }
+    }
+}
+
 /// A finished part, as kept on disk.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PartRecord {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::history::{PartRecord, SentTo};
 use crate::dsl::Task;
 use crate::journal::Span;
-use crate::wire::{Exit, JobDetail, JobState, JobView, Outcome, PartView};
+use crate::wire::{AttemptView, Exit, JobDetail, JobState, JobView, Outcome, PartView};
 
 /// One node's part of a job: where it stands, and what memory keeps of it
 /// at that point of its life. Boxed while it is in flight, or finished and
@@ -295,6 +295,7 @@ impl Part {
             rtt_secs: None,
             sent_ms: self.sent_ms(),
             finished_ms: self.finished_ms(),
+            attempts: Vec::new(),
         };
         if let Part::Finished { ending, .. } = self {
             fill_view(&mut view, ending.outcome.as_ref(), ending.message.clone());
@@ -316,18 +317,45 @@ pub fn fill_view(view: &mut PartView, outcome: Option<&Outcome>, message: Option
     let Some(o) = outcome else {
         return;
     };
-    match &o.exit {
-        Exit::Code(c) => view.exit_code = Some(*c),
-        Exit::Signal(s) => view.signal = Some(*s),
-        e @ (Exit::Error(_) | Exit::TimedOut { .. }) => view.message = Some(e.to_string()),
-        Exit::SkippedAfterFailure => view.message = Some(SKIPPED_AFTER_FAILURE.into()),
-        Exit::Cached => {}
+    let (code, signal, msg) = exit_fields(&o.exit);
+    view.exit_code = code;
+    view.signal = signal;
+    if msg.is_some() {
+        view.message = msg;
     }
     view.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     view.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     view.stdout_dropped = o.stdout_dropped;
     view.stderr_dropped = o.stderr_dropped;
     view.exec_secs = Some(o.exec_secs);
+    view.attempts = o
+        .attempts
+        .iter()
+        .map(|a| {
+            let (exit_code, signal, message) = exit_fields(&a.exit);
+            AttemptView {
+                exit_code,
+                signal,
+                message,
+                stdout: String::from_utf8_lossy(&a.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&a.stderr).into_owned(),
+                stdout_dropped: a.stdout_dropped,
+                stderr_dropped: a.stderr_dropped,
+                exec_secs: a.exec_secs,
+            }
+        })
+        .collect();
+}
+
+/// An ending as the CLI shows it: exit code, signal, or words.
+fn exit_fields(exit: &Exit) -> (Option<i32>, Option<i32>, Option<String>) {
+    match exit {
+        Exit::Code(c) => (Some(*c), None, None),
+        Exit::Signal(s) => (None, Some(*s), None),
+        e @ (Exit::Error(_) | Exit::TimedOut { .. }) => (None, None, Some(e.to_string())),
+        Exit::SkippedAfterFailure => (None, None, Some(SKIPPED_AFTER_FAILURE.into())),
+        Exit::Cached => (None, None, None),
+    }
 }
 
 /// The view of a finished part from its journal record.

@@ -39,6 +39,14 @@ pub enum KeyRecord {
     },
 }
 
+impl crate::journal::Layout for KeyRecord {
+    const VERSION: u32 = 1;
+    /// Layout 0 (no header) is this one.
+    fn upgrade(_: u32, body: &[u8]) -> Option<Self> {
+        crate::journal::decode(body)
+    }
+}
+
 /// What a client showed about the shared key in its `Ready`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proof {

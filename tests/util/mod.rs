@@ -627,6 +627,8 @@ pub struct OutcomeWire {
     pub stdout_dropped: u64,
     pub stderr_dropped: u64,
     pub exec_secs: f64,
+    /// Earlier attempts (`--retries`): none from a raw peer.
+    pub attempts: Vec<u8>,
 }
 
 #[derive(serde::Serialize)]
@@ -644,12 +646,13 @@ impl OutcomeWire {
             stdout_dropped: 0,
             stderr_dropped: 0,
             exec_secs: 0.0,
+            attempts: Vec::new(),
         }
     }
 }
 
 /// The protocol's header frame.
-pub const HEADER: &[u8] = b"DIR\x04";
+pub const HEADER: &[u8] = b"DIR\x05";
 
 impl WireMsg {
     /// `[header, body]`.
