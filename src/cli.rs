@@ -578,6 +578,8 @@ Verbs:
   ADD SRC... DEST      send files or globs from this machine; DEST is a directory if it
                        ends in / or several files go, else the file's path (a template)
   COPY SRC... DEST     the same as ADD
+  QUERY KEY            collect the ARG KEY from every target; each gets the map as
+                       {{ query.KEY[\"NODE\"] }} once every target has answered
 ";
 
 const EXEC_HELP: &str = "\
@@ -586,7 +588,7 @@ director exec — submit one job
 Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]...
                                 [--wait] 'ARGS'
 
-  --verb VERB      RUN, ARG, ENV, WORKDIR, ADD or COPY
+  --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY or QUERY
   --target PATTERN the nodes to run on (default: every connected node): a node name, a
                    glob on names (web*, db-[12]), or KEY=VALUE on a label or fact
                    (role=web, os_id=debian; VALUE may be a glob); repeat, or separate

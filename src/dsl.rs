@@ -42,6 +42,9 @@ pub enum Verb {
     /// The same as ADD.
     #[serde(rename = "COPY")]
     Copy,
+    /// Collect an ARG from every target and give each the map.
+    #[serde(rename = "QUERY")]
+    Query,
 }
 
 impl Verb {
@@ -53,6 +56,7 @@ impl Verb {
         Verb::Workdir,
         Verb::Add,
         Verb::Copy,
+        Verb::Query,
     ];
 
     /// The verb as users write it.
@@ -64,6 +68,7 @@ impl Verb {
             Verb::Workdir => "WORKDIR",
             Verb::Add => "ADD",
             Verb::Copy => "COPY",
+            Verb::Query => "QUERY",
         }
     }
 }
@@ -137,6 +142,9 @@ pub enum Action {
     /// `ADD [--chown USER[:GROUP]] SRC... DEST`. Boxed: the largest
     /// action by far, and every retained job would pay for its size.
     Add(Box<Add>),
+    /// `QUERY KEY`: each target reports its ARG KEY, and once every target
+    /// has (or ended), each gets the map of them as `query.KEY`.
+    Query { key: String },
 }
 
 /// An ADD's arguments. DEST is a template. `files` are the sources as
@@ -316,6 +324,21 @@ impl Task {
                     Action::Env { key, value }
                 }
             }
+            Verb::Query => {
+                let (key, more) = split_word(rest);
+                if key.is_empty() || !more.is_empty() {
+                    return Err("QUERY needs one ARG name".into());
+                }
+                check_name(key, "QUERY key")?;
+                if options.run_once {
+                    return Err(
+                        "option --run-once does not apply to QUERY (it asks every target)".into(),
+                    );
+                }
+                Action::Query {
+                    key: key.to_owned(),
+                }
+            }
             Verb::Workdir => {
                 if rest.is_empty() {
                     return Err("WORKDIR needs a path".into());
@@ -349,6 +372,7 @@ impl Task {
             Action::Env { .. } => Verb::Env,
             Action::Workdir { .. } => Verb::Workdir,
             Action::Add(_) => Verb::Add,
+            Action::Query { .. } => Verb::Query,
         }
     }
 
@@ -385,6 +409,7 @@ impl Task {
                 out.push(format!("{key} {value}"))
             }
             Action::Workdir { path } => out.push(path.clone()),
+            Action::Query { key } => out.push(key.clone()),
             Action::Add(add) => {
                 let Add {
                     chown,
@@ -428,6 +453,7 @@ impl Task {
             }
             Action::Arg { key, value } | Action::Env { key, value } => format!("{key}\0{value}"),
             Action::Workdir { path } => path.clone(),
+            Action::Query { key } => key.clone(),
             // What lands on the node: names, contents and modes, not where
             // the sources sat on the server's machine.
             Action::Add(add) => {
@@ -615,7 +641,7 @@ mod tests {
         assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY)"
         );
     }
 

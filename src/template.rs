@@ -7,14 +7,16 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
-/// What a node's templates read: its ARG values by name, and its `facts`
-/// and `labels` (`{{ facts.os_id }}`, `{{ labels.role }}`), which an ARG of
-/// that name cannot hide.
+/// What a node's templates read: its ARG values by name, its `facts` and
+/// `labels` (`{{ facts.os_id }}`, `{{ labels.role }}`), and what QUERY
+/// jobs collected (`{{ query.KEY["node"] }}`), which an ARG of that name
+/// cannot hide.
 #[derive(Clone, Copy)]
 pub struct Vars<'a> {
     pub args: &'a BTreeMap<String, String>,
     pub facts: &'a BTreeMap<String, String>,
     pub labels: &'a BTreeMap<String, String>,
+    pub query: &'a BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl<'a> Vars<'a> {
@@ -22,10 +24,12 @@ impl<'a> Vars<'a> {
     #[cfg(test)]
     pub fn args(args: &'a BTreeMap<String, String>) -> Vars<'a> {
         const EMPTY: &BTreeMap<String, String> = &BTreeMap::new();
+        const NONE: &BTreeMap<String, BTreeMap<String, String>> = &BTreeMap::new();
         Vars {
             args,
             facts: EMPTY,
             labels: EMPTY,
+            query: NONE,
         }
     }
 
@@ -34,9 +38,10 @@ impl<'a> Vars<'a> {
         match path.split_once('.') {
             Some(("facts", k)) => self.facts.contains_key(k),
             Some(("labels", k)) => self.labels.contains_key(k),
+            Some(("query", k)) => self.query.contains_key(k.split('.').next().unwrap_or(k)),
             _ => {
                 let top = path.split('.').next().unwrap_or(path);
-                matches!(top, "facts" | "labels") || self.args.contains_key(top)
+                matches!(top, "facts" | "labels" | "query") || self.args.contains_key(top)
             }
         }
     }
@@ -49,6 +54,7 @@ impl<'a> Vars<'a> {
             .collect();
         ctx.insert("facts".into(), Value::from(self.facts.clone()));
         ctx.insert("labels".into(), Value::from(self.labels.clone()));
+        ctx.insert("query".into(), Value::from(self.query.clone()));
         Value::from(ctx)
     }
 }
@@ -75,11 +81,18 @@ pub fn render(source: &str, vars: &Vars) -> Result<String, String> {
             .filter(|v| !vars.has(v))
             .collect();
         missing.sort();
+        if missing.is_empty() {
+            // Set at the top, missing below: a node absent from a
+            // QUERY's map, or an attribute a value does not have.
+            return format!("undefined value in the template: {e} (a node without the ARG is absent from a QUERY's map: `| default(\"\")` covers it)");
+        }
         let s = if missing.len() == 1 { "" } else { "s" };
         let hint = if missing.iter().all(|m| m.starts_with("facts.")) {
             "the node does not report it: `director manage --node-info NODE` lists its facts"
         } else if missing.iter().all(|m| m.starts_with("labels.")) {
             "give the node the label with --label KEY=VALUE"
+        } else if missing.iter().all(|m| m.starts_with("query.")) {
+            "run QUERY KEY on this node before this job"
         } else {
             "set with ARG or RUN --stdout-arg before this job"
         };
@@ -110,6 +123,34 @@ mod tests {
     }
 
     #[test]
+    fn a_query_map_reads_by_node_and_loops_and_a_missing_node_is_named() {
+        let a = args(&[]);
+        let mut query = BTreeMap::new();
+        query.insert(
+            "addr".to_string(),
+            args(&[("db-1", "10.0.0.1"), ("db-2", "10.0.0.2")]),
+        );
+        let v = Vars {
+            query: &query,
+            ..Vars::args(&a)
+        };
+        let r = |s| super::render(s, &v);
+        assert_eq!(r("{{ query.addr['db-2'] }}").unwrap(), "10.0.0.2");
+        assert_eq!(
+            r("{% for n, a in query.addr | items %}{{ n }}={{ a }} {% endfor %}").unwrap(),
+            "db-1=10.0.0.1 db-2=10.0.0.2 "
+        );
+        assert_eq!(r("{{ query.addr['web-1'] | default('') }}").unwrap(), "");
+        let e = r("{{ query.addr['web-1'] }}").unwrap_err();
+        assert!(e.contains("absent from a QUERY's map"), "{e}");
+        let e = r("{{ query.nope['x'] }}").unwrap_err();
+        assert!(
+            e.contains("'query.nope'") && e.contains("run QUERY KEY"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn facts_and_labels_are_variables_an_arg_cannot_hide() {
         let a = args(&[("facts", "shadow"), ("user", "u")]);
         let facts = args(&[("os_id", "debian")]);
@@ -118,6 +159,7 @@ mod tests {
             args: &a,
             facts: &facts,
             labels: &labels,
+            query: &BTreeMap::new(),
         };
         assert_eq!(
             super::render("{{ user }} {{ facts.os_id }} {{ labels.role }}", &v).unwrap(),

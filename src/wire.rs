@@ -28,6 +28,9 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 /// 4: `Ready` carries the node's facts and labels. 5: jobs carry
 /// `--retries`, and a result the attempts before its last.
 pub const VERSION: u8 = 5;
+/// The longest ARG value a QUERY carries: a node with a longer one fails
+/// the QUERY, so that the map sent to every target stays bounded.
+pub const QUERY_VALUE_CAP: usize = 1 << 10;
 /// Captured stdout and stderr are each cut to this many bytes on the node.
 pub const OUTPUT_CAP: usize = 1 << 20;
 /// A node's message to the server could say why a job could not run in at
@@ -278,6 +281,9 @@ pub enum ClientMsg {
         offset: u64,
         len: u32,
     },
+    /// Job port: the running QUERY job's ARG on this node (`None`: not
+    /// set). Resent on every registration until the map comes.
+    QueryValue { job_id: Uuid, value: Option<String> },
 }
 
 /// Server to client.
@@ -316,6 +322,13 @@ pub enum ServerMsg {
         job_id: Uuid,
         file: u32,
         message: String,
+    },
+    /// Job port: every target of this QUERY job has answered or ended:
+    /// the values, by node name.
+    QueryResult {
+        job_id: Uuid,
+        #[serde(deserialize_with = "cautious_seq")]
+        values: Vec<(String, String)>,
     },
 }
 
@@ -393,6 +406,12 @@ impl ClientMsg {
             } => {
                 format!("Fetch job={job_id} file={file} offset={offset} len={len}")
             }
+            ClientMsg::QueryValue { job_id, value } => format!(
+                "QueryValue job={job_id} value={}",
+                value
+                    .as_ref()
+                    .map_or("none".into(), |v| format!("{}B", v.len()))
+            ),
             ClientMsg::Finished { job_id, outcome } => format!(
                 "Finished job={job_id} exit={:?} stdout={}B stderr={}B exec={:.3}s",
                 outcome.exit,
@@ -442,6 +461,9 @@ impl ServerMsg {
                 message,
             } => {
                 format!("FetchError job={job_id} file={file}: {message}")
+            }
+            ServerMsg::QueryResult { job_id, values } => {
+                format!("QueryResult job={job_id} values={}", values.len())
             }
         }
     }

@@ -387,3 +387,88 @@ fn a_failed_run_is_retried_after_its_delay_and_every_attempt_is_kept() {
         "{out:?}"
     );
 }
+
+#[test]
+fn query_collects_an_arg_from_every_target_and_waits_for_all_even_across_a_server_kill() {
+    let mut c = Cluster::start("query", &["q1", "q2", "q3"], "1");
+    for (n, ip) in [("q1", "10.0.0.1"), ("q2", "10.0.0.2")] {
+        let out = c.cli(&[
+            "exec",
+            "--verb",
+            "ARG",
+            "--target",
+            n,
+            "--wait",
+            &format!("ip {ip}"),
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    // q3 has no `ip`: absent from the map, not an error. It is also held
+    // back by a gate, so the others must wait for it at the QUERY.
+    let gate = c.dir.path.join("gate");
+    let slept = c.dir.path.join("q3-passed");
+    let file = c.dir.path.join("query.yml");
+    fs::write(
+        &file,
+        format!(
+            "- targets: [q3]\n  jobs:\n  - RUN: --skip-cache while [ ! -e {g} ]; do sleep 0.05; done; touch {s}\n\
+             - jobs:\n  - QUERY: ip\n  - RUN: --skip-cache test -e {s} && echo \"{{{{ query.ip['q1'] }}}} {{{{ query.ip['q2'] }}}} {{{{ query.ip | length }}}}\" > seen.txt\n",
+            g = gate.display(),
+            s = slept.display()
+        ),
+    )
+    .unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let query_job = |c: &Cluster| {
+        c.jobs_json()
+            .into_iter()
+            .find(|j| j["verb"] == "QUERY")
+            .expect("the QUERY job")
+    };
+    util::wait_until("q1 and q2 waiting at the QUERY", util::DEADLINE, || {
+        query_job(&c)["states"]["running"].as_u64() == Some(2)
+    });
+    // The server dies while they wait: when it is back they report their
+    // values again, and nothing goes on before q3 has answered too.
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(util::DEADLINE);
+    c.start_server();
+    c.wait_nodes(&["q1", "q2", "q3"]);
+    assert!(!slept.exists());
+    fs::write(&gate, "").unwrap();
+    util::wait_until("the run done", util::DEADLINE * 2, || {
+        let jobs = c.jobs_json();
+        jobs.iter().filter(|j| !j["finished_ms"].is_null()).count() == jobs.len()
+    });
+    for j in c.jobs_json() {
+        let states = &j["states"];
+        assert!(
+            states.get("succeeded").is_some() && states.as_object().unwrap().len() == 1,
+            "{j}"
+        );
+    }
+    for n in ["q1", "q2", "q3"] {
+        assert_eq!(
+            fs::read_to_string(c.node_dir(n).join("seen.txt")).unwrap(),
+            "10.0.0.1 10.0.0.2 2\n",
+            "{n}"
+        );
+    }
+    // Each node shows the map it got.
+    let id = query_job(&c)["id"].as_str().unwrap().to_owned();
+    for p in c.job_info(&id)["nodes"].as_array().unwrap() {
+        assert_eq!(p["stdout"], "q1 10.0.0.1\nq2 10.0.0.2\n", "{p}");
+    }
+    // One-off: exec works too, and a QUERY cannot roll.
+    let out = c.cli(&["exec", "--verb", "QUERY", "--wait", "ip"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("3 succeeded"), "{}", out.stdout);
+    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--batch", "1"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("block 2: QUERY needs every target at once"),
+        "{out:?}"
+    );
+}

@@ -29,15 +29,31 @@ const JOURNAL: &str = "journal.bin";
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum Record {
-    Arg { key: String, value: String },
-    Env { key: String, value: String },
-    Done { key: String, at_ms: u64 },
-    Forget { key: String },
+    Arg {
+        key: String,
+        value: String,
+    },
+    Env {
+        key: String,
+        value: String,
+    },
+    Done {
+        key: String,
+        at_ms: u64,
+    },
+    Forget {
+        key: String,
+    },
+    /// What a QUERY KEY collected: the value of ARG KEY on each node.
+    Query {
+        key: String,
+        values: Vec<(String, String)>,
+    },
 }
 
+/// Layout 2 added `Query` records; those before it encode as they did.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 1;
-    /// Layout 0 (no header) is this one.
+    const VERSION: u32 = 2;
     fn upgrade(_: u32, body: &[u8]) -> Option<Self> {
         crate::journal::decode(body)
     }
@@ -49,6 +65,8 @@ pub struct Cache {
     ttl_ms: u64,
     args: BTreeMap<String, String>,
     env: BTreeMap<String, String>,
+    /// QUERY results: key, then node, then value.
+    queries: BTreeMap<String, BTreeMap<String, String>>,
     done: HashMap<String, u64>,
     /// Write errors, logged at most once a minute.
     errors: crate::ratelog::Every,
@@ -105,6 +123,7 @@ impl Cache {
             ttl_ms: ttl.as_millis() as u64,
             args: BTreeMap::new(),
             env: BTreeMap::new(),
+            queries: BTreeMap::new(),
             done: HashMap::new(),
             errors: crate::ratelog::Every::minute(),
             out: Out::Idle,
@@ -138,7 +157,14 @@ impl Cache {
             Record::Forget { key } => {
                 self.done.remove(&key);
             }
+            Record::Query { key, values } => {
+                self.queries.insert(key, values.into_iter().collect());
+            }
         }
+    }
+
+    pub fn queries(&self) -> &BTreeMap<String, BTreeMap<String, String>> {
+        &self.queries
     }
 
     pub fn args(&self) -> &BTreeMap<String, String> {
@@ -191,6 +217,14 @@ impl Cache {
         self.stage(Record::Env {
             key: key.to_owned(),
             value: value.to_owned(),
+        });
+    }
+
+    /// A QUERY's map on its way to disk, like `stage_arg`.
+    pub fn stage_query(&mut self, key: &str, values: Vec<(String, String)>) {
+        self.stage(Record::Query {
+            key: key.to_owned(),
+            values,
         });
     }
 
@@ -385,7 +419,11 @@ impl Cache {
             key: k.clone(),
             at_ms: *at,
         });
-        let live: Vec<Record> = args.chain(env).chain(done).collect();
+        let queries = self.queries.iter().map(|(k, m)| Record::Query {
+            key: k.clone(),
+            values: m.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+        });
+        let live: Vec<Record> = args.chain(env).chain(queries).chain(done).collect();
         self.journal.snapshot(live)
     }
 }

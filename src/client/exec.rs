@@ -18,7 +18,7 @@ use super::cache::Cache;
 use crate::dsl::{hex_sha1, Action, Task};
 use crate::reactor::child::Ended;
 use crate::template;
-use crate::wire::{Exit, JobState, Outcome};
+use crate::wire::{Exit, JobState, Outcome, QUERY_VALUE_CAP};
 
 /// What to record when a started process succeeds.
 pub struct OnSuccess {
@@ -47,6 +47,11 @@ pub enum Started {
     /// A WORKDIR to create (on the I/O thread: a hung mount must not stop
     /// the loop), with the cache key to record on success.
     Mkdir(PathBuf, String),
+    /// A QUERY: this node's value to report, then wait for the map.
+    Query {
+        key: String,
+        value: Option<String>,
+    },
 }
 
 /// A value staged in the cache (synced on the I/O thread in its turn), and
@@ -64,6 +69,16 @@ pub fn make_dir(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create directory {}: {e}", path.display()))
 }
 
+/// What templates on this node read.
+fn vars<'a>(cache: &'a Cache, node: &'a crate::facts::Node) -> template::Vars<'a> {
+    template::Vars {
+        args: cache.args(),
+        facts: &node.facts,
+        labels: &node.labels,
+        query: cache.queries(),
+    }
+}
+
 /// Start `task`.
 pub fn start(
     job_id: Uuid,
@@ -72,11 +87,6 @@ pub fn start(
     node: &crate::facts::Node,
     now_ms: u64,
 ) -> Started {
-    let vars = |args| template::Vars {
-        args,
-        facts: &node.facts,
-        labels: &node.labels,
-    };
     let skip_cache = task.options.skip_cache;
     match &task.action {
         Action::Arg { key, value } => {
@@ -93,8 +103,21 @@ pub fn start(
                 what: format!("ENV {key}"),
             })
         }
+        Action::Query { key } => {
+            let value = cache.args().get(key).cloned();
+            match value {
+                Some(v) if v.len() > QUERY_VALUE_CAP => Started::Done(ended(Exit::Error(format!(
+                    "QUERY {key}: the ARG is {} bytes here; a QUERY carries values of at most {QUERY_VALUE_CAP} bytes",
+                    v.len()
+                )))),
+                value => Started::Query {
+                    key: key.clone(),
+                    value,
+                },
+            }
+        }
         Action::Workdir { path } => {
-            let path = match template::render(path, &vars(cache.args())) {
+            let path = match template::render(path, &vars(cache, node)) {
                 Ok(p) => p,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("WORKDIR path: {e}")))),
             };
@@ -105,13 +128,13 @@ pub fn start(
             Started::Mkdir(PathBuf::from(path), key)
         }
         Action::Add(_) => {
-            let key = add::cache_key(task, &vars(cache.args()));
+            let key = add::cache_key(task, &vars(cache, node));
             if let (Some(k), false) = (&key, skip_cache) {
                 if cache.is_done(k, now_ms) {
                     return Started::Done(ended(Exit::Cached));
                 }
             }
-            match AddJob::new(job_id, task, &vars(cache.args())) {
+            match AddJob::new(job_id, task, &vars(cache, node)) {
                 Ok(job) => Started::Transfer(Box::new(job), key),
                 Err(e) => Started::Done(ended(Exit::Error(e))),
             }
@@ -120,7 +143,7 @@ pub fn start(
             command,
             stdout_arg,
         } => {
-            let command = match template::render(command, &vars(cache.args())) {
+            let command = match template::render(command, &vars(cache, node)) {
                 Ok(c) => c,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("RUN command: {e}")))),
             };

@@ -680,6 +680,9 @@ impl Client {
                 self.runner.enqueue(job_id, parent, task, &mut fx);
             }
             (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id),
+            (JOB, ServerMsg::QueryResult { job_id, values }, None) => {
+                self.runner.on_query_result(job_id, values, &mut fx)
+            }
             (TRANSFER, msg @ (ServerMsg::Chunk { .. } | ServerMsg::FetchError { .. }), payload) => {
                 self.runner.on_transfer(msg, payload, &mut fx);
             }

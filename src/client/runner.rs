@@ -117,6 +117,9 @@ enum Work {
     Persist { outcome: Outcome, what: String },
     /// A WORKDIR being created on the I/O thread.
     Mkdir,
+    /// A QUERY that reported this node's value and waits for the map of
+    /// every target's.
+    Query { key: String, value: Option<String> },
 }
 
 /// The running job.
@@ -205,14 +208,70 @@ impl Runner {
             || self.unacked.iter().any(|(id, _)| id == job_id)
     }
 
-    /// Results to send again after a reconnect.
+    /// Results to send again after a reconnect, and the running QUERY's
+    /// value (a restarted server lost it).
     pub fn unacked(&self) -> impl Iterator<Item = ClientMsg> + '_ {
+        let query = match &self.running {
+            Some(Running {
+                job_id,
+                work: Work::Query { value, .. },
+                ..
+            }) => Some(ClientMsg::QueryValue {
+                job_id: *job_id,
+                value: value.clone(),
+            }),
+            _ => None,
+        };
         self.unacked
             .iter()
             .map(|(job_id, outcome)| ClientMsg::Finished {
                 job_id: *job_id,
                 outcome: outcome.clone(),
             })
+            .chain(query)
+    }
+
+    /// The map of the running QUERY: kept in the cache (synced) before the
+    /// job reports.
+    pub fn on_query_result(
+        &mut self,
+        job_id: Uuid,
+        values: Vec<(String, String)>,
+        fx: &mut Effects,
+    ) {
+        let Some(r) = self.running.as_mut() else {
+            log::debug!("job {job_id}: a QUERY's map came with no QUERY running; ignored");
+            return;
+        };
+        let Work::Query { key, .. } = &r.work else {
+            log::debug!("job {job_id}: a QUERY's map came with no QUERY running; ignored");
+            return;
+        };
+        if r.job_id != job_id {
+            log::debug!(
+                "job {job_id}: a QUERY's map came while job {} runs; ignored",
+                r.job_id
+            );
+            return;
+        }
+        let key = key.clone();
+        let mut outcome = exec::ended(Exit::Code(0));
+        // What the job shows: the map, one `node value` line each.
+        let mut shown = String::new();
+        for (node, value) in &values {
+            shown.push_str(&format!("{node} {}\n", crate::dsl::one_line(value)));
+        }
+        outcome.stdout = shown.into_bytes();
+        log::info!(
+            "job {job_id}: QUERY {key}: {} node(s) answered",
+            values.len()
+        );
+        self.cache.stage_query(&key, values);
+        r.work = Work::Persist {
+            outcome,
+            what: format!("QUERY {key}"),
+        };
+        self.pump_cache(fx);
     }
 
     pub fn acked(&mut self, job_id: &Uuid) {
@@ -316,6 +375,14 @@ impl Runner {
                 Started::Mkdir(path, key) => {
                     fx.io.push(IoTask::Mkdir(path));
                     (Work::Mkdir, Some(key))
+                }
+                Started::Query { key, value } => {
+                    fx.job.push(ClientMsg::Started { job_id });
+                    fx.job.push(ClientMsg::QueryValue {
+                        job_id,
+                        value: value.clone(),
+                    });
+                    (Work::Query { key, value }, None)
                 }
             };
             let timeout_secs = task.options.timeout_secs;
@@ -717,6 +784,13 @@ impl Runner {
                     | Work::Persist { .. }
                     | Work::Mkdir
                     | Work::Retrying { .. } => {}
+                    Work::Query { key, .. } => {
+                        log::warn!(
+                            "job {job_id}: QUERY {key}: no map from the server within {secs}s"
+                        );
+                        self.finish(exec::ended(Exit::TimedOut { secs }), fx);
+                        self.pump_cache(fx);
+                    }
                     // A file being put in place may land anyway: report it
                     // as it ends.
                     Work::Transfer { add } if add.in_io() => {}
@@ -830,6 +904,14 @@ impl Runner {
             }
             // Reports when the sync or the mkdir is done.
             Work::Persist { .. } | Work::Mkdir => true,
+            Work::Query { .. } => {
+                let outcome = exec::ended(Exit::Error(
+                    "the client was stopped while the QUERY waited for the other nodes".into(),
+                ));
+                self.finish(outcome, fx);
+                self.pump_cache(fx);
+                self.cache.is_busy()
+            }
             // No next attempt: the last one is the result.
             Work::Retrying { .. } => {
                 let Some(r) = self.running.take() else {

@@ -23,12 +23,13 @@ use uuid::Uuid;
 use super::history::{Record, SentTo};
 use super::jobs::{Jobs, SKIPPED_AFTER_FAILURE};
 use super::nodes::{Link, Nodes, LIVENESS};
+use super::query::{Delivery, Queries};
 use super::rollout::Rollout;
 use crate::dsl::{Action, SourceFile, Task};
 use crate::journal::{Item, Span};
 use crate::wire::{
     Block, Dispatch, JobDetail, JobState, JobView, NodeState, NodeView, Outcome, PartView, Plan,
-    PlannedJob, Rolling, ServerMsg, Submitted,
+    PlannedJob, Rolling, ServerMsg, Submitted, QUERY_VALUE_CAP,
 };
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
@@ -58,6 +59,8 @@ impl Now {
 pub enum Effect {
     /// Send on the job port to `node`.
     Send { node: String, msg: ServerMsg },
+    /// Send one message (encoded once) on the job port to each of `nodes`.
+    Broadcast { nodes: Vec<String>, msg: ServerMsg },
     /// Append to the history; whatever depends on it waits for its sync.
     Journal(Record),
     /// A node's part of a job reached a final state.
@@ -101,6 +104,8 @@ pub struct Cluster {
     instance: u64,
     /// The last dispatch sequence number used.
     seq: u64,
+    /// QUERY jobs collecting their nodes' values.
+    queries: Queries,
 }
 
 impl Default for Cluster {
@@ -114,6 +119,7 @@ impl Default for Cluster {
             offline_waits: Vec::new(),
             instance: Uuid::new_v4().as_u64_pair().0,
             seq: 0,
+            queries: Queries::default(),
         }
     }
 }
@@ -446,6 +452,75 @@ impl Cluster {
         }
         self.dispatch(node, now, out);
         None
+    }
+
+    /// `node` reports its value for the QUERY job it runs; the map goes out
+    /// once every target answered or ended. Returns why it was dropped, if
+    /// it was, for the caller's per-peer log.
+    pub fn query_value(
+        &mut self,
+        node: &str,
+        job_id: Uuid,
+        value: Option<String>,
+        out: &mut Vec<Effect>,
+    ) -> Option<String> {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return Some(format!("QUERY value for unknown job {job_id}; dropped"));
+        };
+        if !matches!(job.task.action, Action::Query { .. }) {
+            return Some(format!(
+                "QUERY value for job {job_id}, not a QUERY; dropped"
+            ));
+        }
+        if job.parts.get(node).is_none() {
+            return Some(format!(
+                "QUERY value for job {job_id}, which was not sent to it; dropped"
+            ));
+        }
+        if value.as_ref().is_some_and(|v| v.len() > QUERY_VALUE_CAP) {
+            return Some(format!(
+                "QUERY value for job {job_id} over {QUERY_VALUE_CAP} bytes; dropped"
+            ));
+        }
+        match self.queries.answer(job_id, node, value) {
+            Some(late) => self.deliver(job_id, late, out),
+            None => self.query_check(&job_id, out),
+        }
+        None
+    }
+
+    /// Has every target of a collecting QUERY answered or ended? Then the
+    /// map goes to those that wait for it.
+    fn query_check(&mut self, job_id: &Uuid, out: &mut Vec<Effect>) {
+        if !self.queries.collecting(job_id) {
+            return;
+        }
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        let unsettled = job
+            .parts
+            .iter()
+            .filter(|(_, p)| !p.state().is_done())
+            .map(|(n, _)| &**n);
+        if let Some(d) = self.queries.complete(job_id, unsettled) {
+            self.deliver(*job_id, d, out);
+        }
+    }
+
+    fn deliver(&self, job_id: Uuid, d: Delivery, out: &mut Vec<Effect>) {
+        log::info!(
+            "job {job_id}: QUERY map of {} value(s) to {} node(s)",
+            d.values.len(),
+            d.nodes.len()
+        );
+        out.push(Effect::Broadcast {
+            nodes: d.nodes,
+            msg: ServerMsg::QueryResult {
+                job_id,
+                values: d.values,
+            },
+        });
     }
 
     /// A job could not be routed to the node: put it back at the front of
@@ -799,6 +874,18 @@ impl Cluster {
         if planned.is_empty() {
             return Err("the orchestration has no jobs".into());
         }
+        // A QUERY waits for every target; later batches wait for it.
+        if rolling.is_some() {
+            if let Some((i, _, _)) = planned
+                .iter()
+                .find(|(_, _, t)| matches!(t.action, Action::Query { .. }))
+            {
+                return Err(format!(
+                    "block {}: QUERY needs every target at once, and --batch holds some back: run the QUERY in an orchestration of its own first",
+                    i + 1
+                ));
+            }
+        }
         let parent_id = (!dry_run).then(Uuid::new_v4);
         let batches = match rolling {
             Some(rolling) => {
@@ -987,8 +1074,11 @@ impl Cluster {
             node: node.to_owned(),
         });
         let Some(job) = self.jobs.get(&job_id).filter(|j| j.is_done()) else {
+            // A part that ended without answering may complete a QUERY.
+            self.query_check(&job_id, out);
             return;
         };
+        self.queries.end(&job_id);
         out.push(Effect::JobDone { job_id });
         if let Some(parent_id) = job.parent {
             if self.jobs.children(&parent_id).all(|j| j.is_done()) {

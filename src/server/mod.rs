@@ -29,6 +29,7 @@ mod keys;
 mod nodes;
 mod peer_log;
 mod persist;
+mod query;
 mod requests;
 mod rollout;
 mod routes;
@@ -754,6 +755,16 @@ impl Server {
                     self.peer_log.warn(&node, now.at, format_args!("{why}"));
                 }
             }
+            (Port::Job, ClientMsg::QueryValue { job_id, value }, Peer::Node(node)) => {
+                self.routes.learn(&who, port, &rid);
+                self.cluster.touch(&node, now);
+                let mut out = std::mem::take(&mut self.effects);
+                let dropped = self.cluster.query_value(&node, job_id, value, &mut out);
+                self.apply(out);
+                if let Some(why) = dropped {
+                    self.peer_log.warn(&node, now.at, format_args!("{why}"));
+                }
+            }
             (
                 Port::Transfer,
                 ClientMsg::Fetch {
@@ -970,6 +981,16 @@ impl Server {
     /// Send to node `node` on the job port, where it last spoke from; why
     /// not, when it cannot be reached there now.
     fn send(&mut self, node: &str, msg: &ServerMsg) -> std::result::Result<(), Undelivered> {
+        self.send_encoded(node, msg, &wire::encode(msg))
+    }
+
+    /// Send `msg`, already encoded as `body`.
+    fn send_encoded(
+        &mut self,
+        node: &str,
+        msg: &ServerMsg,
+        body: &[Vec<u8>],
+    ) -> std::result::Result<(), Undelivered> {
         let Some(rid) = self
             .principal_of(node)
             .and_then(|who| self.routes.to(&who, Port::Job).map(<[u8]>::to_vec))
@@ -983,7 +1004,7 @@ impl Server {
         let p = &mut self.ports[Port::Job as usize];
         log::debug!("node={node} {} -> {}", p.name, msg.describe());
         let mut frames = vec![rid];
-        frames.extend(wire::encode(msg));
+        frames.extend(body.iter().cloned());
         if p.queue(frames) {
             Ok(())
         } else {
@@ -1019,6 +1040,12 @@ impl Server {
                         let _ = self.send(&node, &msg);
                     }
                 },
+                Effect::Broadcast { nodes, msg } => {
+                    let body = wire::encode(&msg);
+                    for node in nodes {
+                        let _ = self.send_encoded(&node, &msg, &body);
+                    }
+                }
                 Effect::PartDone { job_id, node } => {
                     if let Some(view) = self.cluster.part_view(&job_id, &node) {
                         let resp = Response::NodeDone(view);
