@@ -70,7 +70,8 @@ pub enum ManageAction {
     ListJobs,
     JobInfo(Uuid),
     /// One node's facts and labels.
-    NodeInfo(String),
+    /// The node's name, and whether to show its ARG values.
+    NodeInfo(String, bool),
     PurgeJobs,
     PurgeNodes,
     ShowKey,
@@ -130,6 +131,7 @@ struct ModeArgs {
     positional: Vec<String>,
     actions: Vec<ManageAction>,
     format: Option<Format>,
+    show_values: bool,
     /// Each mode option seen and the mode it belongs to, checked once the
     /// mode is known.
     used: Vec<(&'static str, &'static [Mode])>,
@@ -280,7 +282,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             }
             Long("node-info") => {
                 let name = value(&mut parser)?;
-                manage(&mut m, "--node-info", ManageAction::NodeInfo(name));
+                manage(&mut m, "--node-info", ManageAction::NodeInfo(name, false));
             }
             Long("job-info") => {
                 let id = value(&mut parser)?;
@@ -288,6 +290,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                     Error::Usage(format!("--job-info: '{id}' is not a job id (a UUID)"))
                 })?;
                 manage(&mut m, "--job-info", ManageAction::JobInfo(id));
+            }
+            Long("show-values") => {
+                m.saw("--show-values", MANAGE);
+                m.show_values = true;
             }
             Long("format") => {
                 m.saw("--format", MANAGE);
@@ -467,7 +473,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 return Err(Error::Usage(format!("unexpected argument '{p}'")));
             }
             let mut actions = m.actions;
-            let action = match actions.len() {
+            let mut action = match actions.len() {
                 1 => actions.remove(0),
                 0 => {
                     return Err(Error::Usage(format!(
@@ -480,6 +486,15 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     )))
                 }
             };
+            if m.show_values {
+                let ManageAction::NodeInfo(_, show) = &mut action else {
+                    return Err(Error::Usage(
+                        "--show-values goes with --node-info NAME (it shows the node's ARG values)"
+                            .into(),
+                    ));
+                };
+                *show = true;
+            }
             Ok(Command::Manage(ManageArgs {
                 action,
                 format: m.format.unwrap_or(Format::Table),
@@ -557,7 +572,7 @@ Usage:
   director [OPTIONS] client                        run the client daemon on a node
   director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait] 'ARGS'
   director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
-  director [OPTIONS] manage (--list-nodes | --node-info NAME | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
+  director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
 ";
 
@@ -654,7 +669,7 @@ fn help_text(mode: Option<Mode>) -> String {
         Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
-            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels and facts (OS, kernel, CPUs, memory, addresses)\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels, facts (OS, kernel, CPUs, memory, addresses) and\n                   cache (ARG keys, ENV keys, QUERY maps, steps remembered)\n  --show-values    with --node-info: the ARG values too (they may be secrets)\n  --list-jobs      jobs with their verb, task SHA1, node counts per state and times\n  --job-info ID    everything about one job, per node: state, exit code, output, times\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
     }
 }

@@ -371,7 +371,11 @@ fn plan_table(plan: &Plan) -> String {
 pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let mut conn = Conn::open(&cfg.socket_path)?;
     let req = match &args.action {
-        ManageAction::ListNodes | ManageAction::NodeInfo(_) => Request::ListNodes,
+        ManageAction::ListNodes => Request::ListNodes,
+        ManageAction::NodeInfo(name, show_values) => Request::NodeInfo {
+            name: name.clone(),
+            show_values: *show_values,
+        },
         ManageAction::ListJobs => Request::ListJobs,
         ManageAction::JobInfo(id) => Request::JobInfo { id: *id },
         ManageAction::PurgeJobs => Request::PurgeJobs,
@@ -386,17 +390,9 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let resp = conn.call(&req)?;
     let mut out = io::stdout().lock();
     let resp = match (&args.action, resp) {
-        (ManageAction::NodeInfo(name), Response::Nodes(nodes)) => {
-            let known = nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
-            let Some(node) = nodes.iter().find(|n| n.name == *name) else {
-                return Err(Error::Rejected(format!(
-                    "unknown node '{name}' (known nodes: {})",
-                    if known.is_empty() {
-                        "none connected".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
+        (ManageAction::NodeInfo(..), Response::Nodes(nodes)) => {
+            let Some(node) = nodes.first() else {
+                return Err(Error::Rejected("the server sent no node".into()));
             };
             let text = match args.format {
                 Format::Json => json(&[node])?,
@@ -534,6 +530,39 @@ fn node_text(n: &NodeView) -> String {
     pairs(&mut out, &n.labels);
     out.push_str("facts:\n");
     pairs(&mut out, &n.facts);
+    out.push_str("cache:\n");
+    let Some(c) = &n.cache else {
+        out.push_str("  (not reported since the server started)\n");
+        return out;
+    };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "(none)".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    out.push_str(&format!("  steps remembered: {}\n", c.steps));
+    out.push_str(&format!("  ENV keys: {}\n", list(&c.env)));
+    out.push_str(&format!("  QUERY maps: {}\n", list(&c.queries)));
+    let shown = c.args.values().any(Option::is_some);
+    out.push_str(if shown || c.args.is_empty() {
+        "  ARGs:\n"
+    } else {
+        "  ARGs (values with --show-values):\n"
+    });
+    if c.args.is_empty() {
+        out.push_str("    (none)\n");
+    }
+    for (k, v) in &c.args {
+        match v {
+            Some(v) => out.push_str(&format!("    {k}: {}\n", crate::dsl::one_line(v))),
+            None => out.push_str(&format!("    {k}\n")),
+        }
+    }
+    if c.args_more > 0 {
+        out.push_str(&format!("    ... and {} more\n", c.args_more));
+    }
     out
 }
 

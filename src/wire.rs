@@ -284,6 +284,59 @@ pub enum ClientMsg {
     /// Job port: the running QUERY job's ARG on this node (`None`: not
     /// set). Resent on every registration until the map comes.
     QueryValue { job_id: Uuid, value: Option<String> },
+    /// Job port: what the node's cache holds, after `Ready` and at a
+    /// heartbeat after it changed: for `manage --node-info`.
+    Cache(CacheSummary),
+}
+
+/// What a node's cache holds, bounded (`CacheSummary::bounded`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheSummary {
+    /// ARG values by key (cut to `SUMMARY_VALUE` bytes); `None` where the
+    /// CLI did not ask for values (`--show-values`).
+    pub args: BTreeMap<String, Option<String>>,
+    /// ARGs past the first `SUMMARY_ENTRIES`, counted but not listed.
+    pub args_more: u32,
+    /// ENV keys (values stay on the node).
+    #[serde(deserialize_with = "cautious_seq")]
+    pub env: Vec<String>,
+    /// QUERY maps kept, by key.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub queries: Vec<String>,
+    /// Steps remembered as succeeded.
+    pub steps: u32,
+}
+
+/// A summary lists this many entries of each kind.
+pub const SUMMARY_ENTRIES: usize = 64;
+/// ... and this many bytes of each ARG value.
+pub const SUMMARY_VALUE: usize = 256;
+
+impl CacheSummary {
+    /// Cut to `SUMMARY_ENTRIES` of each list and `SUMMARY_VALUE` bytes of
+    /// each value (the server keeps one per node).
+    pub fn bounded(mut self) -> CacheSummary {
+        if self.args.len() > SUMMARY_ENTRIES {
+            let cut: Vec<String> = self.args.keys().skip(SUMMARY_ENTRIES).cloned().collect();
+            self.args_more = self.args_more.saturating_add(cut.len() as u32);
+            for k in cut {
+                self.args.remove(&k);
+            }
+        }
+        for v in self.args.values_mut().flatten() {
+            if v.len() > SUMMARY_VALUE {
+                let mut end = SUMMARY_VALUE - 3;
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v.truncate(end);
+                v.push_str("...");
+            }
+        }
+        self.env.truncate(SUMMARY_ENTRIES);
+        self.queries.truncate(SUMMARY_ENTRIES);
+        self
+    }
 }
 
 /// Server to client.
@@ -406,6 +459,13 @@ impl ClientMsg {
             } => {
                 format!("Fetch job={job_id} file={file} offset={offset} len={len}")
             }
+            ClientMsg::Cache(c) => format!(
+                "Cache args={} env={} queries={} steps={}",
+                c.args.len() as u64 + u64::from(c.args_more),
+                c.env.len(),
+                c.queries.len(),
+                c.steps
+            ),
             ClientMsg::QueryValue { job_id, value } => format!(
                 "QueryValue job={job_id} value={}",
                 value
@@ -668,6 +728,12 @@ pub enum Request {
     DeleteKey {
         name: String,
     },
+    /// One node, with its cache (ARG values only with `show_values`):
+    /// answered with `Nodes` of one.
+    NodeInfo {
+        name: String,
+        show_values: bool,
+    },
 }
 
 /// A response or pushed event from the server to the CLI.
@@ -864,6 +930,9 @@ pub struct NodeView {
     pub labels: crate::facts::Map,
     /// What it says of itself (OS, kernel, addresses, ...).
     pub facts: crate::facts::Map,
+    /// Its cache, as last reported since the server started: only in
+    /// `--node-info`.
+    pub cache: Option<CacheSummary>,
 }
 
 /// Where an enrolled key stands.

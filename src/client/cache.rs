@@ -68,6 +68,8 @@ pub struct Cache {
     /// QUERY results: key, then node, then value.
     queries: BTreeMap<String, BTreeMap<String, String>>,
     done: HashMap<String, u64>,
+    /// Grows with every change: the client reports the cache when it moved.
+    generation: u64,
     /// Write errors, logged at most once a minute.
     errors: crate::ratelog::Every,
     /// What the I/O thread is doing for the cache.
@@ -125,6 +127,7 @@ impl Cache {
             env: BTreeMap::new(),
             queries: BTreeMap::new(),
             done: HashMap::new(),
+            generation: 0,
             errors: crate::ratelog::Every::minute(),
             out: Out::Idle,
             waiting: None,
@@ -144,6 +147,7 @@ impl Cache {
     }
 
     fn apply(&mut self, rec: Record) {
+        self.generation += 1;
         match rec {
             Record::Arg { key, value } => {
                 self.args.insert(key, value);
@@ -165,6 +169,27 @@ impl Cache {
 
     pub fn queries(&self) -> &BTreeMap<String, BTreeMap<String, String>> {
         &self.queries
+    }
+
+    /// Changes so far: equal numbers, equal cache.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What the cache holds, for the server's `--node-info`.
+    pub fn summary(&self) -> crate::wire::CacheSummary {
+        crate::wire::CacheSummary {
+            args: self
+                .args
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            args_more: 0,
+            env: self.env.keys().cloned().collect(),
+            queries: self.queries.keys().cloned().collect(),
+            steps: self.done.len() as u32,
+        }
+        .bounded()
     }
 
     pub fn args(&self) -> &BTreeMap<String, String> {
@@ -386,7 +411,11 @@ impl Cache {
         let before = self.done.len();
         let ttl = self.ttl_ms;
         self.done.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
-        before - self.done.len()
+        let dropped = before - self.done.len();
+        if dropped > 0 {
+            self.generation += 1;
+        }
+        dropped
     }
 
     fn bloated(&self) -> bool {

@@ -199,6 +199,9 @@ pub struct Client {
     /// The last job dispatch received, in `Ready`: the server judges only
     /// jobs sent before it against what we hold.
     seen: Option<Dispatch>,
+    /// The cache generation the server last heard of, since it welcomed
+    /// us (`None`: not welcomed on this link).
+    cache_reported: Option<u64>,
     /// This process owns its cache and key directories.
     _locks: Vec<crate::dirlock::DirLock>,
     /// Cache syncs, off the loop.
@@ -266,6 +269,7 @@ impl Client {
             beat_gen: 0,
             instance: uuid::Uuid::new_v4().as_u64_pair().0,
             seen: None,
+            cache_reported: None,
             _locks: locks,
             worker,
         };
@@ -379,6 +383,9 @@ impl Client {
     }
 
     fn beat(&mut self) {
+        if self.cache_reported.is_some() {
+            self.report_cache();
+        }
         self.send(
             HEARTBEAT,
             &ClientMsg::Heartbeat {
@@ -417,6 +424,7 @@ impl Client {
     }
 
     fn close(&mut self) {
+        self.cache_reported = None;
         if let Link::Up { ports, monitor, .. } = std::mem::replace(&mut self.link, Link::Down) {
             let registry = self.poll.registry();
             if let Some(m) = monitor {
@@ -718,6 +726,20 @@ impl Client {
             log::info!("connected to {} as {name}", self.cfg.server_address);
             self.standing = Standing::Admitted;
         }
+        self.cache_reported = None;
+        self.report_cache();
+    }
+
+    /// Tell the server what the cache holds, if that changed since it last
+    /// heard (at most once a heartbeat, however many steps ran).
+    fn report_cache(&mut self) {
+        let generation = self.runner.cache_generation();
+        if self.cache_reported == Some(generation) {
+            return;
+        }
+        let summary = ClientMsg::Cache(self.runner.cache_summary());
+        self.send(JOB, &summary);
+        self.cache_reported = Some(generation);
     }
 
     /// The server will not have us as our node (now, or at all).

@@ -194,6 +194,16 @@ impl Runner {
         &self.node
     }
 
+    /// Changes to the cache so far.
+    pub fn cache_generation(&self) -> u64 {
+        self.cache.generation()
+    }
+
+    /// What the cache holds, for the server.
+    pub fn cache_summary(&self) -> crate::wire::CacheSummary {
+        self.cache.summary()
+    }
+
     /// Every job this node still has: for `Ready`.
     pub fn holding(&self) -> Vec<Uuid> {
         let mut ids: Vec<Uuid> = self.queue.iter().map(|q| q.job_id).collect();

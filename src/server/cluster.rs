@@ -1108,24 +1108,56 @@ impl Cluster {
     }
 
     pub fn list_nodes(&self) -> Vec<NodeView> {
-        self.nodes
-            .iter()
-            .map(|n| NodeView {
-                name: n.name.clone(),
-                state: if n.is_online() {
-                    NodeState::Online
+        self.nodes.iter().map(Self::node_view).collect()
+    }
+
+    /// One node, with its cache: ARG values only with `show_values`.
+    pub fn node_info(&self, name: &str, show_values: bool) -> Result<NodeView, String> {
+        let Some(n) = self.nodes.get(name) else {
+            let known: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(format!(
+                "unknown node '{name}' (known nodes: {})",
+                if known.is_empty() {
+                    "none".to_owned()
                 } else {
-                    NodeState::Offline
-                },
-                version: n.version.clone(),
-                last_heartbeat_ms: n.last_seen_ms,
-                expires_ms: n.expires_ms(),
-                queued: n.queue.len() as u32,
-                in_flight: n.in_flight.len() as u32,
-                labels: n.about.labels.clone(),
-                facts: n.about.facts.clone(),
-            })
-            .collect()
+                    known.join(", ")
+                }
+            ));
+        };
+        let mut view = Self::node_view(n);
+        view.cache = n.cache.as_deref().cloned().map(|mut c| {
+            if !show_values {
+                c.args.values_mut().for_each(|v| *v = None);
+            }
+            c
+        });
+        Ok(view)
+    }
+
+    /// A node reported what its cache holds.
+    pub fn cache_summary(&mut self, node: &str, summary: crate::wire::CacheSummary) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.cache = Some(Box::new(summary.bounded()));
+        }
+    }
+
+    fn node_view(n: &super::nodes::Node) -> NodeView {
+        NodeView {
+            name: n.name.clone(),
+            state: if n.is_online() {
+                NodeState::Online
+            } else {
+                NodeState::Offline
+            },
+            version: n.version.clone(),
+            last_heartbeat_ms: n.last_seen_ms,
+            expires_ms: n.expires_ms(),
+            queued: n.queue.len() as u32,
+            in_flight: n.in_flight.len() as u32,
+            labels: n.about.labels.clone(),
+            facts: n.about.facts.clone(),
+            cache: None,
+        }
     }
 
     pub fn list_jobs(&self) -> Vec<JobView> {

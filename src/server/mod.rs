@@ -755,6 +755,11 @@ impl Server {
                     self.peer_log.warn(&node, now.at, format_args!("{why}"));
                 }
             }
+            (Port::Job, ClientMsg::Cache(summary), Peer::Node(node)) => {
+                self.routes.learn(&who, port, &rid);
+                self.cluster.touch(&node, now);
+                self.cluster.cache_summary(&node, summary);
+            }
             (Port::Job, ClientMsg::QueryValue { job_id, value }, Peer::Node(node)) => {
                 self.routes.learn(&who, port, &rid);
                 self.cluster.touch(&node, now);

@@ -41,6 +41,9 @@ pub struct Node {
     pub in_flight: VecDeque<Uuid>,
     /// Its facts and labels, as its last `Ready` said.
     pub about: crate::facts::Node,
+    /// Its cache, as it last reported (not kept across server restarts:
+    /// nodes report it when they register).
+    pub cache: Option<Box<crate::wire::CacheSummary>>,
 }
 
 impl Node {
@@ -105,6 +108,7 @@ impl Nodes {
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
             about: Default::default(),
+            cache: None,
         });
         node.ivl = ivl;
         node.touch(now, now_ms);

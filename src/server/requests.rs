@@ -189,6 +189,12 @@ impl Server {
                 return None;
             }
             Request::ListNodes => Response::Nodes(self.cluster.list_nodes()),
+            Request::NodeInfo { name, show_values } => {
+                match self.cluster.node_info(&name, show_values) {
+                    Ok(view) => Response::Nodes(vec![view]),
+                    Err(why) => Response::Rejected(why),
+                }
+            }
             Request::ListJobs => Response::Jobs(self.cluster.list_jobs()),
             Request::JobInfo { id } => match self.cluster.job_info(&id) {
                 Some((detail, reads)) if reads.is_empty() => Response::Job(detail),
@@ -333,6 +339,7 @@ pub(super) fn reads_only(req: &Request) -> bool {
     matches!(
         req,
         Request::ListNodes
+            | Request::NodeInfo { .. }
             | Request::ListJobs
             | Request::JobInfo { .. }
             | Request::ShowKey
