@@ -510,10 +510,7 @@ fn node_text(n: &NodeView) -> String {
     let mut out = format!(
         "node {} ({})\n  version: {}\n  last heartbeat: {} UTC\n  queued: {}, in flight: {}\nlabels:\n",
         n.name,
-        match n.state {
-            wire::NodeState::Online => "online",
-            wire::NodeState::Offline => "offline",
-        },
+        n.state.name(),
         n.version,
         format_utc(n.last_heartbeat_ms),
         n.queued,
@@ -587,10 +584,7 @@ fn nodes_table(nodes: &[NodeView]) -> String {
         .map(|n| {
             vec![
                 n.name.clone(),
-                match n.state {
-                    wire::NodeState::Online => "online".into(),
-                    wire::NodeState::Offline => "offline".into(),
-                },
+                n.state.name().into(),
                 n.version.clone(),
                 format_utc(n.last_heartbeat_ms),
                 format_utc(n.expires_ms),

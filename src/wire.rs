@@ -911,6 +911,19 @@ pub enum NodeState {
     /// Silent past its expiry, or not back since a server restart: jobs
     /// for it end `unreachable`.
     Offline,
+    /// Online when the server stopped, and not yet back since it started:
+    /// jobs for it wait (until it expires, 3 intervals).
+    Reconnecting,
+}
+
+impl NodeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Online => "online",
+            NodeState::Offline => "offline",
+            NodeState::Reconnecting => "reconnecting",
+        }
+    }
 }
 
 /// A node, as listed by `manage --list-nodes`.

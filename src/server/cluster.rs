@@ -100,6 +100,9 @@ pub struct Cluster {
     /// Parts queued for an offline node, and when they give up (their
     /// job's timeout).
     offline_waits: Vec<(Instant, Uuid, String)>,
+    /// Unfinished jobs submitted with `--queue-offline` (journaled, so
+    /// that their waits outlive a restart).
+    queued_offline: HashSet<Uuid>,
     /// This server instance, in every dispatch.
     instance: u64,
     /// The last dispatch sequence number used.
@@ -117,6 +120,7 @@ impl Default for Cluster {
             roll_due: Vec::new(),
             wait_offline: HashSet::new(),
             offline_waits: Vec::new(),
+            queued_offline: HashSet::new(),
             instance: Uuid::new_v4().as_u64_pair().0,
             seq: 0,
             queries: Queries::default(),
@@ -192,7 +196,11 @@ impl Cluster {
                         Some(Item::New(rec))
                     }
                 });
-                std::iter::once(submitted).chain(parts)
+                let offline = self
+                    .queued_offline
+                    .contains(&job.id)
+                    .then(|| Item::New(Record::QueueOffline { id: job.id }));
+                std::iter::once(submitted).chain(offline).chain(parts)
             }))
     }
 
@@ -620,9 +628,14 @@ impl Cluster {
     }
 
     /// Jobs just submitted with `--queue-offline`: their parts for offline
-    /// nodes wait for them (up to each job's timeout) when released.
-    pub fn queue_offline(&mut self, ids: &[Uuid]) {
-        self.wait_offline.extend(ids.iter().copied());
+    /// nodes wait for them (up to each job's timeout) when released, and
+    /// after a restart.
+    pub fn queue_offline(&mut self, ids: &[Uuid], out: &mut Vec<Effect>) {
+        for id in ids {
+            self.wait_offline.insert(*id);
+            self.queued_offline.insert(*id);
+            out.push(Effect::Journal(Record::QueueOffline { id: *id }));
+        }
     }
 
     /// Parts that waited for an offline node past their timeout end
@@ -831,6 +844,7 @@ impl Cluster {
         for id in ids {
             self.jobs.remove(id);
             self.wait_offline.remove(id);
+            self.queued_offline.remove(id);
         }
         self.forget_done_rollouts();
     }
@@ -1079,6 +1093,7 @@ impl Cluster {
             return;
         };
         self.queries.end(&job_id);
+        self.queued_offline.remove(&job_id);
         out.push(Effect::JobDone { job_id });
         if let Some(parent_id) = job.parent {
             if self.jobs.children(&parent_id).all(|j| j.is_done()) {
@@ -1144,10 +1159,11 @@ impl Cluster {
     fn node_view(n: &super::nodes::Node) -> NodeView {
         NodeView {
             name: n.name.clone(),
-            state: if n.is_online() {
-                NodeState::Online
-            } else {
-                NodeState::Offline
+            state: match (n.link, n.instance) {
+                (Link::Offline, _) => NodeState::Offline,
+                // Restored from the history, not yet back.
+                (Link::Stale, None) => NodeState::Reconnecting,
+                _ => NodeState::Online,
             },
             version: n.version.clone(),
             last_heartbeat_ms: n.last_seen_ms,
@@ -1330,6 +1346,11 @@ impl Restore {
                     .rollouts
                     .insert(parent, Rollout::new(batches, max_fail));
             }
+            Record::QueueOffline { id } => {
+                if self.0.jobs.get(&id).is_some() {
+                    self.0.queued_offline.insert(id);
+                }
+            }
         }
     }
 
@@ -1382,6 +1403,21 @@ impl Restore {
             }
         }
         for (id, node, state) in pending {
+            let waits = state == JobState::Queued
+                && c.queued_offline.contains(&id)
+                && c.nodes.get(&node).is_some_and(|n| !n.is_online());
+            if waits {
+                // `--queue-offline`, for a node still offline: it waits on,
+                // up to what is left of the job's timeout.
+                let Some(job) = c.jobs.get(&id) else { continue };
+                let ends_ms = job.submitted_ms + job.task.options.timeout_secs * 1000;
+                let left = Duration::from_millis(ends_ms.saturating_sub(now.ms));
+                c.offline_waits.push((now.at + left, id, node.clone()));
+                if let Some(n) = c.nodes.get_mut(&node) {
+                    n.queue.push_back(id);
+                }
+                continue;
+            }
             let (n, _) = c.nodes.upsert(&node, ivl, now.at, now.ms);
             // Nothing goes out until the node says Ready again.
             n.link = Link::Stale;
@@ -2069,20 +2105,24 @@ mod tests {
         let id = c.submit_now(run("x"), &[], later, &mut out).unwrap().job_id;
         assert_eq!(state(&c, &id, "b"), JobState::Unreachable);
         assert_eq!(state(&c, &id, "a"), JobState::Sent);
-        // After a restart b is known and offline; a is expected back.
-        let r = Cluster::restore(records(&c), IVL, later);
-        let states: Vec<(String, NodeState)> = r
-            .list_nodes()
-            .into_iter()
-            .map(|n| (n.name, n.state))
-            .collect();
+        // After a restart b is known and offline; a is expected back, and
+        // says so until it is.
+        let mut r = Cluster::restore(records(&c), IVL, later);
+        let states = |r: &Cluster| -> Vec<(String, NodeState)> {
+            r.list_nodes()
+                .into_iter()
+                .map(|n| (n.name, n.state))
+                .collect()
+        };
         assert_eq!(
-            states,
+            states(&r),
             [
-                ("a".into(), NodeState::Online),
+                ("a".into(), NodeState::Reconnecting),
                 ("b".into(), NodeState::Offline)
             ]
         );
+        r.ready("a", greet(9, None, &[]), later, &mut out);
+        assert_eq!(states(&r)[0], ("a".into(), NodeState::Online));
     }
 
     #[test]
@@ -2093,7 +2133,7 @@ mod tests {
         c.nodes.get_mut("a").unwrap().link = Link::Offline;
         let wait = |c: &mut Cluster, cmd: &str, out: &mut Vec<Effect>| {
             let s = c.submit(run(cmd), &[], &[], at(t0), out).unwrap();
-            c.queue_offline(&[s.job_id]);
+            c.queue_offline(&[s.job_id], out);
             c.release(&[s.job_id], at(t0), out);
             s.job_id
         };
@@ -2112,6 +2152,14 @@ mod tests {
         let msg = c.part_view(&first, "a").unwrap().message.unwrap();
         assert!(msg.contains("whole --timeout (5s)"), "{msg}");
         assert_eq!(state(&c, &second, "a"), JobState::Queued);
+        // A restart keeps the wait, and its deadline.
+        let mut r = Cluster::restore(records(&c), IVL, later);
+        assert_eq!(state(&r, &second, "a"), JobState::Queued);
+        assert_eq!(r.list_nodes()[0].state, NodeState::Offline);
+        assert_eq!(r.next_expiry(), Some(t0 + Duration::from_secs(50)));
+        let mut rout = Vec::new();
+        r.ready("a", greet(3, None, &[]), later, &mut rout);
+        assert_eq!(sent_jobs(&rout), vec![second]);
         // The node is back: the second goes.
         c.ready("a", greet(2, None, &[]), later, &mut out);
         assert_eq!(sent_jobs(&out), vec![second]);

@@ -78,17 +78,22 @@ pub enum Record {
         batches: Vec<Vec<String>>,
         max_fail: Option<u32>,
     },
+    /// The job was submitted with `--queue-offline`: its parts for offline
+    /// nodes wait for them, up to its timeout, across restarts too.
+    QueueOffline { id: Uuid },
 }
 
 mod layout1;
 
 /// Layout 2: job options with `--retries`, results with their earlier
-/// attempts. Layouts 0 (no header) and 1 had neither.
+/// attempts (layouts 0, with no header, and 1 had neither). Layout 3 added
+/// `QueueOffline`, after the others: layout 2 records encode as they did.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
         match version {
             0 | 1 => crate::journal::decode::<layout1::OldRecord>(body).map(Record::from),
+            2 => crate::journal::decode(body),
             _ => None,
         }
     }

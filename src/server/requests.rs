@@ -143,7 +143,7 @@ impl Server {
                                     .push(token);
                             }
                             if queue_offline {
-                                self.cluster.queue_offline(&[submitted.job_id]);
+                                self.cluster.queue_offline(&[submitted.job_id], &mut out);
                             }
                             Response::Submitted(submitted)
                         }
@@ -178,7 +178,7 @@ impl Server {
                             if queue_offline {
                                 let ids: Vec<Uuid> =
                                     plan.jobs.iter().filter_map(|j| j.job_id).collect();
-                                self.cluster.queue_offline(&ids);
+                                self.cluster.queue_offline(&ids, &mut out);
                             }
                         }
                         Response::Orchestrated(plan)
