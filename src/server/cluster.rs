@@ -199,7 +199,7 @@ impl Cluster {
                 let offline = self
                     .queued_offline
                     .contains(&job.id)
-                    .then(|| Item::New(Record::QueueOffline { id: job.id }));
+                    .then_some(Item::New(Record::QueueOffline { id: job.id }));
                 std::iter::once(submitted).chain(offline).chain(parts)
             }))
     }
