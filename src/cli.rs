@@ -623,7 +623,8 @@ director orchestrate — submit orchestration files
 Usage: director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]...
                                      [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
 
-A file is a YAML list of blocks: {targets: [PATTERN...] (optional: every node), jobs: [{VERB: ARGS}...]}.
+A file is a YAML list of blocks: {targets: [PATTERN...] (optional: every node), jobs: [{VERB: ARGS}...]},
+and one block may have batch: N|N% (and max_fail: N|N%) to roll from there on, as --batch does.
 A pattern is a node name, a glob on names (web*), or KEY=VALUE on a label or fact (role=web).
 Every file is checked before anything is submitted. On each node the jobs run one at a
 time in file order; after a failure there, the rest of the run is skipped on that node.

@@ -211,6 +211,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
             blocks: vec![Block {
                 targets: vec!["web*".into()],
                 tasks: vec![run.clone(), run],
+                rolling: None,
             }],
             exclude: vec!["role=db".into()],
             rolling: Some(wire::Rolling {

@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::dsl::{Task, Verb};
-use crate::wire::Block;
+use crate::wire::{Amount, Block, Rolling};
 
 /// How the command line narrows or changes what the files say.
 #[derive(Debug, Default, PartialEq)]
@@ -29,6 +29,12 @@ pub struct Selection {
 struct FileBlock {
     #[serde(default)]
     targets: Option<Vec<String>>,
+    /// `N` or `N%`: roll this block (and the rest of the run) over its
+    /// nodes, as `--batch` does for a whole run.
+    #[serde(default)]
+    batch: Option<Scalar>,
+    #[serde(default)]
+    max_fail: Option<Scalar>,
     jobs: Vec<FileJob>,
 }
 
@@ -115,13 +121,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
     if blocks.is_empty() {
         return Err(err("it has no blocks".into()));
     }
-    Ok(blocks
+    blocks
         .into_iter()
-        .map(|b| Block {
-            targets: b.targets.unwrap_or_default(),
-            tasks: b.jobs.into_iter().map(|j| j.0).collect(),
+        .enumerate()
+        .map(|(i, b)| {
+            let amount = |v: Option<Scalar>, key: &str| {
+                v.map(|v| Amount::parse(&v.0, key))
+                    .transpose()
+                    .map_err(|e| err(format!("block {}: {e}", i + 1)))
+            };
+            let rolling = match (amount(b.batch, "batch")?, amount(b.max_fail, "max_fail")?) {
+                (Some(batch), max_fail) => Some(Rolling { batch, max_fail }),
+                (None, Some(_)) => {
+                    return Err(err(format!(
+                        "block {}: max_fail needs batch in the same block",
+                        i + 1
+                    )))
+                }
+                (None, None) => None,
+            };
+            Ok(Block {
+                targets: b.targets.unwrap_or_default(),
+                tasks: b.jobs.into_iter().map(|j| j.0).collect(),
+                rolling,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Read and parse every file, then apply the selection. Any error stops

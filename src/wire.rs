@@ -781,6 +781,9 @@ pub struct Block {
     pub targets: Vec<String>,
     #[serde(deserialize_with = "cautious_seq")]
     pub tasks: Vec<Task>,
+    /// `batch:` (and `max_fail:`): this block and those after it go over
+    /// the block's nodes batch by batch.
+    pub rolling: Option<Rolling>,
 }
 
 /// What an orchestration queued (or, for a dry run, would queue).

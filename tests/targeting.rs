@@ -472,3 +472,52 @@ fn query_collects_an_arg_from_every_target_and_waits_for_all_even_across_a_serve
         "{out:?}"
     );
 }
+
+#[test]
+fn a_blocks_batch_rolls_from_that_block_on_in_name_order() {
+    let c = Cluster::start("blockbatch", &["b1", "b2", "b3"], "1");
+    let log = c.dir.path.join("order.log");
+    let file = c.dir.path.join("roll.yml");
+    let write = |extra: &str| {
+        fs::write(
+            &file,
+            format!(
+                "- jobs:\n  - RUN: --skip-cache echo setup >> {l}\n\
+                 - {extra}\n  jobs:\n  - RUN: --skip-cache echo start $(basename $(pwd)) >> {l}; sleep 0.2; echo end $(basename $(pwd)) >> {l}\n",
+                l = log.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("batch: 1");
+    let dry = c.cli(&["orchestrate", file.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains("batch 3/3: b3"), "{}", dry.stdout);
+    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let text = fs::read_to_string(&log).unwrap();
+    let deploys: Vec<&str> = text.lines().filter(|l| *l != "setup").collect();
+    // One node at a time, in name order: never two started at once.
+    assert_eq!(
+        deploys,
+        [
+            "start node-b1",
+            "end node-b1",
+            "start node-b2",
+            "end node-b2",
+            "start node-b3",
+            "end node-b3"
+        ],
+        "{text}"
+    );
+    assert_eq!(text.lines().filter(|l| *l == "setup").count(), 3);
+    // max_fail alone is refused, naming the file and the block.
+    write("max_fail: 1");
+    let out = c.cli(&["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("roll.yml: block 2: max_fail needs batch in the same block"),
+        "{out:?}"
+    );
+}

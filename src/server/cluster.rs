@@ -154,13 +154,10 @@ impl Cluster {
             });
             std::iter::once(Item::New(Self::node_record(n))).chain(offline)
         });
-        let rollouts = self.rollouts.iter().map(|(parent, r)| {
-            Item::New(Record::Rollout {
-                parent: *parent,
-                batches: r.batches.clone(),
-                max_fail: r.max_fail.map(|m| m as u32),
-            })
-        });
+        let rollouts = self
+            .rollouts
+            .iter()
+            .map(|(parent, r)| Item::New(Self::rollout_record(*parent, r)));
         nodes
             .chain(rollouts)
             .chain(self.jobs.iter().flat_map(|job| {
@@ -232,6 +229,23 @@ impl Cluster {
     pub fn submission_at(&mut self, id: &Uuid, span: Span) {
         if let Some(job) = self.jobs.get_mut(id) {
             job.record = Some(span);
+        }
+    }
+
+    fn rollout_record(parent: Uuid, r: &Rollout) -> Record {
+        let (batches, max_fail) = (r.batches.clone(), r.max_fail.map(|m| m as u32));
+        match r.from {
+            0 => Record::Rollout {
+                parent,
+                batches,
+                max_fail,
+            },
+            from => Record::RolloutFrom {
+                parent,
+                batches,
+                max_fail,
+                from: from as u32,
+            },
         }
     }
 
@@ -721,7 +735,7 @@ impl Cluster {
             let nodes: Vec<String> = job
                 .parts
                 .keys()
-                .filter(|k| !rollout.is_some_and(|r| r.holds(k)))
+                .filter(|k| !rollout.is_some_and(|r| r.holds_part(id, k)))
                 .map(|k| k.to_string())
                 .collect();
             let timeout = Duration::from_secs(job.task.options.timeout_secs);
@@ -773,7 +787,15 @@ impl Cluster {
     }
 
     fn next_batch(&mut self, parent: Uuid, now: Now, out: &mut Vec<Effect>) {
-        let ids: Vec<Uuid> = self.jobs.children(&parent).map(|j| j.id).collect();
+        let Some(rollout) = self.rollouts.get(&parent) else {
+            return;
+        };
+        let ids: Vec<Uuid> = self
+            .jobs
+            .children(&parent)
+            .map(|j| j.id)
+            .filter(|id| rollout.applies(id))
+            .collect();
         loop {
             let Some(r) = self.rollouts.get_mut(&parent) else {
                 return;
@@ -888,11 +910,34 @@ impl Cluster {
         if planned.is_empty() {
             return Err("the orchestration has no jobs".into());
         }
+        // What rolls: the whole run (`--batch`), or one block's `batch:`
+        // and the blocks after it.
+        let rolling_blocks: Vec<(usize, Rolling)> = blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| Some((i, b.rolling?)))
+            .collect();
+        let (rolling, from_block) = match (rolling, rolling_blocks.as_slice()) {
+            (Some(_), [(i, _), ..]) => {
+                return Err(format!(
+                    "block {}: batch cannot be combined with --batch, which rolls the whole run",
+                    i + 1
+                ))
+            }
+            (_, [_, (i, _), ..]) => {
+                return Err(format!(
+                    "block {}: only one block of a run may have batch (the blocks after it roll with it)",
+                    i + 1
+                ))
+            }
+            (None, [(i, r)]) => (Some(*r), *i),
+            (r, _) => (r, 0),
+        };
         // A QUERY waits for every target; later batches wait for it.
         if rolling.is_some() {
             if let Some((i, _, _)) = planned
                 .iter()
-                .find(|(_, _, t)| matches!(t.action, Action::Query { .. }))
+                .find(|(i, _, t)| *i >= from_block && matches!(t.action, Action::Query { .. }))
             {
                 return Err(format!(
                     "block {}: QUERY needs every target at once, and --batch holds some back: run the QUERY in an orchestration of its own first",
@@ -900,10 +945,14 @@ impl Cluster {
                 ));
             }
         }
+        let from = planned
+            .iter()
+            .take_while(|(i, _, _)| *i < from_block)
+            .count();
         let parent_id = (!dry_run).then(Uuid::new_v4);
         let batches = match rolling {
             Some(rolling) => {
-                let mut nodes: Vec<String> = planned
+                let mut nodes: Vec<String> = planned[from..]
                     .iter()
                     .flat_map(|(_, t, _)| t.iter().cloned())
                     .collect();
@@ -911,15 +960,12 @@ impl Cluster {
                 nodes.dedup();
                 let (batches, max_fail) = Rollout::plan(&nodes, rolling);
                 if let Some(parent) = parent_id {
+                    let mut r = Rollout::new(batches.clone(), max_fail);
+                    r.from = from;
                     // Before the jobs: a restart must hold their later
                     // batches back too.
-                    out.push(Effect::Journal(Record::Rollout {
-                        parent,
-                        batches: batches.clone(),
-                        max_fail: max_fail.map(|m| m as u32),
-                    }));
-                    self.rollouts
-                        .insert(parent, Rollout::new(batches.clone(), max_fail));
+                    out.push(Effect::Journal(Self::rollout_record(parent, &r)));
+                    self.rollouts.insert(parent, r);
                 }
                 batches
             }
@@ -940,8 +986,9 @@ impl Cluster {
             });
         }
         if let Some(r) = parent_id.and_then(|p| self.rollouts.get_mut(&p)) {
+            r.cover(jobs.iter().filter_map(|j| j.job_id));
             let first = r.batches.first().cloned().unwrap_or_default();
-            r.left = jobs
+            r.left = jobs[r.from..]
                 .iter()
                 .map(|j| j.targets.iter().filter(|t| first.contains(t)).count())
                 .sum();
@@ -1076,7 +1123,11 @@ impl Cluster {
             Some((p, j.parts.get(node)?.state()))
         });
         if let Some((parent, state)) = rolling {
-            if let Some(r) = self.rollouts.get_mut(&parent) {
+            if let Some(r) = self
+                .rollouts
+                .get_mut(&parent)
+                .filter(|r| r.applies(&job_id))
+            {
                 if r.part_done(node, state) {
                     self.roll_due.push(parent);
                 }
@@ -1346,6 +1397,16 @@ impl Restore {
                     .rollouts
                     .insert(parent, Rollout::new(batches, max_fail));
             }
+            Record::RolloutFrom {
+                parent,
+                batches,
+                max_fail,
+                from,
+            } => {
+                let mut r = Rollout::new(batches, max_fail.map(|m| m as usize));
+                r.from = from as usize;
+                self.0.rollouts.insert(parent, r);
+            }
             Record::QueueOffline { id } => {
                 if self.0.jobs.get(&id).is_some() {
                     self.0.queued_offline.insert(id);
@@ -1368,9 +1429,16 @@ impl Restore {
         // A rolling run goes on from its first batch with work left.
         let parents: Vec<Uuid> = c.rollouts.keys().copied().collect();
         for parent in parents {
+            let ids: Vec<Uuid> = c.jobs.children(&parent).map(|j| j.id).collect();
+            let Some(r) = c.rollouts.get_mut(&parent) else {
+                continue;
+            };
+            r.cover(ids.into_iter());
+            let r = &*r;
             let parts: Vec<(String, JobState)> = c
                 .jobs
                 .children(&parent)
+                .filter(|j| r.applies(&j.id))
                 .flat_map(|j| j.parts.iter().map(|(n, p)| (n.to_string(), p.state())))
                 .collect();
             let Some(r) = c.rollouts.get_mut(&parent) else {
@@ -1397,7 +1465,8 @@ impl Restore {
             let rollout = job.parent.and_then(|p| c.rollouts.get(&p));
             for (node, part) in &job.parts {
                 // Parts of later batches wait for theirs.
-                if !part.state().is_done() && !rollout.is_some_and(|r| r.holds(node)) {
+                if !part.state().is_done() && !rollout.is_some_and(|r| r.holds_part(&job.id, node))
+                {
                     pending.push((job.id, node.to_string(), part.state()));
                 }
             }
@@ -1653,6 +1722,7 @@ mod tests {
             let blocks = vec![Block {
                 targets: vec![],
                 tasks,
+                rolling: None,
             }];
             let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
             for id in plan.jobs.iter().filter_map(|j| j.job_id) {
@@ -1722,6 +1792,7 @@ mod tests {
         let blocks = vec![Block {
             targets: vec![],
             tasks,
+            rolling: None,
         }];
         // As the loop does: the submission is journaled, then released.
         let plan = c
@@ -1795,10 +1866,12 @@ mod tests {
             Block {
                 targets: vec![],
                 tasks: vec![run("1")],
+                rolling: None,
             },
             Block {
                 targets: vec!["nope".into()],
                 tasks: vec![run("2")],
+                rolling: None,
             },
         ];
         let e = c
@@ -1945,6 +2018,7 @@ mod tests {
                 vec![Block {
                     targets: vec![],
                     tasks,
+                    rolling: None,
                 }],
                 false,
                 at(t0),
@@ -2013,6 +2087,7 @@ mod tests {
         let blocks = vec![Block {
             targets: vec![],
             tasks,
+            rolling: None,
         }];
         let plan = c
             .orchestrate(blocks, &[], Some(rolling), false, at(t0), &mut out)
@@ -2076,6 +2151,74 @@ mod tests {
             );
         }
         assert!(out.contains(&Effect::ParentDone { parent_id: parent }));
+    }
+
+    #[test]
+    fn a_blocks_batch_rolls_it_and_the_rest_while_earlier_blocks_go_at_once() {
+        use crate::wire::{Amount, Rolling};
+        let t0 = Instant::now();
+        let names = ["a", "b"];
+        let mut c = cluster(&names, t0);
+        let mut out = Vec::new();
+        let block = |tasks, rolling| Block {
+            targets: vec![],
+            tasks,
+            rolling,
+        };
+        let one = Some(Rolling {
+            batch: Amount::Count(1),
+            max_fail: None,
+        });
+        let blocks = vec![
+            block(vec![run("setup")], None),
+            block(vec![run("deploy")], one),
+            block(vec![run("check")], None),
+        ];
+        let plan = c
+            .orchestrate(blocks.clone(), &[], None, false, at(t0), &mut out)
+            .unwrap();
+        assert_eq!(plan.batches, [vec!["a"], vec!["b"]]);
+        assert!(matches!(
+            &out[0],
+            Effect::Journal(Record::RolloutFrom { from: 1, .. })
+        ));
+        let ids: Vec<Uuid> = plan.jobs.iter().map(|j| j.job_id.unwrap()).collect();
+        out.clear();
+        c.release(&ids, at(t0), &mut out);
+        // setup everywhere; deploy only on a (b's waits, and so does its
+        // check, which must follow it there).
+        assert_eq!(sent_jobs(&out), [ids[0], ids[1], ids[0]]);
+        assert_eq!(sent_nodes(&out), ["a", "b"]);
+        assert!(c.nodes.get("b").unwrap().queue.is_empty());
+        // A restart keeps it so.
+        let mut r = Cluster::restore(records(&c), IVL, at(t0));
+        for n in names {
+            let holding: &[Uuid] = if n == "a" { &ids[..2] } else { &ids[..1] };
+            r.ready(n, greet(1, None, holding), at(t0), &mut Vec::new());
+        }
+        assert!(r.nodes.get("b").unwrap().queue.is_empty());
+        // b's setup ending does not move the batch; a's run ending does.
+        let mut out = Vec::new();
+        r.finished("b", ids[0], ok(), at(t0), &mut out);
+        assert!(sent_nodes(&out).is_empty());
+        for id in &ids {
+            r.finished("a", *id, ok(), at(t0), &mut out);
+        }
+        assert_eq!(sent_jobs(&out), [ids[2], ids[1], ids[2]]);
+        // One rolling block per run, and not with --batch.
+        let mut twice = blocks.clone();
+        twice[2].rolling = one;
+        let e = c
+            .orchestrate(twice, &[], None, false, at(t0), &mut out)
+            .unwrap_err();
+        assert!(
+            e.starts_with("block 3: only one block of a run may have batch"),
+            "{e}"
+        );
+        let e = c
+            .orchestrate(blocks, &[], one, false, at(t0), &mut out)
+            .unwrap_err();
+        assert!(e.contains("batch cannot be combined with --batch"), "{e}");
     }
 
     #[test]
@@ -2186,6 +2329,7 @@ mod tests {
                 vec![Block {
                     targets: vec!["c".into()],
                     tasks: vec![run("x")],
+                    rolling: None,
                 }],
                 true,
                 at(t0),
@@ -2290,6 +2434,7 @@ mod tests {
         let blocks = vec![Block {
             targets: vec![],
             tasks: vec![run("r1"), run("r2")],
+            rolling: None,
         }];
         let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
         let r1 = plan.jobs[0].job_id.unwrap();

@@ -81,13 +81,22 @@ pub enum Record {
     /// The job was submitted with `--queue-offline`: its parts for offline
     /// nodes wait for them, up to its timeout, across restarts too.
     QueueOffline { id: Uuid },
+    /// A run that rolls from its job `from` on (a block's `batch:`), as
+    /// `Rollout` otherwise.
+    RolloutFrom {
+        parent: Uuid,
+        batches: Vec<Vec<String>>,
+        max_fail: Option<u32>,
+        from: u32,
+    },
 }
 
 mod layout1;
 
 /// Layout 2: job options with `--retries`, results with their earlier
 /// attempts (layouts 0, with no header, and 1 had neither). Layout 3 added
-/// `QueueOffline`, after the others: layout 2 records encode as they did.
+/// `QueueOffline` and `RolloutFrom`, after the others: layout 2 records
+/// encode as they did.
 impl crate::journal::Layout for Record {
     const VERSION: u32 = 3;
     fn upgrade(version: u32, body: &[u8]) -> Option<Self> {

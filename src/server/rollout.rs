@@ -3,7 +3,9 @@
 //! one has finished its part of the run, unless more nodes than
 //! `--max-fail` allows have failed by then.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use uuid::Uuid;
 
 use crate::wire::{JobState, Rolling};
 
@@ -21,6 +23,12 @@ pub struct Rollout {
     pub failed: BTreeSet<String>,
     /// Parts of the run on the current batch's nodes not yet finished.
     pub left: usize,
+    /// The run's first job that rolls: 0 with `--batch`, the first job of
+    /// the block with `batch:` otherwise.
+    pub from: usize,
+    /// With `from` past 0: the jobs that roll (the run's jobs from `from`
+    /// on); the others go at once.
+    covers: Option<HashSet<Uuid>>,
 }
 
 impl Rollout {
@@ -45,7 +53,26 @@ impl Rollout {
             max_fail,
             failed: BTreeSet::new(),
             left: 0,
+            from: 0,
+            covers: None,
         }
+    }
+
+    /// The run's jobs in order: those from `from` on roll.
+    pub fn cover(&mut self, jobs: impl Iterator<Item = Uuid>) {
+        if self.from > 0 {
+            self.covers = Some(jobs.skip(self.from).collect());
+        }
+    }
+
+    /// Does job `id` of the run roll?
+    pub fn applies(&self, id: &Uuid) -> bool {
+        self.covers.as_ref().is_none_or(|c| c.contains(id))
+    }
+
+    /// Is this part of the run (job `id` on `node`) waiting for its batch?
+    pub fn holds_part(&self, id: &Uuid, node: &str) -> bool {
+        self.applies(id) && self.holds(node)
     }
 
     /// The batch `node` is in.
