@@ -132,6 +132,9 @@ struct ModeArgs {
     actions: Vec<ManageAction>,
     format: Option<Format>,
     show_values: bool,
+    /// Job options given as `exec` switches, put in front of the job
+    /// string (`exec --verb RUN --timeout 30 'make'`).
+    job_options: Vec<String>,
     /// Each mode option seen and the mode it belongs to, checked once the
     /// mode is known.
     used: Vec<(&'static str, &'static [Mode])>,
@@ -221,6 +224,19 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("verb") => {
                 m.saw("--verb", EXEC);
                 m.verb = Some(value(&mut parser)?);
+            }
+            // Job options outside the quoted job string mean the same as
+            // inside it: the verb checks them with the rest.
+            Long(flag @ ("skip-cache" | "run-once")) => {
+                let flag = job_flag(flag);
+                m.saw(flag, EXEC);
+                m.job_options.push(flag.to_owned());
+            }
+            Long(opt @ ("timeout" | "stdout-arg" | "chown" | "retries" | "retry-delay")) => {
+                let opt = job_flag(opt);
+                m.saw(opt, EXEC);
+                let v = value(&mut parser)?;
+                m.job_options.push(format!("{opt}={v}"));
             }
             Long("target") => {
                 m.saw("--target", SUBMIT);
@@ -364,9 +380,15 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
     let config = Config::from_raw(&merged, config::hostname)?;
     let command = match mode {
         None => {
-            return Err(Error::Usage(
-                "no mode given: expected server, client, exec, orchestrate or manage".into(),
-            ))
+            return Err(Error::Usage(match m.positional.first() {
+                Some(word) => format!(
+                    "unknown mode '{}': expected server, client, exec, orchestrate or manage",
+                    crate::dsl::one_line(word)
+                ),
+                None => {
+                    "no mode given: expected server, client, exec, orchestrate or manage".into()
+                }
+            }))
         }
         Some(mode) => command(mode, m)?,
     };
@@ -429,13 +451,15 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     "exec --verb {verb} needs the job's arguments, e.g. 'echo hello'"
                 )));
             }
+            let mut args = m.job_options;
+            args.extend(m.positional);
             Ok(Command::Exec(ExecArgs {
                 verb,
                 targets: dedup(crate::targets::split(&m.targets)),
                 exclude: dedup(crate::targets::split(&m.exclude)),
                 queue_offline: m.queue_offline,
                 wait: m.wait,
-                args: m.positional.join(" "),
+                args: args.join(" "),
             }))
         }
         Mode::Orchestrate => {
@@ -512,6 +536,19 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Exec => "exec",
         Mode::Orchestrate => "orchestrate",
         Mode::Manage => "manage",
+    }
+}
+
+/// A job option's switch, for messages.
+fn job_flag(name: &str) -> &'static str {
+    match name {
+        "skip-cache" => "--skip-cache",
+        "run-once" => "--run-once",
+        "timeout" => "--timeout",
+        "stdout-arg" => "--stdout-arg",
+        "chown" => "--chown",
+        "retries" => "--retries",
+        _ => "--retry-delay",
     }
 }
 
@@ -678,6 +715,38 @@ fn help_text(mode: Option<Mode>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_options_outside_the_job_string_join_it_and_a_mistyped_mode_is_named() {
+        let inv = parse_v(&[
+            "exec",
+            "--verb",
+            "RUN",
+            "--skip-cache",
+            "--timeout",
+            "30",
+            "echo hi",
+        ])
+        .unwrap();
+        let Command::Exec(e) = inv.command else {
+            panic!("not exec")
+        };
+        assert_eq!(e.args, "--skip-cache --timeout=30 echo hi");
+        let t = crate::dsl::Task::parse(e.verb, &e.args).unwrap();
+        assert_eq!(t.args(), "--skip-cache --timeout 30 echo hi");
+        let err = parse_v(&["orchestrate", "f.yml", "--retries", "2"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--retries only applies to `director exec`"),
+            "{err}"
+        );
+        let err = parse_v(&["servr"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown mode 'servr': expected server"),
+            "{err}"
+        );
+    }
 
     fn parse_v(args: &[&str]) -> Result<Invocation> {
         parse_with_env(args, &[])

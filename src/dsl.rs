@@ -306,6 +306,7 @@ impl Task {
                 if rest.is_empty() {
                     return Err("RUN needs a command to run".into());
                 }
+                crate::template::check(rest).map_err(|e| format!("RUN command: {e}"))?;
                 Action::Run {
                     command: rest.to_owned(),
                     stdout_arg,
@@ -343,6 +344,7 @@ impl Task {
                 if rest.is_empty() {
                     return Err("WORKDIR needs a path".into());
                 }
+                crate::template::check(rest).map_err(|e| format!("WORKDIR path: {e}"))?;
                 Action::Workdir {
                     path: rest.to_owned(),
                 }
@@ -353,6 +355,7 @@ impl Task {
                     return Err(format!("{verb} needs at least one SRC and a DEST"));
                 }
                 let dest = words.pop().unwrap_or_default();
+                crate::template::check(&dest).map_err(|e| format!("{verb} DEST: {e}"))?;
                 Action::Add(Box::new(Add {
                     chown,
                     sources: words,
@@ -527,6 +530,15 @@ fn quote_path(w: &str) -> String {
     }
     debug_assert!(reads_back(&out), "{w:?} printed as {out:?}");
     out
+}
+
+/// `n` of `noun`, its plural with an `s`: "1 job", "2 jobs".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// `s` with control characters escaped (`\n`), so it prints as one line.

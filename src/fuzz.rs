@@ -212,6 +212,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
                 targets: vec!["web*".into()],
                 tasks: vec![run.clone(), run],
                 rolling: None,
+                origin: String::new(),
             }],
             exclude: vec!["role=db".into()],
             rolling: Some(wire::Rolling {

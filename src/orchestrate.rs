@@ -106,18 +106,40 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// A YAML error, and the likely cause when the line it points at has a
+/// value starting with `{{`: YAML reads that as a mapping, so a template
+/// at the start of a value must be quoted.
+fn with_quote_hint(text: &str, e: &serde_yaml::Error) -> String {
+    let line = e
+        .location()
+        .and_then(|l| text.lines().nth(l.line().saturating_sub(1)));
+    let unquoted = line.is_some_and(|l| {
+        l.split_once(':').is_some_and(|(_, v)| {
+            v.trim_start().starts_with("{{") || v.trim_start().starts_with("{%")
+        })
+    });
+    if unquoted {
+        format!(
+            "{e} (a value that starts with {{{{ must be quoted, or YAML reads it as a mapping: `- RUN: \"{{{{ cmd }}}} --flag\"`)"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
 /// Parse one file's text into blocks.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
     let err = |msg: String| format!("orchestration file {}: {msg}", path.display());
     if serde_yaml::from_str::<serde_yaml::Value>(text)
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(with_quote_hint(text, &e)))?
         .is_null()
     {
         return Err(err(
             "it is empty: expected a list of blocks with `jobs`".into()
         ));
     }
-    let blocks: Vec<FileBlock> = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+    let blocks: Vec<FileBlock> =
+        serde_yaml::from_str(text).map_err(|e| err(with_quote_hint(text, &e)))?;
     if blocks.is_empty() {
         return Err(err("it has no blocks".into()));
     }
@@ -144,6 +166,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
                 targets: b.targets.unwrap_or_default(),
                 tasks: b.jobs.into_iter().map(|j| j.0).collect(),
                 rolling,
+                origin: format!("{}, block {}", path.display(), i + 1),
             })
         })
         .collect()
@@ -224,6 +247,21 @@ mod tests {
 
     fn p(text: &str) -> Result<Vec<Block>, String> {
         parse(Path::new("site.yml"), text)
+    }
+
+    #[test]
+    fn an_unquoted_template_value_gets_a_hint_and_a_bad_template_is_refused() {
+        for text in [
+            "- jobs:\n  - RUN: {{ x }}\n",
+            "- jobs:\n  - WORKDIR: {{ dir }}/sub\n",
+        ] {
+            let e = p(text).unwrap_err();
+            assert!(e.contains("must be quoted"), "{e}");
+        }
+        let e = p("- jobs:\n  - RUN: --skip-cache true\n  - RUN: x\n  - RUN: [1\n").unwrap_err();
+        assert!(!e.contains("must be quoted"), "{e}");
+        let e = p("- jobs:\n  - RUN: \"echo {{ x\"\n").unwrap_err();
+        assert!(e.contains("RUN command: bad template: syntax error"), "{e}");
     }
 
     const EXAMPLE: &str = "---

@@ -211,7 +211,7 @@ impl Progress {
 
 /// `s` on one line, cut to `max` characters.
 pub fn shorten(s: &str, max: usize) -> String {
-    let one_line = s.replace('\n', " ");
+    let one_line = crate::dsl::one_line(s);
     if one_line.chars().count() <= max {
         return one_line;
     }

@@ -59,6 +59,18 @@ impl<'a> Vars<'a> {
     }
 }
 
+/// Is `source` a template that compiles? Checked at submission, so that a
+/// syntax error is refused before anything is queued, not on every node.
+pub fn check(source: &str) -> Result<(), String> {
+    if !source.contains("{{") && !source.contains("{%") {
+        return Ok(());
+    }
+    let env = Environment::new();
+    env.template_from_str(source)
+        .map(|_| ())
+        .map_err(|e| format!("bad template: {e}"))
+}
+
 /// Render `source` with `vars`. An undefined variable is an error naming
 /// it.
 pub fn render(source: &str, vars: &Vars) -> Result<String, String> {

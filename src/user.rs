@@ -248,7 +248,12 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     let parent = plan
         .parent_id
         .ok_or_else(|| Error::Protocol("the server returned no parent id".into()))?;
-    writeln!(out, "parent {parent}: {} jobs queued", plan.jobs.len()).map_err(out_err)?;
+    writeln!(
+        out,
+        "parent {parent}: {} queued",
+        crate::dsl::count(plan.jobs.len(), "job")
+    )
+    .map_err(out_err)?;
     out.write_all(plan_table(&plan).as_bytes())
         .map_err(out_err)?;
     out.write_all(batches_text(&plan).as_bytes())
@@ -684,7 +689,7 @@ fn job_text(d: &JobDetail) -> String {
     let field = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<11}{v}\n"));
     field(&mut s, "job", &j.id.to_string());
     field(&mut s, "verb", j.verb.name());
-    field(&mut s, "args", &j.args);
+    field(&mut s, "args", &crate::dsl::one_line(&j.args));
     field(&mut s, "task sha1", &j.task_sha1);
     field(
         &mut s,

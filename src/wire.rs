@@ -784,6 +784,21 @@ pub struct Block {
     /// `batch:` (and `max_fail:`): this block and those after it go over
     /// the block's nodes batch by batch.
     pub rolling: Option<Rolling>,
+    /// Where it was written (`site.yml, block 2`), for messages; empty if
+    /// nowhere.
+    pub origin: String,
+}
+
+impl Block {
+    /// The block in messages: where it was written, or its place in the
+    /// run (`i` from 0).
+    pub fn label(&self, i: usize) -> String {
+        if self.origin.is_empty() {
+            format!("block {}", i + 1)
+        } else {
+            self.origin.clone()
+        }
+    }
 }
 
 /// What an orchestration queued (or, for a dry run, would queue).

@@ -532,9 +532,9 @@ impl Cluster {
 
     fn deliver(&self, job_id: Uuid, d: Delivery, out: &mut Vec<Effect>) {
         log::info!(
-            "job {job_id}: QUERY map of {} value(s) to {} node(s)",
-            d.values.len(),
-            d.nodes.len()
+            "job {job_id}: QUERY map of {} to {}",
+            crate::dsl::count(d.values.len(), "value"),
+            crate::dsl::count(d.nodes.len(), "node")
         );
         out.push(Effect::Broadcast {
             nodes: d.nodes,
@@ -903,7 +903,7 @@ impl Cluster {
             for task in &block.tasks {
                 let targets = self
                     .resolve(task, &block.targets, exclude)
-                    .map_err(|e| format!("block {}: {e}", i + 1))?;
+                    .map_err(|e| format!("{}: {e}", block.label(i)))?;
                 planned.push((i, targets, task.clone()));
             }
         }
@@ -920,14 +920,14 @@ impl Cluster {
         let (rolling, from_block) = match (rolling, rolling_blocks.as_slice()) {
             (Some(_), [(i, _), ..]) => {
                 return Err(format!(
-                    "block {}: batch cannot be combined with --batch, which rolls the whole run",
-                    i + 1
+                    "{}: batch cannot be combined with --batch, which rolls the whole run",
+                    blocks[*i].label(*i)
                 ))
             }
             (_, [_, (i, _), ..]) => {
                 return Err(format!(
-                    "block {}: only one block of a run may have batch (the blocks after it roll with it)",
-                    i + 1
+                    "{}: only one block of a run may have batch (the blocks after it roll with it)",
+                    blocks[*i].label(*i)
                 ))
             }
             (None, [(i, r)]) => (Some(*r), *i),
@@ -940,8 +940,8 @@ impl Cluster {
                 .find(|(i, _, t)| *i >= from_block && matches!(t.action, Action::Query { .. }))
             {
                 return Err(format!(
-                    "block {}: QUERY needs every target at once, and --batch holds some back: run the QUERY in an orchestration of its own first",
-                    i + 1
+                    "{}: QUERY needs every target at once, and --batch holds some back: run the QUERY in an orchestration of its own first",
+                    blocks[*i].label(*i)
                 ));
             }
         }
@@ -1723,6 +1723,7 @@ mod tests {
                 targets: vec![],
                 tasks,
                 rolling: None,
+                origin: String::new(),
             }];
             let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
             for id in plan.jobs.iter().filter_map(|j| j.job_id) {
@@ -1793,6 +1794,7 @@ mod tests {
             targets: vec![],
             tasks,
             rolling: None,
+            origin: String::new(),
         }];
         // As the loop does: the submission is journaled, then released.
         let plan = c
@@ -1867,11 +1869,13 @@ mod tests {
                 targets: vec![],
                 tasks: vec![run("1")],
                 rolling: None,
+                origin: String::new(),
             },
             Block {
                 targets: vec!["nope".into()],
                 tasks: vec![run("2")],
                 rolling: None,
+                origin: String::new(),
             },
         ];
         let e = c
@@ -2019,6 +2023,7 @@ mod tests {
                     targets: vec![],
                     tasks,
                     rolling: None,
+                    origin: String::new(),
                 }],
                 false,
                 at(t0),
@@ -2088,6 +2093,7 @@ mod tests {
             targets: vec![],
             tasks,
             rolling: None,
+            origin: String::new(),
         }];
         let plan = c
             .orchestrate(blocks, &[], Some(rolling), false, at(t0), &mut out)
@@ -2164,6 +2170,7 @@ mod tests {
             targets: vec![],
             tasks,
             rolling,
+            origin: String::new(),
         };
         let one = Some(Rolling {
             batch: Amount::Count(1),
@@ -2330,6 +2337,7 @@ mod tests {
                     targets: vec!["c".into()],
                     tasks: vec![run("x")],
                     rolling: None,
+                    origin: String::new(),
                 }],
                 true,
                 at(t0),
@@ -2435,6 +2443,7 @@ mod tests {
             targets: vec![],
             tasks: vec![run("r1"), run("r2")],
             rolling: None,
+            origin: String::new(),
         }];
         let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
         let r1 = plan.jobs[0].job_id.unwrap();

@@ -149,7 +149,10 @@ impl Server {
             for (token, jobs, error) in released.failed {
                 // The CLI is told; the disk's failure is logged (once a
                 // minute) where it is found.
-                log::debug!("refused a submission of {} job(s): {error}", jobs.len());
+                log::debug!(
+                    "refused a submission of {}: {error}",
+                    crate::dsl::count(jobs.len(), "job")
+                );
                 let parent = jobs.first().and_then(|id| self.cluster.parent_of(id));
                 self.cluster.forget(&jobs);
                 for id in jobs.iter().chain(parent.iter()) {
@@ -208,7 +211,10 @@ impl Server {
             .retain_recent(crate::clock::now_ms(), age, count, &mut out);
         self.apply(out);
         if gone > 0 {
-            log::info!("retention: forgot {gone} finished job(s)");
+            log::info!(
+                "retention: forgot {}",
+                crate::dsl::count(gone, "finished job")
+            );
         }
         give_back_free_memory();
         let live = self.cluster.live_records();
