@@ -163,6 +163,21 @@ pub fn parse_env() -> Result<Invocation> {
 
 /// Parse `args` (without the program name) with `env` as the environment.
 pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Result<Invocation> {
+    if args.first().and_then(|a| a.to_str()) == Some("completions") {
+        let shell = match &args[1..] {
+            [shell] => shell.to_string_lossy().into_owned(),
+            _ => {
+                return Err(Error::Usage(
+                    "completions needs one shell: bash, zsh or fish".into(),
+                ))
+            }
+        };
+        let script = crate::completions::script(&shell).map_err(Error::Usage)?;
+        return Ok(Invocation {
+            command: Command::Help(script),
+            config: Config::from_raw(&RawOptions::new(), config::hostname)?,
+        });
+    }
     let mut parser = lexopt::Parser::from_args(args);
     let mut switches = RawOptions::new();
     let mut positional_mode: Option<Mode> = None;
@@ -611,10 +626,12 @@ Usage:
   director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
   director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs | --job-info ID | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
+  director completions bash|zsh|fish               print a shell completion script
 ";
 
 const JOB_STRING: &str = "\
-The job string starts with options, then the verb's arguments:
+The job string starts with options, then the verb's arguments (with exec, the options
+may also be given as switches: exec --verb RUN --timeout 30 'make'):
   --skip-cache         run even if the node cached a success for this step
   --run-once           run on exactly one of the targets
   --timeout SECONDS    kill the command's process group after this long (default 600)
@@ -686,11 +703,27 @@ Exit status: 0 success; 1 remote work failed (a node failed or was lost);
 4 (--wait) some targets were offline and nothing failed.
 ";
 
+/// Every mode's help, for checks that the others cover the same switches.
+#[cfg(test)]
+pub fn full_help() -> String {
+    [
+        None,
+        Some(Mode::Server),
+        Some(Mode::Client),
+        Some(Mode::Exec),
+        Some(Mode::Orchestrate),
+        Some(Mode::Manage),
+    ]
+    .into_iter()
+    .map(help_text)
+    .collect()
+}
+
 fn help_text(mode: Option<Mode>) -> String {
     let precedence = "Every option is also read from DIRECTOR_<NAME> and from the config file;\nprecedence: switch > environment > config file > default.\n";
     match mode {
         None => format!(
-            "director {} — deployment and operations for the data-center life cycle\n\n{USAGE}\nGlobal options (before or after the mode):\n{}\nServer options:\n{}\nClient options:\n{}\n  -h, --help      this help (director MODE --help for one mode)\n  -V, --version   print the version\n\n{precedence}{EXIT_CODES}",
+            "director {} — deployment and operations for the data-center life cycle\n\n{USAGE}\nGlobal options (before or after the mode):\n{}\nServer options:\n{}\nClient options:\n{}\n  -h, --help      this help (director MODE --help for one mode)\n  -V, --version   print the version\n\n{JOB_STRING}\n{precedence}{EXIT_CODES}",
             env!("CARGO_PKG_VERSION"),
             option_lines(&[Scope::Global]),
             option_lines(&[Scope::Server]),

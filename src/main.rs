@@ -6,6 +6,7 @@
 mod cli;
 mod client;
 mod clock;
+mod completions;
 mod config;
 mod curve;
 mod dirlock;

@@ -67,3 +67,34 @@ fn helpers_write_units_and_a_config_director_accepts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a file"));
 }
+
+/// `director completions bash` is a script bash reads, and it completes
+/// modes, switches and verbs.
+#[test]
+fn the_bash_completion_script_loads_and_completes() {
+    let dir = util::TestDir::new("completions");
+    let out = util::run_cli(&dir.path, &["completions".into(), "bash".into()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let script = dir.path.join("director.bash");
+    fs::write(&script, &out.stdout).unwrap();
+    let probe = format!(
+        "source {}; \
+         COMP_WORDS=(director manage --list-n); COMP_CWORD=2; _director; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(director exec --verb Q); COMP_CWORD=3; _director; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(director orch); COMP_CWORD=1; _director; echo \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let run = std::process::Command::new("bash")
+        .args(["-c", &probe])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let lines: Vec<String> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines, ["--list-nodes", "QUERY", "orchestrate"], "{run:?}");
+    let out = util::run_cli(&dir.path, &["completions".into(), "tcsh".into()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unknown shell 'tcsh'"), "{out:?}");
+}
