@@ -284,8 +284,9 @@ pub enum ClientMsg {
     /// Job port: the running QUERY job's ARG on this node (`None`: not
     /// set). Resent on every registration until the map comes.
     QueryValue { job_id: Uuid, value: Option<String> },
-    /// Job port: what the node's cache holds, after `Ready` and at a
-    /// heartbeat after it changed: for `manage --node-info`.
+    /// Job port: what the node's cache holds, once welcomed, then after a
+    /// change (when its jobs are done, or at the next heartbeat): for
+    /// `manage --node-info`.
     Cache(CacheSummary),
 }
 

@@ -523,6 +523,11 @@ impl Client {
         if let Some(spawn) = fx.spawn {
             self.spawn(spawn);
         }
+        // The jobs are done for now: the server's view of the cache catches
+        // up at once, not at the next heartbeat (once per burst of jobs).
+        if self.cache_reported.is_some() && self.runner.is_idle() {
+            self.report_cache();
+        }
     }
 
     /// Start the command the runner asked for, and watch it.
