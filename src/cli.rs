@@ -8,7 +8,6 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use lexopt::prelude::*;
-use uuid::Uuid;
 
 use crate::config::{self, Config, Kind, Origin, Raw, RawOptions, RawValue, Scope, OPTIONS};
 use crate::dsl::Verb;
@@ -68,7 +67,9 @@ pub struct ManageArgs {
 pub enum ManageAction {
     ListNodes,
     ListJobs,
-    JobInfo(Uuid),
+    /// A job or run id, or a prefix of one.
+    JobInfo(String),
+    ListRuns,
     /// One node's facts and labels.
     /// The node's name, and whether to show its ARG values.
     NodeInfo(String, bool),
@@ -317,11 +318,19 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             }
             Long("job-info") => {
                 let id = value(&mut parser)?;
-                let id = Uuid::parse_str(id.trim()).map_err(|_| {
-                    Error::Usage(format!("--job-info: '{id}' is not a job id (a UUID)"))
-                })?;
-                manage(&mut m, "--job-info", ManageAction::JobInfo(id));
+                let t = id.trim();
+                if t.len() < crate::wire::MIN_ID_PREFIX
+                    || !t.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+                {
+                    return Err(Error::Usage(format!(
+                        "--job-info: '{}' is not a job or run id (give the id, or its first {} characters or more)",
+                        crate::dsl::one_line(&id),
+                        crate::wire::MIN_ID_PREFIX
+                    )));
+                }
+                manage(&mut m, "--job-info", ManageAction::JobInfo(t.to_owned()));
             }
+            Long("list-runs") => manage(&mut m, "--list-runs", ManageAction::ListRuns),
             Long("show-values") => {
                 m.saw("--show-values", MANAGE);
                 m.show_values = true;
@@ -926,7 +935,7 @@ mod tests {
         assert!(parse_v(&["manage", "--job-info", "nope"])
             .unwrap_err()
             .to_string()
-            .contains("'nope' is not a job id"));
+            .contains("'nope' is not a job or run id"));
         assert!(parse_v(&["manage", "--list-nodes", "--format", "xml"]).is_err());
         let inv = parse_v(&["manage", "--accept-key", "web1"]).unwrap();
         let Command::Manage(m) = inv.command else {

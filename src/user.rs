@@ -15,9 +15,10 @@ use crate::dsl::Task;
 use crate::error::{Error, Result, EXIT_OK};
 use crate::progress::{shorten, Progress};
 use crate::wire::{
-    self, FrameBuf, JobDetail, JobView, KeyView, NodeView, PartView, Plan, PlannedJob, Request,
-    Response,
+    self, FrameBuf, JobDetail, JobState, JobView, KeyView, NodeView, PartView, Plan, PlannedJob,
+    Request, Response, RunDetail, RunView,
 };
+use uuid::Uuid;
 
 /// A connection to the server.
 struct Conn {
@@ -382,7 +383,8 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
             show_values: *show_values,
         },
         ManageAction::ListJobs => Request::ListJobs,
-        ManageAction::JobInfo(id) => Request::JobInfo { id: *id },
+        ManageAction::ListRuns => Request::ListRuns,
+        ManageAction::JobInfo(id) => Request::Resolve { id: id.clone() },
         ManageAction::PurgeJobs => Request::PurgeJobs,
         ManageAction::PurgeNodes => Request::PurgeNodes,
         ManageAction::ShowKey => Request::ShowKey,
@@ -395,6 +397,18 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let resp = conn.call(&req)?;
     let mut out = io::stdout().lock();
     let resp = match (&args.action, resp) {
+        (ManageAction::JobInfo(_), Response::Resolved { id, run: false }) => {
+            conn.call(&Request::JobInfo { id })?
+        }
+        (ManageAction::JobInfo(_), Response::Resolved { id, run: true }) => {
+            let run = run_with_failures(&mut conn, id)?;
+            let text = match args.format {
+                Format::Json => json(&[&run])?,
+                Format::Table => run_text(&run),
+            };
+            out.write_all(text.as_bytes()).map_err(out_err)?;
+            return Ok(EXIT_OK);
+        }
         (ManageAction::NodeInfo(..), Response::Nodes(nodes)) => {
             let Some(node) = nodes.first() else {
                 return Err(Error::Rejected("the server sent no node".into()));
@@ -413,6 +427,8 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
         (Response::Nodes(nodes), Format::Table) => nodes_table(&nodes),
         (Response::Jobs(jobs), Format::Json) => json(&jobs)?,
         (Response::Jobs(jobs), Format::Table) => jobs_table(&jobs),
+        (Response::Runs(runs), Format::Json) => json(&runs)?,
+        (Response::Runs(runs), Format::Table) => runs_table(&runs),
         (Response::Job(detail), Format::Json) => json(&[detail])?,
         (Response::Job(detail), Format::Table) => job_text(&detail),
         (Response::Purged { purged, kept }, Format::Json) => json(&[Purged { purged, kept }])?,
@@ -651,6 +667,13 @@ fn states_summary(job: &JobView) -> String {
     parts.join(", ")
 }
 
+/// An id as tables show it: enough of it to be given back (`MIN_ID_PREFIX`
+/// or more characters are taken wherever an id is).
+fn short_id(id: &Uuid) -> String {
+    id.to_string()[..8].to_owned()
+}
+
+/// Fits 100 columns: short ids, arguments cut with `...`.
 fn jobs_table(jobs: &[JobView]) -> String {
     if jobs.is_empty() {
         return "no jobs\n".into();
@@ -659,28 +682,146 @@ fn jobs_table(jobs: &[JobView]) -> String {
         .iter()
         .map(|j| {
             vec![
-                j.id.to_string(),
+                short_id(&j.id),
+                j.parent.as_ref().map_or_else(|| "-".into(), short_id),
                 j.verb.to_string(),
-                shorten(&j.args, 32),
-                j.task_sha1.clone(),
-                states_summary(j),
+                shorten(&j.args, 28),
+                shorten(&states_summary(j), 22),
                 format_utc(j.submitted_ms),
-                j.finished_ms.map_or_else(|| "-".into(), format_utc),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "RUN", "VERB", "ARGS", "NODES", "SUBMITTED (UTC)"],
+        &rows,
+    )
+}
+
+fn runs_table(runs: &[RunView]) -> String {
+    if runs.is_empty() {
+        return "no runs\n".into();
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let states: Vec<String> = r
+                .states
+                .iter()
+                .map(|(s, n)| format!("{n} {}", s.name()))
+                .collect();
+            vec![
+                short_id(&r.parent_id),
+                r.jobs.to_string(),
+                r.nodes.to_string(),
+                shorten(&states.join(", "), 34),
+                format_utc(r.submitted_ms),
+                r.finished_ms.map_or_else(|| "going".into(), format_utc),
             ]
         })
         .collect();
     table(
         &[
-            "ID",
-            "VERB",
-            "ARGS",
-            "TASK SHA1",
+            "RUN",
+            "JOBS",
             "NODES",
+            "PARTS",
             "SUBMITTED (UTC)",
             "FINISHED (UTC)",
         ],
         &rows,
     )
+}
+
+/// A run, with the whole parts (outputs included) of those that failed.
+fn run_with_failures(conn: &mut Conn, parent: Uuid) -> Result<RunDetail> {
+    let mut run = match conn.call(&Request::RunInfo { parent })? {
+        Response::Run(run) => run,
+        other => return Err(unexpected(&other)),
+    };
+    let failed = |p: &PartView| {
+        p.state.is_done()
+            && !p.state.is_ok()
+            && !matches!(p.state, JobState::Skipped | JobState::Unreachable)
+    };
+    let mut jobs: Vec<Uuid> = run
+        .parts
+        .iter()
+        .filter(|p| failed(p))
+        .map(|p| p.job_id)
+        .collect();
+    jobs.dedup();
+    for id in jobs {
+        let Response::Job(detail) = conn.call(&Request::JobInfo { id })? else {
+            continue; // forgotten in between: its states are still shown
+        };
+        for whole in detail.nodes.into_iter().filter(|p| failed(p)) {
+            if let Some(p) = run
+                .parts
+                .iter_mut()
+                .find(|p| p.job_id == whole.job_id && p.node == whole.node)
+            {
+                *p = whole;
+            }
+        }
+    }
+    Ok(run)
+}
+
+/// `--job-info RUN`: its jobs, a line each, then the recap per node and
+/// each failure with its output, as `orchestrate --wait` ends.
+fn run_text(run: &RunDetail) -> String {
+    let plan = Plan {
+        parent_id: Some(run.parent_id),
+        jobs: run
+            .jobs
+            .iter()
+            .map(|j| PlannedJob {
+                job_id: Some(j.id),
+                block: 0,
+                targets: run
+                    .parts
+                    .iter()
+                    .filter(|p| p.job_id == j.id)
+                    .map(|p| p.node.clone())
+                    .collect(),
+                verb: j.verb,
+                args: j.args.clone(),
+                task_sha1: j.task_sha1.clone(),
+            })
+            .collect(),
+        batches: Vec::new(),
+    };
+    let mut progress = Progress::new(&plan);
+    for p in run.parts.iter().filter(|p| p.state.is_done()) {
+        progress.record(p.clone());
+    }
+    let submitted = run.jobs.iter().map(|j| j.submitted_ms).min().unwrap_or(0);
+    let finished = run
+        .jobs
+        .iter()
+        .map(|j| j.finished_ms)
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|f| f.into_iter().max());
+    let mut s = format!(
+        "run {}: {}, submitted {} UTC, {}\n",
+        run.parent_id,
+        crate::dsl::count(run.jobs.len(), "job"),
+        format_utc(submitted),
+        match finished {
+            Some(f) => format!("finished {} UTC", format_utc(f)),
+            None => "still going".into(),
+        }
+    );
+    for (i, j) in run.jobs.iter().enumerate() {
+        s.push_str(&format!("  {} {}\n", short_id(&j.id), progress.job_line(i)));
+    }
+    let elapsed = std::time::Duration::from_millis(
+        finished
+            .unwrap_or_else(crate::clock::now_ms)
+            .saturating_sub(submitted),
+    );
+    s.push_str(&progress.recap(elapsed));
+    s
 }
 
 fn job_text(d: &JobDetail) -> String {

@@ -735,6 +735,45 @@ pub enum Request {
         name: String,
         show_values: bool,
     },
+    /// Which job or run `id` names: a whole id, or a prefix of at least
+    /// `MIN_ID_PREFIX` characters that only one has. Answered `Resolved`.
+    Resolve {
+        id: String,
+    },
+    /// An orchestration run: its jobs and where each node stands.
+    RunInfo {
+        parent: Uuid,
+    },
+    /// Every orchestration run.
+    ListRuns,
+}
+
+/// The fewest characters of an id that `Resolve` takes.
+pub const MIN_ID_PREFIX: usize = 6;
+
+/// An orchestration run as `manage --job-info RUN` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub parent_id: Uuid,
+    /// Its jobs, in order.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub jobs: Vec<JobView>,
+    /// Each job's part on each node, states only (outputs: `--job-info JOB`).
+    #[serde(deserialize_with = "cautious_seq")]
+    pub parts: Vec<PartView>,
+}
+
+/// A run, a line of `manage --list-runs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    pub parent_id: Uuid,
+    pub jobs: u32,
+    pub nodes: u32,
+    pub submitted_ms: u64,
+    /// When its last part finished, once all have.
+    pub finished_ms: Option<u64>,
+    /// How many parts (a job on a node) are in each state.
+    pub states: BTreeMap<JobState, u32>,
 }
 
 /// A response or pushed event from the server to the CLI.
@@ -764,6 +803,13 @@ pub enum Response {
     /// To a CLI waiting on work: the server is stopping (SIGTERM); the
     /// work goes on when it is back.
     Stopping,
+    /// What `Resolve` found: a job, or (`run`) an orchestration run.
+    Resolved {
+        id: Uuid,
+        run: bool,
+    },
+    Run(RunDetail),
+    Runs(Vec<RunView>),
 }
 
 /// The answer to a submission.

@@ -74,7 +74,17 @@ fn exec_runs_on_every_node_or_only_the_named_one() {
     let jobs = c.cli(&["manage", "--list-jobs"]);
     assert_eq!(jobs.code, 0);
     assert!(jobs.stdout.starts_with("ID"));
-    assert!(jobs.stdout.contains(&id) && jobs.stdout.contains("1 succeeded"));
+    assert!(jobs.stdout.contains(&id[..8]) && jobs.stdout.contains("1 succeeded"));
+    // Every line fits 100 columns.
+    assert!(
+        jobs.stdout.lines().all(|l| l.len() <= 100),
+        "{}",
+        jobs.stdout
+    );
+    // Any unique prefix of 6 or more characters names the job.
+    let by_prefix = c.cli(&["manage", "--job-info", &id[..6], "--format", "json"]);
+    assert_eq!(by_prefix.code, 0, "{by_prefix:?}");
+    assert!(by_prefix.stdout.contains(&id), "{by_prefix:?}");
     assert!(c
         .nodes_json()
         .as_array()

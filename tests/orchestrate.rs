@@ -380,3 +380,63 @@ fn exec_runs_every_verb_and_names_undefined_variables() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_run_is_looked_up_by_its_id_or_a_prefix_with_its_recap_and_failures() {
+    let c = Cluster::start("runinfo", &["n1", "n2"], "1");
+    let file = write(
+        &c,
+        "run.yml",
+        "- jobs:\n  - RUN: echo one\n  - RUN: \"[ $(basename $PWD) = node-n1 ] || { echo broke here >&2; exit 3; }\"\n  - RUN: echo three\n",
+    );
+    let out = orchestrate(&c, &file, &["--wait"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let parent = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("parent "))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .to_owned();
+    // By a prefix of the run's id: its jobs, the recap, the failure's output.
+    let info = c.cli(&["manage", "--job-info", &parent[..8]]);
+    assert_eq!(info.code, 0, "{info:?}");
+    assert!(
+        info.stdout.starts_with(&format!("run {parent}: 3 jobs")),
+        "{}",
+        info.stdout
+    );
+    assert_eq!(recap(&info.stdout, "n1"), (3, 0, 0, 0), "{}", info.stdout);
+    assert_eq!(recap(&info.stdout, "n2"), (1, 0, 1, 1), "{}", info.stdout);
+    assert!(
+        info.stdout.contains("stderr | broke here"),
+        "{}",
+        info.stdout
+    );
+    // JSON: the jobs and every part.
+    let json = c.cli(&["manage", "--job-info", &parent, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v[0]["jobs"].as_array().unwrap().len(), 3);
+    assert_eq!(v[0]["parts"].as_array().unwrap().len(), 6);
+    // --list-runs lists it; --list-jobs names its run.
+    let runs = c.cli(&["manage", "--list-runs"]);
+    assert!(runs.stdout.contains(&parent[..8]), "{runs:?}");
+    assert!(runs.stdout.lines().all(|l| l.len() <= 100), "{runs:?}");
+    assert!(runs.stdout.contains("4 succeeded"), "{runs:?}");
+    let jobs = c.cli(&["manage", "--list-jobs"]);
+    assert_eq!(jobs.stdout.matches(&parent[..8]).count(), 3, "{jobs:?}");
+    // A prefix too short, or that is no id, is refused in one line.
+    let short = c.cli(&["manage", "--job-info", &parent[..4]]);
+    assert_eq!(short.code, 2, "{short:?}");
+    assert!(
+        short.stderr.contains("first 6 characters or more"),
+        "{short:?}"
+    );
+    let none = c.cli(&["manage", "--job-info", "ffffffffffff"]);
+    assert_eq!(none.code, 2, "{none:?}");
+    assert!(
+        none.stderr
+            .contains("no job or run id starts with ffffffffffff"),
+        "{none:?}"
+    );
+}

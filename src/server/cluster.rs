@@ -15,7 +15,7 @@
 //! - targets are checked before anything is queued: one unknown name refuses
 //!   the whole submission.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -29,7 +29,7 @@ use crate::dsl::{Action, SourceFile, Task};
 use crate::journal::{Item, Span};
 use crate::wire::{
     Block, Dispatch, JobDetail, JobState, JobView, NodeState, NodeView, Outcome, PartView, Plan,
-    PlannedJob, Rolling, ServerMsg, Submitted, QUERY_VALUE_CAP,
+    PlannedJob, Rolling, RunDetail, RunView, ServerMsg, Submitted, QUERY_VALUE_CAP,
 };
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
@@ -1243,6 +1243,107 @@ impl Cluster {
     /// The jobs of an orchestration run, in order.
     pub fn parent_views(&self, parent: &Uuid) -> Vec<JobView> {
         self.jobs.children(parent).map(|j| j.view()).collect()
+    }
+
+    /// The job or run (true) that `text` names: a whole id, or a prefix
+    /// of at least `MIN_ID_PREFIX` characters only one of them has.
+    pub fn resolve_id(&self, text: &str) -> Result<(Uuid, bool), String> {
+        let want = text.trim().to_ascii_lowercase();
+        let shown = crate::dsl::one_line(text.trim());
+        if let Ok(id) = Uuid::parse_str(&want) {
+            if self.jobs.get(&id).is_some() {
+                return Ok((id, false));
+            }
+            if self.jobs.children(&id).next().is_some() {
+                return Ok((id, true));
+            }
+            return Err(format!("no job or run with id {id}"));
+        }
+        if want.len() < crate::wire::MIN_ID_PREFIX
+            || !want.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
+            return Err(format!(
+                "'{shown}' is not an id: give a job or run id, or its first {} characters or more",
+                crate::wire::MIN_ID_PREFIX
+            ));
+        }
+        let mut found: Vec<(Uuid, bool)> = Vec::new();
+        for j in self.jobs.iter() {
+            if j.id.to_string().starts_with(&want) {
+                found.push((j.id, false));
+            }
+            if let Some(p) = j.parent.filter(|p| p.to_string().starts_with(&want)) {
+                if !found.contains(&(p, true)) {
+                    found.push((p, true));
+                }
+            }
+        }
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!("no job or run id starts with {shown}")),
+            many => Err(format!(
+                "{shown} starts {}: {} (give more of it)",
+                crate::dsl::count(many.len(), "id"),
+                many.iter()
+                    .take(5)
+                    .map(|(id, run)| format!("{id}{}", if *run { " (run)" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// An orchestration run: its jobs, and each part's state.
+    pub fn run_detail(&self, parent: &Uuid) -> Option<RunDetail> {
+        let jobs: Vec<&super::jobs::Job> = self.jobs.children(parent).collect();
+        if jobs.is_empty() {
+            return None;
+        }
+        Some(RunDetail {
+            parent_id: *parent,
+            jobs: jobs.iter().map(|j| j.view()).collect(),
+            parts: jobs
+                .iter()
+                .flat_map(|j| j.parts.keys().filter_map(|n| j.part_view(n)))
+                .collect(),
+        })
+    }
+
+    /// Every run, oldest first.
+    pub fn list_runs(&self) -> Vec<RunView> {
+        let mut runs: Vec<RunView> = Vec::new();
+        let mut at: HashMap<Uuid, usize> = HashMap::new();
+        let mut nodes: Vec<HashSet<&str>> = Vec::new();
+        for j in self.jobs.iter() {
+            let Some(parent) = j.parent else { continue };
+            let i = *at.entry(parent).or_insert_with(|| {
+                runs.push(RunView {
+                    parent_id: parent,
+                    jobs: 0,
+                    nodes: 0,
+                    submitted_ms: j.submitted_ms,
+                    finished_ms: Some(0),
+                    states: BTreeMap::new(),
+                });
+                nodes.push(HashSet::new());
+                runs.len() - 1
+            });
+            let v = j.view();
+            let r = &mut runs[i];
+            r.jobs += 1;
+            for (s, n) in v.states {
+                *r.states.entry(s).or_insert(0) += n;
+            }
+            r.finished_ms = match (r.finished_ms, v.finished_ms) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            nodes[i].extend(j.parts.keys().map(|n| &**n));
+        }
+        for (r, n) in runs.iter_mut().zip(nodes) {
+            r.nodes = n.len() as u32;
+        }
+        runs
     }
 
     /// The run a job belongs to.

@@ -196,6 +196,15 @@ impl Server {
                 }
             }
             Request::ListJobs => Response::Jobs(self.cluster.list_jobs()),
+            Request::Resolve { id } => match self.cluster.resolve_id(&id) {
+                Ok((id, run)) => Response::Resolved { id, run },
+                Err(why) => Response::Rejected(why),
+            },
+            Request::RunInfo { parent } => match self.cluster.run_detail(&parent) {
+                Some(run) => Response::Run(run),
+                None => Response::Rejected(format!("no run with id {parent}")),
+            },
+            Request::ListRuns => Response::Runs(self.cluster.list_runs()),
             Request::JobInfo { id } => match self.cluster.job_info(&id) {
                 Some((detail, reads)) if reads.is_empty() => Response::Job(detail),
                 // Outputs are read from the journal once it holds them.
@@ -340,6 +349,9 @@ pub(super) fn reads_only(req: &Request) -> bool {
         req,
         Request::ListNodes
             | Request::NodeInfo { .. }
+            | Request::Resolve { .. }
+            | Request::RunInfo { .. }
+            | Request::ListRuns
             | Request::ListJobs
             | Request::JobInfo { .. }
             | Request::ShowKey
