@@ -177,20 +177,26 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     if !args.wait {
         return Ok(EXIT_OK);
     }
+    follow_job(&mut conn, &mut out, submitted.job_id)
+}
+
+/// Print each node's result as it comes, then the job's summary: the
+/// exit status of `--wait`.
+fn follow_job(conn: &mut Conn, out: &mut impl Write, job_id: Uuid) -> Result<i32> {
     loop {
         let resp = conn
             .recv()
-            .map_err(|e| still_going(e, &format!("job {}", submitted.job_id)))?;
+            .map_err(|e| still_going(e, &format!("job {job_id}")))?;
         match resp {
             Response::NodeDone(part) => {
-                write_part(&mut out, &part).map_err(out_err)?;
+                write_part(out, &part).map_err(out_err)?;
                 out.flush().map_err(out_err)?;
             }
             Response::JobDone(job) => {
                 writeln!(out, "job {}: {}", job.id, states_summary(&job)).map_err(out_err)?;
                 return Ok(crate::error::exit_for(job.states.keys().copied()));
             }
-            Response::Stopping => return Err(stopping(&format!("job {}", submitted.job_id))),
+            Response::Stopping => return Err(stopping(&format!("job {job_id}"))),
             other => return Err(unexpected(&other)),
         }
     }
@@ -263,10 +269,16 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     if !args.wait {
         return Ok(EXIT_OK);
     }
+    follow_run(&mut conn, &mut out, &plan, parent)
+}
+
+/// Live progress on a terminal (a line per finished job otherwise), then
+/// the recap: the exit status of `orchestrate --wait`.
+fn follow_run(conn: &mut Conn, out: &mut impl Write, plan: &Plan, parent: Uuid) -> Result<i32> {
     let started = std::time::Instant::now();
     // SAFETY: isatty only inspects the descriptor.
     let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
-    let mut progress = Progress::new(&plan);
+    let mut progress = Progress::new(plan);
     if tty {
         // Wake up every second to keep the elapsed time moving.
         let _ = conn
@@ -311,6 +323,31 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
             other => return Err(unexpected(&other)),
         }
     }
+}
+
+/// `manage --watch ID`: follow a job or run already going, as `--wait`
+/// would have; its exit status too.
+fn watch(conn: &mut Conn, id: Uuid, run: bool) -> Result<i32> {
+    let mut out = io::stdout().lock();
+    if !run {
+        writeln!(out, "job {id}").map_err(out_err)?;
+        conn.send(&Request::Watch { id, run })?;
+        return follow_job(conn, &mut out, id);
+    }
+    let detail = match conn.call(&Request::RunInfo { parent: id })? {
+        Response::Run(run) => run,
+        other => return Err(unexpected(&other)),
+    };
+    let plan = run_plan(&detail);
+    writeln!(
+        out,
+        "run {id}: {}",
+        crate::dsl::count(plan.jobs.len(), "job")
+    )
+    .map_err(out_err)?;
+    out.flush().map_err(out_err)?;
+    conn.send(&Request::Watch { id, run })?;
+    follow_run(conn, &mut out, &plan, id)
 }
 
 /// The plan as the files say, for a dry run without a server.
@@ -384,7 +421,7 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
         },
         ManageAction::ListJobs => Request::ListJobs,
         ManageAction::ListRuns => Request::ListRuns,
-        ManageAction::JobInfo(id) => Request::Resolve { id: id.clone() },
+        ManageAction::JobInfo(id) | ManageAction::Watch(id) => Request::Resolve { id: id.clone() },
         ManageAction::PurgeJobs => Request::PurgeJobs,
         ManageAction::PurgeNodes => Request::PurgeNodes,
         ManageAction::ShowKey => Request::ShowKey,
@@ -397,6 +434,10 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let resp = conn.call(&req)?;
     let mut out = io::stdout().lock();
     let resp = match (&args.action, resp) {
+        (ManageAction::Watch(_), Response::Resolved { id, run }) => {
+            drop(out);
+            return watch(&mut conn, id, run);
+        }
         (ManageAction::JobInfo(_), Response::Resolved { id, run: false }) => {
             conn.call(&Request::JobInfo { id })?
         }
@@ -769,8 +810,9 @@ fn run_with_failures(conn: &mut Conn, parent: Uuid) -> Result<RunDetail> {
 
 /// `--job-info RUN`: its jobs, a line each, then the recap per node and
 /// each failure with its output, as `orchestrate --wait` ends.
-fn run_text(run: &RunDetail) -> String {
-    let plan = Plan {
+/// The plan of a run already queued: its jobs and their nodes.
+fn run_plan(run: &RunDetail) -> Plan {
+    Plan {
         parent_id: Some(run.parent_id),
         jobs: run
             .jobs
@@ -790,7 +832,11 @@ fn run_text(run: &RunDetail) -> String {
             })
             .collect(),
         batches: Vec::new(),
-    };
+    }
+}
+
+fn run_text(run: &RunDetail) -> String {
+    let plan = run_plan(run);
     let mut progress = Progress::new(&plan);
     for p in run.parts.iter().filter(|p| p.state.is_done()) {
         progress.record(p.clone());

@@ -746,6 +746,13 @@ pub enum Request {
     },
     /// Every orchestration run.
     ListRuns,
+    /// Follow a job (or, `run`, a run) already going, as `--wait` does:
+    /// `NodeDone` for each part already finished, then as each finishes,
+    /// then `JobDone` (`ParentDone`).
+    Watch {
+        id: Uuid,
+        run: bool,
+    },
 }
 
 /// The fewest characters of an id that `Resolve` takes.

@@ -440,3 +440,82 @@ fn a_run_is_looked_up_by_its_id_or_a_prefix_with_its_recap_and_failures() {
         "{none:?}"
     );
 }
+
+#[test]
+fn watch_follows_a_run_or_a_job_already_going_to_its_end_and_exit_status() {
+    let c = Cluster::start("watch", &["n1", "n2"], "1");
+    let gate = c.dir.path.join("gate");
+    let file = write(
+        &c,
+        "gated.yml",
+        &format!(
+            "- jobs:\n  - RUN: echo first\n  - RUN: --skip-cache while [ ! -e {} ]; do sleep 0.05; done; echo passed\n",
+            gate.display()
+        ),
+    );
+    let out = orchestrate(&c, &file, &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let parent = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("parent "))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .to_owned();
+    // The first job is done on both nodes before the watch begins.
+    wait_until("the first job done", DEADLINE, || {
+        c.jobs_json()
+            .iter()
+            .any(|j| j["states"]["succeeded"].as_u64() == Some(2))
+    });
+    let mut watcher = c.cli_background(&["manage", "--watch", &parent[..10]], "watch.log");
+    wait_until("the watch caught up", DEADLINE, || {
+        watcher
+            .log_text()
+            .contains("job 1/2 RUN echo first: 2 succeeded")
+    });
+    assert!(watcher.is_running(), "{}", watcher.log_text());
+    fs::write(&gate, "").unwrap();
+    assert_eq!(
+        watcher.wait_exit(DEADLINE),
+        Some(0),
+        "{}",
+        watcher.log_text()
+    );
+    let log = watcher.log_text();
+    assert!(log.starts_with(&format!("run {parent}: 2 jobs")), "{log}");
+    assert_eq!(recap(&log, "n1"), (2, 0, 0, 0), "{log}");
+
+    // A job: its exit status is the job's, as with exec --wait.
+    fs::remove_file(&gate).unwrap();
+    let id = c.submit(
+        &["n1"],
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; exit 5",
+            gate.display()
+        ),
+    );
+    let mut watcher = c.cli_background(&["manage", "--watch", &id], "watch-job.log");
+    wait_until("the job watch started", DEADLINE, || {
+        watcher.log_text().contains(&format!("job {id}"))
+    });
+    fs::write(&gate, "").unwrap();
+    assert_eq!(
+        watcher.wait_exit(DEADLINE),
+        Some(1),
+        "{}",
+        watcher.log_text()
+    );
+    assert!(
+        watcher.log_text().contains("n1: failed, exit 5"),
+        "{}",
+        watcher.log_text()
+    );
+    // A job already done: at once.
+    let done = c.cli(&["manage", "--watch", &id]);
+    assert_eq!(done.code, 1, "{done:?}");
+    assert!(
+        done.stdout.contains("job ") && done.stdout.contains("1 failed"),
+        "{done:?}"
+    );
+}

@@ -1309,6 +1309,13 @@ impl Cluster {
         })
     }
 
+    /// A job and its parts, states only.
+    pub fn job_parts(&self, id: &Uuid) -> Option<(JobView, Vec<PartView>)> {
+        let j = self.jobs.get(id)?;
+        let parts = j.parts.keys().filter_map(|n| j.part_view(n)).collect();
+        Some((j.view(), parts))
+    }
+
     /// Every run, oldest first.
     pub fn list_runs(&self) -> Vec<RunView> {
         let mut runs: Vec<RunView> = Vec::new();

@@ -205,6 +205,38 @@ impl Server {
                 None => Response::Rejected(format!("no run with id {parent}")),
             },
             Request::ListRuns => Response::Runs(self.cluster.list_runs()),
+            Request::Watch { id, run } => {
+                // What finished already, then what finishes from now on:
+                // one thread, so nothing falls between the two.
+                let (parts, end) = if run {
+                    let Some(d) = self.cluster.run_detail(&id) else {
+                        return Some(Response::Rejected(format!("no run with id {id}")));
+                    };
+                    let done = d.jobs.iter().all(|j| j.finished_ms.is_some());
+                    let end = done.then(|| Response::ParentDone {
+                        parent_id: id,
+                        jobs: d.jobs,
+                    });
+                    (d.parts, end)
+                } else {
+                    let Some((job, parts)) = self.cluster.job_parts(&id) else {
+                        return Some(Response::Rejected(format!("no job with id {id}")));
+                    };
+                    let end = job.finished_ms.is_some().then_some(Response::JobDone(job));
+                    (parts, end)
+                };
+                for p in parts.into_iter().filter(|p| p.state.is_done()) {
+                    self.hold(Held::Note {
+                        token,
+                        resp: Response::NodeDone(p),
+                    });
+                }
+                match end {
+                    Some(resp) => self.hold(Held::Note { token, resp }),
+                    None => self.waiters.entry(id).or_default().push(token),
+                }
+                return None;
+            }
             Request::JobInfo { id } => match self.cluster.job_info(&id) {
                 Some((detail, reads)) if reads.is_empty() => Response::Job(detail),
                 // Outputs are read from the journal once it holds them.
