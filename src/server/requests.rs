@@ -213,7 +213,7 @@ impl Server {
                         return Some(Response::Rejected(format!("no run with id {id}")));
                     };
                     let done = d.jobs.iter().all(|j| j.finished_ms.is_some());
-                    let end = done.then(|| Response::ParentDone {
+                    let end = done.then_some(Response::ParentDone {
                         parent_id: id,
                         jobs: d.jobs,
                     });
