@@ -37,6 +37,8 @@ pub struct ExecArgs {
     /// Offline targets: wait for them (up to the job's timeout).
     pub queue_offline: bool,
     pub wait: bool,
+    /// With `wait`: show each node's output as it comes.
+    pub follow: bool,
     pub args: String,
 }
 
@@ -52,6 +54,10 @@ pub struct OrchestrateArgs {
     /// Offline targets: wait for them (up to each job's timeout).
     pub queue_offline: bool,
     pub wait: bool,
+    /// With `wait`: show each node's output as it comes.
+    pub follow: bool,
+    /// With `wait`: the recap also shows what succeeded steps printed.
+    pub verbose: bool,
     pub dry_run: bool,
 }
 
@@ -131,6 +137,8 @@ struct ModeArgs {
     queue_offline: bool,
     max_fail: Option<crate::wire::Amount>,
     wait: bool,
+    follow: bool,
+    verbose: bool,
     positional: Vec<String>,
     actions: Vec<ManageAction>,
     format: Option<Format>,
@@ -282,6 +290,14 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("wait") => {
                 m.saw("--wait", SUBMIT);
                 m.wait = true;
+            }
+            Short('f') | Long("follow") => {
+                m.saw("--follow", SUBMIT);
+                m.follow = true;
+            }
+            Short('v') | Long("verbose") => {
+                m.saw("--verbose", ORCHESTRATE);
+                m.verbose = true;
             }
             Long("restrict") => {
                 m.saw("--restrict", ORCHESTRATE);
@@ -487,6 +503,11 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     "exec --verb {verb} needs the job's arguments, e.g. 'echo hello'"
                 )));
             }
+            if m.follow && !m.wait {
+                return Err(Error::Usage(
+                    "--follow needs --wait: it shows output while the CLI waits".into(),
+                ));
+            }
             let mut args = m.job_options;
             args.extend(m.positional);
             Ok(Command::Exec(ExecArgs {
@@ -495,6 +516,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 exclude: dedup(crate::targets::split(&m.exclude)),
                 queue_offline: m.queue_offline,
                 wait: m.wait,
+                follow: m.follow,
                 args: args.join(" "),
             }))
         }
@@ -514,6 +536,12 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 }
                 (None, None) => None,
             };
+            if (m.follow || m.verbose) && !m.wait {
+                let flag = if m.follow { "--follow" } else { "--verbose" };
+                return Err(Error::Usage(format!(
+                    "{flag} needs --wait: it shows output while the CLI waits"
+                )));
+            }
             Ok(Command::Orchestrate(OrchestrateArgs {
                 files: m.positional.iter().map(PathBuf::from).collect(),
                 selection: Selection {
@@ -525,6 +553,8 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 rolling,
                 queue_offline: m.queue_offline,
                 wait: m.wait,
+                follow: m.follow,
+                verbose: m.verbose,
                 dry_run: m.dry_run,
             }))
         }
@@ -892,6 +922,7 @@ mod tests {
                 exclude: vec!["role=db".into()],
                 queue_offline: false,
                 wait: true,
+                follow: false,
                 args: "echo hi".into()
             }
         );

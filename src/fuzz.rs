@@ -179,6 +179,7 @@ fn server_seeds() -> Vec<Vec<u8>> {
                 server: 3,
                 seq: 1 << 40,
             },
+            live: true,
         },
         ServerMsg::ResultAck { job_id: id },
         ServerMsg::Chunk {
@@ -206,6 +207,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
             exclude: vec!["c*".into()],
             wait: true,
             queue_offline: true,
+            follow: true,
         },
         Request::Orchestrate {
             blocks: vec![Block {
@@ -222,6 +224,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
             wait: false,
             dry_run: true,
             queue_offline: false,
+            follow: false,
         },
         Request::JobInfo {
             id: Uuid::from_u128(3),

@@ -13,6 +13,7 @@ mod dirlock;
 mod dsl;
 mod error;
 mod facts;
+mod follow;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]

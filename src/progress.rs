@@ -32,6 +32,10 @@ pub struct Progress {
     never_started: BTreeMap<String, String>,
     /// A rolling run's batches (empty otherwise).
     batches: Vec<Vec<String>>,
+    /// `-v`: the recap also shows what succeeded steps printed.
+    pub verbose: bool,
+    /// With `verbose`: succeeded steps that printed something.
+    printed: Vec<(usize, PartView)>,
 }
 
 impl Progress {
@@ -55,6 +59,8 @@ impl Progress {
             never_started: BTreeMap::new(),
             batches: plan.batches.clone(),
             failures: Vec::new(),
+            verbose: false,
+            printed: Vec::new(),
         }
     }
 
@@ -82,6 +88,11 @@ impl Progress {
         }
         if !part.state.is_ok() && !matches!(part.state, JobState::Skipped | JobState::Unreachable) {
             self.failures.push((i, part));
+        } else if self.verbose
+            && part.state == JobState::Succeeded
+            && !(part.stdout.is_empty() && part.stderr.is_empty())
+        {
+            self.printed.push((i, part));
         }
         (self.done_count(i) as usize == self.jobs[i].targets.len()).then_some(i)
     }
@@ -182,6 +193,24 @@ impl Progress {
                 why.trim_start_matches("not started: "),
                 nodes.join(", ")
             ));
+        }
+        if !self.printed.is_empty() {
+            s.push_str("\noutput of steps that succeeded:\n");
+        }
+        for (i, p) in &self.printed {
+            let j = &self.jobs[*i];
+            s.push_str(&format!(
+                "{}: job {}/{} {} {}\n",
+                p.node,
+                i + 1,
+                self.jobs.len(),
+                j.verb,
+                shorten(&j.args, 60)
+            ));
+            let mut body = Vec::new();
+            // Writing to a Vec cannot fail.
+            let _ = crate::user::write_output(&mut body, p);
+            s.push_str(&String::from_utf8_lossy(&body));
         }
         for (i, p) in &self.failures {
             let j = &self.jobs[*i];

@@ -13,6 +13,7 @@ use crate::clock::{format_secs, format_utc};
 use crate::config::Config;
 use crate::dsl::Task;
 use crate::error::{Error, Result, EXIT_OK};
+use crate::follow::Follow;
 use crate::progress::{shorten, Progress};
 use crate::wire::{
     self, FrameBuf, JobDetail, JobState, JobView, KeyView, NodeView, PartView, Plan, PlannedJob,
@@ -162,6 +163,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
         exclude: args.exclude,
         wait: args.wait,
         queue_offline: args.queue_offline,
+        follow: args.follow,
     };
     check_size(&req)?;
     let mut conn = Conn::open(&cfg.socket_path)?;
@@ -177,18 +179,53 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     if !args.wait {
         return Ok(EXIT_OK);
     }
-    follow_job(&mut conn, &mut out, submitted.job_id)
+    let live = args
+        .follow
+        .then(|| Follow::new(&submitted.targets, is_tty()));
+    follow_job(&mut conn, &mut out, submitted.job_id, live)
+}
+
+fn is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
 }
 
 /// Print each node's result as it comes, then the job's summary: the
 /// exit status of `--wait`.
-fn follow_job(conn: &mut Conn, out: &mut impl Write, job_id: Uuid) -> Result<i32> {
+fn follow_job(
+    conn: &mut Conn,
+    out: &mut impl Write,
+    job_id: Uuid,
+    mut live: Option<Follow>,
+) -> Result<i32> {
     loop {
         let resp = conn
             .recv()
             .map_err(|e| still_going(e, &format!("job {job_id}")))?;
         match resp {
-            Response::NodeDone(part) => {
+            Response::Output {
+                node,
+                stream,
+                data,
+                dropped,
+                ..
+            } => {
+                if let Some(f) = &mut live {
+                    out.write_all(f.output(&node, stream, &data, dropped).as_bytes())
+                        .map_err(out_err)?;
+                    out.flush().map_err(out_err)?;
+                }
+            }
+            Response::NodeDone(mut part) => {
+                if let Some(f) = &mut live {
+                    out.write_all(f.finish(&part.node).as_bytes())
+                        .map_err(out_err)?;
+                    // Shown as it came.
+                    part.stdout.clear();
+                    part.stderr.clear();
+                    part.stdout_dropped = 0;
+                    part.stderr_dropped = 0;
+                }
                 write_part(out, &part).map_err(out_err)?;
                 out.flush().map_err(out_err)?;
             }
@@ -224,6 +261,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         queue_offline: args.queue_offline,
         wait: args.wait,
         dry_run: args.dry_run,
+        follow: args.follow,
     };
     check_size(&req)?;
     let mut out = io::stdout().lock();
@@ -269,16 +307,29 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     if !args.wait {
         return Ok(EXIT_OK);
     }
-    follow_run(&mut conn, &mut out, &plan, parent)
+    let live = args.follow.then(|| {
+        let mut nodes: Vec<String> = plan.jobs.iter().flat_map(|j| j.targets.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        Follow::new(&nodes, is_tty())
+    });
+    follow_run(&mut conn, &mut out, &plan, parent, live, args.verbose)
 }
 
 /// Live progress on a terminal (a line per finished job otherwise), then
 /// the recap: the exit status of `orchestrate --wait`.
-fn follow_run(conn: &mut Conn, out: &mut impl Write, plan: &Plan, parent: Uuid) -> Result<i32> {
+fn follow_run(
+    conn: &mut Conn,
+    out: &mut impl Write,
+    plan: &Plan,
+    parent: Uuid,
+    mut live: Option<Follow>,
+    verbose: bool,
+) -> Result<i32> {
     let started = std::time::Instant::now();
-    // SAFETY: isatty only inspects the descriptor.
-    let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+    let tty = is_tty();
     let mut progress = Progress::new(plan);
+    progress.verbose = verbose;
     if tty {
         // Wake up every second to keep the elapsed time moving.
         let _ = conn
@@ -295,7 +346,35 @@ fn follow_run(conn: &mut Conn, out: &mut impl Write, plan: &Plan, parent: Uuid) 
             continue;
         };
         match resp {
+            Response::Output {
+                node,
+                stream,
+                data,
+                dropped,
+                ..
+            } => {
+                let Some(f) = &mut live else { continue };
+                let lines = f.output(&node, stream, &data, dropped);
+                if lines.is_empty() {
+                    continue;
+                }
+                if tty {
+                    // Above the status line, which comes back under them.
+                    write!(out, "\r\x1b[K{lines}{}", progress.status(started.elapsed()))
+                        .map_err(out_err)?;
+                } else {
+                    out.write_all(lines.as_bytes()).map_err(out_err)?;
+                }
+                out.flush().map_err(out_err)?;
+            }
             Response::NodeDone(part) => {
+                if let Some(f) = &mut live {
+                    let rest = f.finish(&part.node);
+                    if !rest.is_empty() {
+                        let clear = if tty { "\r\x1b[K" } else { "" };
+                        write!(out, "{clear}{rest}").map_err(out_err)?;
+                    }
+                }
                 let finished = progress.record(part);
                 if tty {
                     write!(out, "\r\x1b[K{}", progress.status(started.elapsed()))
@@ -332,7 +411,7 @@ fn watch(conn: &mut Conn, id: Uuid, run: bool) -> Result<i32> {
     if !run {
         writeln!(out, "job {id}").map_err(out_err)?;
         conn.send(&Request::Watch { id, run })?;
-        return follow_job(conn, &mut out, id);
+        return follow_job(conn, &mut out, id, None);
     }
     let detail = match conn.call(&Request::RunInfo { parent: id })? {
         Response::Run(run) => run,
@@ -347,7 +426,7 @@ fn watch(conn: &mut Conn, id: Uuid, run: bool) -> Result<i32> {
     .map_err(out_err)?;
     out.flush().map_err(out_err)?;
     conn.send(&Request::Watch { id, run })?;
-    follow_run(conn, &mut out, &plan, id)
+    follow_run(conn, &mut out, &plan, id, None, false)
 }
 
 /// The plan as the files say, for a dry run without a server.

@@ -288,7 +288,30 @@ pub enum ClientMsg {
     /// change (when its jobs are done, or at the next heartbeat): for
     /// `manage --node-info`.
     Cache(CacheSummary),
+    /// Job port: output of a running job sent `live`, as it comes: at most
+    /// `LIVE_CHUNK` bytes, one per stream every `LIVE_EVERY`; `dropped`
+    /// counts bytes before `data` that were not sent (too fast).
+    Output {
+        job_id: Uuid,
+        stream: Stream,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+        dropped: u64,
+    },
 }
+
+/// One of a command's output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The most a node sends of one stream's live output at once...
+pub const LIVE_CHUNK: usize = 16 << 10;
+/// ...and how often, at most.
+pub const LIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a node's cache holds, bounded (`CacheSummary::bounded`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -362,6 +385,8 @@ pub enum ServerMsg {
         parent: Option<Uuid>,
         task: Task,
         dispatch: Dispatch,
+        /// Someone follows it (`--follow`): send its output as it comes.
+        live: bool,
     },
     /// Job port: the result of this job was recorded.
     ResultAck { job_id: Uuid },
@@ -460,6 +485,15 @@ impl ClientMsg {
             } => {
                 format!("Fetch job={job_id} file={file} offset={offset} len={len}")
             }
+            ClientMsg::Output {
+                job_id,
+                stream,
+                data,
+                dropped,
+            } => format!(
+                "Output job={job_id} {stream:?} {}B dropped={dropped}",
+                data.len()
+            ),
             ClientMsg::Cache(c) => format!(
                 "Cache args={} env={} queries={} steps={}",
                 c.args.len() as u64 + u64::from(c.args_more),
@@ -501,6 +535,7 @@ impl ServerMsg {
                 parent,
                 task,
                 dispatch,
+                ..
             } => {
                 let parent = parent.map(|p| format!(" parent={p}")).unwrap_or_default();
                 format!(
@@ -693,6 +728,8 @@ pub enum Request {
         /// Parts for offline nodes wait for them, up to the job's timeout,
         /// instead of ending `unreachable` at once.
         queue_offline: bool,
+        /// With `wait`: also `Output` as the nodes print.
+        follow: bool,
     },
     /// Queue an orchestration: blocks of jobs, in order, under one parent.
     /// With `dry_run`, only check it and return the plan. With `wait`, the
@@ -709,6 +746,8 @@ pub enum Request {
         wait: bool,
         dry_run: bool,
         queue_offline: bool,
+        /// With `wait`: also `Output` as the nodes print.
+        follow: bool,
     },
     ListNodes,
     ListJobs,
@@ -817,6 +856,15 @@ pub enum Response {
     },
     Run(RunDetail),
     Runs(Vec<RunView>),
+    /// To a CLI that follows (`--follow`): what a node's command printed.
+    /// `dropped` bytes before `data` were not shown (too fast).
+    Output {
+        job_id: Uuid,
+        node: String,
+        stream: Stream,
+        data: Vec<u8>,
+        dropped: u64,
+    },
 }
 
 /// The answer to a submission.
@@ -1215,6 +1263,7 @@ mod tests {
             parent: Some(Uuid::new_v4()),
             task,
             dispatch: Dispatch { server: 7, seq: 9 },
+            live: false,
         };
         assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
     }
@@ -1288,6 +1337,7 @@ mod tests {
             exclude: vec![],
             wait: true,
             queue_offline: false,
+            follow: false,
         };
         let bytes = [encode_control(&req), encode_control(&Request::ListJobs)].concat();
         let mut fb = FrameBuf::new(MAX_REQUEST);

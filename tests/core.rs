@@ -742,3 +742,43 @@ fn acknowledged_jobs_survive_a_server_restart() {
     assert!(c.server().log_text().contains("restored 4 jobs"));
     assert_eq!(c.jobs_json().len(), 4);
 }
+
+#[test]
+fn follow_shows_each_nodes_lines_while_the_command_still_runs() {
+    let c = Cluster::start("follow", &["f1", "f2", "long-name"], "1");
+    let gate = c.dir.path.join("gate");
+    let cmd = format!(
+        "echo first from $(basename $PWD); echo warn >&2; while [ ! -e {} ]; do sleep 0.05; done; printf 'last'",
+        gate.display()
+    );
+    let mut cli = c.cli_background(
+        &["exec", "--verb", "RUN", "--wait", "--follow", &cmd],
+        "follow.log",
+    );
+    // Every node's first line shows while every command is still held.
+    wait_until("first lines shown live", DEADLINE, || {
+        let log = cli.log_text();
+        ["f1", "f2", "long-name"]
+            .iter()
+            .all(|n| log.contains(&format!("first from node-{n}")))
+    });
+    let log = cli.log_text();
+    assert!(!log.contains("succeeded"), "{log}");
+    assert!(!gate.exists());
+    // Aligned to the longest name, stdout `|`, stderr `!`, plain when piped.
+    assert!(log.contains("f1        | first from node-f1\n"), "{log}");
+    assert!(log.contains("long-name ! warn\n"), "{log}");
+    assert!(!log.contains('\x1b'), "{log}");
+    fs::write(&gate, "").unwrap();
+    assert_eq!(cli.wait_exit(DEADLINE), Some(0), "{}", cli.log_text());
+    let log = cli.log_text();
+    // A last line without a newline shows when its part ends; the result
+    // lines do not repeat what was shown live.
+    assert!(log.contains("f2        | last\n"), "{log}");
+    assert_eq!(log.matches("first from node-f2").count(), 1, "{log}");
+    assert!(log.contains("3 succeeded"), "{log}");
+    // Without --wait, --follow is refused.
+    let out = c.cli(&["exec", "--verb", "RUN", "--follow", "true"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--follow needs --wait"), "{out:?}");
+}

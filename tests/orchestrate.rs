@@ -519,3 +519,45 @@ fn watch_follows_a_run_or_a_job_already_going_to_its_end_and_exit_status() {
         "{done:?}"
     );
 }
+
+#[test]
+fn orchestrate_follow_streams_output_and_verbose_recaps_what_succeeded() {
+    let c = Cluster::start("ofollow", &["n1", "n2"], "1");
+    let gate = c.dir.path.join("gate");
+    let file = write(
+        &c,
+        "f.yml",
+        &format!(
+            "- jobs:\n  - RUN: echo step one\n  - RUN: echo waiting; while [ ! -e {} ]; do sleep 0.05; done; echo step two\n",
+            gate.display()
+        ),
+    );
+    let mut cli = c.cli_background(
+        &[
+            "orchestrate",
+            file.to_str().unwrap(),
+            "--wait",
+            "--follow",
+            "-v",
+        ],
+        "f.log",
+    );
+    wait_until("the second job's first line, live", DEADLINE, || {
+        let log = cli.log_text();
+        log.contains("n1 | waiting") && log.contains("n2 | waiting")
+    });
+    assert!(!cli.log_text().contains("recap"), "{}", cli.log_text());
+    fs::write(&gate, "").unwrap();
+    assert_eq!(cli.wait_exit(DEADLINE), Some(0), "{}", cli.log_text());
+    let log = cli.log_text();
+    assert!(
+        log.contains("n2 | step one\n") && log.contains("n1 | step two\n"),
+        "{log}"
+    );
+    // -v: the recap shows what the steps that succeeded printed.
+    let after = &log[log.find("output of steps that succeeded:").expect(&log)..];
+    assert!(
+        after.contains("n1: job 1/2 RUN echo step one\n  stdout | step one"),
+        "{log}"
+    );
+}

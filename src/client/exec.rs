@@ -32,6 +32,8 @@ pub struct Spawn {
     pub job_id: Uuid,
     pub command: String,
     pub env: BTreeMap<String, String>,
+    /// Send its output as it comes (someone follows the job).
+    pub live: bool,
 }
 
 /// A task that has started, or already ended.
@@ -156,6 +158,7 @@ pub fn start(
                     job_id,
                     command,
                     env: cache.env().clone(),
+                    live: false,
                 },
                 OnSuccess {
                     cache_key: key,

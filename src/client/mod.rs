@@ -95,6 +95,8 @@ enum Timer {
     CacheSweep,
     /// Without pidfds: look for the running command's exit.
     ReapSweep,
+    /// Send the running live job's output read since the last send.
+    LiveFlush,
     Runner(RunnerTimer),
 }
 
@@ -105,6 +107,14 @@ const REAP_SWEEP: Duration = Duration::from_millis(100);
 struct Process {
     job_id: uuid::Uuid,
     child: Child,
+    /// Its output goes to the server as it comes (`--follow`).
+    live: Option<Live>,
+}
+
+/// When a live job's output last went out, and whether a flush is due.
+struct Live {
+    last: Instant,
+    armed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -536,15 +546,24 @@ impl Client {
             job_id,
             command,
             env,
+            live,
         } = spawn;
-        match Child::spawn(&command, &env, self.poll.registry(), &mut self.tokens) {
+        match Child::spawn(&command, &env, live, self.poll.registry(), &mut self.tokens) {
             Ok(child) => {
                 if !child.has_pidfd() {
                     self.timers
                         .at(Instant::now() + REAP_SWEEP, Timer::ReapSweep);
                 }
+                let live = live.then(|| Live {
+                    last: Instant::now(),
+                    armed: false,
+                });
                 // A process the runner no longer wants is killed when dropped.
-                self.process = Some(Process { job_id, child });
+                self.process = Some(Process {
+                    job_id,
+                    child,
+                    live,
+                });
             }
             Err(e) => {
                 let mut fx = Effects::default();
@@ -562,8 +581,57 @@ impl Client {
         };
         match p.child.source(token) {
             Some(Source::Exit) => self.try_reap(),
-            Some(src) => p.child.read(src, self.poll.registry()),
+            Some(src) => {
+                p.child.read(src, self.poll.registry());
+                self.flush_live(false);
+            }
             None => {} // a closed source from an earlier command
+        }
+    }
+
+    /// Send what the running live job printed since the last send: at
+    /// most one chunk per stream every `LIVE_EVERY` (else a flush is
+    /// timed for then), or all of it (`last`: it ended, and its result
+    /// must come after its output).
+    fn flush_live(&mut self, last: bool) {
+        let Some(Process {
+            job_id,
+            child,
+            live: Some(live),
+        }) = &mut self.process
+        else {
+            return;
+        };
+        let now = Instant::now();
+        if !last && now < live.last + wire::LIVE_EVERY {
+            if !live.armed && child.has_live() {
+                live.armed = true;
+                self.timers
+                    .at(live.last + wire::LIVE_EVERY, Timer::LiveFlush);
+            }
+            return;
+        }
+        let job_id = *job_id;
+        let max = if last { usize::MAX } else { wire::LIVE_CHUNK };
+        let mut msgs = Vec::new();
+        for stream in [wire::Stream::Stdout, wire::Stream::Stderr] {
+            if let Some((data, dropped)) = child.take_live(stream, max) {
+                msgs.push(ClientMsg::Output {
+                    job_id,
+                    stream,
+                    data,
+                    dropped,
+                });
+            }
+        }
+        live.last = now;
+        live.armed = false;
+        if !last && child.has_live() {
+            live.armed = true;
+            self.timers.at(now + wire::LIVE_EVERY, Timer::LiveFlush);
+        }
+        for msg in &msgs {
+            self.send(JOB, msg);
         }
     }
 
@@ -576,7 +644,8 @@ impl Client {
         if matches!(reaped, Ok(false)) {
             return;
         }
-        let Some(Process { job_id, child }) = self.process.take() else {
+        self.flush_live(true);
+        let Some(Process { job_id, child, .. }) = self.process.take() else {
             return;
         };
         let ended = match reaped {
@@ -686,11 +755,12 @@ impl Client {
                     parent,
                     task,
                     dispatch,
+                    live,
                 },
                 None,
             ) => {
                 self.seen = Some(dispatch);
-                self.runner.enqueue(job_id, parent, task, &mut fx);
+                self.runner.enqueue(job_id, parent, task, live, &mut fx);
             }
             (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id),
             (JOB, ServerMsg::QueryResult { job_id, values }, None) => {
@@ -912,6 +982,15 @@ impl Client {
                             self.reconnect();
                         }
                     }
+                }
+                Timer::LiveFlush => {
+                    if let Some(Process {
+                        live: Some(live), ..
+                    }) = &mut self.process
+                    {
+                        live.armed = false;
+                    }
+                    self.flush_live(false);
                 }
                 Timer::ReapSweep => {
                     self.try_reap();

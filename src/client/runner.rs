@@ -93,6 +93,8 @@ struct Queued {
     job_id: Uuid,
     parent: Option<Uuid>,
     task: Task,
+    /// Send its output as it comes.
+    live: bool,
 }
 
 /// What the running job is doing.
@@ -303,7 +305,14 @@ impl Runner {
     }
 
     /// A job from the server.
-    pub fn enqueue(&mut self, job_id: Uuid, parent: Option<Uuid>, task: Task, fx: &mut Effects) {
+    pub fn enqueue(
+        &mut self,
+        job_id: Uuid,
+        parent: Option<Uuid>,
+        task: Task,
+        live: bool,
+        fx: &mut Effects,
+    ) {
         if self.holds(&job_id) {
             log::warn!("job {job_id} received twice; ignored");
             return;
@@ -315,6 +324,7 @@ impl Runner {
             job_id,
             parent,
             task,
+            live,
         });
         self.start_next(fx);
         self.pump_cache(fx);
@@ -326,6 +336,7 @@ impl Runner {
                 job_id,
                 parent,
                 task,
+                live,
             }) = self.queue.pop_front()
             else {
                 return;
@@ -348,7 +359,8 @@ impl Runner {
                     self.report(job_id, parent, outcome, fx);
                     continue;
                 }
-                Started::Process(spawn, on_success) => {
+                Started::Process(mut spawn, on_success) => {
+                    spawn.live = live;
                     let retries = task.options.retries;
                     if retries > 0 {
                         retry = Some(Box::new(Retry {
@@ -965,7 +977,7 @@ mod tests {
             let id = Uuid::new_v4();
             let mut fx = Effects::default();
             let task = Task::parse(verb, job).unwrap();
-            self.runner.enqueue(id, parent, task, &mut fx);
+            self.runner.enqueue(id, parent, task, false, &mut fx);
             (id, fx)
         }
 
@@ -1057,7 +1069,7 @@ mod tests {
         let (again, _) = rig.enqueue(None, Verb::Arg, "k v");
         let mut fx = Effects::default();
         let task = Task::parse(Verb::Arg, "k v").unwrap();
-        rig.runner.enqueue(again, None, task, &mut fx);
+        rig.runner.enqueue(again, None, task, false, &mut fx);
         assert!(fx.io.is_empty() && fx.job.is_empty());
     }
 

@@ -31,7 +31,15 @@ const FINAL_DRAIN_CAP: usize = 4 * OUTPUT_CAP;
 pub struct Capture {
     pub bytes: Vec<u8>,
     pub dropped: u64,
+    /// For a live job: what was read and not yet sent on, up to
+    /// `LIVE_BUFFER` (the rest is counted in `live_dropped`).
+    live: Option<Vec<u8>>,
+    live_dropped: u64,
 }
+
+/// What a live stream holds for the next sends at most: output faster than
+/// the sends' rate is dropped from the live view (never from the capture).
+const LIVE_BUFFER: usize = 64 << 10;
 
 impl Capture {
     fn take(&mut self, data: &[u8]) {
@@ -39,6 +47,24 @@ impl Capture {
         let keep = room.min(data.len());
         self.bytes.extend_from_slice(&data[..keep]);
         self.dropped += (data.len() - keep) as u64;
+        if let Some(live) = &mut self.live {
+            let room = LIVE_BUFFER.saturating_sub(live.len());
+            let keep = room.min(data.len());
+            live.extend_from_slice(&data[..keep]);
+            self.live_dropped += (data.len() - keep) as u64;
+        }
+    }
+
+    /// Up to `max` bytes of live output not yet sent, and how many bytes
+    /// before them were dropped; `None` if nothing is waiting.
+    fn take_live(&mut self, max: usize) -> Option<(Vec<u8>, u64)> {
+        let live = self.live.as_mut()?;
+        if live.is_empty() && self.live_dropped == 0 {
+            return None;
+        }
+        let n = live.len().min(max);
+        let data: Vec<u8> = live.drain(..n).collect();
+        Some((data, std::mem::take(&mut self.live_dropped)))
     }
 }
 
@@ -73,10 +99,12 @@ pub struct Child {
 
 impl Child {
     /// Start `/bin/sh -c command` in a new process group and register its
-    /// pipes and pidfd.
+    /// pipes and pidfd. A `live` child also keeps what it reads for
+    /// `take_live`.
     pub fn spawn(
         command: &str,
         env: &BTreeMap<String, String>,
+        live: bool,
         registry: &Registry,
         tokens: &mut TokenCounter,
     ) -> io::Result<Child> {
@@ -101,6 +129,10 @@ impl Child {
             started: Instant::now(),
             ended: None,
         };
+        if live {
+            child.out.live = Some(Vec::new());
+            child.err.live = Some(Vec::new());
+        }
         // From here an error drops `child`, which kills and reaps it.
         let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
             return Err(io::Error::other("child has no output pipes"));
@@ -188,6 +220,22 @@ impl Child {
             // SAFETY: plain syscall; a negative pid addresses the group.
             unsafe { libc::kill(-(self.pid() as i32), sig) };
         }
+    }
+
+    /// Live output waiting to be sent: up to `max` bytes of `stream`, with
+    /// the count of bytes dropped before it.
+    pub fn take_live(&mut self, stream: crate::wire::Stream, max: usize) -> Option<(Vec<u8>, u64)> {
+        match stream {
+            crate::wire::Stream::Stdout => self.out.take_live(max),
+            crate::wire::Stream::Stderr => self.err.take_live(max),
+        }
+    }
+
+    /// Is live output waiting to be sent?
+    pub fn has_live(&self) -> bool {
+        [&self.out, &self.err]
+            .iter()
+            .any(|c| c.live.as_ref().is_some_and(|l| !l.is_empty()) || c.live_dropped > 0)
     }
 
     /// The result of a reaped child; `None` if it has not been reaped.
@@ -303,7 +351,8 @@ mod tests {
     fn run(cmd: &str) -> Ended {
         let mut poll = mio::Poll::new().unwrap();
         let mut tokens = TokenCounter::new(10);
-        let mut child = Child::spawn(cmd, &BTreeMap::new(), poll.registry(), &mut tokens).unwrap();
+        let mut child =
+            Child::spawn(cmd, &BTreeMap::new(), false, poll.registry(), &mut tokens).unwrap();
         let mut events = mio::Events::with_capacity(8);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !child.try_reap(poll.registry()).unwrap() {
@@ -326,6 +375,7 @@ mod tests {
         let child = Child::spawn(
             "exec sleep 60",
             &BTreeMap::new(),
+            false,
             poll.registry(),
             &mut tokens,
         )

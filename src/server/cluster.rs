@@ -109,6 +109,9 @@ pub struct Cluster {
     seq: u64,
     /// QUERY jobs collecting their nodes' values.
     queries: Queries,
+    /// Unfinished jobs someone follows (`--follow`): sent `live`, so their
+    /// nodes send output as it comes.
+    live: HashSet<Uuid>,
 }
 
 impl Default for Cluster {
@@ -124,6 +127,7 @@ impl Default for Cluster {
             instance: Uuid::new_v4().as_u64_pair().0,
             seq: 0,
             queries: Queries::default(),
+            live: HashSet::new(),
         }
     }
 }
@@ -641,6 +645,12 @@ impl Cluster {
         }
     }
 
+    /// Jobs just submitted with `--follow`: their nodes send their output
+    /// as it comes (until the job is done).
+    pub fn follow(&mut self, ids: &[Uuid]) {
+        self.live.extend(ids.iter().copied());
+    }
+
     /// Jobs just submitted with `--queue-offline`: their parts for offline
     /// nodes wait for them (up to each job's timeout) when released, and
     /// after a restart.
@@ -867,6 +877,7 @@ impl Cluster {
             self.jobs.remove(id);
             self.wait_offline.remove(id);
             self.queued_offline.remove(id);
+            self.live.remove(id);
         }
         self.forget_done_rollouts();
     }
@@ -1036,6 +1047,7 @@ impl Cluster {
                 parent: job.parent,
                 task: job.task.clone(),
                 dispatch,
+                live: self.live.contains(&job_id),
             };
             out.push(Effect::Send {
                 node: node.to_owned(),
@@ -1145,6 +1157,7 @@ impl Cluster {
         };
         self.queries.end(&job_id);
         self.queued_offline.remove(&job_id);
+        self.live.remove(&job_id);
         out.push(Effect::JobDone { job_id });
         if let Some(parent_id) = job.parent {
             if self.jobs.children(&parent_id).all(|j| j.is_done()) {

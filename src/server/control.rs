@@ -89,6 +89,11 @@ impl ControlConn {
         self.flush()
     }
 
+    /// Bytes queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
     /// Is anything queued and not yet written?
     pub fn has_output(&self) -> bool {
         self.out_pos < self.out.len()

@@ -36,7 +36,7 @@ mod routes;
 mod storage;
 pub(crate) mod zap;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -173,6 +173,10 @@ pub struct Server {
     cluster: Cluster,
     /// Control connections waiting on each job (`exec --wait`).
     waiters: HashMap<Uuid, Vec<Token>>,
+    /// Waiting connections that also follow output (`--follow`).
+    followers: HashSet<Token>,
+    /// Live output bytes a slow follower missed, told with the next.
+    live_dropped: HashMap<Token, u64>,
     signals: Signals,
     state: RunState,
     effects: Vec<Effect>,
@@ -346,6 +350,8 @@ impl Server {
             reads: HashMap::new(),
             retention: (cfg.job_retention, cfg.job_retention_count),
             waiters: HashMap::new(),
+            followers: HashSet::new(),
+            live_dropped: HashMap::new(),
             signals,
             state: RunState::Running,
             effects: Vec::new(),
@@ -754,6 +760,20 @@ impl Server {
                 if let Some(why) = dropped {
                     self.peer_log.warn(&node, now.at, format_args!("{why}"));
                 }
+            }
+            (
+                Port::Job,
+                ClientMsg::Output {
+                    job_id,
+                    stream,
+                    data,
+                    dropped,
+                },
+                Peer::Node(node),
+            ) => {
+                self.routes.learn(&who, port, &rid);
+                self.cluster.touch(&node, now);
+                self.forward_output(&node, job_id, stream, data, dropped);
             }
             (Port::Job, ClientMsg::Cache(summary), Peer::Node(node)) => {
                 self.routes.learn(&who, port, &rid);

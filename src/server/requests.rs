@@ -122,6 +122,7 @@ impl Server {
                 exclude,
                 wait,
                 queue_offline,
+                follow,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
                 let resp =
@@ -141,6 +142,10 @@ impl Server {
                                     .entry(submitted.job_id)
                                     .or_default()
                                     .push(token);
+                                if follow {
+                                    self.followers.insert(token);
+                                    self.cluster.follow(&[submitted.job_id]);
+                                }
                             }
                             if queue_offline {
                                 self.cluster.queue_offline(&[submitted.job_id], &mut out);
@@ -159,6 +164,7 @@ impl Server {
                 wait,
                 dry_run,
                 queue_offline,
+                follow,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
                 let resp = match self.cluster.orchestrate(
@@ -174,6 +180,12 @@ impl Server {
                             log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
                             if wait {
                                 self.waiters.entry(parent).or_default().push(token);
+                                if follow {
+                                    self.followers.insert(token);
+                                    let ids: Vec<Uuid> =
+                                        plan.jobs.iter().filter_map(|j| j.job_id).collect();
+                                    self.cluster.follow(&ids);
+                                }
                             }
                             if queue_offline {
                                 let ids: Vec<Uuid> =
@@ -361,6 +373,49 @@ impl Server {
         for tokens in self.waiters.values_mut() {
             tokens.retain(|t| *t != token);
         }
+        self.followers.remove(&token);
+        self.live_dropped.remove(&token);
+    }
+
+    /// A node's live output: to each CLI following its job or run. One
+    /// that does not keep up loses output (counted and shown to it), not
+    /// the server's memory.
+    pub(super) fn forward_output(
+        &mut self,
+        node: &str,
+        job_id: Uuid,
+        stream: crate::wire::Stream,
+        data: Vec<u8>,
+        dropped: u64,
+    ) {
+        let parent = self.cluster.parent_of(&job_id);
+        let mut tokens: Vec<Token> = [Some(job_id), parent]
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.waiters.get(&id))
+            .flatten()
+            .copied()
+            .filter(|t| self.followers.contains(t))
+            .collect();
+        tokens.dedup();
+        for token in tokens {
+            let Some(conn) = self.conns.get(&token) else {
+                continue;
+            };
+            if conn.backlog() > LIVE_BACKLOG {
+                *self.live_dropped.entry(token).or_insert(0) += dropped + data.len() as u64;
+                continue;
+            }
+            let before = self.live_dropped.remove(&token).unwrap_or(0);
+            let resp = Response::Output {
+                job_id,
+                node: node.to_owned(),
+                stream,
+                data: data.clone(),
+                dropped: dropped + before,
+            };
+            self.send_note(token, &resp);
+        }
     }
 }
 
@@ -371,6 +426,10 @@ pub(super) enum KeyChange {
     Reject(String),
     Delete(String),
 }
+
+/// A following CLI with this much not yet read gets no more live output
+/// until it catches up.
+const LIVE_BACKLOG: usize = 1 << 20;
 
 pub(super) const CURVE_OFF: &str =
     "the server runs with --curve off: it has no key, and admits every node without one";
