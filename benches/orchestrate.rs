@@ -8,7 +8,8 @@
 //! Run: `cargo bench --bench orchestrate` (JOBS and NODES may be set in the
 //! environment to change the size).
 //! The cluster runs with CURVE, as by default; `CURVE=off` measures it
-//! without, to see what encryption costs.
+//! without, to see what encryption costs. `FOLLOW=1` runs it with
+//! `--follow`: every line of every node streamed to the CLI as it comes.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -38,17 +39,27 @@ fn floor(nodes: usize, jobs: usize) -> Duration {
     start.elapsed()
 }
 
-fn director(c: &util::Cluster, file: &std::path::Path) -> Duration {
+fn director(c: &util::Cluster, file: &std::path::Path, follow: bool) -> Duration {
+    let mut args = vec!["orchestrate", file.to_str().unwrap(), "--wait"];
+    if follow {
+        args.push("--follow");
+    }
     let start = Instant::now();
-    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--wait"]);
+    let out = c.cli(&args);
     let elapsed = start.elapsed();
     assert_eq!(out.code, 0, "orchestration failed: {}", out.stderr);
+    if follow {
+        let lines = out.stdout.matches("| hello world").count();
+        assert!(lines > 0, "nothing was followed: {}", out.stdout);
+        println!("    lines shown live: {lines}");
+    }
     elapsed
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; this benchmark takes no filter.
     let jobs = util::env_usize("JOBS", 1000);
+    let follow = util::env_usize("FOLLOW", 0) == 1;
     let nodes = util::env_usize("NODES", 6);
     let names: Vec<String> = (1..=nodes).map(|i| format!("bench-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -60,7 +71,8 @@ fn main() {
     std::fs::write(&file, yaml).unwrap();
 
     println!(
-        "director orchestrate: {jobs} jobs x {nodes} nodes on loopback ({} processes)",
+        "director orchestrate{}: {jobs} jobs x {nodes} nodes on loopback ({} processes)",
+        if follow { " --follow" } else { "" },
         jobs * nodes
     );
     // Alternate the two so that machine noise hits both alike.
@@ -68,7 +80,7 @@ fn main() {
     let mut f = Vec::new();
     for round in 1..=3 {
         let fl = floor(nodes, jobs);
-        let di = director(&c, &file);
+        let di = director(&c, &file, follow);
         println!(
             "  round {round}: floor {:.3}s, director {:.3}s",
             fl.as_secs_f64(),

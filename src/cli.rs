@@ -673,7 +673,7 @@ const USAGE: &str = "\
 Usage:
   director [OPTIONS] server                        run the server daemon
   director [OPTIONS] client                        run the client daemon on a node
-  director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait] 'ARGS'
+  director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait [--follow]] 'ARGS'
   director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
   director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs | --list-runs | --job-info ID | --watch ID | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
@@ -706,7 +706,7 @@ const EXEC_HELP: &str = "\
 director exec — submit one job
 
 Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]...
-                                [--wait] 'ARGS'
+                                [--wait [--follow]] 'ARGS'
 
   --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY or QUERY
   --target PATTERN the nodes to run on (default: every connected node): a node name, a
@@ -718,6 +718,7 @@ Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATT
                    --timeout, instead of it ending unreachable at once
   --wait           stay connected, print each node's result as it arrives, and exit
                    0 only if every node succeeded
+  -f, --follow     with --wait: show each node's output lines as they are printed
 
 Prints the job id and its task SHA1. Options the CLI uses: --socket-path, --config-file.
 ";
@@ -726,7 +727,8 @@ const ORCHESTRATE_HELP: &str = "\
 director orchestrate — submit orchestration files
 
 Usage: director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]...
-                                     [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
+                                     [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]...
+                                     [--ignore-cache] [--wait [--follow] [-v]] [--dry-run]
 
 A file is a YAML list of blocks: {targets: [PATTERN...] (optional: every node), jobs: [{VERB: ARGS}...]},
 and one block may have batch: N|N% (and max_fail: N|N%) to roll from there on, as --batch does.
@@ -745,6 +747,8 @@ time in file order; after a failure there, the rest of the run is skipped on tha
   --restrict SHA1  submit only the jobs with this task SHA1 (or prefix); repeatable
   --ignore-cache   run every job even where the node cached a success
   --wait           show progress, then a recap per node and the output of each failure
+  -f, --follow     with --wait: show each node's output lines as they are printed
+  -v, --verbose    with --wait: the recap also shows what the steps that succeeded printed
   --dry-run        check everything and print the jobs that would be submitted
 ";
 

@@ -12,6 +12,7 @@ pub const EXEC: &[&str] = &[
     "--exclude",
     "--queue-offline",
     "--wait",
+    "--follow",
     "--skip-cache",
     "--run-once",
     "--timeout",
@@ -29,6 +30,8 @@ pub const ORCHESTRATE: &[&str] = &[
     "--restrict",
     "--ignore-cache",
     "--wait",
+    "--follow",
+    "--verbose",
     "--dry-run",
 ];
 pub const MANAGE: &[&str] = &[
