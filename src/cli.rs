@@ -78,6 +78,8 @@ pub enum ManageAction {
     ListRuns,
     /// Follow a job or run already going (an id or a prefix).
     Watch(String),
+    /// Empty the caches of the nodes these patterns match.
+    ClearCache(String),
     /// One node's facts and labels.
     /// The node's name, and whether to show its ARG values.
     NodeInfo(String, bool),
@@ -359,6 +361,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 manage(&mut m, flag, action);
             }
             Long("list-runs") => manage(&mut m, "--list-runs", ManageAction::ListRuns),
+            Long("clear-cache") => {
+                let patterns = value(&mut parser)?;
+                manage(&mut m, "--clear-cache", ManageAction::ClearCache(patterns));
+            }
             Long("show-values") => {
                 m.saw("--show-values", MANAGE);
                 m.show_values = true;
@@ -593,7 +599,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
     }
 }
 
-const MANAGE_ACTIONS: &str = "--list-nodes, --node-info NAME, --list-jobs, --list-runs, --job-info ID, --watch ID, --purge-jobs, --purge-nodes, --show-key, --list-keys, --accept-key NAME, --accept-all, --reject-key NAME, --delete-key NAME";
+const MANAGE_ACTIONS: &str = "--list-nodes, --node-info NAME, --list-jobs, --list-runs, --job-info ID, --watch ID, --clear-cache PATTERN, --purge-jobs, --purge-nodes, --show-key, --list-keys, --accept-key NAME, --accept-all, --reject-key NAME, --delete-key NAME";
 
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
@@ -675,7 +681,7 @@ Usage:
   director [OPTIONS] client                        run the client daemon on a node
   director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait [--follow]] 'ARGS'
   director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
-  director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs | --list-runs | --job-info ID | --watch ID | --purge-jobs | --purge-nodes) [--format table|json]
+  director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs | --list-runs | --job-info ID | --watch ID | --clear-cache PATTERN | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
   director completions bash|zsh|fish               print a shell completion script
 ";
@@ -795,7 +801,7 @@ fn help_text(mode: Option<Mode>) -> String {
         Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
-            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels, facts (OS, kernel, CPUs, memory, addresses) and\n                   cache (ARG keys, ENV keys, QUERY maps, steps remembered)\n  --show-values    with --node-info: the ARG values too (they may be secrets)\n  --list-jobs      jobs with their run, verb, arguments, node counts per state and time\n  --list-runs      orchestration runs: jobs, nodes, parts per state, times\n  --job-info ID    everything about one job, per node: state, exit code, output, times;\n                   or a run: its jobs, the recap per node, each failure's output.\n                   ID may be any unique prefix of 6 characters or more\n  --watch ID       follow a job or run already going, as --wait does (same exit status)\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels, facts (OS, kernel, CPUs, memory, addresses) and\n                   cache (ARG keys, ENV keys, QUERY maps, steps remembered)\n  --show-values    with --node-info: the ARG values too (they may be secrets)\n  --list-jobs      jobs with their run, verb, arguments, node counts per state and time\n  --list-runs      orchestration runs: jobs, nodes, parts per state, times\n  --job-info ID    everything about one job, per node: state, exit code, output, times;\n                   or a run: its jobs, the recap per node, each failure's output.\n                   ID may be any unique prefix of 6 characters or more\n  --watch ID       follow a job or run already going, as --wait does (same exit status)\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n  --clear-cache PATTERN  empty the cache (ARGs, ENVs, QUERY maps, steps) of the nodes\n                   PATTERN matches (a name, glob or KEY=VALUE; commas for several);\n                   their files stay as they are. Waits for each node's answer\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
     }
 }

@@ -44,6 +44,7 @@ pub const MANAGE: &[&str] = &[
     "--watch",
     "--purge-jobs",
     "--purge-nodes",
+    "--clear-cache",
     "--show-key",
     "--list-keys",
     "--accept-key",

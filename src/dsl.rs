@@ -45,6 +45,10 @@ pub enum Verb {
     /// Collect an ARG from every target and give each the map.
     #[serde(rename = "QUERY")]
     Query,
+    /// Empty the node's cache (`manage --clear-cache`; not a verb of job
+    /// strings or files).
+    #[serde(rename = "CLEAR-CACHE")]
+    ClearCache,
 }
 
 impl Verb {
@@ -69,6 +73,7 @@ impl Verb {
             Verb::Add => "ADD",
             Verb::Copy => "COPY",
             Verb::Query => "QUERY",
+            Verb::ClearCache => "CLEAR-CACHE",
         }
     }
 }
@@ -145,6 +150,9 @@ pub enum Action {
     /// `QUERY KEY`: each target reports its ARG KEY, and once every target
     /// has (or ended), each gets the map of them as `query.KEY`.
     Query { key: String },
+    /// Forget every ARG, ENV, QUERY map and step the node's cache holds;
+    /// its files stay as they are.
+    ClearCache,
 }
 
 /// An ADD's arguments. DEST is a template. `files` are the sources as
@@ -340,6 +348,12 @@ impl Task {
                     key: key.to_owned(),
                 }
             }
+            Verb::ClearCache => {
+                if !rest.is_empty() {
+                    return Err("CLEAR-CACHE takes no arguments".into());
+                }
+                Action::ClearCache
+            }
             Verb::Workdir => {
                 if rest.is_empty() {
                     return Err("WORKDIR needs a path".into());
@@ -376,6 +390,7 @@ impl Task {
             Action::Workdir { .. } => Verb::Workdir,
             Action::Add(_) => Verb::Add,
             Action::Query { .. } => Verb::Query,
+            Action::ClearCache => Verb::ClearCache,
         }
     }
 
@@ -413,6 +428,7 @@ impl Task {
             }
             Action::Workdir { path } => out.push(path.clone()),
             Action::Query { key } => out.push(key.clone()),
+            Action::ClearCache => {}
             Action::Add(add) => {
                 let Add {
                     chown,
@@ -457,6 +473,7 @@ impl Task {
             Action::Arg { key, value } | Action::Env { key, value } => format!("{key}\0{value}"),
             Action::Workdir { path } => path.clone(),
             Action::Query { key } => key.clone(),
+            Action::ClearCache => String::new(),
             // What lands on the node: names, contents and modes, not where
             // the sources sat on the server's machine.
             Action::Add(add) => {

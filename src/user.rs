@@ -404,6 +404,28 @@ fn follow_run(
     }
 }
 
+/// `manage --clear-cache PATTERN`: a job that empties the nodes' caches,
+/// waited for like `exec --wait`.
+fn clear_cache(conn: &mut Conn, patterns: &str) -> Result<i32> {
+    let task = Task::parse(crate::dsl::Verb::ClearCache, "").map_err(Error::Rejected)?;
+    let req = Request::Submit {
+        task,
+        targets: crate::targets::split(&[patterns.to_owned()]),
+        exclude: Vec::new(),
+        wait: true,
+        queue_offline: false,
+        follow: false,
+    };
+    let submitted = match conn.call(&req)? {
+        Response::Submitted(s) => s,
+        other => return Err(unexpected(&other)),
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "job {}", submitted.job_id).map_err(out_err)?;
+    writeln!(out, "targets {}", submitted.targets.join(", ")).map_err(out_err)?;
+    follow_job(conn, &mut out, submitted.job_id, None)
+}
+
 /// `manage --watch ID`: follow a job or run already going, as `--wait`
 /// would have; its exit status too.
 fn watch(conn: &mut Conn, id: Uuid, run: bool) -> Result<i32> {
@@ -492,6 +514,9 @@ fn plan_table(plan: &Plan) -> String {
 /// `director manage`.
 pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let mut conn = Conn::open(&cfg.socket_path)?;
+    if let ManageAction::ClearCache(patterns) = &args.action {
+        return clear_cache(&mut conn, patterns);
+    }
     let req = match &args.action {
         ManageAction::ListNodes => Request::ListNodes,
         ManageAction::NodeInfo(name, show_values) => Request::NodeInfo {
@@ -501,6 +526,7 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
         ManageAction::ListJobs => Request::ListJobs,
         ManageAction::ListRuns => Request::ListRuns,
         ManageAction::JobInfo(id) | ManageAction::Watch(id) => Request::Resolve { id: id.clone() },
+        ManageAction::ClearCache(_) => unreachable!("handled above"),
         ManageAction::PurgeJobs => Request::PurgeJobs,
         ManageAction::PurgeNodes => Request::PurgeNodes,
         ManageAction::ShowKey => Request::ShowKey,

@@ -782,3 +782,62 @@ fn follow_shows_each_nodes_lines_while_the_command_still_runs() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--follow needs --wait"), "{out:?}");
 }
+
+#[test]
+fn clear_cache_empties_a_nodes_cache_but_leaves_its_files() {
+    let mut c = Cluster::start("clearcache", &["k1", "k2"], "1");
+    for job in ["ARG colour blue", "ENV MODE fast"] {
+        let (verb, args) = job.split_once(' ').unwrap();
+        let out = c.cli(&["exec", "--verb", verb, "--wait", args]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let step = "echo {{ colour }} >> painted";
+    assert_eq!(c.cli(&["exec", "--verb", "RUN", "--wait", step]).code, 0);
+    let out = c.cli(&["manage", "--clear-cache", "k1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("stdout | forgot 1 ARG, 1 ENV value, 0 QUERY maps and 1 step"),
+        "{out:?}"
+    );
+    // Its files stay; k2's cache is untouched.
+    assert_eq!(
+        fs::read_to_string(c.node_dir("k1").join("painted")).unwrap(),
+        "blue\n"
+    );
+    let info = |c: &Cluster, n: &str| {
+        let out = c.cli(&["manage", "--node-info", n, "--format", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()[0]["cache"].clone()
+    };
+    wait_until("k1's empty cache reported", DEADLINE, || {
+        info(&c, "k1")["args"] == serde_json::json!({})
+    });
+    assert_eq!(info(&c, "k1")["steps"], 0);
+    assert_eq!(info(&c, "k2")["args"], serde_json::json!({"colour": null}));
+    // The ARG is gone on k1 (its template fails there); k2 still has it,
+    // and its step is still cached.
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", step]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("k1: failed")
+            && out.stdout.contains("undefined template variable 'colour'"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("k2: skipped (cached)"), "{out:?}");
+    // The cleared cache stays cleared across a client restart.
+    c.client("k1").signal(libc::SIGTERM);
+    c.client("k1").wait_exit(DEADLINE);
+    c.start_client("k1");
+    c.wait_nodes(&["k1", "k2"]);
+    let out = c.cli(&["exec", "--verb", "RUN", "--target", "k1", "--wait", step]);
+    assert!(
+        out.stdout.contains("undefined template variable 'colour'"),
+        "{out:?}"
+    );
+    let out = c.cli(&["manage", "--clear-cache", "nope*"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("target 'nope*' matches no node"),
+        "{out:?}"
+    );
+}

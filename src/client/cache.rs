@@ -49,11 +49,14 @@ enum Record {
         key: String,
         values: Vec<(String, String)>,
     },
+    /// Everything before is forgotten (`manage --clear-cache`).
+    Clear,
 }
 
-/// Layout 2 added `Query` records; those before it encode as they did.
+/// Layout 2 added `Query` records, layout 3 `Clear`; those before them
+/// encode as they did.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     fn upgrade(_: u32, body: &[u8]) -> Option<Self> {
         crate::journal::decode(body)
     }
@@ -164,6 +167,12 @@ impl Cache {
             Record::Query { key, values } => {
                 self.queries.insert(key, values.into_iter().collect());
             }
+            Record::Clear => {
+                self.args.clear();
+                self.env.clear();
+                self.queries.clear();
+                self.done.clear();
+            }
         }
     }
 
@@ -243,6 +252,13 @@ impl Cache {
             key: key.to_owned(),
             value: value.to_owned(),
         });
+    }
+
+    /// Forgetting everything, on its way to disk, like `stage_arg`: once
+    /// synced, the cache is empty (a rewrite later drops the old records).
+    pub fn stage_clear(&mut self) {
+        self.compact_wanted = true;
+        self.stage(Record::Clear);
     }
 
     /// A QUERY's map on its way to disk, like `stage_arg`.

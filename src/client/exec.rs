@@ -105,6 +105,23 @@ pub fn start(
                 what: format!("ENV {key}"),
             })
         }
+        Action::ClearCache => {
+            let summary = cache.summary();
+            let mut outcome = ended(Exit::Code(0));
+            outcome.stdout = format!(
+                "forgot {}, {}, {} and {}\n",
+                crate::dsl::count(summary.args.len() + summary.args_more as usize, "ARG"),
+                crate::dsl::count(summary.env.len(), "ENV value"),
+                crate::dsl::count(summary.queries.len(), "QUERY map"),
+                crate::dsl::count(summary.steps as usize, "step")
+            )
+            .into_bytes();
+            cache.stage_clear();
+            Started::Persist(Persist {
+                outcome,
+                what: "clearing the cache".into(),
+            })
+        }
         Action::Query { key } => {
             let value = cache.args().get(key).cloned();
             match value {
