@@ -841,3 +841,38 @@ fn clear_cache_empties_a_nodes_cache_but_leaves_its_files() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_client_says_at_once_why_it_cannot_connect_then_that_it_is_connected() {
+    // Heartbeats every 30 s: "server silent" cannot come before the reason.
+    let mut c = Cluster::new("noconnect", "30");
+    c.start_client("early");
+    c.start_client_with("lost", &["--server-address", "no-such-host.invalid"]);
+    wait_until("the refusal named", DEADLINE, || {
+        c.client("early")
+            .log_text()
+            .contains("refused the connection: nothing listens on port")
+    });
+    wait_until("the unknown name named", DEADLINE, || {
+        c.client("lost")
+            .log_text()
+            .contains("the name 'no-such-host.invalid' does not resolve")
+    });
+    for n in ["early", "lost"] {
+        let log = c.client(n).log_text();
+        assert!(!log.contains("server silent"), "{log}");
+        assert_eq!(
+            log.matches("cannot connect to").count(),
+            1,
+            "said once: {log}"
+        );
+    }
+    // Once the server is up, the client connects and says so, once.
+    c.start_server();
+    c.wait_nodes(&["early"]);
+    wait_until("connected said", DEADLINE, || {
+        c.client("early")
+            .log_text()
+            .contains("connected to 127.0.0.1 as early")
+    });
+}

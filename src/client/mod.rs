@@ -35,7 +35,7 @@ use mio::{Events, Poll, Token};
 
 use self::cache::Cache;
 use self::exec::Spawn;
-use self::runner::{Effects, IoDone, Runner, RunnerTimer};
+use self::runner::{Effects, IoDone, IoTask, Runner, RunnerTimer};
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
@@ -175,6 +175,8 @@ enum Standing {
     Unknown,
     /// A handshake failed; the text is what was said.
     HandshakeFailed(String),
+    /// No connection could be made; the text is why, as a probe found.
+    Unreachable(String),
     /// Our key waits for an operator.
     Pending,
     /// Welcomed as our node.
@@ -212,6 +214,8 @@ pub struct Client {
     /// The cache generation the server last heard of, since it welcomed
     /// us (`None`: not welcomed on this link).
     cache_reported: Option<u64>,
+    /// A connection probe is out on the I/O thread.
+    probing: bool,
     /// This process owns its cache and key directories.
     _locks: Vec<crate::dirlock::DirLock>,
     /// Cache syncs, off the loop.
@@ -280,6 +284,7 @@ impl Client {
             instance: uuid::Uuid::new_v4().as_u64_pair().0,
             seen: None,
             cache_reported: None,
+            probing: false,
             _locks: locks,
             worker,
         };
@@ -474,6 +479,10 @@ impl Client {
                     SIGNALS => self.handle_signals(),
                     WORKER => {
                         for done in self.worker.drain() {
+                            if let IoDone::Probe(why) = done {
+                                self.probed(why);
+                                continue;
+                            }
                             let mut fx = Effects::default();
                             self.runner.on_io(done, &mut fx);
                             self.apply(fx);
@@ -890,6 +899,17 @@ impl Client {
             log::debug!("job socket: {event:?}");
             match event {
                 LinkEvent::HandshakeOk | LinkEvent::Disconnected => {}
+                // Once per failing stretch: find out why, off the loop.
+                LinkEvent::ConnectFailed => {
+                    if !self.probing && !matches!(self.standing, Standing::Unreachable(_)) {
+                        self.probing = true;
+                        let task = IoTask::Probe {
+                            host: self.cfg.server_address.clone(),
+                            port: self.cfg.job_port,
+                        };
+                        self.worker.submit(move || task.run());
+                    }
+                }
                 LinkEvent::HandshakeRefused(400) => self.denied(Denial::Rejected),
                 LinkEvent::HandshakeRefused(code) => {
                     self.handshake_failed(format!(
@@ -934,6 +954,24 @@ impl Client {
         }
     }
 
+    /// Why the server cannot be reached, as the probe found: said once
+    /// (and again if it changes); ZeroMQ keeps retrying meanwhile.
+    fn probed(&mut self, why: String) {
+        self.probing = false;
+        if self.standing == Standing::Admitted {
+            return; // connected in the meantime
+        }
+        let said = Standing::Unreachable(why.clone());
+        if self.standing != said {
+            log::error!(
+                "cannot connect to {}:{}: {why}; retrying",
+                self.cfg.server_address,
+                self.cfg.job_port
+            );
+            self.standing = said;
+        }
+    }
+
     /// A handshake failed in a way retrying may mend: say it once, then try
     /// again after the backoff.
     fn handshake_failed(&mut self, why: String) {
@@ -970,6 +1008,11 @@ impl Client {
                                 silent.as_secs_f64(),
                                 self.backoff.as_secs()
                             );
+                            // Not connected any more: say so again when it is, and why
+                            // not while it is not.
+                            if self.standing == Standing::Admitted {
+                                self.standing = Standing::Unknown;
+                            }
                             self.reconnect();
                         }
                     }

@@ -68,6 +68,9 @@ pub enum IoTask {
     Add(AddIo),
     /// A WORKDIR to create.
     Mkdir(PathBuf),
+    /// Find out why the server cannot be reached (for the client, not the
+    /// runner: name lookups and connects may block).
+    Probe { host: String, port: u16 },
 }
 
 /// What the I/O thread hands back.
@@ -75,6 +78,8 @@ pub enum IoDone {
     Cache(CacheIoDone),
     Add(AddDone),
     Mkdir(Result<(), String>),
+    /// Why the server cannot be reached.
+    Probe(String),
 }
 
 impl IoTask {
@@ -84,7 +89,38 @@ impl IoTask {
             IoTask::Cache(io) => IoDone::Cache(io.run()),
             IoTask::Add(io) => IoDone::Add(io.run()),
             IoTask::Mkdir(path) => IoDone::Mkdir(exec::make_dir(&path)),
+            IoTask::Probe { host, port } => IoDone::Probe(probe(&host, port)),
         }
+    }
+}
+
+/// Why `host:port` takes no connection: its name does not resolve, it
+/// refuses, or it cannot be reached (or, by now, it takes them).
+fn probe(host: &str, port: u16) -> String {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addrs: Vec<_> = match (host, port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return format!("the name '{host}' does not resolve ({e}): check --server-address")
+        }
+    };
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, Duration::from_secs(1)) {
+            Ok(_) => return format!("{a} takes connections now (the server may have just started)"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return format!(
+                    "{a} refused the connection: nothing listens on port {port} there (is `director server` running, with this --job-port?)"
+                )
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => {
+            format!("{host}:{port} cannot be reached ({e}): check the address and the firewall")
+        }
+        None => format!("the name '{host}' resolves to no address: check --server-address"),
     }
 }
 
@@ -513,6 +549,7 @@ impl Runner {
                 let progress = add.io_done(done, &mut fx.transfer);
                 self.transfer_progress(progress, fx);
             }
+            IoDone::Probe(_) => log::error!("a connection probe's answer reached the runner"),
             IoDone::Mkdir(made) => {
                 let Some(Running {
                     work: Work::Mkdir, ..

@@ -2,8 +2,8 @@
 //! connection events (handshake succeeded, failed and why) on an inproc PAIR
 //! socket, whose `ZMQ_FD` is registered like any port's and drained on every
 //! loop pass (the same edge-triggered rules). The client uses it to say at
-//! the first failed handshake what went wrong, instead of waiting for three
-//! silent heartbeat intervals.
+//! the first failed handshake or connection what went wrong, instead of
+//! waiting for three silent heartbeat intervals.
 
 use std::os::fd::RawFd;
 
@@ -28,16 +28,20 @@ pub enum LinkEvent {
     HandshakeRefused(u32),
     /// The connection closed after the handshake.
     Disconnected,
+    /// A connection attempt failed (refused, unreachable, or the name did
+    /// not resolve: libzmq does not say which); it retries.
+    ConnectFailed,
 }
 
 use zmq::SocketEvent as E;
 
-const WATCHED: [E; 5] = [
+const WATCHED: [E; 6] = [
     E::HANDSHAKE_SUCCEEDED,
     E::HANDSHAKE_FAILED_NO_DETAIL,
     E::HANDSHAKE_FAILED_PROTOCOL,
     E::HANDSHAKE_FAILED_AUTH,
     E::DISCONNECTED,
+    E::CONNECT_RETRIED,
 ];
 
 /// libzmq's protocol error when the two sides use different mechanisms.
@@ -101,6 +105,7 @@ fn parse(frame: &[u8]) -> Option<LinkEvent> {
         e if e == E::HANDSHAKE_FAILED_PROTOCOL.to_raw() => LinkEvent::HandshakeProtocol(value),
         e if e == E::HANDSHAKE_FAILED_AUTH.to_raw() => LinkEvent::HandshakeRefused(value),
         e if e == E::DISCONNECTED.to_raw() => LinkEvent::Disconnected,
+        e if e == E::CONNECT_RETRIED.to_raw() => LinkEvent::ConnectFailed,
         _ => return None,
     })
 }
