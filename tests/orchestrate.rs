@@ -561,3 +561,88 @@ fn orchestrate_follow_streams_output_and_verbose_recaps_what_succeeded() {
         "{log}"
     );
 }
+
+#[test]
+fn first_mistakes_get_messages_that_show_the_right_form() {
+    let c = Cluster::start("messages", &["m1"], "1");
+    // A mistyped mode.
+    let out = c.cli(&["servr"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unknown mode 'servr'"), "{out:?}");
+    // Job options outside the job string are job options.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--skip-cache",
+        "--timeout",
+        "5",
+        "--wait",
+        "echo hi",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = util::job_id(&out.stdout);
+    assert_eq!(
+        c.job_info(&id)["job"]["args"],
+        "--skip-cache --timeout 5 echo hi"
+    );
+    // A template syntax error is refused at submission, and by --dry-run.
+    let out = c.cli(&["exec", "--verb", "RUN", "echo {{ x"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("RUN command: bad template: syntax error"),
+        "{out:?}"
+    );
+    let bad = write(&c, "bad.yml", "- jobs:\n  - RUN: \"echo {{ x\"\n");
+    let out = orchestrate(&c, &bad, &["--dry-run"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("bad template"), "{out:?}");
+    // An unquoted {{ value: quote it.
+    let bad = write(&c, "unquoted.yml", "- jobs:\n  - RUN: {{ cmd }} --x\n");
+    let out = orchestrate(&c, &bad, &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("must be quoted"), "{out:?}");
+    // An unknown target names its file and its block there, under
+    // --restrict too.
+    let one = write(&c, "one.yml", "- jobs:\n  - RUN: echo one\n");
+    let two = write(
+        &c,
+        "two.yml",
+        "- jobs:\n  - RUN: echo a\n- targets: [ghost]\n  jobs:\n  - RUN: echo b\n",
+    );
+    let b = write(&c, "b.yml", "- jobs:\n  - RUN: echo b\n");
+    let sha1 = orchestrate(&c, &b, &["--dry-run"])
+        .stdout
+        .lines()
+        .find(|l| l.contains("echo b"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_owned();
+    let out = c.cli(&[
+        "orchestrate",
+        one.to_str().unwrap(),
+        two.to_str().unwrap(),
+        "--restrict",
+        &sha1,
+    ]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("two.yml, block 2: unknown target node 'ghost'"),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    // A job string with a newline shows on one line.
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo a\necho b"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = util::job_id(&out.stdout);
+    let info = c.cli(&["manage", "--job-info", &id]);
+    assert!(
+        info.stdout.contains("args       echo a\\necho b\n"),
+        "{info:?}"
+    );
+    // Plurals.
+    let out = orchestrate(&c, &one, &[]);
+    assert!(out.stdout.contains(": 1 job queued"), "{out:?}");
+}
