@@ -1366,6 +1366,14 @@ impl Cluster {
         runs
     }
 
+    /// Was the job sent to `node`, and has it not finished there?
+    pub fn runs_on(&self, job_id: &Uuid, node: &str) -> bool {
+        self.jobs
+            .get(job_id)
+            .and_then(|j| j.parts.get(node))
+            .is_some_and(|p| !p.state().is_done())
+    }
+
     /// The run a job belongs to.
     pub fn parent_of(&self, job_id: &Uuid) -> Option<Uuid> {
         self.jobs.get(job_id).and_then(|j| j.parent)

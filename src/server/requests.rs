@@ -388,6 +388,10 @@ impl Server {
         data: Vec<u8>,
         dropped: u64,
     ) {
+        // Only a node running the job speaks for it.
+        if !self.cluster.runs_on(&job_id, node) {
+            return;
+        }
         let parent = self.cluster.parent_of(&job_id);
         let mut tokens: Vec<Token> = [Some(job_id), parent]
             .into_iter()
@@ -397,6 +401,7 @@ impl Server {
             .copied()
             .filter(|t| self.followers.contains(t))
             .collect();
+        tokens.sort_unstable();
         tokens.dedup();
         for token in tokens {
             let Some(conn) = self.conns.get(&token) else {
