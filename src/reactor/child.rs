@@ -38,7 +38,8 @@ pub struct Capture {
 }
 
 /// What a live stream holds for the next sends at most: output faster than
-/// the sends' rate is dropped from the live view (never from the capture).
+/// the sends' rate is dropped from the live view, oldest first (never from
+/// the capture).
 const LIVE_BUFFER: usize = 64 << 10;
 
 impl Capture {
@@ -47,11 +48,13 @@ impl Capture {
         let keep = room.min(data.len());
         self.bytes.extend_from_slice(&data[..keep]);
         self.dropped += (data.len() - keep) as u64;
+        // A live view keeps the newest output: the oldest goes first.
         if let Some(live) = &mut self.live {
-            let room = LIVE_BUFFER.saturating_sub(live.len());
-            let keep = room.min(data.len());
-            live.extend_from_slice(&data[..keep]);
-            self.live_dropped += (data.len() - keep) as u64;
+            let skip = data.len().saturating_sub(LIVE_BUFFER);
+            live.extend_from_slice(&data[skip..]);
+            let excess = live.len().saturating_sub(LIVE_BUFFER);
+            live.drain(..excess);
+            self.live_dropped += (skip + excess) as u64;
         }
     }
 
@@ -396,6 +399,28 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_live_stream_keeps_its_newest_output_and_counts_the_rest() {
+        let mut c = Capture {
+            live: Some(Vec::new()),
+            ..Capture::default()
+        };
+        for _ in 0..10 {
+            c.take(&[b'a'; 16 << 10]);
+        }
+        c.take(b"end\n");
+        let (data, dropped) = c.take_live(usize::MAX).unwrap();
+        assert_eq!(data.len(), LIVE_BUFFER);
+        assert!(data.ends_with(b"aaaend\n"));
+        assert_eq!(dropped as usize, 10 * (16 << 10) + 4 - LIVE_BUFFER);
+        assert_eq!(
+            c.bytes.len(),
+            10 * (16 << 10) + 4,
+            "the capture keeps it all"
+        );
+        assert!(c.take_live(usize::MAX).is_none());
     }
 
     #[test]
