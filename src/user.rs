@@ -805,12 +805,16 @@ fn keys_table(keys: &[KeyView]) -> String {
 }
 
 fn states_summary(job: &JobView) -> String {
-    let parts: Vec<String> = job
-        .states
+    states_text(&job.states)
+}
+
+/// `2 succeeded, 1 failed`.
+fn states_text(states: &std::collections::BTreeMap<JobState, u32>) -> String {
+    states
         .iter()
         .map(|(s, n)| format!("{n} {}", s.name()))
-        .collect();
-    parts.join(", ")
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An id as tables show it: enough of it to be given back (`MIN_ID_PREFIX`
@@ -850,16 +854,11 @@ fn runs_table(runs: &[RunView]) -> String {
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
-            let states: Vec<String> = r
-                .states
-                .iter()
-                .map(|(s, n)| format!("{n} {}", s.name()))
-                .collect();
             vec![
                 short_id(&r.parent_id),
                 r.jobs.to_string(),
                 r.nodes.to_string(),
-                shorten(&states.join(", "), 34),
+                shorten(&states_text(&r.states), 34),
                 format_utc(r.submitted_ms),
                 r.finished_ms.map_or_else(|| "going".into(), format_utc),
             ]

@@ -20,6 +20,16 @@ fn orchestrate(c: &Cluster, file: &Path, extra: &[&str]) -> util::Out {
     c.cli(&args)
 }
 
+/// The run id `orchestrate` printed.
+fn parent_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("parent "))
+        .and_then(|l| l.split(':').next())
+        .unwrap_or_else(|| panic!("no parent id in {stdout}"))
+        .to_owned()
+}
+
 /// The recap row of `node`: (ok, cached, skipped, failed).
 fn recap(stdout: &str, node: &str) -> (u32, u32, u32, u32) {
     let start = stdout.find("recap after").expect("no recap");
@@ -391,13 +401,7 @@ fn a_run_is_looked_up_by_its_id_or_a_prefix_with_its_recap_and_failures() {
     );
     let out = orchestrate(&c, &file, &["--wait"]);
     assert_eq!(out.code, 1, "{out:?}");
-    let parent = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("parent "))
-        .and_then(|l| l.split(':').next())
-        .unwrap()
-        .to_owned();
+    let parent = parent_id(&out.stdout);
     // By a prefix of the run's id: its jobs, the recap, the failure's output.
     let info = c.cli(&["manage", "--job-info", &parent[..8]]);
     assert_eq!(info.code, 0, "{info:?}");
@@ -455,13 +459,7 @@ fn watch_follows_a_run_or_a_job_already_going_to_its_end_and_exit_status() {
     );
     let out = orchestrate(&c, &file, &[]);
     assert_eq!(out.code, 0, "{out:?}");
-    let parent = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("parent "))
-        .and_then(|l| l.split(':').next())
-        .unwrap()
-        .to_owned();
+    let parent = parent_id(&out.stdout);
     // The first job is done on both nodes before the watch begins.
     wait_until("the first job done", DEADLINE, || {
         c.jobs_json()
