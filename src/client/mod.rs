@@ -346,32 +346,28 @@ impl Client {
             Trust::Curve { .. } => None,
             Trust::Off => Some(self.cfg.identity.as_str()),
         };
-        let connect = |spec: PortSpec, port: u16, token: Token| {
-            let ep = endpoint(&self.cfg.server_address, port);
-            ZmqPort::connect(
+        let make = |spec: PortSpec, token: Token| {
+            ZmqPort::dealer(
                 &self.ctx,
                 spec,
                 identity,
-                &ep,
                 security(),
                 self.poll.registry(),
                 token,
             )
-            .map_err(|e| {
-                Error::zmq(
-                    format!("cannot connect the {} socket to {ep}", spec.name),
-                    e,
-                )
-            })
+            .map_err(|e| Error::zmq(format!("cannot create the {} socket", spec.name), e))
         };
         let ports = Box::new(Ports {
-            job: connect(JOB_PORT, self.cfg.job_port, JOB)?,
-            transfer: connect(TRANSFER_PORT, self.cfg.transfer_port, TRANSFER)?,
-            heartbeat: connect(HEARTBEAT_PORT, self.cfg.heartbeat_port, HEARTBEAT)?,
+            job: make(JOB_PORT, JOB)?,
+            transfer: make(TRANSFER_PORT, TRANSFER)?,
+            heartbeat: make(HEARTBEAT_PORT, HEARTBEAT)?,
         });
         self.links_opened += 1;
         let monitor_ep = format!("inproc://director-monitor-{}", self.links_opened);
-        // Without a monitor we still work; we only say less about failures.
+        // Before the job socket connects, so that no event of its first
+        // attempt is missed (a handshake can fail before a monitor started
+        // after it would see it). Without a monitor we still work; we only
+        // say less about failures.
         let monitor = match Monitor::start(
             &self.ctx,
             &ports.job,
@@ -387,6 +383,19 @@ impl Client {
                 None
             }
         };
+        for (port, number) in [
+            (&ports.job, self.cfg.job_port),
+            (&ports.transfer, self.cfg.transfer_port),
+            (&ports.heartbeat, self.cfg.heartbeat_port),
+        ] {
+            let ep = endpoint(&self.cfg.server_address, number);
+            port.connect_to(&ep).map_err(|e| {
+                Error::zmq(
+                    format!("cannot connect the {} socket to {ep}", port.name),
+                    e,
+                )
+            })?;
+        }
         self.link = Link::Up {
             ports,
             monitor,

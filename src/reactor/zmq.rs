@@ -117,11 +117,27 @@ impl ZmqPort {
 
     /// A DEALER connected to `endpoint` (client side). With `identity`, the
     /// server's ROUTER addresses it by that name; without, it picks an id.
+    #[cfg(test)]
     pub fn connect(
         ctx: &zmq::Context,
         spec: PortSpec,
         identity: Option<&str>,
         endpoint: &str,
+        security: Security,
+        registry: &Registry,
+        token: Token,
+    ) -> Result<ZmqPort, zmq::Error> {
+        let port = ZmqPort::dealer(ctx, spec, identity, security, registry, token)?;
+        port.connect_to(endpoint)?;
+        Ok(port)
+    }
+
+    /// A DEALER set up as `connect` does, not yet connected: a monitor
+    /// started on it now sees every event of its first connection.
+    pub fn dealer(
+        ctx: &zmq::Context,
+        spec: PortSpec,
+        identity: Option<&str>,
         security: Security,
         registry: &Registry,
         token: Token,
@@ -132,8 +148,12 @@ impl ZmqPort {
         }
         common_options(&sock, &spec)?;
         secure(&sock, &security)?;
-        sock.connect(endpoint)?;
         ZmqPort::register(sock, spec, Role::Dealer, registry, token)
+    }
+
+    /// Connect a `dealer` to `endpoint`.
+    pub fn connect_to(&self, endpoint: &str) -> Result<(), zmq::Error> {
+        self.sock.connect(endpoint)
     }
 
     fn register(
