@@ -1012,11 +1012,21 @@ impl Client {
                     if let Link::Up { last_heard, .. } = &self.link {
                         let silent = now.saturating_duration_since(*last_heard);
                         if silent >= self.beat_ivl * LIVENESS {
-                            log::warn!(
-                                "server silent for {:.1}s; reconnecting in {}s",
-                                silent.as_secs_f64(),
-                                self.backoff.as_secs()
-                            );
+                            if matches!(self.standing, Standing::HandshakeFailed(_)) {
+                                // The same failure, told by silence: libzmq
+                                // does not always report a handshake the
+                                // server dropped again. Said once already.
+                                log::debug!(
+                                    "handshake failed again (no answer); retrying in {}s",
+                                    self.backoff.as_secs()
+                                );
+                            } else {
+                                log::warn!(
+                                    "server silent for {:.1}s; reconnecting in {}s",
+                                    silent.as_secs_f64(),
+                                    self.backoff.as_secs()
+                                );
+                            }
                             // Not connected any more: say so again when it is, and why
                             // not while it is not.
                             if self.standing == Standing::Admitted {
