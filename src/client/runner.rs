@@ -311,8 +311,8 @@ impl Runner {
         }
         outcome.stdout = shown.into_bytes();
         log::info!(
-            "job {job_id}: QUERY {key}: {} node(s) answered",
-            values.len()
+            "job {job_id}: QUERY {key}: {} with a value",
+            crate::dsl::count(values.len(), "node")
         );
         self.cache.stage_query(&key, values);
         r.work = Work::Persist {

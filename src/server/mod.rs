@@ -418,8 +418,11 @@ impl Server {
         let pending = keys.pending_names();
         if !pending.is_empty() {
             log::warn!(
-                "{} key(s) wait for acceptance ({}): `director manage --list-keys`",
-                pending.len(),
+                "{} for acceptance ({}): `director manage --list-keys`",
+                match pending.len() {
+                    1 => "1 key waits".to_owned(),
+                    n => format!("{n} keys wait"),
+                },
                 pending.join(", ")
             );
         }
@@ -526,9 +529,9 @@ impl Server {
             let now = Instant::now();
             if now >= end {
                 log::warn!(
-                    "stopping with output not taken by its peers after {}s ({} control connection(s){})",
+                    "stopping with output not taken by its peers after {}s ({}{})",
                     DRAIN.as_secs(),
-                    conns,
+                    crate::dsl::count(conns, "control connection"),
                     if ports { ", nodes" } else { "" }
                 );
                 return;
