@@ -2048,6 +2048,63 @@ mod tests {
     }
 
     #[test]
+    fn a_query_answers_once_every_target_answered_or_ended_and_lies_are_dropped() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a", "b", "c"], t0);
+        let mut out = Vec::new();
+        let task = Task::parse(crate::dsl::Verb::Query, "addr").unwrap();
+        let id = c.submit_now(task, &[], at(t0), &mut out).unwrap().job_id;
+        let plain = c
+            .submit_now(run("x"), &["a".into()], at(t0), &mut out)
+            .unwrap()
+            .job_id;
+        let maps = |out: &[Effect]| -> Vec<(Vec<String>, Vec<(String, String)>)> {
+            out.iter()
+                .filter_map(|e| match e {
+                    Effect::Broadcast {
+                        nodes,
+                        msg: ServerMsg::QueryResult { values, .. },
+                    } => Some((nodes.clone(), values.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        out.clear();
+        assert!(c
+            .query_value("a", id, Some("10.0.0.1".into()), &mut out)
+            .is_none());
+        assert!(c.query_value("b", id, None, &mut out).is_none());
+        assert!(maps(&out).is_empty(), "c has not answered");
+        // Lies: a job that is not a QUERY, a node it was not sent to, a
+        // value past the cap.
+        assert!(c
+            .query_value("a", plain, Some("x".into()), &mut out)
+            .is_some());
+        assert!(c
+            .query_value("zz", id, Some("x".into()), &mut out)
+            .is_some());
+        let long = "x".repeat(QUERY_VALUE_CAP + 1);
+        assert!(c.query_value("a", id, Some(long), &mut out).is_some());
+        // c goes silent and is lost: the map goes to a and b, without c.
+        c.heartbeat("a", IVL, at(t0 + Duration::from_secs(2)));
+        c.heartbeat("b", IVL, at(t0 + Duration::from_secs(2)));
+        out.clear();
+        assert_eq!(c.expire(at(t0 + Duration::from_secs(3)), &mut out), ["c"]);
+        assert_eq!(
+            maps(&out),
+            [(
+                vec!["a".to_string(), "b".to_string()],
+                vec![("a".to_string(), "10.0.0.1".to_string())]
+            )]
+        );
+        // Once only, even if a answers again (a resend after a reconnect).
+        out.clear();
+        c.query_value("a", id, Some("10.0.0.1".into()), &mut out);
+        assert_eq!(maps(&out).len(), 1, "a late answer gets the map at once");
+        assert_eq!(maps(&out)[0].0, ["a"]);
+    }
+
+    #[test]
     fn expiry_loses_unfinished_parts_only_on_the_dead_node() {
         let t0 = Instant::now();
         let mut c = cluster(&["a", "b"], t0);
