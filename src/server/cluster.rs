@@ -2058,7 +2058,9 @@ mod tests {
             .submit_now(run("x"), &["a".into()], at(t0), &mut out)
             .unwrap()
             .job_id;
-        let maps = |out: &[Effect]| -> Vec<(Vec<String>, Vec<(String, String)>)> {
+        // Who got a map, and the map.
+        type Sent = (Vec<String>, Vec<(String, String)>);
+        let maps = |out: &[Effect]| -> Vec<Sent> {
             out.iter()
                 .filter_map(|e| match e {
                     Effect::Broadcast {
