@@ -66,6 +66,8 @@ pub struct OrchestrateArgs {
 pub struct ManageArgs {
     pub action: ManageAction,
     pub format: Format,
+    /// With `--watch`: show the output as it comes, from now on.
+    pub follow: bool,
 }
 
 /// The one thing a `manage` call does.
@@ -157,6 +159,7 @@ struct ModeArgs {
 }
 
 const SUBMIT: &[Mode] = &[Mode::Exec, Mode::Orchestrate];
+const FOLLOW: &[Mode] = &[Mode::Exec, Mode::Orchestrate, Mode::Manage];
 const EXEC: &[Mode] = &[Mode::Exec];
 const ORCHESTRATE: &[Mode] = &[Mode::Orchestrate];
 const MANAGE: &[Mode] = &[Mode::Manage];
@@ -294,7 +297,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 m.wait = true;
             }
             Short('f') | Long("follow") => {
-                m.saw("--follow", SUBMIT);
+                m.saw("--follow", FOLLOW);
                 m.follow = true;
             }
             Short('v') | Long("verbose") => {
@@ -591,9 +594,16 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 };
                 *show = true;
             }
+            if m.follow && !matches!(action, ManageAction::Watch(_)) {
+                return Err(Error::Usage(
+                    "--follow goes with --watch ID in manage (or with exec/orchestrate --wait)"
+                        .into(),
+                ));
+            }
             Ok(Command::Manage(ManageArgs {
                 action,
                 format: m.format.unwrap_or(Format::Table),
+                follow: m.follow,
             }))
         }
     }
@@ -801,7 +811,7 @@ fn help_text(mode: Option<Mode>) -> String {
         Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
-            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels, facts (OS, kernel, CPUs, memory, addresses) and\n                   cache (ARG keys, ENV keys, QUERY maps, steps remembered)\n  --show-values    with --node-info: the ARG values too (they may be secrets)\n  --list-jobs      jobs with their run, verb, arguments, node counts per state and time\n  --list-runs      orchestration runs: jobs, nodes, parts per state, times\n  --job-info ID    everything about one job, per node: state, exit code, output, times;\n                   or a run: its jobs, the recap per node, each failure's output.\n                   ID may be any unique prefix of 6 characters or more\n  --watch ID       follow a job or run already going, as --wait does (same exit status)\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n  --clear-cache PATTERN  empty the cache (ARGs, ENVs, QUERY maps, steps) of the nodes\n                   PATTERN matches (a name, glob or KEY=VALUE; commas for several);\n                   their files stay as they are. Waits for each node's answer\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels, facts (OS, kernel, CPUs, memory, addresses) and\n                   cache (ARG keys, ENV keys, QUERY maps, steps remembered)\n  --show-values    with --node-info: the ARG values too (they may be secrets)\n  --list-jobs      jobs with their run, verb, arguments, node counts per state and time\n  --list-runs      orchestration runs: jobs, nodes, parts per state, times\n  --job-info ID    everything about one job, per node: state, exit code, output, times;\n                   or a run: its jobs, the recap per node, each failure's output.\n                   ID may be any unique prefix of 6 characters or more\n  --watch ID       follow a job or run already going, as --wait does (same exit status);\n                   with -f/--follow, also the nodes' output from now on\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n  --clear-cache PATTERN  empty the cache (ARGs, ENVs, QUERY maps, steps) of the nodes\n                   PATTERN matches (a name, glob or KEY=VALUE; commas for several);\n                   their files stay as they are. Waits for each node's answer\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
     }
 }
@@ -980,7 +990,8 @@ mod tests {
             m,
             ManageArgs {
                 action: ManageAction::ListNodes,
-                format: Format::Json
+                format: Format::Json,
+                follow: false,
             }
         );
         assert!(parse_v(&["manage"]).is_err());

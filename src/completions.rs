@@ -42,6 +42,7 @@ pub const MANAGE: &[&str] = &[
     "--list-runs",
     "--job-info",
     "--watch",
+    "--follow",
     "--purge-jobs",
     "--purge-nodes",
     "--clear-cache",

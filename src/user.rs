@@ -428,12 +428,22 @@ fn clear_cache(conn: &mut Conn, patterns: &str) -> Result<i32> {
 
 /// `manage --watch ID`: follow a job or run already going, as `--wait`
 /// would have; its exit status too.
-fn watch(conn: &mut Conn, id: Uuid, run: bool) -> Result<i32> {
+fn watch(conn: &mut Conn, id: Uuid, run: bool, follow: bool) -> Result<i32> {
     let mut out = io::stdout().lock();
     if !run {
         writeln!(out, "job {id}").map_err(out_err)?;
-        conn.send(&Request::Watch { id, run })?;
-        return follow_job(conn, &mut out, id, None);
+        let live = match follow {
+            true => match conn.call(&Request::JobInfo { id })? {
+                Response::Job(d) => {
+                    let nodes: Vec<String> = d.nodes.into_iter().map(|p| p.node).collect();
+                    Some(Follow::new(&nodes, is_tty()))
+                }
+                other => return Err(unexpected(&other)),
+            },
+            false => None,
+        };
+        conn.send(&Request::Watch { id, run, follow })?;
+        return follow_job(conn, &mut out, id, live);
     }
     let detail = match conn.call(&Request::RunInfo { parent: id })? {
         Response::Run(run) => run,
@@ -447,8 +457,14 @@ fn watch(conn: &mut Conn, id: Uuid, run: bool) -> Result<i32> {
     )
     .map_err(out_err)?;
     out.flush().map_err(out_err)?;
-    conn.send(&Request::Watch { id, run })?;
-    follow_run(conn, &mut out, &plan, id, None, false)
+    let live = follow.then(|| {
+        let mut nodes: Vec<String> = plan.jobs.iter().flat_map(|j| j.targets.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        Follow::new(&nodes, is_tty())
+    });
+    conn.send(&Request::Watch { id, run, follow })?;
+    follow_run(conn, &mut out, &plan, id, live, false)
 }
 
 /// The plan as the files say, for a dry run without a server.
@@ -541,7 +557,7 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let resp = match (&args.action, resp) {
         (ManageAction::Watch(_), Response::Resolved { id, run }) => {
             drop(out);
-            return watch(&mut conn, id, run);
+            return watch(&mut conn, id, run, args.follow);
         }
         (ManageAction::JobInfo(_), Response::Resolved { id, run: false }) => {
             conn.call(&Request::JobInfo { id })?

@@ -409,6 +409,9 @@ pub enum ServerMsg {
         #[serde(deserialize_with = "cautious_seq")]
         values: Vec<(String, String)>,
     },
+    /// Job port: someone follows this job now (`manage --watch --follow`):
+    /// send its output as it comes, from here on.
+    Follow { job_id: Uuid },
 }
 
 /// Where a job stands in the server's sends: `server` is drawn at random
@@ -558,6 +561,7 @@ impl ServerMsg {
             } => {
                 format!("FetchError job={job_id} file={file}: {message}")
             }
+            ServerMsg::Follow { job_id } => format!("Follow job={job_id}"),
             ServerMsg::QueryResult { job_id, values } => {
                 format!("QueryResult job={job_id} values={}", values.len())
             }
@@ -787,10 +791,11 @@ pub enum Request {
     ListRuns,
     /// Follow a job (or, `run`, a run) already going, as `--wait` does:
     /// `NodeDone` for each part already finished, then as each finishes,
-    /// then `JobDone` (`ParentDone`).
+    /// then `JobDone` (`ParentDone`); with `follow`, `Output` from now on.
     Watch {
         id: Uuid,
         run: bool,
+        follow: bool,
     },
 }
 

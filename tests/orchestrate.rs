@@ -644,3 +644,39 @@ fn first_mistakes_get_messages_that_show_the_right_form() {
     let out = orchestrate(&c, &one, &[]);
     assert!(out.stdout.contains(": 1 job queued"), "{out:?}");
 }
+
+#[test]
+fn watch_follow_shows_the_output_of_a_job_already_running() {
+    let c = Cluster::start("watchfollow", &["w1", "w2"], "1");
+    let gate = c.dir.path.join("gate");
+    let id = c.submit(
+        &["w1"],
+        &format!(
+            "echo started; while [ ! -e {} ]; do echo tick; sleep 0.05; done; echo done",
+            gate.display()
+        ),
+    );
+    wait_until("the job running", DEADLINE, || {
+        c.part_state(&id, "w1") == "running"
+    });
+    let mut watcher = c.cli_background(&["manage", "--watch", &id[..8], "-f"], "wf.log");
+    // The node streams from the moment it hears someone follows.
+    wait_until("ticks shown live", DEADLINE, || {
+        watcher.log_text().contains("w1 | tick")
+    });
+    assert!(!gate.exists());
+    fs::write(&gate, "").unwrap();
+    assert_eq!(
+        watcher.wait_exit(DEADLINE),
+        Some(0),
+        "{}",
+        watcher.log_text()
+    );
+    let log = watcher.log_text();
+    assert!(log.contains("w1 | done"), "{log}");
+    assert!(log.contains("1 succeeded"), "{log}");
+    // --follow in manage goes with --watch only.
+    let out = c.cli(&["manage", "--list-jobs", "--follow"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--follow goes with --watch"), "{out:?}");
+}

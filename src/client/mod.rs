@@ -781,6 +781,18 @@ impl Client {
                 self.runner.enqueue(job_id, parent, task, live, &mut fx);
             }
             (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id),
+            (JOB, ServerMsg::Follow { job_id }, None) => {
+                self.runner.follow(&job_id);
+                if let Some(p) = self.process.as_mut().filter(|p| p.job_id == job_id) {
+                    if p.live.is_none() {
+                        p.child.go_live();
+                        p.live = Some(Live {
+                            last: Instant::now(),
+                            armed: false,
+                        });
+                    }
+                }
+            }
             (JOB, ServerMsg::QueryResult { job_id, values }, None) => {
                 self.runner.on_query_result(job_id, values, &mut fx)
             }

@@ -232,6 +232,25 @@ impl Runner {
         &self.node
     }
 
+    /// Someone follows this job now: its later attempts and, if it is still
+    /// queued, its run send output as it comes. (The loop turns on the one
+    /// running.)
+    pub fn follow(&mut self, job_id: &Uuid) {
+        for q in self.queue.iter_mut().filter(|q| q.job_id == *job_id) {
+            q.live = true;
+        }
+        if let Some(Running {
+            job_id: running,
+            retry: Some(retry),
+            ..
+        }) = self.running.as_mut()
+        {
+            if running == job_id {
+                retry.spawn.live = true;
+            }
+        }
+    }
+
     /// Changes to the cache so far.
     pub fn cache_generation(&self) -> u64 {
         self.cache.generation()

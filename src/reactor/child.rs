@@ -225,6 +225,14 @@ impl Child {
         }
     }
 
+    /// From now on, keep what is read for `take_live` too (someone follows
+    /// the job since it started).
+    pub fn go_live(&mut self) {
+        for c in [&mut self.out, &mut self.err] {
+            c.live.get_or_insert_with(Vec::new);
+        }
+    }
+
     /// Live output waiting to be sent: up to `max` bytes of `stream`, with
     /// the count of bytes dropped before it.
     pub fn take_live(&mut self, stream: crate::wire::Stream, max: usize) -> Option<(Vec<u8>, u64)> {

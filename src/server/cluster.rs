@@ -651,6 +651,27 @@ impl Cluster {
         self.live.extend(ids.iter().copied());
     }
 
+    /// Jobs already going that someone follows from now on: their nodes
+    /// are told, and those sent later go `live`.
+    pub fn follow_going(&mut self, ids: &[Uuid], out: &mut Vec<Effect>) {
+        for id in ids {
+            let Some(job) = self.jobs.get(id) else {
+                continue;
+            };
+            if !self.live.insert(*id) {
+                continue; // followed already: its nodes know
+            }
+            for (node, part) in &job.parts {
+                if matches!(part.state(), JobState::Sent | JobState::Running) {
+                    out.push(Effect::Send {
+                        node: node.to_string(),
+                        msg: ServerMsg::Follow { job_id: *id },
+                    });
+                }
+            }
+        }
+    }
+
     /// Jobs just submitted with `--queue-offline`: their parts for offline
     /// nodes wait for them (up to each job's timeout) when released, and
     /// after a restart.

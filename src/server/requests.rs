@@ -217,7 +217,7 @@ impl Server {
                 None => Response::Rejected(format!("no run with id {parent}")),
             },
             Request::ListRuns => Response::Runs(self.cluster.list_runs()),
-            Request::Watch { id, run } => {
+            Request::Watch { id, run, follow } => {
                 // What finished already, then what finishes from now on:
                 // one thread, so nothing falls between the two.
                 let (parts, end) = if run {
@@ -245,7 +245,29 @@ impl Server {
                 }
                 match end {
                     Some(resp) => self.hold(Held::Note { token, resp }),
-                    None => self.waiters.entry(id).or_default().push(token),
+                    None => {
+                        self.waiters.entry(id).or_default().push(token);
+                        if follow {
+                            self.followers.insert(token);
+                            let ids: Vec<Uuid> = if run {
+                                self.cluster
+                                    .run_detail(&id)
+                                    .map(|d| {
+                                        d.jobs
+                                            .iter()
+                                            .filter(|j| j.finished_ms.is_none())
+                                            .map(|j| j.id)
+                                            .collect()
+                                    })
+                                    .unwrap_or_default()
+                            } else {
+                                vec![id]
+                            };
+                            let mut out = std::mem::take(&mut self.effects);
+                            self.cluster.follow_going(&ids, &mut out);
+                            self.apply(out);
+                        }
+                    }
                 }
                 return None;
             }
