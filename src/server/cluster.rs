@@ -1847,6 +1847,16 @@ mod tests {
         }
     }
 
+    /// A block of `tasks` for `targets` (empty: every node), not rolling.
+    fn block(targets: &[&str], tasks: Vec<Task>) -> Block {
+        Block {
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            tasks,
+            rolling: None,
+            origin: String::new(),
+        }
+    }
+
     fn cluster(nodes: &[&str], t0: Instant) -> Cluster {
         let mut c = Cluster::default();
         for n in nodes {
@@ -1869,12 +1879,7 @@ mod tests {
             let tasks = (0..per_run)
                 .map(|_| run("--skip-cache printf '%03000d' 0"))
                 .collect();
-            let blocks = vec![Block {
-                targets: vec![],
-                tasks,
-                rolling: None,
-                origin: String::new(),
-            }];
+            let blocks = vec![block(&[], tasks)];
             let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
             for id in plan.jobs.iter().filter_map(|j| j.job_id) {
                 for n in nodes {
@@ -1940,12 +1945,7 @@ mod tests {
         };
         let mut out = Vec::new();
         let tasks = (0..20).map(|i| run(&format!("echo {i}"))).collect();
-        let blocks = vec![Block {
-            targets: vec![],
-            tasks,
-            rolling: None,
-            origin: String::new(),
-        }];
+        let blocks = vec![block(&[], tasks)];
         // As the loop does: the submission is journaled, then released.
         let plan = c
             .orchestrate(blocks, &[], None, false, at(t0), &mut out)
@@ -2014,20 +2014,7 @@ mod tests {
             .unwrap_err()
             .contains("no nodes"));
         // One bad block refuses the whole orchestration.
-        let blocks = vec![
-            Block {
-                targets: vec![],
-                tasks: vec![run("1")],
-                rolling: None,
-                origin: String::new(),
-            },
-            Block {
-                targets: vec!["nope".into()],
-                tasks: vec![run("2")],
-                rolling: None,
-                origin: String::new(),
-            },
-        ];
+        let blocks = vec![block(&[], vec![run("1")]), block(&["nope"], vec![run("2")])];
         let e = c
             .orchestrate_now(blocks, false, at(t0), &mut out)
             .unwrap_err();
@@ -2227,17 +2214,7 @@ mod tests {
         let mut out = Vec::new();
         let tasks = (0..4).map(|i| run(&i.to_string())).collect();
         let plan = c
-            .orchestrate_now(
-                vec![Block {
-                    targets: vec![],
-                    tasks,
-                    rolling: None,
-                    origin: String::new(),
-                }],
-                false,
-                at(t0),
-                &mut out,
-            )
+            .orchestrate_now(vec![block(&[], tasks)], false, at(t0), &mut out)
             .unwrap();
         let parent = plan.parent_id.unwrap();
         let ids: Vec<Uuid> = plan.jobs.iter().map(|j| j.job_id.unwrap()).collect();
@@ -2298,12 +2275,7 @@ mod tests {
             batch: Amount::Count(2),
             max_fail: Some(Amount::Count(1)),
         };
-        let blocks = vec![Block {
-            targets: vec![],
-            tasks,
-            rolling: None,
-            origin: String::new(),
-        }];
+        let blocks = vec![block(&[], tasks)];
         let plan = c
             .orchestrate(blocks, &[], Some(rolling), false, at(t0), &mut out)
             .unwrap();
@@ -2376,10 +2348,8 @@ mod tests {
         let mut c = cluster(&names, t0);
         let mut out = Vec::new();
         let block = |tasks, rolling| Block {
-            targets: vec![],
-            tasks,
             rolling,
-            origin: String::new(),
+            ..block(&[], tasks)
         };
         let one = Some(Rolling {
             batch: Amount::Count(1),
@@ -2541,17 +2511,7 @@ mod tests {
         assert_eq!(s.targets, vec!["b".to_string()], "the least busy node");
         out.clear();
         let plan = c
-            .orchestrate_now(
-                vec![Block {
-                    targets: vec!["c".into()],
-                    tasks: vec![run("x")],
-                    rolling: None,
-                    origin: String::new(),
-                }],
-                true,
-                at(t0),
-                &mut out,
-            )
+            .orchestrate_now(vec![block(&["c"], vec![run("x")])], true, at(t0), &mut out)
             .unwrap();
         assert_eq!(plan.parent_id, None);
         assert_eq!(plan.jobs[0].targets, vec!["c".to_string()]);
@@ -2648,12 +2608,7 @@ mod tests {
             ids.push(id);
         }
         // A run with one job still going is kept whole.
-        let blocks = vec![Block {
-            targets: vec![],
-            tasks: vec![run("r1"), run("r2")],
-            rolling: None,
-            origin: String::new(),
-        }];
+        let blocks = vec![block(&[], vec![run("r1"), run("r2")])];
         let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
         let r1 = plan.jobs[0].job_id.unwrap();
         c.finished("a", r1, ok(), Now { at: t0, ms: 0 }, &mut out);
