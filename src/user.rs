@@ -185,6 +185,14 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     follow_job(&mut conn, &mut out, submitted.job_id, live)
 }
 
+/// Live output for a run: every node of its plan, aligned.
+fn follow_plan(plan: &Plan) -> Follow {
+    let mut nodes: Vec<String> = plan.jobs.iter().flat_map(|j| j.targets.clone()).collect();
+    nodes.sort();
+    nodes.dedup();
+    Follow::new(&nodes, is_tty())
+}
+
 fn is_tty() -> bool {
     // SAFETY: isatty only inspects the descriptor.
     unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
@@ -307,12 +315,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     if !args.wait {
         return Ok(EXIT_OK);
     }
-    let live = args.follow.then(|| {
-        let mut nodes: Vec<String> = plan.jobs.iter().flat_map(|j| j.targets.clone()).collect();
-        nodes.sort();
-        nodes.dedup();
-        Follow::new(&nodes, is_tty())
-    });
+    let live = args.follow.then(|| follow_plan(&plan));
     follow_run(&mut conn, &mut out, &plan, parent, live, args.verbose)
 }
 
@@ -457,12 +460,7 @@ fn watch(conn: &mut Conn, id: Uuid, run: bool, follow: bool) -> Result<i32> {
     )
     .map_err(out_err)?;
     out.flush().map_err(out_err)?;
-    let live = follow.then(|| {
-        let mut nodes: Vec<String> = plan.jobs.iter().flat_map(|j| j.targets.clone()).collect();
-        nodes.sort();
-        nodes.dedup();
-        Follow::new(&nodes, is_tty())
-    });
+    let live = follow.then(|| follow_plan(&plan));
     conn.send(&Request::Watch { id, run, follow })?;
     follow_run(conn, &mut out, &plan, id, live, false)
 }
@@ -530,9 +528,6 @@ fn plan_table(plan: &Plan) -> String {
 /// `director manage`.
 pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
     let mut conn = Conn::open(&cfg.socket_path)?;
-    if let ManageAction::ClearCache(patterns) = &args.action {
-        return clear_cache(&mut conn, patterns);
-    }
     let req = match &args.action {
         ManageAction::ListNodes => Request::ListNodes,
         ManageAction::NodeInfo(name, show_values) => Request::NodeInfo {
@@ -542,7 +537,7 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
         ManageAction::ListJobs => Request::ListJobs,
         ManageAction::ListRuns => Request::ListRuns,
         ManageAction::JobInfo(id) | ManageAction::Watch(id) => Request::Resolve { id: id.clone() },
-        ManageAction::ClearCache(_) => unreachable!("handled above"),
+        ManageAction::ClearCache(patterns) => return clear_cache(&mut conn, patterns),
         ManageAction::PurgeJobs => Request::PurgeJobs,
         ManageAction::PurgeNodes => Request::PurgeNodes,
         ManageAction::ShowKey => Request::ShowKey,

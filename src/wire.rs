@@ -335,18 +335,26 @@ pub struct CacheSummary {
 pub const SUMMARY_ENTRIES: usize = 64;
 /// ... and this many bytes of each ARG value.
 pub const SUMMARY_VALUE: usize = 256;
+/// A name (ARG, ENV or QUERY key) longer than this is not kept.
+const SUMMARY_NAME: usize = 256;
 
 impl CacheSummary {
     /// Cut to `SUMMARY_ENTRIES` of each list and `SUMMARY_VALUE` bytes of
     /// each value (the server keeps one per node).
     pub fn bounded(mut self) -> CacheSummary {
+        // Names longer than any a node sets are a peer's lie: not kept.
+        let named = |k: &String| k.len() <= SUMMARY_NAME;
+        let before = self.args.len();
+        self.args.retain(|k, _| named(k));
+        let mut cut = (before - self.args.len()) as u32;
         if self.args.len() > SUMMARY_ENTRIES {
-            let cut: Vec<String> = self.args.keys().skip(SUMMARY_ENTRIES).cloned().collect();
-            self.args_more = self.args_more.saturating_add(cut.len() as u32);
-            for k in cut {
+            let past: Vec<String> = self.args.keys().skip(SUMMARY_ENTRIES).cloned().collect();
+            cut = cut.saturating_add(past.len() as u32);
+            for k in past {
                 self.args.remove(&k);
             }
         }
+        self.args_more = self.args_more.saturating_add(cut);
         for v in self.args.values_mut().flatten() {
             if v.len() > SUMMARY_VALUE {
                 let mut end = SUMMARY_VALUE - 3;
@@ -357,8 +365,10 @@ impl CacheSummary {
                 v.push_str("...");
             }
         }
-        self.env.truncate(SUMMARY_ENTRIES);
-        self.queries.truncate(SUMMARY_ENTRIES);
+        for list in [&mut self.env, &mut self.queries] {
+            list.retain(named);
+            list.truncate(SUMMARY_ENTRIES);
+        }
         self
     }
 }
@@ -1256,6 +1266,21 @@ mod tests {
                 }],
             },
         }
+    }
+
+    #[test]
+    fn a_cache_summary_is_bounded_whatever_a_node_sends() {
+        let mut s = CacheSummary::default();
+        for i in 0..100 {
+            s.args.insert(format!("k{i:03}"), Some("v".repeat(1000)));
+        }
+        s.args.insert("x".repeat(10_000), None);
+        s.env = vec!["y".repeat(10_000), "PATH".into()];
+        let s = s.bounded();
+        assert_eq!(s.args.len(), SUMMARY_ENTRIES);
+        assert_eq!(s.args_more, 37, "36 past the first 64, and the long name");
+        assert!(s.args.values().flatten().all(|v| v.len() == SUMMARY_VALUE));
+        assert_eq!(s.env, ["PATH"]);
     }
 
     #[test]
