@@ -178,18 +178,16 @@ impl Server {
                     Ok(plan) => {
                         if let Some(parent) = plan.parent_id {
                             log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
+                            let ids: Vec<Uuid> =
+                                plan.jobs.iter().filter_map(|j| j.job_id).collect();
                             if wait {
                                 self.waiters.entry(parent).or_default().push(token);
                                 if follow {
                                     self.followers.insert(token);
-                                    let ids: Vec<Uuid> =
-                                        plan.jobs.iter().filter_map(|j| j.job_id).collect();
                                     self.cluster.follow(&ids);
                                 }
                             }
                             if queue_offline {
-                                let ids: Vec<Uuid> =
-                                    plan.jobs.iter().filter_map(|j| j.job_id).collect();
                                 self.cluster.queue_offline(&ids, &mut out);
                             }
                         }
@@ -220,22 +218,28 @@ impl Server {
             Request::Watch { id, run, follow } => {
                 // What finished already, then what finishes from now on:
                 // one thread, so nothing falls between the two.
-                let (parts, end) = if run {
+                // And the jobs still going, for `follow`.
+                let (parts, end, going) = if run {
                     let Some(d) = self.cluster.run_detail(&id) else {
                         return Some(Response::Rejected(format!("no run with id {id}")));
                     };
-                    let done = d.jobs.iter().all(|j| j.finished_ms.is_some());
-                    let end = done.then_some(Response::ParentDone {
+                    let going: Vec<Uuid> = d
+                        .jobs
+                        .iter()
+                        .filter(|j| j.finished_ms.is_none())
+                        .map(|j| j.id)
+                        .collect();
+                    let end = going.is_empty().then_some(Response::ParentDone {
                         parent_id: id,
                         jobs: d.jobs,
                     });
-                    (d.parts, end)
+                    (d.parts, end, going)
                 } else {
                     let Some((job, parts)) = self.cluster.job_parts(&id) else {
                         return Some(Response::Rejected(format!("no job with id {id}")));
                     };
                     let end = job.finished_ms.is_some().then_some(Response::JobDone(job));
-                    (parts, end)
+                    (parts, end, vec![id])
                 };
                 for p in parts.into_iter().filter(|p| p.state.is_done()) {
                     self.hold(Held::Note {
@@ -249,22 +253,8 @@ impl Server {
                         self.waiters.entry(id).or_default().push(token);
                         if follow {
                             self.followers.insert(token);
-                            let ids: Vec<Uuid> = if run {
-                                self.cluster
-                                    .run_detail(&id)
-                                    .map(|d| {
-                                        d.jobs
-                                            .iter()
-                                            .filter(|j| j.finished_ms.is_none())
-                                            .map(|j| j.id)
-                                            .collect()
-                                    })
-                                    .unwrap_or_default()
-                            } else {
-                                vec![id]
-                            };
                             let mut out = std::mem::take(&mut self.effects);
-                            self.cluster.follow_going(&ids, &mut out);
+                            self.cluster.follow_going(&going, &mut out);
                             self.apply(out);
                         }
                     }
