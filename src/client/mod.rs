@@ -117,6 +117,15 @@ struct Live {
     armed: bool,
 }
 
+impl Live {
+    fn new() -> Live {
+        Live {
+            last: Instant::now(),
+            armed: false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RunState {
     Running,
@@ -572,10 +581,7 @@ impl Client {
                     self.timers
                         .at(Instant::now() + REAP_SWEEP, Timer::ReapSweep);
                 }
-                let live = live.then(|| Live {
-                    last: Instant::now(),
-                    armed: false,
-                });
+                let live = live.then(Live::new);
                 // A process the runner no longer wants is killed when dropped.
                 self.process = Some(Process {
                     job_id,
@@ -786,10 +792,7 @@ impl Client {
                 if let Some(p) = self.process.as_mut().filter(|p| p.job_id == job_id) {
                     if p.live.is_none() {
                         p.child.go_live();
-                        p.live = Some(Live {
-                            last: Instant::now(),
-                            armed: false,
-                        });
+                        p.live = Some(Live::new());
                     }
                 }
             }
