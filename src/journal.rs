@@ -102,6 +102,10 @@ struct JournalFile {
     torn: bool,
     /// What a rewrite starts with.
     header: [u8; HEADER_LEN as usize],
+    /// Space kept allocated past the end (`Journal::reserve`), and where
+    /// the allocation reaches.
+    reserve: u64,
+    reserved_to: u64,
 }
 
 /// Appended records, to be written (and synced) on any thread.
@@ -292,6 +296,8 @@ impl Journal {
                 good_len,
                 torn,
                 header: header(T::VERSION),
+                reserve: 0,
+                reserved_to: 0,
             })),
             pending: Vec::new(),
             end: good_len,
@@ -316,6 +322,15 @@ impl Journal {
         let span = Span { at: self.end, len };
         self.end += u64::from(len);
         span
+    }
+
+    /// Keep `bytes` allocated past the file's end from now on (renewed as
+    /// appends use it): appends that fit in it work on a full disk. For a
+    /// journal whose small records must land when nothing else can.
+    pub fn reserve(&mut self, bytes: u64) {
+        let mut f = lock(&self.file);
+        f.reserve = bytes;
+        f.keep_reserve();
     }
 
     /// Is anything appended and not yet handed to a batch?
@@ -534,6 +549,8 @@ impl JournalFile {
         if self.torn {
             self.file.set_len(self.good_len)?;
             self.torn = false;
+            // A truncation frees what was allocated past the end too.
+            self.reserved_to = 0;
         }
         self.torn = true;
         self.file.write_all(bytes)?;
@@ -542,7 +559,35 @@ impl JournalFile {
         }
         self.torn = false;
         self.good_len += bytes.len() as u64;
+        self.keep_reserve();
         Ok(())
+    }
+
+    /// Allocate `reserve` bytes past the end once less than half of it is
+    /// left. Best effort: on a full disk (or a file system without
+    /// `fallocate`) what is left of it is used, and it is tried again
+    /// after the next write.
+    fn keep_reserve(&mut self) {
+        use std::os::fd::AsRawFd;
+        if self.reserve == 0 || self.reserved_to >= self.good_len + self.reserve / 2 {
+            return;
+        }
+        // Less on a small file system (a quarter, a sixteenth).
+        for len in [self.reserve, self.reserve / 4, self.reserve / 16] {
+            let (Ok(at), Ok(n)) = (
+                libc::off_t::try_from(self.good_len),
+                libc::off_t::try_from(len),
+            ) else {
+                return;
+            };
+            // SAFETY: a valid open descriptor; KEEP_SIZE changes no content.
+            let r =
+                unsafe { libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, at, n) };
+            if r == 0 {
+                self.reserved_to = self.good_len + len;
+                return;
+            }
+        }
     }
 
     fn replace(&mut self, bytes: &[u8], parts: &[Piece]) -> io::Result<()> {
@@ -610,6 +655,8 @@ impl JournalFile {
         self.file = open_rw(&self.path)?;
         self.good_len = len;
         self.torn = false;
+        self.reserved_to = 0;
+        self.keep_reserve();
         Ok(())
     }
 }

@@ -26,8 +26,9 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 /// with `Welcome` or `Denied`. 3: jobs carry their `Dispatch`, and `Ready`
 /// says which client instance sends it and the last dispatch it received.
 /// 4: `Ready` carries the node's facts and labels. 5: jobs carry
-/// `--retries`, and a result the attempts before its last.
-pub const VERSION: u8 = 5;
+/// `--retries`, and a result the attempts before its last. 6: a node may
+/// report a job `Lost` (it will not run a job it already had).
+pub const VERSION: u8 = 6;
 /// The longest ARG value a QUERY carries: a node with a longer one fails
 /// the QUERY, so that the map sent to every target stays bounded.
 pub const QUERY_VALUE_CAP: usize = 1 << 10;
@@ -594,6 +595,9 @@ pub enum Exit {
     Cached,
     /// An earlier job of the same orchestration failed here: not run.
     SkippedAfterFailure,
+    /// The node cannot say how it ended (its client stopped while it was
+    /// there), or it was sent again after it ran: why. Never run (again).
+    Lost(String),
 }
 
 impl Exit {
@@ -604,6 +608,7 @@ impl Exit {
             Exit::Cached => JobState::Cached,
             Exit::TimedOut { .. } => JobState::TimedOut,
             Exit::SkippedAfterFailure => JobState::Skipped,
+            Exit::Lost(_) => JobState::Lost,
             Exit::Code(_) | Exit::Signal(_) | Exit::Error(_) => JobState::Failed,
         }
     }
@@ -618,6 +623,7 @@ impl fmt::Display for Exit {
             Exit::TimedOut { secs } => write!(f, "timed out after {secs}s; process group killed"),
             Exit::Cached => f.write_str("skipped (cached)"),
             Exit::SkippedAfterFailure => f.write_str("skipped (earlier failure)"),
+            Exit::Lost(why) => write!(f, "lost: {why}"),
         }
     }
 }
@@ -688,7 +694,7 @@ fn cap_output(out: &mut Vec<u8>, dropped: &mut u64, cap: usize) {
 
 /// Cut an error message to `MESSAGE_CAP`, on a character boundary.
 fn cap_message(exit: &mut Exit) {
-    if let Exit::Error(msg) = exit {
+    if let Exit::Error(msg) | Exit::Lost(msg) = exit {
         if msg.len() > MESSAGE_CAP {
             let mut end = MESSAGE_CAP - 3;
             while !msg.is_char_boundary(end) {
@@ -701,6 +707,19 @@ fn cap_message(exit: &mut Exit) {
 }
 
 impl Outcome {
+    /// The same with each output (and each earlier attempt's) cut to
+    /// `cap` bytes, the cut counted.
+    pub fn cut(&self, cap: usize) -> Outcome {
+        let mut o = self.clone();
+        cap_output(&mut o.stdout, &mut o.stdout_dropped, cap);
+        cap_output(&mut o.stderr, &mut o.stderr_dropped, cap);
+        for a in &mut o.attempts {
+            cap_output(&mut a.stdout, &mut a.stdout_dropped, cap);
+            cap_output(&mut a.stderr, &mut a.stderr_dropped, cap);
+        }
+        o
+    }
+
     /// Cut to what the job port carries: outputs to `OUTPUT_CAP` (the cut
     /// counted), an error message to `MESSAGE_CAP`. A node sends only
     /// bounded outcomes, so the server's frame limit never refuses a result

@@ -78,6 +78,99 @@ fn kill_9_of_the_server_mid_run_loses_and_misreports_nothing() {
     assert!(!log.contains(" lost"), "{log}");
 }
 
+/// Kill -9 of the server at many moments of a run of quick jobs,
+/// restarted at once, or once the clients noticed, and at the end together
+/// with a client: a job runs at most once on a node, ever. (Before the
+/// nodes' ledgers, a result that reached a restarted server ahead of its
+/// node's `Ready` was followed by the same job again, and it ran twice.)
+#[test]
+fn a_crash_loop_of_the_server_never_runs_a_job_twice() {
+    const JOBS: usize = 240;
+    const KILLS: usize = 10;
+    const NODES: [&str; 3] = ["q1", "q2", "q3"];
+    let mut c = Cluster::start("crashloop", &NODES, "0.3");
+    let mut yaml = String::from("---\n- jobs:\n");
+    for i in 0..JOBS {
+        yaml.push_str(&format!("  - RUN: echo {i} >> ran.txt\n"));
+    }
+    let file = c.dir.path.join("run.yml");
+    fs::write(&file, yaml).unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let no_repeats = |c: &Cluster, n: &str| {
+        let got = lines(c, n, "ran.txt");
+        for w in got.windows(2) {
+            assert!(
+                w[0] < w[1],
+                "node {n} ran a job twice or out of order: {got:?}"
+            );
+        }
+        got.len()
+    };
+    for kill in 0..KILLS {
+        // Each kill once some node moved on: moments spread over the run,
+        // the first within its first jobs.
+        let mark = kill * JOBS / (KILLS + 2);
+        wait_until("the run to move on", DEADLINE, || {
+            NODES.iter().any(|n| no_repeats(&c, n) > mark)
+        });
+        let last = kill == KILLS - 1;
+        c.server().signal(libc::SIGKILL);
+        if last {
+            c.client("q3").signal(libc::SIGKILL);
+            c.client("q3").wait_exit(DEADLINE);
+        }
+        c.server().wait_exit(DEADLINE);
+        if kill % 2 == 1 {
+            // Down until a client noticed (it reopens its sockets, and
+            // says Ready on the new ones).
+            let before = c.clients["q1"].log_text().matches("server silent").count();
+            wait_until("a client to notice", DEADLINE, || {
+                c.clients["q1"].log_text().matches("server silent").count() > before
+            });
+        }
+        c.start_server();
+        if last {
+            c.start_client("q3");
+        }
+    }
+    wait_until("every job done", DEADLINE * 2, || {
+        let jobs = c.jobs_json();
+        jobs.len() == JOBS && jobs.iter().all(|j| !j["finished_ms"].is_null())
+    });
+    let jobs = c.jobs_json();
+    let mut lost_on_q3 = 0;
+    for j in &jobs {
+        let states = j["states"].as_object().unwrap();
+        // q1 and q2 were never killed: every job succeeded there once.
+        // q3 was killed with the server once: a job may be lost there (it
+        // may or may not have run), and the rest of the run skipped.
+        let ok = states
+            .get("succeeded")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let lost = states.get("lost").and_then(|v| v.as_u64()).unwrap_or(0);
+        let skipped = states.get("skipped").and_then(|v| v.as_u64()).unwrap_or(0);
+        assert!(
+            ok >= 2 && ok + lost + skipped == 3 && lost <= 1,
+            "job {}: {j}",
+            j["args"]
+        );
+        lost_on_q3 += lost;
+    }
+    assert!(
+        lost_on_q3 <= 1,
+        "more than the one job in flight on q3 was lost"
+    );
+    let want: Vec<u32> = (0..JOBS as u32).collect();
+    for n in ["q1", "q2"] {
+        assert_eq!(lines(&c, n, "ran.txt"), want, "node {n}");
+    }
+    no_repeats(&c, "q3");
+    let log = c.server().log_text();
+    assert_eq!(log.matches("server listening").count(), KILLS + 1, "{log}");
+}
+
 #[test]
 fn a_second_daemon_on_a_directory_in_use_exits_at_once_naming_it_and_its_owner() {
     let mut c = Cluster::start("owner", &["o1"], "1");
@@ -289,6 +382,17 @@ fn a_full_cache_disk_fails_the_arg_and_keeps_nothing_it_could_not_save() {
             .contains("the command succeeded, but --stdout-arg out2"),
         "{out:?}"
     );
+
+    // A command runs all the same (say, one that frees the disk): the
+    // node's job ledger writes into space it keeps allocated ahead.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--skip-cache echo still runs",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
 
     fs::remove_file(filler).unwrap();
     let out = c.cli(&["exec", "--verb", "ARG", "--wait", "later fine"]);

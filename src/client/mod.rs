@@ -25,16 +25,20 @@
 //! then SIGKILL after a grace period; its result is sent with a short linger.
 
 mod add;
+mod backoff;
 mod cache;
 mod exec;
+mod ledger;
 mod runner;
 
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
+use self::backoff::Backoff;
 use self::cache::Cache;
 use self::exec::Spawn;
+use self::ledger::Ledger;
 use self::runner::{Effects, IoDone, IoTask, Runner, RunnerTimer};
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
@@ -81,8 +85,6 @@ const HEARTBEAT_PORT: PortSpec = PortSpec {
 
 const BUDGET: usize = 256;
 const LIVENESS: u32 = 3;
-const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(32);
 const SHUTDOWN_LINGER_MS: i32 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,7 +203,7 @@ pub struct Client {
     timers: Timers<Timer>,
     signals: Signals,
     state: RunState,
-    backoff: Duration,
+    backoff: Backoff,
     runner: Runner,
     trust: Trust,
     /// The heartbeat interval in force: ours, or the server's longest if
@@ -223,6 +225,10 @@ pub struct Client {
     /// The cache generation the server last heard of, since it welcomed
     /// us (`None`: not welcomed on this link).
     cache_reported: Option<u64>,
+    /// When this link's last `Ready` went out, until the server answers
+    /// it: a `Register` meanwhile (a heartbeat that overtook it) is not
+    /// answered with a second `Ready`.
+    announced: Option<Instant>,
     /// A connection probe is out on the I/O thread.
     probing: bool,
     /// This process owns its cache and key directories.
@@ -265,6 +271,12 @@ impl Client {
                     e,
                 )
             })?;
+        let ledger = Ledger::open(&cfg.cache_path).map_err(|e| {
+            Error::io(
+                format!("cannot open the job ledger in {}", cfg.cache_path.display()),
+                e,
+            )
+        })?;
         let mut client = Client {
             cfg: cfg.clone(),
             poll,
@@ -273,9 +285,10 @@ impl Client {
             timers: Timers::default(),
             signals,
             state: RunState::Running,
-            backoff: BACKOFF_FIRST,
+            backoff: Backoff::new(cfg.heartbeat_ivl),
             runner: Runner::new(
                 cache,
+                ledger,
                 transfer_stall(cfg.heartbeat_ivl),
                 crate::facts::Node {
                     facts: crate::facts::gather(),
@@ -293,6 +306,7 @@ impl Client {
             instance: uuid::Uuid::new_v4().as_u64_pair().0,
             seen: None,
             cache_reported: None,
+            announced: None,
             probing: false,
             _locks: locks,
             worker,
@@ -450,6 +464,7 @@ impl Client {
             labels: self.runner.node().labels.clone(),
         };
         self.send(JOB, &ready);
+        self.announced = Some(Instant::now());
         let resend: Vec<ClientMsg> = self.runner.unacked().collect();
         for msg in resend {
             self.send(JOB, &msg);
@@ -458,6 +473,7 @@ impl Client {
 
     fn close(&mut self) {
         self.cache_reported = None;
+        self.announced = None;
         if let Link::Up { ports, monitor, .. } = std::mem::replace(&mut self.link, Link::Down) {
             let registry = self.poll.registry();
             if let Some(m) = monitor {
@@ -731,7 +747,7 @@ impl Client {
             let heard = !received.is_empty();
             if heard {
                 *last_heard = Instant::now();
-                self.backoff = BACKOFF_FIRST;
+                self.backoff.reset();
             }
             for (which, name, msg) in received {
                 self.handle_zmq(which, name, msg.frames);
@@ -761,6 +777,16 @@ impl Client {
         match (which, msg, payload) {
             (HEARTBEAT, ServerMsg::HeartbeatAck { .. }, None) => {}
             (HEARTBEAT | JOB, ServerMsg::Register, None) => {
+                // One Ready per reconnection: the server answers the one on
+                // its way. Should that one have been lost (the server
+                // restarted as it came), the next beat asks again.
+                let pending = self
+                    .announced
+                    .is_some_and(|at| at.elapsed() < self.beat_ivl);
+                if pending {
+                    log::debug!("server asked us to register; our Ready is on its way");
+                    return;
+                }
                 if self.standing == Standing::Admitted {
                     log::info!(
                         "server asked us to register (it restarted or expired us); sending Ready"
@@ -786,7 +812,7 @@ impl Client {
                 self.seen = Some(dispatch);
                 self.runner.enqueue(job_id, parent, task, live, &mut fx);
             }
-            (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id),
+            (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id, &mut fx),
             (JOB, ServerMsg::Follow { job_id }, None) => {
                 self.runner.follow(&job_id);
                 if let Some(p) = self.process.as_mut().filter(|p| p.job_id == job_id) {
@@ -812,6 +838,7 @@ impl Client {
 
     /// The server took us as our node.
     fn welcomed(&mut self, name: &str, interval_ms: u64) {
+        self.announced = None;
         let granted = Duration::from_millis(interval_ms.max(10));
         let ivl = self.cfg.heartbeat_ivl.min(granted);
         if ivl != self.beat_ivl {
@@ -821,6 +848,7 @@ impl Client {
                 ivl.as_secs_f64()
             );
             self.beat_ivl = ivl;
+            self.backoff.set_ivl(ivl);
             // Beat at the new pace from now on, not after the old interval.
             self.beat_gen += 1;
             let now = Instant::now();
@@ -852,6 +880,7 @@ impl Client {
 
     /// The server will not have us as our node (now, or at all).
     fn denied(&mut self, why: Denial) {
+        self.announced = None;
         let name = &self.cfg.identity;
         let fp = match &self.trust {
             Trust::Curve { own, .. } => own.public.fingerprint(),
@@ -868,8 +897,8 @@ impl Client {
             }
             Denial::TooManyPending => {
                 log::warn!(
-                    "the server holds too many keys waiting for acceptance to take ours; retrying in {}s",
-                    self.backoff.as_secs()
+                    "the server holds too many keys waiting for acceptance to take ours; retrying in up to {:.2}s",
+                    self.backoff.upto().as_secs_f64()
                 );
                 self.standing = Standing::Unknown;
                 self.reconnect();
@@ -1007,8 +1036,8 @@ impl Client {
             self.standing = Standing::HandshakeFailed(why);
         } else {
             log::debug!(
-                "handshake failed again; retrying in {}s",
-                self.backoff.as_secs()
+                "handshake failed again; retrying in up to {:.2}s",
+                self.backoff.upto().as_secs_f64()
             );
         }
         self.reconnect();
@@ -1032,14 +1061,14 @@ impl Client {
                                 // does not always report a handshake the
                                 // server dropped again. Said once already.
                                 log::debug!(
-                                    "handshake failed again (no answer); retrying in {}s",
-                                    self.backoff.as_secs()
+                                    "handshake failed again (no answer); retrying in up to {:.2}s",
+                                    self.backoff.upto().as_secs_f64()
                                 );
                             } else {
                                 log::warn!(
-                                    "server silent for {:.1}s; reconnecting in {}s",
+                                    "server silent for {:.1}s; reconnecting in up to {:.2}s",
                                     silent.as_secs_f64(),
-                                    self.backoff.as_secs()
+                                    self.backoff.upto().as_secs_f64()
                                 );
                             }
                             // Not connected any more: say so again when it is, and why
@@ -1055,7 +1084,10 @@ impl Client {
                 Timer::Reopen => {
                     if matches!(self.link, Link::Down) {
                         if let Err(e) = self.open() {
-                            log::error!("{e}; retrying in {}s", self.backoff.as_secs());
+                            log::error!(
+                                "{e}; retrying in up to {:.2}s",
+                                self.backoff.upto().as_secs_f64()
+                            );
                             self.reconnect();
                         }
                     }
@@ -1094,8 +1126,8 @@ impl Client {
     /// Drop the sockets and schedule a reopen after the current backoff.
     fn reconnect(&mut self) {
         self.close();
-        self.timers.at(Instant::now() + self.backoff, Timer::Reopen);
-        self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
+        let wait = self.backoff.next_wait(backoff::random());
+        self.timers.at(Instant::now() + wait, Timer::Reopen);
     }
 
     fn handle_signals(&mut self) {

@@ -6,10 +6,12 @@
 //! start, a signal for it, work for the I/O thread); it never touches a
 //! socket, a process or the disk's slow calls itself.
 //!
-//! Rules: jobs run one at a time in the order received; after a job of an
-//! orchestration run fails here, the rest of that run is skipped here; a job
-//! past its `--timeout` has its process group killed (or its transfer
-//! dropped) and reports `timed out`.
+//! Rules: jobs run one at a time in the order received; a job starts only
+//! once the ledger has it on disk, and one the ledger knows is answered
+//! from it, never run again; after a job of an orchestration run fails
+//! here, the rest of that run is skipped here; a job past its `--timeout`
+//! has its process group killed (or its transfer dropped) and reports
+//! `timed out`.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use uuid::Uuid;
 use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::{Cache, CacheIo, CacheIoDone};
 use super::exec::{self, OnSuccess, Spawn, Started};
+use super::ledger::{Known, Ledger, LedgerIo, LedgerIoDone, Ticket};
 use crate::dsl::Task;
 use crate::reactor::child::Ended;
 use crate::wire::{Attempt, ClientMsg, Exit, JobState, Outcome, ServerMsg};
@@ -64,6 +67,8 @@ pub enum IoTask {
     /// A cache write: step records, a value to sync (ARG, ENV,
     /// `--stdout-arg`), or the journal's rewrite.
     Cache(CacheIo),
+    /// A ledger write: jobs taken, their outcomes and acknowledgements.
+    Ledger(LedgerIo),
     /// An ADD job's owner lookup, or a received file's sync and rename.
     Add(AddIo),
     /// A WORKDIR to create.
@@ -76,6 +81,7 @@ pub enum IoTask {
 /// What the I/O thread hands back.
 pub enum IoDone {
     Cache(CacheIoDone),
+    Ledger(LedgerIoDone),
     Add(AddDone),
     Mkdir(Result<(), String>),
     /// Why the server cannot be reached.
@@ -87,6 +93,7 @@ impl IoTask {
     pub fn run(self) -> IoDone {
         match self {
             IoTask::Cache(io) => IoDone::Cache(io.run()),
+            IoTask::Ledger(io) => IoDone::Ledger(io.run()),
             IoTask::Add(io) => IoDone::Add(io.run()),
             IoTask::Mkdir(path) => IoDone::Mkdir(exec::make_dir(&path)),
             IoTask::Probe { host, port } => IoDone::Probe(probe(&host, port)),
@@ -127,6 +134,8 @@ fn probe(host: &str, port: u16) -> String {
 /// A job waiting here for its turn.
 struct Queued {
     job_id: Uuid,
+    /// It starts once the ledger is durable up to here.
+    ticket: Ticket,
     parent: Option<Uuid>,
     task: Task,
     /// Send its output as it comes.
@@ -194,13 +203,13 @@ pub struct Runner {
     queue: VecDeque<Queued>,
     running: Option<Running>,
     cache: Cache,
+    /// Every job taken here, until its outcome is acknowledged.
+    ledger: Ledger,
     failed_parents: HashSet<Uuid>,
     failed_order: VecDeque<Uuid>,
     /// The earliest pending `JobTimeout`: jobs share it rather than each
     /// leaving a timer in the heap for up to its whole timeout.
     timeout_armed: Option<Instant>,
-    /// Results sent and not yet acknowledged, resent on reconnect.
-    unacked: Vec<(Uuid, Outcome)>,
     /// Shutting down: start nothing new.
     stopping: bool,
     /// A transfer that receives nothing for this long fails.
@@ -211,16 +220,16 @@ pub struct Runner {
 
 impl Runner {
     /// `stall`: how long a transfer may wait for data before it fails.
-    pub fn new(cache: Cache, stall: Duration, node: crate::facts::Node) -> Runner {
+    pub fn new(cache: Cache, ledger: Ledger, stall: Duration, node: crate::facts::Node) -> Runner {
         Runner {
             node,
             queue: VecDeque::new(),
             running: None,
             cache,
+            ledger,
             failed_parents: HashSet::new(),
             failed_order: VecDeque::new(),
             timeout_armed: None,
-            unacked: Vec::new(),
             stopping: false,
             stall,
             stall_armed: false,
@@ -265,14 +274,8 @@ impl Runner {
     pub fn holding(&self) -> Vec<Uuid> {
         let mut ids: Vec<Uuid> = self.queue.iter().map(|q| q.job_id).collect();
         ids.extend(self.running.as_ref().map(|r| r.job_id));
-        ids.extend(self.unacked.iter().map(|(id, _)| *id));
+        ids.extend(self.ledger.unacked().into_iter().map(|(id, _)| id));
         ids
-    }
-
-    fn holds(&self, job_id: &Uuid) -> bool {
-        self.queue.iter().any(|q| q.job_id == *job_id)
-            || self.running.as_ref().is_some_and(|r| r.job_id == *job_id)
-            || self.unacked.iter().any(|(id, _)| id == job_id)
     }
 
     /// Results to send again after a reconnect, and the running QUERY's
@@ -289,12 +292,10 @@ impl Runner {
             }),
             _ => None,
         };
-        self.unacked
-            .iter()
-            .map(|(job_id, outcome)| ClientMsg::Finished {
-                job_id: *job_id,
-                outcome: outcome.clone(),
-            })
+        self.ledger
+            .unacked()
+            .into_iter()
+            .map(|(job_id, outcome)| ClientMsg::Finished { job_id, outcome })
             .chain(query)
     }
 
@@ -341,21 +342,26 @@ impl Runner {
         self.pump_cache(fx);
     }
 
-    pub fn acked(&mut self, job_id: &Uuid) {
-        self.unacked.retain(|(id, _)| id != job_id);
+    pub fn acked(&mut self, job_id: &Uuid, fx: &mut Effects) {
+        self.ledger.ack(job_id);
+        self.pump_cache(fx);
     }
 
-    /// Nothing running, and no cache write out (a stop waits for it, so
-    /// the last step records reach the file).
+    /// Nothing running, and no cache or ledger write out (a stop waits for
+    /// them, so the last records reach the files).
     pub fn is_idle(&self) -> bool {
-        self.running.is_none() && !self.cache.is_busy()
+        self.running.is_none() && !self.cache.is_busy() && !self.ledger.is_busy()
     }
 
-    /// Hand the cache's next write to the I/O thread, if one is due. Every
-    /// entry point that may have changed the cache ends here.
+    /// Hand the cache's and the ledger's next writes to the I/O thread, if
+    /// any is due. Every entry point that may have changed either ends
+    /// here.
     fn pump_cache(&mut self, fx: &mut Effects) {
         if let Some(io) = self.cache.next_io() {
             fx.io.push(IoTask::Cache(io));
+        }
+        if let Some(io) = self.ledger.next_io() {
+            fx.io.push(IoTask::Ledger(io));
         }
     }
 
@@ -368,15 +374,35 @@ impl Runner {
         live: bool,
         fx: &mut Effects,
     ) {
-        if self.holds(&job_id) {
-            log::warn!("job {job_id} received twice; ignored");
-            return;
+        match self.ledger.known(&job_id) {
+            Known::New => {}
+            Known::Here => {
+                log::warn!("job {job_id} received twice; ignored");
+                return;
+            }
+            // Its result went astray: the same result again, not a rerun.
+            Known::Ended(outcome) => {
+                log::warn!("job {job_id} received again after it ended here; its result is sent again, it is not run again");
+                fx.job.push(ClientMsg::Finished { job_id, outcome });
+                return;
+            }
+            Known::Acked => {
+                log::warn!(
+                    "job {job_id} received again after its result was recorded; not run again"
+                );
+                let why = "the server sent this job again after it ran on this node and its result was recorded; not run again";
+                self.report(job_id, parent, exec::ended(Exit::Lost(why.into())), fx);
+                self.pump_cache(fx);
+                return;
+            }
         }
         if self.stopping {
             return; // the server reports it lost when this node expires
         }
+        let ticket = self.ledger.take(job_id);
         self.queue.push_back(Queued {
             job_id,
+            ticket,
             parent,
             task,
             live,
@@ -387,11 +413,28 @@ impl Runner {
 
     fn start_next(&mut self, fx: &mut Effects) {
         while self.running.is_none() && !self.stopping {
+            let Some(head) = self.queue.front() else {
+                return;
+            };
+            // Not before the ledger has it: a job that may have started
+            // must be known to have, whatever happens next.
+            if !self.ledger.is_durable(head.ticket) {
+                let Some(why) = self.ledger.failure(head.ticket).map(str::to_owned) else {
+                    return; // its write is out, or due
+                };
+                let Some(q) = self.queue.pop_front() else {
+                    return;
+                };
+                log::error!("job {}: {why}", q.job_id);
+                self.report(q.job_id, q.parent, exec::ended(Exit::Error(why)), fx);
+                continue;
+            }
             let Some(Queued {
                 job_id,
                 parent,
                 task,
                 live,
+                ..
             }) = self.queue.pop_front()
             else {
                 return;
@@ -511,7 +554,7 @@ impl Runner {
                 }
             }
         }
-        self.unacked.push((job_id, outcome.clone()));
+        self.ledger.end(job_id, &outcome);
         fx.job.push(ClientMsg::Finished { job_id, outcome });
     }
 
@@ -554,6 +597,11 @@ impl Runner {
                 if let Some(kept) = self.cache.io_done(done) {
                     self.on_persisted(kept, fx);
                 }
+                self.pump_cache(fx);
+            }
+            IoDone::Ledger(done) => {
+                self.ledger.io_done(done);
+                self.start_next(fx);
                 self.pump_cache(fx);
             }
             IoDone::Add(done) => {
@@ -947,6 +995,7 @@ impl Runner {
     /// disk is work for the I/O thread).
     pub fn sweep_cache(&mut self, fx: &mut Effects) {
         let dropped = self.cache.sweep(crate::clock::now_ms());
+        self.ledger.unstall();
         if dropped > 0 {
             log::info!("cache: dropped {dropped} expired entries");
         }
@@ -956,11 +1005,20 @@ impl Runner {
     /// Shutting down: start nothing more; a running command gets SIGTERM and
     /// a grace period, a transfer is abandoned. Returns whether anything is
     /// still running.
+    fn io_busy(&self) -> bool {
+        self.cache.is_busy() || self.ledger.is_busy()
+    }
+
     pub fn stop(&mut self, fx: &mut Effects) -> bool {
         self.stopping = true;
+        // Queued and never started: said now, not at this node's expiry.
+        for q in std::mem::take(&mut self.queue) {
+            let why = "the client was stopped before this job started on the node; it did not run";
+            self.report(q.job_id, q.parent, exec::ended(Exit::Lost(why.into())), fx);
+        }
         self.pump_cache(fx);
         let Some(r) = &self.running else {
-            return self.cache.is_busy();
+            return self.io_busy();
         };
         match &r.work {
             Work::Process { .. } => {
@@ -978,7 +1036,7 @@ impl Runner {
                 ));
                 self.finish(outcome, fx);
                 self.pump_cache(fx);
-                self.cache.is_busy()
+                self.io_busy()
             }
             // Reports when the sync or the mkdir is done.
             Work::Persist { .. } | Work::Mkdir => true,
@@ -988,12 +1046,12 @@ impl Runner {
                 ));
                 self.finish(outcome, fx);
                 self.pump_cache(fx);
-                self.cache.is_busy()
+                self.io_busy()
             }
             // No next attempt: the last one is the result.
             Work::Retrying { .. } => {
                 let Some(r) = self.running.take() else {
-                    return self.cache.is_busy();
+                    return self.io_busy();
                 };
                 if let Work::Retrying { mut failed, .. } = r.work {
                     log::info!("job {}: stopping; no more attempts", r.job_id);
@@ -1001,7 +1059,7 @@ impl Runner {
                     self.conclude(r.job_id, r.parent, r.cache_key, failed, fx);
                 }
                 self.pump_cache(fx);
-                self.cache.is_busy()
+                self.io_busy()
             }
         }
     }
@@ -1023,18 +1081,42 @@ mod tests {
                 std::env::temp_dir().join(format!("director-runner-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let cache = Cache::open(&dir, Duration::from_secs(3600), 0).unwrap();
+            let ledger = Ledger::open(&dir).unwrap();
             Rig {
-                runner: Runner::new(cache, Duration::from_secs(5), Default::default()),
+                runner: Runner::new(cache, ledger, Duration::from_secs(5), Default::default()),
                 dir,
             }
         }
 
         fn enqueue(&mut self, parent: Option<Uuid>, verb: Verb, job: &str) -> (Uuid, Effects) {
             let id = Uuid::new_v4();
+            let fx = self.enqueue_id(id, parent, verb, job);
+            (id, fx)
+        }
+
+        fn enqueue_id(&mut self, id: Uuid, parent: Option<Uuid>, verb: Verb, job: &str) -> Effects {
             let mut fx = Effects::default();
             let task = Task::parse(verb, job).unwrap();
             self.runner.enqueue(id, parent, task, false, &mut fx);
-            (id, fx)
+            self.ledger_io(fx)
+        }
+
+        /// Write the ledger's records at once, as the worker would, with
+        /// what that leads to: the effects of `fx` and theirs, without
+        /// ledger writes.
+        fn ledger_io(&mut self, mut fx: Effects) -> Effects {
+            while let Some(i) = fx.io.iter().position(|t| matches!(t, IoTask::Ledger(_))) {
+                let task = fx.io.remove(i);
+                let mut out = Effects::default();
+                self.runner.on_io(task.run(), &mut out);
+                fx.job.append(&mut out.job);
+                fx.transfer.append(&mut out.transfer);
+                fx.timers.append(&mut out.timers);
+                fx.io.append(&mut out.io);
+                fx.spawn = fx.spawn.or(out.spawn);
+                fx.signal = fx.signal.or(out.signal);
+            }
+            fx
         }
 
         /// Run what the runner gave the I/O thread, as the worker would.
@@ -1043,7 +1125,7 @@ mod tests {
             let task = fx.io.remove(0);
             let mut out = Effects::default();
             self.runner.on_io(task.run(), &mut out);
-            out
+            self.ledger_io(out)
         }
 
         /// Run every I/O task `fx` leads to, in order, as the worker
@@ -1118,7 +1200,7 @@ mod tests {
         assert_eq!(rig.runner.holding(), vec![id]);
         let resend: Vec<ClientMsg> = rig.runner.unacked().collect();
         assert!(matches!(resend.as_slice(), [ClientMsg::Finished { job_id, .. }] if *job_id == id));
-        rig.runner.acked(&id);
+        rig.runner.acked(&id, &mut Effects::default());
         assert!(rig.runner.holding().is_empty());
         assert_eq!(rig.runner.unacked().count(), 0);
         // A job received twice while held is ignored, not run twice.
@@ -1280,6 +1362,11 @@ mod tests {
         assert_eq!(outcome.stdout, b"two");
         assert_eq!(outcome.attempts.len(), 1);
         assert_eq!(outcome.attempts[0].stdout, b"one");
+        assert!(
+            !rig.runner.is_idle(),
+            "its outcome is not in the ledger yet"
+        );
+        rig.ledger_io(fx);
         assert!(rig.runner.is_idle());
     }
 
@@ -1297,9 +1384,140 @@ mod tests {
         assert_eq!(fx.signal, Some(libc::SIGKILL));
         let mut fx = Effects::default();
         rig.runner.on_exited(id, Ok(ended(143, b"")), &mut fx);
+        rig.ledger_io(fx);
         assert!(rig.runner.is_idle());
         // Nothing new starts while stopping.
         let (_, fx) = rig.enqueue(None, Verb::Run, "true");
         assert!(fx.spawn.is_none());
+    }
+
+    fn spawned(fx: &Effects) -> Option<Uuid> {
+        fx.spawn.as_ref().map(|s| s.job_id)
+    }
+
+    #[test]
+    fn a_job_starts_only_once_the_ledger_has_it_on_disk() {
+        let mut rig = Rig::new("ledger-first");
+        let id = Uuid::new_v4();
+        let mut fx = Effects::default();
+        let task = Task::parse(Verb::Run, "--skip-cache echo hi").unwrap();
+        rig.runner.enqueue(id, None, task, false, &mut fx);
+        assert!(fx.spawn.is_none(), "started before its record was written");
+        assert!(matches!(fx.io.as_slice(), [IoTask::Ledger(_)]));
+        let fx = rig.ledger_io(fx);
+        assert_eq!(spawned(&fx), Some(id));
+    }
+
+    #[test]
+    fn a_job_sent_again_is_answered_from_the_ledger_and_never_run_twice() {
+        let mut rig = Rig::new("ledger-again");
+        let id = Uuid::new_v4();
+        let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache echo once");
+        assert_eq!(spawned(&fx), Some(id));
+        // Received again while it runs: ignored.
+        let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache echo once");
+        assert!(fx.spawn.is_none() && fx.job.is_empty());
+        let mut fx = Effects::default();
+        rig.runner.on_exited(id, Ok(ended(0, b"once")), &mut fx);
+        rig.ledger_io(fx);
+        // Ended, not acknowledged: the same result again.
+        let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache echo once");
+        assert!(fx.spawn.is_none());
+        assert!(
+            matches!(fx.job.as_slice(), [ClientMsg::Finished { job_id, outcome }]
+            if *job_id == id && outcome.stdout == b"once")
+        );
+        // Acknowledged: the server has it; a resend is refused as lost.
+        rig.runner.acked(&id, &mut Effects::default());
+        let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache echo once");
+        assert!(fx.spawn.is_none());
+        assert_eq!(finished(&fx), vec![(id, JobState::Lost)]);
+    }
+
+    #[test]
+    fn after_a_client_restart_what_the_last_process_had_is_answered_not_run() {
+        let mut rig = Rig::new("ledger-restart");
+        let (running, fx) = rig.enqueue(None, Verb::Run, "--skip-cache sleep 60");
+        assert_eq!(spawned(&fx), Some(running));
+        let queued = Uuid::new_v4();
+        let fx = rig.enqueue_id(queued, None, Verb::Run, "--skip-cache echo later");
+        assert!(fx.spawn.is_none());
+        let ended_id = Uuid::new_v4();
+        // A result not yet acknowledged, from before (written by hand).
+        rig.runner.ledger.take(ended_id);
+        rig.runner.ledger.end(ended_id, &exec::ended(Exit::Code(7)));
+        rig.runner.ledger.settle_now();
+        // kill -9: the runner is gone without a word; a new process opens
+        // the same ledger.
+        let cache = Cache::open(&rig.dir, Duration::from_secs(3600), 0).unwrap();
+        let ledger = Ledger::open(&rig.dir).unwrap();
+        rig.runner = Runner::new(cache, ledger, Duration::from_secs(5), Default::default());
+        let mut held = rig.runner.holding();
+        held.sort();
+        let mut want = vec![running, queued, ended_id];
+        want.sort();
+        assert_eq!(held, want, "Ready names every job the last process had");
+        let resend: Vec<(Uuid, JobState)> = rig
+            .runner
+            .unacked()
+            .filter_map(|m| match m {
+                ClientMsg::Finished { job_id, outcome } => Some((job_id, outcome.exit.state())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            resend,
+            vec![
+                (running, JobState::Lost),
+                (queued, JobState::Lost),
+                (ended_id, JobState::Failed)
+            ]
+        );
+        // Sent again by a server that lost track: never run.
+        for id in [running, queued] {
+            let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache sleep 60");
+            assert!(fx.spawn.is_none(), "job {id} ran twice");
+            assert_eq!(finished(&fx), vec![(id, JobState::Lost)]);
+        }
+    }
+
+    #[test]
+    fn a_job_whose_record_cannot_be_written_fails_without_running() {
+        let mut rig = Rig::new("ledger-full");
+        let id = Uuid::new_v4();
+        let mut fx = Effects::default();
+        let task = Task::parse(Verb::Run, "--skip-cache echo hi").unwrap();
+        rig.runner.enqueue(id, None, task, false, &mut fx);
+        let Some(IoTask::Ledger(LedgerIo::Write(batch))) = fx.io.pop() else {
+            panic!("a ledger write");
+        };
+        let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let mut out = Effects::default();
+        rig.runner.on_io(
+            IoDone::Ledger(LedgerIoDone::Written(Err((batch, err)))),
+            &mut out,
+        );
+        assert!(out.spawn.is_none());
+        assert_eq!(finished(&out), vec![(id, JobState::Failed)]);
+        let ClientMsg::Finished { outcome, .. } = &out.job[0] else {
+            panic!("a result");
+        };
+        assert!(outcome
+            .exit
+            .to_string()
+            .contains("not run: cannot record the job"));
+        // Retried with the next record, not in a loop.
+        assert!(out.io.iter().any(|t| matches!(t, IoTask::Ledger(_))));
+    }
+
+    #[test]
+    fn a_stop_reports_the_jobs_that_never_started_as_not_run() {
+        let mut rig = Rig::new("ledger-stop");
+        let (first, fx) = rig.enqueue(None, Verb::Run, "--skip-cache sleep 60");
+        assert_eq!(spawned(&fx), Some(first));
+        let (second, _) = rig.enqueue(None, Verb::Run, "--skip-cache echo never");
+        let mut fx = Effects::default();
+        rig.runner.stop(&mut fx);
+        assert_eq!(finished(&fx), vec![(second, JobState::Lost)]);
     }
 }

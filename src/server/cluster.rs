@@ -288,6 +288,15 @@ impl Cluster {
         })
     }
 
+    /// The server listens from `now`: the nodes expected back (restored
+    /// online) have their whole expiry from here, however long the
+    /// restore, the compaction and the key derivation took before it.
+    pub fn listening(&mut self, now: Now) {
+        for n in self.nodes.iter_mut().filter(|n| n.is_online()) {
+            n.touch(now.at, now.ms);
+        }
+    }
+
     /// A heartbeat from `node`: the answer to send back.
     pub fn heartbeat(&mut self, node: &str, ivl: Duration, now: Now) -> ServerMsg {
         match self.nodes.get_mut(node) {
@@ -385,6 +394,13 @@ impl Cluster {
             .filter(|id| holding.contains(id))
             .copied()
             .collect();
+        let jobs = &self.jobs;
+        let waiting = |id: &Uuid| {
+            jobs.get(id)
+                .and_then(|j| j.parts.get(node))
+                .is_some_and(|p| p.state() == JobState::Queued)
+        };
+        let held: Vec<Uuid> = held.into_iter().filter(|id| waiting(id)).collect();
         n.queue.retain(|id| !holding.contains(id));
         for id in held {
             n.in_flight.push_back(id);
@@ -470,7 +486,10 @@ impl Cluster {
         }
         part.finish(outcome, now.at, now.ms);
         if let Some(n) = self.nodes.get_mut(node) {
+            // Queued too: after a restart that lost its dispatch record, a
+            // node may report a job the server thought it never sent.
             n.in_flight.retain(|id| *id != job_id);
+            n.queue.retain(|id| *id != job_id);
         }
         self.part_done(job_id, node, out);
         if let (false, Some(parent)) = (state.is_ok(), parent) {
@@ -1046,6 +1065,15 @@ impl Cluster {
             let Some(part) = job.parts.get_mut(node) else {
                 continue;
             };
+            // Only what waits is sent: a part that ended (or went out)
+            // while its id sat in the queue is never sent again.
+            if part.state() != JobState::Queued {
+                log::debug!(
+                    "node={node}: job {job_id} is {} here; not sent",
+                    part.state().name()
+                );
+                continue;
+            }
             self.seq += 1;
             let dispatch = Dispatch {
                 server: self.instance,
@@ -2587,6 +2615,59 @@ mod tests {
         assert_eq!(state(&r, &id, "a"), JobState::Sent);
         r.finished("a", id, ok(), at(t0), &mut out);
         assert_eq!(state(&r, &id, "a"), JobState::Succeeded);
+    }
+
+    /// The sequence a crash loop found: the server died before its
+    /// dispatch record was durable (the job is restored as queued); the
+    /// node's resent result arrived before its `Ready`, was recorded and
+    /// acked (so the node forgot the job); then the node's `Ready` came
+    /// (twice), holding nothing. The job ran there and has its result: it
+    /// is never sent again.
+    #[test]
+    fn a_result_that_beats_the_ready_after_a_restart_is_never_followed_by_a_resend() {
+        // Its Ready, computed after the ack (holding nothing) or before
+        // (holding it), in either order.
+        for readies in [[false, true], [true, false]] {
+            let t0 = Instant::now();
+            let mut c = cluster(&["a"], t0);
+            let mut out = Vec::new();
+            let id = c
+                .submit_now(run("echo once >> f"), &["a".into()], at(t0), &mut out)
+                .unwrap()
+                .job_id;
+            let next = c
+                .submit_now(run("echo next"), &["a".into()], at(t0), &mut out)
+                .unwrap()
+                .job_id;
+            let lost_dispatch: Vec<Record> = records(&c)
+                .into_iter()
+                .filter(|r| !matches!(r, Record::Sent { .. } | Record::Dispatched { .. }))
+                .collect();
+            let mut r = Cluster::restore(lost_dispatch, IVL, at(t0));
+            assert_eq!(state(&r, &id, "a"), JobState::Queued);
+            let mut out = Vec::new();
+            r.finished("a", id, ok(), at(t0), &mut out);
+            assert_eq!(state(&r, &id, "a"), JobState::Succeeded);
+            assert!(out.contains(&Effect::Send {
+                node: "a".into(),
+                msg: ServerMsg::ResultAck { job_id: id }
+            }));
+            let mut sent = Vec::new();
+            for holds in readies {
+                let holding: &[Uuid] = if holds { &[id] } else { &[] };
+                out.clear();
+                r.ready("a", greet(1, None, holding), at(t0), &mut out);
+                sent.extend(sent_jobs(&out));
+                assert_eq!(state(&r, &id, "a"), JobState::Succeeded);
+            }
+            // The queue goes on with the job after it, once.
+            assert_eq!(sent, vec![next], "Readies holding {readies:?}");
+            assert_eq!(state(&r, &next, "a"), JobState::Sent);
+            // No finished job keeps a place in the node's window.
+            let n = r.nodes.get("a").unwrap();
+            assert_eq!(n.in_flight, [next]);
+            assert!(n.queue.is_empty());
+        }
     }
 
     #[test]

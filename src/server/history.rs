@@ -96,14 +96,15 @@ mod layout1;
 /// Layout 2: job options with `--retries`, results with their earlier
 /// attempts (layouts 0, with no header, and 1 had neither). Layout 3 added
 /// `QueueOffline` and `RolloutFrom`, after the others, and layout 4 the
-/// `CLEAR-CACHE` action, after the others: layout 2 and 3 records encode as
-/// they did.
+/// `CLEAR-CACHE` action, after the others, and layout 5 the `Lost` ending
+/// (a node's own word that a job was lost), after the others: layout 2 to
+/// 4 records encode as they did.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
         match version {
             0 | 1 => crate::journal::decode::<layout1::OldRecord>(body).map(Record::from),
-            2 | 3 => crate::journal::decode(body),
+            2..=4 => crate::journal::decode(body),
             _ => None,
         }
     }

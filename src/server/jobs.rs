@@ -355,6 +355,7 @@ fn exit_fields(exit: &Exit) -> (Option<i32>, Option<i32>, Option<String>) {
         e @ (Exit::Error(_) | Exit::TimedOut { .. }) => (None, None, Some(e.to_string())),
         Exit::SkippedAfterFailure => (None, None, Some(SKIPPED_AFTER_FAILURE.into())),
         Exit::Cached => (None, None, None),
+        Exit::Lost(why) => (None, None, Some(why.clone())),
     }
 }
 

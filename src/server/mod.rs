@@ -364,7 +364,9 @@ impl Server {
             _lock: lock,
         };
         server.housekeeping();
-        // Restored nodes must come back in time, or their work is lost.
+        // Restored nodes must come back in time, or their work is lost:
+        // their time starts now that the ports listen.
+        server.cluster.listening(Now::real());
         if let Some(at) = server.cluster.next_expiry() {
             server.schedule_expiry(at);
         }

@@ -652,7 +652,7 @@ impl OutcomeWire {
 }
 
 /// The protocol's header frame.
-pub const HEADER: &[u8] = b"DIR\x05";
+pub const HEADER: &[u8] = b"DIR\x06";
 
 impl WireMsg {
     /// `[header, body]`.
