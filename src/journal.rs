@@ -701,10 +701,11 @@ fn encode_into<T: Serialize>(out: &mut Vec<u8>, rec: &T) {
 enum Frame {
     /// A whole frame, its body read into the buffer, and the bytes it took.
     Whole(usize),
-    /// The file ends before the frame does, or a hole of zeros starts
-    /// there: a write cut short.
+    /// The file ends before the frame does: a write cut short.
     Short,
-    /// A length no record has.
+    /// A length no record has: too long, or zero (zeros where a frame
+    /// starts: a power loss's hole in an unsynced write if only zeros
+    /// follow to the end, damage if records do).
     TooLong,
 }
 
@@ -714,12 +715,8 @@ fn next_frame(r: &mut impl Read, body: &mut Vec<u8>) -> io::Result<Frame> {
         return Ok(Frame::Short);
     }
     let len = u32::from_le_bytes(head) as usize;
-    // No record is empty: zeros where a frame starts are a hole a power
-    // loss left in a write that was never synced (nor acknowledged).
-    if len == 0 {
-        return Ok(Frame::Short);
-    }
-    if len > MAX_RECORD {
+    // No record is empty.
+    if len == 0 || len > MAX_RECORD {
         return Ok(Frame::TooLong);
     }
     body.resize(len, 0);
@@ -948,6 +945,46 @@ mod tests {
         fs::remove_dir_all(d).unwrap();
     }
 
+    /// Only zeros that run to the end of the file can be an unsynced
+    /// tail; zeros with records after them are damage, refused as such.
+    #[test]
+    fn a_hole_of_zeros_is_a_torn_tail_only_at_the_end() {
+        let d = dir("hole");
+        let path = d.join("j.bin");
+        let (mut j, _) = Journal::open::<String>(&d, "j.bin").unwrap();
+        for i in 0..40 {
+            j.append(&format!("record {i}"));
+        }
+        j.sync_now().unwrap();
+        drop(j);
+        let whole = fs::read(&path).unwrap();
+        // The 20th record's offset: 8 bytes of header, then 20 frames.
+        let frame = |i: usize| 4 + 1 + format!("record {i}").len();
+        let at = HEADER_LEN as usize + (0..20).map(frame).sum::<usize>();
+        for hole in [
+            // Zeros written over records, and zeros put between them.
+            [
+                &whole[..at],
+                &[0u8; 4096][..],
+                &whole[at + 4096.min(whole.len() - at - 40)..],
+            ]
+            .concat(),
+            [&whole[..at], &[0u8; 4096][..], &whole[at..]].concat(),
+        ] {
+            fs::write(&path, &hole).unwrap();
+            let err = Journal::open::<String>(&d, "j.bin").err().expect("refused");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("byte {at}")), "{msg}");
+            assert!(msg.contains(&format!("truncate -s {at} ")), "{msg}");
+            assert_eq!(fs::read(&path).unwrap(), hole, "the file was changed");
+        }
+        // The same zeros at the end: a torn tail, cut off.
+        fs::write(&path, [&whole[..], &[0u8; 4096][..]].concat()).unwrap();
+        let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
+        assert_eq!(recs.len(), 40);
+        fs::remove_dir_all(d).unwrap();
+    }
+
     #[test]
     fn an_unreadable_record_with_more_after_it_is_refused_not_cut_off() {
         let d = dir("unreadable");
@@ -974,15 +1011,19 @@ mod tests {
             "{e}"
         );
         assert_eq!(fs::read(&path).unwrap(), bytes, "the file is untouched");
-        // Zeros where a frame starts are a hole a power loss left in an
-        // unsynced write: a torn tail, whatever follows.
+        // Zeros where a frame starts, with a record after them, are not a
+        // power loss's unsynced tail: damage, refused the same way.
         let first = bytes.len() - 12; // "a", before the two frames added
         let mut holed = bytes[..first].to_vec();
         holed.extend([0u8; 4]);
         encode_into(&mut holed, &"c".to_string());
         fs::write(&path, &holed).unwrap();
-        let (_, recs) = Journal::open::<String>(&d, "j.bin").unwrap();
-        assert_eq!(recs, vec!["a".to_string()]);
+        let e = Journal::open::<String>(&d, "j.bin").err().unwrap();
+        assert!(
+            e.to_string().contains(&format!("truncate -s {first} ")),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), holed, "the file is untouched");
         // The same frame last, or followed by zeros only, is a torn tail.
         for tail in [&[][..], &[0u8; 64][..]] {
             let mut b = bytes[..bytes.len() - 6].to_vec();

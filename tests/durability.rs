@@ -171,6 +171,99 @@ fn a_crash_loop_of_the_server_never_runs_a_job_twice() {
     assert_eq!(log.matches("server listening").count(), KILLS + 1, "{log}");
 }
 
+/// Zeros in the middle of a journal (4 KiB of them, as a damaged disk
+/// leaves) are damage, not a crash's torn tail: the daemon refuses to
+/// start, names the file, the byte and the `truncate` command, and changes
+/// nothing. (Before, the server cut the history there and dropped every
+/// acknowledged job after it.)
+#[test]
+fn a_hole_in_a_journal_is_refused_as_damage_and_nothing_is_cut() {
+    let mut c = Cluster::start("hole", &["h1"], "0.5");
+    let mut yaml = String::from("---\n- jobs:\n");
+    let pad = "x".repeat(300);
+    for i in 0..60 {
+        yaml.push_str(&format!("  - ARG: key{i} value-{i}-{pad}\n"));
+    }
+    let file = c.dir.path.join("args.yml");
+    fs::write(&file, yaml).unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    c.client("h1").signal(libc::SIGKILL);
+    c.client("h1").wait_exit(DEADLINE);
+
+    let punch = |path: &std::path::Path| {
+        let mut bytes = fs::read(path).unwrap();
+        assert!(
+            bytes.len() > 12_000,
+            "{} is too small: {}",
+            path.display(),
+            bytes.len()
+        );
+        let at = bytes.len() / 2 - 2048;
+        bytes[at..at + 4096].fill(0);
+        fs::write(path, &bytes).unwrap();
+        bytes
+    };
+    let refused = |args: Vec<String>, path: &std::path::Path, damaged: &[u8]| {
+        let out = util::run_cli(&c.dir.path, &args);
+        assert_eq!(out.code, 2, "{out:?}");
+        let err = out.stderr.trim();
+        assert_eq!(err.lines().count(), 1, "{out:?}");
+        let shown = path.display().to_string();
+        assert!(
+            err.contains(&shown) && err.contains("cannot be read, and more follow"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("`truncate -s ")), "{err}");
+        assert_eq!(fs::read(path).unwrap(), damaged, "{shown} was changed");
+    };
+
+    let history = c.state_path().join("history.bin");
+    let damaged = punch(&history);
+    let mut server: Vec<String> = [
+        "server",
+        "--state-path",
+        &c.state_path().display().to_string(),
+        "--bind-address",
+        "127.0.0.1",
+        "--shared-key",
+        util::SHARED_KEY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    server.extend(c.common());
+    refused(server, &history, &damaged);
+    assert!(
+        std::os::unix::net::UnixStream::connect(c.socket()).is_err(),
+        "the refused server serves its socket"
+    );
+
+    let journal = c.node_dir("h1").join("cache").join("journal.bin");
+    let damaged = punch(&journal);
+    let node = c.node_dir("h1");
+    let mut client: Vec<String> = [
+        "client",
+        "--identity",
+        "h1",
+        "--server-address",
+        "127.0.0.1",
+        "--cache-path",
+        &node.join("cache").display().to_string(),
+        "--key-path",
+        &node.join("key").display().to_string(),
+        "--shared-key",
+        util::SHARED_KEY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    client.extend(c.common());
+    refused(client, &journal, &damaged);
+}
+
 #[test]
 fn a_second_daemon_on_a_directory_in_use_exits_at_once_naming_it_and_its_owner() {
     let mut c = Cluster::start("owner", &["o1"], "1");

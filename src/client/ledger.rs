@@ -136,6 +136,8 @@ pub struct Ledger {
     order: u64,
     closed: VecDeque<Uuid>,
     closed_set: HashSet<Uuid>,
+    /// A `Took` waits to be written: the next batch is synced.
+    took_pending: bool,
     /// Records appended, and those known to be on disk.
     appended: u64,
     durable: u64,
@@ -166,6 +168,7 @@ impl Ledger {
             journal,
             open: HashMap::new(),
             order: 0,
+            took_pending: false,
             closed: VecDeque::new(),
             closed_set: HashSet::new(),
             appended: 0,
@@ -253,6 +256,7 @@ impl Ledger {
     pub fn take(&mut self, job: Uuid) -> Ticket {
         debug_assert_eq!(self.known(&job), Known::New, "a job is taken once");
         self.append(Record::Took { job });
+        self.took_pending = true;
         self.order += 1;
         self.open.insert(job, (self.order, Entry::Taken));
         Ticket(self.appended)
@@ -328,13 +332,15 @@ impl Ledger {
     }
 
     /// The next write for the I/O thread, if one is due and nothing is
-    /// out: what was appended, synced; else a rewrite when most of the
-    /// file is dead (only with nothing pending, see the module's notes).
+    /// out: what was appended (synced if it takes a job: outcomes and acks
+    /// ride along, and lose nothing but a resend if a power loss takes
+    /// them); else a rewrite when most of the file is dead (only with
+    /// nothing pending, see the module's notes).
     pub fn next_io(&mut self) -> Option<LedgerIo> {
         if !matches!(self.out, Out::Idle) || self.stalled {
             return None;
         }
-        if let Some(batch) = self.journal.take(true) {
+        if let Some(batch) = self.journal.take(std::mem::take(&mut self.took_pending)) {
             self.failed = None;
             self.out = Out::Batch {
                 upto: self.appended,
@@ -366,6 +372,8 @@ impl Ledger {
             (Out::Batch { upto }, LedgerIoDone::Written(Err((batch, e)))) => {
                 // Retried, in order, with the next record appended.
                 self.journal.put_back(batch);
+                // It may have carried a job's record: the retry syncs.
+                self.took_pending = true;
                 self.failing = true;
                 self.stalled = true;
                 if self.errors.first(Instant::now()) {
