@@ -14,6 +14,9 @@
 //! one at a time (memory does not grow with the file), and a torn or
 //! corrupt tail (a crash mid-append) is dropped with a warning.
 //!
+//! Every file it writes is its owner's only (mode 0600, an existing file
+//! made so at open): journals hold outputs, values and keys.
+//!
 //! A file starts with a header naming the layout of its records (`Layout`):
 //! a file of an older layout (or from before headers, layout 0) is
 //! upgraded at open, record by record into a new file that replaces it
@@ -616,7 +619,7 @@ impl JournalFile {
         }
         let mut len = HEADER_LEN;
         let written = (|| {
-            let mut f = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+            let mut f = io::BufWriter::with_capacity(1 << 16, create_private(&tmp)?);
             f.write_all(&self.header)?;
             let mut buf = Vec::new();
             for piece in parts {
@@ -674,13 +677,35 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// The journal file, for appends and for reading records back.
+/// The journal file, for appends and for reading records back; its
+/// owner's only, whatever mode it had.
 fn open_rw(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
-        .open(path)
+        .mode(0o600)
+        .open(path)?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
+}
+
+/// A new file (or an emptied one) that only its owner may read, whatever
+/// the umask.
+fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode through O_CREAT: set it.
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
 }
 
 /// The file behind a journal; a panic elsewhere while it was held leaves
@@ -766,7 +791,7 @@ fn read_header(path: &Path) -> io::Result<Header> {
 
 /// A new, empty journal of `version`, durably.
 fn write_fresh(path: &Path, version: u32) -> io::Result<()> {
-    let mut f = File::create(path)?;
+    let mut f = create_private(path)?;
     f.write_all(&header(version))?;
     f.sync_all()?;
     sync_dir(path);
@@ -790,7 +815,7 @@ fn upgrade<T: Layout>(path: &Path, from: u32, start: u64) -> io::Result<()> {
         let total = f.metadata()?.len();
         let mut r = BufReader::with_capacity(1 << 16, f);
         io::copy(&mut (&mut r).take(start), &mut io::sink())?;
-        let mut w = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        let mut w = io::BufWriter::with_capacity(1 << 16, create_private(&tmp)?);
         w.write_all(&header(T::VERSION))?;
         let mut at = start;
         let mut body = Vec::new();

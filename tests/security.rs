@@ -786,3 +786,45 @@ fn a_client_without_a_server_key_is_told_what_to_give() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("chmod 600"), "{out:?}");
 }
+
+/// Every file director writes that holds state, output, keys or secrets is
+/// 0600 and its directories 0700, whatever the umask and whatever existed
+/// before. (Before, a state or cache directory that existed as 0755 got a
+/// history.bin and a journal.bin of 0644, or 0666 under umask 000, where
+/// any user could read job output and ARG secrets, or write keys.bin.)
+#[test]
+fn state_and_cache_files_are_private_whatever_the_umask_and_the_directories_were() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new("private", "0.5");
+    c.umask = Some(0o000);
+    let node = c.node_dir("p1");
+    for dir in [c.state_path(), node.join("cache"), node.join("key")] {
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut c = Cluster::start_in(c, &["p1"]);
+    let out = c.cli(&["exec", "--verb", "ARG", "--wait", "db_password s3cret"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo private output"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // A restart rewrites the journals (compaction at start).
+    c.server().signal(libc::SIGKILL);
+    c.server().wait_exit(DEADLINE);
+    c.start_server();
+    c.wait_nodes(&["p1"]);
+    let mut seen = Vec::new();
+    for dir in [c.state_path(), node.join("cache"), node.join("key")] {
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    seen.sort();
+    for want in ["history.bin", "keys.bin", "journal.bin", "jobs.bin", "node.key", "director.lock"] {
+        assert!(seen.iter().any(|s| s == want), "{want} not among {seen:?}");
+    }
+}

@@ -147,6 +147,8 @@ pub struct Cluster {
     pub daemon_args: Vec<String>,
     pub server: Option<Proc>,
     pub clients: BTreeMap<String, Proc>,
+    /// The daemons' umask, when a test sets one.
+    pub umask: Option<u32>,
 }
 
 impl Cluster {
@@ -175,6 +177,7 @@ impl Cluster {
             daemon_args: Vec::new(),
             server: None,
             clients: BTreeMap::new(),
+            umask: None,
         }
     }
 
@@ -217,7 +220,18 @@ impl Cluster {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = base_command()
+        let mut cmd = base_command();
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches no memory.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd
             .envs(env.iter().copied())
             .arg(mode)
             .args(self.common())
