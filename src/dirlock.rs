@@ -111,8 +111,15 @@ pub fn create(dir: &Path, what: &str) -> Result<()> {
         )));
     }
     if meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("cannot make the {what} {} private (mode 0700)", dir.display()), e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot make the {what} {} private (mode 0700)",
+                    dir.display()
+                ),
+                e,
+            )
+        })?;
         log::info!(
             "the {what} {} was mode {:o}; made it 0700 (only its owner may read it)",
             dir.display(),
@@ -174,7 +181,9 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         let _held = lock(&d, "state directory (--state-path)").unwrap();
         fs::remove_file(d.join(FILE)).unwrap();
-        let e = lock(&d, "state directory (--state-path)").unwrap_err().to_string();
+        let e = lock(&d, "state directory (--state-path)")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is in use by another director process"), "{e}");
         fs::remove_dir_all(&d).unwrap();
     }
@@ -194,7 +203,9 @@ mod tests {
             // SAFETY: a valid C path; chown changes only ownership.
             let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
             assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
-            let e = lock(&d, "cache directory (--cache-path)").unwrap_err().to_string();
+            let e = lock(&d, "cache directory (--cache-path)")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("belongs to uid 65534"), "{e}");
             assert!(e.contains("give --cache-path a directory"), "{e}");
         }

@@ -354,6 +354,16 @@ impl Journal {
         })
     }
 
+    /// What was appended so far (perhaps nothing), to be written, then
+    /// everything written so far synced.
+    pub fn take_synced(&mut self) -> Batch {
+        Batch {
+            file: Arc::clone(&self.file),
+            bytes: std::mem::take(&mut self.pending),
+            sync: true,
+        }
+    }
+
     /// A batch that failed goes back in front of what came after it.
     pub fn put_back(&mut self, batch: Batch) {
         let mut bytes = batch.bytes;

@@ -158,9 +158,11 @@ fn a_crash_loop_of_the_server_never_runs_a_job_twice() {
         );
         lost_on_q3 += lost;
     }
+    // A node holds at most two jobs at once (one running, one waiting):
+    // no more can be lost there.
     assert!(
-        lost_on_q3 <= 1,
-        "more than the one job in flight on q3 was lost"
+        lost_on_q3 <= 2,
+        "more than the jobs in flight on q3 were lost"
     );
     let want: Vec<u32> = (0..JOBS as u32).collect();
     for n in ["q1", "q2"] {
@@ -216,7 +218,7 @@ fn a_hole_in_a_journal_is_refused_as_damage_and_nothing_is_cut() {
             err.contains(&shown) && err.contains("cannot be read, and more follow"),
             "{err}"
         );
-        assert!(err.contains(&format!("`truncate -s ")), "{err}");
+        assert!(err.contains("`truncate -s "), "{err}");
         assert_eq!(fs::read(path).unwrap(), damaged, "{shown} was changed");
     };
 

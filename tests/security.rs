@@ -824,7 +824,14 @@ fn state_and_cache_files_are_private_whatever_the_umask_and_the_directories_were
         }
     }
     seen.sort();
-    for want in ["history.bin", "keys.bin", "journal.bin", "jobs.bin", "node.key", "director.lock"] {
+    for want in [
+        "history.bin",
+        "keys.bin",
+        "journal.bin",
+        "jobs.bin",
+        "node.key",
+        "director.lock",
+    ] {
         assert!(seen.iter().any(|s| s == want), "{want} not among {seen:?}");
     }
 }

@@ -7,13 +7,17 @@
 //! or as lost when the client stopped while it ran.
 //!
 //! Sans-io like the cache: the loop appends records in memory and hands
-//! the I/O thread one write at a time (`next_io`), a batch synced in one
-//! `fdatasync` with whatever was appended meanwhile (group commit), into
-//! space kept allocated ahead so that a full disk stops no job. A job
-//! is taken when it arrives, so its record is written while the job
-//! before it runs, and a job starts only once its record is on disk
-//! (`is_durable`). Outcomes and acknowledgements ride the same batches;
-//! nothing waits for them.
+//! the I/O thread one write at a time (`next_io`). A job is taken when it
+//! arrives, and its record goes out at once, so it is written while the
+//! job before it runs; the job starts only once its record is in the file
+//! (`is_written`): a crash of the client (kill -9 included) cannot lose it.
+//! Outcomes and acknowledgements wait for the next write, and every
+//! `GROUP_COMMIT` what was written is synced with them in one `fdatasync`
+//! (group commit): no job waits for a disk flush. A power loss within that
+//! window can lose a job's record; the server's own record of sending it,
+//! synced on the same rhythm, then still keeps it from being sent again.
+//! Records go into space kept allocated ahead, so that a full disk stops
+//! no job.
 //!
 //! At open (on the caller's thread, before the loop), jobs taken by an
 //! earlier process and never ended are ended as lost, and the file is
@@ -25,7 +29,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -47,6 +51,9 @@ const SLACK: usize = 4096;
 /// job sent again after a client restart, small enough that records stay
 /// small (the full outputs stay in memory while the process lives).
 pub const OUTPUT_KEPT: usize = 16 << 10;
+
+/// How often what was written is synced (and outcomes and acks written).
+pub const GROUP_COMMIT: Duration = Duration::from_millis(50);
 
 /// Space kept allocated past the file's end, so that the ledger's small
 /// records still land on a full disk (and jobs, say one that frees it,
@@ -81,9 +88,10 @@ enum Entry {
 /// What is out on the I/O thread.
 enum Out {
     Idle,
-    /// A batch holding every record up to this count.
+    /// A batch holding every record up to this count, synced or not.
     Batch {
         upto: u64,
+        synced: bool,
     },
     Rewrite,
 }
@@ -111,7 +119,7 @@ impl LedgerIo {
 }
 
 /// A place in the ledger's records: a job taken with this ticket may
-/// start once the ledger is durable up to it.
+/// start once the ledger is written up to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(u64);
 
@@ -136,11 +144,16 @@ pub struct Ledger {
     order: u64,
     closed: VecDeque<Uuid>,
     closed_set: HashSet<Uuid>,
-    /// A `Took` waits to be written: the next batch is synced.
+    /// A `Took` waits to be written: a batch goes out at once.
     took_pending: bool,
-    /// Records appended, and those known to be on disk.
+    /// The group commit is due (its timer, or a stop): everything goes
+    /// out, synced.
+    commit_due: bool,
+    /// Written since the last sync.
+    unsynced: bool,
+    /// Records appended, and those in the file.
     appended: u64,
-    durable: u64,
+    written: u64,
     out: Out,
     /// The last write failed, and none went out since: the records it
     /// carried (up to this count) and what it said. Jobs waiting for those
@@ -169,10 +182,12 @@ impl Ledger {
             open: HashMap::new(),
             order: 0,
             took_pending: false,
+            commit_due: false,
+            unsynced: false,
             closed: VecDeque::new(),
             closed_set: HashSet::new(),
             appended: 0,
-            durable: 0,
+            written: 0,
             out: Out::Idle,
             failed: None,
             failing: false,
@@ -252,7 +267,7 @@ impl Ledger {
         }
     }
 
-    /// `job` is this node's: it may start once `is_durable(ticket)`.
+    /// `job` is this node's: it may start once `is_written(ticket)`.
     pub fn take(&mut self, job: Uuid) -> Ticket {
         debug_assert_eq!(self.known(&job), Known::New, "a job is taken once");
         self.append(Record::Took { job });
@@ -262,9 +277,9 @@ impl Ledger {
         Ticket(self.appended)
     }
 
-    /// Is the record of the job taken with `ticket` on disk?
-    pub fn is_durable(&self, ticket: Ticket) -> bool {
-        self.durable >= ticket.0
+    /// Is the record of the job taken with `ticket` in the file?
+    pub fn is_written(&self, ticket: Ticket) -> bool {
+        self.written >= ticket.0
     }
 
     /// The last write failed and carried the record of the job taken with
@@ -331,48 +346,79 @@ impl Ledger {
         self.stalled = false;
     }
 
+    /// Has it records or writes waiting for the group commit? (Then the
+    /// caller times a `commit` within `GROUP_COMMIT`.)
+    pub fn wants_commit(&self) -> bool {
+        !self.commit_due && (self.journal.is_dirty() || self.unsynced)
+    }
+
+    /// The group commit is due: write what waits, and sync.
+    pub fn commit(&mut self) {
+        self.commit_due = true;
+        self.stalled = false;
+    }
+
     /// The next write for the I/O thread, if one is due and nothing is
-    /// out: what was appended (synced if it takes a job: outcomes and acks
-    /// ride along, and lose nothing but a resend if a power loss takes
-    /// them); else a rewrite when most of the file is dead (only with
-    /// nothing pending, see the module's notes).
+    /// out: a job's record at once (written, not synced); at the group
+    /// commit, everything appended, synced; else a rewrite when most of
+    /// the file is dead (only with nothing pending, see the module's
+    /// notes).
     pub fn next_io(&mut self) -> Option<LedgerIo> {
         if !matches!(self.out, Out::Idle) || self.stalled {
             return None;
         }
-        if let Some(batch) = self.journal.take(std::mem::take(&mut self.took_pending)) {
+        if self.commit_due && (self.journal.is_dirty() || self.unsynced) {
+            self.took_pending = false;
             self.failed = None;
             self.out = Out::Batch {
                 upto: self.appended,
+                synced: true,
             };
-            return Some(LedgerIo::Write(batch));
+            return Some(LedgerIo::Write(self.journal.take_synced()));
         }
-        if self.journal.records() > 2 * (self.open.len() * 2 + self.closed.len()) + SLACK {
+        self.commit_due = false;
+        if std::mem::take(&mut self.took_pending) {
+            if let Some(batch) = self.journal.take(false) {
+                self.failed = None;
+                self.out = Out::Batch {
+                    upto: self.appended,
+                    synced: false,
+                };
+                return Some(LedgerIo::Write(batch));
+            }
+        }
+        if !self.journal.is_dirty()
+            && !self.unsynced
+            && self.journal.records() > 2 * (self.open.len() * 2 + self.closed.len()) + SLACK
+        {
             self.out = Out::Rewrite;
             return Some(LedgerIo::Rewrite(self.snapshot()));
         }
         None
     }
 
-    /// Is a write out, or a record waiting for one that may still work?
+    /// Is a write out, or a record (or a sync) waiting for one that may
+    /// still work? A stop waits for it, after a `commit`.
     pub fn is_busy(&self) -> bool {
-        !matches!(self.out, Out::Idle) || (self.journal.is_dirty() && !self.stalled)
+        !matches!(self.out, Out::Idle)
+            || ((self.journal.is_dirty() || self.unsynced) && !self.stalled)
     }
 
     /// The I/O thread did the last `next_io`.
     pub fn io_done(&mut self, done: LedgerIoDone) {
         let out = std::mem::replace(&mut self.out, Out::Idle);
         match (out, done) {
-            (Out::Batch { upto }, LedgerIoDone::Written(Ok(()))) => {
-                self.durable = upto;
+            (Out::Batch { upto, synced }, LedgerIoDone::Written(Ok(()))) => {
+                self.written = upto;
+                self.unsynced = !synced;
                 if std::mem::take(&mut self.failing) {
                     log::info!("{}: writes work again", self.path());
                 }
             }
-            (Out::Batch { upto }, LedgerIoDone::Written(Err((batch, e)))) => {
+            (Out::Batch { upto, .. }, LedgerIoDone::Written(Err((batch, e)))) => {
                 // Retried, in order, with the next record appended.
                 self.journal.put_back(batch);
-                // It may have carried a job's record: the retry syncs.
+                // It may have carried a job's record: retried as one.
                 self.took_pending = true;
                 self.failing = true;
                 self.stalled = true;
@@ -427,9 +473,10 @@ impl Ledger {
         self.journal.snapshot(live)
     }
 
-    /// Write everything due, on this thread (tests).
+    /// Write and sync everything, on this thread (tests).
     #[cfg(test)]
     pub fn settle_now(&mut self) {
+        self.commit();
         while let Some(io) = self.next_io() {
             self.io_done(io.run());
         }
@@ -456,7 +503,7 @@ mod tests {
         let d = dir("durable");
         let mut l = Ledger::open(&d).unwrap();
         let a = l.take(Uuid::new_v4());
-        assert!(!l.is_durable(a));
+        assert!(!l.is_written(a));
         let Some(LedgerIo::Write(batch)) = l.next_io() else {
             panic!("a write");
         };
@@ -464,9 +511,41 @@ mod tests {
         let b = l.take(Uuid::new_v4());
         assert!(l.next_io().is_none(), "one write at a time");
         l.io_done(LedgerIoDone::Written(batch.run()));
-        assert!(l.is_durable(a) && !l.is_durable(b));
+        assert!(l.is_written(a) && !l.is_written(b));
         l.settle_now();
-        assert!(l.is_durable(b));
+        assert!(l.is_written(b));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn only_a_job_taken_is_written_at_once_and_the_group_commit_syncs_the_rest() {
+        let d = dir("commit");
+        let mut l = Ledger::open(&d).unwrap();
+        let id = Uuid::new_v4();
+        let t = l.take(id);
+        let Some(LedgerIo::Write(batch)) = l.next_io() else {
+            panic!("the job's record at once");
+        };
+        assert!(
+            matches!(l.out, Out::Batch { synced: false, .. }),
+            "no flush on a job's path"
+        );
+        l.io_done(LedgerIoDone::Written(batch.run()));
+        assert!(l.is_written(t));
+        // Its outcome and ack wait for the group commit.
+        l.end(id, &ok());
+        l.ack(&id);
+        assert!(l.next_io().is_none());
+        assert!(l.wants_commit() && l.is_busy());
+        l.commit();
+        let Some(LedgerIo::Write(batch)) = l.next_io() else {
+            panic!("the group commit");
+        };
+        assert!(matches!(l.out, Out::Batch { synced: true, .. }));
+        l.io_done(LedgerIoDone::Written(batch.run()));
+        assert!(!l.wants_commit() && !l.is_busy());
+        drop(l);
+        assert_eq!(Ledger::open(&d).unwrap().known(&id), Known::Acked);
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -547,7 +626,7 @@ mod tests {
         let later = l.take(Uuid::new_v4());
         assert!(l.failure(later).is_none());
         l.settle_now();
-        assert!(l.is_durable(t) && l.is_durable(later));
+        assert!(l.is_written(t) && l.is_written(later));
         assert!(l.failure(t).is_none());
         drop(l);
         assert!(matches!(

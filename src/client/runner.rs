@@ -42,6 +42,8 @@ pub enum RunnerTimer {
     TransferStall,
     /// A failed command's next attempt (`--retries`) is due.
     Retry,
+    /// The ledger's group commit is due.
+    LedgerCommit,
 }
 
 /// What the loop must do for the runner.
@@ -216,6 +218,8 @@ pub struct Runner {
     stall: Duration,
     /// Is a `TransferStall` check pending?
     stall_armed: bool,
+    /// Is a `LedgerCommit` pending?
+    commit_armed: bool,
 }
 
 impl Runner {
@@ -233,6 +237,7 @@ impl Runner {
             stopping: false,
             stall,
             stall_armed: false,
+            commit_armed: false,
         }
     }
 
@@ -363,6 +368,13 @@ impl Runner {
         if let Some(io) = self.ledger.next_io() {
             fx.io.push(IoTask::Ledger(io));
         }
+        if !self.commit_armed && self.ledger.wants_commit() {
+            self.commit_armed = true;
+            fx.timers.push((
+                Instant::now() + super::ledger::GROUP_COMMIT,
+                RunnerTimer::LedgerCommit,
+            ));
+        }
     }
 
     /// A job from the server.
@@ -418,7 +430,7 @@ impl Runner {
             };
             // Not before the ledger has it: a job that may have started
             // must be known to have, whatever happens next.
-            if !self.ledger.is_durable(head.ticket) {
+            if !self.ledger.is_written(head.ticket) {
                 let Some(why) = self.ledger.failure(head.ticket).map(str::to_owned) else {
                     return; // its write is out, or due
                 };
@@ -956,6 +968,11 @@ impl Runner {
                 }
             }
             RunnerTimer::Retry => self.retry(now, fx),
+            RunnerTimer::LedgerCommit => {
+                self.commit_armed = false;
+                self.ledger.commit();
+                self.pump_cache(fx);
+            }
             RunnerTimer::KillGrace => {
                 if let Some(Running {
                     job_id,
@@ -1016,6 +1033,8 @@ impl Runner {
             let why = "the client was stopped before this job started on the node; it did not run";
             self.report(q.job_id, q.parent, exec::ended(Exit::Lost(why.into())), fx);
         }
+        // What the ledger holds reaches the disk before the client exits.
+        self.ledger.commit();
         self.pump_cache(fx);
         let Some(r) = &self.running else {
             return self.io_busy();
@@ -1105,10 +1124,22 @@ mod tests {
         /// what that leads to: the effects of `fx` and theirs, without
         /// ledger writes.
         fn ledger_io(&mut self, mut fx: Effects) -> Effects {
-            while let Some(i) = fx.io.iter().position(|t| matches!(t, IoTask::Ledger(_))) {
-                let task = fx.io.remove(i);
+            loop {
                 let mut out = Effects::default();
-                self.runner.on_io(task.run(), &mut out);
+                if let Some(i) = fx.io.iter().position(|t| matches!(t, IoTask::Ledger(_))) {
+                    let task = fx.io.remove(i);
+                    self.runner.on_io(task.run(), &mut out);
+                } else if let Some(i) = fx
+                    .timers
+                    .iter()
+                    .position(|(_, t)| *t == RunnerTimer::LedgerCommit)
+                {
+                    // The group commit's time comes.
+                    let (at, t) = fx.timers.remove(i);
+                    self.runner.on_timer(t, at, &mut out);
+                } else {
+                    break;
+                }
                 fx.job.append(&mut out.job);
                 fx.transfer.append(&mut out.transfer);
                 fx.timers.append(&mut out.timers);
