@@ -450,6 +450,9 @@ pub enum Denial {
     WrongSharedKey,
     /// The server holds as many pending keys as it takes; try later.
     TooManyPending,
+    /// Another key that is only pending claimed the name first: an
+    /// operator decides (or a shared key proves this node); try later.
+    NameContested,
 }
 
 impl fmt::Display for Denial {
@@ -461,6 +464,9 @@ impl fmt::Display for Denial {
             Denial::KeyHasName(n) => write!(f, "the key is enrolled as '{n}'"),
             Denial::WrongSharedKey => f.write_str("the shared key does not match the server's"),
             Denial::TooManyPending => f.write_str("too many keys are pending acceptance"),
+            Denial::NameContested => {
+                f.write_str("another key waiting for acceptance claimed the name first")
+            }
         }
     }
 }

@@ -177,7 +177,7 @@ fn a_wrong_server_key_or_shared_key_is_named_at_the_first_handshake() {
     });
     // They keep trying (with backoff): it may be the server that is wrong.
     assert!(c.client("w1").is_running() && c.client("w2").is_running());
-    // Said once, however many retries; nothing about them on the server.
+    // Said once, however many retries; the server names the address, once.
     for n in ["w1", "w2"] {
         let start = std::time::Instant::now();
         while !c.client(n).log_text().contains("handshake failed again") {
@@ -195,7 +195,13 @@ fn a_wrong_server_key_or_shared_key_is_named_at_the_first_handshake() {
         assert_eq!(count(&log, "handshake with"), 1, "{log}");
     }
     let log = c.server().log_text();
-    assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+    assert_eq!(
+        count(&log, "a client at 127.0.0.1 failed the CURVE handshake: it does not hold this server's public key"),
+        1,
+        "{log}"
+    );
+    assert_eq!(count(&log, " WARN "), 1, "{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
     // A client without CURVE is told the server uses it.
     c.start_client_bare("w3", &["--curve", "off"]);
     wait_until("plain client told", DEADLINE, || {
@@ -834,4 +840,70 @@ fn state_and_cache_files_are_private_whatever_the_umask_and_the_directories_were
     ] {
         assert!(seen.iter().any(|s| s == want), "{want} not among {seen:?}");
     }
+}
+
+/// A stranger with only the server's public key (what `--show-key` prints)
+/// claims a node's name before the node first comes: its claim is only
+/// pending, and the real node, proving the shared key, takes the name and
+/// works (it used to be refused and exit 2, so systemd did not restart
+/// it). Strangers' pending keys are logged at most once per 10 s.
+#[test]
+fn a_stranger_cannot_squat_a_nodes_name_nor_flood_the_log() {
+    let mut c = Cluster::start("squat", &["n1"], "0.5");
+    let key = c.server_key();
+    let stranger = RawPeer::connect(&c, Some(&key));
+    assert_eq!(
+        decode_server(&stranger.ready("n4")),
+        Some(ServerWire::Denied(DenialWire::Pending))
+    );
+    // More strangers, each a new pending key.
+    let crowd: Vec<RawPeer> = (0..30).map(|_| RawPeer::connect(&c, Some(&key))).collect();
+    for (i, p) in crowd.iter().enumerate() {
+        let answer = p.ready(&format!("fake{i}"));
+        assert_eq!(
+            decode_server(&answer),
+            Some(ServerWire::Denied(DenialWire::Pending))
+        );
+    }
+    // Another client without the shared key: the name is contested, it
+    // waits (no exit).
+    c.start_client_bare("n4", &["--server-key", &key]);
+    wait_until("the contested client to say so", DEADLINE, || {
+        c.client("n4")
+            .log_text()
+            .contains("was claimed on the server by another key")
+    });
+    assert!(c.client("n4").is_running());
+    c.client("n4").signal(libc::SIGKILL);
+    c.client("n4").wait_exit(DEADLINE);
+    c.clients.remove("n4");
+    let _ = fs::remove_dir_all(c.node_dir("n4").join("key"));
+    // The real n4, with the shared key.
+    c.start_client("n4");
+    c.wait_nodes(&["n1", "n4"]);
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--target",
+        "n4",
+        "echo mine",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let keys = c.keys_json();
+    let n4 = keys.iter().find(|k| k["name"] == "n4").unwrap();
+    assert_eq!(n4["state"], "accepted", "{keys:?}");
+    assert_ne!(n4["public_key"], stranger.public_key.as_str());
+    let log = c.server().log_text();
+    assert!(log.contains("takes the name from key"), "{log}");
+    assert!(
+        count(&log, "is pending; accept it") <= 2,
+        "one line per pending key: {log}"
+    );
+    // The stranger's next claim of the name is refused as taken.
+    assert_eq!(
+        decode_server(&stranger.ready("n4")),
+        Some(ServerWire::Denied(DenialWire::NameTaken))
+    );
 }

@@ -190,6 +190,8 @@ enum Standing {
     Unreachable(String),
     /// Our key waits for an operator.
     Pending,
+    /// Another pending key claimed our name first.
+    Contested,
     /// Welcomed as our node.
     Admitted,
 }
@@ -397,6 +399,7 @@ impl Client {
             &monitor_ep,
             self.poll.registry(),
             MONITOR,
+            monitor::Watch::Connecting,
         ) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -901,6 +904,15 @@ impl Client {
                     self.backoff.upto().as_secs_f64()
                 );
                 self.standing = Standing::Unknown;
+                self.reconnect();
+            }
+            Denial::NameContested => {
+                if self.standing != Standing::Contested {
+                    log::warn!(
+                        "the name '{name}' was claimed on the server by another key that waits for acceptance (this node's key is {fp}): if that key is not this node's, run `director manage --delete-key {name}` on the server, then accept this one; retrying"
+                    );
+                    self.standing = Standing::Contested;
+                }
                 self.reconnect();
             }
             Denial::Rejected => self.refuse(format!(

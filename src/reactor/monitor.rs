@@ -3,7 +3,9 @@
 //! socket, whose `ZMQ_FD` is registered like any port's and drained on every
 //! loop pass (the same edge-triggered rules). The client uses it to say at
 //! the first failed handshake or connection what went wrong, instead of
-//! waiting for three silent heartbeat intervals.
+//! waiting for three silent heartbeat intervals; the server, to say which
+//! address failed its handshake (a client with a wrong shared key is
+//! otherwise dropped by libzmq without a word).
 
 use std::os::fd::RawFd;
 
@@ -46,6 +48,19 @@ const WATCHED: [E; 6] = [
 
 /// libzmq's protocol error when the two sides use different mechanisms.
 pub const MECHANISM_MISMATCH: u32 = 0x1100_0002;
+/// libzmq's protocol error when a CURVE box does not open: the peer does
+/// not hold the key its hello was sealed to.
+pub const CRYPTOGRAPHIC: u32 = 0x1100_0001;
+
+/// Which events to watch: a connecting socket's, or a bound one's (only its
+/// failed handshakes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    Connecting,
+    Bound,
+}
+
+const BOUND: [E; 2] = [E::HANDSHAKE_FAILED_PROTOCOL, E::HANDSHAKE_FAILED_AUTH];
 
 /// The reading end of one socket's monitor.
 pub struct Monitor {
@@ -62,8 +77,13 @@ impl Monitor {
         endpoint: &str,
         registry: &Registry,
         token: Token,
+        watch: Watch,
     ) -> Result<Monitor, zmq::Error> {
-        let events = WATCHED.iter().fold(0, |acc, e| acc | i32::from(e.to_raw()));
+        let watched: &[E] = match watch {
+            Watch::Connecting => &WATCHED,
+            Watch::Bound => &BOUND,
+        };
+        let events = watched.iter().fold(0, |acc, e| acc | i32::from(e.to_raw()));
         port.monitor(endpoint, events)?;
         let sock = ctx.socket(zmq::PAIR)?;
         sock.set_linger(0)?;
@@ -78,10 +98,22 @@ impl Monitor {
     /// Every event waiting, oldest first. Reads until nothing is left, as the
     /// edge-triggered fd requires.
     pub fn drain(&self) -> Vec<LinkEvent> {
+        self.drain_from().into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// The same, each with the address libzmq names: on a bound socket, the
+    /// peer's (`tcp://ADDRESS:PORT`).
+    pub fn drain_from(&self) -> Vec<(LinkEvent, String)> {
         let mut out = Vec::new();
         loop {
             match self.sock.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => out.extend(frames.first().and_then(|f| parse(f))),
+                Ok(frames) => {
+                    let address = frames
+                        .get(1)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .unwrap_or_default();
+                    out.extend(frames.first().and_then(|f| parse(f)).map(|e| (e, address)));
+                }
                 Err(zmq::Error::EINTR) => {}
                 Err(_) => return out,
             }

@@ -4,8 +4,11 @@
 //! journals the records it returns (`keys.bin` under `--state-path`).
 //!
 //! Rules:
-//! - a name is owned by the first key that claims it, whatever that key's
-//!   state, until an operator deletes the key; a key owns one name;
+//! - a name is owned by the first key that claims it, until an operator
+//!   deletes the key; a key owns one name. A key that is only pending owns
+//!   it weakly: a client that proves the shared key takes the name over
+//!   (the pending key is dropped), and another claimant is told the name
+//!   is contested (it waits and retries) rather than taken (it stops);
 //! - a new key waits in `Pending` (no jobs) until accepted; with a shared key,
 //!   a client that proves it knows the shared key is accepted at once;
 //! - a rejected key is refused at the handshake;
@@ -61,6 +64,9 @@ pub enum Proof {
 pub enum Claim {
     /// The key owns the name and is accepted: it is that node.
     Admitted,
+    /// The same, over a pending key that had claimed the name first (and
+    /// is dropped): to say so.
+    AdmittedOver(PublicKey),
     Denied(Denial),
 }
 
@@ -236,8 +242,22 @@ impl Keys {
                 (KeyState::Pending, Proof::None) => (Claim::Denied(Denial::Pending), None),
             };
         }
-        if self.by_name.contains_key(name) {
-            return (Claim::Denied(Denial::NameTaken), None);
+        let mut over = None;
+        if let Some(owner) = self.by_name.get(name) {
+            match (owner.state, proof) {
+                // Only the shared key proves a node: a stranger with the
+                // server's public key may claim any name first, but its
+                // pending claim never stands against the real node.
+                (KeyState::Pending, Proof::Valid) => {
+                    over = Some(owner.key);
+                    self.remove(name);
+                }
+                (_, Proof::Invalid) => return (Claim::Denied(Denial::WrongSharedKey), None),
+                (KeyState::Pending, Proof::None) => {
+                    return (Claim::Denied(Denial::NameContested), None)
+                }
+                _ => return (Claim::Denied(Denial::NameTaken), None),
+            }
         }
         let state = match proof {
             Proof::Valid => KeyState::Accepted,
@@ -255,8 +275,9 @@ impl Keys {
         };
         let rec = record(name, &entry);
         self.insert(name.to_owned(), entry);
-        let claim = match state {
-            KeyState::Accepted => Claim::Admitted,
+        let claim = match (state, over) {
+            (KeyState::Accepted, Some(squatter)) => Claim::AdmittedOver(squatter),
+            (KeyState::Accepted, None) => Claim::Admitted,
             _ => Claim::Denied(Denial::Pending),
         };
         (claim, Some(rec))
@@ -369,10 +390,11 @@ mod tests {
         assert!(rec.is_some(), "a pending key is journaled");
         assert!(t.admits(&a), "pending keys may connect to learn they wait");
         assert_eq!(t.node_of(&a), None);
-        // The name is taken, even while pending; the owner is not disturbed.
+        // Pending, the name is contested for another key without proof
+        // (it waits); the owner is not disturbed.
         assert_eq!(
             t.claim(&b, "web1", Proof::None, 6),
-            (Claim::Denied(Denial::NameTaken), None)
+            (Claim::Denied(Denial::NameContested), None)
         );
         assert_eq!(t.key_of("web1"), Some(a));
         assert_eq!(
@@ -381,6 +403,11 @@ mod tests {
         );
         t.set_state("web1", KeyState::Accepted).unwrap();
         assert_eq!(t.claim(&a, "web1", Proof::None, 8), (Claim::Admitted, None));
+        // Accepted, it is taken, proof or not.
+        assert_eq!(
+            t.claim(&b, "web1", Proof::Valid, 9),
+            (Claim::Denied(Denial::NameTaken), None)
+        );
         assert_eq!(t.node_of(&a), Some("web1"));
         assert_eq!(t.view("web1").unwrap().last_seen_ms, 8);
     }
@@ -450,5 +477,42 @@ mod tests {
         assert!(!r.admits(&a));
         assert!(r.view("p0").is_none());
         assert_eq!(r.view("p1").unwrap().state, KeyState::Accepted);
+    }
+
+    /// A stranger with only the server's public key claimed `n4` first:
+    /// the real `n4`, proving the shared key, takes the name, and the
+    /// journal says so; the stranger is back to a claim of a taken name.
+    #[test]
+    fn a_pending_key_never_holds_a_name_against_the_shared_key() {
+        let mut t = Keys::default();
+        let (stranger, real) = (key(), key());
+        assert_eq!(
+            t.claim(&stranger, "n4", Proof::None, 0).0,
+            Claim::Denied(Denial::Pending)
+        );
+        let (claim, rec) = t.claim(&real, "n4", Proof::Valid, 1);
+        assert_eq!(claim, Claim::AdmittedOver(stranger));
+        assert_eq!(t.key_of("n4"), Some(real));
+        assert_eq!(t.standing(&stranger), Standing::Unknown);
+        assert_eq!(t.pending, 0);
+        assert_eq!(
+            t.claim(&stranger, "n4", Proof::None, 2),
+            (Claim::Denied(Denial::NameTaken), None)
+        );
+        // Replayed, the last record wins.
+        let mut records = vec![record(
+            "n4",
+            &Entry {
+                key: stranger,
+                state: KeyState::Pending,
+                first_seen_ms: 0,
+                last_seen_ms: 0,
+            },
+        )];
+        records.extend(rec);
+        let r = Keys::restore(records);
+        assert_eq!(r.key_of("n4"), Some(real));
+        assert_eq!(r.view("n4").unwrap().state, KeyState::Accepted);
+        assert_eq!(r.pending, 0);
     }
 }

@@ -59,6 +59,7 @@ use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
+use crate::reactor::monitor::{self, LinkEvent, Monitor, Watch};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::worker::Worker;
@@ -73,6 +74,7 @@ const CONTROL: Token = Token(3);
 const SIGNALS: Token = Token(4);
 const ZAP: Token = Token(5);
 const WORKER: Token = Token(6);
+const MONITOR: Token = Token(7);
 const FIRST_DYNAMIC: usize = 16;
 
 /// What each port takes from one peer. A node sends results (two capped
@@ -115,6 +117,8 @@ const ZAP_PORT: PortSpec = PortSpec {
 /// Keys remembered as logged (name conflicts, refused handshakes), so each
 /// is logged once.
 const LOGGED_ONCE_CAP: usize = 4096;
+/// At most one line per this period about new pending keys.
+const PENDING_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Messages received per port per service pass before other sources get a turn.
 const BUDGET: usize = 256;
@@ -206,8 +210,17 @@ pub struct Server {
     conflicts_logged: Once<PublicKey>,
     /// Rejected keys whose knocking was logged already.
     refusals_logged: Once<PublicKey>,
+    /// New pending keys, said at most once per period (a stranger can make
+    /// thousands), with how many were not said.
+    pending_logged: crate::ratelog::Every,
     /// This process owns `--state-path`.
     _lock: DirLock,
+    /// The job port's failed handshakes (with CURVE): libzmq drops a
+    /// client with a wrong key without a word otherwise.
+    handshakes: Option<Monitor>,
+    /// Addresses whose failed handshake was said, and how often one may be.
+    handshakes_logged: Once<String>,
+    handshakes_rate: crate::ratelog::Every,
 }
 
 /// Run the server until it is told to stop.
@@ -297,6 +310,21 @@ impl Server {
             bind(TRANSFER_PORT, cfg.transfer_port, TRANSFER)?,
             bind(HEARTBEAT_PORT, cfg.heartbeat_port, HEARTBEAT)?,
         ];
+        // Without it we still work; we only say less about failed
+        // handshakes.
+        let handshakes = match &auth {
+            Auth::Curve(_) => Monitor::start(
+                &ctx,
+                &ports[JOB.0],
+                "inproc://director-server-handshakes",
+                poll.registry(),
+                MONITOR,
+                Watch::Bound,
+            )
+            .map_err(|e| log::warn!("cannot monitor the job port's handshakes ({e})"))
+            .ok(),
+            Auth::Off => None,
+        };
         let mut listener = bind_control(&cfg.socket_path, cfg.socket_group.as_deref())?;
         poll.registry()
             .register(&mut listener, CONTROL, Interest::READABLE)
@@ -361,7 +389,11 @@ impl Server {
             max_ivl: cfg.heartbeat_ivl,
             conflicts_logged: Once::new(LOGGED_ONCE_CAP),
             refusals_logged: Once::new(LOGGED_ONCE_CAP),
+            pending_logged: crate::ratelog::Every::new(PENDING_LOG_EVERY),
             _lock: lock,
+            handshakes,
+            handshakes_logged: Once::new(LOGGED_ONCE_CAP),
+            handshakes_rate: crate::ratelog::Every::new(PENDING_LOG_EVERY),
         };
         server.housekeeping();
         // Restored nodes must come back in time, or their work is lost:
@@ -443,6 +475,7 @@ impl Server {
         loop {
             // Rule: service every port at the top of every pass; anything
             // since the last pass may have queued a send and used the edge.
+            self.service_handshakes();
             let mut busy = self.service_ports()?;
             busy |= self.commit(Instant::now());
             let now = Instant::now();
@@ -460,7 +493,7 @@ impl Server {
                 .map_err(|e| Error::io("event loop failed", e))?;
             for ev in events.iter() {
                 match ev.token() {
-                    JOB | TRANSFER | HEARTBEAT | ZAP => {} // serviced at the top of the loop
+                    JOB | TRANSFER | HEARTBEAT | ZAP | MONITOR => {} // serviced at the top of the loop
                     CONTROL => self.accept_control(),
                     SIGNALS => self.handle_signals(),
                     WORKER => self.worker_done(),
@@ -574,6 +607,43 @@ impl Server {
             }
         }
         Ok(true)
+    }
+
+    /// Say which addresses fail the handshake, and why: once per address,
+    /// and at most once per period in all (a flood of strangers cannot
+    /// fill the log).
+    fn service_handshakes(&mut self) {
+        let Some(m) = &self.handshakes else { return };
+        for (event, address) in m.drain_from() {
+            let why = match event {
+                LinkEvent::HandshakeProtocol(monitor::CRYPTOGRAPHIC) => {
+                    "it does not hold this server's public key: its --shared-key differs from the server's, or its --server-key is another server's"
+                }
+                LinkEvent::HandshakeProtocol(monitor::MECHANISM_MISMATCH) => {
+                    "it does not speak CURVE (is it running with --curve off?)"
+                }
+                _ => continue,
+            };
+            // The address without its port, which changes with every try.
+            let host = address
+                .trim_start_matches("tcp://")
+                .rsplit_once(':')
+                .map_or(address.as_str(), |(h, _)| h)
+                .to_owned();
+            if !self.handshakes_logged.first(host.clone()) {
+                continue;
+            }
+            if !self.handshakes_rate.first(Instant::now()) {
+                continue;
+            }
+            let more = match std::mem::take(&mut self.handshakes_rate.suppressed) {
+                0 => String::new(),
+                n => format!(
+                    " ({n} more failed handshakes from other addresses before it, not logged)"
+                ),
+            };
+            log::warn!("a client at {host} failed the CURVE handshake: {why}; it retries, and this is said once per address{more}");
+        }
     }
 
     /// Answer the handshakes libzmq asks about: only rejected keys are
@@ -895,13 +965,25 @@ impl Server {
                 Claim::Admitted => log::info!(
                     "node={claimed}: key {fp} from {address} accepted (it knows the shared key)"
                 ),
-                Claim::Denied(_) => log::warn!(
-                    "node={claimed}: new key {fp} from {address} is pending; accept it with `director manage --accept-key {claimed}`"
+                Claim::AdmittedOver(squatter) => log::warn!(
+                    "node={claimed}: key {fp} from {address} accepted (it knows the shared key); it takes the name from key {}, which claimed it first without the shared key and was only pending (dropped)",
+                    squatter.fingerprint()
                 ),
+                Claim::Denied(_) => {
+                    if self.pending_logged.first(now.at) {
+                        let more = match std::mem::take(&mut self.pending_logged.suppressed) {
+                            0 => String::new(),
+                            n => format!(" ({n} more new keys became pending before it, not logged)"),
+                        };
+                        log::warn!(
+                            "node={claimed}: new key {fp} from {address} is pending; accept it with `director manage --accept-key {claimed}`{more}"
+                        );
+                    }
+                }
             }
         }
         match claim {
-            Claim::Admitted => {
+            Claim::Admitted | Claim::AdmittedOver(_) => {
                 self.routes.learn(who, Port::Job, rid);
                 let mut out = std::mem::take(&mut self.effects);
                 let welcome = ServerMsg::Welcome {
@@ -946,6 +1028,21 @@ impl Server {
                     if self.conflicts_logged.first(*key) {
                         log::warn!(
                             "node={claimed}: refused key {} from {address}: the name belongs to another key (the node is not disturbed)",
+                            key.fingerprint()
+                        );
+                    }
+                }
+                if let (Denial::NameContested, Principal::Key(key), Auth::Curve(c)) =
+                    (&why, who, &self.auth)
+                {
+                    if self.conflicts_logged.first(*key) {
+                        let holder = c
+                            .keys
+                            .key_of(&claimed)
+                            .map(|k| k.fingerprint())
+                            .unwrap_or_default();
+                        log::warn!(
+                            "node={claimed}: key {} from {address} claims the name too, which a key waiting for acceptance ({holder}) claimed first: if that one is not {claimed}'s, run `director manage --delete-key {claimed}` and accept the other when it claims the name (it retries)",
                             key.fingerprint()
                         );
                     }

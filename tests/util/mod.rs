@@ -795,6 +795,7 @@ pub enum DenialWire {
     KeyHasName(String),
     WrongSharedKey,
     TooManyPending,
+    NameContested,
 }
 
 /// Decode `[header, body]` from the server, if it is one of those.
