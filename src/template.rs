@@ -2,10 +2,30 @@
 //! WORKDIR paths are rendered on the node before use. A string without `{{`
 //! or `{%` is used as it is, so shell syntax such as `${#list[@]}` is safe
 //! in commands that use no template.
+//!
+//! Trust: this node's own values (its ARGs, set by the operator or by its
+//! own commands' `--stdout-arg`, its facts and labels) are trusted. A value
+//! any other node supplied (a QUERY map's names and values, anything later
+//! relayed between nodes) is not: another enrolled node must not be able
+//! to run commands here. In a RUN command (`render_shell`) every value
+//! that is not trusted, including what the template builds itself (`~`,
+//! filters, literals), is inserted only if it is made of characters no
+//! shell context reads as syntax (letters, digits, `_ . , : / @ % + = -`);
+//! any other is refused, failing the job, unless the template says how:
+//! `| quote` makes it one single-quoted shell word (for use outside
+//! quotes), `| safe` inserts it as it is (the operator's explicit opt-out).
+//!
+//! Rendering is bounded (`FUEL`): a template that loops too long or builds
+//! too much fails its job with one line instead of stalling the node.
 
 use std::collections::BTreeMap;
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value};
+
+/// The work one render may do: about this many instructions, or 64 times
+/// as many bytes built (minijinja's fuel). Real templates use a few
+/// thousand; a runaway loop stops within a fraction of a second.
+pub const FUEL: u64 = 500_000;
 
 /// What a node's templates read: its ARG values by name, its `facts` and
 /// `labels` (`{{ facts.os_id }}`, `{{ labels.role }}`), and what QUERY
@@ -46,14 +66,17 @@ impl<'a> Vars<'a> {
         }
     }
 
+    /// The template's variables: this node's own values marked safe
+    /// (trusted), other nodes' (QUERY maps) not.
     fn context(&self) -> Value {
-        let mut ctx: BTreeMap<String, Value> = self
-            .args
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-            .collect();
-        ctx.insert("facts".into(), Value::from(self.facts.clone()));
-        ctx.insert("labels".into(), Value::from(self.labels.clone()));
+        let trusted = |m: &BTreeMap<String, String>| -> BTreeMap<String, Value> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::from_safe_string(v.clone())))
+                .collect()
+        };
+        let mut ctx = trusted(self.args);
+        ctx.insert("facts".into(), Value::from(trusted(self.facts)));
+        ctx.insert("labels".into(), Value::from(trusted(self.labels)));
         ctx.insert("query".into(), Value::from(self.query.clone()));
         Value::from(ctx)
     }
@@ -71,20 +94,96 @@ pub fn check(source: &str) -> Result<(), String> {
         .map_err(|e| format!("bad template: {e}"))
 }
 
-/// Render `source` with `vars`. An undefined variable is an error naming
-/// it.
+/// Characters that are syntax in no shell context (unquoted, in single
+/// or double quotes, in a here-document).
+fn is_inert(c: char) -> bool {
+    c.is_alphanumeric() || "_.,:/@%+=-".contains(c)
+}
+
+/// `s` as one single-quoted shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Why a value that is not trusted cannot go into a shell command as it
+/// is (its characters, not the value: it may be a secret).
+fn not_inert(text: &str) -> Option<String> {
+    let mut bad: Vec<char> = text.chars().filter(|c| !is_inert(*c)).collect();
+    if bad.is_empty() {
+        return None;
+    }
+    bad.sort_unstable();
+    bad.dedup();
+    let shown: Vec<String> = bad
+        .iter()
+        .take(6)
+        .map(|c| match c {
+            ' ' => "a space".to_owned(),
+            '\n' => "a newline".to_owned(),
+            '\t' => "a tab".to_owned(),
+            c if c.is_control() => format!("{:?}", c),
+            c => format!("`{c}`"),
+        })
+        .collect();
+    Some(format!(
+        "a value that did not come from this node (a QUERY value, or one built in the template) holds {}, which a shell may read as syntax: it is not inserted; write `{{{{ ... | quote }}}}` to pass it as one quoted word, or `{{{{ ... | safe }}}}` to insert it as it is",
+        shown.join(", ")
+    ))
+}
+
+/// An environment for rendering `source`: strict about undefined values,
+/// bounded by `FUEL`, with the `quote` filter.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.add_filter("quote", |v: String| {
+        Value::from_safe_string(shell_quote(&v))
+    });
+    env
+}
+
+/// Render `source` with `vars`, for a path (no shell reads it). An
+/// undefined variable is an error naming it.
 pub fn render(source: &str, vars: &Vars) -> Result<String, String> {
+    render_with(source, vars, environment())
+}
+
+/// Render `source` with `vars` for `/bin/sh -c`: a value that is not
+/// trusted is inserted only if no shell can read it as syntax (see the
+/// module's notes).
+pub fn render_shell(source: &str, vars: &Vars) -> Result<String, String> {
+    let mut env = environment();
+    env.set_formatter(|out, _state, value| {
+        let text = value.to_string();
+        if !value.is_safe() {
+            if let Some(why) = not_inert(&text) {
+                return Err(Error::new(ErrorKind::InvalidOperation, why));
+            }
+        }
+        out.write_str(&text)
+            .map_err(|_| Error::new(ErrorKind::WriteFailure, "cannot write the output"))
+    });
+    render_with(source, vars, env)
+}
+
+fn render_with(source: &str, vars: &Vars, env: Environment<'static>) -> Result<String, String> {
     if !source.contains("{{") && !source.contains("{%") {
         return Ok(source.to_owned());
     }
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
     let tmpl = env
         .template_from_str(source)
         .map_err(|e| format!("bad template: {e}"))?;
     tmpl.render(vars.context()).map_err(|e| {
-        if e.kind() != minijinja::ErrorKind::UndefinedError {
-            return format!("template error: {e}");
+        match e.kind() {
+            ErrorKind::UndefinedError => {}
+            ErrorKind::OutOfFuel => {
+                return "the template does too much work (a loop too long, or a value too big): rendering stopped".to_owned();
+            }
+            ErrorKind::InvalidOperation if e.detail().is_some_and(|d| d.starts_with("a value that did not come")) => {
+                return e.detail().unwrap_or_default().to_owned();
+            }
+            _ => return format!("template error: {e}"),
         }
         // Name what is missing; `default` and `is defined` are fine.
         let mut missing: Vec<String> = tmpl
@@ -230,5 +329,94 @@ mod tests {
         assert!(render("{{ a }", &BTreeMap::new())
             .unwrap_err()
             .starts_with("bad template"));
+    }
+
+    /// The README's recipe, with what a lying node answered: its value
+    /// is refused in a shell command, never run; the operator's quoting
+    /// and opt-out work; this node's own values are used as they are.
+    #[test]
+    fn another_nodes_value_never_becomes_shell_syntax() {
+        let own = args(&[("greeting", "it's $HOME; fine")]);
+        let evil = "1.2.3.4' ; touch \"$OUT/pwned-$NODE\" ; echo '";
+        let mut query = BTreeMap::new();
+        query.insert(
+            "db_addr".to_string(),
+            args(&[("db-1", "10.0.0.1"), ("db-2", evil)]),
+        );
+        let recipe = "printf '%s\\n' {% for node, addr in query.db_addr | items %}'{{ node }} {{ addr }}' {% endfor %} > /etc/app/db-nodes";
+        {
+            let v = Vars {
+                query: &query,
+                ..Vars::args(&own)
+            };
+            let e = render_shell(recipe, &v).unwrap_err();
+            assert!(e.contains("did not come from this node"), "{e}");
+            assert!(
+                e.contains("`'`") && e.contains("`;`") && e.contains("`$`"),
+                "{e}"
+            );
+            assert!(!e.contains("pwned"), "the value itself is not shown: {e}");
+            // One quoted word, or the operator's explicit opt-out.
+            let quoted = render_shell("echo {{ query.db_addr['db-2'] | quote }}", &v).unwrap();
+            assert_eq!(
+                quoted,
+                r#"echo '1.2.3.4'\'' ; touch "$OUT/pwned-$NODE" ; echo '\'''"#
+            );
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-c", &quoted])
+                .env("OUT", "/nonexistent")
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), evil);
+            assert_eq!(
+                render_shell("{{ query.db_addr['db-2'] | safe }}", &v).unwrap(),
+                evil
+            );
+            // Built from an untrusted value: untrusted too.
+            assert!(render_shell("{{ 'x' ~ query.db_addr['db-2'] }}", &v).is_err());
+            assert!(render_shell("{{ query.db_addr['db-2'] | upper }}", &v).is_err());
+            // This node's own ARG: the operator's, as it is.
+            assert_eq!(
+                render_shell("echo {{ greeting }}", &v).unwrap(),
+                "echo it's $HOME; fine"
+            );
+            // Paths are no shell: untouched.
+            assert_eq!(
+                super::render("/srv/{{ query.db_addr['db-2'] }}", &v).unwrap(),
+                format!("/srv/{evil}")
+            );
+        }
+        // Benign values render as they are, inside quotes or out.
+        query.get_mut("db_addr").unwrap().remove("db-2");
+        let v = Vars {
+            query: &query,
+            ..Vars::args(&own)
+        };
+        assert_eq!(
+            render_shell(recipe, &v).unwrap(),
+            "printf '%s\\n' 'db-1 10.0.0.1'  > /etc/app/db-nodes"
+        );
+    }
+
+    /// A template that loops too long fails at once with one line, rather
+    /// than holding the node's loop (heartbeats, SIGTERM) for minutes.
+    #[test]
+    fn rendering_is_bounded() {
+        let a = args(&[]);
+        let started = std::time::Instant::now();
+        let e = render_shell(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            &Vars::args(&a),
+        )
+        .unwrap_err();
+        assert!(e.contains("does too much work"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        // A bound, not a timing: a generous ceiling for a loaded debug build.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let e = super::render("{{ 'x' * 100000000 }}", &Vars::args(&a)).unwrap_err();
+        assert!(e.contains("does too much work"), "{e}");
+        // Ordinary templates are far below the bound.
+        let long: String = (0..200).map(|i| format!("{{{{ {i} }}}} ")).collect();
+        assert!(render_shell(&long, &Vars::args(&a)).is_ok());
     }
 }

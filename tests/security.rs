@@ -907,3 +907,81 @@ fn a_stranger_cannot_squat_a_nodes_name_nor_flood_the_log() {
         Some(ServerWire::Denied(DenialWire::NameTaken))
     );
 }
+
+/// One enrolled node must not run commands on others: a node answers a
+/// QUERY with shell code, and the README's own recipe on the other nodes
+/// refuses the value (the job fails, saying why) instead of running it;
+/// with `| quote` the value arrives as data. (Before, both nodes ran the
+/// `touch`.)
+#[test]
+fn a_value_from_another_node_never_runs_as_shell_code() {
+    let c = Cluster::start("inject", &["i1", "i2", "liar"], "0.5");
+    let out_dir = c.dir.path.join("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let evil = format!(
+        "1.2.3.4' ; touch \"{}/pwned-$(hostname)\" ; echo '",
+        out_dir.display()
+    );
+    for (node, value) in [
+        ("i1", "10.0.0.1"),
+        ("i2", "10.0.0.2"),
+        ("liar", evil.as_str()),
+    ] {
+        let job = format!("db_addr {value}");
+        let out = c.cli(&["exec", "--verb", "ARG", "--target", node, "--wait", &job]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let recipe = "printf '%s\\n' {% for node, addr in query.db_addr | items %}'{{ node }} {{ addr }}' {% endfor %} > db-nodes";
+    let quoted = "printf '%s\\n' {% for node, addr in query.db_addr | items %}{{ node }}={{ addr | quote }} {% endfor %} > quoted";
+    let file = c.dir.path.join("recipe.yml");
+    let yaml = serde_json::json!([
+        {"targets": ["i1", "i2", "liar"], "jobs": [{"QUERY": "db_addr"}]},
+        {"targets": ["i1", "i2"], "jobs": [{"RUN": quoted}, {"RUN": recipe}]},
+    ]);
+    fs::write(&file, serde_json::to_string(&yaml).unwrap()).unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--wait"]);
+    assert_eq!(
+        out.code, 1,
+        "the recipe fails where the value is refused: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("did not come from this node") && out.stdout.contains("| quote"),
+        "{out:?}"
+    );
+    assert_eq!(
+        fs::read_dir(&out_dir).unwrap().count(),
+        0,
+        "a node ran the liar's code"
+    );
+    for n in ["i1", "i2"] {
+        // Quoted, the value is one word of data.
+        let got = fs::read_to_string(c.node_dir(n).join("quoted")).unwrap();
+        assert_eq!(
+            got,
+            format!("i1=10.0.0.1\ni2=10.0.0.2\nliar={evil}\n"),
+            "{n}"
+        );
+        assert!(!c.node_dir(n).join("db-nodes").exists());
+    }
+}
+
+/// A template that loops without end fails its job with one line; the node
+/// keeps beating (it stays online) and stops on SIGTERM. (Before, the
+/// client sat at 100% CPU, went offline and ignored SIGTERM.)
+#[test]
+fn a_runaway_template_fails_its_job_and_the_node_stays_responsive() {
+    let mut c = Cluster::start("runaway", &["t1"], "0.3");
+    let job = "--timeout 5 echo {% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", job]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("the template does too much work"),
+        "{out:?}"
+    );
+    assert_eq!(c.node_names(), vec!["t1"]);
+    assert!(!c.server().log_text().contains("expired"));
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo still here"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    c.client("t1").signal(libc::SIGTERM);
+    assert_eq!(c.client("t1").wait_exit(DEADLINE), Some(0));
+}

@@ -162,7 +162,7 @@ pub fn start(
             command,
             stdout_arg,
         } => {
-            let command = match template::render(command, &vars(cache, node)) {
+            let command = match template::render_shell(command, &vars(cache, node)) {
                 Ok(c) => c,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("RUN command: {e}")))),
             };
