@@ -74,9 +74,11 @@ pub struct ManageArgs {
 #[derive(Debug, PartialEq, Clone)]
 pub enum ManageAction {
     ListNodes,
-    ListJobs,
-    /// A job or run id, or a prefix of one.
-    JobInfo(String),
+    /// Every job; whether to show ARG and ENV values.
+    ListJobs(bool),
+    /// A job or run id, or a prefix of one; whether to show ARG and ENV
+    /// values.
+    JobInfo(String, bool),
     ListRuns,
     /// Follow a job or run already going (an id or a prefix).
     Watch(String),
@@ -317,7 +319,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 m.dry_run = true;
             }
             Long("list-nodes") => manage(&mut m, "--list-nodes", ManageAction::ListNodes),
-            Long("list-jobs") => manage(&mut m, "--list-jobs", ManageAction::ListJobs),
+            Long("list-jobs") => manage(&mut m, "--list-jobs", ManageAction::ListJobs(false)),
             Long("purge-jobs") => manage(&mut m, "--purge-jobs", ManageAction::PurgeJobs),
             Long("purge-nodes") => manage(&mut m, "--purge-nodes", ManageAction::PurgeNodes),
             Long("show-key") => manage(&mut m, "--show-key", ManageAction::ShowKey),
@@ -359,7 +361,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 let action = if flag == "--watch" {
                     ManageAction::Watch(t.to_owned())
                 } else {
-                    ManageAction::JobInfo(t.to_owned())
+                    ManageAction::JobInfo(t.to_owned(), false)
                 };
                 manage(&mut m, flag, action);
             }
@@ -586,9 +588,12 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 }
             };
             if m.show_values {
-                let ManageAction::NodeInfo(_, show) = &mut action else {
+                let (ManageAction::NodeInfo(_, show)
+                | ManageAction::JobInfo(_, show)
+                | ManageAction::ListJobs(show)) = &mut action
+                else {
                     return Err(Error::Usage(
-                        "--show-values goes with --node-info NAME (it shows the node's ARG values)"
+                        "--show-values goes with --node-info NAME, --list-jobs or --job-info ID (it shows ARG and ENV values, which may be secrets)"
                             .into(),
                     ));
                 };
@@ -691,7 +696,7 @@ Usage:
   director [OPTIONS] client                        run the client daemon on a node
   director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait [--follow]] 'ARGS'
   director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
-  director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs | --list-runs | --job-info ID | --watch ID | --clear-cache PATTERN | --purge-jobs | --purge-nodes) [--format table|json]
+  director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs [--show-values] | --list-runs | --job-info ID [--show-values] | --watch ID | --clear-cache PATTERN | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
   director completions bash|zsh|fish               print a shell completion script
 ";
@@ -811,7 +816,7 @@ fn help_text(mode: Option<Mode>) -> String {
         Some(Mode::Exec) => format!("{EXEC_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Orchestrate) => format!("{ORCHESTRATE_HELP}\n{JOB_STRING}\n{EXIT_CODES}"),
         Some(Mode::Manage) => format!(
-            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels, facts (OS, kernel, CPUs, memory, addresses) and\n                   cache (ARG keys, ENV keys, QUERY maps, steps remembered)\n  --show-values    with --node-info: the ARG values too (they may be secrets)\n  --list-jobs      jobs with their run, verb, arguments, node counts per state and time\n  --list-runs      orchestration runs: jobs, nodes, parts per state, times\n  --job-info ID    everything about one job, per node: state, exit code, output, times;\n                   or a run: its jobs, the recap per node, each failure's output.\n                   ID may be any unique prefix of 6 characters or more\n  --watch ID       follow a job or run already going, as --wait does (same exit status);\n                   with -f/--follow, also the nodes' output from now on\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n  --clear-cache PATTERN  empty the cache (ARGs, ENVs, QUERY maps, steps) of the nodes\n                   PATTERN matches (a name, glob or KEY=VALUE; commas for several);\n                   their files stay as they are. Waits for each node's answer\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
+            "director manage — inspect and change the cluster's state\n\nUsage: director [OPTIONS] manage ACTION [--format table|json]\n\n  --list-nodes     nodes with their last heartbeat, expiry and labels\n  --node-info NAME one node: its labels, facts (OS, kernel, CPUs, memory, addresses) and\n                   cache (ARG keys, ENV keys, QUERY maps, steps remembered)\n  --show-values    with --node-info, --list-jobs or --job-info: ARG and ENV values too\n                   (they may be secrets: shown as <hidden> otherwise)\n  --list-jobs      jobs with their run, verb, arguments, node counts per state and time\n  --list-runs      orchestration runs: jobs, nodes, parts per state, times\n  --job-info ID    everything about one job, per node: state, exit code, output, times;\n                   or a run: its jobs, the recap per node, each failure's output.\n                   ID may be any unique prefix of 6 characters or more\n  --watch ID       follow a job or run already going, as --wait does (same exit status);\n                   with -f/--follow, also the nodes' output from now on\n  --purge-jobs     forget every finished job\n  --purge-nodes    forget every offline node with no work queued\n  --clear-cache PATTERN  empty the cache (ARGs, ENVs, QUERY maps, steps) of the nodes\n                   PATTERN matches (a name, glob or KEY=VALUE; commas for several);\n                   their files stay as they are. Waits for each node's answer\n\nNode keys (CURVE):\n  --show-key          print the server's public key (Z85), for clients' --server-key\n  --list-keys         every node key: name, state (pending, accepted, rejected), fingerprint, first and last seen\n  --accept-key NAME   let the node with this name in (pending or rejected key)\n  --accept-all        accept every pending key\n  --reject-key NAME   refuse this node's key at every handshake; its unfinished jobs are lost\n  --delete-key NAME   forget the key: the name is free, and a node that comes back enrolls anew\n\n  --format FORMAT  table (aligned columns, the default) or json (a list of objects)\n\n{EXIT_CODES}"
         ),
     }
 }

@@ -130,8 +130,9 @@ pub const MAX_RETRIES: u32 = 100;
 /// The default `--retry-delay`, as Ansible's `delay`.
 pub const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
 
-/// What a job does on a node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a job does on a node. (Its `Debug`, which debug logs print, hides
+/// ARG and ENV values.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// `RUN [--stdout-arg NAME] COMMAND`: COMMAND is a template.
     Run {
@@ -153,6 +154,35 @@ pub enum Action {
     /// Forget every ARG, ENV, QUERY map and step the node's cache holds;
     /// its files stay as they are.
     ClearCache,
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Run {
+                command,
+                stdout_arg,
+            } => f
+                .debug_struct("Run")
+                .field("command", command)
+                .field("stdout_arg", stdout_arg)
+                .finish(),
+            Action::Arg { key, .. } => f
+                .debug_struct("Arg")
+                .field("key", key)
+                .field("value", &HIDDEN)
+                .finish(),
+            Action::Env { key, .. } => f
+                .debug_struct("Env")
+                .field("key", key)
+                .field("value", &HIDDEN)
+                .finish(),
+            Action::Workdir { path } => f.debug_struct("Workdir").field("path", path).finish(),
+            Action::Add(add) => f.debug_tuple("Add").field(add).finish(),
+            Action::Query { key } => f.debug_struct("Query").field("key", key).finish(),
+            Action::ClearCache => f.write_str("ClearCache"),
+        }
+    }
 }
 
 /// An ADD's arguments. DEST is a template. `files` are the sources as
@@ -199,6 +229,10 @@ pub struct Task {
     pub action: Action,
     pub options: JobOptions,
 }
+
+/// What an ARG or ENV value is shown as, unless asked for
+/// (`--show-values`).
+pub const HIDDEN: &str = "<hidden>";
 
 impl Task {
     /// Parse the job string of `verb`. Errors are one line: a newline or
@@ -397,6 +431,16 @@ impl Task {
     /// The job string, normalized: options (those not at their default),
     /// then the arguments. Parsing it gives the same task back.
     pub fn args(&self) -> String {
+        self.job_string(false)
+    }
+
+    /// The job string to show and log: ARG and ENV values (often
+    /// passwords) replaced by `HIDDEN`.
+    pub fn args_masked(&self) -> String {
+        self.job_string(true)
+    }
+
+    fn job_string(&self, mask: bool) -> String {
         let mut out = Vec::new();
         if self.options.skip_cache {
             out.push("--skip-cache".to_owned());
@@ -422,6 +466,9 @@ impl Task {
                     out.push(format!("--stdout-arg {name}"));
                 }
                 out.push(command.clone());
+            }
+            Action::Arg { key, .. } | Action::Env { key, .. } if mask => {
+                out.push(format!("{key} {HIDDEN}"))
             }
             Action::Arg { key, value } | Action::Env { key, value } => {
                 out.push(format!("{key} {value}"))

@@ -228,6 +228,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
         },
         Request::JobInfo {
             id: Uuid::from_u128(3),
+            show_values: true,
         },
         Request::AcceptKey { name: "n1".into() },
         Request::ListKeys,

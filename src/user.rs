@@ -436,7 +436,10 @@ fn watch(conn: &mut Conn, id: Uuid, run: bool, follow: bool) -> Result<i32> {
     if !run {
         writeln!(out, "job {id}").map_err(out_err)?;
         let live = match follow {
-            true => match conn.call(&Request::JobInfo { id })? {
+            true => match conn.call(&Request::JobInfo {
+                id,
+                show_values: false,
+            })? {
                 Response::Job(d) => {
                     let nodes: Vec<String> = d.nodes.into_iter().map(|p| p.node).collect();
                     Some(Follow::new(&nodes, is_tty()))
@@ -480,7 +483,7 @@ fn local_plan(blocks: &[wire::Block]) -> Plan {
                     b.targets.clone()
                 },
                 verb: t.verb(),
-                args: t.args(),
+                args: t.args_masked(),
                 task_sha1: t.sha1(),
             })
         })
@@ -534,9 +537,13 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
             name: name.clone(),
             show_values: *show_values,
         },
-        ManageAction::ListJobs => Request::ListJobs,
+        ManageAction::ListJobs(show_values) => Request::ListJobs {
+            show_values: *show_values,
+        },
         ManageAction::ListRuns => Request::ListRuns,
-        ManageAction::JobInfo(id) | ManageAction::Watch(id) => Request::Resolve { id: id.clone() },
+        ManageAction::JobInfo(id, _) | ManageAction::Watch(id) => {
+            Request::Resolve { id: id.clone() }
+        }
         ManageAction::ClearCache(patterns) => return clear_cache(&mut conn, patterns),
         ManageAction::PurgeJobs => Request::PurgeJobs,
         ManageAction::PurgeNodes => Request::PurgeNodes,
@@ -554,10 +561,12 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
             drop(out);
             return watch(&mut conn, id, run, args.follow);
         }
-        (ManageAction::JobInfo(_), Response::Resolved { id, run: false }) => {
-            conn.call(&Request::JobInfo { id })?
-        }
-        (ManageAction::JobInfo(_), Response::Resolved { id, run: true }) => {
+        (ManageAction::JobInfo(_, show_values), Response::Resolved { id, run: false }) => conn
+            .call(&Request::JobInfo {
+                id,
+                show_values: *show_values,
+            })?,
+        (ManageAction::JobInfo(..), Response::Resolved { id, run: true }) => {
             let run = run_with_failures(&mut conn, id)?;
             let text = match args.format {
                 Format::Json => json(&[&run])?,
@@ -907,7 +916,11 @@ fn run_with_failures(conn: &mut Conn, parent: Uuid) -> Result<RunDetail> {
         .collect();
     jobs.dedup();
     for id in jobs {
-        let Response::Job(detail) = conn.call(&Request::JobInfo { id })? else {
+        let Response::Job(detail) = conn.call(&Request::JobInfo {
+            id,
+            show_values: false,
+        })?
+        else {
             continue; // forgotten in between: its states are still shown
         };
         for whole in detail.nodes.into_iter().filter(|p| failed(p)) {

@@ -562,7 +562,7 @@ impl ServerMsg {
                     "Job job={job_id}{parent} seq={} {} {:?}",
                     dispatch.seq,
                     task.verb(),
-                    task.args()
+                    task.args_masked()
                 )
             }
             ServerMsg::ResultAck { job_id } => format!("ResultAck job={job_id}"),
@@ -789,8 +789,13 @@ pub enum Request {
         follow: bool,
     },
     ListNodes,
-    ListJobs,
+    /// Every job; `show_values`: ARG and ENV values too.
+    ListJobs {
+        show_values: bool,
+    },
     JobInfo {
+        /// ARG and ENV values too.
+        show_values: bool,
         id: Uuid,
     },
     PurgeJobs,
@@ -1394,13 +1399,20 @@ mod tests {
             queue_offline: false,
             follow: false,
         };
-        let bytes = [encode_control(&req), encode_control(&Request::ListJobs)].concat();
+        let bytes = [
+            encode_control(&req),
+            encode_control(&Request::ListJobs { show_values: false }),
+        ]
+        .concat();
         let mut fb = FrameBuf::new(MAX_REQUEST);
         for chunk in bytes.chunks(3) {
             fb.push(chunk);
         }
         assert_eq!(fb.next::<Request>(), Ok(Some(req)));
-        assert_eq!(fb.next::<Request>(), Ok(Some(Request::ListJobs)));
+        assert_eq!(
+            fb.next::<Request>(),
+            Ok(Some(Request::ListJobs { show_values: false }))
+        );
         assert_eq!(fb.next::<Request>(), Ok(None));
         assert!(fb.buf.is_empty());
 

@@ -985,3 +985,49 @@ fn a_runaway_template_fails_its_job_and_the_node_stays_responsive() {
     c.client("t1").signal(libc::SIGTERM);
     assert_eq!(c.client("t1").wait_exit(DEADLINE), Some(0));
 }
+
+/// ARG and ENV values (often passwords) are hidden wherever jobs are shown
+/// or logged, unless the operator asks (`--show-values`).
+#[test]
+fn arg_and_env_values_are_hidden_unless_asked_for() {
+    let mut c = Cluster::new("secrets", "0.5");
+    c.daemon_args = vec!["--debug".into()];
+    let c = Cluster::start_in(c, &["s1"]);
+    let secret = "s3cr3t-Pa55word";
+    for (verb, job) in [("ARG", "db_password"), ("ENV", "DB_PASSWORD")] {
+        let out = c.cli(&["exec", "--verb", verb, "--wait", &format!("{job} {secret}")]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(!out.stdout.contains(secret), "{out:?}");
+    }
+    let file = c.dir.path.join("s.yml");
+    fs::write(&file, format!("- jobs:\n  - ARG: other {secret}\n")).unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        !out.stdout.contains(secret) && out.stdout.contains("other <hidden>"),
+        "{out:?}"
+    );
+    let list = c.cli(&["manage", "--list-jobs"]);
+    assert!(
+        !list.stdout.contains(secret) && list.stdout.contains("db_password <hidden>"),
+        "{list:?}"
+    );
+    let json = c.cli(&["manage", "--list-jobs", "--format", "json"]);
+    assert!(!json.stdout.contains(secret), "{json:?}");
+    let jobs = c.jobs_json();
+    let id = jobs[0]["id"].as_str().unwrap();
+    let info = c.cli(&["manage", "--job-info", id]);
+    assert!(!info.stdout.contains(secret), "{info:?}");
+    // Asked for: shown.
+    let shown = c.cli(&["manage", "--job-info", id, "--show-values"]);
+    assert!(shown.stdout.contains(secret), "{shown:?}");
+    let shown = c.cli(&["manage", "--list-jobs", "--show-values", "--format", "json"]);
+    assert!(shown.stdout.contains(secret), "{shown:?}");
+    // Neither daemon logs it, even with --debug.
+    for log in [
+        c.clients["s1"].log_text(),
+        c.server.as_ref().unwrap().log_text(),
+    ] {
+        assert!(!log.contains(secret), "{log}");
+        assert!(log.contains("<hidden>"), "{log}");
+    }
+}

@@ -455,7 +455,11 @@ impl Runner {
                 self.report(job_id, parent, exec::ended(Exit::SkippedAfterFailure), fx);
                 continue;
             }
-            log::info!("job {job_id}: starting {} {}", task.verb(), task.args());
+            log::info!(
+                "job {job_id}: starting {} {}",
+                task.verb(),
+                task.args_masked()
+            );
             let now = Instant::now();
             let mut retry = None;
             let (work, cache_key) = match exec::start(

@@ -1024,7 +1024,7 @@ impl Cluster {
         };
         let mut jobs = Vec::with_capacity(planned.len());
         for (block, targets, task) in planned {
-            let (verb, args, task_sha1) = (task.verb(), task.args(), task.sha1());
+            let (verb, args, task_sha1) = (task.verb(), task.args_masked(), task.sha1());
             let job_id =
                 parent_id.map(|p| self.queue_job(task, &targets, Some(p), now, out).job_id);
             jobs.push(PlannedJob {
@@ -1291,6 +1291,13 @@ impl Cluster {
 
     pub fn list_jobs(&self) -> Vec<JobView> {
         self.jobs.iter().map(|j| j.view()).collect()
+    }
+
+    /// Put the values the views hide back (`--show-values`).
+    pub fn show_values(&self, view: &mut JobView) {
+        if let Some(j) = self.jobs.get(&view.id) {
+            view.args = j.task.args();
+        }
     }
 
     /// Everything about a job, and which outputs to read from the journal.

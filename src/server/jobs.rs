@@ -529,7 +529,7 @@ impl Job {
             id: self.id,
             parent: self.parent,
             verb: self.task.verb(),
-            args: self.task.args(),
+            args: self.task.args_masked(),
             task_sha1: self.sha1_hex(),
             submitted_ms: self.submitted_ms,
             finished_ms,

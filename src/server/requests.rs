@@ -205,7 +205,15 @@ impl Server {
                     Err(why) => Response::Rejected(why),
                 }
             }
-            Request::ListJobs => Response::Jobs(self.cluster.list_jobs()),
+            Request::ListJobs { show_values } => {
+                let mut jobs = self.cluster.list_jobs();
+                if show_values {
+                    for v in &mut jobs {
+                        self.cluster.show_values(v);
+                    }
+                }
+                Response::Jobs(jobs)
+            }
             Request::Resolve { id } => match self.cluster.resolve_id(&id) {
                 Ok((id, run)) => Response::Resolved { id, run },
                 Err(why) => Response::Rejected(why),
@@ -261,10 +269,15 @@ impl Server {
                 }
                 return None;
             }
-            Request::JobInfo { id } => match self.cluster.job_info(&id) {
-                Some((detail, reads)) if reads.is_empty() => Response::Job(detail),
-                // Outputs are read from the journal once it holds them.
-                Some((detail, reads)) => {
+            Request::JobInfo { id, show_values } => match self.cluster.job_info(&id) {
+                Some((mut detail, reads)) => {
+                    if show_values {
+                        self.cluster.show_values(&mut detail.job);
+                    }
+                    if reads.is_empty() {
+                        return Some(Response::Job(detail));
+                    }
+                    // Outputs are read from the journal once it holds them.
                     self.hold(Held::Read {
                         token,
                         detail: Box::new(detail),
@@ -460,7 +473,7 @@ pub(super) fn reads_only(req: &Request) -> bool {
             | Request::Resolve { .. }
             | Request::RunInfo { .. }
             | Request::ListRuns
-            | Request::ListJobs
+            | Request::ListJobs { .. }
             | Request::JobInfo { .. }
             | Request::ShowKey
             | Request::ListKeys
