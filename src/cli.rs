@@ -13,6 +13,7 @@ use crate::config::{self, Config, Kind, Origin, Raw, RawOptions, RawValue, Scope
 use crate::dsl::Verb;
 use crate::error::{Error, Result};
 use crate::orchestrate::Selection;
+use crate::targets;
 
 /// What the user asked for.
 #[derive(Debug)]
@@ -282,7 +283,8 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("batch") => {
                 m.saw("--batch", ORCHESTRATE);
                 let v = value(&mut parser)?;
-                m.batch = Some(crate::wire::Amount::parse(&v, "--batch").map_err(Error::Usage)?);
+                m.batch =
+                    Some(crate::wire::Amount::parse_batch(&v, "--batch").map_err(Error::Usage)?);
             }
             Long("max-fail") => {
                 m.saw("--max-fail", ORCHESTRATE);
@@ -400,6 +402,14 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                     }
                     _ => m.positional.push(v),
                 }
+            }
+            Long(name) => {
+                let given = format!("--{name}");
+                let all = crate::completions::all_options();
+                return Err(Error::Usage(format!(
+                    "invalid option '{given}'{}",
+                    crate::suggest::hint(&given, all.iter().map(String::as_str))
+                )));
             }
             _ => return Err(usage(arg.unexpected())),
         }
@@ -523,8 +533,8 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
             args.extend(m.positional);
             Ok(Command::Exec(ExecArgs {
                 verb,
-                targets: dedup(crate::targets::split(&m.targets)),
-                exclude: dedup(crate::targets::split(&m.exclude)),
+                targets: dedup(targets::split(&m.targets, "--target").map_err(Error::Usage)?),
+                exclude: dedup(targets::split(&m.exclude, "--exclude").map_err(Error::Usage)?),
                 queue_offline: m.queue_offline,
                 wait: m.wait,
                 follow: m.follow,
@@ -556,11 +566,11 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
             Ok(Command::Orchestrate(OrchestrateArgs {
                 files: m.positional.iter().map(PathBuf::from).collect(),
                 selection: Selection {
-                    targets: dedup(crate::targets::split(&m.targets)),
+                    targets: dedup(targets::split(&m.targets, "--target").map_err(Error::Usage)?),
                     restrict: m.restrict,
                     ignore_cache: m.ignore_cache,
                 },
-                exclude: dedup(crate::targets::split(&m.exclude)),
+                exclude: dedup(targets::split(&m.exclude, "--exclude").map_err(Error::Usage)?),
                 rolling,
                 queue_offline: m.queue_offline,
                 wait: m.wait,

@@ -74,6 +74,20 @@ fn globals() -> Vec<String> {
     g
 }
 
+/// Every option of every mode, for suggesting the one meant.
+pub fn all_options() -> Vec<String> {
+    let mut all = globals();
+    all.extend(
+        [EXEC, ORCHESTRATE, MANAGE]
+            .concat()
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// Options whose value is a path.
 fn path_options() -> Vec<String> {
     OPTIONS

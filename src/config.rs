@@ -152,7 +152,16 @@ fn parse_file(path: &Path, text: &str) -> Result<RawOptions> {
         };
         let spec = find(&key)
             .filter(|o| o.name != "config_file")
-            .ok_or_else(|| file_err(format!("unknown key '{key}'")))?;
+            .ok_or_else(|| {
+                let known = OPTIONS
+                    .iter()
+                    .map(|o| o.name)
+                    .filter(|n| *n != "config_file");
+                file_err(format!(
+                    "unknown key '{key}'{}",
+                    crate::suggest::hint(&key, known.chain(["labels"]))
+                ))
+            })?;
         let value = match value {
             // `labels:` as a map (role: web) or a list (- role=web).
             serde_yaml::Value::Mapping(m) if spec.kind == Kind::Labels => {
@@ -582,7 +591,7 @@ mod tests {
         let e = parse_file(Path::new("/etc/d.yaml"), "heartbeat_intervall: 1\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "config file /etc/d.yaml: unknown key 'heartbeat_intervall'"
+            "config file /etc/d.yaml: unknown key 'heartbeat_intervall' (did you mean heartbeat_interval?)"
         );
         let raw = parse_file(Path::new("/etc/d.yaml"), "job_port: hello\n").unwrap();
         let e = cfg(&raw).unwrap_err().to_string();

@@ -109,8 +109,9 @@ pub struct JobOptions {
     pub timeout_secs: u64,
     /// RUN: run a failed command again, up to this many more times.
     pub retries: u32,
-    /// Seconds between a failed attempt and the next.
-    pub retry_delay_secs: u64,
+    /// Milliseconds between a failed attempt and the next (given in
+    /// seconds, fractions allowed).
+    pub retry_delay_ms: u64,
 }
 
 impl Default for JobOptions {
@@ -120,15 +121,34 @@ impl Default for JobOptions {
             run_once: false,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             retries: 0,
-            retry_delay_secs: DEFAULT_RETRY_DELAY_SECS,
+            retry_delay_ms: DEFAULT_RETRY_DELAY_MS,
         }
     }
 }
 
 /// The most `--retries` a job may ask for: each attempt's output is kept.
 pub const MAX_RETRIES: u32 = 100;
-/// The default `--retry-delay`, as Ansible's `delay`.
-pub const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
+/// The default `--retry-delay` (5 s, as Ansible's `delay`), in ms.
+pub const DEFAULT_RETRY_DELAY_MS: u64 = 5000;
+
+/// Seconds (fractions allowed, to the millisecond) from 0 to `max`, as
+/// milliseconds.
+pub fn parse_secs_ms(text: &str, max: u64) -> Option<u64> {
+    let secs: f64 = text.trim().parse().ok()?;
+    (secs.is_finite() && (0.0..=max as f64).contains(&secs)).then(|| (secs * 1000.0).round() as u64)
+}
+
+/// Milliseconds as the seconds an operator writes: `5`, `0.25`.
+pub fn secs_text(ms: u64) -> String {
+    match ms % 1000 {
+        0 => (ms / 1000).to_string(),
+        frac => format!(
+            "{}.{}",
+            ms / 1000,
+            format!("{frac:03}").trim_end_matches('0')
+        ),
+    }
+}
 
 /// What a job does on a node. (Its `Debug`, which debug logs print, hides
 /// ARG and ENV values.)
@@ -291,11 +311,9 @@ impl Task {
                 }
                 "retry-delay" if verb == Verb::Run => {
                     let v = value("a number of seconds")?;
-                    options.retry_delay_secs = v
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|s| *s <= 86_400)
-                        .ok_or_else(|| format!("{verb} option --retry-delay: '{v}' is not a whole number of seconds (0 to 86400)"))?;
+                    options.retry_delay_ms = parse_secs_ms(&v, 86_400).ok_or_else(|| {
+                        format!("{verb} option --retry-delay: '{v}' is not a number of seconds from 0 to 86400 (fractions allowed: 0.5)")
+                    })?;
                     retry_delay = true;
                 }
                 "retries" | "retry-delay" => {
@@ -453,8 +471,11 @@ impl Task {
         }
         if self.options.retries > 0 {
             out.push(format!("--retries {}", self.options.retries));
-            if self.options.retry_delay_secs != DEFAULT_RETRY_DELAY_SECS {
-                out.push(format!("--retry-delay {}", self.options.retry_delay_secs));
+            if self.options.retry_delay_ms != DEFAULT_RETRY_DELAY_MS {
+                out.push(format!(
+                    "--retry-delay {}",
+                    secs_text(self.options.retry_delay_ms)
+                ));
             }
         }
         match &self.action {
@@ -546,7 +567,7 @@ impl Task {
             0 => String::new(),
             n => format!(
                 "retries={n}\0retry_delay={}\0",
-                self.options.retry_delay_secs
+                secs_text(self.options.retry_delay_ms)
             ),
         };
         format!(
@@ -725,9 +746,27 @@ mod tests {
     fn retries_are_run_options_that_join_the_sha1_only_when_asked() {
         let plain = run("make").unwrap();
         let t = run("--retries 2 --retry-delay 0 make").unwrap();
-        assert_eq!((t.options.retries, t.options.retry_delay_secs), (2, 0));
+        assert_eq!((t.options.retries, t.options.retry_delay_ms), (2, 0));
         assert_eq!(t.args(), "--retries 2 --retry-delay 0 make");
         assert_eq!(run(&t.args()).unwrap(), t);
+        // Fractions of a second, as --heartbeat-interval takes them; the
+        // SHA1 of a whole number of seconds is the one it always was.
+        let f = run("--retries 2 --retry-delay 0.25 make").unwrap();
+        assert_eq!(f.options.retry_delay_ms, 250);
+        assert_eq!(f.args(), "--retries 2 --retry-delay 0.25 make");
+        assert_eq!(run(&f.args()).unwrap(), f);
+        let whole = run("--retries 1 --retry-delay 3 make").unwrap();
+        assert_eq!(
+            whole.canonical(),
+            "RUN\0timeout=600\0retries=1\0retry_delay=3\0stdout_arg=\0make"
+        );
+        for bad in ["-1", "nan", "inf", "86401", "1e9", "abc"] {
+            let e = run(&format!("--retries 1 --retry-delay {bad} make")).unwrap_err();
+            assert!(
+                e.contains("is not a number of seconds from 0 to 86400"),
+                "{bad}: {e}"
+            );
+        }
         assert_ne!(t.sha1(), plain.sha1());
         assert_ne!(t.sha1(), run("--retries 2 make").unwrap().sha1());
         // A task without retries keeps the SHA1 it had before they existed.

@@ -19,6 +19,7 @@ mod fuzz;
 #[cfg(test)]
 mod heapcount;
 mod ids;
+mod interrupt;
 mod journal;
 mod logger;
 mod orchestrate;
@@ -27,6 +28,7 @@ mod ratelog;
 mod reactor;
 mod server;
 mod sources;
+mod suggest;
 mod targets;
 mod template;
 mod transfer;

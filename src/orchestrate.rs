@@ -127,15 +127,32 @@ fn with_quote_hint(text: &str, e: &serde_yaml::Error) -> String {
     }
 }
 
+/// Does the YAML look like an Ansible playbook: plays with `hosts` or
+/// `tasks`, and none with `jobs`?
+fn is_playbook(v: &serde_yaml::Value) -> bool {
+    let Some(plays) = v.as_sequence() else {
+        return false;
+    };
+    let has = |m: &serde_yaml::Mapping, k: &str| m.contains_key(serde_yaml::Value::from(k));
+    let maps: Vec<&serde_yaml::Mapping> = plays.iter().filter_map(|p| p.as_mapping()).collect();
+    maps.iter()
+        .any(|m| has(m, "hosts") || has(m, "tasks") || has(m, "roles"))
+        && !maps.iter().any(|m| has(m, "jobs"))
+}
+
 /// Parse one file's text into blocks.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
     let err = |msg: String| format!("orchestration file {}: {msg}", path.display());
-    if serde_yaml::from_str::<serde_yaml::Value>(text)
-        .map_err(|e| err(with_quote_hint(text, &e)))?
-        .is_null()
-    {
+    let value = serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map_err(|e| err(with_quote_hint(text, &e)))?;
+    if value.is_null() {
         return Err(err(
             "it is empty: expected a list of blocks with `jobs`".into()
+        ));
+    }
+    if is_playbook(&value) {
+        return Err(err(
+            "this is an Ansible playbook (hosts:, tasks:), not a director orchestration: that is a list of blocks, each with optional `targets:` (node names, globs, KEY=VALUE) and `jobs:`, a list of one-verb maps, e.g. `- targets: [web*]` then `  jobs: [{RUN: systemctl reload nginx}]`".into(),
         ));
     }
     let blocks: Vec<FileBlock> =
@@ -148,7 +165,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
         .enumerate()
         .map(|(i, b)| {
             let amount = |v: Option<Scalar>, key: &str| {
-                v.map(|v| Amount::parse(&v.0, key))
+                let parse = if key == "batch" {
+                    Amount::parse_batch
+                } else {
+                    Amount::parse
+                };
+                v.map(|v| parse(&v.0, key))
                     .transpose()
                     .map_err(|e| err(format!("block {}: {e}", i + 1)))
             };
@@ -162,6 +184,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
                 }
                 (None, None) => None,
             };
+            // An empty list or pattern (a template or variable that came
+            // out empty) would mean every node: refused.
+            match &b.targets {
+                Some(t) if t.is_empty() => {
+                    return Err(err(format!(
+                        "block {}: targets is an empty list: leave targets out to mean every node online",
+                        i + 1
+                    )))
+                }
+                Some(t) if t.iter().any(|p| p.trim().is_empty()) => {
+                    return Err(err(format!(
+                        "block {}: targets holds an empty pattern: give a node name, a glob or KEY=VALUE",
+                        i + 1
+                    )))
+                }
+                _ => {}
+            }
             Ok(Block {
                 targets: b.targets.unwrap_or_default(),
                 tasks: b.jobs.into_iter().map(|j| j.0).collect(),
@@ -355,5 +394,26 @@ mod tests {
         assert!(select(blocks, &sel)
             .unwrap_err()
             .contains("expected a task SHA1"));
+    }
+
+    #[test]
+    fn slips_are_refused_with_what_to_write() {
+        let p = |t: &str| parse(Path::new("f.yml"), t);
+        let e = p("- hosts: web\n  tasks:\n  - name: x\n    command: uptime\n").unwrap_err();
+        assert!(
+            e.contains("this is an Ansible playbook") && e.contains("jobs:"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+        let e = p("- targets: []\n  jobs:\n  - RUN: x\n").unwrap_err();
+        assert!(e.contains("block 1: targets is an empty list"), "{e}");
+        let e = p("- targets: ['']\n  jobs:\n  - RUN: x\n").unwrap_err();
+        assert!(e.contains("block 1: targets holds an empty pattern"), "{e}");
+        let e = p("- batch: 0\n  jobs:\n  - RUN: x\n").unwrap_err();
+        assert!(
+            e.contains("block 1: batch: a batch needs at least one node"),
+            "{e}"
+        );
+        assert!(p("- batch: 1\n  max_fail: 0\n  jobs:\n  - RUN: x\n").is_ok());
     }
 }

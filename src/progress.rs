@@ -293,6 +293,7 @@ mod tests {
             parent_id: Some(Uuid::new_v4()),
             jobs: vec![job(0), job(1)],
             batches: vec![],
+            offline: vec![],
         });
         assert_eq!(p.record(part(ids[0], "a", JobState::Succeeded)), None);
         assert!(p

@@ -3,7 +3,10 @@
 //! `db-[12]`), or `KEY=VALUE` on a label or fact (`role=web`,
 //! `os_id=debian`; the value may be a glob too). Several patterns are a
 //! union; exclusions subtract. A pattern that matches no node is an error
-//! naming it, so a typo never widens or narrows a run silently.
+//! naming it, so a typo never widens or narrows a run silently; so is an
+//! empty pattern (`--target ""`, an empty shell variable), which would
+//! otherwise mean every node. Without patterns a job is for every node
+//! online; known nodes that are offline are left out, and said.
 
 use crate::facts;
 
@@ -55,26 +58,50 @@ impl Pattern {
     }
 }
 
-/// The nodes `targets` name (every node when empty), less those `exclude`
-/// names, in the order of `nodes`. The error names the first pattern that
-/// matches nothing, or says no node is left.
+/// A node a pattern may pick.
+#[derive(Clone, Copy)]
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    pub about: &'a facts::Node,
+    pub online: bool,
+}
+
+/// The nodes a job goes to, and the known nodes left out because they are
+/// offline (only when no pattern named the targets).
+#[derive(Debug, Default, PartialEq)]
+pub struct Resolved {
+    pub targets: Vec<String>,
+    pub offline: Vec<String>,
+}
+
+/// The start of the error when no pattern was given and no node is online
+/// (the caller may add why: keys waiting for acceptance).
+pub const NONE_ONLINE: &str = "no node is online";
+
+/// The nodes `targets` name (every node online when empty), less those
+/// `exclude` names, in the order of `nodes`. The error names the first
+/// pattern that matches nothing or is empty, or says no node is left.
 pub fn resolve<'a>(
-    nodes: impl Iterator<Item = (&'a str, &'a facts::Node)> + Clone,
+    nodes: impl Iterator<Item = Candidate<'a>> + Clone,
     targets: &[String],
     exclude: &[String],
-) -> Result<Vec<String>, String> {
-    let known = || known_list(nodes.clone().map(|(n, _)| n));
-    let parse = |list: &[String]| -> Result<Vec<(String, Pattern)>, String> {
+) -> Result<Resolved, String> {
+    let known = || known_list(nodes.clone().map(|c| c.name));
+    let parse = |list: &[String], option: &str| -> Result<Vec<(String, Pattern)>, String> {
         list.iter()
-            .map(|t| t.trim())
-            .filter(|t| !t.is_empty())
-            .map(|t| Ok((t.to_owned(), Pattern::parse(t)?)))
+            .map(|t| {
+                let t = t.trim();
+                if t.is_empty() {
+                    return Err(empty_pattern(option));
+                }
+                Ok((t.to_owned(), Pattern::parse(t)?))
+            })
             .collect()
     };
-    let want = parse(targets)?;
-    let skip = parse(exclude)?;
+    let want = parse(targets, "target")?;
+    let skip = parse(exclude, "--exclude")?;
     for (text, p) in &want {
-        if !nodes.clone().any(|(n, a)| p.matches(n, a)) {
+        if !nodes.clone().any(|c| p.matches(c.name, c.about)) {
             return Err(match p {
                 Pattern::Name(_) => {
                     format!("unknown target node '{text}' (known nodes: {})", known())
@@ -84,30 +111,53 @@ pub fn resolve<'a>(
         }
     }
     for (text, p) in &skip {
-        if !nodes.clone().any(|(n, a)| p.matches(n, a)) {
+        if !nodes.clone().any(|c| p.matches(c.name, c.about)) {
             return Err(format!(
                 "--exclude '{text}' matches no node (known nodes: {})",
                 known()
             ));
         }
     }
-    let picked: Vec<String> = nodes
-        .filter(|(n, a)| want.is_empty() || want.iter().any(|(_, p)| p.matches(n, a)))
-        .filter(|(n, a)| !skip.iter().any(|(_, p)| p.matches(n, a)))
-        .map(|(n, _)| n.to_owned())
-        .collect();
-    if picked.is_empty() {
-        return Err(if skip.is_empty() {
-            "no nodes are connected: start `director client` on the nodes first".into()
+    let mut out = Resolved::default();
+    for c in nodes
+        .filter(|c| want.is_empty() || want.iter().any(|(_, p)| p.matches(c.name, c.about)))
+        .filter(|c| !skip.iter().any(|(_, p)| p.matches(c.name, c.about)))
+    {
+        // Every node means every node online; a pattern may name one
+        // that is offline (its job then ends unreachable, or waits with
+        // --queue-offline).
+        if want.is_empty() && !c.online {
+            out.offline.push(c.name.to_owned());
         } else {
-            "no node is left once the exclusions are taken out".into()
+            out.targets.push(c.name.to_owned());
+        }
+    }
+    if out.targets.is_empty() {
+        return Err(match (want.is_empty(), skip.is_empty()) {
+            (true, _) if !out.offline.is_empty() => format!(
+                "{NONE_ONLINE}: the known nodes are offline ({}); name one with --target to queue for it (with --queue-offline)",
+                known_list(out.offline.iter().map(String::as_str))
+            ),
+            (true, true) => format!(
+                "{NONE_ONLINE}: start `director client` on the nodes first"
+            ),
+            _ => "no node is left once the exclusions are taken out".into(),
         });
     }
-    Ok(picked)
+    Ok(out)
+}
+
+fn empty_pattern(option: &str) -> String {
+    let all = match option {
+        "--exclude" => "leave --exclude out to exclude nothing",
+        "--target" => "leave --target out to mean every node online",
+        _ => "leave the targets out to mean every node online",
+    };
+    format!("{option}: an empty pattern (an empty string, or nothing between commas): give a node name, a glob or KEY=VALUE, or {all}")
 }
 
 /// Node names for a message: the first few, and how many more.
-fn known_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+pub fn known_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     const SHOWN: usize = 10;
     let names: Vec<&str> = names.collect();
     match names.len() {
@@ -118,14 +168,20 @@ fn known_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// Split `--target`/`--exclude` values on commas: `web1,web2` is two
-/// patterns.
-pub fn split(values: &[String]) -> Vec<String> {
+/// patterns. An empty one (`--target ""`, `--target ,`, an empty shell
+/// variable) is an error, not "every node".
+pub fn split(values: &[String], option: &str) -> Result<Vec<String>, String> {
     values
         .iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
+        .map(|t| {
+            if t.is_empty() {
+                Err(empty_pattern(option))
+            } else {
+                Ok(t.to_owned())
+            }
+        })
         .collect()
 }
 
@@ -166,19 +222,59 @@ mod tests {
         ]
     }
 
+    fn candidates(f: &[(String, facts::Node)]) -> impl Iterator<Item = Candidate<'_>> + Clone {
+        f.iter().map(|(n, a)| Candidate {
+            name: n.as_str(),
+            about: a,
+            online: n != "web-2",
+        })
+    }
+
     fn pick(targets: &[&str], exclude: &[&str]) -> Result<Vec<String>, String> {
         let f = fleet();
         let s = |l: &[&str]| l.iter().map(|t| t.to_string()).collect::<Vec<_>>();
         resolve(
-            f.iter().map(|(n, a)| (n.as_str(), a)),
-            &split(&s(targets)),
-            &split(&s(exclude)),
+            candidates(&f),
+            &split(&s(targets), "--target")?,
+            &split(&s(exclude), "--exclude")?,
         )
+        .map(|r| r.targets)
+    }
+
+    #[test]
+    fn an_empty_pattern_is_refused_never_every_node() {
+        for t in [&[""][..], &[","], &[" "], &["web-1,"], &["web-1", ""]] {
+            let e = pick(t, &[]).unwrap_err();
+            assert!(e.starts_with("--target: an empty pattern"), "{t:?}: {e}");
+        }
+        let e = pick(&["web-1"], &[""]).unwrap_err();
+        assert!(e.contains("leave --exclude out"), "{e}");
+        // From the server side too (a block's targets, the API).
+        let f = fleet();
+        let e = resolve(candidates(&f), &["".into()], &[]).unwrap_err();
+        assert!(e.starts_with("target: an empty pattern"), "{e}");
+    }
+
+    #[test]
+    fn every_node_means_every_node_online_and_the_offline_ones_are_named() {
+        let f = fleet();
+        let r = resolve(candidates(&f), &[], &[]).unwrap();
+        assert_eq!(r.targets, ["db-1", "db-2", "web-1"]);
+        assert_eq!(r.offline, ["web-2"]);
+        // Named, an offline node is a target (its job ends unreachable).
+        let r = resolve(candidates(&f), &["web*".into()], &[]).unwrap();
+        assert_eq!((r.targets.len(), r.offline.len()), (2, 0));
+        let lone = [f[3].clone()];
+        let e = resolve(candidates(&lone), &[], &[]).unwrap_err();
+        assert!(
+            e.starts_with(NONE_ONLINE) && e.contains("offline (web-2)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn names_globs_and_labels_or_facts_are_a_union_less_exclusions() {
-        assert_eq!(pick(&[], &[]).unwrap().len(), 4);
+        assert_eq!(pick(&[], &[]).unwrap().len(), 3);
         assert_eq!(pick(&["web*"], &[]).unwrap(), ["web-1", "web-2"]);
         assert_eq!(pick(&["db-[12]"], &["db-2"]).unwrap(), ["db-1"]);
         assert_eq!(
@@ -193,6 +289,7 @@ mod tests {
         );
         assert_eq!(pick(&["db-1,web-1"], &[]).unwrap(), ["db-1", "web-1"]);
         assert_eq!(pick(&[], &["os_id=debian"]).unwrap(), ["db-2"]);
+        assert_eq!(pick(&["*"], &["os_id=debian"]).unwrap(), ["db-2"]);
     }
 
     #[test]
@@ -238,8 +335,12 @@ mod tests {
         let start = std::time::Instant::now();
         let mut n = 0;
         for _ in 0..rounds {
-            let picked = resolve(fleet.iter().map(|(n, a)| (n.as_str(), a)), &want, &[]).unwrap();
-            n = picked.len();
+            let nodes = fleet.iter().map(|(n, a)| Candidate {
+                name: n.as_str(),
+                about: a,
+                online: true,
+            });
+            n = resolve(nodes, &want, &[]).unwrap().targets.len();
         }
         let per = start.elapsed() / rounds;
         println!("2000 nodes, --target role=db: {n} nodes in {per:?} per resolution (the bar: under 10 ms)");

@@ -175,6 +175,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     writeln!(out, "job {}", submitted.job_id).map_err(out_err)?;
     writeln!(out, "task sha1 {}", submitted.task_sha1).map_err(out_err)?;
     writeln!(out, "targets {}", submitted.targets.join(", ")).map_err(out_err)?;
+    write_offline(&mut out, &submitted.offline)?;
     out.flush().map_err(out_err)?;
     if !args.wait {
         return Ok(EXIT_OK);
@@ -183,6 +184,21 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
         .follow
         .then(|| Follow::new(&submitted.targets, is_tty()));
     follow_job(&mut conn, &mut out, submitted.job_id, live)
+}
+
+/// Known nodes that "every node" left out, being offline: said, so that
+/// nobody takes their silence for success.
+fn write_offline(out: &mut impl Write, offline: &[String]) -> Result<()> {
+    if offline.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "not targeted: {} offline ({}); --target names one to queue for it",
+        crate::dsl::count(offline.len(), "known node"),
+        crate::targets::known_list(offline.iter().map(String::as_str))
+    )
+    .map_err(out_err)
 }
 
 /// Live output for a run: every node of its plan, aligned.
@@ -206,6 +222,7 @@ fn follow_job(
     job_id: Uuid,
     mut live: Option<Follow>,
 ) -> Result<i32> {
+    crate::interrupt::on_ctrl_c_say_the_work_goes_on("job", &job_id.to_string());
     loop {
         let resp = conn
             .recv()
@@ -291,6 +308,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
             .map_err(out_err)?;
         out.write_all(batches_text(&plan).as_bytes())
             .map_err(out_err)?;
+        write_offline(&mut out, &plan.offline)?;
         return Ok(EXIT_OK);
     }
     let mut conn = Conn::open(&cfg.socket_path)?;
@@ -311,6 +329,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         .map_err(out_err)?;
     out.write_all(batches_text(&plan).as_bytes())
         .map_err(out_err)?;
+    write_offline(&mut out, &plan.offline)?;
     out.flush().map_err(out_err)?;
     if !args.wait {
         return Ok(EXIT_OK);
@@ -329,6 +348,7 @@ fn follow_run(
     mut live: Option<Follow>,
     verbose: bool,
 ) -> Result<i32> {
+    crate::interrupt::on_ctrl_c_say_the_work_goes_on("run", &parent.to_string());
     let started = std::time::Instant::now();
     let tty = is_tty();
     let mut progress = Progress::new(plan);
@@ -413,7 +433,8 @@ fn clear_cache(conn: &mut Conn, patterns: &str) -> Result<i32> {
     let task = Task::parse(crate::dsl::Verb::ClearCache, "").map_err(Error::Rejected)?;
     let req = Request::Submit {
         task,
-        targets: crate::targets::split(&[patterns.to_owned()]),
+        targets: crate::targets::split(&[patterns.to_owned()], "--clear-cache")
+            .map_err(Error::Usage)?,
         exclude: Vec::new(),
         wait: true,
         queue_offline: false,
@@ -492,6 +513,7 @@ fn local_plan(blocks: &[wire::Block]) -> Plan {
         parent_id: None,
         jobs,
         batches: Vec::new(),
+        offline: Vec::new(),
     }
 }
 
@@ -824,15 +846,31 @@ fn keys_table(keys: &[KeyView]) -> String {
     )
 }
 
+/// `2 succeeded, 1 failed`: every state, in the order of a job's life.
 fn states_summary(job: &JobView) -> String {
-    states_text(&job.states)
-}
-
-/// `2 succeeded, 1 failed`.
-fn states_text(states: &std::collections::BTreeMap<JobState, u32>) -> String {
-    states
+    job.states
         .iter()
         .map(|(s, n)| format!("{n} {}", s.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `1 failed, 2 succeeded` for a table: what went wrong first (a failure
+/// is never cut away), in short words (`cached`, `skipped`,
+/// `unreachable`), nothing cut.
+fn states_brief(states: &std::collections::BTreeMap<JobState, u32>) -> String {
+    let bad = |s: &JobState| s.is_done() && !s.is_ok();
+    let word = |s: &JobState| match s {
+        JobState::Cached => "cached",
+        JobState::Skipped => "skipped",
+        JobState::Unreachable => "unreachable",
+        s => s.name(),
+    };
+    let (mut first, rest): (Vec<_>, Vec<_>) = states.iter().partition(|(s, _)| bad(s));
+    first.extend(rest);
+    first
+        .iter()
+        .map(|(s, n)| format!("{n} {}", word(s)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -856,7 +894,7 @@ fn jobs_table(jobs: &[JobView]) -> String {
                 j.parent.as_ref().map_or_else(|| "-".into(), short_id),
                 j.verb.to_string(),
                 shorten(&j.args, 28),
-                shorten(&states_summary(j), 22),
+                states_brief(&j.states),
                 format_utc(j.submitted_ms),
             ]
         })
@@ -878,7 +916,7 @@ fn runs_table(runs: &[RunView]) -> String {
                 short_id(&r.parent_id),
                 r.jobs.to_string(),
                 r.nodes.to_string(),
-                shorten(&states_text(&r.states), 34),
+                states_brief(&r.states),
                 format_utc(r.submitted_ms),
                 r.finished_ms.map_or_else(|| "going".into(), format_utc),
             ]
@@ -960,6 +998,7 @@ fn run_plan(run: &RunDetail) -> Plan {
             })
             .collect(),
         batches: Vec::new(),
+        offline: Vec::new(),
     }
 }
 
@@ -1143,5 +1182,26 @@ mod tests {
             ],
         );
         assert_eq!(t, "A    LONG\nxxx  1\ny    22\n");
+    }
+
+    /// A run with many kinds of parts: whatever is cut, never a failure.
+    #[test]
+    fn a_failure_always_shows_in_a_states_column() {
+        let states: std::collections::BTreeMap<JobState, u32> = [
+            (JobState::Queued, 40),
+            (JobState::Running, 6),
+            (JobState::Succeeded, 1200),
+            (JobState::Cached, 300),
+            (JobState::Failed, 1),
+            (JobState::Lost, 2),
+            (JobState::Skipped, 9),
+        ]
+        .into();
+        assert_eq!(
+            states_brief(&states),
+            "1 failed, 9 skipped, 2 lost, 40 queued, 6 running, 1200 succeeded, 300 cached"
+        );
+        let ok: std::collections::BTreeMap<JobState, u32> = [(JobState::Succeeded, 3)].into();
+        assert_eq!(states_brief(&ok), "3 succeeded");
     }
 }

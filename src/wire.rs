@@ -918,6 +918,8 @@ pub struct Submitted {
     pub job_id: Uuid,
     pub task_sha1: String,
     pub targets: Vec<String>,
+    /// Known nodes left out because they are offline (no `--target`).
+    pub offline: Vec<String>,
 }
 
 /// One block of an orchestration file.
@@ -957,6 +959,9 @@ pub struct Plan {
     /// A rolling run's nodes, batch by batch, in the order they go; empty
     /// when every node starts at once.
     pub batches: Vec<Vec<String>>,
+    /// Known nodes left out because they are offline (blocks without
+    /// targets).
+    pub offline: Vec<String>,
 }
 
 /// How many nodes: a number, or a percentage of the run's nodes (rounded
@@ -983,6 +988,17 @@ impl Amount {
                 .parse::<u32>()
                 .map(Amount::Count)
                 .map_err(|_| bad()),
+        }
+    }
+
+    /// Parse a batch size: as `parse`, and never 0 (a batch of no node
+    /// would never end).
+    pub fn parse_batch(text: &str, option: &str) -> Result<Amount, String> {
+        match Amount::parse(text, option)? {
+            Amount::Count(0) => Err(format!(
+                "{option}: a batch needs at least one node (got 0): give a number of nodes or a percentage (1, 25%)"
+            )),
+            a => Ok(a),
         }
     }
 

@@ -445,7 +445,7 @@ fn bad_usage_and_config_are_refused_with_exit_2() {
     assert_eq!(
         out.stderr.trim(),
         format!(
-            "director: config file {}: unknown key 'hartbeat_port'",
+            "director: config file {}: unknown key 'hartbeat_port' (did you mean heartbeat_port?)",
             cfg.display()
         )
     );
@@ -622,7 +622,17 @@ fn purges_forget_finished_jobs_and_offline_nodes() {
             .any(|l| l.starts_with("p2") && l.contains("offline")),
         "{out:?}"
     );
+    // Every node means every node online: p2 is named, not targeted.
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo hi"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("not targeted: 1 known node offline (p2)"),
+        "{out:?}"
+    );
+    let out = c.cli(&[
+        "exec", "--verb", "RUN", "--wait", "--target", "p*", "echo hi",
+    ]);
     assert_eq!(out.code, 4, "{out:?}");
     assert!(
         out.stdout.contains("p2: unreachable (node offline)"),
@@ -881,4 +891,175 @@ fn a_client_says_at_once_why_it_cannot_connect_then_that_it_is_connected() {
             .log_text()
             .contains("connected to 127.0.0.1 as early")
     });
+}
+
+/// Everyday slips, end to end: each is refused with one line that says
+/// what to do, exit 2, and nothing is queued.
+#[test]
+fn slips_that_would_reach_every_node_or_confuse_are_refused_with_a_hint() {
+    let c = Cluster::start("slips", &["s1", "s2"], "0.5");
+    for (args, want) in [
+        (
+            vec!["exec", "--verb", "RUN", "--target", "", "true"],
+            "--target: an empty pattern",
+        ),
+        (
+            vec!["exec", "--verb", "RUN", "--target", ",", "true"],
+            "--target: an empty pattern",
+        ),
+        (
+            vec!["exec", "--verb", "RUN", "--exclude", "", "true"],
+            "leave --exclude out",
+        ),
+        (
+            vec!["exec", "--verb", "RUN", "--tagret", "s1", "true"],
+            "did you mean --target?",
+        ),
+        (
+            vec!["manage", "--clear-cache", ""],
+            "--clear-cache: an empty pattern",
+        ),
+        (
+            vec!["orchestrate", "--batch", "0", "x.yml"],
+            "a batch needs at least one node",
+        ),
+        (
+            vec![
+                "exec",
+                "--verb",
+                "RUN",
+                "--retries",
+                "1",
+                "--retry-delay",
+                "x",
+                "true",
+            ],
+            "is not a number of seconds",
+        ),
+    ] {
+        let out = c.cli(&args);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(want), "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    }
+    let playbook = c.dir.path.join("site.yml");
+    fs::write(&playbook, "- hosts: all\n  tasks:\n  - command: uptime\n").unwrap();
+    let out = c.cli(&["orchestrate", playbook.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("this is an Ansible playbook"),
+        "{out:?}"
+    );
+    assert!(c.jobs_json().is_empty(), "something was queued");
+    // Fractions of a second for --retry-delay, as for --heartbeat-interval.
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "0.2",
+        "true",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// "Every node" means every node online, as --help says: a known node that
+/// went offline is left out and named, not targeted (its job used to end
+/// unreachable, exit 4).
+#[test]
+fn without_targets_a_job_goes_to_the_nodes_online_and_names_the_offline_ones() {
+    let mut c = Cluster::start("online", &["on1", "off1"], "0.3");
+    c.client("off1").signal(libc::SIGKILL);
+    c.client("off1").wait_exit(DEADLINE);
+    wait_until("off1 offline", DEADLINE, || c.node_names() == vec!["on1"]);
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "echo hi"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("targets on1\n"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("not targeted: 1 known node offline (off1)"),
+        "{out:?}"
+    );
+    // Named, it is a target, and its part ends unreachable.
+    let out = c.cli(&[
+        "exec", "--verb", "RUN", "--wait", "--target", "off1", "echo hi",
+    ]);
+    assert_eq!(out.code, 4, "{out:?}");
+}
+
+/// A node whose key waits for acceptance is the usual reason nothing is
+/// online yet: the error says so, and the command that fixes it.
+#[test]
+fn with_only_a_pending_node_the_error_names_the_accept_command() {
+    let mut c = Cluster::new("pendingonly", "0.5");
+    c.shared_key = None;
+    c.start_server();
+    let key = c.server_key();
+    c.start_client_bare("p1", &["--server-key", &key]);
+    wait_until("p1 pending", DEADLINE, || c.key_state("p1") == "pending");
+    let out = c.cli(&["exec", "--verb", "RUN", "true"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("no node is online")
+            && out.stderr.contains("director manage --accept-key p1"),
+        "{out:?}"
+    );
+}
+
+/// As a user without root, with the default paths, the daemons say to run
+/// as root or give the directory option (not a bare "Permission denied").
+#[test]
+fn a_daemon_run_as_a_plain_user_on_the_default_paths_says_what_to_do() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run as another user");
+        return;
+    }
+    let dir = util::TestDir::new("nonroot");
+    for (mode, option) in [("server", "--state-path"), ("client", "--cache-path")] {
+        let args = vec![
+            mode.to_string(),
+            "--shared-key".into(),
+            util::SHARED_KEY.into(),
+        ];
+        let out = util::run_cli_as(&dir.path, 65534, 65534, &args);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.contains("run as root") && out.stderr.contains(option),
+            "{mode}: {out:?}"
+        );
+    }
+}
+
+/// Ctrl-C while waiting: the CLI says the work goes on and how to follow
+/// it, and the work does go on.
+#[test]
+fn ctrl_c_during_wait_says_the_work_goes_on_and_how_to_follow_it() {
+    let c = Cluster::start("ctrlc", &["c1"], "0.5");
+    let gate = c.dir.path.join("gate");
+    let job = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo done",
+        gate.display()
+    );
+    let mut waiter = c.cli_background(&["exec", "--verb", "RUN", "--wait", &job], "waiter.log");
+    wait_until("the job running", DEADLINE, || {
+        c.jobs_json()
+            .first()
+            .is_some_and(|j| j["states"]["running"] == 1)
+    });
+    waiter.signal(libc::SIGINT);
+    assert_eq!(waiter.wait_exit(DEADLINE), Some(130));
+    let said = waiter.log_text();
+    let id = util::job_id(&said);
+    assert!(
+        said.contains(&format!(
+            "the job goes on on the server: follow it with `director manage --watch {id}`"
+        )),
+        "{said}"
+    );
+    fs::write(&gate, "").unwrap();
+    let info = c.wait_job_done(&id);
+    assert_eq!(info["nodes"][0]["state"], "succeeded", "{info}");
 }

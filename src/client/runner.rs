@@ -480,7 +480,7 @@ impl Runner {
                         retry = Some(Box::new(Retry {
                             spawn: spawn.clone(),
                             left: retries,
-                            delay: Duration::from_secs(task.options.retry_delay_secs),
+                            delay: Duration::from_millis(task.options.retry_delay_ms),
                             attempts: Vec::new(),
                             cap: Attempt::cap(retries as usize),
                         }));
@@ -747,7 +747,7 @@ impl Runner {
                     "job {job_id}: attempt {tried} of {} failed ({}); retrying in {}s",
                     tried + r.left as usize,
                     outcome.exit,
-                    r.delay.as_secs()
+                    crate::dsl::secs_text(r.delay.as_millis() as u64)
                 );
                 r.left -= 1;
                 let at = now + r.delay;

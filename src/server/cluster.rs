@@ -734,9 +734,14 @@ impl Cluster {
         task: &Task,
         targets: &[String],
         exclude: &[String],
-    ) -> Result<Vec<String>, String> {
-        let nodes = self.nodes.iter().map(|n| (n.name.as_str(), &n.about));
-        let mut targets = crate::targets::resolve(nodes, targets, exclude)?;
+    ) -> Result<crate::targets::Resolved, String> {
+        let nodes = self.nodes.iter().map(|n| crate::targets::Candidate {
+            name: n.name.as_str(),
+            about: &n.about,
+            online: n.is_online(),
+        });
+        let mut resolved = crate::targets::resolve(nodes, targets, exclude)?;
+        let targets = &mut resolved.targets;
         if task.options.run_once {
             let load = |t: &String| {
                 self.nodes
@@ -744,10 +749,10 @@ impl Cluster {
                     .map_or(usize::MAX, |n| n.queue.len() + n.in_flight.len())
             };
             if let Some(pick) = targets.iter().min_by_key(|t| load(t)).cloned() {
-                targets = vec![pick];
+                *targets = vec![pick];
             }
         }
-        Ok(targets)
+        Ok(resolved)
     }
 
     /// Record one job (its `Submitted` record is an effect), not yet queued
@@ -766,6 +771,7 @@ impl Cluster {
             job_id: job.id,
             task_sha1: job.sha1_hex(),
             targets: targets.to_vec(),
+            offline: Vec::new(),
         };
         if let Some(rec) = self.submitted(&submitted.job_id) {
             out.push(Effect::Journal(rec));
@@ -932,8 +938,10 @@ impl Cluster {
         now: Now,
         out: &mut Vec<Effect>,
     ) -> Result<Submitted, String> {
-        let targets = self.resolve(&task, targets, exclude)?;
-        Ok(self.queue_job(task, &targets, None, now, out))
+        let resolved = self.resolve(&task, targets, exclude)?;
+        let mut submitted = self.queue_job(task, &resolved.targets, None, now, out);
+        submitted.offline = resolved.offline;
+        Ok(submitted)
     }
 
     /// Check an orchestration and, unless `dry_run`, queue all of it under
@@ -950,14 +958,18 @@ impl Cluster {
         out: &mut Vec<Effect>,
     ) -> Result<Plan, String> {
         let mut planned = Vec::new();
+        let mut offline = Vec::new();
         for (i, block) in blocks.iter().enumerate() {
             for task in &block.tasks {
-                let targets = self
+                let resolved = self
                     .resolve(task, &block.targets, exclude)
                     .map_err(|e| format!("{}: {e}", block.label(i)))?;
-                planned.push((i, targets, task.clone()));
+                offline.extend(resolved.offline);
+                planned.push((i, resolved.targets, task.clone()));
             }
         }
+        offline.sort();
+        offline.dedup();
         if planned.is_empty() {
             return Err("the orchestration has no jobs".into());
         }
@@ -1048,6 +1060,7 @@ impl Cluster {
             parent_id,
             jobs,
             batches,
+            offline,
         })
     }
 
@@ -2047,7 +2060,7 @@ mod tests {
         assert!(Cluster::default()
             .submit_now(run("x"), &[], at(t0), &mut out)
             .unwrap_err()
-            .contains("no nodes"));
+            .contains("no node is online"));
         // One bad block refuses the whole orchestration.
         let blocks = vec![block(&[], vec![run("1")]), block(&["nope"], vec![run("2")])];
         let e = c
@@ -2465,10 +2478,16 @@ mod tests {
         assert_eq!(state(&c, &queued, "b"), JobState::Lost);
         assert_eq!(state(&c, &third, "b"), JobState::Unreachable);
         assert!(matches!(state(&c, &behind, "b"), JobState::Lost));
-        // A new job for every node: b's part ends at once.
-        let id = c.submit_now(run("x"), &[], later, &mut out).unwrap().job_id;
+        // A new job for every node goes to those online, and says which
+        // known ones it left out; named, b's part ends at once.
+        let s = c.submit_now(run("x"), &[], later, &mut out).unwrap();
+        assert_eq!((s.targets, s.offline), (vec!["a".into()], vec!["b".into()]));
+        assert_eq!(state(&c, &s.job_id, "a"), JobState::Sent);
+        let id = c
+            .submit_now(run("x"), &["*".into()], later, &mut out)
+            .unwrap()
+            .job_id;
         assert_eq!(state(&c, &id, "b"), JobState::Unreachable);
-        assert_eq!(state(&c, &id, "a"), JobState::Sent);
         // After a restart b is known and offline; a is expected back, and
         // says so until it is.
         let mut r = Cluster::restore(records(&c), IVL, later);
@@ -2496,7 +2515,7 @@ mod tests {
         let mut out = Vec::new();
         c.nodes.get_mut("a").unwrap().link = Link::Offline;
         let wait = |c: &mut Cluster, cmd: &str, out: &mut Vec<Effect>| {
-            let s = c.submit(run(cmd), &[], &[], at(t0), out).unwrap();
+            let s = c.submit(run(cmd), &["a".into()], &[], at(t0), out).unwrap();
             c.queue_offline(&[s.job_id], out);
             c.release(&[s.job_id], at(t0), out);
             s.job_id
@@ -2529,7 +2548,9 @@ mod tests {
         assert_eq!(sent_jobs(&out), vec![second]);
         // Without --queue-offline, an offline node's part ends at once.
         c.nodes.get_mut("a").unwrap().link = Link::Offline;
-        let s = c.submit_now(run("three"), &[], later, &mut out).unwrap();
+        let s = c
+            .submit_now(run("three"), &["a".into()], later, &mut out)
+            .unwrap();
         assert_eq!(state(&c, &s.job_id, "a"), JobState::Unreachable);
     }
 

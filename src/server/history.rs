@@ -98,13 +98,23 @@ mod layout1;
 /// `QueueOffline` and `RolloutFrom`, after the others, and layout 4 the
 /// `CLEAR-CACHE` action, after the others, and layout 5 the `Lost` ending
 /// (a node's own word that a job was lost), after the others: layout 2 to
-/// 4 records encode as they did.
+/// 4 records encode as they did. Layout 6 keeps `--retry-delay` in
+/// milliseconds (fractions of a second), where 5 and before kept whole
+/// seconds in the same field.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
     fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
         match version {
             0 | 1 => crate::journal::decode::<layout1::OldRecord>(body).map(Record::from),
-            2..=4 => crate::journal::decode(body),
+            // The same encoding, where `--retry-delay` was whole seconds.
+            2..=5 => {
+                let mut rec: Record = crate::journal::decode(body)?;
+                if let Record::Submitted { task, .. } = &mut rec {
+                    let o = &mut task.options;
+                    o.retry_delay_ms = o.retry_delay_ms.saturating_mul(1000);
+                }
+                Some(rec)
+            }
             _ => None,
         }
     }

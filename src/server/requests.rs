@@ -113,6 +113,29 @@ impl Server {
     }
 
     /// Answer a request; `None` when the answer was already queued.
+    /// A submission with no node online: say when keys wait for an
+    /// operator's accept (a new node's usual first stop).
+    fn why_none_online(&self, why: String) -> String {
+        let Auth::Curve(c) = &self.auth else {
+            return why;
+        };
+        if !why.contains(crate::targets::NONE_ONLINE) {
+            return why;
+        }
+        let pending = c.keys.pending_names();
+        match pending.as_slice() {
+            [] => why,
+            [one] => format!(
+                "{why}; the key of node '{one}' waits for acceptance: run `director manage --accept-key {one}` (check its fingerprint with --list-keys first)"
+            ),
+            many => format!(
+                "{why}; {} keys wait for acceptance ({}): `director manage --list-keys`, then --accept-key NAME",
+                many.len(),
+                crate::targets::known_list(many.iter().map(String::as_str))
+            ),
+        }
+    }
+
     pub(super) fn handle_request(&mut self, token: Token, req: Request) -> Option<Response> {
         log::debug!("control <- {req:?}");
         let resp = match req {
@@ -152,7 +175,7 @@ impl Server {
                             }
                             Response::Submitted(submitted)
                         }
-                        Err(why) => Response::Rejected(why),
+                        Err(why) => Response::Rejected(self.why_none_online(why)),
                     };
                 self.submitted(token, resp, out);
                 return None;
@@ -193,7 +216,7 @@ impl Server {
                         }
                         Response::Orchestrated(plan)
                     }
-                    Err(why) => Response::Rejected(why),
+                    Err(why) => Response::Rejected(self.why_none_online(why)),
                 };
                 self.submitted(token, resp, out);
                 return None;

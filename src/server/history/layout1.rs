@@ -286,3 +286,40 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod later_layouts {
+    use super::*;
+    use crate::journal::Journal;
+
+    /// Layouts 2 to 5 kept `--retry-delay` in whole seconds in the field
+    /// that now holds milliseconds: upgraded, 7 s stays 7 s.
+    #[test]
+    fn a_retry_delay_in_seconds_is_upgraded_to_milliseconds() {
+        let dir = std::env::temp_dir().join(format!("director-layout5-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut task = crate::dsl::Task::parse(crate::dsl::Verb::Run, "--retries 2 make").unwrap();
+        task.options.retry_delay_ms = 7; // as layout 5 wrote 7 seconds
+        let rec = Record::Submitted {
+            id: Uuid::new_v4(),
+            parent: None,
+            task,
+            targets: vec!["n1".into()],
+            submitted_ms: 1,
+        };
+        let mut bytes = b"DIRJ".to_vec();
+        bytes.extend(5u32.to_le_bytes());
+        let body = bincode::serde::encode_to_vec(&rec, bincode::config::standard()).unwrap();
+        bytes.extend((body.len() as u32).to_le_bytes());
+        bytes.extend(body);
+        std::fs::write(dir.join("history.bin"), &bytes).unwrap();
+        let (_, recs) = Journal::open::<Record>(&dir, "history.bin").unwrap();
+        let Record::Submitted { task, .. } = &recs[0] else {
+            panic!("{:?}", recs[0]);
+        };
+        assert_eq!(task.options.retry_delay_ms, 7000);
+        assert_eq!(task.args(), "--retries 2 --retry-delay 7 make");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
