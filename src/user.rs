@@ -186,6 +186,19 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     follow_job(&mut conn, &mut out, submitted.job_id, live)
 }
 
+/// The parts whose output the server did not send this CLI, which read
+/// too slowly.
+fn write_withheld(out: &mut impl Write, parts: u64, jobs: &[Uuid]) -> io::Result<()> {
+    let ids: Vec<String> = jobs.iter().map(short_id).collect();
+    writeln!(
+        out,
+        "note: the output of {} was not shown here, as this CLI read too slowly (their results were); see `director manage --job-info ID` for {}: {}",
+        crate::dsl::count(parts as usize, "part"),
+        if jobs.len() == 1 { "job" } else { "jobs" },
+        ids.join(", ")
+    )
+}
+
 /// Known nodes that "every node" left out, being offline: said, so that
 /// nobody takes their silence for success.
 fn write_offline(out: &mut impl Write, offline: &[String]) -> Result<()> {
@@ -253,6 +266,9 @@ fn follow_job(
                 }
                 write_part(out, &part).map_err(out_err)?;
                 out.flush().map_err(out_err)?;
+            }
+            Response::Withheld { parts, jobs } => {
+                write_withheld(out, parts, &jobs).map_err(out_err)?;
             }
             Response::JobDone(job) => {
                 writeln!(out, "job {}: {}", job.id, states_summary(&job)).map_err(out_err)?;
@@ -406,6 +422,12 @@ fn follow_run(
                     writeln!(out, "{}", progress.job_line(i)).map_err(out_err)?;
                 }
                 out.flush().map_err(out_err)?;
+            }
+            Response::Withheld { parts, jobs } => {
+                if tty {
+                    writeln!(out, "\r\x1b[K").map_err(out_err)?;
+                }
+                write_withheld(out, parts, &jobs).map_err(out_err)?;
             }
             Response::ParentDone { .. } => {
                 if tty {

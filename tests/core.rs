@@ -1063,3 +1063,64 @@ fn ctrl_c_during_wait_says_the_work_goes_on_and_how_to_follow_it() {
     let info = c.wait_job_done(&id);
     assert_eq!(info["nodes"][0]["state"], "succeeded", "{info}");
 }
+
+/// The server's resident memory, in MiB.
+fn rss_mib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+/// A `--wait` CLI that reads slowly (here: stopped) cannot make the server
+/// buffer the run's output for it: past a few MiB it gets each part without
+/// its output, then keeps its progress and exit status and is told what it
+/// missed. (Before, the server buffered it all, 1 GiB for 3 GiB of output,
+/// then cut the CLI off: exit 3.)
+#[test]
+fn a_slow_reader_costs_the_server_a_bounded_buffer_and_keeps_its_exit_status() {
+    const JOBS: usize = 120;
+    let mut c = Cluster::start("slowreader", &["r1", "r2"], "1");
+    let mut yaml = String::from("- jobs:\n");
+    for _ in 0..JOBS {
+        yaml.push_str("  - RUN: --skip-cache head -c 1048576 /dev/zero | tr '\\0' x\n");
+    }
+    let file = c.dir.path.join("big.yml");
+    fs::write(&file, yaml).unwrap();
+    let server = c.server().pid();
+    let before = rss_mib(server);
+    let mut waiter = c.cli_background(
+        &["orchestrate", file.to_str().unwrap(), "--wait"],
+        "slow.log",
+    );
+    wait_until("the run queued", DEADLINE, || {
+        waiter.log_text().contains("queued")
+    });
+    waiter.signal(libc::SIGSTOP);
+    wait_until("every job done", DEADLINE * 2, || {
+        let jobs = c.jobs_json();
+        jobs.len() == JOBS && jobs.iter().all(|j| !j["finished_ms"].is_null())
+    });
+    // 240 MiB of output went by; the server kept a few MiB of it for the
+    // stopped CLI (and its own bounded buffers).
+    let grown = rss_mib(server).saturating_sub(before);
+    assert!(
+        grown < 64,
+        "the server grew by {grown} MiB for a reader that does not read"
+    );
+    waiter.signal(libc::SIGCONT);
+    assert_eq!(waiter.wait_exit(DEADLINE), Some(0), "{}", waiter.log_text());
+    let said = waiter.log_text();
+    assert!(
+        said.contains("was not shown here, as this CLI read too slowly"),
+        "{said}"
+    );
+    assert!(said.contains("recap after"), "{said}");
+    // Every result is whole on the server.
+    let id = c.jobs_json()[0]["id"].as_str().unwrap().to_owned();
+    let info = c.job_info(&id);
+    assert_eq!(info["nodes"][0]["stdout"].as_str().unwrap().len(), 1 << 20);
+}

@@ -5,11 +5,21 @@
 use std::io::{self, Read, Write};
 
 use mio::net::UnixStream;
+use uuid::Uuid;
 
 use crate::wire::{self, FrameBuf, Request, Response, WireError};
 
-/// Bytes a slow reader may leave unread before we hang up on it.
-const MAX_PENDING_OUT: usize = 256 << 20;
+/// Past this much unread, a waiting CLI gets each finished part without its
+/// output (its state, exit and times still come, so its progress and exit
+/// status hold), and at the end how many it missed and where to look.
+pub const SLOW_READER: usize = 4 << 20;
+
+/// Bytes a reader may leave unread before we hang up on it (parts without
+/// output are a few hundred bytes: a run of hundreds of thousands).
+const MAX_PENDING_OUT: usize = 64 << 20;
+
+/// Jobs named in a `Withheld` note.
+const WITHHELD_JOBS: usize = 20;
 
 /// What reading a connection produced.
 pub enum Inbound {
@@ -26,6 +36,9 @@ pub struct ControlConn {
     inbuf: FrameBuf,
     out: Vec<u8>,
     out_pos: usize,
+    /// Parts sent without their output, and their first jobs.
+    withheld: u64,
+    withheld_jobs: Vec<Uuid>,
 }
 
 impl ControlConn {
@@ -35,6 +48,8 @@ impl ControlConn {
             inbuf: FrameBuf::new(wire::MAX_REQUEST),
             out: Vec::new(),
             out_pos: 0,
+            withheld: 0,
+            withheld_jobs: Vec::new(),
         }
     }
 
@@ -80,12 +95,49 @@ impl ControlConn {
         Ok(())
     }
 
-    /// Queue a response and write what the socket takes now.
+    /// Queue a response and write what the socket takes now. A reader
+    /// that is far behind gets parts without their output (see
+    /// `SLOW_READER`).
     pub fn send(&mut self, resp: &Response) -> io::Result<()> {
         if self.out.len() - self.out_pos > MAX_PENDING_OUT {
             return Err(io::Error::other("client is not reading its responses"));
         }
-        self.out.extend_from_slice(&wire::encode_control(resp));
+        match resp {
+            Response::NodeDone(part) if self.backlog() > SLOW_READER => {
+                let mut brief = part.clone();
+                let had = brief.stdout.len() + brief.stderr.len();
+                brief.stdout.clear();
+                brief.stderr.clear();
+                brief.attempts.clear();
+                if had > 0 || !part.attempts.is_empty() {
+                    self.withheld += 1;
+                    if self.withheld_jobs.len() < WITHHELD_JOBS
+                        && !self.withheld_jobs.contains(&part.job_id)
+                    {
+                        self.withheld_jobs.push(part.job_id);
+                    }
+                    let note = format!(
+                        "output not shown here (this CLI read too slowly): `director manage --job-info {}`",
+                        part.job_id
+                    );
+                    brief.message = Some(match brief.message.take() {
+                        Some(m) => format!("{m}; {note}"),
+                        None => note,
+                    });
+                }
+                self.out
+                    .extend_from_slice(&wire::encode_control(&Response::NodeDone(brief)));
+            }
+            Response::JobDone(_) | Response::ParentDone { .. } if self.withheld > 0 => {
+                let note = Response::Withheld {
+                    parts: std::mem::take(&mut self.withheld),
+                    jobs: std::mem::take(&mut self.withheld_jobs),
+                };
+                self.out.extend_from_slice(&wire::encode_control(&note));
+                self.out.extend_from_slice(&wire::encode_control(resp));
+            }
+            resp => self.out.extend_from_slice(&wire::encode_control(resp)),
+        }
         self.flush()
     }
 
