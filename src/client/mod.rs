@@ -477,10 +477,13 @@ impl Client {
     fn close(&mut self) {
         self.cache_reported = None;
         self.announced = None;
-        if let Link::Up { ports, monitor, .. } = std::mem::replace(&mut self.link, Link::Down) {
+        if let Link::Up {
+            mut ports, monitor, ..
+        } = std::mem::replace(&mut self.link, Link::Down)
+        {
             let registry = self.poll.registry();
             if let Some(m) = monitor {
-                m.close(registry);
+                m.close(&mut ports.job, registry);
             }
             ports.job.close(registry);
             ports.transfer.close(registry);

@@ -156,6 +156,13 @@ impl ZmqPort {
         self.sock.connect(endpoint)
     }
 
+    /// Retry a failed connection this often (libzmq's default is 100 ms):
+    /// for tests that need many retries.
+    #[cfg(test)]
+    pub fn set_reconnect_ivl(&self, ms: i32) -> Result<(), zmq::Error> {
+        self.sock.set_reconnect_ivl(ms)
+    }
+
     fn register(
         sock: zmq::Socket,
         spec: PortSpec,
@@ -357,6 +364,19 @@ impl ZmqPort {
     /// Give unsent messages up to `ms` to leave when the socket is dropped.
     pub fn set_linger(&self, ms: i32) {
         let _ = self.sock.set_linger(ms);
+    }
+
+    /// Stop the monitor `monitor` started (libzmq's `zmq_socket_monitor`
+    /// with no endpoint), so that no event is sent to a reader about to
+    /// go.
+    pub fn stop_monitor(&mut self) {
+        // SAFETY: the socket is ours and open; a null endpoint is libzmq's
+        // documented way to stop monitoring.
+        let rc =
+            unsafe { zmq_sys::zmq_socket_monitor(self.sock.as_mut_ptr(), std::ptr::null(), 0) };
+        if rc != 0 {
+            log::debug!("{} port: stopping its monitor failed", self.name);
+        }
     }
 
     /// Flush what can go now, deregister, and drop the socket.
