@@ -223,6 +223,29 @@ pub struct Server {
     handshakes_rate: crate::ratelog::Every,
 }
 
+/// Each node holds three connections (and libzmq some descriptors of its
+/// own): the soft limit on open files, often 1024, would refuse nodes
+/// past about 300. Raised to the hard limit, as servers do.
+fn raise_open_files() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                log::warn!(
+                    "cannot raise the open-file limit from {}: nodes past about {} will be refused",
+                    lim.rlim_cur,
+                    lim.rlim_cur / 3
+                );
+            }
+        }
+    }
+}
+
 /// Run the server until it is told to stop.
 pub fn run(cfg: &Config) -> Result<()> {
     // One malloc arena for the process: the loop and the I/O thread hand
@@ -250,6 +273,7 @@ impl Server {
     fn start(cfg: &Config) -> Result<Server> {
         // First: a second server on this directory must touch nothing.
         let lock = crate::dirlock::lock(&cfg.state_path, "state directory (--state-path)")?;
+        raise_open_files();
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let ctx = zmq::Context::new();
         // The state is loaded before any port is bound: a node that can
