@@ -81,6 +81,15 @@ impl Layout for u32 {
     }
 }
 
+/// What `open_lazy` hands over: a record, or what its `head` took from it.
+pub enum Lazy<T, H> {
+    Whole(T),
+    Head(H),
+}
+
+/// The most a lazy open reads of a record it takes by its head.
+pub const PEEK: usize = 4096;
+
 /// One journal, as the loop holds it.
 pub struct Journal {
     path: PathBuf,
@@ -234,6 +243,29 @@ impl Journal {
         name: &str,
         mut each: impl FnMut(T, Span),
     ) -> io::Result<Journal> {
+        Journal::open_lazy::<T, ()>(
+            dir,
+            name,
+            |_| None,
+            |rec, span| {
+                if let Lazy::Whole(rec) = rec {
+                    each(rec, span)
+                }
+            },
+        )
+    }
+
+    /// Like `open_with`, where `head` may take a record from its first
+    /// bytes (at most `PEEK`): then the rest of it is skipped, never read
+    /// (a record's bulk, such as a job's output, stays on disk for a
+    /// `Reader`), and `each` gets the head. Opening then costs what the
+    /// heads are, not what the file is.
+    pub fn open_lazy<T: Layout, H>(
+        dir: &Path,
+        name: &str,
+        head: impl Fn(&[u8]) -> Option<H>,
+        mut each: impl FnMut(Lazy<T, H>, Span),
+    ) -> io::Result<Journal> {
         fs::create_dir_all(dir)?;
         let path = dir.join(name);
         match read_header(&path)? {
@@ -256,36 +288,57 @@ impl Journal {
         let f = File::open(&path)?;
         let total = f.metadata()?.len();
         let mut r = BufReader::with_capacity(1 << 16, f);
-        let mut head = [0u8; HEADER_LEN as usize];
-        r.read_exact(&mut head)?;
+        let mut header_bytes = [0u8; HEADER_LEN as usize];
+        r.read_exact(&mut header_bytes)?;
         let mut body = Vec::new();
+        let mut records = 0;
         while good_len < total {
-            match next_frame(&mut r, &mut body)? {
-                Frame::Whole(used) => {
-                    // A record of this layout that does not decode is
-                    // unreadable, like a damaged one.
-                    let Some(rec) = decode::<T>(&body) else {
-                        refuse_or_cut(&path, &mut r, good_len, total)?;
-                        break;
-                    };
-                    each(
-                        rec,
-                        Span {
-                            at: good_len,
-                            len: used as u32,
-                        },
-                    );
-                    good_len += used as u64;
-                }
-                Frame::TooLong => {
-                    refuse_or_cut(&path, &mut r, good_len, total)?;
-                    break;
-                }
-                Frame::Short => {
-                    torn_tail(&path, total - good_len);
-                    break;
-                }
+            let mut len_bytes = [0u8; 4];
+            if !read_full(&mut r, &mut len_bytes)? {
+                torn_tail(&path, total - good_len);
+                break;
             }
+            let len = u32::from_le_bytes(len_bytes) as usize;
+            // No record is empty; zeros here are a hole (see refuse_or_cut).
+            if len == 0 || len > MAX_RECORD {
+                refuse_or_cut(&path, &mut r, good_len, total)?;
+                break;
+            }
+            let used = 4 + len;
+            if good_len + used as u64 > total {
+                torn_tail(&path, total - good_len);
+                break;
+            }
+            let span = Span {
+                at: good_len,
+                len: used as u32,
+            };
+            body.resize(len.min(PEEK), 0);
+            if !read_full(&mut r, &mut body)? {
+                torn_tail(&path, total - good_len);
+                break;
+            }
+            records += 1;
+            if let Some(h) = head(&body) {
+                r.seek_relative((len - body.len()) as i64)?;
+                each(Lazy::Head(h), span);
+                good_len += used as u64;
+                continue;
+            }
+            let have = body.len();
+            body.resize(len, 0);
+            if !read_full(&mut r, &mut body[have..])? {
+                torn_tail(&path, total - good_len);
+                break;
+            }
+            // A record of this layout that does not decode is unreadable,
+            // like a damaged one.
+            let Some(rec) = decode::<T>(&body) else {
+                refuse_or_cut(&path, &mut r, good_len, total)?;
+                break;
+            };
+            each(Lazy::Whole(rec), span);
+            good_len += used as u64;
         }
         let file = open_rw(&path)?;
         // A torn tail is cut off before the first append: records after it
@@ -304,7 +357,7 @@ impl Journal {
             })),
             pending: Vec::new(),
             end: good_len,
-            records: 0,
+            records,
         })
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::history::{Record, SentTo};
+use super::history::{DoneHead, Record, SentTo};
 use super::jobs::{Jobs, SKIPPED_AFTER_FAILURE};
 use super::nodes::{Link, Nodes, LIVENESS};
 use super::query::{Delivery, Queries};
@@ -1515,6 +1515,19 @@ impl Restore {
         self.0.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node))
     }
 
+    /// Apply what the journal gave for one record: the record, or a
+    /// finished part's head (its outcome stays on disk).
+    pub fn replay_lazy(&mut self, rec: crate::journal::Lazy<Record, DoneHead>, span: Span) {
+        match rec {
+            crate::journal::Lazy::Whole(rec) => self.replay(rec, span),
+            crate::journal::Lazy::Head(h) => {
+                if let Some(p) = self.part(&h.id, &h.node) {
+                    p.restore(h.state, h.finished_ms, h.sent_ms, span);
+                }
+            }
+        }
+    }
+
     /// Apply one record, in journal order.
     pub fn replay(&mut self, rec: Record, span: Span) {
         match rec {
@@ -1552,7 +1565,7 @@ impl Restore {
             }
             Record::Done { id, node, part } => {
                 if let Some(p) = self.part(&id, &node) {
-                    p.restore(part, span);
+                    p.restore(part.state, part.finished_ms, part.sent_ms, span);
                 }
             }
             Record::Forgotten { id } => {

@@ -243,21 +243,28 @@ impl Part {
         };
     }
 
-    /// A part restored from its record at `span` in the history.
-    pub fn restore(&mut self, r: PartRecord, span: Span) {
-        *self = if r.state.is_done() {
+    /// A part restored from its record at `span` in the history (its
+    /// state and times: the rest stays there).
+    pub fn restore(
+        &mut self,
+        state: JobState,
+        finished_ms: Option<u64>,
+        sent_ms: Option<u64>,
+        span: Span,
+    ) {
+        *self = if state.is_done() {
             Part::Journaled {
-                state: r.state,
+                state,
                 // A final record without its time (none is written so)
                 // counts as old for retention.
-                finished_ms: r.finished_ms.unwrap_or(0),
+                finished_ms: finished_ms.unwrap_or(0),
                 at: span.at,
                 len: span.len,
             }
         } else {
             // Not final: a record from a server that journaled parts
             // before they ended; keep what it says.
-            match r.sent_ms {
+            match sent_ms {
                 Some(sent_ms) => Part::InFlight {
                     state: JobState::Sent,
                     flight: Some(Box::new(Flight {

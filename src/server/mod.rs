@@ -52,7 +52,7 @@ use self::peer_log::{Once, PeerLog};
 use self::persist::{Held, Persist, Released};
 use self::requests::bind_control;
 use self::routes::{Port, Principal, Routes, PORTS};
-use self::storage::{compact, uncompact, IoDone};
+use self::storage::IoDone;
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
@@ -279,18 +279,19 @@ impl Server {
         // The state is loaded before any port is bound: a node that can
         // connect is served at once.
         let mut restoring = cluster::Restore::default();
-        let mut history = Journal::open_with(&cfg.state_path, history::FILE, |rec: Record, at| {
-            restoring.replay(rec, at)
-        })
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot open the job history in {}",
-                    cfg.state_path.display()
-                ),
-                e,
-            )
-        })?;
+        let history =
+            Journal::open_lazy(&cfg.state_path, history::FILE, history::head, |rec, at| {
+                restoring.replay_lazy(rec, at)
+            })
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot open the job history in {}",
+                        cfg.state_path.display()
+                    ),
+                    e,
+                )
+            })?;
         let mut cluster = restoring.finish(cfg.heartbeat_ivl, Now::real());
         // Start from a compact journal: only what is still known and kept.
         let _ = cluster.retain_recent(
@@ -299,16 +300,9 @@ impl Server {
             cfg.job_retention_count,
             &mut Vec::new(),
         );
-        // A compaction is optional: without room, start from the journal as
-        // it is.
-        let (rewrite, moves) = compact(&mut cluster, &mut history);
-        if let Err((rw, e)) = rewrite.run() {
-            log::warn!(
-                "cannot compact the job history {}: {e}; starting from it as it is",
-                history.path().display()
-            );
-            uncompact(&mut cluster, &mut history, &rw, &moves);
-        }
+        // No compaction here: it would copy the whole history before the
+        // ports listen. Housekeeping asks for one when the journal is
+        // mostly dead records, and the I/O thread does it.
         // The ZAP handler must be bound before the first handshake: with
         // none, libzmq would let every CURVE client in.
         let (auth, keys_journal) = match cfg.curve {
@@ -420,6 +414,11 @@ impl Server {
             handshakes_rate: crate::ratelog::Every::new(PENDING_LOG_EVERY),
         };
         server.housekeeping();
+        // What retention forgot (and any dead record) leaves the disk soon
+        // after a start, by the I/O thread, not before the ports listen.
+        if server.persist.history.records() > server.cluster.live_records() {
+            server.compact_wanted = true;
+        }
         // Restored nodes must come back in time, or their work is lost:
         // their time starts now that the ports listen.
         server.cluster.listening(Now::real());
