@@ -151,6 +151,7 @@ fn empty_pattern(option: &str) -> String {
     let all = match option {
         "--exclude" => "leave --exclude out to exclude nothing",
         "--target" => "leave --target out to mean every node online",
+        "--clear-cache" => "'*' for every node",
         _ => "leave the targets out to mean every node online",
     };
     format!("{option}: an empty pattern (an empty string, or nothing between commas): give a node name, a glob or KEY=VALUE, or {all}")

@@ -872,14 +872,6 @@ pub struct RunView {
 pub enum Response {
     Submitted(Submitted),
     NodeDone(PartView),
-    /// Before the last answer to a waiting CLI: the parts whose output it
-    /// was not sent (it read too slowly; their states came all the same),
-    /// and the jobs to look them up in (the first `WITHHELD_JOBS`).
-    Withheld {
-        parts: u64,
-        #[serde(deserialize_with = "cautious_seq")]
-        jobs: Vec<Uuid>,
-    },
     JobDone(JobView),
     Orchestrated(Plan),
     ParentDone {
@@ -917,6 +909,14 @@ pub enum Response {
         stream: Stream,
         data: Vec<u8>,
         dropped: u64,
+    },
+    /// Before the last answer to a waiting CLI: the parts whose output it
+    /// was not sent (it read too slowly; their states came all the same),
+    /// and the jobs to look them up in (the first `WITHHELD_JOBS`).
+    Withheld {
+        parts: u64,
+        #[serde(deserialize_with = "cautious_seq")]
+        jobs: Vec<Uuid>,
     },
 }
 

@@ -403,7 +403,11 @@ impl Runner {
                     "job {job_id} received again after its result was recorded; not run again"
                 );
                 let why = "the server sent this job again after it ran on this node and its result was recorded; not run again";
-                self.report(job_id, parent, exec::ended(Exit::Lost(why.into())), fx);
+                // An answer, not a failure here: the rest of its run goes
+                // on (the server holds the real result and keeps it).
+                let outcome = exec::ended(Exit::Lost(why.into())).bounded();
+                self.ledger.end(job_id, &outcome);
+                fx.job.push(ClientMsg::Finished { job_id, outcome });
                 self.pump_cache(fx);
                 return;
             }
@@ -1462,11 +1466,15 @@ mod tests {
             matches!(fx.job.as_slice(), [ClientMsg::Finished { job_id, outcome }]
             if *job_id == id && outcome.stdout == b"once")
         );
-        // Acknowledged: the server has it; a resend is refused as lost.
+        // Acknowledged: the server has it; a resend is refused as lost,
+        // and the rest of its run is not skipped for it.
         rig.runner.acked(&id, &mut Effects::default());
-        let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache echo once");
+        let run = Some(Uuid::new_v4());
+        let fx = rig.enqueue_id(id, run, Verb::Run, "--skip-cache echo once");
         assert!(fx.spawn.is_none());
         assert_eq!(finished(&fx), vec![(id, JobState::Lost)]);
+        let (next, fx) = rig.enqueue(run, Verb::Run, "--skip-cache echo next");
+        assert_eq!(spawned(&fx), Some(next), "the rest of the run goes on");
     }
 
     #[test]
