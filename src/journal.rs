@@ -81,6 +81,30 @@ impl Layout for u32 {
     }
 }
 
+/// A journal's write for another thread (the owner's I/O worker): a
+/// batch of appended records, or a rewrite; hand the result back to the
+/// journal's owner.
+pub enum JournalIo {
+    Write(Batch),
+    Rewrite(Rewrite),
+}
+
+/// What the other thread did with a `JournalIo`.
+pub enum JournalIoDone {
+    Written(Result<(), (Batch, io::Error)>),
+    Rewritten(Result<(), (Rewrite, io::Error)>),
+}
+
+impl JournalIo {
+    /// Do it (on the I/O thread).
+    pub fn run(self) -> JournalIoDone {
+        match self {
+            JournalIo::Write(batch) => JournalIoDone::Written(batch.run()),
+            JournalIo::Rewrite(rw) => JournalIoDone::Rewritten(rw.run()),
+        }
+    }
+}
+
 /// What `open_lazy` hands over: a record, or what its `head` took from it.
 pub enum Lazy<T, H> {
     Whole(T),
@@ -743,32 +767,39 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// The journal file, for appends and for reading records back; its
 /// owner's only, whatever mode it had.
 fn open_rw(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let f = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
         .open(path)?;
-    if f.metadata()?.permissions().mode() & 0o077 != 0 {
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-    }
+    make_private(&f)?;
     Ok(f)
 }
 
 /// A new file (or an emptied one) that only its owner may read, whatever
 /// the umask.
 fn create_private(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    // An existing file keeps its mode through O_CREAT: set it.
-    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    make_private(&f)?;
     Ok(f)
+}
+
+/// Mode 0600 for a file others may read or write: `mode` at creation
+/// does not touch a file that already existed.
+fn make_private(f: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 /// The file behind a journal; a panic elsewhere while it was held leaves

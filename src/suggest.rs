@@ -5,6 +5,10 @@
 /// be what was meant (at most a third of its length wrong, or one
 /// character for short words).
 pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // No option is this long; and the distance table grows with it.
+    if word.len() > 64 {
+        return None;
+    }
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -64,5 +68,6 @@ mod tests {
             " (did you mean heartbeat_interval?)"
         );
         assert_eq!(hint("x", ["debug"]), "");
+        assert_eq!(nearest(&format!("--{}", "t".repeat(100_000)), opts), None);
     }
 }

@@ -403,7 +403,6 @@ mod tests {
     #[test]
     fn rendering_is_bounded() {
         let a = args(&[]);
-        let started = std::time::Instant::now();
         let e = render_shell(
             "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
             &Vars::args(&a),
@@ -411,8 +410,6 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("does too much work"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
-        // A bound, not a timing: a generous ceiling for a loaded debug build.
-        assert!(started.elapsed() < std::time::Duration::from_secs(10));
         let e = super::render("{{ 'x' * 100000000 }}", &Vars::args(&a)).unwrap_err();
         assert!(e.contains("does too much work"), "{e}");
         // Ordinary templates are far below the bound.

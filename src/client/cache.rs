@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Batch, Journal, Rewrite, Span};
+use crate::journal::{Journal, JournalIo, JournalIoDone, Rewrite, Span};
 
 const JOURNAL: &str = "journal.bin";
 
@@ -94,28 +94,6 @@ enum Out {
         staged: Option<(Record, Span)>,
     },
     Rewrite,
-}
-
-/// Work for the I/O thread; hand its result to `Cache::io_done`.
-pub enum CacheIo {
-    Write(Batch),
-    Rewrite(Rewrite),
-}
-
-/// What the I/O thread did with a `CacheIo`.
-pub enum CacheIoDone {
-    Written(Result<(), (Batch, io::Error)>),
-    Rewritten(Result<(), (Rewrite, io::Error)>),
-}
-
-impl CacheIo {
-    /// Do it (on the I/O thread).
-    pub fn run(self) -> CacheIoDone {
-        match self {
-            CacheIo::Write(batch) => CacheIoDone::Written(batch.run()),
-            CacheIo::Rewrite(rw) => CacheIoDone::Rewritten(rw.run()),
-        }
-    }
 }
 
 impl Cache {
@@ -285,7 +263,7 @@ impl Cache {
     /// is out: a rewrite when wanted (never with a value waiting, which
     /// it would not cover), else the waiting value (synced, with the step
     /// records before it), else the step records appended (not synced).
-    pub fn next_io(&mut self) -> Option<CacheIo> {
+    pub fn next_io(&mut self) -> Option<JournalIo> {
         if !matches!(self.out, Out::Idle) {
             return None;
         }
@@ -293,7 +271,7 @@ impl Cache {
             self.compact_wanted = false;
             self.stalled = false;
             self.out = Out::Rewrite;
-            return Some(CacheIo::Rewrite(self.snapshot()));
+            return Some(JournalIo::Rewrite(self.snapshot()));
         }
         if let Some(rec) = self.waiting.take() {
             let span = self.journal.append(&rec);
@@ -302,14 +280,14 @@ impl Cache {
             self.out = Out::Batch {
                 staged: Some((rec, span)),
             };
-            return Some(CacheIo::Write(batch));
+            return Some(JournalIo::Write(batch));
         }
         if self.stalled {
             return None;
         }
         let batch = self.journal.take(false)?;
         self.out = Out::Batch { staged: None };
-        Some(CacheIo::Write(batch))
+        Some(JournalIo::Write(batch))
     }
 
     /// Is a write out on the I/O thread?
@@ -319,15 +297,15 @@ impl Cache {
 
     /// The I/O thread did the last `next_io`. Returns the staged value's
     /// fate if this write carried it: `Err` says why it was not kept.
-    pub fn io_done(&mut self, done: CacheIoDone) -> Option<Result<(), String>> {
+    pub fn io_done(&mut self, done: JournalIoDone) -> Option<Result<(), String>> {
         let out = std::mem::replace(&mut self.out, Out::Idle);
         match (out, done) {
-            (Out::Batch { staged }, CacheIoDone::Written(Ok(()))) => {
+            (Out::Batch { staged }, JournalIoDone::Written(Ok(()))) => {
                 let (rec, _) = staged?;
                 self.apply(rec);
                 Some(Ok(()))
             }
-            (Out::Batch { staged }, CacheIoDone::Written(Err((batch, e)))) => {
+            (Out::Batch { staged }, JournalIoDone::Written(Err((batch, e)))) => {
                 // Earlier records of the batch go again with the next one.
                 self.journal.put_back(batch);
                 match staged {
@@ -352,7 +330,7 @@ impl Cache {
                     }
                 }
             }
-            (Out::Rewrite, CacheIoDone::Rewritten(result)) => {
+            (Out::Rewrite, JournalIoDone::Rewritten(result)) => {
                 if let Err((rw, e)) = result {
                     // The file is as it was: go on appending to it.
                     self.journal.abandon(&rw);
@@ -546,14 +524,16 @@ mod tests {
         let d = dir("order");
         let mut c = Cache::open(&d, DAY, 0).unwrap();
         c.record_done("k", 1);
-        let Some(CacheIo::Write(batch)) = c.next_io() else {
+        let Some(JournalIo::Write(batch)) = c.next_io() else {
             panic!("a write for the I/O thread");
         };
         // While it is out, the step fails again: its Forget waits.
         c.forget("k");
         assert!(c.next_io().is_none());
         let err = io::Error::from_raw_os_error(libc::ENOSPC);
-        assert!(c.io_done(CacheIoDone::Written(Err((batch, err)))).is_none());
+        assert!(c
+            .io_done(JournalIoDone::Written(Err((batch, err))))
+            .is_none());
         // No retry in a loop on a full disk: after a change or a sweep.
         assert!(c.next_io().is_none());
         c.sweep(2);
@@ -574,14 +554,14 @@ mod tests {
         c.stage_arg("a", "1");
         // Expired: a rewrite is wanted, but the value goes first.
         assert_eq!(c.sweep(20_000), 1);
-        let Some(CacheIo::Write(batch)) = c.next_io() else {
+        let Some(JournalIo::Write(batch)) = c.next_io() else {
             panic!("the value's sync first");
         };
-        assert_eq!(c.io_done(CacheIoDone::Written(batch.run())), Some(Ok(())));
-        let Some(CacheIo::Rewrite(rw)) = c.next_io() else {
+        assert_eq!(c.io_done(JournalIoDone::Written(batch.run())), Some(Ok(())));
+        let Some(JournalIo::Rewrite(rw)) = c.next_io() else {
             panic!("then the rewrite");
         };
-        assert!(c.io_done(CacheIoDone::Rewritten(rw.run())).is_none());
+        assert!(c.io_done(JournalIoDone::Rewritten(rw.run())).is_none());
         drop(c);
         let bytes = fs::read(d.join(JOURNAL)).unwrap();
         assert!(!bytes.windows(3).any(|w| w == b"old"));

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::journal::{Batch, Journal, Rewrite};
+use crate::journal::{Journal, JournalIo, JournalIoDone, Rewrite};
 use crate::wire::{Exit, Outcome};
 
 const LEDGER: &str = "jobs.bin";
@@ -94,28 +94,6 @@ enum Out {
         synced: bool,
     },
     Rewrite,
-}
-
-/// Work for the I/O thread; hand its result to `Ledger::io_done`.
-pub enum LedgerIo {
-    Write(Batch),
-    Rewrite(Rewrite),
-}
-
-/// What the I/O thread did with a `LedgerIo`.
-pub enum LedgerIoDone {
-    Written(Result<(), (Batch, io::Error)>),
-    Rewritten(Result<(), (Rewrite, io::Error)>),
-}
-
-impl LedgerIo {
-    /// Do it (on the I/O thread).
-    pub fn run(self) -> LedgerIoDone {
-        match self {
-            LedgerIo::Write(batch) => LedgerIoDone::Written(batch.run()),
-            LedgerIo::Rewrite(rw) => LedgerIoDone::Rewritten(rw.run()),
-        }
-    }
 }
 
 /// A place in the ledger's records: a job taken with this ticket may
@@ -363,7 +341,7 @@ impl Ledger {
     /// commit, everything appended, synced; else a rewrite when most of
     /// the file is dead (only with nothing pending, see the module's
     /// notes).
-    pub fn next_io(&mut self) -> Option<LedgerIo> {
+    pub fn next_io(&mut self) -> Option<JournalIo> {
         if !matches!(self.out, Out::Idle) || self.stalled {
             return None;
         }
@@ -374,7 +352,7 @@ impl Ledger {
                 upto: self.appended,
                 synced: true,
             };
-            return Some(LedgerIo::Write(self.journal.take_synced()));
+            return Some(JournalIo::Write(self.journal.take_synced()));
         }
         self.commit_due = false;
         if std::mem::take(&mut self.took_pending) {
@@ -384,7 +362,7 @@ impl Ledger {
                     upto: self.appended,
                     synced: false,
                 };
-                return Some(LedgerIo::Write(batch));
+                return Some(JournalIo::Write(batch));
             }
         }
         if !self.journal.is_dirty()
@@ -392,7 +370,7 @@ impl Ledger {
             && self.journal.records() > 2 * (self.open.len() * 2 + self.closed.len()) + SLACK
         {
             self.out = Out::Rewrite;
-            return Some(LedgerIo::Rewrite(self.snapshot()));
+            return Some(JournalIo::Rewrite(self.snapshot()));
         }
         None
     }
@@ -405,17 +383,17 @@ impl Ledger {
     }
 
     /// The I/O thread did the last `next_io`.
-    pub fn io_done(&mut self, done: LedgerIoDone) {
+    pub fn io_done(&mut self, done: JournalIoDone) {
         let out = std::mem::replace(&mut self.out, Out::Idle);
         match (out, done) {
-            (Out::Batch { upto, synced }, LedgerIoDone::Written(Ok(()))) => {
+            (Out::Batch { upto, synced }, JournalIoDone::Written(Ok(()))) => {
                 self.written = upto;
                 self.unsynced = !synced;
                 if std::mem::take(&mut self.failing) {
                     log::info!("{}: writes work again", self.path());
                 }
             }
-            (Out::Batch { upto, .. }, LedgerIoDone::Written(Err((batch, e)))) => {
+            (Out::Batch { upto, .. }, JournalIoDone::Written(Err((batch, e)))) => {
                 // Retried, in order, with the next record appended.
                 self.journal.put_back(batch);
                 // It may have carried a job's record: retried as one.
@@ -434,7 +412,7 @@ impl Ledger {
                 );
                 self.failed = Some((upto, why));
             }
-            (Out::Rewrite, LedgerIoDone::Rewritten(result)) => {
+            (Out::Rewrite, JournalIoDone::Rewritten(result)) => {
                 if let Err((rw, e)) = result {
                     // Nothing was pending: the file is whole as it was.
                     self.journal.abandon(&rw);
@@ -504,13 +482,13 @@ mod tests {
         let mut l = Ledger::open(&d).unwrap();
         let a = l.take(Uuid::new_v4());
         assert!(!l.is_written(a));
-        let Some(LedgerIo::Write(batch)) = l.next_io() else {
+        let Some(JournalIo::Write(batch)) = l.next_io() else {
             panic!("a write");
         };
         // Taken while the first write is out: the next batch carries it.
         let b = l.take(Uuid::new_v4());
         assert!(l.next_io().is_none(), "one write at a time");
-        l.io_done(LedgerIoDone::Written(batch.run()));
+        l.io_done(JournalIoDone::Written(batch.run()));
         assert!(l.is_written(a) && !l.is_written(b));
         l.settle_now();
         assert!(l.is_written(b));
@@ -523,14 +501,14 @@ mod tests {
         let mut l = Ledger::open(&d).unwrap();
         let id = Uuid::new_v4();
         let t = l.take(id);
-        let Some(LedgerIo::Write(batch)) = l.next_io() else {
+        let Some(JournalIo::Write(batch)) = l.next_io() else {
             panic!("the job's record at once");
         };
         assert!(
             matches!(l.out, Out::Batch { synced: false, .. }),
             "no flush on a job's path"
         );
-        l.io_done(LedgerIoDone::Written(batch.run()));
+        l.io_done(JournalIoDone::Written(batch.run()));
         assert!(l.is_written(t));
         // Its outcome and ack wait for the group commit.
         l.end(id, &ok());
@@ -538,11 +516,11 @@ mod tests {
         assert!(l.next_io().is_none());
         assert!(l.wants_commit() && l.is_busy());
         l.commit();
-        let Some(LedgerIo::Write(batch)) = l.next_io() else {
+        let Some(JournalIo::Write(batch)) = l.next_io() else {
             panic!("the group commit");
         };
         assert!(matches!(l.out, Out::Batch { synced: true, .. }));
-        l.io_done(LedgerIoDone::Written(batch.run()));
+        l.io_done(JournalIoDone::Written(batch.run()));
         assert!(!l.wants_commit() && !l.is_busy());
         drop(l);
         assert_eq!(Ledger::open(&d).unwrap().known(&id), Known::Acked);
@@ -614,11 +592,11 @@ mod tests {
         let mut l = Ledger::open(&d).unwrap();
         let id = Uuid::new_v4();
         let t = l.take(id);
-        let Some(LedgerIo::Write(batch)) = l.next_io() else {
+        let Some(JournalIo::Write(batch)) = l.next_io() else {
             panic!("a write");
         };
         let err = io::Error::from_raw_os_error(libc::ENOSPC);
-        l.io_done(LedgerIoDone::Written(Err((batch, err))));
+        l.io_done(JournalIoDone::Written(Err((batch, err))));
         assert!(l.failure(t).is_some_and(|f| f.contains("No space left")));
         assert!(l.next_io().is_none(), "no retry before a change");
         assert!(!l.is_busy(), "a stop does not wait on a full disk");

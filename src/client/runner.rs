@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::add::{AddDone, AddIo, AddJob, Progress};
-use super::cache::{Cache, CacheIo, CacheIoDone};
+use super::cache::Cache;
 use super::exec::{self, OnSuccess, Spawn, Started};
-use super::ledger::{Known, Ledger, LedgerIo, LedgerIoDone, Ticket};
+use super::ledger::{Known, Ledger, Ticket};
 use crate::dsl::Task;
+use crate::journal::{JournalIo, JournalIoDone};
 use crate::reactor::child::Ended;
 use crate::wire::{Attempt, ClientMsg, Exit, JobState, Outcome, ServerMsg};
 
@@ -68,9 +69,9 @@ pub struct Effects {
 pub enum IoTask {
     /// A cache write: step records, a value to sync (ARG, ENV,
     /// `--stdout-arg`), or the journal's rewrite.
-    Cache(CacheIo),
+    Cache(JournalIo),
     /// A ledger write: jobs taken, their outcomes and acknowledgements.
-    Ledger(LedgerIo),
+    Ledger(JournalIo),
     /// An ADD job's owner lookup, or a received file's sync and rename.
     Add(AddIo),
     /// A WORKDIR to create.
@@ -82,8 +83,8 @@ pub enum IoTask {
 
 /// What the I/O thread hands back.
 pub enum IoDone {
-    Cache(CacheIoDone),
-    Ledger(LedgerIoDone),
+    Cache(JournalIoDone),
+    Ledger(JournalIoDone),
     Add(AddDone),
     Mkdir(Result<(), String>),
     /// Why the server cannot be reached.
@@ -1254,12 +1255,12 @@ mod tests {
     fn a_value_that_cannot_be_synced_fails_its_job_and_is_not_kept() {
         let mut rig = Rig::new("nosync");
         let (id, mut fx) = rig.enqueue(None, Verb::Arg, "key value");
-        let Some(IoTask::Cache(CacheIo::Write(batch))) = fx.io.pop() else {
+        let Some(IoTask::Cache(JournalIo::Write(batch))) = fx.io.pop() else {
             panic!("a sync for the ARG");
         };
         let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let mut out = Effects::default();
-        let done = CacheIoDone::Written(Err((batch, err)));
+        let done = JournalIoDone::Written(Err((batch, err)));
         rig.runner.on_io(IoDone::Cache(done), &mut out);
         assert_eq!(finished(&out), vec![(id, JobState::Failed)]);
         let ClientMsg::Finished { outcome, .. } = &out.job[0] else {
@@ -1531,13 +1532,13 @@ mod tests {
         let mut fx = Effects::default();
         let task = Task::parse(Verb::Run, "--skip-cache echo hi").unwrap();
         rig.runner.enqueue(id, None, task, false, &mut fx);
-        let Some(IoTask::Ledger(LedgerIo::Write(batch))) = fx.io.pop() else {
+        let Some(IoTask::Ledger(JournalIo::Write(batch))) = fx.io.pop() else {
             panic!("a ledger write");
         };
         let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let mut out = Effects::default();
         rig.runner.on_io(
-            IoDone::Ledger(LedgerIoDone::Written(Err((batch, err)))),
+            IoDone::Ledger(JournalIoDone::Written(Err((batch, err)))),
             &mut out,
         );
         assert!(out.spawn.is_none());

@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(parse(&[0xff, 0xff, 0, 0, 0, 0]), None);
     }
 
-    /// The client's reconnect cycle, hundreds of times, on a socket whose
+    /// The client's reconnect cycle, a thousand times, on a socket whose
     /// connection attempts fail every millisecond (each one an event from
     /// libzmq's I/O thread): afterwards the context still connects and
     /// closes sockets. Before `close` stopped the monitor first, an event
@@ -193,7 +193,7 @@ mod tests {
             sndhwm: 100,
             peer_cap: 0,
         };
-        for i in 0..300 {
+        for i in 0..1000 {
             let mut port =
                 ZmqPort::dealer(&ctx, spec, None, Security::Plain, poll.registry(), Token(1))
                     .unwrap();
@@ -208,7 +208,21 @@ mod tests {
             )
             .unwrap();
             port.connect_to(&dead_ep).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            // Close once it has retried a few times: its reconnect timer
+            // fires every millisecond, around the close too.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let mut retries = 0;
+            while retries < 5 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no connection attempt"
+                );
+                retries += m
+                    .drain()
+                    .iter()
+                    .filter(|e| **e == LinkEvent::ConnectFailed)
+                    .count();
+            }
             m.close(&mut port, poll.registry());
             port.close(poll.registry());
         }

@@ -152,6 +152,7 @@ const DONE: u8 = 4;
 
 /// A finished part as layouts 2 to 6 wrote it: the outcome second.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct PartRecord6 {
     state: JobState,
     outcome: Option<Outcome>,
@@ -310,15 +311,6 @@ mod tests {
     /// every field kept; other records as they were.
     #[test]
     fn a_history_of_layout_6_is_upgraded_with_the_outcome_last() {
-        #[derive(Serialize)]
-        struct Part6 {
-            state: JobState,
-            outcome: Option<Outcome>,
-            message: Option<String>,
-            sent_ms: Option<u64>,
-            rtt_secs: Option<f64>,
-            finished_ms: Option<u64>,
-        }
         let d = dir("layout6");
         let id = Uuid::new_v4();
         let Record::Done { part, .. } = done(id, "n2", 3) else {
@@ -328,7 +320,7 @@ mod tests {
             4u32,
             id,
             "n2".to_string(),
-            Part6 {
+            PartRecord6 {
                 state: part.state,
                 outcome: part.outcome.clone(),
                 message: Some("why".into()),
