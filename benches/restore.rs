@@ -21,14 +21,8 @@ fn main() {
     let names: Vec<String> = (1..=nodes).map(|i| format!("restore-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut c = util::Cluster::start_in(util::bench_cluster("restore", "5"), &refs);
-    let mut yaml = String::from("- jobs:\n");
-    for _ in 0..jobs {
-        yaml.push_str(&format!(
-            "  - RUN: --skip-cache head -c {bytes} /dev/zero | tr '\\0' x\n"
-        ));
-    }
-    let file = c.dir.path.join("restore.yml");
-    std::fs::write(&file, yaml).unwrap();
+    let job = format!("RUN: --skip-cache head -c {bytes} /dev/zero | tr '\\0' x");
+    let file = c.run_file("restore.yml", std::iter::repeat_n(job, jobs));
     let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--wait"]);
     assert_eq!(out.code, 0, "the run failed: {}", out.stderr);
     let history = c.state_path().join("history.bin");

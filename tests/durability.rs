@@ -21,12 +21,10 @@ fn kill_9_of_the_server_mid_run_loses_and_misreports_nothing() {
     const JOBS: u32 = 300;
     const NODES: [&str; 3] = ["k1", "k2", "k3"];
     let mut c = Cluster::start("crashrun", &NODES, "0.5");
-    let mut yaml = String::from("---\n- jobs:\n");
-    for i in 0..JOBS {
-        yaml.push_str(&format!("  - RUN: sleep 0.02; echo {i} >> ran.txt\n"));
-    }
-    let file = c.dir.path.join("run.yml");
-    fs::write(&file, yaml).unwrap();
+    let file = c.run_file(
+        "run.yml",
+        (0..JOBS).map(|i| format!("RUN: sleep 0.02; echo {i} >> ran.txt")),
+    );
     let out = c.cli(&["orchestrate", file.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{out:?}");
 
@@ -89,12 +87,10 @@ fn a_crash_loop_of_the_server_never_runs_a_job_twice() {
     const KILLS: usize = 10;
     const NODES: [&str; 3] = ["q1", "q2", "q3"];
     let mut c = Cluster::start("crashloop", &NODES, "0.3");
-    let mut yaml = String::from("---\n- jobs:\n");
-    for i in 0..JOBS {
-        yaml.push_str(&format!("  - RUN: echo {i} >> ran.txt\n"));
-    }
-    let file = c.dir.path.join("run.yml");
-    fs::write(&file, yaml).unwrap();
+    let file = c.run_file(
+        "run.yml",
+        (0..JOBS).map(|i| format!("RUN: echo {i} >> ran.txt")),
+    );
     let out = c.cli(&["orchestrate", file.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{out:?}");
     let no_repeats = |c: &Cluster, n: &str| {
@@ -181,13 +177,11 @@ fn a_crash_loop_of_the_server_never_runs_a_job_twice() {
 #[test]
 fn a_hole_in_a_journal_is_refused_as_damage_and_nothing_is_cut() {
     let mut c = Cluster::start("hole", &["h1"], "0.5");
-    let mut yaml = String::from("---\n- jobs:\n");
     let pad = "x".repeat(300);
-    for i in 0..60 {
-        yaml.push_str(&format!("  - ARG: key{i} value-{i}-{pad}\n"));
-    }
-    let file = c.dir.path.join("args.yml");
-    fs::write(&file, yaml).unwrap();
+    let file = c.run_file(
+        "args.yml",
+        (0..60).map(|i| format!("ARG: key{i} value-{i}-{pad}")),
+    );
     let out = c.cli(&["orchestrate", file.to_str().unwrap(), "--wait"]);
     assert_eq!(out.code, 0, "{out:?}");
     c.server().signal(libc::SIGKILL);

@@ -378,6 +378,18 @@ impl Cluster {
         run_cli(&self.dir.path, &all)
     }
 
+    /// A one-block orchestration (every node) of `jobs`, each a `VERB:
+    /// args` line, written to `name` in the test's directory.
+    pub fn run_file(&self, name: &str, jobs: impl IntoIterator<Item = String>) -> PathBuf {
+        let mut yaml = String::from("- jobs:\n");
+        for job in jobs {
+            yaml.push_str(&format!("  - {job}\n"));
+        }
+        let file = self.dir.path.join(name);
+        fs::write(&file, yaml).unwrap();
+        file
+    }
+
     /// `manage --list-nodes --format json`: the names of the nodes online.
     pub fn node_names(&self) -> Vec<String> {
         self.nodes_json()
