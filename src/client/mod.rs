@@ -783,13 +783,7 @@ impl Client {
         match (which, msg, payload) {
             (HEARTBEAT, ServerMsg::HeartbeatAck { .. }, None) => {}
             (HEARTBEAT | JOB, ServerMsg::Register, None) => {
-                // One Ready per reconnection: the server answers the one on
-                // its way. Should that one have been lost (the server
-                // restarted as it came), the next beat asks again.
-                let pending = self
-                    .announced
-                    .is_some_and(|at| at.elapsed() < self.beat_ivl);
-                if pending {
+                if !answers_register(self.announced, Instant::now(), self.beat_ivl) {
                     log::debug!("server asked us to register; our Ready is on its way");
                     return;
                 }
@@ -1192,6 +1186,16 @@ fn trust(cfg: &Config) -> Result<Trust> {
     })
 }
 
+/// Is a `Register` answered with a `Ready`? Not while the `Ready` sent on
+/// this link at `announced` may still be on its way (less than an
+/// interval ago): one `Ready` per reconnection, since a heartbeat can
+/// reach a restarted server first and be answered `Register`. Should that
+/// `Ready` have been lost (the server restarted as it came), the next
+/// beat's `Register` comes after the interval and is answered.
+fn answers_register(announced: Option<Instant>, now: Instant, ivl: Duration) -> bool {
+    announced.is_none_or(|at| now.saturating_duration_since(at) >= ivl)
+}
+
 /// `--server-key`: a Z85 key, or the path of a file that holds one.
 fn parse_server_key(given: &str) -> Result<PublicKey> {
     let given = given.trim();
@@ -1220,4 +1224,28 @@ fn transfer_stall(ivl: Duration) -> Duration {
 /// leaves the disk soon after its time-to-live, at most once a second.
 fn cache_sweep_ivl(ttl: Duration) -> Duration {
     (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_register_that_overtakes_our_ready_is_not_answered_with_another() {
+        let t0 = Instant::now();
+        let ivl = Duration::from_secs(1);
+        assert!(
+            answers_register(None, t0, ivl),
+            "welcomed: a Register is news"
+        );
+        let sent = Some(t0);
+        assert!(!answers_register(sent, t0 + Duration::from_millis(1), ivl));
+        assert!(!answers_register(
+            sent,
+            t0 + Duration::from_millis(999),
+            ivl
+        ));
+        // Lost on the way: asked again an interval later, it goes again.
+        assert!(answers_register(sent, t0 + ivl, ivl));
+    }
 }
