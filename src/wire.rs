@@ -1223,6 +1223,29 @@ pub struct PartView {
     pub attempts: Vec<AttemptView>,
 }
 
+impl PartView {
+    /// The same without its outputs and earlier attempts (never copied).
+    pub fn without_output(&self) -> PartView {
+        PartView {
+            job_id: self.job_id,
+            node: self.node.clone(),
+            state: self.state,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            message: self.message.clone(),
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_dropped: self.stdout_dropped,
+            stderr_dropped: self.stderr_dropped,
+            exec_secs: self.exec_secs,
+            rtt_secs: self.rtt_secs,
+            sent_ms: self.sent_ms,
+            finished_ms: self.finished_ms,
+            attempts: Vec::new(),
+        }
+    }
+}
+
 /// An earlier attempt, as the CLI sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttemptView {

@@ -104,12 +104,8 @@ impl ControlConn {
         }
         match resp {
             Response::NodeDone(part) if self.backlog() > SLOW_READER => {
-                let mut brief = part.clone();
-                let had = brief.stdout.len() + brief.stderr.len();
-                brief.stdout.clear();
-                brief.stderr.clear();
-                brief.attempts.clear();
-                if had > 0 || !part.attempts.is_empty() {
+                let mut brief = part.without_output();
+                if !(part.stdout.is_empty() && part.stderr.is_empty() && part.attempts.is_empty()) {
                     self.withheld += 1;
                     if self.withheld_jobs.len() < WITHHELD_JOBS
                         && !self.withheld_jobs.contains(&part.job_id)
