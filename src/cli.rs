@@ -41,6 +41,10 @@ pub struct ExecArgs {
     /// With `wait`: show each node's output as it comes.
     pub follow: bool,
     pub args: String,
+    /// `--check`: change nothing, say what would change.
+    pub check: bool,
+    /// `--diff`: show how text files change (or would).
+    pub diff: bool,
 }
 
 /// `director orchestrate`.
@@ -159,6 +163,8 @@ struct ModeArgs {
     restrict: Vec<String>,
     ignore_cache: bool,
     dry_run: bool,
+    check: bool,
+    diff: bool,
 }
 
 const SUBMIT: &[Mode] = &[Mode::Exec, Mode::Orchestrate];
@@ -261,12 +267,15 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             }
             // Job options outside the quoted job string mean the same as
             // inside it: the verb checks them with the rest.
-            Long(flag @ ("skip-cache" | "run-once")) => {
+            Long(flag @ ("skip-cache" | "run-once" | "blueprint" | "daemon-reload")) => {
                 let flag = job_flag(flag);
                 m.saw(flag, EXEC);
                 m.job_options.push(flag.to_owned());
             }
-            Long(opt @ ("timeout" | "stdout-arg" | "chown" | "retries" | "retry-delay")) => {
+            Long(
+                opt @ ("timeout" | "stdout-arg" | "chown" | "chmod" | "retries" | "retry-delay"
+                | "creates" | "unless" | "state"),
+            ) => {
                 let opt = job_flag(opt);
                 m.saw(opt, EXEC);
                 let v = value(&mut parser)?;
@@ -319,6 +328,14 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             Long("dry-run") => {
                 m.saw("--dry-run", ORCHESTRATE);
                 m.dry_run = true;
+            }
+            Long("check") => {
+                m.saw("--check", SUBMIT);
+                m.check = true;
+            }
+            Long("diff") => {
+                m.saw("--diff", SUBMIT);
+                m.diff = true;
             }
             Long("list-nodes") => manage(&mut m, "--list-nodes", ManageAction::ListNodes),
             Long("list-jobs") => manage(&mut m, "--list-jobs", ManageAction::ListJobs(false)),
@@ -539,6 +556,8 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 wait: m.wait,
                 follow: m.follow,
                 args: args.join(" "),
+                check: m.check,
+                diff: m.diff,
             }))
         }
         Mode::Orchestrate => {
@@ -569,6 +588,8 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                     targets: dedup(targets::split(&m.targets, "--target").map_err(Error::Usage)?),
                     restrict: m.restrict,
                     ignore_cache: m.ignore_cache,
+                    check: m.check,
+                    diff: m.diff,
                 },
                 exclude: dedup(targets::split(&m.exclude, "--exclude").map_err(Error::Usage)?),
                 rolling,
@@ -704,8 +725,8 @@ const USAGE: &str = "\
 Usage:
   director [OPTIONS] server                        run the server daemon
   director [OPTIONS] client                        run the client daemon on a node
-  director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--wait [--follow]] 'ARGS'
-  director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--wait] [--dry-run]
+  director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]... [--check] [--diff] [--wait [--follow]] 'ARGS'
+  director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude PATTERN]... [--batch N|N%] [--max-fail N|N%] [--restrict SHA1]... [--ignore-cache] [--check] [--diff] [--wait] [--dry-run]
   director [OPTIONS] manage (--list-nodes | --node-info NAME [--show-values] | --list-jobs [--show-values] | --list-runs | --job-info ID [--show-values] | --watch ID | --clear-cache PATTERN | --purge-jobs | --purge-nodes) [--format table|json]
   director [OPTIONS] manage (--show-key | --list-keys | --accept-key NAME | --accept-all | --reject-key NAME | --delete-key NAME)
   director completions bash|zsh|fish               print a shell completion script
@@ -720,8 +741,13 @@ may also be given as switches: exec --verb RUN --timeout 30 'make'):
   --retries N          RUN only: run a failed command again, up to N more times (0-100)
   --retry-delay SECS   RUN only: wait this long before each new attempt (default 5)
   --stdout-arg NAME    RUN only: store the command's stdout as the ARG NAME
-  --chown USER[:GROUP] ADD/COPY only: owner of the files on the node (names or ids)
-Verbs:
+  --creates PATH       RUN only: not run (unchanged) when PATH exists on the node
+  --unless COMMAND     RUN only: not run (unchanged) when COMMAND exits 0 (quote it)
+  --chown USER[:GROUP] ADD/COPY/WORKDIR: owner on the node (names or ids)
+  --chmod MODE         ADD/COPY/WORKDIR: mode on the node, in octal (0644)
+  --blueprint          ADD/COPY only: each file is a Jinja template rendered on the node
+Verbs (each reports changed or unchanged; files, packages and units are checked on
+every run, whatever the node's cache says):
   RUN COMMAND          run COMMAND with /bin/sh -c (a Jinja template over the ARGs)
   ARG KEY VALUE        store a template variable in the node's cache
   ENV KEY VALUE        set an environment variable for later RUNs on the node
@@ -731,6 +757,15 @@ Verbs:
   COPY SRC... DEST     the same as ADD
   QUERY KEY            collect the ARG KEY from every target; each gets the map as
                        {{ query.KEY[\"NODE\"] }} once every target has answered
+  PACKAGE NAME...      packages present (default), --state latest or --state absent, with
+                       the node's apt, dnf, yum, zypper or apk; NAME may be a package
+                       file's absolute path on the node. DNF is the same (--latest, --absent)
+  SERVICE UNIT...      systemd units --state started (default), stopped, restarted or
+                       reloaded (or --restarted, --stopped, --reloaded), with --enable,
+                       --disable, --mask or --unmask, after --daemon-reload if given
+  WAIT --seconds N | --url http://... | --cmd COMMAND
+                       wait, or until the URL answers 2xx/3xx or COMMAND exits 0, tried
+                       --retry N more times (default 30) --retry-wait SECS apart (default 1)
 ";
 
 const EXEC_HELP: &str = "\
@@ -739,7 +774,7 @@ director exec — submit one job
 Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]...
                                 [--wait [--follow]] 'ARGS'
 
-  --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY or QUERY
+  --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE (DNF), SERVICE or WAIT
   --target PATTERN the nodes to run on (default: every connected node): a node name, a
                    glob on names (web*, db-[12]), or KEY=VALUE on a label or fact
                    (role=web, os_id=debian; VALUE may be a glob); repeat, or separate
@@ -747,8 +782,12 @@ Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATT
   --exclude PATTERN  leave out the nodes it matches; repeatable
   --queue-offline  a target that is offline gets the job when it is back, up to the job's
                    --timeout, instead of it ending unreachable at once
+  --check          change nothing on any node: each says what would change, or that
+                   it is as asked (a RUN would run; its guards are evaluated)
+  --diff           show a unified diff of each text file that changes (or would)
   --wait           stay connected, print each node's result as it arrives, and exit
-                   0 only if every node succeeded
+                   0 only if every node succeeded (with --check: 5 if something would
+                   change)
   -f, --follow     with --wait: show each node's output lines as they are printed
 
 Prints the job id and its task SHA1. Options the CLI uses: --socket-path, --config-file.
@@ -763,6 +802,8 @@ Usage: director [OPTIONS] orchestrate FILE... [--target PATTERN]... [--exclude P
 
 A file is a YAML list of blocks: {targets: [PATTERN...] (optional: every node), jobs: [{VERB: ARGS}...]},
 and one block may have batch: N|N% (and max_fail: N|N%) to roll from there on, as --batch does.
+A job may have a name (name: NAME) and be a handler (onchanges: [NAME...]): it runs on a node
+only where one of the named earlier jobs changed something, and is skipped (no change) elsewhere.
 A pattern is a node name, a glob on names (web*), or KEY=VALUE on a label or fact (role=web).
 Every file is checked before anything is submitted. On each node the jobs run one at a
 time in file order; after a failure there, the rest of the run is skipped on that node.
@@ -777,6 +818,8 @@ time in file order; after a failure there, the rest of the run is skipped on tha
                    the nodes never started are reported skipped
   --restrict SHA1  submit only the jobs with this task SHA1 (or prefix); repeatable
   --ignore-cache   run every job even where the node cached a success
+  --check          change nothing on any node: each job says what would change
+  --diff           show a unified diff of each text file that changes (or would)
   --wait           show progress, then a recap per node and the output of each failure
   -f, --follow     with --wait: show each node's output lines as they are printed
   -v, --verbose    with --wait: the recap also shows what the steps that succeeded printed
@@ -786,7 +829,8 @@ time in file order; after a failure there, the rest of the run is skipped on tha
 const EXIT_CODES: &str = "\
 Exit status: 0 success; 1 remote work failed (a node failed or was lost);
 2 bad usage, bad input or a local error; 3 the server cannot be reached;
-4 (--wait) some targets were offline and nothing failed.
+4 (--wait) some targets were offline and nothing failed; 5 (--check --wait) something
+would change (drift), nothing failed and every target answered.
 ";
 
 /// Every mode's help, for checks that the others cover the same switches.
@@ -958,7 +1002,9 @@ mod tests {
                 queue_offline: false,
                 wait: true,
                 follow: false,
-                args: "echo hi".into()
+                args: "echo hi".into(),
+                check: false,
+                diff: false,
             }
         );
         assert!(parse_v(&["exec", "echo"])

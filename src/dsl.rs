@@ -49,6 +49,18 @@ pub enum Verb {
     /// strings or files).
     #[serde(rename = "CLEAR-CACHE")]
     ClearCache,
+    /// Packages present, latest or absent.
+    #[serde(rename = "PACKAGE")]
+    Package,
+    /// Directord's name for PACKAGE (on any package manager).
+    #[serde(rename = "DNF")]
+    Dnf,
+    /// systemd units started, stopped, restarted, reloaded, enabled...
+    #[serde(rename = "SERVICE")]
+    Service,
+    /// Wait some seconds, for a URL to answer, or for a command to succeed.
+    #[serde(rename = "WAIT")]
+    Wait,
 }
 
 impl Verb {
@@ -61,6 +73,10 @@ impl Verb {
         Verb::Add,
         Verb::Copy,
         Verb::Query,
+        Verb::Package,
+        Verb::Dnf,
+        Verb::Service,
+        Verb::Wait,
     ];
 
     /// The verb as users write it.
@@ -74,6 +90,10 @@ impl Verb {
             Verb::Copy => "COPY",
             Verb::Query => "QUERY",
             Verb::ClearCache => "CLEAR-CACHE",
+            Verb::Package => "PACKAGE",
+            Verb::Dnf => "DNF",
+            Verb::Service => "SERVICE",
+            Verb::Wait => "WAIT",
         }
     }
 }
@@ -112,6 +132,39 @@ pub struct JobOptions {
     /// Milliseconds between a failed attempt and the next (given in
     /// seconds, fractions allowed).
     pub retry_delay_ms: u64,
+    /// `--check`: change nothing; say what would change.
+    pub check: bool,
+    /// `--diff`: show how each text file changes (or would).
+    pub diff: bool,
+    /// Its name in an orchestration, and whether it is a handler. Boxed:
+    /// few jobs have one, and every retained job would pay for its size.
+    pub handler: Option<Box<Handler>>,
+}
+
+/// A job's `name:` and `onchanges:` in an orchestration file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handler {
+    /// For handlers and messages.
+    pub name: Option<String>,
+    /// The names of earlier jobs of its run: it runs on a node only where
+    /// one of them changed something.
+    #[serde(deserialize_with = "crate::wire::cautious_seq")]
+    pub onchanges: Vec<String>,
+    /// The ids of those jobs, filled in by the server as it queues the run.
+    #[serde(deserialize_with = "crate::wire::cautious_seq")]
+    pub triggers: Vec<uuid::Uuid>,
+}
+
+impl JobOptions {
+    /// Its name in the orchestration, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.handler.as_ref().and_then(|h| h.name.as_deref())
+    }
+
+    /// The jobs whose changes it handles (empty: it is no handler).
+    pub fn onchanges(&self) -> &[String] {
+        self.handler.as_ref().map_or(&[], |h| &h.onchanges)
+    }
 }
 
 impl Default for JobOptions {
@@ -122,6 +175,9 @@ impl Default for JobOptions {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             retries: 0,
             retry_delay_ms: DEFAULT_RETRY_DELAY_MS,
+            check: false,
+            diff: false,
+            handler: None,
         }
     }
 }
@@ -154,17 +210,26 @@ pub fn secs_text(ms: u64) -> String {
 /// ARG and ENV values.)
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
-    /// `RUN [--stdout-arg NAME] COMMAND`: COMMAND is a template.
+    /// `RUN [--stdout-arg NAME] [--creates PATH] [--unless COMMAND]
+    /// COMMAND`: COMMAND is a template; a guard that holds skips it.
     Run {
         command: String,
         stdout_arg: Option<String>,
+        /// Boxed: few RUNs have one, and every retained job would pay for
+        /// its size.
+        guard: Option<Box<Guard>>,
     },
     /// `ARG KEY VALUE`.
     Arg { key: String, value: String },
     /// `ENV KEY VALUE`.
     Env { key: String, value: String },
-    /// `WORKDIR PATH`: PATH is a template.
-    Workdir { path: String },
+    /// `WORKDIR [--chown USER[:GROUP]] [--chmod MODE] PATH`: PATH is a
+    /// template.
+    Workdir {
+        path: String,
+        chown: Option<String>,
+        mode: Option<u32>,
+    },
     /// `ADD [--chown USER[:GROUP]] SRC... DEST`. Boxed: the largest
     /// action by far, and every retained job would pay for its size.
     Add(Box<Add>),
@@ -174,6 +239,12 @@ pub enum Action {
     /// Forget every ARG, ENV, QUERY map and step the node's cache holds;
     /// its files stay as they are.
     ClearCache,
+    /// `PACKAGE [--state present|latest|absent] NAME...`.
+    Package(Box<crate::verbs::package::Package>),
+    /// `SERVICE [--state ...] [--enable|...] [--daemon-reload] UNIT...`.
+    Service(Box<crate::verbs::service::Service>),
+    /// `WAIT --seconds N | --url URL | --cmd COMMAND`.
+    Wait(Box<crate::verbs::wait::Wait>),
 }
 
 impl std::fmt::Debug for Action {
@@ -182,10 +253,12 @@ impl std::fmt::Debug for Action {
             Action::Run {
                 command,
                 stdout_arg,
+                guard,
             } => f
                 .debug_struct("Run")
                 .field("command", command)
                 .field("stdout_arg", stdout_arg)
+                .field("guard", guard)
                 .finish(),
             Action::Arg { key, .. } => f
                 .debug_struct("Arg")
@@ -197,12 +270,28 @@ impl std::fmt::Debug for Action {
                 .field("key", key)
                 .field("value", &HIDDEN)
                 .finish(),
-            Action::Workdir { path } => f.debug_struct("Workdir").field("path", path).finish(),
+            Action::Workdir { path, chown, mode } => f
+                .debug_struct("Workdir")
+                .field("path", path)
+                .field("chown", chown)
+                .field("mode", mode)
+                .finish(),
             Action::Add(add) => f.debug_tuple("Add").field(add).finish(),
             Action::Query { key } => f.debug_struct("Query").field("key", key).finish(),
             Action::ClearCache => f.write_str("ClearCache"),
+            Action::Package(p) => f.debug_tuple("Package").field(p).finish(),
+            Action::Service(v) => f.debug_tuple("Service").field(v).finish(),
+            Action::Wait(w) => f.debug_tuple("Wait").field(w).finish(),
         }
     }
+}
+
+/// A RUN's guards: it is not run (`unchanged`) when `creates` exists or
+/// `unless` exits 0. Both are templates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub creates: Option<String>,
+    pub unless: Option<String>,
 }
 
 /// An ADD's arguments. DEST is a template. `files` are the sources as
@@ -216,6 +305,10 @@ pub struct Add {
     pub dest: String,
     #[serde(deserialize_with = "crate::wire::cautious_seq")]
     pub files: Vec<SourceFile>,
+    /// `--blueprint`: each file is a template, rendered on the node.
+    pub blueprint: bool,
+    /// `--chmod MODE`: the files' mode, instead of the sources'.
+    pub mode: Option<u32>,
 }
 
 /// One file an ADD sends, as found on the server's machine at submission.
@@ -264,9 +357,8 @@ impl Task {
     fn parse_raw(verb: Verb, args: &str) -> Result<Task, String> {
         let mut options = JobOptions::default();
         let mut retry_delay = false;
-        let mut stdout_arg = None;
-        let mut chown = None;
-        let is_add = matches!(verb, Verb::Add | Verb::Copy);
+        let mut flags: Vec<Flag> = Vec::new();
+        let own = verb_options(verb);
         let mut rest = args.trim();
         while let Some(after) = rest.strip_prefix("--") {
             if after.is_empty() || after.starts_with(char::is_whitespace) {
@@ -283,12 +375,12 @@ impl Task {
                 if let Some(v) = inline {
                     return Ok(v.to_owned());
                 }
-                let (v, tail) = split_word(rest);
-                if v.is_empty() {
+                let (v, tail) = take_value(rest)?;
+                if v.is_empty() && tail.len() == rest.len() {
                     return Err(format!("{verb} option --{name} needs {what}"));
                 }
                 rest = tail;
-                Ok(v.to_owned())
+                Ok(v)
             };
             match name {
                 "skip-cache" if inline.is_none() => options.skip_cache = true,
@@ -321,39 +413,12 @@ impl Task {
                         "option --{name} does not apply to {verb} (only to RUN)"
                     ))
                 }
-                "stdout-arg" if verb == Verb::Run => {
-                    let v = value("an argument name")?;
-                    check_name(&v, "--stdout-arg name")?;
-                    stdout_arg = Some(v);
-                }
-                "stdout-arg" => {
-                    return Err(format!(
-                        "option --stdout-arg does not apply to {verb} (only to RUN)"
-                    ))
-                }
-                "chown" if is_add => {
-                    let v = value("USER[:GROUP]")?;
-                    let (user, group) = v.split_once(':').unwrap_or((&v, ""));
-                    if user.is_empty() || v.ends_with(':') || group.contains(':') {
-                        return Err(format!("{verb} option --chown: '{v}' is not USER[:GROUP]"));
-                    }
-                    chown = Some(v);
-                }
-                "chown" => {
-                    return Err(format!(
-                        "option --chown does not apply to {verb} (only to ADD and COPY)"
-                    ))
-                }
-                _ => {
-                    let extra = match verb {
-                        Verb::Run => ", --retries N, --retry-delay SECONDS, --stdout-arg NAME",
-                        Verb::Add | Verb::Copy => ", --chown USER[:GROUP]",
-                        _ => "",
-                    };
-                    return Err(format!(
-                        "unknown option --{name} for {verb} (options: --skip-cache, --run-once, --timeout SECONDS{extra})"
-                    ));
-                }
+                _ => match own.iter().find(|(n, _)| *n == name) {
+                    Some(&(n, true)) => flags.push((n, Some(value("a value")?))),
+                    Some(&(n, false)) if inline.is_none() => flags.push((n, None)),
+                    Some(_) => return Err(format!("{verb} option --{name} takes no value")),
+                    None => return Err(unknown_option(verb, name)),
+                },
             }
         }
         if retry_delay && options.retries == 0 {
@@ -361,15 +426,55 @@ impl Task {
                 "{verb} option --retry-delay needs --retries N (how many times to retry)"
             ));
         }
+        let flag = |flags: &[Flag], n: &str| -> Option<String> {
+            flags
+                .iter()
+                .rev()
+                .find(|(f, _)| *f == n)
+                .and_then(|(_, v)| v.clone())
+        };
+        let has = |flags: &[Flag], n: &str| flags.iter().any(|(f, _)| *f == n);
+        let chown = flag(&flags, "chown")
+            .map(|v| {
+                let (user, group) = v.split_once(':').unwrap_or((&v, ""));
+                if user.is_empty() || v.ends_with(':') || group.contains(':') {
+                    return Err(format!("{verb} option --chown: '{v}' is not USER[:GROUP]"));
+                }
+                Ok(v)
+            })
+            .transpose()?;
+        let mode = flag(&flags, "chmod")
+            .map(|v| parse_mode(&v).map_err(|e| format!("{verb} option --chmod: {e}")))
+            .transpose()?;
         let action = match verb {
             Verb::Run => {
                 if rest.is_empty() {
                     return Err("RUN needs a command to run".into());
                 }
                 crate::template::check(rest).map_err(|e| format!("RUN command: {e}"))?;
+                let stdout_arg = flag(&flags, "stdout-arg");
+                if let Some(v) = &stdout_arg {
+                    check_name(v, "--stdout-arg name")?;
+                }
+                let creates = flag(&flags, "creates");
+                if let Some(c) = &creates {
+                    if c.trim().is_empty() {
+                        return Err("RUN option --creates needs a path".into());
+                    }
+                    crate::template::check(c).map_err(|e| format!("RUN --creates: {e}"))?;
+                }
+                let unless = flag(&flags, "unless");
+                if let Some(u) = &unless {
+                    if u.trim().is_empty() {
+                        return Err("RUN option --unless needs a command".into());
+                    }
+                    crate::template::check(u).map_err(|e| format!("RUN --unless: {e}"))?;
+                }
                 Action::Run {
                     command: rest.to_owned(),
                     stdout_arg,
+                    guard: (creates.is_some() || unless.is_some())
+                        .then(|| Box::new(Guard { creates, unless })),
                 }
             }
             Verb::Arg | Verb::Env => {
@@ -413,6 +518,8 @@ impl Task {
                 crate::template::check(rest).map_err(|e| format!("WORKDIR path: {e}"))?;
                 Action::Workdir {
                     path: rest.to_owned(),
+                    chown,
+                    mode,
                 }
             }
             Verb::Add | Verb::Copy => {
@@ -427,7 +534,20 @@ impl Task {
                     sources: words,
                     dest,
                     files: Vec::new(),
+                    blueprint: has(&flags, "blueprint"),
+                    mode,
                 }))
+            }
+            Verb::Package | Verb::Dnf => {
+                Action::Package(Box::new(crate::verbs::package::parse(flags, rest)?))
+            }
+            Verb::Service => Action::Service(Box::new(crate::verbs::service::parse(flags, rest)?)),
+            Verb::Wait => {
+                let w = crate::verbs::wait::parse(flags, rest)?;
+                if let crate::verbs::wait::Until::Cmd(c) = &w.until {
+                    crate::template::check(c).map_err(|e| format!("WAIT command: {e}"))?;
+                }
+                Action::Wait(Box::new(w))
             }
         };
         Ok(Task { action, options })
@@ -443,6 +563,9 @@ impl Task {
             Action::Add(_) => Verb::Add,
             Action::Query { .. } => Verb::Query,
             Action::ClearCache => Verb::ClearCache,
+            Action::Package(_) => Verb::Package,
+            Action::Service(_) => Verb::Service,
+            Action::Wait(_) => Verb::Wait,
         }
     }
 
@@ -482,9 +605,19 @@ impl Task {
             Action::Run {
                 command,
                 stdout_arg,
+                guard,
             } => {
+                let (creates, unless) = guard
+                    .as_ref()
+                    .map_or((None, None), |g| (g.creates.as_ref(), g.unless.as_ref()));
                 if let Some(name) = stdout_arg {
                     out.push(format!("--stdout-arg {name}"));
+                }
+                if let Some(c) = creates {
+                    out.push(format!("--creates {}", quote_value(c)));
+                }
+                if let Some(u) = unless {
+                    out.push(format!("--unless {}", quote_value(u)));
                 }
                 out.push(command.clone());
             }
@@ -494,18 +627,37 @@ impl Task {
             Action::Arg { key, value } | Action::Env { key, value } => {
                 out.push(format!("{key} {value}"))
             }
-            Action::Workdir { path } => out.push(path.clone()),
+            Action::Workdir { path, chown, mode } => {
+                if let Some(c) = chown {
+                    out.push(format!("--chown {}", quote_value(c)));
+                }
+                if let Some(m) = mode {
+                    out.push(format!("--chmod {m:04o}"));
+                }
+                out.push(path.clone())
+            }
             Action::Query { key } => out.push(key.clone()),
             Action::ClearCache => {}
+            Action::Package(p) => out.push(p.args()),
+            Action::Service(v) => out.push(v.args()),
+            Action::Wait(w) => out.push(w.args()),
             Action::Add(add) => {
                 let Add {
                     chown,
                     sources,
                     dest,
+                    blueprint,
+                    mode,
                     ..
                 } = &**add;
                 if let Some(c) = chown {
-                    out.push(format!("--chown {c}"));
+                    out.push(format!("--chown {}", quote_value(c)));
+                }
+                if let Some(m) = mode {
+                    out.push(format!("--chmod {m:04o}"));
+                }
+                if *blueprint {
+                    out.push("--blueprint".into());
                 }
                 out.push(
                     sources
@@ -532,23 +684,58 @@ impl Task {
             Action::Run {
                 command,
                 stdout_arg,
+                guard,
             } => {
+                let (creates, unless) = guard
+                    .as_ref()
+                    .map_or((None, None), |g| (g.creates.as_ref(), g.unless.as_ref()));
+                // Guards joined later: a RUN without them keeps its SHA1.
+                let mut guards = String::new();
+                if let Some(c) = creates {
+                    guards.push_str(&format!("creates={c}\0"));
+                }
+                if let Some(u) = unless {
+                    guards.push_str(&format!("unless={u}\0"));
+                }
                 format!(
-                    "stdout_arg={}\0{command}",
+                    "stdout_arg={}\0{guards}{command}",
                     stdout_arg.as_deref().unwrap_or("")
                 )
             }
             Action::Arg { key, value } | Action::Env { key, value } => format!("{key}\0{value}"),
-            Action::Workdir { path } => path.clone(),
+            Action::Workdir { path, chown, mode } => {
+                let mut s = path.clone();
+                if let Some(c) = chown {
+                    s.push_str(&format!("\0chown={c}"));
+                }
+                if let Some(m) = mode {
+                    s.push_str(&format!("\0mode={m:o}"));
+                }
+                s
+            }
             Action::Query { key } => key.clone(),
             Action::ClearCache => String::new(),
+            Action::Package(p) => p.args(),
+            Action::Service(v) => v.args(),
+            Action::Wait(w) => w.args(),
             // What lands on the node: names, contents and modes, not where
             // the sources sat on the server's machine.
             Action::Add(add) => {
                 let Add {
-                    chown, dest, files, ..
+                    chown,
+                    dest,
+                    files,
+                    blueprint,
+                    mode,
+                    ..
                 } = &**add;
                 let mut s = format!("chown={}\0{dest}", chown.as_deref().unwrap_or(""));
+                if *blueprint {
+                    s.push_str("\0blueprint");
+                }
+                if let Some(m) = mode {
+                    s.push_str(&format!("\0mode={m:o}"));
+                }
                 for f in files {
                     s.push_str(&format!(
                         "\0{}:{}:{:o}:{}",
@@ -585,6 +772,95 @@ impl Task {
     /// The task SHA1, raw.
     pub fn sha1_bytes(&self) -> [u8; 20] {
         Sha1::digest(self.canonical().as_bytes()).into()
+    }
+}
+
+use crate::verbs::Flag;
+
+/// The options only `verb` takes: name, and whether a value follows.
+fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
+    match verb {
+        Verb::Run => &[("stdout-arg", true), ("creates", true), ("unless", true)],
+        Verb::Add | Verb::Copy => &[("chown", true), ("chmod", true), ("blueprint", false)],
+        Verb::Workdir => &[("chown", true), ("chmod", true)],
+        Verb::Package | Verb::Dnf => crate::verbs::package::OPTIONS,
+        Verb::Service => crate::verbs::service::OPTIONS,
+        Verb::Wait => crate::verbs::wait::OPTIONS,
+        Verb::Arg | Verb::Env | Verb::Query | Verb::ClearCache => &[],
+    }
+}
+
+/// Why `--name` is refused for `verb`: which verbs take it, or which
+/// options `verb` has.
+fn unknown_option(verb: Verb, name: &str) -> String {
+    let takers: Vec<&str> = Verb::ALL
+        .iter()
+        .filter(|v| verb_options(**v).iter().any(|(n, _)| *n == name))
+        .map(|v| v.name())
+        .collect();
+    if !takers.is_empty() {
+        let list = match takers.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, init)) => format!("{} and {last}", init.join(", ")),
+            None => String::new(),
+        };
+        return format!("option --{name} does not apply to {verb} (only to {list})");
+    }
+    let mut known = vec!["--skip-cache", "--run-once", "--timeout SECONDS"];
+    if verb == Verb::Run {
+        known.extend(["--retries N", "--retry-delay SECONDS"]);
+    }
+    let own: Vec<String> = verb_options(verb)
+        .iter()
+        .map(|(n, v)| {
+            if *v {
+                format!("--{n} VALUE")
+            } else {
+                format!("--{n}")
+            }
+        })
+        .collect();
+    let mut all: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+    all.extend(own);
+    format!(
+        "unknown option --{name} for {verb} (options: {})",
+        all.join(", ")
+    )
+}
+
+/// An option's value: one word, or a quoted string (`'test -f /x'`).
+fn take_value(s: &str) -> Result<(String, &str), String> {
+    let s = s.trim_start();
+    match s.chars().next() {
+        Some(q @ ('\'' | '"')) => match s[1..].find(q) {
+            Some(i) => Ok((s[1..1 + i].to_owned(), s[i + 2..].trim_start())),
+            None => Err(format!("unclosed quote in '{s}'")),
+        },
+        _ => {
+            let (w, rest) = split_word(s);
+            Ok((w.to_owned(), rest))
+        }
+    }
+}
+
+/// A value as `take_value` reads it back.
+fn quote_value(v: &str) -> String {
+    let plain = !v.is_empty() && !v.contains(char::is_whitespace) && !v.starts_with(['\'', '"']);
+    if plain {
+        v.to_owned()
+    } else if !v.contains('\'') {
+        format!("'{v}'")
+    } else {
+        format!("\"{v}\"")
+    }
+}
+
+/// A file mode in octal: `644`, `0644`, `0o2755`.
+pub fn parse_mode(v: &str) -> Result<u32, String> {
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() && !digits.starts_with('+') => Ok(m),
+        _ => Err(format!("'{v}' is not an octal mode (0644, 755, 2775)")),
     }
 }
 
@@ -738,7 +1014,7 @@ mod tests {
         assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT)"
         );
     }
 
@@ -802,7 +1078,8 @@ mod tests {
             t.action,
             Action::Run {
                 command: "echo  'a  b' --x".into(),
-                stdout_arg: Some("out".into())
+                stdout_arg: Some("out".into()),
+                guard: None,
             }
         );
         let t = run("--timeout 7 -- --not-an-option").unwrap();
@@ -811,7 +1088,8 @@ mod tests {
             t.action,
             Action::Run {
                 command: "--not-an-option".into(),
-                stdout_arg: None
+                stdout_arg: None,
+                guard: None,
             }
         );
         // Round trip through the normalized form.
@@ -860,6 +1138,7 @@ mod tests {
             sources,
             dest,
             files,
+            ..
         } = &**add;
         assert_eq!(chown.as_deref(), Some("centos:centos"));
         assert_eq!(sources, &vec!["/home/c/.ssh/*".to_string()]);
@@ -885,7 +1164,7 @@ mod tests {
             .contains("unclosed"));
         assert!(Task::parse(Verb::Run, "--chown a x")
             .unwrap_err()
-            .contains("only to ADD and COPY"));
+            .contains("only to WORKDIR, ADD and COPY"));
     }
 
     #[test]
@@ -910,61 +1189,11 @@ mod tests {
         assert_eq!(
             t.action,
             Action::Workdir {
-                path: "/srv/{{ app }}/data".into()
+                path: "/srv/{{ app }}/data".into(),
+                chown: None,
+                mode: None,
             }
         );
-    }
-
-    #[test]
-    fn a_boxed_add_encodes_as_the_struct_variant_it_was() {
-        // Journals and peers of the same protocol hold the old form.
-        #[derive(Serialize)]
-        #[allow(dead_code)]
-        enum Before {
-            Run {
-                command: String,
-                stdout_arg: Option<String>,
-            },
-            Arg {
-                key: String,
-                value: String,
-            },
-            Env {
-                key: String,
-                value: String,
-            },
-            Workdir {
-                path: String,
-            },
-            Add {
-                chown: Option<String>,
-                sources: Vec<String>,
-                dest: String,
-                files: Vec<SourceFile>,
-            },
-        }
-        let file = SourceFile {
-            path: "/a".into(),
-            size: 1,
-            mode: 0o644,
-            sha1: "0".repeat(40),
-        };
-        let before = Before::Add {
-            chown: Some("root".into()),
-            sources: vec!["/a".into()],
-            dest: "/b".into(),
-            files: vec![file.clone()],
-        };
-        let now = Action::Add(Box::new(Add {
-            chown: Some("root".into()),
-            sources: vec!["/a".into()],
-            dest: "/b".into(),
-            files: vec![file],
-        }));
-        fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-            bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
-        }
-        assert_eq!(enc(&before), enc(&now));
     }
 
     #[test]

@@ -17,16 +17,20 @@ pub const EXIT_UNREACHABLE: i32 = 3;
 /// Exit status of `--wait` when some targets were offline (`unreachable`)
 /// and nothing else went wrong.
 pub const EXIT_NODES_OFFLINE: i32 = 4;
+/// Exit status of `--check --wait` when something would change (drift),
+/// nothing failed and every target answered.
+pub const EXIT_WOULD_CHANGE: i32 = 5;
 
 /// The exit status of `--wait` for the final states of its parts: a
-/// failure anywhere wins over offline nodes.
+/// failure anywhere wins over offline nodes, which win over drift found
+/// by `--check`.
 pub fn exit_for(states: impl IntoIterator<Item = crate::wire::JobState>) -> i32 {
     use crate::wire::JobState;
     let mut code = EXIT_OK;
     for s in states {
         match s {
-            JobState::Unreachable if code == EXIT_OK => code = EXIT_NODES_OFFLINE,
-            JobState::Unreachable => {}
+            JobState::Unreachable => code = EXIT_NODES_OFFLINE,
+            JobState::WouldChange if code == EXIT_OK => code = EXIT_WOULD_CHANGE,
             s if !s.is_ok() => return EXIT_FAILED,
             _ => {}
         }

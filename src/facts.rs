@@ -46,6 +46,14 @@ pub fn gather() -> Map {
     put("memory_mb", memory_mb().map(|m| m.to_string()));
     put("addresses", Some(addresses().join(",")));
     put("version", Some(env!("CARGO_PKG_VERSION").to_owned()));
+    // What PACKAGE drives here.
+    put(
+        "package_manager",
+        std::env::var("PATH")
+            .ok()
+            .and_then(|p| crate::verbs::package::detect(&p))
+            .map(|m| m.name().to_owned()),
+    );
     f
 }
 

@@ -9,6 +9,7 @@ mod clock;
 mod completions;
 mod config;
 mod curve;
+mod diff;
 mod dirlock;
 mod dsl;
 mod error;
@@ -33,6 +34,7 @@ mod targets;
 mod template;
 mod transfer;
 mod user;
+mod verbs;
 mod wire;
 
 use std::io::Write;

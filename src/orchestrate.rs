@@ -22,6 +22,10 @@ pub struct Selection {
     pub restrict: Vec<String>,
     /// Run every job even where the node cached a success.
     pub ignore_cache: bool,
+    /// `--check`: change nothing.
+    pub check: bool,
+    /// `--diff`: show how text files change.
+    pub diff: bool,
 }
 
 #[derive(Deserialize)]
@@ -59,19 +63,72 @@ impl<'de> Visitor<'de> for JobVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FileJob, A::Error> {
-        let Some(verb) = map.next_key::<String>()? else {
-            return Err(de::Error::custom(format!("empty job: {JOB_SHAPE}")));
-        };
-        let verb: Verb = verb.parse().map_err(de::Error::custom)?;
-        let args = map.next_value::<Scalar>()?.0;
-        if let Some(other) = map.next_key::<String>()? {
-            return Err(de::Error::custom(format!(
-                "a job has one verb, this one also has '{other}': start each job with its own `- `"
-            )));
+        let mut job: Option<(Verb, String)> = None;
+        let mut name = None;
+        let mut onchanges = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "name" => {
+                    let n = map.next_value::<Scalar>()?.0;
+                    if n.trim().is_empty() {
+                        return Err(de::Error::custom("a job's name is empty"));
+                    }
+                    name = Some(n);
+                }
+                "onchanges" => {
+                    onchanges = map.next_value::<Names>()?.0;
+                    if onchanges.is_empty() || onchanges.iter().any(|n| n.trim().is_empty()) {
+                        return Err(de::Error::custom(
+                            "onchanges needs the names of earlier jobs of the run: `onchanges: [nginx-config]`",
+                        ));
+                    }
+                }
+                verb => {
+                    let verb: Verb = verb.parse().map_err(|e: String| {
+                        de::Error::custom(format!("{e} (a job's other fields: name, onchanges)"))
+                    })?;
+                    let args = map.next_value::<Scalar>()?.0;
+                    if let Some((other, _)) = &job {
+                        return Err(de::Error::custom(format!(
+                            "a job has one verb, this one has {other} and {verb}: start each job with its own `- `"
+                        )));
+                    }
+                    job = Some((verb, args));
+                }
+            }
         }
-        Task::parse(verb, &args)
-            .map(FileJob)
-            .map_err(de::Error::custom)
+        let Some((verb, args)) = job else {
+            return Err(de::Error::custom(format!(
+                "a job without a verb: {JOB_SHAPE}"
+            )));
+        };
+        let mut task = Task::parse(verb, &args).map_err(de::Error::custom)?;
+        if name.is_some() || !onchanges.is_empty() {
+            task.options.handler = Some(Box::new(crate::dsl::Handler {
+                name,
+                onchanges,
+                triggers: Vec::new(),
+            }));
+        }
+        Ok(FileJob(task))
+    }
+}
+
+/// `onchanges`: a list of job names, or one.
+struct Names(Vec<String>);
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Names, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(d)? {
+            OneOrMany::One(n) => Ok(Names(vec![n])),
+            OneOrMany::Many(v) => Ok(Names(v)),
+        }
     }
 }
 
@@ -234,7 +291,33 @@ pub fn load(files: &[PathBuf], sel: &Selection) -> Result<Vec<Block>, String> {
         }
         blocks.extend(parsed);
     }
+    check_handlers(&blocks)?;
     select(blocks, sel)
+}
+
+/// Every `onchanges` names an earlier job of the run, and no two jobs
+/// share a name.
+pub fn check_handlers(blocks: &[Block]) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for (i, b) in blocks.iter().enumerate() {
+        for (j, t) in b.tasks.iter().enumerate() {
+            let at = || format!("{}, job {}", b.label(i), j + 1);
+            for n in t.options.onchanges() {
+                if !names.contains(n.as_str()) {
+                    return Err(format!(
+                        "{}: onchanges names '{n}', which no earlier job of the run has as its name",
+                        at()
+                    ));
+                }
+            }
+            if let Some(n) = t.options.name() {
+                if !names.insert(n) {
+                    return Err(format!("{}: two jobs of the run are named '{n}'", at()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Apply `--target`, `--restrict` and `--ignore-cache`.
@@ -269,10 +352,10 @@ pub fn select(mut blocks: Vec<Block>, sel: &Selection) -> Result<Vec<Block>, Str
             b.targets = sel.targets.clone();
         }
         b.tasks.retain(|t| wanted(t));
-        if sel.ignore_cache {
-            for t in &mut b.tasks {
-                t.options.skip_cache = true;
-            }
+        for t in &mut b.tasks {
+            t.options.skip_cache |= sel.ignore_cache;
+            t.options.check |= sel.check;
+            t.options.diff |= sel.diff;
         }
     }
     blocks.retain(|b| !b.tasks.is_empty());
@@ -323,7 +406,9 @@ mod tests {
         assert_eq!(
             blocks[0].tasks[0].action,
             Action::Workdir {
-                path: "/home/centos/.ssh".into()
+                path: "/home/centos/.ssh".into(),
+                chown: None,
+                mode: None,
             }
         );
         assert_eq!(blocks[1].targets.len(), 2);
@@ -372,6 +457,7 @@ mod tests {
             targets: vec!["n1".into()],
             restrict: vec![sha[..8].to_uppercase()],
             ignore_cache: true,
+            ..Selection::default()
         };
         let out = select(blocks.clone(), &sel).unwrap();
         assert_eq!(out.len(), 1);

@@ -15,6 +15,8 @@ use crate::wire::{JobState, PartView, Plan, PlannedJob};
 #[derive(Default, Debug, PartialEq)]
 struct Tally {
     ok: u32,
+    /// Of `ok`: those that changed something (or, checking, would).
+    changed: u32,
     cached: u32,
     skipped: u32,
     failed: u32,
@@ -36,6 +38,11 @@ pub struct Progress {
     pub verbose: bool,
     /// With `verbose`: succeeded steps that printed something.
     printed: Vec<(usize, PartView)>,
+    /// `--diff`: the recap shows what each changed step printed (its
+    /// diffs); what a `--check` would change is always shown.
+    pub show_changes: bool,
+    /// Parts that would change (`--check`).
+    would_change: u32,
 }
 
 impl Progress {
@@ -61,6 +68,8 @@ impl Progress {
             failures: Vec::new(),
             verbose: false,
             printed: Vec::new(),
+            show_changes: false,
+            would_change: 0,
         }
     }
 
@@ -75,7 +84,11 @@ impl Progress {
         *self.states[i].entry(part.state).or_insert(0) += 1;
         let tally = self.nodes.entry(part.node.clone()).or_default();
         match part.state {
-            JobState::Succeeded => tally.ok += 1,
+            JobState::Succeeded | JobState::WouldChange => {
+                tally.ok += 1;
+                tally.changed += 1;
+            }
+            JobState::Unchanged | JobState::NotTriggered => tally.ok += 1,
             JobState::Cached => tally.cached += 1,
             JobState::Skipped => tally.skipped += 1,
             JobState::Unreachable => tally.unreachable += 1,
@@ -86,12 +99,15 @@ impl Progress {
                 self.never_started.insert(part.node.clone(), m.clone());
             }
         }
+        if part.state == JobState::WouldChange {
+            self.would_change += 1;
+        }
+        let shown = part.state == JobState::WouldChange
+            || (self.show_changes && part.state.changed())
+            || (self.verbose && matches!(part.state, JobState::Succeeded | JobState::Unchanged));
         if !part.state.is_ok() && !matches!(part.state, JobState::Skipped | JobState::Unreachable) {
             self.failures.push((i, part));
-        } else if self.verbose
-            && part.state == JobState::Succeeded
-            && !(part.stdout.is_empty() && part.stderr.is_empty())
-        {
+        } else if shown && !(part.stdout.is_empty() && part.stderr.is_empty()) {
             self.printed.push((i, part));
         }
         (self.done_count(i) as usize == self.jobs[i].targets.len()).then_some(i)
@@ -161,12 +177,14 @@ impl Progress {
     /// `--wait`'s exit status: 1 if a step failed or was skipped anywhere,
     /// else 4 if some nodes were offline, else 0.
     pub fn exit_code(&self) -> i32 {
-        use crate::error::{EXIT_FAILED, EXIT_NODES_OFFLINE, EXIT_OK};
+        use crate::error::{EXIT_FAILED, EXIT_NODES_OFFLINE, EXIT_OK, EXIT_WOULD_CHANGE};
         let t = self.nodes.values();
         if t.clone().any(|t| t.failed > 0 || t.skipped > 0) {
             EXIT_FAILED
         } else if t.clone().any(|t| t.unreachable > 0) {
             EXIT_NODES_OFFLINE
+        } else if self.would_change > 0 {
+            EXIT_WOULD_CHANGE
         } else {
             EXIT_OK
         }
@@ -177,13 +195,19 @@ impl Progress {
         let mut s = format!("recap after {}:\n", format_secs(elapsed.as_secs_f64()));
         let width = self.nodes.keys().map(|n| n.len()).max().unwrap_or(4).max(4);
         s.push_str(&format!(
-            "  {:<width$}  {:>5}  {:>6}  {:>7}  {:>6}  {:>11}\n",
-            "NODE", "OK", "CACHED", "SKIPPED", "FAILED", "UNREACHABLE"
+            "  {:<width$}  {:>5}  {:>7}  {:>6}  {:>7}  {:>6}  {:>11}\n",
+            "NODE", "OK", "CHANGED", "CACHED", "SKIPPED", "FAILED", "UNREACHABLE"
         ));
         for (node, t) in &self.nodes {
             s.push_str(&format!(
-                "  {node:<width$}  {:>5}  {:>6}  {:>7}  {:>6}  {:>11}\n",
-                t.ok, t.cached, t.skipped, t.failed, t.unreachable
+                "  {node:<width$}  {:>5}  {:>7}  {:>6}  {:>7}  {:>6}  {:>11}\n",
+                t.ok, t.changed, t.cached, t.skipped, t.failed, t.unreachable
+            ));
+        }
+        if self.would_change > 0 {
+            s.push_str(&format!(
+                "--check: nothing was changed; {} would change something (below)\n",
+                crate::dsl::count(self.would_change as usize, "step")
             ));
         }
         if let Some(why) = self.never_started.values().next() {
@@ -195,7 +219,7 @@ impl Progress {
             ));
         }
         if !self.printed.is_empty() {
-            s.push_str("\noutput of steps that succeeded:\n");
+            s.push_str("\nwhat the steps did (or would do):\n");
         }
         for (i, p) in &self.printed {
             let j = &self.jobs[*i];
@@ -259,6 +283,7 @@ mod tests {
             job_id,
             node: node.into(),
             state,
+            changed: state.changed(),
             exit_code: (state == JobState::Failed).then_some(2),
             signal: None,
             message: None,
@@ -306,11 +331,11 @@ mod tests {
         assert_eq!(p.exit_code(), crate::error::EXIT_FAILED);
         let recap = p.recap(Duration::from_secs(3));
         assert!(
-            recap.contains("  a         1       1        0       0"),
+            recap.contains("  a         1        1       1        0       0"),
             "{recap}"
         );
         assert!(
-            recap.contains("  b         0       0        1       1"),
+            recap.contains("  b         0        0       0        1       1"),
             "{recap}"
         );
         assert!(

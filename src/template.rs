@@ -143,6 +143,52 @@ fn environment() -> Environment<'static> {
     env
 }
 
+/// `Vars` that own their maps: for work handed to the I/O thread.
+pub struct OwnedVars {
+    pub args: BTreeMap<String, String>,
+    pub facts: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub query: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl OwnedVars {
+    pub fn of(v: &Vars) -> OwnedVars {
+        OwnedVars {
+            args: v.args.clone(),
+            facts: v.facts.clone(),
+            labels: v.labels.clone(),
+            query: v.query.clone(),
+        }
+    }
+
+    pub fn vars(&self) -> Vars<'_> {
+        Vars {
+            args: &self.args,
+            facts: &self.facts,
+            labels: &self.labels,
+            query: &self.query,
+        }
+    }
+}
+
+/// Render a file's content (`ADD --blueprint`) with `vars`: as `render`,
+/// keeping its last newline, and dropping the newline after a block tag
+/// (`{% if %}` lines leave no empty line).
+pub fn render_file(source: &str, vars: &Vars) -> Result<String, String> {
+    let mut env = environment();
+    // As Ansible's template module: a block tag's own newline goes, the
+    // file's last newline stays.
+    match minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .keep_trailing_newline(true)
+        .build()
+    {
+        Ok(syntax) => env.set_syntax(syntax),
+        Err(e) => return Err(format!("template settings: {e}")),
+    }
+    render_with(source, vars, env)
+}
+
 /// Render `source` with `vars`, for a path (no shell reads it). An
 /// undefined variable is an error naming it.
 pub fn render(source: &str, vars: &Vars) -> Result<String, String> {

@@ -156,6 +156,8 @@ fn unexpected(resp: &Response) -> Error {
 /// `director exec`: submit one job, optionally waiting for every node.
 pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     let mut task = Task::parse(args.verb, &args.args).map_err(Error::Rejected)?;
+    task.options.check = args.check;
+    task.options.diff = args.diff;
     crate::sources::resolve(&mut task).map_err(Error::Rejected)?;
     let req = Request::Submit {
         task,
@@ -351,7 +353,20 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     let live = args.follow.then(|| follow_plan(&plan));
-    follow_run(&mut conn, &mut out, &plan, parent, live, args.verbose)
+    let shown = Shown {
+        verbose: args.verbose,
+        changes: args.selection.diff,
+    };
+    follow_run(&mut conn, &mut out, &plan, parent, live, shown)
+}
+
+/// What the recap shows besides failures.
+#[derive(Clone, Copy, Default)]
+struct Shown {
+    /// `-v`: what the steps that succeeded printed.
+    verbose: bool,
+    /// `--diff`: what the steps that changed something printed.
+    changes: bool,
 }
 
 /// Live progress on a terminal (a line per finished job otherwise), then
@@ -362,13 +377,14 @@ fn follow_run(
     plan: &Plan,
     parent: Uuid,
     mut live: Option<Follow>,
-    verbose: bool,
+    shown: Shown,
 ) -> Result<i32> {
     crate::interrupt::on_ctrl_c_say_the_work_goes_on("run", &parent.to_string());
     let started = std::time::Instant::now();
     let tty = is_tty();
     let mut progress = Progress::new(plan);
-    progress.verbose = verbose;
+    progress.verbose = shown.verbose;
+    progress.show_changes = shown.changes;
     if tty {
         // Wake up every second to keep the elapsed time moving.
         let _ = conn
@@ -508,7 +524,7 @@ fn watch(conn: &mut Conn, id: Uuid, run: bool, follow: bool) -> Result<i32> {
     out.flush().map_err(out_err)?;
     let live = follow.then(|| follow_plan(&plan));
     conn.send(&Request::Watch { id, run, follow })?;
-    follow_run(conn, &mut out, &plan, id, live, false)
+    follow_run(conn, &mut out, &plan, id, live, Shown::default())
 }
 
 /// The plan as the files say, for a dry run without a server.
@@ -886,6 +902,7 @@ fn states_brief(states: &std::collections::BTreeMap<JobState, u32>) -> String {
         JobState::Cached => "cached",
         JobState::Skipped => "skipped",
         JobState::Unreachable => "unreachable",
+        JobState::NotTriggered => "no change",
         s => s.name(),
     };
     let (mut first, rest): (Vec<_>, Vec<_>) = states.iter().partition(|(s, _)| bad(s));
@@ -917,12 +934,21 @@ fn jobs_table(jobs: &[JobView]) -> String {
                 j.verb.to_string(),
                 shorten(&j.args, 28),
                 states_brief(&j.states),
+                j.changed.to_string(),
                 format_utc(j.submitted_ms),
             ]
         })
         .collect();
     table(
-        &["ID", "RUN", "VERB", "ARGS", "NODES", "SUBMITTED (UTC)"],
+        &[
+            "ID",
+            "RUN",
+            "VERB",
+            "ARGS",
+            "NODES",
+            "CHANGED",
+            "SUBMITTED (UTC)",
+        ],
         &rows,
     )
 }
@@ -939,6 +965,7 @@ fn runs_table(runs: &[RunView]) -> String {
                 r.jobs.to_string(),
                 r.nodes.to_string(),
                 states_brief(&r.states),
+                r.changed.to_string(),
                 format_utc(r.submitted_ms),
                 r.finished_ms.map_or_else(|| "going".into(), format_utc),
             ]
@@ -950,6 +977,7 @@ fn runs_table(runs: &[RunView]) -> String {
             "JOBS",
             "NODES",
             "PARTS",
+            "CHANGED",
             "SUBMITTED (UTC)",
             "FINISHED (UTC)",
         ],
@@ -1079,6 +1107,11 @@ fn job_text(d: &JobDetail) -> String {
             .map_or_else(|| "-".into(), |t| format!("{} UTC", format_utc(t))),
     );
     field(&mut s, "nodes", &states_summary(j));
+    field(
+        &mut s,
+        "changed",
+        &crate::dsl::count(j.changed as usize, "node"),
+    );
     s.push('\n');
     let rows: Vec<Vec<String>> = d
         .nodes
@@ -1087,6 +1120,11 @@ fn job_text(d: &JobDetail) -> String {
             vec![
                 p.node.clone(),
                 p.state.name().to_owned(),
+                if p.state.is_done() && p.state.is_ok() {
+                    if p.changed { "yes" } else { "no" }.to_owned()
+                } else {
+                    "-".to_owned()
+                },
                 exit_text(p),
                 p.exec_secs.map_or_else(|| "-".into(), format_secs),
                 p.rtt_secs.map_or_else(|| "-".into(), format_secs),
@@ -1094,7 +1132,14 @@ fn job_text(d: &JobDetail) -> String {
         })
         .collect();
     s.push_str(&table(
-        &["NODE", "STATE", "EXIT", "EXEC TIME", "ROUND TRIP"],
+        &[
+            "NODE",
+            "STATE",
+            "CHANGED",
+            "EXIT",
+            "EXEC TIME",
+            "ROUND TRIP",
+        ],
         &rows,
     ));
     for p in &d.nodes {
@@ -1120,6 +1165,9 @@ fn exit_text(p: &PartView) -> String {
 /// One node's result as `exec --wait` prints it.
 fn write_part(out: &mut impl Write, p: &PartView) -> io::Result<()> {
     let mut line = format!("{}: {}", p.node, p.state.name());
+    if p.state == JobState::Succeeded {
+        line.push_str(", changed");
+    }
     match (p.exit_code, p.signal) {
         (Some(c), _) => line.push_str(&format!(", exit {c}")),
         (None, Some(sig)) => line.push_str(&format!(", killed by signal {sig}")),

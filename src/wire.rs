@@ -28,7 +28,7 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 /// 4: `Ready` carries the node's facts and labels. 5: jobs carry
 /// `--retries`, and a result the attempts before its last. 6: a node may
 /// report a job `Lost` (it will not run a job it already had).
-pub const VERSION: u8 = 6;
+pub const VERSION: u8 = 7;
 /// The longest ARG value a QUERY carries: a node with a longer one fails
 /// the QUERY, so that the map sent to every target stays bounded.
 pub const QUERY_VALUE_CAP: usize = 1 << 10;
@@ -604,6 +604,15 @@ pub enum Exit {
     /// The node cannot say how it ended (its client stopped while it was
     /// there), or it was sent again after it ran: why. Never run (again).
     Lost(String),
+    /// Done, and nothing needed changing: files, packages, units were
+    /// already as asked, a RUN's guard held. (`Code(0)` is a change.)
+    Unchanged,
+    /// `--check`: something would change (the output says what); nothing
+    /// did.
+    WouldChange,
+    /// A handler (`onchanges`) whose jobs changed nothing on the node:
+    /// not run.
+    NoChange,
 }
 
 impl Exit {
@@ -615,6 +624,9 @@ impl Exit {
             Exit::TimedOut { .. } => JobState::TimedOut,
             Exit::SkippedAfterFailure => JobState::Skipped,
             Exit::Lost(_) => JobState::Lost,
+            Exit::Unchanged => JobState::Unchanged,
+            Exit::WouldChange => JobState::WouldChange,
+            Exit::NoChange => JobState::NotTriggered,
             Exit::Code(_) | Exit::Signal(_) | Exit::Error(_) => JobState::Failed,
         }
     }
@@ -630,6 +642,9 @@ impl fmt::Display for Exit {
             Exit::Cached => f.write_str("skipped (cached)"),
             Exit::SkippedAfterFailure => f.write_str("skipped (earlier failure)"),
             Exit::Lost(why) => write!(f, "lost: {why}"),
+            Exit::Unchanged => f.write_str("unchanged"),
+            Exit::WouldChange => f.write_str("would change"),
+            Exit::NoChange => f.write_str("skipped (no change)"),
         }
     }
 }
@@ -865,6 +880,8 @@ pub struct RunView {
     pub finished_ms: Option<u64>,
     /// How many parts (a job on a node) are in each state.
     pub states: BTreeMap<JobState, u32>,
+    /// How many parts changed something (or, `--check`, would).
+    pub changed: u32,
 }
 
 /// A response or pushed event from the server to the CLI.
@@ -1062,6 +1079,12 @@ pub enum JobState {
     /// Not run: the node was offline (known, but not connected) when the
     /// job was for it to start.
     Unreachable,
+    /// Done, and nothing needed changing. (`Succeeded` changed something.)
+    Unchanged,
+    /// `--check`: something would change; nothing did.
+    WouldChange,
+    /// Not run: a handler whose `onchanges` jobs changed nothing here.
+    NotTriggered,
 }
 
 impl JobState {
@@ -1072,7 +1095,21 @@ impl JobState {
 
     /// Did the step hold on this node (ran fine, or was already done)?
     pub fn is_ok(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Cached)
+        matches!(
+            self,
+            JobState::Succeeded
+                | JobState::Cached
+                | JobState::Unchanged
+                | JobState::WouldChange
+                | JobState::NotTriggered
+        )
+    }
+
+    /// Did the step change something on the node (or, checking, would
+    /// it)? A RUN that ran changed; a file, package or unit that was
+    /// already as asked did not.
+    pub fn changed(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::WouldChange)
     }
 
     /// As shown to operators.
@@ -1088,6 +1125,9 @@ impl JobState {
             JobState::Skipped => "skipped (earlier failure)",
             JobState::Lost => "lost",
             JobState::Unreachable => "unreachable (node offline)",
+            JobState::Unchanged => "unchanged",
+            JobState::WouldChange => "would change",
+            JobState::NotTriggered => "skipped (no change)",
         }
     }
 }
@@ -1195,6 +1235,8 @@ pub struct JobView {
     pub finished_ms: Option<u64>,
     /// How many nodes are in each state.
     pub states: BTreeMap<JobState, u32>,
+    /// How many nodes it changed something on (or, `--check`, would).
+    pub changed: u32,
 }
 
 /// One node's part of a job.
@@ -1203,6 +1245,8 @@ pub struct PartView {
     pub job_id: Uuid,
     pub node: String,
     pub state: JobState,
+    /// It changed something on the node (or, `--check`, would).
+    pub changed: bool,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     /// Why the job could not run, or why it was lost.
@@ -1230,6 +1274,7 @@ impl PartView {
             job_id: self.job_id,
             node: self.node.clone(),
             state: self.state,
+            changed: self.changed,
             exit_code: self.exit_code,
             signal: self.signal,
             message: self.message.clone(),

@@ -1,8 +1,17 @@
 //! ADD/COPY on a node: for each file, skip it when the destination already
 //! has the source's SHA1 ("unchanged"); otherwise pull it in chunks with a
 //! bounded credit into a temporary file beside the destination, check the
-//! SHA1, set the source's mode and the requested owner, and rename it into
-//! place. The temporary file is an unnamed `O_TMPFILE` where the filesystem
+//! SHA1, set the source's mode (or `--chmod`) and the requested owner, and
+//! rename it into place. Every run checks every file, whatever the node
+//! cache says: content, mode and owner are put right where they differ,
+//! and the job is `unchanged` when nothing did.
+//!
+//! A `--blueprint` file is a template: its source is kept on the node by
+//! its SHA1 (under `--cache-path`, `blueprints/`), so it crosses the
+//! network once per version, and it is rendered with the node's values on
+//! the I/O thread, compared with what is there, and written only if it
+//! differs. With `--diff` a plain text file goes the same way (kept, then
+//! compared line by line). With `--check` nothing on the node changes. The temporary file is an unnamed `O_TMPFILE` where the filesystem
 //! has them, so even a SIGKILL leaves nothing behind; elsewhere a named one
 //! removed on every failure path. The old file stays as it was until the
 //! rename.
@@ -24,6 +33,9 @@ use std::time::Instant;
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
 use crate::dsl::{dest_is_dir, hex_sha1, Action, SourceFile, Task};
 use crate::ids;
 use crate::template;
@@ -34,6 +46,11 @@ use crate::wire::{ClientMsg, Exit, Outcome, CHUNK, CREDIT};
 const HASH_SLICE: usize = 4 << 20;
 /// Start writeback every this many bytes received.
 const WRITEBACK_EVERY: u64 = 16 << 20;
+/// The largest blueprint (its source, and what it renders to), and the
+/// largest plain file `--diff` shows.
+pub const BLUEPRINT_CAP: u64 = 8 << 20;
+/// The largest plain file `--diff` compares line by line.
+const DIFF_SOURCE_CAP: u64 = 1 << 20;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -43,8 +60,10 @@ enum Step {
     Next,
     /// Hashing the file already at the destination.
     Checking { file: File, hasher: Sha1, left: u64 },
-    /// Pulling the file into a temporary file.
+    /// Pulling the file (or, `to_store`, its source into the store) into
+    /// a temporary file.
     Receiving {
+        to_store: bool,
         tmp: Tmp,
         hasher: Sha1,
         flow: Receiver,
@@ -69,12 +88,35 @@ pub enum AddIo {
         gid: Option<u32>,
         mode: u32,
     },
+    /// Render (or take as it is) a stored source, compare it with the
+    /// target, and write what differs.
+    Converge(Box<Converge>),
 }
 
 /// What the I/O thread found.
 pub enum AddDone {
     Resolved(Result<(Option<u32>, Option<u32>), String>),
     Placed(Result<(), String>),
+    /// Whether anything changed (or would), and what.
+    Converged(Result<(bool, String), String>),
+}
+
+/// A file whose wanted content is computed on the node: a blueprint
+/// rendered, or a plain file kept for `--diff`.
+pub struct Converge {
+    /// The stored source, and its SHA1.
+    pub source: PathBuf,
+    pub sha1: String,
+    /// Its path on the server's machine, for messages.
+    pub name: String,
+    /// The values to render it with; `None`: the content as it is.
+    pub vars: Option<Arc<template::OwnedVars>>,
+    pub target: PathBuf,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+    pub check: bool,
+    pub diff: bool,
 }
 
 impl AddIo {
@@ -97,8 +139,173 @@ impl AddIo {
                 tmp.persist(&target)
                     .map_err(|e| format!("cannot put {} in place: {e}", target.display()))
             })()),
+            AddIo::Converge(c) => AddDone::Converged(c.run()),
         }
     }
+}
+
+impl Converge {
+    fn run(&self) -> Result<(bool, String), String> {
+        let t = self.target.display();
+        let read = |path: &Path, what: &str| -> Result<Vec<u8>, String> {
+            let mut buf = Vec::new();
+            File::open(path)
+                .and_then(|f| f.take(BLUEPRINT_CAP + 1).read_to_end(&mut buf))
+                .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+            Ok(buf)
+        };
+        let source = read(&self.source, "the stored copy")?;
+        if hex_sha1(&source) != self.sha1 {
+            let _ = fs::remove_file(&self.source);
+            return Err(format!(
+                "the stored copy of {} was damaged and is removed: run the job again",
+                self.name
+            ));
+        }
+        let wanted = match &self.vars {
+            None => source,
+            Some(vars) => {
+                let text = String::from_utf8(source).map_err(|_| {
+                    format!("blueprint {}: not UTF-8 text (a blueprint is a template; send binary files without --blueprint)", self.name)
+                })?;
+                let out = template::render_file(&text, &vars.vars())
+                    .map_err(|e| format!("blueprint {}: {e}", self.name))?;
+                if out.len() as u64 > BLUEPRINT_CAP {
+                    return Err(format!(
+                        "blueprint {} renders to more than {} bytes",
+                        self.name, BLUEPRINT_CAP
+                    ));
+                }
+                out.into_bytes()
+            }
+        };
+        let meta = match fs::metadata(&self.target) {
+            Ok(m) if m.is_dir() => return Err(format!("{t} is a directory")),
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read {t}: {e}")),
+        };
+        let old = match &meta {
+            Some(m) if m.len() == wanted.len() as u64 => Some(read(&self.target, "")?),
+            Some(m) if m.len() <= BLUEPRINT_CAP && self.diff => Some(read(&self.target, "")?),
+            _ => None,
+        };
+        let content = old.as_deref() != Some(&wanted[..]);
+        let would = if self.check { "would " } else { "" };
+        let mut text = String::new();
+        match (&meta, content) {
+            (None, _) => text.push_str(&format!("{would}create {t} ({} bytes)\n", wanted.len())),
+            (Some(_), true) => text.push_str(&format!("{would}update {t} (content differs)\n")),
+            (Some(_), false) => {}
+        }
+        let mut fix_attrs = false;
+        if let (Some(m), false) = (&meta, content) {
+            fix_attrs = attrs_text(
+                &mut text,
+                m,
+                self.uid,
+                self.gid,
+                self.mode,
+                would,
+                &t.to_string(),
+            );
+        }
+        if self.diff && content {
+            let shown = crate::diff::unified(
+                &t.to_string(),
+                meta.as_ref().and(old.as_deref()),
+                Some(&wanted),
+            )
+            .unwrap_or_default();
+            let shown = match (&meta, &old) {
+                (Some(m), None) => format!(
+                    "{t} is {} bytes: too large to show how it changes\n",
+                    m.len()
+                ),
+                _ => shown,
+            };
+            text.push_str(&mask(shown, self.vars.as_deref()));
+        }
+        if text.is_empty() {
+            return Ok((false, format!("unchanged {t}\n")));
+        }
+        if self.check {
+            return Ok((true, text));
+        }
+        if content {
+            let dir = self
+                .target
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let tmp = Tmp::create(dir)
+                .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+            tmp.file
+                .write_all_at(&wanted, 0)
+                .map_err(|e| format!("cannot write {t}: {e}"))?;
+            set_owner_and_mode_fd(&tmp.file, self.uid, self.gid, self.mode)
+                .map_err(|e| format!("{t}: {e}"))?;
+            tmp.file
+                .sync_data()
+                .map_err(|e| format!("cannot sync {t}: {e}"))?;
+            tmp.persist(&self.target)
+                .map_err(|e| format!("cannot put {t} in place: {e}"))?;
+        } else if fix_attrs {
+            set_owner_and_mode_path(&self.target, self.uid, self.gid, self.mode)?;
+        }
+        Ok((true, text))
+    }
+}
+
+/// Say how a file's owner and mode differ from those wanted (`would`
+/// change them, or change them): whether they do.
+fn attrs_text(
+    text: &mut String,
+    m: &fs::Metadata,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+    would: &str,
+    t: &str,
+) -> bool {
+    let mut differs = false;
+    if uid.is_some_and(|u| u != m.uid()) || gid.is_some_and(|g| g != m.gid()) {
+        text.push_str(&format!(
+            "{would}change the owner of {t} from {}:{} to {}:{}\n",
+            m.uid(),
+            m.gid(),
+            uid.unwrap_or(m.uid()),
+            gid.unwrap_or(m.gid())
+        ));
+        differs = true;
+    }
+    let now = m.mode() & 0o7777;
+    if now != mode {
+        text.push_str(&format!(
+            "{would}change the mode of {t} from {now:04o} to {mode:04o}\n"
+        ));
+        differs = true;
+    }
+    differs
+}
+
+/// A diff with this node's ARG values (of 4 characters or more) shown as
+/// `<hidden>`, as every other view of them is: a rendered config file
+/// often holds a password.
+fn mask(mut text: String, vars: Option<&template::OwnedVars>) -> String {
+    let Some(vars) = vars else {
+        return text;
+    };
+    let mut values: Vec<&String> = vars.args.values().filter(|v| v.len() >= 4).collect();
+    // Longest first: a value inside another is hidden with it.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in values {
+        if text.contains(v.as_str()) {
+            text = text.replace(v.as_str(), crate::dsl::HIDDEN);
+        }
+    }
+    text
 }
 
 /// What the loop should do after a call.
@@ -115,6 +322,16 @@ pub struct AddJob {
     next: usize,
     uid: Option<u32>,
     gid: Option<u32>,
+    /// `--chmod`: every file's mode, instead of its source's.
+    mode: Option<u32>,
+    /// Render each file on the node (`--blueprint`) with these values.
+    blueprint: Option<Arc<template::OwnedVars>>,
+    /// Where sources computed on are kept, by SHA1.
+    store: PathBuf,
+    check: bool,
+    diff: bool,
+    /// Something changed (or, checking, would).
+    changed: bool,
     step: Step,
     /// Work for the I/O thread, for the runner to hand over.
     io: Option<AddIo>,
@@ -127,7 +344,13 @@ pub struct AddJob {
 impl AddJob {
     /// Plan the job: render the destination and resolve the owner. An error
     /// ends the job before any transfer.
-    pub fn new(job_id: Uuid, task: &Task, vars: &template::Vars) -> Result<AddJob, String> {
+    /// `store`: where blueprints (and files to diff) are kept by SHA1.
+    pub fn new(
+        job_id: Uuid,
+        task: &Task,
+        vars: &template::Vars,
+        store: &Path,
+    ) -> Result<AddJob, String> {
         let Action::Add(add) = &task.action else {
             return Err("not an ADD job".into());
         };
@@ -160,6 +383,14 @@ impl AddJob {
             next: 0,
             uid: None,
             gid: None,
+            mode: add.mode,
+            blueprint: add
+                .blueprint
+                .then(|| Arc::new(template::OwnedVars::of(vars))),
+            store: store.to_owned(),
+            check: task.options.check,
+            diff: task.options.diff,
+            changed: false,
             step,
             io,
             report: String::new(),
@@ -199,31 +430,85 @@ impl AddJob {
                 self.advance(out)
             }
             AddDone::Resolved(Err(e)) => Err(e),
+            AddDone::Placed(Ok(())) if self.via_store() => {
+                // The source is in the store now: on to its file.
+                self.converge();
+                Ok(())
+            }
             AddDone::Placed(Ok(())) => {
                 self.step = Step::Next;
                 let (src, target) = &self.files[self.next];
                 self.report
                     .push_str(&format!("sent {} ({} bytes)\n", target.display(), src.size));
+                self.changed = true;
                 self.next += 1;
                 Ok(())
             }
             AddDone::Placed(Err(e)) => Err(e),
+            AddDone::Converged(Ok((changed, text))) => {
+                self.step = Step::Next;
+                self.report.push_str(&text);
+                self.changed |= changed;
+                self.next += 1;
+                Ok(())
+            }
+            AddDone::Converged(Err(e)) => Err(e),
         };
         match result {
-            Ok(()) if self.next >= self.files.len() => {
-                Progress::Finished(self.outcome(Exit::Code(0)))
-            }
+            Ok(()) if self.next >= self.files.len() => Progress::Finished(self.done()),
             Ok(()) => Progress::Continue,
             Err(e) => Progress::Finished(self.give_up(e)),
         }
     }
 
+    /// Every file is as asked: the outcome says whether any changed.
+    fn done(&mut self) -> Outcome {
+        let exit = match (self.changed, self.check) {
+            (false, _) => Exit::Unchanged,
+            (true, true) => Exit::WouldChange,
+            (true, false) => Exit::Code(0),
+        };
+        self.outcome(exit)
+    }
+
+    /// Is the current file's wanted content computed on the node from its
+    /// stored source (a blueprint, or a text file to diff)?
+    fn via_store(&self) -> bool {
+        let Some((src, _)) = self.files.get(self.next) else {
+            return false;
+        };
+        self.blueprint.is_some() || (self.diff && src.size <= DIFF_SOURCE_CAP)
+    }
+
+    /// The mode the current file should have.
+    fn wanted_mode(&self) -> u32 {
+        self.mode
+            .unwrap_or_else(|| self.files.get(self.next).map_or(0o644, |f| f.0.mode))
+    }
+
+    /// Hand the current file's stored source to the I/O thread, to render
+    /// (or take), compare and write.
+    fn converge(&mut self) {
+        let (src, target) = &self.files[self.next];
+        self.io = Some(AddIo::Converge(Box::new(Converge {
+            source: self.store.join(&src.sha1),
+            sha1: src.sha1.clone(),
+            name: src.path.clone(),
+            vars: self.blueprint.clone(),
+            target: target.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            mode: self.wanted_mode(),
+            check: self.check,
+            diff: self.diff,
+        })));
+        self.step = Step::Io;
+    }
+
     /// Do a bounded slice of work.
     pub fn tick(&mut self, out: &mut Vec<ClientMsg>) -> Progress {
         match self.advance(out) {
-            Ok(()) if self.next >= self.files.len() => {
-                Progress::Finished(self.outcome(Exit::Code(0)))
-            }
+            Ok(()) if self.next >= self.files.len() => Progress::Finished(self.done()),
             Ok(()) => Progress::Continue,
             Err(e) => Progress::Finished(self.give_up(e)),
         }
@@ -235,6 +520,30 @@ impl AddJob {
                 let Some((src, target)) = self.files.get(self.next) else {
                     return Ok(());
                 };
+                if self.via_store() {
+                    if src.size > BLUEPRINT_CAP {
+                        return Err(format!(
+                            "blueprint {} is {} bytes; a blueprint is at most {BLUEPRINT_CAP}",
+                            src.path, src.size
+                        ));
+                    }
+                    let stored = self.store.join(&src.sha1);
+                    return match fs::metadata(&stored) {
+                        Ok(m) if m.is_file() && m.len() == src.size => {
+                            self.converge();
+                            Ok(())
+                        }
+                        _ => {
+                            fs::create_dir_all(&self.store).map_err(|e| {
+                                format!("cannot create {}: {e}", self.store.display())
+                            })?;
+                            self.start_receiving(true, out)
+                        }
+                    };
+                }
+                if self.check {
+                    return self.check_plain();
+                }
                 if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
                     fs::create_dir_all(parent)
                         .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
@@ -251,7 +560,7 @@ impl AddJob {
                         Ok(())
                     }
                     Ok(m) if m.is_dir() => Err(format!("{} is a directory", target.display())),
-                    _ => self.start_receiving(out),
+                    _ => self.start_receiving(false, out),
                 }
             }
             Step::Checking { file, hasher, left } => {
@@ -266,39 +575,104 @@ impl AddJob {
                 }
                 let digest = hex(std::mem::take(hasher));
                 self.step = Step::Next;
+                let mode = self.wanted_mode();
                 let (src, target) = &self.files[self.next];
-                if digest == src.sha1 {
-                    set_owner_and_mode_path(target, self.uid, self.gid, src.mode)?;
-                    self.report
-                        .push_str(&format!("unchanged {}\n", target.display()));
-                    self.next += 1;
-                    Ok(())
-                } else {
-                    self.start_receiving(out)
+                let t = target.display().to_string();
+                match (digest == src.sha1, self.check) {
+                    (true, check) => {
+                        let m =
+                            fs::metadata(target).map_err(|e| format!("cannot read {t}: {e}"))?;
+                        let would = if check { "would " } else { "" };
+                        let mut text = String::new();
+                        if attrs_text(&mut text, &m, self.uid, self.gid, mode, would, &t) {
+                            if !check {
+                                set_owner_and_mode_path(target, self.uid, self.gid, mode)?;
+                            }
+                            self.changed = true;
+                        } else {
+                            text = format!("unchanged {t}\n");
+                        }
+                        self.report.push_str(&text);
+                        self.next += 1;
+                        Ok(())
+                    }
+                    (false, true) => {
+                        self.report
+                            .push_str(&format!("would update {t} (content differs)\n"));
+                        self.changed = true;
+                        self.next += 1;
+                        Ok(())
+                    }
+                    (false, false) => self.start_receiving(false, out),
                 }
             }
             Step::Receiving { .. } | Step::Io => Ok(()),
         }
     }
 
-    fn start_receiving(&mut self, out: &mut Vec<ClientMsg>) -> Result<(), String> {
+    /// `--check` of a plain file: what would change, by its size, its
+    /// SHA1 (hashed a slice per tick), mode and owner; nothing is fetched.
+    fn check_plain(&mut self) -> Result<(), String> {
         let (src, target) = &self.files[self.next];
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let t = target.display().to_string();
+        match fs::metadata(target) {
+            Ok(m) if m.is_dir() => Err(format!("{t} is a directory")),
+            Ok(m) if m.is_file() && m.len() == src.size => {
+                let file = File::open(target).map_err(|e| format!("cannot read {t}: {e}"))?;
+                self.step = Step::Checking {
+                    file,
+                    hasher: Sha1::new(),
+                    left: src.size,
+                };
+                Ok(())
+            }
+            Ok(_) => {
+                self.report
+                    .push_str(&format!("would update {t} (content differs)\n"));
+                self.changed = true;
+                self.next += 1;
+                Ok(())
+            }
+            Err(_) => {
+                self.report
+                    .push_str(&format!("would create {t} ({} bytes)\n", src.size));
+                self.changed = true;
+                self.next += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Fetch the current file: to its target, or (`to_store`) its source
+    /// into the store.
+    fn start_receiving(&mut self, to_store: bool, out: &mut Vec<ClientMsg>) -> Result<(), String> {
+        let (src, target) = &self.files[self.next];
+        let dir = if to_store {
+            self.store.as_path()
+        } else {
+            target
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        };
         let tmp = Tmp::create(dir)
             .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
         log::info!(
-            "job {}: receiving {} ({} bytes)",
+            "job {}: receiving {} ({} bytes){}",
             self.job_id,
             target.display(),
-            src.size
+            src.size,
+            if to_store {
+                ", its source kept by SHA1"
+            } else {
+                ""
+            }
         );
         let mut flow = Receiver::new(src.size, CHUNK, CREDIT);
         self.fetch(&mut flow, out);
         self.last_data = Instant::now();
         self.step = Step::Receiving {
+            to_store,
             tmp,
             hasher: Sha1::new(),
             flow,
@@ -330,9 +704,7 @@ impl AddJob {
         out: &mut Vec<ClientMsg>,
     ) -> Progress {
         match self.take_chunk(file, offset, data, out) {
-            Ok(()) if self.next >= self.files.len() => {
-                Progress::Finished(self.outcome(Exit::Code(0)))
-            }
+            Ok(()) if self.next >= self.files.len() => Progress::Finished(self.done()),
             Ok(()) => Progress::Continue,
             Err(e) => Progress::Finished(self.give_up(e)),
         }
@@ -351,6 +723,7 @@ impl AddJob {
             hasher,
             flow,
             synced,
+            ..
         } = &mut self.step
         else {
             return Err(format!("unexpected data for file {file}"));
@@ -386,10 +759,16 @@ impl AddJob {
 
     /// The whole file is in the temporary file: verify and put it in place.
     fn finish_file(&mut self) -> Result<(), String> {
-        let Step::Receiving { tmp, hasher, .. } = std::mem::replace(&mut self.step, Step::Next)
+        let Step::Receiving {
+            tmp,
+            hasher,
+            to_store,
+            ..
+        } = std::mem::replace(&mut self.step, Step::Next)
         else {
             return Err("no file is being received".into());
         };
+        let mode = self.wanted_mode();
         let (src, target) = &self.files[self.next];
         if hex(hasher) != src.sha1 {
             return Err(format!(
@@ -400,12 +779,22 @@ impl AddJob {
         }
         // Owner, mode, sync and rename on the I/O thread; the next file
         // starts when it is back.
-        self.io = Some(AddIo::Place {
-            tmp,
-            target: target.clone(),
-            uid: self.uid,
-            gid: self.gid,
-            mode: src.mode,
+        self.io = Some(if to_store {
+            AddIo::Place {
+                tmp,
+                target: self.store.join(&src.sha1),
+                uid: None,
+                gid: None,
+                mode: 0o600,
+            }
+        } else {
+            AddIo::Place {
+                tmp,
+                target: target.clone(),
+                uid: self.uid,
+                gid: self.gid,
+                mode,
+            }
         });
         self.step = Step::Io;
         Ok(())
@@ -550,7 +939,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 /// `USER[:GROUP]`, names or numbers, to ids on this node.
-fn resolve_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
+pub fn resolve_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -596,14 +985,4 @@ fn set_owner_and_mode_path(
 ) -> Result<(), String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     set_owner_and_mode_fd(&file, uid, gid, mode).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The cache key of an ADD: its task SHA1 (which covers the contents) and
-/// the rendered destination.
-pub fn cache_key(task: &Task, vars: &template::Vars) -> Option<String> {
-    let Action::Add(add) = &task.action else {
-        return None;
-    };
-    let dest = template::render(&add.dest, vars).ok()?;
-    Some(hex_sha1(format!("{}\0{dest}", task.sha1()).as_bytes()))
 }

@@ -10,11 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::add::{self, AddJob};
+use super::add::AddJob;
 use super::cache::Cache;
+use super::workdir::DirTask;
 use crate::dsl::{hex_sha1, Action, Task};
 use crate::reactor::child::Ended;
 use crate::template;
@@ -22,7 +24,8 @@ use crate::wire::{Exit, JobState, Outcome, QUERY_VALUE_CAP};
 
 /// What to record when a started process succeeds.
 pub struct OnSuccess {
-    pub cache_key: String,
+    /// `None` with `--check`: nothing is recorded.
+    pub cache_key: Option<String>,
     pub stdout_arg: Option<String>,
 }
 
@@ -36,24 +39,58 @@ pub struct Spawn {
     pub live: bool,
 }
 
+/// What a process run for a job means when it ends.
+pub enum ProcKind {
+    /// A RUN's command: it ran, so it changed something.
+    Run,
+    /// A RUN's `--unless` command: exit 0 skips the RUN (`unchanged`);
+    /// otherwise `then` starts, or (`--check`) the RUN would run.
+    Guard {
+        then: Option<Box<(Spawn, OnSuccess)>>,
+        command: String,
+    },
+    /// A verb's script (PACKAGE, SERVICE): its marker says whether it
+    /// changed something (`check`: would).
+    Script { check: bool },
+    /// WAIT `--cmd`: exit 0 is the condition holding.
+    WaitCmd,
+}
+
+/// A WAIT as it starts.
+pub enum WaitStart {
+    Sleep(Duration),
+    Url {
+        url: String,
+        retry: u32,
+        delay: Duration,
+    },
+    Cmd {
+        spawn: Spawn,
+        retry: u32,
+        delay: Duration,
+    },
+}
+
 /// A task that has started, or already ended.
 pub enum Started {
-    /// A command to start (the loop does), and what to record on success.
-    Process(Spawn, OnSuccess),
-    /// An ADD, with the cache key to record on success.
-    Transfer(Box<AddJob>, Option<String>),
+    /// A command to start (the loop does), what it means, and what to
+    /// record on success.
+    Process(Spawn, ProcKind, OnSuccess),
+    /// An ADD.
+    Transfer(Box<AddJob>),
     Done(Outcome),
     /// An ARG or ENV value to sync (on the I/O thread): the job succeeds
     /// once it is on disk.
     Persist(Persist),
-    /// A WORKDIR to create (on the I/O thread: a hung mount must not stop
-    /// the loop), with the cache key to record on success.
-    Mkdir(PathBuf, String),
+    /// A WORKDIR to bring about (on the I/O thread: a hung mount must not
+    /// stop the loop).
+    Dir(DirTask),
     /// A QUERY: this node's value to report, then wait for the map.
     Query {
         key: String,
         value: Option<String>,
     },
+    Wait(WaitStart),
 }
 
 /// A value staged in the cache (synced on the I/O thread in its turn), and
@@ -63,12 +100,6 @@ pub struct Persist {
     pub outcome: Outcome,
     /// What to say if it is not: "ARG key" or "--stdout-arg name".
     pub what: String,
-}
-
-/// Create a WORKDIR and its parents (on the I/O thread); the error names it.
-pub fn make_dir(path: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| format!("cannot create directory {}: {e}", path.display()))
 }
 
 /// What templates on this node read.
@@ -81,28 +112,48 @@ fn vars<'a>(cache: &'a Cache, node: &'a crate::facts::Node) -> template::Vars<'a
     }
 }
 
-/// Start `task`.
+/// An outcome saying `text`.
+fn said(exit: Exit, text: String) -> Outcome {
+    let mut o = ended(exit);
+    o.stdout = text.into_bytes();
+    o
+}
+
+/// Start `task`; `store` is where ADD keeps the sources it computes on.
 pub fn start(
     job_id: Uuid,
     task: &Task,
     cache: &mut Cache,
     node: &crate::facts::Node,
+    store: &Path,
     now_ms: u64,
 ) -> Started {
     let skip_cache = task.options.skip_cache;
+    let check = task.options.check;
+    let mark = format!("{} {job_id}", crate::verbs::MARK);
     match &task.action {
-        Action::Arg { key, value } => {
-            cache.stage_arg(key, value);
+        Action::Arg { key, value } | Action::Env { key, value } => {
+            let is_arg = matches!(task.action, Action::Arg { .. });
+            let what = format!("{} {key}", if is_arg { "ARG" } else { "ENV" });
+            let current = if is_arg {
+                cache.args().get(key)
+            } else {
+                cache.env().get(key)
+            };
+            if current == Some(value) {
+                return Started::Done(said(Exit::Unchanged, format!("{what} is already set\n")));
+            }
+            if check {
+                return Started::Done(said(Exit::WouldChange, format!("would set {what}\n")));
+            }
+            if is_arg {
+                cache.stage_arg(key, value);
+            } else {
+                cache.stage_env(key, value);
+            }
             Started::Persist(Persist {
                 outcome: ended(Exit::Code(0)),
-                what: format!("ARG {key}"),
-            })
-        }
-        Action::Env { key, value } => {
-            cache.stage_env(key, value);
-            Started::Persist(Persist {
-                outcome: ended(Exit::Code(0)),
-                what: format!("ENV {key}"),
+                what,
             })
         }
         Action::ClearCache => {
@@ -135,53 +186,169 @@ pub fn start(
                 },
             }
         }
-        Action::Workdir { path } => {
+        Action::Workdir { path, chown, mode } => {
             let path = match template::render(path, &vars(cache, node)) {
                 Ok(p) => p,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("WORKDIR path: {e}")))),
             };
-            let key = cache_key(task, &path, None);
-            if !skip_cache && cache.is_done(&key, now_ms) {
-                return Started::Done(ended(Exit::Cached));
-            }
-            Started::Mkdir(PathBuf::from(path), key)
+            Started::Dir(DirTask {
+                path: PathBuf::from(path),
+                chown: chown.clone(),
+                mode: *mode,
+                check,
+            })
         }
-        Action::Add(_) => {
-            let key = add::cache_key(task, &vars(cache, node));
-            if let (Some(k), false) = (&key, skip_cache) {
-                if cache.is_done(k, now_ms) {
-                    return Started::Done(ended(Exit::Cached));
-                }
-            }
-            match AddJob::new(job_id, task, &vars(cache, node)) {
-                Ok(job) => Started::Transfer(Box::new(job), key),
-                Err(e) => Started::Done(ended(Exit::Error(e))),
-            }
-        }
+        // Never skipped by the cache: every run checks every file.
+        Action::Add(_) => match AddJob::new(job_id, task, &vars(cache, node), store) {
+            Ok(job) => Started::Transfer(Box::new(job)),
+            Err(e) => Started::Done(ended(Exit::Error(e))),
+        },
         Action::Run {
             command,
             stdout_arg,
+            guard,
         } => {
-            let command = match template::render_shell(command, &vars(cache, node)) {
+            let (creates, unless) = guard
+                .as_ref()
+                .map_or((None, None), |g| (g.creates.as_ref(), g.unless.as_ref()));
+            let v = vars(cache, node);
+            let command = match template::render_shell(command, &v) {
                 Ok(c) => c,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("RUN command: {e}")))),
+            };
+            if let Some(path) = creates {
+                let path = match template::render(path, &v) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Started::Done(ended(Exit::Error(format!("RUN --creates: {e}"))))
+                    }
+                };
+                if Path::new(&path).exists() {
+                    return Started::Done(said(
+                        Exit::Unchanged,
+                        format!("not run: {path} exists (--creates)\n"),
+                    ));
+                }
+            }
+            let guard = match unless
+                .map(String::as_str)
+                .map(|u| template::render_shell(u, &v))
+                .transpose()
+            {
+                Ok(g) => g,
+                Err(e) => return Started::Done(ended(Exit::Error(format!("RUN --unless: {e}")))),
             };
             let key = cache_key(task, &command, Some(cache.env()));
             if !skip_cache && cache.is_done(&key, now_ms) {
                 return Started::Done(ended(Exit::Cached));
             }
+            let spawn = |command: String| Spawn {
+                job_id,
+                command,
+                env: cache.env().clone(),
+                live: false,
+            };
+            let on_success = OnSuccess {
+                cache_key: (!check).then_some(key),
+                stdout_arg: stdout_arg.clone(),
+            };
+            let then = (!check).then(|| Box::new((spawn(command.clone()), on_success)));
+            match guard {
+                Some(g) => Started::Process(
+                    spawn(g),
+                    ProcKind::Guard {
+                        then,
+                        command: command.clone(),
+                    },
+                    OnSuccess {
+                        cache_key: None,
+                        stdout_arg: None,
+                    },
+                ),
+                None => match then {
+                    Some(t) => {
+                        let (spawn, on_success) = *t;
+                        Started::Process(spawn, ProcKind::Run, on_success)
+                    }
+                    None => {
+                        Started::Done(said(Exit::WouldChange, format!("would run: {command}\n")))
+                    }
+                },
+            }
+        }
+        Action::Package(p) => {
+            let manager = node
+                .facts
+                .get("package_manager")
+                .and_then(|m| crate::verbs::package::Manager::from_name(m));
+            let Some(manager) = manager else {
+                return Started::Done(ended(Exit::Error(
+                    "PACKAGE: no package manager on this node (looked for apt-get, dnf, yum, zypper and apk on the client's PATH)".into(),
+                )));
+            };
             Started::Process(
                 Spawn {
                     job_id,
-                    command,
+                    command: crate::verbs::package::script(p, manager, check, &mark),
                     env: cache.env().clone(),
                     live: false,
                 },
+                ProcKind::Script { check },
                 OnSuccess {
-                    cache_key: key,
-                    stdout_arg: stdout_arg.clone(),
+                    cache_key: None,
+                    stdout_arg: None,
                 },
             )
+        }
+        Action::Service(svc) => Started::Process(
+            Spawn {
+                job_id,
+                command: crate::verbs::service::script(svc, check, &mark),
+                env: cache.env().clone(),
+                live: false,
+            },
+            ProcKind::Script { check },
+            OnSuccess {
+                cache_key: None,
+                stdout_arg: None,
+            },
+        ),
+        Action::Wait(w) => {
+            use crate::verbs::wait::Until;
+            let delay = Duration::from_millis(w.retry_wait_ms);
+            let v = vars(cache, node);
+            let start = match &w.until {
+                Until::Seconds(ms) => WaitStart::Sleep(Duration::from_millis(*ms)),
+                Until::Url(url) => match template::render(url, &v).and_then(|u| {
+                    crate::verbs::wait::parse_url(&u)?;
+                    Ok(u)
+                }) {
+                    Ok(url) => WaitStart::Url {
+                        url,
+                        retry: w.retry,
+                        delay,
+                    },
+                    Err(e) => return Started::Done(ended(Exit::Error(format!("WAIT --url: {e}")))),
+                },
+                Until::Cmd(cmd) => match template::render_shell(cmd, &v) {
+                    Ok(command) => WaitStart::Cmd {
+                        spawn: Spawn {
+                            job_id,
+                            command,
+                            env: cache.env().clone(),
+                            live: false,
+                        },
+                        retry: w.retry,
+                        delay,
+                    },
+                    Err(e) => return Started::Done(ended(Exit::Error(format!("WAIT --cmd: {e}")))),
+                },
+            };
+            if check {
+                // Waiting changes nothing: a check does not wait.
+                return Started::Done(said(Exit::Unchanged, format!("would wait: {}\n", w.args())));
+            }
+            Started::Wait(start)
         }
     }
 }

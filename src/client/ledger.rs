@@ -68,12 +68,20 @@ enum Record {
     Ended { job: Uuid, outcome: Outcome },
     /// The server recorded the outcome.
     Acked { job: Uuid },
+    /// The server recorded the outcome, which changed something here
+    /// (for handlers: `onchanges`).
+    AckedChanged { job: Uuid },
 }
 
+/// Layout 2 added `AckedChanged`, after the others: layout 1 records
+/// encode as they did.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 1;
-    fn upgrade(_: u32, _: &[u8]) -> Option<Self> {
-        None
+    const VERSION: u32 = 2;
+    fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
+        match version {
+            1 => crate::journal::decode(body),
+            _ => None,
+        }
     }
 }
 
@@ -122,6 +130,8 @@ pub struct Ledger {
     order: u64,
     closed: VecDeque<Uuid>,
     closed_set: HashSet<Uuid>,
+    /// Those of `closed` that changed something here.
+    closed_changed: HashSet<Uuid>,
     /// A `Took` waits to be written: a batch goes out at once.
     took_pending: bool,
     /// The group commit is due (its timer, or a stop): everything goes
@@ -164,6 +174,7 @@ impl Ledger {
             unsynced: false,
             closed: VecDeque::new(),
             closed_set: HashSet::new(),
+            closed_changed: HashSet::new(),
             appended: 0,
             written: 0,
             out: Out::Idle,
@@ -215,19 +226,37 @@ impl Ledger {
             },
             Record::Acked { job } => {
                 self.open.remove(&job);
-                self.close(job);
+                self.close(job, false);
+            }
+            Record::AckedChanged { job } => {
+                self.open.remove(&job);
+                self.close(job, true);
             }
         }
     }
 
-    fn close(&mut self, job: Uuid) {
+    fn close(&mut self, job: Uuid, changed: bool) {
         if self.closed_set.insert(job) {
             self.closed.push_back(job);
+        }
+        if changed {
+            self.closed_changed.insert(job);
         }
         while self.closed.len() > CLOSED_CAP {
             if let Some(old) = self.closed.pop_front() {
                 self.closed_set.remove(&old);
+                self.closed_changed.remove(&old);
             }
+        }
+    }
+
+    /// Did `job` change something on this node (or, checking, would it)?
+    /// False for a job it never had, or forgot.
+    pub fn changed(&self, job: &Uuid) -> bool {
+        match self.open.get(job) {
+            Some((_, Entry::Ended(o))) => o.exit.state().changed(),
+            Some((_, Entry::Taken)) => false,
+            None => self.closed_changed.contains(job),
         }
     }
 
@@ -289,14 +318,18 @@ impl Ledger {
 
     /// The server recorded `job`'s outcome.
     pub fn ack(&mut self, job: &Uuid) {
-        match self.open.get(job) {
-            Some((_, Entry::Ended(_))) => {}
+        let changed = match self.open.get(job) {
+            Some((_, Entry::Ended(o))) => o.exit.state().changed(),
             // Not ended here: an ack for something we never sent.
             Some((_, Entry::Taken)) | None => return,
-        }
+        };
         self.open.remove(job);
-        self.append(Record::Acked { job: *job });
-        self.close(*job);
+        self.append(if changed {
+            Record::AckedChanged { job: *job }
+        } else {
+            Record::Acked { job: *job }
+        });
+        self.close(*job, changed);
     }
 
     /// The outcomes waiting for their acknowledgement, oldest first.
@@ -438,7 +471,13 @@ impl Ledger {
         open.sort_by_key(|(o, _, _)| **o);
         let mut live = Vec::with_capacity(self.closed.len() + 2 * open.len());
         // Acked first: their ids are older than every open job's.
-        live.extend(self.closed.iter().map(|job| Record::Acked { job: *job }));
+        live.extend(self.closed.iter().map(|job| {
+            if self.closed_changed.contains(job) {
+                Record::AckedChanged { job: *job }
+            } else {
+                Record::Acked { job: *job }
+            }
+        }));
         for (_, job, entry) in open {
             live.push(Record::Took { job: *job });
             if let Entry::Ended(outcome) = entry {

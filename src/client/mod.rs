@@ -30,6 +30,7 @@ mod cache;
 mod exec;
 mod ledger;
 mod runner;
+mod workdir;
 
 use std::time::{Duration, Instant};
 
@@ -296,6 +297,7 @@ impl Client {
                     facts: crate::facts::gather(),
                     labels: cfg.labels.clone(),
                 },
+                cfg.cache_path.join("blueprints"),
             ),
             tokens: TokenCounter::new(FIRST_DYNAMIC),
             process: None,

@@ -21,12 +21,17 @@ use uuid::Uuid;
 
 use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::Cache;
-use super::exec::{self, OnSuccess, Spawn, Started};
+use super::exec::{self, OnSuccess, ProcKind, Spawn, Started, WaitStart};
 use super::ledger::{Known, Ledger, Ticket};
+use super::workdir::{DirTask, Report};
 use crate::dsl::Task;
 use crate::journal::{JournalIo, JournalIoDone};
 use crate::reactor::child::Ended;
 use crate::wire::{Attempt, ClientMsg, Exit, JobState, Outcome, ServerMsg};
+
+/// The longest a WAIT's URL try may take at each step (the name lookup,
+/// the connection, the answer): it holds the I/O thread.
+const PROBE_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long a command has to exit after SIGTERM at shutdown.
 const KILL_GRACE: Duration = Duration::from_secs(3);
@@ -45,6 +50,15 @@ pub enum RunnerTimer {
     Retry,
     /// The ledger's group commit is due.
     LedgerCommit,
+    /// A WAIT's time is up, or its next try is due.
+    Wait,
+}
+
+/// An outcome saying `text`.
+fn said(exit: Exit, text: String) -> Outcome {
+    let mut o = exec::ended(exit);
+    o.stdout = text.into_bytes();
+    o
 }
 
 /// What the loop must do for the runner.
@@ -74,8 +88,10 @@ pub enum IoTask {
     Ledger(JournalIo),
     /// An ADD job's owner lookup, or a received file's sync and rename.
     Add(AddIo),
-    /// A WORKDIR to create.
-    Mkdir(PathBuf),
+    /// A WORKDIR to bring about.
+    Dir(DirTask),
+    /// One try of a WAIT's URL, each step bounded by `limit`.
+    Url { url: String, limit: Duration },
     /// Find out why the server cannot be reached (for the client, not the
     /// runner: name lookups and connects may block).
     Probe { host: String, port: u16 },
@@ -86,7 +102,8 @@ pub enum IoDone {
     Cache(JournalIoDone),
     Ledger(JournalIoDone),
     Add(AddDone),
-    Mkdir(Result<(), String>),
+    Dir(Result<Report, String>),
+    Url(Result<String, String>),
     /// Why the server cannot be reached.
     Probe(String),
 }
@@ -98,7 +115,8 @@ impl IoTask {
             IoTask::Cache(io) => IoDone::Cache(io.run()),
             IoTask::Ledger(io) => IoDone::Ledger(io.run()),
             IoTask::Add(io) => IoDone::Add(io.run()),
-            IoTask::Mkdir(path) => IoDone::Mkdir(exec::make_dir(&path)),
+            IoTask::Dir(task) => IoDone::Dir(task.run()),
+            IoTask::Url { url, limit } => IoDone::Url(crate::verbs::wait::probe(&url, limit)),
             IoTask::Probe { host, port } => IoDone::Probe(probe(&host, port)),
         }
     }
@@ -151,6 +169,7 @@ enum Work {
     Process {
         stdout_arg: Option<String>,
         timed_out: bool,
+        kind: ProcKind,
     },
     /// A command that failed, waiting for its next attempt (`--retries`).
     Retrying {
@@ -159,13 +178,25 @@ enum Work {
         /// The attempt that failed, kept with the others when the next
         /// starts (or reported, should the client stop first).
         failed: Outcome,
+        kind: ProcKind,
+    },
+    /// A WAIT `--seconds`, until `at`.
+    Sleep { at: Instant, secs: f64 },
+    /// A WAIT `--url`: a try is out on the I/O thread (`at` is `None`),
+    /// or the next is due at `at`.
+    Probe {
+        url: String,
+        left: u32,
+        delay: Duration,
+        tries: u32,
+        at: Option<Instant>,
     },
     /// Boxed: a transfer's state is many times the others'.
     Transfer { add: Box<AddJob> },
     /// A value (ARG, ENV, `--stdout-arg`) staged in the cache; the job
     /// reports once it is on disk.
     Persist { outcome: Outcome, what: String },
-    /// A WORKDIR being created on the I/O thread.
+    /// A WORKDIR being brought about on the I/O thread.
     Mkdir,
     /// A QUERY that reported this node's value and waits for the map of
     /// every target's.
@@ -221,11 +252,19 @@ pub struct Runner {
     stall_armed: bool,
     /// Is a `LedgerCommit` pending?
     commit_armed: bool,
+    /// Where ADD keeps blueprints (and files to diff) by SHA1.
+    store: PathBuf,
 }
 
 impl Runner {
     /// `stall`: how long a transfer may wait for data before it fails.
-    pub fn new(cache: Cache, ledger: Ledger, stall: Duration, node: crate::facts::Node) -> Runner {
+    pub fn new(
+        cache: Cache,
+        ledger: Ledger,
+        stall: Duration,
+        node: crate::facts::Node,
+        store: PathBuf,
+    ) -> Runner {
         Runner {
             node,
             queue: VecDeque::new(),
@@ -239,6 +278,7 @@ impl Runner {
             stall,
             stall_armed: false,
             commit_armed: false,
+            store,
         }
     }
 
@@ -329,7 +369,8 @@ impl Runner {
             return;
         }
         let key = key.clone();
-        let mut outcome = exec::ended(Exit::Code(0));
+        // A QUERY reads: it changes nothing on the node.
+        let mut outcome = exec::ended(Exit::Unchanged);
         // What the job shows: the map, one `node value` line each.
         let mut shown = String::new();
         for (node, value) in &values {
@@ -449,7 +490,7 @@ impl Runner {
             let Some(Queued {
                 job_id,
                 parent,
-                task,
+                mut task,
                 live,
                 ..
             }) = self.queue.pop_front()
@@ -459,6 +500,25 @@ impl Runner {
             if parent.is_some_and(|p| self.failed_parents.contains(&p)) {
                 self.report(job_id, parent, exec::ended(Exit::SkippedAfterFailure), fx);
                 continue;
+            }
+            // A handler runs where one of its jobs changed something, and
+            // then whatever the cache says.
+            if let Some(h) = task
+                .options
+                .handler
+                .as_ref()
+                .filter(|h| !h.onchanges.is_empty())
+            {
+                let fired = h.triggers.iter().any(|t| self.ledger.changed(t));
+                if !fired {
+                    log::info!(
+                        "job {job_id}: not run: none of {} changed anything here",
+                        h.onchanges.join(", ")
+                    );
+                    self.report(job_id, parent, exec::ended(Exit::NoChange), fx);
+                    continue;
+                }
+                task.options.skip_cache = true;
             }
             log::info!(
                 "job {job_id}: starting {} {}",
@@ -472,15 +532,19 @@ impl Runner {
                 &task,
                 &mut self.cache,
                 &self.node,
+                &self.store,
                 crate::clock::now_ms(),
             ) {
                 Started::Done(outcome) => {
                     self.report(job_id, parent, outcome, fx);
                     continue;
                 }
-                Started::Process(mut spawn, on_success) => {
+                Started::Process(mut spawn, kind, on_success) => {
                     spawn.live = live;
-                    let retries = task.options.retries;
+                    let retries = match kind {
+                        ProcKind::Run => task.options.retries,
+                        _ => 0,
+                    };
                     if retries > 0 {
                         retry = Some(Box::new(Retry {
                             spawn: spawn.clone(),
@@ -500,22 +564,77 @@ impl Runner {
                         Work::Process {
                             stdout_arg,
                             timed_out: false,
+                            kind,
                         },
-                        Some(cache_key),
+                        cache_key,
                     )
                 }
-                Started::Transfer(mut add, cache_key) => {
+                Started::Wait(WaitStart::Cmd {
+                    mut spawn,
+                    retry: tries,
+                    delay,
+                }) => {
+                    spawn.live = live;
+                    if tries > 0 {
+                        retry = Some(Box::new(Retry {
+                            spawn: spawn.clone(),
+                            left: tries,
+                            delay,
+                            attempts: Vec::new(),
+                            cap: Attempt::cap(tries as usize),
+                        }));
+                    }
+                    fx.spawn = Some(spawn);
+                    fx.job.push(ClientMsg::Started { job_id });
+                    (
+                        Work::Process {
+                            stdout_arg: None,
+                            timed_out: false,
+                            kind: ProcKind::WaitCmd,
+                        },
+                        None,
+                    )
+                }
+                Started::Wait(WaitStart::Sleep(d)) => {
+                    fx.job.push(ClientMsg::Started { job_id });
+                    fx.timers.push((now + d, RunnerTimer::Wait));
+                    (
+                        Work::Sleep {
+                            at: now + d,
+                            secs: d.as_secs_f64(),
+                        },
+                        None,
+                    )
+                }
+                Started::Wait(WaitStart::Url { url, retry, delay }) => {
+                    fx.job.push(ClientMsg::Started { job_id });
+                    fx.io.push(IoTask::Url {
+                        url: url.clone(),
+                        limit: PROBE_LIMIT,
+                    });
+                    (
+                        Work::Probe {
+                            url,
+                            left: retry,
+                            delay,
+                            tries: 1,
+                            at: None,
+                        },
+                        None,
+                    )
+                }
+                Started::Transfer(mut add) => {
                     fx.job.push(ClientMsg::Started { job_id });
                     self.arm_stall(now + self.stall, fx);
                     if let Some(io) = add.take_io() {
                         fx.io.push(IoTask::Add(io));
                     }
-                    (Work::Transfer { add }, cache_key)
+                    (Work::Transfer { add }, None)
                 }
                 Started::Persist(p) => (Self::persist(p), None),
-                Started::Mkdir(path, key) => {
-                    fx.io.push(IoTask::Mkdir(path));
-                    (Work::Mkdir, Some(key))
+                Started::Dir(dir) => {
+                    fx.io.push(IoTask::Dir(dir));
+                    (Work::Mkdir, None)
                 }
                 Started::Query { key, value } => {
                     fx.job.push(ClientMsg::Started { job_id });
@@ -638,7 +757,7 @@ impl Runner {
                 self.transfer_progress(progress, fx);
             }
             IoDone::Probe(_) => log::error!("a connection probe's answer reached the runner"),
-            IoDone::Mkdir(made) => {
+            IoDone::Dir(made) => {
                 let Some(Running {
                     work: Work::Mkdir, ..
                 }) = self.running
@@ -646,12 +765,63 @@ impl Runner {
                     log::error!("a WORKDIR was created with no WORKDIR job running");
                     return;
                 };
-                let exit = match made {
-                    Ok(()) => Exit::Code(0),
-                    Err(e) => Exit::Error(e),
+                let outcome = match made {
+                    Ok(r) => {
+                        let exit = match (r.changed, r.check) {
+                            (false, _) => Exit::Unchanged,
+                            (true, true) => Exit::WouldChange,
+                            (true, false) => Exit::Code(0),
+                        };
+                        let mut o = exec::ended(exit);
+                        o.stdout = r.text.into_bytes();
+                        o
+                    }
+                    Err(e) => exec::ended(Exit::Error(e)),
                 };
-                self.finish(exec::ended(exit), fx);
+                self.finish(outcome, fx);
                 self.pump_cache(fx);
+            }
+            IoDone::Url(answer) => {
+                let Some(Running {
+                    job_id,
+                    work:
+                        Work::Probe {
+                            url,
+                            left,
+                            delay,
+                            tries,
+                            at,
+                        },
+                    ..
+                }) = self.running.as_mut()
+                else {
+                    return; // the WAIT ended (its timeout) while this try was out
+                };
+                match answer {
+                    Ok(line) => {
+                        let text = format!("{url}: {line} (try {tries})\n");
+                        self.finish(said(Exit::Unchanged, text), fx);
+                        self.pump_cache(fx);
+                    }
+                    Err(e) if *left > 0 => {
+                        log::info!(
+                            "job {job_id}: WAIT try {tries}: {e}; again in {:.1}s",
+                            delay.as_secs_f64()
+                        );
+                        *left -= 1;
+                        let next = Instant::now() + *delay;
+                        *at = Some(next);
+                        fx.timers.push((next, RunnerTimer::Wait));
+                    }
+                    Err(e) => {
+                        let why = match tries {
+                            1 => format!("WAIT --url: no 2xx or 3xx answer: {e}"),
+                            n => format!("WAIT --url: no 2xx or 3xx answer after {n} tries: {e}"),
+                        };
+                        self.finish(exec::ended(Exit::Error(why)), fx);
+                        self.pump_cache(fx);
+                    }
+                }
             }
         }
     }
@@ -697,15 +867,16 @@ impl Runner {
         let Running {
             job_id,
             parent,
+            deadline,
             timeout_secs,
             cache_key,
             work,
             mut retry,
-            ..
         } = r;
         let Work::Process {
             stdout_arg,
             timed_out,
+            kind,
         } = work
         else {
             return;
@@ -767,6 +938,7 @@ impl Runner {
                         at,
                         stdout_arg,
                         failed: outcome,
+                        kind,
                     },
                     retry: Some(r),
                 });
@@ -774,6 +946,60 @@ impl Runner {
             }
             Some(r) => outcome.attempts = r.attempts,
             None => {}
+        }
+        let succeeded = outcome.exit == Exit::Code(0);
+        match kind {
+            ProcKind::Run => {}
+            ProcKind::WaitCmd if succeeded => outcome.exit = Exit::Unchanged,
+            ProcKind::WaitCmd => {}
+            ProcKind::Script { check } => {
+                let marked = crate::verbs::take_mark(&mut outcome.stdout, &job_id);
+                if succeeded {
+                    outcome.exit = match (marked, check) {
+                        (false, _) => Exit::Unchanged,
+                        (true, true) => Exit::WouldChange,
+                        (true, false) => Exit::Code(0),
+                    };
+                }
+            }
+            ProcKind::Guard { then, command } => match (outcome.exit.clone(), then) {
+                (Exit::Code(0), _) => {
+                    outcome.exit = Exit::Unchanged;
+                    outcome.stdout = b"not run: the --unless command succeeded\n".to_vec();
+                    outcome.stderr.clear();
+                }
+                (Exit::Code(code), Some(then)) => {
+                    let code = &code;
+                    // The guard failed: the command runs, within the same
+                    // --timeout.
+                    let (spawn, on_success) = *then;
+                    log::info!("job {job_id}: the --unless command exited {code}; running");
+                    fx.spawn = Some(spawn);
+                    self.running = Some(Running {
+                        job_id,
+                        parent,
+                        deadline,
+                        timeout_secs,
+                        cache_key: on_success.cache_key,
+                        work: Work::Process {
+                            stdout_arg: on_success.stdout_arg,
+                            timed_out: false,
+                            kind: ProcKind::Run,
+                        },
+                        retry: None,
+                    });
+                    return;
+                }
+                (Exit::Code(code), None) => {
+                    outcome.exit = Exit::WouldChange;
+                    outcome.stdout =
+                        format!("would run: {command} (the --unless command exited {code})\n")
+                            .into_bytes();
+                    outcome.stderr.clear();
+                }
+                // Killed, timed out, not started: the job fails.
+                _ => {}
+            },
         }
         self.conclude(job_id, parent, cache_key, outcome, fx);
         self.pump_cache(fx);
@@ -796,17 +1022,15 @@ impl Runner {
         let Some(retry) = r.retry.as_mut() else {
             return;
         };
-        let work = std::mem::replace(
-            &mut r.work,
-            Work::Process {
-                stdout_arg: None,
-                timed_out: false,
-            },
-        );
+        let work = std::mem::replace(&mut r.work, Work::Mkdir);
         let Work::Retrying {
-            stdout_arg, failed, ..
+            stdout_arg,
+            failed,
+            kind,
+            ..
         } = work
         else {
+            r.work = work;
             return;
         };
         retry.attempts.push(Attempt::of(failed, retry.cap));
@@ -818,11 +1042,46 @@ impl Runner {
         r.work = Work::Process {
             stdout_arg,
             timed_out: false,
+            kind,
         };
         fx.spawn = Some(retry.spawn.clone());
         let deadline = now + Duration::from_secs(r.timeout_secs);
         r.deadline = deadline;
         self.arm_timeout(deadline, fx);
+    }
+
+    /// A WAIT's timer: its time is up, or its next try is due.
+    fn wait_due(&mut self, now: Instant, fx: &mut Effects) {
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        match &mut r.work {
+            Work::Sleep { at, secs } if *at <= now => {
+                let text = format!(
+                    "waited {}s\n",
+                    crate::dsl::secs_text((*secs * 1000.0) as u64)
+                );
+                self.finish(said(Exit::Unchanged, text), fx);
+                self.pump_cache(fx);
+            }
+            Work::Probe {
+                url,
+                tries,
+                at: at @ Some(_),
+                ..
+            } if at.is_some_and(|t| t <= now) => {
+                *at = None;
+                *tries += 1;
+                fx.io.push(IoTask::Url {
+                    url: url.clone(),
+                    limit: PROBE_LIMIT,
+                });
+            }
+            // Early (a timer of an earlier job): look again when due.
+            Work::Sleep { at, .. } => fx.timers.push((*at, RunnerTimer::Wait)),
+            Work::Probe { at: Some(at), .. } => fx.timers.push((*at, RunnerTimer::Wait)),
+            _ => {}
+        }
     }
 
     /// A message on the transfer port.
@@ -931,6 +1190,11 @@ impl Runner {
                     | Work::Persist { .. }
                     | Work::Mkdir
                     | Work::Retrying { .. } => {}
+                    Work::Sleep { .. } | Work::Probe { .. } => {
+                        log::warn!("job {job_id}: WAIT timed out after {secs}s");
+                        self.finish(exec::ended(Exit::TimedOut { secs }), fx);
+                        self.pump_cache(fx);
+                    }
                     Work::Query { key, .. } => {
                         log::warn!(
                             "job {job_id}: QUERY {key}: no map from the server within {secs}s"
@@ -977,6 +1241,7 @@ impl Runner {
                 }
             }
             RunnerTimer::Retry => self.retry(now, fx),
+            RunnerTimer::Wait => self.wait_due(now, fx),
             RunnerTimer::LedgerCommit => {
                 self.commit_armed = false;
                 self.ledger.commit();
@@ -1068,6 +1333,13 @@ impl Runner {
             }
             // Reports when the sync or the mkdir is done.
             Work::Persist { .. } | Work::Mkdir => true,
+            Work::Sleep { .. } | Work::Probe { .. } => {
+                let outcome =
+                    exec::ended(Exit::Error("the client was stopped during the WAIT".into()));
+                self.finish(outcome, fx);
+                self.pump_cache(fx);
+                self.io_busy()
+            }
             Work::Query { .. } => {
                 let outcome = exec::ended(Exit::Error(
                     "the client was stopped while the QUERY waited for the other nodes".into(),
@@ -1111,7 +1383,13 @@ mod tests {
             let cache = Cache::open(&dir, Duration::from_secs(3600), 0).unwrap();
             let ledger = Ledger::open(&dir).unwrap();
             Rig {
-                runner: Runner::new(cache, ledger, Duration::from_secs(5), Default::default()),
+                runner: Runner::new(
+                    cache,
+                    ledger,
+                    Duration::from_secs(5),
+                    Default::default(),
+                    std::env::temp_dir(),
+                ),
                 dir,
             }
         }
@@ -1222,20 +1500,20 @@ mod tests {
         let other = Uuid::new_v4();
         // A WORKDIR that cannot be made fails (the I/O thread tries).
         let (bad, fx) = rig.enqueue(Some(run), Verb::Workdir, "/proc/no/such/dir");
-        assert!(matches!(fx.io.as_slice(), [IoTask::Mkdir(_)]));
+        assert!(matches!(fx.io.as_slice(), [IoTask::Dir(_)]));
         assert_eq!(rig.settle_io(fx), vec![(bad, JobState::Failed)]);
         let (skipped, fx) = rig.enqueue(Some(run), Verb::Workdir, "/tmp");
         assert_eq!(finished(&fx), vec![(skipped, JobState::Skipped)]);
         assert!(fx.io.is_empty(), "a skipped step is not tried");
         let (fine, fx) = rig.enqueue(Some(other), Verb::Workdir, "/tmp");
-        assert_eq!(rig.settle_io(fx), vec![(fine, JobState::Succeeded)]);
+        assert_eq!(rig.settle_io(fx), vec![(fine, JobState::Unchanged)]);
     }
 
     #[test]
     fn results_are_held_and_resent_until_acknowledged() {
         let mut rig = Rig::new("resend");
         let (id, fx) = rig.enqueue(None, Verb::Workdir, "/tmp");
-        assert_eq!(rig.settle_io(fx), vec![(id, JobState::Succeeded)]);
+        assert_eq!(rig.settle_io(fx), vec![(id, JobState::Unchanged)]);
         // Not acked: still held (Ready says so) and resent on reconnect.
         assert_eq!(rig.runner.holding(), vec![id]);
         let resend: Vec<ClientMsg> = rig.runner.unacked().collect();
@@ -1283,19 +1561,18 @@ mod tests {
         let journal = rig.dir.join("journal.bin");
         let size = || std::fs::metadata(&journal).unwrap().len();
         let empty = size();
-        // A step that succeeds here: its directory, then its record, are
-        // work for the I/O thread; the loop wrote nothing.
-        let (_, mut fx) = rig.enqueue(None, Verb::Workdir, "/tmp");
-        assert!(matches!(fx.io.as_slice(), [IoTask::Mkdir(_)]));
-        let mut fx = rig.run_io(&mut fx);
+        // A value: its sync is work for the I/O thread; the loop wrote
+        // nothing.
+        let (first, fx) = rig.enqueue(None, Verb::Arg, "k1 v1");
         assert!(matches!(fx.io.as_slice(), [IoTask::Cache(_)]));
         assert_eq!(size(), empty);
+        let mut fx = fx;
         // An ARG while that write is out: its sync waits for it.
         let (a, fx_a) = rig.enqueue(None, Verb::Arg, "k v");
         assert!(fx_a.io.is_empty() && finished(&fx_a).is_empty());
         let mut fx = rig.run_io(&mut fx);
         assert!(size() > empty);
-        assert!(finished(&fx).is_empty());
+        assert_eq!(finished(&fx), vec![(first, JobState::Succeeded)]);
         let fx = rig.run_io(&mut fx);
         assert_eq!(finished(&fx), vec![(a, JobState::Succeeded)]);
         assert!(fx.io.is_empty() && rig.runner.is_idle());
@@ -1495,7 +1772,13 @@ mod tests {
         // the same ledger.
         let cache = Cache::open(&rig.dir, Duration::from_secs(3600), 0).unwrap();
         let ledger = Ledger::open(&rig.dir).unwrap();
-        rig.runner = Runner::new(cache, ledger, Duration::from_secs(5), Default::default());
+        rig.runner = Runner::new(
+            cache,
+            ledger,
+            Duration::from_secs(5),
+            Default::default(),
+            std::env::temp_dir(),
+        );
         let mut held = rig.runner.holding();
         held.sort();
         let mut want = vec![running, queued, ended_id];

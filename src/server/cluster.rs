@@ -973,6 +973,7 @@ impl Cluster {
         if planned.is_empty() {
             return Err("the orchestration has no jobs".into());
         }
+        crate::orchestrate::check_handlers(&blocks)?;
         // What rolls: the whole run (`--batch`), or one block's `batch:`
         // and the blocks after it.
         let rolling_blocks: Vec<(usize, Rolling)> = blocks
@@ -1035,10 +1036,23 @@ impl Cluster {
             None => Vec::new(),
         };
         let mut jobs = Vec::with_capacity(planned.len());
-        for (block, targets, task) in planned {
+        // Handlers: each `onchanges` name becomes the id of its job.
+        let mut named: HashMap<String, Uuid> = HashMap::new();
+        for (block, targets, mut task) in planned {
             let (verb, args, task_sha1) = (task.verb(), task.args_masked(), task.sha1());
+            if let Some(h) = task.options.handler.as_mut() {
+                h.triggers = h
+                    .onchanges
+                    .iter()
+                    .filter_map(|n| named.get(n).copied())
+                    .collect();
+            }
+            let name = task.options.name().map(str::to_owned);
             let job_id =
                 parent_id.map(|p| self.queue_job(task, &targets, Some(p), now, out).job_id);
+            if let (Some(n), Some(id)) = (name, job_id) {
+                named.insert(n, id);
+            }
             jobs.push(PlannedJob {
                 job_id,
                 block,
@@ -1413,6 +1427,7 @@ impl Cluster {
                     submitted_ms: j.submitted_ms,
                     finished_ms: Some(0),
                     states: BTreeMap::new(),
+                    changed: 0,
                 });
                 nodes.push(HashSet::new());
                 runs.len() - 1
@@ -1420,6 +1435,7 @@ impl Cluster {
             let v = j.view();
             let r = &mut runs[i];
             r.jobs += 1;
+            r.changed += v.changed;
             for (s, n) in v.states {
                 *r.states.entry(s).or_insert(0) += n;
             }

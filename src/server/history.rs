@@ -96,6 +96,7 @@ pub enum Record {
 }
 
 mod layout1;
+mod layout7;
 
 /// Layout 2: job options with `--retries`, results with their earlier
 /// attempts (layouts 0, with no header, and 1 had neither). Layout 3 added
@@ -106,19 +107,42 @@ mod layout1;
 /// milliseconds (fractions of a second), where 5 and before kept whole
 /// seconds in the same field. Layout 7 writes a finished part's outcome
 /// last (after its state and times), so that a restart reads its head and
-/// skips its output.
+/// skips its output. Layout 8 has tasks with PACKAGE, SERVICE and WAIT,
+/// RUN's guards, ADD's and WORKDIR's modes, `--check`, `--diff` and
+/// handlers; a task of layout 7 and before is read with `layout7`. Its
+/// `Done` records are as they were in 7 (their new endings and states
+/// come after the old ones).
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 7;
+    const VERSION: u32 = 8;
     fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
         if version <= 1 {
             return crate::journal::decode::<layout1::OldRecord>(body).map(Record::from);
         }
-        if version > 6 {
+        if version > 7 {
             return None;
+        }
+        if body.first() == Some(&SUBMITTED) {
+            let s: layout7::OldSubmitted = crate::journal::decode(body)?;
+            let mut task = Task::from(s.task);
+            // Before 6, `--retry-delay` was whole seconds in the same field.
+            if version <= 5 {
+                let o = &mut task.options;
+                o.retry_delay_ms = o.retry_delay_ms.saturating_mul(1000);
+            }
+            return Some(Record::Submitted {
+                id: s.id,
+                parent: s.parent,
+                task,
+                targets: s.targets,
+                submitted_ms: s.submitted_ms,
+            });
+        }
+        if version == 7 {
+            return crate::journal::decode(body);
         }
         // Before 7 a part's outcome came second; every other record is as
         // it was.
-        let mut rec: Record = match body.first() {
+        let rec: Record = match body.first() {
             Some(&DONE) => {
                 let (_, id, node, p): (u32, Uuid, String, PartRecord6) =
                     crate::journal::decode(body)?;
@@ -137,11 +161,6 @@ impl crate::journal::Layout for Record {
             }
             _ => crate::journal::decode(body)?,
         };
-        // Before 6, `--retry-delay` was whole seconds in the same field.
-        if let (2..=5, Record::Submitted { task, .. }) = (version, &mut rec) {
-            let o = &mut task.options;
-            o.retry_delay_ms = o.retry_delay_ms.saturating_mul(1000);
-        }
         Some(rec)
     }
 }
@@ -149,6 +168,8 @@ impl crate::journal::Layout for Record {
 /// The first byte of a `Done` record: its variant index, as bincode writes
 /// a small one.
 const DONE: u8 = 4;
+/// The first byte of a `Submitted` record.
+const SUBMITTED: u8 = 0;
 
 /// A finished part as layouts 2 to 6 wrote it: the outcome second.
 #[derive(Deserialize)]

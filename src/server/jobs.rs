@@ -291,6 +291,7 @@ impl Part {
             job_id,
             node: node.to_owned(),
             state: self.state(),
+            changed: self.state().changed(),
             exit_code: None,
             signal: None,
             message: None,
@@ -317,6 +318,10 @@ impl Part {
 /// queued) or the node did (already sent): the same words either way.
 pub const SKIPPED_AFTER_FAILURE: &str =
     "not run: an earlier job of this orchestration failed on this node";
+
+/// Why a handler was not run on a node.
+pub const NOT_TRIGGERED: &str =
+    "not run: no job it handles (onchanges) changed anything on this node";
 
 /// Fill `view` from a finished part's outcome and message.
 pub fn fill_view(view: &mut PartView, outcome: Option<&Outcome>, message: Option<String>) {
@@ -361,7 +366,8 @@ fn exit_fields(exit: &Exit) -> (Option<i32>, Option<i32>, Option<String>) {
         Exit::Signal(s) => (None, Some(*s), None),
         e @ (Exit::Error(_) | Exit::TimedOut { .. }) => (None, None, Some(e.to_string())),
         Exit::SkippedAfterFailure => (None, None, Some(SKIPPED_AFTER_FAILURE.into())),
-        Exit::Cached => (None, None, None),
+        Exit::Cached | Exit::Unchanged | Exit::WouldChange => (None, None, None),
+        Exit::NoChange => (None, None, Some(NOT_TRIGGERED.into())),
         Exit::Lost(why) => (None, None, Some(why.clone())),
     }
 }
@@ -369,6 +375,7 @@ fn exit_fields(exit: &Exit) -> (Option<i32>, Option<i32>, Option<String>) {
 /// The view of a finished part from its journal record.
 pub fn view_of_record(view: &mut PartView, r: PartRecord) {
     view.state = r.state;
+    view.changed = r.state.changed();
     fill_view(view, r.outcome.as_ref(), r.message);
     view.sent_ms = r.sent_ms;
     view.rtt_secs = r.rtt_secs;
@@ -540,6 +547,11 @@ impl Job {
             task_sha1: self.sha1_hex(),
             submitted_ms: self.submitted_ms,
             finished_ms,
+            changed: states
+                .iter()
+                .filter(|(s, _)| s.changed())
+                .map(|(_, n)| n)
+                .sum(),
             states,
         }
     }

@@ -678,7 +678,7 @@ impl OutcomeWire {
 }
 
 /// The protocol's header frame.
-pub const HEADER: &[u8] = b"DIR\x06";
+pub const HEADER: &[u8] = b"DIR\x07";
 
 impl WireMsg {
     /// `[header, body]`.

@@ -7,8 +7,9 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::layout7::OldAction;
 use super::{PartRecord, Record, SentTo};
-use crate::dsl::{Action, JobOptions, Task};
+use crate::dsl::{JobOptions, Task};
 use crate::wire::{Exit, JobState, Outcome};
 
 #[derive(Deserialize)]
@@ -67,7 +68,7 @@ pub enum OldRecord {
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 pub struct OldTask {
-    action: Action,
+    action: OldAction,
     options: OldOptions,
 }
 
@@ -113,7 +114,7 @@ impl From<OldTask> for Task {
             timeout_secs,
         } = t.options;
         Task {
-            action: t.action,
+            action: t.action.into(),
             options: JobOptions {
                 skip_cache,
                 run_once,
@@ -224,7 +225,7 @@ mod tests {
                 id,
                 parent: None,
                 task: OldTask {
-                    action: Action::Run {
+                    action: OldAction::Run {
                         command: "echo hi".into(),
                         stdout_arg: None,
                     },
@@ -299,12 +300,25 @@ mod later_layouts {
         let dir = std::env::temp_dir().join(format!("director-layout5-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut task = crate::dsl::Task::parse(crate::dsl::Verb::Run, "--retries 2 make").unwrap();
-        task.options.retry_delay_ms = 7; // as layout 5 wrote 7 seconds
-        let rec = Record::Submitted {
+        use super::super::layout7::{OldOptions, OldSubmitted, OldTask};
+        let rec = OldSubmitted {
+            _variant: 0,
             id: Uuid::new_v4(),
             parent: None,
-            task,
+            task: OldTask {
+                action: OldAction::Run {
+                    command: "make".into(),
+                    stdout_arg: None,
+                },
+                // As layout 5 wrote 7 seconds.
+                options: OldOptions {
+                    skip_cache: false,
+                    run_once: false,
+                    timeout_secs: 600,
+                    retries: 2,
+                    retry_delay_ms: 7,
+                },
+            },
             targets: vec!["n1".into()],
             submitted_ms: 1,
         };
