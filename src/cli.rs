@@ -666,6 +666,12 @@ fn job_flag(name: &str) -> &'static str {
         "stdout-arg" => "--stdout-arg",
         "chown" => "--chown",
         "retries" => "--retries",
+        "chmod" => "--chmod",
+        "creates" => "--creates",
+        "unless" => "--unless",
+        "state" => "--state",
+        "blueprint" => "--blueprint",
+        "daemon-reload" => "--daemon-reload",
         _ => "--retry-delay",
     }
 }

@@ -1165,9 +1165,6 @@ fn exit_text(p: &PartView) -> String {
 /// One node's result as `exec --wait` prints it.
 fn write_part(out: &mut impl Write, p: &PartView) -> io::Result<()> {
     let mut line = format!("{}: {}", p.node, p.state.name());
-    if p.state == JobState::Succeeded {
-        line.push_str(", changed");
-    }
     match (p.exit_code, p.signal) {
         (Some(c), _) => line.push_str(&format!(", exit {c}")),
         (None, Some(sig)) => line.push_str(&format!(", killed by signal {sig}")),

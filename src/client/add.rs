@@ -290,14 +290,27 @@ fn attrs_text(
     differs
 }
 
-/// A diff with this node's ARG values (of 4 characters or more) shown as
-/// `<hidden>`, as every other view of them is: a rendered config file
-/// often holds a password.
+/// A diff with the ARG values that may be secrets shown as `<hidden>`, as
+/// every other view of them is: those of 8 characters or more, and those
+/// of ARGs named like a secret (`password`, `db_pass`, `api_token`,
+/// `secret_key`, ...). A rendered config file often holds a password;
+/// a port or a short word stays readable.
 fn mask(mut text: String, vars: Option<&template::OwnedVars>) -> String {
     let Some(vars) = vars else {
         return text;
     };
-    let mut values: Vec<&String> = vars.args.values().filter(|v| v.len() >= 4).collect();
+    let secret_name = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        ["pass", "secret", "token", "key", "cred"]
+            .iter()
+            .any(|s| k.contains(s))
+    };
+    let mut values: Vec<&String> = vars
+        .args
+        .iter()
+        .filter(|(k, v)| v.len() >= 8 || (secret_name(k) && !v.is_empty()))
+        .map(|(_, v)| v)
+        .collect();
     // Longest first: a value inside another is hidden with it.
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     for v in values {

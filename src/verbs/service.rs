@@ -84,9 +84,11 @@ pub fn parse(flags: Vec<Flag>, rest: &str) -> Result<Service, String> {
                 "stopped" => Running::Stopped,
                 "restarted" => Running::Restarted,
                 "reloaded" => Running::Reloaded,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "SERVICE option --state: '{v}' is not started, stopped, restarted or reloaded"
-                )),
+                ))
+                }
             }),
             ("started", _) => Some(Running::Started),
             ("stopped", _) => Some(Running::Stopped),
