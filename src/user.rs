@@ -977,7 +977,7 @@ fn runs_table(runs: &[RunView]) -> String {
             "JOBS",
             "NODES",
             "PARTS",
-            "CHANGED",
+            "CHG",
             "SUBMITTED (UTC)",
             "FINISHED (UTC)",
         ],
