@@ -965,7 +965,6 @@ fn runs_table(runs: &[RunView]) -> String {
                 r.jobs.to_string(),
                 r.nodes.to_string(),
                 states_brief(&r.states),
-                r.changed.to_string(),
                 format_utc(r.submitted_ms),
                 r.finished_ms.map_or_else(|| "going".into(), format_utc),
             ]
@@ -977,7 +976,6 @@ fn runs_table(runs: &[RunView]) -> String {
             "JOBS",
             "NODES",
             "PARTS",
-            "CHG",
             "SUBMITTED (UTC)",
             "FINISHED (UTC)",
         ],
