@@ -20,6 +20,7 @@ use super::workdir::DirTask;
 use crate::dsl::{hex_sha1, Action, Task};
 use crate::reactor::child::Ended;
 use crate::template;
+use crate::verbs::{package, service};
 use crate::wire::{Exit, JobState, Outcome, QUERY_VALUE_CAP};
 
 /// What to record when a started process succeeds.
@@ -112,8 +113,26 @@ fn vars<'a>(cache: &'a Cache, node: &'a crate::facts::Node) -> template::Vars<'a
     }
 }
 
+/// A verb's script (PACKAGE, SERVICE) to run: never cached, its marker
+/// says what changed.
+fn verb_script(job_id: Uuid, command: String, cache: &Cache, check: bool) -> Started {
+    Started::Process(
+        Spawn {
+            job_id,
+            command,
+            env: cache.env().clone(),
+            live: false,
+        },
+        ProcKind::Script { check },
+        OnSuccess {
+            cache_key: None,
+            stdout_arg: None,
+        },
+    )
+}
+
 /// An outcome saying `text`.
-fn said(exit: Exit, text: String) -> Outcome {
+pub fn said(exit: Exit, text: String) -> Outcome {
     let mut o = ended(exit);
     o.stdout = text.into_bytes();
     o
@@ -280,39 +299,22 @@ pub fn start(
             let manager = node
                 .facts
                 .get("package_manager")
-                .and_then(|m| crate::verbs::package::Manager::from_name(m));
+                .and_then(|m| package::Manager::from_name(m));
             let Some(manager) = manager else {
                 return Started::Done(ended(Exit::Error(
                     "PACKAGE: no package manager on this node (looked for apt-get, dnf, yum, zypper and apk on the client's PATH)".into(),
                 )));
             };
-            Started::Process(
-                Spawn {
-                    job_id,
-                    command: crate::verbs::package::script(p, manager, check, &mark),
-                    env: cache.env().clone(),
-                    live: false,
-                },
-                ProcKind::Script { check },
-                OnSuccess {
-                    cache_key: None,
-                    stdout_arg: None,
-                },
+            verb_script(
+                job_id,
+                package::script(p, manager, check, &mark),
+                cache,
+                check,
             )
         }
-        Action::Service(svc) => Started::Process(
-            Spawn {
-                job_id,
-                command: crate::verbs::service::script(svc, check, &mark),
-                env: cache.env().clone(),
-                live: false,
-            },
-            ProcKind::Script { check },
-            OnSuccess {
-                cache_key: None,
-                stdout_arg: None,
-            },
-        ),
+        Action::Service(svc) => {
+            verb_script(job_id, service::script(svc, check, &mark), cache, check)
+        }
         Action::Wait(w) => {
             use crate::verbs::wait::Until;
             let delay = Duration::from_millis(w.retry_wait_ms);

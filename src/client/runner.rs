@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::Cache;
-use super::exec::{self, OnSuccess, ProcKind, Spawn, Started, WaitStart};
+use super::exec::{self, said, OnSuccess, ProcKind, Spawn, Started, WaitStart};
 use super::ledger::{Known, Ledger, Ticket};
 use super::workdir::{DirTask, Report};
 use crate::dsl::Task;
@@ -52,13 +52,6 @@ pub enum RunnerTimer {
     LedgerCommit,
     /// A WAIT's time is up, or its next try is due.
     Wait,
-}
-
-/// An outcome saying `text`.
-fn said(exit: Exit, text: String) -> Outcome {
-    let mut o = exec::ended(exit);
-    o.stdout = text.into_bytes();
-    o
 }
 
 /// What the loop must do for the runner.
@@ -969,7 +962,6 @@ impl Runner {
                     outcome.stderr.clear();
                 }
                 (Exit::Code(code), Some(then)) => {
-                    let code = &code;
                     // The guard failed: the command runs, within the same
                     // --timeout.
                     let (spawn, on_success) = *then;
