@@ -166,6 +166,25 @@ fn a_managed_file_edited_chmodded_or_deleted_is_restored_then_unchanged_and_a_ch
     let out = add(&["--check"]);
     assert_eq!(out.code, 0, "{out:?}");
 
+    // b's store of blueprints removed (evicted, or by hand): b fetches the
+    // blueprint again, and its file, as it should be, is left alone.
+    let store = c.node_dir("b").join("cache").join("blueprints");
+    assert_eq!(fs::read_dir(&store).unwrap().count(), 1, "one source kept");
+    fs::remove_dir_all(&store).unwrap();
+    let before = fs::metadata(file("b")).unwrap().ino();
+    let out = add(&[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        states(&c, &out),
+        vec![
+            ("a".into(), "unchanged".into(), false),
+            ("b".into(), "unchanged".into(), false)
+        ]
+    );
+    assert_eq!((received(&c, "a"), received(&c, "b")), (sent.0, sent.1 + 1));
+    assert_eq!(fs::metadata(file("b")).unwrap().ino(), before);
+    assert_eq!(fs::read_dir(&store).unwrap().count(), 1, "kept again");
+
     // A plain file too: edited, it is sent again; the list shows changes.
     let plain = c.dir.path.join("motd");
     fs::write(&plain, "hello\n").unwrap();

@@ -28,7 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
@@ -36,6 +36,7 @@ use uuid::Uuid;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
+use super::store;
 use crate::dsl::{dest_is_dir, hex_sha1, Action, SourceFile, Task};
 use crate::ids;
 use crate::template;
@@ -99,6 +100,9 @@ pub enum AddDone {
     Placed(Result<(), String>),
     /// Whether anything changed (or would), and what.
     Converged(Result<(bool, String), String>),
+    /// The stored source is gone (evicted, or removed by hand): fetch it
+    /// again.
+    SourceGone,
 }
 
 /// A file whose wanted content is computed on the node: a blueprint
@@ -139,7 +143,10 @@ impl AddIo {
                 tmp.persist(&target)
                     .map_err(|e| format!("cannot put {} in place: {e}", target.display()))
             })()),
-            AddIo::Converge(c) => AddDone::Converged(c.run()),
+            AddIo::Converge(c) => match File::open(&c.source) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => AddDone::SourceGone,
+                _ => AddDone::Converged(c.run()),
+            },
         }
     }
 }
@@ -161,6 +168,9 @@ impl Converge {
                 "the stored copy of {} was damaged and is removed: run the job again",
                 self.name
             ));
+        }
+        if let Ok(f) = File::open(&self.source) {
+            store::renew(&f, SystemTime::now());
         }
         let wanted = match &self.vars {
             None => source,
@@ -345,6 +355,8 @@ pub struct AddJob {
     diff: bool,
     /// Something changed (or, checking, would).
     changed: bool,
+    /// A source was added to the store (which may now need pruning).
+    stored: bool,
     step: Step,
     /// Work for the I/O thread, for the runner to hand over.
     io: Option<AddIo>,
@@ -404,6 +416,7 @@ impl AddJob {
             check: task.options.check,
             diff: task.options.diff,
             changed: false,
+            stored: false,
             step,
             io,
             report: String::new(),
@@ -428,6 +441,11 @@ impl AddJob {
         self.io.take()
     }
 
+    /// Did it add a source to the store?
+    pub fn stored(&self) -> bool {
+        self.stored
+    }
+
     /// Is it waiting for the I/O thread? (Then it must not be abandoned: the
     /// file may be put in place anyway.)
     pub fn in_io(&self) -> bool {
@@ -445,6 +463,7 @@ impl AddJob {
             AddDone::Resolved(Err(e)) => Err(e),
             AddDone::Placed(Ok(())) if self.via_store() => {
                 // The source is in the store now: on to its file.
+                self.stored = true;
                 self.converge();
                 Ok(())
             }
@@ -466,6 +485,16 @@ impl AddJob {
                 Ok(())
             }
             AddDone::Converged(Err(e)) => Err(e),
+            AddDone::SourceGone => {
+                log::info!(
+                    "job {}: the stored source of {} is gone; fetching it again",
+                    self.job_id,
+                    self.files[self.next].0.path
+                );
+                fs::create_dir_all(&self.store)
+                    .map_err(|e| format!("cannot create {}: {e}", self.store.display()))
+                    .and_then(|()| self.start_receiving(true, out))
+            }
         };
         match result {
             Ok(()) if self.next >= self.files.len() => Progress::Finished(self.done()),
@@ -998,4 +1027,31 @@ fn set_owner_and_mode_path(
 ) -> Result<(), String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     set_owner_and_mode_fd(&file, uid, gid, mode).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_source_gone_before_its_turn_is_fetched_again_not_a_failure() {
+        let dir = std::env::temp_dir().join(format!("director-add-gone-{}", std::process::id()));
+        let c = Converge {
+            source: dir.join("0123456789abcdef0123456789abcdef01234567"),
+            sha1: "0123456789abcdef0123456789abcdef01234567".into(),
+            name: "app.conf.j2".into(),
+            vars: None,
+            target: dir.join("app.conf"),
+            uid: None,
+            gid: None,
+            mode: 0o644,
+            check: false,
+            diff: false,
+        };
+        assert!(matches!(
+            AddIo::Converge(Box::new(c)).run(),
+            AddDone::SourceGone
+        ));
+        assert!(!dir.exists(), "nothing was written");
+    }
 }

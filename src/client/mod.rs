@@ -30,6 +30,7 @@ mod cache;
 mod exec;
 mod ledger;
 mod runner;
+mod store;
 mod workdir;
 
 use std::time::{Duration, Instant};

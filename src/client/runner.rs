@@ -23,6 +23,7 @@ use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::Cache;
 use super::exec::{self, said, OnSuccess, ProcKind, Spawn, Started, WaitStart};
 use super::ledger::{Known, Ledger, Ticket};
+use super::store;
 use super::workdir::{DirTask, Report};
 use crate::dsl::Task;
 use crate::journal::{JournalIo, JournalIoDone};
@@ -88,6 +89,8 @@ pub enum IoTask {
     /// Find out why the server cannot be reached (for the client, not the
     /// runner: name lookups and connects may block).
     Probe { host: String, port: u16 },
+    /// Bound the store of blueprints after a job added to it.
+    PruneStore(PathBuf),
 }
 
 /// What the I/O thread hands back.
@@ -99,6 +102,7 @@ pub enum IoDone {
     Url(Result<String, String>),
     /// Why the server cannot be reached.
     Probe(String),
+    PrunedStore(Result<store::Pruned, String>),
 }
 
 impl IoTask {
@@ -111,6 +115,12 @@ impl IoTask {
             IoTask::Dir(task) => IoDone::Dir(task.run()),
             IoTask::Url { url, limit } => IoDone::Url(crate::verbs::wait::probe(&url, limit)),
             IoTask::Probe { host, port } => IoDone::Probe(probe(&host, port)),
+            IoTask::PruneStore(dir) => IoDone::PrunedStore(store::prune(
+                &dir,
+                store::MAX_BYTES,
+                store::MAX_FILES,
+                std::time::SystemTime::now(),
+            )),
         }
     }
 }
@@ -750,6 +760,16 @@ impl Runner {
                 self.transfer_progress(progress, fx);
             }
             IoDone::Probe(_) => log::error!("a connection probe's answer reached the runner"),
+            IoDone::PrunedStore(Ok(p)) if p.removed > 0 => log::info!(
+                "blueprint store {}: removed {} least recently used ({} bytes); {} kept ({} bytes)",
+                self.store.display(),
+                p.removed,
+                p.freed,
+                p.kept,
+                p.kept_bytes
+            ),
+            IoDone::PrunedStore(Ok(_)) => {}
+            IoDone::PrunedStore(Err(e)) => log::warn!("blueprint store: {e}"),
             IoDone::Dir(made) => {
                 let Some(Running {
                     work: Work::Mkdir, ..
@@ -1119,6 +1139,7 @@ impl Runner {
     }
 
     fn transfer_progress(&mut self, progress: Progress, fx: &mut Effects) {
+        let mut stored = false;
         if let Some(Running {
             work: Work::Transfer { add },
             ..
@@ -1127,8 +1148,12 @@ impl Runner {
             if let Some(io) = add.take_io() {
                 fx.io.push(IoTask::Add(io));
             }
+            stored = add.stored();
         }
         if let Progress::Finished(outcome) = progress {
+            if stored {
+                fx.io.push(IoTask::PruneStore(self.store.clone()));
+            }
             self.finish(outcome, fx);
             self.pump_cache(fx);
         }
