@@ -10,6 +10,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use util::Cluster;
 
@@ -208,6 +209,87 @@ fn a_managed_file_edited_chmodded_or_deleted_is_restored_then_unchanged_and_a_ch
     let listed = c.jobs_json();
     let j = listed.iter().find(|j| j["id"] == id.as_str()).unwrap();
     assert_eq!(j["changed"], 1, "{j}");
+}
+
+#[test]
+fn a_client_killed_in_the_middle_of_a_blueprint_job_leaves_no_partial_file_and_the_next_run_converges(
+) {
+    let mut c = Cluster::start("converge-kill", &["a"], "0.5");
+    let src = c.dir.path.join("tpl");
+    fs::create_dir_all(&src).unwrap();
+    let total = 300;
+    let want = |i: usize| {
+        format!(
+            "file {i}\n{}",
+            "line {{ 6 * 7 }}\n".repeat(20).replace("{{ 6 * 7 }}", "42")
+        )
+    };
+    for i in 0..total {
+        fs::write(
+            src.join(format!("f{i:03}.conf")),
+            format!("file {i}\n{}", "line {{ 6 * 7 }}\n".repeat(20)),
+        )
+        .unwrap();
+    }
+    let job = format!("--blueprint {}/*.conf conf/", src.display());
+    let conf = c.node_dir("a").join("conf");
+    let store = c.node_dir("a").join("cache").join("blueprints");
+    let id = c.submit_verb("ADD", &["a"], &job);
+    util::wait_until("the first files written", Duration::from_secs(60), || {
+        fs::read_dir(&conf).map(|d| d.count()).unwrap_or(0) >= 5
+    });
+    c.client("a").signal(libc::SIGKILL);
+    c.client("a").wait_exit(Duration::from_secs(30));
+    let written = fs::read_dir(&conf).unwrap().count();
+    assert!(
+        written < total,
+        "the kill came after the job ended ({written} files)"
+    );
+    // Every file there is whole: written aside and renamed into place.
+    for e in fs::read_dir(&conf).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        assert!(!name.starts_with(".director-tmp"), "a partial file: {name}");
+        let i: usize = name[1..4].parse().unwrap();
+        assert_eq!(fs::read_to_string(e.path()).unwrap(), want(i), "{name}");
+    }
+    let stored = fs::read_dir(&store).unwrap().count();
+    let fetched = received(&c, "a");
+    c.start_client("a");
+    let info = c.wait_job_done(&id);
+    assert_eq!(info["nodes"][0]["state"], "lost", "{info}");
+    // The next run finishes the work, fetching only what was not kept.
+    let out = c.cli(&["exec", "--verb", "ADD", "--wait", &job]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for i in 0..total {
+        assert_eq!(
+            fs::read_to_string(conf.join(format!("f{i:03}.conf"))).unwrap(),
+            want(i)
+        );
+    }
+    assert_eq!(
+        received(&c, "a") - fetched,
+        total - stored,
+        "what was kept ({stored}) is not fetched again"
+    );
+    // The store holds whole sources only, each named by its SHA1.
+    let mut kept = 0;
+    for e in fs::read_dir(&store).unwrap() {
+        let e = e.unwrap();
+        let sum: String = <sha1::Sha1 as sha1::Digest>::digest(fs::read(e.path()).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(e.file_name().into_string().unwrap(), sum);
+        kept += 1;
+    }
+    assert_eq!(kept, total);
+    let out = c.cli(&["exec", "--verb", "ADD", "--wait", &job]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        states(&c, &out),
+        vec![("a".into(), "unchanged".into(), false)]
+    );
 }
 
 #[test]

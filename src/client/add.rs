@@ -491,9 +491,7 @@ impl AddJob {
                     self.job_id,
                     self.files[self.next].0.path
                 );
-                fs::create_dir_all(&self.store)
-                    .map_err(|e| format!("cannot create {}: {e}", self.store.display()))
-                    .and_then(|()| self.start_receiving(true, out))
+                store::create(&self.store).and_then(|()| self.start_receiving(true, out))
             }
         };
         match result {
@@ -576,9 +574,7 @@ impl AddJob {
                             Ok(())
                         }
                         _ => {
-                            fs::create_dir_all(&self.store).map_err(|e| {
-                                format!("cannot create {}: {e}", self.store.display())
-                            })?;
+                            store::create(&self.store)?;
                             self.start_receiving(true, out)
                         }
                     };
@@ -765,7 +761,7 @@ impl AddJob {
             hasher,
             flow,
             synced,
-            ..
+            to_store,
         } = &mut self.step
         else {
             return Err(format!("unexpected data for file {file}"));
@@ -775,9 +771,17 @@ impl AddJob {
         }
         flow.accept(offset, data.len())?;
         self.last_data = Instant::now();
-        tmp.file
-            .write_all_at(data, offset)
-            .map_err(|e| format!("cannot write {}: {e}", self.files[index].1.display()))?;
+        tmp.file.write_all_at(data, offset).map_err(|e| {
+            if *to_store {
+                format!(
+                    "cannot keep the source of {} in {}: {e}",
+                    self.files[index].0.path,
+                    self.store.display()
+                )
+            } else {
+                format!("cannot write {}: {e}", self.files[index].1.display())
+            }
+        })?;
         hasher.update(data);
         if flow.received() - *synced >= WRITEBACK_EVERY {
             start_writeback(&tmp.file, *synced, flow.received() - *synced);

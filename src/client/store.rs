@@ -45,6 +45,17 @@ pub fn renew(file: &File, now: SystemTime) {
     }
 }
 
+/// Create the store, private as the rest of the cache is: templates can
+/// hold what an operator would not show every local user.
+pub fn create(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
 /// What a pruning did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Pruned {
