@@ -965,8 +965,14 @@ fn runs_table(runs: &[RunView]) -> String {
                 r.jobs.to_string(),
                 r.nodes.to_string(),
                 states_brief(&r.states),
+                r.changed.to_string(),
                 format_utc(r.submitted_ms),
-                r.finished_ms.map_or_else(|| "going".into(), format_utc),
+                // How long, not when: it fits beside CHANGED within 100
+                // columns, and the JSON has the finishing time.
+                r.finished_ms.map_or_else(
+                    || "going".into(),
+                    |f| took(f.saturating_sub(r.submitted_ms)),
+                ),
             ]
         })
         .collect();
@@ -976,11 +982,23 @@ fn runs_table(runs: &[RunView]) -> String {
             "JOBS",
             "NODES",
             "PARTS",
+            "CHANGED",
             "SUBMITTED (UTC)",
-            "FINISHED (UTC)",
+            "TOOK",
         ],
         &rows,
     )
+}
+
+/// A run's length as people read it: `0.8s`, `42s`, `12m05s`, `3h20m`.
+fn took(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=9 => format!("{:.1}s", ms as f64 / 1000.0),
+        10..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
 }
 
 /// A run, with the whole parts (outputs included) of those that failed.
@@ -1235,6 +1253,15 @@ fn write_streams(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_runs_length_reads_as_people_say_it() {
+        let t = super::took;
+        assert_eq!(
+            [t(840), t(9_960), t(42_000), t(725_000), t(12_000_000)],
+            ["0.8s", "10.0s", "42s", "12m05s", "3h20m"]
+        );
+    }
+
     use super::*;
 
     #[test]

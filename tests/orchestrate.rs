@@ -434,6 +434,18 @@ fn a_run_is_looked_up_by_its_id_or_a_prefix_with_its_recap_and_failures() {
     assert!(runs.stdout.contains(&parent[..8]), "{runs:?}");
     assert!(runs.stdout.lines().all(|l| l.len() <= 100), "{runs:?}");
     assert!(runs.stdout.contains("4 succeeded"), "{runs:?}");
+    let header: Vec<&str> = runs
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &header[4..],
+        ["CHANGED", "SUBMITTED", "(UTC)", "TOOK"],
+        "{runs:?}"
+    );
     let jobs = c.cli(&["manage", "--list-jobs"]);
     assert_eq!(jobs.stdout.matches(&parent[..8]).count(), 3, "{jobs:?}");
     // A prefix too short, or that is no id, is refused in one line.
