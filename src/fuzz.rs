@@ -180,6 +180,7 @@ fn server_seeds() -> Vec<Vec<u8>> {
                 seq: 1 << 40,
             },
             live: true,
+            instance: u64::MAX,
         },
         ServerMsg::ResultAck { job_id: id },
         ServerMsg::Chunk {

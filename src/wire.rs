@@ -28,7 +28,7 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 /// 4: `Ready` carries the node's facts and labels. 5: jobs carry
 /// `--retries`, and a result the attempts before its last. 6: a node may
 /// report a job `Lost` (it will not run a job it already had).
-pub const VERSION: u8 = 7;
+pub const VERSION: u8 = 8;
 /// The longest ARG value a QUERY carries: a node with a longer one fails
 /// the QUERY, so that the map sent to every target stays bounded.
 pub const QUERY_VALUE_CAP: usize = 1 << 10;
@@ -398,6 +398,12 @@ pub enum ServerMsg {
         dispatch: Dispatch,
         /// Someone follows it (`--follow`): send its output as it comes.
         live: bool,
+        /// The client process it is for (the `instance` of the Ready the
+        /// server last took from the node). Another process of the node
+        /// that gets it (a restart the server has not heard of yet, on the
+        /// routing id of the old one) does not run it: the server reports
+        /// it lost, since the old process may have.
+        instance: u64,
     },
     /// Job port: the result of this job was recorded.
     ResultAck { job_id: Uuid },
@@ -1416,6 +1422,7 @@ mod tests {
             task,
             dispatch: Dispatch { server: 7, seq: 9 },
             live: false,
+            instance: 11,
         };
         assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
     }

@@ -837,8 +837,7 @@ fn clear_cache_empties_a_nodes_cache_but_leaves_its_files() {
     // The cleared cache stays cleared across a client restart.
     c.client("k1").signal(libc::SIGTERM);
     c.client("k1").wait_exit(DEADLINE);
-    c.start_client("k1");
-    c.wait_nodes(&["k1", "k2"]);
+    c.restart_client_with("k1", &[]);
     let out = c.cli(&["exec", "--verb", "RUN", "--target", "k1", "--wait", step]);
     assert!(
         out.stdout.contains("undefined template variable 'colour'"),

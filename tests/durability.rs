@@ -489,8 +489,7 @@ fn a_full_cache_disk_fails_the_arg_and_keeps_nothing_it_could_not_save() {
     // After a restart the node has what it reported saved, and only that.
     c.client("fc").signal(libc::SIGKILL);
     c.client("fc").wait_exit(DEADLINE);
-    c.start_client("fc");
-    c.wait_nodes(&["fc"]);
+    c.restart_client_with("fc", &[]);
     let out = c.cli(&[
         "exec",
         "--verb",

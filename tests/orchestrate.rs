@@ -147,8 +147,7 @@ fn the_cache_survives_a_client_restart_and_expires() {
     c.client("t1").signal(libc::SIGTERM);
     c.client("t1").wait_exit(DEADLINE);
     // Restart with a 2-second time-to-live: the entry is still fresh.
-    c.start_client_with("t1", &["--cache-ttl", "2"]);
-    c.wait_nodes(&["t1"]);
+    c.restart_client_with("t1", &["--cache-ttl", "2"]);
     let id = c.submit(&["t1"], "echo once >> once.txt");
     assert_eq!(c.wait_job_done(&id)["nodes"][0]["state"], "cached");
     // Once expired it is gone from the disk, and the step runs again.

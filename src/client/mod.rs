@@ -809,12 +809,16 @@ impl Client {
                     task,
                     dispatch,
                     live,
+                    instance,
                 },
                 None,
-            ) => {
+            ) if instance == 0 || instance == self.instance => {
                 self.seen = Some(dispatch);
                 self.runner.enqueue(job_id, parent, task, live, &mut fx);
             }
+            (JOB, ServerMsg::Job { job_id, .. }, None) => log::warn!(
+                "job {job_id} was sent to this node's previous client process, before the server took this one's Ready: not run here (the server reports it lost)"
+            ),
             (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id, &mut fx),
             (JOB, ServerMsg::Follow { job_id }, None) => {
                 self.runner.follow(&job_id);

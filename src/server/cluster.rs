@@ -1124,6 +1124,7 @@ impl Cluster {
                 task: job.task.clone(),
                 dispatch,
                 live: self.live.contains(&job_id),
+                instance: n.instance.unwrap_or(0),
             };
             out.push(Effect::Send {
                 node: node.to_owned(),
@@ -1851,6 +1852,27 @@ mod tests {
             ]
         );
         assert_eq!(state(&c, &id2, "a"), JobState::Sent);
+    }
+
+    #[test]
+    fn a_job_names_the_client_process_it_is_for() {
+        let t0 = Instant::now();
+        let mut c = cluster(&["a"], t0);
+        let mut out = Vec::new();
+        c.ready("a", greet(7, None, &[]), at(t0), &mut out);
+        out.clear();
+        c.submit_now(run("1"), &[], at(t0), &mut out).unwrap();
+        let instances: Vec<u64> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    msg: ServerMsg::Job { instance, .. },
+                    ..
+                } => Some(*instance),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(instances, vec![7]);
     }
 
     #[test]

@@ -358,6 +358,24 @@ impl Cluster {
         self.clients.insert(name.to_owned(), proc);
     }
 
+    /// Start client `name` again (its old process has exited) and wait
+    /// until the server has taken the new process's Ready: until then the
+    /// server may still send jobs to the old one, which it must then
+    /// report lost (it cannot know whether that process ran them).
+    pub fn restart_client_with(&mut self, name: &str, more: &[&str]) {
+        let welcomed = |c: &Cluster| {
+            fs::read_to_string(c.dir.path.join(format!("client-{name}.log")))
+                .unwrap_or_default()
+                .matches(&format!(" as {name}\n"))
+                .count()
+        };
+        let before = welcomed(self);
+        self.start_client_with(name, more);
+        wait_until(&format!("{name} welcomed again"), DEADLINE, || {
+            welcomed(self) > before
+        });
+    }
+
     /// The working directory of node `name`'s commands.
     pub fn node_dir(&self, name: &str) -> PathBuf {
         self.dir.path.join(format!("node-{name}"))
@@ -678,7 +696,7 @@ impl OutcomeWire {
 }
 
 /// The protocol's header frame.
-pub const HEADER: &[u8] = b"DIR\x07";
+pub const HEADER: &[u8] = b"DIR\x08";
 
 impl WireMsg {
     /// `[header, body]`.
