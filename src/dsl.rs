@@ -215,6 +215,10 @@ pub enum Action {
     Run {
         command: String,
         stdout_arg: Option<String>,
+        /// `--stderr-arg NAME`: its stderr, trimmed, kept as that ARG
+        /// (boxed: rare, and every retained job would pay for it).
+        #[allow(clippy::box_collection)]
+        stderr_arg: Option<Box<String>>,
         /// Boxed: few RUNs have one, and every retained job would pay for
         /// its size.
         guard: Option<Box<Guard>>,
@@ -229,6 +233,10 @@ pub enum Action {
         path: String,
         chown: Option<String>,
         mode: Option<u32>,
+        /// `--stdout-arg NAME`: the directory's path kept as that ARG
+        /// (boxed: rare, and every retained job would pay for it).
+        #[allow(clippy::box_collection)]
+        stdout_arg: Option<Box<String>>,
     },
     /// `ADD [--chown USER[:GROUP]] SRC... DEST`. Boxed: the largest
     /// action by far, and every retained job would pay for its size.
@@ -253,11 +261,13 @@ impl std::fmt::Debug for Action {
             Action::Run {
                 command,
                 stdout_arg,
+                stderr_arg,
                 guard,
             } => f
                 .debug_struct("Run")
                 .field("command", command)
                 .field("stdout_arg", stdout_arg)
+                .field("stderr_arg", stderr_arg)
                 .field("guard", guard)
                 .finish(),
             Action::Arg { key, .. } => f
@@ -270,11 +280,17 @@ impl std::fmt::Debug for Action {
                 .field("key", key)
                 .field("value", &HIDDEN)
                 .finish(),
-            Action::Workdir { path, chown, mode } => f
+            Action::Workdir {
+                path,
+                chown,
+                mode,
+                stdout_arg,
+            } => f
                 .debug_struct("Workdir")
                 .field("path", path)
                 .field("chown", chown)
                 .field("mode", mode)
+                .field("stdout_arg", stdout_arg)
                 .finish(),
             Action::Add(add) => f.debug_tuple("Add").field(add).finish(),
             Action::Query { key } => f.debug_struct("Query").field("key", key).finish(),
@@ -456,6 +472,10 @@ impl Task {
                 if let Some(v) = &stdout_arg {
                     check_name(v, "--stdout-arg name")?;
                 }
+                let stderr_arg = flag(&flags, "stderr-arg");
+                if let Some(v) = &stderr_arg {
+                    check_name(v, "--stderr-arg name")?;
+                }
                 let creates = flag(&flags, "creates");
                 if let Some(c) = &creates {
                     if c.trim().is_empty() {
@@ -473,6 +493,7 @@ impl Task {
                 Action::Run {
                     command: rest.to_owned(),
                     stdout_arg,
+                    stderr_arg: stderr_arg.map(Box::new),
                     guard: (creates.is_some() || unless.is_some())
                         .then(|| Box::new(Guard { creates, unless })),
                 }
@@ -516,10 +537,15 @@ impl Task {
                     return Err("WORKDIR needs a path".into());
                 }
                 crate::template::check(rest).map_err(|e| format!("WORKDIR path: {e}"))?;
+                let stdout_arg = flag(&flags, "stdout-arg");
+                if let Some(v) = &stdout_arg {
+                    check_name(v, "--stdout-arg name")?;
+                }
                 Action::Workdir {
                     path: rest.to_owned(),
                     chown,
                     mode,
+                    stdout_arg: stdout_arg.map(Box::new),
                 }
             }
             Verb::Add | Verb::Copy => {
@@ -605,6 +631,7 @@ impl Task {
             Action::Run {
                 command,
                 stdout_arg,
+                stderr_arg,
                 guard,
             } => {
                 let (creates, unless) = guard
@@ -612,6 +639,9 @@ impl Task {
                     .map_or((None, None), |g| (g.creates.as_ref(), g.unless.as_ref()));
                 if let Some(name) = stdout_arg {
                     out.push(format!("--stdout-arg {name}"));
+                }
+                if let Some(name) = stderr_arg {
+                    out.push(format!("--stderr-arg {name}"));
                 }
                 if let Some(c) = creates {
                     out.push(format!("--creates {}", quote_value(c)));
@@ -627,9 +657,17 @@ impl Task {
             Action::Arg { key, value } | Action::Env { key, value } => {
                 out.push(format!("{key} {value}"))
             }
-            Action::Workdir { path, chown, mode } => {
+            Action::Workdir {
+                path,
+                chown,
+                mode,
+                stdout_arg,
+            } => {
                 if let Some(c) = chown {
                     out.push(format!("--chown {}", quote_value(c)));
+                }
+                if let Some(name) = stdout_arg {
+                    out.push(format!("--stdout-arg {name}"));
                 }
                 if let Some(m) = mode {
                     out.push(format!("--chmod {m:04o}"));
@@ -684,13 +722,18 @@ impl Task {
             Action::Run {
                 command,
                 stdout_arg,
+                stderr_arg,
                 guard,
             } => {
                 let (creates, unless) = guard
                     .as_ref()
                     .map_or((None, None), |g| (g.creates.as_ref(), g.unless.as_ref()));
-                // Guards joined later: a RUN without them keeps its SHA1.
+                // Guards and --stderr-arg joined later: a RUN without them
+                // keeps its SHA1.
                 let mut guards = String::new();
+                if let Some(e) = stderr_arg {
+                    guards.push_str(&format!("stderr_arg={e}\0"));
+                }
                 if let Some(c) = creates {
                     guards.push_str(&format!("creates={c}\0"));
                 }
@@ -703,10 +746,18 @@ impl Task {
                 )
             }
             Action::Arg { key, value } | Action::Env { key, value } => format!("{key}\0{value}"),
-            Action::Workdir { path, chown, mode } => {
+            Action::Workdir {
+                path,
+                chown,
+                mode,
+                stdout_arg,
+            } => {
                 let mut s = path.clone();
                 if let Some(c) = chown {
                     s.push_str(&format!("\0chown={c}"));
+                }
+                if let Some(a) = stdout_arg {
+                    s.push_str(&format!("\0stdout_arg={a}"));
                 }
                 if let Some(m) = mode {
                     s.push_str(&format!("\0mode={m:o}"));
@@ -780,9 +831,14 @@ use crate::verbs::Flag;
 /// The options only `verb` takes: name, and whether a value follows.
 fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
     match verb {
-        Verb::Run => &[("stdout-arg", true), ("creates", true), ("unless", true)],
+        Verb::Run => &[
+            ("stdout-arg", true),
+            ("stderr-arg", true),
+            ("creates", true),
+            ("unless", true),
+        ],
         Verb::Add | Verb::Copy => &[("chown", true), ("chmod", true), ("blueprint", false)],
-        Verb::Workdir => &[("chown", true), ("chmod", true)],
+        Verb::Workdir => &[("chown", true), ("chmod", true), ("stdout-arg", true)],
         Verb::Package | Verb::Dnf => crate::verbs::package::OPTIONS,
         Verb::Service => crate::verbs::service::OPTIONS,
         Verb::Wait => crate::verbs::wait::OPTIONS,
@@ -844,7 +900,7 @@ fn take_value(s: &str) -> Result<(String, &str), String> {
 }
 
 /// A value as `take_value` reads it back.
-fn quote_value(v: &str) -> String {
+pub fn quote_value(v: &str) -> String {
     let plain = !v.is_empty() && !v.contains(char::is_whitespace) && !v.starts_with(['\'', '"']);
     if plain {
         v.to_owned()
@@ -1077,6 +1133,7 @@ mod tests {
         assert_eq!(
             t.action,
             Action::Run {
+                stderr_arg: None,
                 command: "echo  'a  b' --x".into(),
                 stdout_arg: Some("out".into()),
                 guard: None,
@@ -1087,6 +1144,7 @@ mod tests {
         assert_eq!(
             t.action,
             Action::Run {
+                stderr_arg: None,
                 command: "--not-an-option".into(),
                 stdout_arg: None,
                 guard: None,
@@ -1109,7 +1167,10 @@ mod tests {
             .unwrap_err()
             .contains("not a valid name"));
         let e = Task::parse(Verb::Arg, "--stdout-arg x k v").unwrap_err();
-        assert_eq!(e, "option --stdout-arg does not apply to ARG (only to RUN)");
+        assert_eq!(
+            e,
+            "option --stdout-arg does not apply to ARG (only to RUN and WORKDIR)"
+        );
         assert_eq!(
             Task::parse(Verb::Arg, "onlykey").unwrap_err(),
             "ARG needs KEY VALUE"
@@ -1189,6 +1250,7 @@ mod tests {
         assert_eq!(
             t.action,
             Action::Workdir {
+                stdout_arg: None,
                 path: "/srv/{{ app }}/data".into(),
                 chown: None,
                 mode: None,

@@ -212,10 +212,10 @@ fn request_seeds() -> Vec<Vec<u8>> {
         },
         Request::Orchestrate {
             blocks: vec![Block {
-                targets: vec!["web*".into()],
-                tasks: vec![run.clone(), run],
-                rolling: None,
-                origin: String::new(),
+                name: Some("web".into()),
+                assign: vec![None, Some(wire::Assigned(vec!["db1".into()]))],
+                concurrent: true,
+                ..Block::of(vec!["web*".into()], vec![run.clone(), run])
             }],
             exclude: vec!["role=db".into()],
             rolling: Some(wire::Rolling {

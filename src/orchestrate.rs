@@ -31,8 +31,17 @@ pub struct Selection {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileBlock {
+    /// Shown with its jobs (Directord's orchestration name).
+    #[serde(default)]
+    name: Option<Scalar>,
     #[serde(default)]
     targets: Option<Vec<String>>,
+    /// Directord's spelling of targets, which it overrides.
+    #[serde(default)]
+    assign: Option<Vec<String>>,
+    /// A bool, or a bool-like string as Python's strtobool reads it.
+    #[serde(default, rename = "async")]
+    concurrent: Option<Scalar>,
     /// `N` or `N%`: roll this block (and the rest of the run) over its
     /// nodes, as `--batch` does for a whole run.
     #[serde(default)]
@@ -42,8 +51,9 @@ struct FileBlock {
     jobs: Vec<FileJob>,
 }
 
-/// One `- VERB: args` entry, parsed as a task while its position is known.
-struct FileJob(Task);
+/// One `- VERB: args` entry, parsed as a task while its position is known,
+/// with its own `assign:` targets if it has them.
+struct FileJob(Task, Option<Vec<String>>);
 
 impl<'de> Deserialize<'de> for FileJob {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FileJob, D::Error> {
@@ -66,8 +76,25 @@ impl<'de> Visitor<'de> for JobVisitor {
         let mut job: Option<(Verb, String)> = None;
         let mut name = None;
         let mut onchanges = Vec::new();
+        let mut vars = String::new();
+        let mut assign = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
+                "vars" => {
+                    vars = vars_as_options(map.next_value::<serde_yaml::Mapping>()?)
+                        .map_err(de::Error::custom)?
+                }
+                "assign" => {
+                    let a = map.next_value::<Vec<String>>().map_err(|_| {
+                        de::Error::custom("assign is a list of targets: `assign: [web1, web2]`")
+                    })?;
+                    if a.is_empty() || a.iter().any(|p| p.trim().is_empty()) {
+                        return Err(de::Error::custom(
+                            "assign is empty or holds an empty pattern: give node names, globs or KEY=VALUE (leave assign out for the block's targets)",
+                        ));
+                    }
+                    assign = Some(a);
+                }
                 "name" => {
                     let n = map.next_value::<Scalar>()?.0;
                     if n.trim().is_empty() {
@@ -85,7 +112,9 @@ impl<'de> Visitor<'de> for JobVisitor {
                 }
                 verb => {
                     let verb: Verb = verb.parse().map_err(|e: String| {
-                        de::Error::custom(format!("{e} (a job's other fields: name, onchanges)"))
+                        de::Error::custom(format!(
+                            "{e} (a job's other fields: name, vars, assign, onchanges)"
+                        ))
                     })?;
                     let args = map.next_value::<Scalar>()?.0;
                     if let Some((other, _)) = &job {
@@ -102,6 +131,11 @@ impl<'de> Visitor<'de> for JobVisitor {
                 "a job without a verb: {JOB_SHAPE}"
             )));
         };
+        let args = if vars.is_empty() {
+            args
+        } else {
+            format!("{vars} {args}")
+        };
         let mut task = Task::parse(verb, &args).map_err(de::Error::custom)?;
         if name.is_some() || !onchanges.is_empty() {
             task.options.handler = Some(Box::new(crate::dsl::Handler {
@@ -110,7 +144,45 @@ impl<'de> Visitor<'de> for JobVisitor {
                 triggers: Vec::new(),
             }));
         }
-        Ok(FileJob(task))
+        Ok(FileJob(task, assign))
+    }
+}
+
+/// A job's `vars:` as the options they stand for, to go before its
+/// arguments: `stdout_arg: out` is `--stdout-arg out`, `skip_cache: true`
+/// is `--skip-cache` (false: left out).
+fn vars_as_options(vars: serde_yaml::Mapping) -> Result<String, String> {
+    use serde_yaml::Value;
+    let mut out = Vec::new();
+    for (k, v) in vars {
+        let Some(key) = k.as_str() else {
+            return Err(format!("vars: a key is not a name: {k:?}"));
+        };
+        let flag = format!("--{}", key.replace('_', "-"));
+        let text = match v {
+            Value::Bool(true) => {
+                out.push(flag);
+                continue;
+            }
+            Value::Bool(false) | Value::Null => continue,
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            _ => return Err(format!(
+                "vars: {key} is a list or map; an option's value is a string, a number or a bool"
+            )),
+        };
+        out.push(format!("{flag} {}", crate::dsl::quote_value(&text)));
+    }
+    Ok(out.join(" "))
+}
+
+/// `async:` as Directord reads it: a bool, or a string Python's
+/// `strtobool` takes.
+fn bool_like(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "y" | "yes" | "t" | "true" | "on" | "1" => Some(true),
+        "n" | "no" | "f" | "false" | "off" | "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -241,9 +313,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
                 }
                 (None, None) => None,
             };
+            let name = match b.name {
+                Some(n) if n.0.trim().is_empty() => {
+                    return Err(err(format!("block {}: name is empty", i + 1)))
+                }
+                n => n.map(|n| n.0),
+            };
+            let concurrent = match b.concurrent {
+                None => false,
+                Some(v) => bool_like(&v.0).ok_or_else(|| {
+                    err(format!(
+                        "block {}: async: '{}' is not a bool (true, false, yes, no, on, off, 1, 0)",
+                        i + 1,
+                        v.0
+                    ))
+                })?,
+            };
+            if b.assign.as_ref().is_some_and(|a| a.is_empty()) {
+                return Err(err(format!(
+                    "block {}: assign is an empty list: leave it out to use targets",
+                    i + 1
+                )));
+            }
+            // Directord's order: a block's assign before its targets.
+            let targets = b.assign.or(b.targets);
             // An empty list or pattern (a template or variable that came
             // out empty) would mean every node: refused.
-            match &b.targets {
+            match &targets {
                 Some(t) if t.is_empty() => {
                     return Err(err(format!(
                         "block {}: targets is an empty list: leave targets out to mean every node online",
@@ -258,11 +354,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Block>, String> {
                 }
                 _ => {}
             }
+            let assign: Vec<Option<crate::wire::Assigned>> = b
+                .jobs
+                .iter()
+                .map(|j| j.1.clone().map(crate::wire::Assigned))
+                .collect();
             Ok(Block {
-                targets: b.targets.unwrap_or_default(),
+                targets: targets.unwrap_or_default(),
                 tasks: b.jobs.into_iter().map(|j| j.0).collect(),
                 rolling,
                 origin: format!("{}, block {}", path.display(), i + 1),
+                name,
+                assign: if assign.iter().any(Option::is_some) {
+                    assign
+                } else {
+                    Vec::new()
+                },
+                concurrent,
             })
         })
         .collect()
@@ -276,10 +384,15 @@ pub fn load(files: &[PathBuf], sel: &Selection) -> Result<Vec<Block>, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read orchestration file {}: {e}", path.display()))?;
         let mut parsed = parse(path, &text)?;
-        // ADD sources are found and hashed here, on the server's machine.
+        // ADD sources are found and hashed here, on the server's machine;
+        // a relative one beside the file, as Directord's files expect.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         for (b, block) in parsed.iter_mut().enumerate() {
             for (j, task) in block.tasks.iter_mut().enumerate() {
-                crate::sources::resolve(task).map_err(|e| {
+                crate::sources::resolve_in(task, Some(base)).map_err(|e| {
                     format!(
                         "orchestration file {}: block {}, job {}: {e}",
                         path.display(),
@@ -295,25 +408,33 @@ pub fn load(files: &[PathBuf], sel: &Selection) -> Result<Vec<Block>, String> {
     select(blocks, sel)
 }
 
-/// Every `onchanges` names an earlier job of the run, and no two jobs
-/// share a name.
+/// Every `onchanges` names exactly one earlier job of the run. (Names
+/// may repeat, as Directord allows, as long as no handler names one that
+/// does.)
 pub fn check_handlers(blocks: &[Block]) -> Result<(), String> {
-    let mut names = std::collections::HashSet::new();
+    let mut names: std::collections::HashMap<&str, u32> = Default::default();
     for (i, b) in blocks.iter().enumerate() {
         for (j, t) in b.tasks.iter().enumerate() {
             let at = || format!("{}, job {}", b.label(i), j + 1);
             for n in t.options.onchanges() {
-                if !names.contains(n.as_str()) {
-                    return Err(format!(
-                        "{}: onchanges names '{n}', which no earlier job of the run has as its name",
-                        at()
-                    ));
+                match names.get(n.as_str()) {
+                    Some(1) => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "{}: onchanges names '{n}', which more than one earlier job has as its name: give them names of their own",
+                            at()
+                        ))
+                    }
+                    None => {
+                        return Err(format!(
+                            "{}: onchanges names '{n}', which no earlier job of the run has as its name",
+                            at()
+                        ))
+                    }
                 }
             }
             if let Some(n) = t.options.name() {
-                if !names.insert(n) {
-                    return Err(format!("{}: two jobs of the run are named '{n}'", at()));
-                }
+                *names.entry(n).or_default() += 1;
             }
         }
     }
@@ -349,7 +470,19 @@ pub fn select(mut blocks: Vec<Block>, sel: &Selection) -> Result<Vec<Block>, Str
     }
     for b in &mut blocks {
         if !sel.targets.is_empty() {
+            // The operator's --target wins over assign and targets.
             b.targets = sel.targets.clone();
+            b.assign.clear();
+        }
+        if !b.assign.is_empty() {
+            let assign = std::mem::take(&mut b.assign);
+            b.assign = b
+                .tasks
+                .iter()
+                .zip(assign)
+                .filter(|(t, _)| wanted(t))
+                .map(|(_, a)| a)
+                .collect();
         }
         b.tasks.retain(|t| wanted(t));
         for t in &mut b.tasks {
@@ -406,6 +539,7 @@ mod tests {
         assert_eq!(
             blocks[0].tasks[0].action,
             Action::Workdir {
+                stdout_arg: None,
                 path: "/home/centos/.ssh".into(),
                 chown: None,
                 mode: None,
@@ -480,6 +614,91 @@ mod tests {
         assert!(select(blocks, &sel)
             .unwrap_err()
             .contains("expected a task SHA1"));
+    }
+
+    #[test]
+    fn directords_block_and_job_fields() {
+        let text = "
+- name: Functional test parent
+  async: 'True'
+  targets: [all-of-them]
+  assign: [n1, n2]
+  jobs:
+  - RUN: echo hello world 3
+    name: Job name test
+    vars:
+      stdout_arg: test_stdout_arg2
+      stderr_arg: err2
+      timeout: 30
+      skip_cache: true
+      run_once: false
+  - RUN: echo only on n3
+    assign: [n3]
+- async: off
+  jobs:
+  - ECHO: hi
+";
+        let text = text.replace("ECHO: hi", "RUN: echo hi");
+        let blocks = p(&text).unwrap();
+        let b = &blocks[0];
+        assert_eq!(b.name.as_deref(), Some("Functional test parent"));
+        assert!(b.concurrent && !blocks[1].concurrent);
+        assert_eq!(b.targets, ["n1", "n2"], "assign before targets");
+        assert_eq!(b.job_targets(0), ["n1", "n2"]);
+        assert_eq!(
+            b.job_targets(1),
+            ["n3"],
+            "a job's assign before the block's"
+        );
+        let t = &b.tasks[0];
+        assert_eq!(t.options.name(), Some("Job name test"));
+        assert!(t.options.skip_cache && !t.options.run_once);
+        let Action::Run { stdout_arg, .. } = &t.action else {
+            panic!("{t:?}")
+        };
+        assert_eq!(stdout_arg.as_deref(), Some("test_stdout_arg2"));
+        assert_eq!(
+            t.args(),
+            "--skip-cache --timeout 30 --stdout-arg test_stdout_arg2 --stderr-arg err2 echo hello world 3"
+        );
+        // --target wins over assign; --restrict keeps each job's assign.
+        let sel = Selection {
+            targets: vec!["only".into()],
+            ..Selection::default()
+        };
+        let out = select(blocks.clone(), &sel).unwrap();
+        assert_eq!(out[0].job_targets(1), ["only"]);
+        let sel = Selection {
+            restrict: vec![b.tasks[1].sha1()[..8].into()],
+            ..Selection::default()
+        };
+        let out = select(blocks, &sel).unwrap();
+        assert_eq!(out[0].tasks.len(), 1);
+        assert_eq!(out[0].job_targets(0), ["n3"]);
+        // Slips.
+        let e = p("- async: maybe\n  jobs: [{RUN: x}]\n").unwrap_err();
+        assert!(e.contains("async: 'maybe' is not a bool"), "{e}");
+        let e = p("- assign: []\n  jobs: [{RUN: x}]\n").unwrap_err();
+        assert!(e.contains("assign is an empty list"), "{e}");
+        let e = p("- jobs:\n  - RUN: x\n    assign: n1\n").unwrap_err();
+        assert!(e.contains("assign is a list of targets"), "{e}");
+        let e = p("- jobs:\n  - RUN: x\n    vars: {stdout_arg: [a]}\n").unwrap_err();
+        assert!(e.contains("vars: stdout_arg is a list or map"), "{e}");
+        let e = p("- jobs:\n  - RUN: x\n    vars: {colour: red}\n").unwrap_err();
+        assert!(e.contains("--colour"), "{e}");
+    }
+
+    #[test]
+    fn names_may_repeat_unless_a_handler_names_one() {
+        let ok = "- jobs:\n  - RUN: a\n    name: x\n  - RUN: b\n    name: x\n";
+        assert!(load_text(ok).is_ok());
+        let bad = format!("{ok}  - RUN: c\n    onchanges: [x]\n");
+        let e = load_text(&bad).unwrap_err();
+        assert!(e.contains("more than one earlier job"), "{e}");
+    }
+
+    fn load_text(text: &str) -> Result<(), String> {
+        check_handlers(&p(text)?)
     }
 
     #[test]

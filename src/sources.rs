@@ -15,6 +15,14 @@ use crate::dsl::{dest_is_dir, Action, Add, SourceFile, Task};
 
 /// Fill in the files of an ADD task; other tasks are left as they are.
 pub fn resolve(task: &mut Task) -> Result<(), String> {
+    resolve_in(task, None)
+}
+
+/// As `resolve`, with relative sources found under `base` (an
+/// orchestration file's directory) instead of the working directory. The
+/// sources stay as written: the task's SHA1 does not depend on where the
+/// file lies.
+pub fn resolve_in(task: &mut Task, base: Option<&Path>) -> Result<(), String> {
     let Action::Add(add) = &mut task.action else {
         return Ok(());
     };
@@ -26,7 +34,13 @@ pub fn resolve(task: &mut Task) -> Result<(), String> {
     } = &mut **add;
     files.clear();
     for pattern in sources.iter() {
-        for path in expand(pattern)? {
+        let pattern = match base {
+            Some(dir) if Path::new(pattern).is_relative() => {
+                dir.join(pattern).to_string_lossy().into_owned()
+            }
+            _ => pattern.clone(),
+        };
+        for path in expand(&pattern)? {
             files.push(describe(&path)?);
         }
     }

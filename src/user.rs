@@ -533,13 +533,12 @@ fn local_plan(blocks: &[wire::Block]) -> Plan {
         .iter()
         .enumerate()
         .flat_map(|(i, b)| {
-            b.tasks.iter().map(move |t| PlannedJob {
+            b.tasks.iter().enumerate().map(move |(j, t)| PlannedJob {
                 job_id: None,
                 block: i,
-                targets: if b.targets.is_empty() {
-                    vec!["(every node)".into()]
-                } else {
-                    b.targets.clone()
+                targets: match b.job_targets(j) {
+                    [] => vec!["(every node)".into()],
+                    t => t.to_vec(),
                 },
                 verb: t.verb(),
                 args: t.args_masked(),

@@ -967,9 +967,44 @@ pub struct Block {
     /// Where it was written (`site.yml, block 2`), for messages; empty if
     /// nowhere.
     pub origin: String,
+    /// `name:`, shown with its jobs.
+    pub name: Option<String>,
+    /// A job's own `assign:` targets, replacing the block's: one entry per
+    /// task, or none at all when no job has any.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub assign: Vec<Option<Assigned>>,
+    /// `async:` this block's jobs go on each node alongside those of the
+    /// run's other async blocks (each block's own jobs still in order).
+    pub concurrent: bool,
 }
 
+/// A job's `assign:` targets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assigned(#[serde(deserialize_with = "cautious_seq")] pub Vec<String>);
+
 impl Block {
+    /// A block of `tasks` for `targets`, nothing else set.
+    #[cfg(test)]
+    pub fn of(targets: Vec<String>, tasks: Vec<Task>) -> Block {
+        Block {
+            targets,
+            tasks,
+            rolling: None,
+            origin: String::new(),
+            name: None,
+            assign: Vec::new(),
+            concurrent: false,
+        }
+    }
+
+    /// The targets of its job `j`: its own `assign`, or the block's.
+    pub fn job_targets(&self, j: usize) -> &[String] {
+        self.assign
+            .get(j)
+            .and_then(|a| a.as_ref())
+            .map_or(&self.targets, |a| &a.0)
+    }
+
     /// The block in messages: where it was written, or its place in the
     /// run (`i` from 0).
     pub fn label(&self, i: usize) -> String {

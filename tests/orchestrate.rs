@@ -388,12 +388,17 @@ fn exec_runs_every_verb_and_names_undefined_variables() {
         out.stderr.contains("--stdout-arg does not apply to ARG"),
         "{out:?}"
     );
-    let out = c.cli(&["exec", "--verb", "WORKDIR", "--wait", "--stdout-arg x /tmp"]);
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("--stdout-arg does not apply to WORKDIR"),
-        "{out:?}"
+    // WORKDIR --stdout-arg keeps the path (rendered) as an ARG; RUN
+    // --stderr-arg keeps what the command said on stderr.
+    let out = run("WORKDIR", "--stdout-arg wrkdir {{ 'made' }}/w");
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = run("RUN", "--stderr-arg said echo {{ wrkdir }} >&2");
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = run("RUN", "echo '{{ said }}' > said.txt");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(c.node_dir("v").join("said.txt")).unwrap(),
+        "made/w\n"
     );
 }
 

@@ -27,7 +27,15 @@ use crate::wire::{Exit, JobState, Outcome, QUERY_VALUE_CAP};
 pub struct OnSuccess {
     /// `None` with `--check`: nothing is recorded.
     pub cache_key: Option<String>,
-    pub stdout_arg: Option<String>,
+    pub capture: Capture,
+}
+
+/// The ARGs a succeeded command's output is kept as (`--stdout-arg`,
+/// `--stderr-arg`).
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
 }
 
 /// A command for the client loop to start: `/bin/sh -c COMMAND` with `env`.
@@ -126,7 +134,7 @@ fn verb_script(job_id: Uuid, command: String, cache: &Cache, check: bool) -> Sta
         ProcKind::Script { check },
         OnSuccess {
             cache_key: None,
-            stdout_arg: None,
+            capture: Capture::default(),
         },
     )
 }
@@ -205,7 +213,12 @@ pub fn start(
                 },
             }
         }
-        Action::Workdir { path, chown, mode } => {
+        Action::Workdir {
+            path,
+            chown,
+            mode,
+            stdout_arg,
+        } => {
             let path = match template::render(path, &vars(cache, node)) {
                 Ok(p) => p,
                 Err(e) => return Started::Done(ended(Exit::Error(format!("WORKDIR path: {e}")))),
@@ -215,6 +228,7 @@ pub fn start(
                 chown: chown.clone(),
                 mode: *mode,
                 check,
+                stdout_arg: stdout_arg.as_deref().cloned(),
             })
         }
         // Never skipped by the cache: every run checks every file.
@@ -225,6 +239,7 @@ pub fn start(
         Action::Run {
             command,
             stdout_arg,
+            stderr_arg,
             guard,
         } => {
             let (creates, unless) = guard
@@ -269,7 +284,10 @@ pub fn start(
             };
             let on_success = OnSuccess {
                 cache_key: (!check).then_some(key),
-                stdout_arg: stdout_arg.clone(),
+                capture: Capture {
+                    stdout: stdout_arg.clone(),
+                    stderr: stderr_arg.as_deref().cloned(),
+                },
             };
             let then = (!check).then(|| Box::new((spawn(command.clone()), on_success)));
             match guard {
@@ -281,7 +299,7 @@ pub fn start(
                     },
                     OnSuccess {
                         cache_key: None,
-                        stdout_arg: None,
+                        capture: Capture::default(),
                     },
                 ),
                 None => match then {
@@ -355,11 +373,11 @@ pub fn start(
     }
 }
 
-/// The report for a reaped process; with `--stdout-arg` on success, the
-/// value to sync first.
+/// The report for a reaped process; with `--stdout-arg` or
+/// `--stderr-arg` on success, the values to sync first.
 pub fn finish(
     ended: Ended,
-    stdout_arg: Option<&str>,
+    capture: &Capture,
     timed_out: Option<u64>,
     cache: &mut Cache,
 ) -> Result<Outcome, Box<Persist>> {
@@ -367,20 +385,24 @@ pub fn finish(
         Some(secs) => Exit::TimedOut { secs },
         None => ended.exit,
     };
-    let staged = match (exit.state(), stdout_arg) {
-        (JobState::Succeeded, Some(name)) => {
-            if ended.out.dropped > 0 {
+    let mut staged = Vec::new();
+    if exit.state() == JobState::Succeeded {
+        for (name, flag, stream) in [
+            (&capture.stdout, "--stdout-arg", &ended.out),
+            (&capture.stderr, "--stderr-arg", &ended.err),
+        ] {
+            let Some(name) = name else { continue };
+            if stream.dropped > 0 {
                 log::warn!(
-                    "--stdout-arg {name}: the output was cut at {} bytes",
-                    ended.out.bytes.len()
+                    "{flag} {name}: the output was cut at {} bytes",
+                    stream.bytes.len()
                 );
             }
-            let text = String::from_utf8_lossy(&ended.out.bytes);
+            let text = String::from_utf8_lossy(&stream.bytes);
             cache.stage_arg(name, text.trim_end_matches(['\n', '\r']));
-            Some(name)
+            staged.push(format!("{flag} {name}"));
         }
-        _ => None,
-    };
+    }
     let outcome = Outcome {
         exit,
         stdout: ended.out.bytes,
@@ -390,15 +412,15 @@ pub fn finish(
         exec_secs: ended.exec_secs,
         attempts: Vec::new(),
     };
-    match staged {
-        // A value the next steps cannot count on fails the job: it is
-        // reported once it is on disk.
-        Some(name) => Err(Box::new(Persist {
-            outcome,
-            what: format!("the command succeeded, but --stdout-arg {name}"),
-        })),
-        None => Ok(outcome),
+    if staged.is_empty() {
+        return Ok(outcome);
     }
+    // A value the next steps cannot count on fails the job: it is
+    // reported once it is on disk.
+    Err(Box::new(Persist {
+        outcome,
+        what: format!("the command succeeded, but {}", staged.join(" and ")),
+    }))
 }
 
 /// An outcome without a process (or output).

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::Cache;
-use super::exec::{self, said, OnSuccess, ProcKind, Spawn, Started, WaitStart};
+use super::exec::{self, said, Capture, OnSuccess, ProcKind, Spawn, Started, WaitStart};
 use super::ledger::{Known, Ledger, Ticket};
 use super::store;
 use super::workdir::{DirTask, Report};
@@ -170,14 +170,14 @@ struct Queued {
 enum Work {
     /// A command the loop runs for us.
     Process {
-        stdout_arg: Option<String>,
+        capture: Capture,
         timed_out: bool,
         kind: ProcKind,
     },
     /// A command that failed, waiting for its next attempt (`--retries`).
     Retrying {
         at: Instant,
-        stdout_arg: Option<String>,
+        capture: Capture,
         /// The attempt that failed, kept with the others when the next
         /// starts (or reported, should the client stop first).
         failed: Outcome,
@@ -199,8 +199,11 @@ enum Work {
     /// A value (ARG, ENV, `--stdout-arg`) staged in the cache; the job
     /// reports once it is on disk.
     Persist { outcome: Outcome, what: String },
-    /// A WORKDIR being brought about on the I/O thread.
-    Mkdir,
+    /// A WORKDIR being brought about on the I/O thread; with
+    /// `--stdout-arg`, the ARG's name and the path to keep in it.
+    Mkdir {
+        stdout_arg: Option<(String, String)>,
+    },
     /// A QUERY that reported this node's value and waits for the map of
     /// every target's.
     Query { key: String, value: Option<String> },
@@ -559,13 +562,10 @@ impl Runner {
                     }
                     fx.spawn = Some(spawn);
                     fx.job.push(ClientMsg::Started { job_id });
-                    let OnSuccess {
-                        cache_key,
-                        stdout_arg,
-                    } = on_success;
+                    let OnSuccess { cache_key, capture } = on_success;
                     (
                         Work::Process {
-                            stdout_arg,
+                            capture,
                             timed_out: false,
                             kind,
                         },
@@ -591,7 +591,7 @@ impl Runner {
                     fx.job.push(ClientMsg::Started { job_id });
                     (
                         Work::Process {
-                            stdout_arg: None,
+                            capture: Capture::default(),
                             timed_out: false,
                             kind: ProcKind::WaitCmd,
                         },
@@ -635,9 +635,13 @@ impl Runner {
                     (Work::Transfer { add }, None)
                 }
                 Started::Persist(p) => (Self::persist(p), None),
-                Started::Dir(dir) => {
+                Started::Dir(mut dir) => {
+                    let stdout_arg = dir
+                        .stdout_arg
+                        .take()
+                        .map(|name| (name, dir.path.display().to_string()));
                     fx.io.push(IoTask::Dir(dir));
-                    (Work::Mkdir, None)
+                    (Work::Mkdir { stdout_arg }, None)
                 }
                 Started::Query { key, value } => {
                     fx.job.push(ClientMsg::Started { job_id });
@@ -772,12 +776,14 @@ impl Runner {
             IoDone::PrunedStore(Err(e)) => log::warn!("blueprint store: {e}"),
             IoDone::Dir(made) => {
                 let Some(Running {
-                    work: Work::Mkdir, ..
-                }) = self.running
+                    work: Work::Mkdir { stdout_arg },
+                    ..
+                }) = self.running.as_mut()
                 else {
                     log::error!("a WORKDIR was created with no WORKDIR job running");
                     return;
                 };
+                let stdout_arg = stdout_arg.take();
                 let outcome = match made {
                     Ok(r) => {
                         let exit = match (r.changed, r.check) {
@@ -791,7 +797,21 @@ impl Runner {
                     }
                     Err(e) => exec::ended(Exit::Error(e)),
                 };
-                self.finish(outcome, fx);
+                match stdout_arg {
+                    // Reported once the ARG is on disk.
+                    Some((name, path))
+                        if outcome.exit.state().is_ok() && outcome.exit != Exit::WouldChange =>
+                    {
+                        self.cache.stage_arg(&name, &path);
+                        if let Some(r) = self.running.as_mut() {
+                            r.work = Self::persist(exec::Persist {
+                                outcome,
+                                what: format!("the directory is there, but --stdout-arg {name}"),
+                            });
+                        }
+                    }
+                    _ => self.finish(outcome, fx),
+                }
                 self.pump_cache(fx);
             }
             IoDone::Url(answer) => {
@@ -887,7 +907,7 @@ impl Runner {
             mut retry,
         } = r;
         let Work::Process {
-            stdout_arg,
+            capture,
             timed_out,
             kind,
         } = work
@@ -897,7 +917,7 @@ impl Runner {
         let timed_out = timed_out.then_some(timeout_secs);
         let mut outcome = match ended {
             Ok(ended) => {
-                match exec::finish(ended, stdout_arg.as_deref(), timed_out, &mut self.cache) {
+                match exec::finish(ended, &capture, timed_out, &mut self.cache) {
                     Ok(outcome) => outcome,
                     // Reported once the value is on disk.
                     Err(mut p) => {
@@ -949,7 +969,7 @@ impl Runner {
                     cache_key,
                     work: Work::Retrying {
                         at,
-                        stdout_arg,
+                        capture,
                         failed: outcome,
                         kind,
                     },
@@ -994,7 +1014,7 @@ impl Runner {
                         timeout_secs,
                         cache_key: on_success.cache_key,
                         work: Work::Process {
-                            stdout_arg: on_success.stdout_arg,
+                            capture: on_success.capture,
                             timed_out: false,
                             kind: ProcKind::Run,
                         },
@@ -1034,9 +1054,9 @@ impl Runner {
         let Some(retry) = r.retry.as_mut() else {
             return;
         };
-        let work = std::mem::replace(&mut r.work, Work::Mkdir);
+        let work = std::mem::replace(&mut r.work, Work::Mkdir { stdout_arg: None });
         let Work::Retrying {
-            stdout_arg,
+            capture,
             failed,
             kind,
             ..
@@ -1052,7 +1072,7 @@ impl Runner {
             retry.attempts.len() + 1
         );
         r.work = Work::Process {
-            stdout_arg,
+            capture,
             timed_out: false,
             kind,
         };
@@ -1205,7 +1225,7 @@ impl Runner {
                     // when done. A retry has its own timeout.
                     Work::Process { .. }
                     | Work::Persist { .. }
-                    | Work::Mkdir
+                    | Work::Mkdir { .. }
                     | Work::Retrying { .. } => {}
                     Work::Sleep { .. } | Work::Probe { .. } => {
                         log::warn!("job {job_id}: WAIT timed out after {secs}s");
@@ -1349,7 +1369,7 @@ impl Runner {
                 self.io_busy()
             }
             // Reports when the sync or the mkdir is done.
-            Work::Persist { .. } | Work::Mkdir => true,
+            Work::Persist { .. } | Work::Mkdir { .. } => true,
             Work::Sleep { .. } | Work::Probe { .. } => {
                 let outcome =
                     exec::ended(Exit::Error("the client was stopped during the WAIT".into()));

@@ -12,6 +12,9 @@ pub struct DirTask {
     pub chown: Option<String>,
     pub mode: Option<u32>,
     pub check: bool,
+    /// `--stdout-arg NAME`: keep the path as that ARG (the runner takes
+    /// it before the task goes to the I/O thread).
+    pub stdout_arg: Option<String>,
 }
 
 /// What was done (or, checking, would be): whether anything changed, and
@@ -99,6 +102,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
         let path = base.join("a/b");
         let task = |check| DirTask {
+            stdout_arg: None,
             path: path.clone(),
             chown: None,
             mode: Some(0o750),
@@ -129,6 +133,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o700);
         std::fs::write(base.join("f"), "").unwrap();
         let e = DirTask {
+            stdout_arg: None,
             path: base.join("f"),
             chown: None,
             mode: None,

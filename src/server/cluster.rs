@@ -960,9 +960,9 @@ impl Cluster {
         let mut planned = Vec::new();
         let mut offline = Vec::new();
         for (i, block) in blocks.iter().enumerate() {
-            for task in &block.tasks {
+            for (j, task) in block.tasks.iter().enumerate() {
                 let resolved = self
-                    .resolve(task, &block.targets, exclude)
+                    .resolve(task, block.job_targets(j), exclude)
                     .map_err(|e| format!("{}: {e}", block.label(i)))?;
                 offline.extend(resolved.offline);
                 planned.push((i, resolved.targets, task.clone()));
@@ -1948,12 +1948,7 @@ mod tests {
 
     /// A block of `tasks` for `targets` (empty: every node), not rolling.
     fn block(targets: &[&str], tasks: Vec<Task>) -> Block {
-        Block {
-            targets: targets.iter().map(|t| t.to_string()).collect(),
-            tasks,
-            rolling: None,
-            origin: String::new(),
-        }
+        Block::of(targets.iter().map(|t| t.to_string()).collect(), tasks)
     }
 
     fn cluster(nodes: &[&str], t0: Instant) -> Cluster {

@@ -97,6 +97,7 @@ pub enum Record {
 
 mod layout1;
 mod layout7;
+mod layout8;
 
 /// Layout 2: job options with `--retries`, results with their earlier
 /// attempts (layouts 0, with no header, and 1 had neither). Layout 3 added
@@ -111,14 +112,29 @@ mod layout7;
 /// RUN's guards, ADD's and WORKDIR's modes, `--check`, `--diff` and
 /// handlers; a task of layout 7 and before is read with `layout7`. Its
 /// `Done` records are as they were in 7 (their new endings and states
-/// come after the old ones).
+/// come after the old ones). Layout 9 has RUN's `--stderr-arg` and
+/// WORKDIR's `--stdout-arg`; a task of layout 8 is read with `layout8`,
+/// and its other records are as they are.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 8;
+    const VERSION: u32 = 9;
     fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
         if version <= 1 {
             return crate::journal::decode::<layout1::OldRecord>(body).map(Record::from);
         }
-        if version > 7 {
+        if version == 8 {
+            if body.first() == Some(&SUBMITTED) {
+                let s: layout8::OldSubmitted = crate::journal::decode(body)?;
+                return Some(Record::Submitted {
+                    id: s.id,
+                    parent: s.parent,
+                    targets: s.targets.clone(),
+                    submitted_ms: s.submitted_ms,
+                    task: s.task(),
+                });
+            }
+            return crate::journal::decode(body);
+        }
+        if version > 8 {
             return None;
         }
         if body.first() == Some(&SUBMITTED) {

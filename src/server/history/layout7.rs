@@ -47,6 +47,7 @@ impl From<OldAction> for Action {
             } => Action::Run {
                 command,
                 stdout_arg,
+                stderr_arg: None,
                 guard: None,
             },
             OldAction::Arg { key, value } => Action::Arg { key, value },
@@ -55,6 +56,7 @@ impl From<OldAction> for Action {
                 path,
                 chown: None,
                 mode: None,
+                stdout_arg: None,
             },
             OldAction::Add {
                 chown,
