@@ -167,9 +167,11 @@ fn vars_as_options(vars: serde_yaml::Mapping) -> Result<String, String> {
             Value::Bool(false) | Value::Null => continue,
             Value::String(s) => s,
             Value::Number(n) => n.to_string(),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "vars: {key} is a list or map; an option's value is a string, a number or a bool"
-            )),
+            ))
+            }
         };
         out.push(format!("{flag} {}", crate::dsl::quote_value(&text)));
     }

@@ -322,7 +322,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
             }
             Err(e) => return Err(e),
         };
-        out.write_all(plan_table(&plan).as_bytes())
+        out.write_all(plan_table(&plan, &blocks).as_bytes())
             .map_err(out_err)?;
         out.write_all(batches_text(&plan).as_bytes())
             .map_err(out_err)?;
@@ -343,7 +343,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         crate::dsl::count(plan.jobs.len(), "job")
     )
     .map_err(out_err)?;
-    out.write_all(plan_table(&plan).as_bytes())
+    out.write_all(plan_table(&plan, &blocks).as_bytes())
         .map_err(out_err)?;
     out.write_all(batches_text(&plan).as_bytes())
         .map_err(out_err)?;
@@ -564,23 +564,42 @@ fn batches_text(plan: &Plan) -> String {
         .collect()
 }
 
-fn plan_table(plan: &Plan) -> String {
+/// The plan's jobs, a row each; `blocks` (as the files say, in the plan's
+/// order) give the block and job names.
+fn plan_table(plan: &Plan, blocks: &[wire::Block]) -> String {
+    let job_names: Vec<Option<&str>> = blocks
+        .iter()
+        .flat_map(|b| b.tasks.iter().map(|t| t.options.name()))
+        .collect();
+    let named = job_names.len() == plan.jobs.len() && job_names.iter().any(Option::is_some);
     let rows: Vec<Vec<String>> = plan
         .jobs
         .iter()
-        .map(|j| {
-            let mut row = vec![
-                (j.block + 1).to_string(),
+        .enumerate()
+        .map(|(i, j)| {
+            let block = match blocks.get(j.block).and_then(|b| b.name.as_deref()) {
+                Some(name) => format!("{} {}", j.block + 1, shorten(name, 24)),
+                None => (j.block + 1).to_string(),
+            };
+            let mut row = vec![block];
+            if named {
+                row.push(shorten(job_names[i].unwrap_or("-"), 24));
+            }
+            row.extend([
                 j.targets.join(","),
                 j.verb.to_string(),
                 shorten(&j.args, 48),
                 j.task_sha1.clone(),
-            ];
+            ]);
             row.extend(j.job_id.map(|id| id.to_string()));
             row
         })
         .collect();
-    let mut headers = vec!["BLOCK", "TARGETS", "VERB", "ARGS", "TASK SHA1"];
+    let mut headers = vec!["BLOCK"];
+    if named {
+        headers.push("NAME");
+    }
+    headers.extend(["TARGETS", "VERB", "ARGS", "TASK SHA1"]);
     if plan.parent_id.is_some() {
         headers.push("JOB ID");
     }
