@@ -772,6 +772,8 @@ every run, whatever the node's cache says):
   WAIT --seconds N | --url http://... | --cmd COMMAND
                        wait, or until the URL answers 2xx/3xx or COMMAND exits 0, tried
                        --retry N more times (default 30) --retry-wait SECS apart (default 1)
+  ECHO TEXT            print TEXT (a template): it is the job's output
+  CACHEEVICT PART      forget the node's args, envs, query, jobs (steps remembered) or all
 ";
 
 const EXEC_HELP: &str = "\
@@ -780,7 +782,8 @@ director exec — submit one job
 Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATTERN]...
                                 [--wait [--follow]] 'ARGS'
 
-  --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE (DNF), SERVICE or WAIT
+  --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE (DNF), SERVICE, WAIT,
+                   ECHO or CACHEEVICT
   --target PATTERN the nodes to run on (default: every connected node): a node name, a
                    glob on names (web*, db-[12]), or KEY=VALUE on a label or fact
                    (role=web, os_id=debian; VALUE may be a glob); repeat, or separate

@@ -61,6 +61,22 @@ pub enum Verb {
     /// Wait some seconds, for a URL to answer, or for a command to succeed.
     #[serde(rename = "WAIT")]
     Wait,
+    /// Print a text (Directord's test verb).
+    #[serde(rename = "ECHO")]
+    Echo,
+    /// Forget a part of the node's cache, or all of it (Directord's).
+    #[serde(rename = "CACHEEVICT")]
+    CacheEvict,
+}
+
+/// A part of a node's cache, as Directord's CACHEEVICT names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CachePart {
+    Args,
+    Envs,
+    Query,
+    /// The steps remembered as done.
+    Jobs,
 }
 
 impl Verb {
@@ -77,6 +93,8 @@ impl Verb {
         Verb::Dnf,
         Verb::Service,
         Verb::Wait,
+        Verb::Echo,
+        Verb::CacheEvict,
     ];
 
     /// The verb as users write it.
@@ -94,6 +112,8 @@ impl Verb {
             Verb::Dnf => "DNF",
             Verb::Service => "SERVICE",
             Verb::Wait => "WAIT",
+            Verb::Echo => "ECHO",
+            Verb::CacheEvict => "CACHEEVICT",
         }
     }
 }
@@ -253,6 +273,10 @@ pub enum Action {
     Service(Box<crate::verbs::service::Service>),
     /// `WAIT --seconds N | --url URL | --cmd COMMAND`.
     Wait(Box<crate::verbs::wait::Wait>),
+    /// `ECHO TEXT`: the text (rendered) is its output.
+    Echo { text: String },
+    /// `CACHEEVICT args|envs|query|jobs|all`; `None`: all.
+    CacheEvict { part: Option<CachePart> },
 }
 
 impl std::fmt::Debug for Action {
@@ -298,6 +322,10 @@ impl std::fmt::Debug for Action {
             Action::Package(p) => f.debug_tuple("Package").field(p).finish(),
             Action::Service(v) => f.debug_tuple("Service").field(v).finish(),
             Action::Wait(w) => f.debug_tuple("Wait").field(w).finish(),
+            Action::Echo { text } => f.debug_struct("Echo").field("text", text).finish(),
+            Action::CacheEvict { part } => {
+                f.debug_struct("CacheEvict").field("part", part).finish()
+            }
         }
     }
 }
@@ -498,6 +526,27 @@ impl Task {
                         .then(|| Box::new(Guard { creates, unless })),
                 }
             }
+            Verb::Echo => {
+                crate::template::check(rest).map_err(|e| format!("ECHO text: {e}"))?;
+                Action::Echo {
+                    text: rest.to_owned(),
+                }
+            }
+            Verb::CacheEvict => {
+                let part = match rest.to_ascii_lowercase().as_str() {
+                    "all" => None,
+                    "args" => Some(CachePart::Args),
+                    "envs" => Some(CachePart::Envs),
+                    "query" => Some(CachePart::Query),
+                    "jobs" => Some(CachePart::Jobs),
+                    _ => {
+                        return Err(format!(
+                            "CACHEEVICT needs one of args, envs, query, jobs or all, not '{rest}'"
+                        ))
+                    }
+                };
+                Action::CacheEvict { part }
+            }
             Verb::Arg | Verb::Env => {
                 let (key, value) = split_word(rest);
                 if key.is_empty() || value.is_empty() {
@@ -592,6 +641,8 @@ impl Task {
             Action::Package(_) => Verb::Package,
             Action::Service(_) => Verb::Service,
             Action::Wait(_) => Verb::Wait,
+            Action::Echo { .. } => Verb::Echo,
+            Action::CacheEvict { .. } => Verb::CacheEvict,
         }
     }
 
@@ -679,6 +730,8 @@ impl Task {
             Action::Package(p) => out.push(p.args()),
             Action::Service(v) => out.push(v.args()),
             Action::Wait(w) => out.push(w.args()),
+            Action::Echo { text } => out.push(text.clone()),
+            Action::CacheEvict { part } => out.push(cache_part_name(*part).into()),
             Action::Add(add) => {
                 let Add {
                     chown,
@@ -769,6 +822,8 @@ impl Task {
             Action::Package(p) => p.args(),
             Action::Service(v) => v.args(),
             Action::Wait(w) => w.args(),
+            Action::Echo { text } => text.clone(),
+            Action::CacheEvict { part } => cache_part_name(*part).into(),
             // What lands on the node: names, contents and modes, not where
             // the sources sat on the server's machine.
             Action::Add(add) => {
@@ -828,6 +883,17 @@ impl Task {
 
 use crate::verbs::Flag;
 
+/// CACHEEVICT's word for a part of the cache.
+fn cache_part_name(part: Option<CachePart>) -> &'static str {
+    match part {
+        None => "all",
+        Some(CachePart::Args) => "args",
+        Some(CachePart::Envs) => "envs",
+        Some(CachePart::Query) => "query",
+        Some(CachePart::Jobs) => "jobs",
+    }
+}
+
 /// The options only `verb` takes: name, and whether a value follows.
 fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
     match verb {
@@ -842,7 +908,9 @@ fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
         Verb::Package | Verb::Dnf => crate::verbs::package::OPTIONS,
         Verb::Service => crate::verbs::service::OPTIONS,
         Verb::Wait => crate::verbs::wait::OPTIONS,
-        Verb::Arg | Verb::Env | Verb::Query | Verb::ClearCache => &[],
+        Verb::Arg | Verb::Env | Verb::Query | Verb::ClearCache | Verb::Echo | Verb::CacheEvict => {
+            &[]
+        }
     }
 }
 
@@ -1070,7 +1138,7 @@ mod tests {
         assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT, ECHO, CACHEEVICT)"
         );
     }
 

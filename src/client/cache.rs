@@ -51,12 +51,14 @@ enum Record {
     },
     /// Everything before is forgotten (`manage --clear-cache`).
     Clear,
+    /// One part of it is forgotten (CACHEEVICT).
+    Evict(crate::dsl::CachePart),
 }
 
-/// Layout 2 added `Query` records, layout 3 `Clear`; those before them
-/// encode as they did.
+/// Layout 2 added `Query` records, layout 3 `Clear`, layout 4 `Evict`;
+/// those before them encode as they did.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     fn upgrade(_: u32, body: &[u8]) -> Option<Self> {
         crate::journal::decode(body)
     }
@@ -151,6 +153,15 @@ impl Cache {
                 self.queries.clear();
                 self.done.clear();
             }
+            Record::Evict(part) => {
+                use crate::dsl::CachePart;
+                match part {
+                    CachePart::Args => self.args.clear(),
+                    CachePart::Envs => self.env.clear(),
+                    CachePart::Query => self.queries.clear(),
+                    CachePart::Jobs => self.done.clear(),
+                }
+            }
         }
     }
 
@@ -237,6 +248,23 @@ impl Cache {
     pub fn stage_clear(&mut self) {
         self.compact_wanted = true;
         self.stage(Record::Clear);
+    }
+
+    /// Forgetting one part, on its way to disk, like `stage_clear`.
+    pub fn stage_evict(&mut self, part: crate::dsl::CachePart) {
+        self.compact_wanted = true;
+        self.stage(Record::Evict(part));
+    }
+
+    /// How many entries a part holds.
+    pub fn count(&self, part: crate::dsl::CachePart) -> usize {
+        use crate::dsl::CachePart;
+        match part {
+            CachePart::Args => self.args.len(),
+            CachePart::Envs => self.env.len(),
+            CachePart::Query => self.queries.len(),
+            CachePart::Jobs => self.done.len(),
+        }
     }
 
     /// A QUERY's map on its way to disk, like `stage_arg`.

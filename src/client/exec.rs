@@ -200,6 +200,46 @@ pub fn start(
                 what: "clearing the cache".into(),
             })
         }
+        Action::Echo { text } => match template::render(text, &vars(cache, node)) {
+            Ok(t) => Started::Done(said(Exit::Unchanged, format!("{t}\n"))),
+            Err(e) => Started::Done(ended(Exit::Error(format!("ECHO text: {e}")))),
+        },
+        Action::CacheEvict { part } => {
+            let (n, what) = match part {
+                None => {
+                    let s = cache.summary();
+                    (
+                        s.args.len() + s.env.len() + s.queries.len() + s.steps as usize,
+                        "entries (all)",
+                    )
+                }
+                Some(p) => (
+                    cache.count(*p),
+                    match p {
+                        crate::dsl::CachePart::Args => "ARGs",
+                        crate::dsl::CachePart::Envs => "ENV values",
+                        crate::dsl::CachePart::Query => "QUERY maps",
+                        crate::dsl::CachePart::Jobs => "steps remembered",
+                    },
+                ),
+            };
+            if n == 0 {
+                return Started::Done(said(Exit::Unchanged, format!("no {what} to evict\n")));
+            }
+            if check {
+                return Started::Done(said(Exit::WouldChange, format!("would evict {n} {what}\n")));
+            }
+            match part {
+                None => cache.stage_clear(),
+                Some(p) => cache.stage_evict(*p),
+            }
+            let mut outcome = ended(Exit::Code(0));
+            outcome.stdout = format!("evicted {n} {what}\n").into_bytes();
+            Started::Persist(Persist {
+                outcome,
+                what: "evicting from the cache".into(),
+            })
+        }
         Action::Query { key } => {
             let value = cache.args().get(key).cloned();
             match value {

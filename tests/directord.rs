@@ -1,0 +1,130 @@
+//! End-to-end tests of Directord's orchestration forms: block and job
+//! names, `assign`, `vars`, `async`, paths beside the file, `--stderr-arg`,
+//! WORKDIR `--stdout-arg`, ECHO and CACHEEVICT. Real server and clients on
+//! loopback; results checked on the nodes' disks.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use util::Cluster;
+
+const SITE: &str = r#"# Directord's shapes, as its functional tests write them.
+---
+- name: Functional test parent
+  jobs:
+  - RUN: echo named job > named.txt
+    name: Job name test
+
+- async: 'True'
+  assign: [d1]
+  targets: [d2]
+  jobs:
+  - RUN: echo hello world 3
+    vars:
+      stdout_arg: out3
+  - RUN: ls /nonexist || true
+    vars:
+      stderr_arg: err2
+      skip_cache: true
+  - WORKDIR: --stdout-arg wrkdir sub
+  - COPY: --chmod=0640 files/test-cache.yaml {{ wrkdir }}/test-cache.yaml
+  - ADD: --blueprint files/test.j2 {{ wrkdir }}/rendered
+  - RUN: echo only on d2 > only.txt
+    assign: [d2]
+  - ECHO: "said {{ out3 }}"
+    name: echo it
+  - CACHEEVICT: args
+  - RUN: >-
+      echo "{% if out3 is defined %}kept{% else %}gone{% endif %}" > evicted.txt
+"#;
+
+#[test]
+fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_relative_files() {
+    let c = Cluster::start("directord-forms", &["d1", "d2"], "0.5");
+    // The file and its files/ in a directory of their own, away from the
+    // CLI's working directory: relative sources are found beside the file.
+    let site = c.dir.path.join("orchestrations");
+    fs::create_dir_all(site.join("files")).unwrap();
+    fs::write(site.join("files/test-cache.yaml"), "test_array_args: [1]\n").unwrap();
+    fs::write(
+        site.join("files/test.j2"),
+        "out={{ out3 }}\nerr={{ err2 }}\n",
+    )
+    .unwrap();
+    let file = site.join("functional.yaml");
+    fs::write(&file, SITE).unwrap();
+
+    let dry = c.cli(&["orchestrate", "--dry-run", file.to_str().unwrap()]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains("1 Functional test parent") && dry.stdout.contains("Job name test"),
+        "{}",
+        dry.stdout
+    );
+
+    let out = c.cli(&["orchestrate", "--wait", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let d1 = c.node_dir("d1");
+    let d2 = c.node_dir("d2");
+    // Block 1 went everywhere.
+    for d in [&d1, &d2] {
+        assert_eq!(
+            fs::read_to_string(d.join("named.txt")).unwrap(),
+            "named job\n"
+        );
+    }
+    // Block 2: assign (d1) before targets (d2); the one job with its own
+    // assign went to d2 only.
+    assert!(!d2.join("sub").exists(), "block 2 went to d2");
+    assert_eq!(
+        fs::read_to_string(d2.join("only.txt")).unwrap(),
+        "only on d2\n"
+    );
+    assert!(!d1.join("only.txt").exists());
+    // vars became options: stdout and stderr kept as ARGs, used by the
+    // blueprint, which was found beside the file.
+    let rendered = fs::read_to_string(d1.join("sub/rendered")).unwrap();
+    assert!(
+        rendered.starts_with("out=hello world 3\nerr=ls: "),
+        "{rendered}"
+    );
+    assert!(rendered.contains("/nonexist"), "{rendered}");
+    let copied = d1.join("sub/test-cache.yaml");
+    assert_eq!(
+        fs::read_to_string(&copied).unwrap(),
+        "test_array_args: [1]\n"
+    );
+    assert_eq!(
+        fs::metadata(&copied).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    // CACHEEVICT args forgot them, durably, before the last step.
+    assert_eq!(
+        fs::read_to_string(d1.join("evicted.txt")).unwrap(),
+        "gone\n"
+    );
+    // ECHO's text is its output.
+    let jobs = c.jobs_json();
+    let echo = jobs
+        .iter()
+        .find(|j| j["verb"] == "ECHO")
+        .expect("the ECHO job is listed");
+    let info = c.job_info(echo["id"].as_str().unwrap());
+    assert_eq!(info["nodes"][0]["stdout"], "said hello world 3\n", "{info}");
+
+    // A slip in the Directord fields is one line naming the file and the
+    // block, and nothing is queued.
+    let bad = site.join("bad.yaml");
+    fs::write(&bad, "- async: perhaps\n  jobs:\n  - ECHO: hi\n").unwrap();
+    let before = c.jobs_json().len();
+    let out = c.cli(&["orchestrate", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("bad.yaml: block 1: async: 'perhaps' is not a bool"),
+        "{out:?}"
+    );
+    assert_eq!(c.jobs_json().len(), before);
+}
