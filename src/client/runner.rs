@@ -784,6 +784,8 @@ impl Runner {
                     return;
                 };
                 let stdout_arg = stdout_arg.take();
+                // Under --check nothing is kept, the ARG included.
+                let keep = matches!(&made, Ok(r) if !r.check);
                 let outcome = match made {
                     Ok(r) => {
                         let exit = match (r.changed, r.check) {
@@ -799,9 +801,7 @@ impl Runner {
                 };
                 match stdout_arg {
                     // Reported once the ARG is on disk.
-                    Some((name, path))
-                        if outcome.exit.state().is_ok() && outcome.exit != Exit::WouldChange =>
-                    {
+                    Some((name, path)) if keep => {
                         self.cache.stage_arg(&name, &path);
                         if let Some(r) = self.running.as_mut() {
                             r.work = Self::persist(exec::Persist {
