@@ -74,11 +74,69 @@ impl<'a> Vars<'a> {
                 .map(|(k, v)| (k.clone(), Value::from_safe_string(v.clone())))
                 .collect()
         };
-        let mut ctx = trusted(self.args);
+        let mut ctx: BTreeMap<String, Value> = self
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), arg_value(v)))
+            .collect();
         ctx.insert("facts".into(), Value::from(trusted(self.facts)));
         ctx.insert("labels".into(), Value::from(trusted(self.labels)));
         ctx.insert("query".into(), Value::from(self.query.clone()));
         Value::from(ctx)
+    }
+}
+
+/// An ARG's value as templates see it: a list or a map when its text is
+/// one (`['a', 'b']`, `{"k": 1}`: YAML's flow forms, which take JSON and
+/// Python's literals), so that `{{ items | length }}` and `{% for %}`
+/// work as in Directord; otherwise the text. Scalars stay text, as
+/// director's templates have always compared them (`port == '8080'`).
+/// Every string in it is trusted: the node's own value.
+pub fn arg_value(text: &str) -> Value {
+    structured(text).map_or_else(|| Value::from_safe_string(text.to_owned()), |v| trusted(&v))
+}
+
+/// The list or map `text` spells, if it spells one.
+pub fn structured(text: &str) -> Option<serde_yaml::Value> {
+    let t = text.trim_start();
+    if !t.starts_with(['[', '{']) {
+        return None;
+    }
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(v @ (serde_yaml::Value::Sequence(_) | serde_yaml::Value::Mapping(_))) => Some(v),
+        _ => None,
+    }
+}
+
+/// A YAML value as a template value, its strings trusted.
+fn trusted(v: &serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match v {
+        Y::Null => Value::from(()),
+        Y::Bool(b) => Value::from(*b),
+        Y::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) => Value::from(f),
+            _ => Value::from_safe_string(n.to_string()),
+        },
+        Y::String(s) => Value::from_safe_string(s.clone()),
+        Y::Sequence(items) => Value::from(items.iter().map(trusted).collect::<Vec<_>>()),
+        Y::Mapping(m) => Value::from(
+            m.iter()
+                .map(|(k, v)| (Value::from_safe_string(yaml_key(k)), trusted(v)))
+                .collect::<BTreeMap<Value, Value>>(),
+        ),
+        Y::Tagged(t) => trusted(&t.value),
+    }
+}
+
+/// A map key as text.
+fn yaml_key(k: &serde_yaml::Value) -> String {
+    match k {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .map(|s| s.trim_end().to_owned())
+            .unwrap_or_default(),
     }
 }
 
@@ -202,7 +260,7 @@ pub fn render_shell(source: &str, vars: &Vars) -> Result<String, String> {
     let mut env = environment();
     env.set_formatter(|out, _state, value| {
         let text = value.to_string();
-        if !value.is_safe() {
+        if !is_trusted(value) {
             if let Some(why) = not_inert(&text) {
                 return Err(Error::new(ErrorKind::InvalidOperation, why));
             }
@@ -211,6 +269,21 @@ pub fn render_shell(source: &str, vars: &Vars) -> Result<String, String> {
             .map_err(|_| Error::new(ErrorKind::WriteFailure, "cannot write the output"))
     });
     render_with(source, vars, env)
+}
+
+/// Did every string in `v` come from this node (a safe string), so that
+/// it may go into a shell command as it is? Numbers, booleans and none are
+/// inert anyway; a list or map is trusted when all it holds is.
+fn is_trusted(v: &Value) -> bool {
+    use minijinja::value::ValueKind;
+    match v.kind() {
+        ValueKind::Number | ValueKind::Bool | ValueKind::None | ValueKind::Undefined => true,
+        ValueKind::Seq => v.try_iter().is_ok_and(|mut it| it.all(|x| is_trusted(&x))),
+        ValueKind::Map => v.try_iter().is_ok_and(|mut keys| {
+            keys.all(|k| is_trusted(&k) && v.get_item(&k).is_ok_and(|x| is_trusted(&x)))
+        }),
+        _ => v.is_safe(),
+    }
 }
 
 fn render_with(source: &str, vars: &Vars, env: Environment<'static>) -> Result<String, String> {
@@ -267,6 +340,34 @@ fn render_with(source: &str, vars: &Vars, env: Environment<'static>) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_and_maps_are_structured_and_scalars_stay_text() {
+        let a = args(&[
+            ("items", "['a', 'b c']"),
+            ("d", "{\"a\": \"b\", 'n': [1, 2.5, True]}"),
+            ("port", "8080"),
+            ("flag", "[not closed"),
+        ]);
+        let v = Vars::args(&a);
+        let r = |t: &str| super::render(t, &v).unwrap();
+        assert_eq!(r("{{ items | length }}"), "2");
+        assert_eq!(r("{% for x in items %}<{{ x }}>{% endfor %}"), "<a><b c>");
+        assert_eq!(r("{{ d.a }} {{ d.n[0] + 1 }} {{ d.n | length }}"), "b 2 3");
+        assert_eq!(r("{{ port == '8080' }}"), "True", "scalars compare as text");
+        assert_eq!(r("{{ flag }}"), "[not closed", "not a list: text");
+        // The node's own structured value is trusted in a shell command,
+        // whole or in parts.
+        let sh = |t: &str| render_shell(t, &v);
+        assert_eq!(sh("echo {{ items[1] }}").unwrap(), "echo b c");
+        assert!(sh("echo {{ items }}").is_ok());
+        // A list the template builds from another node's value is not.
+        let q: BTreeMap<String, BTreeMap<String, String>> =
+            [("k".to_string(), [("n2".to_string(), "a;b".to_string())].into())].into();
+        let v = Vars { query: &q, ..v };
+        let e = render_shell("echo {{ [query.k.n2] }}", &v).unwrap_err();
+        assert!(e.contains("did not come from this node"), "{e}");
+    }
 
     fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
