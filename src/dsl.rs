@@ -277,6 +277,8 @@ pub enum Action {
     Echo { text: String },
     /// `CACHEEVICT args|envs|query|jobs|all`; `None`: all.
     CacheEvict { part: Option<CachePart> },
+    /// `ARG --extend-args KEY VALUE`: a list or map merged into the ARG's.
+    ExtendArg { key: String, value: String },
 }
 
 impl std::fmt::Debug for Action {
@@ -294,7 +296,7 @@ impl std::fmt::Debug for Action {
                 .field("stderr_arg", stderr_arg)
                 .field("guard", guard)
                 .finish(),
-            Action::Arg { key, .. } => f
+            Action::Arg { key, .. } | Action::ExtendArg { key, .. } => f
                 .debug_struct("Arg")
                 .field("key", key)
                 .field("value", &HIDDEN)
@@ -554,7 +556,14 @@ impl Task {
                 }
                 check_name(key, &format!("{verb} key"))?;
                 let (key, value) = (key.to_owned(), value.to_owned());
-                if verb == Verb::Arg {
+                if has(&flags, "extend-args") {
+                    if crate::template::structured(&value).is_none() {
+                        return Err(format!(
+                            "ARG --extend-args {key}: the value is not a list or a map (['a'], {{\"k\": \"v\"}})"
+                        ));
+                    }
+                    Action::ExtendArg { key, value }
+                } else if verb == Verb::Arg {
                     Action::Arg { key, value }
                 } else {
                     Action::Env { key, value }
@@ -632,7 +641,7 @@ impl Task {
     pub fn verb(&self) -> Verb {
         match self.action {
             Action::Run { .. } => Verb::Run,
-            Action::Arg { .. } => Verb::Arg,
+            Action::Arg { .. } | Action::ExtendArg { .. } => Verb::Arg,
             Action::Env { .. } => Verb::Env,
             Action::Workdir { .. } => Verb::Workdir,
             Action::Add(_) => Verb::Add,
@@ -701,6 +710,14 @@ impl Task {
                     out.push(format!("--unless {}", quote_value(u)));
                 }
                 out.push(command.clone());
+            }
+            Action::ExtendArg { key, .. } if mask => {
+                out.push("--extend-args".into());
+                out.push(format!("{key} {HIDDEN}"))
+            }
+            Action::ExtendArg { key, value } => {
+                out.push("--extend-args".into());
+                out.push(format!("{key} {value}"))
             }
             Action::Arg { key, .. } | Action::Env { key, .. } if mask => {
                 out.push(format!("{key} {HIDDEN}"))
@@ -799,6 +816,7 @@ impl Task {
                 )
             }
             Action::Arg { key, value } | Action::Env { key, value } => format!("{key}\0{value}"),
+            Action::ExtendArg { key, value } => format!("extend\0{key}\0{value}"),
             Action::Workdir {
                 path,
                 chown,
@@ -908,9 +926,8 @@ fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
         Verb::Package | Verb::Dnf => crate::verbs::package::OPTIONS,
         Verb::Service => crate::verbs::service::OPTIONS,
         Verb::Wait => crate::verbs::wait::OPTIONS,
-        Verb::Arg | Verb::Env | Verb::Query | Verb::ClearCache | Verb::Echo | Verb::CacheEvict => {
-            &[]
-        }
+        Verb::Arg => &[("extend-args", false)],
+        Verb::Env | Verb::Query | Verb::ClearCache | Verb::Echo | Verb::CacheEvict => &[],
     }
 }
 
@@ -1130,6 +1147,26 @@ mod tests {
 
     fn run(s: &str) -> Result<Task, String> {
         Task::parse(Verb::Run, s)
+    }
+
+    #[test]
+    fn arg_extend_args_takes_a_list_or_a_map_only() {
+        let t = Task::parse(Verb::Arg, "--extend-args items ['b']").unwrap();
+        assert_eq!(
+            t.action,
+            Action::ExtendArg {
+                key: "items".into(),
+                value: "['b']".into()
+            }
+        );
+        assert_eq!(t.args(), "--extend-args items ['b']");
+        assert_ne!(
+            t.sha1(),
+            Task::parse(Verb::Arg, "items ['b']").unwrap().sha1()
+        );
+        let e = Task::parse(Verb::Arg, "--extend-args items b").unwrap_err();
+        assert!(e.contains("not a list or a map"), "{e}");
+        assert!(Task::parse(Verb::Env, "--extend-args E ['b']").is_err());
     }
 
     #[test]

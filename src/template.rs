@@ -108,6 +108,37 @@ pub fn structured(text: &str) -> Option<serde_yaml::Value> {
     }
 }
 
+/// `ARG --extend-args`: the list `new` appended to the list `old`, or the
+/// map `new` merged over the map `old`, as text that spells the result.
+pub fn extend(old: &str, new: &str) -> Result<String, String> {
+    use serde_yaml::Value as Y;
+    let kind = |v: &Option<Y>| match v {
+        Some(Y::Sequence(_)) => "a list",
+        Some(Y::Mapping(_)) => "a map",
+        _ => "neither a list nor a map",
+    };
+    let merged = match (structured(old), structured(new)) {
+        (Some(Y::Sequence(mut a)), Some(Y::Sequence(b))) => {
+            a.extend(b);
+            Y::Sequence(a)
+        }
+        (Some(Y::Mapping(mut a)), Some(Y::Mapping(b))) => {
+            for (k, v) in b {
+                a.insert(k, v);
+            }
+            Y::Mapping(a)
+        }
+        (o, n) => {
+            return Err(format!(
+                "the value here is {} and the new one {}: both must be lists or both maps",
+                kind(&o),
+                kind(&n)
+            ))
+        }
+    };
+    serde_json::to_string(&merged).map_err(|e| format!("cannot write the merged value: {e}"))
+}
+
 /// A YAML value as a template value, its strings trusted.
 fn trusted(v: &serde_yaml::Value) -> Value {
     use serde_yaml::Value as Y;
@@ -342,6 +373,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn extend_appends_lists_merges_maps_and_refuses_a_mix() {
+        assert_eq!(extend("['a']", "[\"b\"]").unwrap(), r#"["a","b"]"#);
+        assert_eq!(
+            extend("{a: 1, b: 2}", "{'b': 3, 'c': [4]}").unwrap(),
+            r#"{"a":1,"b":3,"c":[4]}"#
+        );
+        let e = extend("['a']", "{b: 1}").unwrap_err();
+        assert!(e.contains("a list and the new one a map"), "{e}");
+        assert!(extend("plain", "[1]").is_err());
+    }
+
+    #[test]
     fn lists_and_maps_are_structured_and_scalars_stay_text() {
         let a = args(&[
             ("items", "['a', 'b c']"),
@@ -362,8 +405,11 @@ mod tests {
         assert_eq!(sh("echo {{ items[1] }}").unwrap(), "echo b c");
         assert!(sh("echo {{ items }}").is_ok());
         // A list the template builds from another node's value is not.
-        let q: BTreeMap<String, BTreeMap<String, String>> =
-            [("k".to_string(), [("n2".to_string(), "a;b".to_string())].into())].into();
+        let q: BTreeMap<String, BTreeMap<String, String>> = [(
+            "k".to_string(),
+            [("n2".to_string(), "a;b".to_string())].into(),
+        )]
+        .into();
         let v = Vars { query: &q, ..v };
         let e = render_shell("echo {{ [query.k.n2] }}", &v).unwrap_err();
         assert!(e.contains("did not come from this node"), "{e}");

@@ -159,6 +159,33 @@ pub fn start(
     let check = task.options.check;
     let mark = format!("{} {job_id}", crate::verbs::MARK);
     match &task.action {
+        Action::ExtendArg { key, value } => {
+            let merged = match cache.args().get(key) {
+                None => value.clone(),
+                Some(old) => match template::extend(old, value) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        return Started::Done(ended(Exit::Error(format!(
+                            "ARG --extend-args {key}: {e}"
+                        ))))
+                    }
+                },
+            };
+            if cache.args().get(key) == Some(&merged) {
+                return Started::Done(said(
+                    Exit::Unchanged,
+                    format!("ARG {key} already holds it\n"),
+                ));
+            }
+            if check {
+                return Started::Done(said(Exit::WouldChange, format!("would extend ARG {key}\n")));
+            }
+            cache.stage_arg(key, &merged);
+            Started::Persist(Persist {
+                outcome: ended(Exit::Code(0)),
+                what: format!("ARG {key}"),
+            })
+        }
         Action::Arg { key, value } | Action::Env { key, value } => {
             let is_arg = matches!(task.action, Action::Arg { .. });
             let what = format!("{} {key}", if is_arg { "ARG" } else { "ENV" });
