@@ -28,6 +28,10 @@ const SITE: &str = r#"# Directord's shapes, as its functional tests write them.
     vars:
       stderr_arg: err2
       skip_cache: true
+  - RUN: ls / /nonexist || true
+    vars:
+      stdout_arg: out4
+      stderr_arg: err4
   - WORKDIR: --stdout-arg wrkdir sub
   - COPY: --chmod=0640 files/test-cache.yaml {{ wrkdir }}/test-cache.yaml
   - ADD: --blueprint files/test.j2 {{ wrkdir }}/rendered
@@ -50,7 +54,7 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
     fs::write(site.join("files/test-cache.yaml"), "test_array_args: [1]\n").unwrap();
     fs::write(
         site.join("files/test.j2"),
-        "out={{ out3 }}\nerr={{ err2 }}\n",
+        "out={{ out3 }}\nerr={{ err2 }}\nboth={{ 'bin' in out4 }} {{ 'nonexist' in err4 }}\n",
     )
     .unwrap();
     let file = site.join("functional.yaml");
@@ -91,6 +95,7 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
         "{rendered}"
     );
     assert!(rendered.contains("/nonexist"), "{rendered}");
+    assert!(rendered.ends_with("both=True True\n"), "{rendered}");
     let copied = d1.join("sub/test-cache.yaml");
     assert_eq!(
         fs::read_to_string(&copied).unwrap(),

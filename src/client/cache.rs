@@ -53,9 +53,12 @@ enum Record {
     Clear,
     /// One part of it is forgotten (CACHEEVICT).
     Evict(crate::dsl::CachePart),
+    /// Several ARGs at once (`--stdout-arg` with `--stderr-arg`, CACHEFILE).
+    Args(Vec<(String, String)>),
 }
 
-/// Layout 2 added `Query` records, layout 3 `Clear`, layout 4 `Evict`;
+/// Layout 2 added `Query` records, layout 3 `Clear`, layout 4 `Evict` and
+/// `Args`;
 /// those before them encode as they did.
 impl crate::journal::Layout for Record {
     const VERSION: u32 = 4;
@@ -153,6 +156,9 @@ impl Cache {
                 self.queries.clear();
                 self.done.clear();
             }
+            Record::Args(pairs) => {
+                self.args.extend(pairs);
+            }
             Record::Evict(part) => {
                 use crate::dsl::CachePart;
                 match part {
@@ -233,6 +239,11 @@ impl Cache {
             key: key.to_owned(),
             value: value.to_owned(),
         });
+    }
+
+    /// Several ARG values on their way to disk together, like `stage_arg`.
+    pub fn stage_args(&mut self, pairs: Vec<(String, String)>) {
+        self.stage(Record::Args(pairs));
     }
 
     /// An ENV value on its way to disk, like `stage_arg`.

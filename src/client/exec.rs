@@ -453,6 +453,7 @@ pub fn finish(
         None => ended.exit,
     };
     let mut staged = Vec::new();
+    let mut values = Vec::new();
     if exit.state() == JobState::Succeeded {
         for (name, flag, stream) in [
             (&capture.stdout, "--stdout-arg", &ended.out),
@@ -466,9 +467,17 @@ pub fn finish(
                 );
             }
             let text = String::from_utf8_lossy(&stream.bytes);
-            cache.stage_arg(name, text.trim_end_matches(['\n', '\r']));
+            values.push((name.clone(), text.trim_end_matches(['\n', '\r']).to_owned()));
             staged.push(format!("{flag} {name}"));
         }
+    }
+    match values.len() {
+        0 => {}
+        1 => {
+            let (k, v) = &values[0];
+            cache.stage_arg(k, v);
+        }
+        _ => cache.stage_args(values),
     }
     let outcome = Outcome {
         exit,
