@@ -774,6 +774,9 @@ every run, whatever the node's cache says):
                        --retry N more times (default 30) --retry-wait SECS apart (default 1)
   ECHO TEXT            print TEXT (a template): it is the job's output
   CACHEEVICT PART      forget the node's args, envs, query, jobs (steps remembered) or all
+  CACHEFILE PATH       load a YAML or JSON file of key: value into the node's ARGs: an
+                       absolute PATH is read on the node, a relative one here (beside the
+                       orchestration file that names it)
 ";
 
 const EXEC_HELP: &str = "\
@@ -783,7 +786,7 @@ Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATT
                                 [--wait [--follow]] 'ARGS'
 
   --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE (DNF), SERVICE, WAIT,
-                   ECHO or CACHEEVICT
+                   ECHO, CACHEEVICT or CACHEFILE
   --target PATTERN the nodes to run on (default: every connected node): a node name, a
                    glob on names (web*, db-[12]), or KEY=VALUE on a label or fact
                    (role=web, os_id=debian; VALUE may be a glob); repeat, or separate

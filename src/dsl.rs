@@ -67,6 +67,9 @@ pub enum Verb {
     /// Forget a part of the node's cache, or all of it (Directord's).
     #[serde(rename = "CACHEEVICT")]
     CacheEvict,
+    /// Load a YAML or JSON file of key: value into the node's ARGs.
+    #[serde(rename = "CACHEFILE")]
+    CacheFile,
 }
 
 /// A part of a node's cache, as Directord's CACHEEVICT names them.
@@ -95,6 +98,7 @@ impl Verb {
         Verb::Wait,
         Verb::Echo,
         Verb::CacheEvict,
+        Verb::CacheFile,
     ];
 
     /// The verb as users write it.
@@ -114,6 +118,7 @@ impl Verb {
             Verb::Wait => "WAIT",
             Verb::Echo => "ECHO",
             Verb::CacheEvict => "CACHEEVICT",
+            Verb::CacheFile => "CACHEFILE",
         }
     }
 }
@@ -279,6 +284,8 @@ pub enum Action {
     CacheEvict { part: Option<CachePart> },
     /// `ARG --extend-args KEY VALUE`: a list or map merged into the ARG's.
     ExtendArg { key: String, value: String },
+    /// `CACHEFILE PATH`.
+    CacheFile(Box<crate::verbs::cachefile::CacheFile>),
 }
 
 impl std::fmt::Debug for Action {
@@ -328,6 +335,11 @@ impl std::fmt::Debug for Action {
             Action::CacheEvict { part } => {
                 f.debug_struct("CacheEvict").field("part", part).finish()
             }
+            Action::CacheFile(c) => f
+                .debug_struct("CacheFile")
+                .field("path", &c.path)
+                .field("values", &c.values.len())
+                .finish(),
         }
     }
 }
@@ -549,6 +561,9 @@ impl Task {
                 };
                 Action::CacheEvict { part }
             }
+            Verb::CacheFile => {
+                Action::CacheFile(Box::new(crate::verbs::cachefile::CacheFile::parse(rest)?))
+            }
             Verb::Arg | Verb::Env => {
                 let (key, value) = split_word(rest);
                 if key.is_empty() || value.is_empty() {
@@ -652,6 +667,7 @@ impl Task {
             Action::Wait(_) => Verb::Wait,
             Action::Echo { .. } => Verb::Echo,
             Action::CacheEvict { .. } => Verb::CacheEvict,
+            Action::CacheFile(_) => Verb::CacheFile,
         }
     }
 
@@ -749,6 +765,7 @@ impl Task {
             Action::Wait(w) => out.push(w.args()),
             Action::Echo { text } => out.push(text.clone()),
             Action::CacheEvict { part } => out.push(cache_part_name(*part).into()),
+            Action::CacheFile(c) => out.push(c.path.clone()),
             Action::Add(add) => {
                 let Add {
                     chown,
@@ -842,6 +859,7 @@ impl Task {
             Action::Wait(w) => w.args(),
             Action::Echo { text } => text.clone(),
             Action::CacheEvict { part } => cache_part_name(*part).into(),
+            Action::CacheFile(c) => c.path.clone(),
             // What lands on the node: names, contents and modes, not where
             // the sources sat on the server's machine.
             Action::Add(add) => {
@@ -927,7 +945,12 @@ fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
         Verb::Service => crate::verbs::service::OPTIONS,
         Verb::Wait => crate::verbs::wait::OPTIONS,
         Verb::Arg => &[("extend-args", false)],
-        Verb::Env | Verb::Query | Verb::ClearCache | Verb::Echo | Verb::CacheEvict => &[],
+        Verb::Env
+        | Verb::Query
+        | Verb::ClearCache
+        | Verb::Echo
+        | Verb::CacheEvict
+        | Verb::CacheFile => &[],
     }
 }
 
@@ -1128,7 +1151,7 @@ fn split_paths(s: &str) -> Result<Vec<String>, String> {
 
 /// ARG, ENV and --stdout-arg names are identifiers, usable in templates
 /// and as environment variable names.
-fn check_name(name: &str, what: &str) -> Result<(), String> {
+pub fn check_name(name: &str, what: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let ok = chars
         .next()
@@ -1175,7 +1198,7 @@ mod tests {
         assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT, ECHO, CACHEEVICT)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT, ECHO, CACHEEVICT, CACHEFILE)"
         );
     }
 

@@ -23,6 +23,14 @@ pub fn resolve(task: &mut Task) -> Result<(), String> {
 /// sources stay as written: the task's SHA1 does not depend on where the
 /// file lies.
 pub fn resolve_in(task: &mut Task, base: Option<&Path>) -> Result<(), String> {
+    // A relative CACHEFILE is read here, and its values go with the job.
+    if let Action::CacheFile(c) = &mut task.action {
+        if c.here {
+            let path = base.map_or_else(|| PathBuf::from(&c.path), |b| b.join(&c.path));
+            c.values = crate::verbs::cachefile::load(&path)?;
+        }
+        return Ok(());
+    }
     let Action::Add(add) = &mut task.action else {
         return Ok(());
     };

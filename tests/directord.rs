@@ -37,6 +37,13 @@ const SITE: &str = r#"# Directord's shapes, as its functional tests write them.
   - ADD: --blueprint files/test.j2 {{ wrkdir }}/rendered
   - RUN: echo only on d2 > only.txt
     assign: [d2]
+  - RUN: --stdout-arg here pwd
+  - CACHEFILE: "{{ here }}/sub/test-cache.yaml"
+  - ARG: --extend-args test_array_args ['more']
+  - CACHEFILE: files/vars.yaml
+  - RUN: >-
+      echo "{{ test_array_args | length }} {{ test_array_args[1] }}
+      {{ test_integer_args }} {{ test_nested_args.test }} {{ greeting }}" > cachefile.txt
   - ECHO: "said {{ out3 }}"
     name: echo it
   - CACHEEVICT: args
@@ -51,7 +58,13 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
     // CLI's working directory: relative sources are found beside the file.
     let site = c.dir.path.join("orchestrations");
     fs::create_dir_all(site.join("files")).unwrap();
-    fs::write(site.join("files/test-cache.yaml"), "test_array_args: [1]\n").unwrap();
+    fs::write(
+        site.join("files/test-cache.yaml"),
+        "---\ntest_integer_args: 9000\ntest_nested_args:\n  test: true\ntest_array_args:\n- test\n",
+    )
+    .unwrap();
+    // Read on the server's machine, beside the file (a relative path).
+    fs::write(site.join("files/vars.yaml"), "{\"greeting\": \"hello\"}\n").unwrap();
     fs::write(
         site.join("files/test.j2"),
         "out={{ out3 }}\nerr={{ err2 }}\nboth={{ 'bin' in out4 }} {{ 'nonexist' in err4 }}\n",
@@ -97,13 +110,18 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
     assert!(rendered.contains("/nonexist"), "{rendered}");
     assert!(rendered.ends_with("both=True True\n"), "{rendered}");
     let copied = d1.join("sub/test-cache.yaml");
-    assert_eq!(
-        fs::read_to_string(&copied).unwrap(),
-        "test_array_args: [1]\n"
-    );
+    assert!(fs::read_to_string(&copied)
+        .unwrap()
+        .contains("test_array_args"));
     assert_eq!(
         fs::metadata(&copied).unwrap().permissions().mode() & 0o777,
         0o640
+    );
+    // CACHEFILE on the node (absolute) and on the server's machine
+    // (relative); lists and maps usable as such; --extend-args appended.
+    assert_eq!(
+        fs::read_to_string(d1.join("cachefile.txt")).unwrap(),
+        "2 more 9000 True hello\n"
     );
     // CACHEEVICT args forgot them, durably, before the last step.
     assert_eq!(

@@ -100,6 +100,8 @@ pub enum Started {
         value: Option<String>,
     },
     Wait(WaitStart),
+    /// A CACHEFILE to read on the node (on the I/O thread).
+    LoadFile(PathBuf),
 }
 
 /// A value staged in the cache (synced on the I/O thread in its turn), and
@@ -159,6 +161,16 @@ pub fn start(
     let check = task.options.check;
     let mark = format!("{} {job_id}", crate::verbs::MARK);
     match &task.action {
+        Action::CacheFile(c) if c.here => {
+            match load_values(cache, &c.path, c.values.clone(), check) {
+                Ok(done) => Started::Done(done),
+                Err(p) => Started::Persist(*p),
+            }
+        }
+        Action::CacheFile(c) => match template::render(&c.path, &vars(cache, node)) {
+            Ok(path) => Started::LoadFile(PathBuf::from(path)),
+            Err(e) => Started::Done(ended(Exit::Error(format!("CACHEFILE path: {e}")))),
+        },
         Action::ExtendArg { key, value } => {
             let merged = match cache.args().get(key) {
                 None => value.clone(),
@@ -496,6 +508,44 @@ pub fn finish(
     Err(Box::new(Persist {
         outcome,
         what: format!("the command succeeded, but {}", staged.join(" and ")),
+    }))
+}
+
+/// CACHEFILE's values into the node's ARGs: the outcome at once when
+/// nothing changes (or `--check`), else the values staged, to report once
+/// on disk.
+pub fn load_values(
+    cache: &mut Cache,
+    path: &str,
+    pairs: Vec<(String, String)>,
+    check: bool,
+) -> Result<Outcome, Box<Persist>> {
+    let new: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, v)| cache.args().get(k) != Some(v))
+        .collect();
+    if new.is_empty() {
+        return Ok(said(
+            Exit::Unchanged,
+            format!("{path}: every ARG already set\n"),
+        ));
+    }
+    let names: Vec<&str> = new.iter().map(|(k, _)| k.as_str()).collect();
+    let text = format!(
+        "{}{path}: {} ({})\n",
+        if check { "would load " } else { "loaded " },
+        crate::dsl::count(new.len(), "ARG"),
+        names.join(", ")
+    );
+    if check {
+        return Ok(said(Exit::WouldChange, text));
+    }
+    let mut outcome = ended(Exit::Code(0));
+    outcome.stdout = text.into_bytes();
+    cache.stage_args(new);
+    Err(Box::new(Persist {
+        outcome,
+        what: format!("CACHEFILE {path}"),
     }))
 }
 

@@ -91,6 +91,8 @@ pub enum IoTask {
     Probe { host: String, port: u16 },
     /// Bound the store of blueprints after a job added to it.
     PruneStore(PathBuf),
+    /// Read a CACHEFILE.
+    LoadFile(PathBuf),
 }
 
 /// What the I/O thread hands back.
@@ -103,6 +105,7 @@ pub enum IoDone {
     /// Why the server cannot be reached.
     Probe(String),
     PrunedStore(Result<store::Pruned, String>),
+    FileLoaded(Result<Vec<(String, String)>, String>),
 }
 
 impl IoTask {
@@ -115,6 +118,7 @@ impl IoTask {
             IoTask::Dir(task) => IoDone::Dir(task.run()),
             IoTask::Url { url, limit } => IoDone::Url(crate::verbs::wait::probe(&url, limit)),
             IoTask::Probe { host, port } => IoDone::Probe(probe(&host, port)),
+            IoTask::LoadFile(path) => IoDone::FileLoaded(crate::verbs::cachefile::load(&path)),
             IoTask::PruneStore(dir) => IoDone::PrunedStore(store::prune(
                 &dir,
                 store::MAX_BYTES,
@@ -199,6 +203,8 @@ enum Work {
     /// A value (ARG, ENV, `--stdout-arg`) staged in the cache; the job
     /// reports once it is on disk.
     Persist { outcome: Outcome, what: String },
+    /// A CACHEFILE being read on the I/O thread: its path as shown.
+    LoadFile { path: String, check: bool },
     /// A WORKDIR being brought about on the I/O thread; with
     /// `--stdout-arg`, the ARG's name and the path to keep in it.
     Mkdir {
@@ -635,6 +641,16 @@ impl Runner {
                     (Work::Transfer { add }, None)
                 }
                 Started::Persist(p) => (Self::persist(p), None),
+                Started::LoadFile(path) => {
+                    fx.io.push(IoTask::LoadFile(path.clone()));
+                    (
+                        Work::LoadFile {
+                            path: path.display().to_string(),
+                            check: task.options.check,
+                        },
+                        None,
+                    )
+                }
                 Started::Dir(mut dir) => {
                     let stdout_arg = dir
                         .stdout_arg
@@ -773,6 +789,29 @@ impl Runner {
                 p.kept_bytes
             ),
             IoDone::PrunedStore(Ok(_)) => {}
+            IoDone::FileLoaded(loaded) => {
+                let Some(Running {
+                    work: Work::LoadFile { path, check },
+                    ..
+                }) = self.running.as_ref()
+                else {
+                    log::error!("a CACHEFILE was read with no CACHEFILE job running");
+                    return;
+                };
+                let (path, check) = (path.clone(), *check);
+                let result =
+                    loaded.map(|pairs| exec::load_values(&mut self.cache, &path, pairs, check));
+                match result {
+                    Ok(Ok(done)) => self.finish(done, fx),
+                    Ok(Err(p)) => {
+                        if let Some(r) = self.running.as_mut() {
+                            r.work = Self::persist(*p);
+                        }
+                    }
+                    Err(e) => self.finish(exec::ended(Exit::Error(e)), fx),
+                }
+                self.pump_cache(fx);
+            }
             IoDone::PrunedStore(Err(e)) => log::warn!("blueprint store: {e}"),
             IoDone::Dir(made) => {
                 let Some(Running {
@@ -1226,6 +1265,7 @@ impl Runner {
                     Work::Process { .. }
                     | Work::Persist { .. }
                     | Work::Mkdir { .. }
+                    | Work::LoadFile { .. }
                     | Work::Retrying { .. } => {}
                     Work::Sleep { .. } | Work::Probe { .. } => {
                         log::warn!("job {job_id}: WAIT timed out after {secs}s");
@@ -1369,7 +1409,7 @@ impl Runner {
                 self.io_busy()
             }
             // Reports when the sync or the mkdir is done.
-            Work::Persist { .. } | Work::Mkdir { .. } => true,
+            Work::Persist { .. } | Work::Mkdir { .. } | Work::LoadFile { .. } => true,
             Work::Sleep { .. } | Work::Probe { .. } => {
                 let outcome =
                     exec::ended(Exit::Error("the client was stopped during the WAIT".into()));

@@ -9,6 +9,7 @@
 //! says whether anything changed. The script prints, for the operator, what
 //! it did or (with `--check`) would do.
 
+pub mod cachefile;
 pub mod package;
 pub mod service;
 pub mod wait;
