@@ -81,7 +81,7 @@ impl<'a> Vars<'a> {
             .collect();
         ctx.insert("facts".into(), Value::from(trusted(self.facts)));
         ctx.insert("labels".into(), Value::from(trusted(self.labels)));
-        ctx.insert("query".into(), Value::from(self.query.clone()));
+        ctx.insert("query".into(), query_value(self.query));
         Value::from(ctx)
     }
 }
@@ -137,6 +137,76 @@ pub fn extend(old: &str, new: &str) -> Result<String, String> {
         }
     };
     serde_json::to_string(&merged).map_err(|e| format!("cannot write the merged value: {e}"))
+}
+
+/// What QUERY jobs collected, readable both ways: director's
+/// `query.KEY[NODE]` and Directord's `query[NODE][KEY]` (and
+/// `query.values()`, where Directord's files use `select('defined')` over
+/// the nodes' maps). A name that is both a KEY and a node is the KEY's.
+/// Every value came from another node: none is trusted, lists and maps
+/// included.
+fn query_value(query: &BTreeMap<String, BTreeMap<String, String>>) -> Value {
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    let mut by_node: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
+    for (key, nodes) in query {
+        let mut per_key = BTreeMap::new();
+        for (node, v) in nodes {
+            let v = structured(v).map_or_else(|| Value::from(v.clone()), |y| untrusted(&y));
+            by_node
+                .entry(node.as_str())
+                .or_default()
+                .insert(key.clone(), v.clone());
+            per_key.insert(node.clone(), v);
+        }
+        out.insert(key.clone(), Value::from(per_key));
+    }
+    for (node, keys) in by_node {
+        out.entry(node.to_owned())
+            .or_insert_with(|| Value::from(keys));
+    }
+    Value::from(out)
+}
+
+/// A YAML value as a template value, its strings not trusted.
+fn untrusted(v: &serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match v {
+        Y::String(s) => Value::from(s.clone()),
+        Y::Sequence(items) => Value::from(items.iter().map(untrusted).collect::<Vec<_>>()),
+        Y::Mapping(m) => Value::from(
+            m.iter()
+                .map(|(k, v)| (yaml_key(k), untrusted(v)))
+                .collect::<BTreeMap<String, Value>>(),
+        ),
+        Y::Tagged(t) => untrusted(&t.value),
+        other => trusted(other),
+    }
+}
+
+/// Python's `dict.keys()`, `.values()` and `.items()`, which Jinja2
+/// templates (Directord's) call on maps.
+fn dict_methods(
+    _: &mut minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
+    use minijinja::value::ValueKind;
+    if value.kind() != ValueKind::Map || !args.is_empty() {
+        return Err(Error::from(ErrorKind::UnknownMethod));
+    }
+    let keys: Vec<Value> = value.try_iter()?.collect();
+    let get = |k: &Value| value.get_item(k).unwrap_or_default();
+    Ok(match method {
+        "keys" => Value::from(keys),
+        "values" => Value::from(keys.iter().map(get).collect::<Vec<_>>()),
+        "items" => Value::from(
+            keys.iter()
+                .map(|k| Value::from(vec![k.clone(), get(k)]))
+                .collect::<Vec<_>>(),
+        ),
+        _ => return Err(Error::from(ErrorKind::UnknownMethod)),
+    })
 }
 
 /// A YAML value as a template value, its strings trusted.
@@ -226,6 +296,7 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
+    env.set_unknown_method_callback(dict_methods);
     env.add_filter("quote", |v: String| {
         Value::from_safe_string(shell_quote(&v))
     });
@@ -371,6 +442,58 @@ fn render_with(source: &str, vars: &Vars, env: Environment<'static>) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_reads_both_ways_and_python_dict_methods_work() {
+        let a = args(&[]);
+        let q: BTreeMap<String, BTreeMap<String, String>> = [
+            (
+                "base64_hosts".to_string(),
+                [("n1".to_string(), "aGVsbG8=".to_string())].into(),
+            ),
+            (
+                "facter".to_string(),
+                [
+                    ("n1".to_string(), r#"{"kernel": "Linux"}"#.to_string()),
+                    ("n2".to_string(), r#"{"kernel": "Linux"}"#.to_string()),
+                ]
+                .into(),
+            ),
+        ]
+        .into();
+        let v = Vars {
+            query: &q,
+            ..Vars::args(&a)
+        };
+        let r = |t: &str| render_shell(t, &v);
+        // Directord's functional test, as written.
+        assert_eq!(
+            r(r#"echo "{{ query.values() | map(attribute='base64_hosts') | select('defined') | list | first }}" | base64 -d"#).unwrap(),
+            r#"echo "aGVsbG8=" | base64 -d"#
+        );
+        assert_eq!(
+            r(r#"{{ query.values() | map(attribute="facter") | select("defined") | map(attribute="kernel") | list | first }}"#).unwrap(),
+            "Linux"
+        );
+        // Directord's query[node][key] and director's query.key[node].
+        assert_eq!(
+            r("{{ query['n2'].facter.kernel }} {{ query.base64_hosts.n1 }}").unwrap(),
+            "Linux aGVsbG8="
+        );
+        assert_eq!(
+            r("{{ query.keys() | length }} {{ query.items() | length }}").unwrap(),
+            "4 4"
+        );
+        // Another node's structured value is not trusted in a shell.
+        let q2: BTreeMap<String, BTreeMap<String, String>> = [(
+            "k".to_string(),
+            [("n1".to_string(), "['a;b']".to_string())].into(),
+        )]
+        .into();
+        let v = Vars { query: &q2, ..v };
+        let e = render_shell("echo {{ query.k.n1[0] }}", &v).unwrap_err();
+        assert!(e.contains("did not come from this node"), "{e}");
+    }
 
     #[test]
     fn extend_appends_lists_merges_maps_and_refuses_a_mix() {
