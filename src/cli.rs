@@ -777,6 +777,9 @@ every run, whatever the node's cache says):
   CACHEFILE PATH       load a YAML or JSON file of key: value into the node's ARGs: an
                        absolute PATH is read on the node, a relative one here (beside the
                        orchestration file that names it)
+  FACTER               run facter --json (--custom-dir DIR, --external-dir DIR) and keep its
+                       facts as the ARG facter ({{ facter.kernel }}); fails where facter is
+                       not installed
 ";
 
 const EXEC_HELP: &str = "\
@@ -786,7 +789,7 @@ Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATT
                                 [--wait [--follow]] 'ARGS'
 
   --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE (DNF), SERVICE, WAIT,
-                   ECHO, CACHEEVICT or CACHEFILE
+                   ECHO, CACHEEVICT, CACHEFILE or FACTER
   --target PATTERN the nodes to run on (default: every connected node): a node name, a
                    glob on names (web*, db-[12]), or KEY=VALUE on a label or fact
                    (role=web, os_id=debian; VALUE may be a glob); repeat, or separate

@@ -70,6 +70,9 @@ pub enum Verb {
     /// Load a YAML or JSON file of key: value into the node's ARGs.
     #[serde(rename = "CACHEFILE")]
     CacheFile,
+    /// Run `facter --json` and keep its facts as the ARG `facter`.
+    #[serde(rename = "FACTER")]
+    Facter,
 }
 
 /// A part of a node's cache, as Directord's CACHEEVICT names them.
@@ -99,6 +102,7 @@ impl Verb {
         Verb::Echo,
         Verb::CacheEvict,
         Verb::CacheFile,
+        Verb::Facter,
     ];
 
     /// The verb as users write it.
@@ -119,6 +123,7 @@ impl Verb {
             Verb::Echo => "ECHO",
             Verb::CacheEvict => "CACHEEVICT",
             Verb::CacheFile => "CACHEFILE",
+            Verb::Facter => "FACTER",
         }
     }
 }
@@ -286,6 +291,11 @@ pub enum Action {
     ExtendArg { key: String, value: String },
     /// `CACHEFILE PATH`.
     CacheFile(Box<crate::verbs::cachefile::CacheFile>),
+    /// `FACTER [--custom-dir DIR] [--external-dir DIR]`.
+    Facter {
+        custom_dir: Option<String>,
+        external_dir: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for Action {
@@ -335,6 +345,14 @@ impl std::fmt::Debug for Action {
             Action::CacheEvict { part } => {
                 f.debug_struct("CacheEvict").field("part", part).finish()
             }
+            Action::Facter {
+                custom_dir,
+                external_dir,
+            } => f
+                .debug_struct("Facter")
+                .field("custom_dir", custom_dir)
+                .field("external_dir", external_dir)
+                .finish(),
             Action::CacheFile(c) => f
                 .debug_struct("CacheFile")
                 .field("path", &c.path)
@@ -564,6 +582,17 @@ impl Task {
             Verb::CacheFile => {
                 Action::CacheFile(Box::new(crate::verbs::cachefile::CacheFile::parse(rest)?))
             }
+            Verb::Facter => {
+                if !rest.is_empty() {
+                    return Err(format!(
+                        "FACTER takes only --custom-dir DIR and --external-dir DIR, not '{rest}'"
+                    ));
+                }
+                Action::Facter {
+                    custom_dir: flag(&flags, "custom-dir"),
+                    external_dir: flag(&flags, "external-dir"),
+                }
+            }
             Verb::Arg | Verb::Env => {
                 let (key, value) = split_word(rest);
                 if key.is_empty() || value.is_empty() {
@@ -668,6 +697,7 @@ impl Task {
             Action::Echo { .. } => Verb::Echo,
             Action::CacheEvict { .. } => Verb::CacheEvict,
             Action::CacheFile(_) => Verb::CacheFile,
+            Action::Facter { .. } => Verb::Facter,
         }
     }
 
@@ -766,6 +796,17 @@ impl Task {
             Action::Echo { text } => out.push(text.clone()),
             Action::CacheEvict { part } => out.push(cache_part_name(*part).into()),
             Action::CacheFile(c) => out.push(c.path.clone()),
+            Action::Facter {
+                custom_dir,
+                external_dir,
+            } => {
+                if let Some(d) = custom_dir {
+                    out.push(format!("--custom-dir {}", quote_value(d)));
+                }
+                if let Some(d) = external_dir {
+                    out.push(format!("--external-dir {}", quote_value(d)));
+                }
+            }
             Action::Add(add) => {
                 let Add {
                     chown,
@@ -794,8 +835,10 @@ impl Task {
                 );
             }
         }
-        // Arguments that look like an option need the `--` that ends options.
-        if let Some(body) = out.last_mut() {
+        // Arguments that look like an option need the `--` that ends
+        // options (verbs without arguments end with an option, not them).
+        let bodiless = matches!(self.action, Action::Facter { .. } | Action::ClearCache);
+        if let Some(body) = out.last_mut().filter(|_| !bodiless) {
             if body.starts_with("--") {
                 *body = format!("-- {body}");
             }
@@ -860,6 +903,14 @@ impl Task {
             Action::Echo { text } => text.clone(),
             Action::CacheEvict { part } => cache_part_name(*part).into(),
             Action::CacheFile(c) => c.path.clone(),
+            Action::Facter {
+                custom_dir,
+                external_dir,
+            } => format!(
+                "{}\0{}",
+                custom_dir.as_deref().unwrap_or(""),
+                external_dir.as_deref().unwrap_or("")
+            ),
             // What lands on the node: names, contents and modes, not where
             // the sources sat on the server's machine.
             Action::Add(add) => {
@@ -951,6 +1002,7 @@ fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
         | Verb::Echo
         | Verb::CacheEvict
         | Verb::CacheFile => &[],
+        Verb::Facter => &[("custom-dir", true), ("external-dir", true)],
     }
 }
 
@@ -1198,7 +1250,7 @@ mod tests {
         assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT, ECHO, CACHEEVICT, CACHEFILE)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT, ECHO, CACHEEVICT, CACHEFILE, FACTER)"
         );
     }
 

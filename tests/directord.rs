@@ -151,3 +151,65 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
     );
     assert_eq!(c.jobs_json().len(), before);
 }
+
+#[test]
+fn facter_facts_are_kept_queried_and_read_the_directord_way_and_a_node_without_facter_fails_in_one_line(
+) {
+    let mut c = Cluster::new("directord-facter", "0.5");
+    c.start_server();
+    // A facter stand-in (Debian's facter pulls in Ruby): it prints what
+    // `facter --json` prints, in small.
+    let bin = c.dir.path.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let facter = bin.join("facter");
+    fs::write(
+        &facter,
+        "#!/bin/sh\n[ \"$1\" = --json ] || exit 2\necho '{\"kernel\": \"Linux\", \"networking\": {\"interfaces\": {\"lo\": {\"netmask\": \"255.0.0.0\"}}}}'\n",
+    )
+    .unwrap();
+    fs::set_permissions(&facter, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    c.start_client_env("f1", &[("PATH", &path)]);
+    // f2 finds nothing on its PATH, even where facter is installed.
+    let empty = c.dir.path.join("empty-bin");
+    fs::create_dir_all(&empty).unwrap();
+    c.start_client_env("f2", &[("PATH", empty.to_str().unwrap())]);
+    c.wait_nodes(&["f1", "f2"]);
+    let file = c.dir.path.join("facter.yaml");
+    fs::write(
+        &file,
+        r#"- name: Run facter
+  jobs:
+    - FACTER: --skip-cache
+    - QUERY: facter
+- name: Check facter variables
+  jobs:
+  - RUN: >-
+      --skip-cache echo {{ query.values() | map(attribute="facter") | select("defined")
+      | map(attribute="kernel") | list | first }} > kernel.txt
+  - RUN: >-
+      echo "{{ facter.networking.interfaces.lo.netmask }}" > netmask.txt
+"#,
+    )
+    .unwrap();
+    let out = c.cli(&["orchestrate", "--wait", file.to_str().unwrap()]);
+    // f2 has no facter: its FACTER fails in one line, its later jobs are
+    // skipped; f1 goes on with the map of what answered.
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("FACTER: facter is not installed on this node"),
+        "{}",
+        out.stdout
+    );
+    let f1 = c.node_dir("f1");
+    assert_eq!(
+        fs::read_to_string(f1.join("kernel.txt")).unwrap(),
+        "Linux\n"
+    );
+    assert_eq!(
+        fs::read_to_string(f1.join("netmask.txt")).unwrap(),
+        "255.0.0.0\n"
+    );
+    assert!(!c.node_dir("f2").join("kernel.txt").exists());
+}

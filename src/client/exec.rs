@@ -161,6 +161,42 @@ pub fn start(
     let check = task.options.check;
     let mark = format!("{} {job_id}", crate::verbs::MARK);
     match &task.action {
+        Action::Facter { .. } if check => Started::Done(said(
+            Exit::WouldChange,
+            "would run facter --json and keep its facts as the ARG facter\n".into(),
+        )),
+        Action::Facter {
+            custom_dir,
+            external_dir,
+        } => {
+            let mut command = String::from(
+                "command -v facter >/dev/null 2>&1 || { echo 'FACTER: facter is not installed on this node (install its facter package, or leave FACTER out)' >&2; exit 127; }; exec facter --json",
+            );
+            for (flag, dir) in [
+                ("--custom-dir", custom_dir),
+                ("--external-dir", external_dir),
+            ] {
+                if let Some(d) = dir {
+                    command.push_str(&format!(" {flag} {}", crate::verbs::sh_quote(d)));
+                }
+            }
+            Started::Process(
+                Spawn {
+                    job_id,
+                    command,
+                    env: cache.env().clone(),
+                    live: false,
+                },
+                ProcKind::Run,
+                OnSuccess {
+                    cache_key: None,
+                    capture: Capture {
+                        stdout: Some("facter".into()),
+                        stderr: None,
+                    },
+                },
+            )
+        }
         Action::CacheFile(c) if c.here => {
             match load_values(cache, &c.path, c.values.clone(), check) {
                 Ok(done) => Started::Done(done),
