@@ -836,8 +836,17 @@ impl Task {
             }
         }
         // Arguments that look like an option need the `--` that ends
-        // options (verbs without arguments end with an option, not them).
-        let bodiless = matches!(self.action, Action::Facter { .. } | Action::ClearCache);
+        // options. Not for verbs whose arguments start with their own
+        // options (and whose names never start with `-`), nor for verbs
+        // without arguments, which end with an option.
+        let bodiless = matches!(
+            self.action,
+            Action::Facter { .. }
+                | Action::ClearCache
+                | Action::Package(_)
+                | Action::Service(_)
+                | Action::Wait(_)
+        );
         if let Some(body) = out.last_mut().filter(|_| !bodiless) {
             if body.starts_with("--") {
                 *body = format!("-- {body}");
@@ -1222,6 +1231,32 @@ mod tests {
 
     fn run(s: &str) -> Result<Task, String> {
         Task::parse(Verb::Run, s)
+    }
+
+    #[test]
+    fn verbs_with_their_own_options_print_a_job_string_that_parses_back() {
+        for (verb, args) in [
+            (
+                Verb::Service,
+                "--daemon-reload --enable --state restarted podman.socket",
+            ),
+            (Verb::Package, "--state latest nginx"),
+            (Verb::Wait, "--seconds 5"),
+            (Verb::Facter, "--skip-cache --custom-dir /x"),
+        ] {
+            let t = Task::parse(verb, args).unwrap();
+            assert!(
+                !t.args().starts_with("--  ") && !t.args().contains("-- --"),
+                "{}",
+                t.args()
+            );
+            assert_eq!(
+                Task::parse(verb, &t.args()).unwrap(),
+                t,
+                "{verb} {}",
+                t.args()
+            );
+        }
     }
 
     #[test]
