@@ -780,6 +780,13 @@ every run, whatever the node's cache says):
   FACTER               run facter --json (--custom-dir DIR, --external-dir DIR) and keep its
                        facts as the ARG facter ({{ facter.kernel }}); fails where facter is
                        not installed
+  CONTAINER_IMAGE      podman images on --socket-path (default /var/run/podman/podman.sock):
+                       --pull|--push|--inspect IMAGE..., --tag IMAGE NEW, --list;
+                       --no-tlsverify; --stdout-arg NAME keeps what --inspect/--list print
+  POD                  podman pods: --start|--stop|--rm [--force]|--kill [--kill-signal S]|
+                       --inspect NAME, --play FILE, --exec-run CONTAINER --command 'CMD'
+                       [--env K=V,...] [--privileged]
+  QUEUESENTINEL        accepted for Directord's files; does nothing
 ";
 
 const EXEC_HELP: &str = "\
@@ -789,7 +796,8 @@ Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATT
                                 [--wait [--follow]] 'ARGS'
 
   --verb VERB      RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE (DNF), SERVICE, WAIT,
-                   ECHO, CACHEEVICT, CACHEFILE or FACTER
+                   ECHO, CACHEEVICT, CACHEFILE, FACTER, CONTAINER_IMAGE, POD or
+                   QUEUESENTINEL
   --target PATTERN the nodes to run on (default: every connected node): a node name, a
                    glob on names (web*, db-[12]), or KEY=VALUE on a label or fact
                    (role=web, os_id=debian; VALUE may be a glob); repeat, or separate

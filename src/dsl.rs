@@ -73,6 +73,15 @@ pub enum Verb {
     /// Run `facter --json` and keep its facts as the ARG `facter`.
     #[serde(rename = "FACTER")]
     Facter,
+    /// Container images, through podman (Directord's).
+    #[serde(rename = "CONTAINER_IMAGE")]
+    ContainerImage,
+    /// Pods, through podman (Directord's).
+    #[serde(rename = "POD")]
+    Pod,
+    /// Directord's queue sentinel: accepted, and does nothing here.
+    #[serde(rename = "QUEUESENTINEL")]
+    QueueSentinel,
 }
 
 /// A part of a node's cache, as Directord's CACHEEVICT names them.
@@ -103,6 +112,9 @@ impl Verb {
         Verb::CacheEvict,
         Verb::CacheFile,
         Verb::Facter,
+        Verb::ContainerImage,
+        Verb::Pod,
+        Verb::QueueSentinel,
     ];
 
     /// The verb as users write it.
@@ -124,6 +136,9 @@ impl Verb {
             Verb::CacheEvict => "CACHEEVICT",
             Verb::CacheFile => "CACHEFILE",
             Verb::Facter => "FACTER",
+            Verb::ContainerImage => "CONTAINER_IMAGE",
+            Verb::Pod => "POD",
+            Verb::QueueSentinel => "QUEUESENTINEL",
         }
     }
 }
@@ -254,9 +269,15 @@ pub enum Action {
         guard: Option<Box<Guard>>,
     },
     /// `ARG KEY VALUE`.
-    Arg { key: String, value: String },
+    Arg {
+        key: String,
+        value: String,
+    },
     /// `ENV KEY VALUE`.
-    Env { key: String, value: String },
+    Env {
+        key: String,
+        value: String,
+    },
     /// `WORKDIR [--chown USER[:GROUP]] [--chmod MODE] PATH`: PATH is a
     /// template.
     Workdir {
@@ -273,7 +294,9 @@ pub enum Action {
     Add(Box<Add>),
     /// `QUERY KEY`: each target reports its ARG KEY, and once every target
     /// has (or ended), each gets the map of them as `query.KEY`.
-    Query { key: String },
+    Query {
+        key: String,
+    },
     /// Forget every ARG, ENV, QUERY map and step the node's cache holds;
     /// its files stay as they are.
     ClearCache,
@@ -284,11 +307,18 @@ pub enum Action {
     /// `WAIT --seconds N | --url URL | --cmd COMMAND`.
     Wait(Box<crate::verbs::wait::Wait>),
     /// `ECHO TEXT`: the text (rendered) is its output.
-    Echo { text: String },
+    Echo {
+        text: String,
+    },
     /// `CACHEEVICT args|envs|query|jobs|all`; `None`: all.
-    CacheEvict { part: Option<CachePart> },
+    CacheEvict {
+        part: Option<CachePart>,
+    },
     /// `ARG --extend-args KEY VALUE`: a list or map merged into the ARG's.
-    ExtendArg { key: String, value: String },
+    ExtendArg {
+        key: String,
+        value: String,
+    },
     /// `CACHEFILE PATH`.
     CacheFile(Box<crate::verbs::cachefile::CacheFile>),
     /// `FACTER [--custom-dir DIR] [--external-dir DIR]`.
@@ -296,6 +326,10 @@ pub enum Action {
         custom_dir: Option<String>,
         external_dir: Option<String>,
     },
+    Image(Box<crate::verbs::podman::Image>),
+    Pod(Box<crate::verbs::podman::Pod>),
+    /// Accepted for Directord's files; does nothing.
+    QueueSentinel,
 }
 
 impl std::fmt::Debug for Action {
@@ -353,6 +387,9 @@ impl std::fmt::Debug for Action {
                 .field("custom_dir", custom_dir)
                 .field("external_dir", external_dir)
                 .finish(),
+            Action::Image(i) => f.debug_tuple("Image").field(i).finish(),
+            Action::Pod(p) => f.debug_tuple("Pod").field(p).finish(),
+            Action::QueueSentinel => f.write_str("QueueSentinel"),
             Action::CacheFile(c) => f
                 .debug_struct("CacheFile")
                 .field("path", &c.path)
@@ -582,6 +619,11 @@ impl Task {
             Verb::CacheFile => {
                 Action::CacheFile(Box::new(crate::verbs::cachefile::CacheFile::parse(rest)?))
             }
+            Verb::ContainerImage => {
+                Action::Image(Box::new(crate::verbs::podman::parse_image(flags, rest)?))
+            }
+            Verb::Pod => Action::Pod(Box::new(crate::verbs::podman::parse_pod(flags, rest)?)),
+            Verb::QueueSentinel => Action::QueueSentinel,
             Verb::Facter => {
                 if !rest.is_empty() {
                     return Err(format!(
@@ -698,6 +740,9 @@ impl Task {
             Action::CacheEvict { .. } => Verb::CacheEvict,
             Action::CacheFile(_) => Verb::CacheFile,
             Action::Facter { .. } => Verb::Facter,
+            Action::Image(_) => Verb::ContainerImage,
+            Action::Pod(_) => Verb::Pod,
+            Action::QueueSentinel => Verb::QueueSentinel,
         }
     }
 
@@ -796,6 +841,9 @@ impl Task {
             Action::Echo { text } => out.push(text.clone()),
             Action::CacheEvict { part } => out.push(cache_part_name(*part).into()),
             Action::CacheFile(c) => out.push(c.path.clone()),
+            Action::Image(i) => out.push(i.args()),
+            Action::Pod(p) => out.push(p.args()),
+            Action::QueueSentinel => {}
             Action::Facter {
                 custom_dir,
                 external_dir,
@@ -846,6 +894,9 @@ impl Task {
                 | Action::Package(_)
                 | Action::Service(_)
                 | Action::Wait(_)
+                | Action::Image(_)
+                | Action::Pod(_)
+                | Action::QueueSentinel
         );
         if let Some(body) = out.last_mut().filter(|_| !bodiless) {
             if body.starts_with("--") {
@@ -912,6 +963,9 @@ impl Task {
             Action::Echo { text } => text.clone(),
             Action::CacheEvict { part } => cache_part_name(*part).into(),
             Action::CacheFile(c) => c.path.clone(),
+            Action::Image(i) => i.args(),
+            Action::Pod(p) => p.args(),
+            Action::QueueSentinel => String::new(),
             Action::Facter {
                 custom_dir,
                 external_dir,
@@ -1012,6 +1066,9 @@ fn verb_options(verb: Verb) -> &'static [(&'static str, bool)] {
         | Verb::CacheEvict
         | Verb::CacheFile => &[],
         Verb::Facter => &[("custom-dir", true), ("external-dir", true)],
+        Verb::ContainerImage => crate::verbs::podman::IMAGE_OPTIONS,
+        Verb::Pod => crate::verbs::podman::POD_OPTIONS,
+        Verb::QueueSentinel => &[],
     }
 }
 
@@ -1285,7 +1342,7 @@ mod tests {
         assert_eq!("Workdir".parse::<Verb>(), Ok(Verb::Workdir));
         assert_eq!(
             "FLY".parse::<Verb>().unwrap_err(),
-            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT, ECHO, CACHEEVICT, CACHEFILE, FACTER)"
+            "unknown verb 'FLY' (known verbs: RUN, ARG, ENV, WORKDIR, ADD, COPY, QUERY, PACKAGE, DNF, SERVICE, WAIT, ECHO, CACHEEVICT, CACHEFILE, FACTER, CONTAINER_IMAGE, POD, QUEUESENTINEL)"
         );
     }
 
@@ -1384,7 +1441,7 @@ mod tests {
         let e = Task::parse(Verb::Arg, "--stdout-arg x k v").unwrap_err();
         assert_eq!(
             e,
-            "option --stdout-arg does not apply to ARG (only to RUN and WORKDIR)"
+            "option --stdout-arg does not apply to ARG (only to RUN, WORKDIR, CONTAINER_IMAGE and POD)"
         );
         assert_eq!(
             Task::parse(Verb::Arg, "onlykey").unwrap_err(),

@@ -213,3 +213,66 @@ fn facter_facts_are_kept_queried_and_read_the_directord_way_and_a_node_without_f
     );
     assert!(!c.node_dir("f2").join("kernel.txt").exists());
 }
+
+#[test]
+fn container_image_and_pod_drive_podman_on_the_socket_given() {
+    let mut c = Cluster::new("directord-podman", "0.5");
+    c.start_server();
+    // A podman stand-in (no podman service runs here): it records each
+    // call and answers an inspection.
+    let bin = c.dir.path.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let calls = c.dir.path.join("podman-calls");
+    let podman = bin.join("podman");
+    fs::write(
+        &podman,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\ncase \"$*\" in *'image inspect'*) echo '[{{\"Id\": \"abc\"}}]' ;; esac\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&podman, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    c.start_client_env("p1", &[("PATH", &path)]);
+    c.wait_nodes(&["p1"]);
+    let file = c.dir.path.join("podman.yaml");
+    fs::write(
+        &file,
+        r#"- jobs:
+  - CONTAINER_IMAGE: --skip-cache --socket-path /tmp/podman.sock --no-tlsverify --pull alpine:3.13 alpine:3.12
+  - CONTAINER_IMAGE: --skip-cache --socket-path /tmp/podman.sock --tag alpine:3.12 quay.io/test/alpine
+  - CONTAINER_IMAGE: --skip-cache --stdout-arg inspection --socket-path /tmp/podman.sock --inspect quay.io/test/alpine
+  - RUN: --skip-cache echo "{{ inspection[0].Id }}" > id.txt
+  - POD: --socket-path /tmp/podman.sock --kill-signal SIGTERM --kill web
+  - QUEUESENTINEL: true
+"#,
+    )
+    .unwrap();
+    // --check runs only the reads.
+    let out = c.cli(&["orchestrate", "--wait", "--check", file.to_str().unwrap()]);
+    assert!(
+        out.stdout
+            .contains("would run: podman --url unix:///tmp/podman.sock pull"),
+        "{out:?}"
+    );
+    let called = fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        !called.contains(" pull ") && !called.contains(" tag "),
+        "{called}"
+    );
+    fs::remove_file(&calls).ok();
+    let out = c.cli(&["orchestrate", "--wait", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        fs::read_to_string(&calls).unwrap(),
+        "--url unix:///tmp/podman.sock pull --tls-verify=false alpine:3.13 alpine:3.12\n\
+         --url unix:///tmp/podman.sock tag alpine:3.12 quay.io/test/alpine\n\
+         --url unix:///tmp/podman.sock image inspect quay.io/test/alpine\n\
+         --url unix:///tmp/podman.sock pod kill --signal SIGTERM web\n"
+    );
+    assert_eq!(
+        fs::read_to_string(c.node_dir("p1").join("id.txt")).unwrap(),
+        "abc\n"
+    );
+}

@@ -161,6 +161,24 @@ pub fn start(
     let check = task.options.check;
     let mark = format!("{} {job_id}", crate::verbs::MARK);
     match &task.action {
+        Action::Image(_) | Action::Pod(_) => {
+            let ((command, reads), stdout_arg) = match &task.action {
+                Action::Image(i) => (i.command(), i.stdout_arg.clone()),
+                Action::Pod(p) => (p.command(), p.stdout_arg.clone()),
+                _ => unreachable!("matched above"),
+            };
+            let script = crate::verbs::podman::script(&command, reads, check, &mark);
+            let mut started = verb_script(job_id, script, cache, check && !reads);
+            if let (Started::Process(_, _, on_success), false) = (&mut started, check) {
+                on_success.capture.stdout = stdout_arg;
+            }
+            started
+        }
+        Action::QueueSentinel => Started::Done(said(
+            Exit::Unchanged,
+            "QUEUESENTINEL: nothing to do (director's nodes keep no per-run queues to stop)\n"
+                .into(),
+        )),
         Action::Facter { .. } if check => Started::Done(said(
             Exit::WouldChange,
             "would run facter --json and keep its facts as the ARG facter\n".into(),

@@ -11,6 +11,7 @@
 
 pub mod cachefile;
 pub mod package;
+pub mod podman;
 pub mod service;
 pub mod wait;
 
