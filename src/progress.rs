@@ -142,10 +142,9 @@ impl Progress {
             (0..total).find(|i| (self.done_count(*i) as usize) < self.jobs[*i].targets.len());
         match current {
             Some(i) => format!(
-                "{batch}[job {}/{total}] {} {}: {}/{} nodes done, {} elapsed",
+                "{batch}[job {}/{total}] {}: {}/{} nodes done, {} elapsed",
                 i + 1,
-                self.jobs[i].verb,
-                shorten(&self.jobs[i].args, 40),
+                label(&self.jobs[i], 40),
                 self.done_count(i),
                 self.jobs[i].targets.len(),
                 format_secs(elapsed.as_secs_f64())
@@ -165,11 +164,10 @@ impl Progress {
             .map(|(s, n)| format!("{n} {}", s.name()))
             .collect();
         format!(
-            "job {}/{} {} {}: {}",
+            "job {}/{} {}: {}",
             i + 1,
             self.jobs.len(),
-            j.verb,
-            shorten(&j.args, 60),
+            label(j, 60),
             states.join(", ")
         )
     }
@@ -224,12 +222,11 @@ impl Progress {
         for (i, p) in &self.printed {
             let j = &self.jobs[*i];
             s.push_str(&format!(
-                "{}: job {}/{} {} {}\n",
+                "{}: job {}/{} {}\n",
                 p.node,
                 i + 1,
                 self.jobs.len(),
-                j.verb,
-                shorten(&j.args, 60)
+                label(j, 60)
             ));
             let mut body = Vec::new();
             // Writing to a Vec cannot fail.
@@ -239,12 +236,11 @@ impl Progress {
         for (i, p) in &self.failures {
             let j = &self.jobs[*i];
             s.push_str(&format!(
-                "\n{}: job {}/{} {} {}: {}",
+                "\n{}: job {}/{} {}: {}",
                 p.node,
                 i + 1,
                 self.jobs.len(),
-                j.verb,
-                j.args,
+                label(j, usize::MAX),
                 p.state.name()
             ));
             match (p.exit_code, p.signal) {
@@ -271,6 +267,20 @@ pub fn shorten(s: &str, max: usize) -> String {
     let mut cut: String = one_line.chars().take(max.saturating_sub(3)).collect();
     cut.push_str("...");
     cut
+}
+
+/// A job as progress lines name it: `[its name] VERB args`, the
+/// arguments cut to `width` characters.
+fn label(j: &PlannedJob, width: usize) -> String {
+    let args = if width == usize::MAX {
+        j.args.clone()
+    } else {
+        shorten(&j.args, width)
+    };
+    match &j.name {
+        Some(n) => format!("[{n}] {} {args}", j.verb),
+        None => format!("{} {args}", j.verb),
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +323,7 @@ mod tests {
             verb: Verb::Run,
             args: format!("step {i}"),
             task_sha1: String::new(),
+            name: None,
         };
         let mut p = Progress::new(&Plan {
             parent_id: Some(Uuid::new_v4()),

@@ -543,6 +543,7 @@ fn local_plan(blocks: &[wire::Block]) -> Plan {
                 verb: t.verb(),
                 args: t.args_masked(),
                 task_sha1: t.sha1(),
+                name: t.options.name().map(str::to_owned),
             })
         })
         .collect();
@@ -1079,6 +1080,7 @@ fn run_plan(run: &RunDetail) -> Plan {
                 verb: j.verb,
                 args: j.args.clone(),
                 task_sha1: j.task_sha1.clone(),
+                name: j.name.clone(),
             })
             .collect(),
         batches: Vec::new(),
@@ -1126,6 +1128,9 @@ fn job_text(d: &JobDetail) -> String {
     let mut s = String::new();
     let field = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<11}{v}\n"));
     field(&mut s, "job", &j.id.to_string());
+    if let Some(n) = &j.name {
+        field(&mut s, "name", n);
+    }
     field(&mut s, "verb", j.verb.name());
     field(&mut s, "args", &crate::dsl::one_line(&j.args));
     field(&mut s, "task sha1", &j.task_sha1);

@@ -1096,6 +1096,8 @@ pub struct PlannedJob {
     pub verb: Verb,
     pub args: String,
     pub task_sha1: String,
+    /// Its `name:` in the orchestration.
+    pub name: Option<String>,
 }
 
 /// Where one job stands on one node.
@@ -1268,6 +1270,8 @@ pub struct JobView {
     pub id: Uuid,
     /// The orchestration run it belongs to.
     pub parent: Option<Uuid>,
+    /// Its `name:` in the orchestration.
+    pub name: Option<String>,
     pub verb: Verb,
     pub args: String,
     pub task_sha1: String,

@@ -83,6 +83,12 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
 
     let out = c.cli(&["orchestrate", "--wait", file.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{out:?}");
+    // Job names show in the progress lines, and in --job-info.
+    assert!(
+        out.stdout.contains("[Job name test] RUN echo named job"),
+        "{}",
+        out.stdout
+    );
     let d1 = c.node_dir("d1");
     let d2 = c.node_dir("d2");
     // Block 1 went everywhere.
@@ -134,8 +140,15 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
         .iter()
         .find(|j| j["verb"] == "ECHO")
         .expect("the ECHO job is listed");
+    assert_eq!(echo["name"], "echo it", "{echo}");
     let info = c.job_info(echo["id"].as_str().unwrap());
     assert_eq!(info["nodes"][0]["stdout"], "said hello world 3\n", "{info}");
+    let text = c.cli(&["manage", "--job-info", echo["id"].as_str().unwrap()]);
+    assert!(
+        text.stdout.contains("name       echo it"),
+        "{}",
+        text.stdout
+    );
 
     // A slip in the Directord fields is one line naming the file and the
     // block, and nothing is queued.

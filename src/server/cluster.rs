@@ -1050,8 +1050,8 @@ impl Cluster {
             let name = task.options.name().map(str::to_owned);
             let job_id =
                 parent_id.map(|p| self.queue_job(task, &targets, Some(p), now, out).job_id);
-            if let (Some(n), Some(id)) = (name, job_id) {
-                named.insert(n, id);
+            if let (Some(n), Some(id)) = (&name, job_id) {
+                named.insert(n.clone(), id);
             }
             jobs.push(PlannedJob {
                 job_id,
@@ -1060,6 +1060,7 @@ impl Cluster {
                 verb,
                 args,
                 task_sha1,
+                name,
             });
         }
         if let Some(r) = parent_id.and_then(|p| self.rollouts.get_mut(&p)) {

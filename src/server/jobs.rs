@@ -542,6 +542,7 @@ impl Job {
         JobView {
             id: self.id,
             parent: self.parent,
+            name: self.task.options.name().map(str::to_owned),
             verb: self.task.verb(),
             args: self.task.args_masked(),
             task_sha1: self.sha1_hex(),
