@@ -27,7 +27,7 @@ pub fn resolve_in(task: &mut Task, base: Option<&Path>) -> Result<(), String> {
     if let Action::CacheFile(c) = &mut task.action {
         if c.here {
             let path = base.map_or_else(|| PathBuf::from(&c.path), |b| b.join(&c.path));
-            c.values = crate::verbs::cachefile::load(&path)?;
+            c.values = crate::verbs::cachefile::load(&path, crate::verbs::cachefile::CAP_HERE)?;
         }
         return Ok(());
     }

@@ -161,19 +161,8 @@ pub fn start(
     let check = task.options.check;
     let mark = format!("{} {job_id}", crate::verbs::MARK);
     match &task.action {
-        Action::Image(_) | Action::Pod(_) => {
-            let ((command, reads), stdout_arg) = match &task.action {
-                Action::Image(i) => (i.command(), i.stdout_arg.clone()),
-                Action::Pod(p) => (p.command(), p.stdout_arg.clone()),
-                _ => unreachable!("matched above"),
-            };
-            let script = crate::verbs::podman::script(&command, reads, check, &mark);
-            let mut started = verb_script(job_id, script, cache, check && !reads);
-            if let (Started::Process(_, _, on_success), false) = (&mut started, check) {
-                on_success.capture.stdout = stdout_arg;
-            }
-            started
-        }
+        Action::Image(i) => podman_script(job_id, i.command(), &i.stdout_arg, cache, check, &mark),
+        Action::Pod(p) => podman_script(job_id, p.command(), &p.stdout_arg, cache, check, &mark),
         Action::QueueSentinel => Started::Done(said(
             Exit::Unchanged,
             "QUEUESENTINEL: nothing to do (director's nodes keep no per-run queues to stop)\n"
@@ -563,6 +552,24 @@ pub fn finish(
         outcome,
         what: format!("the command succeeded, but {}", staged.join(" and ")),
     }))
+}
+
+/// A CONTAINER_IMAGE or POD job: its podman command (and whether it only
+/// reads), with what it prints kept as an ARG if asked.
+fn podman_script(
+    job_id: Uuid,
+    (command, reads): (String, bool),
+    stdout_arg: &Option<String>,
+    cache: &Cache,
+    check: bool,
+    mark: &str,
+) -> Started {
+    let script = crate::verbs::podman::script(&command, reads, check, mark);
+    let mut started = verb_script(job_id, script, cache, check && !reads);
+    if let (Started::Process(_, _, on_success), false) = (&mut started, check) {
+        on_success.capture.stdout = stdout_arg.clone();
+    }
+    started
 }
 
 /// CACHEFILE's values into the node's ARGs: the outcome at once when

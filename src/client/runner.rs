@@ -118,7 +118,10 @@ impl IoTask {
             IoTask::Dir(task) => IoDone::Dir(task.run()),
             IoTask::Url { url, limit } => IoDone::Url(crate::verbs::wait::probe(&url, limit)),
             IoTask::Probe { host, port } => IoDone::Probe(probe(&host, port)),
-            IoTask::LoadFile(path) => IoDone::FileLoaded(crate::verbs::cachefile::load(&path)),
+            IoTask::LoadFile(path) => IoDone::FileLoaded(crate::verbs::cachefile::load(
+                &path,
+                crate::verbs::cachefile::CAP,
+            )),
             IoTask::PruneStore(dir) => IoDone::PrunedStore(store::prune(
                 &dir,
                 store::MAX_BYTES,

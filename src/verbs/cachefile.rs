@@ -10,8 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The most bytes a cache file may have.
+/// The most bytes a cache file read on the node may have.
 pub const CAP: u64 = 1 << 20;
+/// The most bytes of one read on the server's machine: its values travel
+/// with the job and stay with it in the server's memory while retained.
+pub const CAP_HERE: u64 = 64 << 10;
 
 /// Where the values come from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,16 +75,19 @@ pub fn pairs(text: &str, name: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// Read and parse a cache file (on the I/O thread, or by the CLI).
-pub fn load(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+/// Read and parse a cache file of at most `cap` bytes (on the I/O
+/// thread, or by the CLI).
+pub fn load(path: &std::path::Path, cap: u64) -> Result<Vec<(String, String)>, String> {
     use std::io::Read;
     let shown = path.display().to_string();
     let mut text = String::new();
     std::fs::File::open(path)
-        .and_then(|f| f.take(CAP + 1).read_to_string(&mut text))
+        .and_then(|f| f.take(cap + 1).read_to_string(&mut text))
         .map_err(|e| format!("cache file {shown}: {e}"))?;
-    if text.len() as u64 > CAP {
-        return Err(format!("cache file {shown} is larger than {CAP} bytes"));
+    if text.len() as u64 > cap {
+        return Err(format!(
+            "cache file {shown} is larger than {cap} bytes (a file of values: put large data in files ADD sends)"
+        ));
     }
     pairs(&text, &shown)
 }
@@ -113,5 +119,16 @@ mod tests {
         assert!(CacheFile::parse("/tmp/a.yaml").is_ok_and(|c| !c.here));
         assert!(CacheFile::parse("files/a.yaml").is_ok_and(|c| c.here));
         assert!(CacheFile::parse("").is_err());
+    }
+
+    #[test]
+    fn a_file_over_its_cap_or_missing_is_one_line() {
+        let p = std::env::temp_dir().join(format!("director-cachefile-{}", std::process::id()));
+        std::fs::write(&p, "a: 1\nb: 2\n").unwrap();
+        assert_eq!(load(&p, 64).unwrap().len(), 2);
+        let e = load(&p, 4).unwrap_err();
+        assert!(e.contains("is larger than 4 bytes") && !e.contains('\n'), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        assert!(load(&p, 64).unwrap_err().contains("No such file"));
     }
 }
