@@ -80,7 +80,7 @@ fn the_bash_completion_script_loads_and_completes() {
     let probe = format!(
         "source {}; \
          COMP_WORDS=(director manage --list-n); COMP_CWORD=2; _director; echo \"${{COMPREPLY[@]}}\"; \
-         COMP_WORDS=(director exec --verb Q); COMP_CWORD=3; _director; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(director exec --verb WA); COMP_CWORD=3; _director; echo \"${{COMPREPLY[@]}}\"; \
          COMP_WORDS=(director orch); COMP_CWORD=1; _director; echo \"${{COMPREPLY[@]}}\"",
         script.display()
     );
@@ -93,7 +93,7 @@ fn the_bash_completion_script_loads_and_completes() {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(lines, ["--list-nodes", "QUERY", "orchestrate"], "{run:?}");
+    assert_eq!(lines, ["--list-nodes", "WAIT", "orchestrate"], "{run:?}");
     let out = util::run_cli(&dir.path, &["completions".into(), "tcsh".into()]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("unknown shell 'tcsh'"), "{out:?}");
