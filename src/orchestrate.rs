@@ -155,8 +155,20 @@ fn vars_as_options(vars: serde_yaml::Mapping) -> Result<String, String> {
     use serde_yaml::Value;
     let mut out = Vec::new();
     for (k, v) in vars {
-        let Some(key) = k.as_str() else {
-            return Err(format!("vars: a key is not a name: {k:?}"));
+        let key = match k.as_str() {
+            Some(key)
+                if !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                key
+            }
+            _ => {
+                return Err(format!(
+                    "vars: {k:?} is not an option's name (stdout_arg, skip_cache, ...)"
+                ))
+            }
         };
         let flag = format!("--{}", key.replace('_', "-"));
         let text = match v {
@@ -173,6 +185,13 @@ fn vars_as_options(vars: serde_yaml::Mapping) -> Result<String, String> {
             ))
             }
         };
+        // One word the job string reads back as it is: never something that
+        // could end the quoting and spill into the command.
+        if (text.contains('\'') && text.contains('"')) || text.contains(['\n', '\r']) {
+            return Err(format!(
+                "vars: {key} holds both quote marks or a line break; write that option in the job string"
+            ));
+        }
         out.push(format!("{flag} {}", crate::dsl::quote_value(&text)));
     }
     Ok(out.join(" "))
@@ -215,7 +234,7 @@ impl<'de> Deserialize<'de> for Scalar {
         impl Visitor<'_> for V {
             type Value = Scalar;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("the job's arguments as a string")
+                f.write_str("a string, a number or a boolean")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
                 Ok(Scalar(v.to_owned()))
@@ -686,6 +705,10 @@ mod tests {
         assert!(e.contains("assign is a list of targets"), "{e}");
         let e = p("- jobs:\n  - RUN: x\n    vars: {stdout_arg: [a]}\n").unwrap_err();
         assert!(e.contains("vars: stdout_arg is a list or map"), "{e}");
+        let e = p("- jobs:\n  - RUN: x\n    vars: {\"\": 1}\n").unwrap_err();
+        assert!(e.contains("is not an option's name"), "{e}");
+        let e = p("- jobs:\n  - RUN: echo hi\n    vars: {stdout_arg: \"a'b\\\"c\"}\n").unwrap_err();
+        assert!(e.contains("both quote marks"), "{e}");
         let e = p("- jobs:\n  - RUN: x\n    vars: {colour: red}\n").unwrap_err();
         assert!(e.contains("--colour"), "{e}");
     }

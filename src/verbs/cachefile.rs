@@ -127,7 +127,10 @@ mod tests {
         std::fs::write(&p, "a: 1\nb: 2\n").unwrap();
         assert_eq!(load(&p, 64).unwrap().len(), 2);
         let e = load(&p, 4).unwrap_err();
-        assert!(e.contains("is larger than 4 bytes") && !e.contains('\n'), "{e}");
+        assert!(
+            e.contains("is larger than 4 bytes") && !e.contains('\n'),
+            "{e}"
+        );
         std::fs::remove_file(&p).unwrap();
         assert!(load(&p, 64).unwrap_err().contains("No such file"));
     }
