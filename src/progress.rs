@@ -269,17 +269,18 @@ pub fn shorten(s: &str, max: usize) -> String {
     cut
 }
 
-/// A job as progress lines name it: `[its name] VERB args`, the
-/// arguments cut to `width` characters.
+/// A job as progress lines name it: `[block: job] VERB args` with the
+/// names it has, the arguments cut to `width` characters.
 fn label(j: &PlannedJob, width: usize) -> String {
     let args = if width == usize::MAX {
         j.args.clone()
     } else {
         shorten(&j.args, width)
     };
-    match &j.name {
-        Some(n) => format!("[{n}] {} {args}", j.verb),
-        None => format!("{} {args}", j.verb),
+    match (&j.block_name, &j.name) {
+        (Some(b), Some(n)) => format!("[{b}: {n}] {} {args}", j.verb),
+        (Some(n), None) | (None, Some(n)) => format!("[{n}] {} {args}", j.verb),
+        (None, None) => format!("{} {args}", j.verb),
     }
 }
 
@@ -324,6 +325,7 @@ mod tests {
             args: format!("step {i}"),
             task_sha1: String::new(),
             name: None,
+            block_name: None,
         };
         let mut p = Progress::new(&Plan {
             parent_id: Some(Uuid::new_v4()),

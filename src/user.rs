@@ -544,6 +544,7 @@ fn local_plan(blocks: &[wire::Block]) -> Plan {
                 args: t.args_masked(),
                 task_sha1: t.sha1(),
                 name: t.options.name().map(str::to_owned),
+                block_name: b.name.clone(),
             })
         })
         .collect();
@@ -1081,6 +1082,7 @@ fn run_plan(run: &RunDetail) -> Plan {
                 args: j.args.clone(),
                 task_sha1: j.task_sha1.clone(),
                 name: j.name.clone(),
+                block_name: None,
             })
             .collect(),
         batches: Vec::new(),

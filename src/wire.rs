@@ -1098,6 +1098,8 @@ pub struct PlannedJob {
     pub task_sha1: String,
     /// Its `name:` in the orchestration.
     pub name: Option<String>,
+    /// Its block's `name:` (known when the run is submitted).
+    pub block_name: Option<String>,
 }
 
 /// Where one job stands on one node.

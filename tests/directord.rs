@@ -85,7 +85,8 @@ fn a_directord_style_file_runs_unchanged_with_its_names_assignments_vars_and_rel
     assert_eq!(out.code, 0, "{out:?}");
     // Job names show in the progress lines, and in --job-info.
     assert!(
-        out.stdout.contains("[Job name test] RUN echo named job"),
+        out.stdout
+            .contains("[Functional test parent: Job name test] RUN echo named job"),
         "{}",
         out.stdout
     );

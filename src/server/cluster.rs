@@ -1061,6 +1061,7 @@ impl Cluster {
                 args,
                 task_sha1,
                 name,
+                block_name: blocks[block].name.clone(),
             });
         }
         if let Some(r) = parent_id.and_then(|p| self.rollouts.get_mut(&p)) {
