@@ -181,6 +181,11 @@ fn server_seeds() -> Vec<Vec<u8>> {
             },
             live: true,
             instance: u64::MAX,
+            lane: Some(wire::Lane {
+                parent: id,
+                group: u32::MAX,
+                block: 7,
+            }),
         },
         ServerMsg::ResultAck { job_id: id },
         ServerMsg::Chunk {

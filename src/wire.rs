@@ -404,6 +404,9 @@ pub enum ServerMsg {
         /// routing id of the old one) does not run it: the server reports
         /// it lost, since the old process may have.
         instance: u64,
+        /// An `async` block's job: it may run beside the jobs of the other
+        /// lanes of its group (each lane's jobs still in order).
+        lane: Option<Lane>,
     },
     /// Job port: the result of this job was recorded.
     ResultAck { job_id: Uuid },
@@ -978,6 +981,20 @@ pub struct Block {
     pub concurrent: bool,
 }
 
+/// Where an `async` block's job runs on a node: beside the jobs of the
+/// other blocks (`block`) of the same run of consecutive async blocks
+/// (`group`), after everything before that run and before everything
+/// after it.
+/// How many of an `async` group's lanes a node runs at once.
+pub const LANES: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lane {
+    pub parent: Uuid,
+    pub group: u32,
+    pub block: u32,
+}
+
 /// A job's `assign:` targets.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Assigned(#[serde(deserialize_with = "cautious_seq")] pub Vec<String>);
@@ -1464,6 +1481,7 @@ mod tests {
             dispatch: Dispatch { server: 7, seq: 9 },
             live: false,
             instance: 11,
+            lane: None,
         };
         assert_eq!(decode::<ServerMsg>(&encode(&job)), Ok(job));
     }

@@ -290,3 +290,45 @@ fn container_image_and_pod_drive_podman_on_the_socket_given() {
         "abc\n"
     );
 }
+
+#[test]
+fn async_blocks_run_side_by_side_each_in_order_between_the_blocks_around_them() {
+    let c = Cluster::start("directord-async", &["n1", "n2"], "0.5");
+    // Each lane's first job waits for the other lane's to have started:
+    // run one at a time, they would wait for each other until their
+    // --timeout. The blocks around the group see it whole.
+    let file = c.dir.path.join("async.yaml");
+    fs::write(
+        &file,
+        r#"- jobs:
+  - RUN: touch before
+- async: true
+  jobs:
+  - RUN: >-
+      --timeout 60 test -e before && touch a1 &&
+      until [ -e b1 ]; do sleep 0.02; done && touch a1.done
+  - ARG: lane a
+  - RUN: test -e a1.done && echo "{{ lane }}" > a2
+- async: yes
+  jobs:
+  - RUN: >-
+      --timeout 60 test -e before && touch b1 &&
+      until [ -e a1 ]; do sleep 0.02; done && touch b1.done
+  - RUN: test -e b1.done && touch b2
+- jobs:
+  - RUN: test -e a2 && test -e b2 && touch after
+"#,
+    )
+    .unwrap();
+    let out = c.cli(&["orchestrate", "--wait", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for n in ["n1", "n2"] {
+        let d = c.node_dir(n);
+        for f in ["a1.done", "b1.done", "b2", "after"] {
+            assert!(d.join(f).exists(), "{n}: {f} missing: {}", out.stdout);
+        }
+        assert_eq!(fs::read_to_string(d.join("a2")).unwrap(), "a\n");
+        let log = fs::read_to_string(c.dir.path.join(format!("client-{n}.log"))).unwrap();
+        assert!(log.contains("beside"), "{log}");
+    }
+}

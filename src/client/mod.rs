@@ -242,7 +242,8 @@ pub struct Client {
     /// Tokens for the running command's pipes and pidfd.
     tokens: TokenCounter,
     /// The running command, if the runner has one.
-    process: Option<Process>,
+    /// The commands running: one, or the jobs of an `async` group's lanes.
+    processes: Vec<Process>,
 }
 
 /// Run the client until it is told to stop.
@@ -301,7 +302,7 @@ impl Client {
                 cfg.cache_path.join("blueprints"),
             ),
             tokens: TokenCounter::new(FIRST_DYNAMIC),
-            process: None,
+            processes: Vec::new(),
             trust,
             beat_ivl: cfg.heartbeat_ivl,
             standing: Standing::Unknown,
@@ -572,8 +573,8 @@ impl Client {
         for task in fx.io {
             self.worker.submit(move || task.run());
         }
-        if let Some(sig) = fx.signal {
-            if let Some(p) = &self.process {
+        for (job_id, sig) in fx.signal {
+            if let Some(p) = self.processes.iter().find(|p| p.job_id == job_id) {
                 log::debug!(
                     "job {}: signal {sig} to process group {}",
                     p.job_id,
@@ -582,7 +583,7 @@ impl Client {
                 p.child.signal_group(sig);
             }
         }
-        if let Some(spawn) = fx.spawn {
+        for spawn in fx.spawn {
             self.spawn(spawn);
         }
         // The jobs are done for now: the server's view of the cache catches
@@ -608,7 +609,7 @@ impl Client {
                 }
                 let live = live.then(Live::new);
                 // A process the runner no longer wants is killed when dropped.
-                self.process = Some(Process {
+                self.processes.push(Process {
                     job_id,
                     child,
                     live,
@@ -623,18 +624,22 @@ impl Client {
         }
     }
 
-    /// An event for one of the running command's sources.
+    /// An event for one of the running commands' sources.
     fn on_child_event(&mut self, token: Token) {
-        let Some(p) = &mut self.process else {
-            return;
+        let Some((i, src)) = self
+            .processes
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.child.source(token).map(|s| (i, s)))
+        else {
+            return; // a closed source from an earlier command
         };
-        match p.child.source(token) {
-            Some(Source::Exit) => self.try_reap(),
-            Some(src) => {
-                p.child.read(src, self.poll.registry());
-                self.flush_live(false);
+        match src {
+            Source::Exit => self.try_reap(),
+            src => {
+                self.processes[i].child.read(src, self.poll.registry());
+                self.flush_live(i, false);
             }
-            None => {} // a closed source from an earlier command
         }
     }
 
@@ -642,12 +647,12 @@ impl Client {
     /// most one chunk per stream every `LIVE_EVERY` (else a flush is
     /// timed for then), or all of it (`last`: it ended, and its result
     /// must come after its output).
-    fn flush_live(&mut self, last: bool) {
+    fn flush_live(&mut self, i: usize, last: bool) {
         let Some(Process {
             job_id,
             child,
             live: Some(live),
-        }) = &mut self.process
+        }) = self.processes.get_mut(i)
         else {
             return;
         };
@@ -684,19 +689,23 @@ impl Client {
         }
     }
 
-    /// If the running command has exited: reap it and tell the runner.
+    /// Reap every running command that has exited, and tell the runner.
     fn try_reap(&mut self) {
-        let Some(p) = &mut self.process else {
-            return;
-        };
-        let reaped = p.child.try_reap(self.poll.registry());
-        if matches!(reaped, Ok(false)) {
-            return;
+        let mut i = 0;
+        while i < self.processes.len() {
+            let reaped = self.processes[i].child.try_reap(self.poll.registry());
+            if matches!(reaped, Ok(false)) {
+                i += 1;
+                continue;
+            }
+            self.flush_live(i, true);
+            let p = self.processes.remove(i);
+            self.reaped(p, reaped);
         }
-        self.flush_live(true);
-        let Some(Process { job_id, child, .. }) = self.process.take() else {
-            return;
-        };
+    }
+
+    fn reaped(&mut self, p: Process, reaped: std::io::Result<bool>) {
+        let Process { job_id, child, .. } = p;
         let ended = match reaped {
             Err(e) => {
                 log::error!("job {job_id}: cannot wait for pid {}: {e}", child.pid());
@@ -810,11 +819,13 @@ impl Client {
                     dispatch,
                     live,
                     instance,
+                    lane,
                 },
                 None,
             ) if instance == 0 || instance == self.instance => {
                 self.seen = Some(dispatch);
-                self.runner.enqueue(job_id, parent, task, live, &mut fx);
+                self.runner
+                    .enqueue_in(job_id, parent, task, live, lane, &mut fx);
             }
             (JOB, ServerMsg::Job { job_id, .. }, None) => log::warn!(
                 "job {job_id} was sent to this node's previous client process, before the server took this one's Ready: not run here (the server reports it lost)"
@@ -822,7 +833,7 @@ impl Client {
             (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id, &mut fx),
             (JOB, ServerMsg::Follow { job_id }, None) => {
                 self.runner.follow(&job_id);
-                if let Some(p) = self.process.as_mut().filter(|p| p.job_id == job_id) {
+                if let Some(p) = self.processes.iter_mut().find(|p| p.job_id == job_id) {
                     if p.live.is_none() {
                         p.child.go_live();
                         p.live = Some(Live::new());
@@ -1109,17 +1120,16 @@ impl Client {
                     }
                 }
                 Timer::LiveFlush => {
-                    if let Some(Process {
-                        live: Some(live), ..
-                    }) = &mut self.process
-                    {
-                        live.armed = false;
+                    for i in 0..self.processes.len() {
+                        if let Some(live) = self.processes[i].live.as_mut() {
+                            live.armed = false;
+                        }
+                        self.flush_live(i, false);
                     }
-                    self.flush_live(false);
                 }
                 Timer::ReapSweep => {
                     self.try_reap();
-                    if self.process.is_some() {
+                    if !self.processes.is_empty() {
                         self.timers.at(now + REAP_SWEEP, Timer::ReapSweep);
                     }
                 }

@@ -28,6 +28,7 @@ use super::workdir::{DirTask, Report};
 use crate::dsl::Task;
 use crate::journal::{JournalIo, JournalIoDone};
 use crate::reactor::child::Ended;
+use crate::wire::Lane;
 use crate::wire::{Attempt, ClientMsg, Exit, JobState, Outcome, ServerMsg};
 
 /// The longest a WAIT's URL try may take at each step (the name lookup,
@@ -67,9 +68,9 @@ pub struct Effects {
     /// `on_io`.
     pub io: Vec<IoTask>,
     /// A command to start; its end comes back through `on_exited`.
-    pub spawn: Option<Spawn>,
+    pub spawn: Vec<Spawn>,
     /// A signal for the running command's process group.
-    pub signal: Option<i32>,
+    pub signal: Vec<(Uuid, i32)>,
 }
 
 /// What the runner hands the I/O thread (which runs it in order): at most
@@ -162,6 +163,27 @@ fn probe(host: &str, port: u16) -> String {
     }
 }
 
+use crate::wire::LANES;
+/// How far into the queue a lane's next job is looked for.
+const MAX_SCAN: usize = 1024;
+
+/// Can `task` run beside other jobs? Only a plain command: it touches the
+/// node cache and the ledger only when it ends, so nothing it does needs
+/// to be in order with the jobs beside it. Everything else (values kept,
+/// retries, guards, files, checks, handlers) runs alone.
+fn side_by_side(task: &Task) -> bool {
+    let plain = matches!(
+        &task.action,
+        crate::dsl::Action::Run {
+            stdout_arg: None,
+            stderr_arg: None,
+            guard: None,
+            ..
+        }
+    );
+    plain && task.options.retries == 0 && !task.options.check && task.options.onchanges().is_empty()
+}
+
 /// A job waiting here for its turn.
 struct Queued {
     job_id: Uuid,
@@ -171,6 +193,8 @@ struct Queued {
     task: Task,
     /// Send its output as it comes.
     live: bool,
+    /// An `async` block's job.
+    lane: Option<Lane>,
 }
 
 /// What the running job is doing.
@@ -250,7 +274,11 @@ pub struct Runner {
     /// Facts and labels, for templates.
     node: crate::facts::Node,
     queue: VecDeque<Queued>,
+    /// The job running alone.
     running: Option<Running>,
+    /// Plain commands of an `async` group's lanes, running side by side
+    /// (never beside `running`).
+    side: Vec<(Lane, Running)>,
     cache: Cache,
     /// Every job taken here, until its outcome is acknowledged.
     ledger: Ledger,
@@ -284,6 +312,7 @@ impl Runner {
             node,
             queue: VecDeque::new(),
             running: None,
+            side: Vec::new(),
             cache,
             ledger,
             failed_parents: HashSet::new(),
@@ -412,7 +441,10 @@ impl Runner {
     /// Nothing running, and no cache or ledger write out (a stop waits for
     /// them, so the last records reach the files).
     pub fn is_idle(&self) -> bool {
-        self.running.is_none() && !self.cache.is_busy() && !self.ledger.is_busy()
+        self.running.is_none()
+            && self.side.is_empty()
+            && !self.cache.is_busy()
+            && !self.ledger.is_busy()
     }
 
     /// Hand the cache's and the ledger's next writes to the I/O thread, if
@@ -434,13 +466,27 @@ impl Runner {
         }
     }
 
-    /// A job from the server.
+    /// A job from the server, in no lane (tests).
+    #[cfg(test)]
     pub fn enqueue(
         &mut self,
         job_id: Uuid,
         parent: Option<Uuid>,
         task: Task,
         live: bool,
+        fx: &mut Effects,
+    ) {
+        self.enqueue_in(job_id, parent, task, live, None, fx)
+    }
+
+    /// A job from the server, in its `async` lane if it has one.
+    pub fn enqueue_in(
+        &mut self,
+        job_id: Uuid,
+        parent: Option<Uuid>,
+        task: Task,
+        live: bool,
+        lane: Option<Lane>,
         fx: &mut Effects,
     ) {
         match self.ledger.known(&job_id) {
@@ -479,14 +525,61 @@ impl Runner {
             parent,
             task,
             live,
+            lane,
         });
         self.start_next(fx);
         self.pump_cache(fx);
     }
 
+    /// Which queued job may start now, if any: the head when nothing runs;
+    /// with `async` lanes, the first waiting job of each lane of the
+    /// head's group whose lane is idle, beside the others (a job that is
+    /// not a plain command runs alone, once the others have ended). A job
+    /// never starts before one that arrived earlier outside its group, nor
+    /// before an earlier one of its lane.
+    fn next_startable(&self) -> Option<usize> {
+        if self.running.is_some() {
+            return None;
+        }
+        let head = self.queue.front()?;
+        let Some(lane) = head.lane else {
+            return self.side.is_empty().then_some(0);
+        };
+        let same = |l: &Lane| l.parent == lane.parent && l.group == lane.group;
+        if self.side.iter().any(|(l, _)| !same(l)) {
+            return None;
+        }
+        let mut seen: Vec<u32> = Vec::new();
+        for (i, q) in self.queue.iter().enumerate().take(MAX_SCAN) {
+            let Some(l) = q.lane.filter(|l| same(l)) else {
+                return None; // the group is all started: what follows waits
+            };
+            if seen.contains(&l.block) {
+                continue;
+            }
+            seen.push(l.block);
+            if self.side.iter().any(|(s, _)| s.block == l.block) {
+                continue; // its lane is busy
+            }
+            if !side_by_side(&q.task) {
+                if i == 0 && self.side.is_empty() {
+                    return Some(0);
+                }
+                continue;
+            }
+            if self.side.len() < LANES {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     fn start_next(&mut self, fx: &mut Effects) {
-        while self.running.is_none() && !self.stopping {
-            let Some(head) = self.queue.front() else {
+        while !self.stopping {
+            let Some(at) = self.next_startable() else {
+                return;
+            };
+            let Some(head) = self.queue.get(at) else {
                 return;
             };
             // Not before the ledger has it: a job that may have started
@@ -495,7 +588,7 @@ impl Runner {
                 let Some(why) = self.ledger.failure(head.ticket).map(str::to_owned) else {
                     return; // its write is out, or due
                 };
-                let Some(q) = self.queue.pop_front() else {
+                let Some(q) = self.queue.remove(at) else {
                     return;
                 };
                 log::error!("job {}: {why}", q.job_id);
@@ -507,11 +600,13 @@ impl Runner {
                 parent,
                 mut task,
                 live,
+                lane,
                 ..
-            }) = self.queue.pop_front()
+            }) = self.queue.remove(at)
             else {
                 return;
             };
+            let beside = lane.filter(|_| side_by_side(&task));
             if parent.is_some_and(|p| self.failed_parents.contains(&p)) {
                 self.report(job_id, parent, exec::ended(Exit::SkippedAfterFailure), fx);
                 continue;
@@ -569,7 +664,7 @@ impl Runner {
                             cap: Attempt::cap(retries as usize),
                         }));
                     }
-                    fx.spawn = Some(spawn);
+                    fx.spawn.push(spawn);
                     fx.job.push(ClientMsg::Started { job_id });
                     let OnSuccess { cache_key, capture } = on_success;
                     (
@@ -596,7 +691,7 @@ impl Runner {
                             cap: Attempt::cap(tries as usize),
                         }));
                     }
-                    fx.spawn = Some(spawn);
+                    fx.spawn.push(spawn);
                     fx.job.push(ClientMsg::Started { job_id });
                     (
                         Work::Process {
@@ -674,7 +769,7 @@ impl Runner {
             let timeout_secs = task.options.timeout_secs;
             let deadline = now + Duration::from_secs(timeout_secs);
             self.arm_timeout(deadline, fx);
-            self.running = Some(Running {
+            let r = Running {
                 job_id,
                 parent,
                 deadline,
@@ -682,7 +777,17 @@ impl Runner {
                 cache_key,
                 work,
                 retry,
-            });
+            };
+            match beside {
+                Some(lane) => {
+                    log::info!(
+                        "job {job_id}: runs beside {} other job(s) of its async group",
+                        self.side.len()
+                    );
+                    self.side.push((lane, r));
+                }
+                None => self.running = Some(r),
+            }
         }
     }
 
@@ -925,6 +1030,30 @@ impl Runner {
     /// The running command ended (`Ok`: reaped, with what it printed) or
     /// could not be started or waited for (`Err`: why).
     pub fn on_exited(&mut self, job_id: Uuid, ended: Result<Ended, String>, fx: &mut Effects) {
+        if let Some(i) = self.side.iter().position(|(_, r)| r.job_id == job_id) {
+            let (_, r) = self.side.remove(i);
+            let timed_out = matches!(
+                r.work,
+                Work::Process {
+                    timed_out: true,
+                    ..
+                }
+            )
+            .then_some(r.timeout_secs);
+            // A plain command: nothing to keep but its outcome.
+            let outcome = match ended {
+                Ok(ended) => {
+                    match exec::finish(ended, &Capture::default(), timed_out, &mut self.cache) {
+                        Ok(o) => o,
+                        Err(p) => p.outcome,
+                    }
+                }
+                Err(why) => exec::ended(Exit::Error(why)),
+            };
+            self.conclude(job_id, r.parent, r.cache_key, outcome, fx);
+            self.pump_cache(fx);
+            return;
+        }
         let Some(Running {
             job_id: running,
             work: Work::Process { .. },
@@ -1048,7 +1177,7 @@ impl Runner {
                     // --timeout.
                     let (spawn, on_success) = *then;
                     log::info!("job {job_id}: the --unless command exited {code}; running");
-                    fx.spawn = Some(spawn);
+                    fx.spawn.push(spawn);
                     self.running = Some(Running {
                         job_id,
                         parent,
@@ -1118,7 +1247,7 @@ impl Runner {
             timed_out: false,
             kind,
         };
-        fx.spawn = Some(retry.spawn.clone());
+        fx.spawn.push(retry.spawn.clone());
         let deadline = now + Duration::from_secs(r.timeout_secs);
         r.deadline = deadline;
         self.arm_timeout(deadline, fx);
@@ -1246,6 +1375,27 @@ impl Runner {
                     return; // superseded by an earlier one, still pending
                 }
                 self.timeout_armed = None;
+                let mut next = None;
+                for (_, r) in &mut self.side {
+                    match &mut r.work {
+                        Work::Process { timed_out, .. } if r.deadline <= now && !*timed_out => {
+                            log::warn!(
+                                "job {}: timed out after {}s; killing its process group",
+                                r.job_id,
+                                r.timeout_secs
+                            );
+                            fx.signal.push((r.job_id, libc::SIGKILL));
+                            *timed_out = true;
+                        }
+                        _ if r.deadline > now => {
+                            next = Some(next.map_or(r.deadline, |n: Instant| n.min(r.deadline)))
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(at) = next {
+                    self.arm_timeout(at, fx);
+                }
                 let Some(r) = self.running.as_mut() else {
                     return;
                 };
@@ -1260,7 +1410,7 @@ impl Runner {
                         log::warn!(
                             "job {job_id}: timed out after {secs}s; killing its process group"
                         );
-                        fx.signal = Some(libc::SIGKILL);
+                        fx.signal.push((job_id, libc::SIGKILL));
                         *timed_out = true;
                     }
                     // A sync or a mkdir cannot be cut short: it reports
@@ -1335,7 +1485,14 @@ impl Runner {
                 }) = &self.running
                 {
                     log::warn!("job {job_id}: command ignored SIGTERM; killing its process group");
-                    fx.signal = Some(libc::SIGKILL);
+                    fx.signal.push((*job_id, libc::SIGKILL));
+                }
+                for (_, r) in &self.side {
+                    log::warn!(
+                        "job {}: command ignored SIGTERM; killing its process group",
+                        r.job_id
+                    );
+                    fx.signal.push((r.job_id, libc::SIGKILL));
                 }
             }
         }
@@ -1390,13 +1547,22 @@ impl Runner {
         // What the ledger holds reaches the disk before the client exits.
         self.ledger.commit();
         self.pump_cache(fx);
+        if !self.side.is_empty() {
+            for (_, r) in &self.side {
+                log::info!("stopping job {} (its process group) first", r.job_id);
+                fx.signal.push((r.job_id, libc::SIGTERM));
+            }
+            fx.timers
+                .push((Instant::now() + KILL_GRACE, RunnerTimer::KillGrace));
+            return true;
+        }
         let Some(r) = &self.running else {
             return self.io_busy();
         };
         match &r.work {
             Work::Process { .. } => {
                 log::info!("stopping job {} (its process group) first", r.job_id);
-                fx.signal = Some(libc::SIGTERM);
+                fx.signal.push((r.job_id, libc::SIGTERM));
                 fx.timers
                     .push((Instant::now() + KILL_GRACE, RunnerTimer::KillGrace));
                 true
@@ -1511,8 +1677,8 @@ mod tests {
                 fx.transfer.append(&mut out.transfer);
                 fx.timers.append(&mut out.timers);
                 fx.io.append(&mut out.io);
-                fx.spawn = fx.spawn.or(out.spawn);
-                fx.signal = fx.signal.or(out.signal);
+                fx.spawn.append(&mut out.spawn);
+                fx.signal.append(&mut out.signal);
             }
             fx
         }
@@ -1680,8 +1846,8 @@ mod tests {
         assert_eq!(finished(&fx), vec![(id, JobState::Failed)]);
         let (_, mut fx) = rig.enqueue(None, Verb::Arg, "who world");
         rig.run_io(&mut fx);
-        let (id, fx) = rig.enqueue(None, Verb::Run, "--stdout-arg said echo {{ who }}");
-        let spawn = fx.spawn.expect("a command to start");
+        let (id, mut fx) = rig.enqueue(None, Verb::Run, "--stdout-arg said echo {{ who }}");
+        let spawn = fx.spawn.pop().expect("a command to start");
         assert_eq!((spawn.job_id, spawn.command.as_str()), (id, "echo world"));
         assert!(fx.job.contains(&ClientMsg::Started { job_id: id }));
         // It printed; its --stdout-arg is synced before it reports.
@@ -1700,7 +1866,7 @@ mod tests {
     fn a_command_past_its_timeout_is_killed_and_reports_timed_out() {
         let mut rig = Rig::new("timeout");
         let (id, fx) = rig.enqueue(None, Verb::Run, "--timeout 5 sleep 60");
-        assert!(fx.spawn.is_some());
+        assert!(!fx.spawn.is_empty());
         let (at, t) = fx.timers[0];
         assert_eq!(t, RunnerTimer::JobTimeout);
         // Early: nothing happens.
@@ -1710,10 +1876,13 @@ mod tests {
             at - Duration::from_secs(1),
             &mut fx,
         );
-        assert_eq!(fx.signal, None);
+        assert!(fx.signal.is_empty());
         let mut fx = Effects::default();
         rig.runner.on_timer(RunnerTimer::JobTimeout, at, &mut fx);
-        assert_eq!(fx.signal, Some(libc::SIGKILL));
+        assert_eq!(
+            fx.signal.iter().map(|s| s.1).collect::<Vec<_>>(),
+            [libc::SIGKILL]
+        );
         // The kill's result comes back as the command's end.
         let mut fx = Effects::default();
         let mut killed = ended(0, b"");
@@ -1725,12 +1894,12 @@ mod tests {
     #[test]
     fn a_failed_command_runs_again_after_its_delay_and_a_stop_ends_the_waiting() {
         let mut rig = Rig::new("retry");
-        let (id, fx) = rig.enqueue(None, Verb::Run, "--retries 2 --retry-delay 30 make");
-        let first = fx.spawn.expect("the first attempt");
+        let (id, mut fx) = rig.enqueue(None, Verb::Run, "--retries 2 --retry-delay 30 make");
+        let first = fx.spawn.pop().expect("the first attempt");
         let mut fx = Effects::default();
         rig.runner.on_exited(id, Ok(ended(2, b"one")), &mut fx);
         assert!(finished(&fx).is_empty(), "not reported: it will run again");
-        assert!(fx.spawn.is_none(), "not before its delay");
+        assert!(fx.spawn.is_empty(), "not before its delay");
         let (due, _) = *fx
             .timers
             .iter()
@@ -1740,10 +1909,10 @@ mod tests {
         let mut fx = Effects::default();
         rig.runner
             .on_timer(RunnerTimer::Retry, due - Duration::from_secs(1), &mut fx);
-        assert!(fx.spawn.is_none());
+        assert!(fx.spawn.is_empty());
         let mut fx = Effects::default();
         rig.runner.on_timer(RunnerTimer::Retry, due, &mut fx);
-        assert_eq!(fx.spawn.as_ref(), Some(&first), "the same command again");
+        assert_eq!(fx.spawn.first(), Some(&first), "the same command again");
         let mut fx = Effects::default();
         rig.runner.on_exited(id, Ok(ended(3, b"two")), &mut fx);
         assert!(finished(&fx).is_empty());
@@ -1751,7 +1920,7 @@ mod tests {
         // one before it, and nothing more starts.
         let mut fx = Effects::default();
         rig.runner.stop(&mut fx);
-        assert!(fx.spawn.is_none());
+        assert!(fx.spawn.is_empty());
         let Some(ClientMsg::Finished { outcome, .. }) = fx.job.last() else {
             panic!("no result");
         };
@@ -1773,23 +1942,29 @@ mod tests {
         let (id, _) = rig.enqueue(None, Verb::Run, "sleep 60");
         let mut fx = Effects::default();
         assert!(rig.runner.stop(&mut fx), "busy until the command ends");
-        assert_eq!(fx.signal, Some(libc::SIGTERM));
+        assert_eq!(
+            fx.signal.iter().map(|s| s.1).collect::<Vec<_>>(),
+            [libc::SIGTERM]
+        );
         assert!(fx.timers.iter().any(|(_, t)| *t == RunnerTimer::KillGrace));
         let mut fx = Effects::default();
         rig.runner
             .on_timer(RunnerTimer::KillGrace, Instant::now(), &mut fx);
-        assert_eq!(fx.signal, Some(libc::SIGKILL));
+        assert_eq!(
+            fx.signal.iter().map(|s| s.1).collect::<Vec<_>>(),
+            [libc::SIGKILL]
+        );
         let mut fx = Effects::default();
         rig.runner.on_exited(id, Ok(ended(143, b"")), &mut fx);
         rig.ledger_io(fx);
         assert!(rig.runner.is_idle());
         // Nothing new starts while stopping.
         let (_, fx) = rig.enqueue(None, Verb::Run, "true");
-        assert!(fx.spawn.is_none());
+        assert!(fx.spawn.is_empty());
     }
 
     fn spawned(fx: &Effects) -> Option<Uuid> {
-        fx.spawn.as_ref().map(|s| s.job_id)
+        fx.spawn.first().map(|s| s.job_id)
     }
 
     #[test]
@@ -1799,7 +1974,7 @@ mod tests {
         let mut fx = Effects::default();
         let task = Task::parse(Verb::Run, "--skip-cache echo hi").unwrap();
         rig.runner.enqueue(id, None, task, false, &mut fx);
-        assert!(fx.spawn.is_none(), "started before its record was written");
+        assert!(fx.spawn.is_empty(), "started before its record was written");
         assert!(matches!(fx.io.as_slice(), [IoTask::Ledger(_)]));
         let fx = rig.ledger_io(fx);
         assert_eq!(spawned(&fx), Some(id));
@@ -1813,13 +1988,13 @@ mod tests {
         assert_eq!(spawned(&fx), Some(id));
         // Received again while it runs: ignored.
         let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache echo once");
-        assert!(fx.spawn.is_none() && fx.job.is_empty());
+        assert!(fx.spawn.is_empty() && fx.job.is_empty());
         let mut fx = Effects::default();
         rig.runner.on_exited(id, Ok(ended(0, b"once")), &mut fx);
         rig.ledger_io(fx);
         // Ended, not acknowledged: the same result again.
         let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache echo once");
-        assert!(fx.spawn.is_none());
+        assert!(fx.spawn.is_empty());
         assert!(
             matches!(fx.job.as_slice(), [ClientMsg::Finished { job_id, outcome }]
             if *job_id == id && outcome.stdout == b"once")
@@ -1829,7 +2004,7 @@ mod tests {
         rig.runner.acked(&id, &mut Effects::default());
         let run = Some(Uuid::new_v4());
         let fx = rig.enqueue_id(id, run, Verb::Run, "--skip-cache echo once");
-        assert!(fx.spawn.is_none());
+        assert!(fx.spawn.is_empty());
         assert_eq!(finished(&fx), vec![(id, JobState::Lost)]);
         let (next, fx) = rig.enqueue(run, Verb::Run, "--skip-cache echo next");
         assert_eq!(spawned(&fx), Some(next), "the rest of the run goes on");
@@ -1842,7 +2017,7 @@ mod tests {
         assert_eq!(spawned(&fx), Some(running));
         let queued = Uuid::new_v4();
         let fx = rig.enqueue_id(queued, None, Verb::Run, "--skip-cache echo later");
-        assert!(fx.spawn.is_none());
+        assert!(fx.spawn.is_empty());
         let ended_id = Uuid::new_v4();
         // A result not yet acknowledged, from before (written by hand).
         rig.runner.ledger.take(ended_id);
@@ -1883,7 +2058,7 @@ mod tests {
         // Sent again by a server that lost track: never run.
         for id in [running, queued] {
             let fx = rig.enqueue_id(id, None, Verb::Run, "--skip-cache sleep 60");
-            assert!(fx.spawn.is_none(), "job {id} ran twice");
+            assert!(fx.spawn.is_empty(), "job {id} ran twice");
             assert_eq!(finished(&fx), vec![(id, JobState::Lost)]);
         }
     }
@@ -1904,7 +2079,7 @@ mod tests {
             IoDone::Ledger(JournalIoDone::Written(Err((batch, err)))),
             &mut out,
         );
-        assert!(out.spawn.is_none());
+        assert!(out.spawn.is_empty());
         assert_eq!(finished(&out), vec![(id, JobState::Failed)]);
         let ClientMsg::Finished { outcome, .. } = &out.job[0] else {
             panic!("a result");

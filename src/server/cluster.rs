@@ -22,14 +22,14 @@ use uuid::Uuid;
 
 use super::history::{DoneHead, Record, SentTo};
 use super::jobs::{Jobs, SKIPPED_AFTER_FAILURE};
-use super::nodes::{Link, Nodes, LIVENESS};
+use super::nodes::{Link, Node, Nodes, LIVENESS};
 use super::query::{Delivery, Queries};
 use super::rollout::Rollout;
 use crate::dsl::{Action, SourceFile, Task};
 use crate::journal::{Item, Span};
 use crate::wire::{
-    Block, Dispatch, JobDetail, JobState, JobView, NodeState, NodeView, Outcome, PartView, Plan,
-    PlannedJob, Rolling, RunDetail, RunView, ServerMsg, Submitted, QUERY_VALUE_CAP,
+    Block, Dispatch, JobDetail, JobState, JobView, Lane, NodeState, NodeView, Outcome, PartView,
+    Plan, PlannedJob, Rolling, RunDetail, RunView, ServerMsg, Submitted, QUERY_VALUE_CAP,
 };
 
 /// Jobs a node holds at once: one running, one waiting so the next starts
@@ -112,6 +112,9 @@ pub struct Cluster {
     /// Unfinished jobs someone follows (`--follow`): sent `live`, so their
     /// nodes send output as it comes.
     live: HashSet<Uuid>,
+    /// Unfinished jobs of `async` blocks, and their lanes. Not journaled:
+    /// after a restart they go one at a time, as other jobs do.
+    lanes: HashMap<Uuid, Lane>,
 }
 
 impl Default for Cluster {
@@ -128,8 +131,54 @@ impl Default for Cluster {
             seq: 0,
             queries: Queries::default(),
             live: HashSet::new(),
+            lanes: HashMap::new(),
         }
     }
+}
+
+/// Where in `n`'s queue the next job to send is, if one may go now: the
+/// head while fewer than `WINDOW` jobs are in flight; and, when the head
+/// belongs to an `async` group, each lane of that group gets its own
+/// `WINDOW` (up to `LANES` lanes), so that the node can run them side by
+/// side. Jobs after the group wait until all of it has gone, so that a
+/// node, which orders what it runs by arrival, never starts them early.
+fn next_to_send(n: &Node, lanes: &HashMap<Uuid, Lane>) -> Option<usize> {
+    let head = *n.queue.front()?;
+    let Some(lane) = lanes.get(&head) else {
+        return (n.in_flight.len() < WINDOW).then_some(0);
+    };
+    // Scanning is bounded: a group's lanes begin within this many queued
+    // jobs, or wait their turn.
+    const SCAN: usize = 1024;
+    let mut per_lane: HashMap<u32, usize> = HashMap::new();
+    // What is out from before the group runs first on the node anyway.
+    for id in &n.in_flight {
+        if let Some(l) = lanes
+            .get(id)
+            .filter(|l| l.parent == lane.parent && l.group == lane.group)
+        {
+            *per_lane.entry(l.block).or_default() += 1;
+        }
+    }
+    let mut seen: Vec<u32> = Vec::new();
+    for (i, id) in n.queue.iter().enumerate().take(SCAN) {
+        let Some(l) = lanes
+            .get(id)
+            .filter(|l| l.parent == lane.parent && l.group == lane.group)
+        else {
+            return None; // the group has all gone: what follows waits
+        };
+        if seen.contains(&l.block) {
+            continue; // an earlier job of this lane is waiting
+        }
+        seen.push(l.block);
+        let busy = per_lane.get(&l.block).copied().unwrap_or(0);
+        let lanes_out = per_lane.values().filter(|n| **n > 0).count();
+        if busy < WINDOW && (busy > 0 || lanes_out < crate::wire::LANES) {
+            return Some(i);
+        }
+    }
+    None
 }
 
 impl Cluster {
@@ -1038,6 +1087,22 @@ impl Cluster {
         let mut jobs = Vec::with_capacity(planned.len());
         // Handlers: each `onchanges` name becomes the id of its job.
         let mut named: HashMap<String, Uuid> = HashMap::new();
+        // Consecutive async blocks form a group whose blocks run beside
+        // each other on a node. Not in a rolling part of the run, whose
+        // batches hold jobs back.
+        let mut group_of: Vec<Option<u32>> = Vec::with_capacity(blocks.len());
+        let mut group = 0u32;
+        for (i, b) in blocks.iter().enumerate() {
+            let rolls = rolling.is_some() && i >= from_block;
+            if b.concurrent && !rolls {
+                if i == 0 || group_of[i - 1].is_none() {
+                    group += 1;
+                }
+                group_of.push(Some(group));
+            } else {
+                group_of.push(None);
+            }
+        }
         for (block, targets, mut task) in planned {
             let (verb, args, task_sha1) = (task.verb(), task.args_masked(), task.sha1());
             if let Some(h) = task.options.handler.as_mut() {
@@ -1050,6 +1115,16 @@ impl Cluster {
             let name = task.options.name().map(str::to_owned);
             let job_id =
                 parent_id.map(|p| self.queue_job(task, &targets, Some(p), now, out).job_id);
+            if let (Some(id), Some(parent), Some(group)) = (job_id, parent_id, group_of[block]) {
+                self.lanes.insert(
+                    id,
+                    Lane {
+                        parent,
+                        group,
+                        block: block as u32,
+                    },
+                );
+            }
             if let (Some(n), Some(id)) = (&name, job_id) {
                 named.insert(n.clone(), id);
             }
@@ -1084,8 +1159,11 @@ impl Cluster {
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
-        while n.link == Link::Ready && n.in_flight.len() < WINDOW {
-            let Some(job_id) = n.queue.pop_front() else {
+        while n.link == Link::Ready {
+            let Some(at) = next_to_send(n, &self.lanes) else {
+                break;
+            };
+            let Some(job_id) = n.queue.remove(at) else {
                 break;
             };
             let Some(job) = self.jobs.get_mut(&job_id) else {
@@ -1127,6 +1205,7 @@ impl Cluster {
                 dispatch,
                 live: self.live.contains(&job_id),
                 instance: n.instance.unwrap_or(0),
+                lane: self.lanes.get(&job_id).copied(),
             };
             out.push(Effect::Send {
                 node: node.to_owned(),
@@ -1237,6 +1316,7 @@ impl Cluster {
         self.queries.end(&job_id);
         self.queued_offline.remove(&job_id);
         self.live.remove(&job_id);
+        self.lanes.remove(&job_id);
         out.push(Effect::JobDone { job_id });
         if let Some(parent_id) = job.parent {
             if self.jobs.children(&parent_id).all(|j| j.is_done()) {
