@@ -7,6 +7,7 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use util::Cluster;
 
@@ -331,4 +332,137 @@ fn async_blocks_run_side_by_side_each_in_order_between_the_blocks_around_them() 
         let log = fs::read_to_string(c.dir.path.join(format!("client-{n}.log"))).unwrap();
         assert!(log.contains("beside"), "{log}");
     }
+}
+
+/// Storage of podman's own for one test: `--root`, and a short
+/// `--runroot` (podman refuses one over 50 characters), or `None` where
+/// podman is not installed.
+fn podman_storage(dir: &std::path::Path) -> Option<Vec<String>> {
+    std::process::Command::new("podman")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let run = std::env::temp_dir().join(format!("dpm-{}", std::process::id()));
+    Some(vec![
+        "--root".into(),
+        dir.join("podman-root").display().to_string(),
+        "--runroot".into(),
+        run.display().to_string(),
+    ])
+}
+
+/// A podman service, stopped however the test ends, its storage's mount
+/// (podman mounts `ROOT/overlay` on itself) undone and its run directory
+/// removed, so that the test's directory can go.
+struct Service {
+    child: std::process::Child,
+    root: std::path::PathBuf,
+    run: std::path::PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("umount")
+            .arg(self.root.join("overlay"))
+            .status();
+        let _ = fs::remove_dir_all(&self.run);
+    }
+}
+
+fn podman(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("podman")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn container_image_and_pod_work_against_a_real_podman_service() {
+    let c = Cluster::start("directord-realpodman", &["r1"], "0.5");
+    let Some(storage) = podman_storage(&c.dir.path) else {
+        eprintln!("skipped: podman is not installed (.ci/run installs Debian's)");
+        return;
+    };
+    // A podman service of its own (its own storage, its own socket), and
+    // a local image: no registry is reachable from here.
+    let sock = c.dir.path.join("podman.sock");
+    let child = std::process::Command::new("podman")
+        .args(&storage)
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", sock.display()))
+        .stderr(fs::File::create(c.dir.path.join("podman.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut service = Service {
+        child,
+        root: storage[1].clone().into(),
+        run: storage[3].clone().into(),
+    };
+    util::wait_until("the podman socket", Duration::from_secs(60), || {
+        if let Ok(Some(st)) = service.child.try_wait() {
+            panic!(
+                "podman service exited ({st}): {}",
+                fs::read_to_string(c.dir.path.join("podman.log")).unwrap_or_default()
+            );
+        }
+        sock.exists()
+    });
+    let tar = c.dir.path.join("empty.tar");
+    let status = std::process::Command::new("tar")
+        .arg("cf")
+        .arg(&tar)
+        .args(["--files-from", "/dev/null"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let url = format!("unix://{}", sock.display());
+    let out = podman(&[
+        "--url",
+        &url,
+        "import",
+        tar.to_str().unwrap(),
+        "localhost/dt:1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = podman(&[
+        "--url",
+        &url,
+        "pod",
+        "create",
+        "--infra=false",
+        "--name",
+        "dtp",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+
+    let s = sock.display();
+    let file = c.dir.path.join("podman.yaml");
+    fs::write(
+        &file,
+        format!(
+            r#"- jobs:
+  - CONTAINER_IMAGE: --socket-path {s} --tag localhost/dt:1 localhost/dt:2
+  - CONTAINER_IMAGE: --stdout-arg insp --socket-path {s} --inspect localhost/dt:2
+  - RUN: echo "{{{{ insp[0].RepoTags | length }}}}" > tags.txt
+  - POD: --socket-path {s} --stdout-arg pod --inspect dtp
+  - RUN: echo "{{{{ pod.Name }}}}" > pod.txt
+  - POD: --socket-path {s} --force --rm dtp
+"#
+        ),
+    )
+    .unwrap();
+    let out = c.cli(&["orchestrate", "--wait", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let d = c.node_dir("r1");
+    assert_eq!(fs::read_to_string(d.join("tags.txt")).unwrap(), "2\n");
+    assert_eq!(fs::read_to_string(d.join("pod.txt")).unwrap(), "dtp\n");
+    // What podman holds now.
+    let out = podman(&["--url", &url, "image", "exists", "localhost/dt:2"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = podman(&["--url", &url, "pod", "exists", "dtp"]);
+    assert!(!out.status.success(), "the pod was removed: {out:?}");
+    drop(service);
 }
