@@ -466,3 +466,43 @@ fn container_image_and_pod_work_against_a_real_podman_service() {
     assert!(!out.status.success(), "the pod was removed: {out:?}");
     drop(service);
 }
+
+#[test]
+fn a_client_killed_while_lanes_run_reports_each_lost_and_runs_none_again() {
+    let mut c = Cluster::start("directord-async-kill", &["k"], "0.5");
+    let file = c.dir.path.join("lanes.yaml");
+    fs::write(
+        &file,
+        "- async: true\n  jobs:\n  - RUN: echo $$ >> pids; echo a >> ran; exec sleep 600\n- async: true\n  jobs:\n  - RUN: echo $$ >> pids; echo b >> ran; exec sleep 600\n",
+    )
+    .unwrap();
+    let out = c.cli(&["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let d = c.node_dir("k");
+    util::wait_until("both lanes running", Duration::from_secs(60), || {
+        fs::read_to_string(d.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 2
+    });
+    c.client("k").signal(libc::SIGKILL);
+    c.client("k").wait_exit(Duration::from_secs(30));
+    for pid in fs::read_to_string(d.join("pids")).unwrap().lines() {
+        // SAFETY: a plain syscall on the test's own orphans.
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
+    c.start_client("k");
+    // The run's two jobs are the cluster's only ones.
+    let jobs = c.jobs_json();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for j in &jobs {
+        let info = c.wait_job_done(j["id"].as_str().unwrap());
+        assert_eq!(info["nodes"][0]["state"], "lost", "{info}");
+    }
+    assert_eq!(
+        fs::read_to_string(d.join("ran")).unwrap().lines().count(),
+        2,
+        "nothing ran again"
+    );
+}
