@@ -827,9 +827,14 @@ A file is a YAML list of blocks: {targets: [PATTERN...] (optional: every node), 
 and one block may have batch: N|N% (and max_fail: N|N%) to roll from there on, as --batch does.
 A job may have a name (name: NAME) and be a handler (onchanges: [NAME...]): it runs on a node
 only where one of the named earlier jobs changed something, and is skipped (no change) elsewhere.
+Directord's fields work too: a block's name, assign (replaces targets) and async (true: the
+consecutive async blocks run side by side on each node, each in order); a job's assign (its
+own targets) and vars (a map of options: stdout_arg: x is --stdout-arg x). --target wins over
+both assigns. Relative ADD, --blueprint and CACHEFILE paths are found beside the file.
 A pattern is a node name, a glob on names (web*), or KEY=VALUE on a label or fact (role=web).
 Every file is checked before anything is submitted. On each node the jobs run one at a
-time in file order; after a failure there, the rest of the run is skipped on that node.
+time in file order (but async blocks); after a failure there, the rest of the run is skipped
+on that node.
 
   --target PATTERN replace every block's targets; repeat for several
   --exclude PATTERN  leave the nodes it matches out of every block; repeatable
