@@ -290,9 +290,18 @@ pub fn parse_pod(flags: Vec<Flag>, rest: &str) -> Result<Pod, String> {
     })
 }
 
-/// podman's remote mode, on the service's socket.
+/// podman's remote mode, on the service's socket (one shell word,
+/// whatever the path holds).
 fn url(socket: &str) -> String {
-    format!("--url unix://{socket}")
+    let word = format!("unix://{socket}");
+    if word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-:".contains(c))
+    {
+        format!("--url {word}")
+    } else {
+        format!("--url {}", sh_quote(&word))
+    }
 }
 
 impl Image {
@@ -500,6 +509,15 @@ mod tests {
         assert!(parse_image(flags(&[("pull", None), ("push", None)]), "a").is_err());
         assert!(parse_image(flags(&[("pull", None)]), "a;rm").is_err());
         assert!(parse_image(flags(&[("socket-path", Some("rel")), ("list", None)]), "").is_err());
+        let odd = parse_image(
+            flags(&[("socket-path", Some("/run/a b;x")), ("list", None)]),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            odd.command().0,
+            "podman --url 'unix:///run/a b;x' images --format json"
+        );
         let i = parse_image(
             flags(&[("stdout-arg", Some("inspection")), ("inspect", None)]),
             "127.0.0.1:5000/myimage:spec",
