@@ -308,7 +308,10 @@ impl Image {
     pub fn args(&self) -> String {
         let mut out = Vec::new();
         if self.socket != DEFAULT_SOCKET {
-            out.push(format!("--socket-path {}", self.socket));
+            out.push(format!(
+                "--socket-path {}",
+                crate::dsl::quote_value(&self.socket)
+            ));
         }
         if !self.tls_verify {
             out.push("--no-tlsverify".into());
@@ -348,7 +351,10 @@ impl Pod {
     pub fn args(&self) -> String {
         let mut out = Vec::new();
         if self.socket != DEFAULT_SOCKET {
-            out.push(format!("--socket-path {}", self.socket));
+            out.push(format!(
+                "--socket-path {}",
+                crate::dsl::quote_value(&self.socket)
+            ));
         }
         if !self.tls_verify {
             out.push("--no-tlsverify".into());
