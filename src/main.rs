@@ -24,6 +24,7 @@ mod interrupt;
 mod journal;
 mod logger;
 mod orchestrate;
+mod output;
 mod progress;
 mod ratelog;
 mod reactor;

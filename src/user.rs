@@ -1186,7 +1186,7 @@ fn job_text(d: &JobDetail) -> String {
     for p in &d.nodes {
         let mut body = Vec::new();
         // Writing to a Vec cannot fail.
-        let _ = write_output(&mut body, p);
+        let _ = crate::output::write_output(&mut body, p);
         if !body.is_empty() {
             s.push_str(&format!("\n{}:\n", p.node));
             s.push_str(&String::from_utf8_lossy(&body));
@@ -1221,59 +1221,7 @@ fn write_part(out: &mut impl Write, p: &PartView) -> io::Result<()> {
         line.push_str(&format!(", attempt {}", p.attempts.len() + 1));
     }
     writeln!(out, "{line}")?;
-    write_output(out, p)
-}
-
-/// A part's message and captured output, indented; with `--retries`,
-/// each failed attempt before them.
-pub fn write_output(out: &mut impl Write, p: &PartView) -> io::Result<()> {
-    let last = p.attempts.len() + 1;
-    for (i, a) in p.attempts.iter().enumerate() {
-        let ending = match (a.exit_code, a.signal, &a.message) {
-            (Some(c), _, _) => format!("exit {c}"),
-            (_, Some(sig), _) => format!("killed by signal {sig}"),
-            (_, _, Some(m)) => m.clone(),
-            _ => "failed".into(),
-        };
-        let secs = format_secs(a.exec_secs);
-        writeln!(out, "  attempt {} of {last}: {ending}, {secs}", i + 1)?;
-        write_streams(
-            out,
-            "    ",
-            [(&a.stdout, a.stdout_dropped), (&a.stderr, a.stderr_dropped)],
-        )?;
-    }
-    if !p.attempts.is_empty() {
-        writeln!(out, "  attempt {last} of {last}: {}", p.state.name())?;
-    }
-    if let Some(m) = &p.message {
-        writeln!(out, "  {m}")?;
-    }
-    write_streams(
-        out,
-        "  ",
-        [(&p.stdout, p.stdout_dropped), (&p.stderr, p.stderr_dropped)],
-    )
-}
-
-/// Captured stdout and stderr, each line under its stream's name.
-fn write_streams(
-    out: &mut impl Write,
-    indent: &str,
-    streams: [(&String, u64); 2],
-) -> io::Result<()> {
-    for (name, (text, dropped)) in ["stdout", "stderr"].into_iter().zip(streams) {
-        for l in text.lines() {
-            writeln!(out, "{indent}{name} | {l}")?;
-        }
-        if dropped > 0 {
-            writeln!(
-                out,
-                "{indent}{name} | [output cut: {dropped} more bytes not kept]"
-            )?;
-        }
-    }
-    Ok(())
+    crate::output::write_output(out, p)
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::files;
+use super::io::{ChunkRead, IoDone};
 use super::routes::Port;
-use super::storage::IoDone;
 use super::{Server, TRANSFER_PORT};
 use crate::wire::{self, ServerMsg};
 
@@ -115,15 +115,4 @@ impl Server {
             );
         }
     }
-}
-
-/// A chunk of an ADD source read for a node (on its transfer routing id),
-/// or why it cannot be had.
-pub(super) struct ChunkRead {
-    pub rid: Vec<u8>,
-    node: String,
-    job_id: Uuid,
-    file: u32,
-    offset: u64,
-    data: Result<Vec<u8>, String>,
 }

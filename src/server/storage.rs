@@ -9,8 +9,8 @@ use mio::Token;
 use uuid::Uuid;
 
 use super::cluster::{Cluster, Effect, Now};
-use super::fetch::ChunkRead;
 use super::history::Record;
+use super::io::IoDone;
 use super::jobs;
 use super::keys::KeyRecord;
 use super::persist::{self, Held};
@@ -234,18 +234,6 @@ fn give_back_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// What the I/O thread hands back.
-pub(super) enum IoDone {
-    Commit(persist::CommitResult),
-    /// A job's detail with the outputs read from the journal.
-    JobInfo {
-        token: Token,
-        detail: Box<wire::JobDetail>,
-    },
-    /// A chunk of an ADD source read for a node.
-    Chunk(ChunkRead),
 }
 
 /// Fill in the parts of `detail` that memory keeps only as a summary
