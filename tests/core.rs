@@ -175,7 +175,15 @@ fn a_burst_of_100_jobs_to_one_node_all_complete() {
         .collect();
     let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
     assert_eq!(lines, want);
-    assert_eq!(ids.len(), 100);
+    // Each submission got a job of its own, and it is the one listed.
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 100, "job ids repeat: {ids:?}");
+    let listed: std::collections::HashSet<String> = c
+        .jobs_json()
+        .iter()
+        .filter_map(|j| j["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(ids.iter().all(|i| listed.contains(i)), "{ids:?}");
 }
 
 /// A log line's time as Unix milliseconds (the logger writes UTC).
