@@ -803,6 +803,23 @@ impl Server {
         if let (Principal::Key(k), Auth::Curve(c)) = (&who, &mut self.auth) {
             c.keys.touch(k, now.ms);
         }
+        // A node's message on the port it belongs on: the node is alive,
+        // and that port reaches it on this routing id.
+        let expected = matches!(
+            (port, &msg),
+            (
+                Port::Job,
+                ClientMsg::Started { .. }
+                    | ClientMsg::Finished { .. }
+                    | ClientMsg::Output { .. }
+                    | ClientMsg::Cache(_)
+                    | ClientMsg::QueryValue { .. }
+            ) | (Port::Transfer, ClientMsg::Fetch { .. })
+        );
+        if let (true, Peer::Node(node)) = (expected, &peer) {
+            self.routes.learn(&who, port, &rid);
+            self.cluster.touch(node, now);
+        }
         match (port, msg, peer) {
             (Port::Heartbeat, ClientMsg::Heartbeat { interval_ms }, peer) => {
                 let reply = match peer {
@@ -853,13 +870,9 @@ impl Server {
                 self.handle_ready(&who, &rid, peer_address.as_deref(), ready, now);
             }
             (Port::Job, ClientMsg::Started { job_id }, Peer::Node(node)) => {
-                self.routes.learn(&who, port, &rid);
-                self.cluster.touch(&node, now);
                 self.cluster.started(&node, &job_id);
             }
             (Port::Job, ClientMsg::Finished { job_id, outcome }, Peer::Node(node)) => {
-                self.routes.learn(&who, port, &rid);
-                self.cluster.touch(&node, now);
                 let mut out = std::mem::take(&mut self.effects);
                 let dropped = self.cluster.finished(&node, job_id, outcome, now, &mut out);
                 self.apply(out);
@@ -877,18 +890,12 @@ impl Server {
                 },
                 Peer::Node(node),
             ) => {
-                self.routes.learn(&who, port, &rid);
-                self.cluster.touch(&node, now);
                 self.forward_output(&node, job_id, stream, data, dropped);
             }
             (Port::Job, ClientMsg::Cache(summary), Peer::Node(node)) => {
-                self.routes.learn(&who, port, &rid);
-                self.cluster.touch(&node, now);
                 self.cluster.cache_summary(&node, summary);
             }
             (Port::Job, ClientMsg::QueryValue { job_id, value }, Peer::Node(node)) => {
-                self.routes.learn(&who, port, &rid);
-                self.cluster.touch(&node, now);
                 let mut out = std::mem::take(&mut self.effects);
                 let dropped = self.cluster.query_value(&node, job_id, value, &mut out);
                 self.apply(out);
@@ -906,8 +913,6 @@ impl Server {
                 },
                 Peer::Node(node),
             ) => {
-                self.routes.learn(&who, port, &rid);
-                self.cluster.touch(&node, now);
                 self.serve_fetch(&node, &rid, job_id, file, offset, len);
             }
             (_, msg, Peer::Node(_)) => {
