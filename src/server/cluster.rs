@@ -1319,7 +1319,10 @@ impl Cluster {
         self.lanes.remove(&job_id);
         out.push(Effect::JobDone { job_id });
         if let Some(parent_id) = job.parent {
-            if self.jobs.children(&parent_id).all(|j| j.is_done()) {
+            // From the back: jobs mostly end in order, so the run's last
+            // one answers at once whether the run is done (not a walk of
+            // the whole run per job).
+            if self.jobs.children(&parent_id).rev().all(|j| j.is_done()) {
                 out.push(Effect::ParentDone { parent_id });
             }
         }

@@ -589,7 +589,12 @@ pub struct Jobs {
     /// pointer, not a whole job.
     by_id: HashMap<Uuid, Box<Job>>,
     names: Names,
+    /// Submission order. May hold ids already forgotten (`stale` of them):
+    /// `remove` leaves them, so that forgetting jobs one by one (a restart
+    /// replaying `Forgotten` records) is not quadratic; they go once they
+    /// are half of it.
     order: Vec<Uuid>,
+    stale: usize,
     by_parent: HashMap<Uuid, Vec<Uuid>>,
 }
 
@@ -647,7 +652,7 @@ impl Jobs {
     }
 
     /// The jobs of an orchestration run, in order.
-    pub fn children(&self, parent: &Uuid) -> impl Iterator<Item = &Job> {
+    pub fn children(&self, parent: &Uuid) -> impl DoubleEndedIterator<Item = &Job> {
         self.by_parent
             .get(parent)
             .into_iter()
@@ -658,7 +663,12 @@ impl Jobs {
     /// Forget one job.
     pub fn remove(&mut self, id: &Uuid) -> Option<Box<Job>> {
         let job = self.by_id.remove(id)?;
-        self.order.retain(|i| i != id);
+        self.stale += 1;
+        if self.stale * 2 > self.order.len() {
+            let by_id = &self.by_id;
+            self.order.retain(|i| by_id.contains_key(i));
+            self.stale = 0;
+        }
         if let Some(p) = job.parent {
             if let Some(kids) = self.by_parent.get_mut(&p) {
                 kids.retain(|i| i != id);
@@ -697,7 +707,9 @@ impl Jobs {
             return Vec::new();
         }
         self.by_id.retain(|id, _| !gone.contains(id));
-        self.order.retain(|id| !gone.contains(id));
+        let by_id = &self.by_id;
+        self.order.retain(|id| by_id.contains_key(id));
+        self.stale = 0;
         self.by_parent.retain(|_, kids| {
             kids.retain(|id| !gone.contains(id));
             !kids.is_empty()
@@ -729,7 +741,7 @@ impl Jobs {
     /// together, once all of them are finished, so `--wait` on a run never
     /// sees half of it vanish.
     pub fn purge_done(&mut self) -> (usize, usize) {
-        let before = self.order.len();
+        let before = self.by_id.len();
         let by_id = &self.by_id;
         let busy_parents: HashSet<Uuid> = by_id
             .values()
@@ -741,14 +753,42 @@ impl Jobs {
         self.by_parent.retain(|p, _| busy_parents.contains(p));
         let by_id = &self.by_id;
         self.order.retain(|id| by_id.contains_key(id));
+        self.stale = 0;
         self.names.sweep();
-        (before - self.order.len(), self.order.len())
+        (before - self.by_id.len(), self.by_id.len())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_forgotten_one_by_one_keep_the_order_of_the_rest() {
+        let mut jobs = Jobs::default();
+        let task = Task::parse(crate::dsl::Verb::Run, "true").unwrap();
+        let parent = Uuid::new_v4();
+        let ids: Vec<Uuid> = (0..10)
+            .map(|i| jobs.insert(task.clone(), &["n".into()], Some(parent), i).id)
+            .collect();
+        for id in [ids[0], ids[3], ids[4], ids[7], ids[8], ids[9]] {
+            assert!(jobs.remove(&id).is_some());
+            assert!(jobs.remove(&id).is_none(), "forgotten once");
+        }
+        let left: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        assert_eq!(left, [ids[1], ids[2], ids[5], ids[6]]);
+        let kids: Vec<Uuid> = jobs.children(&parent).rev().map(|j| j.id).collect();
+        assert_eq!(kids, [ids[6], ids[5], ids[2], ids[1]]);
+        // Stale entries never leak into what is counted.
+        assert!(
+            jobs.order.len() < 2 * left.len() + 2,
+            "{}",
+            jobs.order.len()
+        );
+        let another = jobs.insert(task, &["n".into()], None, 11).id;
+        let left: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        assert_eq!(left.last(), Some(&another));
+    }
 
     #[test]
     fn a_journaled_part_keeps_24_bytes() {
