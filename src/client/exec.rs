@@ -161,8 +161,12 @@ pub fn start(
     let check = task.options.check;
     let mark = format!("{} {job_id}", crate::verbs::MARK);
     match &task.action {
-        Action::Image(i) => podman_script(job_id, i.command(), &i.stdout_arg, cache, check, &mark),
-        Action::Pod(p) => podman_script(job_id, p.command(), &p.stdout_arg, cache, check, &mark),
+        Action::Image(i) => {
+            podman_script(job_id, i.command(), &i.conn.stdout_arg, cache, check, &mark)
+        }
+        Action::Pod(p) => {
+            podman_script(job_id, p.command(), &p.conn.stdout_arg, cache, check, &mark)
+        }
         Action::QueueSentinel => Started::Done(said(
             Exit::Unchanged,
             "QUEUESENTINEL: nothing to do (director's nodes keep no per-run queues to stop)\n"

@@ -29,16 +29,23 @@ pub enum ImageOp {
     Inspect,
 }
 
+/// What both verbs take besides their action: where podman's service
+/// is, whether to verify TLS, and the ARG to keep a read's output in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conn {
+    pub socket: String,
+    pub tls_verify: bool,
+    /// `--stdout-arg NAME`: keep what podman printed as that ARG.
+    pub stdout_arg: Option<String>,
+}
+
 /// A CONTAINER_IMAGE job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
-    pub socket: String,
-    pub tls_verify: bool,
+    pub conn: Conn,
     pub op: ImageOp,
     #[serde(deserialize_with = "crate::wire::cautious_seq")]
     pub images: Vec<String>,
-    /// `--stdout-arg NAME`: keep what podman printed as that ARG.
-    pub stdout_arg: Option<String>,
 }
 
 /// What POD does, and to what.
@@ -68,11 +75,8 @@ pub enum PodOp {
 /// A POD job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pod {
-    pub socket: String,
-    pub tls_verify: bool,
+    pub conn: Conn,
     pub op: PodOp,
-    /// `--stdout-arg NAME`: keep what podman printed as that ARG.
-    pub stdout_arg: Option<String>,
 }
 
 pub const IMAGE_OPTIONS: &[(&str, bool)] = &[
@@ -119,38 +123,80 @@ fn check_name(word: &str, what: &str) -> Result<(), String> {
     }
 }
 
-fn stdout_arg(flags: &[Flag]) -> Result<Option<String>, String> {
-    let v = flags
-        .iter()
-        .rev()
-        .find(|(n, _)| *n == "stdout-arg")
-        .and_then(|(_, v)| v.clone());
-    if let Some(n) = &v {
-        crate::dsl::check_name(n, "--stdout-arg name")?;
-    }
-    Ok(v)
-}
-
-fn socket_of(flags: &[Flag]) -> Result<(String, bool), String> {
-    let mut socket = DEFAULT_SOCKET.to_owned();
-    let mut tls_verify = true;
-    for (name, value) in flags {
-        match (*name, value) {
-            ("socket-path", Some(p)) => {
-                if !p.starts_with('/') {
-                    return Err(format!("--socket-path '{p}' is not an absolute path"));
+impl Conn {
+    /// `--socket-path`, `--no-tlsverify` and `--stdout-arg`; a read's
+    /// output may be kept (`reads`), an action's may not.
+    fn parse(flags: &[Flag], verb: &str, reads: bool) -> Result<Conn, String> {
+        let mut conn = Conn {
+            socket: DEFAULT_SOCKET.to_owned(),
+            tls_verify: true,
+            stdout_arg: None,
+        };
+        for (name, value) in flags {
+            match (*name, value) {
+                ("socket-path", Some(p)) => {
+                    if !p.starts_with('/') {
+                        return Err(format!("--socket-path '{p}' is not an absolute path"));
+                    }
+                    conn.socket = p.clone();
                 }
-                socket = p.clone();
+                ("no-tlsverify", _) => conn.tls_verify = false,
+                ("stdout-arg", Some(n)) => {
+                    crate::dsl::check_name(n, "--stdout-arg name")?;
+                    conn.stdout_arg = Some(n.clone());
+                }
+                _ => {}
             }
-            ("no-tlsverify", _) => tls_verify = false,
-            _ => {}
+        }
+        if conn.stdout_arg.is_some() && !reads {
+            return Err(format!(
+                "{verb} --stdout-arg keeps what a read (--inspect, --list) prints"
+            ));
+        }
+        Ok(conn)
+    }
+
+    /// Its options as the job string writes them.
+    fn args(&self, out: &mut Vec<String>) {
+        if self.socket != DEFAULT_SOCKET {
+            out.push(format!(
+                "--socket-path {}",
+                crate::dsl::quote_value(&self.socket)
+            ));
+        }
+        if !self.tls_verify {
+            out.push("--no-tlsverify".into());
+        }
+        if let Some(a) = &self.stdout_arg {
+            out.push(format!("--stdout-arg {a}"));
         }
     }
-    Ok((socket, tls_verify))
+
+    /// podman's remote mode, on the service's socket (one shell word,
+    /// whatever the path holds).
+    fn url(&self) -> String {
+        let word = format!("unix://{}", self.socket);
+        if word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:".contains(c))
+        {
+            format!("--url {word}")
+        } else {
+            format!("--url {}", sh_quote(&word))
+        }
+    }
+
+    /// The flag that turns TLS verification off, where it is.
+    fn tls(&self) -> &'static str {
+        if self.tls_verify {
+            ""
+        } else {
+            " --tls-verify=false"
+        }
+    }
 }
 
 pub fn parse_image(flags: Vec<Flag>, rest: &str) -> Result<Image, String> {
-    let (socket, tls_verify) = socket_of(&flags)?;
     let ops: Vec<ImageOp> = flags
         .iter()
         .filter_map(|(n, _)| match *n {
@@ -184,16 +230,11 @@ pub fn parse_image(flags: Vec<Flag>, rest: &str) -> Result<Image, String> {
         }
         _ => {}
     }
-    let stdout_arg = stdout_arg(&flags)?;
-    if stdout_arg.is_some() && !matches!(op, ImageOp::List | ImageOp::Inspect) {
-        return Err("CONTAINER_IMAGE --stdout-arg keeps what --inspect or --list print".into());
-    }
+    let reads = matches!(op, ImageOp::List | ImageOp::Inspect);
     Ok(Image {
-        socket,
-        tls_verify,
+        conn: Conn::parse(&flags, "CONTAINER_IMAGE", reads)?,
         op,
         images,
-        stdout_arg,
     })
 }
 
@@ -213,7 +254,6 @@ pub fn parse_pod(flags: Vec<Flag>, rest: &str) -> Result<Pod, String> {
             "POD takes its names in its options (--start NAME, ...), not '{rest}'"
         ));
     }
-    let (socket, tls_verify) = socket_of(&flags)?;
     let value = |n: &str| {
         flags
             .iter()
@@ -278,47 +318,16 @@ pub fn parse_pod(flags: Vec<Flag>, rest: &str) -> Result<Pod, String> {
             }
         }
     }
-    let stdout_arg = stdout_arg(&flags)?;
-    if stdout_arg.is_some() && !matches!(op, PodOp::Inspect(_)) {
-        return Err("POD --stdout-arg keeps what --inspect prints".into());
-    }
     Ok(Pod {
-        socket,
-        tls_verify,
+        conn: Conn::parse(&flags, "POD", matches!(op, PodOp::Inspect(_)))?,
         op: op.clone(),
-        stdout_arg,
     })
-}
-
-/// podman's remote mode, on the service's socket (one shell word,
-/// whatever the path holds).
-fn url(socket: &str) -> String {
-    let word = format!("unix://{socket}");
-    if word
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-:".contains(c))
-    {
-        format!("--url {word}")
-    } else {
-        format!("--url {}", sh_quote(&word))
-    }
 }
 
 impl Image {
     pub fn args(&self) -> String {
         let mut out = Vec::new();
-        if self.socket != DEFAULT_SOCKET {
-            out.push(format!(
-                "--socket-path {}",
-                crate::dsl::quote_value(&self.socket)
-            ));
-        }
-        if !self.tls_verify {
-            out.push("--no-tlsverify".into());
-        }
-        if let Some(a) = &self.stdout_arg {
-            out.push(format!("--stdout-arg {a}"));
-        }
+        self.conn.args(&mut out);
         out.push(format!("--{}", op_name(self.op)));
         out.extend(self.images.iter().cloned());
         out.join(" ")
@@ -326,12 +335,7 @@ impl Image {
 
     /// The podman command, and whether it only reads.
     pub fn command(&self) -> (String, bool) {
-        let url = url(&self.socket);
-        let tls = if self.tls_verify {
-            ""
-        } else {
-            " --tls-verify=false"
-        };
+        let (url, tls) = (self.conn.url(), self.conn.tls());
         let images: Vec<String> = self.images.iter().map(|i| sh_quote(i)).collect();
         let images = images.join(" ");
         match self.op {
@@ -350,18 +354,7 @@ impl Image {
 impl Pod {
     pub fn args(&self) -> String {
         let mut out = Vec::new();
-        if self.socket != DEFAULT_SOCKET {
-            out.push(format!(
-                "--socket-path {}",
-                crate::dsl::quote_value(&self.socket)
-            ));
-        }
-        if !self.tls_verify {
-            out.push("--no-tlsverify".into());
-        }
-        if let Some(a) = &self.stdout_arg {
-            out.push(format!("--stdout-arg {a}"));
-        }
+        self.conn.args(&mut out);
         match &self.op {
             PodOp::Start(n) => out.push(format!("--start {n}")),
             PodOp::Stop(n) => out.push(format!("--stop {n}")),
@@ -398,12 +391,7 @@ impl Pod {
 
     /// The podman command, and whether it only reads.
     pub fn command(&self) -> (String, bool) {
-        let url = url(&self.socket);
-        let tls = if self.tls_verify {
-            ""
-        } else {
-            " --tls-verify=false"
-        };
+        let (url, tls) = (self.conn.url(), self.conn.tls());
         match &self.op {
             PodOp::Start(n) => (format!("podman {url} pod start {}", sh_quote(n)), false),
             PodOp::Stop(n) => (format!("podman {url} pod stop {}", sh_quote(n)), false),
@@ -529,7 +517,7 @@ mod tests {
             "127.0.0.1:5000/myimage:spec",
         )
         .unwrap();
-        assert_eq!(i.stdout_arg.as_deref(), Some("inspection"));
+        assert_eq!(i.conn.stdout_arg.as_deref(), Some("inspection"));
         assert!(i.command().1);
         assert!(parse_image(flags(&[("stdout-arg", Some("x")), ("pull", None)]), "a").is_err());
     }
