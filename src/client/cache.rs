@@ -525,6 +525,33 @@ mod tests {
     }
 
     #[test]
+    fn an_eviction_and_several_args_at_once_survive_reopen_and_compaction() {
+        let d = dir("evict");
+        let mut c = Cache::open(&d, DAY, 1000).unwrap();
+        c.set_arg("user", "ops").unwrap();
+        c.set_env("LANG", "C").unwrap();
+        c.record_done("k1", 1000);
+        c.stage_args(vec![("a".into(), "1".into()), ("b".into(), "[2]".into())]);
+        assert_eq!(c.settle_io_now(), Some(Ok(())));
+        c.stage_evict(crate::dsl::CachePart::Args);
+        assert_eq!(c.settle_io_now(), Some(Ok(())));
+        assert!(c.args().is_empty());
+        drop(c);
+        // Read back from the journal: the ARGs stay gone, the rest stays.
+        let mut c = Cache::open(&d, DAY, 2000).unwrap();
+        assert!(c.args().is_empty(), "{:?}", c.args());
+        assert_eq!(c.env().get("LANG").map(String::as_str), Some("C"));
+        assert!(c.is_done("k1", 2000));
+        c.stage_args(vec![("a".into(), "again".into())]);
+        assert_eq!(c.settle_io_now(), Some(Ok(())));
+        drop(c);
+        let c = Cache::open(&d, DAY, 3000).unwrap();
+        assert_eq!(c.args().get("a").map(String::as_str), Some("again"));
+        assert_eq!(c.count(crate::dsl::CachePart::Jobs), 1);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
     fn expired_entries_leave_the_disk() {
         let d = dir("ttl");
         let ttl = Duration::from_secs(10);
