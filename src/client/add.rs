@@ -145,14 +145,19 @@ impl AddIo {
             })()),
             AddIo::Converge(c) => match File::open(&c.source) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => AddDone::SourceGone,
-                _ => AddDone::Converged(c.run()),
+                Err(e) => AddDone::Converged(Err(format!(
+                    "cannot read the stored copy {}: {e}",
+                    c.source.display()
+                ))),
+                Ok(f) => AddDone::Converged(c.run(f)),
             },
         }
     }
 }
 
 impl Converge {
-    fn run(&self) -> Result<(bool, String), String> {
+    /// `stored`: the stored source, open.
+    fn run(&self, stored: File) -> Result<(bool, String), String> {
         let t = self.target.display();
         let read = |path: &Path, what: &str| -> Result<Vec<u8>, String> {
             let mut buf = Vec::new();
@@ -161,7 +166,11 @@ impl Converge {
                 .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
             Ok(buf)
         };
-        let source = read(&self.source, "the stored copy")?;
+        let mut source = Vec::new();
+        (&stored)
+            .take(BLUEPRINT_CAP + 1)
+            .read_to_end(&mut source)
+            .map_err(|e| format!("cannot read the stored copy {}: {e}", self.source.display()))?;
         if hex_sha1(&source) != self.sha1 {
             let _ = fs::remove_file(&self.source);
             return Err(format!(
@@ -169,9 +178,7 @@ impl Converge {
                 self.name
             ));
         }
-        if let Ok(f) = File::open(&self.source) {
-            store::renew(&f, SystemTime::now());
-        }
+        store::renew(&stored, SystemTime::now());
         let wanted = match &self.vars {
             None => source,
             Some(vars) => {
