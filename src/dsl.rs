@@ -332,6 +332,36 @@ pub enum Action {
     QueueSentinel,
 }
 
+impl Action {
+    /// Does its job string end in free text (a command, a value, paths),
+    /// which needs the `--` that ends options when it starts like one? Not
+    /// for verbs whose arguments are their own options and names (which
+    /// never start with `-`), nor for verbs without arguments. No wildcard:
+    /// a new verb must say which it is.
+    fn ends_in_text(&self) -> bool {
+        match self {
+            Action::Run { .. }
+            | Action::Arg { .. }
+            | Action::Env { .. }
+            | Action::ExtendArg { .. }
+            | Action::Workdir { .. }
+            | Action::Add(_)
+            | Action::Query { .. }
+            | Action::Echo { .. }
+            | Action::CacheEvict { .. }
+            | Action::CacheFile(_) => true,
+            Action::ClearCache
+            | Action::Package(_)
+            | Action::Service(_)
+            | Action::Wait(_)
+            | Action::Facter { .. }
+            | Action::Image(_)
+            | Action::Pod(_)
+            | Action::QueueSentinel => false,
+        }
+    }
+}
+
 impl std::fmt::Debug for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -883,22 +913,7 @@ impl Task {
                 );
             }
         }
-        // Arguments that look like an option need the `--` that ends
-        // options. Not for verbs whose arguments start with their own
-        // options (and whose names never start with `-`), nor for verbs
-        // without arguments, which end with an option.
-        let bodiless = matches!(
-            self.action,
-            Action::Facter { .. }
-                | Action::ClearCache
-                | Action::Package(_)
-                | Action::Service(_)
-                | Action::Wait(_)
-                | Action::Image(_)
-                | Action::Pod(_)
-                | Action::QueueSentinel
-        );
-        if let Some(body) = out.last_mut().filter(|_| !bodiless) {
+        if let Some(body) = out.last_mut().filter(|_| self.action.ends_in_text()) {
             if body.starts_with("--") {
                 *body = format!("-- {body}");
             }
