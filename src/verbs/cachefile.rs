@@ -38,7 +38,8 @@ impl CacheFile {
         Ok(CacheFile {
             path: path.to_owned(),
             values: Vec::new(),
-            here: !path.starts_with('/') && !path.starts_with("{{"),
+            // A template can only be rendered on the node.
+            here: !path.starts_with('/') && !path.contains("{{") && !path.contains("{%"),
         })
     }
 }
@@ -118,6 +119,7 @@ mod tests {
         assert!(pairs("9x: 1\n", "k.yaml").unwrap_err().contains("key"));
         assert!(CacheFile::parse("/tmp/a.yaml").is_ok_and(|c| !c.here));
         assert!(CacheFile::parse("files/a.yaml").is_ok_and(|c| c.here));
+        assert!(CacheFile::parse("files/{{ env }}.yaml").is_ok_and(|c| !c.here));
         assert!(CacheFile::parse("").is_err());
     }
 
