@@ -775,7 +775,7 @@ every run, whatever the node's cache says):
   ECHO TEXT            print TEXT (a template): it is the job's output
   CACHEEVICT PART      forget the node's args, envs, query, jobs (steps remembered) or all
   CACHEFILE PATH       load a YAML or JSON file of key: value into the node's ARGs: an
-                       absolute PATH is read on the node, a relative one here (beside the
+                       absolute (or templated) PATH is read on the node, a relative one here (beside the
                        orchestration file that names it)
   FACTER               run facter --json (--custom-dir DIR, --external-dir DIR) and keep its
                        facts as the ARG facter ({{ facter.kernel }}); fails where facter is

@@ -1,6 +1,7 @@
 //! CACHEFILE PATH: a YAML (or JSON) file of `key: value` pairs loaded
-//! into the node's ARGs, as Directord's. An absolute PATH is read on the
-//! node (on its I/O thread); a relative one on the server's machine when
+//! into the node's ARGs, as Directord's. An absolute PATH, or one that is
+//! a template, is read on the node (on its I/O thread); any other relative
+//! one on the server's machine when
 //! the job is submitted (beside the orchestration file that names it), its
 //! values sent with the job.
 //!
