@@ -327,8 +327,8 @@ fn control_framing_survives_hostile_streams() {
             fb.push(&rest[..n]);
             rest = &rest[n..];
             loop {
-                let before = fb.len();
-                let (r, largest) = largest_allocation(|| fb.next::<Request>());
+                let before = fb.held();
+                let (r, largest) = largest_allocation(|| fb.next_message::<Request>());
                 // One frame's body at most, plus what the buffer holds.
                 assert!(
                     largest <= allowed(before) + before,
@@ -340,14 +340,14 @@ fn control_framing_survives_hostile_streams() {
                     Err(_) => break 'feed, // the server hangs up
                 }
             }
-            assert!(fb.len() <= 4 + MAX_REQUEST + 4096);
+            assert!(fb.held() <= 4 + MAX_REQUEST + 4096);
         }
         // The CLI's side: responses, mutated.
         let pick = rng.below(responses.len());
         let resp = mutate(&mut rng, &responses[pick]);
         let mut fb = FrameBuf::new(wire::MAX_RESPONSE);
         fb.push(&resp);
-        let _ = fb.next::<Response>();
+        let _ = fb.next_message::<Response>();
     }
 }
 

@@ -61,7 +61,7 @@ impl Conn {
     fn recv_tick(&mut self) -> Result<Option<Response>> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match self.inbuf.next::<Response>() {
+            match self.inbuf.next_message::<Response>() {
                 Ok(Some(resp)) => return Ok(Some(resp)),
                 Ok(None) => {}
                 Err(e) => {

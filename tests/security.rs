@@ -10,8 +10,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use util::{
-    contains, decode_server, wait_until, Cluster, DenialWire, RawPeer, Relay, ServerWire, WireMsg,
-    DEADLINE,
+    contains, decode_server, wait_until, ClientMsg, Cluster, Denial, Frames, RawPeer, Relay,
+    ServerMsg, DEADLINE,
 };
 
 /// A cluster whose server has no shared key: nodes need --server-key and an
@@ -269,7 +269,7 @@ fn a_second_client_with_a_live_nodes_name_is_refused_and_the_owner_is_undisturbe
 fn raw_peers_without_keys_get_nothing_and_the_server_keeps_serving() {
     let mut c = Cluster::start("nokeys", &["g1", "g2"], "0.5");
     let peer = RawPeer::connect(&c, None);
-    let ready = WireMsg::Ready {
+    let ready = ClientMsg::Ready {
         name: "g1".into(),
         version: "x".into(),
         interval_ms: 1000,
@@ -277,8 +277,8 @@ fn raw_peers_without_keys_get_nothing_and_the_server_keeps_serving() {
         proof: vec![],
         instance: 1,
         seen: None,
-        facts: vec![],
-        labels: vec![],
+        facts: Default::default(),
+        labels: Default::default(),
     };
     for port in 0..3 {
         // Without a handshake nothing can even be queued; try anyway.
@@ -309,15 +309,15 @@ fn accepted_peer(c: &Cluster, name: &str) -> RawPeer {
     let answer = peer.ready(name);
     assert_eq!(
         decode_server(&answer),
-        Some(ServerWire::Denied(DenialWire::Pending))
+        Some(ServerMsg::Denied(Denial::Pending))
     );
     assert_eq!(c.cli(&["manage", "--accept-key", name]).code, 0);
     // The server asks it to say Ready again, and welcomes it.
     let again = peer.recv(0, DEADLINE).expect("Register after accept");
-    assert_eq!(decode_server(&again), Some(ServerWire::Register));
+    assert_eq!(decode_server(&again), Some(ServerMsg::Register));
     let welcome = peer.ready(name);
     assert!(
-        matches!(decode_server(&welcome), Some(ServerWire::Welcome { .. })),
+        matches!(decode_server(&welcome), Some(ServerMsg::Welcome { .. })),
         "{welcome:?}"
     );
     peer
@@ -330,13 +330,13 @@ fn an_accepted_peer_that_sends_garbage_is_logged_briefly_and_changes_nothing() {
     // Well-formed lies: results for jobs it never had, a name that is no
     // name.
     for _ in 0..5 {
-        let lie = WireMsg::Finished {
+        let lie = ClientMsg::Finished {
             job_id: uuid::Uuid::new_v4(),
-            outcome: util::OutcomeWire::ok(),
+            outcome: util::ok_outcome(),
         };
         peer.send_wait(0, &lie.frames());
     }
-    let bad_name = WireMsg::Ready {
+    let bad_name = ClientMsg::Ready {
         name: "two\nlines".into(),
         version: "x".repeat(100_000),
         interval_ms: 1000,
@@ -344,8 +344,8 @@ fn an_accepted_peer_that_sends_garbage_is_logged_briefly_and_changes_nothing() {
         proof: vec![],
         instance: 1,
         seen: None,
-        facts: vec![],
-        labels: vec![],
+        facts: Default::default(),
+        labels: Default::default(),
     };
     peer.send_wait(0, &bad_name.frames());
     wait_until("lies logged", DEADLINE, || {
@@ -355,13 +355,13 @@ fn an_accepted_peer_that_sends_garbage_is_logged_briefly_and_changes_nothing() {
     });
     let frames: Vec<Vec<Vec<u8>>> = vec![
         vec![b"hello".to_vec()],
-        vec![util::HEADER.to_vec()],
+        vec![util::header()],
         vec![b"DIR\x09".to_vec(), b"x".to_vec()],
         vec![b"XYZ\x02".to_vec(), b"x".to_vec()],
-        vec![util::HEADER.to_vec(), b"\xff\xfe\xfd".to_vec()],
+        vec![util::header(), b"\xff\xfe\xfd".to_vec()],
         vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()],
         // A body claiming a 2^35-byte string in 6 bytes.
-        vec![util::HEADER.to_vec(), vec![1, 253, 0, 0, 0, 0, 8, 0, 0, 0]],
+        vec![util::header(), vec![1, 253, 0, 0, 0, 0, 8, 0, 0, 0]],
     ];
     for _ in 0..5 {
         for port in 0..3 {
@@ -427,7 +427,7 @@ fn big_messages_from_accepted_peers_are_bounded_per_peer() {
     // Just under what the job port takes (two capped outputs), as fast as
     // libzmq lets us: 4 peers x 64 x 2 MiB = 512 MiB offered.
     let body = vec![7u8; 2 << 20];
-    let msg = vec![util::HEADER.to_vec(), body];
+    let msg = vec![util::header(), body];
     let mut sent = 0;
     let start = std::time::Instant::now();
     while sent < 4 * 64 && start.elapsed() < DEADLINE {
@@ -443,7 +443,7 @@ fn big_messages_from_accepted_peers_are_bounded_per_peer() {
     for (i, p) in peers.iter().enumerate() {
         let welcome = p.ready(&format!("flood{i}"));
         assert!(
-            matches!(decode_server(&welcome), Some(ServerWire::Welcome { .. })),
+            matches!(decode_server(&welcome), Some(ServerMsg::Welcome { .. })),
             "{welcome:?}"
         );
     }
@@ -457,7 +457,7 @@ fn big_messages_from_accepted_peers_are_bounded_per_peer() {
         "server peak RSS {peak} MiB (was {before} MiB before the flood)"
     );
     // One over the limit is cut off by libzmq before it is buffered.
-    let huge = vec![util::HEADER.to_vec(), vec![7u8; 5 << 20]];
+    let huge = vec![util::header(), vec![7u8; 5 << 20]];
     peers[0].send(0, &huge);
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "--target", "b1", "true"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -511,10 +511,10 @@ fn a_node_cannot_fetch_another_nodes_files_or_borrow_its_name() {
     let answer = borrower.ready("r");
     assert_eq!(
         decode_server(&answer),
-        Some(ServerWire::Denied(DenialWire::NameTaken))
+        Some(ServerMsg::Denied(Denial::NameTaken))
     );
     // Its fetches are not even looked at.
-    let fetch = WireMsg::Fetch {
+    let fetch = ClientMsg::Fetch {
         job_id: uuid::Uuid::parse_str(&job).unwrap(),
         file: 0,
         offset: 0,
@@ -526,7 +526,7 @@ fn a_node_cannot_fetch_another_nodes_files_or_borrow_its_name() {
     // An accepted node asking for r's file gets an error, not the data.
     let other = accepted_peer(&c, "other");
     for id in [job.clone(), "00000000-0000-4000-8000-000000000001".into()] {
-        let fetch = WireMsg::Fetch {
+        let fetch = ClientMsg::Fetch {
             job_id: uuid::Uuid::parse_str(&id).unwrap(),
             file: 0,
             offset: 0,
@@ -854,7 +854,7 @@ fn a_stranger_cannot_squat_a_nodes_name_nor_flood_the_log() {
     let stranger = RawPeer::connect(&c, Some(&key));
     assert_eq!(
         decode_server(&stranger.ready("n4")),
-        Some(ServerWire::Denied(DenialWire::Pending))
+        Some(ServerMsg::Denied(Denial::Pending))
     );
     // More strangers, each a new pending key.
     let crowd: Vec<RawPeer> = (0..30).map(|_| RawPeer::connect(&c, Some(&key))).collect();
@@ -862,7 +862,7 @@ fn a_stranger_cannot_squat_a_nodes_name_nor_flood_the_log() {
         let answer = p.ready(&format!("fake{i}"));
         assert_eq!(
             decode_server(&answer),
-            Some(ServerWire::Denied(DenialWire::Pending))
+            Some(ServerMsg::Denied(Denial::Pending))
         );
     }
     // Another client without the shared key: the name is contested, it
@@ -904,7 +904,7 @@ fn a_stranger_cannot_squat_a_nodes_name_nor_flood_the_log() {
     // The stranger's next claim of the name is refused as taken.
     assert_eq!(
         decode_server(&stranger.ready("n4")),
-        Some(ServerWire::Denied(DenialWire::NameTaken))
+        Some(ServerMsg::Denied(Denial::NameTaken))
     );
 }
 

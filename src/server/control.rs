@@ -88,10 +88,10 @@ impl ControlConn {
     }
 
     fn decode(&mut self, requests: &mut Vec<Request>) -> Result<(), WireError> {
-        while let Some(r) = self.inbuf.next::<Request>()? {
+        while let Some(r) = self.inbuf.next_message::<Request>()? {
             requests.push(r);
         }
-        debug_assert!(self.inbuf.len() <= 4 + wire::MAX_REQUEST);
+        debug_assert!(self.inbuf.held() <= 4 + wire::MAX_REQUEST);
         Ok(())
     }
 

@@ -628,81 +628,38 @@ pub fn read_pid(path: &Path) -> i32 {
     pid
 }
 
-/// The client-to-server messages as the protocol encodes them (bincode, in
-/// this variant order), for raw peers that speak it by hand.
-#[derive(serde::Serialize)]
-#[allow(dead_code)]
-pub enum WireMsg {
-    Heartbeat {
-        interval_ms: u64,
-    },
-    Ready {
-        name: String,
-        version: String,
-        interval_ms: u64,
-        holding: Vec<uuid::Uuid>,
-        proof: Vec<u8>,
-        instance: u64,
-        seen: Option<(u64, u64)>,
-        facts: Vec<(String, String)>,
-        labels: Vec<(String, String)>,
-    },
-    Started {
-        job_id: uuid::Uuid,
-    },
-    Finished {
-        job_id: uuid::Uuid,
-        outcome: OutcomeWire,
-    },
-    Fetch {
-        job_id: uuid::Uuid,
-        file: u32,
-        offset: u64,
-        len: u32,
-    },
-}
+/// The protocol's own messages, for raw peers that speak it by hand.
+#[allow(unused_imports)]
+pub use director::wire::{ClientMsg, Denial, ServerMsg};
 
-/// A job's outcome as the protocol encodes it (exit code variants first).
-#[derive(serde::Serialize)]
-pub struct OutcomeWire {
-    pub exit: ExitWire,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub stdout_dropped: u64,
-    pub stderr_dropped: u64,
-    pub exec_secs: f64,
-    /// Earlier attempts (`--retries`): none from a raw peer.
-    pub attempts: Vec<u8>,
-}
-
-#[derive(serde::Serialize)]
-#[allow(dead_code)]
-pub enum ExitWire {
-    Code(i32),
-}
-
-impl OutcomeWire {
-    pub fn ok() -> OutcomeWire {
-        OutcomeWire {
-            exit: ExitWire::Code(0),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            stdout_dropped: 0,
-            stderr_dropped: 0,
-            exec_secs: 0.0,
-            attempts: Vec::new(),
-        }
+/// A success with nothing to say, as a raw peer reports it.
+pub fn ok_outcome() -> director::wire::Outcome {
+    director::wire::Outcome {
+        exit: director::wire::Exit::Code(0),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_dropped: 0,
+        stderr_dropped: 0,
+        exec_secs: 0.0,
+        attempts: Vec::new(),
     }
 }
 
-/// The protocol's header frame.
-pub const HEADER: &[u8] = b"DIR\x08";
+/// The protocol's header frame: magic and version.
+pub fn header() -> Vec<u8> {
+    let mut h = director::wire::MAGIC.to_vec();
+    h.push(director::wire::VERSION);
+    h
+}
 
-impl WireMsg {
-    /// `[header, body]`.
-    pub fn frames(&self) -> Vec<Vec<u8>> {
-        let body = bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap();
-        vec![HEADER.to_vec(), body]
+/// A message as the frames that carry it.
+pub trait Frames {
+    fn frames(&self) -> Vec<Vec<u8>>;
+}
+
+impl Frames for ClientMsg {
+    fn frames(&self) -> Vec<Vec<u8>> {
+        director::wire::encode(self)
     }
 }
 
@@ -767,7 +724,7 @@ impl RawPeer {
     /// Claim `name`, wait for the server's answer on the job port and return
     /// it (its body's text, loosely: enough to look for a variant's words).
     pub fn ready(&self, name: &str) -> Vec<Vec<u8>> {
-        let ready = WireMsg::Ready {
+        let ready = ClientMsg::Ready {
             name: name.into(),
             version: "raw".into(),
             interval_ms: 60_000,
@@ -775,8 +732,8 @@ impl RawPeer {
             proof: vec![],
             instance: 1,
             seen: None,
-            facts: vec![],
-            labels: vec![],
+            facts: Default::default(),
+            labels: Default::default(),
         };
         self.send_wait(0, &ready.frames());
         self.recv(0, DEADLINE).expect("an answer to Ready")
@@ -806,38 +763,9 @@ impl Cluster {
     }
 }
 
-/// The server-to-client messages a raw peer may get before it is a node,
-/// in the protocol's variant order (a job, further on, does not decode).
-#[derive(serde::Deserialize, Debug, PartialEq)]
-pub enum ServerWire {
-    HeartbeatAck { expires_in_ms: u64 },
-    Register,
-    Welcome { name: String, interval_ms: u64 },
-    Denied(DenialWire),
-}
-
-/// Why the server refuses a peer, in the protocol's variant order.
-#[derive(serde::Deserialize, Debug, PartialEq)]
-pub enum DenialWire {
-    Pending,
-    Rejected,
-    NameTaken,
-    KeyHasName(String),
-    WrongSharedKey,
-    TooManyPending,
-    NameContested,
-}
-
-/// Decode `[header, body]` from the server, if it is one of those.
-pub fn decode_server(frames: &[Vec<u8>]) -> Option<ServerWire> {
-    match frames {
-        [h, body] if h.as_slice() == HEADER => {
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .ok()
-                .map(|(m, _)| m)
-        }
-        _ => None,
-    }
+/// Decode `[header, body]` from the server, if it is a message.
+pub fn decode_server(frames: &[Vec<u8>]) -> Option<ServerMsg> {
+    director::wire::decode(frames).ok()
 }
 
 /// A TCP relay for the three ports, between clients and the server: it

@@ -1,0 +1,238 @@
+//! The control protocol: the CLI's requests and the server's responses
+//! on the local socket, and their framing.
+
+use super::*;
+
+/// A request from the CLI to the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Queue a job on the nodes `targets` match, less those `exclude`
+    /// matches (`targets` module); with `wait`, the connection receives
+    /// `NodeDone` for each node and then `JobDone`.
+    Submit {
+        task: Task,
+        #[serde(deserialize_with = "cautious_seq")]
+        targets: Vec<String>,
+        #[serde(deserialize_with = "cautious_seq")]
+        exclude: Vec<String>,
+        wait: bool,
+        /// Parts for offline nodes wait for them, up to the job's timeout,
+        /// instead of ending `unreachable` at once.
+        queue_offline: bool,
+        /// With `wait`: also `Output` as the nodes print.
+        follow: bool,
+    },
+    /// Queue an orchestration: blocks of jobs, in order, under one parent.
+    /// With `dry_run`, only check it and return the plan. With `wait`, the
+    /// connection receives `NodeDone` for every node of every job, then
+    /// `ParentDone`.
+    Orchestrate {
+        #[serde(deserialize_with = "cautious_seq")]
+        blocks: Vec<Block>,
+        /// Nodes left out of every block.
+        #[serde(deserialize_with = "cautious_seq")]
+        exclude: Vec<String>,
+        /// Batch by batch instead of every node at once.
+        rolling: Option<Rolling>,
+        wait: bool,
+        dry_run: bool,
+        queue_offline: bool,
+        /// With `wait`: also `Output` as the nodes print.
+        follow: bool,
+    },
+    ListNodes,
+    /// Every job; `show_values`: ARG and ENV values too.
+    ListJobs {
+        show_values: bool,
+    },
+    JobInfo {
+        /// ARG and ENV values too.
+        show_values: bool,
+        id: Uuid,
+    },
+    PurgeJobs,
+    PurgeNodes,
+    ShowKey,
+    ListKeys,
+    AcceptKey {
+        name: String,
+    },
+    AcceptAll,
+    RejectKey {
+        name: String,
+    },
+    DeleteKey {
+        name: String,
+    },
+    /// One node, with its cache (ARG values only with `show_values`):
+    /// answered with `Nodes` of one.
+    NodeInfo {
+        name: String,
+        show_values: bool,
+    },
+    /// Which job or run `id` names: a whole id, or a prefix of at least
+    /// `MIN_ID_PREFIX` characters that only one has. Answered `Resolved`.
+    Resolve {
+        id: String,
+    },
+    /// An orchestration run: its jobs and where each node stands.
+    RunInfo {
+        parent: Uuid,
+    },
+    /// Every orchestration run.
+    ListRuns,
+    /// Follow a job (or, `run`, a run) already going, as `--wait` does:
+    /// `NodeDone` for each part already finished, then as each finishes,
+    /// then `JobDone` (`ParentDone`); with `follow`, `Output` from now on.
+    Watch {
+        id: Uuid,
+        run: bool,
+        follow: bool,
+    },
+}
+
+/// The fewest characters of an id that `Resolve` takes.
+pub const MIN_ID_PREFIX: usize = 6;
+
+/// An orchestration run as `manage --job-info RUN` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub parent_id: Uuid,
+    /// Its jobs, in order.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub jobs: Vec<JobView>,
+    /// Each job's part on each node, states only (outputs: `--job-info JOB`).
+    #[serde(deserialize_with = "cautious_seq")]
+    pub parts: Vec<PartView>,
+}
+
+/// A run, a line of `manage --list-runs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    pub parent_id: Uuid,
+    pub jobs: u32,
+    pub nodes: u32,
+    pub submitted_ms: u64,
+    /// When its last part finished, once all have.
+    pub finished_ms: Option<u64>,
+    /// How many parts (a job on a node) are in each state.
+    pub states: BTreeMap<JobState, u32>,
+    /// How many parts changed something (or, `--check`, would).
+    pub changed: u32,
+}
+
+/// A response or pushed event from the server to the CLI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Submitted(Submitted),
+    NodeDone(PartView),
+    JobDone(JobView),
+    Orchestrated(Plan),
+    ParentDone {
+        parent_id: Uuid,
+        jobs: Vec<JobView>,
+    },
+    Nodes(Vec<NodeView>),
+    Jobs(Vec<JobView>),
+    Job(JobDetail),
+    Purged {
+        purged: usize,
+        kept: usize,
+    },
+    ServerKey(ServerKeyView),
+    Keys(Vec<KeyView>),
+    /// The keys an accept, reject or delete changed (as they are now; a
+    /// deleted key as it was).
+    KeysChanged(Vec<KeyView>),
+    Rejected(String),
+    /// To a CLI waiting on work: the server is stopping (SIGTERM); the
+    /// work goes on when it is back.
+    Stopping,
+    /// What `Resolve` found: a job, or (`run`) an orchestration run.
+    Resolved {
+        id: Uuid,
+        run: bool,
+    },
+    Run(RunDetail),
+    Runs(Vec<RunView>),
+    /// To a CLI that follows (`--follow`): what a node's command printed.
+    /// `dropped` bytes before `data` were not shown (too fast).
+    Output {
+        job_id: Uuid,
+        node: String,
+        stream: Stream,
+        data: Vec<u8>,
+        dropped: u64,
+    },
+    /// Before the last answer to a waiting CLI: the parts whose output it
+    /// was not sent (it read too slowly; their states came all the same),
+    /// and the jobs to look them up in (the first `WITHHELD_JOBS`).
+    Withheld {
+        parts: u64,
+        #[serde(deserialize_with = "cautious_seq")]
+        jobs: Vec<Uuid>,
+    },
+}
+
+/// The answer to a submission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub job_id: Uuid,
+    pub task_sha1: String,
+    pub targets: Vec<String>,
+    /// Known nodes left out because they are offline (no `--target`).
+    pub offline: Vec<String>,
+}
+
+/// Frame a control message: length prefix and body.
+pub fn encode_control<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = encode_body(msg);
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reassembles length-prefixed control messages from a byte stream.
+pub struct FrameBuf {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl FrameBuf {
+    /// A buffer that refuses messages longer than `max` bytes.
+    pub fn new(max: usize) -> FrameBuf {
+        FrameBuf {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// Append bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not yet a whole message.
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole message, if one is buffered. An error means the stream
+    /// is corrupt and must be closed.
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+        let Some(len) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > self.max {
+            return Err(WireError::TooLarge { len, max: self.max });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let msg = decode_body(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        msg.map(Some)
+    }
+}
