@@ -71,6 +71,7 @@ impl Backoff {
 }
 
 /// A random number for `next_wait`.
+#[cfg(test)]
 pub fn random() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0
 }

@@ -29,6 +29,7 @@ mod backoff;
 mod cache;
 mod exec;
 mod ledger;
+mod link;
 mod runner;
 mod store;
 mod workdir;
@@ -37,22 +38,22 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
-use self::backoff::Backoff;
 use self::cache::Cache;
 use self::exec::Spawn;
 use self::ledger::Ledger;
+use self::link::{Act, LinkTimer, Names};
 use self::runner::{Effects, IoDone, IoTask, Runner, RunnerTimer};
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
 use crate::reactor::child::{Child, Source};
-use crate::reactor::monitor::{self, LinkEvent, Monitor};
+use crate::reactor::monitor::{self, Monitor};
 use crate::reactor::signals::{self, Signals};
 use crate::reactor::timers::Timers;
 use crate::reactor::worker::Worker;
 use crate::reactor::zmq::{endpoint, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
-use crate::wire::{self, ClientMsg, Denial, Dispatch, ServerMsg};
+use crate::wire::{self, ClientMsg, Dispatch, ServerMsg};
 
 const JOB: Token = Token(0);
 const TRANSFER: Token = Token(1);
@@ -86,15 +87,11 @@ const HEARTBEAT_PORT: PortSpec = PortSpec {
 };
 
 const BUDGET: usize = 256;
-const LIVENESS: u32 = 3;
 const SHUTDOWN_LINGER_MS: i32 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// The generation tells a chain scheduled under an old interval.
-    Heartbeat(u64),
-    Liveness(u64),
-    Reopen,
+    Link(LinkTimer),
     /// Drop expired cache entries.
     CacheSweep,
     /// Without pidfds: look for the running command's exit.
@@ -151,15 +148,10 @@ impl Ports {
     }
 }
 
-/// The connection to the server.
-enum Link {
-    Up {
-        ports: Box<Ports>,
-        monitor: Option<Monitor>,
-        last_heard: Instant,
-    },
-    /// Sockets closed; reopen at the `Reopen` timer.
-    Down,
+/// The open connection to the server.
+struct Sockets {
+    ports: Box<Ports>,
+    monitor: Option<Monitor>,
 }
 
 /// How this client proves who it is, and knows the server.
@@ -181,46 +173,24 @@ enum ServerKeySource {
     ServerKey,
 }
 
-/// Where the server stands with us, for saying each change once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Standing {
-    /// No answer yet on this link.
-    Unknown,
-    /// A handshake failed; the text is what was said.
-    HandshakeFailed(String),
-    /// No connection could be made; the text is why, as a probe found.
-    Unreachable(String),
-    /// Our key waits for an operator.
-    Pending,
-    /// Another pending key claimed our name first.
-    Contested,
-    /// Welcomed as our node.
-    Admitted,
-}
-
 /// The client daemon.
 pub struct Client {
     cfg: Config,
     poll: Poll,
-    link: Link,
+    /// The link's rules: when to announce, beat, reconnect.
+    link: link::Link,
+    /// Its sockets, while open.
+    sockets: Option<Sockets>,
     ctx: zmq::Context,
     timers: Timers<Timer>,
     signals: Signals,
     state: RunState,
-    backoff: Backoff,
     runner: Runner,
     trust: Trust,
-    /// The heartbeat interval in force: ours, or the server's longest if
-    /// that is shorter.
-    beat_ivl: Duration,
-    standing: Standing,
     /// Why the server will not have us: the client stops with this error.
     refused: Option<String>,
     /// Monitor endpoints must be unique in the context.
     links_opened: u64,
-    /// Bumped when the interval changes, so timers set under the old one
-    /// are ignored.
-    beat_gen: u64,
     /// This process among the node's past and future ones, in `Ready`.
     instance: u64,
     /// The last job dispatch received, in `Ready`: the server judges only
@@ -229,12 +199,6 @@ pub struct Client {
     /// The cache generation the server last heard of, since it welcomed
     /// us (`None`: not welcomed on this link).
     cache_reported: Option<u64>,
-    /// When this link's last `Ready` went out, until the server answers
-    /// it: a `Register` meanwhile (a heartbeat that overtook it) is not
-    /// answered with a second `Ready`.
-    announced: Option<Instant>,
-    /// A connection probe is out on the I/O thread.
-    probing: bool,
     /// This process owns its cache and key directories.
     _locks: Vec<crate::dirlock::DirLock>,
     /// Cache syncs, off the loop.
@@ -269,6 +233,7 @@ impl Client {
         let worker = Worker::start("director-io", poll.registry(), WORKER)
             .map_err(|e| Error::io("cannot start the I/O thread", e))?;
         let trust = trust(cfg)?;
+        let instance = uuid::Uuid::new_v4().as_u64_pair().0;
         let cache =
             Cache::open(&cfg.cache_path, cfg.cache_ttl, crate::clock::now_ms()).map_err(|e| {
                 Error::io(
@@ -285,12 +250,12 @@ impl Client {
         let mut client = Client {
             cfg: cfg.clone(),
             poll,
-            link: Link::Down,
+            link: link::Link::new(names(cfg, &trust), cfg.heartbeat_ivl, instance),
+            sockets: None,
             ctx: zmq::Context::new(),
             timers: Timers::default(),
             signals,
             state: RunState::Running,
-            backoff: Backoff::new(cfg.heartbeat_ivl),
             runner: Runner::new(
                 cache,
                 ledger,
@@ -304,27 +269,22 @@ impl Client {
             tokens: TokenCounter::new(FIRST_DYNAMIC),
             processes: Vec::new(),
             trust,
-            beat_ivl: cfg.heartbeat_ivl,
-            standing: Standing::Unknown,
             refused: None,
             links_opened: 0,
-            beat_gen: 0,
-            instance: uuid::Uuid::new_v4().as_u64_pair().0,
+            instance,
             seen: None,
             cache_reported: None,
-            announced: None,
-            probing: false,
             _locks: locks,
             worker,
         };
+        // The first opening's errors are the operator's to see at once.
         client.open()?;
         let now = Instant::now();
-        client
-            .timers
-            .at(now + cfg.heartbeat_ivl, Timer::Heartbeat(0));
-        client
-            .timers
-            .at(now + cfg.heartbeat_ivl, Timer::Liveness(0));
+        let mut acts = Vec::new();
+        client.link.start(now, &mut acts);
+        acts.retain(|a| *a != Act::Open);
+        client.link.opened(now, &mut acts);
+        client.act(acts);
         client
             .timers
             .at(now + cache_sweep_ivl(cfg.cache_ttl), Timer::CacheSweep);
@@ -426,13 +386,7 @@ impl Client {
                 )
             })?;
         }
-        self.link = Link::Up {
-            ports,
-            monitor,
-            last_heard: Instant::now(),
-        };
-        self.announce();
-        self.beat();
+        self.sockets = Some(Sockets { ports, monitor });
         Ok(())
     }
 
@@ -443,7 +397,7 @@ impl Client {
         self.send(
             HEARTBEAT,
             &ClientMsg::Heartbeat {
-                interval_ms: self.beat_ivl.as_millis() as u64,
+                interval_ms: self.link.ivl().as_millis() as u64,
             },
         );
     }
@@ -462,7 +416,7 @@ impl Client {
             version: env!("CARGO_PKG_VERSION").into(),
             // Ours, not what a server granted before: a new server may allow
             // more.
-            interval_ms: self.cfg.heartbeat_ivl.as_millis() as u64,
+            interval_ms: self.link.own_ivl().as_millis() as u64,
             holding: self.runner.holding(),
             proof,
             instance: self.instance,
@@ -471,7 +425,6 @@ impl Client {
             labels: self.runner.node().labels.clone(),
         };
         self.send(JOB, &ready);
-        self.announced = Some(Instant::now());
         let resend: Vec<ClientMsg> = self.runner.unacked().collect();
         for msg in resend {
             self.send(JOB, &msg);
@@ -480,11 +433,7 @@ impl Client {
 
     fn close(&mut self) {
         self.cache_reported = None;
-        self.announced = None;
-        if let Link::Up {
-            mut ports, monitor, ..
-        } = std::mem::replace(&mut self.link, Link::Down)
-        {
+        if let Some(Sockets { mut ports, monitor }) = self.sockets.take() {
             let registry = self.poll.registry();
             if let Some(m) = monitor {
                 m.close(&mut ports.job, registry);
@@ -506,9 +455,9 @@ impl Client {
                 self.apply(fx);
                 busy = true;
             }
-            let backlog = match &self.link {
-                Link::Up { ports, .. } => ports.all().iter().any(|p| p.has_backlog()),
-                Link::Down => false,
+            let backlog = match &self.sockets {
+                Some(s) => s.ports.all().iter().any(|p| p.has_backlog()),
+                None => false,
             };
             let sleep = Sleep {
                 busy,
@@ -524,7 +473,7 @@ impl Client {
                     WORKER => {
                         for done in self.worker.drain() {
                             if let IoDone::Probe(why) = done {
-                                self.probed(why);
+                                self.link.probed(why);
                                 continue;
                             }
                             let mut fx = Effects::default();
@@ -551,8 +500,8 @@ impl Client {
     }
 
     fn shutdown(&mut self) {
-        if let Link::Up { ports, .. } = &self.link {
-            for p in ports.all() {
+        if let Some(s) = &self.sockets {
+            for p in s.ports.all() {
                 p.set_linger(SHUTDOWN_LINGER_MS);
             }
         }
@@ -722,7 +671,7 @@ impl Client {
     }
 
     fn send(&mut self, port: Token, msg: &ClientMsg) {
-        let Link::Up { ports, .. } = &mut self.link else {
+        let Some(Sockets { ports, .. }) = &mut self.sockets else {
             return;
         };
         let p = match port {
@@ -738,10 +687,7 @@ impl Client {
     fn service_ports(&mut self) -> bool {
         let mut busy = false;
         for _round in 0..8 {
-            let Link::Up {
-                ports, last_heard, ..
-            } = &mut self.link
-            else {
+            let Some(Sockets { ports, .. }) = &mut self.sockets else {
                 return false;
             };
             let mut received = Vec::new();
@@ -764,15 +710,15 @@ impl Client {
             }
             let heard = !received.is_empty();
             if heard {
-                *last_heard = Instant::now();
-                self.backoff.reset();
+                self.link.heard(Instant::now());
             }
             for (which, name, msg) in received {
                 self.handle_zmq(which, name, msg.frames);
             }
             if let Some(why) = failed {
-                log::error!("{why}; reconnecting");
-                self.reconnect();
+                let mut acts = Vec::new();
+                self.link.open_failed(&why, Instant::now(), &mut acts);
+                self.act(acts);
                 return false;
             }
             if !heard {
@@ -795,21 +741,21 @@ impl Client {
         match (which, msg, payload) {
             (HEARTBEAT, ServerMsg::HeartbeatAck { .. }, None) => {}
             (HEARTBEAT | JOB, ServerMsg::Register, None) => {
-                if !answers_register(self.announced, Instant::now(), self.beat_ivl) {
-                    log::debug!("server asked us to register; our Ready is on its way");
-                    return;
-                }
-                if self.standing == Standing::Admitted {
-                    log::info!(
-                        "server asked us to register (it restarted or expired us); sending Ready"
-                    );
-                }
-                self.announce();
+                let mut acts = Vec::new();
+                self.link.register(Instant::now(), &mut acts);
+                self.act(acts);
             }
             (JOB, ServerMsg::Welcome { name, interval_ms }, None) => {
-                self.welcomed(&name, interval_ms)
+                let mut acts = Vec::new();
+                self.link
+                    .welcomed(&name, interval_ms, Instant::now(), &mut acts);
+                self.act(acts);
             }
-            (HEARTBEAT | JOB, ServerMsg::Denied(why), None) => self.denied(why),
+            (HEARTBEAT | JOB, ServerMsg::Denied(why), None) => {
+                let mut acts = Vec::new();
+                self.link.denied(why, Instant::now(), &mut acts);
+                self.act(acts);
+            }
             (
                 JOB,
                 ServerMsg::Job {
@@ -854,34 +800,44 @@ impl Client {
         self.apply(fx);
     }
 
-    /// The server took us as our node.
-    fn welcomed(&mut self, name: &str, interval_ms: u64) {
-        self.announced = None;
-        let granted = Duration::from_millis(interval_ms.max(10));
-        let ivl = self.cfg.heartbeat_ivl.min(granted);
-        if ivl != self.beat_ivl {
-            log::info!(
-                "the server allows at most {:.1}s between heartbeats; beating every {:.1}s",
-                granted.as_secs_f64(),
-                ivl.as_secs_f64()
-            );
-            self.beat_ivl = ivl;
-            self.backoff.set_ivl(ivl);
-            // Beat at the new pace from now on, not after the old interval.
-            self.beat_gen += 1;
-            let now = Instant::now();
-            self.timers.at(now + ivl, Timer::Heartbeat(self.beat_gen));
-            self.timers.at(now + ivl, Timer::Liveness(self.beat_gen));
+    /// Carry out what the link's rules ask, and what follows from it.
+    fn act(&mut self, mut acts: Vec<Act>) {
+        let mut i = 0;
+        while i < acts.len() {
+            let act = acts[i].clone();
+            i += 1;
+            match act {
+                Act::Open => match self.open() {
+                    Ok(()) => self.link.opened(Instant::now(), &mut acts),
+                    Err(e) => {
+                        self.close();
+                        self.link
+                            .open_failed(&e.to_string(), Instant::now(), &mut acts);
+                    }
+                },
+                Act::Close => self.close(),
+                Act::Announce => self.announce(),
+                Act::Beat => self.beat(),
+                Act::ReportCache => {
+                    self.cache_reported = None;
+                    self.report_cache();
+                }
+                Act::Timer(at, t) => self.timers.at(at, Timer::Link(t)),
+                Act::Probe => {
+                    let task = IoTask::Probe {
+                        host: self.cfg.server_address.clone(),
+                        port: self.cfg.job_port,
+                    };
+                    self.worker.submit(move || task.run());
+                }
+                Act::Refuse(why) => {
+                    if self.refused.is_none() && self.state != RunState::Stopped {
+                        self.refused = Some(why);
+                        self.stop();
+                    }
+                }
+            }
         }
-        if self.standing == Standing::Pending {
-            log::info!("the server accepted this node's key");
-        }
-        if self.standing != Standing::Admitted {
-            log::info!("connected to {} as {name}", self.cfg.server_address);
-            self.standing = Standing::Admitted;
-        }
-        self.cache_reported = None;
-        self.report_cache();
     }
 
     /// Tell the server what the cache holds, if that changed since it last
@@ -894,65 +850,6 @@ impl Client {
         let summary = ClientMsg::Cache(self.runner.cache_summary());
         self.send(JOB, &summary);
         self.cache_reported = Some(generation);
-    }
-
-    /// The server will not have us as our node (now, or at all).
-    fn denied(&mut self, why: Denial) {
-        self.announced = None;
-        let name = &self.cfg.identity;
-        let fp = match &self.trust {
-            Trust::Curve { own, .. } => own.public.fingerprint(),
-            Trust::Off => String::new(),
-        };
-        match why {
-            Denial::Pending => {
-                if self.standing != Standing::Pending {
-                    log::warn!(
-                        "this node's key ({fp}) waits for acceptance: on the server, run `director manage --accept-key {name}`; no jobs until then"
-                    );
-                    self.standing = Standing::Pending;
-                }
-            }
-            Denial::TooManyPending => {
-                log::warn!(
-                    "the server holds too many keys waiting for acceptance to take ours; retrying in up to {:.2}s",
-                    self.backoff.upto().as_secs_f64()
-                );
-                self.standing = Standing::Unknown;
-                self.reconnect();
-            }
-            Denial::NameContested => {
-                if self.standing != Standing::Contested {
-                    log::warn!(
-                        "the name '{name}' was claimed on the server by another key that waits for acceptance (this node's key is {fp}): if that key is not this node's, run `director manage --delete-key {name}` on the server, then accept this one; retrying"
-                    );
-                    self.standing = Standing::Contested;
-                }
-                self.reconnect();
-            }
-            Denial::Rejected => self.refuse(format!(
-                "the server rejected this node's key ({fp}); to let this node enroll again, run `director manage --delete-key {name}` on the server, then restart this client"
-            )),
-            Denial::NameTaken => self.refuse(format!(
-                "the name '{name}' belongs to another key on the server (this node's key is {fp}); if this node was reinstalled, run `director manage --delete-key {name}` on the server, otherwise give this node another --identity"
-            )),
-            Denial::KeyHasName(other) => self.refuse(format!(
-                "this node's key ({fp}) is enrolled on the server as '{other}', not '{name}': run the client with --identity {other}, or `director manage --delete-key {other}` on the server"
-            )),
-            Denial::WrongSharedKey => self.refuse(
-                "the server does not accept this client's shared key: --shared-key differs between this node and the server, or the server has none".into(),
-            ),
-        }
-    }
-
-    /// Stop for good: the server will not have us, and retrying cannot help.
-    fn refuse(&mut self, why: String) {
-        if self.refused.is_some() || self.state == RunState::Stopped {
-            return;
-        }
-        log::error!("{why}");
-        self.refused = Some(why);
-        self.stop();
     }
 
     /// Start nothing new; stop once the running command (if any) is gone.
@@ -969,155 +866,31 @@ impl Client {
 
     /// Read the job socket's monitor: what happened to each handshake.
     fn service_monitor(&mut self) {
-        let Link::Up {
+        let Some(Sockets {
             monitor: Some(m), ..
-        } = &self.link
+        }) = &self.sockets
         else {
             return;
         };
-        for event in m.drain() {
+        let events = m.drain();
+        let mut acts = Vec::new();
+        for event in events {
             log::debug!("job socket: {event:?}");
-            match event {
-                LinkEvent::HandshakeOk | LinkEvent::Disconnected => {}
-                // Once per failing stretch: find out why, off the loop.
-                LinkEvent::ConnectFailed => {
-                    if !self.probing && !matches!(self.standing, Standing::Unreachable(_)) {
-                        self.probing = true;
-                        let task = IoTask::Probe {
-                            host: self.cfg.server_address.clone(),
-                            port: self.cfg.job_port,
-                        };
-                        self.worker.submit(move || task.run());
-                    }
-                }
-                LinkEvent::HandshakeRefused(400) => self.denied(Denial::Rejected),
-                LinkEvent::HandshakeRefused(code) => {
-                    self.handshake_failed(format!(
-                        "the server refused the handshake (status {code})"
-                    ));
-                }
-                LinkEvent::HandshakeProtocol(monitor::MECHANISM_MISMATCH) => {
-                    let why = match self.trust {
-                        Trust::Curve { .. } => format!(
-                            "the server at {} does not speak CURVE (is it running with --curve off?)",
-                            self.cfg.server_address
-                        ),
-                        Trust::Off => format!(
-                            "the server at {} uses CURVE and this client runs with --curve off: give it --shared-key or --server-key instead",
-                            self.cfg.server_address
-                        ),
-                    };
-                    self.handshake_failed(why);
-                }
-                // The server closed the connection without a word. A CURVE
-                // server does that when it cannot open our hello: it does
-                // not hold the key we were given. A server without CURVE
-                // may too, when its close overtakes its greeting.
-                LinkEvent::HandshakeDropped | LinkEvent::HandshakeProtocol(_) => {
-                    let hint = match &self.trust {
-                        Trust::Curve {
-                            server_source: ServerKeySource::SharedKey,
-                            ..
-                        } => "the server does not hold the key derived from this --shared-key (is the shared key the same on both sides? does the server run with --curve off?)",
-                        Trust::Curve { .. } => "the server does not hold the key given with --server-key (compare it with `director manage --show-key` on the server; does the server run with --curve off?)",
-                        Trust::Off => "the server uses CURVE, or is not a director server, and this client runs with --curve off",
-                    };
-                    self.handshake_failed(format!(
-                        "the CURVE handshake with {} failed: {hint}",
-                        self.cfg.server_address
-                    ));
-                }
-            }
-            if self.state == RunState::Stopped || matches!(self.link, Link::Down) {
-                return;
-            }
+            self.link.monitor(event, Instant::now(), &mut acts);
         }
-    }
-
-    /// Why the server cannot be reached, as the probe found: said once
-    /// (and again if it changes); ZeroMQ keeps retrying meanwhile.
-    fn probed(&mut self, why: String) {
-        self.probing = false;
-        if self.standing == Standing::Admitted {
-            return; // connected in the meantime
-        }
-        let said = Standing::Unreachable(why.clone());
-        if self.standing != said {
-            log::error!(
-                "cannot connect to {}:{}: {why}; retrying",
-                self.cfg.server_address,
-                self.cfg.job_port
-            );
-            self.standing = said;
-        }
-    }
-
-    /// A handshake failed in a way retrying may mend: say it once, then try
-    /// again after the backoff.
-    fn handshake_failed(&mut self, why: String) {
-        if self.refused.is_some() {
-            return;
-        }
-        if self.standing != Standing::HandshakeFailed(why.clone()) {
-            log::error!("{why}; retrying with backoff");
-            self.standing = Standing::HandshakeFailed(why);
-        } else {
-            log::debug!(
-                "handshake failed again; retrying in up to {:.2}s",
-                self.backoff.upto().as_secs_f64()
-            );
-        }
-        self.reconnect();
+        self.act(acts);
     }
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
-                Timer::Heartbeat(gen) | Timer::Liveness(gen) if gen != self.beat_gen => {}
-                Timer::Heartbeat(gen) => {
-                    crate::reactor::child::reap_orphans();
-                    self.beat();
-                    self.timers.at(now + self.beat_ivl, Timer::Heartbeat(gen));
-                }
-                Timer::Liveness(gen) => {
-                    if let Link::Up { last_heard, .. } = &self.link {
-                        let silent = now.saturating_duration_since(*last_heard);
-                        if silent >= self.beat_ivl * LIVENESS {
-                            if matches!(self.standing, Standing::HandshakeFailed(_)) {
-                                // The same failure, told by silence: libzmq
-                                // does not always report a handshake the
-                                // server dropped again. Said once already.
-                                log::debug!(
-                                    "handshake failed again (no answer); retrying in up to {:.2}s",
-                                    self.backoff.upto().as_secs_f64()
-                                );
-                            } else {
-                                log::warn!(
-                                    "server silent for {:.1}s; reconnecting in up to {:.2}s",
-                                    silent.as_secs_f64(),
-                                    self.backoff.upto().as_secs_f64()
-                                );
-                            }
-                            // Not connected any more: say so again when it is, and why
-                            // not while it is not.
-                            if self.standing == Standing::Admitted {
-                                self.standing = Standing::Unknown;
-                            }
-                            self.reconnect();
-                        }
+                Timer::Link(t) => {
+                    if matches!(t, LinkTimer::Heartbeat(_)) {
+                        crate::reactor::child::reap_orphans();
                     }
-                    self.timers.at(now + self.beat_ivl, Timer::Liveness(gen));
-                }
-                Timer::Reopen => {
-                    if matches!(self.link, Link::Down) {
-                        if let Err(e) = self.open() {
-                            log::error!(
-                                "{e}; retrying in up to {:.2}s",
-                                self.backoff.upto().as_secs_f64()
-                            );
-                            self.reconnect();
-                        }
-                    }
+                    let mut acts = Vec::new();
+                    self.link.timer(t, now, &mut acts);
+                    self.act(acts);
                 }
                 Timer::LiveFlush => {
                     for i in 0..self.processes.len() {
@@ -1147,13 +920,6 @@ impl Client {
                 }
             }
         }
-    }
-
-    /// Drop the sockets and schedule a reopen after the current backoff.
-    fn reconnect(&mut self) {
-        self.close();
-        let wait = self.backoff.next_wait(backoff::random());
-        self.timers.at(Instant::now() + wait, Timer::Reopen);
     }
 
     fn handle_signals(&mut self) {
@@ -1203,14 +969,27 @@ fn trust(cfg: &Config) -> Result<Trust> {
     })
 }
 
-/// Is a `Register` answered with a `Ready`? Not while the `Ready` sent on
-/// this link at `announced` may still be on its way (less than an
-/// interval ago): one `Ready` per reconnection, since a heartbeat can
-/// reach a restarted server first and be answered `Register`. Should that
-/// `Ready` have been lost (the server restarted as it came), the next
-/// beat's `Register` comes after the interval and is answered.
-fn answers_register(announced: Option<Instant>, now: Instant, ivl: Duration) -> bool {
-    announced.is_none_or(|at| now.saturating_duration_since(at) >= ivl)
+/// How the link names this node and its server in what it logs.
+fn names(cfg: &Config, trust: &Trust) -> Names {
+    let (fingerprint, trust) = match trust {
+        Trust::Curve {
+            own, server_source, ..
+        } => (
+            own.public.fingerprint(),
+            match server_source {
+                ServerKeySource::SharedKey => link::Trust::SharedKey,
+                ServerKeySource::ServerKey => link::Trust::ServerKey,
+            },
+        ),
+        Trust::Off => (String::new(), link::Trust::Off),
+    };
+    Names {
+        identity: cfg.identity.clone(),
+        server: cfg.server_address.clone(),
+        job_port: cfg.job_port,
+        fingerprint,
+        trust,
+    }
 }
 
 /// `--server-key`: a Z85 key, or the path of a file that holds one.
@@ -1234,35 +1013,11 @@ fn parse_server_key(given: &str) -> Result<PublicKey> {
 /// to 60 s, so a slow disk is not a failure and a stuck transfer does not
 /// hold the node's queue for its whole timeout.
 fn transfer_stall(ivl: Duration) -> Duration {
-    (ivl * LIVENESS).clamp(Duration::from_secs(5), Duration::from_secs(60))
+    (ivl * link::LIVENESS).clamp(Duration::from_secs(5), Duration::from_secs(60))
 }
 
 /// How often to drop expired cache entries: often enough that an entry
 /// leaves the disk soon after its time-to-live, at most once a second.
 fn cache_sweep_ivl(ttl: Duration) -> Duration {
     (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_register_that_overtakes_our_ready_is_not_answered_with_another() {
-        let t0 = Instant::now();
-        let ivl = Duration::from_secs(1);
-        assert!(
-            answers_register(None, t0, ivl),
-            "welcomed: a Register is news"
-        );
-        let sent = Some(t0);
-        assert!(!answers_register(sent, t0 + Duration::from_millis(1), ivl));
-        assert!(!answers_register(
-            sent,
-            t0 + Duration::from_millis(999),
-            ivl
-        ));
-        // Lost on the way: asked again an interval later, it goes again.
-        assert!(answers_register(sent, t0 + ivl, ivl));
-    }
 }
