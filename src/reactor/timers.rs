@@ -41,6 +41,11 @@ impl<K: Ord> Timers<K> {
         None
     }
 
+    /// The nearest deadline.
+    pub fn next_at(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
     /// How long until the nearest deadline (`None`: no timers).
     pub fn until_next(&self, now: Instant) -> Option<Duration> {
         self.heap

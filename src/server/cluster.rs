@@ -185,7 +185,7 @@ impl Cluster {
     /// Rebuild from the history after a restart (see `Restore`).
     #[cfg(test)]
     pub fn restore(records: Vec<Record>, ivl: Duration, now: Now) -> Cluster {
-        let mut r = Restore::default();
+        let mut r = Restore::new(now.at);
         for rec in records {
             r.replay(rec, Span { at: 0, len: 0 });
         }
@@ -1608,11 +1608,15 @@ impl Cluster {
     }
 }
 
-/// A cluster being rebuilt from the history, one record at a time.
-#[derive(Default)]
-pub struct Restore(Cluster);
+/// A cluster being rebuilt from the history, one record at a time, at a
+/// time given (restored nodes' deadlines start from it).
+pub struct Restore(Cluster, Instant);
 
 impl Restore {
+    pub fn new(at: Instant) -> Restore {
+        Restore(Cluster::default(), at)
+    }
+
     fn part(&mut self, id: &Uuid, node: &str) -> Option<&mut super::jobs::Part> {
         self.0.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node))
     }
@@ -1682,12 +1686,10 @@ impl Restore {
             } => {
                 // Expected back (`finish`), unless its record says it
                 // went offline.
-                let (n, _) = self.0.nodes.upsert(
-                    &name,
-                    Duration::from_secs(60),
-                    Instant::now(),
-                    last_seen_ms,
-                );
+                let (n, _) =
+                    self.0
+                        .nodes
+                        .upsert(&name, Duration::from_secs(60), self.1, last_seen_ms);
                 n.version = version;
                 n.about = crate::facts::Node { facts, labels };
                 n.link = Link::Stale;

@@ -151,12 +151,12 @@ impl Persist {
 
     /// Hold `h` until everything recorded so far is durable; it comes back
     /// from `due` or `done` (or at once, with nothing to wait for).
-    pub fn hold(&mut self, h: Held, out: &mut Released) {
+    pub fn hold(&mut self, h: Held, now: Instant, out: &mut Released) {
         if let (Held::Submission { .. }, Some(f)) = (&h, &mut self.failing) {
             // Each submission tries the disk again at once: it fails fast
             // while the disk is full, and the first one after space returns
             // goes through.
-            f.retry_at = Instant::now();
+            f.retry_at = now;
         }
         let idle = self.commit_at.is_none()
             && self.in_flight.is_none()

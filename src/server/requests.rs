@@ -1,37 +1,23 @@
-//! The control socket: accepting CLI connections, answering their
-//! requests (submissions, questions, key changes) and pushing progress to
-//! those that wait. Answers that depend on records go through the
-//! persistence layer's `hold`, so they leave only once durable.
+//! The control requests, as the core answers them: submissions,
+//! questions, key changes, and progress for those that wait. Answers that
+//! depend on records go through the persistence layer's `hold`, so they
+//! leave only once durable. The connections themselves are the loop's.
 
-use std::io;
 use std::path::Path;
 
 use mio::net::UnixListener;
-use mio::{Interest, Token};
+use mio::Token;
 use uuid::Uuid;
 
-use super::cluster::Now;
-use super::control::{ControlConn, Inbound as ControlInbound};
+use super::core::{Auth, Core, Out};
 use super::keys::KeyRecord;
 use super::persist::Held;
 use super::routes::Principal;
-use super::{Auth, Server};
 use crate::curve::PublicKey;
 use crate::error::{Error, Result};
 use crate::wire::{Denial, KeyState, KeyView, Request, Response, ServerKeyView, ServerMsg};
 
-impl Server {
-    /// Send an answer or progress to a control connection now.
-    pub(super) fn send_note(&mut self, token: Token, resp: &Response) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        if let Err(e) = conn.send(resp) {
-            log::debug!("control connection dropped: {e}");
-            self.close_control(token);
-        }
-    }
-
+impl Core {
     /// Push `resp` to every connection waiting on `id` (a job or a run).
     pub(super) fn notify(&mut self, job_id: &Uuid, resp: &Response) {
         let Some(tokens) = self.waiters.get(job_id) else {
@@ -45,70 +31,19 @@ impl Server {
         }
     }
 
-    pub(super) fn accept_control(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    let token = self.tokens.next();
-                    let mut conn = ControlConn::new(stream);
-                    if let Err(e) = self.poll.registry().register(
-                        &mut conn.stream,
-                        token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        log::warn!("cannot watch a control connection: {e}; closed");
-                        continue;
-                    }
-                    debug_assert!(!self.conns.contains_key(&token));
-                    self.conns.insert(token, conn);
-                    // Data may have arrived before registration.
-                    self.handle_control(token);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("control socket accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    pub(super) fn handle_control(&mut self, token: Token) {
-        // A token can still arrive in the same batch after its source closed.
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        if let Err(e) = conn.flush() {
-            log::debug!("control connection write failed: {e}");
-            self.close_control(token);
-            return;
-        }
-        let (requests, closed) = match conn.read() {
-            ControlInbound::Requests(r) => (r, false),
-            ControlInbound::Closed(r) => (r, true),
-            ControlInbound::Corrupt(e) => {
-                log::warn!("control connection sent a bad request ({e}); closed");
-                self.close_control(token);
-                return;
-            }
-        };
+    /// Requests read from a control connection, in order.
+    pub fn requests(&mut self, token: Token, requests: Vec<Request>) {
         for req in requests {
             // A question about the state answers at once, unless an earlier
             // answer on this connection still waits for the disk (order).
             let reads_only = reads_only(&req);
             if let Some(resp) = self.handle_request(token, req) {
                 if reads_only && !self.persist.holds_for(token) {
-                    self.send_note(token, &resp);
+                    self.out.push(Out::Note { token, resp });
                 } else {
                     self.hold(Held::Note { token, resp });
                 }
             }
-        }
-        if closed {
-            // A peer that stopped writing may still read what is ready.
-            self.carry_out();
-            self.close_control(token);
         }
     }
 
@@ -148,35 +83,34 @@ impl Server {
                 follow,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
-                let resp =
-                    match self
-                        .cluster
-                        .submit(task, &targets, &exclude, Now::real(), &mut out)
-                    {
-                        Ok(submitted) => {
-                            log::info!(
-                                "job {} ({}) queued for {}",
-                                submitted.job_id,
-                                submitted.task_sha1,
-                                submitted.targets.join(", ")
-                            );
-                            if wait {
-                                self.waiters
-                                    .entry(submitted.job_id)
-                                    .or_default()
-                                    .push(token);
-                                if follow {
-                                    self.followers.insert(token);
-                                    self.cluster.follow(&[submitted.job_id]);
-                                }
+                let resp = match self
+                    .cluster
+                    .submit(task, &targets, &exclude, self.now, &mut out)
+                {
+                    Ok(submitted) => {
+                        log::info!(
+                            "job {} ({}) queued for {}",
+                            submitted.job_id,
+                            submitted.task_sha1,
+                            submitted.targets.join(", ")
+                        );
+                        if wait {
+                            self.waiters
+                                .entry(submitted.job_id)
+                                .or_default()
+                                .push(token);
+                            if follow {
+                                self.followers.insert(token);
+                                self.cluster.follow(&[submitted.job_id]);
                             }
-                            if queue_offline {
-                                self.cluster.queue_offline(&[submitted.job_id], &mut out);
-                            }
-                            Response::Submitted(submitted)
                         }
-                        Err(why) => Response::Rejected(self.why_none_online(why)),
-                    };
+                        if queue_offline {
+                            self.cluster.queue_offline(&[submitted.job_id], &mut out);
+                        }
+                        Response::Submitted(submitted)
+                    }
+                    Err(why) => Response::Rejected(self.why_none_online(why)),
+                };
                 self.submitted(token, resp, out);
                 return None;
             }
@@ -190,14 +124,10 @@ impl Server {
                 follow,
             } => {
                 let mut out = std::mem::take(&mut self.effects);
-                let resp = match self.cluster.orchestrate(
-                    blocks,
-                    &exclude,
-                    rolling,
-                    dry_run,
-                    Now::real(),
-                    &mut out,
-                ) {
+                let resp = match self
+                    .cluster
+                    .orchestrate(blocks, &exclude, rolling, dry_run, self.now, &mut out)
+                {
                     Ok(plan) => {
                         if let Some(parent) = plan.parent_id {
                             log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
@@ -375,7 +305,7 @@ impl Server {
         if let Err(why) = result {
             return Response::Rejected(why);
         }
-        let now = Now::real();
+        let now = self.now;
         let mut out = std::mem::take(&mut self.effects);
         for (view, rec) in &changed {
             self.record_key(rec);
@@ -414,15 +344,12 @@ impl Server {
         Response::KeysChanged(changed.into_iter().map(|(v, _)| v).collect())
     }
 
-    pub(super) fn close_control(&mut self, token: Token) {
-        if let Some(mut conn) = self.conns.remove(&token) {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-        }
+    /// A control connection is gone: nothing more for it.
+    pub fn closed(&mut self, token: Token) {
         for tokens in self.waiters.values_mut() {
             tokens.retain(|t| *t != token);
         }
         self.followers.remove(&token);
-        self.live_dropped.remove(&token);
     }
 
     /// A node's live output: to each CLI following its job or run. One
@@ -452,22 +379,14 @@ impl Server {
         tokens.sort_unstable();
         tokens.dedup();
         for token in tokens {
-            let Some(conn) = self.conns.get(&token) else {
-                continue;
-            };
-            if conn.backlog() > LIVE_BACKLOG {
-                *self.live_dropped.entry(token).or_insert(0) += dropped + data.len() as u64;
-                continue;
-            }
-            let before = self.live_dropped.remove(&token).unwrap_or(0);
             let resp = Response::Output {
                 job_id,
                 node: node.to_owned(),
                 stream,
                 data: data.clone(),
-                dropped: dropped + before,
+                dropped,
             };
-            self.send_note(token, &resp);
+            self.out.push(Out::Live { token, resp });
         }
     }
 }
@@ -482,7 +401,7 @@ pub(super) enum KeyChange {
 
 /// A following CLI with this much not yet read gets no more live output
 /// until it catches up.
-const LIVE_BACKLOG: usize = 1 << 20;
+pub(super) const LIVE_BACKLOG: usize = 1 << 20;
 
 pub(super) const CURVE_OFF: &str =
     "the server runs with --curve off: it has no key, and admits every node without one";
@@ -523,7 +442,7 @@ pub(super) fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListe
                 )))
             }
             // Someone else's live socket we may not even talk to: leave it.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 return Err(Error::Config(format!(
                     "{} exists and we may not connect to it (another user's server?); remove it or choose another --socket-path",
                     path.display()
@@ -551,7 +470,7 @@ pub(super) fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListe
             .map_err(|_| Error::Config(format!("{}: a NUL in the path", path.display())))?;
         // SAFETY: a valid C string; -1 keeps the owner.
         if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
-            let e = io::Error::last_os_error();
+            let e = std::io::Error::last_os_error();
             let _ = std::fs::remove_file(path);
             return Err(Error::io(
                 format!(

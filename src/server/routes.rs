@@ -18,6 +18,17 @@ pub enum Port {
     Heartbeat = 2,
 }
 
+impl Port {
+    /// For log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Port::Job => "job",
+            Port::Transfer => "transfer",
+            Port::Heartbeat => "heartbeat",
+        }
+    }
+}
+
 pub const PORTS: [Port; 3] = [Port::Job, Port::Transfer, Port::Heartbeat];
 
 /// Who sent a message.

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use uuid::Uuid;
 
-use super::cluster::{Cluster, Effect, Now};
+use super::cluster::{Cluster, Effect};
+use super::core::{Core, Out, Timer};
 use super::history::Record;
-use super::io::IoDone;
+use super::io::IoTask;
 use super::jobs;
 use super::keys::KeyRecord;
 use super::persist::{self, Held};
-use super::{Server, Timer};
 use crate::journal::{Journal, Moves, Reader, Rewrite, Span};
 use crate::wire::{self, Response};
 
@@ -23,7 +23,7 @@ pub(super) const HOUSEKEEPING_IVL: Duration = Duration::from_secs(10);
 /// Dead records the journal may hold beyond as many as live ones before it
 /// is compacted.
 pub(super) const COMPACT_SLACK: usize = 10_000;
-impl Server {
+impl Core {
     /// A submission was accepted: its records are effects; its answer and
     /// the release of its jobs wait until they are durable.
     pub(super) fn submitted(&mut self, token: Token, resp: Response, effects: Vec<Effect>) {
@@ -45,18 +45,18 @@ impl Server {
         if let Some(j) = &mut self.persist.keys {
             j.append(rec);
         }
-        self.persist.recorded(Instant::now());
+        self.persist.recorded(self.now.at);
     }
 
     pub(super) fn record(&mut self, rec: &Record) -> Span {
         let span = self.persist.history.append(rec);
-        self.persist.recorded(Instant::now());
+        self.persist.recorded(self.now.at);
         span
     }
 
     /// Hold `h` until what was recorded before it is durable.
     pub(super) fn hold(&mut self, h: Held) {
-        self.persist.hold(h, &mut self.released);
+        self.persist.hold(h, self.now.at, &mut self.released);
     }
 
     /// Group commit: once the oldest unsynced record is `COMMIT_IVL` old,
@@ -72,65 +72,42 @@ impl Server {
             self.persist.rewrite(rewrite, now);
         }
         if let Some(ops) = self.persist.due(now, &mut self.released) {
-            self.worker
-                .submit(move || IoDone::Commit(persist::run_ops(ops)));
+            self.out.push(Out::Io(IoTask::Commit(ops)));
         }
         self.carry_out()
     }
 
-    /// Results from the I/O thread.
-    pub(super) fn worker_done(&mut self) {
-        for done in self.worker.drain() {
-            self.on_io(done);
+    /// A commit on the I/O thread came back.
+    pub fn committed(&mut self, result: persist::CommitResult) {
+        let now = self.now.at;
+        // Compactions start only with nothing in flight: this is the
+        // commit that carried it, if one began.
+        let moves = self.compacting.take();
+        self.persist.done(result, now, &mut self.released);
+        if moves.is_some() {
+            // The rewrite's buffers are freed now, not at the next
+            // housekeeping.
+            give_back_free_memory();
         }
-    }
-
-    pub(super) fn on_io(&mut self, done: IoDone) {
-        match done {
-            IoDone::Commit(result) => {
-                // Compactions start only with nothing in flight: this is
-                // the commit that carried it, if one began.
-                let moves = self.compacting.take();
+        if let Some((rw, why)) = self.released.abandoned.take() {
+            uncompact(
+                &mut self.cluster,
+                &mut self.persist.history,
+                &rw,
+                &moves.unwrap_or_default(),
+            );
+            // Housekeeping asks again every 10 s while it is needed.
+            if !self.compact_refused.first(now) {
+                return;
+            }
+            log::warn!(
+                "cannot compact the job history in {}: {why}; kept it as it was (tried again later; said at most once a minute)",
                 self.persist
-                    .done(result, Instant::now(), &mut self.released);
-                if moves.is_some() {
-                    // The rewrite's buffers are freed now, not at the next
-                    // housekeeping.
-                    give_back_free_memory();
-                }
-                if let Some((rw, why)) = self.released.abandoned.take() {
-                    uncompact(
-                        &mut self.cluster,
-                        &mut self.persist.history,
-                        &rw,
-                        &moves.unwrap_or_default(),
-                    );
-                    // Housekeeping asks again every 10 s while it is needed.
-                    if !self.compact_refused.first(Instant::now()) {
-                        return;
-                    }
-                    log::warn!(
-                        "cannot compact the job history in {}: {why}; kept it as it was (tried again later; said at most once a minute)",
-                        self.persist
-                            .history
-                            .path()
-                            .parent()
-                            .map_or_else(String::new, |p| p.display().to_string())
-                    );
-                }
-            }
-            IoDone::JobInfo { token, detail } => {
-                self.send_note(token, &Response::Job(*detail));
-            }
-            IoDone::Chunk(read) => {
-                if let Some(n) = self.reads.get_mut(&read.rid) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.reads.remove(&read.rid);
-                    }
-                }
-                self.chunk_read(read);
-            }
+                    .history
+                    .path()
+                    .parent()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            );
         }
     }
 
@@ -164,7 +141,10 @@ impl Server {
                     self.record(&Record::Forgotten { id });
                 }
                 let why = format!("{error}; nothing was queued");
-                self.send_note(token, &Response::Rejected(why));
+                self.out.push(Out::Note {
+                    token,
+                    resp: Response::Rejected(why),
+                });
             }
             for h in released.held {
                 match h {
@@ -172,23 +152,25 @@ impl Server {
                     Held::Ack { node, msg } => {
                         let _ = self.send(&node, &msg);
                     }
-                    Held::Note { token, resp } => self.send_note(token, &resp),
+                    Held::Note { token, resp } => self.out.push(Out::Note { token, resp }),
                     Held::Read {
                         token,
                         detail,
                         reads,
                     } => {
                         let reader = self.persist.history.reader();
-                        self.worker.submit(move || IoDone::JobInfo {
+                        self.out.push(Out::Io(IoTask::JobInfo {
                             token,
-                            detail: read_outputs(&reader, detail, &reads),
-                        });
+                            reader,
+                            detail,
+                            reads,
+                        }));
                     }
                     Held::Submission { token, resp, jobs } => {
                         // The answer reaches the waiter before any progress.
-                        self.send_note(token, &resp);
+                        self.out.push(Out::Note { token, resp });
                         let mut out = std::mem::take(&mut self.effects);
-                        self.cluster.release(&jobs, Now::real(), &mut out);
+                        self.cluster.release(&jobs, self.now, &mut out);
                         self.apply(out);
                         // Parts may now wait for offline nodes, until a
                         // deadline.
@@ -208,7 +190,7 @@ impl Server {
         let mut out = std::mem::take(&mut self.effects);
         let gone = self
             .cluster
-            .retain_recent(crate::clock::now_ms(), age, count, &mut out);
+            .retain_recent(self.now.ms, age, count, &mut out);
         self.apply(out);
         if gone > 0 {
             log::info!(
@@ -222,7 +204,7 @@ impl Server {
             self.compact_wanted = true;
         }
         self.timers
-            .at(Instant::now() + HOUSEKEEPING_IVL, Timer::Housekeeping);
+            .at(self.now.at + HOUSEKEEPING_IVL, Timer::Housekeeping);
     }
 }
 
