@@ -1,7 +1,26 @@
 //! Wall-clock helpers: timestamps travel as Unix milliseconds and are shown to
 //! operators as UTC in a fixed, sortable format.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The time an input happened: monotonic for deadlines, wall-clock (Unix
+/// milliseconds) for what operators are shown. The loops read it once per
+/// pass and hand it to their cores, which never read a clock themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub at: Instant,
+    pub ms: u64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn real() -> Now {
+        Now {
+            at: Instant::now(),
+            ms: now_ms(),
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch (0 for a clock set before 1970).
 pub fn unix_ms(t: SystemTime) -> u64 {

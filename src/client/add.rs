@@ -371,6 +371,8 @@ pub struct AddJob {
     started: Instant,
     /// When data last came from the server (or was first asked for).
     last_data: Instant,
+    /// The time of the input being handled (set by the runner).
+    now: Instant,
 }
 
 impl AddJob {
@@ -382,6 +384,7 @@ impl AddJob {
         task: &Task,
         vars: &template::Vars,
         store: &Path,
+        now: Instant,
     ) -> Result<AddJob, String> {
         let Action::Add(add) = &task.action else {
             return Err("not an ADD job".into());
@@ -427,8 +430,9 @@ impl AddJob {
             step,
             io,
             report: String::new(),
-            started: Instant::now(),
-            last_data: Instant::now(),
+            started: now,
+            last_data: now,
+            now,
         })
     }
 
@@ -460,6 +464,11 @@ impl AddJob {
     }
 
     /// The I/O thread is done with what this job gave it.
+    /// The time of what is handled next.
+    pub fn at(&mut self, now: Instant) {
+        self.now = now;
+    }
+
     pub fn io_done(&mut self, done: AddDone, out: &mut Vec<ClientMsg>) -> Progress {
         let result = match done {
             AddDone::Resolved(Ok((uid, gid))) => {
@@ -715,7 +724,7 @@ impl AddJob {
         );
         let mut flow = Receiver::new(src.size, CHUNK, CREDIT);
         self.fetch(&mut flow, out);
-        self.last_data = Instant::now();
+        self.last_data = self.now;
         self.step = Step::Receiving {
             to_store,
             tmp,
@@ -777,7 +786,7 @@ impl AddJob {
             return Err(format!("data for file {file} while receiving file {index}"));
         }
         flow.accept(offset, data.len())?;
-        self.last_data = Instant::now();
+        self.last_data = self.now;
         tmp.file.write_all_at(data, offset).map_err(|e| {
             if *to_store {
                 format!(

@@ -155,7 +155,7 @@ pub fn start(
     cache: &mut Cache,
     node: &crate::facts::Node,
     store: &Path,
-    now_ms: u64,
+    now: crate::clock::Now,
 ) -> Started {
     let skip_cache = task.options.skip_cache;
     let check = task.options.check;
@@ -358,7 +358,7 @@ pub fn start(
             })
         }
         // Never skipped by the cache: every run checks every file.
-        Action::Add(_) => match AddJob::new(job_id, task, &vars(cache, node), store) {
+        Action::Add(_) => match AddJob::new(job_id, task, &vars(cache, node), store, now.at) {
             Ok(job) => Started::Transfer(Box::new(job)),
             Err(e) => Started::Done(ended(Exit::Error(e))),
         },
@@ -399,7 +399,7 @@ pub fn start(
                 Err(e) => return Started::Done(ended(Exit::Error(format!("RUN --unless: {e}")))),
             };
             let key = cache_key(task, &command, Some(cache.env()));
-            if !skip_cache && cache.is_done(&key, now_ms) {
+            if !skip_cache && cache.is_done(&key, now.ms) {
                 return Started::Done(ended(Exit::Cached));
             }
             let spawn = |command: String| Spawn {

@@ -27,6 +27,7 @@
 mod add;
 mod backoff;
 mod cache;
+pub mod core;
 mod exec;
 mod ledger;
 mod link;
@@ -39,10 +40,12 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 
 use self::cache::Cache;
+use self::core::{Channel, Core, Identity, Out};
 use self::exec::Spawn;
 use self::ledger::Ledger;
-use self::link::{Act, LinkTimer, Names};
-use self::runner::{Effects, IoDone, IoTask, Runner, RunnerTimer};
+use self::link::{LinkTimer, Names};
+use self::runner::{IoDone, IoTask, Runner};
+use crate::clock::Now;
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
@@ -53,7 +56,7 @@ use crate::reactor::timers::Timers;
 use crate::reactor::worker::Worker;
 use crate::reactor::zmq::{endpoint, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
-use crate::wire::{self, ClientMsg, Dispatch, ServerMsg};
+use crate::wire::{self, ClientMsg, ServerMsg};
 
 const JOB: Token = Token(0);
 const TRANSFER: Token = Token(1);
@@ -91,14 +94,13 @@ const SHUTDOWN_LINGER_MS: i32 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Link(LinkTimer),
+    Core(core::Timer),
     /// Drop expired cache entries.
     CacheSweep,
     /// Without pidfds: look for the running command's exit.
     ReapSweep,
     /// Send the running live job's output read since the last send.
     LiveFlush,
-    Runner(RunnerTimer),
 }
 
 /// Without pidfds, how often to look for a command's exit.
@@ -177,28 +179,19 @@ enum ServerKeySource {
 pub struct Client {
     cfg: Config,
     poll: Poll,
-    /// The link's rules: when to announce, beat, reconnect.
-    link: link::Link,
-    /// Its sockets, while open.
+    /// The rules: link, session, jobs.
+    core: Core,
+    /// The link's sockets, while open.
     sockets: Option<Sockets>,
     ctx: zmq::Context,
     timers: Timers<Timer>,
     signals: Signals,
     state: RunState,
-    runner: Runner,
     trust: Trust,
     /// Why the server will not have us: the client stops with this error.
     refused: Option<String>,
     /// Monitor endpoints must be unique in the context.
     links_opened: u64,
-    /// This process among the node's past and future ones, in `Ready`.
-    instance: u64,
-    /// The last job dispatch received, in `Ready`: the server judges only
-    /// jobs sent before it against what we hold.
-    seen: Option<Dispatch>,
-    /// The cache generation the server last heard of, since it welcomed
-    /// us (`None`: not welcomed on this link).
-    cache_reported: Option<u64>,
     /// This process owns its cache and key directories.
     _locks: Vec<crate::dirlock::DirLock>,
     /// Cache syncs, off the loop.
@@ -247,47 +240,58 @@ impl Client {
                 e,
             )
         })?;
+        let now = Now::real();
+        let runner = Runner::new(
+            cache,
+            ledger,
+            transfer_stall(cfg.heartbeat_ivl),
+            crate::facts::Node {
+                facts: crate::facts::gather(),
+                labels: cfg.labels.clone(),
+            },
+            cfg.cache_path.join("blueprints"),
+            now,
+        );
+        let link = link::Link::new(names(cfg, &trust), cfg.heartbeat_ivl, instance);
+        let me = Identity {
+            name: cfg.identity.clone(),
+            proof: match &trust {
+                Trust::Curve { proof, .. } => proof.clone(),
+                Trust::Off => Vec::new(),
+            },
+            instance,
+        };
         let mut client = Client {
             cfg: cfg.clone(),
             poll,
-            link: link::Link::new(names(cfg, &trust), cfg.heartbeat_ivl, instance),
+            core: Core::new(link, runner, me, now),
             sockets: None,
             ctx: zmq::Context::new(),
             timers: Timers::default(),
             signals,
             state: RunState::Running,
-            runner: Runner::new(
-                cache,
-                ledger,
-                transfer_stall(cfg.heartbeat_ivl),
-                crate::facts::Node {
-                    facts: crate::facts::gather(),
-                    labels: cfg.labels.clone(),
-                },
-                cfg.cache_path.join("blueprints"),
-            ),
             tokens: TokenCounter::new(FIRST_DYNAMIC),
             processes: Vec::new(),
             trust,
             refused: None,
             links_opened: 0,
-            instance,
-            seen: None,
-            cache_reported: None,
             _locks: locks,
             worker,
         };
         // The first opening's errors are the operator's to see at once.
         client.open()?;
-        let now = Instant::now();
-        let mut acts = Vec::new();
-        client.link.start(now, &mut acts);
-        acts.retain(|a| *a != Act::Open);
-        client.link.opened(now, &mut acts);
-        client.act(acts);
+        client.core.start();
+        let mut outs = client.core.take_out();
+        outs.retain(|o| !matches!(o, Out::Open));
+        client.core.opened();
+        outs.extend(client.core.take_out());
+        for o in outs {
+            client.perform_one(o);
+        }
+        client.perform();
         client
             .timers
-            .at(now + cache_sweep_ivl(cfg.cache_ttl), Timer::CacheSweep);
+            .at(now.at + cache_sweep_ivl(cfg.cache_ttl), Timer::CacheSweep);
         match &client.trust {
             Trust::Curve {
                 own,
@@ -390,49 +394,7 @@ impl Client {
         Ok(())
     }
 
-    fn beat(&mut self) {
-        if self.cache_reported.is_some() {
-            self.report_cache();
-        }
-        self.send(
-            HEARTBEAT,
-            &ClientMsg::Heartbeat {
-                interval_ms: self.link.ivl().as_millis() as u64,
-            },
-        );
-    }
-
-    /// Say `Ready` with what we hold, then resend unacknowledged results.
-    fn announce(&mut self) {
-        let mut fx = Effects::default();
-        self.runner.link_reset(&mut fx);
-        self.apply(fx);
-        let proof = match &self.trust {
-            Trust::Curve { proof, .. } => proof.clone(),
-            Trust::Off => Vec::new(),
-        };
-        let ready = ClientMsg::Ready {
-            name: self.cfg.identity.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            // Ours, not what a server granted before: a new server may allow
-            // more.
-            interval_ms: self.link.own_ivl().as_millis() as u64,
-            holding: self.runner.holding(),
-            proof,
-            instance: self.instance,
-            seen: self.seen,
-            facts: self.runner.node().facts.clone(),
-            labels: self.runner.node().labels.clone(),
-        };
-        self.send(JOB, &ready);
-        let resend: Vec<ClientMsg> = self.runner.unacked().collect();
-        for msg in resend {
-            self.send(JOB, &msg);
-        }
-    }
-
     fn close(&mut self) {
-        self.cache_reported = None;
         if let Some(Sockets { mut ports, monitor }) = self.sockets.take() {
             let registry = self.poll.registry();
             if let Some(m) = monitor {
@@ -447,12 +409,12 @@ impl Client {
     fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(64);
         loop {
+            self.core.at(Now::real());
             self.service_monitor();
             let mut busy = self.service_ports();
-            if self.runner.wants_tick() {
-                let mut fx = Effects::default();
-                self.runner.tick(&mut fx);
-                self.apply(fx);
+            if self.core.wants_tick() {
+                self.core.tick();
+                self.perform();
                 busy = true;
             }
             let backlog = match &self.sockets {
@@ -466,26 +428,22 @@ impl Client {
             };
             reactor::wait(&mut self.poll, &mut events, sleep)
                 .map_err(|e| Error::io("event loop failed", e))?;
+            self.core.at(Now::real());
             for ev in events.iter() {
                 match ev.token() {
                     JOB | TRANSFER | HEARTBEAT | MONITOR => {} // serviced at the top of the loop
                     SIGNALS => self.handle_signals(),
                     WORKER => {
                         for done in self.worker.drain() {
-                            if let IoDone::Probe(why) = done {
-                                self.link.probed(why);
-                                continue;
-                            }
-                            let mut fx = Effects::default();
-                            self.runner.on_io(done, &mut fx);
-                            self.apply(fx);
+                            self.core.io_done(done);
+                            self.perform();
                         }
                     }
                     token => self.on_child_event(token),
                 }
             }
             self.fire_timers(Instant::now());
-            if self.state == RunState::Draining && self.runner.is_idle() {
+            if self.state == RunState::Draining && self.core.is_idle() {
                 self.state = RunState::Stopped;
             }
             if self.state == RunState::Stopped {
@@ -508,37 +466,64 @@ impl Client {
         log::info!("client stopped");
     }
 
-    /// Carry out what the runner asked for.
-    fn apply(&mut self, fx: Effects) {
-        for msg in &fx.job {
-            self.send(JOB, msg);
-        }
-        for msg in &fx.transfer {
-            self.send(TRANSFER, msg);
-        }
-        for (at, t) in fx.timers {
-            self.timers.at(at, Timer::Runner(t));
-        }
-        for task in fx.io {
-            self.worker.submit(move || task.run());
-        }
-        for (job_id, sig) in fx.signal {
-            if let Some(p) = self.processes.iter().find(|p| p.job_id == job_id) {
-                log::debug!(
-                    "job {}: signal {sig} to process group {}",
-                    p.job_id,
-                    p.child.pid()
-                );
-                p.child.signal_group(sig);
+    /// Perform what the core asked, in order, until it asks nothing more.
+    fn perform(&mut self) {
+        loop {
+            let outs = self.core.take_out();
+            if outs.is_empty() {
+                return;
+            }
+            for o in outs {
+                self.perform_one(o);
             }
         }
-        for spawn in fx.spawn {
-            self.spawn(spawn);
-        }
-        // The jobs are done for now: the server's view of the cache catches
-        // up at once, not at the next heartbeat (once per burst of jobs).
-        if self.cache_reported.is_some() && self.runner.is_idle() {
-            self.report_cache();
+    }
+
+    fn perform_one(&mut self, out: Out) {
+        match out {
+            Out::Send(channel, msg) => self.send(channel, &msg),
+            Out::Open => match self.open() {
+                Ok(()) => self.core.opened(),
+                Err(e) => {
+                    self.close();
+                    self.core.open_failed(&e.to_string());
+                }
+            },
+            Out::Close => self.close(),
+            Out::Probe => {
+                let task = IoTask::Probe {
+                    host: self.cfg.server_address.clone(),
+                    port: self.cfg.job_port,
+                };
+                self.worker.submit(move || task.run());
+            }
+            Out::Timer(at, t) => self.timers.at(at, Timer::Core(t)),
+            Out::Io(task) => self.worker.submit(move || task.run()),
+            Out::Spawn(spawn) => self.spawn(spawn),
+            Out::Signal(job_id, sig) => {
+                if let Some(p) = self.processes.iter().find(|p| p.job_id == job_id) {
+                    log::debug!(
+                        "job {}: signal {sig} to process group {}",
+                        p.job_id,
+                        p.child.pid()
+                    );
+                    p.child.signal_group(sig);
+                }
+            }
+            Out::GoLive(job_id) => {
+                if let Some(p) = self.processes.iter_mut().find(|p| p.job_id == job_id) {
+                    if p.live.is_none() {
+                        p.child.go_live();
+                        p.live = Some(Live::new());
+                    }
+                }
+            }
+            Out::Refuse(why) => {
+                if self.refused.is_none() && self.state != RunState::Stopped {
+                    self.refused = Some(why);
+                    self.stop();
+                }
+            }
         }
     }
 
@@ -565,10 +550,8 @@ impl Client {
                 });
             }
             Err(e) => {
-                let mut fx = Effects::default();
                 let why = format!("cannot start /bin/sh: {e}");
-                self.runner.on_exited(job_id, Err(why), &mut fx);
-                self.apply(fx);
+                self.core.exited(job_id, Err(why));
             }
         }
     }
@@ -634,7 +617,7 @@ impl Client {
             self.timers.at(now + wire::LIVE_EVERY, Timer::LiveFlush);
         }
         for msg in &msgs {
-            self.send(JOB, msg);
+            self.send(Channel::Job, msg);
         }
     }
 
@@ -665,19 +648,18 @@ impl Client {
                 .into_ended()
                 .ok_or_else(|| "the command's exit status was lost".to_owned()),
         };
-        let mut fx = Effects::default();
-        self.runner.on_exited(job_id, ended, &mut fx);
-        self.apply(fx);
+        self.core.exited(job_id, ended);
+        self.perform();
     }
 
-    fn send(&mut self, port: Token, msg: &ClientMsg) {
+    fn send(&mut self, channel: Channel, msg: &ClientMsg) {
         let Some(Sockets { ports, .. }) = &mut self.sockets else {
             return;
         };
-        let p = match port {
-            JOB => &mut ports.job,
-            TRANSFER => &mut ports.transfer,
-            _ => &mut ports.heartbeat,
+        let p = match channel {
+            Channel::Job => &mut ports.job,
+            Channel::Transfer => &mut ports.transfer,
+            Channel::Heartbeat => &mut ports.heartbeat,
         };
         log::debug!("{} -> {}", p.name, msg.describe());
         p.queue(wire::encode(msg));
@@ -710,15 +692,14 @@ impl Client {
             }
             let heard = !received.is_empty();
             if heard {
-                self.link.heard(Instant::now());
+                self.core.heard();
             }
             for (which, name, msg) in received {
                 self.handle_zmq(which, name, msg.frames);
             }
             if let Some(why) = failed {
-                let mut acts = Vec::new();
-                self.link.open_failed(&why, Instant::now(), &mut acts);
-                self.act(acts);
+                self.core.open_failed(&why);
+                self.perform();
                 return false;
             }
             if !heard {
@@ -737,126 +718,19 @@ impl Client {
             }
         };
         log::debug!("{name} <- {}", msg.describe());
-        let mut fx = Effects::default();
-        match (which, msg, payload) {
-            (HEARTBEAT, ServerMsg::HeartbeatAck { .. }, None) => {}
-            (HEARTBEAT | JOB, ServerMsg::Register, None) => {
-                let mut acts = Vec::new();
-                self.link.register(Instant::now(), &mut acts);
-                self.act(acts);
-            }
-            (JOB, ServerMsg::Welcome { name, interval_ms }, None) => {
-                let mut acts = Vec::new();
-                self.link
-                    .welcomed(&name, interval_ms, Instant::now(), &mut acts);
-                self.act(acts);
-            }
-            (HEARTBEAT | JOB, ServerMsg::Denied(why), None) => {
-                let mut acts = Vec::new();
-                self.link.denied(why, Instant::now(), &mut acts);
-                self.act(acts);
-            }
-            (
-                JOB,
-                ServerMsg::Job {
-                    job_id,
-                    parent,
-                    task,
-                    dispatch,
-                    live,
-                    instance,
-                    lane,
-                },
-                None,
-            ) if instance == 0 || instance == self.instance => {
-                self.seen = Some(dispatch);
-                self.runner
-                    .enqueue_in(job_id, parent, task, live, lane, &mut fx);
-            }
-            (JOB, ServerMsg::Job { job_id, .. }, None) => log::warn!(
-                "job {job_id} was sent to this node's previous client process, before the server took this one's Ready: not run here (the server reports it lost)"
-            ),
-            (JOB, ServerMsg::ResultAck { job_id }, None) => self.runner.acked(&job_id, &mut fx),
-            (JOB, ServerMsg::Follow { job_id }, None) => {
-                self.runner.follow(&job_id);
-                if let Some(p) = self.processes.iter_mut().find(|p| p.job_id == job_id) {
-                    if p.live.is_none() {
-                        p.child.go_live();
-                        p.live = Some(Live::new());
-                    }
-                }
-            }
-            (JOB, ServerMsg::QueryResult { job_id, values }, None) => {
-                self.runner.on_query_result(job_id, values, &mut fx)
-            }
-            (TRANSFER, msg @ (ServerMsg::Chunk { .. } | ServerMsg::FetchError { .. }), payload) => {
-                self.runner.on_transfer(msg, payload, &mut fx);
-            }
-            (_, msg, _) => log::warn!(
-                "server: dropped an unexpected {} on the {name} port",
-                msg.describe()
-            ),
-        }
-        self.apply(fx);
-    }
-
-    /// Carry out what the link's rules ask, and what follows from it.
-    fn act(&mut self, mut acts: Vec<Act>) {
-        let mut i = 0;
-        while i < acts.len() {
-            let act = acts[i].clone();
-            i += 1;
-            match act {
-                Act::Open => match self.open() {
-                    Ok(()) => self.link.opened(Instant::now(), &mut acts),
-                    Err(e) => {
-                        self.close();
-                        self.link
-                            .open_failed(&e.to_string(), Instant::now(), &mut acts);
-                    }
-                },
-                Act::Close => self.close(),
-                Act::Announce => self.announce(),
-                Act::Beat => self.beat(),
-                Act::ReportCache => {
-                    self.cache_reported = None;
-                    self.report_cache();
-                }
-                Act::Timer(at, t) => self.timers.at(at, Timer::Link(t)),
-                Act::Probe => {
-                    let task = IoTask::Probe {
-                        host: self.cfg.server_address.clone(),
-                        port: self.cfg.job_port,
-                    };
-                    self.worker.submit(move || task.run());
-                }
-                Act::Refuse(why) => {
-                    if self.refused.is_none() && self.state != RunState::Stopped {
-                        self.refused = Some(why);
-                        self.stop();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Tell the server what the cache holds, if that changed since it last
-    /// heard (at most once a heartbeat, however many steps ran).
-    fn report_cache(&mut self) {
-        let generation = self.runner.cache_generation();
-        if self.cache_reported == Some(generation) {
-            return;
-        }
-        let summary = ClientMsg::Cache(self.runner.cache_summary());
-        self.send(JOB, &summary);
-        self.cache_reported = Some(generation);
+        let channel = match which {
+            JOB => Channel::Job,
+            TRANSFER => Channel::Transfer,
+            _ => Channel::Heartbeat,
+        };
+        self.core.message(channel, msg, payload);
+        self.perform();
     }
 
     /// Start nothing new; stop once the running command (if any) is gone.
     fn stop(&mut self) {
-        let mut fx = Effects::default();
-        let busy = self.runner.stop(&mut fx);
-        self.apply(fx);
+        let busy = self.core.stop();
+        self.perform();
         self.state = if busy {
             RunState::Draining
         } else {
@@ -872,25 +746,22 @@ impl Client {
         else {
             return;
         };
-        let events = m.drain();
-        let mut acts = Vec::new();
-        for event in events {
+        for event in m.drain() {
             log::debug!("job socket: {event:?}");
-            self.link.monitor(event, Instant::now(), &mut acts);
+            self.core.monitor(event);
         }
-        self.act(acts);
+        self.perform();
     }
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
-                Timer::Link(t) => {
-                    if matches!(t, LinkTimer::Heartbeat(_)) {
+                Timer::Core(t) => {
+                    if matches!(t, core::Timer::Link(LinkTimer::Heartbeat(_))) {
                         crate::reactor::child::reap_orphans();
                     }
-                    let mut acts = Vec::new();
-                    self.link.timer(t, now, &mut acts);
-                    self.act(acts);
+                    self.core.timer(t);
+                    self.perform();
                 }
                 Timer::LiveFlush => {
                     for i in 0..self.processes.len() {
@@ -907,16 +778,10 @@ impl Client {
                     }
                 }
                 Timer::CacheSweep => {
-                    let mut fx = Effects::default();
-                    self.runner.sweep_cache(&mut fx);
-                    self.apply(fx);
+                    self.core.sweep_cache();
+                    self.perform();
                     self.timers
                         .at(now + cache_sweep_ivl(self.cfg.cache_ttl), Timer::CacheSweep);
-                }
-                Timer::Runner(t) => {
-                    let mut fx = Effects::default();
-                    self.runner.on_timer(t, now, &mut fx);
-                    self.apply(fx);
                 }
             }
         }

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::clock::Now;
+
 use super::add::{AddDone, AddIo, AddJob, Progress};
 use super::cache::Cache;
 use super::exec::{self, said, Capture, OnSuccess, ProcKind, Spawn, Started, WaitStart};
@@ -297,6 +299,8 @@ pub struct Runner {
     commit_armed: bool,
     /// Where ADD keeps blueprints (and files to diff) by SHA1.
     store: PathBuf,
+    /// The time of the input being handled, set by the loop once per pass.
+    now: Now,
 }
 
 impl Runner {
@@ -307,6 +311,7 @@ impl Runner {
         stall: Duration,
         node: crate::facts::Node,
         store: PathBuf,
+        now: Now,
     ) -> Runner {
         Runner {
             node,
@@ -323,7 +328,13 @@ impl Runner {
             stall_armed: false,
             commit_armed: false,
             store,
+            now,
         }
+    }
+
+    /// The time of what is handled next.
+    pub fn at(&mut self, now: Now) {
+        self.now = now;
     }
 
     /// What this node says of itself: for `Ready`.
@@ -460,7 +471,7 @@ impl Runner {
         if !self.commit_armed && self.ledger.wants_commit() {
             self.commit_armed = true;
             fx.timers.push((
-                Instant::now() + super::ledger::GROUP_COMMIT,
+                self.now.at + super::ledger::GROUP_COMMIT,
                 RunnerTimer::LedgerCommit,
             ));
         }
@@ -635,7 +646,7 @@ impl Runner {
                 task.verb(),
                 task.args_masked()
             );
-            let now = Instant::now();
+            let now = self.now.at;
             let mut retry = None;
             let (work, cache_key) = match exec::start(
                 job_id,
@@ -643,7 +654,7 @@ impl Runner {
                 &mut self.cache,
                 &self.node,
                 &self.store,
-                crate::clock::now_ms(),
+                self.now,
             ) {
                 Started::Done(outcome) => {
                     self.report(job_id, parent, outcome, fx);
@@ -847,7 +858,7 @@ impl Runner {
     ) {
         if let Some(key) = &cache_key {
             let ok = outcome.exit.state() == JobState::Succeeded;
-            self.cache.settle(key, ok, crate::clock::now_ms());
+            self.cache.settle(key, ok, self.now.ms);
         }
         self.report(job_id, parent, outcome, fx);
         self.start_next(fx);
@@ -884,6 +895,7 @@ impl Runner {
                     log::error!("an ADD file operation finished with no transfer running");
                     return;
                 };
+                add.at(self.now.at);
                 let progress = add.io_done(done, &mut fx.transfer);
                 self.transfer_progress(progress, fx);
             }
@@ -989,7 +1001,7 @@ impl Runner {
                             delay.as_secs_f64()
                         );
                         *left -= 1;
-                        let next = Instant::now() + *delay;
+                        let next = self.now.at + *delay;
                         *at = Some(next);
                         fx.timers.push((next, RunnerTimer::Wait));
                     }
@@ -1095,7 +1107,7 @@ impl Runner {
                         if let Some(r) = retry.take() {
                             p.outcome.attempts = r.attempts;
                         }
-                        let deadline = Instant::now();
+                        let deadline = self.now.at;
                         self.running = Some(Running {
                             job_id,
                             parent,
@@ -1121,7 +1133,7 @@ impl Runner {
             && !self.stopping;
         match retry {
             Some(mut r) if again && r.left > 0 => {
-                let now = Instant::now();
+                let now = self.now.at;
                 let tried = r.attempts.len() + 1;
                 log::warn!(
                     "job {job_id}: attempt {tried} of {} failed ({}); retrying in {}s",
@@ -1309,7 +1321,10 @@ impl Runner {
                     offset,
                 },
                 Some(data),
-            ) if id == *job_id => add.on_chunk(file, offset, &data, &mut fx.transfer),
+            ) if id == *job_id => {
+                add.at(self.now.at);
+                add.on_chunk(file, offset, &data, &mut fx.transfer)
+            }
             (
                 ServerMsg::FetchError {
                     job_id: id,
@@ -1364,6 +1379,7 @@ impl Runner {
         else {
             return;
         };
+        add.at(self.now.at);
         let progress = add.tick(&mut fx.transfer);
         self.transfer_progress(progress, fx);
     }
@@ -1522,7 +1538,7 @@ impl Runner {
     /// Drop expired cache entries (the rewrite that takes them off the
     /// disk is work for the I/O thread).
     pub fn sweep_cache(&mut self, fx: &mut Effects) {
-        let dropped = self.cache.sweep(crate::clock::now_ms());
+        let dropped = self.cache.sweep(self.now.ms);
         self.ledger.unstall();
         if dropped > 0 {
             log::info!("cache: dropped {dropped} expired entries");
@@ -1553,7 +1569,7 @@ impl Runner {
                 fx.signal.push((r.job_id, libc::SIGTERM));
             }
             fx.timers
-                .push((Instant::now() + KILL_GRACE, RunnerTimer::KillGrace));
+                .push((self.now.at + KILL_GRACE, RunnerTimer::KillGrace));
             return true;
         }
         let Some(r) = &self.running else {
@@ -1564,7 +1580,7 @@ impl Runner {
                 log::info!("stopping job {} (its process group) first", r.job_id);
                 fx.signal.push((r.job_id, libc::SIGTERM));
                 fx.timers
-                    .push((Instant::now() + KILL_GRACE, RunnerTimer::KillGrace));
+                    .push((self.now.at + KILL_GRACE, RunnerTimer::KillGrace));
                 true
             }
             // Waiting for the I/O thread: reports as it ends.
@@ -1635,6 +1651,7 @@ mod tests {
                     Duration::from_secs(5),
                     Default::default(),
                     std::env::temp_dir(),
+                    Now::real(),
                 ),
                 dir,
             }
@@ -2033,6 +2050,7 @@ mod tests {
             Duration::from_secs(5),
             Default::default(),
             std::env::temp_dir(),
+            Now::real(),
         );
         let mut held = rig.runner.holding();
         held.sort();

@@ -36,23 +36,7 @@ use crate::wire::{
 /// without a round trip.
 pub const WINDOW: usize = 2;
 
-/// The time an input happened: monotonic for deadlines, wall-clock (Unix
-/// milliseconds) for what operators are shown.
-#[derive(Clone, Copy, Debug)]
-pub struct Now {
-    pub at: Instant,
-    pub ms: u64,
-}
-
-impl Now {
-    /// The current time.
-    pub fn real() -> Now {
-        Now {
-            at: Instant::now(),
-            ms: crate::clock::now_ms(),
-        }
-    }
-}
+pub use crate::clock::Now;
 
 /// What the loop must do after a change.
 #[derive(Clone, Debug, PartialEq)]
