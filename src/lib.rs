@@ -28,6 +28,8 @@ mod progress;
 mod ratelog;
 mod reactor;
 mod server;
+#[cfg(test)]
+mod sim;
 mod sources;
 mod suggest;
 mod targets;

@@ -266,6 +266,12 @@ impl Ledger {
 
     /// What the ledger knows of `job`.
     pub fn known(&self, job: &Uuid) -> Known {
+        #[cfg(test)]
+        if crate::sim::mutation::active(crate::sim::mutation::Mutation::BeforeExactlyOnce)
+            && !matches!(self.open.get(job), Some((_, Entry::Taken)))
+        {
+            return Known::New;
+        }
         match self.open.get(job) {
             Some((_, Entry::Taken)) => Known::Here,
             Some((_, Entry::Ended(outcome))) => Known::Ended(outcome.clone()),

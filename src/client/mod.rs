@@ -26,12 +26,12 @@
 
 mod add;
 mod backoff;
-mod cache;
+pub(crate) mod cache;
 pub mod core;
-mod exec;
-mod ledger;
-mod link;
-mod runner;
+pub(crate) mod exec;
+pub(crate) mod ledger;
+pub(crate) mod link;
+pub(crate) mod runner;
 mod store;
 mod workdir;
 

@@ -522,7 +522,14 @@ impl Cluster {
             // Queued too: after a restart that lost its dispatch record, a
             // node may report a job the server thought it never sent.
             n.in_flight.retain(|id| *id != job_id);
-            n.queue.retain(|id| *id != job_id);
+            #[cfg(test)]
+            let undone =
+                crate::sim::mutation::active(crate::sim::mutation::Mutation::BeforeExactlyOnce);
+            #[cfg(not(test))]
+            let undone = false;
+            if !undone {
+                n.queue.retain(|id| *id != job_id);
+            }
         }
         self.part_done(job_id, node, out);
         if let (false, Some(parent)) = (state.is_ok(), parent) {
@@ -1158,7 +1165,12 @@ impl Cluster {
             };
             // Only what waits is sent: a part that ended (or went out)
             // while its id sat in the queue is never sent again.
-            if part.state() != JobState::Queued {
+            #[cfg(test)]
+            let undone =
+                crate::sim::mutation::active(crate::sim::mutation::Mutation::BeforeExactlyOnce);
+            #[cfg(not(test))]
+            let undone = false;
+            if part.state() != JobState::Queued && !undone {
                 log::debug!(
                     "node={node}: job {job_id} is {} here; not sent",
                     part.state().name()

@@ -27,16 +27,16 @@ pub mod core;
 mod fetch;
 mod files;
 mod history;
-mod io;
+pub(crate) mod io;
 mod jobs;
 mod keys;
 mod nodes;
 mod peer_log;
-mod persist;
+pub(crate) mod persist;
 mod query;
 mod requests;
 mod rollout;
-mod routes;
+pub(crate) mod routes;
 mod storage;
 pub(crate) mod zap;
 
@@ -164,6 +164,30 @@ pub struct Server {
     handshakes_rate: crate::ratelog::Every,
 }
 
+/// The cluster as the history in `state_path` left it, and the journal.
+/// Retention applies at once: the journal starts from only what is still
+/// known and kept.
+pub(crate) fn restore(
+    state_path: &std::path::Path,
+    ivl: Duration,
+    (age, count): (Duration, usize),
+    now: Now,
+) -> Result<(cluster::Cluster, Journal)> {
+    let mut restoring = cluster::Restore::new(now.at);
+    let history = Journal::open_lazy(state_path, history::FILE, history::head, |rec, at| {
+        restoring.replay_lazy(rec, at)
+    })
+    .map_err(|e| {
+        Error::io(
+            format!("cannot open the job history in {}", state_path.display()),
+            e,
+        )
+    })?;
+    let mut cluster = restoring.finish(ivl, now);
+    let _ = cluster.retain_recent(now.ms, age, count, &mut Vec::new());
+    Ok((cluster, history))
+}
+
 /// Each node holds three connections (and libzmq some descriptors of its
 /// own): the soft limit on open files, often 1024, would refuse nodes
 /// past about 300. Raised to the hard limit, as servers do.
@@ -227,28 +251,12 @@ impl Server {
         // The state is loaded before any port is bound: a node that can
         // connect is served at once.
         let started = Now::real();
-        let mut restoring = cluster::Restore::new(started.at);
-        let history =
-            Journal::open_lazy(&cfg.state_path, history::FILE, history::head, |rec, at| {
-                restoring.replay_lazy(rec, at)
-            })
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "cannot open the job history in {}",
-                        cfg.state_path.display()
-                    ),
-                    e,
-                )
-            })?;
-        let mut cluster = restoring.finish(cfg.heartbeat_ivl, started);
-        // Start from a compact journal: only what is still known and kept.
-        let _ = cluster.retain_recent(
-            started.ms,
-            cfg.job_retention,
-            cfg.job_retention_count,
-            &mut Vec::new(),
-        );
+        let (cluster, history) = restore(
+            &cfg.state_path,
+            cfg.heartbeat_ivl,
+            (cfg.job_retention, cfg.job_retention_count),
+            started,
+        )?;
         // No compaction here: it would copy the whole history before the
         // ports listen. Housekeeping asks for one when the journal is
         // mostly dead records, and the I/O thread does it.

@@ -77,8 +77,14 @@ impl Core {
         self.carry_out()
     }
 
-    /// A commit on the I/O thread came back.
+    /// A commit on the I/O thread came back: carry out what it made
+    /// durable.
     pub fn committed(&mut self, result: persist::CommitResult) {
+        self.take_commit(result);
+        self.carry_out();
+    }
+
+    fn take_commit(&mut self, result: persist::CommitResult) {
         let now = self.now.at;
         // Compactions start only with nothing in flight: this is the
         // commit that carried it, if one began.

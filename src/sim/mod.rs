@@ -1,0 +1,761 @@
+//! The simulator: one server core and several client cores in one
+//! process, over a simulated network, clock, disk and processes, as
+//! nakamoto runs its protocol. The cores are the daemons' own
+//! (`server::core::Core`, `client::core::Core`); only what the loops do
+//! around them is simulated here, the way ZeroMQ and the kernel behave:
+//!
+//! - Each client has three connections; messages on one arrive in order
+//!   after a delay drawn from the seed, and messages on different ones
+//!   overtake each other. A connection that breaks loses what was on the
+//!   wire; what a client queued while the server was away goes out when it
+//!   is back (libzmq reconnects by itself); a client that closes its sockets
+//!   loses what they held. A send to a node with no connection is
+//!   unroutable, as `ZMQ_ROUTER_MANDATORY` makes it.
+//! - Journal writes (the server's history, a client's cache and ledger)
+//!   reach the disk when their I/O task runs, in order, after a delay; a
+//!   crash loses the tasks not run yet. A restart opens the same files.
+//! - A command "runs" for a drawn time and exits 0; every start is counted
+//!   per node and job, which is what "never twice" is checked against.
+//!
+//! Time is simulated (`Now` from the simulated clock), so a test can say
+//! "the node expires at the third missed interval" to the millisecond and
+//! run an hour of cluster life in a moment. The schedule (delays,
+//! crashes, submissions) is drawn from the seed; job ids and hash orders
+//! are not, so a failing seed shows the kind of schedule, not always the
+//! same one.
+
+pub mod mutation;
+mod props;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use uuid::Uuid;
+
+use crate::client::core::{self as ccore, Channel};
+use crate::client::exec::Spawn;
+use crate::client::link::{self, Link};
+use crate::client::runner::{IoDone as ClientIoDone, IoTask as ClientIoTask, Runner};
+use crate::clock::Now;
+use crate::dsl::{Task, Verb};
+use crate::reactor::child::{Capture, Ended};
+use crate::reactor::zmq::Inbound;
+use crate::server::core::{self as score, Auth};
+use crate::server::io::{IoDone as ServerIoDone, IoTask as ServerIoTask};
+use crate::server::persist::Persist;
+use crate::server::routes::Port;
+use crate::wire::{self, ClientMsg, Exit, Request, Response, ServerMsg};
+
+/// A small, fast, reproducible generator (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// How hostile the world is.
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    /// One-way delay on a connection, in milliseconds.
+    pub delay_ms: (u64, u64),
+    /// How long a journal write takes to reach the disk.
+    pub disk_ms: (u64, u64),
+    /// How long a command runs.
+    pub run_ms: (u64, u64),
+}
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            delay_ms: (1, 20),
+            disk_ms: (1, 10),
+            run_ms: (1, 200),
+        }
+    }
+}
+
+/// The node's end of one of its three connections, or the server's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Dir {
+    Up,
+    Down,
+}
+
+/// A message on the wire.
+struct Packet {
+    at: Instant,
+    node: usize,
+    /// The client link it was sent on (a reopened link is a new one).
+    link: u64,
+    channel: Channel,
+    dir: Dir,
+    frames: Vec<Vec<u8>>,
+}
+
+/// A running simulated command.
+struct Proc {
+    ends: Instant,
+    job_id: Uuid,
+}
+
+/// One client: its core while it runs, and its directory.
+pub struct Client {
+    pub name: String,
+    dir: PathBuf,
+    core: Option<ccore::Core>,
+    /// Its link's sockets are open; the number tells one opening from the
+    /// next.
+    link: Option<u64>,
+    links: u64,
+    timers: Vec<(Instant, ccore::Timer)>,
+    io: VecDeque<(Instant, ClientIoTask)>,
+    procs: Vec<Proc>,
+    /// Sent while the server was away, per channel: goes out when it is
+    /// back (libzmq queues for a connection being re-established).
+    held: Vec<(Channel, Vec<Vec<u8>>)>,
+    /// Every start of every job here.
+    pub starts: BTreeMap<Uuid, u32>,
+    pub instances: u64,
+}
+
+/// The server: its core while it runs.
+struct Server {
+    core: Option<score::Core>,
+    dir: PathBuf,
+    io: VecDeque<(Instant, ServerIoTask)>,
+    /// What each control connection was told, in order.
+    notes: BTreeMap<Token, Vec<Response>>,
+    tokens: usize,
+}
+
+/// The simulated cluster.
+pub struct Sim {
+    pub rng: Rng,
+    pub faults: Faults,
+    t0: Instant,
+    ms0: u64,
+    pub elapsed: Duration,
+    pub ivl: Duration,
+    net: Vec<Packet>,
+    /// Per connection and direction, when the last message arrives (so
+    /// one connection stays in order).
+    last_at: BTreeMap<(usize, u64, u8, Dir), Instant>,
+    server: Server,
+    pub clients: Vec<Client>,
+    root: PathBuf,
+    /// Jobs the server acknowledged to a submitter.
+    pub acked: Vec<Uuid>,
+    /// When the server last heard from each node.
+    pub last_heard: Vec<Option<Duration>>,
+    pub log: Vec<String>,
+}
+
+impl Sim {
+    /// A cluster of `nodes` clients (named n0, n1, ...) beating every
+    /// `ivl`, with everything drawn from `seed`.
+    pub fn new(test: &str, seed: u64, nodes: usize, ivl: Duration) -> Sim {
+        let root =
+            std::env::temp_dir().join(format!("director-sim-{test}-{seed}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("a temporary directory");
+        let mut sim = Sim {
+            rng: Rng::new(seed),
+            faults: Faults::default(),
+            t0: Instant::now(),
+            ms0: 1_800_000_000_000,
+            elapsed: Duration::ZERO,
+            ivl,
+            net: Vec::new(),
+            last_at: BTreeMap::new(),
+            server: Server {
+                core: None,
+                dir: root.join("server"),
+                io: VecDeque::new(),
+                notes: BTreeMap::new(),
+                tokens: 100,
+            },
+            clients: Vec::new(),
+            root: root.clone(),
+            acked: Vec::new(),
+            last_heard: vec![None; nodes],
+            log: Vec::new(),
+        };
+        sim.start_server();
+        for i in 0..nodes {
+            let name = format!("n{i}");
+            sim.clients.push(Client {
+                dir: root.join(&name),
+                name,
+                core: None,
+                link: None,
+                links: 0,
+                timers: Vec::new(),
+                io: VecDeque::new(),
+                procs: Vec::new(),
+                held: Vec::new(),
+                starts: BTreeMap::new(),
+                instances: 0,
+            });
+            sim.start_client(i);
+        }
+        sim
+    }
+
+    pub fn now(&self) -> Now {
+        Now {
+            at: self.t0 + self.elapsed,
+            ms: self.ms0 + self.elapsed.as_millis() as u64,
+        }
+    }
+
+    fn draw_ms(&mut self, (lo, hi): (u64, u64)) -> Duration {
+        Duration::from_millis(self.rng.range(lo, hi))
+    }
+
+    // ---- the server -------------------------------------------------
+
+    pub fn start_server(&mut self) {
+        let now = self.now();
+        std::fs::create_dir_all(&self.server.dir).expect("the server's directory");
+        let (cluster, history) = crate::server::restore(
+            &self.server.dir,
+            self.ivl,
+            (Duration::from_secs(86_400), 100_000),
+            now,
+        )
+        .expect("the server's history opens");
+        let mut core = score::Core::new(
+            cluster,
+            Persist::new(history, None),
+            Auth::Off,
+            self.ivl,
+            (Duration::from_secs(86_400), 100_000),
+            now,
+        );
+        core.start();
+        self.server.core = Some(core);
+        self.server.notes.clear();
+        self.note("server started");
+        self.server_perform();
+    }
+
+    /// kill -9: what was not on disk is gone, and every connection with it.
+    /// What the server had handed the kernel may still arrive (a closed
+    /// socket sends its buffer), or not: drawn per message.
+    pub fn crash_server(&mut self) {
+        self.server.core = None;
+        self.server.io.clear();
+        let mut net = std::mem::take(&mut self.net);
+        net.retain(|p| p.dir == Dir::Down && self.rng.next() % 2 == 0);
+        self.net = net;
+        self.note("server crashed");
+    }
+
+    pub fn server_up(&self) -> bool {
+        self.server.core.is_some()
+    }
+
+    /// Submit `RUN args` for `targets` (all nodes when empty), as the CLI
+    /// would; the control connection's token.
+    pub fn submit(&mut self, args: &str, targets: &[&str]) -> Option<Token> {
+        let now = self.now();
+        let core = self.server.core.as_mut()?;
+        let task = Task::parse(Verb::Run, args).expect("a job string");
+        let token = Token(self.server.tokens);
+        self.server.tokens += 1;
+        core.at(now);
+        core.requests(
+            token,
+            vec![Request::Submit {
+                task,
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+                exclude: Vec::new(),
+                wait: false,
+                queue_offline: true,
+                follow: false,
+            }],
+        );
+        self.server_perform();
+        Some(token)
+    }
+
+    /// Ask the server a question and run the world until it answers.
+    pub fn ask(&mut self, req: Request) -> Option<Response> {
+        let token = Token(self.server.tokens);
+        self.server.tokens += 1;
+        let now = self.now();
+        let core = self.server.core.as_mut()?;
+        core.at(now);
+        core.requests(token, vec![req]);
+        self.server_perform();
+        for _ in 0..1000 {
+            if let Some(r) = self.server.notes.get_mut(&token).and_then(|n| n.pop()) {
+                return Some(r);
+            }
+            self.step();
+        }
+        None
+    }
+
+    fn server_perform(&mut self) {
+        loop {
+            let Some(core) = self.server.core.as_mut() else {
+                return;
+            };
+            let outs = core.take_out();
+            if outs.is_empty() {
+                return;
+            }
+            for out in outs {
+                self.server_out(out);
+            }
+        }
+    }
+
+    fn server_out(&mut self, out: score::Out) {
+        match out {
+            score::Out::Zmq { port, frames, .. } => {
+                let name = String::from_utf8_lossy(&frames[0]).into_owned();
+                let channel = match port {
+                    Port::Job => Channel::Job,
+                    Port::Transfer => Channel::Transfer,
+                    Port::Heartbeat => Channel::Heartbeat,
+                };
+                let node = self.clients.iter().position(|c| c.name == name);
+                match node.and_then(|i| self.clients[i].link.map(|l| (i, l))) {
+                    Some((i, link)) => {
+                        self.send_packet(i, link, channel, Dir::Down, frames[1..].to_vec())
+                    }
+                    None => {
+                        let now = self.now();
+                        if let Some(core) = self.server.core.as_mut() {
+                            core.at(now);
+                            core.unroutable(port, &frames[0], &frames);
+                        }
+                    }
+                }
+            }
+            score::Out::Note { token, resp } | score::Out::Live { token, resp } => {
+                if let Response::Submitted(s) = &resp {
+                    self.acked.push(s.job_id);
+                }
+                self.server.notes.entry(token).or_default().push(resp);
+            }
+            score::Out::Io(task) => {
+                let at = self.now().at + self.draw_ms(self.faults.disk_ms);
+                let at = self.server.io.back().map_or(at, |(last, _)| at.max(*last));
+                self.server.io.push_back((at, task));
+            }
+        }
+    }
+
+    // ---- the clients ------------------------------------------------
+
+    pub fn start_client(&mut self, i: usize) {
+        let now = self.now();
+        let ivl = self.ivl;
+        let seed = self.rng.next();
+        let c = &mut self.clients[i];
+        std::fs::create_dir_all(&c.dir).expect("a client's directory");
+        let cache = crate::client::cache::Cache::open(&c.dir, Duration::from_secs(86_400), now.ms)
+            .expect("the cache opens");
+        let ledger = crate::client::ledger::Ledger::open(&c.dir).expect("the ledger opens");
+        let runner = Runner::new(
+            cache,
+            ledger,
+            Duration::from_secs(5),
+            crate::facts::Node::default(),
+            c.dir.join("blueprints"),
+            now,
+        );
+        let names = link::Names {
+            identity: c.name.clone(),
+            ..Default::default()
+        };
+        c.instances += 1;
+        let me = ccore::Identity {
+            name: c.name.clone(),
+            proof: Vec::new(),
+            instance: seed,
+        };
+        let mut core = ccore::Core::new(Link::new(names, ivl, seed), runner, me, now);
+        core.start();
+        c.core = Some(core);
+        let name = c.name.clone();
+        self.note(&format!("{name} started"));
+        self.client_perform(i);
+    }
+
+    /// kill -9 of a client: its commands go on as orphans (counted as
+    /// started already), what it had not written is gone.
+    pub fn crash_client(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        c.core = None;
+        c.link = None;
+        c.timers.clear();
+        c.io.clear();
+        c.procs.clear();
+        c.held.clear();
+        let name = c.name.clone();
+        self.net.retain(|p| p.node != i);
+        self.note(&format!("{name} crashed"));
+    }
+
+    fn client_perform(&mut self, i: usize) {
+        loop {
+            let Some(core) = self.clients[i].core.as_mut() else {
+                return;
+            };
+            let outs = core.take_out();
+            if outs.is_empty() {
+                return;
+            }
+            for out in outs {
+                self.client_out(i, out);
+            }
+        }
+    }
+
+    fn client_out(&mut self, i: usize, out: ccore::Out) {
+        let now = self.now();
+        match out {
+            ccore::Out::Send(channel, msg) => {
+                let Some(link) = self.clients[i].link else {
+                    return;
+                };
+                let frames = wire::encode(&msg);
+                if self.server_up() {
+                    self.send_packet(i, link, channel, Dir::Up, frames);
+                } else {
+                    self.clients[i].held.push((channel, frames));
+                }
+            }
+            ccore::Out::Open => {
+                let c = &mut self.clients[i];
+                c.links += 1;
+                c.link = Some(c.links);
+                if let Some(core) = c.core.as_mut() {
+                    core.at(now);
+                    core.opened();
+                }
+            }
+            ccore::Out::Close => {
+                let c = &mut self.clients[i];
+                c.link = None;
+                c.held.clear();
+                self.net.retain(|p| p.node != i);
+            }
+            ccore::Out::Probe => {}
+            ccore::Out::Timer(at, t) => self.clients[i].timers.push((at, t)),
+            ccore::Out::Io(task) => {
+                let at = now.at + self.draw_ms(self.faults.disk_ms);
+                let c = &mut self.clients[i];
+                let at = c.io.back().map_or(at, |(last, _)| at.max(*last));
+                c.io.push_back((at, task));
+            }
+            ccore::Out::Spawn(Spawn { job_id, .. }) => {
+                let ends = now.at + self.draw_ms(self.faults.run_ms);
+                let c = &mut self.clients[i];
+                *c.starts.entry(job_id).or_insert(0) += 1;
+                c.procs.push(Proc { ends, job_id });
+            }
+            ccore::Out::Signal(job_id, _) => {
+                let c = &mut self.clients[i];
+                for p in c.procs.iter_mut().filter(|p| p.job_id == job_id) {
+                    p.ends = now.at;
+                }
+            }
+            ccore::Out::GoLive(_) => {}
+            ccore::Out::Refuse(why) => panic!("node {i} refused: {why}"),
+        }
+    }
+
+    // ---- the network ------------------------------------------------
+
+    fn send_packet(
+        &mut self,
+        node: usize,
+        link: u64,
+        channel: Channel,
+        dir: Dir,
+        frames: Vec<Vec<u8>>,
+    ) {
+        let at = self.now().at + self.draw_ms(self.faults.delay_ms);
+        let key = (node, link, channel as u8, dir);
+        let at = self.last_at.get(&key).map_or(at, |last| at.max(*last));
+        self.last_at.insert(key, at);
+        self.net.push(Packet {
+            at,
+            node,
+            link,
+            channel,
+            dir,
+            frames,
+        });
+    }
+
+    fn deliver(&mut self, p: Packet) {
+        let now = self.now();
+        if self.clients[p.node].link != Some(p.link) {
+            return; // the connection is gone
+        }
+        match p.dir {
+            Dir::Up => {
+                if self.server.core.is_none() {
+                    return;
+                }
+                let port = match p.channel {
+                    Channel::Job => Port::Job,
+                    Channel::Transfer => Port::Transfer,
+                    Channel::Heartbeat => Port::Heartbeat,
+                };
+                self.last_heard[p.node] = Some(self.elapsed);
+                let mut frames = vec![self.clients[p.node].name.clone().into_bytes()];
+                frames.extend(p.frames);
+                if let Ok(m) = wire::decode::<ClientMsg>(&frames[1..]) {
+                    let line = format!("{} -> server: {}", self.clients[p.node].name, m.describe());
+                    self.note(&line);
+                }
+                let Some(core) = self.server.core.as_mut() else {
+                    return;
+                };
+                core.at(now);
+                core.message(
+                    port,
+                    Inbound {
+                        frames,
+                        user_id: None,
+                        peer_address: Some("10.0.0.1".into()),
+                    },
+                );
+                self.server_perform();
+            }
+            Dir::Down => {
+                if self.clients[p.node].core.is_none() {
+                    return;
+                }
+                let Ok((msg, payload)) = wire::decode_with_payload::<ServerMsg>(p.frames) else {
+                    panic!("the server sent what does not decode");
+                };
+                let line = format!(
+                    "server -> {}: {}",
+                    self.clients[p.node].name,
+                    msg.describe()
+                );
+                self.note(&line);
+                let Some(core) = self.clients[p.node].core.as_mut() else {
+                    return;
+                };
+                core.at(now);
+                core.heard();
+                core.message(p.channel, msg, payload);
+                self.client_perform(p.node);
+            }
+        }
+    }
+
+    // ---- time -------------------------------------------------------
+
+    /// The next thing that happens, when.
+    fn next_event(&self) -> Option<(Instant, Event)> {
+        let mut best: Option<(Instant, Event)> = None;
+        let mut consider = |at: Instant, e: Event| {
+            if best.as_ref().is_none_or(|(b, _)| at < *b) {
+                best = Some((at, e));
+            }
+        };
+        for (k, p) in self.net.iter().enumerate() {
+            consider(p.at, Event::Packet(k));
+        }
+        if let Some(core) = &self.server.core {
+            if let Some(at) = core.next_deadline() {
+                consider(at, Event::ServerTick);
+            }
+        }
+        if let Some((at, _)) = self.server.io.front() {
+            consider(*at, Event::ServerIo);
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.core.is_none() {
+                continue;
+            }
+            for (k, (at, _)) in c.timers.iter().enumerate() {
+                consider(*at, Event::ClientTimer(i, k));
+            }
+            if let Some((at, _)) = c.io.front() {
+                consider(*at, Event::ClientIo(i));
+            }
+            for (k, p) in c.procs.iter().enumerate() {
+                consider(p.ends, Event::Exit(i, k));
+            }
+        }
+        best
+    }
+
+    /// Run the next event; false when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        // Work that waits for nothing first, as the loops do.
+        let now = self.now();
+        for i in 0..self.clients.len() {
+            if let Some(core) = self.clients[i].core.as_mut() {
+                if core.wants_tick() {
+                    core.at(now);
+                    core.tick();
+                    self.client_perform(i);
+                    return true;
+                }
+            }
+        }
+        let Some((at, event)) = self.next_event() else {
+            return false;
+        };
+        let now = self.t0 + self.elapsed;
+        if at > now {
+            self.elapsed = at - self.t0;
+        }
+        let now = self.now();
+        match event {
+            Event::Packet(k) => {
+                let p = self.net.swap_remove(k);
+                self.deliver(p);
+            }
+            Event::ServerTick => {
+                if let Some(core) = self.server.core.as_mut() {
+                    core.at(now);
+                    core.tick();
+                }
+                self.server_perform();
+            }
+            Event::ServerIo => {
+                let Some((_, task)) = self.server.io.pop_front() else {
+                    return true;
+                };
+                let done = task.run();
+                if let Some(core) = self.server.core.as_mut() {
+                    core.at(now);
+                    match done {
+                        ServerIoDone::Commit(r) => core.committed(r),
+                        ServerIoDone::JobInfo { token, detail } => {
+                            self.server
+                                .notes
+                                .entry(token)
+                                .or_default()
+                                .push(Response::Job(*detail));
+                        }
+                        ServerIoDone::Chunk(_) => {}
+                    }
+                }
+                self.server_perform();
+            }
+            Event::ClientTimer(i, k) => {
+                let (_, t) = self.clients[i].timers.swap_remove(k);
+                if let Some(core) = self.clients[i].core.as_mut() {
+                    core.at(now);
+                    core.timer(t);
+                }
+                self.client_perform(i);
+            }
+            Event::ClientIo(i) => {
+                let Some((_, task)) = self.clients[i].io.pop_front() else {
+                    return true;
+                };
+                let done: ClientIoDone = task.run();
+                if let Some(core) = self.clients[i].core.as_mut() {
+                    core.at(now);
+                    core.io_done(done);
+                }
+                self.client_perform(i);
+            }
+            Event::Exit(i, k) => {
+                let p = self.clients[i].procs.swap_remove(k);
+                if let Some(core) = self.clients[i].core.as_mut() {
+                    core.at(now);
+                    core.exited(
+                        p.job_id,
+                        Ok(Ended {
+                            exit: Exit::Code(0),
+                            out: Capture::default(),
+                            err: Capture::default(),
+                            exec_secs: 0.01,
+                        }),
+                    );
+                }
+                self.client_perform(i);
+            }
+        }
+        true
+    }
+
+    /// Run until `d` of simulated time has passed.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.elapsed + d;
+        while self.elapsed < end {
+            match self.next_event() {
+                Some((at, _)) if at <= self.t0 + end => {
+                    self.step();
+                }
+                _ => {
+                    self.elapsed = end;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Bring the server back; what clients held for it goes out.
+    pub fn restart_server(&mut self) {
+        self.start_server();
+        for i in 0..self.clients.len() {
+            let held = std::mem::take(&mut self.clients[i].held);
+            if let Some(link) = self.clients[i].link {
+                for (channel, frames) in held {
+                    self.send_packet(i, link, channel, Dir::Up, frames);
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, what: &str) {
+        let line = format!("{:>9.3}s {what}", self.elapsed.as_secs_f64());
+        self.log.push(line);
+    }
+
+    /// The history of what the simulator did, for a failing test.
+    pub fn story(&self) -> String {
+        self.log.join("\n")
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Packet(usize),
+    ServerTick,
+    ServerIo,
+    ClientTimer(usize, usize),
+    ClientIo(usize),
+    Exit(usize, usize),
+}

@@ -1,0 +1,242 @@
+//! What must hold whatever the network and crashes do, checked over many
+//! seeds, and the protocol's times, checked to the millisecond.
+
+use std::time::Duration;
+
+use super::Sim;
+use crate::wire::{JobState, NodeState, Request, Response};
+
+const IVL: Duration = Duration::from_secs(1);
+
+fn node_state(sim: &mut Sim, name: &str) -> Option<NodeState> {
+    match sim.ask(Request::ListNodes)? {
+        Response::Nodes(nodes) => nodes.into_iter().find(|n| n.name == name).map(|n| n.state),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_silent_node_goes_offline_at_its_third_missed_interval_to_the_millisecond() {
+    let mut sim = Sim::new("expiry", 1, 2, IVL);
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(node_state(&mut sim, "n0"), Some(NodeState::Online));
+    let last = sim.last_heard[0].expect("n0 was heard");
+    sim.crash_client(0);
+    let mut offline_at = None;
+    while sim.elapsed < Duration::from_secs(30) {
+        sim.step();
+        if node_state(&mut sim, "n0") == Some(NodeState::Offline) {
+            offline_at = Some(sim.elapsed);
+            break;
+        }
+    }
+    assert_eq!(
+        offline_at,
+        Some(last + IVL * 3),
+        "heard last at {last:?}\n{}",
+        sim.story()
+    );
+    assert_eq!(node_state(&mut sim, "n1"), Some(NodeState::Online));
+}
+
+#[test]
+fn a_restarted_server_hears_every_node_again_within_three_intervals() {
+    let mut sim = Sim::new("register", 2, 3, IVL);
+    sim.run_for(Duration::from_secs(3));
+    sim.crash_server();
+    sim.run_for(Duration::from_millis(2500));
+    sim.restart_server();
+    let back = sim.elapsed;
+    // Each node's next heartbeat is answered Register, its Ready follows:
+    // within an interval plus the network's delays, far inside the three
+    // intervals before the server would give it up.
+    let mut online = 0;
+    while sim.elapsed < back + IVL * 3 && online < 3 {
+        sim.step();
+        online = (0..3)
+            .filter(|i| node_state(&mut sim, &format!("n{i}")) == Some(NodeState::Online))
+            .count();
+    }
+    assert_eq!(online, 3, "{}", sim.story());
+    assert!(
+        sim.elapsed <= back + IVL + Duration::from_millis(100),
+        "{:?}",
+        sim.elapsed - back
+    );
+}
+
+/// A cluster's life under crashes: jobs submitted at random, the server
+/// and the clients killed at random and brought back; then calm. What
+/// must hold: every acknowledged job is known and ends on every node;
+/// no node starts a job twice; a part reported as run ran there.
+fn chaos(test: &str, seed: u64) -> Result<(), String> {
+    let mut sim = Sim::new(test, seed, 3, IVL);
+    let mut down_server: Option<Duration> = None;
+    let mut down_clients: Vec<Option<Duration>> = vec![None; 3];
+    let end = Duration::from_secs(40);
+    while sim.elapsed < end {
+        let wait = Duration::from_millis(sim.rng.range(50, 1500));
+        sim.run_for(wait);
+        let roll = sim.rng.range(0, 99);
+        match roll {
+            0..=54 => {
+                let _ = sim.submit("--skip-cache true", &[]);
+            }
+            55..=59 if down_server.is_none() => {
+                // The hostile moment: while a job's dispatch is on its way
+                // to the disk.
+                let _ = sim.submit("--skip-cache true", &[]);
+                let soon = Duration::from_millis(sim.rng.range(0, 40));
+                sim.run_for(soon);
+                sim.crash_server();
+                down_server = Some(sim.elapsed + Duration::from_millis(sim.rng.range(10, 4000)));
+            }
+            60..=64 if down_server.is_none() => {
+                sim.crash_server();
+                down_server = Some(sim.elapsed + Duration::from_millis(sim.rng.range(10, 4000)));
+            }
+            65..=79 => {
+                let i = sim.rng.range(0, 2) as usize;
+                if down_clients[i].is_none() {
+                    sim.crash_client(i);
+                    down_clients[i] =
+                        Some(sim.elapsed + Duration::from_millis(sim.rng.range(10, 4000)));
+                }
+            }
+            _ => {}
+        }
+        if down_server.is_some_and(|at| sim.elapsed >= at) {
+            down_server = None;
+            sim.restart_server();
+        }
+        for (i, down) in down_clients.iter_mut().enumerate() {
+            if down.is_some_and(|at| sim.elapsed >= at) {
+                *down = None;
+                sim.start_client(i);
+            }
+        }
+    }
+    if down_server.is_some() {
+        sim.restart_server();
+    }
+    for (i, down) in down_clients.iter().enumerate() {
+        if down.is_some() {
+            sim.start_client(i);
+        }
+    }
+    // Calm: every node back, every job has time to end.
+    sim.run_for(Duration::from_secs(30));
+    let story = || format!("seed {seed}:\n{}", sim.story());
+    for c in &sim.clients {
+        for (job, n) in &c.starts {
+            if *n > 1 {
+                return Err(format!(
+                    "{} started job {job} {n} times\n{}",
+                    c.name,
+                    story()
+                ));
+            }
+        }
+    }
+    let acked = sim.acked.clone();
+    for id in acked {
+        let d = match sim.ask(Request::JobInfo {
+            id,
+            show_values: false,
+        }) {
+            Some(Response::Job(d)) => d,
+            other => {
+                return Err(format!(
+                    "job {id} was acknowledged and is gone: {other:?}\n{}",
+                    sim.story()
+                ))
+            }
+        };
+        for p in &d.nodes {
+            if !p.state.is_done() {
+                return Err(format!(
+                    "job {id} never ended on {}: {:?}\n{}",
+                    p.node,
+                    p.state,
+                    sim.story()
+                ));
+            }
+            let starts = sim
+                .clients
+                .iter()
+                .find(|c| c.name == p.node)
+                .and_then(|c| c.starts.get(&id))
+                .copied()
+                .unwrap_or(0);
+            if p.state == JobState::Succeeded && starts != 1 {
+                return Err(format!(
+                    "job {id} is reported succeeded on {} and started there {starts} times\n{}",
+                    p.node,
+                    sim.story()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many seeds each property is checked over (`DIRECTOR_SIM_SEEDS`).
+fn seeds() -> u64 {
+    std::env::var("DIRECTOR_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24)
+}
+
+#[test]
+fn under_crashes_every_job_ends_none_runs_twice_and_nothing_acknowledged_is_lost() {
+    for seed in 0..seeds() {
+        if let Err(why) = chaos("chaos", seed) {
+            panic!("{why}");
+        }
+    }
+}
+
+/// The simulator must find the double execution fixed on 2026-12-04:
+/// with the fix undone (see `Mutation::BeforeExactlyOnce`), a job the
+/// server sends again after a crash lost its dispatch record runs again.
+#[test]
+fn without_the_ledger_the_simulator_finds_a_job_run_twice() {
+    let _undone = super::mutation::undo(super::mutation::Mutation::BeforeExactlyOnce);
+    let found = (0..seeds() * 4).find_map(|seed| chaos("no-ledger", seed).err());
+    let why = found.expect("no seed found the double execution the ledger prevents");
+    assert!(why.contains("times"), "{why}");
+}
+
+/// The exact schedule of the double execution: the server dies after a
+/// job reached its node and before the job's dispatch record reached the
+/// disk; the node's result reaches the restarted server before its Ready.
+fn lost_dispatch(test: &str) -> u32 {
+    let mut sim = Sim::new(test, 7, 1, IVL);
+    sim.faults = super::Faults {
+        delay_ms: (1, 1),
+        disk_ms: (20, 20),
+        run_ms: (50, 50),
+    };
+    sim.run_for(Duration::from_secs(3));
+    sim.submit("--skip-cache true", &[])
+        .expect("the server is up");
+    while sim.clients[0].starts.is_empty() {
+        assert!(sim.step(), "the job never started");
+    }
+    sim.crash_server();
+    sim.run_for(Duration::from_millis(300));
+    sim.restart_server();
+    sim.run_for(Duration::from_secs(10));
+    if std::env::var_os("DIRECTOR_SIM_STORY").is_some() {
+        eprintln!("{}", sim.story());
+    }
+    sim.clients[0].starts.values().copied().max().unwrap_or(0)
+}
+
+#[test]
+fn a_lost_dispatch_record_never_runs_a_job_twice_and_did_before_the_fix() {
+    assert_eq!(lost_dispatch("dispatch"), 1);
+    let _undone = super::mutation::undo(super::mutation::Mutation::BeforeExactlyOnce);
+    assert_eq!(lost_dispatch("dispatch-undone"), 2);
+}
