@@ -56,6 +56,25 @@ fn director(c: &util::Cluster, file: &std::path::Path, follow: bool) -> Duration
     elapsed
 }
 
+/// CPU seconds `pid` itself used (user + system, not its children's).
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The server's and the clients' CPU seconds so far.
+fn daemon_cpu(c: &mut util::Cluster) -> (f64, f64) {
+    let server = cpu_secs(c.server().pid());
+    let clients = c.clients.values().map(|p| cpu_secs(p.pid())).sum();
+    (server, clients)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this benchmark takes no filter.
     let jobs = util::env_usize("JOBS", 1000);
@@ -63,7 +82,7 @@ fn main() {
     let nodes = util::env_usize("NODES", 6);
     let names: Vec<String> = (1..=nodes).map(|i| format!("bench-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let c = util::Cluster::start_in(util::bench_cluster("bench", "5"), &refs);
+    let mut c = util::Cluster::start_in(util::bench_cluster("bench", "5"), &refs);
     let yaml: String = std::iter::once("- jobs:\n".to_owned())
         .chain((0..jobs).map(|_| "  - RUN: --skip-cache echo hello world\n".to_owned()))
         .collect();
@@ -80,11 +99,16 @@ fn main() {
     let mut f = Vec::new();
     for round in 1..=3 {
         let fl = floor(nodes, jobs);
+        let (s0, c0) = daemon_cpu(&mut c);
         let di = director(&c, &file, follow);
+        let (s1, c1) = daemon_cpu(&mut c);
+        let parts = (jobs * nodes) as f64;
         println!(
-            "  round {round}: floor {:.3}s, director {:.3}s",
+            "  round {round}: floor {:.3}s, director {:.3}s (daemon CPU per job part: server {:.0} us, clients {:.0} us)",
             fl.as_secs_f64(),
-            di.as_secs_f64()
+            di.as_secs_f64(),
+            (s1 - s0) * 1e6 / parts,
+            (c1 - c0) * 1e6 / parts,
         );
         f.push(fl);
         d.push(di);

@@ -517,17 +517,22 @@ impl Cluster {
             s if s.is_done() => return None, // a resend of a result we have
             _ => {}
         }
+        let was = part.state();
         part.finish(outcome, now.at, now.ms);
         if let Some(n) = self.nodes.get_mut(node) {
-            // Queued too: after a restart that lost its dispatch record, a
-            // node may report a job the server thought it never sent.
-            n.in_flight.retain(|id| *id != job_id);
+            // The window is small and the job near its front: no walk of
+            // the node's queue, which may hold thousands, per result.
+            if let Some(i) = n.in_flight.iter().position(|id| *id == job_id) {
+                n.in_flight.remove(i);
+            }
             #[cfg(test)]
             let undone =
                 crate::sim::mutation::active(crate::sim::mutation::Mutation::BeforeExactlyOnce);
             #[cfg(not(test))]
             let undone = false;
-            if !undone {
+            // Queued too: after a restart that lost its dispatch record, a
+            // node may report a job the server thought it never sent.
+            if was == JobState::Queued && !undone {
                 n.queue.retain(|id| *id != job_id);
             }
         }

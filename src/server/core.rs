@@ -224,11 +224,16 @@ impl Core {
 
     /// Who sent a message: its CURVE key, or with `--curve off` the name it
     /// routes by.
-    fn principal(&self, routing_id: &[u8], user_id: Option<&str>) -> Option<Principal> {
+    fn principal(&self, port: Port, routing_id: &[u8], user_id: Option<&str>) -> Option<Principal> {
         match &self.auth {
-            Auth::Curve(_) => user_id
-                .and_then(|u| PublicKey::from_z85(u).ok())
-                .map(Principal::Key),
+            // A routing id is one connection, whose key never changes: a
+            // peer already known on it needs no decoding of its key.
+            Auth::Curve(_) => match self.routes.from(port, routing_id) {
+                Some(known) => Some(known.clone()),
+                None => user_id
+                    .and_then(|u| PublicKey::from_z85(u).ok())
+                    .map(Principal::Key),
+            },
             Auth::Off => String::from_utf8(routing_id.to_vec())
                 .ok()
                 .map(Principal::Name),
@@ -271,7 +276,7 @@ impl Core {
             return;
         }
         let rid = frames.remove(0);
-        let Some(who) = self.principal(&rid, user_id.as_deref()) else {
+        let Some(who) = self.principal(port, &rid, user_id.as_deref()) else {
             let msg = format_args!(
                 "dropped a message on the {name} port: no authenticated key or readable name"
             );
