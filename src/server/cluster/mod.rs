@@ -674,5 +674,4 @@ impl Cluster {
             }
         }
     }
-
 }

@@ -464,9 +464,7 @@ fn purges_keep_active_work() {
     c.nodes.get_mut("b").unwrap().link = Link::Offline;
     out.clear();
     assert_eq!(c.purge_nodes(&mut out), (1, 1));
-    assert!(
-        matches!(&out[..], [Effect::Journal(Record::NodeForgotten { name })] if name == "b")
-    );
+    assert!(matches!(&out[..], [Effect::Journal(Record::NodeForgotten { name })] if name == "b"));
     c.finished("a", id, ok(), at(t0), &mut out);
     assert_eq!(c.purge_jobs(), (1, 0));
 }
