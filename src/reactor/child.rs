@@ -446,12 +446,22 @@ mod tests {
         assert_eq!(e.out.dropped, 3_000_000 - OUTPUT_CAP as u64);
     }
 
-    /// A background grandchild holding stdout open does not hide the exit.
+    /// A background grandchild holding stdout open does not hide the exit:
+    /// the exit is seen while the grandchild still runs (and holds the
+    /// pipe), not when it ends.
     #[test]
     fn exit_is_seen_while_a_grandchild_holds_the_pipe() {
-        let e = run("sleep 3 & echo started");
+        let e = run("sleep 120 & echo $!");
         assert_eq!(e.exit, Exit::Code(0));
-        assert_eq!(e.out.bytes, b"started\n");
+        let pid: i32 = String::from_utf8_lossy(&e.out.bytes)
+            .trim()
+            .parse()
+            .expect("the grandchild's pid");
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        // SAFETY: ends the grandchild this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert!(alive, "the exit was seen only once the grandchild was gone");
     }
 
     #[test]

@@ -71,11 +71,10 @@ impl Runner {
                         if let Some(r) = retry.take() {
                             p.outcome.attempts = r.attempts;
                         }
-                        let deadline = self.now.at;
                         self.running = Some(Running {
                             job_id,
                             parent,
-                            deadline,
+                            deadline: None,
                             timeout_secs,
                             cache_key,
                             work: Self::persist(*p),
@@ -111,7 +110,7 @@ impl Runner {
                 self.running = Some(Running {
                     job_id,
                     parent,
-                    deadline: at,
+                    deadline: None,
                     timeout_secs,
                     cache_key,
                     work: Work::Retrying {
@@ -225,7 +224,7 @@ impl Runner {
         };
         fx.spawn.push(retry.spawn.clone());
         let deadline = now + Duration::from_secs(r.timeout_secs);
-        r.deadline = deadline;
+        r.deadline = Some(deadline);
         self.arm_timeout(deadline, fx);
     }
 

@@ -266,7 +266,9 @@ impl Runner {
                 let mut next = None;
                 for (_, r) in &mut self.side {
                     match &mut r.work {
-                        Work::Process { timed_out, .. } if r.deadline <= now && !*timed_out => {
+                        Work::Process { timed_out, .. }
+                            if r.deadline.is_some_and(|d| d <= now) && !*timed_out =>
+                        {
                             log::warn!(
                                 "job {}: timed out after {}s; killing its process group",
                                 r.job_id,
@@ -275,10 +277,11 @@ impl Runner {
                             fx.signal.push((r.job_id, libc::SIGKILL));
                             *timed_out = true;
                         }
-                        _ if r.deadline > now => {
-                            next = Some(next.map_or(r.deadline, |n: Instant| n.min(r.deadline)))
+                        _ => {
+                            if let Some(d) = r.deadline.filter(|d| *d > now) {
+                                next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                            }
                         }
-                        _ => {}
                     }
                 }
                 if let Some(at) = next {
@@ -287,10 +290,13 @@ impl Runner {
                 let Some(r) = self.running.as_mut() else {
                     return;
                 };
-                if r.deadline > now {
-                    let deadline = r.deadline;
-                    self.arm_timeout(deadline, fx);
-                    return;
+                match r.deadline {
+                    None => return,
+                    Some(deadline) if deadline > now => {
+                        self.arm_timeout(deadline, fx);
+                        return;
+                    }
+                    Some(_) => {}
                 }
                 let (job_id, secs) = (r.job_id, r.timeout_secs);
                 match &mut r.work {

@@ -252,8 +252,10 @@ enum Work {
 struct Running {
     job_id: Uuid,
     parent: Option<Uuid>,
-    /// When its `--timeout` passes.
-    deadline: Instant,
+    /// When its `--timeout` passes; `None` while no timeout runs (a value
+    /// being synced after the command ended, a retry waiting for its
+    /// turn: each attempt gets its own).
+    deadline: Option<Instant>,
     timeout_secs: u64,
     /// Settled in the node cache when the job ends, however it ends.
     cache_key: Option<String>,

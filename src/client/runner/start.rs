@@ -245,7 +245,7 @@ impl Runner {
             let r = Running {
                 job_id,
                 parent,
-                deadline,
+                deadline: Some(deadline),
                 timeout_secs,
                 cache_key,
                 work,
