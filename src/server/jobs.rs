@@ -28,25 +28,58 @@ use crate::wire::{AttemptView, Exit, JobDetail, JobState, JobView, Outcome, Part
 #[derive(Debug)]
 pub enum Part {
     Queued,
-    /// `Sent` or `Running`; where and when it was sent (`None`: a job the
-    /// node said it held although no record of its sending survived).
+    /// Where and when it was sent (`None`: a job the node said it held
+    /// although no record of its sending survived).
     InFlight {
-        state: JobState,
+        stage: Flying,
         flight: Option<Box<Flight>>,
     },
     /// Final, its record not yet journaled: all of it.
     Finished {
-        state: JobState,
+        state: Final,
         ending: Box<Ending>,
     },
     /// Final and journaled: the record is at `at`, `len` bytes long (a
     /// `Span`, flattened so the state fits beside it).
     Journaled {
-        state: JobState,
+        state: Final,
         finished_ms: u64,
         at: u64,
         len: u32,
     },
+}
+
+/// Where a part in flight stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flying {
+    Sent,
+    Running,
+}
+
+/// A state a part ends in: never queued, sent or running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Final(JobState);
+
+impl Final {
+    /// `state`, if it is final.
+    pub fn new(state: JobState) -> Option<Final> {
+        state.is_done().then_some(Final(state))
+    }
+
+    /// How a job that ran ended (an exit is always final).
+    pub fn of(exit: &Exit) -> Final {
+        let state = exit.state();
+        debug_assert!(state.is_done(), "{exit:?} is not final");
+        Final(state)
+    }
+
+    pub fn get(self) -> JobState {
+        self.0
+    }
+
+    pub const LOST: Final = Final(JobState::Lost);
+    pub const SKIPPED: Final = Final(JobState::Skipped);
+    pub const UNREACHABLE: Final = Final(JobState::Unreachable);
 }
 
 /// A part in flight.
@@ -76,9 +109,15 @@ impl Part {
     pub fn state(&self) -> JobState {
         match self {
             Part::Queued => JobState::Queued,
-            Part::InFlight { state, .. }
-            | Part::Finished { state, .. }
-            | Part::Journaled { state, .. } => *state,
+            Part::InFlight {
+                stage: Flying::Sent,
+                ..
+            } => JobState::Sent,
+            Part::InFlight {
+                stage: Flying::Running,
+                ..
+            } => JobState::Running,
+            Part::Finished { state, .. } | Part::Journaled { state, .. } => state.get(),
         }
     }
 
@@ -92,7 +131,7 @@ impl Part {
     /// The part was sent now, to `to`.
     pub fn send(&mut self, now: Instant, now_ms: u64, to: Option<SentTo>) {
         *self = Part::InFlight {
-            state: JobState::Sent,
+            stage: Flying::Sent,
             flight: Some(Box::new(Flight {
                 sent_at: Some(now),
                 sent_ms: now_ms,
@@ -106,7 +145,7 @@ impl Part {
     pub fn held_by_node(&mut self) {
         if let Part::Queued = self {
             *self = Part::InFlight {
-                state: JobState::Sent,
+                stage: Flying::Sent,
                 flight: None,
             };
         }
@@ -114,16 +153,16 @@ impl Part {
 
     /// The node started it.
     pub fn start(&mut self) {
-        if let Part::InFlight { state, .. } = self {
-            *state = JobState::Running;
+        if let Part::InFlight { stage, .. } = self {
+            *stage = Flying::Running;
         }
     }
 
     /// After a restart nobody knows whether it is still running: in
     /// flight again.
     pub fn restart(&mut self) {
-        if let Part::InFlight { state, .. } = self {
-            *state = JobState::Sent;
+        if let Part::InFlight { stage, .. } = self {
+            *stage = Flying::Sent;
         }
     }
 
@@ -159,7 +198,7 @@ impl Part {
             None => (None, None),
         };
         *self = Part::Finished {
-            state: outcome.exit.state(),
+            state: Final::of(&outcome.exit),
             ending: Box::new(Ending {
                 sent_ms,
                 rtt_secs,
@@ -171,8 +210,7 @@ impl Part {
     }
 
     /// It ended without a result from the node (skipped, lost): why.
-    pub fn end(&mut self, state: JobState, why: String, now_ms: u64) {
-        debug_assert!(state.is_done());
+    pub fn end(&mut self, state: Final, why: String, now_ms: u64) {
         *self = Part::Finished {
             state,
             ending: Box::new(Ending {
@@ -191,7 +229,7 @@ impl Part {
         match self {
             Part::Journaled { at, len, .. } => Err(Span { at: *at, len: *len }),
             Part::Finished { state, ending } => Ok(PartRecord {
-                state: *state,
+                state: state.get(),
                 outcome: ending.outcome.clone(),
                 message: ending.message.clone(),
                 sent_ms: ending.sent_ms,
@@ -220,8 +258,7 @@ impl Part {
     /// The final part's record is at `span` now (first written, or moved
     /// by a compaction): keep only its state, when it finished and where.
     pub fn spill(&mut self, span: Span) {
-        let state = self.state();
-        if let (true, Some(finished_ms)) = (state.is_done(), self.finished_ms()) {
+        if let (Some(state), Some(finished_ms)) = (Final::new(self.state()), self.finished_ms()) {
             *self = Part::Journaled {
                 state,
                 finished_ms,
@@ -234,7 +271,7 @@ impl Part {
     /// In flight, as the history says (after a restart).
     pub fn restore_sent(&mut self, sent_ms: u64, to: Option<SentTo>) {
         *self = Part::InFlight {
-            state: JobState::Sent,
+            stage: Flying::Sent,
             flight: Some(Box::new(Flight {
                 sent_at: None,
                 sent_ms,
@@ -252,7 +289,7 @@ impl Part {
         sent_ms: Option<u64>,
         span: Span,
     ) {
-        *self = if state.is_done() {
+        *self = if let Some(state) = Final::new(state) {
             Part::Journaled {
                 state,
                 // A final record without its time (none is written so)
@@ -266,7 +303,7 @@ impl Part {
             // before they ended; keep what it says.
             match sent_ms {
                 Some(sent_ms) => Part::InFlight {
-                    state: JobState::Sent,
+                    stage: Flying::Sent,
                     flight: Some(Box::new(Flight {
                         sent_at: None,
                         sent_ms,
@@ -801,7 +838,7 @@ mod tests {
         );
         let mut p = Part::Queued;
         p.send(Instant::now(), 1, None);
-        p.end(JobState::Lost, "gone".into(), 2);
+        p.end(Final::LOST, "gone".into(), 2);
         p.spill(Span { at: 7, len: 9 });
         assert_eq!(p.span(), Some(Span { at: 7, len: 9 }));
         assert_eq!(p.finished_ms(), Some(2));

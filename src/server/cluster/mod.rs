@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::history::{DoneHead, Record, SentTo};
-use super::jobs::{Jobs, SKIPPED_AFTER_FAILURE};
+use super::jobs::{Final, Jobs, SKIPPED_AFTER_FAILURE};
 use super::nodes::{Link, Node, Nodes, LIVENESS};
 use super::query::{Delivery, Queries};
 use super::rollout::Rollout;
@@ -583,7 +583,7 @@ impl Cluster {
                 return true;
             };
             if let Some(part) = job.parts.get_mut(node) {
-                part.end(JobState::Skipped, SKIPPED_AFTER_FAILURE.into(), now_ms);
+                part.end(Final::SKIPPED, SKIPPED_AFTER_FAILURE.into(), now_ms);
             }
             skipped.push(*id);
             false
@@ -601,7 +601,7 @@ impl Cluster {
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
-        if !self.end_part(job_id, node, JobState::Lost, why, now_ms, out) {
+        if !self.end_part(job_id, node, Final::LOST, why, now_ms, out) {
             return;
         }
         log::warn!("node={node}: job {job_id} lost: {why}");
@@ -616,7 +616,7 @@ impl Cluster {
         &mut self,
         job_id: &Uuid,
         node: &str,
-        state: JobState,
+        state: Final,
         why: &str,
         now_ms: u64,
         out: &mut Vec<Effect>,

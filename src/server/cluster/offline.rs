@@ -41,7 +41,7 @@ impl Cluster {
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
-        self.end_part(job_id, node, JobState::Unreachable, why, now_ms, out);
+        self.end_part(job_id, node, Final::UNREACHABLE, why, now_ms, out);
     }
 
     /// Why a job cannot reach `node` now, if it is offline.
@@ -143,7 +143,7 @@ impl Cluster {
                 );
                 for id in &ids {
                     for node in &never {
-                        self.end_part(id, node, JobState::Skipped, &why, now.ms, out);
+                        self.end_part(id, node, Final::SKIPPED, &why, now.ms, out);
                     }
                 }
                 return;
