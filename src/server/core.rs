@@ -7,7 +7,6 @@
 //! I/O thread. Nothing here reads a clock or touches a socket, so the
 //! simulator (`crate::sim`) runs the same rules over a simulated network.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use mio::Token;
@@ -20,6 +19,7 @@ use super::nodes;
 use super::peer_log::{Once, PeerLog};
 use super::persist::{Held, Persist, Released};
 use super::routes::{Port, Principal, Routes};
+use super::watchers::Watchers;
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::reactor::timers::Timers;
 use crate::reactor::zmq::Inbound;
@@ -93,10 +93,8 @@ pub struct Core {
     pub(super) timers: Timers<Timer>,
     pub(super) expiry: Option<(Instant, u64)>,
     pub(super) cluster: Cluster,
-    /// Control connections waiting on each job (`exec --wait`).
-    pub(super) waiters: HashMap<Uuid, Vec<Token>>,
-    /// Waiting connections that also follow output (`--follow`).
-    pub(super) followers: HashSet<Token>,
+    /// Control connections waiting on jobs and runs, and following them.
+    pub(super) watchers: Watchers,
     pub(super) effects: Vec<Effect>,
     pub(super) peer_log: PeerLog,
     /// The journals, and what waits for them to be durable.
@@ -141,8 +139,7 @@ impl Core {
             timers: Timers::default(),
             expiry: None,
             cluster,
-            waiters: HashMap::new(),
-            followers: HashSet::new(),
+            watchers: Watchers::default(),
             effects: Vec::new(),
             peer_log: PeerLog::default(),
             persist,
@@ -212,9 +209,7 @@ impl Core {
                 log::error!("cannot rewrite {}: {e}", j.path().display());
             }
         }
-        let waiting: std::collections::BTreeSet<Token> =
-            self.waiters.values().flatten().copied().collect();
-        for token in waiting {
+        for token in self.watchers.all() {
             self.out.push(Out::Note {
                 token,
                 resp: Response::Stopping,
@@ -750,13 +745,13 @@ impl Core {
                     if let Some(view) = self.cluster.job_view(&job_id) {
                         self.notify(&job_id, &Response::JobDone(view));
                     }
-                    self.waiters.remove(&job_id);
+                    self.watchers.done(&job_id);
                 }
                 Effect::ParentDone { parent_id } => {
                     let jobs = self.cluster.parent_views(&parent_id);
                     log::info!("orchestration {parent_id} finished ({} jobs)", jobs.len());
                     self.notify(&parent_id, &Response::ParentDone { parent_id, jobs });
-                    self.waiters.remove(&parent_id);
+                    self.watchers.done(&parent_id);
                 }
             }
         }

@@ -38,6 +38,7 @@ mod requests;
 mod rollout;
 pub(crate) mod routes;
 mod storage;
+mod watchers;
 pub(crate) mod zap;
 
 use std::collections::HashMap;

@@ -20,10 +20,7 @@ use crate::wire::{Denial, KeyState, KeyView, Request, Response, ServerKeyView, S
 impl Core {
     /// Push `resp` to every connection waiting on `id` (a job or a run).
     pub(super) fn notify(&mut self, job_id: &Uuid, resp: &Response) {
-        let Some(tokens) = self.waiters.get(job_id) else {
-            return;
-        };
-        for token in tokens.clone() {
+        for token in self.watchers.of(job_id).to_vec() {
             self.hold(Held::Note {
                 token,
                 resp: resp.clone(),
@@ -95,12 +92,8 @@ impl Core {
                             submitted.targets.join(", ")
                         );
                         if wait {
-                            self.waiters
-                                .entry(submitted.job_id)
-                                .or_default()
-                                .push(token);
+                            self.watchers.watch(submitted.job_id, token, follow);
                             if follow {
-                                self.followers.insert(token);
                                 self.cluster.follow(&[submitted.job_id]);
                             }
                         }
@@ -134,9 +127,8 @@ impl Core {
                             let ids: Vec<Uuid> =
                                 plan.jobs.iter().filter_map(|j| j.job_id).collect();
                             if wait {
-                                self.waiters.entry(parent).or_default().push(token);
+                                self.watchers.watch(parent, token, follow);
                                 if follow {
-                                    self.followers.insert(token);
                                     self.cluster.follow(&ids);
                                 }
                             }
@@ -211,9 +203,8 @@ impl Core {
                 match end {
                     Some(resp) => self.hold(Held::Note { token, resp }),
                     None => {
-                        self.waiters.entry(id).or_default().push(token);
+                        self.watchers.watch(id, token, follow);
                         if follow {
-                            self.followers.insert(token);
                             let mut out = std::mem::take(&mut self.effects);
                             self.cluster.follow_going(&going, &mut out);
                             self.apply(out);
@@ -346,10 +337,7 @@ impl Core {
 
     /// A control connection is gone: nothing more for it.
     pub fn closed(&mut self, token: Token) {
-        for tokens in self.waiters.values_mut() {
-            tokens.retain(|t| *t != token);
-        }
-        self.followers.remove(&token);
+        self.watchers.closed(token);
     }
 
     /// A node's live output: to each CLI following its job or run. One
@@ -368,17 +356,7 @@ impl Core {
             return;
         }
         let parent = self.cluster.parent_of(&job_id);
-        let mut tokens: Vec<Token> = [Some(job_id), parent]
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.waiters.get(&id))
-            .flatten()
-            .copied()
-            .filter(|t| self.followers.contains(t))
-            .collect();
-        tokens.sort_unstable();
-        tokens.dedup();
-        for token in tokens {
+        for token in self.watchers.following(job_id, parent) {
             let resp = Response::Output {
                 job_id,
                 node: node.to_owned(),

@@ -139,7 +139,7 @@ impl Core {
                 let parent = jobs.first().and_then(|id| self.cluster.parent_of(id));
                 self.cluster.forget(&jobs);
                 for id in jobs.iter().chain(parent.iter()) {
-                    self.waiters.remove(id);
+                    self.watchers.done(id);
                 }
                 for id in jobs {
                     // Should its Submitted record reach the disk after all,
