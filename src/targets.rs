@@ -78,6 +78,41 @@ pub struct Resolved {
 /// (the caller may add why: keys waiting for acceptance).
 pub const NONE_ONLINE: &str = "no node is online";
 
+/// Why a submission's targets come to no node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No pattern was given and no node is online: the server may add why
+    /// (keys waiting for acceptance).
+    NoneOnline(String),
+    /// A pattern is bad or matches nothing, the exclusions leave nothing,
+    /// or the submission itself is refused.
+    Other(String),
+}
+
+impl Refusal {
+    /// The same refusal, said of `what` (a block of an orchestration).
+    pub fn of(self, what: &str) -> Refusal {
+        match self {
+            Refusal::NoneOnline(e) => Refusal::NoneOnline(format!("{what}: {e}")),
+            Refusal::Other(e) => Refusal::Other(format!("{what}: {e}")),
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(e: String) -> Refusal {
+        Refusal::Other(e)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NoneOnline(e) | Refusal::Other(e) => f.write_str(e),
+        }
+    }
+}
+
 /// The nodes `targets` name (every node online when empty), less those
 /// `exclude` names, in the order of `nodes`. The error names the first
 /// pattern that matches nothing or is empty, or says no node is left.
@@ -85,7 +120,7 @@ pub fn resolve<'a>(
     nodes: impl Iterator<Item = Candidate<'a>> + Clone,
     targets: &[String],
     exclude: &[String],
-) -> Result<Resolved, String> {
+) -> Result<Resolved, Refusal> {
     let known = || known_list(nodes.clone().map(|c| c.name));
     let parse = |list: &[String], option: &str| -> Result<Vec<(String, Pattern)>, String> {
         list.iter()
@@ -102,20 +137,20 @@ pub fn resolve<'a>(
     let skip = parse(exclude, "--exclude")?;
     for (text, p) in &want {
         if !nodes.clone().any(|c| p.matches(c.name, c.about)) {
-            return Err(match p {
+            return Err(Refusal::Other(match p {
                 Pattern::Name(_) => {
                     format!("unknown target node '{text}' (known nodes: {})", known())
                 }
                 _ => format!("target '{text}' matches no node (known nodes: {})", known()),
-            });
+            }));
         }
     }
     for (text, p) in &skip {
         if !nodes.clone().any(|c| p.matches(c.name, c.about)) {
-            return Err(format!(
+            return Err(Refusal::Other(format!(
                 "--exclude '{text}' matches no node (known nodes: {})",
                 known()
-            ));
+            )));
         }
     }
     let mut out = Resolved::default();
@@ -134,14 +169,14 @@ pub fn resolve<'a>(
     }
     if out.targets.is_empty() {
         return Err(match (want.is_empty(), skip.is_empty()) {
-            (true, _) if !out.offline.is_empty() => format!(
+            (true, _) if !out.offline.is_empty() => Refusal::NoneOnline(format!(
                 "{NONE_ONLINE}: the known nodes are offline ({}); name one with --target to queue for it (with --queue-offline)",
                 known_list(out.offline.iter().map(String::as_str))
-            ),
-            (true, true) => format!(
+            )),
+            (true, true) => Refusal::NoneOnline(format!(
                 "{NONE_ONLINE}: start `director client` on the nodes first"
-            ),
-            _ => "no node is left once the exclusions are taken out".into(),
+            )),
+            _ => Refusal::Other("no node is left once the exclusions are taken out".into()),
         });
     }
     Ok(out)
@@ -240,6 +275,7 @@ mod tests {
             &split(&s(exclude), "--exclude")?,
         )
         .map(|r| r.targets)
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -253,7 +289,10 @@ mod tests {
         // From the server side too (a block's targets, the API).
         let f = fleet();
         let e = resolve(candidates(&f), &["".into()], &[]).unwrap_err();
-        assert!(e.starts_with("target: an empty pattern"), "{e}");
+        assert!(
+            matches!(&e, Refusal::Other(e) if e.starts_with("target: an empty pattern")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -268,7 +307,7 @@ mod tests {
         let lone = [f[3].clone()];
         let e = resolve(candidates(&lone), &[], &[]).unwrap_err();
         assert!(
-            e.starts_with(NONE_ONLINE) && e.contains("offline (web-2)"),
+            matches!(&e, Refusal::NoneOnline(e) if e.starts_with(NONE_ONLINE) && e.contains("offline (web-2)")),
             "{e}"
         );
     }

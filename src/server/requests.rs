@@ -47,13 +47,14 @@ impl Core {
     /// Answer a request; `None` when the answer was already queued.
     /// A submission with no node online: say when keys wait for an
     /// operator's accept (a new node's usual first stop).
-    fn why_none_online(&self, why: String) -> String {
+    fn why_none_online(&self, why: crate::targets::Refusal) -> String {
+        let why = match why {
+            crate::targets::Refusal::NoneOnline(why) => why,
+            other => return other.to_string(),
+        };
         let Auth::Curve(c) = &self.auth else {
             return why;
         };
-        if !why.contains(crate::targets::NONE_ONLINE) {
-            return why;
-        }
         let pending = c.keys.pending_names();
         match pending.as_slice() {
             [] => why,

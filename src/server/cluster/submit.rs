@@ -2,6 +2,7 @@
 //! orchestrations planned, and who follows their output.
 
 use super::*;
+use crate::targets::Refusal;
 
 impl Cluster {
     /// Jobs just submitted with `--follow`: their nodes send their output
@@ -50,7 +51,7 @@ impl Cluster {
         task: &Task,
         targets: &[String],
         exclude: &[String],
-    ) -> Result<crate::targets::Resolved, String> {
+    ) -> Result<crate::targets::Resolved, Refusal> {
         let nodes = self.nodes.iter().map(|n| crate::targets::Candidate {
             name: n.name.as_str(),
             about: &n.about,
@@ -170,7 +171,7 @@ impl Cluster {
         exclude: &[String],
         now: Now,
         out: &mut Vec<Effect>,
-    ) -> Result<Submitted, String> {
+    ) -> Result<Submitted, Refusal> {
         let resolved = self.resolve(&task, targets, exclude)?;
         let mut submitted = self.queue_job(task, &resolved.targets, None, now, out);
         submitted.offline = resolved.offline;
@@ -189,14 +190,14 @@ impl Cluster {
         dry_run: bool,
         now: Now,
         out: &mut Vec<Effect>,
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, Refusal> {
         let mut planned = Vec::new();
         let mut offline = Vec::new();
         for (i, block) in blocks.iter().enumerate() {
             for (j, task) in block.tasks.iter().enumerate() {
                 let resolved = self
                     .resolve(task, block.job_targets(j), exclude)
-                    .map_err(|e| format!("{}: {e}", block.label(i)))?;
+                    .map_err(|e| e.of(&block.label(i)))?;
                 offline.extend(resolved.offline);
                 planned.push((i, resolved.targets, task.clone()));
             }
@@ -204,7 +205,7 @@ impl Cluster {
         offline.sort();
         offline.dedup();
         if planned.is_empty() {
-            return Err("the orchestration has no jobs".into());
+            return Err(Refusal::Other("the orchestration has no jobs".into()));
         }
         crate::orchestrate::check_handlers(&blocks)?;
         // What rolls: the whole run (`--batch`), or one block's `batch:`
@@ -216,16 +217,16 @@ impl Cluster {
             .collect();
         let (rolling, from_block) = match (rolling, rolling_blocks.as_slice()) {
             (Some(_), [(i, _), ..]) => {
-                return Err(format!(
+                return Err(Refusal::Other(format!(
                     "{}: batch cannot be combined with --batch, which rolls the whole run",
                     blocks[*i].label(*i)
-                ))
+                )))
             }
             (_, [_, (i, _), ..]) => {
-                return Err(format!(
+                return Err(Refusal::Other(format!(
                     "{}: only one block of a run may have batch (the blocks after it roll with it)",
                     blocks[*i].label(*i)
-                ))
+                )))
             }
             (None, [(i, r)]) => (Some(*r), *i),
             (r, _) => (r, 0),
@@ -236,10 +237,10 @@ impl Cluster {
                 .iter()
                 .find(|(i, _, t)| *i >= from_block && matches!(t.action, Action::Query { .. }))
             {
-                return Err(format!(
+                return Err(Refusal::Other(format!(
                     "{}: QUERY needs every target at once, and --batch holds some back: run the QUERY in an orchestration of its own first",
                     blocks[*i].label(*i)
-                ));
+                )));
             }
         }
         let from = planned

@@ -196,7 +196,9 @@ impl Cluster {
         now: Now,
         out: &mut Vec<Effect>,
     ) -> Result<Submitted, String> {
-        let s = self.submit(task, targets, &[], now, out)?;
+        let s = self
+            .submit(task, targets, &[], now, out)
+            .map_err(|e| e.to_string())?;
         self.release(&[s.job_id], now, out);
         Ok(s)
     }
@@ -208,7 +210,9 @@ impl Cluster {
         now: Now,
         out: &mut Vec<Effect>,
     ) -> Result<Plan, String> {
-        let plan = self.orchestrate(blocks, &[], None, dry_run, now, out)?;
+        let plan = self
+            .orchestrate(blocks, &[], None, dry_run, now, out)
+            .map_err(|e| e.to_string())?;
         let ids: Vec<Uuid> = plan.jobs.iter().filter_map(|j| j.job_id).collect();
         self.release(&ids, now, out);
         Ok(plan)

@@ -152,14 +152,16 @@ fn a_blocks_batch_rolls_it_and_the_rest_while_earlier_blocks_go_at_once() {
     twice[2].rolling = one;
     let e = c
         .orchestrate(twice, &[], None, false, at(t0), &mut out)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("block 3: only one block of a run may have batch"),
         "{e}"
     );
     let e = c
         .orchestrate(blocks, &[], one, false, at(t0), &mut out)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("batch cannot be combined with --batch"), "{e}");
 }
 
