@@ -470,11 +470,9 @@ impl AddJob {
 
     /// The I/O thread is done with what this job gave it.
     /// The time of what is handled next.
-    pub fn at(&mut self, now: Instant) {
+    /// What the I/O thread did for it, at `now`.
+    pub fn io_done(&mut self, done: AddDone, now: Instant, out: &mut Vec<ClientMsg>) -> Progress {
         self.now = now;
-    }
-
-    pub fn io_done(&mut self, done: AddDone, out: &mut Vec<ClientMsg>) -> Progress {
         let result = match done {
             AddDone::Resolved(Ok((uid, gid))) => {
                 (self.uid, self.gid) = (uid, gid);
@@ -518,7 +516,7 @@ impl AddJob {
         match result {
             Ok(()) if self.next >= self.files.len() => Progress::Finished(self.done()),
             Ok(()) => Progress::Continue,
-            Err(e) => Progress::Finished(self.give_up(e)),
+            Err(e) => Progress::Finished(self.give_up(e, now)),
         }
     }
 
@@ -567,11 +565,12 @@ impl AddJob {
     }
 
     /// Do a bounded slice of work.
-    pub fn tick(&mut self, out: &mut Vec<ClientMsg>) -> Progress {
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<ClientMsg>) -> Progress {
+        self.now = now;
         match self.advance(out) {
             Ok(()) if self.next >= self.files.len() => Progress::Finished(self.done()),
             Ok(()) => Progress::Continue,
-            Err(e) => Progress::Finished(self.give_up(e)),
+            Err(e) => Progress::Finished(self.give_up(e, now)),
         }
     }
 
@@ -760,12 +759,14 @@ impl AddJob {
         file: u32,
         offset: u64,
         data: &[u8],
+        now: Instant,
         out: &mut Vec<ClientMsg>,
     ) -> Progress {
+        self.now = now;
         match self.take_chunk(file, offset, data, out) {
             Ok(()) if self.next >= self.files.len() => Progress::Finished(self.done()),
             Ok(()) => Progress::Continue,
-            Err(e) => Progress::Finished(self.give_up(e)),
+            Err(e) => Progress::Finished(self.give_up(e, now)),
         }
     }
 
@@ -868,18 +869,20 @@ impl AddJob {
     }
 
     /// The server could not serve a file.
-    pub fn on_fetch_error(&mut self, file: u32, message: &str) -> Progress {
+    pub fn on_fetch_error(&mut self, file: u32, message: &str, now: Instant) -> Progress {
+        self.now = now;
         let file = self
             .files
             .get(file as usize)
             .map_or("?", |f| f.0.path.as_str());
         let message = format!("file {file}: {message}");
-        Progress::Finished(self.give_up(message))
+        Progress::Finished(self.give_up(message, now))
     }
 
     /// End the job now with `message` (it failed, or stalled): what was
     /// sent so far stays in the report, the file being received is dropped.
-    pub fn give_up(&mut self, message: String) -> Outcome {
+    pub fn give_up(&mut self, message: String, now: Instant) -> Outcome {
+        self.now = now;
         // Dropping a temporary file removes it.
         self.step = Step::Next;
         self.next = self.files.len();

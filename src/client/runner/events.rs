@@ -27,8 +27,7 @@ impl Runner {
                     log::error!("an ADD file operation finished with no transfer running");
                     return;
                 };
-                add.at(self.now.at);
-                let progress = add.io_done(done, &mut fx.transfer);
+                let progress = add.io_done(done, self.now.at, &mut fx.transfer);
                 self.transfer_progress(progress, fx);
             }
             IoDone::Probe(_) => log::error!("a connection probe's answer reached the runner"),
@@ -193,10 +192,7 @@ impl Runner {
                     offset,
                 },
                 Some(data),
-            ) if id == *job_id => {
-                add.at(self.now.at);
-                add.on_chunk(file, offset, &data, &mut fx.transfer)
-            }
+            ) if id == *job_id => add.on_chunk(file, offset, &data, self.now.at, &mut fx.transfer),
             (
                 ServerMsg::FetchError {
                     job_id: id,
@@ -204,7 +200,7 @@ impl Runner {
                     message,
                 },
                 None,
-            ) if id == *job_id => add.on_fetch_error(file, &message),
+            ) if id == *job_id => add.on_fetch_error(file, &message, self.now.at),
             (msg, _) => {
                 log::warn!(
                     "server: dropped a transfer message for another job or malformed: {}",
@@ -251,8 +247,7 @@ impl Runner {
         else {
             return;
         };
-        add.at(self.now.at);
-        let progress = add.tick(&mut fx.transfer);
+        let progress = add.tick(self.now.at, &mut fx.transfer);
         self.transfer_progress(progress, fx);
     }
 
@@ -355,7 +350,7 @@ impl Runner {
                         log::warn!("job {job_id}: no file data from the server for {secs:.1}s; transfer failed");
                         let outcome = add.give_up(format!(
                             "the transfer stalled: no data from the server for {secs:.1}s (the server is overloaded or the connection is broken); the destination was left as it was"
-                        ));
+                        ), now);
                         self.finish(outcome, fx);
                         self.pump_cache(fx);
                     }
