@@ -297,6 +297,14 @@ impl Sim {
         Some(token)
     }
 
+    /// The job a submission on `token` was acknowledged with, once it was.
+    pub fn submitted_id(&self, token: Token) -> Option<Uuid> {
+        self.server.notes.get(&token)?.iter().find_map(|r| match r {
+            Response::Submitted(s) => Some(s.job_id),
+            _ => None,
+        })
+    }
+
     /// Ask the server a question and run the world until it answers.
     pub fn ask(&mut self, req: Request) -> Option<Response> {
         let token = Token(self.server.tokens);

@@ -240,3 +240,80 @@ fn a_lost_dispatch_record_never_runs_a_job_twice_and_did_before_the_fix() {
     let _undone = super::mutation::undo(super::mutation::Mutation::BeforeExactlyOnce);
     assert_eq!(lost_dispatch("dispatch-undone"), 2);
 }
+
+fn part_state(sim: &mut Sim, id: uuid::Uuid, node: &str) -> (JobState, String) {
+    match sim.ask(Request::JobInfo {
+        id,
+        show_values: false,
+    }) {
+        Some(Response::Job(d)) => d
+            .nodes
+            .into_iter()
+            .find(|p| p.node == node)
+            .map(|p| (p.state, p.message.unwrap_or_default()))
+            .unwrap_or((JobState::Queued, "no part".into())),
+        other => panic!("no job {id}: {other:?}"),
+    }
+}
+
+fn submitted(sim: &mut Sim, token: mio::Token) -> uuid::Uuid {
+    for _ in 0..10_000 {
+        if let Some(id) = sim.submitted_id(token) {
+            return id;
+        }
+        assert!(sim.step(), "the submission was never answered");
+    }
+    panic!("the submission was never answered");
+}
+
+#[test]
+fn a_node_that_dies_loses_what_it_had_and_leaves_the_rest_unreachable_at_expiry() {
+    let mut sim = Sim::new("lost", 3, 2, IVL);
+    sim.faults.run_ms = (60_000, 60_000);
+    sim.run_for(Duration::from_secs(2));
+    let ids: Vec<uuid::Uuid> = (0..3)
+        .map(|_| {
+            let t = sim.submit("--skip-cache sleep 60", &["n0"]).expect("up");
+            submitted(&mut sim, t)
+        })
+        .collect();
+    // The first runs, the second waits on the node (two in flight), the
+    // third waits on the server.
+    while sim.clients[0].starts.is_empty() {
+        assert!(sim.step());
+    }
+    sim.run_for(Duration::from_millis(200));
+    let last = sim.last_heard[0].expect("n0 was heard");
+    sim.crash_client(0);
+    let expiry = last + IVL * 3;
+    sim.run_for(expiry - sim.elapsed - Duration::from_millis(1));
+    assert_eq!(part_state(&mut sim, ids[0], "n0").0, JobState::Running);
+    sim.run_for(Duration::from_millis(2));
+    let states: Vec<JobState> = ids.iter().map(|id| part_state(&mut sim, *id, "n0").0).collect();
+    assert_eq!(
+        states,
+        [JobState::Lost, JobState::Lost, JobState::Unreachable],
+        "{}",
+        sim.story()
+    );
+}
+
+#[test]
+fn a_client_that_restarts_under_a_running_job_reports_it_lost_and_never_runs_it_again() {
+    let mut sim = Sim::new("restart", 4, 1, IVL);
+    sim.faults.run_ms = (5_000, 5_000);
+    sim.run_for(Duration::from_secs(2));
+    let t = sim.submit("--skip-cache sleep 5", &[]).expect("up");
+    let id = submitted(&mut sim, t);
+    while sim.clients[0].starts.is_empty() {
+        assert!(sim.step());
+    }
+    sim.crash_client(0);
+    sim.run_for(Duration::from_millis(300));
+    sim.start_client(0);
+    sim.run_for(Duration::from_secs(10));
+    let (state, why) = part_state(&mut sim, id, "n0");
+    assert_eq!(state, JobState::Lost, "{}", sim.story());
+    assert!(why.contains("restarted"), "{why}");
+    assert_eq!(sim.clients[0].starts.get(&id), Some(&1));
+}
