@@ -289,7 +289,10 @@ fn a_node_that_dies_loses_what_it_had_and_leaves_the_rest_unreachable_at_expiry(
     sim.run_for(expiry - sim.elapsed - Duration::from_millis(1));
     assert_eq!(part_state(&mut sim, ids[0], "n0").0, JobState::Running);
     sim.run_for(Duration::from_millis(2));
-    let states: Vec<JobState> = ids.iter().map(|id| part_state(&mut sim, *id, "n0").0).collect();
+    let states: Vec<JobState> = ids
+        .iter()
+        .map(|id| part_state(&mut sim, *id, "n0").0)
+        .collect();
     assert_eq!(
         states,
         [JobState::Lost, JobState::Lost, JobState::Unreachable],

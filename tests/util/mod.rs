@@ -276,16 +276,27 @@ impl Cluster {
             if let Some(k) = &self.shared_key {
                 extra.extend(["--shared-key".into(), k.clone()]);
             }
+            let log = self.dir.path.join("server.log");
+            let listening = || {
+                fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .matches("server listening")
+                    .count()
+            };
+            let before = listening();
             let mut proc =
                 self.spawn_env("server", &extra, "server.log", &self.dir.path.clone(), env);
-            let socket = self.socket();
             let mut exited = false;
-            wait_until("server socket", DEADLINE, || {
+            // Listening, as it says once its ports are bound and its state
+            // loaded: its control socket is bound a moment before, and a
+            // test that killed it in between would kill a server that
+            // never served.
+            wait_until("server listening", DEADLINE, || {
                 if proc.child.try_wait().unwrap().is_some() {
                     exited = true;
                     return true;
                 }
-                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                listening() > before
             });
             if !exited {
                 self.server = Some(proc);
