@@ -340,7 +340,7 @@ impl Client {
             Trust::Off => Some(self.cfg.identity.as_str()),
         };
         let make = |spec: PortSpec, token: Token| {
-            ZmqPort::dealer(
+            ZmqPort::<()>::dealer(
                 &self.ctx,
                 spec,
                 identity,

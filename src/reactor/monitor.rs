@@ -80,9 +80,9 @@ pub struct Monitor {
 impl Monitor {
     /// Monitor `port` through `endpoint` (an inproc address unique in the
     /// context), registered under `token`.
-    pub fn start(
+    pub fn start<T>(
         ctx: &zmq::Context,
-        port: &ZmqPort,
+        port: &ZmqPort<T>,
         endpoint: &str,
         registry: &Registry,
         token: Token,
@@ -134,7 +134,7 @@ impl Monitor {
     /// Stop watching `port`: events already sent are read (so a send in
     /// progress finishes), the monitor is stopped on the socket, and only
     /// then does our end go.
-    pub fn close(self, port: &mut ZmqPort, registry: &Registry) {
+    pub fn close<T>(self, port: &mut ZmqPort<T>, registry: &Registry) {
         let _ = self.drain();
         port.stop_monitor();
         let _ = registry.deregister(&mut SourceFd(&self.fd));
@@ -195,7 +195,7 @@ mod tests {
         };
         for i in 0..1000 {
             let mut port =
-                ZmqPort::dealer(&ctx, spec, None, Security::Plain, poll.registry(), Token(1))
+                ZmqPort::<()>::dealer(&ctx, spec, None, Security::Plain, poll.registry(), Token(1))
                     .unwrap();
             port.set_reconnect_ivl(1).unwrap();
             let m = Monitor::start(

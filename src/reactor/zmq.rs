@@ -70,24 +70,25 @@ pub struct Inbound {
 }
 
 /// What one service call did.
-#[derive(Default)]
-pub struct Serviced {
+pub struct Serviced<T = ()> {
     pub received: Vec<Inbound>,
     /// ROUTER only: identities a message could not be routed to (the peer is
-    /// gone); those messages were dropped.
-    pub unroutable: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+    /// gone), with the tag it was queued with; those messages were dropped.
+    pub unroutable: Vec<(Vec<u8>, T)>,
     /// The receive budget ran out with more waiting: poll again at once.
     pub busy: bool,
 }
 
-/// A ZeroMQ socket registered in a loop, with its pending sends.
-pub struct ZmqPort {
+/// A ZeroMQ socket registered in a loop, with its pending sends, each with
+/// a tag of the owner's (`T`) that comes back if it cannot be routed: the
+/// owner knows what it was without decoding it again.
+pub struct ZmqPort<T = ()> {
     pub name: &'static str,
     sock: zmq::Socket,
     role: Role,
     fd: RawFd,
     peer_cap: usize,
-    outbox: VecDeque<Vec<Vec<u8>>>,
+    outbox: VecDeque<(Vec<Vec<u8>>, T)>,
     /// ROUTER: messages in the outbox per peer.
     per_peer: HashMap<Vec<u8>, usize>,
 }
@@ -96,7 +97,7 @@ pub struct ZmqPort {
 /// the message budget, what bounds the batch held in memory at once.
 const BYTE_BUDGET: usize = 8 << 20;
 
-impl ZmqPort {
+impl<T> ZmqPort<T> {
     /// A ROUTER bound to `endpoint` (server side).
     pub fn bind(
         ctx: &zmq::Context,
@@ -105,14 +106,14 @@ impl ZmqPort {
         security: Security,
         registry: &Registry,
         token: Token,
-    ) -> Result<ZmqPort, zmq::Error> {
+    ) -> Result<Self, zmq::Error> {
         let sock = ctx.socket(zmq::ROUTER)?;
         sock.set_router_mandatory(true)?;
         sock.set_router_handover(true)?;
         common_options(&sock, &spec)?;
         secure(&sock, &security)?;
         sock.bind(endpoint)?;
-        ZmqPort::register(sock, spec, Role::Router, registry, token)
+        Self::register(sock, spec, Role::Router, registry, token)
     }
 
     /// A DEALER connected to `endpoint` (client side). With `identity`, the
@@ -126,8 +127,8 @@ impl ZmqPort {
         security: Security,
         registry: &Registry,
         token: Token,
-    ) -> Result<ZmqPort, zmq::Error> {
-        let port = ZmqPort::dealer(ctx, spec, identity, security, registry, token)?;
+    ) -> Result<Self, zmq::Error> {
+        let port = Self::dealer(ctx, spec, identity, security, registry, token)?;
         port.connect_to(endpoint)?;
         Ok(port)
     }
@@ -141,14 +142,14 @@ impl ZmqPort {
         security: Security,
         registry: &Registry,
         token: Token,
-    ) -> Result<ZmqPort, zmq::Error> {
+    ) -> Result<Self, zmq::Error> {
         let sock = ctx.socket(zmq::DEALER)?;
         if let Some(id) = identity {
             sock.set_identity(id.as_bytes())?;
         }
         common_options(&sock, &spec)?;
         secure(&sock, &security)?;
-        ZmqPort::register(sock, spec, Role::Dealer, registry, token)
+        Self::register(sock, spec, Role::Dealer, registry, token)
     }
 
     /// Connect a `dealer` to `endpoint`.
@@ -169,7 +170,7 @@ impl ZmqPort {
         role: Role,
         registry: &Registry,
         token: Token,
-    ) -> Result<ZmqPort, zmq::Error> {
+    ) -> Result<Self, zmq::Error> {
         let fd = sock.get_fd()?;
         // Only ever READABLE: the fd signals both directions, and it is
         // zmq's, so we never read, write or close it.
@@ -196,7 +197,15 @@ impl ZmqPort {
     /// Queue a message (ROUTER: routing id first). Sent by the next
     /// `service`. False when it was dropped: the outbox, or the peer's share
     /// of it, is full.
-    pub fn queue(&mut self, frames: Vec<Vec<u8>>) -> bool {
+    pub fn queue(&mut self, frames: Vec<Vec<u8>>) -> bool
+    where
+        T: Default,
+    {
+        self.queue_tagged(frames, T::default())
+    }
+
+    /// `queue`, with the tag to give back should it be unroutable.
+    pub fn queue_tagged(&mut self, frames: Vec<Vec<u8>>, tag: T) -> bool {
         debug_assert!(self.outbox.len() <= OUTBOX_CAP);
         if self.outbox.len() >= OUTBOX_CAP {
             log::error!(
@@ -215,7 +224,7 @@ impl ZmqPort {
             }
             *n += 1;
         }
-        self.outbox.push_back(frames);
+        self.outbox.push_back((frames, tag));
         true
     }
 
@@ -233,8 +242,12 @@ impl ZmqPort {
     /// Receive (up to `budget` messages) and send until neither can make
     /// progress. Errors other than `EAGAIN`/`EINTR` are returned; they mean
     /// the socket itself is broken.
-    pub fn service(&mut self, budget: usize) -> Result<Serviced, zmq::Error> {
-        let mut done = Serviced::default();
+    pub fn service(&mut self, budget: usize) -> Result<Serviced<T>, zmq::Error> {
+        let mut done = Serviced {
+            received: Vec::new(),
+            unroutable: Vec::new(),
+            busy: false,
+        };
         let mut bytes = 0;
         loop {
             let events = self.sock.get_events()?;
@@ -302,11 +315,11 @@ impl ZmqPort {
 
     /// Send what the socket takes now. Returns whether anything left the
     /// outbox.
-    fn flush(&mut self, unroutable: &mut Vec<(Vec<u8>, Vec<Vec<u8>>)>) -> Result<bool, zmq::Error> {
+    fn flush(&mut self, unroutable: &mut Vec<(Vec<u8>, T)>) -> Result<bool, zmq::Error> {
         let before = self.outbox.len();
         match self.role {
             Role::Dealer => {
-                while let Some(msg) = self.outbox.front() {
+                while let Some((msg, _)) = self.outbox.front() {
                     match self
                         .sock
                         .send_multipart(msg.iter().map(Vec::as_slice), zmq::DONTWAIT)
@@ -325,12 +338,12 @@ impl ZmqPort {
                 // blocks, the rest of its messages wait for the next pass.
                 let mut blocked: HashSet<Vec<u8>> = HashSet::new();
                 let mut kept = VecDeque::new();
-                while let Some(msg) = self.outbox.pop_front() {
+                while let Some((msg, tag)) = self.outbox.pop_front() {
                     let Some(identity) = msg.first().cloned() else {
                         continue;
                     };
                     if blocked.contains(&identity) {
-                        kept.push_back(msg);
+                        kept.push_back((msg, tag));
                         continue;
                     }
                     match self
@@ -340,14 +353,14 @@ impl ZmqPort {
                         Ok(()) => self.sent(&identity),
                         Err(zmq::Error::EHOSTUNREACH) => {
                             self.sent(&identity);
-                            unroutable.push((identity, msg));
+                            unroutable.push((identity, tag));
                         }
                         Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => {
                             blocked.insert(identity);
-                            kept.push_back(msg);
+                            kept.push_back((msg, tag));
                         }
                         Err(e) => {
-                            kept.push_back(msg);
+                            kept.push_back((msg, tag));
                             kept.extend(self.outbox.drain(..));
                             self.outbox = kept;
                             return Err(e);
@@ -446,7 +459,7 @@ mod tests {
     fn burst_is_drained_without_more_traffic() {
         let ctx = zmq::Context::new();
         let mut poll = mio::Poll::new().unwrap();
-        let router = ZmqPort::bind(
+        let router = ZmqPort::<()>::bind(
             &ctx,
             TEST,
             "tcp://127.0.0.1:*",
@@ -457,7 +470,7 @@ mod tests {
         .unwrap();
         let addr = router.sock.get_last_endpoint().unwrap().unwrap();
         let mut router = router;
-        let mut dealer = ZmqPort::connect(
+        let mut dealer = ZmqPort::<()>::connect(
             &ctx,
             TEST,
             Some("peer"),

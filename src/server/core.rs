@@ -50,13 +50,14 @@ pub enum Out {
 }
 
 /// What a queued message was, to act on it if it cannot be delivered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum About {
     /// A job for a node: it goes back to the node's queue.
     Job { node: String, job_id: Uuid },
     /// An answer to a peer: said, limited per peer.
     Reply { label: String },
     /// Lost harmlessly (an ack the node asks for again, a broadcast).
+    #[default]
     Quiet,
 }
 
@@ -585,20 +586,15 @@ impl Core {
         }
     }
 
-    /// Frames the port could not route (the peer's connection is gone).
-    pub fn unroutable(&mut self, port: Port, identity: &[u8], frames: &[Vec<u8>]) {
-        let who = self.routes.from(port, identity).cloned();
-        let node = match who.as_ref().map(|w| self.peer(w)) {
-            Some(Peer::Node(n)) => n,
-            _ => String::from_utf8_lossy(identity).into_owned(),
-        };
+    /// A message the port could not route (the peer's connection is
+    /// gone), as it was queued.
+    pub fn unroutable(&mut self, port: Port, identity: &[u8], about: About) {
         log::debug!(
-            "node={node}: unroutable on the {} port (peer gone)",
+            "node={}: unroutable on the {} port (peer gone)",
+            String::from_utf8_lossy(identity),
             port.name()
         );
-        if let Ok(ServerMsg::Job { job_id, .. }) =
-            wire::decode::<ServerMsg>(frames.get(1..).unwrap_or(&[]))
-        {
+        if let About::Job { node, job_id } = about {
             self.requeue(&node, job_id, Undelivered::NoRoute);
         }
     }

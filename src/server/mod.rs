@@ -50,7 +50,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use self::cluster::Now;
 use self::control::{ControlConn, Inbound as ControlInbound};
-use self::core::{Auth, Core, CurveAuth, Out, LOGGED_ONCE_CAP, PENDING_LOG_EVERY};
+use self::core::{About, Auth, Core, CurveAuth, Out, LOGGED_ONCE_CAP, PENDING_LOG_EVERY};
 use self::io::IoDone;
 use self::keys::{KeyRecord, Keys, Standing};
 use self::peer_log::Once;
@@ -138,7 +138,7 @@ enum RunState {
 pub struct Server {
     poll: Poll,
     // Declared before the context so they drop first.
-    ports: [ZmqPort; 3],
+    ports: [ZmqPort<About>; 3],
     /// The ZAP handler's socket (CURVE only).
     zap: Option<ZmqPort>,
     _ctx: zmq::Context,
@@ -278,7 +278,7 @@ impl Server {
         };
         let bind = |spec: PortSpec, port: u16, token: Token| {
             let ep = endpoint(&cfg.bind_address, port);
-            ZmqPort::bind(&ctx, spec, &ep, security(), poll.registry(), token)
+            ZmqPort::<About>::bind(&ctx, spec, &ep, security(), poll.registry(), token)
                 .map_err(|e| Error::zmq(format!("cannot bind the {} socket to {ep}", spec.name), e))
         };
         let ports = [
@@ -399,7 +399,7 @@ impl Server {
                 (pair, format!("key file {}", path.display()), None)
             }
         };
-        let zap = ZmqPort::bind(
+        let zap = ZmqPort::<()>::bind(
             ctx,
             ZAP_PORT,
             zap::ENDPOINT,
@@ -569,8 +569,8 @@ impl Server {
                     self.core.message(port, msg);
                     self.perform();
                 }
-                for (identity, frames) in done.unroutable {
-                    self.core.unroutable(port, &identity, &frames);
+                for (identity, about) in done.unroutable {
+                    self.core.unroutable(port, &identity, about);
                     self.perform();
                 }
             }
@@ -690,7 +690,7 @@ impl Server {
             } => {
                 let p = &mut self.ports[port as usize];
                 if frames.first().is_some_and(|rid| p.has_room(rid)) {
-                    p.queue(frames);
+                    p.queue_tagged(frames, about);
                 } else {
                     self.core.undelivered(port, about, &frames);
                 }

@@ -340,7 +340,11 @@ impl Sim {
 
     fn server_out(&mut self, out: score::Out) {
         match out {
-            score::Out::Zmq { port, frames, .. } => {
+            score::Out::Zmq {
+                port,
+                frames,
+                about,
+            } => {
                 let name = String::from_utf8_lossy(&frames[0]).into_owned();
                 let channel = match port {
                     Port::Job => Channel::Job,
@@ -356,7 +360,7 @@ impl Sim {
                         let now = self.now();
                         if let Some(core) = self.server.core.as_mut() {
                             core.at(now);
-                            core.unroutable(port, &frames[0], &frames);
+                            core.unroutable(port, &frames[0], about);
                         }
                     }
                 }
