@@ -224,7 +224,7 @@ impl Cache {
     pub fn settle_io_now(&mut self) -> Option<Result<(), String>> {
         let mut staged = None;
         while let Some(io) = self.next_io() {
-            if let Some(r) = self.io_done(io.run()) {
+            if let Some(r) = self.io_done(io.run(), Instant::now()) {
                 staged = Some(r);
             }
         }
@@ -336,7 +336,7 @@ impl Cache {
 
     /// The I/O thread did the last `next_io`. Returns the staged value's
     /// fate if this write carried it: `Err` says why it was not kept.
-    pub fn io_done(&mut self, done: JournalIoDone) -> Option<Result<(), String>> {
+    pub fn io_done(&mut self, done: JournalIoDone, now: Instant) -> Option<Result<(), String>> {
         let out = std::mem::replace(&mut self.out, Out::Idle);
         match (out, done) {
             (Out::Batch { staged }, JournalIoDone::Written(Ok(()))) => {
@@ -359,7 +359,7 @@ impl Cache {
                     }
                     None => {
                         self.stalled = true;
-                        if self.errors.first(Instant::now()) {
+                        if self.errors.first(now) {
                             log::error!(
                                 "{}: cannot write: {e}; retried with the next change (said at most once a minute)",
                                 self.path()
@@ -373,7 +373,7 @@ impl Cache {
                 if let Err((rw, e)) = result {
                     // The file is as it was: go on appending to it.
                     self.journal.abandon(&rw);
-                    if self.errors.first(Instant::now()) {
+                    if self.errors.first(now) {
                         log::error!(
                             "{}: cannot rewrite the journal: {e}; kept it as it was (said at most once a minute)",
                             self.path()
@@ -598,7 +598,7 @@ mod tests {
         assert!(c.next_io().is_none());
         let err = io::Error::from_raw_os_error(libc::ENOSPC);
         assert!(c
-            .io_done(JournalIoDone::Written(Err((batch, err))))
+            .io_done(JournalIoDone::Written(Err((batch, err))), Instant::now())
             .is_none());
         // No retry in a loop on a full disk: after a change or a sweep.
         assert!(c.next_io().is_none());
@@ -623,11 +623,16 @@ mod tests {
         let Some(JournalIo::Write(batch)) = c.next_io() else {
             panic!("the value's sync first");
         };
-        assert_eq!(c.io_done(JournalIoDone::Written(batch.run())), Some(Ok(())));
+        assert_eq!(
+            c.io_done(JournalIoDone::Written(batch.run()), Instant::now()),
+            Some(Ok(()))
+        );
         let Some(JournalIo::Rewrite(rw)) = c.next_io() else {
             panic!("then the rewrite");
         };
-        assert!(c.io_done(JournalIoDone::Rewritten(rw.run())).is_none());
+        assert!(c
+            .io_done(JournalIoDone::Rewritten(rw.run()), Instant::now())
+            .is_none());
         drop(c);
         let bytes = fs::read(d.join(JOURNAL)).unwrap();
         assert!(!bytes.windows(3).any(|w| w == b"old"));

@@ -422,7 +422,7 @@ impl Ledger {
     }
 
     /// The I/O thread did the last `next_io`.
-    pub fn io_done(&mut self, done: JournalIoDone) {
+    pub fn io_done(&mut self, done: JournalIoDone, now: Instant) {
         let out = std::mem::replace(&mut self.out, Out::Idle);
         match (out, done) {
             (Out::Batch { upto, synced }, JournalIoDone::Written(Ok(()))) => {
@@ -439,7 +439,7 @@ impl Ledger {
                 self.took_pending = true;
                 self.failing = true;
                 self.stalled = true;
-                if self.errors.first(Instant::now()) {
+                if self.errors.first(now) {
                     log::error!(
                         "{}: cannot write: {e}; jobs cannot be recorded and do not start until it works (said at most once a minute)",
                         self.path()
@@ -455,7 +455,7 @@ impl Ledger {
                 if let Err((rw, e)) = result {
                     // Nothing was pending: the file is whole as it was.
                     self.journal.abandon(&rw);
-                    if self.errors.first(Instant::now()) {
+                    if self.errors.first(now) {
                         log::error!(
                             "{}: cannot rewrite: {e}; kept it as it was (said at most once a minute)",
                             self.path()
@@ -501,7 +501,7 @@ impl Ledger {
     pub fn settle_now(&mut self) {
         self.commit();
         while let Some(io) = self.next_io() {
-            self.io_done(io.run());
+            self.io_done(io.run(), Instant::now());
         }
     }
 }
@@ -533,7 +533,7 @@ mod tests {
         // Taken while the first write is out: the next batch carries it.
         let b = l.take(Uuid::new_v4());
         assert!(l.next_io().is_none(), "one write at a time");
-        l.io_done(JournalIoDone::Written(batch.run()));
+        l.io_done(JournalIoDone::Written(batch.run()), Instant::now());
         assert!(l.is_written(a) && !l.is_written(b));
         l.settle_now();
         assert!(l.is_written(b));
@@ -553,7 +553,7 @@ mod tests {
             matches!(l.out, Out::Batch { synced: false, .. }),
             "no flush on a job's path"
         );
-        l.io_done(JournalIoDone::Written(batch.run()));
+        l.io_done(JournalIoDone::Written(batch.run()), Instant::now());
         assert!(l.is_written(t));
         // Its outcome and ack wait for the group commit.
         l.end(id, &ok());
@@ -565,7 +565,7 @@ mod tests {
             panic!("the group commit");
         };
         assert!(matches!(l.out, Out::Batch { synced: true, .. }));
-        l.io_done(JournalIoDone::Written(batch.run()));
+        l.io_done(JournalIoDone::Written(batch.run()), Instant::now());
         assert!(!l.wants_commit() && !l.is_busy());
         drop(l);
         assert_eq!(Ledger::open(&d).unwrap().known(&id), Known::Acked);
@@ -641,7 +641,7 @@ mod tests {
             panic!("a write");
         };
         let err = io::Error::from_raw_os_error(libc::ENOSPC);
-        l.io_done(JournalIoDone::Written(Err((batch, err))));
+        l.io_done(JournalIoDone::Written(Err((batch, err))), Instant::now());
         assert!(l.failure(t).is_some_and(|f| f.contains("No space left")));
         assert!(l.next_io().is_none(), "no retry before a change");
         assert!(!l.is_busy(), "a stop does not wait on a full disk");

@@ -8,13 +8,13 @@ impl Runner {
     pub fn on_io(&mut self, done: IoDone, fx: &mut Effects) {
         match done {
             IoDone::Cache(done) => {
-                if let Some(kept) = self.cache.io_done(done) {
+                if let Some(kept) = self.cache.io_done(done, self.now.at) {
                     self.on_persisted(kept, fx);
                 }
                 self.pump_cache(fx);
             }
             IoDone::Ledger(done) => {
-                self.ledger.io_done(done);
+                self.ledger.io_done(done, self.now.at);
                 self.start_next(fx);
                 self.pump_cache(fx);
             }
