@@ -95,9 +95,10 @@ impl ControlConn {
         Ok(())
     }
 
-    /// Queue a response and write what the socket takes now. A reader
-    /// that is far behind gets parts without their output (see
-    /// `SLOW_READER`).
+    /// Queue a response, written at the next `flush` (the loop flushes
+    /// every connection once per pass: one write, and one wake-up of the
+    /// CLI, for all a pass said to it). A reader that is far behind gets
+    /// parts without their output (see `SLOW_READER`).
     pub fn send(&mut self, resp: &Response) -> io::Result<()> {
         if self.out.len() - self.out_pos > MAX_PENDING_OUT {
             return Err(io::Error::other("client is not reading its responses"));
@@ -134,7 +135,7 @@ impl ControlConn {
             }
             resp => self.out.extend_from_slice(&wire::encode_control(resp)),
         }
-        self.flush()
+        Ok(())
     }
 
     /// Bytes queued and not yet written.

@@ -449,6 +449,7 @@ impl Server {
             let mut busy = self.service_ports()?;
             busy |= self.core.tick();
             self.perform();
+            self.flush_controls();
             let now = Instant::now();
             let next_timer = self
                 .core
@@ -837,6 +838,26 @@ impl Server {
             // A peer that stopped writing may still read what is ready.
             self.core.carry_out();
             self.perform();
+            if let Some(conn) = self.conns.get_mut(&token) {
+                let _ = conn.flush();
+            }
+            self.close_control(token);
+        }
+    }
+
+    /// Write what this pass queued for the CLIs.
+    fn flush_controls(&mut self) {
+        let failed: Vec<Token> = self
+            .conns
+            .iter_mut()
+            .filter(|(_, c)| c.has_output())
+            .filter_map(|(t, c)| c.flush().err().map(|e| (*t, e)))
+            .map(|(t, e)| {
+                log::debug!("control connection write failed: {e}");
+                t
+            })
+            .collect();
+        for token in failed {
             self.close_control(token);
         }
     }
