@@ -47,30 +47,46 @@ impl Tmp {
         let named = match self.named.take() {
             Some(p) => p,
             None => {
-                // An unnamed file gets a name first: link it from /proc.
-                let path = tmp_name(dir);
-                let src = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-                    .map_err(io::Error::other)?;
-                let dst = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-                // SAFETY: both are valid NUL-terminated paths.
-                let rc = unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        src.as_ptr(),
-                        libc::AT_FDCWD,
-                        dst.as_ptr(),
-                        libc::AT_SYMLINK_FOLLOW,
-                    )
-                };
-                if rc != 0 {
-                    return Err(io::Error::last_os_error());
+                // An unnamed file gets its name from /proc: the target's
+                // itself when there is none yet (so a kill leaves either
+                // nothing or the whole file, never a temporary name),
+                // else a temporary one that replaces it by rename.
+                match self.link_as(target) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
                 }
+                let path = tmp_name(dir);
+                self.link_as(&path)?;
                 path
             }
         };
         fs::rename(&named, target).inspect_err(|_| {
             let _ = fs::remove_file(&named);
         })
+    }
+}
+
+impl Tmp {
+    /// Give the unnamed file the name `path` (which must not exist).
+    fn link_as(&self, path: &Path) -> io::Result<()> {
+        let src = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .map_err(io::Error::other)?;
+        let dst = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: both are valid NUL-terminated paths.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

@@ -361,6 +361,17 @@ impl Runner {
             }
             RunnerTimer::Retry => self.retry(now, fx),
             RunnerTimer::Wait => self.wait_due(now, fx),
+            RunnerTimer::Started => {
+                let running = |id: &Uuid| {
+                    self.running.as_ref().is_some_and(|r| r.job_id == *id)
+                        || self.side.iter().any(|(_, r)| r.job_id == *id)
+                };
+                for job_id in std::mem::take(&mut self.starting) {
+                    if running(&job_id) {
+                        fx.job.push(ClientMsg::Started { job_id });
+                    }
+                }
+            }
             RunnerTimer::LedgerCommit => {
                 self.commit_armed = false;
                 self.ledger.commit();

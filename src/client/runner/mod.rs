@@ -41,6 +41,8 @@ use crate::wire::{Attempt, ClientMsg, Exit, JobState, Outcome, ServerMsg};
 /// the connection, the answer): it holds the I/O thread.
 const PROBE_LIMIT: Duration = Duration::from_secs(3);
 
+/// How long a job runs before the server is told it started.
+const STARTED_GRACE: Duration = Duration::from_millis(100);
 /// How long a command has to exit after SIGTERM at shutdown.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 /// Orchestration runs remembered as failed here, for skipping the rest of
@@ -58,6 +60,8 @@ pub enum RunnerTimer {
     Retry,
     /// The ledger's group commit is due.
     LedgerCommit,
+    /// Say which jobs started, of those still running.
+    Started,
     /// A WAIT's time is up, or its next try is due.
     Wait,
 }
@@ -303,6 +307,10 @@ pub struct Runner {
     stall_armed: bool,
     /// Is a `LedgerCommit` pending?
     commit_armed: bool,
+    /// Jobs started and not yet said to be: a job that ends within
+    /// `STARTED_GRACE` is only said to have ended (its result says it ran),
+    /// which spares a message each way for every short job.
+    starting: Vec<Uuid>,
     /// Where ADD keeps blueprints (and files to diff) by SHA1.
     store: PathBuf,
     /// The time of the input being handled, set by the loop once per pass.
@@ -333,6 +341,7 @@ impl Runner {
             stall,
             stall_armed: false,
             commit_armed: false,
+            starting: Vec::new(),
             store,
             now,
         }

@@ -138,7 +138,7 @@ impl Runner {
                         }));
                     }
                     fx.spawn.push(spawn);
-                    fx.job.push(ClientMsg::Started { job_id });
+                    self.starting(job_id, fx);
                     let OnSuccess { cache_key, capture } = on_success;
                     (
                         Work::Process {
@@ -165,7 +165,7 @@ impl Runner {
                         }));
                     }
                     fx.spawn.push(spawn);
-                    fx.job.push(ClientMsg::Started { job_id });
+                    self.starting(job_id, fx);
                     (
                         Work::Process {
                             capture: Capture::default(),
@@ -176,7 +176,7 @@ impl Runner {
                     )
                 }
                 Started::Wait(WaitStart::Sleep(d)) => {
-                    fx.job.push(ClientMsg::Started { job_id });
+                    self.starting(job_id, fx);
                     fx.timers.push((now + d, RunnerTimer::Wait));
                     (
                         Work::Sleep {
@@ -187,7 +187,7 @@ impl Runner {
                     )
                 }
                 Started::Wait(WaitStart::Url { url, retry, delay }) => {
-                    fx.job.push(ClientMsg::Started { job_id });
+                    self.starting(job_id, fx);
                     fx.io.push(IoTask::Url {
                         url: url.clone(),
                         limit: PROBE_LIMIT,
@@ -204,7 +204,7 @@ impl Runner {
                     )
                 }
                 Started::Transfer(mut add) => {
-                    fx.job.push(ClientMsg::Started { job_id });
+                    self.starting(job_id, fx);
                     self.arm_stall(now + self.stall, fx);
                     if let Some(io) = add.take_io() {
                         fx.io.push(IoTask::Add(io));
@@ -231,7 +231,7 @@ impl Runner {
                     (Work::Mkdir { stdout_arg }, None)
                 }
                 Started::Query { key, value } => {
-                    fx.job.push(ClientMsg::Started { job_id });
+                    self.starting(job_id, fx);
                     fx.job.push(ClientMsg::QueryValue {
                         job_id,
                         value: value.clone(),
@@ -271,6 +271,16 @@ impl Runner {
             fx.timers.push((at, RunnerTimer::TransferStall));
             self.stall_armed = true;
         }
+    }
+
+    /// `job_id` started: the server hears it once the job has run for
+    /// `STARTED_GRACE`, unless it ended first.
+    pub(super) fn starting(&mut self, job_id: Uuid, fx: &mut Effects) {
+        if self.starting.is_empty() {
+            fx.timers
+                .push((self.now.at + STARTED_GRACE, RunnerTimer::Started));
+        }
+        self.starting.push(job_id);
     }
 
     /// Make sure a `JobTimeout` fires no later than `deadline`.

@@ -235,7 +235,13 @@ fn a_command_is_an_effect_and_its_end_an_input() {
     let (id, mut fx) = rig.enqueue(None, Verb::Run, "--stdout-arg said echo {{ who }}");
     let spawn = fx.spawn.pop().expect("a command to start");
     assert_eq!((spawn.job_id, spawn.command.as_str()), (id, "echo world"));
-    assert!(fx.job.contains(&ClientMsg::Started { job_id: id }));
+    // The server hears it started only if it still runs after the grace.
+    assert!(!fx.job.contains(&ClientMsg::Started { job_id: id }));
+    let (at, t) = *fx.timers.last().expect("the started timer");
+    assert_eq!(t, RunnerTimer::Started);
+    let mut fx = Effects::default();
+    rig.runner.on_timer(RunnerTimer::Started, at, &mut fx);
+    assert_eq!(fx.job, vec![ClientMsg::Started { job_id: id }]);
     // It printed; its --stdout-arg is synced before it reports.
     let mut fx = Effects::default();
     rig.runner.on_exited(id, Ok(ended(0, b"world\n")), &mut fx);
@@ -249,11 +255,33 @@ fn a_command_is_an_effect_and_its_end_an_input() {
 }
 
 #[test]
+fn a_job_that_ends_within_the_grace_is_only_said_to_have_ended() {
+    let mut rig = Rig::new("grace");
+    let (id, fx) = rig.enqueue(None, Verb::Run, "--skip-cache true");
+    assert!(!fx.spawn.is_empty());
+    let (at, _) = *fx
+        .timers
+        .iter()
+        .find(|(_, t)| *t == RunnerTimer::Started)
+        .expect("the started timer");
+    let mut fx = Effects::default();
+    rig.runner.on_exited(id, Ok(ended(0, b"")), &mut fx);
+    rig.run_io(&mut fx);
+    let mut fx = Effects::default();
+    rig.runner.on_timer(RunnerTimer::Started, at, &mut fx);
+    assert!(fx.job.is_empty(), "{:?}", fx.job);
+}
+
+#[test]
 fn a_command_past_its_timeout_is_killed_and_reports_timed_out() {
     let mut rig = Rig::new("timeout");
     let (id, fx) = rig.enqueue(None, Verb::Run, "--timeout 5 sleep 60");
     assert!(!fx.spawn.is_empty());
-    let (at, t) = fx.timers[0];
+    let (at, t) = *fx
+        .timers
+        .iter()
+        .find(|(_, t)| *t == RunnerTimer::JobTimeout)
+        .expect("a timeout");
     assert_eq!(t, RunnerTimer::JobTimeout);
     // Early: nothing happens.
     let mut fx = Effects::default();
