@@ -159,7 +159,7 @@ fn parse_file(path: &Path, text: &str) -> Result<RawOptions> {
                     .filter(|n| *n != "config_file");
                 file_err(format!(
                     "unknown key '{key}'{}",
-                    crate::suggest::hint(&key, known.chain(["labels"]))
+                    crate::cli::suggest::hint(&key, known.chain(["labels"]))
                 ))
             })?;
         let value = match value {
@@ -329,18 +329,18 @@ impl Config {
             job_port: get("job_port").port()?,
             transfer_port: get("transfer_port").port()?,
             heartbeat_port: get("heartbeat_port").port()?,
-            heartbeat_ivl: crate::clock::secs(ivl),
+            heartbeat_ivl: crate::support::clock::secs(ivl),
             socket_path: PathBuf::from(get("socket_path").text_or_default()?),
             identity,
             bind_address: get("bind_address").text_or_default()?,
             state_path: PathBuf::from(get("state_path").text_or_default()?),
-            job_retention: crate::clock::secs(
+            job_retention: crate::support::clock::secs(
                 get("job_retention").seconds_within(1.0, 100.0 * 365.0 * 86_400.0)?,
             ),
             job_retention_count: get("job_retention_count").count()?,
             server_address: get("server_address").text_or_default()?,
             cache_path: PathBuf::from(get("cache_path").text_or_default()?),
-            cache_ttl: crate::clock::secs(
+            cache_ttl: crate::support::clock::secs(
                 get("cache_ttl").seconds_within(1.0, 10.0 * 365.0 * 86_400.0)?,
             ),
             labels: get("labels").labels()?,

@@ -4,38 +4,27 @@
 
 mod cli;
 mod client;
-mod clock;
-mod completions;
 mod config;
 mod curve;
 mod diff;
-mod dirlock;
 mod dsl;
 pub mod error;
 mod facts;
-mod follow;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
 mod heapcount;
-mod ids;
-mod interrupt;
 mod journal;
-mod logger;
 mod orchestrate;
-mod output;
-mod progress;
-mod ratelog;
 mod reactor;
 mod server;
 #[cfg(test)]
 mod sim;
 mod sources;
-mod suggest;
+mod support;
 mod targets;
 mod template;
 mod transfer;
-mod user;
 mod verbs;
 pub mod wire;
 
@@ -63,24 +52,24 @@ pub fn run() -> error::Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Server => {
-            logger::init(cfg.debug);
+            support::logger::init(cfg.debug);
             server::run(&cfg).map(|()| EXIT_OK)
         }
         Command::Client => {
-            logger::init(cfg.debug);
+            support::logger::init(cfg.debug);
             client::run(&cfg).map(|()| EXIT_OK)
         }
         Command::Exec(args) => {
-            logger::init(cfg.debug);
-            user::exec(&cfg, args)
+            support::logger::init(cfg.debug);
+            cli::user::exec(&cfg, args)
         }
         Command::Orchestrate(args) => {
-            logger::init(cfg.debug);
-            user::orchestrate(&cfg, args)
+            support::logger::init(cfg.debug);
+            cli::user::orchestrate(&cfg, args)
         }
         Command::Manage(args) => {
-            logger::init(cfg.debug);
-            user::manage(&cfg, args)
+            support::logger::init(cfg.debug);
+            cli::user::manage(&cfg, args)
         }
     }
 }

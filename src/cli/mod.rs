@@ -7,7 +7,14 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+pub mod completions;
+pub mod follow;
 mod help;
+pub mod interrupt;
+pub mod output;
+pub mod progress;
+pub mod suggest;
+pub mod user;
 
 #[cfg(test)]
 pub use help::full_help;
@@ -203,7 +210,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 ))
             }
         };
-        let script = crate::completions::script(&shell).map_err(Error::Usage)?;
+        let script = crate::cli::completions::script(&shell).map_err(Error::Usage)?;
         return Ok(Invocation {
             command: Command::Help(script),
             config: Config::from_raw(&RawOptions::new(), config::hostname)?,
@@ -428,10 +435,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
             }
             Long(name) => {
                 let given = format!("--{name}");
-                let all = crate::completions::all_options();
+                let all = crate::cli::completions::all_options();
                 return Err(Error::Usage(format!(
                     "invalid option '{given}'{}",
-                    crate::suggest::hint(&given, all.iter().map(String::as_str))
+                    crate::cli::suggest::hint(&given, all.iter().map(String::as_str))
                 )));
             }
             _ => return Err(usage(arg.unexpected())),

@@ -79,7 +79,7 @@ pub struct Cache {
     /// Grows with every change: the client reports the cache when it moved.
     generation: u64,
     /// Write errors, logged at most once a minute.
-    errors: crate::ratelog::Every,
+    errors: crate::support::ratelog::Every,
     /// What the I/O thread is doing for the cache.
     out: Out,
     /// A value waiting for its turn to be written and synced.
@@ -114,7 +114,7 @@ impl Cache {
             queries: BTreeMap::new(),
             done: HashMap::new(),
             generation: 0,
-            errors: crate::ratelog::Every::minute(),
+            errors: crate::support::ratelog::Every::minute(),
             out: Out::Idle,
             waiting: None,
             stalled: false,

@@ -13,9 +13,9 @@ use uuid::Uuid;
 use super::exec::Spawn;
 use super::link::{Act, Link, LinkTimer};
 use super::runner::{Effects, IoDone, IoTask, Runner, RunnerTimer};
-use crate::clock::Now;
 use crate::reactor::child::Ended;
 use crate::reactor::monitor::LinkEvent;
+use crate::support::clock::Now;
 use crate::wire::{ClientMsg, Dispatch, ServerMsg};
 
 /// The client's three connections to the server.

@@ -155,7 +155,7 @@ pub fn start(
     cache: &mut Cache,
     node: &crate::facts::Node,
     store: &Path,
-    now: crate::clock::Now,
+    now: crate::support::clock::Now,
 ) -> Started {
     let skip_cache = task.options.skip_cache;
     let check = task.options.check;

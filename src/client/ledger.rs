@@ -152,7 +152,7 @@ pub struct Ledger {
     /// Do not retry a failed write until something new is appended (or
     /// `unstall`): no spinning on a full disk.
     stalled: bool,
-    errors: crate::ratelog::Every,
+    errors: crate::support::ratelog::Every,
 }
 
 /// Why a job taken by an earlier client process has no outcome.
@@ -181,7 +181,7 @@ impl Ledger {
             failed: None,
             failing: false,
             stalled: false,
-            errors: crate::ratelog::Every::minute(),
+            errors: crate::support::ratelog::Every::minute(),
         };
         for rec in records {
             ledger.apply(rec);

@@ -45,7 +45,6 @@ use self::exec::Spawn;
 use self::ledger::Ledger;
 use self::link::{LinkTimer, Names};
 use self::runner::{IoDone, IoTask, Runner};
-use crate::clock::Now;
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, PublicKey, SharedKey};
 use crate::error::{Error, Result};
@@ -56,6 +55,7 @@ use crate::reactor::timers::Timers;
 use crate::reactor::worker::Worker;
 use crate::reactor::zmq::{endpoint, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
+use crate::support::clock::Now;
 use crate::wire::{self, ClientMsg, ServerMsg};
 
 const JOB: Token = Token(0);
@@ -193,7 +193,7 @@ pub struct Client {
     /// Monitor endpoints must be unique in the context.
     links_opened: u64,
     /// This process owns its cache and key directories.
-    _locks: Vec<crate::dirlock::DirLock>,
+    _locks: Vec<crate::support::dirlock::DirLock>,
     /// Cache syncs, off the loop.
     worker: Worker<IoDone>,
     /// Tokens for the running command's pipes and pidfd.
@@ -222,18 +222,22 @@ impl Client {
         if cfg.curve == Curve::On {
             dirs.push((cfg.key_path.as_path(), "key directory (--key-path)"));
         }
-        let locks = crate::dirlock::lock_all(&dirs)?;
+        let locks = crate::support::dirlock::lock_all(&dirs)?;
         let worker = Worker::start("director-io", poll.registry(), WORKER)
             .map_err(|e| Error::io("cannot start the I/O thread", e))?;
         let trust = trust(cfg)?;
         let instance = uuid::Uuid::new_v4().as_u64_pair().0;
-        let cache =
-            Cache::open(&cfg.cache_path, cfg.cache_ttl, crate::clock::now_ms()).map_err(|e| {
-                Error::io(
-                    format!("cannot open the cache in {}", cfg.cache_path.display()),
-                    e,
-                )
-            })?;
+        let cache = Cache::open(
+            &cfg.cache_path,
+            cfg.cache_ttl,
+            crate::support::clock::now_ms(),
+        )
+        .map_err(|e| {
+            Error::io(
+                format!("cannot open the cache in {}", cfg.cache_path.display()),
+                e,
+            )
+        })?;
         let ledger = Ledger::open(&cfg.cache_path).map_err(|e| {
             Error::io(
                 format!("cannot open the job ledger in {}", cfg.cache_path.display()),

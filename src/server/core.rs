@@ -108,7 +108,7 @@ pub struct Core {
     /// put them back if it fails.
     pub(super) compacting: Option<crate::journal::Moves>,
     /// Compactions given up (no room, a failing disk), logged once a minute.
-    pub(super) compact_refused: crate::ratelog::Every,
+    pub(super) compact_refused: crate::support::ratelog::Every,
     /// How long, and how many, finished jobs are kept.
     pub(super) retention: (Duration, usize),
     pub(super) auth: Auth,
@@ -121,7 +121,7 @@ pub struct Core {
     pub(super) refusals_logged: Once<PublicKey>,
     /// New pending keys, said at most once per period (a stranger can make
     /// thousands), with how many were not said.
-    pub(super) pending_logged: crate::ratelog::Every,
+    pub(super) pending_logged: crate::support::ratelog::Every,
 }
 
 impl Core {
@@ -147,14 +147,14 @@ impl Core {
             released: Released::default(),
             compact_wanted: false,
             compacting: None,
-            compact_refused: crate::ratelog::Every::minute(),
+            compact_refused: crate::support::ratelog::Every::minute(),
             retention,
             auth,
             routes: Routes::default(),
             max_ivl,
             conflicts_logged: Once::new(LOGGED_ONCE_CAP),
             refusals_logged: Once::new(LOGGED_ONCE_CAP),
-            pending_logged: crate::ratelog::Every::new(PENDING_LOG_EVERY),
+            pending_logged: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
         }
     }
 

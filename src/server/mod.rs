@@ -60,7 +60,6 @@ use self::routes::{Port, PORTS};
 use self::zap::Verdict;
 use crate::config::{Config, Curve};
 use crate::curve::{KeyPair, SharedKey};
-use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::reactor::monitor::{self, LinkEvent, Monitor, Watch};
@@ -68,6 +67,7 @@ use crate::reactor::signals::{self, Signals};
 use crate::reactor::worker::Worker;
 use crate::reactor::zmq::{endpoint, PortSpec, Security, ZmqPort};
 use crate::reactor::{self, Sleep, TokenCounter};
+use crate::support::dirlock::DirLock;
 use crate::wire::{self, Response};
 
 const JOB: Token = Token(0);
@@ -162,7 +162,7 @@ pub struct Server {
     handshakes: Option<Monitor>,
     /// Addresses whose failed handshake was said, and how often one may be.
     handshakes_logged: Once<String>,
-    handshakes_rate: crate::ratelog::Every,
+    handshakes_rate: crate::support::ratelog::Every,
 }
 
 /// The cluster as the history in `state_path` left it, and the journal.
@@ -245,7 +245,8 @@ pub fn run(cfg: &Config) -> Result<()> {
 impl Server {
     fn start(cfg: &Config) -> Result<Server> {
         // First: a second server on this directory must touch nothing.
-        let lock = crate::dirlock::lock(&cfg.state_path, "state directory (--state-path)")?;
+        let lock =
+            crate::support::dirlock::lock(&cfg.state_path, "state directory (--state-path)")?;
         raise_open_files();
         let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
         let ctx = zmq::Context::new();
@@ -365,7 +366,7 @@ impl Server {
             _lock: lock,
             handshakes,
             handshakes_logged: Once::new(LOGGED_ONCE_CAP),
-            handshakes_rate: crate::ratelog::Every::new(PENDING_LOG_EVERY),
+            handshakes_rate: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
         };
         server.perform();
         Ok(server)

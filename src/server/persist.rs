@@ -23,7 +23,7 @@ use mio::Token;
 use uuid::Uuid;
 
 use crate::journal::{Batch, Journal, Rewrite};
-use crate::ratelog::Every;
+use crate::support::ratelog::Every;
 use crate::wire::{Response, ServerMsg};
 
 /// How long a record may wait for the sync that makes it durable.

@@ -408,7 +408,7 @@ pub(super) fn reads_only(req: &Request) -> bool {
 pub(super) fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
     let gid = group
         .map(|g| {
-            crate::ids::group_id(g)
+            crate::support::ids::group_id(g)
                 .ok_or_else(|| Error::Config(format!("--socket-group: no group named '{g}'")))
         })
         .transpose()?;

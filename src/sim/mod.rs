@@ -38,7 +38,6 @@ use crate::client::core::{self as ccore, Channel};
 use crate::client::exec::Spawn;
 use crate::client::link::{self, Link};
 use crate::client::runner::{IoDone as ClientIoDone, IoTask as ClientIoTask, Runner};
-use crate::clock::Now;
 use crate::dsl::{Task, Verb};
 use crate::reactor::child::{Capture, Ended};
 use crate::reactor::zmq::Inbound;
@@ -46,6 +45,7 @@ use crate::server::core::{self as score, Auth};
 use crate::server::io::{IoDone as ServerIoDone, IoTask as ServerIoTask};
 use crate::server::persist::Persist;
 use crate::server::routes::Port;
+use crate::support::clock::Now;
 use crate::wire::{self, ClientMsg, Exit, Request, Response, ServerMsg};
 
 /// A small, fast, reproducible generator (xorshift64*).

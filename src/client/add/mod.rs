@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use super::store;
 use crate::dsl::{dest_is_dir, hex_sha1, Action, SourceFile, Task};
-use crate::ids;
+use crate::support::ids;
 use crate::template;
 use crate::transfer::Receiver;
 use crate::wire::{ClientMsg, Exit, Outcome, CHUNK, CREDIT};

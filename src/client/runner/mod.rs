@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::clock::Now;
+use crate::support::clock::Now;
 
 mod ended;
 mod events;

@@ -36,7 +36,7 @@ use crate::wire::{
 /// without a round trip.
 pub const WINDOW: usize = 2;
 
-pub use crate::clock::Now;
+pub use crate::support::clock::Now;
 pub use replay::Restore;
 
 mod offline;

@@ -49,7 +49,7 @@ impl Cluster {
         let n = self.nodes.get(node).filter(|n| !n.is_online())?;
         Some(format!(
             "the node is offline (last heard from {})",
-            crate::clock::format_utc(n.last_seen_ms)
+            crate::support::clock::format_utc(n.last_seen_ms)
         ))
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::clock::format_secs;
+use crate::support::clock::format_secs;
 use crate::wire::{JobState, PartView, Plan, PlannedJob};
 
 /// Per-node counts for the recap.
@@ -230,7 +230,7 @@ impl Progress {
             ));
             let mut body = Vec::new();
             // Writing to a Vec cannot fail.
-            let _ = crate::output::write_output(&mut body, p);
+            let _ = crate::cli::output::write_output(&mut body, p);
             s.push_str(&String::from_utf8_lossy(&body));
         }
         for (i, p) in &self.failures {
@@ -251,7 +251,7 @@ impl Progress {
             s.push('\n');
             let mut body = Vec::new();
             // Writing to a Vec cannot fail.
-            let _ = crate::output::write_output(&mut body, p);
+            let _ = crate::cli::output::write_output(&mut body, p);
             s.push_str(&String::from_utf8_lossy(&body));
         }
         s

@@ -12,13 +12,13 @@ use show::*;
 
 use serde::Serialize;
 
+use crate::cli::follow::Follow;
+use crate::cli::progress::{shorten, Progress};
 use crate::cli::{ExecArgs, Format, ManageAction, ManageArgs, OrchestrateArgs};
-use crate::clock::{format_secs, format_utc};
 use crate::config::Config;
 use crate::dsl::Task;
 use crate::error::{Error, Result, EXIT_OK};
-use crate::follow::Follow;
-use crate::progress::{shorten, Progress};
+use crate::support::clock::{format_secs, format_utc};
 use crate::wire::{
     self, FrameBuf, JobDetail, JobState, JobView, KeyView, NodeView, PartView, Plan, PlannedJob,
     Request, Response, RunDetail, RunView,
@@ -119,7 +119,8 @@ fn permission_denied(path: &Path) -> String {
         );
     };
     let mode = meta.mode() & 0o777;
-    let group = crate::ids::group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string());
+    let group =
+        crate::support::ids::group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string());
     if mode & 0o060 == 0o060 {
         format!(
             "permission denied on the control socket {} (mode {mode:04o}, group '{group}'): run as root or as a member of group '{group}'",
@@ -241,7 +242,7 @@ fn follow_job(
     job_id: Uuid,
     mut live: Option<Follow>,
 ) -> Result<i32> {
-    crate::interrupt::on_ctrl_c_say_the_work_goes_on("job", &job_id.to_string());
+    crate::cli::interrupt::on_ctrl_c_say_the_work_goes_on("job", &job_id.to_string());
     loop {
         let resp = conn
             .recv()
@@ -383,7 +384,7 @@ fn follow_run(
     mut live: Option<Follow>,
     shown: Shown,
 ) -> Result<i32> {
-    crate::interrupt::on_ctrl_c_say_the_work_goes_on("run", &parent.to_string());
+    crate::cli::interrupt::on_ctrl_c_say_the_work_goes_on("run", &parent.to_string());
     let started = std::time::Instant::now();
     let tty = is_tty();
     let mut progress = Progress::new(plan);

@@ -5,7 +5,7 @@
 
 use std::io::{self, Write};
 
-use crate::clock::format_secs;
+use crate::support::clock::format_secs;
 use crate::wire::PartView;
 
 /// A part's message and captured output, indented; with `--retries`,

@@ -393,7 +393,7 @@ pub(super) fn run_text(run: &RunDetail) -> String {
     }
     let elapsed = std::time::Duration::from_millis(
         finished
-            .unwrap_or_else(crate::clock::now_ms)
+            .unwrap_or_else(crate::support::clock::now_ms)
             .saturating_sub(submitted),
     );
     s.push_str(&progress.recap(elapsed));
@@ -461,7 +461,7 @@ pub(super) fn job_text(d: &JobDetail) -> String {
     for p in &d.nodes {
         let mut body = Vec::new();
         // Writing to a Vec cannot fail.
-        let _ = crate::output::write_output(&mut body, p);
+        let _ = crate::cli::output::write_output(&mut body, p);
         if !body.is_empty() {
             s.push_str(&format!("\n{}:\n", p.node));
             s.push_str(&String::from_utf8_lossy(&body));
@@ -496,5 +496,5 @@ pub(super) fn write_part(out: &mut impl Write, p: &PartView) -> io::Result<()> {
         line.push_str(&format!(", attempt {}", p.attempts.len() + 1));
     }
     writeln!(out, "{line}")?;
-    crate::output::write_output(out, p)
+    crate::cli::output::write_output(out, p)
 }

@@ -27,7 +27,7 @@ impl Log for StderrLogger {
         };
         let line = format!(
             "{} {level} {}\n",
-            crate::clock::format_utc_precise(crate::clock::now_ms()),
+            crate::support::clock::format_utc_precise(crate::support::clock::now_ms()),
             record.args()
         );
         // A closed stderr must not take the daemon down: drop the line.

@@ -1,0 +1,8 @@
+//! What both daemons and the CLI stand on: time, the log, rate-limited
+//! log lines, directory locks, user and group lookups.
+
+pub mod clock;
+pub mod dirlock;
+pub mod ids;
+pub mod logger;
+pub mod ratelog;
