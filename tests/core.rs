@@ -286,7 +286,10 @@ fn a_client_killed_mid_job_is_reported_lost_while_the_others_finish() {
         });
         id
     };
-    assert_eq!(c.part_state(&id, "victim"), "running");
+    // It runs (a node says so once a job has run for 100 ms).
+    wait_until("the victim's part running", DEADLINE, || {
+        c.part_state(&id, "victim") == "running"
+    });
     c.client("victim").signal(libc::SIGKILL);
 
     let out = waiter.join().unwrap();
