@@ -80,6 +80,10 @@ pub struct Faults {
     pub disk_ms: (u64, u64),
     /// How long a command runs.
     pub run_ms: (u64, u64),
+    /// Per mille of messages delivered twice, as a peer that resends
+    /// (or a bug that sends again) would: every message must be safe to
+    /// receive twice.
+    pub dup_per_mille: u64,
 }
 
 impl Default for Faults {
@@ -88,6 +92,7 @@ impl Default for Faults {
             delay_ms: (1, 20),
             disk_ms: (1, 10),
             run_ms: (1, 200),
+            dup_per_mille: 0,
         }
     }
 }
@@ -514,6 +519,16 @@ impl Sim {
         let key = (node, link, channel as u8, dir);
         let at = self.last_at.get(&key).map_or(at, |last| at.max(*last));
         self.last_at.insert(key, at);
+        if self.rng.range(0, 999) < self.faults.dup_per_mille {
+            self.net.push(Packet {
+                at,
+                node,
+                link,
+                channel,
+                dir,
+                frames: frames.clone(),
+            });
+        }
         self.net.push(Packet {
             at,
             node,

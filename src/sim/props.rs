@@ -70,7 +70,12 @@ fn a_restarted_server_hears_every_node_again_within_three_intervals() {
 /// must hold: every acknowledged job is known and ends on every node;
 /// no node starts a job twice; a part reported as run ran there.
 fn chaos(test: &str, seed: u64) -> Result<(), String> {
+    chaos_with(test, seed, super::Faults::default())
+}
+
+fn chaos_with(test: &str, seed: u64, faults: super::Faults) -> Result<(), String> {
     let mut sim = Sim::new(test, seed, 3, IVL);
+    sim.faults = faults;
     let mut down_server: Option<Duration> = None;
     let mut down_clients: Vec<Option<Duration>> = vec![None; 3];
     let end = Duration::from_secs(40);
@@ -197,6 +202,19 @@ fn under_crashes_every_job_ends_none_runs_twice_and_nothing_acknowledged_is_lost
     }
 }
 
+#[test]
+fn messages_delivered_twice_change_nothing() {
+    let faults = super::Faults {
+        dup_per_mille: 50,
+        ..super::Faults::default()
+    };
+    for seed in 0..seeds() {
+        if let Err(why) = chaos_with("dup", seed, faults) {
+            panic!("{why}");
+        }
+    }
+}
+
 /// The simulator must find the double execution fixed on 2026-12-04:
 /// with the fix undone (see `Mutation::BeforeExactlyOnce`), a job the
 /// server sends again after a crash lost its dispatch record runs again.
@@ -217,6 +235,7 @@ fn lost_dispatch(test: &str) -> u32 {
         delay_ms: (1, 1),
         disk_ms: (20, 20),
         run_ms: (50, 50),
+        dup_per_mille: 0,
     };
     sim.run_for(Duration::from_secs(3));
     sim.submit("--skip-cache true", &[])
