@@ -29,7 +29,7 @@ mod files;
 mod history;
 pub(crate) mod io;
 mod jobs;
-mod keys;
+pub(crate) mod keys;
 mod nodes;
 mod peer_log;
 pub(crate) mod persist;

@@ -38,11 +38,13 @@ use crate::client::core::{self as ccore, Channel};
 use crate::client::exec::Spawn;
 use crate::client::link::{self, Link};
 use crate::client::runner::{IoDone as ClientIoDone, IoTask as ClientIoTask, Runner};
+use crate::curve::{KeyPair, SharedKey};
 use crate::dsl::{Task, Verb};
 use crate::reactor::child::{Capture, Ended};
 use crate::reactor::zmq::Inbound;
-use crate::server::core::{self as score, Auth};
+use crate::server::core::{self as score, Auth, CurveAuth};
 use crate::server::io::{IoDone as ServerIoDone, IoTask as ServerIoTask};
+use crate::server::keys::{KeyRecord, Keys};
 use crate::server::persist::Persist;
 use crate::server::routes::Port;
 use crate::support::clock::Now;
@@ -139,6 +141,22 @@ pub struct Client {
     /// Every start of every job here.
     pub starts: BTreeMap<Uuid, u32>,
     pub instances: u64,
+    /// Its routing id at the server: its name without CURVE (it sets it),
+    /// one of libzmq's own with it.
+    rid: Vec<u8>,
+    /// Its key pair (used with CURVE), kept across its restarts as its key
+    /// file is.
+    key: KeyPair,
+    /// The shared key it was given, if any.
+    shared: Option<String>,
+    /// Why the server would not have it, once it said so (it stopped).
+    pub refused: Option<String>,
+}
+
+/// The server's CURVE setup.
+struct Curve {
+    pair: KeyPair,
+    shared: Option<String>,
 }
 
 /// The server: its core while it runs.
@@ -170,6 +188,8 @@ pub struct Sim {
     pub acked: Vec<Uuid>,
     /// When the server last heard from each node.
     pub last_heard: Vec<Option<Duration>>,
+    /// With CURVE: the server's keys (nodes prove themselves by key).
+    curve: Option<Curve>,
     pub log: Vec<String>,
 }
 
@@ -177,6 +197,31 @@ impl Sim {
     /// A cluster of `nodes` clients (named n0, n1, ...) beating every
     /// `ivl`, with everything drawn from `seed`.
     pub fn new(test: &str, seed: u64, nodes: usize, ivl: Duration) -> Sim {
+        Sim::build(test, seed, nodes, ivl, None)
+    }
+
+    /// The same with CURVE: the server derives its keys from `shared`
+    /// when given (each node then knows it too), else has a key of its own
+    /// and nodes wait for an operator's acceptance.
+    pub fn with_curve(
+        test: &str,
+        seed: u64,
+        nodes: usize,
+        ivl: Duration,
+        shared: Option<&str>,
+    ) -> Sim {
+        let pair = match shared {
+            Some(s) => {
+                let sk = SharedKey::derive(s).expect("a shared key");
+                KeyPair::from_secret(*sk.server().secret.as_bytes())
+            }
+            None => KeyPair::generate(),
+        };
+        let shared = shared.map(str::to_owned);
+        Sim::build(test, seed, nodes, ivl, Some(Curve { pair, shared }))
+    }
+
+    fn build(test: &str, seed: u64, nodes: usize, ivl: Duration, curve: Option<Curve>) -> Sim {
         let root =
             std::env::temp_dir().join(format!("director-sim-{test}-{seed}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -200,28 +245,46 @@ impl Sim {
             clients: Vec::new(),
             root: root.clone(),
             acked: Vec::new(),
-            last_heard: vec![None; nodes],
+            last_heard: Vec::new(),
+            curve,
             log: Vec::new(),
         };
         sim.start_server();
         for i in 0..nodes {
-            let name = format!("n{i}");
-            sim.clients.push(Client {
-                dir: root.join(&name),
-                name,
-                core: None,
-                link: None,
-                links: 0,
-                timers: Vec::new(),
-                io: VecDeque::new(),
-                procs: Vec::new(),
-                held: Vec::new(),
-                starts: BTreeMap::new(),
-                instances: 0,
-            });
-            sim.start_client(i);
+            let shared = sim.curve.as_ref().and_then(|c| c.shared.clone());
+            sim.add_client(&format!("n{i}"), shared);
         }
         sim
+    }
+
+    /// A new client process named `name`, knowing `shared` (with CURVE),
+    /// started; its index.
+    pub fn add_client(&mut self, name: &str, shared: Option<String>) -> usize {
+        let i = self.clients.len();
+        let rid = match self.curve {
+            Some(_) => format!("rid-{i}").into_bytes(),
+            None => name.as_bytes().to_vec(),
+        };
+        self.clients.push(Client {
+            dir: self.root.join(format!("{name}-{i}")),
+            name: name.to_owned(),
+            core: None,
+            link: None,
+            links: 0,
+            timers: Vec::new(),
+            io: VecDeque::new(),
+            procs: Vec::new(),
+            held: Vec::new(),
+            starts: BTreeMap::new(),
+            instances: 0,
+            rid,
+            key: KeyPair::generate(),
+            shared,
+            refused: None,
+        });
+        self.last_heard.push(None);
+        self.start_client(i);
+        i
     }
 
     pub fn now(&self) -> Now {
@@ -247,10 +310,30 @@ impl Sim {
             now,
         )
         .expect("the server's history opens");
+        let (auth, keys) = match &self.curve {
+            None => (Auth::Off, None),
+            Some(c) => {
+                let (journal, records) = crate::journal::Journal::open::<KeyRecord>(
+                    &self.server.dir,
+                    crate::server::keys::FILE,
+                )
+                .expect("the key table opens");
+                let auth = Auth::Curve(Box::new(CurveAuth {
+                    pair: KeyPair::from_secret(*c.pair.secret.as_bytes()),
+                    source: "the simulator".into(),
+                    shared: c
+                        .shared
+                        .as_deref()
+                        .map(|s| SharedKey::derive(s).expect("a shared key")),
+                    keys: Keys::restore(records),
+                }));
+                (auth, Some(journal))
+            }
+        };
         let mut core = score::Core::new(
             cluster,
-            Persist::new(history, None),
-            Auth::Off,
+            Persist::new(history, keys),
+            auth,
             self.ivl,
             (Duration::from_secs(86_400), 100_000),
             now,
@@ -350,13 +433,12 @@ impl Sim {
                 frames,
                 about,
             } => {
-                let name = String::from_utf8_lossy(&frames[0]).into_owned();
                 let channel = match port {
                     Port::Job => Channel::Job,
                     Port::Transfer => Channel::Transfer,
                     Port::Heartbeat => Channel::Heartbeat,
                 };
-                let node = self.clients.iter().position(|c| c.name == name);
+                let node = self.clients.iter().position(|c| c.rid == frames[0]);
                 match node.and_then(|i| self.clients[i].link.map(|l| (i, l))) {
                     Some((i, link)) => {
                         self.send_packet(i, link, channel, Dir::Down, frames[1..].to_vec())
@@ -405,12 +487,17 @@ impl Sim {
         );
         let names = link::Names {
             identity: c.name.clone(),
+            fingerprint: c.key.public.fingerprint(),
             ..Default::default()
         };
+        let proof = c.shared.as_deref().map_or_else(Vec::new, |s| {
+            let sk = SharedKey::derive(s).expect("a shared key");
+            sk.proof(&c.key.public).to_vec()
+        });
         c.instances += 1;
         let me = ccore::Identity {
             name: c.name.clone(),
-            proof: Vec::new(),
+            proof,
             instance: seed,
         };
         let mut core = ccore::Core::new(Link::new(names, ivl, seed), runner, me, now);
@@ -501,7 +588,18 @@ impl Sim {
                 }
             }
             ccore::Out::GoLive(_) => {}
-            ccore::Out::Refuse(why) => panic!("node {i} refused: {why}"),
+            ccore::Out::Refuse(why) => {
+                // The client stops (after its running command, which the
+                // simulator lets go): nothing more from it.
+                let name = self.clients[i].name.clone();
+                self.note(&format!("{name} refused: {why}"));
+                let c = &mut self.clients[i];
+                c.refused = Some(why);
+                c.core = None;
+                c.link = None;
+                c.timers.clear();
+                self.net.retain(|p| p.node != i);
+            }
         }
     }
 
@@ -555,7 +653,11 @@ impl Sim {
                     Channel::Heartbeat => Port::Heartbeat,
                 };
                 self.last_heard[p.node] = Some(self.elapsed);
-                let mut frames = vec![self.clients[p.node].name.clone().into_bytes()];
+                let user_id = self
+                    .curve
+                    .as_ref()
+                    .map(|_| self.clients[p.node].key.public.z85());
+                let mut frames = vec![self.clients[p.node].rid.clone()];
                 frames.extend(p.frames);
                 if let Ok(m) = wire::decode::<ClientMsg>(&frames[1..]) {
                     let line = format!("{} -> server: {}", self.clients[p.node].name, m.describe());
@@ -569,7 +671,7 @@ impl Sim {
                     port,
                     Inbound {
                         frames,
-                        user_id: None,
+                        user_id: user_id.clone(),
                         peer_address: Some("10.0.0.1".into()),
                     },
                 );

@@ -339,3 +339,91 @@ fn a_client_that_restarts_under_a_running_job_reports_it_lost_and_never_runs_it_
     assert!(why.contains("restarted"), "{why}");
     assert_eq!(sim.clients[0].starts.get(&id), Some(&1));
 }
+
+/// Run until `done` holds (within `limit` of simulated time).
+fn until(sim: &mut Sim, limit: Duration, mut done: impl FnMut(&mut Sim) -> bool) -> bool {
+    let end = sim.elapsed + limit;
+    while sim.elapsed < end {
+        if done(sim) {
+            return true;
+        }
+        if !sim.step() {
+            break;
+        }
+    }
+    done(sim)
+}
+
+fn online(sim: &mut Sim, name: &str) -> bool {
+    node_state(sim, name) == Some(NodeState::Online)
+}
+
+#[test]
+fn with_curve_and_the_shared_key_every_node_is_admitted_and_runs_jobs() {
+    let mut sim = Sim::with_curve("curve", 5, 3, IVL, Some("a shared key for the simulator"));
+    assert!(until(&mut sim, Duration::from_secs(2), |s| {
+        (0..3).all(|i| online(s, &format!("n{i}")))
+    }));
+    let t = sim.submit("--skip-cache true", &[]).expect("up");
+    let id = submitted(&mut sim, t);
+    sim.run_for(Duration::from_secs(2));
+    for n in ["n0", "n1", "n2"] {
+        assert_eq!(
+            part_state(&mut sim, id, n).0,
+            JobState::Succeeded,
+            "{}",
+            sim.story()
+        );
+    }
+}
+
+#[test]
+fn a_key_without_the_shared_key_waits_until_accepted_then_is_told_at_once() {
+    let mut sim = Sim::with_curve("pending", 6, 0, IVL, None);
+    let i = sim.add_client("n0", None);
+    sim.run_for(Duration::from_secs(5));
+    assert!(!online(&mut sim, "n0"), "pending, not a node");
+    assert!(sim.clients[i].refused.is_none(), "it waits, connected");
+    let accepted = sim.elapsed;
+    match sim.ask(Request::AcceptKey { name: "n0".into() }) {
+        Some(Response::KeysChanged(k)) => assert_eq!(k.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    // The accept is on disk, the node is told (Register), says Ready and
+    // is welcomed: well within an interval, not at its next heartbeat.
+    assert!(until(&mut sim, IVL, |s| online(s, "n0")), "{}", sim.story());
+    assert!(
+        sim.elapsed < accepted + IVL / 2,
+        "{:?}",
+        sim.elapsed - accepted
+    );
+}
+
+#[test]
+fn a_second_key_claiming_a_nodes_name_is_refused_and_the_owner_keeps_working() {
+    let shared = "another shared key for the simulator";
+    let mut sim = Sim::with_curve("squat", 7, 1, IVL, Some(shared));
+    assert!(until(&mut sim, Duration::from_secs(2), |s| online(s, "n0")));
+    // Another machine, with the shared key too, claims the same name.
+    let twin = sim.add_client("n0", Some(shared.into()));
+    assert!(until(&mut sim, Duration::from_secs(2), |s| s.clients[twin]
+        .refused
+        .is_some()));
+    let why = sim.clients[twin].refused.clone().unwrap_or_default();
+    assert!(why.contains("belongs to another key"), "{why}");
+    // One with a wrong shared key is refused as such.
+    let wrong = sim.add_client("n9", Some("not the cluster's key".into()));
+    assert!(until(&mut sim, Duration::from_secs(2), |s| s.clients
+        [wrong]
+        .refused
+        .is_some()));
+    let why = sim.clients[wrong].refused.clone().unwrap_or_default();
+    assert!(why.contains("shared key"), "{why}");
+    // The owner is undisturbed.
+    let t = sim.submit("--skip-cache true", &["n0"]).expect("up");
+    let id = submitted(&mut sim, t);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(part_state(&mut sim, id, "n0").0, JobState::Succeeded);
+    assert_eq!(sim.clients[0].starts.get(&id), Some(&1));
+    assert!(sim.clients[twin].starts.is_empty());
+}
