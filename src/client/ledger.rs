@@ -267,7 +267,7 @@ impl Ledger {
     /// What the ledger knows of `job`.
     pub fn known(&self, job: &Uuid) -> Known {
         #[cfg(test)]
-        if crate::sim::mutation::active(crate::sim::mutation::Mutation::BeforeExactlyOnce)
+        if crate::support::mutation::active(crate::support::mutation::Mutation::BeforeExactlyOnce)
             && !matches!(self.open.get(job), Some((_, Entry::Taken)))
         {
             return Known::New;

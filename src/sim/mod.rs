@@ -24,7 +24,6 @@
 //! are not, so a failing seed shows the kind of schedule, not always the
 //! same one.
 
-pub mod mutation;
 mod props;
 
 use std::collections::{BTreeMap, VecDeque};

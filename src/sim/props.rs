@@ -220,7 +220,8 @@ fn messages_delivered_twice_change_nothing() {
 /// server sends again after a crash lost its dispatch record runs again.
 #[test]
 fn without_the_ledger_the_simulator_finds_a_job_run_twice() {
-    let _undone = super::mutation::undo(super::mutation::Mutation::BeforeExactlyOnce);
+    let _undone =
+        crate::support::mutation::undo(crate::support::mutation::Mutation::BeforeExactlyOnce);
     let found = (0..seeds() * 4).find_map(|seed| chaos("no-ledger", seed).err());
     let why = found.expect("no seed found the double execution the ledger prevents");
     assert!(why.contains("times"), "{why}");
@@ -256,7 +257,8 @@ fn lost_dispatch(test: &str) -> u32 {
 #[test]
 fn a_lost_dispatch_record_never_runs_a_job_twice_and_did_before_the_fix() {
     assert_eq!(lost_dispatch("dispatch"), 1);
-    let _undone = super::mutation::undo(super::mutation::Mutation::BeforeExactlyOnce);
+    let _undone =
+        crate::support::mutation::undo(crate::support::mutation::Mutation::BeforeExactlyOnce);
     assert_eq!(lost_dispatch("dispatch-undone"), 2);
 }
 

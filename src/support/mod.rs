@@ -5,4 +5,6 @@ pub mod clock;
 pub mod dirlock;
 pub mod ids;
 pub mod logger;
+#[cfg(test)]
+pub mod mutation;
 pub mod ratelog;

@@ -390,8 +390,9 @@ impl Cluster {
                 n.in_flight.remove(i);
             }
             #[cfg(test)]
-            let undone =
-                crate::sim::mutation::active(crate::sim::mutation::Mutation::BeforeExactlyOnce);
+            let undone = crate::support::mutation::active(
+                crate::support::mutation::Mutation::BeforeExactlyOnce,
+            );
             #[cfg(not(test))]
             let undone = false;
             // Queued too: after a restart that lost its dispatch record, a
@@ -517,8 +518,9 @@ impl Cluster {
             // Only what waits is sent: a part that ended (or went out)
             // while its id sat in the queue is never sent again.
             #[cfg(test)]
-            let undone =
-                crate::sim::mutation::active(crate::sim::mutation::Mutation::BeforeExactlyOnce);
+            let undone = crate::support::mutation::active(
+                crate::support::mutation::Mutation::BeforeExactlyOnce,
+            );
             #[cfg(not(test))]
             let undone = false;
             if part.state() != JobState::Queued && !undone {
