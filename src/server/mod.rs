@@ -487,19 +487,14 @@ impl Server {
     /// Stop: make durable what can be, send every answer and ack that
     /// depends on it, tell waiting CLIs, and give peers `DRAIN` to take it.
     fn shutdown(&mut self) {
-        // What the worker has in hand, then one last synchronous try.
+        self.state = RunState::Stopped;
+        // What the worker has in hand, then one last synchronous try; what
+        // the core asks of the I/O thread from here on is done at once.
         self.core.at(Now::real());
         for done in self.worker.finish() {
             self.io_done(done);
         }
         self.core.finish();
-        // What the core asks of the I/O thread now is done here, at once.
-        for out in self.core.take_out() {
-            match out {
-                Out::Io(task) => self.io_done(task.run()),
-                out => self.perform_one(out),
-            }
-        }
         self.perform();
         self.drain();
         for p in &self.ports {
@@ -699,6 +694,9 @@ impl Server {
             }
             Out::Note { token, resp } => self.send_note(token, &resp),
             Out::Live { token, resp } => self.send_live(token, resp),
+            // Stopping: the I/O thread's results would never be read, so
+            // what the core asks now is done here.
+            Out::Io(task) if self.state == RunState::Stopped => self.io_done(task.run()),
             Out::Io(io::IoTask::Chunk { read, src, len }) => self.read_chunk(read, src, len),
             Out::Io(task) => self.worker.submit(move || task.run()),
         }
