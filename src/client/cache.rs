@@ -16,7 +16,8 @@
 //! entries really leave the disk. A torn or corrupt tail is dropped at load
 //! with a warning.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::support::hash::Map as HashMap;
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -112,7 +113,7 @@ impl Cache {
             args: BTreeMap::new(),
             env: BTreeMap::new(),
             queries: BTreeMap::new(),
-            done: HashMap::new(),
+            done: HashMap::default(),
             generation: 0,
             errors: crate::support::ratelog::Every::minute(),
             out: Out::Idle,

@@ -26,7 +26,8 @@
 //! pending (a rewrite replaces what is pending, and a failed one must not
 //! drop a record a job waits for).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::support::hash::{Map as HashMap, Set as HashSet};
+use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -167,14 +168,14 @@ impl Ledger {
         journal.reserve(RESERVE);
         let mut ledger = Ledger {
             journal,
-            open: HashMap::new(),
+            open: HashMap::default(),
             order: 0,
             took_pending: false,
             commit_due: false,
             unsynced: false,
             closed: VecDeque::new(),
-            closed_set: HashSet::new(),
-            closed_changed: HashSet::new(),
+            closed_set: HashSet::default(),
+            closed_changed: HashSet::default(),
             appended: 0,
             written: 0,
             out: Out::Idle,

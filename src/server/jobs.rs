@@ -9,7 +9,8 @@
 //! `--job-info`, so ten thousand retained jobs cost a few hundred bytes
 //! each, whatever they printed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::support::hash::{Map as HashMap, Set as HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -644,7 +645,13 @@ impl Jobs {
         parent: Option<Uuid>,
         now_ms: u64,
     ) -> &mut Job {
-        self.insert_with_id(Uuid::new_v4(), task, targets, parent, now_ms)
+        self.insert_with_id(
+            crate::support::hash::new_id(),
+            task,
+            targets,
+            parent,
+            now_ms,
+        )
     }
 
     /// Record a job with a known id (restored from the history).

@@ -15,7 +15,8 @@
 //! - at most `MAX_PENDING` keys wait at once, so strangers cannot fill the
 //!   table (and the disk).
 
-use std::collections::{BTreeMap, HashMap};
+use crate::support::hash::Map as HashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@
 //! every message. `Once` is the stricter form, for events that say the same
 //! thing every time (a refused key knocking again).
 
-use std::collections::{HashMap, HashSet};
+use crate::support::hash::{Map as HashMap, Set as HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -76,7 +76,7 @@ pub struct Once<T> {
 impl<T: Eq + Hash> Once<T> {
     pub fn new(cap: usize) -> Once<T> {
         Once {
-            said: HashSet::new(),
+            said: HashSet::default(),
             cap,
         }
     }

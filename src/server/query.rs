@@ -6,7 +6,8 @@
 //! a server restart the waiting nodes report their values again when they
 //! re-register.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::support::hash::Map as HashMap;
+use std::collections::BTreeMap;
 
 use uuid::Uuid;
 

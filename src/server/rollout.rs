@@ -3,7 +3,8 @@
 //! one has finished its part of the run, unless more nodes than
 //! `--max-fail` allows have failed by then.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use crate::support::hash::{Map as HashMap, Set as HashSet};
+use std::collections::BTreeSet;
 
 use uuid::Uuid;
 

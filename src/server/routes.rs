@@ -6,7 +6,7 @@
 //! Only peers the key table knows (pending or accepted) are kept, so the
 //! table is bounded by it.
 
-use std::collections::HashMap;
+use crate::support::hash::Map as HashMap;
 
 use crate::curve::PublicKey;
 

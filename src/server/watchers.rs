@@ -3,7 +3,8 @@
 //! output (`--follow`). One owner for both, so a connection that goes
 //! away leaves no trace in either.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use crate::support::hash::{Map as HashMap, Set as HashSet};
+use std::collections::BTreeSet;
 
 use mio::Token;
 use uuid::Uuid;

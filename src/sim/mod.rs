@@ -19,10 +19,10 @@
 //!
 //! Time is simulated (`Now` from the simulated clock), so a test can say
 //! "the node expires at the third missed interval" to the millisecond and
-//! run an hour of cluster life in a moment. The schedule (delays,
-//! crashes, submissions) is drawn from the seed; job ids and hash orders
-//! are not, so a failing seed shows the kind of schedule, not always the
-//! same one.
+//! run an hour of cluster life in a moment. Everything is drawn from the
+//! seed: the schedule (delays, crashes, submissions), the ids the server
+//! makes, and (in test builds) the cores' hash orders: the same seed runs
+//! the same way, so a failing seed is a reproducible case.
 
 mod props;
 
@@ -221,6 +221,8 @@ impl Sim {
     }
 
     fn build(test: &str, seed: u64, nodes: usize, ivl: Duration, curve: Option<Curve>) -> Sim {
+        // Ids from the seed too: the same seed, the same run.
+        crate::support::hash::seed_ids(seed);
         let root =
             std::env::temp_dir().join(format!("director-sim-{test}-{seed}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);

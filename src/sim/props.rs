@@ -429,3 +429,32 @@ fn a_second_key_claiming_a_nodes_name_is_refused_and_the_owner_keeps_working() {
     assert_eq!(sim.clients[0].starts.get(&id), Some(&1));
     assert!(sim.clients[twin].starts.is_empty());
 }
+
+/// A short life with crashes, as its story.
+fn story_of(test: &str, seed: u64) -> String {
+    let mut sim = Sim::new(test, seed, 3, IVL);
+    sim.faults.dup_per_mille = 20;
+    for round in 0..12 {
+        let wait = Duration::from_millis(sim.rng.range(10, 700));
+        sim.run_for(wait);
+        let _ = sim.submit("--skip-cache true", &[]);
+        match round {
+            4 => sim.crash_server(),
+            6 => sim.restart_server(),
+            8 => sim.crash_client(1),
+            10 => sim.start_client(1),
+            _ => {}
+        }
+    }
+    sim.run_for(Duration::from_secs(5));
+    sim.story()
+}
+
+#[test]
+fn the_same_seed_runs_the_same_way_to_the_byte() {
+    let a = story_of("same-a", 11);
+    let b = story_of("same-b", 11);
+    assert!(a.lines().count() > 100, "{a}");
+    assert_eq!(a, b, "two runs of one seed differ");
+    assert_ne!(a, story_of("same-c", 12), "another seed, another run");
+}

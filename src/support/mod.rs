@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod dirlock;
+pub mod hash;
 pub mod ids;
 pub mod logger;
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! has its process group killed (or its transfer dropped) and reports
 //! `timed out`.
 
-use std::collections::{HashSet, VecDeque};
+use crate::support::hash::Set as HashSet;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -334,7 +335,7 @@ impl Runner {
             side: Vec::new(),
             cache,
             ledger,
-            failed_parents: HashSet::new(),
+            failed_parents: HashSet::default(),
             failed_order: VecDeque::new(),
             timeout_armed: None,
             stopping: false,

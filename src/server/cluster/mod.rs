@@ -15,7 +15,8 @@
 //! - targets are checked before anything is queued: one unknown name refuses
 //!   the whole submission.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::support::hash::{Map as HashMap, Set as HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -115,16 +116,16 @@ impl Default for Cluster {
         Cluster {
             nodes: Nodes::default(),
             jobs: Jobs::default(),
-            rollouts: HashMap::new(),
+            rollouts: HashMap::default(),
             roll_due: Vec::new(),
-            wait_offline: HashSet::new(),
+            wait_offline: HashSet::default(),
             offline_waits: Vec::new(),
-            queued_offline: HashSet::new(),
-            instance: Uuid::new_v4().as_u64_pair().0,
+            queued_offline: HashSet::default(),
+            instance: crate::support::hash::new_id().as_u64_pair().0,
             seq: 0,
             queries: Queries::default(),
-            live: HashSet::new(),
-            lanes: HashMap::new(),
+            live: HashSet::default(),
+            lanes: HashMap::default(),
         }
     }
 }
@@ -143,7 +144,7 @@ fn next_to_send(n: &Node, lanes: &HashMap<Uuid, Lane>) -> Option<usize> {
     // Scanning is bounded: a group's lanes begin within this many queued
     // jobs, or wait their turn.
     const SCAN: usize = 1024;
-    let mut per_lane: HashMap<u32, usize> = HashMap::new();
+    let mut per_lane: HashMap<u32, usize> = HashMap::default();
     // What is out from before the group runs first on the node anyway.
     for id in &n.in_flight {
         if let Some(l) = lanes

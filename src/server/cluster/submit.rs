@@ -247,7 +247,7 @@ impl Cluster {
             .iter()
             .take_while(|(i, _, _)| *i < from_block)
             .count();
-        let parent_id = (!dry_run).then(Uuid::new_v4);
+        let parent_id = (!dry_run).then(crate::support::hash::new_id);
         let batches = match rolling {
             Some(rolling) => {
                 let mut nodes: Vec<String> = planned[from..]
@@ -271,7 +271,7 @@ impl Cluster {
         };
         let mut jobs = Vec::with_capacity(planned.len());
         // Handlers: each `onchanges` name becomes the id of its job.
-        let mut named: HashMap<String, Uuid> = HashMap::new();
+        let mut named: HashMap<String, Uuid> = HashMap::default();
         // Consecutive async blocks form a group whose blocks run beside
         // each other on a node. Not in a rolling part of the run, whose
         // batches hold jobs back.

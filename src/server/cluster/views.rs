@@ -176,7 +176,7 @@ impl Cluster {
     /// Every run, oldest first.
     pub fn list_runs(&self) -> Vec<RunView> {
         let mut runs: Vec<RunView> = Vec::new();
-        let mut at: HashMap<Uuid, usize> = HashMap::new();
+        let mut at: HashMap<Uuid, usize> = HashMap::default();
         let mut nodes: Vec<HashSet<&str>> = Vec::new();
         for j in self.jobs.iter() {
             let Some(parent) = j.parent else { continue };
@@ -190,7 +190,7 @@ impl Cluster {
                     states: BTreeMap::new(),
                     changed: 0,
                 });
-                nodes.push(HashSet::new());
+                nodes.push(HashSet::default());
                 runs.len() - 1
             });
             let v = j.view();
