@@ -2,8 +2,10 @@
 //!
 //! Sources: the job, transfer and heartbeat DEALERs (fixed tokens, identity =
 //! the node name), the signal pipe, and the running command's pipes and pidfd
-//! (tokens from a counter). This module owns the link to the server; the
-//! jobs themselves live in `Runner`.
+//! (tokens from a counter). This module is the executor: it owns those
+//! sources, reads the time once per pass, and performs what the sans-io
+//! `core::Core` asks; the rules are there (the link's in `link.rs`, the
+//! jobs' in `runner/`).
 //!
 //! Security: with CURVE (the default) the client has its own key pair under
 //! `--key-path` and only talks to the server holding the key it was given

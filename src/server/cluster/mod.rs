@@ -1,7 +1,9 @@
-//! The server's sans-io core: nodes, jobs, and the rules between them.
-//! Inputs are what nodes and users said, with `now`; outputs are `Effect`s the
-//! loop turns into sends and notifications. No sockets here, so every rule is
-//! unit-tested with a made-up clock.
+//! Nodes, jobs, and the rules between them: the part of the server's core
+//! (`server::core`) that knows jobs. Inputs are what nodes and users said,
+//! with `now`; outputs are `Effect`s the core turns into sends, records and
+//! notifications. No sockets here, so every rule is unit-tested with a
+//! made-up clock; the files beside this one hold submissions, offline
+//! nodes and rollouts, the CLI's views, retention and replay.
 //!
 //! Rules:
 //! - per node, jobs are sent in submission order with at most `WINDOW` in
