@@ -437,7 +437,18 @@ impl Client {
             self.core.at(Now::real());
             for ev in events.iter() {
                 match ev.token() {
-                    JOB | TRANSFER | HEARTBEAT | MONITOR => {} // serviced at the top of the loop
+                    // Serviced at the top of the loop; only a port whose fd
+                    // fired (or that has sends) is asked.
+                    JOB | TRANSFER | HEARTBEAT => {
+                        if let Some(s) = &mut self.sockets {
+                            match ev.token() {
+                                JOB => s.ports.job.mark_ready(),
+                                TRANSFER => s.ports.transfer.mark_ready(),
+                                _ => s.ports.heartbeat.mark_ready(),
+                            }
+                        }
+                    }
+                    MONITOR => {}
                     SIGNALS => self.handle_signals(),
                     WORKER => {
                         for done in self.worker.drain() {

@@ -466,7 +466,15 @@ impl Server {
             self.core.at(Now::real());
             for ev in events.iter() {
                 match ev.token() {
-                    JOB | TRANSFER | HEARTBEAT | ZAP | MONITOR => {} // serviced at the top of the loop
+                    // Serviced at the top of the loop; only a port whose fd
+                    // fired (or that has sends) is asked.
+                    JOB | TRANSFER | HEARTBEAT => self.ports[ev.token().0].mark_ready(),
+                    ZAP => {
+                        if let Some(zap) = &mut self.zap {
+                            zap.mark_ready();
+                        }
+                    }
+                    MONITOR => {}
                     CONTROL => self.accept_control(),
                     SIGNALS => self.handle_signals(),
                     WORKER => {
