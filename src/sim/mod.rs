@@ -837,10 +837,25 @@ impl Sim {
     /// Run until `d` of simulated time has passed.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.elapsed + d;
+        // A core that never stops asking for work at one instant would
+        // spin here: a bug to show, not a test to hang.
+        let mut same_instant = 0u32;
         while self.elapsed < end {
             match self.next_event() {
                 Some((at, _)) if at <= self.t0 + end => {
+                    let before = self.elapsed;
                     self.step();
+                    same_instant = if self.elapsed == before {
+                        same_instant + 1
+                    } else {
+                        0
+                    };
+                    assert!(
+                        same_instant < 1_000_000,
+                        "the simulation stopped advancing at {:?}\n{}",
+                        self.elapsed,
+                        self.story()
+                    );
                 }
                 _ => {
                     self.elapsed = end;
