@@ -22,7 +22,7 @@ impl Core {
         offset: u64,
         len: u32,
     ) {
-        let read = ChunkRead {
+        let mut read = ChunkRead {
             rid: rid.to_vec(),
             node: node.to_owned(),
             job_id,
@@ -36,14 +36,12 @@ impl Core {
                 self.out.push(Out::Io(IoTask::Chunk { read, src, len }));
             }
             Err(message) => {
-                let msg = format_args!("refused a fetch of file {file} of job {job_id}: {message}");
-                self.peer_log.warn(node, self.now.at, msg);
-                let mut frames = vec![read.rid];
-                frames.extend(wire::encode(&ServerMsg::FetchError {
-                    job_id,
-                    file,
-                    message,
-                }));
+                // Answered at once, as a failed read would be.
+                read.data = Err(message);
+                let (_, frames, warn) = chunk_frames(read);
+                if let Some(why) = warn {
+                    self.warn_node(node, &why);
+                }
                 self.out.push(Out::Zmq {
                     port: Port::Transfer,
                     frames,
