@@ -512,6 +512,12 @@ impl Sim {
     /// kill -9 of a client: its commands go on as orphans (counted as
     /// started already), what it had not written is gone.
     pub fn crash_client(&mut self, i: usize) {
+        self.gone(i, "crashed");
+    }
+
+    /// Client `i`'s process is gone, with what it had not written and
+    /// every connection of its; `how`, for the story.
+    fn gone(&mut self, i: usize, how: &str) {
         let c = &mut self.clients[i];
         c.core = None;
         c.link = None;
@@ -521,7 +527,7 @@ impl Sim {
         c.held.clear();
         let name = c.name.clone();
         self.net.retain(|p| p.node != i);
-        self.note(&format!("{name} crashed"));
+        self.note(&format!("{name} {how}"));
     }
 
     fn client_perform(&mut self, i: usize) {
@@ -590,16 +596,9 @@ impl Sim {
             }
             ccore::Out::GoLive(_) => {}
             ccore::Out::Refuse(why) => {
-                // The client stops (after its running command, which the
-                // simulator lets go): nothing more from it.
-                let name = self.clients[i].name.clone();
-                self.note(&format!("{name} refused: {why}"));
-                let c = &mut self.clients[i];
-                c.refused = Some(why);
-                c.core = None;
-                c.link = None;
-                c.timers.clear();
-                self.net.retain(|p| p.node != i);
+                // The client stops: nothing more from it.
+                self.gone(i, &format!("refused: {why}"));
+                self.clients[i].refused = Some(why);
             }
         }
     }
