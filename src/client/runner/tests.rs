@@ -213,6 +213,14 @@ fn the_cache_is_written_by_the_io_thread_one_write_at_a_time() {
 }
 
 /// What a command printed, as the loop reports it when it is reaped.
+/// When the runner asked for timer `kind` (it must have).
+fn timer(fx: &Effects, kind: RunnerTimer) -> (Instant, RunnerTimer) {
+    *fx.timers
+        .iter()
+        .find(|(_, t)| *t == kind)
+        .unwrap_or_else(|| panic!("no {kind:?} timer in {:?}", fx.timers))
+}
+
 fn ended(code: i32, out: &[u8]) -> Ended {
     let mut e = Ended {
         exit: Exit::Code(code),
@@ -259,11 +267,7 @@ fn a_job_that_ends_within_the_grace_is_only_said_to_have_ended() {
     let mut rig = Rig::new("grace");
     let (id, fx) = rig.enqueue(None, Verb::Run, "--skip-cache true");
     assert!(!fx.spawn.is_empty());
-    let (at, _) = *fx
-        .timers
-        .iter()
-        .find(|(_, t)| *t == RunnerTimer::Started)
-        .expect("the started timer");
+    let (at, _) = timer(&fx, RunnerTimer::Started);
     let mut fx = Effects::default();
     rig.runner.on_exited(id, Ok(ended(0, b"")), &mut fx);
     rig.run_io(&mut fx);
@@ -277,12 +281,7 @@ fn a_command_past_its_timeout_is_killed_and_reports_timed_out() {
     let mut rig = Rig::new("timeout");
     let (id, fx) = rig.enqueue(None, Verb::Run, "--timeout 5 sleep 60");
     assert!(!fx.spawn.is_empty());
-    let (at, t) = *fx
-        .timers
-        .iter()
-        .find(|(_, t)| *t == RunnerTimer::JobTimeout)
-        .expect("a timeout");
-    assert_eq!(t, RunnerTimer::JobTimeout);
+    let (at, _) = timer(&fx, RunnerTimer::JobTimeout);
     // Early: nothing happens.
     let mut fx = Effects::default();
     rig.runner.on_timer(
@@ -314,11 +313,7 @@ fn a_failed_command_runs_again_after_its_delay_and_a_stop_ends_the_waiting() {
     rig.runner.on_exited(id, Ok(ended(2, b"one")), &mut fx);
     assert!(finished(&fx).is_empty(), "not reported: it will run again");
     assert!(fx.spawn.is_empty(), "not before its delay");
-    let (due, _) = *fx
-        .timers
-        .iter()
-        .find(|(_, t)| *t == RunnerTimer::Retry)
-        .expect("a retry timer");
+    let (due, _) = timer(&fx, RunnerTimer::Retry);
     // Early (another timer's wake-up): it waits on.
     let mut fx = Effects::default();
     rig.runner
