@@ -68,6 +68,31 @@ fn cpu_secs(pid: i32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// Context switches of all of `pid`'s threads so far (voluntary and not).
+fn switches(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The server's and the clients' context switches so far.
+fn daemon_switches(c: &mut util::Cluster) -> (u64, u64) {
+    let server = switches(c.server().pid());
+    let clients = c.clients.values().map(|p| switches(p.pid())).sum();
+    (server, clients)
+}
+
 /// The server's and the clients' CPU seconds so far.
 fn daemon_cpu(c: &mut util::Cluster) -> (f64, f64) {
     let server = cpu_secs(c.server().pid());
@@ -97,18 +122,26 @@ fn main() {
     // Alternate the two so that machine noise hits both alike.
     let mut d = Vec::new();
     let mut f = Vec::new();
+    let me = std::process::id() as i32;
     for round in 1..=3 {
+        let own = cpu_secs(me);
         let fl = floor(nodes, jobs);
+        let own = cpu_secs(me) - own;
         let (s0, c0) = daemon_cpu(&mut c);
+        let (w0, x0) = daemon_switches(&mut c);
         let di = director(&c, &file, follow);
         let (s1, c1) = daemon_cpu(&mut c);
+        let (w1, x1) = daemon_switches(&mut c);
         let parts = (jobs * nodes) as f64;
         println!(
-            "  round {round}: floor {:.3}s, director {:.3}s (daemon CPU per job part: server {:.0} us, clients {:.0} us)",
+            "  round {round}: floor {:.3}s (its own CPU per process started: {:.0} us), director {:.3}s (per job part: daemon CPU server {:.0} us, clients {:.0} us; thread switches server {:.1}, clients {:.1})",
             fl.as_secs_f64(),
+            own * 1e6 / parts,
             di.as_secs_f64(),
             (s1 - s0) * 1e6 / parts,
             (c1 - c0) * 1e6 / parts,
+            (w1 - w0) as f64 / parts,
+            (x1 - x0) as f64 / parts,
         );
         f.push(fl);
         d.push(di);

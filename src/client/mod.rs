@@ -515,6 +515,7 @@ impl Client {
                 self.worker.submit(move || task.run());
             }
             Out::Timer(at, t) => self.timers.at(at, Timer::Core(t)),
+            Out::Io(task) if task.is_quick() => self.core.io_done(task.run()),
             Out::Io(task) => self.worker.submit(move || task.run()),
             Out::Spawn(spawn) => self.spawn(spawn),
             Out::Signal(job_id, sig) => {

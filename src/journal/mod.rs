@@ -600,6 +600,11 @@ impl Journal {
 }
 
 impl Batch {
+    /// Does it end with a sync (else it only writes into the page cache)?
+    pub fn syncs(&self) -> bool {
+        self.sync
+    }
+
     /// Write the batch and, if asked, sync it. On failure the batch comes
     /// back, to be put back into its journal.
     pub fn run(self) -> Result<(), (Batch, io::Error)> {

@@ -121,7 +121,15 @@ pub enum IoDone {
 }
 
 impl IoTask {
-    /// Run it (on the I/O thread).
+    /// Is it a journal write without a sync? That lands in the page cache
+    /// in microseconds: the loop does it itself rather than pay two thread
+    /// switches on every job's path (as Redis writes its append-only file
+    /// on its loop and leaves fsync to a background thread).
+    pub fn is_quick(&self) -> bool {
+        matches!(self, IoTask::Cache(JournalIo::Write(b)) | IoTask::Ledger(JournalIo::Write(b)) if !b.syncs())
+    }
+
+    /// Run it (on the I/O thread, or on the loop's if `is_quick`).
     pub fn run(self) -> IoDone {
         match self {
             IoTask::Cache(io) => IoDone::Cache(io.run()),
