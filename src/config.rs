@@ -63,6 +63,10 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "identity", kind: Kind::Text, scope: Scope::Global, default: None, help: "this node's name in the cluster (default: the host name)" },
     OptSpec { name: "bind_address", kind: Kind::Text, scope: Scope::Server, default: Some("*"), help: "address the server listens on (* for all)" },
     OptSpec { name: "socket_group", kind: Kind::Text, scope: Scope::Server, default: None, help: "group that may use the control socket (mode 0660); without it, only its owner may (0600)" },
+    OptSpec { name: "api_port", kind: Kind::Port, scope: Scope::Server, default: None, help: "serve the HTTP API, the event stream, /metrics and the dashboard on this TCP port (off without it)" },
+    OptSpec { name: "api_address", kind: Kind::Text, scope: Scope::Server, default: Some("127.0.0.1"), help: "address the API listens on; other than loopback only with --api-tls-cert and --api-tls-key" },
+    OptSpec { name: "api_tls_cert", kind: Kind::Text, scope: Scope::Server, default: None, help: "PEM file of the API's TLS certificate chain (with --api-tls-key: the API speaks HTTPS only)" },
+    OptSpec { name: "api_tls_key", kind: Kind::Text, scope: Scope::Server, default: None, help: "PEM file of the API's TLS private key" },
     OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's job history, its node-key table and (without a shared key) its key pair, kept across restarts" },
     OptSpec { name: "job_retention", kind: Kind::Seconds, scope: Scope::Server, default: Some("604800"), help: "seconds a finished job is kept (default 7 days); unfinished jobs and runs still going are always kept" },
     OptSpec { name: "job_retention_count", kind: Kind::Count, scope: Scope::Server, default: Some("10000"), help: "most finished jobs kept; the oldest go first" },
@@ -299,6 +303,57 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// This node's labels (`--label`).
     pub labels: crate::facts::Map,
+    /// The HTTP API, if asked for.
+    pub api: Option<ApiConfig>,
+}
+
+/// Where and how the server serves its HTTP API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiConfig {
+    pub address: String,
+    pub port: u16,
+    /// The certificate chain and key files: HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl ApiConfig {
+    fn from_raw(
+        get: &dyn Fn(&'static str) -> Result<Option<String>>,
+        port: Option<u16>,
+    ) -> Result<Option<ApiConfig>> {
+        let cert = get("api_tls_cert")?;
+        let key = get("api_tls_key")?;
+        let tls = match (cert, key) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::Config("--api-tls-cert needs --api-tls-key".into()))
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config("--api-tls-key needs --api-tls-cert".into()))
+            }
+        };
+        let address = get("api_address")?.unwrap_or_else(|| "127.0.0.1".into());
+        let Some(port) = port else {
+            if tls.is_some() {
+                return Err(Error::Config(
+                    "--api-tls-cert and --api-tls-key need --api-port".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let ip: std::net::IpAddr = address.parse().map_err(|_| {
+            Error::Config(format!(
+                "--api-address: '{address}' is not an IP address (the API binds one address)"
+            ))
+        })?;
+        if tls.is_none() && !ip.is_loopback() {
+            return Err(Error::Config(format!(
+                "--api-address {address}: without TLS the API serves loopback only (tokens would cross the network in clear); give --api-tls-cert and --api-tls-key"
+            )));
+        }
+        Ok(Some(ApiConfig { address, port, tls }))
+    }
 }
 
 impl Config {
@@ -344,6 +399,13 @@ impl Config {
                 get("cache_ttl").seconds_within(1.0, 10.0 * 365.0 * 86_400.0)?,
             ),
             labels: get("labels").labels()?,
+            api: ApiConfig::from_raw(
+                &|name| get(name).text(),
+                match raw.get("api_port") {
+                    Some(_) => Some(get("api_port").port()?),
+                    None => None,
+                },
+            )?,
         })
     }
 }

@@ -376,14 +376,6 @@ impl SharedKey {
     }
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    init();
-    let mut out = [0u8; 32];
-    // SAFETY: 32-byte output, input slice as given.
-    unsafe { sodium::crypto_hash_sha256(out.as_mut_ptr(), data.as_ptr(), data.len() as u64) };
-    out
-}
-
 /// Z85 (ZeroMQ RFC 32) alphabet.
 const Z85: &[u8; 85] =
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
@@ -432,6 +424,24 @@ pub fn z85_decode(text: &str) -> Result<Vec<u8>, String> {
         out.extend_from_slice(&v.to_be_bytes());
     }
     Ok(out)
+}
+
+/// `N` bytes from the system's secure random source (libsodium's).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    init();
+    let mut out = [0u8; N];
+    // SAFETY: writes exactly `N` bytes into `out`.
+    unsafe { sodium::randombytes_buf(out.as_mut_ptr().cast(), N) };
+    out
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    init();
+    let mut out = [0u8; 32];
+    // SAFETY: 32-byte output (crypto_hash_sha256_BYTES), input slice as given.
+    unsafe { sodium::crypto_hash_sha256(out.as_mut_ptr(), data.as_ptr(), data.len() as u64) };
+    out
 }
 
 #[cfg(test)]

@@ -203,6 +203,24 @@ pub fn known_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// Does any of `patterns` (checked by `check`) match this node?
+pub fn matches_any(patterns: &[String], name: &str, about: &facts::Node) -> bool {
+    patterns
+        .iter()
+        .filter_map(|p| Pattern::parse(p).ok())
+        .any(|p| p.matches(name, about))
+}
+
+/// Check patterns (commas for several) without any node to match: for a
+/// token's `--targets`, which must mean something when it is used.
+pub fn check(text: &str, option: &str) -> Result<Vec<String>, String> {
+    let list = split(&[text.to_owned()], option)?;
+    for t in &list {
+        Pattern::parse(t)?;
+    }
+    Ok(list)
+}
+
 /// Split `--target`/`--exclude` values on commas: `web1,web2` is two
 /// patterns. An empty one (`--target ""`, `--target ,`, an empty shell
 /// variable) is an error, not "every node".

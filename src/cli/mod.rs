@@ -113,6 +113,10 @@ pub enum ManageAction {
     AcceptAll,
     RejectKey(String),
     DeleteKey(String),
+    /// A new API token: its name, role and target patterns.
+    CreateToken(String, crate::wire::Role, Option<String>),
+    ListTokens,
+    RevokeToken(String),
 }
 
 /// How `manage` prints.
@@ -167,6 +171,8 @@ struct ModeArgs {
     actions: Vec<ManageAction>,
     format: Option<Format>,
     show_values: bool,
+    role: Option<crate::wire::Role>,
+    token_targets: Option<String>,
     /// Job options given as `exec` switches, put in front of the job
     /// string (`exec --verb RUN --timeout 30 'make'`).
     job_options: Vec<String>,
@@ -398,6 +404,28 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 manage(&mut m, flag, action);
             }
             Long("list-runs") => manage(&mut m, "--list-runs", ManageAction::ListRuns),
+            Long("create-token") => {
+                let name = value(&mut parser)?;
+                // The role and targets are filled in once all flags are read.
+                let action = ManageAction::CreateToken(name, crate::wire::Role::Read, None);
+                manage(&mut m, "--create-token", action);
+            }
+            Long("list-tokens") => manage(&mut m, "--list-tokens", ManageAction::ListTokens),
+            Long("revoke-token") => {
+                let name = value(&mut parser)?;
+                manage(&mut m, "--revoke-token", ManageAction::RevokeToken(name));
+            }
+            Long("role") => {
+                m.saw("--role", MANAGE);
+                let r = value(&mut parser)?;
+                m.role = Some(crate::wire::Role::parse(&r).ok_or_else(|| {
+                    Error::Usage(format!("--role: expected read, run or admin, got '{r}'"))
+                })?);
+            }
+            Long("targets") => {
+                m.saw("--targets", MANAGE);
+                m.token_targets = Some(value(&mut parser)?);
+            }
             Long("clear-cache") => {
                 let patterns = value(&mut parser)?;
                 manage(&mut m, "--clear-cache", ManageAction::ClearCache(patterns));
@@ -643,6 +671,20 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 };
                 *show = true;
             }
+            match &mut action {
+                ManageAction::CreateToken(_, role, targets) => {
+                    *role = m.role.ok_or_else(|| {
+                        Error::Usage("--create-token NAME needs --role read, run or admin".into())
+                    })?;
+                    *targets = m.token_targets.clone();
+                }
+                _ if m.role.is_some() || m.token_targets.is_some() => {
+                    return Err(Error::Usage(
+                        "--role and --targets go with --create-token NAME".into(),
+                    ))
+                }
+                _ => {}
+            }
             if m.follow && !matches!(action, ManageAction::Watch(_)) {
                 return Err(Error::Usage(
                     "--follow goes with --watch ID in manage (or with exec/orchestrate --wait)"
@@ -658,7 +700,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
     }
 }
 
-const MANAGE_ACTIONS: &str = "--list-nodes, --node-info NAME, --list-jobs, --list-runs, --job-info ID, --watch ID, --clear-cache PATTERN, --purge-jobs, --purge-nodes, --show-key, --list-keys, --accept-key NAME, --accept-all, --reject-key NAME, --delete-key NAME";
+const MANAGE_ACTIONS: &str = "--list-nodes, --node-info NAME, --list-jobs, --list-runs, --job-info ID, --watch ID, --clear-cache PATTERN, --purge-jobs, --purge-nodes, --show-key, --list-keys, --accept-key NAME, --accept-all, --reject-key NAME, --delete-key NAME, --create-token NAME, --list-tokens, --revoke-token NAME";
 
 fn mode_name(mode: Mode) -> &'static str {
     match mode {

@@ -122,7 +122,15 @@ pub struct Core {
     /// New pending keys, said at most once per period (a stranger can make
     /// thousands), with how many were not said.
     pub(super) pending_logged: crate::support::ratelog::Every,
+    /// API tokens.
+    pub(super) tokens: super::tokens::Tokens,
+    /// Someone reads the API's event stream: publish to `EVENTS`.
+    pub(super) publishing: bool,
 }
+
+/// The notes for the API's event stream go to this token (never a
+/// connection's: theirs start at 16).
+pub const EVENTS: Token = Token(9);
 
 impl Core {
     /// A core over restored state; `start` it once the ports listen.
@@ -155,7 +163,44 @@ impl Core {
             conflicts_logged: Once::new(LOGGED_ONCE_CAP),
             refusals_logged: Once::new(LOGGED_ONCE_CAP),
             pending_logged: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
+            tokens: super::tokens::Tokens::default(),
+            publishing: false,
         }
+    }
+
+    /// Whether anyone reads the API's event stream.
+    pub fn set_publishing(&mut self, on: bool) {
+        self.publishing = on;
+    }
+
+    /// An event for the API's stream, once what led to it is durable.
+    pub(super) fn publish(&mut self, resp: Response) {
+        if self.publishing {
+            self.hold(Held::Note {
+                token: EVENTS,
+                resp,
+            });
+        }
+    }
+
+    /// Who an API token's secret belongs to.
+    pub fn authenticate(&mut self, secret: &str) -> Option<super::tokens::Caller> {
+        self.tokens.authenticate(secret, self.now.ms)
+    }
+
+    /// See `Cluster::within_scope`.
+    pub fn within_scope(&self, req: &crate::wire::Request, scope: &str) -> Result<(), String> {
+        self.cluster.within_scope(req, scope)
+    }
+
+    /// Every node and every job, as the metrics read them.
+    pub fn views(&self) -> (Vec<crate::wire::NodeView>, Vec<crate::wire::JobView>) {
+        (self.cluster.list_nodes(), self.cluster.list_jobs())
+    }
+
+    /// The API tokens restored from their journal.
+    pub fn set_tokens(&mut self, tokens: super::tokens::Tokens) {
+        self.tokens = tokens;
     }
 
     /// The ports listen: retention, a compaction if the journal holds dead
@@ -548,6 +593,10 @@ impl Core {
                         ready.version,
                         ready.ivl.as_secs_f64()
                     );
+                    self.publish(Response::NodeChanged {
+                        node: claimed.clone(),
+                        state: "online".into(),
+                    });
                     self.schedule_expiry(now.at + ready.ivl * nodes::LIVENESS);
                 }
                 self.apply(out);
@@ -735,18 +784,22 @@ impl Core {
                         if let Some(parent) = self.cluster.parent_of(&job_id) {
                             self.notify(&parent, &resp);
                         }
+                        self.publish(resp);
                     }
                 }
                 Effect::JobDone { job_id } => {
                     if let Some(view) = self.cluster.job_view(&job_id) {
-                        self.notify(&job_id, &Response::JobDone(view));
+                        self.notify(&job_id, &Response::JobDone(view.clone()));
+                        self.publish(Response::JobDone(view));
                     }
                     self.watchers.done(&job_id);
                 }
                 Effect::ParentDone { parent_id } => {
                     let jobs = self.cluster.parent_views(&parent_id);
                     log::info!("orchestration {parent_id} finished ({} jobs)", jobs.len());
-                    self.notify(&parent_id, &Response::ParentDone { parent_id, jobs });
+                    let resp = Response::ParentDone { parent_id, jobs };
+                    self.notify(&parent_id, &resp);
+                    self.publish(resp);
                     self.watchers.done(&parent_id);
                 }
             }
@@ -781,6 +834,10 @@ impl Core {
                     let mut out = std::mem::take(&mut self.effects);
                     for name in self.cluster.expire(self.now, &mut out) {
                         log::warn!("node={name}: expired (no heartbeat within 3 intervals); offline: jobs for it end unreachable until it is back");
+                        self.publish(Response::NodeChanged {
+                            node: name,
+                            state: "offline".into(),
+                        });
                     }
                     self.apply(out);
                     if let Some(next) = self.cluster.next_expiry() {

@@ -21,6 +21,7 @@
 //! non-zero); `run` loops until SIGTERM/SIGINT; `shutdown` drains (see
 //! there) and removes the socket file.
 
+mod api;
 mod cluster;
 mod control;
 pub mod core;
@@ -38,6 +39,7 @@ mod requests;
 mod rollout;
 pub(crate) mod routes;
 mod storage;
+mod tokens;
 mod watchers;
 pub(crate) mod zap;
 
@@ -78,6 +80,8 @@ const SIGNALS: Token = Token(4);
 const ZAP: Token = Token(5);
 const WORKER: Token = Token(6);
 const MONITOR: Token = Token(7);
+const API: Token = Token(8);
+// Token(9) is `core::EVENTS`.
 const FIRST_DYNAMIC: usize = 16;
 
 /// What each port takes from one peer. A node sends results (two capped
@@ -163,6 +167,10 @@ pub struct Server {
     /// Addresses whose failed handshake was said, and how often one may be.
     handshakes_logged: Once<String>,
     handshakes_rate: crate::support::ratelog::Every,
+    /// The HTTP API, with `--api-port`.
+    api: Option<api::Api>,
+    /// When the last group commit went to the I/O thread (for its latency).
+    commit_sent: Option<Instant>,
 }
 
 /// The cluster as the history in `state_path` left it, and the journal.
@@ -259,6 +267,7 @@ impl Server {
             (cfg.job_retention, cfg.job_retention_count),
             started,
         )?;
+        let (tokens_journal, tokens) = Server::open_tokens(cfg)?;
         // No compaction here: it would copy the whole history before the
         // ports listen. Housekeeping asks for one when the journal is
         // mostly dead records, and the I/O thread does it.
@@ -306,6 +315,27 @@ impl Server {
         poll.registry()
             .register(&mut listener, CONTROL, Interest::READABLE)
             .map_err(|e| Error::io("cannot watch the control socket", e))?;
+        let api = match &cfg.api {
+            Some(a) => {
+                let mut api = api::Api::bind(a, Instant::now())?;
+                poll.registry()
+                    .register(&mut api.listener, API, Interest::READABLE)
+                    .map_err(|e| Error::io("cannot watch the API's listener", e))?;
+                log::info!(
+                    "API on {}://{}:{}/ (dashboard at /, metrics at /metrics){}",
+                    if api.is_tls() { "https" } else { "http" },
+                    a.address,
+                    a.port,
+                    if api.is_tls() {
+                        ""
+                    } else {
+                        "; without TLS, on loopback only"
+                    }
+                );
+                Some(api)
+            }
+            None => None,
+        };
         let signals = Signals::install(poll.registry(), SIGNALS)
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
         let worker = Worker::start("director-io", poll.registry(), WORKER)
@@ -337,7 +367,7 @@ impl Server {
         );
         let mut core = Core::new(
             cluster,
-            Persist::new(history, keys_journal),
+            Persist::new(history, keys_journal).with_tokens(tokens_journal),
             auth,
             cfg.heartbeat_ivl,
             (cfg.job_retention, cfg.job_retention_count),
@@ -347,6 +377,7 @@ impl Server {
         // after a start, by the I/O thread, not before the ports listen.
         // Restored nodes must come back in time, or their work is lost:
         // their time starts now that the ports listen.
+        core.set_tokens(tokens);
         core.start();
         let mut server = Server {
             poll,
@@ -367,9 +398,33 @@ impl Server {
             handshakes,
             handshakes_logged: Once::new(LOGGED_ONCE_CAP),
             handshakes_rate: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
+            api,
+            commit_sent: None,
         };
         server.perform();
         Ok(server)
+    }
+
+    /// The API token table, and its journal rewritten to what is live.
+    fn open_tokens(cfg: &Config) -> Result<(Journal, tokens::Tokens)> {
+        let (mut journal, records) =
+            Journal::open::<tokens::TokenRecord>(&cfg.state_path, tokens::FILE).map_err(|e| {
+                Error::io(
+                    format!("cannot open the API tokens in {}", cfg.state_path.display()),
+                    e,
+                )
+            })?;
+        let kept = records.len();
+        let tokens = tokens::Tokens::restore(records);
+        let live = tokens.snapshot();
+        // Rewritten (and synced) only when revoked tokens left records:
+        // a start costs no sync otherwise.
+        if kept > live.len() {
+            journal.snapshot(live).run().map_err(|(_, e)| {
+                Error::io(format!("cannot rewrite {}", journal.path().display()), e)
+            })?;
+        }
+        Ok((journal, tokens))
     }
 
     /// The server's key pair, the key table and the ZAP handler.
@@ -452,10 +507,14 @@ impl Server {
             self.perform();
             self.flush_controls();
             let now = Instant::now();
-            let next_timer = self
-                .core
-                .next_deadline()
-                .map(|at| at.saturating_duration_since(now));
+            self.sweep_api(now);
+            self.flush_api();
+            let api_due = self.api.as_ref().map(api::Api::next_deadline);
+            let next_timer = match (self.core.next_deadline(), api_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|at| at.saturating_duration_since(now));
             let sleep = Sleep {
                 busy,
                 backlog: self.ports.iter().any(ZmqPort::has_backlog),
@@ -476,12 +535,14 @@ impl Server {
                     }
                     MONITOR => {}
                     CONTROL => self.accept_control(),
+                    API => self.accept_api(),
                     SIGNALS => self.handle_signals(),
                     WORKER => {
                         for done in self.worker.drain() {
                             self.io_done(done);
                         }
                     }
+                    token if self.is_api(token) => self.handle_api(token),
                     token => self.handle_control(token),
                 }
                 self.perform();
@@ -571,6 +632,11 @@ impl Server {
                 busy |= done.busy;
                 progressed |= !done.received.is_empty() || !done.unroutable.is_empty();
                 for msg in done.received {
+                    if let Some(api) = &mut self.api {
+                        let c = &mut api.metrics.ports[port as usize];
+                        c.msgs_in += 1;
+                        c.bytes_in += msg.frames.iter().map(|f| f.len() as u64).sum::<u64>();
+                    }
                     self.core.message(port, msg);
                     self.perform();
                 }
@@ -693,6 +759,11 @@ impl Server {
                 frames,
                 about,
             } => {
+                if let Some(api) = &mut self.api {
+                    let c = &mut api.metrics.ports[port as usize];
+                    c.msgs_out += 1;
+                    c.bytes_out += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+                }
                 let p = &mut self.ports[port as usize];
                 if frames.first().is_some_and(|rid| p.has_room(rid)) {
                     p.queue_tagged(frames, about);
@@ -706,14 +777,24 @@ impl Server {
             // what the core asks now is done here.
             Out::Io(task) if self.state == RunState::Stopped => self.io_done(task.run()),
             Out::Io(io::IoTask::Chunk { read, src, len }) => self.read_chunk(read, src, len),
-            Out::Io(task) => self.worker.submit(move || task.run()),
+            Out::Io(task) => {
+                if matches!(task, io::IoTask::Commit(_)) {
+                    self.commit_sent = Some(Instant::now());
+                }
+                self.worker.submit(move || task.run())
+            }
         }
     }
 
     /// What the I/O thread finished.
     fn io_done(&mut self, done: IoDone) {
         match done {
-            IoDone::Commit(result) => self.core.committed(result),
+            IoDone::Commit(result) => {
+                if let (Some(api), Some(sent)) = (&mut self.api, self.commit_sent.take()) {
+                    api.metrics.sync(sent.elapsed(), result.is_ok());
+                }
+                self.core.committed(result)
+            }
             IoDone::JobInfo { token, detail } => {
                 self.send_note(token, &Response::Job(*detail));
             }
@@ -725,6 +806,13 @@ impl Server {
                     }
                 }
                 let (node, frames, warn) = fetch::chunk_frames(read);
+                if let Some(api) = &mut self.api {
+                    let bytes = frames.iter().map(|f| f.len() as u64).sum::<u64>();
+                    api.metrics.transfer_bytes += bytes;
+                    let c = &mut api.metrics.ports[Port::Transfer as usize];
+                    c.msgs_out += 1;
+                    c.bytes_out += bytes;
+                }
                 if let Some(why) = warn {
                     self.core.warn_node(&node, &why);
                 }
@@ -766,6 +854,9 @@ impl Server {
     /// Send an answer or progress to a control connection now.
     fn send_note(&mut self, token: Token, resp: &Response) {
         let Some(conn) = self.conns.get_mut(&token) else {
+            if token == core::EVENTS || self.is_api(token) {
+                self.api_note(token, resp.clone());
+            }
             return;
         };
         if let Err(e) = conn.send(resp) {
@@ -778,6 +869,9 @@ impl Server {
     /// (counted and shown to it), not the server's memory.
     fn send_live(&mut self, token: Token, mut resp: Response) {
         let Some(conn) = self.conns.get(&token) else {
+            if self.is_api(token) {
+                self.api_note(token, resp);
+            }
             return;
         };
         let Response::Output { data, dropped, .. } = &mut resp else {

@@ -108,6 +108,8 @@ struct Failing {
 pub struct Persist {
     pub history: Journal,
     pub keys: Option<Journal>,
+    /// API tokens (absent in the simulator).
+    pub tokens: Option<Journal>,
     /// Waiting for what is recorded and not yet handed to a commit.
     waiting: Vec<Held>,
     /// When the oldest record not yet handed to a commit must go.
@@ -127,6 +129,7 @@ impl Persist {
         Persist {
             history,
             keys,
+            tokens: None,
             waiting: Vec::new(),
             commit_at: None,
             in_flight: None,
@@ -135,6 +138,12 @@ impl Persist {
             failing: None,
             errors: Every::minute(),
         }
+    }
+
+    /// With the token table's journal.
+    pub fn with_tokens(mut self, tokens: Journal) -> Persist {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// Note that something was recorded: a commit is due within the interval.
@@ -191,8 +200,8 @@ impl Persist {
         let mut ops = std::mem::take(&mut self.retry);
         ops.extend(self.rewrites.drain(..).map(Op::Replace));
         ops.extend(self.history.take(true).map(Op::Append));
-        if let Some(k) = &mut self.keys {
-            ops.extend(k.take(true).map(Op::Append));
+        for j in [&mut self.keys, &mut self.tokens].into_iter().flatten() {
+            ops.extend(j.take(true).map(Op::Append));
         }
         if ops.is_empty() {
             out.held.append(&mut self.waiting);
@@ -275,6 +284,7 @@ impl Persist {
             && self.commit_at.is_none()
             && !self.history.is_dirty()
             && self.keys.as_ref().is_none_or(|k| !k.is_dirty())
+            && self.tokens.as_ref().is_none_or(|k| !k.is_dirty())
     }
 
     /// Does anything for control connection `token` wait for the disk?

@@ -69,6 +69,30 @@ impl Core {
         }
     }
 
+    fn create_token(
+        &mut self,
+        name: &str,
+        role: crate::wire::Role,
+        targets: Option<String>,
+    ) -> Response {
+        if let Some(t) = &targets {
+            if let Err(e) = crate::targets::check(t, "--targets") {
+                return Response::Rejected(e);
+            }
+        }
+        match self.tokens.create(name, role, targets, self.now.ms) {
+            Ok((secret, rec, view)) => {
+                self.record_token(&rec);
+                log::info!("API token '{name}' ({}) created", role.name());
+                Response::TokenCreated {
+                    token: view,
+                    secret,
+                }
+            }
+            Err(e) => Response::Rejected(e),
+        }
+    }
+
     pub(super) fn handle_request(&mut self, token: Token, req: Request) -> Option<Response> {
         log::debug!("control <- {req:?}");
         let resp = match req {
@@ -101,6 +125,7 @@ impl Core {
                         if queue_offline {
                             self.cluster.queue_offline(&[submitted.job_id], &mut out);
                         }
+                        self.publish(Response::Submitted(submitted.clone()));
                         Response::Submitted(submitted)
                     }
                     Err(why) => Response::Rejected(self.why_none_online(why)),
@@ -261,6 +286,20 @@ impl Core {
             Request::AcceptAll => self.change_keys(KeyChange::AcceptAll),
             Request::RejectKey { name } => self.change_keys(KeyChange::Reject(name)),
             Request::DeleteKey { name } => self.change_keys(KeyChange::Delete(name)),
+            Request::CreateToken {
+                name,
+                role,
+                targets,
+            } => self.create_token(&name, role, targets),
+            Request::ListTokens => Response::Tokens(self.tokens.list()),
+            Request::RevokeToken { name } => match self.tokens.revoke(&name) {
+                Ok((view, rec)) => {
+                    self.record_token(&rec);
+                    log::info!("API token '{name}' revoked");
+                    Response::Tokens(vec![view])
+                }
+                Err(e) => Response::Rejected(e),
+            },
         };
         Some(resp)
     }
@@ -398,6 +437,7 @@ pub(super) fn reads_only(req: &Request) -> bool {
             | Request::JobInfo { .. }
             | Request::ShowKey
             | Request::ListKeys
+            | Request::ListTokens
     )
 }
 

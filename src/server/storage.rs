@@ -48,6 +48,14 @@ impl Core {
         self.persist.recorded(self.now.at);
     }
 
+    /// Journal a token change; its answer waits for the sync.
+    pub(super) fn record_token(&mut self, rec: &super::tokens::TokenRecord) {
+        if let Some(j) = &mut self.persist.tokens {
+            j.append(rec);
+        }
+        self.persist.recorded(self.now.at);
+    }
+
     pub(super) fn record(&mut self, rec: &Record) -> Span {
         let span = self.persist.history.append(rec);
         self.persist.recorded(self.now.at);

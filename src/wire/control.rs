@@ -89,6 +89,59 @@ pub enum Request {
         run: bool,
         follow: bool,
     },
+    /// A new API token (`manage --create-token`): answered once with its
+    /// secret, which the server does not keep (only its hash).
+    CreateToken {
+        name: String,
+        role: Role,
+        /// For `run`: the nodes it may submit to (a target pattern).
+        targets: Option<String>,
+    },
+    ListTokens,
+    RevokeToken {
+        name: String,
+    },
+}
+
+/// What an API token may do. Each role may do what the ones before it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// See everything but secret values (ARG and ENV).
+    Read,
+    /// Also submit jobs and orchestrations (to its targets, if it has them).
+    Run,
+    /// Also change keys, purge, and see secret values.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Run => "run",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "run" => Some(Role::Run),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API token as `manage --list-tokens` shows it (never its secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub name: String,
+    pub role: Role,
+    pub targets: Option<String>,
+    pub created_ms: u64,
+    /// When it was last used, since the server started.
+    pub last_used_ms: Option<u64>,
 }
 
 /// The fewest characters of an id that `Resolve` takes.
@@ -144,6 +197,18 @@ pub enum Response {
     /// The keys an accept, reject or delete changed (as they are now; a
     /// deleted key as it was).
     KeysChanged(Vec<KeyView>),
+    /// A token made: its secret, shown once.
+    TokenCreated {
+        token: TokenView,
+        secret: String,
+    },
+    Tokens(Vec<TokenView>),
+    /// For the API's event stream: a node came online, went offline, or
+    /// its key waits for acceptance.
+    NodeChanged {
+        node: String,
+        state: String,
+    },
     Rejected(String),
     /// To a CLI waiting on work: the server is stopping (SIGTERM); the
     /// work goes on when it is back.

@@ -638,6 +638,13 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
         ManageAction::AcceptAll => Request::AcceptAll,
         ManageAction::RejectKey(name) => Request::RejectKey { name: name.clone() },
         ManageAction::DeleteKey(name) => Request::DeleteKey { name: name.clone() },
+        ManageAction::CreateToken(name, role, targets) => Request::CreateToken {
+            name: name.clone(),
+            role: *role,
+            targets: targets.clone(),
+        },
+        ManageAction::ListTokens => Request::ListTokens,
+        ManageAction::RevokeToken(name) => Request::RevokeToken { name: name.clone() },
     };
     let resp = conn.call(&req)?;
     let mut out = io::stdout().lock();
@@ -727,6 +734,28 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
                     .collect()
             }
         }
+        (Response::TokenCreated { token, secret }, Format::Json) => {
+            json(&[serde_json::json!({ "token": token, "secret": secret })])?
+        }
+        // The secret alone on the last line, so `| tail -1` takes it.
+        (Response::TokenCreated { token, secret }, Format::Table) => format!(
+            "created API token '{}' (role {}{}); it is shown this once, the server keeps only its hash:\n{secret}\n",
+            token.name,
+            token.role.name(),
+            token
+                .targets
+                .as_deref()
+                .map(|t| format!(", targets {t}"))
+                .unwrap_or_default()
+        ),
+        (Response::Tokens(tokens), Format::Json) => json(&tokens)?,
+        (Response::Tokens(tokens), Format::Table) => match args.action {
+            ManageAction::RevokeToken(_) => tokens
+                .iter()
+                .map(|t| format!("revoked API token '{}'\n", t.name))
+                .collect(),
+            _ => tokens_table(&tokens),
+        },
         (other, _) => return Err(unexpected(&other)),
     };
     out.write_all(text.as_bytes()).map_err(out_err)?;

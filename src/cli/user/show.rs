@@ -151,6 +151,35 @@ pub(super) fn nodes_table(nodes: &[NodeView]) -> String {
     )
 }
 
+pub(super) fn tokens_table(tokens: &[crate::wire::TokenView]) -> String {
+    if tokens.is_empty() {
+        return "no API tokens (`director manage --create-token NAME --role read|run|admin`)\n"
+            .into();
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.role.name().to_owned(),
+                t.targets.clone().unwrap_or_else(|| "-".into()),
+                format_utc(t.created_ms),
+                t.last_used_ms.map_or_else(|| "-".into(), format_utc),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "ROLE",
+            "TARGETS",
+            "CREATED (UTC)",
+            "LAST USED (UTC)",
+        ],
+        &rows,
+    )
+}
+
 pub(super) fn keys_table(keys: &[KeyView]) -> String {
     if keys.is_empty() {
         return "no node keys\n".into();

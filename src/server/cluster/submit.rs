@@ -5,6 +5,55 @@ use super::*;
 use crate::targets::Refusal;
 
 impl Cluster {
+    /// Does every node `req` (a submission) would go to match `scope` (a
+    /// run token's target patterns)? `Err` names one that does not. A
+    /// submission whose targets do not resolve passes here and is refused
+    /// as it would be anyway.
+    pub fn within_scope(&self, req: &crate::wire::Request, scope: &str) -> Result<(), String> {
+        use crate::wire::Request;
+        let scope = crate::targets::split(&[scope.to_owned()], "targets")?;
+        let mut jobs: Vec<(&Task, &[String])> = Vec::new();
+        let exclude: &[String] = match req {
+            Request::Submit {
+                task,
+                targets,
+                exclude,
+                ..
+            } => {
+                jobs.push((task, targets));
+                exclude
+            }
+            Request::Orchestrate {
+                blocks, exclude, ..
+            } => {
+                for block in blocks {
+                    for (j, task) in block.tasks.iter().enumerate() {
+                        jobs.push((task, block.job_targets(j)));
+                    }
+                }
+                exclude
+            }
+            _ => return Ok(()),
+        };
+        for (task, targets) in jobs {
+            let Ok(resolved) = self.resolve(task, targets, exclude) else {
+                continue;
+            };
+            for name in &resolved.targets {
+                let inside = self
+                    .nodes
+                    .get(name)
+                    .is_some_and(|n| crate::targets::matches_any(&scope, name, &n.about));
+                if !inside {
+                    return Err(format!(
+                        "node '{name}' is outside it (name the targets, within the token's)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Jobs just submitted with `--follow`: their nodes send their output
     /// as it comes (until the job is done).
     pub fn follow(&mut self, ids: &[Uuid]) {

@@ -1,0 +1,261 @@
+//! `GET /metrics`: the server's counters and gauges in the Prometheus text
+//! format (0.0.4). Counters are the loop's (messages and bytes per port,
+//! journal syncs and their latency, API requests by status, file bytes
+//! served); gauges are read from the cluster when scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::wire::{JobState, JobView, NodeView};
+
+/// Upper bounds of the sync latency histogram, in seconds.
+const SYNC_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// Per port: messages and bytes in and out.
+#[derive(Default, Clone, Copy)]
+pub struct PortCounts {
+    pub msgs_in: u64,
+    pub bytes_in: u64,
+    pub msgs_out: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Job, transfer, heartbeat.
+    pub ports: [PortCounts; 3],
+    pub syncs: u64,
+    pub sync_failures: u64,
+    sync_buckets: [u64; SYNC_BUCKETS.len()],
+    sync_sum: f64,
+    pub api_requests: BTreeMap<u16, u64>,
+    pub api_auth_failures: u64,
+    pub transfer_bytes: u64,
+}
+
+impl Metrics {
+    pub fn sync(&mut self, took: Duration, ok: bool) {
+        if !ok {
+            self.sync_failures += 1;
+            return;
+        }
+        self.syncs += 1;
+        let s = took.as_secs_f64();
+        self.sync_sum += s;
+        for (i, le) in SYNC_BUCKETS.iter().enumerate() {
+            if s <= *le {
+                self.sync_buckets[i] += 1;
+            }
+        }
+    }
+
+    pub fn api(&mut self, status: u16) {
+        *self.api_requests.entry(status).or_insert(0) += 1;
+    }
+
+    /// The whole exposition, with the gauges read from `nodes` and `jobs`.
+    pub fn render(
+        &self,
+        nodes: &[NodeView],
+        jobs: &[JobView],
+        api_conns: usize,
+        event_readers: usize,
+    ) -> String {
+        let mut o = String::with_capacity(4096);
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(&mut o, "director_nodes", "gauge", "Known nodes by state.");
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        for n in nodes {
+            let state = serde_json::to_value(n.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{:?}", n.state).to_lowercase());
+            *by_state.entry(state).or_insert(0) += 1;
+        }
+        for (s, n) in &by_state {
+            let _ = writeln!(o, "director_nodes{{state=\"{s}\"}} {n}");
+        }
+        family(
+            &mut o,
+            "director_jobs",
+            "gauge",
+            "Jobs kept, finished or not.",
+        );
+        let finished = jobs.iter().filter(|j| j.finished_ms.is_some()).count();
+        let _ = writeln!(o, "director_jobs{{finished=\"true\"}} {finished}");
+        let _ = writeln!(
+            o,
+            "director_jobs{{finished=\"false\"}} {}",
+            jobs.len() - finished
+        );
+        family(
+            &mut o,
+            "director_parts",
+            "gauge",
+            "Parts (a job on a node) of the jobs kept, by state.",
+        );
+        let mut parts: BTreeMap<JobState, u64> = BTreeMap::new();
+        for j in jobs {
+            for (s, n) in &j.states {
+                *parts.entry(*s).or_insert(0) += u64::from(*n);
+            }
+        }
+        for (s, n) in &parts {
+            let name = serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let _ = writeln!(o, "director_parts{{state=\"{name}\"}} {n}");
+        }
+        family(
+            &mut o,
+            "director_node_queue",
+            "gauge",
+            "Parts queued on the server for their nodes, and in flight to them.",
+        );
+        let queued: u64 = nodes.iter().map(|n| u64::from(n.queued)).sum();
+        let flying: u64 = nodes.iter().map(|n| u64::from(n.in_flight)).sum();
+        let _ = writeln!(o, "director_node_queue{{where=\"server\"}} {queued}");
+        let _ = writeln!(o, "director_node_queue{{where=\"in_flight\"}} {flying}");
+        for (name, help, pick) in [
+            (
+                "director_port_messages_received_total",
+                "ZeroMQ messages received per port.",
+                0,
+            ),
+            (
+                "director_port_bytes_received_total",
+                "Bytes received per port.",
+                1,
+            ),
+            (
+                "director_port_messages_sent_total",
+                "ZeroMQ messages queued for sending per port.",
+                2,
+            ),
+            (
+                "director_port_bytes_sent_total",
+                "Bytes queued for sending per port.",
+                3,
+            ),
+        ] {
+            family(&mut o, name, "counter", help);
+            for (port, c) in ["job", "transfer", "heartbeat"].iter().zip(&self.ports) {
+                let v = [c.msgs_in, c.bytes_in, c.msgs_out, c.bytes_out][pick];
+                let _ = writeln!(o, "{name}{{port=\"{port}\"}} {v}");
+            }
+        }
+        family(
+            &mut o,
+            "director_journal_sync_seconds",
+            "histogram",
+            "Group commits of the server's journals: write and fsync.",
+        );
+        for (i, le) in SYNC_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "director_journal_sync_seconds_bucket{{le=\"{le}\"}} {}",
+                self.sync_buckets[i]
+            );
+        }
+        let _ = writeln!(
+            o,
+            "director_journal_sync_seconds_bucket{{le=\"+Inf\"}} {}",
+            self.syncs
+        );
+        let _ = writeln!(o, "director_journal_sync_seconds_sum {}", self.sync_sum);
+        let _ = writeln!(o, "director_journal_sync_seconds_count {}", self.syncs);
+        family(
+            &mut o,
+            "director_journal_sync_failures_total",
+            "counter",
+            "Group commits that failed (full or failing disk).",
+        );
+        let _ = writeln!(
+            o,
+            "director_journal_sync_failures_total {}",
+            self.sync_failures
+        );
+        family(
+            &mut o,
+            "director_api_requests_total",
+            "counter",
+            "API requests answered, by HTTP status.",
+        );
+        for (status, n) in &self.api_requests {
+            let _ = writeln!(o, "director_api_requests_total{{status=\"{status}\"}} {n}");
+        }
+        family(
+            &mut o,
+            "director_api_auth_failures_total",
+            "counter",
+            "API requests with a missing, unknown or revoked token.",
+        );
+        let _ = writeln!(
+            o,
+            "director_api_auth_failures_total {}",
+            self.api_auth_failures
+        );
+        family(
+            &mut o,
+            "director_api_connections",
+            "gauge",
+            "Open API connections, and those reading the event stream.",
+        );
+        let _ = writeln!(o, "director_api_connections{{kind=\"all\"}} {api_conns}");
+        let _ = writeln!(
+            o,
+            "director_api_connections{{kind=\"events\"}} {event_readers}"
+        );
+        family(
+            &mut o,
+            "director_transfer_bytes_total",
+            "counter",
+            "File bytes served to nodes (ADD, COPY, TEMPLATE).",
+        );
+        let _ = writeln!(o, "director_transfer_bytes_total {}", self.transfer_bytes);
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sync_histogram_is_cumulative_and_counts_match() {
+        let mut m = Metrics::default();
+        m.sync(Duration::from_micros(1500), true);
+        m.sync(Duration::from_millis(30), true);
+        m.sync(Duration::from_millis(1), false);
+        let text = m.render(&[], &[], 0, 0);
+        assert!(
+            text.contains("director_journal_sync_seconds_bucket{le=\"0.001\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("director_journal_sync_seconds_bucket{le=\"0.002\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("director_journal_sync_seconds_bucket{le=\"0.05\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("director_journal_sync_seconds_count 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("director_journal_sync_failures_total 1\n"),
+            "{text}"
+        );
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
