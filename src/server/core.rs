@@ -587,17 +587,20 @@ impl Core {
                     holding: &ready.holding,
                     about: &ready.about,
                 };
+                let was_online = self.cluster.is_online(&claimed);
                 if self.cluster.ready(&claimed, hello, now, &mut out) {
                     log::info!(
                         "node={claimed}: registered from {address} (director {}, heartbeat every {:.1}s)",
                         ready.version,
                         ready.ivl.as_secs_f64()
                     );
+                    self.schedule_expiry(now.at + ready.ivl * nodes::LIVENESS);
+                }
+                if !was_online {
                     self.publish(Response::NodeChanged {
                         node: claimed.clone(),
                         state: "online".into(),
                     });
-                    self.schedule_expiry(now.at + ready.ivl * nodes::LIVENESS);
                 }
                 self.apply(out);
             }

@@ -149,6 +149,9 @@ pub struct Cluster {
     pub clients: BTreeMap<String, Proc>,
     /// The daemons' umask, when a test sets one.
     pub umask: Option<u32>,
+    /// The server's `--api-port`, once `with_api` asked for one (a new
+    /// free one if it was taken at a start).
+    pub api_port: Option<u16>,
 }
 
 impl Cluster {
@@ -178,7 +181,13 @@ impl Cluster {
             server: None,
             clients: BTreeMap::new(),
             umask: None,
+            api_port: None,
         }
+    }
+
+    /// Serve the HTTP API (on loopback) from the next server start.
+    pub fn with_api(&mut self) {
+        self.api_port = Some(free_ports()[0]);
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -276,6 +285,9 @@ impl Cluster {
             if let Some(k) = &self.shared_key {
                 extra.extend(["--shared-key".into(), k.clone()]);
             }
+            if let Some(p) = self.api_port {
+                extra.extend(["--api-port".into(), p.to_string()]);
+            }
             let log = self.dir.path.join("server.log");
             let listening = || {
                 fs::read_to_string(&log)
@@ -308,6 +320,9 @@ impl Cluster {
                 "server failed to start:\n{log}"
             );
             self.ports = free_ports();
+            if self.api_port.is_some() {
+                self.api_port = Some(free_ports()[0]);
+            }
         }
         panic!("could not find free ports for the server");
     }
@@ -404,6 +419,23 @@ impl Cluster {
     pub fn cli(&self, args: &[&str]) -> Out {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(self.common());
+        run_cli(&self.dir.path, &all)
+    }
+
+    /// Run a daemon mode (`args[0]`) that must refuse its options and
+    /// exit: the cluster's ports, and a state path of its own.
+    pub fn cli_daemon_check(&self, args: &[&str]) -> Out {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.common());
+        all.extend([
+            "--state-path".into(),
+            self.dir.path.join("state-check").display().to_string(),
+            "--bind-address".into(),
+            "127.0.0.1".into(),
+        ]);
+        if let Some(k) = &self.shared_key {
+            all.extend(["--shared-key".into(), k.clone()]);
+        }
         run_cli(&self.dir.path, &all)
     }
 

@@ -22,6 +22,8 @@ pub enum Route {
     /// Liveness, without a token.
     Health,
     Metrics,
+    /// Who the token is: its name, role and targets (for the dashboard).
+    WhoAmI,
     /// A server-sent event stream, of everything or following one job.
     Events {
         follow: Option<Uuid>,
@@ -128,6 +130,7 @@ pub fn route(req: &Http) -> Result<Route, Refusal> {
         ("GET", [] | ["index.html"]) => Ok(Route::Dashboard),
         ("GET", ["metrics"]) => Ok(Route::Metrics),
         ("GET", ["api", "v1", "health"]) => Ok(Route::Health),
+        ("GET", ["api", "v1", "whoami"]) => Ok(Route::WhoAmI),
         ("GET", ["api", "v1", "events"]) => {
             let follow = match req.param("follow") {
                 Some(id) => Some(
@@ -270,6 +273,7 @@ fn known_path(segs: &[&str]) -> bool {
                 "api",
                 "v1",
                 "health"
+                    | "whoami"
                     | "events"
                     | "nodes"
                     | "keys"

@@ -196,7 +196,7 @@ impl Server {
                 );
                 return self.api_respond(token, 200, body.as_bytes(), req.close);
             }
-            Route::Metrics | Route::Events { .. } => Role::Read,
+            Route::Metrics | Route::WhoAmI | Route::Events { .. } => Role::Read,
             Route::Control { need, .. } => *need,
         };
         let caller = match self.caller(&req) {
@@ -254,6 +254,14 @@ impl Server {
                     text.as_bytes(),
                     req.close,
                 )
+            }
+            Route::WhoAmI => {
+                let body = serde_json::json!({
+                    "name": caller.name,
+                    "role": caller.role.name(),
+                    "targets": caller.targets,
+                });
+                self.api_respond(token, 200, format!("{body}\n").as_bytes(), req.close)
             }
             Route::Events { follow } => {
                 self.start_events(token, follow, req.last_event_id.as_deref())
@@ -390,6 +398,11 @@ impl Server {
     /// gets a last `dropped` event and is closed.
     fn broadcast(&mut self, resp: &Response) {
         let Some(api) = &mut self.api else { return };
+        log::debug!(
+            "API: event {} for {} readers",
+            events::encode(resp).map_or("-", |(name, _)| name),
+            api.event_readers()
+        );
         let Some(bytes) = api.bus.publish(resp) else {
             return;
         };

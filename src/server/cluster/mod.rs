@@ -216,6 +216,11 @@ impl Cluster {
         }
     }
 
+    /// Is `node` known and online?
+    pub fn is_online(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(Node::is_online)
+    }
+
     /// Any other valid message from a known node proves it alive.
     pub fn touch(&mut self, node: &str, now: Now) {
         if let Some(n) = self.nodes.get_mut(node) {
