@@ -136,8 +136,17 @@ fn every_endpoint_answers_as_the_cli_does() {
             .all(|n| n["stdout"] == "from-api\n"),
         "{b}"
     );
-    // The CLI sees the same job.
-    assert_eq!(c.job_info(&id)["nodes"][0]["stdout"], "from-api\n");
+    // The CLI sees the same job, and who submitted it.
+    let info = c.job_info(&id);
+    assert_eq!(info["nodes"][0]["stdout"], "from-api\n");
+    assert_eq!(info["job"]["by"], "token admin", "{info}");
+    let out = c.cli(&["manage", "--job-info", &id]);
+    assert!(out.stdout.contains("by token admin"), "{}", out.stdout);
+    // What the CLI submits is recorded as its user's.
+    let cli_job = c.submit(&[], "true");
+    c.wait_job_done(&cli_job);
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(c.job_info(&cli_job)["job"]["by"], format!("uid {uid}"));
 
     // Without waiting: accepted, with the job's id and targets.
     let (s, b) = http(
@@ -367,6 +376,10 @@ fn refused_requests_say_why_with_their_status_and_change_nothing() {
     c.wait_nodes(&["web1", "db1"]);
     assert_eq!(http(&c, "GET", "/api/v1/nodes", Some(&reader), "").0, 200);
     assert_eq!(http(&c, "GET", "/api/v1/nodes", Some(&gone), "").0, 401);
+    // Who submitted is kept across the restart.
+    let jobs = c.jobs_json();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["by"], "token ci-web", "{jobs:?}");
     let out = c.cli(&["manage", "--list-tokens", "--format", "json"]);
     let names: Vec<String> = json(&out.stdout)
         .as_array()

@@ -126,6 +126,9 @@ pub struct Core {
     pub(super) tokens: super::tokens::Tokens,
     /// Someone reads the API's event stream: publish to `EVENTS`.
     pub(super) publishing: bool,
+    /// Who speaks on each connection (`uid N`, `token NAME`): recorded
+    /// with what it submits.
+    pub(super) callers: std::collections::HashMap<Token, String>,
 }
 
 /// The notes for the API's event stream go to this token (never a
@@ -165,7 +168,13 @@ impl Core {
             pending_logged: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
             tokens: super::tokens::Tokens::default(),
             publishing: false,
+            callers: std::collections::HashMap::new(),
         }
+    }
+
+    /// Who speaks on connection `token`, for the record of what it submits.
+    pub fn set_caller(&mut self, token: Token, by: String) {
+        self.callers.insert(token, by);
     }
 
     /// Whether anyone reads the API's event stream.

@@ -93,6 +93,8 @@ pub enum Record {
         max_fail: Option<u32>,
         from: u32,
     },
+    /// Who submitted the job (written after its `Submitted`).
+    SubmittedBy { id: Uuid, by: String },
 }
 
 mod layout1;
@@ -116,10 +118,15 @@ mod layout8;
 /// WORKDIR's `--stdout-arg`; a task of layout 8 is read with `layout8`,
 /// and its other records are as they are.
 impl crate::journal::Layout for Record {
-    const VERSION: u32 = 9;
+    /// 10 added `SubmittedBy`, after the others: layout 9 records encode
+    /// as they did.
+    const VERSION: u32 = 10;
     fn upgrade(version: u32, body: &[u8]) -> Option<Self> {
         if version <= 1 {
             return crate::journal::decode::<layout1::OldRecord>(body).map(Record::from);
+        }
+        if version == 9 {
+            return crate::journal::decode(body);
         }
         if version == 8 {
             if body.first() == Some(&SUBMITTED) {

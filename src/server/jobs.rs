@@ -544,6 +544,9 @@ pub struct Job {
     /// Where its `Submitted` record is in the journal, once appended: a
     /// compaction copies it from there instead of encoding it again.
     pub record: Option<Span>,
+    /// Who submitted it: an index into `Jobs::submitters` plus one, 0
+    /// when unknown (two bytes: every retained job pays for it).
+    by: u16,
 }
 
 impl Job {
@@ -592,6 +595,7 @@ impl Job {
                 .map(|(_, n)| n)
                 .sum(),
             states,
+            by: None,
         }
     }
 
@@ -634,9 +638,40 @@ pub struct Jobs {
     order: Vec<Uuid>,
     stale: usize,
     by_parent: HashMap<Uuid, Vec<Uuid>>,
+    /// Who submitted jobs: a few users and tokens, named once.
+    submitters: Vec<Box<str>>,
 }
 
+/// Submitters named at most (past it, new ones are not recorded).
+const MAX_SUBMITTERS: usize = u16::MAX as usize - 1;
+
 impl Jobs {
+    /// Note who submitted job `id`; false if it is not known (or the
+    /// table of submitters is full).
+    pub fn set_by(&mut self, id: &Uuid, by: &str) -> bool {
+        let i = match self.submitters.iter().position(|s| &**s == by) {
+            Some(i) => i,
+            None if self.submitters.len() < MAX_SUBMITTERS => {
+                self.submitters.push(by.into());
+                self.submitters.len() - 1
+            }
+            None => return false,
+        };
+        match self.by_id.get_mut(id) {
+            Some(job) => {
+                job.by = i as u16 + 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Who submitted `job`, if known.
+    pub fn by(&self, job: &Job) -> Option<String> {
+        let i = usize::from(job.by).checked_sub(1)?;
+        self.submitters.get(i).map(|s| s.to_string())
+    }
+
     /// Record a new job, queued on `targets`.
     pub fn insert(
         &mut self,
@@ -678,6 +713,7 @@ impl Jobs {
                 submitted_ms: now_ms,
                 parts,
                 record: None,
+                by: 0,
             })
         })
     }

@@ -125,6 +125,7 @@ impl Core {
                         if queue_offline {
                             self.cluster.queue_offline(&[submitted.job_id], &mut out);
                         }
+                        self.record_by(token, &[submitted.job_id], &mut out);
                         self.publish(Response::Submitted(submitted.clone()));
                         Response::Submitted(submitted)
                     }
@@ -152,6 +153,7 @@ impl Core {
                             log::info!("orchestration {parent} queued: {} jobs", plan.jobs.len());
                             let ids: Vec<Uuid> =
                                 plan.jobs.iter().filter_map(|j| j.job_id).collect();
+                            self.record_by(token, &ids, &mut out);
                             if wait {
                                 self.watchers.watch(parent, token, follow);
                                 if follow {
@@ -378,6 +380,24 @@ impl Core {
     /// A control connection is gone: nothing more for it.
     pub fn closed(&mut self, token: Token) {
         self.watchers.closed(token);
+        self.callers.remove(&token);
+    }
+
+    /// Record who submitted `jobs`, if the connection said.
+    fn record_by(&mut self, token: Token, jobs: &[Uuid], out: &mut Vec<super::cluster::Effect>) {
+        let Some(by) = self.callers.get(&token) else {
+            return;
+        };
+        for id in jobs {
+            if self.cluster.set_by(id, by) {
+                out.push(super::cluster::Effect::Journal(
+                    super::history::Record::SubmittedBy {
+                        id: *id,
+                        by: by.clone(),
+                    },
+                ));
+            }
+        }
     }
 
     /// A node's live output: to each CLI following its job or run. One

@@ -184,6 +184,10 @@ pub struct JobView {
     pub states: BTreeMap<JobState, u32>,
     /// How many nodes it changed something on (or, `--check`, would).
     pub changed: u32,
+    /// Who submitted it: `token NAME` (the API) or `uid N` (the CLI),
+    /// when known.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// One node's part of a job.

@@ -443,7 +443,13 @@ pub(super) fn job_text(d: &JobDetail) -> String {
     field(
         &mut s,
         "submitted",
-        &format!("{} UTC", format_utc(j.submitted_ms)),
+        &format!(
+            "{} UTC{}",
+            format_utc(j.submitted_ms),
+            j.by.as_deref()
+                .map(|by| format!(" by {by}"))
+                .unwrap_or_default()
+        ),
     );
     field(
         &mut s,

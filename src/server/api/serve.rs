@@ -290,6 +290,8 @@ impl Server {
                 if let Some(conn) = self.api.as_mut().and_then(|a| a.conns.get_mut(&token)) {
                     conn.state = State::Waiting(pending);
                 }
+                self.core
+                    .set_caller(token, format!("token {}", caller.name));
                 self.core.requests(token, vec![creq]);
                 self.perform();
             }

@@ -116,6 +116,9 @@ impl Restore {
                 r.from = from as usize;
                 self.0.rollouts.insert(parent, r);
             }
+            Record::SubmittedBy { id, by } => {
+                self.0.jobs.set_by(&id, &by);
+            }
             Record::QueueOffline { id } => {
                 if self.0.jobs.get(&id).is_some() {
                     self.0.queued_offline.insert(id);

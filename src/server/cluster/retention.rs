@@ -62,7 +62,14 @@ impl Cluster {
                     .queued_offline
                     .contains(&job.id)
                     .then_some(Item::New(Record::QueueOffline { id: job.id }));
-                std::iter::once(submitted).chain(offline).chain(parts)
+                let by = self
+                    .jobs
+                    .by(job)
+                    .map(|by| Item::New(Record::SubmittedBy { id: job.id, by }));
+                std::iter::once(submitted)
+                    .chain(by)
+                    .chain(offline)
+                    .chain(parts)
             }))
     }
 

@@ -54,6 +54,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// Note who submitted job `id`; false if it is not known.
+    pub fn set_by(&mut self, id: &Uuid, by: &str) -> bool {
+        self.jobs.set_by(id, by)
+    }
+
     /// Jobs just submitted with `--follow`: their nodes send their output
     /// as it comes (until the job is done).
     pub fn follow(&mut self, ids: &[Uuid]) {

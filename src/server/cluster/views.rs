@@ -3,6 +3,13 @@
 use super::*;
 
 impl Cluster {
+    /// A job as listed, with who submitted it.
+    fn view_of(&self, j: &crate::server::jobs::Job) -> JobView {
+        let mut v = j.view();
+        v.by = self.jobs.by(j);
+        v
+    }
+
     /// File `file` of job `job_id`, if `node` may fetch it now: the job is an
     /// ADD, sent to this node, and not finished there.
     pub fn source_for(&self, node: &str, job_id: &Uuid, file: u32) -> Result<SourceFile, String> {
@@ -78,7 +85,7 @@ impl Cluster {
     }
 
     pub fn list_jobs(&self) -> Vec<JobView> {
-        self.jobs.iter().map(|j| j.view()).collect()
+        self.jobs.iter().map(|j| self.view_of(j)).collect()
     }
 
     /// Put the values the views hide back (`--show-values`).
@@ -90,16 +97,23 @@ impl Cluster {
 
     /// Everything about a job, and which outputs to read from the journal.
     pub fn job_info(&self, id: &Uuid) -> Option<(JobDetail, Vec<(usize, Span)>)> {
-        self.jobs.get(id).map(|j| j.detail())
+        self.jobs.get(id).map(|j| {
+            let (mut detail, reads) = j.detail();
+            detail.job.by = self.jobs.by(j);
+            (detail, reads)
+        })
     }
 
     pub fn job_view(&self, id: &Uuid) -> Option<JobView> {
-        self.jobs.get(id).map(|j| j.view())
+        self.jobs.get(id).map(|j| self.view_of(j))
     }
 
     /// The jobs of an orchestration run, in order.
     pub fn parent_views(&self, parent: &Uuid) -> Vec<JobView> {
-        self.jobs.children(parent).map(|j| j.view()).collect()
+        self.jobs
+            .children(parent)
+            .map(|j| self.view_of(j))
+            .collect()
     }
 
     /// The job or run (true) that `text` names: a whole id, or a prefix
@@ -158,7 +172,7 @@ impl Cluster {
         }
         Some(RunDetail {
             parent_id: *parent,
-            jobs: jobs.iter().map(|j| j.view()).collect(),
+            jobs: jobs.iter().map(|j| self.view_of(j)).collect(),
             parts: jobs
                 .iter()
                 .flat_map(|j| j.parts.keys().filter_map(|n| j.part_view(n)))
@@ -170,7 +184,7 @@ impl Cluster {
     pub fn job_parts(&self, id: &Uuid) -> Option<(JobView, Vec<PartView>)> {
         let j = self.jobs.get(id)?;
         let parts = j.parts.keys().filter_map(|n| j.part_view(n)).collect();
-        Some((j.view(), parts))
+        Some((self.view_of(j), parts))
     }
 
     /// Every run, oldest first.
@@ -193,7 +207,7 @@ impl Cluster {
                 nodes.push(HashSet::default());
                 runs.len() - 1
             });
-            let v = j.view();
+            let v = self.view_of(j);
             let r = &mut runs[i];
             r.jobs += 1;
             r.changed += v.changed;

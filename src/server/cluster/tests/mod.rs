@@ -249,6 +249,8 @@ fn run_history(c: &mut Cluster, nodes: &[String], runs: usize, per_run: usize, t
         let blocks = vec![block(&[], tasks)];
         let plan = c.orchestrate_now(blocks, false, at(t0), &mut out).unwrap();
         for id in plan.jobs.iter().filter_map(|j| j.job_id) {
+            // As every submission is now: recorded with who made it.
+            assert!(c.set_by(&id, "token ci-deploy"));
             for n in nodes {
                 let mut o = ok();
                 o.stdout = vec![b'0'; 3000];
