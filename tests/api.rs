@@ -875,3 +875,75 @@ fn tls_serves_https_and_cleartext_stays_on_loopback() {
         "{text:?}"
     );
 }
+
+/// `exec`/`orchestrate --format json`: one JSON event a line, for scripts
+/// and CI, ending with the job's or run's end and `--wait`'s exit status.
+#[test]
+fn the_cli_prints_one_json_event_a_line_for_scripts() {
+    let c = cluster("api-cli-json", &["j1", "j2"]);
+    let lines = |out: &util::Out| -> Vec<Value> { out.stdout.lines().map(json).collect() };
+    let out = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--format",
+        "json",
+        "--skip-cache echo js",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let ev = lines(&out);
+    let names: Vec<&str> = ev.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["submitted", "part", "part", "job"],
+        "{}",
+        out.stdout
+    );
+    assert_eq!(ev[1]["data"]["stdout"], "js\n");
+    assert_eq!(ev[3]["data"]["states"]["succeeded"], 2);
+    // Without --wait: the submission alone.
+    let out = c.cli(&["exec", "--verb", "RUN", "--format", "json", "true"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(lines(&out).len(), 1);
+    // A run with a failure: every event, the run's end, and a failing status.
+    let file = c.dir.path.join("fails.yml");
+    std::fs::write(
+        &file,
+        "- jobs:\n  - RUN: --skip-cache echo first\n  - RUN: --skip-cache false\n",
+    )
+    .unwrap();
+    let out = c.cli(&[
+        "orchestrate",
+        "--wait",
+        "--format",
+        "json",
+        file.to_str().unwrap(),
+    ]);
+    assert_ne!(out.code, 0, "{out:?}");
+    let ev = lines(&out);
+    assert_eq!(
+        ev.first().unwrap()["event"],
+        "orchestrated",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(ev.last().unwrap()["event"], "run", "{}", out.stdout);
+    let failed = ev
+        .iter()
+        .filter(|e| e["event"] == "part" && e["data"]["state"] == "failed")
+        .count();
+    assert_eq!(failed, 2, "{}", out.stdout);
+    // A dry run: the plan alone.
+    let out = c.cli(&[
+        "orchestrate",
+        "--dry-run",
+        "--format",
+        "json",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let ev = lines(&out);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0]["data"]["parent_id"].is_null());
+}

@@ -131,6 +131,8 @@ Usage: director [OPTIONS] exec --verb VERB [--target PATTERN]... [--exclude PATT
                    0 only if every node succeeded (with --check: 5 if something would
                    change)
   -f, --follow     with --wait: show each node's output lines as they are printed
+  --format json    for scripts and CI: one JSON object a line ({\"event\", \"data\"}, as the
+                   API's event stream names them), ending with the job's end (--wait)
 
 Prints the job id and its task SHA1. Options the CLI uses: --socket-path, --config-file.
 ";
@@ -171,6 +173,8 @@ on that node.
   -f, --follow     with --wait: show each node's output lines as they are printed
   -v, --verbose    with --wait: the recap also shows what the steps that succeeded printed
   --dry-run        check everything and print the jobs that would be submitted
+  --format json    for scripts and CI: one JSON object a line, the plan first, then
+                   (--wait) each part and job as it ends, and the run's end last
 ";
 
 pub(super) const EXIT_CODES: &str = "\

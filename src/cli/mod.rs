@@ -58,6 +58,8 @@ pub struct ExecArgs {
     pub check: bool,
     /// `--diff`: show how text files change (or would).
     pub diff: bool,
+    /// `--format json`: one JSON event per line.
+    pub json: bool,
 }
 
 /// `director orchestrate`.
@@ -77,6 +79,8 @@ pub struct OrchestrateArgs {
     /// With `wait`: the recap also shows what succeeded steps printed.
     pub verbose: bool,
     pub dry_run: bool,
+    /// `--format json`: one JSON event per line.
+    pub json: bool,
 }
 
 /// `director manage`.
@@ -191,6 +195,7 @@ const FOLLOW: &[Mode] = &[Mode::Exec, Mode::Orchestrate, Mode::Manage];
 const EXEC: &[Mode] = &[Mode::Exec];
 const ORCHESTRATE: &[Mode] = &[Mode::Orchestrate];
 const MANAGE: &[Mode] = &[Mode::Manage];
+const FORMAT: &[Mode] = &[Mode::Exec, Mode::Orchestrate, Mode::Manage];
 
 impl ModeArgs {
     fn saw(&mut self, flag: &'static str, modes: &'static [Mode]) {
@@ -435,7 +440,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 m.show_values = true;
             }
             Long("format") => {
-                m.saw("--format", MANAGE);
+                m.saw("--format", FORMAT);
                 let f = value(&mut parser)?;
                 m.format = Some(match f.as_str() {
                     "table" => Format::Table,
@@ -599,6 +604,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 args: args.join(" "),
                 check: m.check,
                 diff: m.diff,
+                json: m.format == Some(Format::Json),
             }))
         }
         Mode::Orchestrate => {
@@ -639,6 +645,7 @@ fn command(mode: Mode, m: ModeArgs) -> Result<Command> {
                 follow: m.follow,
                 verbose: m.verbose,
                 dry_run: m.dry_run,
+                json: m.format == Some(Format::Json),
             }))
         }
         Mode::Manage => {

@@ -126,6 +126,7 @@ fn exec_args() {
             args: "echo hi".into(),
             check: false,
             diff: false,
+            json: false,
         }
     );
     assert!(parse_v(&["exec", "echo"])

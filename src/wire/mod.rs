@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::dsl::{Task, Verb};
 
 mod control;
+pub mod json;
 mod node;
 mod outcome;
 mod plan;

@@ -179,6 +179,14 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
         other => return Err(unexpected(&other)),
     };
     let mut out = io::stdout().lock();
+    if args.json {
+        return json_events(
+            &mut conn,
+            &mut out,
+            Response::Submitted(submitted),
+            args.wait,
+        );
+    }
     writeln!(out, "job {}", submitted.job_id).map_err(out_err)?;
     writeln!(out, "task sha1 {}", submitted.task_sha1).map_err(out_err)?;
     writeln!(out, "targets {}", submitted.targets.join(", ")).map_err(out_err)?;
@@ -287,6 +295,46 @@ fn follow_job(
     }
 }
 
+/// `--format json`: the submission's answer, then (`wait`) every event
+/// as it comes, a JSON object a line (`{"event": ..., "data": ...}`, as
+/// the API's event stream names them), ending with the job's or the run's
+/// end; the exit status is `--wait`'s.
+fn json_events(conn: &mut Conn, out: &mut impl Write, first: Response, wait: bool) -> Result<i32> {
+    let say = |out: &mut dyn Write, resp: &Response| -> Result<()> {
+        if let Some(line) = wire::json::line(resp) {
+            out.write_all(line.as_bytes()).map_err(out_err)?;
+            out.flush().map_err(out_err)?;
+        }
+        Ok(())
+    };
+    say(out, &first)?;
+    if !wait {
+        return Ok(EXIT_OK);
+    }
+    let what = match &first {
+        Response::Submitted(s) => format!("job {}", s.job_id),
+        Response::Orchestrated(p) => format!("run {}", p.parent_id.unwrap_or_default()),
+        _ => "the work".to_owned(),
+    };
+    loop {
+        let resp = conn.recv().map_err(|e| still_going(e, &what))?;
+        say(out, &resp)?;
+        match resp {
+            Response::JobDone(job) => {
+                return Ok(crate::error::exit_for(job.states.keys().copied()))
+            }
+            Response::ParentDone { jobs, .. } => {
+                return Ok(crate::error::exit_for(
+                    jobs.iter().flat_map(|j| j.states.keys().copied()),
+                ))
+            }
+            Response::Stopping => return Err(stopping(&what)),
+            Response::Rejected(why) => return Err(Error::Rejected(why)),
+            _ => {}
+        }
+    }
+}
+
 /// Refuse locally what the server would refuse for its size.
 fn check_size(req: &Request) -> Result<()> {
     let size = wire::encode_control(req).len();
@@ -313,6 +361,14 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     };
     check_size(&req)?;
     let mut out = io::stdout().lock();
+    if args.json {
+        let mut conn = Conn::open(&cfg.socket_path)?;
+        let plan = match conn.call(&req)? {
+            resp @ Response::Orchestrated(_) => resp,
+            other => return Err(unexpected(&other)),
+        };
+        return json_events(&mut conn, &mut out, plan, args.wait && !args.dry_run);
+    }
     if args.dry_run {
         // The server resolves and checks the targets; without it, the files
         // are still checked and the plan shown as written.

@@ -11,7 +11,6 @@
 
 use std::collections::VecDeque;
 
-use serde_json::json;
 use uuid::Uuid;
 
 use super::http;
@@ -38,50 +37,7 @@ pub struct Bus {
     recent: VecDeque<(u64, Vec<u8>)>,
 }
 
-/// An event's name and JSON data, if it is one a stream carries.
-pub fn encode(resp: &Response) -> Option<(&'static str, String)> {
-    let data = match resp {
-        Response::Submitted(s) => ("submitted", serde_json::to_string(s)),
-        Response::NodeDone(p) => ("part", serde_json::to_string(p)),
-        Response::JobDone(j) => ("job", serde_json::to_string(j)),
-        Response::ParentDone { parent_id, jobs } => (
-            "run",
-            serde_json::to_string(&json!({ "parent_id": parent_id, "jobs": jobs })),
-        ),
-        Response::NodeChanged { node, state } => (
-            "node",
-            serde_json::to_string(&json!({ "node": node, "state": state })),
-        ),
-        Response::Output {
-            job_id,
-            node,
-            stream,
-            data,
-            dropped,
-        } => (
-            "output",
-            serde_json::to_string(&json!({
-                "job_id": job_id,
-                "node": node,
-                "stream": stream,
-                "text": String::from_utf8_lossy(data),
-                "dropped": dropped,
-            })),
-        ),
-        Response::Withheld { parts, jobs } => (
-            "withheld",
-            serde_json::to_string(&json!({ "parts": parts, "jobs": jobs })),
-        ),
-        _ => return None,
-    };
-    match data {
-        (name, Ok(text)) => Some((name, text)),
-        (_, Err(e)) => {
-            log::warn!("API: an event would not encode: {e}");
-            None
-        }
-    }
-}
+pub use crate::wire::json::event as encode;
 
 impl Bus {
     /// Number and keep an event; its bytes for every reader of the
