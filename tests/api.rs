@@ -529,6 +529,27 @@ fn bad_huge_and_slow_requests_get_one_line_errors_and_the_cluster_goes_on() {
         );
         error_of(&body);
     }
+    // A stranger's body is not waited for: refused at its head.
+    let mut s = connect(&c);
+    s.write_all(b"POST /api/v1/exec HTTP/1.1\r\nContent-Length: 4000000\r\n\r\n{\"verb\"")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert_eq!(parse_response(&text).0, 401, "{text}");
+    // Pipelined requests are answered in order, one at a time.
+    let mut s = connect(&c);
+    let one = format!("GET /api/v1/health HTTP/1.1\r\nAuthorization: Bearer {t}\r\n\r\n");
+    let mut many = one.repeat(49);
+    many.push_str(&request_text("GET", "/api/v1/whoami", Some(&t), ""));
+    s.write_all(many.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 50, "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with(r#""role":"admin","targets":null}"#),
+        "{text}"
+    );
     // A request whose head never ends is answered 408 and closed, within
     // the head timeout (10 s) and not before it.
     let mut slow = connect(&c);

@@ -557,6 +557,10 @@ impl Core {
                     squatter.fingerprint()
                 ),
                 Claim::Denied(_) => {
+                    self.publish(Response::NodeChanged {
+                        node: claimed.clone(),
+                        state: "pending".into(),
+                    });
                     if self.pending_logged.first(now.at) {
                         let more = match std::mem::take(&mut self.pending_logged.suppressed) {
                             0 => String::new(),

@@ -41,6 +41,8 @@ pub struct Conn {
     pub deadline: Instant,
     /// Close once `out` is written.
     pub closing: bool,
+    /// The token of a request whose body is arriving was checked.
+    pub body_checked: bool,
     /// Where the peer is, for logs.
     pub peer: String,
 }
@@ -69,6 +71,7 @@ impl Conn {
             state: State::Reading,
             deadline,
             closing: false,
+            body_checked: false,
             peer,
         }
     }

@@ -83,6 +83,30 @@ impl Reader {
         self.buf.len()
     }
 
+    /// While a request's body is still arriving: its bearer token (the
+    /// caller checks it before buffering megabytes for a stranger).
+    pub fn body_pending(&self) -> Option<Option<String>> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(head_len)) = req.parse(&self.buf) else {
+            return None;
+        };
+        if self.buf.len() <= head_len {
+            return None;
+        }
+        let bearer = req.headers.iter().find_map(|h| {
+            if !h.name.eq_ignore_ascii_case("authorization") {
+                return None;
+            }
+            let v = std::str::from_utf8(h.value).ok()?.trim();
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+        Some(bearer)
+    }
+
     /// The next whole request, if the buffer holds one.
     pub fn next(&mut self) -> Result<Option<Request>, Refused> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -12,6 +12,8 @@ use crate::server::Server;
 use crate::wire::{Request, Response, Role};
 
 const JSON: &str = "application/json";
+/// Answers a connection may leave unread before its next request waits.
+const PIPELINE_BACKLOG: usize = 1 << 20;
 
 impl Server {
     pub(in crate::server) fn accept_api(&mut self) {
@@ -113,9 +115,32 @@ impl Server {
             if !matches!(conn.state, State::Reading) || conn.closing {
                 return;
             }
+            // A client that sends requests without reading the answers
+            // gets no more answered until it reads: what it makes us hold
+            // stays bounded.
+            if conn.backlog() > PIPELINE_BACKLOG {
+                return;
+            }
             match conn.reader.next() {
-                Ok(None) => return,
-                Ok(Some(req)) => self.api_request(token, req),
+                Ok(None) => {
+                    // A body on its way from a stranger is not waited for.
+                    if !conn.body_checked {
+                        if let Some(bearer) = conn.reader.body_pending() {
+                            conn.body_checked = true;
+                            let known =
+                                bearer.is_some_and(|b| self.core.authenticate(&b).is_some());
+                            if !known {
+                                let msg = "a request with a body needs a valid token: send `Authorization: Bearer TOKEN`";
+                                self.api_respond(token, 401, &http::error_body(msg), true);
+                            }
+                        }
+                    }
+                    return;
+                }
+                Ok(Some(req)) => {
+                    conn.body_checked = false;
+                    self.api_request(token, req)
+                }
                 Err(refused) => {
                     log::debug!("API: {} sent a bad request: {}", conn.peer, refused.message);
                     self.api_respond(
