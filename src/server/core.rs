@@ -202,9 +202,9 @@ impl Core {
         self.cluster.within_scope(req, scope)
     }
 
-    /// Every node and every job, as the metrics read them.
-    pub fn views(&self) -> (Vec<crate::wire::NodeView>, Vec<crate::wire::JobView>) {
-        (self.cluster.list_nodes(), self.cluster.list_jobs())
+    /// What the metrics read of the cluster.
+    pub fn counts(&self) -> super::cluster::Counts {
+        self.cluster.counts()
     }
 
     /// The API tokens restored from their journal.
@@ -800,7 +800,12 @@ impl Core {
                         if let Some(parent) = self.cluster.parent_of(&job_id) {
                             self.notify(&parent, &resp);
                         }
-                        self.publish(resp);
+                        // The whole stream carries states, not outputs: every
+                        // reader would get every node's output otherwise
+                        // (`?follow=JOB` and the job's detail carry them).
+                        if let Response::NodeDone(part) = &resp {
+                            self.publish(Response::NodeDone(part.without_output()));
+                        }
                     }
                 }
                 Effect::JobDone { job_id } => {

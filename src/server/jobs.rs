@@ -555,6 +555,11 @@ impl Job {
         self.parts.values().all(|p| p.state().is_done())
     }
 
+    /// Has any of its parts ended in (or is it at) `state`?
+    pub fn has_state(&self, state: JobState) -> bool {
+        self.parts.values().any(|p| p.state() == state)
+    }
+
     /// When the last part finished (0 if none has).
     fn view_finished_ms(&self) -> u64 {
         self.parts
@@ -729,6 +734,11 @@ impl Jobs {
     /// Jobs in submission order.
     pub fn iter(&self) -> impl Iterator<Item = &Job> {
         self.order.iter().filter_map(|id| self.get(id))
+    }
+
+    /// The newest first.
+    pub fn iter_rev(&self) -> impl Iterator<Item = &Job> {
+        self.order.iter().rev().filter_map(|id| self.get(id))
     }
 
     /// The jobs of an orchestration run, in order.

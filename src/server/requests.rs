@@ -187,6 +187,21 @@ impl Core {
                 }
                 Response::Jobs(jobs)
             }
+            Request::FindJobs {
+                show_values,
+                state,
+                verb,
+                run,
+                limit,
+            } => {
+                let mut jobs = self.cluster.find_jobs(state, verb, run, limit);
+                if show_values {
+                    for v in &mut jobs {
+                        self.cluster.show_values(v);
+                    }
+                }
+                Response::Jobs(jobs)
+            }
             Request::Resolve { id } => match self.cluster.resolve_id(&id) {
                 Ok((id, run)) => Response::Resolved { id, run },
                 Err(why) => Response::Rejected(why),
@@ -454,6 +469,7 @@ pub(super) fn reads_only(req: &Request) -> bool {
             | Request::RunInfo { .. }
             | Request::ListRuns
             | Request::ListJobs { .. }
+            | Request::FindJobs { .. }
             | Request::JobInfo { .. }
             | Request::ShowKey
             | Request::ListKeys

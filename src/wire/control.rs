@@ -45,6 +45,15 @@ pub enum Request {
     ListJobs {
         show_values: bool,
     },
+    /// The newest `limit` jobs (oldest first) that match: the API's
+    /// filtered list, without building a view of every job.
+    FindJobs {
+        show_values: bool,
+        state: Option<JobState>,
+        verb: Option<crate::dsl::Verb>,
+        run: Option<Uuid>,
+        limit: Option<u32>,
+    },
     JobInfo {
         /// ARG and ENV values too.
         show_values: bool,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::wire::{JobState, JobView, NodeView};
+use crate::server::cluster::Counts;
 
 /// Upper bounds of the sync latency histogram, in seconds.
 const SYNC_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
@@ -54,29 +54,24 @@ impl Metrics {
         *self.api_requests.entry(status).or_insert(0) += 1;
     }
 
-    /// The whole exposition, with the gauges read from `nodes` and `jobs`.
-    pub fn render(
-        &self,
-        nodes: &[NodeView],
-        jobs: &[JobView],
-        api_conns: usize,
-        event_readers: usize,
-    ) -> String {
+    /// The whole exposition, with the gauges read from the cluster.
+    pub fn render(&self, counts: &Counts, api_conns: usize, event_readers: usize) -> String {
         let mut o = String::with_capacity(4096);
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        family(&mut o, "director_nodes", "gauge", "Known nodes by state.");
-        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
-        for n in nodes {
-            let state = serde_json::to_value(n.state)
-                .ok()
+        let name_of = |v: serde_json::Result<serde_json::Value>| {
+            v.ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{:?}", n.state).to_lowercase());
-            *by_state.entry(state).or_insert(0) += 1;
-        }
-        for (s, n) in &by_state {
-            let _ = writeln!(o, "director_nodes{{state=\"{s}\"}} {n}");
+                .unwrap_or_default()
+        };
+        family(&mut o, "director_nodes", "gauge", "Known nodes by state.");
+        for (s, n) in &counts.nodes {
+            let _ = writeln!(
+                o,
+                "director_nodes{{state=\"{}\"}} {n}",
+                name_of(serde_json::to_value(s))
+            );
         }
         family(
             &mut o,
@@ -84,12 +79,15 @@ impl Metrics {
             "gauge",
             "Jobs kept, finished or not.",
         );
-        let finished = jobs.iter().filter(|j| j.finished_ms.is_some()).count();
-        let _ = writeln!(o, "director_jobs{{finished=\"true\"}} {finished}");
+        let _ = writeln!(
+            o,
+            "director_jobs{{finished=\"true\"}} {}",
+            counts.jobs_finished
+        );
         let _ = writeln!(
             o,
             "director_jobs{{finished=\"false\"}} {}",
-            jobs.len() - finished
+            counts.jobs_going
         );
         family(
             &mut o,
@@ -97,18 +95,12 @@ impl Metrics {
             "gauge",
             "Parts (a job on a node) of the jobs kept, by state.",
         );
-        let mut parts: BTreeMap<JobState, u64> = BTreeMap::new();
-        for j in jobs {
-            for (s, n) in &j.states {
-                *parts.entry(*s).or_insert(0) += u64::from(*n);
-            }
-        }
-        for (s, n) in &parts {
-            let name = serde_json::to_value(s)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let _ = writeln!(o, "director_parts{{state=\"{name}\"}} {n}");
+        for (s, n) in &counts.parts {
+            let _ = writeln!(
+                o,
+                "director_parts{{state=\"{}\"}} {n}",
+                name_of(serde_json::to_value(s))
+            );
         }
         family(
             &mut o,
@@ -116,10 +108,16 @@ impl Metrics {
             "gauge",
             "Parts queued on the server for their nodes, and in flight to them.",
         );
-        let queued: u64 = nodes.iter().map(|n| u64::from(n.queued)).sum();
-        let flying: u64 = nodes.iter().map(|n| u64::from(n.in_flight)).sum();
-        let _ = writeln!(o, "director_node_queue{{where=\"server\"}} {queued}");
-        let _ = writeln!(o, "director_node_queue{{where=\"in_flight\"}} {flying}");
+        let _ = writeln!(
+            o,
+            "director_node_queue{{where=\"server\"}} {}",
+            counts.queued
+        );
+        let _ = writeln!(
+            o,
+            "director_node_queue{{where=\"in_flight\"}} {}",
+            counts.in_flight
+        );
         for (name, help, pick) in [
             (
                 "director_port_messages_received_total",
@@ -231,7 +229,7 @@ mod tests {
         m.sync(Duration::from_micros(1500), true);
         m.sync(Duration::from_millis(30), true);
         m.sync(Duration::from_millis(1), false);
-        let text = m.render(&[], &[], 0, 0);
+        let text = m.render(&Counts::default(), 0, 0);
         assert!(
             text.contains("director_journal_sync_seconds_bucket{le=\"0.001\"} 0\n"),
             "{text}"

@@ -40,6 +40,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often idle event streams get a comment line (proxies and dead
 /// peers show themselves).
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often event streams are written to (their events batched).
+pub const EVENTS_EVERY: Duration = Duration::from_millis(25);
+/// An event stream holding this much is written at once.
+pub const EVENTS_BATCH: usize = 64 << 10;
 /// How often deadlines are looked at.
 const SWEEP: Duration = Duration::from_secs(1);
 
@@ -55,6 +59,10 @@ pub struct Api {
     pub metrics: metrics::Metrics,
     next_sweep: Instant,
     last_keepalive: Instant,
+    /// When event streams were last written.
+    events_flushed: Instant,
+    /// Events were queued since.
+    events_pending: bool,
     /// Failed authentications said, at most once a minute.
     auth_log: crate::support::ratelog::Every,
 }
@@ -85,6 +93,8 @@ impl Api {
             metrics: metrics::Metrics::default(),
             next_sweep: now + SWEEP,
             last_keepalive: now,
+            events_flushed: now,
+            events_pending: false,
             auth_log: crate::support::ratelog::Every::minute(),
         })
     }
@@ -93,9 +103,14 @@ impl Api {
         self.tls.is_some()
     }
 
-    /// When the API next has deadlines to look at.
+    /// When the API next has deadlines to look at, or event streams to
+    /// write.
     pub fn next_deadline(&self) -> Instant {
-        self.next_sweep
+        if self.events_pending {
+            self.next_sweep.min(self.events_flushed + EVENTS_EVERY)
+        } else {
+            self.next_sweep
+        }
     }
 
     /// How many connections read the whole event stream.

@@ -44,8 +44,6 @@ pub struct Pending {
     pub close: bool,
     /// A rejection is a missing thing (404) rather than a bad request.
     pub lookup: bool,
-    /// `GET /api/v1/jobs` filters, applied to the list.
-    pub filter: JobFilter,
 }
 
 #[derive(Debug, PartialEq)]
@@ -61,12 +59,13 @@ pub enum Expect {
     Detail { show_values: bool },
 }
 
+/// `GET /api/v1/jobs` filters.
 #[derive(Debug, Default)]
-pub struct JobFilter {
-    pub state: Option<JobState>,
-    pub verb: Option<Verb>,
-    pub run: Option<Uuid>,
-    pub limit: Option<usize>,
+struct JobFilter {
+    state: Option<JobState>,
+    verb: Option<Verb>,
+    run: Option<Uuid>,
+    limit: Option<u32>,
 }
 
 /// What an answer from the core does to a waiting request.
@@ -115,7 +114,6 @@ pub fn route(req: &Http) -> Result<Route, Refusal> {
         expect,
         close: req.close,
         lookup,
-        filter: JobFilter::default(),
     };
     let control = |req: Request, need: Role, p: Pending| {
         Ok(Route::Control {
@@ -184,9 +182,15 @@ pub fn route(req: &Http) -> Result<Route, Refusal> {
             pending(Expect::Answer, true),
         ),
         ("GET", ["api", "v1", "jobs"]) => {
-            let mut p = pending(Expect::Answer, false);
-            p.filter = filter(req)?;
-            control(Request::ListJobs { show_values }, reader, p)
+            let f = filter(req)?;
+            let req = Request::FindJobs {
+                show_values,
+                state: f.state,
+                verb: f.verb,
+                run: f.run,
+                limit: f.limit,
+            };
+            control(req, reader, pending(Expect::Answer, false))
         }
         ("GET", ["api", "v1", "jobs" | "runs", id]) => control(
             Request::Resolve {
@@ -446,24 +450,7 @@ pub fn render(p: &Pending, resp: Response) -> Rendered {
             None => Respond(404, super::http::error_body("no such node")),
         },
         (Response::Nodes(v), _) => Respond(200, body(v)),
-        (Response::Jobs(jobs), _) => {
-            let f = &p.filter;
-            let mut jobs: Vec<_> = jobs
-                .into_iter()
-                .filter(|j| {
-                    f.state
-                        .is_none_or(|s| j.states.get(&s).is_some_and(|n| *n > 0))
-                })
-                .filter(|j| f.verb.is_none_or(|v| j.verb == v))
-                .filter(|j| f.run.is_none_or(|r| j.parent == Some(r)))
-                .collect();
-            if let Some(limit) = f.limit {
-                // The newest ones.
-                let skip = jobs.len().saturating_sub(limit);
-                jobs.drain(..skip);
-            }
-            Respond(200, body(jobs))
-        }
+        (Response::Jobs(jobs), _) => Respond(200, body(jobs)),
         (Response::Job(d), _) => Respond(200, body(d)),
         (Response::Run(d), _) => Respond(200, body(d)),
         (Response::Runs(v), _) => Respond(200, body(v)),

@@ -328,9 +328,9 @@ impl Server {
         let Some(api) = &self.api else {
             return String::new();
         };
-        let (nodes, jobs) = self.core.views();
+        let counts = self.core.counts();
         api.metrics
-            .render(&nodes, &jobs, api.conns.len(), api.event_readers())
+            .render(&counts, api.conns.len(), api.event_readers())
     }
 
     fn start_events(&mut self, token: Token, follow: Option<uuid::Uuid>, last: Option<&str>) {
@@ -402,6 +402,7 @@ impl Server {
                 let next = f.next;
                 if let Some(b) = bytes {
                     conn.queue(&b);
+                    api.events_pending = true;
                 }
                 if conn.backlog() > events::SLOW {
                     conn.queue(&events::dropped(next));
@@ -445,6 +446,7 @@ impl Server {
                 continue;
             }
             conn.queue(&bytes);
+            api.events_pending = true;
         }
     }
 
@@ -452,9 +454,22 @@ impl Server {
     /// done.
     pub(in crate::server) fn flush_api(&mut self) {
         let Some(api) = &mut self.api else { return };
+        // Event streams are written in batches, every `EVENTS_EVERY`: a
+        // busy cluster publishes thousands of events a second, and a write
+        // per event per reader would cost more than the work itself.
+        let now = Instant::now();
+        let events_due = api.events_pending && now >= api.events_flushed + super::EVENTS_EVERY;
+        if events_due {
+            api.events_flushed = now;
+            api.events_pending = false;
+        }
         let mut gone = Vec::new();
         for (t, c) in api.conns.iter_mut() {
             if !c.has_output() {
+                continue;
+            }
+            let batched = matches!(c.state, State::Events(_)) && !c.closing;
+            if batched && !events_due && c.backlog() < super::EVENTS_BATCH {
                 continue;
             }
             if c.flush().is_err() || (c.closing && !c.has_output()) {

@@ -41,6 +41,7 @@ pub const WINDOW: usize = 2;
 
 pub use crate::support::clock::Now;
 pub use replay::Restore;
+pub use views::Counts;
 
 mod offline;
 mod replay;

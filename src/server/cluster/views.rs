@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// What `/metrics` reads of the cluster.
+#[derive(Default)]
+pub struct Counts {
+    pub nodes: BTreeMap<NodeState, u64>,
+    pub queued: u64,
+    pub in_flight: u64,
+    pub jobs_finished: u64,
+    pub jobs_going: u64,
+    pub parts: BTreeMap<JobState, u64>,
+}
+
 impl Cluster {
     /// A job as listed, with who submitted it.
     fn view_of(&self, j: &crate::server::jobs::Job) -> JobView {
@@ -64,15 +75,19 @@ impl Cluster {
         }
     }
 
+    fn node_view_state(n: &crate::server::nodes::Node) -> NodeState {
+        match (n.link, n.instance) {
+            (Link::Offline, _) => NodeState::Offline,
+            // Restored from the history, not yet back.
+            (Link::Stale, None) => NodeState::Reconnecting,
+            _ => NodeState::Online,
+        }
+    }
+
     pub(super) fn node_view(n: &crate::server::nodes::Node) -> NodeView {
         NodeView {
             name: n.name.clone(),
-            state: match (n.link, n.instance) {
-                (Link::Offline, _) => NodeState::Offline,
-                // Restored from the history, not yet back.
-                (Link::Stale, None) => NodeState::Reconnecting,
-                _ => NodeState::Online,
-            },
+            state: Self::node_view_state(n),
             version: n.version.clone(),
             last_heartbeat_ms: n.last_seen_ms,
             expires_ms: n.expires_ms(),
@@ -86,6 +101,54 @@ impl Cluster {
 
     pub fn list_jobs(&self) -> Vec<JobView> {
         self.jobs.iter().map(|j| self.view_of(j)).collect()
+    }
+
+    /// The newest `limit` jobs that match, oldest first; only those are
+    /// made into views.
+    pub fn find_jobs(
+        &self,
+        state: Option<JobState>,
+        verb: Option<crate::dsl::Verb>,
+        run: Option<Uuid>,
+        limit: Option<u32>,
+    ) -> Vec<JobView> {
+        let limit = limit.map_or(usize::MAX, |l| l as usize);
+        let mut found: Vec<JobView> = self
+            .jobs
+            .iter_rev()
+            .filter(|j| state.is_none_or(|s| j.has_state(s)))
+            .filter(|j| verb.is_none_or(|v| j.task.verb() == v))
+            .filter(|j| run.is_none_or(|r| j.parent == Some(r)))
+            .take(limit)
+            .map(|j| self.view_of(j))
+            .collect();
+        found.reverse();
+        found
+    }
+
+    /// What `/metrics` counts: nodes by state, parts queued and in
+    /// flight, jobs finished and not, parts by state. No views are made.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for n in self.nodes.iter() {
+            *c.nodes.entry(Self::node_view_state(n)).or_insert(0) += 1;
+            c.queued += n.queue.len() as u64;
+            c.in_flight += n.in_flight.len() as u64;
+        }
+        for j in self.jobs.iter() {
+            let mut done = true;
+            for (_, p) in j.parts.iter() {
+                let s = p.state();
+                done &= s.is_done();
+                *c.parts.entry(s).or_insert(0) += 1;
+            }
+            if done {
+                c.jobs_finished += 1;
+            } else {
+                c.jobs_going += 1;
+            }
+        }
+        c
     }
 
     /// Put the values the views hide back (`--show-values`).
