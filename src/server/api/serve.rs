@@ -84,7 +84,13 @@ impl Server {
             }
             return;
         }
+        let idle = !conn.reader.is_partial();
         let closed = matches!(conn.read(), Inbound::Closed);
+        // A request begun on a kept-alive connection has the head timeout
+        // from its first byte, not the idle one.
+        if idle && conn.reader.is_partial() && matches!(conn.state, State::Reading) {
+            conn.deadline = conn.deadline.min(Instant::now() + HEAD_TIMEOUT);
+        }
         self.serve_api(token);
         if closed {
             // A peer that stopped writing may still read an answer it is
