@@ -783,6 +783,14 @@ fn the_event_stream_carries_jobs_parts_and_nodes_and_resumes_where_a_reader_left
         follow.next().is_none(),
         "the stream goes on after the job's end"
     );
+    // The whole stream saw that job's part run, then end.
+    let seen = ev.until("job", |d| d["id"] == id.as_str());
+    let states: Vec<&str> = seen
+        .iter()
+        .filter(|(_, n, d)| n == "part" && d["job_id"] == id.as_str())
+        .map(|(_, _, d)| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["running", "succeeded"], "{seen:?}");
     // Following a job that does not exist: an error event, then the end.
     let mut none = Events::open(
         &c,

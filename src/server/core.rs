@@ -422,6 +422,11 @@ impl Core {
             }
             (Port::Job, ClientMsg::Started { job_id }, Peer::Node(node)) => {
                 self.cluster.started(&node, &job_id);
+                if self.publishing {
+                    if let Some(part) = self.cluster.part_view(&job_id, &node) {
+                        self.publish(Response::NodeDone(part.without_output()));
+                    }
+                }
             }
             (Port::Job, ClientMsg::Finished { job_id, outcome }, Peer::Node(node)) => {
                 let mut out = std::mem::take(&mut self.effects);
