@@ -292,6 +292,26 @@ fn an_operator_signs_in_sees_the_nodes_and_runs_a_command_from_the_page() {
     assert_eq!(jobs[0]["states"]["succeeded"], 2);
     assert!(jobs[0]["args"].as_str().unwrap().contains("browser-$i"));
 
+    // A run (submitted with the CLI) in the Runs tab: its jobs by node.
+    let file = c.dir.path.join("run.yml");
+    std::fs::write(
+        &file,
+        "- jobs:\n  - RUN: --skip-cache echo one\n  - RUN: --skip-cache echo two\n",
+    )
+    .unwrap();
+    let out = c.cli(&["orchestrate", "--wait", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    browser.click("nav button[data-tab='runs']");
+    browser.until(
+        "the run listed",
+        "return document.querySelectorAll('#runs tr').length === 1",
+    );
+    browser.click("#runs tr");
+    browser.until(
+        "the run's jobs by node",
+        "const t = document.getElementById('run-detail').innerText; return t.includes('echo two') && t.toLowerCase().includes('db1') && (t.match(/succeeded/g) || []).length === 6",
+    );
+    browser.screenshot("run");
     // A bookmark with the token signs in directly, and drops it from the
     // address bar.
     browser.js("sessionStorage.clear(); return true");
