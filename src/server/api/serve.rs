@@ -94,12 +94,16 @@ impl Server {
         self.serve_api(token);
         if closed {
             // A peer that stopped writing may still read an answer it is
-            // waiting for; one with nothing pending is gone.
+            // waiting for, or the rest of one; one with nothing pending is
+            // gone.
             let waiting = self
                 .api
                 .as_ref()
                 .and_then(|a| a.conns.get(&token))
-                .is_some_and(|c| matches!(c.state, State::Waiting(_)) && !c.closing);
+                .is_some_and(|c| {
+                    (matches!(c.state, State::Waiting(_)) || c.has_output())
+                        && !matches!(c.state, State::Events(_))
+                });
             if waiting {
                 if let Some(c) = self.api.as_mut().and_then(|a| a.conns.get_mut(&token)) {
                     c.closing = true;
