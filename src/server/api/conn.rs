@@ -5,7 +5,7 @@
 //! reader leaves is ours to see and bound, TLS or not.
 
 use std::io::{self, Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
@@ -175,11 +175,78 @@ impl Conn {
         Ok(())
     }
 
+    /// Queue an event for a stream's reader, unless it is `SLOW` bytes
+    /// behind: then it gets a last `dropped` event (numbered `id`) and is
+    /// closing, given `grace` to take it before it is cut. Returns false
+    /// when it was dropped.
+    pub fn push_event(&mut self, bytes: &[u8], id: u64, now: Instant, grace: Duration) -> bool {
+        if self.closing {
+            return false;
+        }
+        if self.backlog() > super::events::SLOW {
+            self.queue(&super::events::dropped(id));
+            self.closing = true;
+            self.deadline = now + grace;
+            return false;
+        }
+        self.queue(bytes);
+        true
+    }
+
     /// Say goodbye: a TLS close_notify, then nothing more.
     pub fn close_notify(&mut self) {
         if let Some(tls) = &mut self.tls {
             tls.send_close_notify();
             let _ = tls.write_tls(&mut self.stream);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real loopback connection whose peer never reads.
+    fn pair() -> (Conn, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let conn = Conn::new(
+            TcpStream::from_std(ours),
+            None,
+            Instant::now(),
+            "test".into(),
+        );
+        (conn, peer)
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_is_dropped_past_the_bound_with_a_last_event() {
+        let (mut conn, _peer) = pair();
+        let event =
+            super::super::http::event(1, "part", &format!("{{\"pad\":\"{}\"}}", "x".repeat(1000)));
+        let now = Instant::now();
+        let grace = Duration::from_secs(5);
+        let mut queued = 0usize;
+        // The socket takes what the kernel buffers; the rest waits with us,
+        // up to the bound.
+        while conn.push_event(&event, 1, now, grace) {
+            queued += event.len();
+            conn.flush().unwrap();
+            assert!(queued < 64 << 20, "never dropped after {queued} bytes");
+        }
+        assert!(conn.backlog() > super::super::events::SLOW);
+        assert!(conn.backlog() < super::super::events::SLOW + 2 * event.len() + 512);
+        assert!(conn.closing);
+        assert_eq!(conn.deadline, now + grace);
+        assert!(
+            conn.out.ends_with(b"\n\n")
+                && String::from_utf8_lossy(&conn.out).contains("event: dropped")
+        );
+        // Nothing more is taken for it.
+        let before = conn.backlog();
+        assert!(!conn.push_event(&event, 2, now, grace));
+        assert_eq!(conn.backlog(), before);
     }
 }

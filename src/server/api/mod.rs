@@ -44,6 +44,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(15);
 pub const EVENTS_EVERY: Duration = Duration::from_millis(25);
 /// An event stream holding this much is written at once.
 pub const EVENTS_BATCH: usize = 64 << 10;
+/// How long a dropped reader has to take its last event before it is cut.
+pub const DROP_GRACE: Duration = Duration::from_secs(5);
 /// How often deadlines are looked at.
 const SWEEP: Duration = Duration::from_secs(1);
 

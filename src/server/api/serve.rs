@@ -406,20 +406,18 @@ impl Server {
                     (_, Some((name, data))) => Some(http::event(f.next, name, &data)),
                     (_, None) => None,
                 };
-                if bytes.is_some() {
-                    f.next += 1;
-                }
-                let next = f.next;
                 if let Some(b) = bytes {
-                    conn.queue(&b);
-                    api.events_pending = true;
+                    let id = f.next;
+                    f.next += 1;
+                    if conn.push_event(&b, id, Instant::now(), super::DROP_GRACE) {
+                        api.events_pending = true;
+                    } else {
+                        log::warn!("API: follower {} fell behind; dropped", conn.peer);
+                    }
                 }
-                if conn.backlog() > events::SLOW {
-                    conn.queue(&events::dropped(next));
+                if end && !conn.closing {
                     conn.closing = true;
-                }
-                if end {
-                    conn.closing = true;
+                    conn.deadline = Instant::now() + super::DROP_GRACE;
                 }
                 return;
             }
@@ -445,18 +443,16 @@ impl Server {
             return;
         };
         let last = api.bus.last_id();
+        let now = Instant::now();
         for conn in api.conns.values_mut() {
             if !matches!(&conn.state, State::Events(f) if f.job.is_none()) || conn.closing {
                 continue;
             }
-            if conn.backlog() > events::SLOW {
+            if conn.push_event(&bytes, last, now, super::DROP_GRACE) {
+                api.events_pending = true;
+            } else {
                 log::warn!("API: event reader {} fell behind; dropped", conn.peer);
-                conn.queue(&events::dropped(last));
-                conn.closing = true;
-                continue;
             }
-            conn.queue(&bytes);
-            api.events_pending = true;
         }
     }
 
@@ -506,6 +502,12 @@ impl Server {
         let mut late = Vec::new();
         let mut gone = Vec::new();
         for (t, c) in api.conns.iter_mut() {
+            // One closing that cannot hand over its last bytes in time
+            // (a reader that stopped reading) is cut: its buffer goes.
+            if c.closing && now >= c.deadline && c.has_output() {
+                gone.push(*t);
+                continue;
+            }
             match &c.state {
                 State::Reading if now >= c.deadline => {
                     if c.reader.is_partial() && !c.closing {
