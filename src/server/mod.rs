@@ -220,25 +220,6 @@ fn raise_open_files() {
     }
 }
 
-/// The user id of the process at the other end of a control connection
-/// (the kernel's word for it, which the peer cannot forge).
-fn peer_uid(stream: &mio::net::UnixStream) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cred.uid)
-}
-
 /// Run the server until it is told to stop.
 pub fn run(cfg: &Config) -> Result<()> {
     // One malloc arena for the process: the loop and the I/O thread hand
@@ -919,7 +900,7 @@ impl Server {
                         continue;
                     }
                     debug_assert!(!self.conns.contains_key(&token));
-                    if let Some(uid) = peer_uid(&conn.stream) {
+                    if let Some(uid) = crate::support::ids::peer_uid(&conn.stream) {
                         self.core.set_caller(token, format!("uid {uid}"));
                     }
                     self.conns.insert(token, conn);

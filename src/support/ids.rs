@@ -2,9 +2,29 @@
 //! `getgrnam_r`, `getgrgid_r`): for ADD's `--chown` on a node, the server's
 //! `--socket-group`, and the CLI's explanation of a refused control socket.
 //! These calls may block on a name service; callers make them where that
-//! is acceptable (the server only at start).
+//! is acceptable (the server only at start). And who is at the other end of
+//! a UNIX socket (`SO_PEERCRED`), which never blocks.
 
 use std::ffi::{CStr, CString};
+
+/// The user id of the process at the other end of a UNIX socket (the
+/// kernel's word for it, which the peer cannot forge).
+pub fn peer_uid(stream: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    // SAFETY: a zeroed plain-old-data struct.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
 
 /// Bytes for the strings a database entry points into.
 const BUF: usize = 1 << 16;
