@@ -66,7 +66,12 @@ fn get(port: u16, path: &str, token: &str) -> u16 {
 
 /// CPU seconds this process (the load generator) has used.
 fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_of("self")
+}
+
+/// CPU seconds process `pid` ("self" for this one) has used.
+fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -102,8 +107,11 @@ fn main() {
     std::fs::write(&file, yaml).unwrap();
     println!("{jobs} jobs x {nodes} nodes; {readers} event readers and {rate} API requests/s during the loaded run");
 
+    let server = c.server.as_ref().unwrap().pid().to_string();
     let fl = floor(nodes, jobs);
+    let s0 = cpu_of(&server);
     let quiet = orchestrate(&c, &file);
+    let server_quiet = cpu_of(&server) - s0;
 
     // The load: readers of the whole event stream, and a steady rate of
     // requests from a few threads.
@@ -180,7 +188,9 @@ fn main() {
         }));
     }
     let own_before = own_cpu();
+    let s0 = cpu_of(&server);
     let loaded = orchestrate(&c, &file);
+    let server_loaded = cpu_of(&server) - s0;
     let own = own_cpu() - own_before;
     stop.store(true, Ordering::Relaxed);
     for t in load.into_iter().chain(streams) {
@@ -211,6 +221,9 @@ fn main() {
         ms(percentile(&lat, 0.5)),
         ms(percentile(&lat, 0.99)),
         ms(lat.last().copied().unwrap_or_default()),
+    );
+    println!(
+        "the server's CPU: {server_quiet:.2}s for the idle run, {server_loaded:.2}s for the loaded one"
     );
     println!(
         "the load generator's own CPU during the loaded run: {own:.2}s (on 2 cores, about {:.0}% of its wall time)",

@@ -46,6 +46,8 @@ pub const EVENTS_EVERY: Duration = Duration::from_millis(25);
 pub const EVENTS_BATCH: usize = 64 << 10;
 /// How long a dropped reader has to take its last event before it is cut.
 pub const DROP_GRACE: Duration = Duration::from_secs(5);
+/// How long the cluster's counts for `/metrics` are reused.
+pub const COUNTS_TTL: Duration = Duration::from_secs(1);
 /// How often deadlines are looked at.
 const SWEEP: Duration = Duration::from_secs(1);
 
@@ -65,6 +67,8 @@ pub struct Api {
     events_flushed: Instant,
     /// Events were queued since.
     events_pending: bool,
+    /// The cluster's gauges, as last counted.
+    counts: Option<(Instant, crate::server::cluster::Counts)>,
     /// Failed authentications said, at most once a minute.
     auth_log: crate::support::ratelog::Every,
 }
@@ -98,6 +102,7 @@ impl Api {
             events_flushed: now,
             events_pending: false,
             auth_log: crate::support::ratelog::Every::minute(),
+            counts: None,
         })
     }
 

@@ -334,13 +334,24 @@ impl Server {
         }
     }
 
-    fn metrics_text(&self) -> String {
-        let Some(api) = &self.api else {
+    /// The exposition; the cluster's gauges are counted at most once per
+    /// `COUNTS_TTL` (counting walks every retained part, and scrapers may
+    /// be many).
+    fn metrics_text(&mut self) -> String {
+        let now = Instant::now();
+        let Some(api) = &mut self.api else {
             return String::new();
         };
-        let counts = self.core.counts();
+        let fresh = api
+            .counts
+            .as_ref()
+            .is_some_and(|(at, _)| now < *at + super::COUNTS_TTL);
+        if !fresh {
+            api.counts = Some((now, self.core.counts()));
+        }
+        let counts = &api.counts.as_ref().expect("just set").1;
         api.metrics
-            .render(&counts, api.conns.len(), api.event_readers())
+            .render(counts, api.conns.len(), api.event_readers())
     }
 
     fn start_events(&mut self, token: Token, follow: Option<uuid::Uuid>, last: Option<&str>) {
