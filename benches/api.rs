@@ -14,31 +14,9 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn floor(nodes: usize, jobs: usize) -> Duration {
-    let start = Instant::now();
-    let threads: Vec<_> = (0..nodes)
-        .map(|_| {
-            std::thread::spawn(move || {
-                for _ in 0..jobs {
-                    let out = Command::new("/bin/sh")
-                        .args(["-c", "echo hello world"])
-                        .output()
-                        .unwrap();
-                    assert!(out.status.success());
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    start.elapsed()
-}
 
 fn orchestrate(c: &util::Cluster, file: &std::path::Path) -> Duration {
     let start = Instant::now();
@@ -62,21 +40,6 @@ fn get(port: u16, path: &str, token: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
-}
-
-/// CPU seconds this process (the load generator) has used.
-fn own_cpu() -> f64 {
-    cpu_of("self")
-}
-
-/// CPU seconds process `pid` ("self" for this one) has used.
-fn cpu_of(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -108,10 +71,10 @@ fn main() {
     println!("{jobs} jobs x {nodes} nodes; {readers} event readers and {rate} API requests/s during the loaded run");
 
     let server = c.server.as_ref().unwrap().pid().to_string();
-    let fl = floor(nodes, jobs);
-    let s0 = cpu_of(&server);
+    let fl = util::shell_floor(nodes, jobs);
+    let s0 = util::cpu_secs(&server);
     let quiet = orchestrate(&c, &file);
-    let server_quiet = cpu_of(&server) - s0;
+    let server_quiet = util::cpu_secs(&server) - s0;
 
     // The load: readers of the whole event stream, and a steady rate of
     // requests from a few threads.
@@ -187,11 +150,11 @@ fn main() {
             }
         }));
     }
-    let own_before = own_cpu();
-    let s0 = cpu_of(&server);
+    let own_before = util::cpu_secs("self");
+    let s0 = util::cpu_secs(&server);
     let loaded = orchestrate(&c, &file);
-    let server_loaded = cpu_of(&server) - s0;
-    let own = own_cpu() - own_before;
+    let server_loaded = util::cpu_secs(&server) - s0;
+    let own = util::cpu_secs("self") - own_before;
     stop.store(true, Ordering::Relaxed);
     for t in load.into_iter().chain(streams) {
         t.join().unwrap();

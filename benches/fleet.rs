@@ -15,21 +15,6 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name, which may hold spaces, in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf only reads a constant.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 fn rss_mib(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -98,7 +83,7 @@ fn main() {
     c.start_server();
     println!("director fleet: {n} clients on this machine, CURVE on, heartbeat {ivl}s");
     let server = c.server().pid();
-    let cpu0 = cpu_secs(server);
+    let cpu0 = util::cpu_secs(server);
     let started = Instant::now();
     for i in 0..n {
         c.start_client(&format!("node-{i:04}"));
@@ -115,7 +100,7 @@ fn main() {
     );
     println!(
         "  server: {:.1} CPU-seconds, {:.0} MiB resident",
-        cpu_secs(server) - cpu0,
+        util::cpu_secs(server) - cpu0,
         rss_mib(server)
     );
     let (lo, hi) = client_fds(&c);
@@ -129,7 +114,7 @@ fn main() {
     let killed = Instant::now();
     c.start_server();
     let server = c.server().pid();
-    let cpu0 = cpu_secs(server);
+    let cpu0 = util::cpu_secs(server);
     let back = until_online(&c, n, killed, limit);
     println!(
         "recovery after the server's kill -9 and a restart {}: all {n} back after {} (from the restart)",
@@ -138,7 +123,7 @@ fn main() {
     );
     println!(
         "  server: {:.1} CPU-seconds, {:.0} MiB resident",
-        cpu_secs(server) - cpu0,
+        util::cpu_secs(server) - cpu0,
         rss_mib(server)
     );
     // Steady state: a few intervals later nothing has grown.
@@ -152,7 +137,7 @@ fn main() {
     println!(
         "  server after {:.0}s more: {:.1} CPU-seconds since the restart, {:.0} MiB resident, {} online",
         settle.as_secs_f64(),
-        cpu_secs(server) - cpu0,
+        util::cpu_secs(server) - cpu0,
         rss_mib(server),
         online(&c)
     );

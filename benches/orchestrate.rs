@@ -14,30 +14,7 @@
 #[path = "../tests/util/mod.rs"]
 mod util;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// `nodes` threads, each starting `jobs` shells one after another.
-fn floor(nodes: usize, jobs: usize) -> Duration {
-    let start = Instant::now();
-    let threads: Vec<_> = (0..nodes)
-        .map(|_| {
-            std::thread::spawn(move || {
-                for _ in 0..jobs {
-                    let out = Command::new("/bin/sh")
-                        .args(["-c", "echo hello world"])
-                        .output()
-                        .unwrap();
-                    assert!(out.status.success());
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    start.elapsed()
-}
 
 fn director(c: &util::Cluster, file: &std::path::Path, follow: bool) -> Duration {
     let mut args = vec!["orchestrate", file.to_str().unwrap(), "--wait"];
@@ -54,18 +31,6 @@ fn director(c: &util::Cluster, file: &std::path::Path, follow: bool) -> Duration
         println!("    lines shown live: {lines}");
     }
     elapsed
-}
-
-/// CPU seconds `pid` itself used (user + system, not its children's).
-fn cpu_secs(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command's name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 /// Context switches of all of `pid`'s threads so far (voluntary and not).
@@ -95,8 +60,8 @@ fn daemon_switches(c: &mut util::Cluster) -> (u64, u64) {
 
 /// The server's and the clients' CPU seconds so far.
 fn daemon_cpu(c: &mut util::Cluster) -> (f64, f64) {
-    let server = cpu_secs(c.server().pid());
-    let clients = c.clients.values().map(|p| cpu_secs(p.pid())).sum();
+    let server = util::cpu_secs(c.server().pid());
+    let clients = c.clients.values().map(|p| util::cpu_secs(p.pid())).sum();
     (server, clients)
 }
 
@@ -124,9 +89,9 @@ fn main() {
     let mut f = Vec::new();
     let me = std::process::id() as i32;
     for round in 1..=3 {
-        let own = cpu_secs(me);
-        let fl = floor(nodes, jobs);
-        let own = cpu_secs(me) - own;
+        let own = util::cpu_secs(me);
+        let fl = util::shell_floor(nodes, jobs);
+        let own = util::cpu_secs(me) - own;
         let (s0, c0) = daemon_cpu(&mut c);
         let (w0, x0) = daemon_switches(&mut c);
         let di = director(&c, &file, follow);

@@ -26,6 +26,45 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The floor of the orchestration benchmarks: `nodes` threads, each
+/// starting `jobs` shells (`sh -c 'echo hello world'`, output captured)
+/// one after another, which is the process-starting work no tool avoids.
+pub fn shell_floor(nodes: usize, jobs: usize) -> Duration {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..nodes)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..jobs {
+                    let out = Command::new("/bin/sh")
+                        .args(["-c", "echo hello world"])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    start.elapsed()
+}
+
+/// CPU seconds (user + system, not its children's) that process `pid`
+/// has used; "self" for this one.
+pub fn cpu_secs(pid: impl std::fmt::Display) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's name, which is in parentheses and
+    // may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// A cluster for a benchmark: CURVE as by default, or off when the
 /// environment says `CURVE=off` (to measure what encryption costs).
 pub fn bench_cluster(test: &str, ivl: &str) -> Cluster {
