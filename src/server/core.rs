@@ -128,7 +128,7 @@ pub struct Core {
     pub(super) publishing: bool,
     /// Who speaks on each connection (`uid N`, `token NAME`): recorded
     /// with what it submits.
-    pub(super) callers: std::collections::HashMap<Token, String>,
+    pub(super) callers: crate::support::hash::Map<Token, String>,
 }
 
 /// The notes for the API's event stream go to this token (never a
@@ -168,7 +168,7 @@ impl Core {
             pending_logged: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
             tokens: super::tokens::Tokens::default(),
             publishing: false,
-            callers: std::collections::HashMap::new(),
+            callers: Default::default(),
         }
     }
 

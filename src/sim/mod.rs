@@ -106,6 +106,7 @@ enum Dir {
 }
 
 /// A message on the wire.
+#[derive(Clone)]
 struct Packet {
     at: Instant,
     node: usize,
@@ -617,24 +618,18 @@ impl Sim {
         let key = (node, link, channel as u8, dir);
         let at = self.last_at.get(&key).map_or(at, |last| at.max(*last));
         self.last_at.insert(key, at);
-        if self.rng.range(0, 999) < self.faults.dup_per_mille {
-            self.net.push(Packet {
-                at,
-                node,
-                link,
-                channel,
-                dir,
-                frames: frames.clone(),
-            });
-        }
-        self.net.push(Packet {
+        let packet = Packet {
             at,
             node,
             link,
             channel,
             dir,
             frames,
-        });
+        };
+        if self.rng.range(0, 999) < self.faults.dup_per_mille {
+            self.net.push(packet.clone());
+        }
+        self.net.push(packet);
     }
 
     fn deliver(&mut self, p: Packet) {
