@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::http::Request as Http;
 use crate::dsl::{Action, Task, Verb};
-use crate::wire::{JobState, Request, Response, Role};
+use crate::wire::{Request, Response, Role};
 
 /// Where a request goes.
 #[derive(Debug)]
@@ -57,15 +57,6 @@ pub enum Expect {
     Final,
     /// `Resolved`: then that job's (or run's) detail, asked next.
     Detail { show_values: bool },
-}
-
-/// `GET /api/v1/jobs` filters.
-#[derive(Debug, Default)]
-struct JobFilter {
-    state: Option<JobState>,
-    verb: Option<Verb>,
-    run: Option<Uuid>,
-    limit: Option<u32>,
 }
 
 /// What an answer from the core does to a waiting request.
@@ -181,17 +172,11 @@ pub fn route(req: &Http) -> Result<Route, Refusal> {
             Role::Admin,
             pending(Expect::Answer, true),
         ),
-        ("GET", ["api", "v1", "jobs"]) => {
-            let f = filter(req)?;
-            let req = Request::FindJobs {
-                show_values,
-                state: f.state,
-                verb: f.verb,
-                run: f.run,
-                limit: f.limit,
-            };
-            control(req, reader, pending(Expect::Answer, false))
-        }
+        ("GET", ["api", "v1", "jobs"]) => control(
+            find_jobs(req, show_values)?,
+            reader,
+            pending(Expect::Answer, false),
+        ),
         ("GET", ["api", "v1", "jobs" | "runs", id]) => control(
             Request::Resolve {
                 id: (*id).to_owned(),
@@ -292,30 +277,42 @@ fn known_path(segs: &[&str]) -> bool {
     )
 }
 
-fn filter(req: &Http) -> Result<JobFilter, Refusal> {
-    let mut f = JobFilter::default();
-    if let Some(s) = req.param("state") {
-        f.state = Some(
+/// `GET /api/v1/jobs`: its filters, as the core's `FindJobs`.
+fn find_jobs(req: &Http, show_values: bool) -> Result<Request, Refusal> {
+    let state = match req.param("state") {
+        Some(s) => Some(
             serde_json::from_value(Value::String(s.to_owned())).map_err(|_| {
                 bad(format!(
                     "state: '{s}' is not a job state (queued, running, succeeded, failed, ...)"
                 ))
             })?,
-        );
-    }
-    if let Some(v) = req.param("verb") {
-        f.verb = Some(v.parse().map_err(bad)?);
-    }
-    if let Some(r) = req.param("run") {
-        f.run = Some(Uuid::parse_str(r).map_err(|_| bad(format!("run: '{r}' is not a run id")))?);
-    }
-    if let Some(l) = req.param("limit") {
-        f.limit = Some(
-            l.parse()
+        ),
+        None => None,
+    };
+    let verb = match req.param("verb") {
+        Some(v) => Some(v.parse::<Verb>().map_err(bad)?),
+        None => None,
+    };
+    let run = match req.param("run") {
+        Some(r) => {
+            Some(Uuid::parse_str(r).map_err(|_| bad(format!("run: '{r}' is not a run id")))?)
+        }
+        None => None,
+    };
+    let limit = match req.param("limit") {
+        Some(l) => Some(
+            l.parse::<u32>()
                 .map_err(|_| bad(format!("limit: '{l}' is not a number")))?,
-        );
-    }
-    Ok(f)
+        ),
+        None => None,
+    };
+    Ok(Request::FindJobs {
+        show_values,
+        state,
+        verb,
+        run,
+        limit,
+    })
 }
 
 /// Submissions through the API carry no files of the server's machine:
