@@ -469,13 +469,77 @@ impl Names {
 pub struct Parts {
     nodes: Targets,
     parts: Box<[Part]>,
+    /// The states its parts are in, a bit each (`state_bit`): a filter on
+    /// state (`/api/v1/jobs?state=failed`, polled by dashboards) reads one
+    /// word per job instead of visiting every part of thousands of jobs.
+    /// Kept by `PartMut`, the only way to change a part.
+    states: u16,
+}
+
+/// A job state's bit in `Parts::states`.
+fn state_bit(state: JobState) -> u16 {
+    1 << (state as u16)
+}
+
+/// The bits of the states that are not final.
+const LIVE_STATES: u16 =
+    (1 << JobState::Queued as u16) | (1 << JobState::Sent as u16) | (1 << JobState::Running as u16);
+
+/// One part, lent for a change: when the loan ends, the job's summary of
+/// states is made again from its parts (a handful, already in cache).
+pub struct PartMut<'a> {
+    parts: &'a mut Parts,
+    i: usize,
+}
+
+impl std::ops::Deref for PartMut<'_> {
+    type Target = Part;
+
+    fn deref(&self) -> &Part {
+        &self.parts.parts[self.i]
+    }
+}
+
+impl std::ops::DerefMut for PartMut<'_> {
+    fn deref_mut(&mut self) -> &mut Part {
+        &mut self.parts.parts[self.i]
+    }
+}
+
+impl Drop for PartMut<'_> {
+    fn drop(&mut self) {
+        self.parts.summarize();
+    }
 }
 
 impl Parts {
     fn new(targets: &[String], names: &mut Names) -> Parts {
         let nodes = names.set(targets);
         let parts = nodes.iter().map(|_| Part::Queued).collect();
-        Parts { nodes, parts }
+        let mut parts = Parts {
+            nodes,
+            parts,
+            states: 0,
+        };
+        parts.summarize();
+        parts
+    }
+
+    fn summarize(&mut self) {
+        self.states = self
+            .parts
+            .iter()
+            .fold(0, |bits, p| bits | state_bit(p.state()));
+    }
+
+    /// Is any part in `state`?
+    pub fn any_in(&self, state: JobState) -> bool {
+        self.states & state_bit(state) != 0
+    }
+
+    /// Has every part finished?
+    pub fn all_done(&self) -> bool {
+        self.states & LIVE_STATES == 0
     }
 
     fn find(&self, node: &str) -> Option<usize> {
@@ -486,17 +550,18 @@ impl Parts {
         self.find(node).map(|i| &self.parts[i])
     }
 
-    pub fn get_mut(&mut self, node: &str) -> Option<&mut Part> {
-        self.find(node).map(|i| &mut self.parts[i])
+    pub fn get_mut(&mut self, node: &str) -> Option<PartMut<'_>> {
+        self.find(node).map(|i| PartMut { parts: self, i })
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Part> {
-        self.parts.iter_mut()
-    }
-
-    /// The part at `i` in node order.
-    pub fn nth_mut(&mut self, i: usize) -> Option<&mut Part> {
-        self.parts.get_mut(i)
+    /// Move the records of finished parts where `to` says (a compaction
+    /// moved them); no state changes.
+    pub fn respan(&mut self, mut to: impl FnMut(Span) -> Option<Span>) {
+        for p in self.parts.iter_mut() {
+            if let Some(span) = p.span().and_then(&mut to) {
+                p.spill(span);
+            }
+        }
     }
 
     /// Node names, in order.
@@ -552,12 +617,12 @@ pub struct Job {
 impl Job {
     /// Has every node finished?
     pub fn is_done(&self) -> bool {
-        self.parts.values().all(|p| p.state().is_done())
+        self.parts.all_done()
     }
 
     /// Has any of its parts ended in (or is it at) `state`?
     pub fn has_state(&self, state: JobState) -> bool {
-        self.parts.values().any(|p| p.state() == state)
+        self.parts.any_in(state)
     }
 
     /// When the last part finished (0 if none has).
@@ -878,6 +943,76 @@ mod tests {
         let another = jobs.insert(task, &["n".into()], None, 11).id;
         let left: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
         assert_eq!(left.last(), Some(&another));
+    }
+
+    #[test]
+    fn a_jobs_summary_of_states_follows_every_change_to_its_parts() {
+        let mut jobs = Jobs::default();
+        let task = Task::parse(crate::dsl::Verb::Run, "true").unwrap();
+        let targets: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        let id = jobs.insert(task, &targets, None, 0).id;
+        let states = |jobs: &Jobs| {
+            let job = jobs.get(&id).unwrap();
+            let all = [
+                JobState::Queued,
+                JobState::Sent,
+                JobState::Running,
+                JobState::Succeeded,
+                JobState::Failed,
+                JobState::Lost,
+            ];
+            // The summary says what a walk of the parts says.
+            for s in all {
+                assert_eq!(
+                    job.has_state(s),
+                    job.parts.values().any(|p| p.state() == s),
+                    "{s:?}"
+                );
+            }
+            assert_eq!(
+                job.is_done(),
+                job.parts.values().all(|p| p.state().is_done())
+            );
+            all.into_iter()
+                .filter(|s| job.has_state(*s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(states(&jobs), [JobState::Queued]);
+        let now = Instant::now();
+        let outcome = |code| Outcome {
+            exit: Exit::Code(code),
+            stdout: vec![],
+            stderr: vec![],
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            exec_secs: 0.0,
+            attempts: Vec::new(),
+        };
+        // A loan per change, as the cluster takes them.
+        let change = |jobs: &mut Jobs, node: &str, f: &dyn Fn(&mut Part)| {
+            f(&mut jobs.get_mut(&id).unwrap().parts.get_mut(node).unwrap())
+        };
+        change(&mut jobs, "a", &|p| p.send(now, 1, None));
+        assert_eq!(states(&jobs), [JobState::Queued, JobState::Sent]);
+        change(&mut jobs, "a", &|p| p.start());
+        change(&mut jobs, "b", &|p| p.send(now, 1, None));
+        assert_eq!(
+            states(&jobs),
+            [JobState::Queued, JobState::Sent, JobState::Running]
+        );
+        change(&mut jobs, "a", &|p| p.finish(outcome(0), now, 2));
+        change(&mut jobs, "b", &|p| p.finish(outcome(1), now, 2));
+        change(&mut jobs, "c", &|p| p.end(Final::LOST, "gone".into(), 3));
+        assert_eq!(
+            states(&jobs),
+            [JobState::Succeeded, JobState::Failed, JobState::Lost]
+        );
+        // A late result for the part reported lost replaces it.
+        change(&mut jobs, "c", &|p| p.finish(outcome(0), now, 4));
+        assert_eq!(states(&jobs), [JobState::Succeeded, JobState::Failed]);
+        // Moving records in the journal changes no state.
+        jobs.get_mut(&id).unwrap().parts.respan(Some);
+        assert_eq!(states(&jobs), [JobState::Succeeded, JobState::Failed]);
     }
 
     #[test]

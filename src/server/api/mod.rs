@@ -120,6 +120,23 @@ impl Api {
         }
     }
 
+    /// Hand the events published since the last batch to every reader of
+    /// the whole stream, one shared buffer for all; one too far behind
+    /// gets a last `dropped` event and is closed.
+    fn deal_batch(&mut self, now: Instant) {
+        let Some((batch, before)) = self.bus.seal() else {
+            return;
+        };
+        for conn in self.conns.values_mut() {
+            if !matches!(&conn.state, conn::State::Events(f) if f.job.is_none()) || conn.closing {
+                continue;
+            }
+            if !conn.push_batch(&batch, before, now, DROP_GRACE) {
+                log::warn!("API: event reader {} fell behind; dropped", conn.peer);
+            }
+        }
+    }
+
     /// How many connections read the whole event stream.
     pub fn event_readers(&self) -> usize {
         self.conns

@@ -356,6 +356,9 @@ impl Server {
 
     fn start_events(&mut self, token: Token, follow: Option<uuid::Uuid>, last: Option<&str>) {
         let Some(api) = &mut self.api else { return };
+        // What the readers so far have yet to get goes to them alone: the
+        // new one starts after it (or replays it by its id).
+        api.deal_batch(Instant::now());
         let replay = match (follow, last.and_then(|l| l.parse::<u64>().ok())) {
             (None, Some(last)) => Some(
                 api.bus
@@ -441,8 +444,8 @@ impl Server {
         }
     }
 
-    /// An event for every reader of the whole stream; one too far behind
-    /// gets a last `dropped` event and is closed.
+    /// An event for every reader of the whole stream, sent with the
+    /// next batch (`flush_api`).
     fn broadcast(&mut self, resp: &Response) {
         let Some(api) = &mut self.api else { return };
         log::debug!(
@@ -450,19 +453,12 @@ impl Server {
             events::encode(resp).map_or("-", |(name, _)| name),
             api.event_readers()
         );
-        let Some(bytes) = api.bus.publish(resp) else {
-            return;
-        };
-        let last = api.bus.last_id();
-        let now = Instant::now();
-        for conn in api.conns.values_mut() {
-            if !matches!(&conn.state, State::Events(f) if f.job.is_none()) || conn.closing {
-                continue;
-            }
-            if conn.push_event(&bytes, last, now, super::DROP_GRACE) {
-                api.events_pending = true;
-            } else {
-                log::warn!("API: event reader {} fell behind; dropped", conn.peer);
+        if api.bus.publish(resp) {
+            api.events_pending = true;
+            // A burst is written at once, as a stream holding
+            // `EVENTS_BATCH` is.
+            if api.bus.unsealed() >= super::EVENTS_BATCH {
+                api.deal_batch(Instant::now());
             }
         }
     }
@@ -479,6 +475,7 @@ impl Server {
         if events_due {
             api.events_flushed = now;
             api.events_pending = false;
+            api.deal_batch(now);
         }
         let mut gone = Vec::new();
         for (t, c) in api.conns.iter_mut() {

@@ -281,7 +281,7 @@ impl Cluster {
         }
         for id in undelivered {
             log::info!("node={node}: job {id} never reached the node; sending it again");
-            if let Some(p) = self.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(node)) {
+            if let Some(mut p) = self.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(node)) {
                 p.unsend();
             }
             out.push(Effect::Journal(Record::Unsent {
@@ -310,7 +310,7 @@ impl Cluster {
         n.queue.retain(|id| !holding.contains(id));
         for id in held {
             n.in_flight.push_back(id);
-            if let Some(p) = self.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(node)) {
+            if let Some(mut p) = self.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(node)) {
                 p.held_by_node();
             }
         }
@@ -326,7 +326,7 @@ impl Cluster {
 
     /// The job's process started on the node.
     pub fn started(&mut self, node: &str, job_id: &Uuid) {
-        if let Some(p) = self
+        if let Some(mut p) = self
             .jobs
             .get_mut(job_id)
             .and_then(|j| j.parts.get_mut(node))
@@ -370,7 +370,7 @@ impl Cluster {
             return Some(format!("result for unknown job {job_id} (purged, or sent before a server restart); dropped"));
         };
         let parent = job.parent;
-        let Some(part) = job.parts.get_mut(node) else {
+        let Some(mut part) = job.parts.get_mut(node) else {
             return Some(format!(
                 "result for job {job_id}, which was not sent to it; dropped"
             ));
@@ -384,6 +384,7 @@ impl Cluster {
                     "node={node}: late result for job {job_id}, which was reported lost; recorded"
                 );
                 part.finish(outcome, now.at, now.ms);
+                drop(part);
                 out.extend(self.done_record(&job_id, node).map(Effect::Journal));
                 return None;
             }
@@ -392,6 +393,7 @@ impl Cluster {
         }
         let was = part.state();
         part.finish(outcome, now.at, now.ms);
+        drop(part);
         if let Some(n) = self.nodes.get_mut(node) {
             // The window is small and the job near its front: no walk of
             // the node's queue, which may hold thousands, per result.
@@ -497,7 +499,7 @@ impl Cluster {
         if let Some(pos) = n.in_flight.iter().position(|id| *id == job_id) {
             n.in_flight.remove(pos);
             n.queue.push_front(job_id);
-            if let Some(p) = self
+            if let Some(mut p) = self
                 .jobs
                 .get_mut(&job_id)
                 .and_then(|j| j.parts.get_mut(node))
@@ -521,7 +523,7 @@ impl Cluster {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
-            let Some(part) = job.parts.get_mut(node) else {
+            let Some(mut part) = job.parts.get_mut(node) else {
                 continue;
             };
             // Only what waits is sent: a part that ended (or went out)
@@ -593,7 +595,7 @@ impl Cluster {
             let Some(job) = jobs.get_mut(id).filter(|j| j.parent == Some(parent)) else {
                 return true;
             };
-            if let Some(part) = job.parts.get_mut(node) {
+            if let Some(mut part) = job.parts.get_mut(node) {
                 part.end(Final::SKIPPED, SKIPPED_AFTER_FAILURE.into(), now_ms);
             }
             skipped.push(*id);
@@ -632,7 +634,7 @@ impl Cluster {
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) -> bool {
-        let Some(part) = self
+        let Some(mut part) = self
             .jobs
             .get_mut(job_id)
             .and_then(|j| j.parts.get_mut(node))
@@ -641,6 +643,7 @@ impl Cluster {
             return false;
         };
         part.end(state, why.to_owned(), now_ms);
+        drop(part);
         self.part_done(*job_id, node, out);
         true
     }

@@ -11,7 +11,7 @@ impl Restore {
         Restore(Cluster::default(), at)
     }
 
-    fn part(&mut self, id: &Uuid, node: &str) -> Option<&mut crate::server::jobs::Part> {
+    fn part(&mut self, id: &Uuid, node: &str) -> Option<crate::server::jobs::PartMut<'_>> {
         self.0.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node))
     }
 
@@ -21,7 +21,7 @@ impl Restore {
         match rec {
             crate::journal::Lazy::Whole(rec) => self.replay(rec, span),
             crate::journal::Lazy::Head(h) => {
-                if let Some(p) = self.part(&h.id, &h.node) {
+                if let Some(mut p) = self.part(&h.id, &h.node) {
                     p.restore(h.state, h.finished_ms, h.sent_ms, span);
                 }
             }
@@ -44,7 +44,7 @@ impl Restore {
                     .record = Some(span);
             }
             Record::Sent { id, node, sent_ms } => {
-                if let Some(p) = self.part(&id, &node) {
+                if let Some(mut p) = self.part(&id, &node) {
                     p.restore_sent(sent_ms, None);
                 }
             }
@@ -54,17 +54,17 @@ impl Restore {
                 sent_ms,
                 to,
             } => {
-                if let Some(p) = self.part(&id, &node) {
+                if let Some(mut p) = self.part(&id, &node) {
                     p.restore_sent(sent_ms, Some(to));
                 }
             }
             Record::Unsent { id, node } => {
-                if let Some(p) = self.part(&id, &node) {
+                if let Some(mut p) = self.part(&id, &node) {
                     p.unsend();
                 }
             }
             Record::Done { id, node, part } => {
-                if let Some(p) = self.part(&id, &node) {
+                if let Some(mut p) = self.part(&id, &node) {
                     p.restore(part.state, part.finished_ms, part.sent_ms, span);
                 }
             }
@@ -206,7 +206,7 @@ impl Restore {
                 JobState::Queued => n.queue.push_back(id),
                 _ => n.in_flight.push_back(id),
             }
-            if let Some(p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
+            if let Some(mut p) = c.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(&node)) {
                 // In flight again: a restart cannot know if it started.
                 p.restart();
             }

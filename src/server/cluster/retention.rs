@@ -76,7 +76,7 @@ impl Cluster {
     /// A finished part's record is at `span` in the journal: memory keeps
     /// only its summary from now on.
     pub fn spilled(&mut self, id: &Uuid, node: &str, span: Span) {
-        if let Some(p) = self.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node)) {
+        if let Some(mut p) = self.jobs.get_mut(id).and_then(|j| j.parts.get_mut(node)) {
             p.spill(span);
         }
     }
@@ -89,11 +89,7 @@ impl Cluster {
             if let Some(span) = job.record.and_then(&mut to) {
                 job.record = Some(span);
             }
-            for p in job.parts.values_mut() {
-                if let Some(span) = p.span().and_then(&mut to) {
-                    p.spill(span);
-                }
-            }
+            job.parts.respan(&mut to);
         }
     }
 
