@@ -906,6 +906,53 @@ fn tls_serves_https_and_cleartext_stays_on_loopback() {
     assert!(curl.status.success(), "{curl:?}");
     let body = String::from_utf8_lossy(&curl.stdout);
     assert_eq!(json(&body)[0]["name"], "t1", "{body}");
+    // The event stream through TLS: its batches go through rustls too.
+    let mut stream = std::process::Command::new("curl")
+        .args([
+            "-sSN",
+            "--cacert",
+            cert.to_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {t}"),
+        ])
+        .arg(format!(
+            "https://localhost:{}/api/v1/events",
+            c.api_port.unwrap()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = stream.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Opened once its first comment arrives; then a job, seen whole.
+    let first = rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(first, ": director events");
+    let done = c.cli(&[
+        "exec",
+        "--verb",
+        "RUN",
+        "--wait",
+        "--skip-cache",
+        "echo over-tls",
+    ]);
+    assert_eq!(done.code, 0, "{}", done.stderr);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == "event: job") {
+        match rx.recv_timeout(DEADLINE) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no job event over TLS ({e}): {seen:?}"),
+        }
+    }
+    assert!(seen.iter().any(|l| l == "event: part"), "{seen:?}");
+    let _ = stream.kill();
+    let _ = stream.wait();
     // Clear text to a TLS port is not an answer: the connection closes.
     let mut s = connect(&c);
     s.write_all(b"GET /api/v1/health HTTP/1.1\r\n\r\n").unwrap();
