@@ -577,7 +577,7 @@ fn bad_huge_and_slow_requests_get_one_line_errors_and_the_cluster_goes_on() {
     assert_eq!(parse_response(&text).0, 408, "{text}");
 
     // A thousand idle connections: served alongside, memory bounded.
-    raise_open_files(4096);
+    util::raise_open_files(4096);
     let rss = || {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", c.server.as_ref().unwrap().pid()))
@@ -619,17 +619,6 @@ fn bad_huge_and_slow_requests_get_one_line_errors_and_the_cluster_goes_on() {
     // And the nodes never noticed.
     let log = c.clients["n1"].log_text();
     assert!(!log.contains("server silent"), "{log}");
-}
-
-fn raise_open_files(n: u64) {
-    // SAFETY: getrlimit/setrlimit only read and write the struct given.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < n {
-            lim.rlim_cur = n.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// An event stream's reader: events as (id, name, data).

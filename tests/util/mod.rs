@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
@@ -1041,4 +1043,17 @@ int fdatasync(int fd) {{ static int (*real)(int); if (!real) real = dlsym(RTLD_N
         .status()
         .is_ok_and(|s| s.success());
     built.then_some(lib)
+}
+
+/// Let this process (and the daemons it starts) hold `n` open files,
+/// within the hard limit.
+pub fn raise_open_files(n: u64) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
