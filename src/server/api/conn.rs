@@ -151,6 +151,11 @@ impl Conn {
 
     /// Queue bytes for the peer (written by `flush`).
     pub fn queue(&mut self, bytes: &[u8]) {
+        // An empty chunk would make a write of nothing, which reads as a
+        // dead socket.
+        if bytes.is_empty() {
+            return;
+        }
         self.queued += bytes.len();
         if let Some(Chunk::Own(last)) = self.out.back_mut() {
             if last.len() + bytes.len() <= OWN_CHUNK {
@@ -162,6 +167,9 @@ impl Conn {
     }
 
     fn queue_shared(&mut self, batch: Rc<[u8]>) {
+        if batch.is_empty() {
+            return;
+        }
         self.queued += batch.len();
         self.out.push_back(Chunk::Shared(batch));
     }
