@@ -168,8 +168,18 @@ pub fn write(mode: Mode, plan: &Plan) -> Result<String, String> {
         if let Some(dir) = plan.config_file.parent() {
             fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        fs::write(&plan.config_file, CONFIG_HEADER)
-            .map_err(|e| format!("cannot write {}: {e}", plan.config_file.display()))?;
+        // 0600 from its first byte: it is where the shared key goes.
+        let created = || -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&plan.config_file)?;
+            f.write_all(CONFIG_HEADER.as_bytes())?;
+            f.sync_all()
+        };
+        created().map_err(|e| format!("cannot write {}: {e}", plan.config_file.display()))?;
         report.push_str(&format!(
             "wrote {} (comments only: edit it)\n",
             plan.config_file.display()

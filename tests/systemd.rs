@@ -33,6 +33,11 @@ fn helpers_write_units_and_a_config_director_accepts() {
         );
         assert!(unit.contains(&want), "{unit}");
         assert!(unit.contains("[Install]") && unit.contains("WantedBy=multi-user.target"));
+        // The config file will hold the shared key: 0600 from the start.
+        use std::os::unix::fs::PermissionsExt;
+        let config_mode = fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+        assert_eq!(config_mode, 0o600, "{config_mode:o}");
+        verify_unit(&units.join(format!("director-{mode}.service")), mode);
         // The config it created parses: director reads it without complaint.
         let check = util::run_cli(
             &dir.path,
@@ -66,6 +71,41 @@ fn helpers_write_units_and_a_config_director_accepts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a file"));
+}
+
+/// `systemd-analyze verify` accepts the unit, and the server's is
+/// hardened: its exposure as `systemd-analyze security` rates it is 3.0
+/// ("OK") or less (it was 9.6, "UNSAFE"). The client's is not sandboxed by
+/// design (it installs packages and manages services as root).
+fn verify_unit(unit: &std::path::Path, mode: &str) {
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit)
+        .output()
+    else {
+        eprintln!("skipped the unit checks: no systemd-analyze");
+        return;
+    };
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}: {}",
+        unit.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if mode != "server" {
+        return;
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=30"])
+        .arg(unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the server's unit is exposed beyond 3.0: {}",
+        text.lines().last().unwrap_or("")
+    );
 }
 
 /// `director completions bash` is a script bash reads, and it completes
