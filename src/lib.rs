@@ -52,11 +52,15 @@ pub fn run() -> error::Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Server => {
+            let init = support::init::supervise_if_pid1();
             support::logger::init(cfg.debug);
+            init.log();
             server::run(&cfg).map(|()| EXIT_OK)
         }
         Command::Client => {
+            let init = support::init::supervise_if_pid1();
             support::logger::init(cfg.debug);
+            init.log();
             client::run(&cfg).map(|()| EXIT_OK)
         }
         Command::Exec(args) => {

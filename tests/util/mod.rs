@@ -193,6 +193,9 @@ pub struct Cluster {
     /// The server's `--api-port`, once `with_api` asked for one (a new
     /// free one if it was taken at a start).
     pub api_port: Option<u16>,
+    /// A command that clients run under (`unshare --pid --fork`, say):
+    /// it gets the director binary and its arguments.
+    pub client_wrapper: Vec<String>,
 }
 
 impl Cluster {
@@ -223,6 +226,7 @@ impl Cluster {
             clients: BTreeMap::new(),
             umask: None,
             api_port: None,
+            client_wrapper: Vec::new(),
         }
     }
 
@@ -270,7 +274,20 @@ impl Cluster {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = base_command();
+        let mut cmd = match self.client_wrapper.split_first() {
+            Some((prog, args)) if mode == "client" => {
+                let mut cmd = Command::new(prog);
+                cmd.env_clear()
+                    .env(
+                        "PATH",
+                        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+                    )
+                    .args(args)
+                    .arg(BIN);
+                cmd
+            }
+            _ => base_command(),
+        };
         if let Some(mask) = self.umask {
             use std::os::unix::process::CommandExt;
             // SAFETY: umask is async-signal-safe and touches no memory.
