@@ -46,14 +46,7 @@ pub fn lock(dir: &Path, what: &str) -> Result<DirLock> {
         if let Ok(mut f) = File::open(dir.join(FILE)) {
             let _ = f.read_to_string(&mut text);
         }
-        let holder = match text.trim().parse::<u32>() {
-            Ok(pid) => format!("director process {pid}"),
-            Err(_) => "another director process".to_owned(),
-        };
-        return Err(Error::Config(format!(
-            "the {what} {} is in use by {holder}: stop it, or give this one another directory",
-            dir.display()
-        )));
+        return Err(Error::Config(held_by(&text, what, dir)));
     }
     let path = dir.join(FILE);
     let written = OpenOptions::new()
@@ -66,12 +59,65 @@ pub fn lock(dir: &Path, what: &str) -> Result<DirLock> {
             f.set_permissions(fs::Permissions::from_mode(0o600))?;
             f.set_len(0)?;
             f.rewind()?;
-            writeln!(f, "{}", std::process::id())
+            write!(f, "{}", note())
         });
     if let Err(e) = written {
         return Err(Error::io(format!("cannot write {}", path.display()), e));
     }
     Ok(DirLock { _dir: handle })
+}
+
+/// What `director.lock` says of its owner: its PID on the first line (all
+/// that older versions wrote), then its host name and PID namespace, so
+/// that a daemon in another container sharing the volume is named as such.
+fn note() -> String {
+    format!(
+        "{}\nhost {}\npidns {}\n",
+        std::process::id(),
+        crate::config::hostname(),
+        pid_namespace().unwrap_or_default()
+    )
+}
+
+fn pid_namespace() -> Option<String> {
+    Some(
+        fs::read_link("/proc/self/ns/pid")
+            .ok()?
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// The refusal for a directory whose lock is held, from its note.
+fn held_by(note: &str, what: &str, dir: &Path) -> String {
+    let mut lines = note.lines();
+    let pid = lines.next().and_then(|l| l.trim().parse::<u32>().ok());
+    let (mut host, mut ns) = (None, None);
+    for l in lines {
+        if let Some(h) = l.strip_prefix("host ") {
+            host = Some(h.trim().to_owned()).filter(|h| !h.is_empty());
+        } else if let Some(n) = l.strip_prefix("pidns ") {
+            ns = Some(n.trim().to_owned()).filter(|n| !n.is_empty());
+        }
+    }
+    let elsewhere = ns.is_some() && ns != pid_namespace();
+    let dir = dir.display();
+    match (pid, elsewhere) {
+        (Some(pid), true) => format!(
+            "the {what} {dir} is in use by a director in another container or PID namespace \
+             (pid {pid} there{}): each daemon needs directories of its own; \
+             give each container its own volume (or its own path)",
+            host.map_or(String::new(), |h| format!(", host name {h}"))
+        ),
+        (Some(pid), false) => format!(
+            "the {what} {dir} is in use by director process {pid}: stop it, \
+             or give this one another directory"
+        ),
+        (None, _) => format!(
+            "the {what} {dir} is in use by another director process: stop it, \
+             or give this one another directory"
+        ),
+    }
 }
 
 /// Lock each distinct directory of `dirs` (the same directory twice would
@@ -173,6 +219,26 @@ mod tests {
         let again = lock_all(&[(&d, "cache"), (&d.join("."), "key directory")]).unwrap();
         assert_eq!(again.len(), 1);
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_holder_in_another_pid_namespace_is_named_as_another_container() {
+        let dir = Path::new("/var/lib/director/node");
+        let what = "key directory (--key-path)";
+        // Two client containers on one volume: the other's daemon is PID 2
+        // in its own namespace, which says nothing here.
+        let e = held_by("2\nhost web-2\npidns pid:[1]\n", what, dir);
+        assert_eq!(
+            e,
+            "the key directory (--key-path) /var/lib/director/node is in use by a director in \
+             another container or PID namespace (pid 2 there, host name web-2): each daemon \
+             needs directories of its own; give each container its own volume (or its own path)"
+        );
+        // Ours, or a note from before host and namespace were written.
+        let ours = format!("7\nhost h\npidns {}\n", pid_namespace().unwrap());
+        assert!(held_by(&ours, what, dir).contains("in use by director process 7: stop it"));
+        assert!(held_by("7\n", what, dir).contains("in use by director process 7: stop it"));
+        assert!(held_by("", what, dir).contains("in use by another director process"));
     }
 
     #[test]
