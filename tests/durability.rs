@@ -808,3 +808,58 @@ fn a_compaction_that_fails_is_given_up_and_every_output_stays_readable() {
     // The second purge forgot the finished jobs outside the run.
     assert_eq!(outputs(&c), ["kept-0\n", "kept-1\n", "kept-2\n", "last\n"]);
 }
+
+/// After a server restart, a node that does not come back holds a
+/// `--wait` until it is given up on (3 intervals): the CLI says so at
+/// once, naming it and how long at most, before any result; the node's
+/// part then ends unreachable (exit status 4), and the nodes that came
+/// back ran theirs.
+#[test]
+fn a_wait_on_a_node_that_has_not_reconnected_says_so_at_once() {
+    let mut c = Cluster::start("reconnect-wait", &["back", "gone"], "1");
+    c.server().signal(libc::SIGTERM);
+    c.server().wait_exit(DEADLINE);
+    c.client("gone").signal(libc::SIGKILL);
+    c.client("gone").wait_exit(DEADLINE);
+    c.start_server();
+    c.wait_nodes(&["back"]);
+    let nodes = c.nodes_json();
+    let gone = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "gone")
+        .expect("gone is known after the restart");
+    assert_eq!(gone["state"], "reconnecting", "{nodes}");
+
+    let out = c.cli(&["exec", "--verb", "RUN", "--wait", "--skip-cache", "echo hi"]);
+    assert_eq!(out.code, 4, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let said = lines
+        .iter()
+        .position(|l| l.starts_with("waiting up to "))
+        .unwrap_or_else(|| panic!("nothing said of the wait: {}", out.stdout));
+    assert!(
+        lines[said].ends_with(
+            " s for 1 node to reconnect after the server restarted (gone): their jobs start when they do, or end unreachable"
+        ),
+        "{}",
+        lines[said]
+    );
+    // At most 3 intervals of 1 s.
+    let secs: u64 = lines[said]["waiting up to ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&secs), "{}", lines[said]);
+    // Said before any result.
+    let first_result = lines
+        .iter()
+        .position(|l| l.starts_with("back:") || l.starts_with("gone:"))
+        .unwrap_or_else(|| panic!("no results: {}", out.stdout));
+    assert!(said < first_result, "{}", out.stdout);
+    assert!(out.stdout.contains("back: succeeded"), "{}", out.stdout);
+    assert!(out.stdout.contains("gone: unreachable"), "{}", out.stdout);
+}

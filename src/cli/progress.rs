@@ -4,7 +4,7 @@
 //! text for the CLI to print.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -43,6 +43,9 @@ pub struct Progress {
     pub show_changes: bool,
     /// Parts that would change (`--check`).
     would_change: u32,
+    /// Nodes the server expects back after its restart, until when; each
+    /// leaves once a result of it comes (it is back, or unreachable).
+    awaited: BTreeMap<String, Instant>,
 }
 
 impl Progress {
@@ -70,6 +73,14 @@ impl Progress {
             printed: Vec::new(),
             show_changes: false,
             would_change: 0,
+            awaited: plan
+                .reconnecting
+                .iter()
+                .map(|a| {
+                    let until = Instant::now() + Duration::from_millis(a.within_ms);
+                    (a.node.clone(), until)
+                })
+                .collect(),
         }
     }
 
@@ -81,6 +92,7 @@ impl Progress {
     /// completed the job.
     pub fn record(&mut self, part: PartView) -> Option<usize> {
         let i = *self.index.get(&part.job_id)?;
+        self.awaited.remove(&part.node);
         *self.states[i].entry(part.state).or_insert(0) += 1;
         let tally = self.nodes.entry(part.node.clone()).or_default();
         match part.state {
@@ -142,18 +154,38 @@ impl Progress {
             (0..total).find(|i| (self.done_count(*i) as usize) < self.jobs[*i].targets.len());
         match current {
             Some(i) => format!(
-                "{batch}[job {}/{total}] {}: {}/{} nodes done, {} elapsed",
+                "{batch}[job {}/{total}] {}: {}/{} nodes done, {} elapsed{}",
                 i + 1,
                 label(&self.jobs[i], 40),
                 self.done_count(i),
                 self.jobs[i].targets.len(),
-                format_secs(elapsed.as_secs_f64())
+                format_secs(elapsed.as_secs_f64()),
+                self.awaited_status(i, Instant::now())
             ),
             None => format!(
                 "[{total}/{total} jobs done] {} elapsed",
                 format_secs(elapsed.as_secs_f64())
             ),
         }
+    }
+
+    /// `; waiting on web3, db1 to reconnect (up to 170 s)` while job `i`
+    /// waits on nodes the server expects back after its restart.
+    fn awaited_status(&self, i: usize, now: Instant) -> String {
+        let held: Vec<&str> = self.jobs[i]
+            .targets
+            .iter()
+            .filter(|t| self.awaited.get(*t).is_some_and(|until| *until > now))
+            .map(String::as_str)
+            .collect();
+        let Some(until) = held.iter().filter_map(|t| self.awaited.get(*t)).max() else {
+            return String::new();
+        };
+        format!(
+            "; waiting on {} to reconnect (up to {} s)",
+            crate::targets::known_list(held.iter().copied()),
+            until.saturating_duration_since(now).as_secs() + 1
+        )
     }
 
     /// A plain line for a job that just finished.
@@ -315,6 +347,50 @@ mod tests {
     }
 
     #[test]
+    fn the_status_names_the_nodes_a_job_waits_on_after_a_server_restart() {
+        let id = Uuid::new_v4();
+        let mut p = Progress::new(&Plan {
+            parent_id: Some(Uuid::new_v4()),
+            jobs: vec![PlannedJob {
+                job_id: Some(id),
+                block: 0,
+                targets: vec!["a".into(), "b".into(), "c".into()],
+                verb: Verb::Run,
+                args: "uptime".into(),
+                task_sha1: String::new(),
+                name: None,
+                block_name: None,
+            }],
+            batches: vec![],
+            offline: vec![],
+            reconnecting: ["b", "c"]
+                .map(|n| crate::wire::Awaited {
+                    node: n.into(),
+                    within_ms: 170_000,
+                })
+                .into(),
+        });
+        p.record(part(id, "a", JobState::Succeeded));
+        let status = p.status(Duration::from_secs(2));
+        assert!(
+            status.ends_with("; waiting on b, c to reconnect (up to 170 s)"),
+            "{status}"
+        );
+        // b is back (or was given up on): only c holds the job now.
+        p.record(part(id, "b", JobState::Succeeded));
+        let status = p.status(Duration::from_secs(3));
+        assert!(
+            status.ends_with("; waiting on c to reconnect (up to 170 s)"),
+            "{status}"
+        );
+        // Past its time nothing is said of it (its result is on the way).
+        assert_eq!(
+            p.awaited_status(0, Instant::now() + Duration::from_secs(171)),
+            ""
+        );
+    }
+
+    #[test]
     fn tracks_jobs_nodes_and_failures() {
         let ids = [Uuid::new_v4(), Uuid::new_v4()];
         let job = |i: usize| PlannedJob {
@@ -332,6 +408,7 @@ mod tests {
             jobs: vec![job(0), job(1)],
             batches: vec![],
             offline: vec![],
+            reconnecting: vec![],
         });
         assert_eq!(p.record(part(ids[0], "a", JobState::Succeeded)), None);
         assert!(p

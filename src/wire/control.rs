@@ -256,6 +256,19 @@ pub struct Submitted {
     pub targets: Vec<String>,
     /// Known nodes left out because they are offline (no `--target`).
     pub offline: Vec<String>,
+    /// Targets known from before the server's restart that have not come
+    /// back yet: the job waits for them, at most as long as each says.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub reconnecting: Vec<Awaited>,
+}
+
+/// A target the server expects back (it was online before the server
+/// restarted): its jobs start when it reconnects, or end unreachable once
+/// `within_ms` has passed without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Awaited {
+    pub node: String,
+    pub within_ms: u64,
 }
 
 /// Frame a control message: length prefix and body.

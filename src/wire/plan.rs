@@ -91,6 +91,9 @@ pub struct Plan {
     /// Known nodes left out because they are offline (blocks without
     /// targets).
     pub offline: Vec<String>,
+    /// Its nodes the server still expects back after a restart.
+    #[serde(deserialize_with = "cautious_seq")]
+    pub reconnecting: Vec<super::Awaited>,
 }
 
 /// How many nodes: a number, or a percentage of the run's nodes (rounded

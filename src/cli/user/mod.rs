@@ -191,6 +191,7 @@ pub fn exec(cfg: &Config, args: ExecArgs) -> Result<i32> {
     writeln!(out, "task sha1 {}", submitted.task_sha1).map_err(out_err)?;
     writeln!(out, "targets {}", submitted.targets.join(", ")).map_err(out_err)?;
     write_offline(&mut out, &submitted.offline)?;
+    write_reconnecting(&mut out, &submitted.reconnecting)?;
     out.flush().map_err(out_err)?;
     if !args.wait {
         return Ok(EXIT_OK);
@@ -225,6 +226,25 @@ fn write_offline(out: &mut impl Write, offline: &[String]) -> Result<()> {
         "not targeted: {} offline ({}); --target names one to queue for it",
         crate::dsl::count(offline.len(), "known node"),
         crate::targets::known_list(offline.iter().map(String::as_str))
+    )
+    .map_err(out_err)
+}
+
+/// Targets the server expects back after its restart: said at once, with
+/// how long their jobs wait for them, so that a `--wait` that seems to
+/// hang is explained (they hold it up until they are back, or until that
+/// long has passed and their jobs end unreachable).
+fn write_reconnecting(out: &mut impl Write, awaited: &[wire::Awaited]) -> Result<()> {
+    if awaited.is_empty() {
+        return Ok(());
+    }
+    let longest = awaited.iter().map(|a| a.within_ms).max().unwrap_or(0);
+    writeln!(
+        out,
+        "waiting up to {} s for {} to reconnect after the server restarted ({}): their jobs start when they do, or end unreachable",
+        longest.div_ceil(1000),
+        crate::dsl::count(awaited.len(), "node"),
+        crate::targets::known_list(awaited.iter().map(|a| a.node.as_str()))
     )
     .map_err(out_err)
 }
@@ -388,6 +408,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
         out.write_all(batches_text(&plan).as_bytes())
             .map_err(out_err)?;
         write_offline(&mut out, &plan.offline)?;
+        write_reconnecting(&mut out, &plan.reconnecting)?;
         return Ok(EXIT_OK);
     }
     let mut conn = Conn::open(&cfg.socket_path)?;
@@ -409,6 +430,7 @@ pub fn orchestrate(cfg: &Config, args: OrchestrateArgs) -> Result<i32> {
     out.write_all(batches_text(&plan).as_bytes())
         .map_err(out_err)?;
     write_offline(&mut out, &plan.offline)?;
+    write_reconnecting(&mut out, &plan.reconnecting)?;
     out.flush().map_err(out_err)?;
     if !args.wait {
         return Ok(EXIT_OK);
@@ -614,6 +636,7 @@ fn local_plan(blocks: &[wire::Block]) -> Plan {
         jobs,
         batches: Vec::new(),
         offline: Vec::new(),
+        reconnecting: Vec::new(),
     }
 }
 

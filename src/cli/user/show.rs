@@ -391,6 +391,7 @@ pub(super) fn run_plan(run: &RunDetail) -> Plan {
             .collect(),
         batches: Vec::new(),
         offline: Vec::new(),
+        reconnecting: Vec::new(),
     }
 }
 

@@ -143,6 +143,7 @@ impl Cluster {
             task_sha1: job.sha1_hex(),
             targets: targets.to_vec(),
             offline: Vec::new(),
+            reconnecting: self.awaited(targets.iter().map(String::as_str), now.ms),
         };
         if let Some(rec) = self.submitted(&submitted.job_id) {
             out.push(Effect::Journal(rec));
@@ -386,11 +387,19 @@ impl Cluster {
                 .map(|j| j.targets.iter().filter(|t| first.contains(t)).count())
                 .sum();
         }
+        let mut nodes: Vec<&str> = jobs
+            .iter()
+            .flat_map(|j| j.targets.iter().map(String::as_str))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let reconnecting = self.awaited(nodes.into_iter(), now.ms);
         Ok(Plan {
             parent_id,
             jobs,
             batches,
             offline,
+            reconnecting,
         })
     }
 }

@@ -75,6 +75,23 @@ impl Cluster {
         }
     }
 
+    /// Of `nodes`, those restored from before a restart and not back
+    /// yet, with how long their jobs will wait for them.
+    pub fn awaited<'a>(
+        &self,
+        nodes: impl Iterator<Item = &'a str>,
+        now_ms: u64,
+    ) -> Vec<crate::wire::Awaited> {
+        nodes
+            .filter_map(|name| self.nodes.get(name))
+            .filter(|n| Self::node_view_state(n) == NodeState::Reconnecting)
+            .map(|n| crate::wire::Awaited {
+                node: n.name.clone(),
+                within_ms: n.expires_ms().saturating_sub(now_ms),
+            })
+            .collect()
+    }
+
     fn node_view_state(n: &crate::server::nodes::Node) -> NodeState {
         match (n.link, n.instance) {
             (Link::Offline, _) => NodeState::Offline,
