@@ -14,6 +14,8 @@
 #
 # CLIENTS=40 packaging/container-smoke.sh runs the README's "many clients
 # on one host" instead of 3 (each client container takes about 10 MB).
+# IMAGE_ARCHIVE=FILE tests an image made by a full `podman build` instead
+# (`podman save -o FILE localhost/director`): nothing is built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,40 +65,52 @@ if ! pm info >/dev/null 2>"$work/info.err"; then
   exit 0
 fi
 
-say "building the release binaries"
-cargo build --release --locked --bins -q
+# The Containerfile's runtime stage from this checkout's binaries.
+build_image() {
+  say "building the release binaries"
+  cargo build --release --locked --bins -q
 
-# The binaries, stripped, with the directories the image gives them.
-bins="$work/bins"
-mkdir -p "$bins/out/usr/local/bin" "$bins/out/var/lib/director/node" "$bins/out/var/cache/director"
-for b in director director-server-systemd director-client-systemd; do
-  strip -o "$bins/out/usr/local/bin/$b" "target/release/$b"
-done
-chmod 700 "$bins/out/var/lib/director" "$bins/out/var/lib/director/node" "$bins/out/var/cache/director"
-tar -C "$bins" -cf "$work/bins.tar" out
-pm import -q "$work/bins.tar" localhost/director-smoke-bins >/dev/null
+  # The binaries, stripped, with the directories the image gives them.
+  bins="$work/bins"
+  mkdir -p "$bins/out/usr/local/bin" "$bins/out/var/lib/director/node" "$bins/out/var/cache/director"
+  for b in director director-server-systemd director-client-systemd; do
+    strip -o "$bins/out/usr/local/bin/$b" "target/release/$b"
+  done
+  chmod 700 "$bins/out/var/lib/director" "$bins/out/var/lib/director/node" "$bins/out/var/cache/director"
+  tar -C "$bins" -cf "$work/bins.tar" out
+  pm import -q "$work/bins.tar" localhost/director-smoke-bins >/dev/null
 
-# A base: /bin/sh and every library it and director load.
-base="$work/base"
-mkdir -p "$base/bin" "$base/etc" "$base/tmp" "$base/run" "$base/var"
-chmod 1777 "$base/tmp"
-ln -s ../run "$base/var/run"
-cp -L /bin/sh "$base/bin/sh"
-for lib in $( (ldd target/release/director; ldd /bin/sh) | grep -o '/[^ ]*' | sort -u); do
-  mkdir -p "$base$(dirname "$lib")"
-  cp -L "$lib" "$base$lib"
-done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$base/etc/passwd"
-echo 'root:x:0:' > "$base/etc/group"
-tar -C "$base" -cf "$work/base.tar" .
-pm import -q "$work/base.tar" localhost/director-smoke-base >/dev/null
+  # A base: /bin/sh and every library it and director load.
+  base="$work/base"
+  mkdir -p "$base/bin" "$base/etc" "$base/tmp" "$base/run" "$base/var"
+  chmod 1777 "$base/tmp"
+  ln -s ../run "$base/var/run"
+  cp -L /bin/sh "$base/bin/sh"
+  for lib in $( (ldd target/release/director; ldd /bin/sh) | grep -o '/[^ ]*' | sort -u); do
+    mkdir -p "$base$(dirname "$lib")"
+    cp -L "$lib" "$base$lib"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' > "$base/etc/passwd"
+  echo 'root:x:0:' > "$base/etc/group"
+  tar -C "$base" -cf "$work/base.tar" .
+  pm import -q "$work/base.tar" localhost/director-smoke-base >/dev/null
 
-say "building the image (the Containerfile's runtime stage)"
-pm build -q --target runtime \
-  --build-arg BASE=localhost/director-smoke-base \
-  --build-arg BINARIES=localhost/director-smoke-bins \
-  -t localhost/director:smoke -f Containerfile . >/dev/null
-say "image: $(pm image inspect --format '{{.Size}}' localhost/director:smoke) bytes"
+  say "building the image (the Containerfile's runtime stage)"
+  pm build -q --target runtime \
+    --build-arg BASE=localhost/director-smoke-base \
+    --build-arg BINARIES=localhost/director-smoke-bins \
+    -t "$image" -f Containerfile . >/dev/null
+}
+
+image=localhost/director:smoke
+if [ -n "${IMAGE_ARCHIVE:-}" ]; then
+  image=$(pm load -q -i "$IMAGE_ARCHIVE" | sed -n 's/^Loaded image(s\{0,1\}): *//p' | head -1)
+  [ -n "$image" ] || { say "FAILED: nothing loaded from $IMAGE_ARCHIVE"; exit 1; }
+  say "testing $image from $IMAGE_ARCHIVE"
+else
+  build_image
+fi
+say "image: $(pm image inspect --format '{{.Size}}' "$image") bytes"
 
 # Free ports on loopback, and the key as a secret.
 read -r p1 p2 p3 < <(python3 -c 'import socket
@@ -111,11 +125,11 @@ common=(--net=host --secret director-smoke-key,type=env,target=DIRECTOR_SHARED_K
 started=$SECONDS
 pm run -d --name smoke-server --hostname smoke-server "${common[@]}" \
   --env DIRECTOR_MODE=server --env DIRECTOR_BIND_ADDRESS=127.0.0.1 \
-  -v smoke-state:/var/lib/director localhost/director:smoke >/dev/null
+  -v smoke-state:/var/lib/director "$image" >/dev/null
 for i in $(seq 1 "$clients"); do
   pm run -d --name "smoke-client-$i" --hostname "smoke-client-$i" "${common[@]}" \
     --env DIRECTOR_MODE=client --env DIRECTOR_SERVER_ADDRESS=127.0.0.1 \
-    -v "smoke-node-$i:/var/lib/director/node" localhost/director:smoke >/dev/null
+    -v "smoke-node-$i:/var/lib/director/node" "$image" >/dev/null
 done
 
 cli() { pm exec smoke-server director "$@"; }
@@ -140,7 +154,7 @@ say "$clients clients online in $((SECONDS - started)) s; a job ran on all of th
 # A second client on smoke-client-1's volume is refused, and told why.
 if pm run --name smoke-dup --hostname smoke-dup "${common[@]}" \
      --env DIRECTOR_MODE=client --env DIRECTOR_SERVER_ADDRESS=127.0.0.1 \
-     -v smoke-node-1:/var/lib/director/node localhost/director:smoke > "$work/dup.log" 2>&1; then
+     -v smoke-node-1:/var/lib/director/node "$image" > "$work/dup.log" 2>&1; then
   say "FAILED: a second client on one volume was let in"; exit 1
 fi
 grep -q "another container or PID namespace" "$work/dup.log" || { say "FAILED: $(cat "$work/dup.log")"; exit 1; }
