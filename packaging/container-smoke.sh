@@ -110,7 +110,7 @@ build_image() {
 
 image=localhost/director:smoke
 if [ -n "${IMAGE_ARCHIVE:-}" ]; then
-  image=$(pm load -q -i "$IMAGE_ARCHIVE" | sed -n 's/^Loaded image(s\{0,1\}): *//p' | head -1)
+  image=$(pm load -q -i "$IMAGE_ARCHIVE" | sed -n 's/^Loaded image[^:]*: *//p' | head -1)
   [ -n "$image" ] || { say "FAILED: nothing loaded from $IMAGE_ARCHIVE"; exit 1; }
   say "testing $image from $IMAGE_ARCHIVE"
 else
