@@ -382,7 +382,7 @@ const Z85: &[u8; 85] =
 
 /// Encode bytes (a multiple of 4 long, as keys are) as Z85.
 pub fn z85_encode(data: &[u8]) -> String {
-    debug_assert!(data.len() % 4 == 0);
+    debug_assert!(data.len().is_multiple_of(4));
     let mut out = String::with_capacity(data.len() * 5 / 4);
     for chunk in data.chunks(4) {
         let mut v = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
@@ -400,7 +400,7 @@ pub fn z85_encode(data: &[u8]) -> String {
 /// alphabet, or a group that overflows 32 bits.
 pub fn z85_decode(text: &str) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
-    if bytes.len() % 5 != 0 {
+    if !bytes.len().is_multiple_of(5) {
         return Err(format!(
             "'{}' is not Z85: its length ({}) is not a multiple of 5",
             text.escape_default(),

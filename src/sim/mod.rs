@@ -354,7 +354,7 @@ impl Sim {
         self.server.core = None;
         self.server.io.clear();
         let mut net = std::mem::take(&mut self.net);
-        net.retain(|p| p.dir == Dir::Down && self.rng.next() % 2 == 0);
+        net.retain(|p| p.dir == Dir::Down && self.rng.next().is_multiple_of(2));
         self.net = net;
         self.note("server crashed");
     }
