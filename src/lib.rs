@@ -9,6 +9,7 @@ mod curve;
 mod diff;
 mod dsl;
 pub mod error;
+pub mod etcd;
 mod facts;
 #[cfg(test)]
 mod fuzz;

@@ -1,6 +1,7 @@
 //! What both daemons and the CLI stand on: time, the log, rate-limited
 //! log lines, directory locks, user and group lookups, PID 1's duties.
 
+pub mod base64;
 pub mod clock;
 pub mod dirlock;
 pub mod hash;

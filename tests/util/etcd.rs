@@ -1,0 +1,136 @@
+//! A real etcd cluster of the test's own (Debian's `etcd-server`, which
+//! `.ci/run` installs): members on free loopback ports, data under the
+//! test's directory, killed on drop. Short heartbeats and elections, so
+//! that losing and regaining quorum takes about a second.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use director::etcd::Client;
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    data: PathBuf,
+    log: PathBuf,
+    proc: Option<Child>,
+}
+
+pub struct Etcd {
+    pub members: Vec<Member>,
+    cluster: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+impl Etcd {
+    /// `n` members under `dir`, running and with a leader; `None` (the test
+    /// skips, saying so) where etcd is not installed.
+    pub fn start(dir: &Path, n: usize) -> Option<Etcd> {
+        Command::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .ok()
+            .filter(|s| s.success())?;
+        let mut members = Vec::new();
+        for i in 0..n {
+            let [client_port, peer_port, _] = super::free_ports();
+            members.push(Member {
+                name: format!("m{i}"),
+                client_port,
+                peer_port,
+                data: dir.join(format!("etcd-m{i}")),
+                log: dir.join(format!("etcd-m{i}.log")),
+                proc: None,
+            });
+        }
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = Etcd { members, cluster };
+        for i in 0..n {
+            etcd.spawn(i);
+        }
+        etcd.wait_ready();
+        Some(etcd)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .unwrap();
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "director-test"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.proc = Some(child);
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// A client of the whole cluster.
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoints(), Duration::from_secs(2))
+    }
+
+    /// Until a quorum read answers.
+    pub fn wait_ready(&self) {
+        let mut c = self.client();
+        super::wait_until("etcd to have a leader", super::DEADLINE, || {
+            c.range(b"/ready", false).is_ok()
+        });
+    }
+
+    /// kill -9 member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// Start member `i` again on its data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
+    }
+}
