@@ -28,6 +28,22 @@ fn cluster(name: &str) -> Option<(TestDir, Etcd)> {
     }
 }
 
+/// `call`, again while etcd says it is unavailable (an election among its
+/// members on a loaded machine is a short pause, not a failure).
+fn ok<T>(mut call: impl FnMut() -> Result<T, EtcdError>) -> T {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match call() {
+            Ok(v) => return v,
+            Err(EtcdError::Unavailable(why)) if std::time::Instant::now() < deadline => {
+                eprintln!("etcd unavailable, again: {why}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 fn put(key: &str, value: &str, lease: Option<i64>) -> Op {
     Op::Put {
         key: key.into(),
@@ -46,37 +62,38 @@ fn a_leader_key_is_fenced_by_its_creation_revision_and_lives_with_its_lease() {
     let leader = b"/director/leader".to_vec();
 
     // A wins: the key did not exist.
-    let lease_a = a.grant(3).unwrap();
-    let won = a
-        .txn(
+    let lease_a = ok(|| a.grant(3));
+    let won = ok(|| {
+        a.txn(
             &[Compare::CreateRevision(leader.clone(), 0)],
             &[put("/director/leader", "a", Some(lease_a))],
             &[],
         )
-        .unwrap();
+    });
     assert!(won.succeeded);
-    let (kvs, _) = a.range(&leader, false).unwrap();
+    let (kvs, _) = ok(|| a.range(&leader, false));
     let fence_a = kvs[0].create_revision;
     assert_eq!(kvs[0].value, b"a");
     assert_eq!(kvs[0].lease, lease_a);
     // B loses while A holds it.
-    let lease_b = b.grant(2).unwrap();
-    let lost = b
-        .txn(
+    let lease_b = ok(|| b.grant(2));
+    let lost = ok(|| {
+        b.txn(
             &[Compare::CreateRevision(leader.clone(), 0)],
             &[put("/director/leader", "b", Some(lease_b))],
             &[],
         )
-        .unwrap();
+    });
     assert!(!lost.succeeded);
     // A's fenced write goes in while it leads.
     let fenced = |c: &mut director::etcd::Client, fence: i64, v: &str| {
-        c.txn(
-            &[Compare::CreateRevision(leader.clone(), fence)],
-            &[put("/director/log/x", v, None)],
-            &[],
-        )
-        .unwrap()
+        ok(|| {
+            c.txn(
+                &[Compare::CreateRevision(leader.clone(), fence)],
+                &[put("/director/log/x", v, None)],
+                &[],
+            )
+        })
         .succeeded
     };
     assert!(fenced(&mut a, fence_a, "from a"));
@@ -84,38 +101,37 @@ fn a_leader_key_is_fenced_by_its_creation_revision_and_lives_with_its_lease() {
     // has room), the lease outlives its TTL.
     let renewing = std::time::Instant::now();
     while renewing.elapsed() < Duration::from_secs(4) {
-        assert!(a.keepalive(lease_a).unwrap() > 0, "a renewed lease lapsed");
+        assert!(ok(|| a.keepalive(lease_a)) > 0, "a renewed lease lapsed");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(a.range(&leader, false).unwrap().0.len(), 1);
+    assert_eq!(ok(|| a.range(&leader, false)).0.len(), 1);
     // Not renewed (A paused), it lapses and the key goes with it.
     wait_until("A's lease to lapse", DEADLINE, || {
-        a.range(&leader, false).unwrap().0.is_empty()
+        ok(|| a.range(&leader, false)).0.is_empty()
     });
-    assert_eq!(a.keepalive(lease_a).unwrap(), 0, "a lapsed lease is gone");
+    assert_eq!(ok(|| a.keepalive(lease_a)), 0, "a lapsed lease is gone");
     // B takes over; A's fenced write is refused from then on.
-    let lease_b = b.grant(5).unwrap();
+    let lease_b = ok(|| b.grant(5));
     assert!(
-        b.txn(
+        ok(|| b.txn(
             &[Compare::CreateRevision(leader.clone(), 0)],
             &[put("/director/leader", "b", Some(lease_b))],
             &[],
-        )
-        .unwrap()
+        ))
         .succeeded
     );
-    let fence_b = b.range(&leader, false).unwrap().0[0].create_revision;
+    let fence_b = ok(|| b.range(&leader, false)).0[0].create_revision;
     assert_ne!(fence_a, fence_b);
     assert!(
         !fenced(&mut a, fence_a, "stale a"),
         "a deposed leader wrote"
     );
     assert!(fenced(&mut b, fence_b, "from b"));
-    let (log, _) = b.range(b"/director/log/x", false).unwrap();
+    let (log, _) = ok(|| b.range(b"/director/log/x", false));
     assert_eq!(log[0].value, b"from b");
     // Revoked, the key is gone at once.
-    b.revoke(lease_b).unwrap();
-    assert!(b.range(&leader, false).unwrap().0.is_empty());
+    ok(|| b.revoke(lease_b));
+    assert!(ok(|| b.range(&leader, false)).0.is_empty());
 }
 
 #[test]
@@ -124,14 +140,10 @@ fn a_watch_replays_from_a_revision_then_follows() {
         return;
     };
     let mut c = etcd.client();
-    let first = c
-        .txn(&[], &[put("/d/log/1", "one", None)], &[])
-        .unwrap()
-        .revision;
-    c.txn(&[], &[put("/d/log/2", "two", None)], &[]).unwrap();
-    c.txn(&[], &[put("/other", "not watched", None)], &[])
-        .unwrap();
-    let mut w = c.watch(b"/d/log/", true, first).unwrap();
+    let first = ok(|| c.txn(&[], &[put("/d/log/1", "one", None)], &[])).revision;
+    ok(|| c.txn(&[], &[put("/d/log/2", "two", None)], &[]));
+    ok(|| c.txn(&[], &[put("/other", "not watched", None)], &[]));
+    let mut w = ok(|| c.watch(b"/d/log/", true, first));
     let mut seen = Vec::new();
     let watcher = std::thread::spawn(move || {
         while seen.len() < 4 {
@@ -139,16 +151,17 @@ fn a_watch_replays_from_a_revision_then_follows() {
         }
         seen
     });
-    c.txn(&[], &[put("/d/log/3", "three", None)], &[]).unwrap();
-    c.txn(
-        &[],
-        &[Op::Delete {
-            key: b"/d/log/1".to_vec(),
-            prefix: false,
-        }],
-        &[],
-    )
-    .unwrap();
+    ok(|| c.txn(&[], &[put("/d/log/3", "three", None)], &[]));
+    ok(|| {
+        c.txn(
+            &[],
+            &[Op::Delete {
+                key: b"/d/log/1".to_vec(),
+                prefix: false,
+            }],
+            &[],
+        )
+    });
     let seen = watcher.join().unwrap();
     let shown: Vec<String> = seen
         .iter()
@@ -187,7 +200,7 @@ fn a_dead_member_is_passed_over_and_a_lost_quorum_is_an_error_until_it_is_back()
         return;
     };
     let mut c = etcd.client();
-    c.txn(&[], &[put("/q", "1", None)], &[]).unwrap();
+    ok(|| c.txn(&[], &[put("/q", "1", None)], &[]));
     // The first endpoint's member dies: the next answers (after an
     // election, if it was etcd's leader: a short pause, said as
     // Unavailable meanwhile).
@@ -223,7 +236,7 @@ fn a_dead_member_is_passed_over_and_a_lost_quorum_is_an_error_until_it_is_back()
     wait_until("quorum back", DEADLINE, || {
         c.txn(&[], &[put("/q", "3", None)], &[]).is_ok()
     });
-    let (kvs, _) = c.range(b"/q", false).unwrap();
+    let (kvs, _) = ok(|| c.range(b"/q", false));
     assert_eq!(kvs[0].value, b"3");
     etcd.restart(0);
     etcd.wait_ready();
