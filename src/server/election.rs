@@ -156,20 +156,17 @@ impl Election {
         if self.asked.is_some() || now < self.next {
             return (None, changes);
         }
-        let ask = match (&self.role, self.lease) {
+        let lease_ok = self.lease.filter(|(_, until)| now < self.deadline(*until));
+        let ask = match (&self.role, lease_ok) {
             (Role::Leading { lease, .. }, _) => Ask::KeepAlive { lease: *lease },
             (Role::Standby { .. }, _) if self.stale.is_some() => Ask::Resign {
                 lease: self.stale.take().unwrap_or_default(),
             },
-            (Role::Standby { .. }, Some((lease, until))) if now < self.deadline(until) => {
-                // Keep a lease ready while standing by: campaigning then
-                // takes one round trip.
-                match self.role {
-                    Role::Standby { leader: None } => Ask::Campaign { lease },
-                    _ => Ask::ReadLeader,
-                }
-            }
-            (Role::Standby { .. }, _) => Ask::Grant {
+            // Someone leads: watch the key; a lease is got only when it is
+            // free (a standby renewing one for nothing would load etcd).
+            (Role::Standby { leader: Some(_) }, _) => Ask::ReadLeader,
+            (Role::Standby { leader: None }, Some((lease, _))) => Ask::Campaign { lease },
+            (Role::Standby { leader: None }, None) => Ask::Grant {
                 ttl_secs: self.ttl.as_secs().max(1) as i64,
             },
         };
