@@ -196,14 +196,8 @@ fn main() {
     let mut c = util::bench_cluster("api-bench", "5");
     c.with_api();
     let c = util::Cluster::start_in(c, &refs);
-    let out = c.cli(&["manage", "--create-token", "bench", "--role", "read"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let token = out.stdout.lines().last().unwrap().to_owned();
-    let yaml: String = std::iter::once("- jobs:\n".to_owned())
-        .chain((0..jobs).map(|_| "  - RUN: --skip-cache echo hello world\n".to_owned()))
-        .collect();
-    let file = c.dir.path.join("bench.yml");
-    std::fs::write(&file, yaml).unwrap();
+    let token = c.token("bench", "read", None);
+    let file = c.echo_run_file(jobs);
     println!(
         "{jobs} jobs x {nodes} nodes; {readers} event readers and {rate} API requests/s during \
          the loaded runs; {rounds} rounds of an idle run then a loaded one (ROUNDS)"

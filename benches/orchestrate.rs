@@ -73,11 +73,7 @@ fn main() {
     let names: Vec<String> = (1..=nodes).map(|i| format!("bench-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut c = util::Cluster::start_in(util::bench_cluster("bench", "5"), &refs);
-    let yaml: String = std::iter::once("- jobs:\n".to_owned())
-        .chain((0..jobs).map(|_| "  - RUN: --skip-cache echo hello world\n".to_owned()))
-        .collect();
-    let file = c.dir.path.join("bench.yml");
-    std::fs::write(&file, yaml).unwrap();
+    let file = c.echo_run_file(jobs);
 
     println!(
         "director orchestrate{}: {jobs} jobs x {nodes} nodes on loopback ({} processes)",

@@ -67,15 +67,7 @@ fn error_of(body: &str) -> String {
 }
 
 fn token(c: &Cluster, name: &str, role: &str, targets: Option<&str>) -> String {
-    let mut args = vec!["manage", "--create-token", name, "--role", role];
-    if let Some(t) = targets {
-        args.extend(["--targets", t]);
-    }
-    let out = c.cli(&args);
-    assert_eq!(out.code, 0, "{out:?}");
-    let secret = out.stdout.lines().last().unwrap().to_owned();
-    assert!(secret.starts_with("dtk_"), "{out:?}");
-    secret
+    c.token(name, role, targets)
 }
 
 fn cluster(test: &str, nodes: &[&str]) -> Cluster {

@@ -214,9 +214,7 @@ fn an_operator_signs_in_sees_the_nodes_and_runs_a_command_from_the_page() {
         eprintln!("skipped: no chromium and chromedriver (Debian: apt-get install chromium chromium-driver)");
         return;
     };
-    let out = c.cli(&["manage", "--create-token", "ops", "--role", "run"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let token = out.stdout.lines().last().unwrap().to_owned();
+    let token = c.token("ops", "run", None);
     let base = format!("http://127.0.0.1:{}/", c.api_port.unwrap());
 
     // A wrong token is refused on the page.
@@ -354,9 +352,7 @@ fn the_node_list_stays_usable_with_2000_nodes() {
         eprintln!("skipped: no chromium and chromedriver (Debian: apt-get install chromium chromium-driver)");
         return;
     };
-    let out = c.cli(&["manage", "--create-token", "wall", "--role", "read"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let token = out.stdout.lines().last().unwrap().to_owned();
+    let token = c.token("wall", "read", None);
     let base = format!("http://127.0.0.1:{}/", c.api_port.unwrap());
 
     let started = Instant::now();

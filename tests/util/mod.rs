@@ -277,14 +277,8 @@ impl Cluster {
             .unwrap();
         let mut cmd = match self.client_wrapper.split_first() {
             Some((prog, args)) if mode == "client" => {
-                let mut cmd = Command::new(prog);
-                cmd.env_clear()
-                    .env(
-                        "PATH",
-                        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-                    )
-                    .args(args)
-                    .arg(BIN);
+                let mut cmd = clean_command(prog);
+                cmd.args(args).arg(BIN);
                 cmd
             }
             _ => base_command(),
@@ -551,6 +545,30 @@ impl Cluster {
         });
     }
 
+    /// An API token made with `manage --create-token`: its secret.
+    pub fn token(&self, name: &str, role: &str, targets: Option<&str>) -> String {
+        let mut args = vec!["manage", "--create-token", name, "--role", role];
+        if let Some(t) = targets {
+            args.extend(["--targets", t]);
+        }
+        let out = self.cli(&args);
+        assert_eq!(out.code, 0, "{out:?}");
+        let secret = out.stdout.lines().last().unwrap().to_owned();
+        assert!(secret.starts_with("dtk_"), "{out:?}");
+        secret
+    }
+
+    /// An orchestration file of `jobs` jobs of `echo hello world` on every
+    /// node (`--skip-cache`): the benchmarks' load.
+    pub fn echo_run_file(&self, jobs: usize) -> PathBuf {
+        let yaml: String = std::iter::once("- jobs:\n".to_owned())
+            .chain((0..jobs).map(|_| "  - RUN: --skip-cache echo hello world\n".to_owned()))
+            .collect();
+        let file = self.dir.path.join("bench.yml");
+        fs::write(&file, yaml).unwrap();
+        file
+    }
+
     /// Start the CLI in the background (a waiter); its output is its log.
     pub fn cli_background(&self, args: &[&str], name: &str) -> Proc {
         let log = self.dir.path.join(name);
@@ -616,7 +634,12 @@ impl Cluster {
 
 /// A `director` command with a clean environment: no DIRECTOR_* leaks in.
 pub fn base_command() -> Command {
-    let mut cmd = Command::new(BIN);
+    clean_command(BIN)
+}
+
+/// `prog` with an environment of PATH alone.
+fn clean_command(prog: &str) -> Command {
+    let mut cmd = Command::new(prog);
     cmd.env_clear();
     cmd.env(
         "PATH",
