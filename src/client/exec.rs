@@ -143,7 +143,7 @@ fn verb_script(job_id: Uuid, command: String, cache: &Cache, check: bool) -> Sta
 
 /// An outcome saying `text`.
 pub fn said(exit: Exit, text: String) -> Outcome {
-    let mut o = ended(exit);
+    let mut o = Outcome::ended(exit);
     o.stdout = text.into_bytes();
     o
 }
@@ -216,7 +216,7 @@ pub fn start(
         }
         Action::CacheFile(c) => match template::render(&c.path, &vars(cache, node)) {
             Ok(path) => Started::LoadFile(PathBuf::from(path)),
-            Err(e) => Started::Done(ended(Exit::Error(format!("CACHEFILE path: {e}")))),
+            Err(e) => Started::Done(Outcome::ended(Exit::Error(format!("CACHEFILE path: {e}")))),
         },
         Action::ExtendArg { key, value } => {
             let merged = match cache.args().get(key) {
@@ -224,7 +224,7 @@ pub fn start(
                 Some(old) => match template::extend(old, value) {
                     Ok(m) => m,
                     Err(e) => {
-                        return Started::Done(ended(Exit::Error(format!(
+                        return Started::Done(Outcome::ended(Exit::Error(format!(
                             "ARG --extend-args {key}: {e}"
                         ))))
                     }
@@ -241,7 +241,7 @@ pub fn start(
             }
             cache.stage_arg(key, &merged);
             Started::Persist(Persist {
-                outcome: ended(Exit::Code(0)),
+                outcome: Outcome::ended(Exit::Code(0)),
                 what: format!("ARG {key}"),
             })
         }
@@ -265,13 +265,13 @@ pub fn start(
                 cache.stage_env(key, value);
             }
             Started::Persist(Persist {
-                outcome: ended(Exit::Code(0)),
+                outcome: Outcome::ended(Exit::Code(0)),
                 what,
             })
         }
         Action::ClearCache => {
             let summary = cache.summary();
-            let mut outcome = ended(Exit::Code(0));
+            let mut outcome = Outcome::ended(Exit::Code(0));
             outcome.stdout = format!(
                 "forgot {}, {}, {} and {}\n",
                 crate::dsl::count(summary.args.len() + summary.args_more as usize, "ARG"),
@@ -288,7 +288,7 @@ pub fn start(
         }
         Action::Echo { text } => match template::render(text, &vars(cache, node)) {
             Ok(t) => Started::Done(said(Exit::Unchanged, format!("{t}\n"))),
-            Err(e) => Started::Done(ended(Exit::Error(format!("ECHO text: {e}")))),
+            Err(e) => Started::Done(Outcome::ended(Exit::Error(format!("ECHO text: {e}")))),
         },
         Action::CacheEvict { part } => {
             let (n, what) = match part {
@@ -319,7 +319,7 @@ pub fn start(
                 None => cache.stage_clear(),
                 Some(p) => cache.stage_evict(*p),
             }
-            let mut outcome = ended(Exit::Code(0));
+            let mut outcome = Outcome::ended(Exit::Code(0));
             outcome.stdout = format!("evicted {n} {what}\n").into_bytes();
             Started::Persist(Persist {
                 outcome,
@@ -329,7 +329,7 @@ pub fn start(
         Action::Query { key } => {
             let value = cache.args().get(key).cloned();
             match value {
-                Some(v) if v.len() > QUERY_VALUE_CAP => Started::Done(ended(Exit::Error(format!(
+                Some(v) if v.len() > QUERY_VALUE_CAP => Started::Done(Outcome::ended(Exit::Error(format!(
                     "QUERY {key}: the ARG is {} bytes here; a QUERY carries values of at most {QUERY_VALUE_CAP} bytes",
                     v.len()
                 )))),
@@ -347,7 +347,9 @@ pub fn start(
         } => {
             let path = match template::render(path, &vars(cache, node)) {
                 Ok(p) => p,
-                Err(e) => return Started::Done(ended(Exit::Error(format!("WORKDIR path: {e}")))),
+                Err(e) => {
+                    return Started::Done(Outcome::ended(Exit::Error(format!("WORKDIR path: {e}"))))
+                }
             };
             Started::Dir(DirTask {
                 path: PathBuf::from(path),
@@ -360,7 +362,7 @@ pub fn start(
         // Never skipped by the cache: every run checks every file.
         Action::Add(_) => match AddJob::new(job_id, task, &vars(cache, node), store, now.at) {
             Ok(job) => Started::Transfer(Box::new(job)),
-            Err(e) => Started::Done(ended(Exit::Error(e))),
+            Err(e) => Started::Done(Outcome::ended(Exit::Error(e))),
         },
         Action::Run {
             command,
@@ -374,13 +376,17 @@ pub fn start(
             let v = vars(cache, node);
             let command = match template::render_shell(command, &v) {
                 Ok(c) => c,
-                Err(e) => return Started::Done(ended(Exit::Error(format!("RUN command: {e}")))),
+                Err(e) => {
+                    return Started::Done(Outcome::ended(Exit::Error(format!("RUN command: {e}"))))
+                }
             };
             if let Some(path) = creates {
                 let path = match template::render(path, &v) {
                     Ok(p) => p,
                     Err(e) => {
-                        return Started::Done(ended(Exit::Error(format!("RUN --creates: {e}"))))
+                        return Started::Done(Outcome::ended(Exit::Error(format!(
+                            "RUN --creates: {e}"
+                        ))))
                     }
                 };
                 if Path::new(&path).exists() {
@@ -396,11 +402,13 @@ pub fn start(
                 .transpose()
             {
                 Ok(g) => g,
-                Err(e) => return Started::Done(ended(Exit::Error(format!("RUN --unless: {e}")))),
+                Err(e) => {
+                    return Started::Done(Outcome::ended(Exit::Error(format!("RUN --unless: {e}"))))
+                }
             };
             let key = cache_key(task, &command, Some(cache.env()));
             if !skip_cache && cache.is_done(&key, now.ms) {
-                return Started::Done(ended(Exit::Cached));
+                return Started::Done(Outcome::ended(Exit::Cached));
             }
             let spawn = |command: String| Spawn {
                 job_id,
@@ -445,7 +453,7 @@ pub fn start(
                 .get("package_manager")
                 .and_then(|m| package::Manager::from_name(m));
             let Some(manager) = manager else {
-                return Started::Done(ended(Exit::Error(
+                return Started::Done(Outcome::ended(Exit::Error(
                     "PACKAGE: no package manager on this node (looked for apt-get, dnf, yum, zypper and apk on the client's PATH)".into(),
                 )));
             };
@@ -474,7 +482,11 @@ pub fn start(
                         retry: w.retry,
                         delay,
                     },
-                    Err(e) => return Started::Done(ended(Exit::Error(format!("WAIT --url: {e}")))),
+                    Err(e) => {
+                        return Started::Done(Outcome::ended(Exit::Error(format!(
+                            "WAIT --url: {e}"
+                        ))))
+                    }
                 },
                 Until::Cmd(cmd) => match template::render_shell(cmd, &v) {
                     Ok(command) => WaitStart::Cmd {
@@ -487,7 +499,11 @@ pub fn start(
                         retry: w.retry,
                         delay,
                     },
-                    Err(e) => return Started::Done(ended(Exit::Error(format!("WAIT --cmd: {e}")))),
+                    Err(e) => {
+                        return Started::Done(Outcome::ended(Exit::Error(format!(
+                            "WAIT --cmd: {e}"
+                        ))))
+                    }
                 },
             };
             if check {
@@ -605,26 +621,13 @@ pub fn load_values(
     if check {
         return Ok(said(Exit::WouldChange, text));
     }
-    let mut outcome = ended(Exit::Code(0));
+    let mut outcome = Outcome::ended(Exit::Code(0));
     outcome.stdout = text.into_bytes();
     cache.stage_args(new);
     Err(Box::new(Persist {
         outcome,
         what: format!("CACHEFILE {path}"),
     }))
-}
-
-/// An outcome without a process (or output).
-pub fn ended(exit: Exit) -> Outcome {
-    Outcome {
-        exit,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        stdout_dropped: 0,
-        stderr_dropped: 0,
-        exec_secs: 0.0,
-        attempts: Vec::new(),
-    }
 }
 
 fn cache_key(task: &Task, rendered: &str, env: Option<&BTreeMap<String, String>>) -> String {

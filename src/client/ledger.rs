@@ -190,7 +190,7 @@ impl Ledger {
         let mut interrupted = 0;
         for (_, entry) in ledger.open.values_mut() {
             if let Entry::Taken = entry {
-                *entry = Entry::Ended(super::exec::ended(Exit::Lost(INTERRUPTED.into())));
+                *entry = Entry::Ended(Outcome::ended(Exit::Lost(INTERRUPTED.into())));
                 interrupted += 1;
             }
         }
@@ -519,7 +519,7 @@ mod tests {
     }
 
     fn ok() -> Outcome {
-        super::super::exec::ended(Exit::Code(0))
+        Outcome::ended(Exit::Code(0))
     }
 
     #[test]

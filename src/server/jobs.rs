@@ -979,15 +979,7 @@ mod tests {
         };
         assert_eq!(states(&jobs), [JobState::Queued]);
         let now = Instant::now();
-        let outcome = |code| Outcome {
-            exit: Exit::Code(code),
-            stdout: vec![],
-            stderr: vec![],
-            stdout_dropped: 0,
-            stderr_dropped: 0,
-            exec_secs: 0.0,
-            attempts: Vec::new(),
-        };
+        let outcome = |code| Outcome::ended(Exit::Code(code));
         // A loan per change, as the cluster takes them.
         let change = |jobs: &mut Jobs, node: &str, f: &dyn Fn(&mut Part)| {
             f(&mut jobs.get_mut(&id).unwrap().parts.get_mut(node).unwrap())

@@ -144,6 +144,19 @@ fn cap_message(exit: &mut Exit) {
 }
 
 impl Outcome {
+    /// An outcome without a process (or output).
+    pub fn ended(exit: Exit) -> Outcome {
+        Outcome {
+            exit,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            exec_secs: 0.0,
+            attempts: Vec::new(),
+        }
+    }
+
     /// The same with each output (and each earlier attempt's) cut to
     /// `cap` bytes, the cut counted.
     pub fn cut(&self, cap: usize) -> Outcome {

@@ -24,7 +24,7 @@ impl Runner {
                         Err(p) => p.outcome,
                     }
                 }
-                Err(why) => exec::ended(Exit::Error(why)),
+                Err(why) => crate::wire::Outcome::ended(Exit::Error(why)),
             };
             self.conclude(job_id, r.parent, r.cache_key, outcome, fx);
             self.pump_cache(fx);
@@ -85,7 +85,7 @@ impl Runner {
                     }
                 }
             }
-            Err(why) => exec::ended(Exit::Error(why)),
+            Err(why) => crate::wire::Outcome::ended(Exit::Error(why)),
         };
         // A command that ran and failed is run again, unless the client is
         // stopping (a SIGTERM it sent is not the command's failure).

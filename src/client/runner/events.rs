@@ -59,7 +59,7 @@ impl Runner {
                             r.work = Self::persist(*p);
                         }
                     }
-                    Err(e) => self.finish(exec::ended(Exit::Error(e)), fx),
+                    Err(e) => self.finish(crate::wire::Outcome::ended(Exit::Error(e)), fx),
                 }
                 self.pump_cache(fx);
             }
@@ -83,11 +83,11 @@ impl Runner {
                             (true, true) => Exit::WouldChange,
                             (true, false) => Exit::Code(0),
                         };
-                        let mut o = exec::ended(exit);
+                        let mut o = crate::wire::Outcome::ended(exit);
                         o.stdout = r.text.into_bytes();
                         o
                     }
-                    Err(e) => exec::ended(Exit::Error(e)),
+                    Err(e) => crate::wire::Outcome::ended(Exit::Error(e)),
                 };
                 match stdout_arg {
                     // Reported once the ARG is on disk.
@@ -141,7 +141,7 @@ impl Runner {
                             1 => format!("WAIT --url: no 2xx or 3xx answer: {e}"),
                             n => format!("WAIT --url: no 2xx or 3xx answer after {n} tries: {e}"),
                         };
-                        self.finish(exec::ended(Exit::Error(why)), fx);
+                        self.finish(crate::wire::Outcome::ended(Exit::Error(why)), fx);
                         self.pump_cache(fx);
                     }
                 }
@@ -311,14 +311,14 @@ impl Runner {
                     | Work::Retrying { .. } => {}
                     Work::Sleep { .. } | Work::Probe { .. } => {
                         log::warn!("job {job_id}: WAIT timed out after {secs}s");
-                        self.finish(exec::ended(Exit::TimedOut { secs }), fx);
+                        self.finish(crate::wire::Outcome::ended(Exit::TimedOut { secs }), fx);
                         self.pump_cache(fx);
                     }
                     Work::Query { key, .. } => {
                         log::warn!(
                             "job {job_id}: QUERY {key}: no map from the server within {secs}s"
                         );
-                        self.finish(exec::ended(Exit::TimedOut { secs }), fx);
+                        self.finish(crate::wire::Outcome::ended(Exit::TimedOut { secs }), fx);
                         self.pump_cache(fx);
                     }
                     // A file being put in place may land anyway: report it
@@ -326,7 +326,7 @@ impl Runner {
                     Work::Transfer { add } if add.in_io() => {}
                     Work::Transfer { .. } => {
                         log::warn!("job {job_id}: timed out after {secs}s; transfer abandoned");
-                        self.finish(exec::ended(Exit::TimedOut { secs }), fx);
+                        self.finish(crate::wire::Outcome::ended(Exit::TimedOut { secs }), fx);
                         self.pump_cache(fx);
                     }
                 }
@@ -411,7 +411,7 @@ impl Runner {
             if add.in_io() {
                 return; // it reports as it ends
             }
-            let outcome = exec::ended(Exit::Error(
+            let outcome = crate::wire::Outcome::ended(Exit::Error(
                 "the connection to the server was reset during the transfer".into(),
             ));
             self.finish(outcome, fx);
@@ -442,7 +442,12 @@ impl Runner {
         // Queued and never started: said now, not at this node's expiry.
         for q in std::mem::take(&mut self.queue) {
             let why = "the client was stopped before this job started on the node; it did not run";
-            self.report(q.job_id, q.parent, exec::ended(Exit::Lost(why.into())), fx);
+            self.report(
+                q.job_id,
+                q.parent,
+                crate::wire::Outcome::ended(Exit::Lost(why.into())),
+                fx,
+            );
         }
         // What the ledger holds reaches the disk before the client exits.
         self.ledger.commit();
@@ -470,7 +475,7 @@ impl Runner {
             // Waiting for the I/O thread: reports as it ends.
             Work::Transfer { add } if add.in_io() => true,
             Work::Transfer { .. } => {
-                let outcome = exec::ended(Exit::Error(
+                let outcome = crate::wire::Outcome::ended(Exit::Error(
                     "the client was stopped during the transfer".into(),
                 ));
                 self.finish(outcome, fx);
@@ -480,14 +485,15 @@ impl Runner {
             // Reports when the sync or the mkdir is done.
             Work::Persist { .. } | Work::Mkdir { .. } | Work::LoadFile { .. } => true,
             Work::Sleep { .. } | Work::Probe { .. } => {
-                let outcome =
-                    exec::ended(Exit::Error("the client was stopped during the WAIT".into()));
+                let outcome = crate::wire::Outcome::ended(Exit::Error(
+                    "the client was stopped during the WAIT".into(),
+                ));
                 self.finish(outcome, fx);
                 self.pump_cache(fx);
                 self.io_busy()
             }
             Work::Query { .. } => {
-                let outcome = exec::ended(Exit::Error(
+                let outcome = crate::wire::Outcome::ended(Exit::Error(
                     "the client was stopped while the QUERY waited for the other nodes".into(),
                 ));
                 self.finish(outcome, fx);

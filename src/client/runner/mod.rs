@@ -449,7 +449,7 @@ impl Runner {
         }
         let key = key.clone();
         // A QUERY reads: it changes nothing on the node.
-        let mut outcome = exec::ended(Exit::Unchanged);
+        let mut outcome = Outcome::ended(Exit::Unchanged);
         // What the job shows: the map, one `node value` line each.
         let mut shown = String::new();
         for (node, value) in &values {
@@ -543,7 +543,7 @@ impl Runner {
                 let why = "the server sent this job again after it ran on this node and its result was recorded; not run again";
                 // An answer, not a failure here: the rest of its run goes
                 // on (the server holds the real result and keeps it).
-                let outcome = exec::ended(Exit::Lost(why.into())).bounded();
+                let outcome = Outcome::ended(Exit::Lost(why.into())).bounded();
                 self.ledger.end(job_id, &outcome);
                 fx.job.push(ClientMsg::Finished { job_id, outcome });
                 self.pump_cache(fx);

@@ -65,7 +65,12 @@ impl Runner {
                     return;
                 };
                 log::error!("job {}: {why}", q.job_id);
-                self.report(q.job_id, q.parent, exec::ended(Exit::Error(why)), fx);
+                self.report(
+                    q.job_id,
+                    q.parent,
+                    crate::wire::Outcome::ended(Exit::Error(why)),
+                    fx,
+                );
                 continue;
             }
             let Some(Queued {
@@ -81,7 +86,12 @@ impl Runner {
             };
             let beside = lane.filter(|_| side_by_side(&task));
             if parent.is_some_and(|p| self.failed_parents.contains(&p)) {
-                self.report(job_id, parent, exec::ended(Exit::SkippedAfterFailure), fx);
+                self.report(
+                    job_id,
+                    parent,
+                    crate::wire::Outcome::ended(Exit::SkippedAfterFailure),
+                    fx,
+                );
                 continue;
             }
             // A handler runs where one of its jobs changed something, and
@@ -98,7 +108,12 @@ impl Runner {
                         "job {job_id}: not run: none of {} changed anything here",
                         h.onchanges.join(", ")
                     );
-                    self.report(job_id, parent, exec::ended(Exit::NoChange), fx);
+                    self.report(
+                        job_id,
+                        parent,
+                        crate::wire::Outcome::ended(Exit::NoChange),
+                        fx,
+                    );
                     continue;
                 }
                 task.options.skip_cache = true;

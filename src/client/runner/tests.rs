@@ -430,7 +430,9 @@ fn after_a_client_restart_what_the_last_process_had_is_answered_not_run() {
     let ended_id = Uuid::new_v4();
     // A result not yet acknowledged, from before (written by hand).
     rig.runner.ledger.take(ended_id);
-    rig.runner.ledger.end(ended_id, &exec::ended(Exit::Code(7)));
+    rig.runner
+        .ledger
+        .end(ended_id, &crate::wire::Outcome::ended(Exit::Code(7)));
     rig.runner.ledger.settle_now();
     // kill -9: the runner is gone without a word; a new process opens
     // the same ledger.

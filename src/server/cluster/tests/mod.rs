@@ -9,15 +9,7 @@ mod runs;
 const IVL: Duration = Duration::from_secs(1);
 
 fn outcome(exit: Exit) -> Outcome {
-    Outcome {
-        exit,
-        stdout: vec![],
-        stderr: vec![],
-        stdout_dropped: 0,
-        stderr_dropped: 0,
-        exec_secs: 0.0,
-        attempts: Vec::new(),
-    }
+    Outcome::ended(exit)
 }
 
 fn ok() -> Outcome {
