@@ -189,17 +189,32 @@ impl Client {
         }
     }
 
-    /// The endpoint calls go to first.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoints[self.current]
+    /// The endpoint calls go to first (none if none was given).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoints.get(self.current).map(String::as_str)
+    }
+
+    /// The endpoints' indices in the order to try them: the last that
+    /// answered first.
+    fn order(&self) -> impl Iterator<Item = usize> {
+        let (n, first) = (self.endpoints.len(), self.current);
+        (0..n).map(move |k| (first + k) % n)
+    }
+
+    /// Every endpoint failed: why, for each.
+    fn unavailable(failures: Vec<String>) -> EtcdError {
+        if failures.is_empty() {
+            EtcdError::Unavailable("no etcd endpoint was given".into())
+        } else {
+            EtcdError::Unavailable(failures.join("; "))
+        }
     }
 
     /// POST `body` to `path` on the first endpoint that answers.
     fn call(&mut self, path: &str, body: &Value) -> Result<Value> {
         let text = body.to_string();
         let mut failures = Vec::new();
-        for k in 0..self.endpoints.len() {
-            let i = (self.current + k) % self.endpoints.len();
+        for i in self.order() {
             let url = format!("{}{path}", self.endpoints[i]);
             let answer = self
                 .agent
@@ -237,7 +252,7 @@ impl Client {
             }
             return Ok(v);
         }
-        Err(EtcdError::Unavailable(failures.join("; ")))
+        Err(Self::unavailable(failures))
     }
 
     /// A new lease of `ttl_secs`: its id.
@@ -317,8 +332,7 @@ impl Client {
         }
         let text = json!({ "create_request": create }).to_string();
         let mut failures = Vec::new();
-        for k in 0..self.endpoints.len() {
-            let i = (self.current + k) % self.endpoints.len();
+        for i in self.order() {
             let url = format!("{}/v3/watch", self.endpoints[i]);
             // A watch lasts: only connecting is bounded.
             let resp = self
@@ -342,9 +356,12 @@ impl Client {
                 Err(e) => failures.push(format!("{}: {e}", self.endpoints[i])),
             }
         }
-        Err(EtcdError::Unavailable(failures.join("; ")))
+        Err(Self::unavailable(failures))
     }
 }
+
+/// The longest watch answer read.
+const WATCH_LINE_MAX: u64 = 64 << 20;
 
 /// An open watch: one JSON object a line, from etcd's gateway.
 pub struct Watch {
@@ -357,10 +374,17 @@ impl Watch {
     pub fn changes(&mut self) -> Result<Vec<Change>> {
         loop {
             let mut line = String::new();
-            match self.lines.read_line(&mut line) {
+            // etcd's answers are bounded (a value is 1.5 MiB at most by
+            // default); a line past this is not etcd speaking.
+            match (&mut self.lines).take(WATCH_LINE_MAX).read_line(&mut line) {
                 Ok(0) => return Err(EtcdError::Unavailable("the watch ended".into())),
                 Ok(_) => {}
                 Err(e) => return Err(EtcdError::Unavailable(format!("the watch broke: {e}"))),
+            }
+            if line.len() as u64 >= WATCH_LINE_MAX {
+                return Err(EtcdError::Malformed(format!(
+                    "a watch answer over {WATCH_LINE_MAX} bytes"
+                )));
             }
             if line.trim().is_empty() {
                 continue;
@@ -412,9 +436,48 @@ mod tests {
     }
 
     #[test]
+    fn a_watch_reads_changes_and_refuses_an_endless_line() {
+        let watch = |text: &'static [u8]| Watch {
+            lines: BufReader::new(Box::new(text)),
+        };
+        let mut w = watch(
+            b"{\"result\":{\"created\":true}}\n\
+              {\"result\":{\"events\":[{\"kv\":{\"key\":\"L2s=\",\"value\":\"dg==\",\"mod_revision\":\"5\"}},\
+              {\"type\":\"DELETE\",\"kv\":{\"key\":\"L2s=\",\"mod_revision\":\"6\"}}]}}\n",
+        );
+        let changes = w.changes().unwrap();
+        assert!(
+            matches!(&changes[0], Change::Put(kv) if kv.key == b"/k" && kv.value == b"v" && kv.mod_revision == 5)
+        );
+        assert_eq!(
+            changes[1],
+            Change::Delete {
+                key: b"/k".to_vec(),
+                mod_revision: 6
+            }
+        );
+        assert!(
+            matches!(w.changes(), Err(EtcdError::Unavailable(_))),
+            "ended"
+        );
+        // A peer that never ends its line is cut off at the bound.
+        let mut endless = Watch {
+            lines: BufReader::new(Box::new(std::io::repeat(b'x'))),
+        };
+        assert!(matches!(endless.changes(), Err(EtcdError::Malformed(_))));
+    }
+
+    #[test]
     fn an_unreachable_cluster_is_an_error_not_a_hang() {
         // Nothing listens on port 1.
         let mut c = Client::new(&["127.0.0.1:1".into()], Duration::from_secs(2));
         assert!(matches!(c.grant(5), Err(EtcdError::Unavailable(_))));
+        // No endpoint at all: an error that says so, not a panic.
+        let mut none = Client::new(&[], Duration::from_secs(2));
+        assert_eq!(none.endpoint(), None);
+        assert_eq!(
+            none.range(b"/k", false),
+            Err(EtcdError::Unavailable("no etcd endpoint was given".into()))
+        );
     }
 }
