@@ -147,9 +147,8 @@ impl Election {
         if let (Role::Leading { .. }, Some((_, until))) = (&self.role, self.lease) {
             if now >= self.deadline(until) {
                 changes.push(self.step_down(format!(
-                    "no renewal of the leader's lease was answered for {:.1} s of its {:.0} s",
-                    (now - (until - self.ttl)).as_secs_f64(),
-                    self.ttl.as_secs_f64()
+                    "no renewal of the leader's lease was answered in time: it may lapse in etcd within {:.1} s",
+                    until.saturating_duration_since(now).as_secs_f64()
                 )));
             }
         }
@@ -157,16 +156,15 @@ impl Election {
             return (None, changes);
         }
         let lease_ok = self.lease.filter(|(_, until)| now < self.deadline(*until));
-        let ask = match (&self.role, lease_ok) {
-            (Role::Leading { lease, .. }, _) => Ask::KeepAlive { lease: *lease },
-            (Role::Standby { .. }, _) if self.stale.is_some() => Ask::Resign {
-                lease: self.stale.take().unwrap_or_default(),
-            },
+        let stale = self.stale.take();
+        let ask = match (&self.role, lease_ok, stale) {
+            (Role::Leading { lease, .. }, _, _) => Ask::KeepAlive { lease: *lease },
+            (Role::Standby { .. }, _, Some(lease)) => Ask::Resign { lease },
             // Someone leads: watch the key; a lease is got only when it is
             // free (a standby renewing one for nothing would load etcd).
-            (Role::Standby { leader: Some(_) }, _) => Ask::ReadLeader,
-            (Role::Standby { leader: None }, Some((lease, _))) => Ask::Campaign { lease },
-            (Role::Standby { leader: None }, None) => Ask::Grant {
+            (Role::Standby { leader: Some(_) }, _, None) => Ask::ReadLeader,
+            (Role::Standby { leader: None }, Some((lease, _)), None) => Ask::Campaign { lease },
+            (Role::Standby { leader: None }, None, None) => Ask::Grant {
                 ttl_secs: self.ttl.as_secs().max(1) as i64,
             },
         };
@@ -215,7 +213,9 @@ impl Election {
                 }
             }
             (Ask::KeepAlive { lease }, Answer::KeptAlive(Ok(ttl))) if ttl > 0 => {
-                self.lease = Some((lease, sent + Duration::from_secs(ttl as u64)));
+                // Never held longer than asked for, whatever etcd says.
+                let ttl = Duration::from_secs(ttl as u64).min(self.ttl);
+                self.lease = Some((lease, sent + ttl));
             }
             (Ask::KeepAlive { .. }, Answer::KeptAlive(Ok(_))) => {
                 changes.push(self.step_down("the leader's lease expired in etcd".into()));
@@ -504,7 +504,7 @@ mod tests {
             unreachable!()
         };
         assert!(
-            why.contains("no renewal of the leader's lease was answered"),
+            why.contains("no renewal of the leader's lease was answered in time"),
             "{why}"
         );
     }
@@ -526,5 +526,27 @@ mod tests {
         assert_eq!(e.resign(), Some(Ask::Resign { lease: 7 }));
         assert!(!e.leads(t0));
         assert_eq!(e.resign(), None, "nothing left to end");
+    }
+
+    #[test]
+    fn a_lease_is_never_held_longer_than_asked_whatever_etcd_answers() {
+        let ttl = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let mut e = Election::new("s1", ttl, t0);
+        e.tick(t0);
+        e.answer(Answer::Granted(Ok(7)), t0);
+        e.tick(t0);
+        let won = Holder {
+            name: "s1".into(),
+            fence: 9,
+            lease: 7,
+        };
+        e.answer(Answer::Campaigned(Ok(Some(won))), t0);
+        // A renewal answered with an absurd TTL (a lying or broken peer).
+        let at = t0 + ttl / 3;
+        assert_eq!(e.tick(at).0, Some(Ask::KeepAlive { lease: 7 }));
+        e.answer(Answer::KeptAlive(Ok(i64::MAX)), at);
+        assert!(e.leads(at + ttl.mul_f64(1.0 - MARGIN) - Duration::from_millis(1)));
+        assert!(!e.leads(at + ttl.mul_f64(1.0 - MARGIN)));
     }
 }
