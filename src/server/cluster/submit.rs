@@ -143,7 +143,7 @@ impl Cluster {
             task_sha1: job.sha1_hex(),
             targets: targets.to_vec(),
             offline: Vec::new(),
-            reconnecting: self.awaited(targets.iter().map(String::as_str), now.ms),
+            reconnecting: Vec::new(),
         };
         if let Some(rec) = self.submitted(&submitted.job_id) {
             out.push(Effect::Journal(rec));
@@ -230,6 +230,7 @@ impl Cluster {
         let resolved = self.resolve(&task, targets, exclude)?;
         let mut submitted = self.queue_job(task, &resolved.targets, None, now, out);
         submitted.offline = resolved.offline;
+        submitted.reconnecting = self.awaited(resolved.targets.iter().map(String::as_str), now.ms);
         Ok(submitted)
     }
 
