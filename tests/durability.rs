@@ -832,6 +832,18 @@ fn a_wait_on_a_node_that_has_not_reconnected_says_so_at_once() {
         .expect("gone is known after the restart");
     assert_eq!(gone["state"], "reconnecting", "{nodes}");
 
+    // An orchestration says it too, under its plan.
+    let file = c.dir.path.join("run.yml");
+    fs::write(&file, "- jobs:\n  - RUN: --skip-cache echo run\n").unwrap();
+    let run = c.cli(&["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains(" s for 1 node to reconnect after the server restarted (gone)"),
+        "{}",
+        run.stdout
+    );
+
     let out = c.cli(&["exec", "--verb", "RUN", "--wait", "--skip-cache", "echo hi"]);
     assert_eq!(out.code, 4, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
