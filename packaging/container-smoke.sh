@@ -58,8 +58,7 @@ if [ "$procs" = unlimited ] || [ "$procs" -gt "$pid_max" ]; then procs=$pid_max;
 } > "$work/containers.conf"
 export CONTAINERS_CONF="$work/containers.conf"
 
-# A container that runs at all, or skip.
-mkdir -p "$work/probe/bin"
+# A podman that answers at all, or skip.
 if ! pm info >/dev/null 2>"$work/info.err"; then
   say "skipped: podman cannot run here: $(head -1 "$work/info.err")"
   exit 0
