@@ -66,10 +66,6 @@ fn error_of(body: &str) -> String {
         .to_owned()
 }
 
-fn token(c: &Cluster, name: &str, role: &str, targets: Option<&str>) -> String {
-    c.token(name, role, targets)
-}
-
 fn cluster(test: &str, nodes: &[&str]) -> Cluster {
     let mut c = Cluster::new(test, "0.5");
     c.with_api();
@@ -79,7 +75,7 @@ fn cluster(test: &str, nodes: &[&str]) -> Cluster {
 #[test]
 fn every_endpoint_answers_as_the_cli_does() {
     let c = cluster("api-endpoints", &["web1", "web2"]);
-    let admin = token(&c, "admin", "admin", None);
+    let admin = c.token("admin", "admin", None);
     let t = Some(admin.as_str());
 
     // Health and the dashboard need no token; the page holds no data.
@@ -252,9 +248,9 @@ fn every_endpoint_answers_as_the_cli_does() {
 #[test]
 fn refused_requests_say_why_with_their_status_and_change_nothing() {
     let c = cluster("api-auth", &["web1", "db1"]);
-    let reader = token(&c, "dash", "read", None);
-    let web = token(&c, "ci-web", "run", Some("web*"));
-    let gone = token(&c, "old", "admin", None);
+    let reader = c.token("dash", "read", None);
+    let web = c.token("ci-web", "run", Some("web*"));
+    let gone = c.token("old", "admin", None);
     let out = c.cli(&["manage", "--revoke-token", "old"]);
     assert_eq!(out.code, 0, "{out:?}");
     let exec = r#"{"verb": "RUN", "args": "touch /tmp/never"}"#;
@@ -451,7 +447,7 @@ fn token_commands_check_their_options() {
             out.stderr
         );
     }
-    token(&c, "x", "run", Some("web*,role=db"));
+    c.token("x", "run", Some("web*,role=db"));
     let out = c.cli(&["manage", "--create-token", "x", "--role", "read"]);
     assert!(out.stderr.contains("a token named 'x' exists"), "{out:?}");
     let out = c.cli(&["manage", "--list-tokens"]);
@@ -465,7 +461,7 @@ fn token_commands_check_their_options() {
 #[test]
 fn bad_huge_and_slow_requests_get_one_line_errors_and_the_cluster_goes_on() {
     let c = cluster("api-hostile", &["n1"]);
-    let t = token(&c, "t", "admin", None);
+    let t = c.token("t", "admin", None);
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (b"\x16\x03\x01garbage\r\n\r\n".to_vec(), 400),
         (
@@ -694,8 +690,8 @@ impl Events {
 #[test]
 fn the_event_stream_carries_jobs_parts_and_nodes_and_resumes_where_a_reader_left() {
     let mut c = cluster("api-events", &["e1", "e2"]);
-    let t = token(&c, "watch", "read", None);
-    let run = token(&c, "run", "run", None);
+    let t = c.token("watch", "read", None);
+    let run = c.token("run", "run", None);
     let mut ev = Events::open(&c, "/api/v1/events", &t, None);
     let (s, b) = http(
         &c,
@@ -866,7 +862,7 @@ fn tls_serves_https_and_cleartext_stays_on_loopback() {
     c.start_server_with(&args);
     c.start_client("t1");
     c.wait_nodes(&["t1"]);
-    let t = token(&c, "t", "read", None);
+    let t = c.token("t", "read", None);
     let Ok(curl) = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -1025,7 +1021,7 @@ fn a_pending_key_is_an_event_and_an_admin_accepts_it_through_the_api() {
     c.shared_key = None;
     c.with_api();
     c.start_server();
-    let admin = token(&c, "admin", "admin", None);
+    let admin = c.token("admin", "admin", None);
     let mut ev = Events::open(&c, "/api/v1/events", &admin, None);
     let out = c.cli(&["manage", "--show-key"]);
     assert_eq!(out.code, 0, "{out:?}");
