@@ -70,7 +70,12 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { name: "state_path", kind: Kind::Text, scope: Scope::Server, default: Some("/var/lib/director"), help: "directory for the server's job history, its node-key table and (without a shared key) its key pair, kept across restarts" },
     OptSpec { name: "job_retention", kind: Kind::Seconds, scope: Scope::Server, default: Some("604800"), help: "seconds a finished job is kept (default 7 days); unfinished jobs and runs still going are always kept" },
     OptSpec { name: "job_retention_count", kind: Kind::Count, scope: Scope::Server, default: Some("10000"), help: "most finished jobs kept; the oldest go first" },
-    OptSpec { name: "server_address", kind: Kind::Text, scope: Scope::Client, default: Some("localhost"), help: "host name or IP address of the server" },
+    OptSpec { name: "etcd_endpoints", kind: Kind::Text, scope: Scope::Server, default: None, help: "etcd endpoints (http://HOST:PORT, separated by commas): this server is one of several sharing their state through etcd, one active and the others standing by to take over (see High availability in the README); without it, one server as usual" },
+    OptSpec { name: "etcd_server", kind: Kind::Text, scope: Scope::Server, default: None, help: "etcd host, the original Director's spelling: with --etcd-port, the same as --etcd-endpoints http://HOST:PORT" },
+    OptSpec { name: "etcd_port", kind: Kind::Port, scope: Scope::Server, default: Some("2379"), help: "etcd port for --etcd-server" },
+    OptSpec { name: "etcd_prefix", kind: Kind::Text, scope: Scope::Server, default: Some("/director"), help: "where in etcd the servers of one cluster keep their leader key and log; servers with the same endpoints and prefix are one cluster" },
+    OptSpec { name: "etcd_lease", kind: Kind::Seconds, scope: Scope::Server, default: Some("5"), help: "seconds the active server's lease in etcd lasts: a server that died is replaced within about this, one cut off from etcd stops acting within three quarters of it" },
+    OptSpec { name: "server_address", kind: Kind::Text, scope: Scope::Client, default: Some("localhost"), help: "host name or IP address of the server; several separated by commas for servers on etcd (the client finds the active one)" },
     OptSpec { name: "server_key", kind: Kind::Text, scope: Scope::Client, default: None, help: "the server's public key, as `director manage --show-key` prints it (Z85), or a file holding it; not needed with --shared-key" },
     OptSpec { name: "key_path", kind: Kind::Text, scope: Scope::Client, default: Some("/var/lib/director/node"), help: "directory for this node's key pair (node.key), created at first start; not the cache, which may be cleared" },
     OptSpec { name: "cache_ttl", kind: Kind::Seconds, scope: Scope::Client, default: Some("259200"), help: "seconds a cached success stays valid (default 72 hours)" },
@@ -305,6 +310,99 @@ pub struct Config {
     pub labels: crate::facts::Map,
     /// The HTTP API, if asked for.
     pub api: Option<ApiConfig>,
+    /// Servers sharing their state through etcd, if asked for.
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// Where the servers of a cluster meet in etcd.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EtcdConfig {
+    /// `http://host:port` each.
+    pub endpoints: Vec<String>,
+    /// Key prefix, without a trailing slash.
+    pub prefix: String,
+    pub lease: Duration,
+}
+
+impl EtcdConfig {
+    fn from_raw(
+        endpoints: Option<String>,
+        server: Option<String>,
+        port: u16,
+        prefix: String,
+        lease: f64,
+    ) -> Result<Option<EtcdConfig>> {
+        let list = match (endpoints, server) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "give --etcd-endpoints or --etcd-server, not both".into(),
+                ))
+            }
+            (Some(e), None) => e,
+            (None, Some(host)) => format!("http://{}", endpoint_host(&host, port)),
+            (None, None) => return Ok(None),
+        };
+        let mut endpoints = Vec::new();
+        for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let rest = e.strip_prefix("http://").ok_or_else(|| {
+                Error::Config(format!(
+                    "--etcd-endpoints: '{e}' is not http://HOST:PORT (etcd over TLS is not supported yet)"
+                ))
+            })?;
+            let ok = rest
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok || rest.contains('/') {
+                return Err(Error::Config(format!(
+                    "--etcd-endpoints: '{e}' is not http://HOST:PORT"
+                )));
+            }
+            endpoints.push(e.to_owned());
+        }
+        if endpoints.is_empty() {
+            return Err(Error::Config("--etcd-endpoints: no endpoint given".into()));
+        }
+        let prefix = prefix.trim_end_matches('/').to_owned();
+        if prefix.is_empty() || !prefix.starts_with('/') || prefix.chars().any(char::is_control) {
+            return Err(Error::Config(format!(
+                "--etcd-prefix: '{}' is not a key prefix like /director",
+                prefix.escape_default()
+            )));
+        }
+        Ok(Some(EtcdConfig {
+            endpoints,
+            prefix,
+            // etcd counts leases in whole seconds.
+            lease: Duration::from_secs(lease.ceil() as u64),
+        }))
+    }
+}
+
+/// `host:port`, an IPv6 address in brackets.
+fn endpoint_host(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+impl Config {
+    /// `--server-address` as a list: each server a client may find active.
+    pub fn server_addresses(&self) -> Vec<String> {
+        let list: Vec<String> = self
+            .server_address
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if list.is_empty() {
+            vec![self.server_address.clone()]
+        } else {
+            list
+        }
+    }
 }
 
 /// Where and how the server serves its HTTP API.
@@ -405,6 +503,14 @@ impl Config {
                     Some(_) => Some(get("api_port").port()?),
                     None => None,
                 },
+            )?,
+            etcd: EtcdConfig::from_raw(
+                get("etcd_endpoints").text()?,
+                get("etcd_server").text()?,
+                get("etcd_port").port()?,
+                get("etcd_prefix").text_or_default()?,
+                // Below a second, etcd's own elections would depose us.
+                get("etcd_lease").seconds_within(1.0, 3600.0)?,
             )?,
         })
     }

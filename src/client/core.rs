@@ -122,6 +122,11 @@ impl Core {
     }
 
     /// The connections are open.
+    /// The server address the link goes to now.
+    pub fn server(&self) -> &str {
+        self.link.server()
+    }
+
     pub fn opened(&mut self) {
         let mut acts = Vec::new();
         self.link.opened(self.now.at, &mut acts);

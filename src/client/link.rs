@@ -88,7 +88,9 @@ enum Phase {
 #[derive(Clone, Debug, Default)]
 pub struct Names {
     pub identity: String,
-    pub server: String,
+    /// The server's address; several for servers on etcd, of which one
+    /// is active (the link finds it).
+    pub servers: Vec<String>,
     pub job_port: u16,
     /// This node's key fingerprint (empty without CURVE).
     pub fingerprint: String,
@@ -118,6 +120,10 @@ pub struct Link {
     probing: bool,
     /// Draws for the backoff: xorshift, seeded by the caller.
     rng: u64,
+    /// The address in `names.servers` this link goes to, and how many
+    /// were tried in turn without an answer.
+    at: usize,
+    tried: usize,
 }
 
 impl Link {
@@ -134,7 +140,43 @@ impl Link {
             standing: Standing::Unknown,
             probing: false,
             rng: seed | 1,
+            at: 0,
+            tried: 0,
         }
+    }
+
+    /// The server address the link goes to now.
+    pub fn server(&self) -> &str {
+        self.names
+            .servers
+            .get(self.at)
+            .or(self.names.servers.first())
+            .map_or("", String::as_str)
+    }
+
+    /// Of several servers, go to the next: at once while some are left
+    /// untried, after the backoff once all were.
+    fn next_server(&mut self, now: Instant, out: &mut Vec<Act>) {
+        let n = self.names.servers.len();
+        let from = self.server().to_owned();
+        self.at = (self.at + 1) % n.max(1);
+        self.tried += 1;
+        self.standing = Standing::Unknown;
+        if self.tried < n {
+            log::info!("no server answers at {from}; trying {}", self.server());
+            if matches!(self.phase, Phase::Up { .. }) {
+                out.push(Act::Close);
+            }
+            self.phase = Phase::Down;
+            out.push(Act::Open);
+            return;
+        }
+        self.tried = 0;
+        log::debug!(
+            "no server answers at any of {}; retrying with backoff",
+            self.names.servers.join(", ")
+        );
+        self.reconnect(now, out);
     }
 
     /// The first opening, and the timers that run for the life of the
@@ -185,6 +227,7 @@ impl Link {
         if let Phase::Up { last_heard, .. } = &mut self.phase {
             *last_heard = now;
             self.backoff.reset();
+            self.tried = 0;
         }
     }
 
@@ -229,7 +272,7 @@ impl Link {
             log::info!("the server accepted this node's key");
         }
         if self.standing != Standing::Admitted {
-            log::info!("connected to {} as {name}", self.names.server);
+            log::info!("connected to {} as {name}", self.server());
             self.standing = Standing::Admitted;
         }
         out.push(Act::ReportCache);
@@ -289,9 +332,14 @@ impl Link {
         if !matches!(self.phase, Phase::Up { .. }) {
             return;
         }
-        let server = &self.names.server;
+        let server = self.server().to_owned();
         match event {
             LinkEvent::HandshakeOk | LinkEvent::Disconnected => {}
+            // Of several servers, one that refuses is a standby, or gone:
+            // the active one is another.
+            LinkEvent::ConnectFailed if self.names.servers.len() > 1 => {
+                self.next_server(now, out);
+            }
             // Once per failing stretch: find out why, off the loop.
             LinkEvent::ConnectFailed => {
                 if !self.probing && !matches!(self.standing, Standing::Unreachable(_)) {
@@ -346,7 +394,7 @@ impl Link {
         if self.standing != said {
             log::error!(
                 "cannot connect to {}:{}: {why}; retrying",
-                self.names.server,
+                self.server(),
                 self.names.job_port
             );
             self.standing = said;
@@ -404,6 +452,10 @@ impl Link {
                         // and why not while it is not.
                         if self.standing == Standing::Admitted {
                             self.standing = Standing::Unknown;
+                        }
+                        if self.names.servers.len() > 1 {
+                            // Perhaps not the active server any more.
+                            self.at = (self.at + 1) % self.names.servers.len();
                         }
                         self.reconnect(now, out);
                     }
@@ -472,7 +524,7 @@ mod tests {
     fn link(ivl: Duration) -> (Link, Instant) {
         let names = Names {
             identity: "n1".into(),
-            server: "127.0.0.1".into(),
+            servers: vec!["127.0.0.1".into()],
             job_port: 5555,
             fingerprint: "fp".into(),
             trust: Trust::SharedKey,

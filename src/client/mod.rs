@@ -388,7 +388,7 @@ impl Client {
             (&ports.transfer, self.cfg.transfer_port),
             (&ports.heartbeat, self.cfg.heartbeat_port),
         ] {
-            let ep = endpoint(&self.cfg.server_address, number);
+            let ep = endpoint(self.core.server(), number);
             port.connect_to(&ep).map_err(|e| {
                 Error::zmq(
                     format!("cannot connect the {} socket to {ep}", port.name),
@@ -509,7 +509,7 @@ impl Client {
             Out::Close => self.close(),
             Out::Probe => {
                 let task = IoTask::Probe {
-                    host: self.cfg.server_address.clone(),
+                    host: self.core.server().to_owned(),
                     port: self.cfg.job_port,
                 };
                 self.worker.submit(move || task.run());
@@ -868,7 +868,7 @@ fn names(cfg: &Config, trust: &Trust) -> Names {
     };
     Names {
         identity: cfg.identity.clone(),
-        server: cfg.server_address.clone(),
+        servers: cfg.server_addresses(),
         job_port: cfg.job_port,
         fingerprint,
         trust,

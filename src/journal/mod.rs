@@ -445,6 +445,49 @@ impl Journal {
         }
     }
 
+    /// Records another journal of this layout encoded (a server's
+    /// replicated log), appended as they are; how many. Refused, and
+    /// nothing appended, unless `bytes` are whole records.
+    pub fn append_encoded(&mut self, bytes: &[u8]) -> Result<usize, String> {
+        let n = count_records(bytes)?;
+        self.pending.extend_from_slice(bytes);
+        self.records += n;
+        self.end += bytes.len() as u64;
+        Ok(n)
+    }
+
+    /// The whole file replaced by records another journal of this layout
+    /// encoded; refused unless they are whole records.
+    pub fn replace_encoded(&mut self, bytes: Vec<u8>) -> Result<Rewrite, String> {
+        let n = count_records(&bytes)?;
+        self.pending.clear();
+        let before = (self.end, self.records);
+        self.records = n;
+        self.end = HEADER_LEN + bytes.len() as u64;
+        let parts = if bytes.is_empty() {
+            Vec::new()
+        } else {
+            vec![Piece::Bytes(0..bytes.len())]
+        };
+        Ok(Rewrite {
+            file: Arc::clone(&self.file),
+            bytes,
+            parts,
+            before,
+            after: (self.end, n),
+        })
+    }
+
+    /// Every record on disk, as encoded (blocking: read from the file).
+    /// What is appended and not yet written is not in it.
+    pub fn encoded(&self) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = lock(&self.file);
+        let mut buf = vec![0u8; f.good_len.saturating_sub(HEADER_LEN) as usize];
+        f.file.read_exact_at(&mut buf, HEADER_LEN)?;
+        Ok(buf)
+    }
+
     /// A batch that failed goes back in front of what came after it.
     pub fn put_back(&mut self, batch: Batch) {
         let mut bytes = batch.bytes;
@@ -599,7 +642,36 @@ impl Journal {
     }
 }
 
+/// How many whole records `bytes` are, or why they are not.
+fn count_records(bytes: &[u8]) -> Result<usize, String> {
+    let mut at = 0;
+    let mut n = 0;
+    while at < bytes.len() {
+        let Some(len) = bytes.get(at..at + 4) else {
+            return Err(format!("a record's length is cut off at byte {at}"));
+        };
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len == 0 || len > MAX_RECORD {
+            return Err(format!("a record of {len} bytes at byte {at}"));
+        }
+        at += 4 + len;
+        if at > bytes.len() {
+            return Err(format!(
+                "the last record is cut off ({} bytes)",
+                bytes.len()
+            ));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 impl Batch {
+    /// The records it writes, as encoded.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Does it end with a sync (else it only writes into the page cache)?
     pub fn syncs(&self) -> bool {
         self.sync

@@ -383,3 +383,36 @@ fn a_failed_batch_is_retried_whole_and_in_order() {
     assert_eq!(recs, vec![1, 2]);
     fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn records_encoded_by_one_journal_append_to_and_replace_another() {
+    let (a, b) = (dir("enc-a"), dir("enc-b"));
+    let (mut ja, _) = Journal::open::<String>(&a, "j.bin").unwrap();
+    let (mut jb, _) = Journal::open::<String>(&b, "j.bin").unwrap();
+    ja.append(&"one".to_string());
+    ja.append(&"two".to_string());
+    let batch = ja.take(true).unwrap();
+    assert_eq!(jb.append_encoded(batch.bytes()), Ok(2));
+    batch.run().map_err(|(_, e)| e).unwrap();
+    jb.take(true).unwrap().run().map_err(|(_, e)| e).unwrap();
+    assert_eq!(ja.encoded().unwrap(), jb.encoded().unwrap());
+    // Not whole records: refused, nothing appended.
+    let whole = ja.encoded().unwrap();
+    assert!(jb.append_encoded(&whole[..whole.len() - 1]).is_err());
+    assert!(jb.append_encoded(&[0, 0, 0, 0]).is_err());
+    assert!(jb.append_encoded(&[1, 0]).is_err());
+    assert!(!jb.is_dirty());
+    // A base: the other journal's records replace this one's.
+    ja.append(&"three".to_string());
+    ja.take(true).unwrap().run().map_err(|(_, e)| e).unwrap();
+    jb.append(&"other".to_string());
+    let rw = jb.replace_encoded(ja.encoded().unwrap()).unwrap();
+    rw.run().map_err(|(_, e)| e).unwrap();
+    jb.append(&"four".to_string());
+    jb.take(true).unwrap().run().map_err(|(_, e)| e).unwrap();
+    drop(jb);
+    let (_, recs) = Journal::open::<String>(&b, "j.bin").unwrap();
+    assert_eq!(recs, vec!["one", "two", "three", "four"]);
+    fs::remove_dir_all(a).unwrap();
+    fs::remove_dir_all(b).unwrap();
+}

@@ -27,7 +27,12 @@ pub struct Worker<R: Send + 'static> {
 impl<R: Send + 'static> Worker<R> {
     /// Start the thread; its results wake `registry`'s poll with `token`.
     pub fn start(name: &str, registry: &Registry, token: Token) -> io::Result<Worker<R>> {
-        let waker = Arc::new(Waker::new(registry, token)?);
+        Worker::with_waker(name, Arc::new(Waker::new(registry, token)?))
+    }
+
+    /// Start the thread; its results poke `waker` (mio allows one waker
+    /// per poll: helpers of one loop share it).
+    pub fn with_waker(name: &str, waker: Arc<Waker>) -> io::Result<Worker<R>> {
         let (task_tx, task_rx) = mpsc::channel::<Task<R>>();
         let (result_tx, result_rx) = mpsc::channel::<R>();
         let thread = std::thread::Builder::new()

@@ -120,6 +120,7 @@ impl Election {
 
     /// Does this server lead at `now`? False as soon as its lease may have
     /// lapsed, even before `tick` says so.
+    #[cfg(test)]
     pub fn leads(&self, now: Instant) -> bool {
         matches!(self.role, Role::Leading { .. })
             && self

@@ -25,12 +25,10 @@ mod api;
 mod cluster;
 mod control;
 pub mod core;
-// The HA election core, tested here and not yet driven by the loop
-// (issue 22's next step wires it to the etcd helper thread).
-#[cfg_attr(not(test), allow(dead_code))]
 mod election;
 mod fetch;
 mod files;
+mod ha;
 mod history;
 pub(crate) mod io;
 mod jobs;
@@ -136,10 +134,13 @@ const SHUTDOWN_LINGER_MS: i32 = 500;
 /// How long shutdown waits for peers to take what was made durable.
 const DRAIN: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum RunState {
     Running,
     Stopped,
+    /// Not the leader any more (on etcd), and why: start again as a
+    /// standby, without acknowledging anything more.
+    SteppedDown(String),
 }
 
 /// The server daemon: the loop around the core.
@@ -175,6 +176,8 @@ pub struct Server {
     api: Option<api::Api>,
     /// When the last group commit went to the I/O thread (for its latency).
     commit_sent: Option<Instant>,
+    /// On etcd: the election this server won.
+    ha: Option<ha::Ha>,
 }
 
 /// The cluster as the history in `state_path` left it, and the journal.
@@ -248,19 +251,86 @@ pub fn run(cfg: &Config) -> Result<()> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
-    let mut server = Server::start(cfg)?;
+    // First: a second server on this directory must touch nothing.
+    let lock = crate::support::dirlock::lock(&cfg.state_path, "state directory (--state-path)")?;
+    raise_open_files();
+    let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
+    let signals = Signals::install(poll.registry(), SIGNALS)
+        .map_err(|e| Error::io("cannot install signal handlers", e))?;
+    // One waker for the loop: the I/O thread's and the etcd helpers'.
+    let waker = std::sync::Arc::new(
+        mio::Waker::new(poll.registry(), WORKER)
+            .map_err(|e| Error::io("cannot create the event loop's waker", e))?,
+    );
+    let mut base = ha::standby::Base {
+        poll,
+        signals,
+        lock,
+        waker,
+    };
+    let Some(etcd) = &cfg.etcd else {
+        let mut server = Server::start(cfg, base, None)?;
+        let result = server.run();
+        server.shutdown();
+        return result;
+    };
+    let mut ha = ha::Ha::start(
+        etcd,
+        &cfg.identity,
+        std::sync::Arc::clone(&base.waker),
+        Instant::now(),
+    )
+    .map_err(|e| Error::io("cannot start the etcd helper thread", e))?;
+    let (fence, seq) = match ha::standby::run(cfg, &mut base, &mut ha)? {
+        ha::standby::Exit::Stop => return Ok(()),
+        ha::standby::Exit::Lead { fence, seq } => (fence, seq),
+    };
+    let replica = ha::replicate::Replica::new(
+        std::sync::Arc::clone(&ha.log_client),
+        ha.keys.clone(),
+        fence,
+        seq,
+        &cfg.state_path,
+    );
+    let mut server = Server::start(cfg, base, Some((ha, replica)))?;
     let result = server.run();
+    if let RunState::SteppedDown(why) = server.state.clone() {
+        server.abandon();
+        drop(server);
+        return reexec(&why);
+    }
     server.shutdown();
+    if let Some(ha) = &mut server.ha {
+        ha.resign();
+    }
     result
 }
 
+/// Start this program again, as it was started: a leader that stepped
+/// down comes back as a standby, from its disk, which holds only what
+/// etcd holds.
+fn reexec(why: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    log::error!("stepping down: {why}; starting again as a standby");
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let e = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
+    Err(Error::io("cannot start again as a standby", e))
+}
+
 impl Server {
-    fn start(cfg: &Config) -> Result<Server> {
-        // First: a second server on this directory must touch nothing.
-        let lock =
-            crate::support::dirlock::lock(&cfg.state_path, "state directory (--state-path)")?;
-        raise_open_files();
-        let poll = Poll::new().map_err(|e| Error::io("cannot create the event loop", e))?;
+    fn start(
+        cfg: &Config,
+        base: ha::standby::Base,
+        ha: Option<(ha::Ha, ha::replicate::Replica)>,
+    ) -> Result<Server> {
+        let ha::standby::Base {
+            poll,
+            signals,
+            lock,
+            waker,
+        } = base;
         let ctx = zmq::Context::new();
         // The state is loaded before any port is bound: a node that can
         // connect is served at once.
@@ -340,9 +410,7 @@ impl Server {
             }
             None => None,
         };
-        let signals = Signals::install(poll.registry(), SIGNALS)
-            .map_err(|e| Error::io("cannot install signal handlers", e))?;
-        let worker = Worker::start("director-io", poll.registry(), WORKER)
+        let worker = Worker::with_waker("director-io", waker)
             .map_err(|e| Error::io("cannot start the I/O thread", e))?;
         let jobs = cluster.list_jobs();
         if !jobs.is_empty() {
@@ -369,9 +437,23 @@ impl Server {
             cfg.bind_address,
             cfg.socket_path.display()
         );
+        let persist = Persist::new(history, keys_journal).with_tokens(tokens_journal);
+        let (persist, ha) = match ha {
+            None => (persist, None),
+            Some((ha, replica)) => {
+                log::info!(
+                "active on etcd {} (prefix {}, fence {}): every commit goes to etcd's log first, from entry {}",
+                ha.cfg.endpoints.join(","),
+                ha.cfg.prefix,
+                replica.fence(),
+                replica.seq() + 1
+            );
+                (persist.with_replica(replica), Some(ha))
+            }
+        };
         let mut core = Core::new(
             cluster,
-            Persist::new(history, keys_journal).with_tokens(tokens_journal),
+            persist,
             auth,
             cfg.heartbeat_ivl,
             (cfg.job_retention, cfg.job_retention_count),
@@ -404,6 +486,7 @@ impl Server {
             handshakes_rate: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
             api,
             commit_sent: None,
+            ha,
         };
         server.perform();
         Ok(server)
@@ -504,6 +587,11 @@ impl Server {
         loop {
             // Rule: service every port at the top of every pass; anything
             // since the last pass may have queued a send and used the edge.
+            // A leader whose lease may have lapsed acts on nothing more.
+            self.tick_ha(Instant::now());
+            if self.state != RunState::Running {
+                return Ok(());
+            }
             self.service_handshakes();
             self.core.at(Now::real());
             let mut busy = self.service_ports()?;
@@ -514,11 +602,12 @@ impl Server {
             self.sweep_api(now);
             self.flush_api();
             let api_due = self.api.as_ref().map(api::Api::next_deadline);
-            let next_timer = match (self.core.next_deadline(), api_due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-            .map(|at| at.saturating_duration_since(now));
+            let ha_due = self.ha.as_ref().map(ha::Ha::next_deadline);
+            let next_timer = [self.core.next_deadline(), api_due, ha_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| at.saturating_duration_since(now));
             let sleep = Sleep {
                 busy,
                 backlog: self.ports.iter().any(ZmqPort::has_backlog),
@@ -545,6 +634,7 @@ impl Server {
                         for done in self.worker.drain() {
                             self.io_done(done);
                         }
+                        self.ha_answers();
                     }
                     token if self.is_api(token) => self.handle_api(token),
                     token => self.handle_control(token),
@@ -555,6 +645,45 @@ impl Server {
                 return Ok(());
             }
         }
+    }
+
+    /// On etcd: let the election see the time; stop leading if it says.
+    fn tick_ha(&mut self, now: Instant) {
+        let Some(ha) = &mut self.ha else { return };
+        let changes = ha.tick(now);
+        self.ha_changed(changes);
+    }
+
+    fn ha_answers(&mut self) {
+        let Some(ha) = &mut self.ha else { return };
+        let changes = ha.answers(Instant::now());
+        self.ha_changed(changes);
+    }
+
+    fn ha_changed(&mut self, changes: Vec<election::Change>) {
+        for c in changes {
+            match c {
+                election::Change::Lead { .. } => {}
+                election::Change::StepDown { why } => {
+                    self.state = RunState::SteppedDown(why);
+                }
+                election::Change::LeaderIs(who) => {
+                    self.state = RunState::SteppedDown(match who {
+                        Some(name) => format!("{name} leads now"),
+                        None => "this server does not hold the leader key".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stepping down: nothing more goes out, nothing is drained; the
+    /// socket file goes (the standby binds it again).
+    fn abandon(&mut self) {
+        for p in &self.ports {
+            p.set_linger(0);
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
     }
 
     /// Stop: make durable what can be, send every answer and ack that
@@ -796,6 +925,12 @@ impl Server {
             IoDone::Commit(result) => {
                 if let (Some(api), Some(sent)) = (&mut self.api, self.commit_sent.take()) {
                     api.metrics.sync(sent.elapsed(), result.is_ok());
+                }
+                if let Err((_, e)) = &result {
+                    if ha::replicate::is_deposed(e) {
+                        self.state = RunState::SteppedDown(e.to_string());
+                        return;
+                    }
                 }
                 self.core.committed(result)
             }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use uuid::Uuid;
 
+use super::ha::entries::Entry;
+use super::ha::replicate::{Mark, Replica, Replicate};
 use crate::journal::{Batch, Journal, Rewrite};
 use crate::support::ratelog::Every;
 use crate::wire::{Response, ServerMsg};
@@ -58,6 +60,10 @@ pub enum Held {
 pub enum Op {
     Append(Batch),
     Replace(Rewrite),
+    /// A group commit's entry to etcd, before its journal writes.
+    Replicate(Box<Replicate>),
+    /// After them: how far the journals follow the log.
+    Mark(Mark),
 }
 
 impl Op {
@@ -65,6 +71,8 @@ impl Op {
         match self {
             Op::Append(b) => b.run().map_err(|(b, e)| (Op::Append(b), e)),
             Op::Replace(r) => r.run().map_err(|(r, e)| (Op::Replace(r), e)),
+            Op::Replicate(r) => r.run().map_err(|(r, e)| (Op::Replicate(Box::new(r)), e)),
+            Op::Mark(m) => m.run().map_err(|(m, e)| (Op::Mark(m), e)),
         }
     }
 }
@@ -122,6 +130,8 @@ pub struct Persist {
     rewrites: Vec<Rewrite>,
     failing: Option<Failing>,
     errors: Every,
+    /// On etcd: each commit's records go to the log first.
+    replica: Option<Replica>,
 }
 
 impl Persist {
@@ -137,7 +147,14 @@ impl Persist {
             rewrites: Vec::new(),
             failing: None,
             errors: Every::minute(),
+            replica: None,
         }
+    }
+
+    /// On etcd: write each commit's records to the log before the disk.
+    pub fn with_replica(mut self, replica: Replica) -> Persist {
+        self.replica = Some(replica);
+        self
     }
 
     /// With the token table's journal.
@@ -199,10 +216,31 @@ impl Persist {
         self.commit_at = None;
         let mut ops = std::mem::take(&mut self.retry);
         ops.extend(self.rewrites.drain(..).map(Op::Replace));
-        ops.extend(self.history.take(true).map(Op::Append));
-        for j in [&mut self.keys, &mut self.tokens].into_iter().flatten() {
-            ops.extend(j.take(true).map(Op::Append));
+        let history = self.history.take(true);
+        let keys = self.keys.as_mut().and_then(|j| j.take(true));
+        let tokens = self.tokens.as_mut().and_then(|j| j.take(true));
+        let mut mark = None;
+        if let Some(r) = &mut self.replica {
+            if history.is_some() || keys.is_some() || tokens.is_some() {
+                let bytes = |b: &Option<Batch>| b.as_ref().map(|b| b.bytes().to_vec());
+                let entry = Entry {
+                    base: false,
+                    history: bytes(&history).unwrap_or_default(),
+                    keys: bytes(&keys).unwrap_or_default(),
+                    tokens: bytes(&tokens).unwrap_or_default(),
+                };
+                let (write, m) = r.next(&entry);
+                ops.push(Op::Replicate(Box::new(write)));
+                mark = Some(m);
+            }
         }
+        ops.extend(
+            [history, keys, tokens]
+                .into_iter()
+                .flatten()
+                .map(Op::Append),
+        );
+        ops.extend(mark.map(Op::Mark));
         if ops.is_empty() {
             out.held.append(&mut self.waiting);
             return None;

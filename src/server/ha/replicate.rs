@@ -1,0 +1,156 @@
+//! Writing the log: the active server's fenced writes of each group
+//! commit (`Replica`, `Replicate`), and where every server keeps how far
+//! its journals follow the log (`Mark`, the file `replica.seq`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::entries::{self as log, Entry};
+use super::{lock, SharedClient};
+use crate::etcd::{Compare, EtcdError, Op};
+
+/// The file, in the state directory, naming the last entry of the log the
+/// journals hold.
+pub const SEQ_FILE: &str = "replica.seq";
+
+/// A write was refused because another server leads now.
+#[derive(Debug)]
+pub struct Deposed;
+
+impl std::fmt::Display for Deposed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("etcd refused this server's write: another server leads now")
+    }
+}
+
+impl std::error::Error for Deposed {}
+
+/// Is `e` a refusal because another server leads?
+pub fn is_deposed(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Deposed>())
+}
+
+/// The last entry the journals in `dir` hold (0: none, or not from a log).
+pub fn read_seq(dir: &Path) -> io::Result<u64> {
+    match std::fs::read_to_string(dir.join(SEQ_FILE)) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} holds '{}', not a number",
+                    dir.join(SEQ_FILE).display(),
+                    s.trim()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Say that the journals hold up to entry `seq`: written after them. Not
+/// synced: should it be lost, entries are applied again, and the history
+/// replays the same records twice to the same state (each record sets
+/// what it names to what it says).
+pub struct Mark {
+    dir: PathBuf,
+    seq: u64,
+}
+
+impl Mark {
+    pub fn new(dir: &Path, seq: u64) -> Mark {
+        Mark {
+            dir: dir.to_owned(),
+            seq,
+        }
+    }
+
+    pub fn run(self) -> Result<(), (Mark, io::Error)> {
+        let tmp = self.dir.join(format!("{SEQ_FILE}.tmp"));
+        let r = std::fs::write(&tmp, format!("{}\n", self.seq))
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(SEQ_FILE)));
+        r.map_err(|e| (self, e))
+    }
+}
+
+/// One entry's chunks, written in order, each fenced.
+pub struct Replicate {
+    client: SharedClient,
+    leader_key: Vec<u8>,
+    fence: i64,
+    writes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Chunks written already (a retry goes on from here).
+    done: usize,
+}
+
+impl Replicate {
+    pub fn run(mut self) -> Result<(), (Replicate, io::Error)> {
+        while self.done < self.writes.len() {
+            let (key, value) = &self.writes[self.done];
+            let put = Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+                lease: None,
+            };
+            let fenced = Compare::CreateRevision(self.leader_key.clone(), self.fence);
+            let r = lock(&self.client).txn(&[fenced], &[put], &[]);
+            match r {
+                Ok(t) if t.succeeded => self.done += 1,
+                Ok(_) => return Err((self, io::Error::other(Deposed))),
+                Err(e) => return Err((self, io::Error::other(etcd_text(&e)))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn etcd_text(e: &EtcdError) -> String {
+    format!("{e} (the write is tried again; nothing is acknowledged until it is in etcd)")
+}
+
+/// The active server's writer of the log.
+pub struct Replica {
+    client: SharedClient,
+    keys: log::Keys,
+    fence: i64,
+    /// The last entry written (or being written).
+    seq: u64,
+    dir: PathBuf,
+}
+
+impl Replica {
+    pub fn new(client: SharedClient, keys: log::Keys, fence: i64, seq: u64, dir: &Path) -> Replica {
+        Replica {
+            client,
+            keys,
+            fence,
+            seq,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn fence(&self) -> i64 {
+        self.fence
+    }
+
+    /// The next entry: its writes to etcd, and the mark to make after the
+    /// journals.
+    pub fn next(&mut self, entry: &Entry) -> (Replicate, Mark) {
+        self.seq += 1;
+        let writes = log::chunks(&self.keys, self.seq, self.fence, entry);
+        (
+            Replicate {
+                client: std::sync::Arc::clone(&self.client),
+                leader_key: self.keys.leader(),
+                fence: self.fence,
+                writes,
+                done: 0,
+            },
+            Mark::new(&self.dir, self.seq),
+        )
+    }
+}

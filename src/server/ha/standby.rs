@@ -1,0 +1,581 @@
+//! A standby: it follows the log in etcd into its own journals, answers
+//! CLIs that the active server is elsewhere, and campaigns when the
+//! leader key is free. Winning, it reads the log to its end, clears what
+//! a deposed leader left unfinished (and, for a log that is empty or
+//! behind its own disk, writes its journals as the log's base), and hands
+//! over to the server proper, which starts from its disk as after a
+//! restart.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UnixListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::entries::{Chunk, Entry, Follower, Gap};
+use super::replicate::{read_seq, Mark, Replica};
+use super::{lock, Ha};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::etcd::{self, Compare, Op as EtcdOp};
+use crate::journal::{Journal, Lazy};
+use crate::reactor::signals::Signals;
+use crate::reactor::worker::Worker;
+use crate::reactor::{self, Sleep, TokenCounter};
+use crate::server::control::{ControlConn, Inbound};
+use crate::server::election::Change;
+use crate::server::persist::{self, CommitResult, Op};
+use crate::server::{history, keys, tokens};
+use crate::support::dirlock::DirLock;
+use crate::wire::Response;
+
+/// What every server mode shares: the loop's poll, its signals, the lock
+/// on the state directory.
+pub struct Base {
+    pub poll: Poll,
+    pub signals: Signals,
+    pub lock: DirLock,
+    /// The loop's one waker (token `WORKER`), shared by its helpers.
+    pub waker: Arc<Waker>,
+}
+
+/// How standing by ended.
+pub enum Exit {
+    /// This server leads: its journals hold the log up to `seq`.
+    Lead { fence: i64, seq: u64 },
+    /// Told to stop.
+    Stop,
+}
+
+const CONTROL: Token = super::super::CONTROL;
+const SIGNALS: Token = super::super::SIGNALS;
+const WORKER: Token = super::super::WORKER;
+const FIRST_DYNAMIC: usize = 16;
+
+/// How soon a watch that broke is opened again.
+const REWATCH: Duration = Duration::from_millis(500);
+/// How soon writes that failed are tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The journals a standby writes, by what they hold.
+struct Journals {
+    history: Journal,
+    keys: Journal,
+    tokens: Journal,
+}
+
+impl Journals {
+    /// Opened without reading their records (their bulk is not needed).
+    fn open(dir: &Path) -> io::Result<Journals> {
+        fn skip<T: crate::journal::Layout>(dir: &Path, name: &str) -> io::Result<Journal> {
+            Journal::open_lazy::<T, ()>(dir, name, |_| Some(()), |_: Lazy<T, ()>, _| {})
+        }
+        Ok(Journals {
+            history: skip::<history::Record>(dir, history::FILE)?,
+            keys: skip::<keys::KeyRecord>(dir, keys::FILE)?,
+            tokens: skip::<tokens::TokenRecord>(dir, tokens::FILE)?,
+        })
+    }
+
+    /// The writes that apply `entry` as `seq`, marked after.
+    fn apply(
+        &mut self,
+        seq: u64,
+        entry: Entry,
+        dir: &Path,
+    ) -> std::result::Result<Vec<Op>, String> {
+        let mut ops = Vec::new();
+        let parts = [
+            (&mut self.history, entry.history, history::FILE),
+            (&mut self.keys, entry.keys, keys::FILE),
+            (&mut self.tokens, entry.tokens, tokens::FILE),
+        ];
+        for (j, bytes, name) in parts {
+            if entry.base {
+                let rw = j
+                    .replace_encoded(bytes)
+                    .map_err(|e| format!("entry {seq} for {name}: {e}"))?;
+                ops.push(Op::Replace(rw));
+            } else if !bytes.is_empty() {
+                j.append_encoded(&bytes)
+                    .map_err(|e| format!("entry {seq} for {name}: {e}"))?;
+                ops.extend(j.take(true).map(Op::Append));
+            }
+        }
+        ops.push(Op::Mark(Mark::new(dir, seq)));
+        Ok(ops)
+    }
+
+    fn encoded(&self) -> io::Result<Entry> {
+        Ok(Entry {
+            base: true,
+            history: self.history.encoded()?,
+            keys: self.keys.encoded()?,
+            tokens: self.tokens.encoded()?,
+        })
+    }
+}
+
+/// What the watch thread hands over.
+enum Watched {
+    Chunks(Vec<Chunk>),
+    Trouble(String),
+}
+
+/// Follow the log from `seq` on, on a thread of its own: the log as it is
+/// (a range), then its changes (a watch), again from where it was after a
+/// break. It exits once the loop stops taking what it sends.
+fn start_watch(ha: &Ha, waker: Arc<Waker>) -> io::Result<Receiver<Watched>> {
+    let (tx, rx) = mpsc::channel();
+    let mut client = etcd::Client::new(&ha.cfg.endpoints, Duration::from_secs(2));
+    let prefix = ha.keys.log();
+    std::thread::Builder::new()
+        .name("director-watch".into())
+        .spawn(move || {
+            let send = |w: Watched| {
+                let ok = tx.send(w).is_ok();
+                let _ = waker.wake();
+                ok
+            };
+            let decode = |kv: &etcd::Kv| Chunk::decode(&kv.value);
+            let mut from: Option<i64> = None;
+            loop {
+                let start = match from {
+                    Some(rev) => rev,
+                    None => match client.range(&prefix, true) {
+                        Ok((kvs, rev)) => {
+                            if !send(Watched::Chunks(kvs.iter().filter_map(decode).collect())) {
+                                return;
+                            }
+                            rev + 1
+                        }
+                        Err(e) => {
+                            if !send(Watched::Trouble(e.to_string())) {
+                                return;
+                            }
+                            std::thread::sleep(REWATCH);
+                            continue;
+                        }
+                    },
+                };
+                from = Some(start);
+                let mut watch = match client.watch(&prefix, true, start) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        if !send(Watched::Trouble(e.to_string())) {
+                            return;
+                        }
+                        std::thread::sleep(REWATCH);
+                        continue;
+                    }
+                };
+                loop {
+                    match watch.changes() {
+                        Ok(changes) => {
+                            let mut chunks = Vec::new();
+                            for c in changes {
+                                if let etcd::Change::Put(kv) = c {
+                                    from = Some(kv.mod_revision + 1);
+                                    chunks.extend(decode(&kv));
+                                }
+                            }
+                            if !send(Watched::Chunks(chunks)) {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Compacted away: read the log as it is again.
+                            if matches!(e, etcd::EtcdError::Refused(_)) {
+                                from = None;
+                            }
+                            if !send(Watched::Trouble(e.to_string())) {
+                                return;
+                            }
+                            std::thread::sleep(REWATCH);
+                            break;
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+struct Standby<'a> {
+    cfg: &'a Config,
+    base: &'a mut Base,
+    ha: &'a mut Ha,
+    listener: UnixListener,
+    conns: HashMap<Token, ControlConn>,
+    tokens: TokenCounter,
+    journals: Journals,
+    follower: Follower,
+    watch: Receiver<Watched>,
+    io: Worker<CommitResult>,
+    /// Writes not yet handed to the I/O thread, in order.
+    writes: VecDeque<Vec<Op>>,
+    in_flight: bool,
+    retry_at: Option<Instant>,
+    /// Won the election with this fence: read the log to its end, then
+    /// lead.
+    taking_over: Option<i64>,
+    /// What was last said about the watch, said again only when it
+    /// changes.
+    trouble: Option<String>,
+    gap: Option<Gap>,
+}
+
+/// Stand by until this server leads, or is told to stop.
+pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
+    let dir = &cfg.state_path;
+    let journals = Journals::open(dir)
+        .map_err(|e| Error::io(format!("cannot open the journals in {}", dir.display()), e))?;
+    let seq = read_seq(dir)
+        .map_err(|e| Error::io("cannot read how far this server follows the log", e))?;
+    let mut listener =
+        crate::server::requests::bind_control(&cfg.socket_path, cfg.socket_group.as_deref())?;
+    base.poll
+        .registry()
+        .register(&mut listener, CONTROL, Interest::READABLE)
+        .map_err(|e| Error::io("cannot watch the control socket", e))?;
+    let watch = start_watch(ha, Arc::clone(&base.waker))
+        .map_err(|e| Error::io("cannot start the thread that follows etcd", e))?;
+    let io = Worker::with_waker("director-io", Arc::clone(&base.waker))
+        .map_err(|e| Error::io("cannot start the I/O thread", e))?;
+    log::info!(
+        "standing by on etcd {} (prefix {}): following the log from entry {}; control socket {}",
+        ha.cfg.endpoints.join(","),
+        ha.cfg.prefix,
+        seq + 1,
+        cfg.socket_path.display()
+    );
+    let mut s = Standby {
+        cfg,
+        base,
+        ha,
+        listener,
+        conns: HashMap::new(),
+        tokens: TokenCounter::new(FIRST_DYNAMIC),
+        journals,
+        follower: Follower::new(seq),
+        watch,
+        io,
+        writes: VecDeque::new(),
+        in_flight: false,
+        retry_at: None,
+        taking_over: None,
+        trouble: None,
+        gap: None,
+    };
+    let exit = s.run();
+    let _ = s.base.poll.registry().deregister(&mut s.listener);
+    let _ = std::fs::remove_file(&cfg.socket_path);
+    exit
+}
+
+impl Standby<'_> {
+    fn run(&mut self) -> Result<Exit> {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            for c in self.ha.tick(now) {
+                self.changed(c);
+            }
+            self.write(now);
+            if let Some(fence) = self.taking_over {
+                if self.writes.is_empty() && !self.in_flight {
+                    match self.take_over(fence) {
+                        Ok(seq) => return Ok(Exit::Lead { fence, seq }),
+                        Err(TakeOver::Again(why)) => {
+                            log::warn!("cannot take over yet: {why}; trying again");
+                            self.taking_over = None;
+                        }
+                        Err(TakeOver::Fatal(e)) => return Err(e),
+                    }
+                }
+            }
+            let next = [Some(self.ha.next_deadline()), self.retry_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let sleep = Sleep {
+                busy: false,
+                backlog: false,
+                next_timer: next.map(|t| t.saturating_duration_since(Instant::now())),
+            };
+            reactor::wait(&mut self.base.poll, &mut events, sleep)
+                .map_err(|e| Error::io("event loop failed", e))?;
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    CONTROL => self.accept(),
+                    SIGNALS => {
+                        if !self.base.signals.drain().is_empty() {
+                            log::info!("standby stopping");
+                            return Ok(Exit::Stop);
+                        }
+                    }
+                    // Every helper pokes the one waker.
+                    WORKER => {
+                        for c in self.ha.answers(now) {
+                            self.changed(c);
+                        }
+                        self.watched();
+                        for r in self.io.drain() {
+                            self.written(r, now);
+                        }
+                    }
+                    token => self.control(token),
+                }
+            }
+        }
+    }
+
+    fn changed(&mut self, c: Change) {
+        match c {
+            Change::Lead { fence } => {
+                log::info!("won the lead in etcd (fence {fence}); reading the log to its end");
+                self.taking_over = Some(fence);
+            }
+            Change::LeaderIs(Some(name)) => {
+                log::info!("standing by: the active server is {name}");
+            }
+            Change::LeaderIs(None) => {}
+            Change::StepDown { why } => log::warn!("{why}"),
+        }
+    }
+
+    /// What the watch thread found.
+    fn watched(&mut self) {
+        loop {
+            match self.watch.try_recv() {
+                Ok(Watched::Chunks(chunks)) => {
+                    if self.trouble.take().is_some() {
+                        log::info!("following the log in etcd again");
+                    }
+                    for c in chunks {
+                        self.offer(c);
+                    }
+                }
+                Ok(Watched::Trouble(why)) => {
+                    if self.trouble.as_ref() != Some(&why) {
+                        log::warn!("cannot follow the log in etcd: {why}; trying again");
+                        self.trouble = Some(why);
+                    }
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    log::error!("the thread following etcd is gone");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn offer(&mut self, c: Chunk) {
+        match self.follower.offer(c) {
+            Ok(Some((seq, entry))) => match self.journals.apply(seq, entry, &self.cfg.state_path) {
+                Ok(ops) => self.writes.push_back(ops),
+                Err(why) => self.gap_found(Gap::Corrupt { seq, why }),
+            },
+            Ok(None) => {}
+            Err(gap) => self.gap_found(gap),
+        }
+    }
+
+    fn gap_found(&mut self, gap: Gap) {
+        if self.gap.as_ref() != Some(&gap) {
+            log::error!(
+                "cannot follow the log: {gap}; this standby cannot take over until it is restarted with an empty --state-path {} (it then starts from the log's base)",
+                self.cfg.state_path.display()
+            );
+            self.gap = Some(gap);
+        }
+    }
+
+    /// Hand the next writes to the I/O thread, one batch at a time.
+    fn write(&mut self, now: Instant) {
+        if self.in_flight || self.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        self.retry_at = None;
+        if let Some(ops) = self.writes.pop_front() {
+            self.in_flight = true;
+            self.io.submit(move || persist::run_ops(ops));
+        }
+    }
+
+    fn written(&mut self, r: CommitResult, now: Instant) {
+        self.in_flight = false;
+        if let Err((undone, e)) = r {
+            log::error!(
+                "cannot write the log's entries to {}: {e}; trying again every {}s",
+                self.cfg.state_path.display(),
+                RETRY.as_secs()
+            );
+            self.writes.push_front(undone);
+            self.retry_at = Some(now + RETRY);
+        }
+    }
+
+    /// Read the log to its end, clear a deposed leader's unfinished entry,
+    /// write a base if the log has none this server can follow: the last
+    /// entry the journals hold.
+    fn take_over(&mut self, fence: i64) -> std::result::Result<u64, TakeOver> {
+        let keys = self.ha.keys.clone();
+        let client = Arc::clone(&self.ha.log_client);
+        let (kvs, _) = lock(&client)
+            .range(&keys.log(), true)
+            .map_err(|e| TakeOver::Again(e.to_string()))?;
+        let mut last_in_log = 0;
+        for kv in &kvs {
+            let Some(c) = Chunk::decode(&kv.value) else {
+                continue;
+            };
+            if c.index + 1 == c.count {
+                last_in_log = last_in_log.max(c.seq);
+            }
+            match self.follower.offer(c) {
+                Ok(Some((seq, entry))) => {
+                    let ops = self
+                        .journals
+                        .apply(seq, entry, &self.cfg.state_path)
+                        .map_err(|why| fatal(Gap::Corrupt { seq, why }))?;
+                    persist::run_ops(ops).map_err(|(_, e)| {
+                        TakeOver::Fatal(Error::io(
+                            format!(
+                                "cannot write the log's entries to {}",
+                                self.cfg.state_path.display()
+                            ),
+                            e,
+                        ))
+                    })?;
+                }
+                Ok(None) => {}
+                Err(gap) => return Err(fatal(gap)),
+            }
+        }
+        let seq = self.follower.applied();
+        // Chunks past what is whole: a deposed leader's unfinished entry.
+        let leftovers: Vec<EtcdOp> = kvs
+            .iter()
+            .filter(|kv| Chunk::decode(&kv.value).is_none_or(|c| c.seq > seq))
+            .map(|kv| EtcdOp::Delete {
+                key: kv.key.clone(),
+                prefix: false,
+            })
+            .collect();
+        if !leftovers.is_empty() {
+            let fenced = [Compare::CreateRevision(keys.leader(), fence)];
+            match lock(&client).txn(&fenced, &leftovers, &[]) {
+                Ok(t) if t.succeeded => log::info!(
+                    "cleared {} chunks of an entry the previous leader left unfinished",
+                    leftovers.len()
+                ),
+                Ok(_) => return Err(TakeOver::Again("another server leads now".into())),
+                Err(e) => return Err(TakeOver::Again(e.to_string())),
+            }
+        }
+        if last_in_log >= seq && seq > 0 {
+            return Ok(seq);
+        }
+        // Nothing in etcd to follow (a new cluster, or a log behind this
+        // disk): this server's journals become the log's base.
+        let entry = self.journals.encoded().map_err(|e| {
+            TakeOver::Fatal(Error::io("cannot read the journals for the log's base", e))
+        })?;
+        let mut replica = Replica::new(client, keys, fence, seq, &self.cfg.state_path);
+        let (write, mark) = replica.next(&entry);
+        write
+            .run()
+            .map_err(|(_, e)| TakeOver::Again(e.to_string()))?;
+        mark.run().map_err(|(_, e)| {
+            TakeOver::Fatal(Error::io(
+                "cannot note how far the journals follow the log",
+                e,
+            ))
+        })?;
+        log::info!(
+            "wrote this server's journals to etcd as the log's base (entry {}, {} bytes of history)",
+            replica.seq(),
+            entry.history.len()
+        );
+        Ok(replica.seq())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let token = self.tokens.next();
+                    let mut conn = ControlConn::new(stream);
+                    if self
+                        .base
+                        .poll
+                        .registry()
+                        .register(
+                            &mut conn.stream,
+                            token,
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.conns.insert(token, conn);
+                    self.control(token);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Every request gets the same answer: this is not the active server.
+    fn control(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let (n, closed) = match conn.read() {
+            Inbound::Requests(r) => (r.len(), false),
+            Inbound::Closed(r) => (r.len(), true),
+            Inbound::Corrupt(_) => (0, true),
+        };
+        let why = match self.ha.leader() {
+            Some(l) => format!(
+                "this server ({}) stands by; the active server is {l}: run the command there",
+                self.ha.me
+            ),
+            None => format!(
+                "this server ({}) stands by and no server is active yet (etcd: {}); try again in a few seconds",
+                self.ha.me,
+                self.ha.cfg.endpoints.join(",")
+            ),
+        };
+        for _ in 0..n {
+            let _ = conn.send(&Response::Rejected(why.clone()));
+        }
+        let failed = conn.flush().is_err();
+        if closed || failed {
+            if let Some(mut c) = self.conns.remove(&token) {
+                let _ = self.base.poll.registry().deregister(&mut c.stream);
+            }
+        }
+    }
+}
+
+enum TakeOver {
+    /// etcd could not be asked, or another server won meanwhile.
+    Again(String),
+    Fatal(Error),
+}
+
+fn fatal(gap: Gap) -> TakeOver {
+    TakeOver::Fatal(Error::Config(format!(
+        "cannot take over: {gap}; restart this server with an empty --state-path (it then starts from the log's base)"
+    )))
+}
