@@ -124,6 +124,9 @@ pub struct Link {
     /// were tried in turn without an answer.
     at: usize,
     tried: usize,
+    /// Moving on from an address was said in this stretch without an
+    /// answer (said once).
+    moving_said: bool,
 }
 
 impl Link {
@@ -142,6 +145,7 @@ impl Link {
             rng: seed | 1,
             at: 0,
             tried: 0,
+            moving_said: false,
         }
     }
 
@@ -163,7 +167,13 @@ impl Link {
         self.tried += 1;
         self.standing = Standing::Unknown;
         if self.tried < n {
-            log::info!("no server answers at {from}; trying {}", self.server());
+            if !self.moving_said {
+                log::info!(
+                    "no server answers at {from}; trying {} (said once until one answers)",
+                    self.server()
+                );
+                self.moving_said = true;
+            }
             if matches!(self.phase, Phase::Up { .. }) {
                 out.push(Act::Close);
             }
@@ -228,6 +238,7 @@ impl Link {
             *last_heard = now;
             self.backoff.reset();
             self.tried = 0;
+            self.moving_said = false;
         }
     }
 

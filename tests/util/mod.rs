@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod fleet;
+pub mod ha;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -197,6 +198,8 @@ pub struct Cluster {
     /// A command that clients run under (`unshare --pid --fork`, say):
     /// it gets the director binary and its arguments.
     pub client_wrapper: Vec<String>,
+    /// Clients' `--server-address` (several servers on etcd: a list).
+    pub server_address: String,
 }
 
 impl Cluster {
@@ -228,6 +231,7 @@ impl Cluster {
             umask: None,
             api_port: None,
             client_wrapper: Vec::new(),
+            server_address: "127.0.0.1".into(),
         }
     }
 
@@ -423,7 +427,7 @@ impl Cluster {
             "--identity".into(),
             name.to_owned(),
             "--server-address".into(),
-            "127.0.0.1".into(),
+            self.server_address.clone(),
             "--cache-path".into(),
             cwd.join("cache").display().to_string(),
             "--key-path".into(),

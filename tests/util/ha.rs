@@ -1,0 +1,165 @@
+//! Several director servers on one etcd, each on a loopback address of
+//! its own (127.0.0.1, 127.0.0.2, ...) with the same ports, as separate
+//! machines would have them; clients given every address.
+
+use std::path::PathBuf;
+
+use super::etcd::Etcd;
+use super::{run_cli, wait_until, Cluster, Out, Proc, DEADLINE};
+
+pub struct HaCluster {
+    /// The ports, shared key, clients and test directory; its own
+    /// `server` is not used.
+    pub c: Cluster,
+    pub etcd: Etcd,
+    pub servers: Vec<Option<Proc>>,
+    /// `--etcd-lease` of every server.
+    pub lease: String,
+}
+
+impl HaCluster {
+    /// etcd (3 members), `n` servers (the first leading) and clients
+    /// `names`, registered; `None` where etcd is not installed.
+    pub fn start(test: &str, n: usize, names: &[&str]) -> Option<HaCluster> {
+        let mut c = Cluster::new(test, "0.5");
+        let Some(etcd) = Etcd::start(&c.dir.path, 3) else {
+            eprintln!("etcd is not installed: skipped (apt-get install etcd-server)");
+            return None;
+        };
+        c.server_address = (0..n).map(address).collect::<Vec<_>>().join(",");
+        let mut h = HaCluster {
+            c,
+            etcd,
+            servers: (0..n).map(|_| None).collect(),
+            lease: "2".into(),
+        };
+        h.start_server(0);
+        h.wait_leader();
+        for i in 1..n {
+            h.start_server(i);
+        }
+        for i in 1..n {
+            h.wait_log(i, "standing by: the active server is s0");
+        }
+        for name in names {
+            h.c.start_client(name);
+        }
+        h.wait_nodes(0, names);
+        Some(h)
+    }
+
+    pub fn state(&self, i: usize) -> PathBuf {
+        self.c.dir.path.join(format!("state-s{i}"))
+    }
+
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.c.dir.path.join(format!("s{i}.sock"))
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.c.dir.path.join(format!("server-s{i}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Start server `i` (again), as a standby until it wins the lead.
+    pub fn start_server(&mut self, i: usize) {
+        self.servers[i] = None;
+        let args: Vec<String> = [
+            "--identity".to_string(),
+            format!("s{i}"),
+            "--bind-address".into(),
+            address(i),
+            "--state-path".into(),
+            self.state(i).display().to_string(),
+            "--etcd-endpoints".into(),
+            self.etcd.endpoints().join(","),
+            "--etcd-lease".into(),
+            self.lease.clone(),
+            "--shared-key".into(),
+            self.c.shared_key.clone().unwrap_or_default(),
+        ]
+        .into_iter()
+        .chain(self.c.common())
+        .chain(["--socket-path".into(), self.socket(i).display().to_string()])
+        .collect();
+        let log = self.c.dir.path.join(format!("server-s{i}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = super::base_command()
+            .arg("server")
+            .args(&args)
+            .current_dir(&self.c.dir.path)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        self.servers[i] = Some(Proc { child, log });
+    }
+
+    pub fn server(&mut self, i: usize) -> &mut Proc {
+        self.servers[i].as_mut().unwrap()
+    }
+
+    /// The CLI against server `i`'s control socket.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Out {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.c.common());
+        all.extend(["--socket-path".into(), self.socket(i).display().to_string()]);
+        run_cli(&self.c.dir.path, &all)
+    }
+
+    /// Which server answers as the active one, if one does.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.servers.len()).find(|&i| {
+            self.servers[i].is_some() && self.cli(i, &["manage", "--list-nodes"]).code == 0
+        })
+    }
+
+    /// Until a server is active; which.
+    pub fn wait_leader(&self) -> usize {
+        let mut who = None;
+        wait_until("a server to lead", DEADLINE, || {
+            who = self.leader();
+            who.is_some()
+        });
+        who.unwrap()
+    }
+
+    pub fn wait_log(&self, i: usize, what: &str) {
+        wait_until(&format!("s{i} to say '{what}'"), DEADLINE, || {
+            self.log(i).contains(what)
+        });
+    }
+
+    /// Until nodes `names` are online on server `i`.
+    pub fn wait_nodes(&self, i: usize, names: &[&str]) {
+        wait_until(&format!("nodes {names:?} online on s{i}"), DEADLINE, || {
+            let out = self.cli(i, &["manage", "--list-nodes", "--format", "json"]);
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            names.iter().all(|n| {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["name"] == *n && x["state"] == "online")
+            })
+        });
+    }
+
+    /// `manage --list-jobs --format json` on server `i`.
+    pub fn jobs(&self, i: usize) -> Vec<serde_json::Value> {
+        let out = self.cli(i, &["manage", "--list-jobs", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+}
+
+/// Server `i`'s own loopback address.
+pub fn address(i: usize) -> String {
+    format!("127.0.0.{}", i + 1)
+}
