@@ -79,3 +79,136 @@ fn kill_9_of_the_leader_mid_run_hands_the_run_to_a_standby_that_finishes_it() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_paused_leader_is_replaced_and_on_waking_steps_down_without_acting() {
+    const JOBS: u32 = 300;
+    let Some(mut h) = HaCluster::start("ha-pause", 2, &NODES) else {
+        return;
+    };
+    let file = h.c.run_file(
+        "run.yml",
+        (0..JOBS).map(|i| format!("RUN: sleep 0.01; echo {i} >> ran.txt")),
+    );
+    let out = h.cli(0, &["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("the run to be under way", DEADLINE, || {
+        NODES.iter().all(|n| lines(&h, n, "ran.txt").len() >= 50)
+    });
+    h.server(0).signal(libc::SIGSTOP);
+    let done_at_pause = NODES.iter().map(|n| lines(&h, n, "ran.txt").len()).min();
+    assert!(done_at_pause < Some(JOBS as usize), "{done_at_pause:?}");
+    h.wait_active(1);
+    assert_ran_once(&h, 1, JOBS);
+    // Woken, the old leader finds its lease may have lapsed, stops before
+    // acting on anything, and comes back as a standby.
+    h.server(0).signal(libc::SIGCONT);
+    h.wait_log(0, "stepping down: ");
+    h.wait_log(0, "standing by: the active server is s1");
+    let want: Vec<u32> = (0..JOBS).collect();
+    for n in NODES {
+        assert_eq!(lines(&h, n, "ran.txt"), want, "node {n}");
+    }
+    assert_eq!(h.leader(), Some(1));
+}
+
+#[test]
+fn etcd_losing_quorum_stops_acknowledging_and_service_resumes_when_it_is_back() {
+    let Some(mut h) = HaCluster::start("ha-quorum", 2, &NODES) else {
+        return;
+    };
+    let out = h.cli(0, &["exec", "--verb", "RUN", "--wait", "echo 0 >> ran.txt"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    h.etcd.kill(1);
+    h.etcd.kill(2);
+    // No quorum: nothing is acknowledged. A submission is refused with
+    // one line naming etcd (by the leader, or by it as a standby once it
+    // stepped down); one that was on its way to etcd when it went may
+    // end in a lost connection (then it is not known either way, as with
+    // a crash), never in a refusal.
+    let mut refused = Vec::new();
+    let mut k = 100;
+    wait_until("submissions refused", DEADLINE, || {
+        k += 1;
+        let out = h.cli(
+            0,
+            &["exec", "--verb", "RUN", &format!("echo {k} >> ran.txt")],
+        );
+        assert_ne!(out.code, 0, "acknowledged without etcd: {out:?}");
+        let said = out.stderr.trim();
+        assert_eq!(said.lines().count(), 1, "{out:?}");
+        if said.contains("etcd") {
+            refused.push(k);
+        }
+        refused.len() >= 3
+    });
+    h.etcd.restart(1);
+    h.etcd.restart(2);
+    h.etcd.wait_ready();
+    let leader = h.wait_leader();
+    h.wait_nodes(leader, &NODES);
+    let out = h.cli(
+        leader,
+        &["exec", "--verb", "RUN", "--wait", "echo 1 >> ran.txt"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    // What was acknowledged before is there; what was refused never ran.
+    wait_until("every job done", DEADLINE, || {
+        h.jobs(leader).iter().all(|j| !j["finished_ms"].is_null())
+    });
+    for n in NODES {
+        let ran = lines(&h, n, "ran.txt");
+        assert_eq!(ran.first(), Some(&0), "node {n}: {ran:?}");
+        assert_eq!(ran.last(), Some(&1), "node {n}: {ran:?}");
+        for k in &refused {
+            assert!(!ran.contains(k), "node {n} ran refused job {k}: {ran:?}");
+        }
+    }
+}
+
+#[test]
+fn a_standby_started_from_an_empty_directory_catches_up_and_can_take_over() {
+    let Some(mut h) = HaCluster::start("ha-empty", 2, &NODES) else {
+        return;
+    };
+    for i in 0..20 {
+        let out = h.cli(
+            0,
+            &["exec", "--verb", "RUN", &format!("echo {i} >> ran.txt")],
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    wait_until("20 jobs done", DEADLINE, || {
+        let j = h.jobs(0);
+        j.len() == 20 && j.iter().all(|j| !j["finished_ms"].is_null())
+    });
+    h.server(1).signal(libc::SIGKILL);
+    h.server(1).wait_exit(DEADLINE);
+    fs::remove_dir_all(h.state(1)).unwrap();
+    h.start_server(1);
+    let seq = |i: usize| fs::read_to_string(h.state(i).join("replica.seq")).unwrap_or_default();
+    wait_until("s1 to catch up", DEADLINE, || {
+        !seq(1).is_empty() && seq(1) == seq(0)
+    });
+    h.server(0).signal(libc::SIGKILL);
+    h.server(0).wait_exit(DEADLINE);
+    h.wait_log(1, "won the lead in etcd");
+    assert_eq!(h.wait_leader(), 1);
+    let jobs = h.jobs(1);
+    assert_eq!(jobs.len(), 20);
+    assert!(
+        jobs.iter()
+            .all(|j| j["states"] == serde_json::json!({"succeeded": 3})),
+        "{jobs:?}"
+    );
+    h.wait_nodes(1, &NODES);
+    let out = h.cli(
+        1,
+        &["exec", "--verb", "RUN", "--wait", "echo 20 >> ran.txt"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let want: Vec<u32> = (0..=20).collect();
+    for n in NODES {
+        assert_eq!(lines(&h, n, "ran.txt"), want, "node {n}");
+    }
+}

@@ -770,3 +770,82 @@ mod tests {
         assert_eq!(*l.standing(), Standing::Admitted);
     }
 }
+
+#[cfg(test)]
+mod servers_tests {
+    use super::*;
+
+    fn link(servers: &[&str]) -> (Link, Instant) {
+        let names = Names {
+            identity: "n1".into(),
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+            job_port: 5555,
+            fingerprint: "fp".into(),
+            trust: Trust::SharedKey,
+        };
+        (Link::new(names, Duration::from_secs(1), 7), Instant::now())
+    }
+
+    #[test]
+    fn of_several_servers_one_that_refuses_is_left_at_once_for_the_next() {
+        let (mut l, now) = link(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        let mut out = Vec::new();
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        assert_eq!(l.server(), "10.0.0.1");
+        out.clear();
+        l.monitor(LinkEvent::ConnectFailed, now, &mut out);
+        assert_eq!(out, vec![Act::Close, Act::Open]);
+        assert_eq!(l.server(), "10.0.0.2");
+        l.opened(now, &mut out);
+        out.clear();
+        l.monitor(LinkEvent::ConnectFailed, now, &mut out);
+        assert_eq!(out, vec![Act::Close, Act::Open]);
+        assert_eq!(l.server(), "10.0.0.3");
+        // All three refused in turn: the next try waits for the backoff,
+        // never a tight loop.
+        l.opened(now, &mut out);
+        out.clear();
+        l.monitor(LinkEvent::ConnectFailed, now, &mut out);
+        assert_eq!(l.server(), "10.0.0.1");
+        assert!(
+            matches!(out.as_slice(), [Act::Close, Act::Timer(at, LinkTimer::Reopen)] if *at > now),
+            "{out:?}"
+        );
+        // An answer starts a new stretch: the next refusal moves at once.
+        l.timer(LinkTimer::Reopen, now, &mut out);
+        l.opened(now, &mut out);
+        l.heard(now);
+        out.clear();
+        l.monitor(LinkEvent::ConnectFailed, now, &mut out);
+        assert_eq!(out, vec![Act::Close, Act::Open]);
+        assert_eq!(l.server(), "10.0.0.2");
+    }
+
+    #[test]
+    fn a_silent_server_is_left_for_the_next_after_the_backoff() {
+        let (mut l, now) = link(&["10.0.0.1", "10.0.0.2"]);
+        let mut out = Vec::new();
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        out.clear();
+        let later = now + Duration::from_secs(4);
+        l.timer(LinkTimer::Liveness(0), later, &mut out);
+        assert_eq!(l.server(), "10.0.0.2");
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Act::Timer(_, LinkTimer::Reopen))));
+    }
+
+    #[test]
+    fn one_server_keeps_the_old_rules() {
+        let (mut l, now) = link(&["10.0.0.1"]);
+        let mut out = Vec::new();
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        out.clear();
+        l.monitor(LinkEvent::ConnectFailed, now, &mut out);
+        assert_eq!(out, vec![Act::Probe]);
+        assert_eq!(l.server(), "10.0.0.1");
+    }
+}

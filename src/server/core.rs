@@ -214,12 +214,14 @@ impl Core {
 
     /// The ports listen: retention, a compaction if the journal holds dead
     /// records, and restored nodes' time to come back starts now.
-    pub fn start(&mut self) {
+    /// Start, giving restored nodes `grace` more than their 3 intervals
+    /// to come back (after a failover they must first find this server).
+    pub fn start(&mut self, grace: Duration) {
         self.housekeeping();
         if self.persist.history.records() > self.cluster.live_records() {
             self.compact_wanted = true;
         }
-        self.cluster.listening(self.now);
+        self.cluster.listening(self.now, grace);
         if let Some(at) = self.cluster.next_expiry() {
             self.schedule_expiry(at);
         }
@@ -580,6 +582,11 @@ impl Core {
         }
         match claim {
             Claim::Admitted | Claim::AdmittedOver(_) => {
+                // A Ready is the first message on a new connection: one
+                // on another routing id than the last means the node
+                // reopened its sockets. (Without CURVE, its name is its
+                // routing id on every connection: then only `seen` says.)
+                let new_link = self.routes.to(who, Port::Job).is_some_and(|old| old != rid);
                 self.routes.learn(who, Port::Job, rid);
                 let mut out = std::mem::take(&mut self.effects);
                 let welcome = ServerMsg::Welcome {
@@ -603,6 +610,7 @@ impl Core {
                     instance: ready.instance,
                     seen: ready.seen,
                     holding: &ready.holding,
+                    new_link,
                     about: &ready.about,
                 };
                 let was_online = self.cluster.is_online(&claimed);

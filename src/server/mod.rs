@@ -437,6 +437,7 @@ impl Server {
             cfg.bind_address,
             cfg.socket_path.display()
         );
+        let server_ha = ha.is_some();
         let persist = Persist::new(history, keys_journal).with_tokens(tokens_journal);
         let (persist, ha) = match ha {
             None => (persist, None),
@@ -464,7 +465,13 @@ impl Server {
         // Restored nodes must come back in time, or their work is lost:
         // their time starts now that the ports listen.
         core.set_tokens(tokens);
-        core.start();
+        // A node notices the old leader is gone after its liveness (3
+        // intervals), and may try it once more before finding this one.
+        core.start(if server_ha {
+            cfg.heartbeat_ivl * 5
+        } else {
+            Duration::ZERO
+        });
         let mut server = Server {
             poll,
             ports,

@@ -107,9 +107,13 @@ pub struct Released {
     pub abandoned: Option<(Rewrite, String)>,
 }
 
-/// The disk is failing: when to try it again.
+/// The disk (or etcd) is failing: when to try it again.
 struct Failing {
     retry_at: Instant,
+    /// etcd did not answer a write: what it held may still be committed
+    /// there, and new submissions are refused before anything of them is
+    /// written, with this.
+    etcd: Option<String>,
 }
 
 /// The journals and what waits on them.
@@ -178,6 +182,14 @@ impl Persist {
     /// Hold `h` until everything recorded so far is durable; it comes back
     /// from `due` or `done` (or at once, with nothing to wait for).
     pub fn hold(&mut self, h: Held, now: Instant, out: &mut Released) {
+        if let (Held::Submission { token, jobs, .. }, Some(Failing { etcd: Some(e), .. })) =
+            (&h, &self.failing)
+        {
+            // Its records go out with the next write, its `Forgotten`
+            // after them: it never runs.
+            out.failed.push((*token, jobs.clone(), e.clone()));
+            return;
+        }
         if let (Held::Submission { .. }, Some(f)) = (&h, &mut self.failing) {
             // Each submission tries the disk again at once: it fails fast
             // while the disk is full, and the first one after space returns
@@ -294,12 +306,19 @@ impl Persist {
                         }
                     );
                 }
+                // etcd did not answer: the write may still be committed
+                // there, and a successor would run what it holds. Its
+                // submissions are not refused but wait for the answer (or
+                // for this server to step down, which the CLI sees as a
+                // lost connection: not known either way).
+                let uncertain = matches!(undone.first(), Some(Op::Replicate(_)));
                 self.retry = undone;
                 // Back in front, in order; submissions fail now.
                 let mut back = Vec::with_capacity(held.len() + self.waiting.len());
-                for h in held.into_iter().chain(self.waiting.drain(..)) {
+                let held = held.into_iter().map(|h| (h, uncertain));
+                for (h, in_doubt) in held.chain(self.waiting.drain(..).map(|h| (h, false))) {
                     match h {
-                        Held::Submission { token, jobs, .. } => {
+                        Held::Submission { token, jobs, .. } if !in_doubt => {
                             out.failed.push((token, jobs, error.clone()))
                         }
                         h => back.push(h),
@@ -308,6 +327,8 @@ impl Persist {
                 self.waiting = back;
                 self.failing = Some(Failing {
                     retry_at: now + RETRY_IVL,
+                    etcd: uncertain
+                        .then(|| format!("{e}: submissions are refused until it answers")),
                 });
             }
         }
@@ -357,5 +378,73 @@ impl Persist {
             .path()
             .parent()
             .map_or_else(String::new, |p| p.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::ha::{entries, replicate::Replica};
+    use crate::server::history::{self, Record};
+    use std::sync::{Arc, Mutex};
+
+    fn submission(token: usize) -> Held {
+        Held::Submission {
+            token: Token(token),
+            resp: Response::Rejected(String::new()),
+            jobs: vec![Uuid::from_u128(token as u128)],
+        }
+    }
+
+    /// etcd that does not answer: a write to it may still be committed
+    /// later, so the submissions it carried are neither acknowledged nor
+    /// refused (a successor may run them); new ones are refused at once,
+    /// before anything of them is written.
+    #[test]
+    fn submissions_in_a_write_etcd_did_not_answer_wait_and_new_ones_are_refused() {
+        let dir =
+            std::env::temp_dir().join(format!("director-persist-etcd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let history = Journal::open_with(&dir, history::FILE, |_: Record, _| {}).unwrap();
+        // Nothing listens on port 1: etcd is unavailable at once.
+        let client = Arc::new(Mutex::new(crate::etcd::Client::new(
+            &["http://127.0.0.1:1".to_string()],
+            Duration::from_millis(200),
+        )));
+        let replica = Replica::new(client, entries::Keys::new("/t"), 5, 0, &dir);
+        let mut p = Persist::new(history, None).with_replica(replica);
+        let now = Instant::now();
+        let mut out = Released::default();
+        p.history.append(&Record::Forgotten { id: Uuid::nil() });
+        p.recorded(now);
+        p.hold(submission(1), now, &mut out);
+        let ops = p.due(now + COMMIT_IVL, &mut out).unwrap();
+        assert!(matches!(ops.first(), Some(Op::Replicate(_))));
+        let result = run_ops(ops);
+        let Err((undone, e)) = &result else {
+            panic!("written without etcd")
+        };
+        assert_eq!(
+            undone.len(),
+            3,
+            "the entry, its append and its mark are undone"
+        );
+        assert!(e.to_string().contains("etcd is unavailable"), "{e}");
+        p.done(result, now, &mut out);
+        assert!(out.failed.is_empty(), "in doubt, never refused");
+        assert!(out.held.is_empty(), "in doubt, never acknowledged");
+        assert!(p.holds_for(Token(1)));
+        p.hold(submission(2), now, &mut out);
+        assert_eq!(out.failed.len(), 1);
+        assert_eq!(out.failed[0].0, Token(2));
+        assert!(
+            out.failed[0].2.contains("etcd is unavailable"),
+            "{:?}",
+            out.failed
+        );
+        assert!(!p.holds_for(Token(2)));
+        // Nothing reached the disk.
+        assert_eq!(p.history.encoded().unwrap(), Vec::<u8>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -340,7 +340,7 @@ impl Sim {
             (Duration::from_secs(86_400), 100_000),
             now,
         );
-        core.start();
+        core.start(Duration::ZERO);
         self.server.core = Some(core);
         self.server.notes.clear();
         self.note("server started");

@@ -129,6 +129,13 @@ impl HaCluster {
         who.unwrap()
     }
 
+    /// Until server `i` answers as the active one.
+    pub fn wait_active(&self, i: usize) {
+        wait_until(&format!("s{i} to be active"), DEADLINE, || {
+            self.cli(i, &["manage", "--list-nodes"]).code == 0
+        });
+    }
+
     pub fn wait_log(&self, i: usize, what: &str) {
         wait_until(&format!("s{i} to say '{what}'"), DEADLINE, || {
             self.log(i).contains(what)

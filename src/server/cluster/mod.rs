@@ -79,6 +79,10 @@ pub struct Greeting<'a> {
     pub seen: Option<Dispatch>,
     /// The jobs it has: queued, running, or with a result not yet acked.
     pub holding: &'a [Uuid],
+    /// It came on a connection other than the one jobs last went to: the
+    /// node reopened its sockets, and what was sent to the old ones is
+    /// gone with them, never on the wire.
+    pub new_link: bool,
     /// Its facts and labels.
     pub about: &'a crate::facts::Node,
 }
@@ -192,9 +196,9 @@ impl Cluster {
     /// The server listens from `now`: the nodes expected back (restored
     /// online) have their whole expiry from here, however long the
     /// restore, the compaction and the key derivation took before it.
-    pub fn listening(&mut self, now: Now) {
+    pub fn listening(&mut self, now: Now, grace: Duration) {
         for n in self.nodes.iter_mut().filter(|n| n.is_online()) {
-            n.touch(now.at, now.ms);
+            n.touch(now.at + grace, now.ms);
         }
     }
 
@@ -264,6 +268,7 @@ impl Cluster {
                 Some(to) if to.client == hello.instance => {
                     let d = to.dispatch;
                     let on_the_wire = d.server == self.instance
+                        && !hello.new_link
                         && !hello
                             .seen
                             .is_some_and(|s| s.server == d.server && s.seq >= d.seq);

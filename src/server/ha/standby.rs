@@ -272,6 +272,7 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         gap: None,
     };
     let exit = s.run();
+    s.farewell(&exit);
     let _ = s.base.poll.registry().deregister(&mut s.listener);
     let _ = std::fs::remove_file(&cfg.socket_path);
     exit
@@ -532,6 +533,36 @@ impl Standby<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             }
+        }
+    }
+
+    /// Leaving standby: CLIs connected meanwhile hear why, rather than
+    /// have their connection reset.
+    fn farewell(&mut self, exit: &Result<Exit>) {
+        let why = match exit {
+            Ok(Exit::Lead { .. }) => {
+                "this server is becoming the active server; try again in a moment"
+            }
+            _ => "this standby is stopping",
+        };
+        self.accept_pending();
+        for (_, mut conn) in self.conns.drain() {
+            let n = match conn.read() {
+                Inbound::Requests(r) | Inbound::Closed(r) => r.len(),
+                Inbound::Corrupt(_) => 0,
+            };
+            for _ in 0..n {
+                let _ = conn.send(&Response::Rejected(why.into()));
+            }
+            let _ = conn.flush();
+            let _ = self.base.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    fn accept_pending(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            let token = self.tokens.next();
+            self.conns.insert(token, ControlConn::new(stream));
         }
     }
 

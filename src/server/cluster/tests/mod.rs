@@ -47,6 +47,7 @@ fn greet(instance: u64, seen: Option<Dispatch>, holding: &[Uuid]) -> Greeting<'_
         instance,
         seen,
         holding,
+        new_link: false,
         about: NOTHING,
     }
 }
@@ -113,6 +114,38 @@ fn a_ready_that_crosses_jobs_on_the_wire_loses_none_of_them() {
         ]
     );
     assert_eq!(state(&c, &id2, "a"), JobState::Sent);
+}
+
+/// A node that reopened its sockets lost what was on its way to the old
+/// ones: its first Ready on the new connection has all of it sent again,
+/// whatever it saw before. (After a failover, a client that left a server
+/// just as that server sent it jobs waited for them forever.)
+#[test]
+fn a_ready_on_a_new_connection_has_everything_not_held_sent_again() {
+    let t0 = Instant::now();
+    let mut c = cluster(&["a"], t0);
+    let mut out = Vec::new();
+    let id1 = c
+        .submit_now(run("1"), &[], at(t0), &mut out)
+        .unwrap()
+        .job_id;
+    let id2 = c
+        .submit_now(run("2"), &[], at(t0), &mut out)
+        .unwrap()
+        .job_id;
+    assert_eq!(sent_jobs(&out), vec![id1, id2]);
+    out.clear();
+    let mut hello = greet(1, None, &[]);
+    hello.new_link = true;
+    c.ready("a", hello, at(t0), &mut out);
+    assert_eq!(sent_jobs(&out), vec![id1, id2]);
+    for id in [id1, id2] {
+        assert!(out.contains(&Effect::Journal(Record::Unsent {
+            id,
+            node: "a".into()
+        })));
+    }
+    assert!(!out.iter().any(|e| matches!(e, Effect::PartDone { .. })));
 }
 
 #[test]
