@@ -21,7 +21,18 @@ impl HaCluster {
     /// etcd (3 members), `n` servers (the first leading) and clients
     /// `names`, registered; `None` where etcd is not installed.
     pub fn start(test: &str, n: usize, names: &[&str]) -> Option<HaCluster> {
-        let mut c = Cluster::new(test, "0.5");
+        HaCluster::start_with(test, n, names, "0.5", "2")
+    }
+
+    /// The same, with heartbeat interval `ivl` and `--etcd-lease`.
+    pub fn start_with(
+        test: &str,
+        n: usize,
+        names: &[&str],
+        ivl: &str,
+        lease: &str,
+    ) -> Option<HaCluster> {
+        let mut c = Cluster::new(test, ivl);
         let Some(etcd) = Etcd::start(&c.dir.path, 3) else {
             eprintln!("etcd is not installed: skipped (apt-get install etcd-server)");
             return None;
@@ -31,7 +42,7 @@ impl HaCluster {
             c,
             etcd,
             servers: (0..n).map(|_| None).collect(),
-            lease: "2".into(),
+            lease: lease.into(),
         };
         h.start_server(0);
         h.wait_leader();
