@@ -52,7 +52,7 @@ fn main() {
             "single",
         );
         let ts = t.elapsed().as_secs_f64();
-        let etcd_cpu = || -> f64 { ha.etcd.pids().iter().map(|p| util::cpu_secs(p)).sum() };
+        let etcd_cpu = || -> f64 { ha.etcd.pids().iter().map(util::cpu_secs).sum() };
         let seq = || {
             std::fs::read_to_string(ha.state(0).join("replica.seq"))
                 .ok()
