@@ -60,21 +60,15 @@ fn main() {
                 .unwrap_or(0)
         };
         let (e0, q0) = (etcd_cpu(), seq());
-        let (sc0, hc0) = (
-            util::cpu_secs(single.server.as_ref().unwrap().pid()),
-            util::cpu_secs(ha.servers[0].as_ref().unwrap().pid()),
-        );
+        let leader_cpu = || util::cpu_secs(ha.servers[0].as_ref().unwrap().pid());
+        let hc0 = leader_cpu();
         let t = Instant::now();
         run(
             ha.cli(0, &["orchestrate", file_ha.to_str().unwrap(), "--wait"]),
             "on etcd",
         );
         let th = t.elapsed().as_secs_f64();
-        let (sc1, hc1) = (
-            util::cpu_secs(single.server.as_ref().unwrap().pid()),
-            util::cpu_secs(ha.servers[0].as_ref().unwrap().pid()),
-        );
-        let _ = sc0 + sc1;
+        let hc1 = leader_cpu();
         println!(
             "  round {round}: single {ts:.3}s, on etcd {th:.3}s ({:.2}x); the active server's CPU {:.2}s, etcd's CPU {:.2}s, {} entries written to etcd",
             th / ts,
