@@ -68,6 +68,8 @@ pub enum Op {
     },
     /// The key, or with `prefix` every key under it.
     Delete { key: Vec<u8>, prefix: bool },
+    /// Every key from `key` up to, not including, `end`.
+    DeleteRange { key: Vec<u8>, end: Vec<u8> },
 }
 
 /// What a transaction did.
@@ -151,6 +153,10 @@ fn op_json(op: &Op) -> Value {
             }
             json!({ "request_delete_range": del })
         }
+        Op::DeleteRange { key, end } => json!({ "request_delete_range": {
+            "key": base64::encode(key),
+            "range_end": base64::encode(end),
+        }}),
     }
 }
 

@@ -37,7 +37,21 @@ fn assert_ran_once(h: &HaCluster, leader: usize, jobs: u32) {
     }
     let want: Vec<u32> = (0..jobs).collect();
     for n in NODES {
-        assert_eq!(lines(h, n, "ran.txt"), want, "node {n}");
+        let ran = lines(h, n, "ran.txt");
+        let missing: Vec<&u32> = want.iter().filter(|i| !ran.contains(i)).collect();
+        assert_eq!(
+            ran,
+            want,
+            "node {n}: {} lines, missing {missing:?}; the leader's jobs: {:?}",
+            ran.len(),
+            h.jobs(leader)
+                .iter()
+                .filter(|j| missing.iter().any(|m| j["args"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&format!("echo {m} "))))
+                .collect::<Vec<_>>()
+        );
     }
 }
 
@@ -166,8 +180,31 @@ fn etcd_losing_quorum_stops_acknowledging_and_service_resumes_when_it_is_back() 
     }
 }
 
+/// How many chunks the log holds in etcd, and how far it was trimmed.
+fn log_in_etcd(h: &HaCluster) -> (usize, u64) {
+    let mut c = h.etcd.client();
+    let chunks = c
+        .range(b"/director/log/", true)
+        .map(|(k, _)| k.len())
+        .unwrap_or(0);
+    let trimmed = c
+        .range(b"/director/trimmed", false)
+        .ok()
+        .and_then(|(k, _)| String::from_utf8(k.first()?.value.clone()).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (chunks, trimmed)
+}
+
+fn seq(h: &HaCluster, i: usize) -> u64 {
+    fs::read_to_string(h.state(i).join("replica.seq"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
-fn a_standby_started_from_an_empty_directory_catches_up_and_can_take_over() {
+fn a_standby_started_from_an_empty_directory_gets_a_base_catches_up_and_can_take_over() {
     let Some(mut h) = HaCluster::start("ha-empty", 2, &NODES) else {
         return;
     };
@@ -182,20 +219,32 @@ fn a_standby_started_from_an_empty_directory_catches_up_and_can_take_over() {
         let j = h.jobs(0);
         j.len() == 20 && j.iter().all(|j| !j["finished_ms"].is_null())
     });
+    // What every standby applied leaves etcd: the log does not keep the
+    // history (nor its outputs).
+    wait_until("the log trimmed", DEADLINE, || {
+        let (chunks, trimmed) = log_in_etcd(&h);
+        trimmed > 0 && (chunks as u64) < seq(&h, 0) / 2
+    });
     h.server(1).signal(libc::SIGKILL);
     h.server(1).wait_exit(DEADLINE);
     fs::remove_dir_all(h.state(1)).unwrap();
     h.start_server(1);
-    let seq = |i: usize| fs::read_to_string(h.state(i).join("replica.seq")).unwrap_or_default();
-    wait_until("s1 to catch up", DEADLINE, || {
-        !seq(1).is_empty() && seq(1) == seq(0)
-    });
+    // Its journals cannot follow what is left of the log: it asks for a
+    // base, gets it, and follows from there.
+    h.wait_log(1, "asked the active server for a base");
+    h.wait_log(1, "following the log again from the base");
+    let out = h.cli(
+        0,
+        &["exec", "--verb", "RUN", "--wait", "echo 20 >> ran.txt"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("s1 to catch up", DEADLINE, || seq(&h, 1) == seq(&h, 0));
     h.server(0).signal(libc::SIGKILL);
     h.server(0).wait_exit(DEADLINE);
     h.wait_log(1, "won the lead in etcd");
-    assert_eq!(h.wait_leader(), 1);
+    h.wait_active(1);
     let jobs = h.jobs(1);
-    assert_eq!(jobs.len(), 20);
+    assert_eq!(jobs.len(), 21);
     assert!(
         jobs.iter()
             .all(|j| j["states"] == serde_json::json!({"succeeded": 3})),
@@ -204,11 +253,66 @@ fn a_standby_started_from_an_empty_directory_catches_up_and_can_take_over() {
     h.wait_nodes(1, &NODES);
     let out = h.cli(
         1,
-        &["exec", "--verb", "RUN", "--wait", "echo 20 >> ran.txt"],
+        &["exec", "--verb", "RUN", "--wait", "echo 21 >> ran.txt"],
     );
     assert_eq!(out.code, 0, "{out:?}");
-    let want: Vec<u32> = (0..=20).collect();
+    let want: Vec<u32> = (0..=21).collect();
     for n in NODES {
         assert_eq!(lines(&h, n, "ran.txt"), want, "node {n}");
     }
+}
+
+/// A standby that missed what was trimmed never leads: leading, it would
+/// lose what was acknowledged.
+#[test]
+fn a_standby_missing_part_of_the_log_does_not_take_the_lead() {
+    let Some(mut h) = HaCluster::start("ha-missing", 2, &NODES) else {
+        return;
+    };
+    for i in 0..5 {
+        let out = h.cli(
+            0,
+            &[
+                "exec",
+                "--verb",
+                "RUN",
+                "--wait",
+                &format!("echo {i} >> ran.txt"),
+            ],
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    wait_until("the log trimmed", DEADLINE, || log_in_etcd(&h).1 > 0);
+    // s1 loses its journals and comes back while s0 is gone: nobody can
+    // give it a base, and it must not lead.
+    h.server(1).signal(libc::SIGKILL);
+    h.server(1).wait_exit(DEADLINE);
+    h.server(0).signal(libc::SIGKILL);
+    h.server(0).wait_exit(DEADLINE);
+    fs::remove_dir_all(h.state(1)).unwrap();
+    h.start_server(1);
+    h.wait_log(1, "asked the active server for a base");
+    // Its record, renewed every third of the lease, says so: over six
+    // renewals (two leases, the leader key free all along) it never led.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until("six renewals of s1's record", DEADLINE, || {
+        let mut c = h.etcd.client();
+        if let Ok((kvs, _)) = c.range(b"/director/members/s1", false) {
+            if let Some(kv) = kvs.first() {
+                let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+                assert_eq!(v["role"], "standby", "{v}");
+                if v["wants_base"] == true {
+                    seen.insert(v["updated_ms"].as_u64().unwrap());
+                }
+            }
+        }
+        seen.len() >= 6
+    });
+    assert!(!h.log(1).contains("won the lead"), "{}", h.log(1));
+    // s0 comes back with its journals: it leads, and s1 gets its base.
+    h.start_server(0);
+    h.wait_active(0);
+    h.wait_log(1, "following the log again from the base");
+    wait_until("s1 to catch up", DEADLINE, || seq(&h, 1) == seq(&h, 0));
+    assert_eq!(h.jobs(0).len(), 5);
 }

@@ -481,11 +481,7 @@ impl Journal {
     /// Every record on disk, as encoded (blocking: read from the file).
     /// What is appended and not yet written is not in it.
     pub fn encoded(&self) -> io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let f = lock(&self.file);
-        let mut buf = vec![0u8; f.good_len.saturating_sub(HEADER_LEN) as usize];
-        f.file.read_exact_at(&mut buf, HEADER_LEN)?;
-        Ok(buf)
+        self.reader().encoded()
     }
 
     /// A batch that failed goes back in front of what came after it.
@@ -695,6 +691,15 @@ impl Rewrite {
 }
 
 impl Reader {
+    /// Every record on disk, as encoded.
+    pub fn encoded(&self) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = lock(&self.file);
+        let mut buf = vec![0u8; f.good_len.saturating_sub(HEADER_LEN) as usize];
+        f.file.read_exact_at(&mut buf, HEADER_LEN)?;
+        Ok(buf)
+    }
+
     /// The record at `span`.
     pub fn read<T: DeserializeOwned>(&self, span: Span) -> io::Result<T> {
         use std::os::unix::fs::FileExt;

@@ -99,6 +99,8 @@ pub struct Election {
     /// A lease of an earlier term of ours that still holds the key: to be
     /// ended before campaigning.
     stale: Option<i64>,
+    /// May this server lead? Not while its journals miss part of the log.
+    eligible: bool,
 }
 
 impl Election {
@@ -111,7 +113,14 @@ impl Election {
             asked: None,
             next: now,
             stale: None,
+            eligible: true,
         }
+    }
+
+    /// A server whose journals miss part of the log must not lead: it only
+    /// watches who does until it has them again.
+    pub fn set_eligible(&mut self, eligible: bool) {
+        self.eligible = eligible;
     }
 
     pub fn role(&self) -> &Role {
@@ -164,6 +173,7 @@ impl Election {
             // Someone leads: watch the key; a lease is got only when it is
             // free (a standby renewing one for nothing would load etcd).
             (Role::Standby { leader: Some(_) }, _, None) => Ask::ReadLeader,
+            (Role::Standby { leader: None }, _, None) if !self.eligible => Ask::ReadLeader,
             (Role::Standby { leader: None }, Some((lease, _)), None) => Ask::Campaign { lease },
             (Role::Standby { leader: None }, None, None) => Ask::Grant {
                 ttl_secs: self.ttl.as_secs().max(1) as i64,
@@ -229,7 +239,7 @@ impl Election {
                 }
                 let free = name.is_none();
                 self.role = Role::Standby { leader: name };
-                if free {
+                if free && self.eligible {
                     self.next = now; // campaign at once
                 }
             }

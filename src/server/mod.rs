@@ -281,6 +281,12 @@ pub fn run(cfg: &Config) -> Result<()> {
         Instant::now(),
     )
     .map_err(|e| Error::io("cannot start the etcd helper thread", e))?;
+    // Where nodes reach this server, for the other servers and the CLI.
+    ha.record.address = match cfg.bind_address.as_str() {
+        "*" | "0.0.0.0" | "::" | "[::]" => cfg.identity.clone(),
+        a => a.to_owned(),
+    };
+    ha.record.job_port = cfg.job_port;
     let (fence, seq) = match ha::standby::run(cfg, &mut base, &mut ha)? {
         ha::standby::Exit::Stop => return Ok(()),
         ha::standby::Exit::Lead { fence, seq } => (fence, seq),
@@ -658,6 +664,9 @@ impl Server {
     fn tick_ha(&mut self, now: Instant) {
         let Some(ha) = &mut self.ha else { return };
         let changes = ha.tick(now);
+        if ha.take_base_wanted() {
+            self.core.want_base();
+        }
         self.ha_changed(changes);
     }
 
@@ -933,11 +942,17 @@ impl Server {
                 if let (Some(api), Some(sent)) = (&mut self.api, self.commit_sent.take()) {
                     api.metrics.sync(sent.elapsed(), result.is_ok());
                 }
-                if let Err((_, e)) = &result {
-                    if ha::replicate::is_deposed(e) {
+                match &result {
+                    Err((_, e)) if ha::replicate::is_deposed(e) => {
                         self.state = RunState::SteppedDown(e.to_string());
                         return;
                     }
+                    Ok(()) => {
+                        if let (Some(ha), Some(seq)) = (&mut self.ha, self.core.replica_seq()) {
+                            ha.record.applied = seq;
+                        }
+                    }
+                    Err(_) => {}
                 }
                 self.core.committed(result)
             }

@@ -23,7 +23,7 @@ use mio::Token;
 use uuid::Uuid;
 
 use super::ha::entries::Entry;
-use super::ha::replicate::{Mark, Replica, Replicate};
+use super::ha::replicate::{BaseWrite, Mark, Replica, Replicate};
 use crate::journal::{Batch, Journal, Rewrite};
 use crate::support::ratelog::Every;
 use crate::wire::{Response, ServerMsg};
@@ -68,6 +68,8 @@ pub enum Op {
     Replace(Rewrite),
     /// A group commit's entry to etcd, before its journal writes.
     Replicate(Box<Replicate>),
+    /// The journals as a base entry, for a standby that lost its place.
+    Base(Box<BaseWrite>),
     /// After them: how far the journals follow the log.
     Mark(Mark),
 }
@@ -78,6 +80,10 @@ impl Op {
             Op::Append(b) => b.run().map_err(|(b, e)| (Op::Append(b), e)),
             Op::Replace(r) => r.run().map_err(|(r, e)| (Op::Replace(r), e)),
             Op::Replicate(r) => r.run().map_err(|(r, e)| (Op::Replicate(Box::new(r)), e)),
+            Op::Base(b) => b.run().map_err(|be| {
+                let (b, e) = *be;
+                (Op::Base(Box::new(b)), e)
+            }),
             Op::Mark(m) => m.run().map_err(|(m, e)| (Op::Mark(m), e)),
         }
     }
@@ -142,6 +148,8 @@ pub struct Persist {
     errors: Every,
     /// On etcd: each commit's records go to the log first.
     replica: Option<Replica>,
+    /// A standby asked for a base: written with the next commit.
+    base_wanted: bool,
 }
 
 impl Persist {
@@ -158,7 +166,22 @@ impl Persist {
             failing: None,
             errors: Every::minute(),
             replica: None,
+            base_wanted: false,
         }
+    }
+
+    /// Write the journals to etcd as a base entry, after what is recorded
+    /// so far.
+    pub fn want_base(&mut self, now: Instant) {
+        if self.replica.is_some() {
+            self.base_wanted = true;
+            self.recorded(now);
+        }
+    }
+
+    /// The last entry handed to etcd (on etcd).
+    pub fn replica_seq(&self) -> Option<u64> {
+        self.replica.as_ref().map(Replica::seq)
     }
 
     /// On etcd: write each commit's records to the log before the disk.
@@ -263,6 +286,16 @@ impl Persist {
                 .map(Op::Append),
         );
         ops.extend(mark.map(Op::Mark));
+        if let (true, Some(r)) = (std::mem::take(&mut self.base_wanted), &mut self.replica) {
+            let readers = [
+                Some(self.history.reader()),
+                self.keys.as_ref().map(Journal::reader),
+                self.tokens.as_ref().map(Journal::reader),
+            ];
+            let (base, mark) = r.next_base(readers);
+            ops.push(Op::Base(Box::new(base)));
+            ops.push(Op::Mark(mark));
+        }
         if ops.is_empty() {
             out.held.append(&mut self.waiting);
             return None;
@@ -321,7 +354,7 @@ impl Persist {
                 // submissions are not refused but wait for the answer (or
                 // for this server to step down, which the CLI sees as a
                 // lost connection: not known either way).
-                let uncertain = matches!(undone.first(), Some(Op::Replicate(_)));
+                let uncertain = matches!(undone.first(), Some(Op::Replicate(_) | Op::Base(_)));
                 self.retry = undone;
                 // Back in front, in order; submissions fail now.
                 let mut back = Vec::with_capacity(held.len() + self.waiting.len());

@@ -40,6 +40,16 @@ impl Core {
         }
     }
 
+    /// On etcd: a standby asked for a base; it goes with the next commit.
+    pub(super) fn want_base(&mut self) {
+        self.persist.want_base(self.now.at);
+    }
+
+    /// On etcd: the last entry handed to etcd.
+    pub(super) fn replica_seq(&self) -> Option<u64> {
+        self.persist.replica_seq()
+    }
+
     /// Journal a key change; answers wait for its sync like any record's.
     pub(super) fn record_key(&mut self, rec: &KeyRecord) {
         if let Some(j) = &mut self.persist.keys {

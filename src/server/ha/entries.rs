@@ -47,6 +47,21 @@ impl Keys {
         format!("{}/log/", self.prefix).into_bytes()
     }
 
+    /// The last entry trimmed from the log (absent: none ever was). A
+    /// server whose journals are behind it cannot follow the log.
+    pub fn trimmed(&self) -> Vec<u8> {
+        format!("{}/trimmed", self.prefix).into_bytes()
+    }
+
+    /// A server's record (`members`).
+    pub fn member(&self, name: &str) -> Vec<u8> {
+        format!("{}/members/{name}", self.prefix).into_bytes()
+    }
+
+    pub fn members(&self) -> Vec<u8> {
+        format!("{}/members/", self.prefix).into_bytes()
+    }
+
     pub fn chunk(&self, seq: u64, index: u32) -> Vec<u8> {
         format!("{}/log/{seq:020}.{index:06}", self.prefix).into_bytes()
     }

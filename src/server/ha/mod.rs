@@ -18,6 +18,7 @@
 //! through the loop's waker.
 
 pub mod entries;
+pub mod members;
 pub mod replicate;
 pub mod standby;
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
+use self::members::Member;
 use super::election::{Answer, Ask, Change, Election, Holder, Role};
 use crate::config::EtcdConfig;
 use crate::etcd::{self, Compare, Op};
@@ -39,13 +41,59 @@ pub fn lock(c: &SharedClient) -> std::sync::MutexGuard<'_, etcd::Client> {
     c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// This server's part in the cluster: the election and the clients.
+/// What the helper thread hands back.
+#[derive(Debug)]
+enum Done {
+    Election(Answer),
+    /// This server's record was written (or why not).
+    Reported(Result<(), String>),
+    /// Every server's record (the active server reads them).
+    Members(Result<Vec<Member>, String>),
+    /// The log was trimmed up to this entry (or why not).
+    Trimmed(Result<u64, String>),
+}
+
+/// How often each server writes its record, as a part of the lease.
+const REPORT_PARTS: u32 = 3;
+/// How often the active server reads the records and trims the log.
+const TRIM_IVL: Duration = Duration::from_secs(2);
+/// How soon a standby that still asks for a base gets another.
+const BASE_AGAIN: Duration = Duration::from_secs(30);
+
+/// This server's record, as the loop keeps it current.
+#[derive(Clone, Debug, Default)]
+pub struct Me {
+    pub address: String,
+    pub job_port: u16,
+    /// The last entry its journals hold.
+    pub applied: u64,
+    /// A standby that cannot follow from where it is.
+    pub wants_base: bool,
+}
+
+/// This server's part in the cluster: the election, its record, the log's
+/// trimming and the clients.
 pub struct Ha {
     pub cfg: EtcdConfig,
     pub keys: entries::Keys,
     pub me: String,
+    pub record: Me,
     election: Election,
-    asks: Worker<Answer>,
+    asks: Worker<Done>,
+    /// The election's ask, a report, a read of the records or a trim in
+    /// flight on the helper (one each).
+    asking: [bool; 4],
+    report_at: Instant,
+    trim_at: Instant,
+    /// The log is trimmed up to here.
+    trimmed: u64,
+    /// The records as last read, and how etcd answered last.
+    pub members: Vec<Member>,
+    pub etcd_health: Result<(), String>,
+    /// A standby asks for a base: the active server writes one, and
+    /// another only after `BASE_AGAIN` (a base is the whole history).
+    base_wanted: bool,
+    base_written: Option<Instant>,
     /// The election's client (on the helper thread).
     client: SharedClient,
     /// The log's client (on the I/O thread, or the loop while taking
@@ -66,8 +114,17 @@ impl Ha {
             cfg: cfg.clone(),
             keys: entries::Keys::new(&cfg.prefix),
             me: me.to_owned(),
+            record: Me::default(),
             election: Election::new(me, cfg.lease, now),
             asks: Worker::with_waker("director-etcd", waker)?,
+            asking: [false; 4],
+            report_at: now,
+            trim_at: now + TRIM_IVL,
+            trimmed: 0,
+            members: Vec::new(),
+            etcd_health: Ok(()),
+            base_wanted: false,
+            base_written: None,
             client: Arc::new(Mutex::new(etcd::Client::new(&cfg.endpoints, timeout))),
             log_client: Arc::new(Mutex::new(etcd::Client::new(
                 &cfg.endpoints,
@@ -76,31 +133,191 @@ impl Ha {
         })
     }
 
-    /// Time passed: what changed, and the next ask handed to the helper.
+    /// Time passed: what changed, and the next asks handed to the helper.
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let (ask, changes) = self.election.tick(now);
         if let Some(ask) = ask {
             log::debug!("etcd: {ask:?}");
             let client = Arc::clone(&self.client);
             let (keys, me) = (self.keys.clone(), self.me.clone());
+            self.asking[0] = true;
             self.asks
-                .submit(move || serve(&mut lock(&client), &keys, &me, ask));
+                .submit(move || Done::Election(serve(&mut lock(&client), &keys, &me, ask)));
+        }
+        if now >= self.report_at && !self.asking[1] {
+            self.report_at = now + self.cfg.lease / REPORT_PARTS;
+            self.asking[1] = true;
+            let record = self.member(crate::support::clock::now_ms());
+            let client = Arc::clone(&self.client);
+            let key = self.keys.member(&self.me);
+            self.asks.submit(move || {
+                let put = Op::Put {
+                    key,
+                    value: record.encode(),
+                    lease: None,
+                };
+                Done::Reported(
+                    lock(&client)
+                        .txn(&[], &[put], &[])
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                )
+            });
+        }
+        let fence = match self.election.role() {
+            Role::Leading { fence, .. } => Some(*fence),
+            Role::Standby { .. } => None,
+        };
+        if let (Some(_), true) = (fence, now >= self.trim_at && !self.asking[2]) {
+            self.trim_at = now + TRIM_IVL;
+            self.asking[2] = true;
+            let client = Arc::clone(&self.client);
+            let prefix = self.keys.members();
+            self.asks.submit(move || {
+                let r = lock(&client).range(&prefix, true).map(|(kvs, _)| {
+                    kvs.iter()
+                        .filter_map(|kv| Member::decode(&kv.value))
+                        .collect()
+                });
+                Done::Members(r.map_err(|e| e.to_string()))
+            });
         }
         changes
+    }
+
+    /// This server's record now.
+    fn member(&self, now_ms: u64) -> Member {
+        Member {
+            name: self.me.clone(),
+            role: match self.election.role() {
+                Role::Leading { .. } => "active".into(),
+                Role::Standby { .. } => "standby".into(),
+            },
+            address: self.record.address.clone(),
+            job_port: self.record.job_port,
+            applied: self.record.applied,
+            wants_base: self.record.wants_base,
+            updated_ms: now_ms,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
     }
 
     /// The helper's answers: what changed.
     pub fn answers(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
-        for a in self.asks.drain() {
-            log::debug!("etcd answered: {a:?}");
-            changes.extend(self.election.answer(a, now));
+        for done in self.asks.drain() {
+            log::debug!("etcd answered: {done:?}");
+            match done {
+                Done::Election(a) => {
+                    self.asking[0] = false;
+                    self.health(match &a {
+                        Answer::Granted(Err(e))
+                        | Answer::Campaigned(Err(e))
+                        | Answer::KeptAlive(Err(e))
+                        | Answer::Leader(Err(e)) => Err(e.clone()),
+                        _ => Ok(()),
+                    });
+                    changes.extend(self.election.answer(a, now));
+                }
+                Done::Reported(r) => {
+                    self.asking[1] = false;
+                    if let Err(e) = r {
+                        log::debug!("cannot write this server's record to etcd: {e}");
+                    }
+                }
+                Done::Members(r) => {
+                    self.asking[2] = false;
+                    match r {
+                        Ok(ms) => {
+                            self.members = ms;
+                            self.plan_trim(now);
+                        }
+                        Err(e) => log::debug!("cannot read the servers' records: {e}"),
+                    }
+                }
+                Done::Trimmed(r) => {
+                    self.asking[3] = false;
+                    match r {
+                        Ok(upto) => {
+                            log::debug!("trimmed the log in etcd up to entry {upto}");
+                            self.trimmed = upto;
+                        }
+                        Err(e) => log::debug!("cannot trim the log: {e}"),
+                    }
+                }
+            }
         }
         changes
     }
 
+    /// etcd answered, or not: said once per change.
+    fn health(&mut self, h: Result<(), String>) {
+        match (&self.etcd_health, &h) {
+            (Ok(()), Err(e)) => log::warn!("etcd does not answer: {e}"),
+            (Err(_), Ok(())) => log::info!("etcd answers again"),
+            _ => {}
+        }
+        self.etcd_health = h;
+    }
+
+    /// The active server: trim what every live standby has, and note a
+    /// standby's call for a base.
+    fn plan_trim(&mut self, now: Instant) {
+        let Role::Leading { fence, .. } = *self.election.role() else {
+            return;
+        };
+        let fresh = (self.cfg.lease * 3 + Duration::from_secs(10)).as_millis() as u64;
+        let now_ms = crate::support::clock::now_ms();
+        let (upto, wants_base) =
+            members::plan(&self.members, &self.me, self.record.applied, now_ms, fresh);
+        if wants_base && self.base_written.is_none_or(|at| now >= at + BASE_AGAIN) {
+            self.base_wanted = true;
+            self.base_written = Some(now);
+        }
+        if upto <= self.trimmed || self.asking[3] {
+            return;
+        }
+        self.asking[3] = true;
+        let client = Arc::clone(&self.client);
+        let keys = self.keys.clone();
+        self.asks.submit(move || {
+            let del = Op::DeleteRange {
+                key: keys.log(),
+                end: keys.chunk(upto + 1, 0),
+            };
+            let mark = Op::Put {
+                key: keys.trimmed(),
+                value: upto.to_string().into_bytes(),
+                lease: None,
+            };
+            let fenced = [Compare::CreateRevision(keys.leader(), fence)];
+            let r = match lock(&client).txn(&fenced, &[del, mark], &[]) {
+                Ok(t) if t.succeeded => Ok(upto),
+                Ok(_) => Err("another server leads now".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            Done::Trimmed(r)
+        });
+    }
+
+    /// May this server lead? (Not while its journals miss part of the
+    /// log: it asks for a base meanwhile.)
+    pub fn set_missing(&mut self, missing: bool) {
+        self.record.wants_base = missing;
+        self.election.set_eligible(!missing);
+    }
+
+    /// Did a standby ask for a base since the last call?
+    pub fn take_base_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.base_wanted)
+    }
+
     pub fn next_deadline(&self) -> Instant {
-        self.election.next_deadline()
+        let mut at = self.election.next_deadline().min(self.report_at);
+        if matches!(self.election.role(), Role::Leading { .. }) {
+            at = at.min(self.trim_at);
+        }
+        at
     }
 
     /// The leader as last read (none while this one leads).
@@ -123,6 +340,15 @@ impl Ha {
             }
         }
     }
+}
+
+/// The last entry trimmed from the log, as etcd says (0: none).
+pub fn read_trimmed(c: &mut etcd::Client, keys: &entries::Keys) -> etcd::Result<u64> {
+    let (kvs, _) = c.range(&keys.trimmed(), false)?;
+    Ok(kvs
+        .first()
+        .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.trim().parse().ok())
+        .unwrap_or(0))
 }
 
 /// Carry out one ask (on the helper thread).

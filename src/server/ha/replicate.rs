@@ -5,7 +5,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::entries::{self as log, Entry};
+use super::entries::{self, Entry};
 use super::{lock, SharedClient};
 use crate::etcd::{Compare, EtcdError, Op};
 
@@ -108,10 +108,64 @@ fn etcd_text(e: &EtcdError) -> String {
     format!("{e} (the write is tried again; nothing is acknowledged until it is in etcd)")
 }
 
+/// A base entry: the journals as they are on disk once what went before
+/// is written (read on the I/O thread, in turn), then written as one entry.
+pub struct BaseWrite {
+    readers: [Option<crate::journal::Reader>; 3],
+    keys: entries::Keys,
+    seq: u64,
+    write: Replicate,
+}
+
+impl BaseWrite {
+    pub fn run(mut self) -> Result<(), Box<(BaseWrite, io::Error)>> {
+        if self.write.writes.is_empty() {
+            let mut parts = Vec::with_capacity(3);
+            for r in &self.readers {
+                match r.as_ref().map(crate::journal::Reader::encoded) {
+                    Some(Ok(b)) => parts.push(b),
+                    None => parts.push(Vec::new()),
+                    Some(Err(e)) => return Err(Box::new((self, e))),
+                }
+            }
+            let mut parts = parts.into_iter();
+            let entry = Entry {
+                base: true,
+                history: parts.next().unwrap_or_default(),
+                keys: parts.next().unwrap_or_default(),
+                tokens: parts.next().unwrap_or_default(),
+            };
+            log::info!(
+                "writing this server's journals to etcd as a base (entry {}, {} bytes of history) for a standby that lost its place",
+                self.seq,
+                entry.history.len()
+            );
+            self.write.writes = entries::chunks(&self.keys, self.seq, self.write.fence, &entry);
+        }
+        let BaseWrite {
+            readers,
+            keys,
+            seq,
+            write,
+        } = self;
+        write.run().map_err(|(write, e)| {
+            Box::new((
+                BaseWrite {
+                    readers,
+                    keys,
+                    seq,
+                    write,
+                },
+                e,
+            ))
+        })
+    }
+}
+
 /// The active server's writer of the log.
 pub struct Replica {
     client: SharedClient,
-    keys: log::Keys,
+    keys: entries::Keys,
     fence: i64,
     /// The last entry written (or being written).
     seq: u64,
@@ -119,7 +173,13 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub fn new(client: SharedClient, keys: log::Keys, fence: i64, seq: u64, dir: &Path) -> Replica {
+    pub fn new(
+        client: SharedClient,
+        keys: entries::Keys,
+        fence: i64,
+        seq: u64,
+        dir: &Path,
+    ) -> Replica {
         Replica {
             client,
             keys,
@@ -137,11 +197,32 @@ impl Replica {
         self.fence
     }
 
+    /// The next entry, a base of the journals `readers` read (history,
+    /// keys, tokens) once what is before it is written.
+    pub fn next_base(&mut self, readers: [Option<crate::journal::Reader>; 3]) -> (BaseWrite, Mark) {
+        self.seq += 1;
+        (
+            BaseWrite {
+                readers,
+                keys: self.keys.clone(),
+                seq: self.seq,
+                write: Replicate {
+                    client: std::sync::Arc::clone(&self.client),
+                    leader_key: self.keys.leader(),
+                    fence: self.fence,
+                    writes: Vec::new(),
+                    done: 0,
+                },
+            },
+            Mark::new(&self.dir, self.seq),
+        )
+    }
+
     /// The next entry: its writes to etcd, and the mark to make after the
     /// journals.
     pub fn next(&mut self, entry: &Entry) -> (Replicate, Mark) {
         self.seq += 1;
-        let writes = log::chunks(&self.keys, self.seq, self.fence, entry);
+        let writes = entries::chunks(&self.keys, self.seq, self.fence, entry);
         (
             Replicate {
                 client: std::sync::Arc::clone(&self.client),

@@ -123,6 +123,9 @@ impl Journals {
 /// What the watch thread hands over.
 enum Watched {
     Chunks(Vec<Chunk>),
+    /// After the log as it was read whole: how far it had been trimmed
+    /// (read before it).
+    Trimmed(u64),
     Trouble(String),
 }
 
@@ -133,6 +136,7 @@ fn start_watch(ha: &Ha, waker: Arc<Waker>) -> io::Result<Receiver<Watched>> {
     let (tx, rx) = mpsc::channel();
     let mut client = etcd::Client::new(&ha.cfg.endpoints, Duration::from_secs(2));
     let prefix = ha.keys.log();
+    let keys = ha.keys.clone();
     std::thread::Builder::new()
         .name("director-watch".into())
         .spawn(move || {
@@ -146,9 +150,16 @@ fn start_watch(ha: &Ha, waker: Arc<Waker>) -> io::Result<Receiver<Watched>> {
             loop {
                 let start = match from {
                     Some(rev) => rev,
-                    None => match client.range(&prefix, true) {
-                        Ok((kvs, rev)) => {
+                    // How far it was trimmed first: entries trimmed
+                    // after this read show as a gap in the range.
+                    None => match super::read_trimmed(&mut client, &keys)
+                        .and_then(|t| Ok((t, client.range(&prefix, true)?)))
+                    {
+                        Ok((trimmed, (kvs, rev))) => {
                             if !send(Watched::Chunks(kvs.iter().filter_map(decode).collect())) {
+                                return;
+                            }
+                            if !send(Watched::Trimmed(trimmed)) {
                                 return;
                             }
                             rev + 1
@@ -216,8 +227,11 @@ struct Standby<'a> {
     follower: Follower,
     watch: Receiver<Watched>,
     io: Worker<CommitResult>,
-    /// Writes not yet handed to the I/O thread, in order.
-    writes: VecDeque<Vec<Op>>,
+    /// Writes not yet handed to the I/O thread, in order, with the entry
+    /// each applies (and whether it is a base).
+    writes: VecDeque<(u64, bool, Vec<Op>)>,
+    /// The entry the write in flight applies.
+    writing: Option<(u64, bool)>,
     in_flight: bool,
     retry_at: Option<Instant>,
     /// Won the election with this fence: read the log to its end, then
@@ -253,6 +267,7 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         seq + 1,
         cfg.socket_path.display()
     );
+    ha.record.applied = seq;
     let mut s = Standby {
         cfg,
         base,
@@ -265,6 +280,7 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         watch,
         io,
         writes: VecDeque::new(),
+        writing: None,
         in_flight: false,
         retry_at: None,
         taking_over: None,
@@ -294,6 +310,16 @@ impl Standby<'_> {
                         Err(TakeOver::Again(why)) => {
                             log::warn!("cannot take over yet: {why}; trying again");
                             self.taking_over = None;
+                        }
+                        Err(TakeOver::Missing(gap)) => {
+                            // Leading without part of the log would lose
+                            // what was acknowledged: let another lead.
+                            log::error!(
+                                "won the lead but cannot take it: {gap}; gave it up for a server that has the log"
+                            );
+                            self.taking_over = None;
+                            self.ha.resign();
+                            self.gap_found(gap);
                         }
                         Err(TakeOver::Fatal(e)) => return Err(e),
                     }
@@ -362,6 +388,16 @@ impl Standby<'_> {
                         self.offer(c);
                     }
                 }
+                Ok(Watched::Trimmed(upto)) => {
+                    // Nothing in the log follows on from these journals.
+                    let applied = self.follower.applied();
+                    if upto > applied {
+                        self.gap_found(Gap::Missing {
+                            have: applied,
+                            next: upto + 1,
+                        });
+                    }
+                }
                 Ok(Watched::Trouble(why)) => {
                     if self.trouble.as_ref() != Some(&why) {
                         log::warn!("cannot follow the log in etcd: {why}; trying again");
@@ -379,23 +415,28 @@ impl Standby<'_> {
 
     fn offer(&mut self, c: Chunk) {
         match self.follower.offer(c) {
-            Ok(Some((seq, entry))) => match self.journals.apply(seq, entry, &self.cfg.state_path) {
-                Ok(ops) => self.writes.push_back(ops),
-                Err(why) => self.gap_found(Gap::Corrupt { seq, why }),
-            },
+            Ok(Some((seq, entry))) => {
+                let base = entry.base;
+                match self.journals.apply(seq, entry, &self.cfg.state_path) {
+                    Ok(ops) => self.writes.push_back((seq, base, ops)),
+                    Err(why) => self.gap_found(Gap::Corrupt { seq, why }),
+                }
+            }
             Ok(None) => {}
             Err(gap) => self.gap_found(gap),
         }
     }
 
+    /// The journals cannot follow the log from here: ask the active
+    /// server for a base, and do not campaign until it came.
     fn gap_found(&mut self, gap: Gap) {
         if self.gap.as_ref() != Some(&gap) {
-            log::error!(
-                "cannot follow the log: {gap}; this standby cannot take over until it is restarted with an empty --state-path {} (it then starts from the log's base)",
-                self.cfg.state_path.display()
+            log::warn!(
+                "cannot follow the log: {gap}; asked the active server for a base (this server does not campaign until it has it)"
             );
             self.gap = Some(gap);
         }
+        self.ha.set_missing(true);
     }
 
     /// Hand the next writes to the I/O thread, one batch at a time.
@@ -404,22 +445,35 @@ impl Standby<'_> {
             return;
         }
         self.retry_at = None;
-        if let Some(ops) = self.writes.pop_front() {
+        if let Some((seq, base, ops)) = self.writes.pop_front() {
             self.in_flight = true;
+            self.writing = Some((seq, base));
             self.io.submit(move || persist::run_ops(ops));
         }
     }
 
     fn written(&mut self, r: CommitResult, now: Instant) {
         self.in_flight = false;
-        if let Err((undone, e)) = r {
-            log::error!(
-                "cannot write the log's entries to {}: {e}; trying again every {}s",
-                self.cfg.state_path.display(),
-                RETRY.as_secs()
-            );
-            self.writes.push_front(undone);
-            self.retry_at = Some(now + RETRY);
+        let Some((seq, base)) = self.writing.take() else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                self.ha.record.applied = seq;
+                if base && self.gap.take().is_some() {
+                    log::info!("following the log again from the base at entry {seq}");
+                    self.ha.set_missing(false);
+                }
+            }
+            Err((undone, e)) => {
+                log::error!(
+                    "cannot write the log's entries to {}: {e}; trying again every {}s",
+                    self.cfg.state_path.display(),
+                    RETRY.as_secs()
+                );
+                self.writes.push_front((seq, base, undone));
+                self.retry_at = Some(now + RETRY);
+            }
         }
     }
 
@@ -429,6 +483,8 @@ impl Standby<'_> {
     fn take_over(&mut self, fence: i64) -> std::result::Result<u64, TakeOver> {
         let keys = self.ha.keys.clone();
         let client = Arc::clone(&self.ha.log_client);
+        let trimmed = super::read_trimmed(&mut lock(&client), &keys)
+            .map_err(|e| TakeOver::Again(e.to_string()))?;
         let (kvs, _) = lock(&client)
             .range(&keys.log(), true)
             .map_err(|e| TakeOver::Again(e.to_string()))?;
@@ -457,10 +513,17 @@ impl Standby<'_> {
                     })?;
                 }
                 Ok(None) => {}
-                Err(gap) => return Err(fatal(gap)),
+                Err(gap) => return Err(TakeOver::Missing(gap)),
             }
         }
         let seq = self.follower.applied();
+        self.ha.record.applied = seq;
+        if trimmed > seq {
+            return Err(TakeOver::Missing(Gap::Missing {
+                have: seq,
+                next: trimmed + 1,
+            }));
+        }
         // Chunks past what is whole: a deposed leader's unfinished entry.
         let leftovers: Vec<EtcdOp> = kvs
             .iter()
@@ -602,6 +665,8 @@ impl Standby<'_> {
 enum TakeOver {
     /// etcd could not be asked, or another server won meanwhile.
     Again(String),
+    /// The log misses entries this server needs: it cannot lead.
+    Missing(Gap),
     Fatal(Error),
 }
 
