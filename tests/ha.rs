@@ -92,6 +92,34 @@ fn kill_9_of_the_leader_mid_run_hands_the_run_to_a_standby_that_finishes_it() {
         out.stderr.contains("stands by; the active server is s1"),
         "{out:?}"
     );
+    // Either server tells who is who, and how far each follows the log.
+    for i in [0, 1] {
+        wait_until("both servers in --cluster, s0 caught up", DEADLINE, || {
+            let out = h.cli(i, &["manage", "--cluster", "--format", "json"]);
+            assert_eq!(out.code, 0, "{out:?}");
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            let v = &v[0];
+            assert_eq!(v["this"], format!("s{i}"), "{v}");
+            assert_eq!(v["leader"], "s1", "{v}");
+            assert!(v["etcd_error"].is_null(), "{v}");
+            let servers = v["servers"].as_array().unwrap();
+            let role = |n: &str| {
+                servers
+                    .iter()
+                    .find(|s| s["name"] == n)
+                    .map(|s| s["role"].clone())
+            };
+            role("s0") == Some("standby".into())
+                && role("s1") == Some("active".into())
+                && servers.iter().all(|s| s["behind"] == 0)
+        });
+    }
+    let out = h.cli(0, &["manage", "--cluster"]);
+    assert!(
+        out.stdout.contains("answered by s0 (standby); active: s1"),
+        "{out:?}"
+    );
+    assert!(out.stdout.starts_with("SERVER"), "{out:?}");
 }
 
 #[test]
@@ -315,4 +343,15 @@ fn a_standby_missing_part_of_the_log_does_not_take_the_lead() {
     h.wait_log(1, "following the log again from the base");
     wait_until("s1 to catch up", DEADLINE, || seq(&h, 1) == seq(&h, 0));
     assert_eq!(h.jobs(0).len(), 5);
+}
+
+#[test]
+fn without_etcd_the_cluster_view_says_the_server_runs_alone() {
+    let c = util::Cluster::start("ha-alone", &[], "0.5");
+    let out = c.cli(&["manage", "--cluster"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("this server runs alone"), "{out:?}");
+    let out = c.cli(&["manage", "--cluster", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[0]["role"], "alone", "{v}");
 }

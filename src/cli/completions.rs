@@ -51,6 +51,7 @@ pub const MANAGE: &[&str] = &[
     "--accept-key",
     "--create-token",
     "--list-tokens",
+    "--cluster",
     "--revoke-token",
     "--role",
     "--targets",

@@ -121,6 +121,8 @@ pub enum ManageAction {
     CreateToken(String, crate::wire::Role, Option<String>),
     ListTokens,
     RevokeToken(String),
+    /// The servers on etcd.
+    Cluster,
 }
 
 /// How `manage` prints.
@@ -416,6 +418,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
                 manage(&mut m, "--create-token", action);
             }
             Long("list-tokens") => manage(&mut m, "--list-tokens", ManageAction::ListTokens),
+            Long("cluster") => manage(&mut m, "--cluster", ManageAction::Cluster),
             Long("revoke-token") => {
                 let name = value(&mut parser)?;
                 manage(&mut m, "--revoke-token", ManageAction::RevokeToken(name));

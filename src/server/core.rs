@@ -124,6 +124,8 @@ pub struct Core {
     pub(super) pending_logged: crate::support::ratelog::Every,
     /// API tokens.
     pub(super) tokens: super::tokens::Tokens,
+    /// On etcd: the servers as the loop last learned them.
+    pub(super) cluster_view: Option<crate::wire::ClusterView>,
     /// Someone reads the API's event stream: publish to `EVENTS`.
     pub(super) publishing: bool,
     /// Who speaks on each connection (`uid N`, `token NAME`): recorded
@@ -167,6 +169,7 @@ impl Core {
             refusals_logged: Once::new(LOGGED_ONCE_CAP),
             pending_logged: crate::support::ratelog::Every::new(PENDING_LOG_EVERY),
             tokens: super::tokens::Tokens::default(),
+            cluster_view: None,
             publishing: false,
             callers: Default::default(),
         }

@@ -673,6 +673,7 @@ impl Server {
     fn ha_answers(&mut self) {
         let Some(ha) = &mut self.ha else { return };
         let changes = ha.answers(Instant::now());
+        self.core.cluster_view = Some(ha.view());
         self.ha_changed(changes);
     }
 

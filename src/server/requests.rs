@@ -309,6 +309,16 @@ impl Core {
                 targets,
             } => self.create_token(&name, role, targets),
             Request::ListTokens => Response::Tokens(self.tokens.list()),
+            Request::Cluster => Response::Cluster(self.cluster_view.clone().unwrap_or_else(|| {
+                crate::wire::ClusterView {
+                    this: String::new(),
+                    role: "alone".into(),
+                    leader: None,
+                    etcd_endpoints: Vec::new(),
+                    etcd_error: None,
+                    servers: Vec::new(),
+                }
+            })),
             Request::RevokeToken { name } => match self.tokens.revoke(&name) {
                 Ok((view, rec)) => {
                     self.record_token(&rec);
@@ -474,6 +484,7 @@ pub(super) fn reads_only(req: &Request) -> bool {
             | Request::ShowKey
             | Request::ListKeys
             | Request::ListTokens
+            | Request::Cluster
     )
 }
 

@@ -110,6 +110,44 @@ pub enum Request {
     RevokeToken {
         name: String,
     },
+    /// The servers on etcd (`manage --cluster`): answered by a standby
+    /// too.
+    Cluster,
+}
+
+/// The servers on etcd, as the one asked sees them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The server that answered, and its role: "active", "standby", or
+    /// "alone" (no etcd).
+    pub this: String,
+    pub role: String,
+    /// The active server, as this one last read the leader key.
+    pub leader: Option<String>,
+    pub etcd_endpoints: Vec<String>,
+    /// Why etcd did not answer this server's last call (none: it did).
+    pub etcd_error: Option<String>,
+    #[serde(deserialize_with = "cautious_seq")]
+    pub servers: Vec<ServerView>,
+}
+
+/// One server's record in etcd.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerView {
+    pub name: String,
+    pub role: String,
+    /// Where nodes reach it.
+    pub address: String,
+    pub job_port: u16,
+    /// The last entry of the log its journals hold, and how many the
+    /// active server has that it has not.
+    pub applied: u64,
+    pub behind: u64,
+    /// It lost its place in the log and waits for a base.
+    pub wants_base: bool,
+    /// When it last wrote its record (its clock).
+    pub updated_ms: u64,
+    pub version: String,
 }
 
 /// What an API token may do. Each role may do what the ones before it may.
@@ -246,6 +284,7 @@ pub enum Response {
         #[serde(deserialize_with = "cautious_seq")]
         jobs: Vec<Uuid>,
     },
+    Cluster(ClusterView),
 }
 
 /// The answer to a submission.

@@ -723,6 +723,7 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
             targets: targets.clone(),
         },
         ManageAction::ListTokens => Request::ListTokens,
+        ManageAction::Cluster => Request::Cluster,
         ManageAction::RevokeToken(name) => Request::RevokeToken { name: name.clone() },
     };
     let resp = conn.call(&req)?;
@@ -835,6 +836,8 @@ pub fn manage(cfg: &Config, args: ManageArgs) -> Result<i32> {
                 .collect(),
             _ => tokens_table(&tokens),
         },
+        (Response::Cluster(view), Format::Json) => json(&[&view])?,
+        (Response::Cluster(view), Format::Table) => cluster_text(&view),
         (other, _) => return Err(unexpected(&other)),
     };
     out.write_all(text.as_bytes()).map_err(out_err)?;

@@ -534,3 +534,60 @@ pub(super) fn write_part(out: &mut impl Write, p: &PartView) -> io::Result<()> {
     writeln!(out, "{line}")?;
     crate::cli::output::write_output(out, p)
 }
+
+/// `manage --cluster`: the servers on etcd, then who answered and etcd.
+pub(super) fn cluster_text(v: &crate::wire::ClusterView) -> String {
+    if v.role == "alone" {
+        return "this server runs alone (no --etcd-endpoints): there is no cluster of servers\n"
+            .into();
+    }
+    let now = crate::support::clock::now_ms();
+    let rows: Vec<Vec<String>> = v
+        .servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.role.clone(),
+                format!("{}:{}", s.address, s.job_port),
+                s.applied.to_string(),
+                if s.wants_base {
+                    "needs a base".into()
+                } else {
+                    s.behind.to_string()
+                },
+                format!(
+                    "{} ago",
+                    crate::support::clock::format_secs(
+                        now.saturating_sub(s.updated_ms) as f64 / 1000.0
+                    )
+                ),
+                s.version.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "SERVER",
+            "ROLE",
+            "ADDRESS",
+            "APPLIED",
+            "BEHIND",
+            "LAST SEEN",
+            "VERSION",
+        ],
+        &rows,
+    );
+    out.push_str(&format!(
+        "answered by {} ({}); active: {}; etcd {}: {}\n",
+        v.this,
+        v.role,
+        v.leader.as_deref().unwrap_or("none yet"),
+        v.etcd_endpoints.join(","),
+        match &v.etcd_error {
+            None => "answering".to_string(),
+            Some(e) => format!("NOT answering ({e})"),
+        }
+    ));
+    out
+}

@@ -55,7 +55,8 @@ enum Done {
 
 /// How often each server writes its record, as a part of the lease.
 const REPORT_PARTS: u32 = 3;
-/// How often the active server reads the records and trims the log.
+/// How often each server reads the records (and the active server trims
+/// the log).
 const TRIM_IVL: Duration = Duration::from_secs(2);
 /// How soon a standby that still asks for a base gets another.
 const BASE_AGAIN: Duration = Duration::from_secs(30);
@@ -164,11 +165,7 @@ impl Ha {
                 )
             });
         }
-        let fence = match self.election.role() {
-            Role::Leading { fence, .. } => Some(*fence),
-            Role::Standby { .. } => None,
-        };
-        if let (Some(_), true) = (fence, now >= self.trim_at && !self.asking[2]) {
+        if now >= self.trim_at && !self.asking[2] {
             self.trim_at = now + TRIM_IVL;
             self.asking[2] = true;
             let client = Arc::clone(&self.client);
@@ -300,6 +297,66 @@ impl Ha {
         });
     }
 
+    /// What `manage --cluster` shows, as this server sees it now.
+    pub fn view(&self) -> crate::wire::ClusterView {
+        let role = match self.election.role() {
+            Role::Leading { .. } => "active",
+            Role::Standby { .. } => "standby",
+        };
+        let leader = match self.election.role() {
+            Role::Leading { .. } => Some(self.me.clone()),
+            Role::Standby { leader } => leader.clone(),
+        };
+        let top = self
+            .members
+            .iter()
+            .filter(|m| Some(&m.name) == leader.as_ref())
+            .map(|m| m.applied)
+            .chain(std::iter::once(if role == "active" {
+                self.record.applied
+            } else {
+                0
+            }))
+            .max()
+            .unwrap_or(0);
+        let mut servers: Vec<crate::wire::ServerView> = self
+            .members
+            .iter()
+            .map(|m| {
+                // This server's own figures are its freshest.
+                let (applied, wants_base) = if m.name == self.me {
+                    (self.record.applied, self.record.wants_base)
+                } else {
+                    (m.applied, m.wants_base)
+                };
+                crate::wire::ServerView {
+                    name: m.name.clone(),
+                    role: if m.name == self.me {
+                        role.into()
+                    } else {
+                        m.role.clone()
+                    },
+                    address: m.address.clone(),
+                    job_port: m.job_port,
+                    applied,
+                    behind: top.saturating_sub(applied),
+                    wants_base,
+                    updated_ms: m.updated_ms,
+                    version: m.version.clone(),
+                }
+            })
+            .collect();
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        crate::wire::ClusterView {
+            this: self.me.clone(),
+            role: role.into(),
+            leader,
+            etcd_endpoints: self.cfg.endpoints.clone(),
+            etcd_error: self.etcd_health.clone().err(),
+            servers,
+        }
+    }
+
     /// May this server lead? (Not while its journals miss part of the
     /// log: it asks for a base meanwhile.)
     pub fn set_missing(&mut self, missing: bool) {
@@ -313,11 +370,10 @@ impl Ha {
     }
 
     pub fn next_deadline(&self) -> Instant {
-        let mut at = self.election.next_deadline().min(self.report_at);
-        if matches!(self.election.role(), Role::Leading { .. }) {
-            at = at.min(self.trim_at);
-        }
-        at
+        self.election
+            .next_deadline()
+            .min(self.report_at)
+            .min(self.trim_at)
     }
 
     /// The leader as last read (none while this one leads).

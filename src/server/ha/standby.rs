@@ -31,7 +31,7 @@ use crate::server::election::Change;
 use crate::server::persist::{self, CommitResult, Op};
 use crate::server::{history, keys, tokens};
 use crate::support::dirlock::DirLock;
-use crate::wire::Response;
+use crate::wire::{Request, Response};
 
 /// What every server mode shares: the loop's poll, its signals, the lock
 /// on the state directory.
@@ -634,10 +634,10 @@ impl Standby<'_> {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        let (n, closed) = match conn.read() {
-            Inbound::Requests(r) => (r.len(), false),
-            Inbound::Closed(r) => (r.len(), true),
-            Inbound::Corrupt(_) => (0, true),
+        let (requests, closed) = match conn.read() {
+            Inbound::Requests(r) => (r, false),
+            Inbound::Closed(r) => (r, true),
+            Inbound::Corrupt(_) => (Vec::new(), true),
         };
         let why = match self.ha.leader() {
             Some(l) => format!(
@@ -650,8 +650,13 @@ impl Standby<'_> {
                 self.ha.cfg.endpoints.join(",")
             ),
         };
-        for _ in 0..n {
-            let _ = conn.send(&Response::Rejected(why.clone()));
+        for req in requests {
+            let resp = match req {
+                // What a standby knows first hand.
+                Request::Cluster => Response::Cluster(self.ha.view()),
+                _ => Response::Rejected(why.clone()),
+            };
+            let _ = conn.send(&resp);
         }
         let failed = conn.flush().is_err();
         if closed || failed {
