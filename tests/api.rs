@@ -194,6 +194,9 @@ fn every_endpoint_answers_as_the_cli_does() {
     assert!(!b.contains("blue"), "{b}");
 
     // Keys: the list, the server's, and a change.
+    let (s, b) = http(&c, "GET", "/api/v1/cluster", t, "");
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(json(&b)["role"], "alone", "{b}");
     let (s, b) = http(&c, "GET", "/api/v1/keys", t, "");
     assert_eq!(s, 200, "{b}");
     assert_eq!(json(&b).as_array().unwrap().len(), 2);

@@ -86,7 +86,27 @@ fn kill_9_of_the_leader_mid_run_hands_the_run_to_a_standby_that_finishes_it() {
     h.wait_log(0, "standing by: the active server is s1");
     let seq = |i: usize| fs::read_to_string(h.state(i).join("replica.seq")).unwrap_or_default();
     wait_until("s0 to catch up", DEADLINE, || seq(0) == seq(1));
-    let out = h.cli(0, &["manage", "--list-jobs"]);
+    // A standby answers reads from its copy, and says so; it refuses
+    // writes, naming the active server.
+    let out = h.cli(0, &["manage", "--list-jobs", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(jobs.len(), JOBS as usize);
+    assert!(
+        jobs.iter()
+            .all(|j| j["states"] == serde_json::json!({"succeeded": 3})),
+        "{jobs:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("answered by s0, a standby, from its copy of the state"),
+        "{out:?}"
+    );
+    let last = jobs.last().unwrap()["id"].as_str().unwrap().to_owned();
+    let out = h.cli(0, &["manage", "--job-info", &last]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("succeeded"), "{out:?}");
+    let out = h.cli(0, &["exec", "--verb", "RUN", "echo never"]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(
         out.stderr.contains("stands by; the active server is s1"),

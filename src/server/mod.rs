@@ -471,6 +471,7 @@ impl Server {
         // Restored nodes must come back in time, or their work is lost:
         // their time starts now that the ports listen.
         core.set_tokens(tokens);
+        core.cluster_view = ha.as_ref().map(ha::Ha::view);
         // A node notices the old leader is gone after its liveness (3
         // intervals), and may try it once more before finding this one.
         core.start(if server_ha {

@@ -40,6 +40,12 @@ impl Core {
         }
     }
 
+    /// Carry out what was released, for a caller outside the loop (a
+    /// standby answering from its replica).
+    pub(crate) fn carry_out_now(&mut self) {
+        self.carry_out();
+    }
+
     /// On etcd: a standby asked for a base; it goes with the next commit.
     pub(super) fn want_base(&mut self) {
         self.persist.want_base(self.now.at);

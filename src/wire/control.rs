@@ -285,6 +285,13 @@ pub enum Response {
         jobs: Vec<Uuid>,
     },
     Cluster(ClusterView),
+    /// Before an answer from a standby's copy of the state: who answers,
+    /// who leads, and how many log entries it is behind.
+    Replica {
+        this: String,
+        leader: Option<String>,
+        behind: u64,
+    },
 }
 
 /// The answer to a submission.

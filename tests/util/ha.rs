@@ -123,11 +123,19 @@ impl HaCluster {
         run_cli(&self.c.dir.path, &all)
     }
 
+    /// Does server `i` answer as the active one?
+    pub fn is_active(&self, i: usize) -> bool {
+        if self.servers[i].is_none() {
+            return false;
+        }
+        let out = self.cli(i, &["manage", "--cluster", "--format", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|v| v[0]["role"] == "active")
+    }
+
     /// Which server answers as the active one, if one does.
     pub fn leader(&self) -> Option<usize> {
-        (0..self.servers.len()).find(|&i| {
-            self.servers[i].is_some() && self.cli(i, &["manage", "--list-nodes"]).code == 0
-        })
+        (0..self.servers.len()).find(|&i| self.is_active(i))
     }
 
     /// Until a server is active; which.
@@ -143,7 +151,7 @@ impl HaCluster {
     /// Until server `i` answers as the active one.
     pub fn wait_active(&self, i: usize) {
         wait_until(&format!("s{i} to be active"), DEADLINE, || {
-            self.cli(i, &["manage", "--list-nodes"]).code == 0
+            self.is_active(i)
         });
     }
 

@@ -66,6 +66,20 @@ impl Conn {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match self.inbuf.next_message::<Response>() {
+                Ok(Some(Response::Replica {
+                    this,
+                    leader,
+                    behind,
+                })) => {
+                    // Said, not printed with the answer: the answer's
+                    // format (JSON) stays what scripts read.
+                    eprintln!(
+                        "director: answered by {this}, a standby, from its copy of the state ({behind} log entries behind the active server{})",
+                        leader.map(|l| format!(", {l}")).unwrap_or_default()
+                    );
+                    // The answer may be in the buffer already.
+                    continue;
+                }
                 Ok(Some(resp)) => return Ok(Some(resp)),
                 Ok(None) => {}
                 Err(e) => {

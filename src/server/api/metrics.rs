@@ -34,6 +34,62 @@ pub struct Metrics {
     pub transfer_bytes: u64,
 }
 
+/// A label value as the text format wants it: `\\`, `"` and newlines
+/// escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// On etcd: this server's role and place in the log, each server's lag,
+/// and whether etcd answers.
+pub fn ha_text(v: &crate::wire::ClusterView) -> String {
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+    };
+    family(
+        &mut o,
+        "director_ha_active",
+        "1 if this server is the active one on etcd, 0 if it stands by.",
+    );
+    let _ = writeln!(o, "director_ha_active {}", u8::from(v.role == "active"));
+    family(
+        &mut o,
+        "director_etcd_up",
+        "1 if etcd answered this server's last call.",
+    );
+    let _ = writeln!(o, "director_etcd_up {}", u8::from(v.etcd_error.is_none()));
+    family(
+        &mut o,
+        "director_ha_applied",
+        "The last entry of the log each server's journals hold.",
+    );
+    for s in &v.servers {
+        let _ = writeln!(
+            o,
+            "director_ha_applied{{server=\"{}\"}} {}",
+            label(&s.name),
+            s.applied
+        );
+    }
+    family(
+        &mut o,
+        "director_ha_behind",
+        "Log entries each server is behind the active one.",
+    );
+    for s in &v.servers {
+        let _ = writeln!(
+            o,
+            "director_ha_behind{{server=\"{}\"}} {}",
+            label(&s.name),
+            s.behind
+        );
+    }
+    o
+}
+
 impl Metrics {
     pub fn sync(&mut self, took: Duration, ok: bool) {
         if !ok {
@@ -221,6 +277,35 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_servers_on_etcd_show_with_their_names_escaped() {
+        let v = crate::wire::ClusterView {
+            this: "s0".into(),
+            role: "active".into(),
+            leader: Some("s0".into()),
+            etcd_endpoints: vec!["http://e:2379".into()],
+            etcd_error: None,
+            servers: vec![crate::wire::ServerView {
+                name: "odd\"name".into(),
+                role: "standby".into(),
+                address: "a".into(),
+                job_port: 1,
+                applied: 7,
+                behind: 2,
+                wants_base: false,
+                updated_ms: 0,
+                version: "0".into(),
+            }],
+        };
+        let t = super::ha_text(&v);
+        assert!(t.contains("director_ha_active 1\n"), "{t}");
+        assert!(t.contains("director_etcd_up 1\n"), "{t}");
+        assert!(
+            t.contains("director_ha_behind{server=\"odd\\\"name\"} 2\n"),
+            "{t}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -143,6 +143,9 @@ pub fn route(req: &Http) -> Result<Route, Refusal> {
             reader,
             pending(Expect::One, true),
         ),
+        ("GET", ["api", "v1", "cluster"]) => {
+            control(Request::Cluster, Role::Read, pending(Expect::Answer, false))
+        }
         ("GET", ["api", "v1", "keys"]) => control(
             Request::ListKeys,
             Role::Read,
@@ -457,6 +460,7 @@ pub fn render(p: &Pending, resp: Response) -> Rendered {
         (Response::ServerKey(k), _) => Respond(200, body(k)),
         (Response::Keys(v) | Response::KeysChanged(v), _) => Respond(200, body(v)),
         (Response::Tokens(v), _) => Respond(200, body(v)),
+        (Response::Cluster(v), _) => Respond(200, body(v)),
         (Response::NodeDone(_) | Response::Output { .. } | Response::Withheld { .. }, _) => Keep,
         (other, _) => {
             log::warn!("API: an answer it has no rendering for: {other:?}");

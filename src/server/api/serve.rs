@@ -350,8 +350,13 @@ impl Server {
             api.counts = Some((now, self.core.counts()));
         }
         let counts = &api.counts.as_ref().expect("just set").1;
-        api.metrics
-            .render(counts, api.conns.len(), api.event_readers())
+        let mut text = api
+            .metrics
+            .render(counts, api.conns.len(), api.event_readers());
+        if let Some(ha) = &self.ha {
+            text.push_str(&super::metrics::ha_text(&ha.view()));
+        }
+        text
     }
 
     fn start_events(&mut self, token: Token, follow: Option<uuid::Uuid>, last: Option<&str>) {

@@ -232,6 +232,8 @@ struct Standby<'a> {
     writes: VecDeque<(u64, bool, Vec<Op>)>,
     /// The entry the write in flight applies.
     writing: Option<(u64, bool)>,
+    /// Control connections to serve once the write in flight is done.
+    waiting: Vec<Token>,
     in_flight: bool,
     retry_at: Option<Instant>,
     /// Won the election with this fence: read the log to its end, then
@@ -281,6 +283,7 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         io,
         writes: VecDeque::new(),
         writing: None,
+        waiting: Vec::new(),
         in_flight: false,
         retry_at: None,
         taking_over: None,
@@ -454,6 +457,13 @@ impl Standby<'_> {
 
     fn written(&mut self, r: CommitResult, now: Instant) {
         self.in_flight = false;
+        self.note_written(r, now);
+        for token in std::mem::take(&mut self.waiting) {
+            self.control(token);
+        }
+    }
+
+    fn note_written(&mut self, r: CommitResult, now: Instant) {
         let Some((seq, base)) = self.writing.take() else {
             return;
         };
@@ -629,8 +639,17 @@ impl Standby<'_> {
         }
     }
 
-    /// Every request gets the same answer: this is not the active server.
+    /// Reads answer from the journals here, `Cluster` from what this
+    /// server knows; anything else is refused with the active server's
+    /// name. Not while an entry is being written: the journal would look
+    /// torn.
     fn control(&mut self, token: Token) {
+        if self.in_flight {
+            if !self.waiting.contains(&token) {
+                self.waiting.push(token);
+            }
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
@@ -650,18 +669,105 @@ impl Standby<'_> {
                 self.ha.cfg.endpoints.join(",")
             ),
         };
+        let mut answers = Vec::new();
         for req in requests {
-            let resp = match req {
+            match req {
                 // What a standby knows first hand.
-                Request::Cluster => Response::Cluster(self.ha.view()),
-                _ => Response::Rejected(why.clone()),
-            };
-            let _ = conn.send(&resp);
+                Request::Cluster => answers.push(Response::Cluster(self.ha.view())),
+                req if replica_reads(&req) => {
+                    answers.push(self.replica_note());
+                    answers.extend(self.read_replica(req));
+                }
+                _ => answers.push(Response::Rejected(why.clone())),
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        for resp in &answers {
+            let _ = conn.send(resp);
         }
         let failed = conn.flush().is_err();
         if closed || failed {
             if let Some(mut c) = self.conns.remove(&token) {
                 let _ = self.base.poll.registry().deregister(&mut c.stream);
+            }
+        }
+    }
+}
+
+/// What a standby answers from its own journals.
+fn replica_reads(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::ListNodes
+            | Request::NodeInfo { .. }
+            | Request::Resolve { .. }
+            | Request::RunInfo { .. }
+            | Request::ListRuns
+            | Request::ListJobs { .. }
+            | Request::FindJobs { .. }
+            | Request::JobInfo { .. }
+    )
+}
+
+impl Standby<'_> {
+    /// Before an answer from the replica: whose it is, how far behind.
+    fn replica_note(&self) -> Response {
+        let view = self.ha.view();
+        let top = view.servers.iter().map(|s| s.applied).max().unwrap_or(0);
+        Response::Replica {
+            this: self.ha.me.clone(),
+            leader: self.ha.leader().map(str::to_owned),
+            behind: top.saturating_sub(self.ha.record.applied),
+        }
+    }
+
+    /// A read answered from the journals on this disk, as a restart would
+    /// see them (nodes as last recorded, none of them connected here).
+    fn read_replica(&mut self, req: Request) -> Vec<Response> {
+        let cfg = self.cfg;
+        let now = crate::server::cluster::Now::real();
+        let (cluster, history) = match crate::server::restore(
+            &cfg.state_path,
+            cfg.heartbeat_ivl,
+            (cfg.job_retention, cfg.job_retention_count),
+            now,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                return vec![Response::Rejected(format!(
+                    "cannot read this standby's replica: {e}"
+                ))]
+            }
+        };
+        let mut core = crate::server::core::Core::new(
+            cluster,
+            crate::server::persist::Persist::new(history, None),
+            crate::server::core::Auth::Off,
+            cfg.heartbeat_ivl,
+            (cfg.job_retention, cfg.job_retention_count),
+            now,
+        );
+        let token = Token(usize::MAX);
+        core.requests(token, vec![req]);
+        let mut answers = Vec::new();
+        loop {
+            core.carry_out_now();
+            let outs = core.take_out();
+            if outs.is_empty() {
+                return answers;
+            }
+            for o in outs {
+                match o {
+                    crate::server::core::Out::Note { resp, .. } => answers.push(resp),
+                    crate::server::core::Out::Io(task) => {
+                        if let crate::server::io::IoDone::JobInfo { detail, .. } = task.run() {
+                            answers.push(Response::Job(*detail));
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     }
