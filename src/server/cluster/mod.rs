@@ -501,15 +501,19 @@ impl Cluster {
             return;
         };
         n.link = Link::Stale;
+        // It, and what went after it on the same lost route, go back to
+        // the front of the queue in the order they were sent. (One at a
+        // time to the front, two jobs unroutable together came back
+        // reversed, and ran in that order once the node was back.)
         if let Some(pos) = n.in_flight.iter().position(|id| *id == job_id) {
-            n.in_flight.remove(pos);
-            n.queue.push_front(job_id);
-            if let Some(mut p) = self
-                .jobs
-                .get_mut(&job_id)
-                .and_then(|j| j.parts.get_mut(node))
-            {
-                p.unsend();
+            let back: Vec<Uuid> = n.in_flight.drain(pos..).collect();
+            for id in back.iter().rev() {
+                n.queue.push_front(*id);
+            }
+            for id in back {
+                if let Some(mut p) = self.jobs.get_mut(&id).and_then(|j| j.parts.get_mut(node)) {
+                    p.unsend();
+                }
             }
         }
     }
