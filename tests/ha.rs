@@ -365,6 +365,51 @@ fn a_standby_missing_part_of_the_log_does_not_take_the_lead() {
     assert_eq!(h.jobs(0).len(), 5);
 }
 
+/// etcd's own leader changing is a short pause in etcd, not a failover:
+/// the active server keeps its lead and its nodes.
+#[test]
+fn etcds_leader_changing_is_a_pause_not_a_failover() {
+    let Some(mut h) = HaCluster::start_with("ha-etcd-leader", 2, &NODES, "0.5", "5") else {
+        return;
+    };
+    let out = h.cli(0, &["exec", "--verb", "RUN", "--wait", "echo 0 >> ran.txt"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for round in 1..=2 {
+        let mut leader = None;
+        wait_until("etcd to have a leader", DEADLINE, || {
+            leader = h.etcd.leader();
+            leader.is_some()
+        });
+        let leader = leader.unwrap();
+        h.etcd.kill(leader);
+        wait_until("etcd to elect another leader", DEADLINE, || {
+            h.etcd.leader().is_some_and(|l| l != leader)
+        });
+        let out = h.cli(
+            0,
+            &[
+                "exec",
+                "--verb",
+                "RUN",
+                "--wait",
+                &format!("echo {round} >> ran.txt"),
+            ],
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+        h.etcd.restart(leader);
+        h.etcd.wait_ready();
+    }
+    let log = h.log(0);
+    assert!(!log.contains("stepping down"), "{log}");
+    assert_eq!(log.matches("active on etcd").count(), 1, "{log}");
+    assert_eq!(h.leader(), Some(0));
+    for n in NODES {
+        assert_eq!(lines(&h, n, "ran.txt"), vec![0, 1, 2], "node {n}");
+        let log = h.c.clients[n].log_text();
+        assert_eq!(log.matches("connected to").count(), 1, "{n}: {log}");
+    }
+}
+
 #[test]
 fn without_etcd_the_cluster_view_says_the_server_runs_alone() {
     let c = util::Cluster::start("ha-alone", &[], "0.5");

@@ -631,6 +631,11 @@ impl Server {
                 .map_err(|e| Error::io("event loop failed", e))?;
             self.core.at(Now::real());
             for ev in events.iter() {
+                // Stopping, or not the leader any more: nothing more is
+                // acted on (a deposed leader must not dispatch).
+                if self.state != RunState::Running {
+                    break;
+                }
                 match ev.token() {
                     // Serviced at the top of the loop; only a port whose fd
                     // fired (or that has sends) is asked.
@@ -655,7 +660,7 @@ impl Server {
                 }
                 self.perform();
             }
-            if self.state == RunState::Stopped {
+            if self.state != RunState::Running {
                 return Ok(());
             }
         }

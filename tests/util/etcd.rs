@@ -130,6 +130,37 @@ impl Etcd {
         self.spawn(i);
     }
 
+    /// Which member leads etcd now, if one answers.
+    pub fn leader(&self) -> Option<usize> {
+        use std::io::{Read, Write};
+        for m in self.members.iter().filter(|m| m.proc.is_some()) {
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", m.client_port)) else {
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let req = "POST /v3/maintenance/status HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+            if s.write_all(req.as_bytes()).is_err() {
+                continue;
+            }
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            let Some(body) = text.split("\r\n\r\n").nth(1) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+                continue;
+            };
+            let (me, leader) = (&v["header"]["member_id"], &v["leader"]);
+            if me.is_null() || leader.is_null() {
+                continue;
+            }
+            if me == leader {
+                return self.members.iter().position(|x| x.name == m.name);
+            }
+        }
+        None
+    }
+
     /// The running members' process ids.
     pub fn pids(&self) -> Vec<u32> {
         self.members

@@ -237,8 +237,9 @@ struct Standby<'a> {
     in_flight: bool,
     retry_at: Option<Instant>,
     /// Won the election with this fence: read the log to its end, then
-    /// lead.
+    /// lead (from `takeover_at`, after a try etcd did not answer).
     taking_over: Option<i64>,
+    takeover_at: Option<Instant>,
     /// What was last said about the watch, said again only when it
     /// changes.
     trouble: Option<String>,
@@ -287,6 +288,7 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         in_flight: false,
         retry_at: None,
         taking_over: None,
+        takeover_at: None,
         trouble: None,
         gap: None,
     };
@@ -307,12 +309,15 @@ impl Standby<'_> {
             }
             self.write(now);
             if let Some(fence) = self.taking_over {
-                if self.writes.is_empty() && !self.in_flight {
+                let due = self.takeover_at.is_none_or(|t| t <= now);
+                if due && self.writes.is_empty() && !self.in_flight {
                     match self.take_over(fence) {
                         Ok(seq) => return Ok(Exit::Lead { fence, seq }),
+                        // Still holding the lead: try again shortly (the
+                        // election steps down if its lease may lapse).
                         Err(TakeOver::Again(why)) => {
                             log::warn!("cannot take over yet: {why}; trying again");
-                            self.taking_over = None;
+                            self.takeover_at = Some(now + REWATCH);
                         }
                         Err(TakeOver::Missing(gap)) => {
                             // Leading without part of the log would lose
@@ -328,10 +333,14 @@ impl Standby<'_> {
                     }
                 }
             }
-            let next = [Some(self.ha.next_deadline()), self.retry_at]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                Some(self.ha.next_deadline()),
+                self.retry_at,
+                self.takeover_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = Sleep {
                 busy: false,
                 backlog: false,
@@ -370,12 +379,17 @@ impl Standby<'_> {
             Change::Lead { fence } => {
                 log::info!("won the lead in etcd (fence {fence}); reading the log to its end");
                 self.taking_over = Some(fence);
+                self.takeover_at = None;
             }
             Change::LeaderIs(Some(name)) => {
+                self.taking_over = None;
                 log::info!("standing by: the active server is {name}");
             }
-            Change::LeaderIs(None) => {}
-            Change::StepDown { why } => log::warn!("{why}"),
+            Change::LeaderIs(None) => self.taking_over = None,
+            Change::StepDown { why } => {
+                self.taking_over = None;
+                log::warn!("{why}");
+            }
         }
     }
 
