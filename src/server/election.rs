@@ -101,6 +101,11 @@ pub struct Election {
     stale: Option<i64>,
     /// May this server lead? Not while its journals miss part of the log.
     eligible: bool,
+    /// A lead stepped down from because no renewal was answered in time:
+    /// its lease and fence. Renewed after all (etcd was slow or without
+    /// quorum, and its key still stands), it leads again with the same
+    /// fence: nobody else can have led while the key stood.
+    suspended: Option<(i64, i64)>,
 }
 
 impl Election {
@@ -114,6 +119,7 @@ impl Election {
             next: now,
             stale: None,
             eligible: true,
+            suspended: None,
         }
     }
 
@@ -154,12 +160,15 @@ impl Election {
     /// Time passes: step down if the lease may lapse, and say what to ask.
     pub fn tick(&mut self, now: Instant) -> (Option<Ask>, Vec<Change>) {
         let mut changes = Vec::new();
-        if let (Role::Leading { .. }, Some((_, until))) = (&self.role, self.lease) {
+        if let (Role::Leading { lease, fence }, Some((_, until))) = (&self.role, self.lease) {
             if now >= self.deadline(until) {
+                let held = (*lease, *fence);
                 changes.push(self.step_down(format!(
                     "no renewal of the leader's lease was answered in time: it may lapse in etcd within {:.1} s",
                     until.saturating_duration_since(now).as_secs_f64()
                 )));
+                self.suspended = Some(held);
+                self.next = now;
             }
         }
         if self.asked.is_some() || now < self.next {
@@ -169,6 +178,10 @@ impl Election {
         let stale = self.stale.take();
         let ask = match (&self.role, lease_ok, stale) {
             (Role::Leading { lease, .. }, _, _) => Ask::KeepAlive { lease: *lease },
+            // Does the lease stepped down from still stand?
+            (Role::Standby { .. }, _, _) if self.suspended.is_some() => Ask::KeepAlive {
+                lease: self.suspended.map_or(0, |(l, _)| l),
+            },
             (Role::Standby { .. }, _, Some(lease)) => Ask::Resign { lease },
             // Someone leads: watch the key; a lease is got only when it is
             // free (a standby renewing one for nothing would load etcd).
@@ -198,6 +211,20 @@ impl Election {
         self.next = now + poll;
         let mut changes = Vec::new();
         match (ask, answer) {
+            (Ask::KeepAlive { lease }, Answer::KeptAlive(Ok(ttl)))
+                if self.suspended.is_some_and(|(l, _)| l == lease) =>
+            {
+                let fence = self.suspended.take().map_or(0, |(_, f)| f);
+                if ttl > 0 {
+                    let ttl = Duration::from_secs(ttl as u64).min(self.ttl);
+                    self.lease = Some((lease, sent + ttl));
+                    self.role = Role::Leading { lease, fence };
+                    changes.push(Change::Lead { fence });
+                } else {
+                    // Gone: its key went with it; campaign anew.
+                    self.next = now;
+                }
+            }
             (Ask::Grant { .. }, Answer::Granted(Ok(id))) => {
                 self.lease = Some((id, sent + self.ttl));
                 self.next = now; // campaign or read at once
@@ -267,7 +294,8 @@ impl Election {
 
     /// Leaving: what to ask so that another server may lead at once.
     pub fn resign(&mut self) -> Option<Ask> {
-        let (lease, _) = self.lease.take()?;
+        let suspended = self.suspended.take().map(|(l, _)| l);
+        let lease = self.lease.take().map(|(l, _)| l).or(suspended)?;
         self.role = Role::Standby { leader: None };
         Some(Ask::Resign { lease })
     }
@@ -518,6 +546,31 @@ mod tests {
             why.contains("no renewal of the leader's lease was answered in time"),
             "{why}"
         );
+        // Stepped down, it asks after the same lease (never a new one, nor
+        // the key's holder) until etcd answers; renewed, it leads again
+        // with the same fence. (The step-down's own tick asked already,
+        // and was answered with an error: the next ask comes a poll later.)
+        now += ttl / 3;
+        let (ask, _) = e.tick(now);
+        assert_eq!(ask, Some(Ask::KeepAlive { lease: 7 }));
+        assert!(e
+            .answer(Answer::KeptAlive(Err("no quorum".into())), now)
+            .is_empty());
+        now += ttl;
+        let (ask, _) = e.tick(now);
+        assert_eq!(ask, Some(Ask::KeepAlive { lease: 7 }));
+        let changes = e.answer(Answer::KeptAlive(Ok(3)), now);
+        assert_eq!(changes, [Change::Lead { fence: 42 }]);
+        assert!(e.leads(now));
+        // Had the lease gone, it would have campaigned anew.
+        let mut f = Election::new("s1", ttl, t0);
+        f.suspended = Some((7, 42));
+        let (ask, _) = f.tick(t0);
+        assert_eq!(ask, Some(Ask::KeepAlive { lease: 7 }));
+        assert!(f.answer(Answer::KeptAlive(Ok(0)), t0).is_empty());
+        assert!(!f.leads(t0));
+        let (ask, _) = f.tick(t0);
+        assert_eq!(ask, Some(Ask::Grant { ttl_secs: 3 }));
     }
 
     #[test]

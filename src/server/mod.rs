@@ -176,8 +176,11 @@ pub struct Server {
     api: Option<api::Api>,
     /// When the last group commit went to the I/O thread (for its latency).
     commit_sent: Option<Instant>,
-    /// On etcd: the election this server won.
+    /// On etcd: the election this server won, its fence, and since when
+    /// and why it is paused (its lease may lapse).
     ha: Option<ha::Ha>,
+    fence: Option<i64>,
+    paused: Option<(String, Instant)>,
 }
 
 /// The cluster as the history in `state_path` left it, and the journal.
@@ -444,6 +447,7 @@ impl Server {
             cfg.socket_path.display()
         );
         let server_ha = ha.is_some();
+        let fence = ha.as_ref().map(|(_, r)| r.fence());
         let persist = Persist::new(history, keys_journal).with_tokens(tokens_journal);
         let (persist, ha) = match ha {
             None => (persist, None),
@@ -501,6 +505,8 @@ impl Server {
             api,
             commit_sent: None,
             ha,
+            fence,
+            paused: None,
         };
         server.perform();
         Ok(server)
@@ -622,9 +628,16 @@ impl Server {
                 .flatten()
                 .min()
                 .map(|at| at.saturating_duration_since(now));
+            // Paused, only the heartbeat port is serviced: a backlog on the
+            // others waits for the resumption, not for the next pass.
+            let paused = self.paused.is_some();
             let sleep = Sleep {
                 busy,
-                backlog: self.ports.iter().any(ZmqPort::has_backlog),
+                backlog: self
+                    .ports
+                    .iter()
+                    .enumerate()
+                    .any(|(i, p)| (!paused || i == HEARTBEAT.0) && p.has_backlog()),
                 next_timer,
             };
             reactor::wait(&mut self.poll, &mut events, sleep)
@@ -683,12 +696,37 @@ impl Server {
         self.ha_changed(changes);
     }
 
+    /// What the election says. A lease that may lapse pauses this server
+    /// (nothing goes to or comes from nodes on the job and transfer ports;
+    /// heartbeats go on, so nodes stay); the same lease renewed after all
+    /// resumes it. Anything else means another server may have led: this
+    /// one starts again as a standby, from what etcd holds.
     fn ha_changed(&mut self, changes: Vec<election::Change>) {
         for c in changes {
             match c {
-                election::Change::Lead { .. } => {}
+                election::Change::Lead { fence } if Some(fence) == self.fence => {
+                    if let Some((why, since)) = self.paused.take() {
+                        self.core.etcd_back();
+                        log::info!(
+                            "resuming after {:.1} s: etcd renewed this server's lease (paused because {why})",
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                election::Change::Lead { fence } => {
+                    self.state = RunState::SteppedDown(format!(
+                        "won the lead again under another fence ({fence}): another server may have led meanwhile"
+                    ));
+                }
                 election::Change::StepDown { why } => {
-                    self.state = RunState::SteppedDown(why);
+                    log::error!(
+                        "pausing: {why}; nothing goes to or comes from nodes until etcd renews the lease (their heartbeats go on), or another server leads"
+                    );
+                    self.core.answer_in_doubt(
+                        "this server paused: etcd did not confirm its writes in time",
+                    );
+                    self.perform();
+                    self.paused = Some((why, Instant::now()));
                 }
                 election::Change::LeaderIs(who) => {
                     self.state = RunState::SteppedDown(match who {
@@ -774,6 +812,10 @@ impl Server {
             let mut progressed = self.service_zap()?;
             self.perform();
             for port in PORTS {
+                // Paused (the lease may lapse): only heartbeats.
+                if self.paused.is_some() && port != Port::Heartbeat {
+                    continue;
+                }
                 let budget = if port == Port::Transfer {
                     TRANSFER_BUDGET
                 } else {

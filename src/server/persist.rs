@@ -60,6 +60,9 @@ pub enum Held {
         resp: Response,
         jobs: Vec<Uuid>,
     },
+    /// A submission answered already (in doubt: see `answer_in_doubt`):
+    /// its jobs, to release should its records be durable after all.
+    Release { jobs: Vec<Uuid> },
 }
 
 /// One write the worker carries out, in order.
@@ -377,6 +380,43 @@ impl Persist {
         }
     }
 
+    /// etcd answers again (this server's lease was renewed): what waits
+    /// is written at once, and submissions wait for it rather than be
+    /// refused.
+    pub fn etcd_back(&mut self, now: Instant) {
+        if let Some(f) = &mut self.failing {
+            f.etcd = None;
+            f.retry_at = now;
+        }
+    }
+
+    /// This server may no longer lead (its lease may lapse): what it wrote
+    /// to etcd without an answer may or may not be committed there, and
+    /// only another server could tell. Submissions waiting on it are
+    /// answered now, saying so; their jobs still go out if their records
+    /// turn out durable here.
+    pub fn answer_in_doubt(&mut self, why: &str, out: &mut Released) {
+        let doubt = |h: &mut Held, out: &mut Released| {
+            if let Held::Submission { token, jobs, .. } = h {
+                out.held.push(Held::Note {
+                    token: *token,
+                    resp: Response::Rejected(format!(
+                        "{why}: this submission may or may not have been recorded (if it was, it runs); see `director manage --list-jobs` on the active server once etcd answers"
+                    )),
+                });
+                *h = Held::Release {
+                    jobs: std::mem::take(jobs),
+                };
+            }
+        };
+        for h in self.in_flight.iter_mut().flatten() {
+            doubt(h, out);
+        }
+        for h in &mut self.waiting {
+            doubt(h, out);
+        }
+    }
+
     /// Is everything recorded on disk, with nothing on its way there? (A
     /// compaction copies records from the file: they must all be there.)
     pub fn is_idle(&self) -> bool {
@@ -395,7 +435,7 @@ impl Persist {
             Held::Note { token: t, .. }
             | Held::Read { token: t, .. }
             | Held::Submission { token: t, .. } => *t == token,
-            Held::Ack { .. } => false,
+            Held::Ack { .. } | Held::Release { .. } => false,
         };
         self.waiting.iter().any(mine) || self.in_flight.iter().flatten().any(mine)
     }

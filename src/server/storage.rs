@@ -40,6 +40,17 @@ impl Core {
         }
     }
 
+    /// On etcd, resuming: write what waits at once.
+    pub(super) fn etcd_back(&mut self) {
+        self.persist.etcd_back(self.now.at);
+    }
+
+    /// On etcd, pausing: answer the submissions in doubt now.
+    pub(super) fn answer_in_doubt(&mut self, why: &str) {
+        self.persist.answer_in_doubt(why, &mut self.released);
+        self.carry_out();
+    }
+
     /// Carry out what was released, for a caller outside the loop (a
     /// standby answering from its replica).
     pub(crate) fn carry_out_now(&mut self) {
@@ -199,17 +210,22 @@ impl Core {
                     Held::Submission { token, resp, jobs } => {
                         // The answer reaches the waiter before any progress.
                         self.out.push(Out::Note { token, resp });
-                        let mut out = std::mem::take(&mut self.effects);
-                        self.cluster.release(&jobs, self.now, &mut out);
-                        self.apply(out);
-                        // Parts may now wait for offline nodes, until a
-                        // deadline.
-                        if let Some(at) = self.cluster.next_expiry() {
-                            self.schedule_expiry(at);
-                        }
+                        self.release_jobs(&jobs);
                     }
+                    Held::Release { jobs } => self.release_jobs(&jobs),
                 }
             }
+        }
+    }
+
+    /// A submission's jobs go to their nodes, now that it is durable.
+    fn release_jobs(&mut self, jobs: &[Uuid]) {
+        let mut out = std::mem::take(&mut self.effects);
+        self.cluster.release(jobs, self.now, &mut out);
+        self.apply(out);
+        // Parts may now wait for offline nodes, until a deadline.
+        if let Some(at) = self.cluster.next_expiry() {
+            self.schedule_expiry(at);
         }
     }
 
