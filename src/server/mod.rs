@@ -295,7 +295,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         ha::standby::Exit::Lead { fence, seq } => (fence, seq),
     };
     let replica = ha::replicate::Replica::new(
-        std::sync::Arc::clone(&ha.log_client),
+        std::sync::Arc::clone(&ha.log_client) as ha::replicate::SharedStore,
         ha.keys.clone(),
         fence,
         seq,

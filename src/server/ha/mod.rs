@@ -22,6 +22,9 @@ pub mod members;
 pub mod replicate;
 pub mod standby;
 
+#[cfg(test)]
+mod model;
+
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

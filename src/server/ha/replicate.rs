@@ -6,8 +6,48 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::entries::{self, Entry};
-use super::{lock, SharedClient};
 use crate::etcd::{Compare, EtcdError, Op};
+
+/// Where the log is written: etcd, or a model of it in tests.
+pub trait LogStore: Send {
+    /// Put `value` at `key` if `leader_key` was created at revision
+    /// `fence`: whether it was; `Err` when the store did not answer (the
+    /// put may still be committed).
+    fn fenced_put(
+        &mut self,
+        leader_key: &[u8],
+        fence: i64,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, String>;
+}
+
+impl LogStore for crate::etcd::Client {
+    fn fenced_put(
+        &mut self,
+        leader_key: &[u8],
+        fence: i64,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, String> {
+        let put = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease: None,
+        };
+        let fenced = Compare::CreateRevision(leader_key.to_vec(), fence);
+        self.txn(&[fenced], &[put], &[])
+            .map(|t| t.succeeded)
+            .map_err(|e| etcd_text(&e))
+    }
+}
+
+/// A log store shared with the I/O thread.
+pub type SharedStore = std::sync::Arc<std::sync::Mutex<dyn LogStore>>;
+
+fn lock(s: &SharedStore) -> std::sync::MutexGuard<'_, dyn LogStore + 'static> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The file, in the state directory, naming the last entry of the log the
 /// journals hold.
@@ -75,7 +115,7 @@ impl Mark {
 
 /// One entry's chunks, written in order, each fenced.
 pub struct Replicate {
-    client: SharedClient,
+    client: SharedStore,
     leader_key: Vec<u8>,
     fence: i64,
     writes: Vec<(Vec<u8>, Vec<u8>)>,
@@ -87,17 +127,11 @@ impl Replicate {
     pub fn run(mut self) -> Result<(), (Replicate, io::Error)> {
         while self.done < self.writes.len() {
             let (key, value) = &self.writes[self.done];
-            let put = Op::Put {
-                key: key.clone(),
-                value: value.clone(),
-                lease: None,
-            };
-            let fenced = Compare::CreateRevision(self.leader_key.clone(), self.fence);
-            let r = lock(&self.client).txn(&[fenced], &[put], &[]);
+            let r = lock(&self.client).fenced_put(&self.leader_key, self.fence, key, value);
             match r {
-                Ok(t) if t.succeeded => self.done += 1,
-                Ok(_) => return Err((self, io::Error::other(Deposed))),
-                Err(e) => return Err((self, io::Error::other(etcd_text(&e)))),
+                Ok(true) => self.done += 1,
+                Ok(false) => return Err((self, io::Error::other(Deposed))),
+                Err(e) => return Err((self, io::Error::other(e))),
             }
         }
         Ok(())
@@ -164,7 +198,7 @@ impl BaseWrite {
 
 /// The active server's writer of the log.
 pub struct Replica {
-    client: SharedClient,
+    client: SharedStore,
     keys: entries::Keys,
     fence: i64,
     /// The last entry written (or being written).
@@ -174,7 +208,7 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(
-        client: SharedClient,
+        client: SharedStore,
         keys: entries::Keys,
         fence: i64,
         seq: u64,

@@ -62,7 +62,7 @@ const REWATCH: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// The journals a standby writes, by what they hold.
-struct Journals {
+pub(super) struct Journals {
     history: Journal,
     keys: Journal,
     tokens: Journal,
@@ -70,7 +70,7 @@ struct Journals {
 
 impl Journals {
     /// Opened without reading their records (their bulk is not needed).
-    fn open(dir: &Path) -> io::Result<Journals> {
+    pub(super) fn open(dir: &Path) -> io::Result<Journals> {
         fn skip<T: crate::journal::Layout>(dir: &Path, name: &str) -> io::Result<Journal> {
             Journal::open_lazy::<T, ()>(dir, name, |_| Some(()), |_: Lazy<T, ()>, _| {})
         }
@@ -82,7 +82,7 @@ impl Journals {
     }
 
     /// The writes that apply `entry` as `seq`, marked after.
-    fn apply(
+    pub(super) fn apply(
         &mut self,
         seq: u64,
         entry: Entry,
