@@ -109,7 +109,7 @@ fn open_leader(dir: PathBuf, store: &Arc<Mutex<Store>>, fence: i64, seq: u64) ->
 
 /// A standby reading the whole log into an empty directory, then the
 /// jobs it would start with; and the last entry it holds.
-fn take_over(store: &Arc<Mutex<Store>>, dir: &PathBuf) -> (BTreeSet<Uuid>, u64) {
+fn take_over(store: &Arc<Mutex<Store>>, dir: &std::path::Path) -> (BTreeSet<Uuid>, u64) {
     let kv: Vec<(Vec<u8>, Vec<u8>)> = store.lock().unwrap().kv.clone().into_iter().collect();
     let mut journals = Journals::open(dir).unwrap();
     let mut follower = Follower::new(0);
