@@ -129,6 +129,12 @@ fn kill_9_of_the_leader_mid_run_hands_the_run_to_a_standby_that_finishes_it() {
                     .find(|s| s["name"] == n)
                     .map(|s| s["role"].clone())
             };
+            // One key pair for all (derived from the shared key).
+            let Some(key) = servers.first().map(|s| &s["key"]) else {
+                return false;
+            };
+            assert!(key.as_str().is_some_and(|k| k.len() > 10), "{v}");
+            assert!(servers.iter().all(|s| &s["key"] == key), "{v}");
             role("s0") == Some("standby".into())
                 && role("s1") == Some("active".into())
                 && servers.iter().all(|s| s["behind"] == 0)

@@ -290,10 +290,12 @@ pub fn run(cfg: &Config) -> Result<()> {
         a => a.to_owned(),
     };
     ha.record.job_port = cfg.job_port;
+    ha.record.key = server_key_fingerprint(cfg)?;
     let (fence, seq) = match ha::standby::run(cfg, &mut base, &mut ha)? {
         ha::standby::Exit::Stop => return Ok(()),
         ha::standby::Exit::Lead { fence, seq } => (fence, seq),
     };
+    ha.record.applied = seq;
     let replica = ha::replicate::Replica::new(
         std::sync::Arc::clone(&ha.log_client) as ha::replicate::SharedStore,
         ha.keys.clone(),
@@ -313,6 +315,27 @@ pub fn run(cfg: &Config) -> Result<()> {
         ha.resign();
     }
     result
+}
+
+/// The fingerprint of the key pair this server serves with (empty with
+/// --curve off), as `start_curve` finds it: for the other servers to
+/// compare.
+fn server_key_fingerprint(cfg: &Config) -> Result<String> {
+    if cfg.curve == Curve::Off {
+        return Ok(String::new());
+    }
+    let pair = match &cfg.shared_key {
+        Some(shared) => {
+            let derived = SharedKey::for_daemon(&shared.0).map_err(Error::Config)?;
+            KeyPair::from_secret(*derived.server().secret.as_bytes())
+        }
+        None => {
+            KeyPair::load_or_create(&cfg.state_path.join("server.key"))
+                .map_err(Error::Config)?
+                .0
+        }
+    };
+    Ok(pair.public.fingerprint())
 }
 
 /// Start this program again, as it was started: a leader that stepped

@@ -148,6 +148,8 @@ pub struct ServerView {
     /// When it last wrote its record (its clock).
     pub updated_ms: u64,
     pub version: String,
+    /// Its server key's fingerprint (empty with --curve off).
+    pub key: String,
 }
 
 /// What an API token may do. Each role may do what the ones before it may.

@@ -563,6 +563,11 @@ pub(super) fn cluster_text(v: &crate::wire::ClusterView) -> String {
                     )
                 ),
                 s.version.clone(),
+                if s.key.is_empty() {
+                    "-".into()
+                } else {
+                    s.key.clone()
+                },
             ]
         })
         .collect();
@@ -575,6 +580,7 @@ pub(super) fn cluster_text(v: &crate::wire::ClusterView) -> String {
             "BEHIND",
             "LAST SEEN",
             "VERSION",
+            "SERVER KEY",
         ],
         &rows,
     );

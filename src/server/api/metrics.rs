@@ -295,6 +295,7 @@ mod tests {
                 wants_base: false,
                 updated_ms: 0,
                 version: "0".into(),
+                key: String::new(),
             }],
         };
         let t = super::ha_text(&v);

@@ -25,6 +25,11 @@ pub struct Member {
     /// Its clock when it wrote this.
     pub updated_ms: u64,
     pub version: String,
+    /// Its CURVE public key's fingerprint (empty with --curve off): every
+    /// server must hold the same key pair, or clients that trust one
+    /// refuse the others.
+    #[serde(default)]
+    pub key: String,
 }
 
 impl Member {
@@ -75,6 +80,7 @@ mod tests {
             wants_base,
             updated_ms,
             version: "0".into(),
+            key: String::new(),
         }
     }
 

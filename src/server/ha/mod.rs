@@ -73,6 +73,8 @@ pub struct Me {
     pub applied: u64,
     /// A standby that cannot follow from where it is.
     pub wants_base: bool,
+    /// Its server key's fingerprint (empty with --curve off).
+    pub key: String,
 }
 
 /// This server's part in the cluster: the election, its record, the log's
@@ -98,6 +100,8 @@ pub struct Ha {
     /// another only after `BASE_AGAIN` (a base is the whole history).
     base_wanted: bool,
     base_written: Option<Instant>,
+    /// Servers whose other key pair was said.
+    key_warned: std::collections::BTreeSet<String>,
     /// The election's client (on the helper thread).
     client: SharedClient,
     /// The log's client (on the I/O thread, or the loop while taking
@@ -129,6 +133,7 @@ impl Ha {
             etcd_health: Ok(()),
             base_wanted: false,
             base_written: None,
+            key_warned: Default::default(),
             client: Arc::new(Mutex::new(etcd::Client::new(&cfg.endpoints, timeout))),
             log_client: Arc::new(Mutex::new(etcd::Client::new(
                 &cfg.endpoints,
@@ -199,6 +204,24 @@ impl Ha {
             wants_base: self.record.wants_base,
             updated_ms: now_ms,
             version: env!("CARGO_PKG_VERSION").into(),
+            key: self.record.key.clone(),
+        }
+    }
+
+    /// Servers holding another key pair than this one: said once each.
+    fn check_keys(&mut self) {
+        let mine = self.record.key.clone();
+        for m in &self.members {
+            if m.name == self.me || m.key.is_empty() || mine.is_empty() || m.key == mine {
+                continue;
+            }
+            if self.key_warned.insert(m.name.clone()) {
+                log::warn!(
+                    "server {} holds another key pair ({}) than this one ({mine}): nodes that trust one refuse the other after a failover; give every server the same --shared-key, or copy one server.key into every --state-path",
+                    m.name,
+                    m.key
+                );
+            }
         }
     }
 
@@ -230,6 +253,7 @@ impl Ha {
                     match r {
                         Ok(ms) => {
                             self.members = ms;
+                            self.check_keys();
                             self.plan_trim(now);
                         }
                         Err(e) => log::debug!("cannot read the servers' records: {e}"),
@@ -333,6 +357,7 @@ impl Ha {
                     (m.applied, m.wants_base)
                 };
                 crate::wire::ServerView {
+                    key: m.key.clone(),
                     name: m.name.clone(),
                     role: if m.name == self.me {
                         role.into()
