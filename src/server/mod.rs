@@ -28,7 +28,7 @@ pub mod core;
 mod election;
 mod fetch;
 mod files;
-mod ha;
+pub(crate) mod ha;
 mod history;
 pub(crate) mod io;
 mod jobs;

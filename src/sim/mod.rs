@@ -17,6 +17,12 @@
 //! - A command "runs" for a drawn time and exits 0; every start is counted
 //!   per node and job, which is what "never twice" is checked against.
 //!
+//! - On etcd (`on_etcd`), each start of the server is a failover: another
+//!   server, on an empty directory of its own, reads the log from a model
+//!   of etcd (`server::ha::model`, which also loses answers before and
+//!   after writing) and leads under a new fence, as a standby taking over
+//!   does; the nodes are the same.
+//!
 //! Time is simulated (`Now` from the simulated clock), so a test can say
 //! "the node expires at the third missed interval" to the millisecond and
 //! run an hour of cluster life in a moment. Everything is drawn from the
@@ -191,6 +197,15 @@ pub struct Sim {
     /// With CURVE: the server's keys (nodes prove themselves by key).
     curve: Option<Curve>,
     pub log: Vec<String>,
+    /// Servers on etcd: each start of the server is another server taking
+    /// over from the log in a model of etcd, on a directory of its own.
+    etcd: Option<Etcd>,
+}
+
+/// The model of etcd the servers share, and how many have led.
+struct Etcd {
+    store: std::sync::Arc<std::sync::Mutex<crate::server::ha::model::Store>>,
+    generation: i64,
 }
 
 impl Sim {
@@ -250,6 +265,7 @@ impl Sim {
             last_heard: Vec::new(),
             curve,
             log: Vec::new(),
+            etcd: None,
         };
         sim.start_server();
         for i in 0..nodes {
@@ -302,8 +318,34 @@ impl Sim {
 
     // ---- the server -------------------------------------------------
 
+    /// From now on every start of the server is a failover: a new server
+    /// reads the log in a model of etcd (which loses `fail` answers in 256
+    /// before writing and as many after) into a directory of its own, and
+    /// leads under a new fence.
+    pub fn on_etcd(&mut self, fail: u64) {
+        let seed = self.rng.next();
+        self.etcd = Some(Etcd {
+            store: crate::server::ha::model::Store::new(seed, fail),
+            generation: 0,
+        });
+    }
+
     pub fn start_server(&mut self) {
         let now = self.now();
+        let mut replica = None;
+        if let Some(e) = &mut self.etcd {
+            e.generation += 1;
+            self.server.dir = self.root.join(format!("server-{}", e.generation));
+            let seq = crate::server::ha::model::read_log(&e.store, &self.server.dir);
+            e.store.lock().expect("the model").fence = e.generation;
+            replica = Some(crate::server::ha::replicate::Replica::new(
+                crate::server::ha::model::Store::shared(&e.store),
+                crate::server::ha::entries::Keys::new("/m"),
+                e.generation,
+                seq,
+                &self.server.dir,
+            ));
+        }
         std::fs::create_dir_all(&self.server.dir).expect("the server's directory");
         let (cluster, history) = crate::server::restore(
             &self.server.dir,
@@ -332,18 +374,34 @@ impl Sim {
                 (auth, Some(journal))
             }
         };
+        let mut persist = Persist::new(history, keys);
+        // As the server does after a failover: nodes get more time to
+        // find it.
+        let grace = match replica {
+            Some(r) => {
+                persist = persist.with_replica(r);
+                self.ivl * 5
+            }
+            None => Duration::ZERO,
+        };
         let mut core = score::Core::new(
             cluster,
-            Persist::new(history, keys),
+            persist,
             auth,
             self.ivl,
             (Duration::from_secs(86_400), 100_000),
             now,
         );
-        core.start(Duration::ZERO);
+        core.start(grace);
         self.server.core = Some(core);
         self.server.notes.clear();
-        self.note("server started");
+        match &self.etcd {
+            Some(e) => {
+                let line = format!("server {} took over from the log", e.generation);
+                self.note(&line);
+            }
+            None => self.note("server started"),
+        }
         self.server_perform();
     }
 

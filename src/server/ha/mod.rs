@@ -23,7 +23,7 @@ pub mod replicate;
 pub mod standby;
 
 #[cfg(test)]
-mod model;
+pub(crate) mod model;
 
 use std::io;
 use std::sync::{Arc, Mutex};

@@ -33,15 +33,33 @@ enum Fate {
     LostAfter,
 }
 
-struct Store {
+/// etcd as the log sees it: keys in order, the leader's fence, and
+/// answers lost before or after the write.
+pub(crate) struct Store {
     kv: BTreeMap<Vec<u8>, Vec<u8>>,
-    fence: i64,
+    pub fence: i64,
     rng: u64,
     /// The chance in 256 of each failure.
     fail: u64,
 }
 
 impl Store {
+    /// A store that loses `fail` answers in 256 before writing and as
+    /// many after, drawn from `seed`.
+    pub(crate) fn new(seed: u64, fail: u64) -> Arc<Mutex<Store>> {
+        Arc::new(Mutex::new(Store {
+            kv: BTreeMap::new(),
+            fence: 1,
+            rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            fail,
+        }))
+    }
+
+    /// The store as the active server's log writes see it.
+    pub(crate) fn shared(store: &Arc<Mutex<Store>>) -> super::replicate::SharedStore {
+        Arc::new(Mutex::new(Arc::clone(store)))
+    }
+
     fn draw(&mut self) -> u64 {
         let mut x = self.rng;
         x ^= x << 13;
@@ -99,8 +117,7 @@ fn open_leader(dir: PathBuf, store: &Arc<Mutex<Store>>, fence: i64, seq: u64) ->
         now,
     )
     .unwrap();
-    let shared: super::replicate::SharedStore = Arc::new(Mutex::new(Arc::clone(store)));
-    let replica = Replica::new(shared, Keys::new("/m"), fence, seq, &dir);
+    let replica = Replica::new(Store::shared(store), Keys::new("/m"), fence, seq, &dir);
     Leader {
         persist: Persist::new(history, None).with_replica(replica),
         ids: BTreeMap::new(),
@@ -110,6 +127,20 @@ fn open_leader(dir: PathBuf, store: &Arc<Mutex<Store>>, fence: i64, seq: u64) ->
 /// A standby reading the whole log into an empty directory, then the
 /// jobs it would start with; and the last entry it holds.
 fn take_over(store: &Arc<Mutex<Store>>, dir: &std::path::Path) -> (BTreeSet<Uuid>, u64) {
+    let seq = read_log(store, dir);
+    let (cluster, _) = crate::server::restore(
+        dir,
+        Duration::from_secs(60),
+        (Duration::from_secs(86_400), 1_000_000),
+        Now::real(),
+    )
+    .unwrap();
+    (cluster.list_jobs().into_iter().map(|j| j.id).collect(), seq)
+}
+
+/// A standby reading the whole log into `dir` (empty), and clearing what
+/// a deposed leader left unfinished: the last entry its journals hold.
+pub(crate) fn read_log(store: &Arc<Mutex<Store>>, dir: &std::path::Path) -> u64 {
     let kv: Vec<(Vec<u8>, Vec<u8>)> = store.lock().unwrap().kv.clone().into_iter().collect();
     let mut journals = Journals::open(dir).unwrap();
     let mut follower = Follower::new(0);
@@ -128,15 +159,7 @@ fn take_over(store: &Arc<Mutex<Store>>, dir: &std::path::Path) -> (BTreeSet<Uuid
         .unwrap()
         .kv
         .retain(|k, _| k.as_slice() < keys.chunk(seq + 1, 0).as_slice());
-    drop(journals);
-    let (cluster, _) = crate::server::restore(
-        dir,
-        Duration::from_secs(60),
-        (Duration::from_secs(86_400), 1_000_000),
-        Now::real(),
-    )
-    .unwrap();
-    (cluster.list_jobs().into_iter().map(|j| j.id).collect(), seq)
+    seq
 }
 
 /// Takeovers, acknowledged and refused submissions: what a run covered.
@@ -144,12 +167,7 @@ fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     let base =
         std::env::temp_dir().join(format!("director-ha-model-{}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let store = Arc::new(Mutex::new(Store {
-        kv: BTreeMap::new(),
-        fence: 1,
-        rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
-        fail: 24,
-    }));
+    let store = Store::new(seed, 24);
     let mut generation = 0;
     let mut leader = open_leader(base.join("g0"), &store, 1, 0);
     let mut acked: BTreeSet<Uuid> = BTreeSet::new();
