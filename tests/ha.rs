@@ -55,21 +55,29 @@ fn assert_ran_once(h: &HaCluster, leader: usize, jobs: u32) {
     }
 }
 
+/// A run of `jobs` jobs, each appending its number on every node, on s0;
+/// back once every node has run `under_way` of them.
+fn start_run(h: &HaCluster, jobs: u32, under_way: usize) {
+    let file = h.c.run_file(
+        "run.yml",
+        (0..jobs).map(|i| format!("RUN: sleep 0.01; echo {i} >> ran.txt")),
+    );
+    let out = h.cli(0, &["orchestrate", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("the run to be under way", DEADLINE, || {
+        NODES
+            .iter()
+            .all(|n| lines(h, n, "ran.txt").len() >= under_way)
+    });
+}
+
 #[test]
 fn kill_9_of_the_leader_mid_run_hands_the_run_to_a_standby_that_finishes_it() {
     const JOBS: u32 = 500;
     let Some(mut h) = HaCluster::start("ha-kill", 2, &NODES) else {
         return;
     };
-    let file = h.c.run_file(
-        "run.yml",
-        (0..JOBS).map(|i| format!("RUN: sleep 0.01; echo {i} >> ran.txt")),
-    );
-    let out = h.cli(0, &["orchestrate", file.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{out:?}");
-    wait_until("the run to be under way", DEADLINE, || {
-        NODES.iter().all(|n| lines(&h, n, "ran.txt").len() >= 100)
-    });
+    start_run(&h, JOBS, 100);
     h.server(0).signal(libc::SIGKILL);
     h.server(0).wait_exit(DEADLINE);
     // Killed mid-run: the rest is the new leader's to finish.
@@ -154,15 +162,7 @@ fn a_paused_leader_is_replaced_and_on_waking_steps_down_without_acting() {
     let Some(mut h) = HaCluster::start("ha-pause", 2, &NODES) else {
         return;
     };
-    let file = h.c.run_file(
-        "run.yml",
-        (0..JOBS).map(|i| format!("RUN: sleep 0.01; echo {i} >> ran.txt")),
-    );
-    let out = h.cli(0, &["orchestrate", file.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{out:?}");
-    wait_until("the run to be under way", DEADLINE, || {
-        NODES.iter().all(|n| lines(&h, n, "ran.txt").len() >= 50)
-    });
+    start_run(&h, JOBS, 50);
     h.server(0).signal(libc::SIGSTOP);
     let done_at_pause = NODES.iter().map(|n| lines(&h, n, "ran.txt").len()).min();
     assert!(done_at_pause < Some(JOBS as usize), "{done_at_pause:?}");

@@ -469,8 +469,9 @@ pub(super) const LIVE_BACKLOG: usize = 1 << 20;
 pub(super) const CURVE_OFF: &str =
     "the server runs with --curve off: it has no key, and admits every node without one";
 
-/// Requests that change nothing: their answers need no sync.
-pub(super) fn reads_only(req: &Request) -> bool {
+/// Questions about nodes, jobs and runs: what the job history answers
+/// (a standby answers them from its own).
+pub(super) fn history_reads(req: &Request) -> bool {
     matches!(
         req,
         Request::ListNodes
@@ -481,11 +482,16 @@ pub(super) fn reads_only(req: &Request) -> bool {
             | Request::ListJobs { .. }
             | Request::FindJobs { .. }
             | Request::JobInfo { .. }
-            | Request::ShowKey
-            | Request::ListKeys
-            | Request::ListTokens
-            | Request::Cluster
     )
+}
+
+/// Requests that change nothing: their answers need no sync.
+pub(super) fn reads_only(req: &Request) -> bool {
+    history_reads(req)
+        || matches!(
+            req,
+            Request::ShowKey | Request::ListKeys | Request::ListTokens | Request::Cluster
+        )
 }
 
 /// Bind the control socket, replacing a stale socket file but never a live

@@ -688,7 +688,7 @@ impl Standby<'_> {
             match req {
                 // What a standby knows first hand.
                 Request::Cluster => answers.push(Response::Cluster(self.ha.view())),
-                req if replica_reads(&req) => {
+                req if crate::server::requests::history_reads(&req) => {
                     answers.push(self.replica_note());
                     answers.extend(self.read_replica(req));
                 }
@@ -708,21 +708,6 @@ impl Standby<'_> {
             }
         }
     }
-}
-
-/// What a standby answers from its own journals.
-fn replica_reads(req: &Request) -> bool {
-    matches!(
-        req,
-        Request::ListNodes
-            | Request::NodeInfo { .. }
-            | Request::Resolve { .. }
-            | Request::RunInfo { .. }
-            | Request::ListRuns
-            | Request::ListJobs { .. }
-            | Request::FindJobs { .. }
-            | Request::JobInfo { .. }
-    )
 }
 
 impl Standby<'_> {
