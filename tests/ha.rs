@@ -85,6 +85,8 @@ fn kill_9_of_the_leader_mid_run_hands_the_run_to_a_standby_that_finishes_it() {
     assert!(done_at_kill < Some(JOBS as usize), "{done_at_kill:?}");
     h.wait_log(1, "won the lead in etcd");
     assert_eq!(h.wait_leader(), 1);
+    // It went on from the log: no base of its whole history through etcd.
+    assert!(!h.log(1).contains("as the log's base"), "{}", h.log(1));
     assert_ran_once(&h, 1, JOBS);
     // Nothing was reported lost on the way.
     assert!(!h.log(1).contains(" lost"), "{}", h.log(1));
@@ -306,10 +308,17 @@ fn a_standby_started_from_an_empty_directory_gets_a_base_catches_up_and_can_take
     );
     assert_eq!(out.code, 0, "{out:?}");
     wait_until("s1 to catch up", DEADLINE, || seq(&h, 1) == seq(&h, 0));
+    // Every entry trimmed: what a standby that is current finds.
+    wait_until("the whole log trimmed", DEADLINE, || {
+        log_in_etcd(&h) == (0, seq(&h, 0))
+    });
     h.server(0).signal(libc::SIGKILL);
     h.server(0).wait_exit(DEADLINE);
     h.wait_log(1, "won the lead in etcd");
     h.wait_active(1);
+    // The log was trimmed up to what it held: it goes on from there,
+    // writing no base of its own.
+    assert!(!h.log(1).contains("as the log's base"), "{}", h.log(1));
     let jobs = h.jobs(1);
     assert_eq!(jobs.len(), 21);
     assert!(

@@ -568,11 +568,15 @@ impl Standby<'_> {
                 Err(e) => return Err(TakeOver::Again(e.to_string())),
             }
         }
-        if last_in_log >= seq && seq > 0 {
+        // The log goes on from here: entries up to ours are in it, or were
+        // trimmed once every live standby had them (then nothing follows
+        // them yet).
+        if seq > 0 && (last_in_log >= seq || trimmed == seq) {
             return Ok(seq);
         }
         // Nothing in etcd to follow (a new cluster, or a log behind this
-        // disk): this server's journals become the log's base.
+        // disk, as after etcd was wiped): this server's journals become
+        // the log's base.
         let entry = self.journals.encoded().map_err(|e| {
             TakeOver::Fatal(Error::io("cannot read the journals for the log's base", e))
         })?;
