@@ -1,21 +1,26 @@
 //! Servers on etcd (issue 22): one active server and standbys that share
-//! its state, chosen through an etcd lease (`election`), the state shared
-//! as a log of journal records in etcd (`log`).
+//! its state, the leader chosen through an etcd lease (`election`), the
+//! state shared as a log of journal records in etcd (`entries`).
 //!
 //! The active server writes each group commit to etcd, fenced by its
 //! leader key's creation revision, before its own disk, and acknowledges
-//! nothing before both: what it acknowledged is in etcd, and a deposed
-//! leader's write is refused. A standby (`standby`) follows the log into
-//! its own journals; taking over is a restart from them once it has read
-//! the log to its end. A leader that cannot renew its lease in time, or
-//! whose write is refused, stops at once and starts again as a standby
-//! (`reexec`): what it held in memory and had not written may not be
-//! what etcd holds.
+//! nothing before both (`replicate`): what it acknowledged is in etcd, and
+//! a deposed leader's write is refused. A standby (`standby`) follows the
+//! log into its own journals; taking over is a restart from them once it
+//! has read the log to its end. Each server keeps a record of itself in
+//! etcd (`members`); the active one trims the log to what every live
+//! standby applied and writes a base for one that lost its place.
 //!
-//! The etcd calls block: elections on the `director-etcd` helper thread,
-//! the log's writes on the I/O thread with the journal writes they go
-//! before, the standby's watch on a thread of its own; answers come back
-//! through the loop's waker.
+//! A leader that cannot renew its lease in time pauses (the server loop
+//! services only heartbeats) and resumes if etcd renews the same lease;
+//! one whose lease is gone, whose write is refused or that sees another
+//! lead starts again as a standby (`server::reexec`): what it held in
+//! memory and had not written may not be what etcd holds.
+//!
+//! The etcd calls block: elections, records and trims on the
+//! `director-etcd` helper thread, the log's writes on the I/O thread with
+//! the journal writes they go before, the standby's watch on a thread of
+//! its own; answers come back through the loop's one waker.
 
 pub mod entries;
 pub mod members;
