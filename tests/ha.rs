@@ -438,6 +438,30 @@ fn etcds_leader_changing_is_a_pause_not_a_failover() {
     }
 }
 
+/// A second server on a standby's directory touches nothing: it exits at
+/// once naming the directory, and the standby goes on following.
+#[test]
+fn a_second_server_on_a_standbys_directory_exits_and_changes_nothing() {
+    let Some(h) = HaCluster::start("ha-twice", 2, &NODES) else {
+        return;
+    };
+    let mut args = vec!["server".to_string()];
+    args.extend(h.server_args(1));
+    // Its own socket: the standby's must stay the standby's.
+    let sock = h.c.dir.path.join("second.sock").display().to_string();
+    args.extend(["--socket-path".to_string(), sock]);
+    let out = util::run_cli(&h.c.dir.path, &args);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("in use"), "{out:?}");
+    assert!(
+        out.stderr.contains(&h.state(1).display().to_string()),
+        "{out:?}"
+    );
+    let out = h.cli(0, &["exec", "--verb", "RUN", "--wait", "echo 0 >> ran.txt"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("s1 to follow", DEADLINE, || seq(&h, 1) == seq(&h, 0));
+}
+
 #[test]
 fn without_etcd_the_cluster_view_says_the_server_runs_alone() {
     let c = util::Cluster::start("ha-alone", &[], "0.5");

@@ -75,24 +75,7 @@ impl HaCluster {
     /// Start server `i` (again), as a standby until it wins the lead.
     pub fn start_server(&mut self, i: usize) {
         self.servers[i] = None;
-        let args: Vec<String> = [
-            "--identity".to_string(),
-            format!("s{i}"),
-            "--bind-address".into(),
-            address(i),
-            "--state-path".into(),
-            self.state(i).display().to_string(),
-            "--etcd-endpoints".into(),
-            self.etcd.endpoints().join(","),
-            "--etcd-lease".into(),
-            self.lease.clone(),
-            "--shared-key".into(),
-            self.c.shared_key.clone().unwrap_or_default(),
-        ]
-        .into_iter()
-        .chain(self.c.common())
-        .chain(["--socket-path".into(), self.socket(i).display().to_string()])
-        .collect();
+        let args = self.server_args(i);
         let log = self.c.dir.path.join(format!("server-s{i}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -109,6 +92,28 @@ impl HaCluster {
             .spawn()
             .unwrap();
         self.servers[i] = Some(Proc { child, log });
+    }
+
+    /// Server `i`'s options after `server`.
+    pub fn server_args(&self, i: usize) -> Vec<String> {
+        [
+            "--identity".to_string(),
+            format!("s{i}"),
+            "--bind-address".into(),
+            address(i),
+            "--state-path".into(),
+            self.state(i).display().to_string(),
+            "--etcd-endpoints".into(),
+            self.etcd.endpoints().join(","),
+            "--etcd-lease".into(),
+            self.lease.clone(),
+            "--shared-key".into(),
+            self.c.shared_key.clone().unwrap_or_default(),
+        ]
+        .into_iter()
+        .chain(self.c.common())
+        .chain(["--socket-path".into(), self.socket(i).display().to_string()])
+        .collect()
     }
 
     pub fn server(&mut self, i: usize) -> &mut Proc {
