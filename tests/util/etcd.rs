@@ -41,29 +41,50 @@ impl Etcd {
             .status()
             .ok()
             .filter(|s| s.success())?;
-        let mut members = Vec::new();
-        for i in 0..n {
-            let [client_port, peer_port, _] = super::free_ports();
-            members.push(Member {
-                name: format!("m{i}"),
-                client_port,
-                peer_port,
-                data: dir.join(format!("etcd-m{i}")),
-                log: dir.join(format!("etcd-m{i}.log")),
-                proc: None,
+        // A port another test took between `free_ports` and etcd's bind
+        // is not our failure: new ports, again.
+        for attempt in 0..5 {
+            let mut members = Vec::new();
+            for i in 0..n {
+                let [client_port, peer_port, _] = super::free_ports();
+                members.push(Member {
+                    name: format!("m{i}"),
+                    client_port,
+                    peer_port,
+                    data: dir.join(format!("etcd-{attempt}-m{i}")),
+                    log: dir.join(format!("etcd-m{i}.log")),
+                    proc: None,
+                });
+            }
+            let cluster = members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut etcd = Etcd { members, cluster };
+            for i in 0..n {
+                etcd.spawn(i);
+            }
+            let mut c = etcd.client();
+            let mut exited = false;
+            super::wait_until("etcd to have a leader", super::DEADLINE, || {
+                exited = etcd.members.iter_mut().any(|m| {
+                    m.proc
+                        .as_mut()
+                        .is_some_and(|p| p.try_wait().ok().flatten().is_some())
+                });
+                exited || c.range(b"/ready", false).is_ok()
             });
+            if !exited {
+                return Some(etcd);
+            }
+            let logs: String = (0..n).map(|i| etcd.log(i)).collect();
+            assert!(
+                logs.contains("address already in use"),
+                "etcd failed to start:\n{logs}"
+            );
         }
-        let cluster = members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut etcd = Etcd { members, cluster };
-        for i in 0..n {
-            etcd.spawn(i);
-        }
-        etcd.wait_ready();
-        Some(etcd)
+        panic!("could not find free ports for etcd");
     }
 
     fn spawn(&mut self, i: usize) {

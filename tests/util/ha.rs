@@ -44,8 +44,7 @@ impl HaCluster {
             servers: (0..n).map(|_| None).collect(),
             lease: lease.into(),
         };
-        h.start_server(0);
-        h.wait_leader();
+        h.start_first();
         for i in 1..n {
             h.start_server(i);
         }
@@ -57,6 +56,34 @@ impl HaCluster {
         }
         h.wait_nodes(0, names);
         Some(h)
+    }
+
+    /// Start s0 and wait until it leads. A port another test took between
+    /// `free_ports` and the bind is not our failure: new ports, again.
+    fn start_first(&mut self) {
+        for _attempt in 0..5 {
+            self.start_server(0);
+            let end = std::time::Instant::now() + DEADLINE;
+            // Until it leads, or exits.
+            loop {
+                if !self.servers[0].as_mut().is_some_and(Proc::is_running) {
+                    break;
+                }
+                if self.is_active(0) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < end,
+                    "s0 did not lead within {DEADLINE:?}:\n{}",
+                    self.log(0)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let log = self.log(0);
+            assert!(log.contains("in use"), "s0 failed to start:\n{log}");
+            self.c.ports = super::free_ports();
+        }
+        panic!("could not find free ports for the servers");
     }
 
     pub fn state(&self, i: usize) -> PathBuf {
