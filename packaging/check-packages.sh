@@ -38,7 +38,8 @@ expect_mode /var/lib/director/node 700
 expect_mode /var/cache/director 700
 expect_mode /lib/systemd/system/director-server.service 644
 expect_mode /lib/systemd/system/director-client.service 644
-/usr/bin/director --version | grep -q "^director " || fail "the installed director does not run"
+version=$(/usr/bin/director --version)
+grep -q "^director " <<<"$version" || fail "the installed director does not run"
 grep -q '^ExecStart=/usr/bin/director --config-file /etc/director/config.yaml server$' \
   /lib/systemd/system/director-server.service || fail "the server unit's ExecStart"
 grep -q '^ExecStart=/usr/bin/director --config-file /etc/director/config.yaml client$' \
@@ -88,7 +89,8 @@ check_rpm 'drwx------' /var/lib/director/node
 check_rpm 'drwx------' /var/cache/director
 check_rpm '-rw-r--r--' /usr/lib/systemd/system/director-server.service
 check_rpm '-rw-r--r--' /usr/lib/systemd/system/director-client.service
-rpm -qpc "$rpm_file" | grep -qx /etc/director/config.yaml || fail "the config is not a %config file"
+config_files=$(rpm -qpc "$rpm_file")
+grep -qx /etc/director/config.yaml <<<"$config_files" || fail "the config is not a %config file"
 scripts=$(rpm -qp --scripts "$rpm_file")
 grep -q "systemctl daemon-reload" <<< "$scripts" || fail "no daemon-reload in the scriptlets"
 grep -q "systemctl stop director-server.service" <<< "$scripts" || fail "no stop before removal"
