@@ -573,29 +573,8 @@ mod tests {
         assert_eq!(ask, Some(Ask::Grant { ttl_secs: 3 }));
     }
 
-    #[test]
-    fn a_leader_that_resigns_ends_its_lease_and_leads_no_more() {
-        let t0 = Instant::now();
-        let mut e = Election::new("s1", Duration::from_secs(3), t0);
-        e.tick(t0);
-        e.answer(Answer::Granted(Ok(7)), t0);
-        e.tick(t0);
-        let won = Holder {
-            name: "s1".into(),
-            fence: 9,
-            lease: 7,
-        };
-        e.answer(Answer::Campaigned(Ok(Some(won))), t0);
-        assert_eq!(e.role(), &Role::Leading { lease: 7, fence: 9 });
-        assert_eq!(e.resign(), Some(Ask::Resign { lease: 7 }));
-        assert!(!e.leads(t0));
-        assert_eq!(e.resign(), None, "nothing left to end");
-    }
-
-    #[test]
-    fn a_lease_is_never_held_longer_than_asked_whatever_etcd_answers() {
-        let ttl = Duration::from_secs(3);
-        let t0 = Instant::now();
+    /// "s1", leading under lease 7 and fence 9 since `t0`.
+    fn leading(ttl: Duration, t0: Instant) -> Election {
         let mut e = Election::new("s1", ttl, t0);
         e.tick(t0);
         e.answer(Answer::Granted(Ok(7)), t0);
@@ -606,6 +585,24 @@ mod tests {
             lease: 7,
         };
         e.answer(Answer::Campaigned(Ok(Some(won))), t0);
+        e
+    }
+
+    #[test]
+    fn a_leader_that_resigns_ends_its_lease_and_leads_no_more() {
+        let t0 = Instant::now();
+        let mut e = leading(Duration::from_secs(3), t0);
+        assert_eq!(e.role(), &Role::Leading { lease: 7, fence: 9 });
+        assert_eq!(e.resign(), Some(Ask::Resign { lease: 7 }));
+        assert!(!e.leads(t0));
+        assert_eq!(e.resign(), None, "nothing left to end");
+    }
+
+    #[test]
+    fn a_lease_is_never_held_longer_than_asked_whatever_etcd_answers() {
+        let ttl = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let mut e = leading(ttl, t0);
         // A renewal answered with an absurd TTL (a lying or broken peer).
         let at = t0 + ttl / 3;
         assert_eq!(e.tick(at).0, Some(Ask::KeepAlive { lease: 7 }));

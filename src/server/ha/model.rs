@@ -38,7 +38,7 @@ enum Fate {
 pub(crate) struct Store {
     kv: BTreeMap<Vec<u8>, Vec<u8>>,
     pub fence: i64,
-    rng: u64,
+    rng: crate::sim::Rng,
     /// The chance in 256 of each failure.
     fail: u64,
 }
@@ -50,7 +50,7 @@ impl Store {
         Arc::new(Mutex::new(Store {
             kv: BTreeMap::new(),
             fence: 1,
-            rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            rng: crate::sim::Rng::new(seed),
             fail,
         }))
     }
@@ -58,15 +58,6 @@ impl Store {
     /// The store as the active server's log writes see it.
     pub(crate) fn shared(store: &Arc<Mutex<Store>>) -> super::replicate::SharedStore {
         Arc::new(Mutex::new(Arc::clone(store)))
-    }
-
-    fn draw(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
     }
 }
 
@@ -79,7 +70,7 @@ impl LogStore for Arc<Mutex<Store>> {
         value: &[u8],
     ) -> Result<bool, String> {
         let mut s = self.lock().unwrap();
-        let fate = match s.draw() % 256 {
+        let fate = match s.rng.next() % 256 {
             r if r < s.fail => Fate::LostBefore,
             r if r < 2 * s.fail => Fate::LostAfter,
             _ => Fate::Write,
@@ -173,13 +164,8 @@ fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     let mut acked: BTreeSet<Uuid> = BTreeSet::new();
     let mut refused: BTreeSet<Uuid> = BTreeSet::new();
     let mut token = 0;
-    let mut rng = seed | 1;
-    let mut draw = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = crate::sim::Rng::new(seed ^ 0x5eed);
+    let mut draw = move || rng.next();
     let t0 = Instant::now();
     for step in 0..steps {
         let now = t0 + Duration::from_millis(step as u64 * 50);

@@ -60,19 +60,17 @@ fn dispatch_of(c: &Cluster, id: &Uuid, node: &str) -> Dispatch {
         .dispatch
 }
 
+/// Two jobs for every node, submitted (and sent) at `t0`.
+fn submit_two(c: &mut Cluster, t0: Instant, out: &mut Vec<Effect>) -> [Uuid; 2] {
+    [run("1"), run("2")].map(|t| c.submit_now(t, &[], at(t0), out).unwrap().job_id)
+}
+
 #[test]
 fn a_ready_that_crosses_jobs_on_the_wire_loses_none_of_them() {
     let t0 = Instant::now();
     let mut c = cluster(&["a"], t0);
     let mut out = Vec::new();
-    let id1 = c
-        .submit_now(run("1"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
-    let id2 = c
-        .submit_now(run("2"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
+    let [id1, id2] = submit_two(&mut c, t0, &mut out);
     assert_eq!(sent_jobs(&out), vec![id1, id2]);
     // The same process said Ready twice before either job reached it:
     // the second Ready holds nothing, and loses nothing.
@@ -125,14 +123,7 @@ fn a_ready_on_a_new_connection_has_everything_not_held_sent_again() {
     let t0 = Instant::now();
     let mut c = cluster(&["a"], t0);
     let mut out = Vec::new();
-    let id1 = c
-        .submit_now(run("1"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
-    let id2 = c
-        .submit_now(run("2"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
+    let [id1, id2] = submit_two(&mut c, t0, &mut out);
     assert_eq!(sent_jobs(&out), vec![id1, id2]);
     out.clear();
     let mut hello = greet(1, None, &[]);
@@ -201,14 +192,7 @@ fn after_a_server_restart_jobs_that_never_reached_the_same_process_go_again() {
     let t0 = Instant::now();
     let mut c = cluster(&["a"], t0);
     let mut out = Vec::new();
-    let id1 = c
-        .submit_now(run("1"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
-    let id2 = c
-        .submit_now(run("2"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
+    let [id1, id2] = submit_two(&mut c, t0, &mut out);
     let seen1 = dispatch_of(&c, &id1, "a");
     let mut r = Cluster::restore(records(&c), IVL, at(t0));
     assert_eq!(state(&r, &id2, "a"), JobState::Sent);
@@ -587,14 +571,7 @@ fn a_restarted_client_loses_what_it_no_longer_holds() {
     let t0 = Instant::now();
     let mut c = cluster(&["a"], t0);
     let mut out = Vec::new();
-    let id1 = c
-        .submit_now(run("1"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
-    let id2 = c
-        .submit_now(run("2"), &[], at(t0), &mut out)
-        .unwrap()
-        .job_id;
+    let [id1, id2] = submit_two(&mut c, t0, &mut out);
     out.clear();
     // A new client process (instance 2) holds only the second.
     c.ready("a", greet(2, None, &[id2]), at(t0), &mut out);
