@@ -259,6 +259,17 @@ pub fn reason(status: u16) -> &'static str {
 
 /// A whole response: status line, our headers, the body.
 pub fn response(status: u16, content_type: &str, body: &[u8], close: bool) -> Vec<u8> {
+    response_with(status, content_type, body, close, "")
+}
+
+/// A response with `extra` header lines (each ending in CRLF).
+pub fn response_with(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+    extra: &str,
+) -> Vec<u8> {
     let mut head = String::with_capacity(256);
     let _ = write!(
         head,
@@ -272,6 +283,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8], close: bool) -> Ve
     if close {
         head.push_str("Connection: close\r\n");
     }
+    head.push_str(extra);
     head.push_str("\r\n");
     let mut out = head.into_bytes();
     out.extend_from_slice(body);

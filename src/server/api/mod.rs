@@ -14,6 +14,7 @@
 
 mod conn;
 pub mod events;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod routes;
@@ -71,6 +72,8 @@ pub struct Api {
     counts: Option<(Instant, crate::server::cluster::Counts)>,
     /// Failed authentications said, at most once a minute.
     auth_log: crate::support::ratelog::Every,
+    /// Header lines every response carries (a standby says so in them).
+    pub headers: String,
 }
 
 impl Api {
@@ -103,6 +106,7 @@ impl Api {
             events_pending: false,
             auth_log: crate::support::ratelog::Every::minute(),
             counts: None,
+            headers: String::new(),
         })
     }
 
