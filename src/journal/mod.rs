@@ -640,8 +640,14 @@ impl Journal {
 
 /// How many whole records `bytes` are, or why they are not.
 fn count_records(bytes: &[u8]) -> Result<usize, String> {
+    Ok(split_records(bytes)?.len())
+}
+
+/// The bodies of the whole records `bytes` hold, or why they are not
+/// whole records.
+fn split_records(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut at = 0;
-    let mut n = 0;
+    let mut out = Vec::new();
     while at < bytes.len() {
         let Some(len) = bytes.get(at..at + 4) else {
             return Err(format!("a record's length is cut off at byte {at}"));
@@ -650,16 +656,26 @@ fn count_records(bytes: &[u8]) -> Result<usize, String> {
         if len == 0 || len > MAX_RECORD {
             return Err(format!("a record of {len} bytes at byte {at}"));
         }
-        at += 4 + len;
-        if at > bytes.len() {
+        let Some(body) = bytes.get(at + 4..at + 4 + len) else {
             return Err(format!(
                 "the last record is cut off ({} bytes)",
                 bytes.len()
             ));
-        }
-        n += 1;
+        };
+        out.push(body);
+        at += 4 + len;
     }
-    Ok(n)
+    Ok(out)
+}
+
+/// Records another journal of `T`'s layout encoded (`Journal::encoded`),
+/// decoded; refused unless every one is whole and decodes.
+pub fn decode_encoded<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, String> {
+    split_records(bytes)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| decode(body).ok_or_else(|| format!("record {} does not decode", i + 1)))
+        .collect()
 }
 
 impl Batch {

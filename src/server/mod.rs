@@ -474,7 +474,8 @@ impl Server {
         let persist = Persist::new(history, keys_journal).with_tokens(tokens_journal);
         let (persist, ha) = match ha {
             None => (persist, None),
-            Some((ha, replica)) => {
+            Some((mut ha, replica)) => {
+                ha.serving = true;
                 log::info!(
                 "active on etcd {} (prefix {}, fence {}): every commit goes to etcd's log first, from entry {}",
                 ha.cfg.endpoints.join(","),

@@ -79,6 +79,13 @@ impl Tokens {
         t
     }
 
+    /// Records another server wrote (a standby following the log).
+    pub fn apply_all(&mut self, records: Vec<TokenRecord>) {
+        for rec in records {
+            self.apply(rec);
+        }
+    }
+
     fn apply(&mut self, rec: TokenRecord) {
         match rec {
             TokenRecord::Set {

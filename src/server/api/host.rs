@@ -15,6 +15,8 @@ use crate::server::tokens::Caller;
 use crate::wire::Role;
 
 pub const JSON: &str = "application/json";
+/// Prometheus's text exposition.
+pub const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Answers a connection may leave unread before its next request waits.
 const PIPELINE_BACKLOG: usize = 1 << 20;
 

@@ -30,7 +30,7 @@ use crate::config::ApiConfig;
 use crate::error::{Error, Result};
 use crate::support::hash::Map as HashMap;
 
-pub use conn::Conn;
+pub use conn::{Conn, State};
 
 /// Connections served at once; past it, new ones get a 503 and are closed.
 pub const MAX_CONNS: usize = 4096;

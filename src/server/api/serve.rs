@@ -13,9 +13,6 @@ use crate::server::tokens::Caller;
 use crate::server::Server;
 use crate::wire::{Request, Response};
 
-/// Prometheus's text exposition.
-pub const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 impl Host for Server {
     fn api(&mut self) -> Option<&mut Api> {
         self.api.as_mut()
@@ -38,7 +35,7 @@ impl Host for Server {
         match route {
             Route::Metrics => {
                 let text = self.metrics_text();
-                host::respond_typed(self, token, 200, METRICS, text.as_bytes(), close)
+                host::respond_typed(self, token, 200, host::METRICS, text.as_bytes(), close)
             }
             Route::Events { follow } => {
                 self.start_events(token, follow, req.last_event_id.as_deref())

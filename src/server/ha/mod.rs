@@ -24,8 +24,11 @@
 
 pub mod entries;
 pub mod members;
+pub mod reads;
 pub mod replicate;
 pub mod standby;
+mod standby_api;
+mod takeover;
 
 #[cfg(test)]
 pub(crate) mod model;
@@ -109,9 +112,11 @@ pub struct Ha {
     key_warned: std::collections::BTreeSet<String>,
     /// The election's client (on the helper thread).
     client: SharedClient,
-    /// The log's client (on the I/O thread, or the loop while taking
-    /// over).
+    /// The log's client (on the I/O thread).
     pub log_client: SharedClient,
+    /// The server proper runs (nodes served): until then a won lead is
+    /// still being taken.
+    pub serving: bool,
 }
 
 /// How long one etcd call may take per endpoint: well within the margin
@@ -144,6 +149,7 @@ impl Ha {
                 &cfg.endpoints,
                 Duration::from_secs(2),
             ))),
+            serving: false,
         })
     }
 
@@ -199,10 +205,7 @@ impl Ha {
     fn member(&self, now_ms: u64) -> Member {
         Member {
             name: self.me.clone(),
-            role: match self.election.role() {
-                Role::Leading { .. } => "active".into(),
-                Role::Standby { .. } => "standby".into(),
-            },
+            role: self.role().into(),
             address: self.record.address.clone(),
             job_port: self.record.job_port,
             applied: self.record.applied,
@@ -329,12 +332,19 @@ impl Ha {
         });
     }
 
+    /// "active" once the server proper serves; "taking over" while a
+    /// standby that won reads the log to its end.
+    fn role(&self) -> &'static str {
+        match self.election.role() {
+            Role::Leading { .. } if self.serving => "active",
+            Role::Leading { .. } => "taking over",
+            Role::Standby { .. } => "standby",
+        }
+    }
+
     /// What `manage --cluster` shows, as this server sees it now.
     pub fn view(&self) -> crate::wire::ClusterView {
-        let role = match self.election.role() {
-            Role::Leading { .. } => "active",
-            Role::Standby { .. } => "standby",
-        };
+        let role = self.role();
         let leader = match self.election.role() {
             Role::Leading { .. } => Some(self.me.clone()),
             Role::Standby { leader } => leader.clone(),
@@ -344,7 +354,7 @@ impl Ha {
             .iter()
             .filter(|m| Some(&m.name) == leader.as_ref())
             .map(|m| m.applied)
-            .chain(std::iter::once(if role == "active" {
+            .chain(std::iter::once(if role != "standby" {
                 self.record.applied
             } else {
                 0

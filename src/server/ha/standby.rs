@@ -17,15 +17,18 @@ use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::entries::{Chunk, Entry, Follower, Gap};
-use super::replicate::{read_seq, Mark, Replica};
-use super::{lock, Ha};
+use super::reads::{Snapshot, Source};
+use super::replicate::{read_seq, Mark};
+use super::takeover::{self, Ask, Log, TakeOver};
+use super::Ha;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::etcd::{self, Compare, Op as EtcdOp};
+use crate::etcd;
 use crate::journal::{Journal, Lazy};
 use crate::reactor::signals::Signals;
 use crate::reactor::worker::Worker;
 use crate::reactor::{self, Sleep, TokenCounter};
+use crate::server::api::{self, host};
 use crate::server::control::{ControlConn, Inbound};
 use crate::server::election::Change;
 use crate::server::persist::{self, CommitResult, Op};
@@ -54,6 +57,7 @@ pub enum Exit {
 const CONTROL: Token = super::super::CONTROL;
 const SIGNALS: Token = super::super::SIGNALS;
 const WORKER: Token = super::super::WORKER;
+const API: Token = super::super::API;
 const FIRST_DYNAMIC: usize = 16;
 
 /// How soon a watch that broke is opened again.
@@ -110,7 +114,7 @@ impl Journals {
         Ok(ops)
     }
 
-    fn encoded(&self) -> io::Result<Entry> {
+    pub(super) fn encoded(&self) -> io::Result<Entry> {
         Ok(Entry {
             base: true,
             history: self.history.encoded()?,
@@ -216,30 +220,63 @@ fn start_watch(ha: &Ha, waker: Arc<Waker>) -> io::Result<Receiver<Watched>> {
     Ok(rx)
 }
 
-struct Standby<'a> {
+/// What the I/O thread is doing for the standby: one task at a time, so
+/// a snapshot never reads the journals half written.
+enum Busy {
+    /// Writing entry `seq` (a base or not).
+    Write { seq: u64, base: bool },
+    /// Reading the journals for the replica's answers.
+    Read,
+    /// Taking the lead: the journals are the I/O thread's meanwhile.
+    TakeOver { fence: i64 },
+}
+
+/// What the I/O thread hands back.
+enum Done {
+    Written(CommitResult),
+    Read(u64, std::result::Result<Snapshot, String>),
+    TookOver(Box<Log>, std::result::Result<u64, TakeOver>),
+}
+
+/// Who asked a read waiting for a snapshot.
+#[derive(Clone, Copy, PartialEq)]
+enum Asker {
+    Cli,
+    /// An API connection: its answer renders as the route expects.
+    Api,
+}
+
+pub(super) struct Standby<'a> {
     cfg: &'a Config,
     base: &'a mut Base,
-    ha: &'a mut Ha,
+    pub(super) ha: &'a mut Ha,
     listener: UnixListener,
     conns: HashMap<Token, ControlConn>,
     tokens: TokenCounter,
-    journals: Journals,
-    follower: Follower,
+    /// The journals and how far they follow; `None` while the I/O thread
+    /// has them (taking over).
+    log: Option<Log>,
     watch: Receiver<Watched>,
-    io: Worker<CommitResult>,
+    io: Worker<Done>,
+    busy: Option<Busy>,
     /// Writes not yet handed to the I/O thread, in order, with the entry
     /// each applies (and whether it is a base).
     writes: VecDeque<(u64, bool, Vec<Op>)>,
-    /// The entry the write in flight applies.
-    writing: Option<(u64, bool)>,
-    /// Control connections to serve once the write in flight is done.
-    waiting: Vec<Token>,
-    in_flight: bool,
     retry_at: Option<Instant>,
-    /// Won the election with this fence: read the log to its end, then
-    /// lead (from `takeover_at`, after a try etcd did not answer).
+    /// What reads are answered from, and reads waiting for a newer one.
+    snapshot: Option<Snapshot>,
+    parked: Vec<(Token, Asker, Request)>,
+    /// CLIs that closed their side with answers still to come.
+    half_closed: Vec<Token>,
+    source: Source,
+    /// The API tokens, as the log's entries leave them.
+    pub(super) api_tokens: tokens::Tokens,
+    pub(super) api: Option<api::Api>,
+    /// Won the election with this fence: take over (from `takeover_at`,
+    /// after a try etcd did not answer).
     taking_over: Option<i64>,
     takeover_at: Option<Instant>,
+    exit: Option<Result<Exit>>,
     /// What was last said about the watch, said again only when it
     /// changes.
     trouble: Option<String>,
@@ -251,6 +288,13 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
     let dir = &cfg.state_path;
     let journals = Journals::open(dir)
         .map_err(|e| Error::io(format!("cannot open the journals in {}", dir.display()), e))?;
+    let (_, token_records) =
+        Journal::open::<tokens::TokenRecord>(dir, tokens::FILE).map_err(|e| {
+            Error::io(
+                format!("cannot open the API tokens in {}", dir.display()),
+                e,
+            )
+        })?;
     let seq = read_seq(dir)
         .map_err(|e| Error::io("cannot read how far this server follows the log", e))?;
     let mut listener =
@@ -259,16 +303,32 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         .registry()
         .register(&mut listener, CONTROL, Interest::READABLE)
         .map_err(|e| Error::io("cannot watch the control socket", e))?;
+    let api = match &cfg.api {
+        Some(a) => {
+            let mut api = api::Api::bind(a, Instant::now())?;
+            api.headers = "X-Director-Role: standby\r\n".into();
+            base.poll
+                .registry()
+                .register(&mut api.listener, API, Interest::READABLE)
+                .map_err(|e| Error::io("cannot watch the API's listener", e))?;
+            Some(api)
+        }
+        None => None,
+    };
     let watch = start_watch(ha, Arc::clone(&base.waker))
         .map_err(|e| Error::io("cannot start the thread that follows etcd", e))?;
     let io = Worker::with_waker("director-io", Arc::clone(&base.waker))
         .map_err(|e| Error::io("cannot start the I/O thread", e))?;
     log::info!(
-        "standing by on etcd {} (prefix {}): following the log from entry {}; control socket {}",
+        "standing by on etcd {} (prefix {}): following the log from entry {}; control socket {}{}",
         ha.cfg.endpoints.join(","),
         ha.cfg.prefix,
         seq + 1,
-        cfg.socket_path.display()
+        cfg.socket_path.display(),
+        match &cfg.api {
+            Some(a) => format!("; API (reads from this replica) on port {}", a.port),
+            None => String::new(),
+        }
     );
     ha.record.applied = seq;
     let mut s = Standby {
@@ -278,23 +338,33 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         listener,
         conns: HashMap::new(),
         tokens: TokenCounter::new(FIRST_DYNAMIC),
-        journals,
-        follower: Follower::new(seq),
+        log: Some(Log {
+            journals,
+            follower: Follower::new(seq),
+        }),
         watch,
         io,
+        busy: None,
         writes: VecDeque::new(),
-        writing: None,
-        waiting: Vec::new(),
-        in_flight: false,
         retry_at: None,
+        snapshot: None,
+        parked: Vec::new(),
+        half_closed: Vec::new(),
+        source: Source::new(cfg),
+        api_tokens: tokens::Tokens::restore(token_records),
+        api,
         taking_over: None,
         takeover_at: None,
+        exit: None,
         trouble: None,
         gap: None,
     };
     let exit = s.run();
     s.farewell(&exit);
     let _ = s.base.poll.registry().deregister(&mut s.listener);
+    if let Some(mut api) = s.api.take() {
+        let _ = s.base.poll.registry().deregister(&mut api.listener);
+    }
     let _ = std::fs::remove_file(&cfg.socket_path);
     exit
 }
@@ -307,36 +377,17 @@ impl Standby<'_> {
             for c in self.ha.tick(now) {
                 self.changed(c);
             }
-            self.write(now);
-            if let Some(fence) = self.taking_over {
-                let due = self.takeover_at.is_none_or(|t| t <= now);
-                if due && self.writes.is_empty() && !self.in_flight {
-                    match self.take_over(fence) {
-                        Ok(seq) => return Ok(Exit::Lead { fence, seq }),
-                        // Still holding the lead: try again shortly (the
-                        // election steps down if its lease may lapse).
-                        Err(TakeOver::Again(why)) => {
-                            log::warn!("cannot take over yet: {why}; trying again");
-                            self.takeover_at = Some(now + REWATCH);
-                        }
-                        Err(TakeOver::Missing(gap)) => {
-                            // Leading without part of the log would lose
-                            // what was acknowledged: let another lead.
-                            log::error!(
-                                "won the lead but cannot take it: {gap}; gave it up for a server that has the log"
-                            );
-                            self.taking_over = None;
-                            self.ha.resign();
-                            self.gap_found(gap);
-                        }
-                        Err(TakeOver::Fatal(e)) => return Err(e),
-                    }
-                }
+            if let Some(exit) = self.exit.take() {
+                return exit;
             }
+            self.schedule(now);
+            host::sweep(self, now);
+            host::flush(self);
             let next = [
                 Some(self.ha.next_deadline()),
                 self.retry_at,
                 self.takeover_at,
+                self.api.as_ref().map(api::Api::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -352,6 +403,7 @@ impl Standby<'_> {
             for ev in events.iter() {
                 match ev.token() {
                     CONTROL => self.accept(),
+                    API => host::accept(self),
                     SIGNALS => {
                         if !self.base.signals.drain().is_empty() {
                             log::info!("standby stopping");
@@ -364,14 +416,21 @@ impl Standby<'_> {
                             self.changed(c);
                         }
                         self.watched();
-                        for r in self.io.drain() {
-                            self.written(r, now);
+                        for done in self.io.drain() {
+                            self.done(done, now);
                         }
                     }
+                    token if self.is_api(token) => host::handle(self, token),
                     token => self.control(token),
                 }
             }
         }
+    }
+
+    fn is_api(&self, token: Token) -> bool {
+        self.api
+            .as_ref()
+            .is_some_and(|a| a.conns.contains_key(&token))
     }
 
     fn changed(&mut self, c: Change) {
@@ -393,9 +452,10 @@ impl Standby<'_> {
         }
     }
 
-    /// What the watch thread found.
+    /// What the watch thread found. Left in its channel while the I/O
+    /// thread has the journals.
     fn watched(&mut self) {
-        loop {
+        while self.log.is_some() {
             match self.watch.try_recv() {
                 Ok(Watched::Chunks(chunks)) => {
                     if self.trouble.take().is_some() {
@@ -407,7 +467,7 @@ impl Standby<'_> {
                 }
                 Ok(Watched::Trimmed(upto)) => {
                     // Nothing in the log follows on from these journals.
-                    let applied = self.follower.applied();
+                    let applied = self.log.as_ref().map_or(0, |l| l.follower.applied());
                     if upto > applied {
                         self.gap_found(Gap::Missing {
                             have: applied,
@@ -431,16 +491,35 @@ impl Standby<'_> {
     }
 
     fn offer(&mut self, c: Chunk) {
-        match self.follower.offer(c) {
+        let Some(log) = &mut self.log else { return };
+        match log.follower.offer(c) {
             Ok(Some((seq, entry))) => {
                 let base = entry.base;
-                match self.journals.apply(seq, entry, &self.cfg.state_path) {
-                    Ok(ops) => self.writes.push_back((seq, base, ops)),
+                let tokens = (!entry.tokens.is_empty() || base).then(|| entry.tokens.clone());
+                match log.journals.apply(seq, entry, &self.cfg.state_path) {
+                    Ok(ops) => {
+                        self.writes.push_back((seq, base, ops));
+                        if let Some(bytes) = tokens {
+                            self.tokens_changed(seq, base, &bytes);
+                        }
+                    }
                     Err(why) => self.gap_found(Gap::Corrupt { seq, why }),
                 }
             }
             Ok(None) => {}
             Err(gap) => self.gap_found(gap),
+        }
+    }
+
+    /// The API tokens an entry sets or revokes, so that the API here
+    /// knows them as the active server does.
+    fn tokens_changed(&mut self, seq: u64, base: bool, bytes: &[u8]) {
+        match crate::journal::decode_encoded::<tokens::TokenRecord>(bytes) {
+            Ok(records) if base => self.api_tokens = tokens::Tokens::restore(records),
+            Ok(records) => self.api_tokens.apply_all(records),
+            Err(why) => log::warn!(
+                "entry {seq}: its API tokens do not decode ({why}); the API here may not know them"
+            ),
         }
     }
 
@@ -456,31 +535,87 @@ impl Standby<'_> {
         self.ha.set_missing(true);
     }
 
-    /// Hand the next writes to the I/O thread, one batch at a time.
-    fn write(&mut self, now: Instant) {
-        if self.in_flight || self.retry_at.is_some_and(|t| t > now) {
+    /// Give the I/O thread its next task: taking over once every entry
+    /// is written, a snapshot for reads that wait for one, else the next
+    /// write.
+    fn schedule(&mut self, now: Instant) {
+        if self.busy.is_some() {
+            return;
+        }
+        if let Some(fence) = self.taking_over {
+            let due = self.takeover_at.is_none_or(|t| t <= now);
+            if due && self.writes.is_empty() {
+                if let Some(mut log) = self.log.take() {
+                    let ask = Ask {
+                        client: Arc::clone(&self.ha.log_client),
+                        keys: self.ha.keys.clone(),
+                        fence,
+                        dir: self.cfg.state_path.clone(),
+                    };
+                    self.busy = Some(Busy::TakeOver { fence });
+                    self.io.submit(move || {
+                        let r = takeover::take_over(&mut log, &ask);
+                        Done::TookOver(Box::new(log), r)
+                    });
+                    return;
+                }
+            }
+        }
+        if !self.parked.is_empty() && !self.fresh() {
+            let src = self.source.clone();
+            let seq = self.ha.record.applied;
+            self.busy = Some(Busy::Read);
+            self.io
+                .submit(move || Done::Read(seq, Snapshot::read(&src, seq)));
+            return;
+        }
+        if self.retry_at.is_some_and(|t| t > now) {
             return;
         }
         self.retry_at = None;
         if let Some((seq, base, ops)) = self.writes.pop_front() {
-            self.in_flight = true;
-            self.writing = Some((seq, base));
-            self.io.submit(move || persist::run_ops(ops));
+            self.busy = Some(Busy::Write { seq, base });
+            self.io.submit(move || Done::Written(persist::run_ops(ops)));
         }
     }
 
-    fn written(&mut self, r: CommitResult, now: Instant) {
-        self.in_flight = false;
-        self.note_written(r, now);
-        for token in std::mem::take(&mut self.waiting) {
-            self.control(token);
+    /// The snapshot holds every entry the journals do.
+    fn fresh(&self) -> bool {
+        self.snapshot
+            .as_ref()
+            .is_some_and(|s| s.seq == self.ha.record.applied)
+    }
+
+    fn done(&mut self, done: Done, now: Instant) {
+        let busy = self.busy.take();
+        match (done, busy) {
+            (Done::Written(r), Some(Busy::Write { seq, base })) => self.written(seq, base, r, now),
+            (Done::Read(seq, r), _) => match r {
+                Ok(snapshot) => {
+                    self.snapshot = Some(snapshot);
+                    self.answer_parked();
+                }
+                Err(why) => {
+                    log::warn!("{why}");
+                    for (token, asker, _) in std::mem::take(&mut self.parked) {
+                        self.reply(token, asker, vec![Response::Rejected(why.clone())]);
+                    }
+                    let _ = seq;
+                }
+            },
+            (Done::TookOver(log, r), Some(Busy::TakeOver { fence })) => {
+                self.ha.record.applied = log.follower.applied();
+                self.log = Some(*log);
+                self.took_over(fence, r, now);
+                // What the watch found meanwhile.
+                self.watched();
+            }
+            // The task and the answer are paired by construction.
+            (_, _) => log::error!("the I/O thread answered a task it was not given"),
         }
     }
 
-    fn note_written(&mut self, r: CommitResult, now: Instant) {
-        let Some((seq, base)) = self.writing.take() else {
-            return;
-        };
+    fn written(&mut self, seq: u64, base: bool, r: CommitResult, now: Instant) {
         match r {
             Ok(()) => {
                 self.ha.record.applied = seq;
@@ -501,102 +636,31 @@ impl Standby<'_> {
         }
     }
 
-    /// Read the log to its end, clear a deposed leader's unfinished entry,
-    /// write a base if the log has none this server can follow: the last
-    /// entry the journals hold.
-    fn take_over(&mut self, fence: i64) -> std::result::Result<u64, TakeOver> {
-        let keys = self.ha.keys.clone();
-        let client = Arc::clone(&self.ha.log_client);
-        let trimmed = super::read_trimmed(&mut lock(&client), &keys)
-            .map_err(|e| TakeOver::Again(e.to_string()))?;
-        let (kvs, _) = lock(&client)
-            .range(&keys.log(), true)
-            .map_err(|e| TakeOver::Again(e.to_string()))?;
-        let mut last_in_log = 0;
-        for kv in &kvs {
-            let Some(c) = Chunk::decode(&kv.value) else {
-                continue;
-            };
-            if c.index + 1 == c.count {
-                last_in_log = last_in_log.max(c.seq);
+    fn took_over(&mut self, fence: i64, r: std::result::Result<u64, TakeOver>, now: Instant) {
+        match r {
+            // The election may have moved on while etcd was read.
+            Ok(seq) if self.taking_over == Some(fence) => {
+                self.exit = Some(Ok(Exit::Lead { fence, seq }));
             }
-            match self.follower.offer(c) {
-                Ok(Some((seq, entry))) => {
-                    let ops = self
-                        .journals
-                        .apply(seq, entry, &self.cfg.state_path)
-                        .map_err(|why| fatal(Gap::Corrupt { seq, why }))?;
-                    persist::run_ops(ops).map_err(|(_, e)| {
-                        TakeOver::Fatal(Error::io(
-                            format!(
-                                "cannot write the log's entries to {}",
-                                self.cfg.state_path.display()
-                            ),
-                            e,
-                        ))
-                    })?;
-                }
-                Ok(None) => {}
-                Err(gap) => return Err(TakeOver::Missing(gap)),
+            Ok(_) => log::warn!("lost the lead while reading the log; standing by"),
+            // Still holding the lead: try again shortly (the election
+            // steps down if its lease may lapse).
+            Err(TakeOver::Again(why)) => {
+                log::warn!("cannot take over yet: {why}; trying again");
+                self.takeover_at = Some(now + REWATCH);
             }
-        }
-        let seq = self.follower.applied();
-        self.ha.record.applied = seq;
-        if trimmed > seq {
-            return Err(TakeOver::Missing(Gap::Missing {
-                have: seq,
-                next: trimmed + 1,
-            }));
-        }
-        // Chunks past what is whole: a deposed leader's unfinished entry.
-        let leftovers: Vec<EtcdOp> = kvs
-            .iter()
-            .filter(|kv| Chunk::decode(&kv.value).is_none_or(|c| c.seq > seq))
-            .map(|kv| EtcdOp::Delete {
-                key: kv.key.clone(),
-                prefix: false,
-            })
-            .collect();
-        if !leftovers.is_empty() {
-            let fenced = [Compare::CreateRevision(keys.leader(), fence)];
-            match lock(&client).txn(&fenced, &leftovers, &[]) {
-                Ok(t) if t.succeeded => log::info!(
-                    "cleared {} chunks of an entry the previous leader left unfinished",
-                    leftovers.len()
-                ),
-                Ok(_) => return Err(TakeOver::Again("another server leads now".into())),
-                Err(e) => return Err(TakeOver::Again(e.to_string())),
+            Err(TakeOver::Missing(gap)) => {
+                // Leading without part of the log would lose what was
+                // acknowledged: let another lead.
+                log::error!(
+                    "won the lead but cannot take it: {gap}; gave it up for a server that has the log"
+                );
+                self.taking_over = None;
+                self.ha.resign();
+                self.gap_found(gap);
             }
+            Err(TakeOver::Fatal(e)) => self.exit = Some(Err(e)),
         }
-        // The log goes on from here: entries up to ours are in it, or were
-        // trimmed once every live standby had them (then nothing follows
-        // them yet).
-        if seq > 0 && (last_in_log >= seq || trimmed == seq) {
-            return Ok(seq);
-        }
-        // Nothing in etcd to follow (a new cluster, or a log behind this
-        // disk, as after etcd was wiped): this server's journals become
-        // the log's base.
-        let entry = self.journals.encoded().map_err(|e| {
-            TakeOver::Fatal(Error::io("cannot read the journals for the log's base", e))
-        })?;
-        let mut replica = Replica::new(client, keys, fence, seq, &self.cfg.state_path);
-        let (write, mark) = replica.next(&entry);
-        write
-            .run()
-            .map_err(|(_, e)| TakeOver::Again(e.to_string()))?;
-        mark.run().map_err(|(_, e)| {
-            TakeOver::Fatal(Error::io(
-                "cannot note how far the journals follow the log",
-                e,
-            ))
-        })?;
-        log::info!(
-            "wrote this server's journals to etcd as the log's base (entry {}, {} bytes of history)",
-            replica.seq(),
-            entry.history.len()
-        );
-        Ok(replica.seq())
     }
 
     fn accept(&mut self) {
@@ -636,6 +700,10 @@ impl Standby<'_> {
             }
             _ => "this standby is stopping",
         };
+        for (token, asker, _) in std::mem::take(&mut self.parked) {
+            self.reply(token, asker, vec![Response::Rejected(why.into())]);
+        }
+        host::flush(self);
         self.accept_pending();
         for (_, mut conn) in self.conns.drain() {
             let n = match conn.read() {
@@ -657,26 +725,9 @@ impl Standby<'_> {
         }
     }
 
-    /// Reads answer from the journals here, `Cluster` from what this
-    /// server knows; anything else is refused with the active server's
-    /// name. Not while an entry is being written: the journal would look
-    /// torn.
-    fn control(&mut self, token: Token) {
-        if self.in_flight {
-            if !self.waiting.contains(&token) {
-                self.waiting.push(token);
-            }
-            return;
-        }
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        let (requests, closed) = match conn.read() {
-            Inbound::Requests(r) => (r, false),
-            Inbound::Closed(r) => (r, true),
-            Inbound::Corrupt(_) => (Vec::new(), true),
-        };
-        let why = match self.ha.leader() {
+    /// Why this server does not do what only the active one does.
+    pub(super) fn not_here(&self) -> String {
+        match self.ha.leader() {
             Some(l) => format!(
                 "this server ({}) stands by; the active server is {l}: run the command there",
                 self.ha.me
@@ -686,6 +737,20 @@ impl Standby<'_> {
                 self.ha.me,
                 self.ha.cfg.endpoints.join(",")
             ),
+        }
+    }
+
+    /// Reads answer from the snapshot of the journals (once one holds
+    /// what they do), `Cluster` from what this server knows; anything
+    /// else is refused with the active server's name.
+    fn control(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let (requests, closed) = match conn.read() {
+            Inbound::Requests(r) => (r, false),
+            Inbound::Closed(r) => (r, true),
+            Inbound::Corrupt(_) => (Vec::new(), true),
         };
         let mut answers = Vec::new();
         for req in requests {
@@ -693,28 +758,79 @@ impl Standby<'_> {
                 // What a standby knows first hand.
                 Request::Cluster => answers.push(Response::Cluster(self.ha.view())),
                 req if crate::server::requests::history_reads(&req) => {
-                    answers.push(self.replica_note());
-                    answers.extend(self.read_replica(req));
+                    // Answers keep their order: once one waits, all do.
+                    if self.fresh() && !self.parked.iter().any(|(t, ..)| *t == token) {
+                        answers.extend(self.read_snapshot(req));
+                    } else {
+                        self.parked.push((token, Asker::Cli, req));
+                    }
                 }
-                _ => answers.push(Response::Rejected(why.clone())),
+                _ => answers.push(Response::Rejected(self.not_here())),
             }
         }
+        self.send(token, &answers, closed);
+    }
+
+    /// Answers to a CLI; the connection goes once it closed its side, or
+    /// cannot take them.
+    fn send(&mut self, token: Token, answers: &[Response], closed: bool) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        for resp in &answers {
+        for resp in answers {
             let _ = conn.send(resp);
         }
         let failed = conn.flush().is_err();
-        if closed || failed {
+        let waiting = self.parked.iter().any(|(t, ..)| *t == token);
+        let closed = closed || self.half_closed.contains(&token);
+        if closed && waiting {
+            if !self.half_closed.contains(&token) {
+                self.half_closed.push(token);
+            }
+        } else if closed || failed {
+            self.half_closed.retain(|t| *t != token);
             if let Some(mut c) = self.conns.remove(&token) {
                 let _ = self.base.poll.registry().deregister(&mut c.stream);
             }
         }
     }
-}
 
-impl Standby<'_> {
+    /// A read waits for the next snapshot.
+    pub(super) fn park(&mut self, token: Token, req: Request) {
+        self.parked.push((token, Asker::Api, req));
+    }
+
+    pub(super) fn snapshot_fresh(&self) -> bool {
+        self.fresh()
+    }
+
+    /// The replica's answers to a read, after a note of whose they are.
+    pub(super) fn read_snapshot(&mut self, req: Request) -> Vec<Response> {
+        let note = self.replica_note();
+        let Some(snap) = &mut self.snapshot else {
+            return vec![Response::Rejected(
+                "this standby's replica is not read yet".into(),
+            )];
+        };
+        let mut out = vec![note];
+        out.extend(snap.answer(req));
+        out
+    }
+
+    fn answer_parked(&mut self) {
+        for (token, asker, req) in std::mem::take(&mut self.parked) {
+            let answers = self.read_snapshot(req);
+            self.reply(token, asker, answers);
+        }
+    }
+
+    fn reply(&mut self, token: Token, asker: Asker, answers: Vec<Response>) {
+        match asker {
+            Asker::Cli => self.send(token, &answers, false),
+            Asker::Api => self.api_answers(token, answers),
+        }
+    }
+
     /// Before an answer from the replica: whose it is, how far behind.
     fn replica_note(&self) -> Response {
         let view = self.ha.view();
@@ -726,66 +842,11 @@ impl Standby<'_> {
         }
     }
 
-    /// A read answered from the journals on this disk, as a restart would
-    /// see them (nodes as last recorded, none of them connected here).
-    fn read_replica(&mut self, req: Request) -> Vec<Response> {
-        let cfg = self.cfg;
-        let now = crate::server::cluster::Now::real();
-        let (cluster, history) = match crate::server::restore(
-            &cfg.state_path,
-            cfg.heartbeat_ivl,
-            (cfg.job_retention, cfg.job_retention_count),
-            now,
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                return vec![Response::Rejected(format!(
-                    "cannot read this standby's replica: {e}"
-                ))]
-            }
-        };
-        let mut core = crate::server::core::Core::new(
-            cluster,
-            crate::server::persist::Persist::new(history, None),
-            crate::server::core::Auth::Off,
-            cfg.heartbeat_ivl,
-            (cfg.job_retention, cfg.job_retention_count),
-            now,
-        );
-        let token = Token(usize::MAX);
-        core.requests(token, vec![req]);
-        let mut answers = Vec::new();
-        loop {
-            core.carry_out_now();
-            let outs = core.take_out();
-            if outs.is_empty() {
-                return answers;
-            }
-            for o in outs {
-                match o {
-                    crate::server::core::Out::Note { resp, .. } => answers.push(resp),
-                    crate::server::core::Out::Io(task) => {
-                        if let crate::server::io::IoDone::JobInfo { detail, .. } = task.run() {
-                            answers.push(Response::Job(*detail));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+    pub(super) fn registry(&self) -> &mio::Registry {
+        self.base.poll.registry()
     }
-}
 
-enum TakeOver {
-    /// etcd could not be asked, or another server won meanwhile.
-    Again(String),
-    /// The log misses entries this server needs: it cannot lead.
-    Missing(Gap),
-    Fatal(Error),
-}
-
-fn fatal(gap: Gap) -> TakeOver {
-    TakeOver::Fatal(Error::Config(format!(
-        "cannot take over: {gap}; restart this server with an empty --state-path (it then starts from the log's base)"
-    )))
+    pub(super) fn next_token(&mut self) -> Token {
+        self.tokens.next()
+    }
 }
