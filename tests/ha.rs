@@ -7,7 +7,7 @@ mod util;
 
 use std::fs;
 
-use util::ha::HaCluster;
+use util::ha::{http, HaCluster};
 use util::{wait_until, DEADLINE};
 
 /// The numbers a node's commands appended to `file`, in order.
@@ -471,4 +471,132 @@ fn without_etcd_the_cluster_view_says_the_server_runs_alone() {
     let out = c.cli(&["manage", "--cluster", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v[0]["role"], "alone", "{v}");
+}
+
+/// A token made on server `i`: its secret.
+fn token(h: &HaCluster, i: usize, name: &str, role: &str) -> String {
+    let out = h.cli(i, &["manage", "--create-token", name, "--role", role]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let secret = out.stdout.lines().last().unwrap_or("").to_owned();
+    assert!(secret.starts_with("dtk_"), "{out:?}");
+    secret
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn the_api_answers_on_a_standby_from_its_replica_and_refuses_what_only_the_leader_does() {
+    let Some(mut h) = HaCluster::start_with_api("ha-api", 2, &NODES) else {
+        return;
+    };
+    let admin = token(&h, 0, "ops", "admin");
+    let t = Some(admin.as_str());
+    let body = r#"{"verb": "RUN", "args": "--skip-cache echo on-leader", "wait": true}"#;
+    let (s, _, b) = http(&h, 0, "POST", "/api/v1/exec", t, body);
+    assert_eq!(s, 200, "{b}");
+    let job: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    // The token and the job reach the standby through the log; its API
+    // answers from its replica, and says so.
+    let mut jobs = String::new();
+    let mut head = String::new();
+    wait_until("the job listed by the standby's API", DEADLINE, || {
+        let (s, hd, b) = http(&h, 1, "GET", "/api/v1/jobs", t, "");
+        (jobs, head) = (b, hd);
+        s == 200 && jobs.contains(&id)
+    });
+    assert_eq!(header(&head, "X-Director-Role"), Some("standby"), "{head}");
+    assert_eq!(header(&head, "X-Director-Leader"), Some("s0"), "{head}");
+    assert!(
+        header(&head, "X-Director-Behind").is_some_and(|b| b.parse::<u64>().is_ok()),
+        "{head}"
+    );
+    // A job's detail holds what every node printed (read from its journal).
+    let (s, _, b) = http(&h, 1, "GET", &format!("/api/v1/jobs/{}", &id[..8]), t, "");
+    assert_eq!(s, 200, "{b}");
+    let detail: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let nodes = detail["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{b}");
+    assert!(nodes.iter().all(|n| n["stdout"] == "on-leader\n"), "{b}");
+    let (s, _, b) = http(&h, 1, "GET", "/api/v1/nodes", t, "");
+    assert_eq!(s, 200, "{b}");
+    assert!(NODES.iter().all(|n| b.contains(n)), "{b}");
+    // The cluster as the standby sees it; the leader's own view.
+    let (s, head, b) = http(&h, 1, "GET", "/api/v1/cluster", t, "");
+    assert_eq!(s, 200, "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (v["this"].as_str(), v["leader"].as_str()),
+        (Some("s1"), Some("s0")),
+        "{b}"
+    );
+    assert_eq!(header(&head, "X-Director-Role"), Some("standby"), "{head}");
+    let (s, head, b) = http(&h, 0, "GET", "/api/v1/cluster", t, "");
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(header(&head, "X-Director-Role"), None, "{head}");
+    let (_, _, m) = http(&h, 1, "GET", "/metrics", t, "");
+    assert!(m.contains("director_ha_active 0"), "{m}");
+
+    // What only the active server does is refused, naming it; nothing
+    // runs.
+    let before = jobs_with(&h, "on-standby");
+    let body = r#"{"verb": "RUN", "args": "--skip-cache echo on-standby"}"#;
+    let (s, _, b) = http(&h, 1, "POST", "/api/v1/exec", t, body);
+    assert_eq!(s, 503, "{b}");
+    assert!(b.contains("stands by") && b.contains("s0"), "{b}");
+    let (s, _, b) = http(&h, 1, "GET", "/api/v1/events", t, "");
+    assert_eq!(s, 503, "{b}");
+    let (s, _, _) = http(&h, 1, "GET", "/api/v1/jobs", Some("dtk_nope"), "");
+    assert_eq!(s, 401);
+
+    // A token revoked on the leader stops working on the standby too.
+    let reader = token(&h, 0, "viewer", "read");
+    wait_until("the new token known to the standby", DEADLINE, || {
+        http(&h, 1, "GET", "/api/v1/nodes", Some(&reader), "").0 == 200
+    });
+    let out = h.cli(0, &["manage", "--revoke-token", "viewer"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until("the revoked token refused by the standby", DEADLINE, || {
+        http(&h, 1, "GET", "/api/v1/nodes", Some(&reader), "").0 == 401
+    });
+
+    // The standby, leading after the leader is killed, serves the same
+    // API as the active server, to the same token.
+    h.server(0).signal(libc::SIGKILL);
+    h.server(0).wait_exit(DEADLINE);
+    h.wait_active(1);
+    let body = r#"{"verb": "RUN", "args": "--skip-cache echo on-new-leader", "wait": true}"#;
+    let mut done = String::new();
+    wait_until(
+        "a submission through the new leader's API",
+        DEADLINE,
+        || {
+            let (s, _, b) = http(&h, 1, "POST", "/api/v1/exec", t, body);
+            done = b;
+            s == 200
+        },
+    );
+    let job: serde_json::Value = serde_json::from_str(&done).unwrap();
+    assert_eq!(job["states"]["succeeded"], 3, "{done}");
+    assert_eq!(
+        jobs_with(&h, "on-standby"),
+        before,
+        "a refused submission was recorded"
+    );
+    assert_eq!(before, 0);
+}
+
+/// How many jobs the leader knows whose arguments hold `what`.
+fn jobs_with(h: &HaCluster, what: &str) -> usize {
+    let leader = h.leader().unwrap_or(0);
+    h.jobs(leader)
+        .iter()
+        .filter(|j| j["args"].as_str().is_some_and(|a| a.contains(what)))
+        .count()
 }

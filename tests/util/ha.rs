@@ -24,6 +24,12 @@ impl HaCluster {
         HaCluster::start_with(test, n, names, "0.5", "2")
     }
 
+    /// The same, every server serving the HTTP API on its own address
+    /// (one port for all).
+    pub fn start_with_api(test: &str, n: usize, names: &[&str]) -> Option<HaCluster> {
+        HaCluster::start_full(test, n, names, "0.5", "2", true)
+    }
+
     /// The same, with heartbeat interval `ivl` and `--etcd-lease`.
     pub fn start_with(
         test: &str,
@@ -32,7 +38,21 @@ impl HaCluster {
         ivl: &str,
         lease: &str,
     ) -> Option<HaCluster> {
+        HaCluster::start_full(test, n, names, ivl, lease, false)
+    }
+
+    fn start_full(
+        test: &str,
+        n: usize,
+        names: &[&str],
+        ivl: &str,
+        lease: &str,
+        api: bool,
+    ) -> Option<HaCluster> {
         let mut c = Cluster::new(test, ivl);
+        if api {
+            c.with_api();
+        }
         let Some(etcd) = Etcd::start(&c.dir.path, 3) else {
             eprintln!("etcd is not installed: skipped (apt-get install etcd-server)");
             return None;
@@ -82,6 +102,9 @@ impl HaCluster {
             let log = self.log(0);
             assert!(log.contains("in use"), "s0 failed to start:\n{log}");
             self.c.ports = super::free_ports();
+            if self.c.api_port.is_some() {
+                self.c.with_api();
+            }
         }
         panic!("could not find free ports for the servers");
     }
@@ -138,6 +161,14 @@ impl HaCluster {
             self.c.shared_key.clone().unwrap_or_default(),
         ]
         .into_iter()
+        .chain(self.c.api_port.into_iter().flat_map(|p| {
+            [
+                "--api-port".into(),
+                p.to_string(),
+                "--api-address".into(),
+                address(i),
+            ]
+        }))
         .chain(self.c.common())
         .chain(["--socket-path".into(), self.socket(i).display().to_string()])
         .collect()
@@ -220,4 +251,35 @@ impl HaCluster {
 /// Server `i`'s own loopback address.
 pub fn address(i: usize) -> String {
     format!("127.0.0.{}", i + 1)
+}
+
+/// One HTTP request to server `i`'s API on a connection of its own:
+/// status, head and body.
+pub fn http(
+    h: &HaCluster,
+    i: usize,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let port = h.c.api_port.expect("a cluster with the API");
+    let mut s = std::net::TcpStream::connect((address(i).as_str(), port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in: {text:?}"));
+    (status, head.to_owned(), body.to_owned())
 }
