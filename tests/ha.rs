@@ -600,3 +600,55 @@ fn jobs_with(h: &HaCluster, what: &str) -> usize {
         .filter(|j| j["args"].as_str().is_some_and(|a| a.contains(what)))
         .count()
 }
+
+#[test]
+fn a_client_that_reaches_a_standby_is_told_where_the_active_server_is_and_goes_there() {
+    let Some(mut h) = HaCluster::start("ha-redirect", 2, &["n1"]) else {
+        return;
+    };
+    // The standby first in its list: it answers, naming s0, and the
+    // client goes straight there (not by a refusal).
+    knows_address(&h, 1, 0);
+    h.c.server_address = format!("{},{}", util::ha::address(1), util::ha::address(0));
+    h.c.start_client("n2");
+    h.wait_nodes(0, &["n1", "n2"]);
+    let log = h.c.client("n2").log_text();
+    assert!(
+        log.contains(&format!(
+            "the server at {} stands by; moving to the active server s0 at {}",
+            util::ha::address(1),
+            util::ha::address(0)
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("no server answers at"), "{log}");
+    let out = h.cli(0, &["exec", "--verb", "RUN", "--wait", "echo 1 >> ran.txt"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(lines(&h, "n2", "ran.txt"), [1]);
+
+    // After a failover the new leader's standby (the old leader, back)
+    // names it: a client listing the old leader first goes to the new one.
+    h.server(0).signal(libc::SIGKILL);
+    h.server(0).wait_exit(DEADLINE);
+    h.wait_active(1);
+    h.start_server(0);
+    h.wait_log(0, "standing by: the active server is s1");
+    knows_address(&h, 0, 1);
+    h.c.server_address = format!("{},{}", util::ha::address(0), util::ha::address(1));
+    h.c.start_client("n3");
+    h.wait_nodes(1, &["n1", "n2", "n3"]);
+    let log = h.c.client("n3").log_text();
+    assert!(
+        log.contains("stands by; moving to the active server s1"),
+        "{log}"
+    );
+}
+
+/// Until server `i` knows where nodes reach server `j` (from its record).
+fn knows_address(h: &HaCluster, i: usize, j: usize) {
+    let addr = util::ha::address(j);
+    wait_until(&format!("s{i} to know s{j}'s address"), DEADLINE, || {
+        let out = h.cli(i, &["manage", "--cluster", "--format", "json"]);
+        out.stdout.contains(&format!("\"s{j}\"")) && out.stdout.contains(&addr)
+    });
+}

@@ -356,7 +356,7 @@ fn an_accepted_peer_that_sends_garbage_is_logged_briefly_and_changes_nothing() {
     let frames: Vec<Vec<Vec<u8>>> = vec![
         vec![b"hello".to_vec()],
         vec![util::header()],
-        vec![b"DIR\x09".to_vec(), b"x".to_vec()],
+        vec![b"DIR\x63".to_vec(), b"x".to_vec()],
         vec![b"XYZ\x02".to_vec(), b"x".to_vec()],
         vec![util::header(), b"\xff\xfe\xfd".to_vec()],
         vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()],

@@ -167,6 +167,10 @@ impl Core {
             (Heartbeat | Job, ServerMsg::Denied(why), None) => {
                 self.link.denied(why, now, &mut acts)
             }
+            (Job, ServerMsg::Standby { leader, address }, None) => {
+                self.link
+                    .standby(leader.as_deref(), address.as_deref(), now, &mut acts)
+            }
             (
                 Job,
                 ServerMsg::Job {

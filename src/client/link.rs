@@ -127,6 +127,12 @@ pub struct Link {
     /// Moving on from an address was said in this stretch without an
     /// answer (said once).
     moving_said: bool,
+    /// Moves made because a standby answered, since a server last took
+    /// us: past one per address, the backoff applies (standbys that each
+    /// name another, as views catch up, do not make us spin).
+    hops: usize,
+    /// What a standby said last, said again only when it changes.
+    standby_said: Option<String>,
 }
 
 impl Link {
@@ -146,6 +152,8 @@ impl Link {
             at: 0,
             tried: 0,
             moving_said: false,
+            hops: 0,
+            standby_said: None,
         }
     }
 
@@ -187,6 +195,68 @@ impl Link {
             self.names.servers.join(", ")
         );
         self.reconnect(now, out);
+    }
+
+    /// The server reached stands by: go to the active one, `leader` at
+    /// `address`, at once when that is one of ours; else try the next
+    /// (or, alone, wait for it to lead).
+    pub fn standby(
+        &mut self,
+        leader: Option<&str>,
+        address: Option<&str>,
+        now: Instant,
+        out: &mut Vec<Act>,
+    ) {
+        if !matches!(self.phase, Phase::Up { .. }) {
+            return;
+        }
+        let here = self.server().to_owned();
+        let n = self.names.servers.len();
+        let to = address.and_then(|a| self.names.servers.iter().position(|s| s == a));
+        let (said, act) = match (leader, to) {
+            (Some(l), Some(i)) if i != self.at => (
+                format!("the server at {here} stands by; moving to the active server {l} at {}", self.names.servers[i]),
+                Some(i),
+            ),
+            // It is taking the lead: it will serve here shortly.
+            (Some(l), Some(_)) => (format!("the server at {here} ({l}) is taking the lead; waiting for it"), None),
+            (Some(l), None) => (
+                match address {
+                    Some(a) => format!(
+                        "the server at {here} stands by; the active server {l} is at {a}, which is not in --server-address ({}): add it",
+                        self.names.servers.join(",")
+                    ),
+                    None => format!(
+                        "the server at {here} stands by; the active server is {l} (where, it does not know yet); trying the next"
+                    ),
+                },
+                (n > 1).then(|| (self.at + 1) % n),
+            ),
+            (None, _) => (
+                format!("the server at {here} stands by and no server is active yet"),
+                (n > 1).then(|| (self.at + 1) % n),
+            ),
+        };
+        if self.standby_said.as_ref() != Some(&said) {
+            log::warn!("{said}");
+            self.standby_said = Some(said);
+        }
+        self.standing = Standing::Unknown;
+        match act {
+            Some(i) if self.hops < n => {
+                self.hops += 1;
+                self.at = i;
+                out.push(Act::Close);
+                self.phase = Phase::Down;
+                out.push(Act::Open);
+            }
+            Some(i) => {
+                self.hops = 0;
+                self.at = i;
+                self.reconnect(now, out);
+            }
+            None => self.reconnect(now, out),
+        }
     }
 
     /// The first opening, and the timers that run for the life of the
@@ -286,6 +356,8 @@ impl Link {
             log::info!("connected to {} as {name}", self.server());
             self.standing = Standing::Admitted;
         }
+        self.hops = 0;
+        self.standby_said = None;
         out.push(Act::ReportCache);
     }
 
@@ -835,6 +907,85 @@ mod servers_tests {
         assert!(out
             .iter()
             .any(|a| matches!(a, Act::Timer(_, LinkTimer::Reopen))));
+    }
+
+    #[test]
+    fn a_standby_sends_the_client_straight_to_the_active_server() {
+        let (mut l, now) = link(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        let mut out = Vec::new();
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        out.clear();
+        // Past 10.0.0.2, to the one it names.
+        l.heard(now);
+        l.standby(Some("s3"), Some("10.0.0.3"), now, &mut out);
+        assert_eq!(out, vec![Act::Close, Act::Open]);
+        assert_eq!(l.server(), "10.0.0.3");
+        // Welcomed there: a later standby's answer moves at once again.
+        l.opened(now, &mut out);
+        l.welcomed("n1", 1000, now, &mut out);
+        assert_eq!(l.hops, 0);
+    }
+
+    #[test]
+    fn standbys_naming_each_other_make_the_client_wait_not_spin() {
+        let (mut l, now) = link(&["10.0.0.1", "10.0.0.2"]);
+        let mut out = Vec::new();
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        // Each says the other leads (their views lag): two moves at once,
+        // then the backoff, however often they answer.
+        let mut moves = 0;
+        for i in 0..10 {
+            out.clear();
+            l.heard(now);
+            let other = if l.server() == "10.0.0.1" {
+                "10.0.0.2"
+            } else {
+                "10.0.0.1"
+            };
+            l.standby(Some("sx"), Some(other), now, &mut out);
+            if out == vec![Act::Close, Act::Open] {
+                moves += 1;
+                l.opened(now, &mut out);
+                continue;
+            }
+            assert!(
+                matches!(out.as_slice(), [Act::Close, Act::Timer(at, LinkTimer::Reopen)] if *at > now),
+                "answer {i}: {out:?}"
+            );
+            assert_eq!(moves, 2, "moves at once before the backoff");
+            return;
+        }
+        panic!("never waited: {moves} moves at once");
+    }
+
+    #[test]
+    fn a_standby_without_a_leader_or_naming_an_unknown_address_is_passed_for_the_next() {
+        let (mut l, now) = link(&["10.0.0.1", "10.0.0.2"]);
+        let mut out = Vec::new();
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        out.clear();
+        l.standby(None, None, now, &mut out);
+        assert_eq!(out, vec![Act::Close, Act::Open]);
+        assert_eq!(l.server(), "10.0.0.2");
+        l.opened(now, &mut out);
+        out.clear();
+        l.standby(Some("s9"), Some("10.9.9.9"), now, &mut out);
+        assert_eq!(out, vec![Act::Close, Act::Open]);
+        assert_eq!(l.server(), "10.0.0.1");
+        // Alone, a standby that is taking the lead is waited for.
+        let (mut l, now) = link(&["10.0.0.1"]);
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        out.clear();
+        l.standby(Some("s1"), Some("10.0.0.1"), now, &mut out);
+        assert!(
+            matches!(out.as_slice(), [Act::Close, Act::Timer(at, LinkTimer::Reopen)] if *at > now),
+            "{out:?}"
+        );
+        assert_eq!(l.server(), "10.0.0.1");
     }
 
     #[test]

@@ -324,18 +324,34 @@ fn server_key_fingerprint(cfg: &Config) -> Result<String> {
     if cfg.curve == Curve::Off {
         return Ok(String::new());
     }
-    let pair = match &cfg.shared_key {
+    Ok(server_key_pair(cfg)?.0.public.fingerprint())
+}
+
+/// The server's key pair (derived from the shared key, or its key file,
+/// made on the first start), where it came from, and the derived keys.
+pub(crate) fn server_key_pair(cfg: &Config) -> Result<(KeyPair, String, Option<SharedKey>)> {
+    match &cfg.shared_key {
         Some(shared) => {
             let derived = SharedKey::for_daemon(&shared.0).map_err(Error::Config)?;
-            KeyPair::from_secret(*derived.server().secret.as_bytes())
+            let pair = KeyPair::from_secret(*derived.server().secret.as_bytes());
+            Ok((
+                pair,
+                "derived from the shared key".to_owned(),
+                Some(derived),
+            ))
         }
         None => {
-            KeyPair::load_or_create(&cfg.state_path.join("server.key"))
-                .map_err(Error::Config)?
-                .0
+            let path = cfg.state_path.join("server.key");
+            let (pair, created) = KeyPair::load_or_create(&path).map_err(Error::Config)?;
+            if created {
+                log::info!(
+                    "created the server's key pair in {}; clients need its public key: `director manage --show-key`",
+                    path.display()
+                );
+            }
+            Ok((pair, format!("key file {}", path.display()), None))
         }
-    };
-    Ok(pair.public.fingerprint())
+    }
 }
 
 /// Start this program again, as it was started: a leader that stepped
@@ -564,28 +580,7 @@ impl Server {
         ctx: &zmq::Context,
         poll: &Poll,
     ) -> Result<(Auth, Journal, ZmqPort)> {
-        let (pair, source, shared) = match &cfg.shared_key {
-            Some(shared) => {
-                let derived = SharedKey::for_daemon(&shared.0).map_err(Error::Config)?;
-                let pair = KeyPair::from_secret(*derived.server().secret.as_bytes());
-                (
-                    pair,
-                    "derived from the shared key".to_owned(),
-                    Some(derived),
-                )
-            }
-            None => {
-                let path = cfg.state_path.join("server.key");
-                let (pair, created) = KeyPair::load_or_create(&path).map_err(Error::Config)?;
-                if created {
-                    log::info!(
-                        "created the server's key pair in {}; clients need its public key: `director manage --show-key`",
-                        path.display()
-                    );
-                }
-                (pair, format!("key file {}", path.display()), None)
-            }
-        };
+        let (pair, source, shared) = server_key_pair(cfg)?;
         let zap = ZmqPort::<()>::bind(
             ctx,
             ZAP_PORT,

@@ -191,6 +191,13 @@ fn messages() -> Vec<(String, Vec<Vec<u8>>)> {
             },
         ),
         ("follow".into(), ServerMsg::Follow { job_id: id(3) }),
+        (
+            "standby".into(),
+            ServerMsg::Standby {
+                leader: Some("s1".into()),
+                address: Some("10.0.0.12".into()),
+            },
+        ),
     ];
     for why in [
         Denial::Pending,

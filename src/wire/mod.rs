@@ -40,8 +40,9 @@ pub const MAGIC: &[u8; 3] = b"DIR";
 /// says which client instance sends it and the last dispatch it received.
 /// 4: `Ready` carries the node's facts and labels. 5: jobs carry
 /// `--retries`, and a result the attempts before its last. 6: a node may
-/// report a job `Lost` (it will not run a job it already had).
-pub const VERSION: u8 = 8;
+/// report a job `Lost` (it will not run a job it already had). 9: a
+/// standby answers a node with `Standby` (where the active server is).
+pub const VERSION: u8 = 9;
 /// The longest ARG value a QUERY carries: a node with a longer one fails
 /// the QUERY, so that the map sent to every target stays bounded.
 pub const QUERY_VALUE_CAP: usize = 1 << 10;
@@ -345,8 +346,8 @@ mod tests {
             Err(WireError::BadMagic)
         );
         assert_eq!(
-            decode::<ClientMsg>(&[b"DIR\x09".to_vec(), good[1].clone()]),
-            Err(WireError::Version(9))
+            decode::<ClientMsg>(&[b"DIR\x63".to_vec(), good[1].clone()]),
+            Err(WireError::Version(99))
         );
         let truncated = good[1][..good[1].len() - 2].to_vec();
         assert!(matches!(

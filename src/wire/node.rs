@@ -195,6 +195,13 @@ pub enum ServerMsg {
     /// Job port: someone follows this job now (`manage --watch --follow`):
     /// send its output as it comes, from here on.
     Follow { job_id: Uuid },
+    /// Job port: this server stands by (servers on etcd); the active one
+    /// is `leader`, which nodes reach at `address` (`None`: no server is
+    /// active yet).
+    Standby {
+        leader: Option<String>,
+        address: Option<String>,
+    },
 }
 
 /// Where a job stands in the server's sends: `server` is drawn at random
@@ -351,6 +358,11 @@ impl ServerMsg {
                 format!("FetchError job={job_id} file={file}: {message}")
             }
             ServerMsg::Follow { job_id } => format!("Follow job={job_id}"),
+            ServerMsg::Standby { leader, address } => format!(
+                "Standby leader={} address={}",
+                leader.as_deref().unwrap_or("-"),
+                address.as_deref().unwrap_or("-")
+            ),
             ServerMsg::QueryResult { job_id, values } => {
                 format!("QueryResult job={job_id} values={}", values.len())
             }

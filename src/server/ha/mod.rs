@@ -25,6 +25,7 @@
 pub mod entries;
 pub mod members;
 pub mod reads;
+mod redirect;
 pub mod replicate;
 pub mod standby;
 mod standby_api;
@@ -137,7 +138,9 @@ impl Ha {
             asks: Worker::with_waker("director-etcd", waker)?,
             asking: [false; 4],
             report_at: now,
-            trim_at: now + TRIM_IVL,
+            // The records are read at once: a standby names where the
+            // active server is from them.
+            trim_at: now,
             trimmed: 0,
             members: Vec::new(),
             etcd_health: Ok(()),
@@ -156,6 +159,7 @@ impl Ha {
     /// Time passed: what changed, and the next asks handed to the helper.
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let (ask, changes) = self.election.tick(now);
+        self.leader_news(&changes, now);
         if let Some(ask) = ask {
             log::debug!("etcd: {ask:?}");
             let client = Arc::clone(&self.client);
@@ -248,7 +252,9 @@ impl Ha {
                         | Answer::Leader(Err(e)) => Err(e.clone()),
                         _ => Ok(()),
                     });
-                    changes.extend(self.election.answer(a, now));
+                    let news = self.election.answer(a, now);
+                    self.leader_news(&news, now);
+                    changes.extend(news);
                 }
                 Done::Reported(r) => {
                     self.asking[1] = false;
@@ -280,6 +286,18 @@ impl Ha {
             }
         }
         changes
+    }
+
+    /// A leader whose record was not read yet: read the records at the
+    /// next tick, not at the next round.
+    fn leader_news(&mut self, changes: &[Change], now: Instant) {
+        for c in changes {
+            if let Change::LeaderIs(Some(name)) = c {
+                if self.address_of(name).is_none() {
+                    self.trim_at = self.trim_at.min(now);
+                }
+            }
+        }
     }
 
     /// etcd answered, or not: said once per change.
@@ -330,6 +348,14 @@ impl Ha {
             };
             Done::Trimmed(r)
         });
+    }
+
+    /// Where nodes reach server `name`, as its record says.
+    pub fn address_of(&self, name: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.address.as_str())
     }
 
     /// "active" once the server proper serves; "taking over" while a

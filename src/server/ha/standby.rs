@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::entries::{Chunk, Entry, Follower, Gap};
 use super::reads::{Snapshot, Source};
+use super::redirect::Redirect;
 use super::replicate::{read_seq, Mark};
 use super::takeover::{self, Ask, Log, TakeOver};
 use super::Ha;
@@ -58,6 +59,7 @@ const CONTROL: Token = super::super::CONTROL;
 const SIGNALS: Token = super::super::SIGNALS;
 const WORKER: Token = super::super::WORKER;
 const API: Token = super::super::API;
+const JOB: Token = super::super::JOB;
 const FIRST_DYNAMIC: usize = 16;
 
 /// How soon a watch that broke is opened again.
@@ -272,6 +274,8 @@ pub(super) struct Standby<'a> {
     /// The API tokens, as the log's entries leave them.
     pub(super) api_tokens: tokens::Tokens,
     pub(super) api: Option<api::Api>,
+    /// The job port, telling nodes where the active server is.
+    redirect: Option<Redirect>,
     /// Won the election with this fence: take over (from `takeover_at`,
     /// after a try etcd did not answer).
     taking_over: Option<i64>,
@@ -315,6 +319,13 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         }
         None => None,
     };
+    // Without it, nodes still find the active server by trying their
+    // addresses in turn.
+    let redirect = Redirect::bind(cfg, base.poll.registry(), JOB)
+        .map_err(|e| {
+            log::warn!("{e}; nodes that reach this standby are not told where the active server is")
+        })
+        .ok();
     let watch = start_watch(ha, Arc::clone(&base.waker))
         .map_err(|e| Error::io("cannot start the thread that follows etcd", e))?;
     let io = Worker::with_waker("director-io", Arc::clone(&base.waker))
@@ -353,6 +364,7 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         source: Source::new(cfg),
         api_tokens: tokens::Tokens::restore(token_records),
         api,
+        redirect,
         taking_over: None,
         takeover_at: None,
         exit: None,
@@ -383,6 +395,7 @@ impl Standby<'_> {
             self.schedule(now);
             host::sweep(self, now);
             host::flush(self);
+            let busy = self.redirect();
             let next = [
                 Some(self.ha.next_deadline()),
                 self.retry_at,
@@ -393,7 +406,7 @@ impl Standby<'_> {
             .flatten()
             .min();
             let sleep = Sleep {
-                busy: false,
+                busy,
                 backlog: false,
                 next_timer: next.map(|t| t.saturating_duration_since(Instant::now())),
             };
@@ -404,6 +417,11 @@ impl Standby<'_> {
                 match ev.token() {
                     CONTROL => self.accept(),
                     API => host::accept(self),
+                    JOB => {
+                        if let Some(r) = &mut self.redirect {
+                            r.mark_ready();
+                        }
+                    }
                     SIGNALS => {
                         if !self.base.signals.drain().is_empty() {
                             log::info!("standby stopping");
@@ -425,6 +443,15 @@ impl Standby<'_> {
                 }
             }
         }
+    }
+
+    /// Nodes that reached this standby hear where the active server is.
+    fn redirect(&mut self) -> bool {
+        let Some(r) = &mut self.redirect else {
+            return false;
+        };
+        let leader = self.ha.leader();
+        r.serve(leader, leader.and_then(|l| self.ha.address_of(l)))
     }
 
     fn is_api(&self, token: Token) -> bool {
