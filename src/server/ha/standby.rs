@@ -64,6 +64,9 @@ const FIRST_DYNAMIC: usize = 16;
 
 /// How soon a watch that broke is opened again.
 const REWATCH: Duration = Duration::from_millis(500);
+/// How long a snapshot of the journals answers reads once they hold later
+/// entries.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 /// How soon writes that failed are tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -266,7 +269,7 @@ pub(super) struct Standby<'a> {
     writes: VecDeque<(u64, bool, Vec<Op>)>,
     retry_at: Option<Instant>,
     /// What reads are answered from, and reads waiting for a newer one.
-    snapshot: Option<Snapshot>,
+    snapshot: Option<(Snapshot, Instant)>,
     parked: Vec<(Token, Asker, Request)>,
     /// CLIs that closed their side with answers still to come.
     half_closed: Vec<Token>,
@@ -606,11 +609,14 @@ impl Standby<'_> {
         }
     }
 
-    /// The snapshot holds every entry the journals do.
+    /// The snapshot holds every entry the journals do, or was read
+    /// within `SNAPSHOT_TTL`: under a steady stream of entries, reads (a
+    /// dashboard polling) cost a whole read of the history at most that
+    /// often, and say how far behind they are.
     fn fresh(&self) -> bool {
         self.snapshot
             .as_ref()
-            .is_some_and(|s| s.seq == self.ha.record.applied)
+            .is_some_and(|(s, at)| s.seq == self.ha.record.applied || at.elapsed() < SNAPSHOT_TTL)
     }
 
     fn done(&mut self, done: Done, now: Instant) {
@@ -619,7 +625,7 @@ impl Standby<'_> {
             (Done::Written(r), Some(Busy::Write { seq, base })) => self.written(seq, base, r, now),
             (Done::Read(seq, r), _) => match r {
                 Ok(snapshot) => {
-                    self.snapshot = Some(snapshot);
+                    self.snapshot = Some((snapshot, Instant::now()));
                     self.answer_parked();
                 }
                 Err(why) => {
@@ -834,7 +840,7 @@ impl Standby<'_> {
     /// The replica's answers to a read, after a note of whose they are.
     pub(super) fn read_snapshot(&mut self, req: Request) -> Vec<Response> {
         let note = self.replica_note();
-        let Some(snap) = &mut self.snapshot else {
+        let Some((snap, _)) = &mut self.snapshot else {
             return vec![Response::Rejected(
                 "this standby's replica is not read yet".into(),
             )];
@@ -865,7 +871,7 @@ impl Standby<'_> {
         Response::Replica {
             this: self.ha.me.clone(),
             leader: self.ha.leader().map(str::to_owned),
-            behind: top.saturating_sub(self.ha.record.applied),
+            behind: top.saturating_sub(self.snapshot.as_ref().map_or(0, |(s, _)| s.seq)),
         }
     }
 
