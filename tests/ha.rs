@@ -622,6 +622,39 @@ fn a_client_that_reaches_a_standby_is_told_where_the_active_server_is_and_goes_t
         "{log}"
     );
     assert!(!log.contains("no server answers at"), "{log}");
+
+    // A hostile peer on the standby's job port: garbage, a frame past the
+    // size bound, a flood. It hears only where the leader is; the standby
+    // goes on serving.
+    let key = h.cli(0, &["manage", "--show-key"]).stdout.trim().to_owned();
+    let peer = util::RawPeer::connect_to(&util::ha::address(1), h.c.ports, Some(&key));
+    peer.send_wait(0, &[b"garbage".to_vec()]);
+    let answer = peer.recv(0, DEADLINE).expect("an answer to garbage");
+    match director::wire::decode::<director::wire::ServerMsg>(&answer) {
+        Ok(director::wire::ServerMsg::Standby { leader, address }) => {
+            assert_eq!(leader.as_deref(), Some("s0"));
+            assert_eq!(address, Some(util::ha::address(0)));
+        }
+        other => panic!("not a Standby answer: {other:?}"),
+    }
+    for _ in 0..2000 {
+        let _ = peer.send(0, &[vec![0u8; 100], b"x".to_vec(), b"y".to_vec()]);
+    }
+    let _ = peer.send(0, &[vec![7u8; 3 << 20]]);
+    let plain = util::RawPeer::connect_to(&util::ha::address(1), h.c.ports, None);
+    let _ = plain.send(0, &[b"no curve".to_vec()]);
+    assert!(plain.recv(0, std::time::Duration::from_secs(1)).is_none());
+    knows_address(&h, 1, 0);
+    drop((peer, plain));
+    h.c.start_client("n4");
+    h.wait_nodes(0, &["n1", "n2", "n4"]);
+    assert!(
+        h.c.client("n4")
+            .log_text()
+            .contains("moving to the active server s0"),
+        "{}",
+        h.c.client("n4").log_text()
+    );
     let out = h.cli(0, &["exec", "--verb", "RUN", "--wait", "echo 1 >> ran.txt"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(lines(&h, "n2", "ran.txt"), [1]);
@@ -636,7 +669,7 @@ fn a_client_that_reaches_a_standby_is_told_where_the_active_server_is_and_goes_t
     knows_address(&h, 0, 1);
     h.c.server_address = format!("{},{}", util::ha::address(0), util::ha::address(1));
     h.c.start_client("n3");
-    h.wait_nodes(1, &["n1", "n2", "n3"]);
+    h.wait_nodes(1, &["n1", "n2", "n3", "n4"]);
     let log = h.c.client("n3").log_text();
     assert!(
         log.contains("stands by; moving to the active server s1"),

@@ -804,10 +804,15 @@ pub struct RawPeer {
 impl RawPeer {
     /// Connect to `c`'s ports; `server_key` (Z85) makes it a CURVE client.
     pub fn connect(c: &Cluster, server_key: Option<&str>) -> RawPeer {
+        RawPeer::connect_to("127.0.0.1", c.ports, server_key)
+    }
+
+    /// The same, to `ports` on `host`.
+    pub fn connect_to(host: &str, ports: [u16; 3], server_key: Option<&str>) -> RawPeer {
         let ctx = zmq::Context::new();
         let pair = zmq::CurveKeyPair::new().unwrap();
         let mut socks = Vec::new();
-        for port in c.ports {
+        for port in ports {
             let s = ctx.socket(zmq::DEALER).unwrap();
             s.set_linger(0).unwrap();
             s.set_rcvtimeo(100).unwrap();
@@ -816,7 +821,7 @@ impl RawPeer {
                 s.set_curve_publickey(&pair.public_key).unwrap();
                 s.set_curve_secretkey(&pair.secret_key).unwrap();
             }
-            s.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+            s.connect(&format!("tcp://{host}:{port}")).unwrap();
             socks.push(s);
         }
         RawPeer {
