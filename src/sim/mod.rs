@@ -22,6 +22,12 @@
 //!   of etcd (`server::ha::model`, which also loses answers before and
 //!   after writing) and leads under a new fence, as a standby taking over
 //!   does; the nodes are the same.
+//! - On etcd, the active server may also be paused (`pause_server`)
+//!   instead of killed: another takes over, and the paused one wakes
+//!   beside it later, acting on what it held (its queued writes, the
+//!   nodes still connected to it) for a while before its election stops
+//!   it, as a leader whose clock missed the pause would. Its writes carry
+//!   the old fence and are refused; it steps down at the first.
 //!
 //! Time is simulated (`Now` from the simulated clock), so a test can say
 //! "the node expires at the third missed interval" to the millisecond and
@@ -115,6 +121,8 @@ enum Dir {
 #[derive(Clone)]
 struct Packet {
     at: Instant,
+    /// Up: the paused server it goes to (`None`: the active one).
+    to: Option<u64>,
     node: usize,
     /// The client link it was sent on (a reopened link is a new one).
     link: u64,
@@ -137,6 +145,9 @@ pub struct Client {
     /// Its link's sockets are open; the number tells one opening from the
     /// next.
     link: Option<u64>,
+    /// The link was open to a server that was then paused: it reaches
+    /// that one (by its generation), not the active one.
+    link_to: Option<u64>,
     links: u64,
     timers: Vec<(Instant, ccore::Timer)>,
     io: VecDeque<(Instant, ClientIoTask)>,
@@ -167,6 +178,8 @@ struct Curve {
 
 /// The server: its core while it runs.
 struct Server {
+    /// Which start of the server this is (on etcd: its fence).
+    gen: u64,
     core: Option<score::Core>,
     dir: PathBuf,
     io: VecDeque<(Instant, ServerIoTask)>,
@@ -200,6 +213,28 @@ pub struct Sim {
     /// Servers on etcd: each start of the server is another server taking
     /// over from the log in a model of etcd, on a directory of its own.
     etcd: Option<Etcd>,
+    /// A paused server, and when it wakes and when its election stops it
+    /// (set once another has taken over).
+    zombie: Option<Zombie>,
+}
+
+struct Zombie {
+    server: Server,
+    wakes: Option<(Instant, Instant)>,
+}
+
+/// When a paused server reads a message.
+enum Reads {
+    Now,
+    At(Instant),
+    Never,
+}
+
+/// Which server an action is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    Active,
+    Paused,
 }
 
 /// The model of etcd the servers share, and how many have led.
@@ -253,6 +288,7 @@ impl Sim {
             net: Vec::new(),
             last_at: BTreeMap::new(),
             server: Server {
+                gen: 0,
                 core: None,
                 dir: root.join("server"),
                 io: VecDeque::new(),
@@ -266,6 +302,7 @@ impl Sim {
             curve,
             log: Vec::new(),
             etcd: None,
+            zombie: None,
         };
         sim.start_server();
         for i in 0..nodes {
@@ -288,6 +325,7 @@ impl Sim {
             name: name.to_owned(),
             core: None,
             link: None,
+            link_to: None,
             links: 0,
             timers: Vec::new(),
             io: VecDeque::new(),
@@ -333,8 +371,10 @@ impl Sim {
     pub fn start_server(&mut self) {
         let now = self.now();
         let mut replica = None;
+        self.server.gen += 1;
         if let Some(e) = &mut self.etcd {
             e.generation += 1;
+            self.server.gen = e.generation as u64;
             self.server.dir = self.root.join(format!("server-{}", e.generation));
             let seq = crate::server::ha::model::read_log(&e.store, &self.server.dir);
             e.store.lock().expect("the model").fence = e.generation;
@@ -472,8 +512,19 @@ impl Sim {
     }
 
     fn server_perform(&mut self) {
+        self.perform(Who::Active);
+    }
+
+    fn srv(&mut self, who: Who) -> Option<&mut Server> {
+        match who {
+            Who::Active => Some(&mut self.server),
+            Who::Paused => self.zombie.as_mut().map(|z| &mut z.server),
+        }
+    }
+
+    fn perform(&mut self, who: Who) {
         loop {
-            let Some(core) = self.server.core.as_mut() else {
+            let Some(core) = self.srv(who).and_then(|s| s.core.as_mut()) else {
                 return;
             };
             let outs = core.take_out();
@@ -481,12 +532,13 @@ impl Sim {
                 return;
             }
             for out in outs {
-                self.server_out(out);
+                self.server_out(who, out);
             }
         }
     }
 
-    fn server_out(&mut self, out: score::Out) {
+    fn server_out(&mut self, who: Who, out: score::Out) {
+        let paused = self.zombie.as_ref().map(|z| z.server.gen);
         match out {
             score::Out::Zmq {
                 port,
@@ -498,14 +550,23 @@ impl Sim {
                     Port::Transfer => Channel::Transfer,
                     Port::Heartbeat => Channel::Heartbeat,
                 };
+                // A node reaches the paused server on the link it had open
+                // to it, and the active one on any other.
+                let reaches = |c: &Client| match who {
+                    Who::Active => paused.is_none() || c.link_to != paused,
+                    Who::Paused => c.link_to.is_some() && c.link_to == paused,
+                };
                 let node = self.clients.iter().position(|c| c.rid == frames[0]);
-                match node.and_then(|i| self.clients[i].link.map(|l| (i, l))) {
+                match node.and_then(|i| {
+                    let c = &self.clients[i];
+                    c.link.filter(|_| reaches(c)).map(|l| (i, l))
+                }) {
                     Some((i, link)) => {
                         self.send_packet(i, link, channel, Dir::Down, frames[1..].to_vec())
                     }
                     None => {
                         let now = self.now();
-                        if let Some(core) = self.server.core.as_mut() {
+                        if let Some(core) = self.srv(who).and_then(|s| s.core.as_mut()) {
                             core.at(now);
                             core.unroutable(port, &frames[0], about);
                         }
@@ -516,14 +577,70 @@ impl Sim {
                 if let Response::Submitted(s) = &resp {
                     self.acked.push(s.job_id);
                 }
-                self.server.notes.entry(token).or_default().push(resp);
+                if let Some(srv) = self.srv(who) {
+                    srv.notes.entry(token).or_default().push(resp);
+                }
             }
             score::Out::Io(task) => {
                 let at = self.now().at + self.draw_ms(self.faults.disk_ms);
-                let at = self.server.io.back().map_or(at, |(last, _)| at.max(*last));
-                self.server.io.push_back((at, task));
+                if let Some(srv) = self.srv(who) {
+                    let at = srv.io.back().map_or(at, |(last, _)| at.max(*last));
+                    srv.io.push_back((at, task));
+                }
             }
         }
+    }
+
+    /// On etcd: pause the active server (SIGSTOP, a frozen VM) rather than
+    /// kill it. It keeps what it held; the nodes connected to it stay so
+    /// until they call it gone. The next `restart_server` is another
+    /// server taking over, and sets when this one wakes beside it.
+    pub fn pause_server(&mut self) {
+        if self.zombie.is_some() || self.server.core.is_none() {
+            return self.crash_server();
+        }
+        let gen = self.server.gen;
+        let fresh = Server {
+            gen,
+            core: None,
+            dir: self.server.dir.clone(),
+            io: VecDeque::new(),
+            notes: BTreeMap::new(),
+            tokens: self.server.tokens,
+        };
+        let server = std::mem::replace(&mut self.server, fresh);
+        self.zombie = Some(Zombie {
+            server,
+            wakes: None,
+        });
+        for c in &mut self.clients {
+            if c.link.is_some() {
+                c.link_to = Some(gen);
+            }
+        }
+        self.note(&format!("server {gen} paused"));
+    }
+
+    fn zombie_awake(&self) -> bool {
+        let now = self.now().at;
+        self.zombie
+            .as_ref()
+            .and_then(|z| z.wakes)
+            .is_some_and(|(wake, _)| wake <= now)
+    }
+
+    /// The paused server is gone (it stepped down): the links the nodes
+    /// kept to its address reach whoever answers there now.
+    fn zombie_gone(&mut self, why: &str) {
+        let Some(z) = self.zombie.take() else { return };
+        let gen = z.server.gen;
+        for c in &mut self.clients {
+            if c.link_to == Some(gen) {
+                c.link_to = None;
+            }
+        }
+        self.net.retain(|p| p.to != Some(gen));
+        self.note(&format!("server {gen} stepped down: {why}"));
     }
 
     // ---- the clients ------------------------------------------------
@@ -580,6 +697,7 @@ impl Sim {
         let c = &mut self.clients[i];
         c.core = None;
         c.link = None;
+        c.link_to = None;
         c.timers.clear();
         c.io.clear();
         c.procs.clear();
@@ -612,7 +730,9 @@ impl Sim {
                     return;
                 };
                 let frames = wire::encode(&msg);
-                if self.server_up() {
+                // To a paused server the kernel takes it (it is read on
+                // waking); to a server that is down, libzmq holds it.
+                if self.server_up() || self.clients[i].link_to.is_some() {
                     self.send_packet(i, link, channel, Dir::Up, frames);
                 } else {
                     self.clients[i].held.push((channel, frames));
@@ -622,6 +742,7 @@ impl Sim {
                 let c = &mut self.clients[i];
                 c.links += 1;
                 c.link = Some(c.links);
+                c.link_to = None;
                 if let Some(core) = c.core.as_mut() {
                     core.at(now);
                     core.opened();
@@ -630,6 +751,7 @@ impl Sim {
             ccore::Out::Close => {
                 let c = &mut self.clients[i];
                 c.link = None;
+                c.link_to = None;
                 c.held.clear();
                 self.net.retain(|p| p.node != i);
             }
@@ -676,8 +798,13 @@ impl Sim {
         let key = (node, link, channel as u8, dir);
         let at = self.last_at.get(&key).map_or(at, |last| at.max(*last));
         self.last_at.insert(key, at);
+        let to = match dir {
+            Dir::Up => self.clients[node].link_to,
+            Dir::Down => None,
+        };
         let packet = Packet {
             at,
+            to,
             node,
             link,
             channel,
@@ -697,7 +824,20 @@ impl Sim {
         }
         match p.dir {
             Dir::Up => {
-                if self.server.core.is_none() {
+                let who = match p.to {
+                    None => Who::Active,
+                    Some(gen) => match self.paused_reads(gen) {
+                        Reads::Now => Who::Paused,
+                        Reads::At(at) => {
+                            let mut p = p;
+                            p.at = at;
+                            self.net.push(p);
+                            return;
+                        }
+                        Reads::Never => return,
+                    },
+                };
+                if self.srv(who).is_none_or(|s| s.core.is_none()) {
                     return;
                 }
                 let port = match p.channel {
@@ -705,7 +845,9 @@ impl Sim {
                     Channel::Transfer => Port::Transfer,
                     Channel::Heartbeat => Port::Heartbeat,
                 };
-                self.last_heard[p.node] = Some(self.elapsed);
+                if who == Who::Active {
+                    self.last_heard[p.node] = Some(self.elapsed);
+                }
                 let user_id = self
                     .curve
                     .as_ref()
@@ -713,10 +855,14 @@ impl Sim {
                 let mut frames = vec![self.clients[p.node].rid.clone()];
                 frames.extend(p.frames);
                 if let Ok(m) = wire::decode::<ClientMsg>(&frames[1..]) {
-                    let line = format!("{} -> server: {}", self.clients[p.node].name, m.describe());
+                    let to = match who {
+                        Who::Active => "server",
+                        Who::Paused => "paused server",
+                    };
+                    let line = format!("{} -> {to}: {}", self.clients[p.node].name, m.describe());
                     self.note(&line);
                 }
-                let Some(core) = self.server.core.as_mut() else {
+                let Some(core) = self.srv(who).and_then(|s| s.core.as_mut()) else {
                     return;
                 };
                 core.at(now);
@@ -724,11 +870,11 @@ impl Sim {
                     port,
                     Inbound {
                         frames,
-                        user_id: user_id.clone(),
+                        user_id,
                         peer_address: Some("10.0.0.1".into()),
                     },
                 );
-                self.server_perform();
+                self.perform(who);
             }
             Dir::Down => {
                 if self.clients[p.node].core.is_none() {
@@ -754,6 +900,18 @@ impl Sim {
         }
     }
 
+    /// When the paused server `gen` reads what comes on a link to it.
+    fn paused_reads(&self, gen: u64) -> Reads {
+        match &self.zombie {
+            // Gone, and the connection with it.
+            None => Reads::Never,
+            Some(z) if z.server.gen != gen => Reads::Never,
+            Some(_) if self.zombie_awake() => Reads::Now,
+            // The kernel holds it until the process runs again.
+            Some(z) => Reads::At(z.wakes.map_or(self.now().at + self.ivl, |(wake, _)| wake)),
+        }
+    }
+
     // ---- time -------------------------------------------------------
 
     /// The next thing that happens, when.
@@ -774,6 +932,17 @@ impl Sim {
         }
         if let Some((at, _)) = self.server.io.front() {
             consider(*at, Event::ServerIo);
+        }
+        if let Some(z) = &self.zombie {
+            if let Some((wake, gone)) = z.wakes {
+                consider(gone, Event::PausedGone);
+                if let Some(at) = z.server.core.as_ref().and_then(|c| c.next_deadline()) {
+                    consider(at.max(wake), Event::PausedTick);
+                }
+                if let Some((at, _)) = z.server.io.front() {
+                    consider((*at).max(wake), Event::PausedIo);
+                }
+            }
         }
         for (i, c) in self.clients.iter().enumerate() {
             if c.core.is_none() {
@@ -847,6 +1016,36 @@ impl Sim {
                 }
                 self.server_perform();
             }
+            Event::PausedTick => {
+                if let Some(core) = self.srv(Who::Paused).and_then(|s| s.core.as_mut()) {
+                    core.at(now);
+                    core.tick();
+                }
+                self.perform(Who::Paused);
+            }
+            Event::PausedIo => {
+                let Some((_, task)) = self.srv(Who::Paused).and_then(|s| s.io.pop_front()) else {
+                    return true;
+                };
+                match task.run() {
+                    // As the server: a write refused for its fence ends
+                    // its lead before the core hears of it.
+                    ServerIoDone::Commit(Err((_, e)))
+                        if crate::server::ha::replicate::is_deposed(&e) =>
+                    {
+                        self.zombie_gone(&format!("its write to etcd was refused ({e})"));
+                    }
+                    ServerIoDone::Commit(r) => {
+                        if let Some(core) = self.srv(Who::Paused).and_then(|s| s.core.as_mut()) {
+                            core.at(now);
+                            core.committed(r);
+                        }
+                    }
+                    ServerIoDone::JobInfo { .. } | ServerIoDone::Chunk(_) => {}
+                }
+                self.perform(Who::Paused);
+            }
+            Event::PausedGone => self.zombie_gone("its election found its lease lost"),
             Event::ClientTimer(i, k) => {
                 let (_, t) = self.clients[i].timers.swap_remove(k);
                 if let Some(core) = self.clients[i].core.as_mut() {
@@ -917,9 +1116,24 @@ impl Sim {
         }
     }
 
-    /// Bring the server back; what clients held for it goes out.
+    /// Bring the server back; what clients held for it goes out. A paused
+    /// server wakes beside this one within 3 s, and acts for up to 2 s
+    /// before its election stops it (if a refused write does not first).
     pub fn restart_server(&mut self) {
         self.start_server();
+        if self.zombie.as_ref().is_some_and(|z| z.wakes.is_none()) {
+            let wake = self.now().at + self.draw_ms((0, 3000));
+            let gone = wake + self.draw_ms((0, 2000));
+            if let Some(z) = &mut self.zombie {
+                z.wakes = Some((wake, gone));
+                let line = format!(
+                    "server {} wakes at {:.3}s",
+                    z.server.gen,
+                    (wake - self.t0).as_secs_f64()
+                );
+                self.note(&line);
+            }
+        }
         for i in 0..self.clients.len() {
             let held = std::mem::take(&mut self.clients[i].held);
             if let Some(link) = self.clients[i].link {
@@ -952,6 +1166,9 @@ enum Event {
     Packet(usize),
     ServerTick,
     ServerIo,
+    PausedTick,
+    PausedIo,
+    PausedGone,
     ClientTimer(usize, usize),
     ClientIo(usize),
     Exit(usize, usize),

@@ -80,13 +80,13 @@ fn chaos_with(test: &str, seed: u64, faults: super::Faults) -> Result<(), String
 /// The chaos run; with `etcd`, on a model of etcd losing that many answers
 /// in 256 before and after writing, and every restart of the server a
 /// failover to another server that has only the log.
-/// How many times a server took over from the log (on etcd).
+/// What happened to the servers (on etcd).
 fn chaos_on(
     test: &str,
     seed: u64,
     faults: super::Faults,
     etcd: Option<u64>,
-) -> Result<usize, String> {
+) -> Result<Outcome, String> {
     let mut sim = Sim::new(test, seed, 3, IVL);
     sim.faults = faults;
     if let Some(fail) = etcd {
@@ -117,6 +117,11 @@ fn chaos_on(
             }
             60..=64 if down_server.is_none() => {
                 sim.crash_server();
+                down_server = Some(sim.elapsed + Duration::from_millis(sim.rng.range(10, 4000)));
+            }
+            // On etcd: paused, not killed; it wakes beside its successor.
+            80..=84 if etcd.is_some() && down_server.is_none() => {
+                sim.pause_server();
                 down_server = Some(sim.elapsed + Duration::from_millis(sim.rng.range(10, 4000)));
             }
             65..=79 => {
@@ -201,11 +206,23 @@ fn chaos_on(
             }
         }
     }
-    Ok(sim
-        .log
-        .iter()
-        .filter(|l| l.contains("took over from the log"))
-        .count())
+    let count = |what: &str| sim.log.iter().filter(|l| l.contains(what)).count();
+    Ok(Outcome {
+        takeovers: count("took over from the log"),
+        refused: count("stepped down: its write to etcd was refused"),
+        stopped: count("stepped down: its election"),
+    })
+}
+
+/// What a chaos run on etcd did.
+#[derive(Default)]
+struct Outcome {
+    /// Servers that took over from the log.
+    takeovers: usize,
+    /// Paused servers that woke and were stopped by a refused write, or
+    /// by their election.
+    refused: usize,
+    stopped: usize,
 }
 
 /// How many seeds each property is checked over (`DIRECTOR_SIM_SEEDS`).
@@ -225,20 +242,32 @@ fn under_crashes_every_job_ends_none_runs_twice_and_nothing_acknowledged_is_lost
     }
 }
 
-/// The same chaos with servers on etcd: every kill -9 of the active server
-/// is followed by another server taking over from the log alone (a model
-/// of etcd that also loses answers, before and after writing).
+/// The same chaos with servers on etcd: every kill -9 or pause of the
+/// active server is followed by another server taking over from the log
+/// alone (a model of etcd that also loses answers, before and after
+/// writing); a paused one wakes beside its successor and acts on what it
+/// held until a refused write or its election stops it.
 #[test]
 fn under_failovers_every_job_ends_none_runs_twice_and_nothing_acknowledged_is_lost() {
-    let mut takeovers = 0;
+    let mut all = Outcome::default();
     for seed in 0..seeds() {
         match chaos_on("failover", seed, super::Faults::default(), Some(8)) {
-            Ok(n) => takeovers += n,
+            Ok(o) => {
+                all.takeovers += o.takeovers;
+                all.refused += o.refused;
+                all.stopped += o.stopped;
+            }
             Err(why) => panic!("{why}"),
         }
     }
     // Each run begins with one; the chaos kills the active server often.
-    assert!(takeovers as u64 > seeds() * 3, "{takeovers} takeovers");
+    let (t, r, s) = (all.takeovers, all.refused, all.stopped);
+    assert!(t as u64 > seeds() * 3, "{t} takeovers");
+    // Paused servers woke and acted beside their successors, both ways.
+    assert!(
+        r > 0 && s > 0,
+        "{r} stopped by a refused write, {s} by their election"
+    );
 }
 
 #[test]
