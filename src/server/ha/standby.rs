@@ -239,7 +239,7 @@ enum Busy {
 /// What the I/O thread hands back.
 enum Done {
     Written(CommitResult),
-    Read(u64, std::result::Result<Snapshot, String>),
+    Read(std::result::Result<Snapshot, String>),
     TookOver(Box<Log>, std::result::Result<u64, TakeOver>),
 }
 
@@ -596,7 +596,7 @@ impl Standby<'_> {
             let seq = self.ha.record.applied;
             self.busy = Some(Busy::Read);
             self.io
-                .submit(move || Done::Read(seq, Snapshot::read(&src, seq)));
+                .submit(move || Done::Read(Snapshot::read(&src, seq)));
             return;
         }
         if self.retry_at.is_some_and(|t| t > now) {
@@ -623,7 +623,7 @@ impl Standby<'_> {
         let busy = self.busy.take();
         match (done, busy) {
             (Done::Written(r), Some(Busy::Write { seq, base })) => self.written(seq, base, r, now),
-            (Done::Read(seq, r), _) => match r {
+            (Done::Read(r), _) => match r {
                 Ok(snapshot) => {
                     self.snapshot = Some((snapshot, Instant::now()));
                     self.answer_parked();
@@ -633,7 +633,6 @@ impl Standby<'_> {
                     for (token, asker, _) in std::mem::take(&mut self.parked) {
                         self.reply(token, asker, vec![Response::Rejected(why.clone())]);
                     }
-                    let _ = seq;
                 }
             },
             (Done::TookOver(log, r), Some(Busy::TakeOver { fence })) => {
@@ -734,7 +733,13 @@ impl Standby<'_> {
             _ => "this standby is stopping",
         };
         for (token, asker, _) in std::mem::take(&mut self.parked) {
-            self.reply(token, asker, vec![Response::Rejected(why.into())]);
+            match asker {
+                Asker::Cli => self.send(token, &[Response::Rejected(why.into())], false),
+                Asker::Api => {
+                    let body = api::http::error_body(why);
+                    host::respond(self, token, 503, &body, true);
+                }
+            }
         }
         host::flush(self);
         self.accept_pending();
