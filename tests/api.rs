@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{wait_until, Cluster};
+use util::{parse_response, wait_until, Cluster};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -41,16 +41,6 @@ fn send_raw(c: &Cluster, raw: &[u8]) -> (u16, String, String) {
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     parse_response(&text)
-}
-
-fn parse_response(text: &str) -> (u16, String, String) {
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in: {text:?}"));
-    (status, head.to_owned(), body.to_owned())
 }
 
 fn json(body: &str) -> Value {

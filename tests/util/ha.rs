@@ -275,11 +275,5 @@ pub fn http(
     s.write_all(raw.as_bytes()).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in: {text:?}"));
-    (status, head.to_owned(), body.to_owned())
+    super::parse_response(&text)
 }

@@ -1107,3 +1107,14 @@ pub fn raise_open_files(n: u64) {
         }
     }
 }
+
+/// An HTTP response as read whole: status, head and body.
+pub fn parse_response(text: &str) -> (u16, String, String) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in: {text:?}"));
+    (status, head.to_owned(), body.to_owned())
+}

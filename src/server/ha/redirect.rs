@@ -18,14 +18,11 @@ use crate::wire::{self, ServerMsg};
 /// Messages read per pass: a flood of them is answered a batch at a time.
 const BUDGET: usize = 256;
 
+/// The server's job port, but a node asks once per connection: one that
+/// asks more is answered within this bound and dropped past it.
 const SPEC: PortSpec = PortSpec {
-    name: "job",
-    max_msg: wire::MAX_JOB_UP,
-    rcvhwm: 8,
-    sndhwm: 1000,
-    // A node asks once per connection; one that asks more is answered
-    // within this bound and dropped past it.
     peer_cap: 4,
+    ..super::super::JOB_PORT
 };
 
 pub struct Redirect {
