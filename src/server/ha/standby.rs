@@ -856,8 +856,17 @@ impl Standby<'_> {
     }
 
     fn answer_parked(&mut self) {
+        // A connection's answers go together, in order: one that closed
+        // its side is let go once it has them all.
+        let mut by_conn: Vec<(Token, Asker, Vec<Response>)> = Vec::new();
         for (token, asker, req) in std::mem::take(&mut self.parked) {
             let answers = self.read_snapshot(req);
+            match by_conn.iter_mut().find(|(t, ..)| *t == token) {
+                Some((.., all)) => all.extend(answers),
+                None => by_conn.push((token, asker, answers)),
+            }
+        }
+        for (token, asker, answers) in by_conn {
             self.reply(token, asker, answers);
         }
     }
