@@ -425,3 +425,76 @@ fn the_node_list_stays_usable_with_2000_nodes() {
         heap.as_f64().unwrap_or(0.0) / 1048576.0
     );
 }
+
+/// Servers on etcd: each one's page says who it is and who leads; a
+/// standby's shows its copy of the state, says so, offers no command; once
+/// it leads (the active server killed), the same page becomes the active
+/// server's.
+#[test]
+fn on_etcd_a_standbys_page_shows_its_copy_and_where_commands_run() {
+    let Some(mut h) = util::ha::HaCluster::start_with_api("dashboard-ha", 2, &["web1", "web2"])
+    else {
+        return;
+    };
+    let Some(browser) = Browser::start(&h.c.dir.path) else {
+        eprintln!("skipped: no chromium and chromedriver (Debian: apt-get install chromium chromium-driver)");
+        return;
+    };
+    let out = h.cli(0, &["manage", "--create-token", "ops", "--role", "run"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let token = out.stdout.lines().last().unwrap().to_owned();
+    let port = h.c.api_port.unwrap();
+    let page = |i: usize| format!("http://{}:{port}/#token={token}", util::ha::address(i));
+
+    // The standby's page, once the token reached it through the log.
+    wait_until("the token known to the standby", DEADLINE, || {
+        util::ha::http(&h, 1, "GET", "/api/v1/whoami", Some(&token), "").0 == 200
+    });
+    browser.go(&page(1));
+    browser.until(
+        "the standby's banner",
+        "const b = document.getElementById('standby'); return !b.hidden && b.textContent.includes('This is s1, a standby') && b.textContent.includes('active server, s0')",
+    );
+    browser.until(
+        "its copy of the nodes",
+        "return document.querySelectorAll('#nodes tr').length === 2",
+    );
+    // As last recorded: no heartbeat times it cannot know.
+    let rows = browser.js("return document.getElementById('nodes').innerText");
+    let rows = rows.as_str().unwrap_or("");
+    assert!(
+        rows.contains("online when last recorded") && !rows.contains("ago"),
+        "{rows}"
+    );
+    browser.until(
+        "no command offered",
+        "return document.getElementById('tab-run').hidden && document.getElementById('live-text').textContent === 'standby copy'",
+    );
+    browser.until(
+        "who it is in the header",
+        "return document.getElementById('stat-server').textContent.includes('s1: standby')",
+    );
+    browser.screenshot("standby");
+
+    // The active server's page: no banner, commands, live events.
+    browser.go(&page(0));
+    browser.until(
+        "the active server's page",
+        "return document.getElementById('live-text').textContent === 'live' && document.getElementById('standby').hidden && !document.getElementById('tab-run').hidden && document.getElementById('stat-server').textContent.includes('s0: active')",
+    );
+
+    // The standby leads after the active server is killed: its page, left
+    // open, becomes the active server's.
+    browser.go(&page(1));
+    browser.until(
+        "the standby's banner again",
+        "return !document.getElementById('standby').hidden",
+    );
+    h.server(0).signal(libc::SIGKILL);
+    h.server(0).wait_exit(DEADLINE);
+    h.wait_active(1);
+    browser.until(
+        "the page as the active server's",
+        "return document.getElementById('standby').hidden && document.getElementById('live-text').textContent === 'live' && document.getElementById('stat-server').textContent.includes('s1: active')",
+    );
+}

@@ -112,6 +112,14 @@ fn kill_9_of_the_leader_mid_run_hands_the_run_to_a_standby_that_finishes_it() {
             .contains("answered by s0, a standby, from its copy of the state"),
         "{out:?}"
     );
+    // Nodes as last recorded: when each was last heard of, only the
+    // active server knows.
+    let out = h.cli(0, &["manage", "--list-nodes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for n in NODES {
+        let row = out.stdout.lines().find(|l| l.starts_with(n)).unwrap_or("");
+        assert!(row.contains(" - ") && !row.contains("1970"), "{n}: {out:?}");
+    }
     let last = jobs.last().unwrap()["id"].as_str().unwrap().to_owned();
     let out = h.cli(0, &["manage", "--job-info", &last]);
     assert_eq!(out.code, 0, "{out:?}");

@@ -50,11 +50,14 @@ pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// `manage --node-info`: a node's state, labels and facts, a line each.
 pub(super) fn node_text(n: &NodeView) -> String {
     let mut out = format!(
-        "node {} ({})\n  version: {}\n  last heartbeat: {} UTC\n  queued: {}, in flight: {}\nlabels:\n",
+        "node {} ({})\n  version: {}\n  last heartbeat: {}\n  queued: {}, in flight: {}\nlabels:\n",
         n.name,
         n.state.name(),
         n.version,
-        format_utc(n.last_heartbeat_ms),
+        match n.last_heartbeat_ms {
+            0 => "not known here".to_owned(),
+            ms => format!("{} UTC", format_utc(ms)),
+        },
         n.queued,
         n.in_flight
     );
@@ -128,8 +131,8 @@ pub(super) fn nodes_table(nodes: &[NodeView]) -> String {
                 n.name.clone(),
                 n.state.name().into(),
                 n.version.clone(),
-                format_utc(n.last_heartbeat_ms),
-                format_utc(n.expires_ms),
+                time_or_dash(n.last_heartbeat_ms),
+                time_or_dash(n.expires_ms),
                 n.queued.to_string(),
                 n.in_flight.to_string(),
                 labels_text(&n.labels),
@@ -596,4 +599,13 @@ pub(super) fn cluster_text(v: &crate::wire::ClusterView) -> String {
         }
     ));
     out
+}
+
+/// A time, or "-" where the answering server does not know it (a
+/// standby does not hear heartbeats).
+fn time_or_dash(ms: u64) -> String {
+    match ms {
+        0 => "-".to_owned(),
+        ms => format_utc(ms),
+    }
 }

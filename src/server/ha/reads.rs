@@ -73,6 +73,19 @@ impl Snapshot {
             }
             for o in outs {
                 match o {
+                    Out::Note {
+                        resp: Response::Nodes(mut nodes),
+                        ..
+                    } => {
+                        // Heartbeats are not in the log: when each node
+                        // was last heard of, and when it would expire, only
+                        // the active server knows.
+                        for n in &mut nodes {
+                            n.last_heartbeat_ms = 0;
+                            n.expires_ms = 0;
+                        }
+                        answers.push(Response::Nodes(nodes));
+                    }
                     Out::Note { resp, .. } => answers.push(resp),
                     // A job's detail reads its outputs from the journal.
                     Out::Io(task) => {
