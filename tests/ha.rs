@@ -729,7 +729,8 @@ fn servers_killed_at_random_moments_lose_nothing_and_run_nothing_twice() {
         let done = NODES.iter().map(|n| lines(&h, n, "ran.txt").len()).min();
         kills_mid_run += usize::from(done < Some(JOBS as usize));
         if draw(2) == 0 {
-            // Its successor too, somewhere in its takeover.
+            // Its successor too, somewhere in its takeover (the delay is
+            // where the kill lands, drawn: no condition is waited for).
             wait_until("the standby to win", DEADLINE, || won(&h, other) > before);
             std::thread::sleep(std::time::Duration::from_millis(draw(100)));
             h.server(other).signal(libc::SIGKILL);
