@@ -140,11 +140,6 @@ impl Core {
         self.act(acts);
     }
 
-    /// Anything came from the server.
-    pub fn heard(&mut self) {
-        self.link.heard(self.now.at);
-    }
-
     /// What the job socket's monitor saw.
     pub fn monitor(&mut self, event: LinkEvent) {
         let mut acts = Vec::new();
@@ -157,6 +152,12 @@ impl Core {
         let mut fx = Effects::default();
         let mut acts = Vec::new();
         let now = self.now.at;
+        // Anything from the server is hearing it; a standby's answer says
+        // where to go, not that the server is there (moves it causes
+        // count toward the backoff).
+        if !matches!(msg, ServerMsg::Standby { .. }) {
+            self.link.heard(now);
+        }
         use Channel::{Heartbeat, Job, Transfer};
         match (channel, msg, payload) {
             (Heartbeat, ServerMsg::HeartbeatAck { .. }, None) => {}

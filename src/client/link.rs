@@ -917,7 +917,6 @@ mod servers_tests {
         l.opened(now, &mut out);
         out.clear();
         // Past 10.0.0.2, to the one it names.
-        l.heard(now);
         l.standby(Some("s3"), Some("10.0.0.3"), now, &mut out);
         assert_eq!(out, vec![Act::Close, Act::Open]);
         assert_eq!(l.server(), "10.0.0.3");
@@ -938,7 +937,6 @@ mod servers_tests {
         let mut moves = 0;
         for i in 0..10 {
             out.clear();
-            l.heard(now);
             let other = if l.server() == "10.0.0.1" {
                 "10.0.0.2"
             } else {
@@ -958,6 +956,37 @@ mod servers_tests {
             return;
         }
         panic!("never waited: {moves} moves at once");
+    }
+
+    #[test]
+    fn a_leader_that_refuses_while_a_standby_names_it_costs_the_backoff_not_a_spin() {
+        // The active server's port refuses (it is overloaded, or just
+        // gone); the standby still names it. A standby's answer is not
+        // hearing the server: it does not start a new stretch.
+        let (mut l, now) = link(&["10.0.0.1", "10.0.0.2"]);
+        let mut out = Vec::new();
+        l.start(now, &mut out);
+        l.opened(now, &mut out);
+        out.clear();
+        l.monitor(LinkEvent::ConnectFailed, now, &mut out);
+        assert_eq!(
+            (out.as_slice(), l.server()),
+            (&[Act::Close, Act::Open][..], "10.0.0.2")
+        );
+        l.opened(now, &mut out);
+        out.clear();
+        l.standby(Some("s0"), Some("10.0.0.1"), now, &mut out);
+        assert_eq!(
+            (out.as_slice(), l.server()),
+            (&[Act::Close, Act::Open][..], "10.0.0.1")
+        );
+        l.opened(now, &mut out);
+        out.clear();
+        l.monitor(LinkEvent::ConnectFailed, now, &mut out);
+        assert!(
+            matches!(out.as_slice(), [Act::Close, Act::Timer(at, LinkTimer::Reopen)] if *at > now),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -709,9 +709,6 @@ impl Client {
                 }
             }
             let heard = !received.is_empty();
-            if heard {
-                self.core.heard();
-            }
             for (which, name, msg) in received {
                 self.handle_zmq(which, name, msg.frames);
             }

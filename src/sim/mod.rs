@@ -893,7 +893,6 @@ impl Sim {
                     return;
                 };
                 core.at(now);
-                core.heard();
                 core.message(p.channel, msg, payload);
                 self.client_perform(p.node);
             }

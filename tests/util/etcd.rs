@@ -21,6 +21,9 @@ pub struct Member {
 pub struct Etcd {
     pub members: Vec<Member>,
     cluster: String,
+    /// This cluster's own `--initial-cluster-token`: a member of another
+    /// test's cluster on a port we thought free never joins ours.
+    token: String,
 }
 
 impl Drop for Etcd {
@@ -61,7 +64,12 @@ impl Etcd {
                 .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
                 .collect::<Vec<_>>()
                 .join(",");
-            let mut etcd = Etcd { members, cluster };
+            let token = format!("director-test-{}-{attempt}", dir.display());
+            let mut etcd = Etcd {
+                members,
+                cluster,
+                token,
+            };
             for i in 0..n {
                 etcd.spawn(i);
             }
@@ -75,7 +83,10 @@ impl Etcd {
                 });
                 exited || c.range(b"/ready", false).is_ok()
             });
-            if !exited {
+            // Two members make a quorum: one that lost its port to another
+            // test's etcd may be gone, its endpoint that other cluster.
+            // Every endpoint must answer with what was written to ours.
+            if !exited && etcd.every_member_is_ours(&mut c) {
                 return Some(etcd);
             }
             let logs: String = (0..n).map(|i| etcd.log(i)).collect();
@@ -83,6 +94,7 @@ impl Etcd {
                 logs.contains("address already in use"),
                 "etcd failed to start:\n{logs}"
             );
+            drop(etcd);
         }
         panic!("could not find free ports for etcd");
     }
@@ -106,7 +118,7 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.cluster])
             .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", "director-test"])
+            .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -114,6 +126,34 @@ impl Etcd {
             .spawn()
             .unwrap();
         m.proc = Some(child);
+    }
+
+    /// A key written through the cluster reads back from each member's
+    /// endpoint alone (a stranger on one of our ports does not have it),
+    /// and every member process still runs.
+    fn every_member_is_ours(&mut self, c: &mut Client) -> bool {
+        use director::etcd::Op;
+        let (key, value) = (b"/ours".to_vec(), self.token.clone().into_bytes());
+        let put = Op::Put {
+            key: key.clone(),
+            value: value.clone(),
+            lease: None,
+        };
+        if c.txn(&[], &[put], &[]).is_err() {
+            return false;
+        }
+        // Reads are linearizable: a member of ours answers with the key.
+        let ours = self.endpoints().iter().all(|ep| {
+            let mut one = Client::new(std::slice::from_ref(ep), Duration::from_secs(2));
+            one.range(&key, false)
+                .is_ok_and(|(kvs, _)| kvs.first().is_some_and(|kv| kv.value == value))
+        });
+        let running = self.members.iter_mut().all(|m| {
+            m.proc
+                .as_mut()
+                .is_some_and(|p| p.try_wait().ok().flatten().is_none())
+        });
+        ours && running
     }
 
     /// Every member's client URL.

@@ -71,6 +71,12 @@ impl HaCluster {
         for i in 1..n {
             h.wait_log(i, "standing by: the active server is s0");
         }
+        // A new standby starts behind the trimmed log and gets a base:
+        // until it has it, it cannot take over (a test that kills the
+        // leader first would wait for a takeover that cannot be).
+        for i in 1..n {
+            h.wait_holds_log(i);
+        }
         for name in names {
             h.c.start_client(name);
         }
@@ -107,6 +113,25 @@ impl HaCluster {
             }
         }
         panic!("could not find free ports for the servers");
+    }
+
+    /// Until server `i` holds the log (it is not waiting for a base), as
+    /// it says itself: a standby that does not cannot take over.
+    pub fn wait_holds_log(&self, i: usize) {
+        let me = format!("s{i}");
+        wait_until(&format!("{me} to hold the log"), DEADLINE, || {
+            let out = self.cli(i, &["manage", "--cluster", "--format", "json"]);
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            v[0]["servers"].as_array().is_some_and(|servers| {
+                servers.iter().any(|s| {
+                    s["name"] == me.as_str()
+                        && s["wants_base"] == false
+                        && s["applied"].as_u64().is_some_and(|a| a > 0)
+                })
+            })
+        });
     }
 
     pub fn state(&self, i: usize) -> PathBuf {

@@ -556,12 +556,15 @@ impl Standby<'_> {
     /// The journals cannot follow the log from here: ask the active
     /// server for a base, and do not campaign until it came.
     fn gap_found(&mut self, gap: Gap) {
-        if self.gap.as_ref() != Some(&gap) {
-            log::warn!(
+        // Said once until the base comes: each entry that follows shows
+        // the same gap, a little longer.
+        match &self.gap {
+            None => log::warn!(
                 "cannot follow the log: {gap}; asked the active server for a base (this server does not campaign until it has it)"
-            );
-            self.gap = Some(gap);
+            ),
+            Some(_) => log::debug!("still cannot follow the log: {gap}"),
         }
+        self.gap = Some(gap);
         self.ha.set_missing(true);
     }
 
