@@ -63,6 +63,8 @@ enum Done {
     Members(Result<Vec<Member>, String>),
     /// The log was trimmed up to this entry (or why not).
     Trimmed(Result<u64, String>),
+    /// The lease given up (or why not).
+    Resigned(Result<(), String>),
 }
 
 /// How often each server writes its record, as a part of the lease.
@@ -273,6 +275,7 @@ impl Ha {
                         Err(e) => log::debug!("cannot read the servers' records: {e}"),
                     }
                 }
+                Done::Resigned(r) => resigned(r),
                 Done::Trimmed(r) => {
                     self.asking[3] = false;
                     match r {
@@ -454,16 +457,36 @@ impl Ha {
     }
 
     /// Leaving: end the lease now, so that another server takes over at
-    /// once rather than when it lapses (blocking, bounded by the timeout).
+    /// once rather than when it lapses (blocking, bounded by the timeout:
+    /// for a server on its way out).
     pub fn resign(&mut self) {
         if let Some(Ask::Resign { lease }) = self.election.resign() {
-            match lock(&self.log_client).revoke(lease) {
-                Ok(()) => log::info!("gave up the lead in etcd; a standby takes over now"),
-                Err(e) => log::warn!(
-                    "cannot give up the lead in etcd ({e}): a standby takes over when the lease lapses"
-                ),
-            }
+            resigned(
+                lock(&self.log_client)
+                    .revoke(lease)
+                    .map_err(|e| e.to_string()),
+            );
         }
+    }
+
+    /// The same for a standby that goes on: the helper ends the lease,
+    /// and its answer is said when it comes.
+    pub fn resign_later(&mut self) {
+        if let Some(Ask::Resign { lease }) = self.election.resign() {
+            let client = Arc::clone(&self.client);
+            self.asks.submit(move || {
+                Done::Resigned(lock(&client).revoke(lease).map_err(|e| e.to_string()))
+            });
+        }
+    }
+}
+
+fn resigned(r: Result<(), String>) {
+    match r {
+        Ok(()) => log::info!("gave up the lead in etcd; another server may take over now"),
+        Err(e) => log::warn!(
+            "cannot give up the lead in etcd ({e}): another server takes over when the lease lapses"
+        ),
     }
 }
 

@@ -230,7 +230,7 @@ fn start_watch(ha: &Ha, waker: Arc<Waker>) -> io::Result<Receiver<Watched>> {
 enum Busy {
     /// Writing entry `seq` (a base or not).
     Write { seq: u64, base: bool },
-    /// Reading the journals for the replica's answers.
+    /// Answering reads from the snapshot (read first if stale).
     Read,
     /// Taking the lead: the journals are the I/O thread's meanwhile.
     TakeOver { fence: i64 },
@@ -239,7 +239,9 @@ enum Busy {
 /// What the I/O thread hands back.
 enum Done {
     Written(CommitResult),
-    Read(std::result::Result<Snapshot, String>),
+    /// The answers to reads, each connection's together and in order, and
+    /// the snapshot they came from (none if it could not be read).
+    Answered(Option<(Snapshot, Instant)>, Vec<Answers>),
     TookOver(Box<Log>, std::result::Result<u64, TakeOver>),
 }
 
@@ -249,6 +251,48 @@ enum Asker {
     Cli,
     /// An API connection: its answer renders as the route expects.
     Api,
+}
+
+/// A connection's answers.
+type Answers = (Token, Asker, Vec<Response>);
+
+/// On the I/O thread: the reads' answers, from `fresh` or from the
+/// journals read now (up to entry `seq`); each connection's answers
+/// together, in order (one that closed its side is let go once it has
+/// them all).
+fn answer(
+    fresh: Option<(Snapshot, Instant)>,
+    src: &Source,
+    seq: u64,
+    parked: Vec<(Token, Asker, Request)>,
+) -> Done {
+    let snapshot = match fresh {
+        Some(s) => Ok(s),
+        None => Snapshot::read(src, seq).map(|s| (s, Instant::now())),
+    };
+    let mut by_conn: Vec<Answers> = Vec::new();
+    let mut snapshot = match snapshot {
+        Ok(s) => Some(s),
+        Err(why) => {
+            log::warn!("{why}");
+            for (token, asker, _) in parked {
+                if !by_conn.iter().any(|(t, ..)| *t == token) {
+                    by_conn.push((token, asker, vec![Response::Rejected(why.clone())]));
+                }
+            }
+            return Done::Answered(None, by_conn);
+        }
+    };
+    for (token, asker, req) in parked {
+        let answers = snapshot
+            .as_mut()
+            .map_or_else(Vec::new, |(s, _)| s.answer(req));
+        match by_conn.iter_mut().find(|(t, ..)| *t == token) {
+            Some((.., all)) => all.extend(answers),
+            None => by_conn.push((token, asker, answers)),
+        }
+    }
+    Done::Answered(snapshot, by_conn)
 }
 
 pub(super) struct Standby<'a> {
@@ -271,6 +315,8 @@ pub(super) struct Standby<'a> {
     /// What reads are answered from, and reads waiting for a newer one.
     snapshot: Option<(Snapshot, Instant)>,
     parked: Vec<(Token, Asker, Request)>,
+    /// Connections whose reads the I/O thread is answering.
+    answering: Vec<(Token, Asker)>,
     /// CLIs that closed their side with answers still to come.
     half_closed: Vec<Token>,
     source: Source,
@@ -363,6 +409,7 @@ pub fn run(cfg: &Config, base: &mut Base, ha: &mut Ha) -> Result<Exit> {
         retry_at: None,
         snapshot: None,
         parked: Vec::new(),
+        answering: Vec::new(),
         half_closed: Vec::new(),
         source: Source::new(cfg),
         api_tokens: tokens::Tokens::restore(token_records),
@@ -594,12 +641,17 @@ impl Standby<'_> {
                 }
             }
         }
-        if !self.parked.is_empty() && !self.fresh() {
-            let src = self.source.clone();
-            let seq = self.ha.record.applied;
+        if !self.parked.is_empty() {
+            let fresh = if self.fresh() {
+                self.snapshot.take()
+            } else {
+                None
+            };
+            let (src, seq) = (self.source.clone(), self.ha.record.applied);
+            let parked = std::mem::take(&mut self.parked);
+            self.answering = parked.iter().map(|(t, a, _)| (*t, *a)).collect();
             self.busy = Some(Busy::Read);
-            self.io
-                .submit(move || Done::Read(Snapshot::read(&src, seq)));
+            self.io.submit(move || answer(fresh, &src, seq, parked));
             return;
         }
         if self.retry_at.is_some_and(|t| t > now) {
@@ -626,18 +678,15 @@ impl Standby<'_> {
         let busy = self.busy.take();
         match (done, busy) {
             (Done::Written(r), Some(Busy::Write { seq, base })) => self.written(seq, base, r, now),
-            (Done::Read(r), _) => match r {
-                Ok(snapshot) => {
-                    self.snapshot = Some((snapshot, Instant::now()));
-                    self.answer_parked();
+            (Done::Answered(snapshot, answers), _) => {
+                self.snapshot = snapshot;
+                self.answering.clear();
+                let note = self.replica_note();
+                for (token, asker, mut answers) in answers {
+                    answers.insert(0, note.clone());
+                    self.reply(token, asker, answers);
                 }
-                Err(why) => {
-                    log::warn!("{why}");
-                    for (token, asker, _) in std::mem::take(&mut self.parked) {
-                        self.reply(token, asker, vec![Response::Rejected(why.clone())]);
-                    }
-                }
-            },
+            }
             (Done::TookOver(log, r), Some(Busy::TakeOver { fence })) => {
                 self.ha.record.applied = log.follower.applied();
                 self.log = Some(*log);
@@ -691,7 +740,7 @@ impl Standby<'_> {
                     "won the lead but cannot take it: {gap}; gave it up for a server that has the log"
                 );
                 self.taking_over = None;
-                self.ha.resign();
+                self.ha.resign_later();
                 self.gap_found(gap);
             }
             Err(TakeOver::Fatal(e)) => self.exit = Some(Err(e)),
@@ -735,7 +784,16 @@ impl Standby<'_> {
             }
             _ => "this standby is stopping",
         };
-        for (token, asker, _) in std::mem::take(&mut self.parked) {
+        let waiting = std::mem::take(&mut self.parked)
+            .into_iter()
+            .map(|(t, a, _)| (t, a))
+            .chain(std::mem::take(&mut self.answering));
+        let mut told = Vec::new();
+        for (token, asker) in waiting {
+            if told.contains(&token) {
+                continue;
+            }
+            told.push(token);
             match asker {
                 Asker::Cli => self.send(token, &[Response::Rejected(why.into())], false),
                 Asker::Api => {
@@ -781,9 +839,9 @@ impl Standby<'_> {
         }
     }
 
-    /// Reads answer from the snapshot of the journals (once one holds
-    /// what they do), `Cluster` from what this server knows; anything
-    /// else is refused with the active server's name.
+    /// Reads answer from the snapshot of the journals, on the I/O thread
+    /// (`schedule`), `Cluster` from what this server knows; anything else
+    /// is refused with the active server's name.
     fn control(&mut self, token: Token) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
@@ -799,12 +857,7 @@ impl Standby<'_> {
                 // What a standby knows first hand.
                 Request::Cluster => answers.push(Response::Cluster(self.ha.view())),
                 req if crate::server::requests::history_reads(&req) => {
-                    // Answers keep their order: once one waits, all do.
-                    if self.fresh() && !self.parked.iter().any(|(t, ..)| *t == token) {
-                        answers.extend(self.read_snapshot(req));
-                    } else {
-                        self.parked.push((token, Asker::Cli, req));
-                    }
+                    self.parked.push((token, Asker::Cli, req));
                 }
                 _ => answers.push(Response::Rejected(self.not_here())),
             }
@@ -822,7 +875,8 @@ impl Standby<'_> {
             let _ = conn.send(resp);
         }
         let failed = conn.flush().is_err();
-        let waiting = self.parked.iter().any(|(t, ..)| *t == token);
+        let waiting = self.parked.iter().any(|(t, ..)| *t == token)
+            || self.answering.iter().any(|(t, _)| *t == token);
         let closed = closed || self.half_closed.contains(&token);
         if closed && waiting {
             if !self.half_closed.contains(&token) {
@@ -839,39 +893,6 @@ impl Standby<'_> {
     /// A read waits for the next snapshot.
     pub(super) fn park(&mut self, token: Token, req: Request) {
         self.parked.push((token, Asker::Api, req));
-    }
-
-    pub(super) fn snapshot_fresh(&self) -> bool {
-        self.fresh()
-    }
-
-    /// The replica's answers to a read, after a note of whose they are.
-    pub(super) fn read_snapshot(&mut self, req: Request) -> Vec<Response> {
-        let note = self.replica_note();
-        let Some((snap, _)) = &mut self.snapshot else {
-            return vec![Response::Rejected(
-                "this standby's replica is not read yet".into(),
-            )];
-        };
-        let mut out = vec![note];
-        out.extend(snap.answer(req));
-        out
-    }
-
-    fn answer_parked(&mut self) {
-        // A connection's answers go together, in order: one that closed
-        // its side is let go once it has them all.
-        let mut by_conn: Vec<(Token, Asker, Vec<Response>)> = Vec::new();
-        for (token, asker, req) in std::mem::take(&mut self.parked) {
-            let answers = self.read_snapshot(req);
-            match by_conn.iter_mut().find(|(t, ..)| *t == token) {
-                Some((.., all)) => all.extend(answers),
-                None => by_conn.push((token, asker, answers)),
-            }
-        }
-        for (token, asker, answers) in by_conn {
-            self.reply(token, asker, answers);
-        }
     }
 
     fn reply(&mut self, token: Token, asker: Asker, answers: Vec<Response>) {

@@ -51,10 +51,7 @@ impl Host for Standby<'_> {
                         let view = Response::Cluster(self.ha.view());
                         self.api_answers(token, vec![view]);
                     }
-                    req if self.snapshot_fresh() => {
-                        let answers = self.read_snapshot(req);
-                        self.api_answers(token, answers);
-                    }
+                    // Answered on the I/O thread, from the snapshot.
                     req => self.park(token, req),
                 }
             }
@@ -93,7 +90,11 @@ impl Standby<'_> {
             let close = pending.close;
             match routes::render(pending, resp) {
                 Rendered::Keep => {}
-                Rendered::Ask(next) => queue.extend(self.read_snapshot(next)),
+                // A resolved id's detail: asked of the snapshot next.
+                Rendered::Ask(next) => {
+                    self.park(token, next);
+                    break;
+                }
                 Rendered::Respond(status, body) => {
                     host::respond(self, token, status, &body, close);
                     break;
