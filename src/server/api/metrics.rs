@@ -61,31 +61,24 @@ pub fn ha_text(v: &crate::wire::ClusterView) -> String {
         "1 if etcd answered this server's last call.",
     );
     let _ = writeln!(o, "director_etcd_up {}", u8::from(v.etcd_error.is_none()));
-    family(
-        &mut o,
-        "director_ha_applied",
-        "The last entry of the log each server's journals hold.",
-    );
-    for s in &v.servers {
-        let _ = writeln!(
-            o,
-            "director_ha_applied{{server=\"{}\"}} {}",
-            label(&s.name),
-            s.applied
-        );
-    }
-    family(
-        &mut o,
-        "director_ha_behind",
-        "Log entries each server is behind the active one.",
-    );
-    for s in &v.servers {
-        let _ = writeln!(
-            o,
-            "director_ha_behind{{server=\"{}\"}} {}",
-            label(&s.name),
-            s.behind
-        );
+    type Figure = fn(&crate::wire::ServerView) -> u64;
+    let per_server: [(&str, &str, Figure); 2] = [
+        (
+            "director_ha_applied",
+            "The last entry of the log each server's journals hold.",
+            |s| s.applied,
+        ),
+        (
+            "director_ha_behind",
+            "Log entries each server is behind the active one.",
+            |s| s.behind,
+        ),
+    ];
+    for (name, help, value) in per_server {
+        family(&mut o, name, help);
+        for s in &v.servers {
+            let _ = writeln!(o, "{name}{{server=\"{}\"}} {}", label(&s.name), value(s));
+        }
     }
     o
 }
