@@ -67,6 +67,15 @@ enum Done {
     Resigned(Result<(), String>),
 }
 
+/// What the helper has in flight: one of each at most.
+#[derive(Default)]
+struct Asking {
+    election: bool,
+    report: bool,
+    members: bool,
+    trim: bool,
+}
+
 /// How often each server writes its record, as a part of the lease.
 const REPORT_PARTS: u32 = 3;
 /// How often each server reads the records (and the active server trims
@@ -99,7 +108,7 @@ pub struct Ha {
     asks: Worker<Done>,
     /// The election's ask, a report, a read of the records or a trim in
     /// flight on the helper (one each).
-    asking: [bool; 4],
+    asking: Asking,
     report_at: Instant,
     trim_at: Instant,
     /// The log is trimmed up to here.
@@ -138,7 +147,7 @@ impl Ha {
             record: Me::default(),
             election: Election::new(me, cfg.lease, now),
             asks: Worker::with_waker("director-etcd", waker)?,
-            asking: [false; 4],
+            asking: Asking::default(),
             report_at: now,
             // The records are read at once: a standby names where the
             // active server is from them.
@@ -166,13 +175,13 @@ impl Ha {
             log::debug!("etcd: {ask:?}");
             let client = Arc::clone(&self.client);
             let (keys, me) = (self.keys.clone(), self.me.clone());
-            self.asking[0] = true;
+            self.asking.election = true;
             self.asks
                 .submit(move || Done::Election(serve(&mut lock(&client), &keys, &me, ask)));
         }
-        if now >= self.report_at && !self.asking[1] {
+        if now >= self.report_at && !self.asking.report {
             self.report_at = now + self.cfg.lease / REPORT_PARTS;
-            self.asking[1] = true;
+            self.asking.report = true;
             let record = self.member(crate::support::clock::now_ms());
             let client = Arc::clone(&self.client);
             let key = self.keys.member(&self.me);
@@ -190,9 +199,9 @@ impl Ha {
                 )
             });
         }
-        if now >= self.trim_at && !self.asking[2] {
+        if now >= self.trim_at && !self.asking.members {
             self.trim_at = now + TRIM_IVL;
-            self.asking[2] = true;
+            self.asking.members = true;
             let client = Arc::clone(&self.client);
             let prefix = self.keys.members();
             self.asks.submit(move || {
@@ -246,7 +255,7 @@ impl Ha {
             log::debug!("etcd answered: {done:?}");
             match done {
                 Done::Election(a) => {
-                    self.asking[0] = false;
+                    self.asking.election = false;
                     self.health(match &a {
                         Answer::Granted(Err(e))
                         | Answer::Campaigned(Err(e))
@@ -259,13 +268,13 @@ impl Ha {
                     changes.extend(news);
                 }
                 Done::Reported(r) => {
-                    self.asking[1] = false;
+                    self.asking.report = false;
                     if let Err(e) = r {
                         log::debug!("cannot write this server's record to etcd: {e}");
                     }
                 }
                 Done::Members(r) => {
-                    self.asking[2] = false;
+                    self.asking.members = false;
                     match r {
                         Ok(ms) => {
                             self.members = ms;
@@ -277,7 +286,7 @@ impl Ha {
                 }
                 Done::Resigned(r) => resigned(r),
                 Done::Trimmed(r) => {
-                    self.asking[3] = false;
+                    self.asking.trim = false;
                     match r {
                         Ok(upto) => {
                             log::debug!("trimmed the log in etcd up to entry {upto}");
@@ -327,10 +336,10 @@ impl Ha {
             self.base_wanted = true;
             self.base_written = Some(now);
         }
-        if upto <= self.trimmed || self.asking[3] {
+        if upto <= self.trimmed || self.asking.trim {
             return;
         }
-        self.asking[3] = true;
+        self.asking.trim = true;
         let client = Arc::clone(&self.client);
         let keys = self.keys.clone();
         self.asks.submit(move || {
